@@ -1,0 +1,14 @@
+//! Types shared by the kernel programs (`dataplane-ebpf`) and the agent (`dataplane`).
+//!
+//! Every map's name, key and value is defined here once, `#[repr(C)]` with explicit padding, so
+//! both sides read the same bytes and `bpftool map dump` prints the same named fields. With the
+//! `user` feature the value types also implement `aya::Pod` and `bytemuck::Pod`.
+#![no_std]
+#![deny(missing_docs)]
+
+pub mod maps;
+pub mod net;
+pub mod stats;
+
+pub use maps::*;
+pub use stats::{Stat, STAT_COUNT};

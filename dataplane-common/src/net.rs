@@ -1,0 +1,71 @@
+//! Wire constants: header sizes, protocol numbers and Calico's fixed addresses.
+//!
+//! Multi-byte values are host-order numbers; the code that writes them to a packet converts them.
+
+/// Length of an Ethernet header without VLAN tags.
+pub const ETH_HLEN: usize = 14;
+/// Length of a MAC address.
+pub const ETH_ALEN: usize = 6;
+/// EtherType of IPv4.
+pub const ETH_P_IP: u16 = 0x0800;
+/// EtherType of ARP.
+pub const ETH_P_ARP: u16 = 0x0806;
+
+/// Length of an IPv4 header without options (IHL 5).
+pub const IPV4_HLEN: usize = 20;
+/// The smallest legal IHL (header length in 32-bit words).
+pub const IPV4_IHL_MIN: u8 = 5;
+/// IPv4 "don't fragment" flag in the host-order `frag_off` field.
+pub const IPV4_DF: u16 = 0x4000;
+/// IPv4 "more fragments" flag in the host-order `frag_off` field.
+pub const IPV4_MF: u16 = 0x2000;
+/// Mask of the fragment offset in the host-order `frag_off` field.
+pub const IPV4_FRAG_OFFSET_MASK: u16 = 0x1fff;
+/// TTL of the outer header of encapsulated packets (Linux's default).
+pub const DEFAULT_TTL: u8 = 64;
+
+/// IP protocol number of ICMP.
+pub const IPPROTO_ICMP: u8 = 1;
+/// IP protocol number of IP-in-IP.
+pub const IPPROTO_IPIP: u8 = 4;
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Length of a UDP header.
+pub const UDP_HLEN: usize = 8;
+/// Length of a VXLAN header.
+pub const VXLAN_HLEN: usize = 8;
+/// The VXLAN header flag that says the VNI field is valid (RFC 7348 "I" bit).
+pub const VXLAN_FLAG_VNI: u8 = 0x08;
+/// Calico's VXLAN UDP port (FelixConfiguration `vxlanPort`).
+pub const CALICO_VXLAN_PORT: u16 = 4789;
+/// Calico's VXLAN network identifier (FelixConfiguration `vxlanVNI`).
+pub const CALICO_VXLAN_VNI: u32 = 4096;
+/// Bytes VXLAN adds in front of the inner IPv4 header: outer IPv4, UDP, VXLAN, inner Ethernet.
+pub const VXLAN_ENCAP_LEN: usize = IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN;
+/// Bytes IP-in-IP adds: one outer IPv4 header.
+pub const IPIP_ENCAP_LEN: usize = IPV4_HLEN;
+/// Lowest UDP source port of VXLAN packets (the kernel's default range, as `vxlan_src_port`).
+pub const VXLAN_SRC_PORT_MIN: u16 = 32768;
+/// One past the highest UDP source port of VXLAN packets.
+pub const VXLAN_SRC_PORT_MAX: u16 = 61000;
+/// MTU Calico gives pods in VXLAN pools (1500 less the 50 bytes of VXLAN).
+pub const VXLAN_MTU: u32 = 1450;
+/// MTU Calico gives pods in IPIP pools (1500 less the 20 bytes of the outer header).
+pub const IPIP_MTU: u32 = 1480;
+
+/// ARP hardware type of Ethernet.
+pub const ARPHRD_ETHER: u16 = 1;
+/// ARP opcode of a request.
+pub const ARPOP_REQUEST: u16 = 1;
+/// ARP opcode of a reply.
+pub const ARPOP_REPLY: u16 = 2;
+/// Length of an ARP packet for Ethernet and IPv4.
+pub const ARP_ETH_IPV4_LEN: usize = 28;
+
+/// The pods' default gateway, answered by the ARP responder (Calico's link-local trick).
+pub const GATEWAY_ADDR: [u8; 4] = [169, 254, 1, 1];
+/// The MAC of every workload interface on the host side, and of the gateway.
+pub const GATEWAY_MAC: [u8; ETH_ALEN] = [0xee; ETH_ALEN];

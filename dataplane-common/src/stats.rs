@@ -1,0 +1,125 @@
+//! The stats map's slots: one counter per packet decision and one per drop reason.
+//!
+//! The numbers are part of the pinned map's format: append new entries, never renumber.
+
+/// Number of slots in the per-CPU stats map; room for entries appended later.
+pub const STAT_COUNT: u32 = 64;
+
+/// First slot of the drop reasons, so that decisions and drops never collide.
+pub const DROP_BASE: u32 = 32;
+
+/// One slot of the stats map: a decision taken on a packet, or the reason it was dropped.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Redirected into a workload on this node.
+    DeliveredLocal = 0,
+    /// Encapsulated in VXLAN towards the node that owns the destination block.
+    EncapVxlan = 1,
+    /// Encapsulated in IP-in-IP towards the node that owns the destination block.
+    EncapIpip = 2,
+    /// A VXLAN packet from a peer, decapsulated.
+    DecapVxlan = 3,
+    /// An IP-in-IP packet from a peer, decapsulated.
+    DecapIpip = 4,
+    /// Forwarded to the owning node without encapsulation (pool mode Never).
+    RoutedPlain = 5,
+    /// Not for the fast path: handed to the kernel's stack unchanged.
+    PassToStack = 6,
+    /// An ARP request for the gateway 169.254.1.1, answered.
+    ArpReplied = 7,
+    /// ARP that is not a request for the gateway: left to the kernel, which ignores it.
+    ArpPassed = 8,
+
+    /// Too short or malformed headers (truncated Ethernet, IPv4 IHL < 5, bad lengths).
+    DropMalformed = DROP_BASE,
+    /// A workload sent a packet whose source is not its own address (anti-spoofing).
+    DropSpoofedSource = DROP_BASE + 1,
+    /// A packet from a workload interface the agent has not registered.
+    DropUnknownWorkload = DROP_BASE + 2,
+    /// A tunnel packet from an address that is not a known peer node.
+    DropUnknownPeer = DROP_BASE + 3,
+    /// A VXLAN packet without the VNI flag or with a VNI other than this cluster's.
+    DropWrongVni = DROP_BASE + 4,
+    /// The destination is in a block of this node but belongs to no workload (Calico's blackhole route).
+    DropBlackhole = DROP_BASE + 5,
+    /// The packet's TTL ran out.
+    DropTtlExceeded = DROP_BASE + 6,
+    /// The kernel refused to grow or shrink the packet (`bpf_skb_adjust_room`).
+    DropAdjustRoomFailed = DROP_BASE + 7,
+    /// Reading or writing the packet failed after it was validated.
+    DropPacketAccess = DROP_BASE + 8,
+    /// The redirect helper refused the target interface.
+    DropRedirectFailed = DROP_BASE + 9,
+    /// The agent has not written this node's configuration yet.
+    DropNoNodeConfig = DROP_BASE + 10,
+    /// A fragment of a tunnel packet: the fast path only decapsulates whole packets.
+    DropTunnelFragment = DROP_BASE + 11,
+}
+
+impl Stat {
+    /// Every slot in use, in slot order.
+    pub const ALL: [Stat; 21] = [
+        Stat::DeliveredLocal,
+        Stat::EncapVxlan,
+        Stat::EncapIpip,
+        Stat::DecapVxlan,
+        Stat::DecapIpip,
+        Stat::RoutedPlain,
+        Stat::PassToStack,
+        Stat::ArpReplied,
+        Stat::ArpPassed,
+        Stat::DropMalformed,
+        Stat::DropSpoofedSource,
+        Stat::DropUnknownWorkload,
+        Stat::DropUnknownPeer,
+        Stat::DropWrongVni,
+        Stat::DropBlackhole,
+        Stat::DropTtlExceeded,
+        Stat::DropAdjustRoomFailed,
+        Stat::DropPacketAccess,
+        Stat::DropRedirectFailed,
+        Stat::DropNoNodeConfig,
+        Stat::DropTunnelFragment,
+    ];
+
+    /// The slot's index in the stats map.
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+
+    /// Whether this slot counts dropped packets.
+    pub const fn is_drop(self) -> bool {
+        self.index() >= DROP_BASE
+    }
+
+    /// A stable snake_case name, used in `dataplane stats` and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stat::DeliveredLocal => "delivered_local",
+            Stat::EncapVxlan => "encap_vxlan",
+            Stat::EncapIpip => "encap_ipip",
+            Stat::DecapVxlan => "decap_vxlan",
+            Stat::DecapIpip => "decap_ipip",
+            Stat::RoutedPlain => "routed_plain",
+            Stat::PassToStack => "pass_to_stack",
+            Stat::ArpReplied => "arp_replied",
+            Stat::ArpPassed => "arp_passed",
+            Stat::DropMalformed => "drop_malformed",
+            Stat::DropSpoofedSource => "drop_spoofed_source",
+            Stat::DropUnknownWorkload => "drop_unknown_workload",
+            Stat::DropUnknownPeer => "drop_unknown_peer",
+            Stat::DropWrongVni => "drop_wrong_vni",
+            Stat::DropBlackhole => "drop_blackhole",
+            Stat::DropTtlExceeded => "drop_ttl_exceeded",
+            Stat::DropAdjustRoomFailed => "drop_adjust_room_failed",
+            Stat::DropPacketAccess => "drop_packet_access",
+            Stat::DropRedirectFailed => "drop_redirect_failed",
+            Stat::DropNoNodeConfig => "drop_no_node_config",
+            Stat::DropTunnelFragment => "drop_tunnel_fragment",
+        }
+    }
+}
+
+const _: () = assert!((Stat::ALL.len() as u32) <= STAT_COUNT);
+const _: () = assert!((Stat::DropTunnelFragment as u32) < STAT_COUNT);

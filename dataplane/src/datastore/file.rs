@@ -1,0 +1,1 @@
+//! The file datastore: a multi-document YAML of Calico resources.

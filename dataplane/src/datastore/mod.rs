@@ -1,0 +1,3 @@
+//! Datastores turn outside formats (Calico YAML, Kubernetes objects, etcd keys) into the model.
+
+pub mod file;

@@ -1,0 +1,7 @@
+//! The dataplane agent: reads the cluster from a datastore, plans this node's fast path and
+//! programs it into the kernel.
+#![deny(missing_docs)]
+
+pub mod datastore;
+pub mod model;
+pub mod plan;

@@ -1,0 +1,1 @@
+//! Integration tests of the dataplane live in `tests/`: they need root and network namespaces.
