@@ -1,1 +1,42 @@
-fn main(){}
+//! `cargo xtask`: the project's one entry point for setup, build, test, demo, lab and bench.
+
+mod demo;
+mod lab;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test and demonstrate the dataplane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install or check every prerequisite (Debian packages, rust-src, bpf-linker).
+    Setup(setup::Options),
+    /// Build the agent with its embedded eBPF object.
+    Build(setup::BuildOptions),
+    /// Run the whole test suite, unit tests and root/netns integration tests.
+    Test(test::Options),
+    /// Bring up a two-node lab, carry traffic through the fast path, tear it down.
+    Demo(demo::Options),
+    /// Manage lab network namespaces.
+    Lab {
+        #[command(subcommand)]
+        command: lab::Command,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup(options) => setup::run(&options),
+        Command::Build(options) => setup::build(&options),
+        Command::Test(options) => test::run(&options),
+        Command::Demo(options) => demo::run(&options),
+        Command::Lab { command } => lab::run(command),
+    }
+}
