@@ -24,6 +24,9 @@ pub const IPV4_FRAG_OFFSET_MASK: u16 = 0x1fff;
 /// TTL of the outer header of encapsulated packets (Linux's default).
 pub const DEFAULT_TTL: u8 = 64;
 
+/// Address family of IPv4 (`AF_INET`), as the kernel's helpers expect it.
+pub const AF_INET: u32 = 2;
+
 /// IP protocol number of ICMP.
 pub const IPPROTO_ICMP: u8 = 1;
 /// IP protocol number of IP-in-IP.

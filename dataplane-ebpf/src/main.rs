@@ -1,11 +1,32 @@
+//! The kernel programs of the dataplane. This file holds only the entry points; each concern
+//! lives in its own module.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+mod arp;
+mod csum;
+mod ipip;
+mod maps;
+mod packet;
+mod route;
+mod tunnel;
+mod uplink;
+mod verdict;
+mod vxlan;
+mod workload;
 
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+/// TC ingress of every workload interface (`caliXXXXXXXXXXX`): traffic leaving a pod.
 #[classifier]
-pub fn from_workload(_ctx: TcContext) -> i32 {
-    TC_ACT_OK as i32
+pub fn from_workload(ctx: TcContext) -> i32 {
+    verdict::finish(workload::from_workload(&ctx))
+}
+
+/// TC ingress of the node's uplink: tunnel traffic from peer nodes.
+#[classifier]
+pub fn from_uplink(ctx: TcContext) -> i32 {
+    verdict::finish(uplink::from_uplink(&ctx))
 }
 
 #[cfg(not(test))]

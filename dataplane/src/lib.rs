@@ -2,6 +2,9 @@
 //! programs it into the kernel.
 #![deny(missing_docs)]
 
+pub mod agent;
+pub mod backend;
 pub mod datastore;
 pub mod model;
 pub mod plan;
+pub mod sys;

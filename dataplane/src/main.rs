@@ -1,1 +1,80 @@
-fn main(){}
+//! `dataplane`: the agent and its command line.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use dataplane::{
+    agent::{self, Datastore, Mode, RunOptions, DEFAULT_PIN_PATH},
+    backend,
+};
+
+#[derive(Parser)]
+#[command(name = "dataplane", version, about = "eBPF fast path for Calico-style pod networking")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent on this node: program the fast path and keep it equal to the datastore.
+    Run {
+        /// Where the cluster's resources are: file:PATH (a YAML of Calico resources).
+        #[arg(long, env = "DATASTORE")]
+        datastore: Datastore,
+        /// This node's name, as in the datastore.
+        #[arg(long, env = "NODENAME")]
+        node: String,
+        /// The node's uplink interface [default: the one holding the node's address].
+        #[arg(long)]
+        uplink: Option<String>,
+        /// Directory for pinned maps and links (on a bpffs; mounted if missing).
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        /// Backend: the BPF fast path, netlink routes, or the best the kernel supports.
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        mode: Mode,
+        /// Seconds between full resyncs.
+        #[arg(long, default_value_t = 30)]
+        resync_interval: u64,
+    },
+    /// Remove everything the agent pinned: detaches the programs and frees the maps.
+    Cleanup {
+        /// Directory of the pinned maps and links.
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Run { datastore, node, uplink, pin_path, mode, resync_interval } => {
+            let options = RunOptions {
+                datastore,
+                node,
+                uplink,
+                pin_path,
+                mode,
+                resync: Duration::from_secs(resync_interval.max(1)),
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(agent::run(options))
+        }
+        Command::Cleanup { pin_path } => {
+            let removed = backend::bpf::cleanup(&pin_path)?;
+            println!("removed {removed} pinned objects under {}", pin_path.display());
+            Ok(())
+        }
+    }
+}

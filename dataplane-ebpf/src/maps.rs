@@ -1,0 +1,32 @@
+//! The maps, as BTF maps so that `bpftool map dump` prints named fields.
+//!
+//! Names, keys and values come from `dataplane-common`; the agent pins and fills them.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    macros::btf_map,
+};
+use dataplane_common::{
+    Ipv4Bytes, NodeConfig, Peer, Route, Workload, PEERS_MAX_ENTRIES, ROUTES_MAX_ENTRIES,
+    STAT_COUNT, WORKLOADS_MAX_ENTRIES,
+};
+
+/// Destination prefix -> [`Route`] (`dataplane_common::ROUTES_MAP`).
+#[btf_map(name = "routes_v1")]
+pub static ROUTES: LpmTrie<Ipv4Bytes, Route, { ROUTES_MAX_ENTRIES as usize }> = LpmTrie::new();
+
+/// Host-side ifindex -> the [`Workload`] behind it (`dataplane_common::WORKLOADS_MAP`).
+#[btf_map(name = "workloads_v1")]
+pub static WORKLOADS: HashMap<u32, Workload, { WORKLOADS_MAX_ENTRIES as usize }> = HashMap::new();
+
+/// Peer node address -> [`Peer`] (`dataplane_common::PEERS_MAP`).
+#[btf_map(name = "peers_v1")]
+pub static PEERS: HashMap<Ipv4Bytes, Peer, { PEERS_MAX_ENTRIES as usize }> = HashMap::new();
+
+/// Slot 0: this node's [`NodeConfig`] (`dataplane_common::NODE_MAP`).
+#[btf_map(name = "node_v1")]
+pub static NODE: Array<NodeConfig, 1> = Array::new();
+
+/// Per-CPU counters, one slot per `dataplane_common::Stat` (`dataplane_common::STATS_MAP`).
+#[btf_map(name = "stats_v1")]
+pub static STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();

@@ -1,0 +1,135 @@
+//! Header layouts and the only place the programs read or write packet bytes.
+//!
+//! Every access goes through `bpf_skb_load_bytes`/`bpf_skb_store_bytes` (via [`TcContext`]),
+//! which the kernel bounds-checks against the packet, linear or not: a read past the end fails
+//! and the caller turns that into a counted drop. Multi-byte fields are kept as byte arrays in
+//! network order so no field is ever read with the wrong endianness or alignment.
+
+use aya_ebpf::programs::TcContext;
+use dataplane_common::{net::ETH_ALEN, Ipv4Bytes, MacBytes, Stat};
+
+/// An Ethernet header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EthHdr {
+    /// Destination MAC.
+    pub dst: MacBytes,
+    /// Source MAC.
+    pub src: MacBytes,
+    /// EtherType, network order.
+    pub ether_type: [u8; 2],
+}
+
+impl EthHdr {
+    /// The EtherType as a number.
+    pub fn ether_type(&self) -> u16 {
+        u16::from_be_bytes(self.ether_type)
+    }
+}
+
+/// An IPv4 header without options.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv4Hdr {
+    /// Version (4) and IHL.
+    pub version_ihl: u8,
+    /// DSCP and ECN.
+    pub tos: u8,
+    /// Total length, network order.
+    pub tot_len: [u8; 2],
+    /// Identification, network order.
+    pub id: [u8; 2],
+    /// Flags and fragment offset, network order.
+    pub frag_off: [u8; 2],
+    /// Time to live.
+    pub ttl: u8,
+    /// Protocol of the payload.
+    pub protocol: u8,
+    /// Header checksum, network order.
+    pub check: [u8; 2],
+    /// Source address.
+    pub src: Ipv4Bytes,
+    /// Destination address.
+    pub dst: Ipv4Bytes,
+}
+
+impl Ipv4Hdr {
+    /// Header length in 32-bit words.
+    pub fn ihl(&self) -> u8 {
+        self.version_ihl & 0x0f
+    }
+
+    /// The IP version field.
+    pub fn version(&self) -> u8 {
+        self.version_ihl >> 4
+    }
+
+    /// Flags and fragment offset as a number.
+    pub fn frag_off(&self) -> u16 {
+        u16::from_be_bytes(self.frag_off)
+    }
+}
+
+/// A UDP header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UdpHdr {
+    /// Source port, network order.
+    pub src_port: [u8; 2],
+    /// Destination port, network order.
+    pub dst_port: [u8; 2],
+    /// Length of header and payload, network order.
+    pub len: [u8; 2],
+    /// Checksum, network order (0: none, as the kernel sends VXLAN over IPv4).
+    pub check: [u8; 2],
+}
+
+/// A VXLAN header (RFC 7348).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct VxlanHdr {
+    /// Flags: the "I" bit says the VNI is valid.
+    pub flags: u8,
+    /// Reserved.
+    pub reserved1: [u8; 3],
+    /// The VXLAN network identifier, network order.
+    pub vni: [u8; 3],
+    /// Reserved.
+    pub reserved2: u8,
+}
+
+/// An ARP packet for Ethernet and IPv4.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ArpEthIpv4 {
+    /// Hardware type, network order.
+    pub htype: [u8; 2],
+    /// Protocol type, network order.
+    pub ptype: [u8; 2],
+    /// Hardware address length.
+    pub hlen: u8,
+    /// Protocol address length.
+    pub plen: u8,
+    /// Operation, network order.
+    pub op: [u8; 2],
+    /// Sender MAC.
+    pub sha: [u8; ETH_ALEN],
+    /// Sender IPv4 address.
+    pub spa: Ipv4Bytes,
+    /// Target MAC.
+    pub tha: [u8; ETH_ALEN],
+    /// Target IPv4 address.
+    pub tpa: Ipv4Bytes,
+}
+
+/// Reads a `T` at `offset`; a packet too short for it is malformed.
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Stat> {
+    ctx.load::<T>(offset).map_err(|_| Stat::DropMalformed)
+}
+
+/// Writes `value` at `offset` (the offset was validated by an earlier read of the same span).
+#[inline(always)]
+pub fn write<T: Copy>(ctx: &TcContext, offset: usize, value: &T) -> Result<(), Stat> {
+    ctx.store(offset, value, 0).map_err(|_| Stat::DropPacketAccess)
+}

@@ -1,0 +1,109 @@
+//! `from_uplink`: packets arriving on the node's uplink. Tunnel packets from known peers are
+//! decapsulated and delivered; everything else belongs to the kernel.
+
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use dataplane_common::{
+    net::{ETH_P_IP, IPPROTO_IPIP, IPPROTO_UDP, IPV4_FRAG_OFFSET_MASK, IPV4_IHL_MIN, IPV4_MF, VXLAN_FLAG_VNI},
+    peer_flags, route_kind, NodeConfig, Stat,
+};
+
+use crate::{
+    ipip,
+    packet::{read, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr},
+    route::{self, IP_OFFSET},
+    tunnel,
+    verdict::{Outcome, Verdict},
+    vxlan,
+};
+
+/// Decapsulates VXLAN and IP-in-IP addressed to this node from its peers.
+#[inline(always)]
+pub fn from_uplink(ctx: &TcContext) -> Outcome {
+    let Ok(eth) = read::<EthHdr>(ctx, 0) else {
+        return Ok(Verdict::pass());
+    };
+    if eth.ether_type() != ETH_P_IP {
+        return Ok(Verdict::pass());
+    }
+    let Ok(outer) = read::<Ipv4Hdr>(ctx, IP_OFFSET) else {
+        return Ok(Verdict::pass());
+    };
+    // Without a configuration the agent has not started: leave the host's traffic alone.
+    let Ok(node) = route::node_config() else {
+        return Ok(Verdict::pass());
+    };
+    // We never send tunnel packets with options; the kernel judges anything else.
+    if outer.version() != 4 || outer.ihl() != IPV4_IHL_MIN || outer.dst != node.addr {
+        return Ok(Verdict::pass());
+    }
+    let frag = outer.frag_off();
+    // A later fragment carries no transport header to recognise a tunnel by.
+    if frag & IPV4_FRAG_OFFSET_MASK != 0 {
+        return Ok(Verdict::pass());
+    }
+    let is_fragment = frag & IPV4_MF != 0;
+    match outer.protocol {
+        IPPROTO_UDP => from_vxlan(ctx, &node, &outer, is_fragment),
+        IPPROTO_IPIP => from_ipip(ctx, &outer, is_fragment),
+        _ => Ok(Verdict::pass()),
+    }
+}
+
+#[inline(always)]
+fn from_vxlan(ctx: &TcContext, node: &NodeConfig, outer: &Ipv4Hdr, is_fragment: bool) -> Outcome {
+    let udp: UdpHdr = read(ctx, vxlan::UDP_OFFSET)?;
+    if u16::from_be_bytes(udp.dst_port) != node.vxlan_port {
+        return Ok(Verdict::pass());
+    }
+    if is_fragment {
+        return Err(Stat::DropTunnelFragment);
+    }
+    tunnel::check_peer(outer.src, peer_flags::VXLAN)?;
+    let header: VxlanHdr = read(ctx, vxlan::VXLAN_OFFSET)?;
+    if header.flags & VXLAN_FLAG_VNI == 0 || header.vni != vxlan::vni_bytes(node.vni) {
+        return Err(Stat::DropWrongVni);
+    }
+    let inner_eth: EthHdr = read(ctx, vxlan::INNER_ETH_OFFSET)?;
+    if inner_eth.ether_type() != ETH_P_IP {
+        return Err(Stat::DropMalformed);
+    }
+    let inner: Ipv4Hdr = read(ctx, vxlan::INNER_IP_OFFSET)?;
+    deliver(ctx, inner, Stat::DecapVxlan, vxlan::decap)
+}
+
+#[inline(always)]
+fn from_ipip(ctx: &TcContext, outer: &Ipv4Hdr, is_fragment: bool) -> Outcome {
+    if is_fragment {
+        return Err(Stat::DropTunnelFragment);
+    }
+    tunnel::check_peer(outer.src, peer_flags::IPIP)?;
+    let inner: Ipv4Hdr = read(ctx, ipip::INNER_IP_OFFSET)?;
+    deliver(ctx, inner, Stat::DecapIpip, ipip::decap)
+}
+
+/// Decapsulates and delivers the inner packet: into the pod it is for, or to the kernel.
+#[inline(always)]
+fn deliver(
+    ctx: &TcContext,
+    mut inner: Ipv4Hdr,
+    stat: Stat,
+    decap: fn(&TcContext) -> Result<(), Stat>,
+) -> Outcome {
+    if inner.version() != 4 || inner.ihl() < IPV4_IHL_MIN {
+        return Err(Stat::DropMalformed);
+    }
+    let route = route::lookup(inner.dst);
+    if let Some(route) = route {
+        if route.kind == route_kind::LOCAL_BLOCK {
+            return Err(Stat::DropBlackhole);
+        }
+        if route.kind == route_kind::LOCAL_WORKLOAD && inner.ihl() == IPV4_IHL_MIN {
+            decap(ctx)?;
+            route::decrement_ttl(ctx, IP_OFFSET, &mut inner)?;
+            return route::to_workload(ctx, &route, stat);
+        }
+    }
+    // For the host itself (or with IP options): the kernel routes the inner packet.
+    decap(ctx)?;
+    Ok(Verdict { action: TC_ACT_OK as i32, stat })
+}

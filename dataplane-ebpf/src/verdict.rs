@@ -1,0 +1,39 @@
+//! What a program decided, and the one place where decisions and drops are counted.
+
+use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
+use dataplane_common::Stat;
+
+use crate::maps::STATS;
+
+/// A decision: the TC action to return and the stats slot that counts it.
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    /// TC action: `TC_ACT_OK`, or the value a redirect helper returned.
+    pub action: i32,
+    /// The decision's counter.
+    pub stat: Stat,
+}
+
+impl Verdict {
+    /// Hand the packet to the kernel's stack unchanged.
+    pub const fn pass() -> Self {
+        Verdict { action: TC_ACT_OK as i32, stat: Stat::PassToStack }
+    }
+}
+
+/// The body of every program returns this: a decision, or the reason to drop the packet.
+pub type Outcome = Result<Verdict, Stat>;
+
+/// Counts the outcome in the stats map and returns the TC action: the programs' only exit.
+#[inline(always)]
+pub fn finish(outcome: Outcome) -> i32 {
+    let (action, stat) = match outcome {
+        Ok(verdict) => (verdict.action, verdict.stat),
+        Err(reason) => (TC_ACT_SHOT as i32, reason),
+    };
+    if let Some(counter) = STATS.get_ptr_mut(stat.index()) {
+        // SAFETY: a per-CPU slot is only touched by this CPU, and programs do not nest on it.
+        unsafe { *counter += 1 };
+    }
+    action
+}

@@ -1,0 +1,77 @@
+//! `from_workload`: every packet a pod sends, seen at TC ingress of its host-side interface.
+
+use aya_ebpf::programs::TcContext;
+use dataplane_common::{
+    net::{ETH_P_ARP, ETH_P_IP, IPV4_IHL_MIN},
+    route_flags, route_kind, Route, Stat,
+};
+
+use crate::{
+    arp, ipip,
+    maps::WORKLOADS,
+    packet::{read, EthHdr, Ipv4Hdr},
+    route::{self, IP_OFFSET},
+    verdict::{Outcome, Verdict},
+    vxlan,
+};
+
+/// Answers ARP for the gateway, drops spoofed sources, and forwards IPv4 by the routes map:
+/// into a local pod, encapsulated to the node owning a remote block, or to the kernel.
+#[inline(always)]
+pub fn from_workload(ctx: &TcContext) -> Outcome {
+    // SAFETY: reading a field of this program's own __sk_buff context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let eth: EthHdr = read(ctx, 0)?;
+    match eth.ether_type() {
+        ETH_P_ARP => return arp::answer_gateway(ctx, ifindex),
+        ETH_P_IP => {}
+        // IPv6 and the rest are the kernel's business.
+        _ => return Ok(Verdict::pass()),
+    }
+
+    let mut ip: Ipv4Hdr = read(ctx, IP_OFFSET)?;
+    if ip.version() != 4 || ip.ihl() < IPV4_IHL_MIN {
+        return Err(Stat::DropMalformed);
+    }
+    let workload = match WORKLOADS.get_ptr(&ifindex) {
+        // SAFETY: the pointer comes from a successful lookup and is read at once.
+        Some(workload) => unsafe { *workload },
+        None => return Err(Stat::DropUnknownWorkload),
+    };
+    if ip.src != workload.addr {
+        return Err(Stat::DropSpoofedSource);
+    }
+    // Options are rare and legal: the kernel's router handles them.
+    if ip.ihl() != IPV4_IHL_MIN {
+        return Ok(Verdict::pass());
+    }
+
+    let Some(route) = route::lookup(ip.dst) else {
+        return Ok(Verdict::pass());
+    };
+    match route.kind {
+        route_kind::LOCAL_WORKLOAD => {
+            route::decrement_ttl(ctx, IP_OFFSET, &mut ip)?;
+            route::to_workload(ctx, &route, Stat::DeliveredLocal)
+        }
+        route_kind::LOCAL_BLOCK => Err(Stat::DropBlackhole),
+        route_kind::REMOTE_BLOCK => to_remote_node(ctx, &route, &mut ip),
+        _ => Ok(Verdict::pass()),
+    }
+}
+
+/// Forwards to the node that owns the destination's block, as the pool's mode says.
+#[inline(always)]
+fn to_remote_node(ctx: &TcContext, route: &Route, ip: &mut Ipv4Hdr) -> Outcome {
+    let node = route::node_config()?;
+    route::decrement_ttl(ctx, IP_OFFSET, ip)?;
+    if route.flags & route_flags::ENCAP_VXLAN != 0 {
+        vxlan::encap(ctx, &node, route, ip)?;
+        route::to_uplink(&node, Stat::EncapVxlan)
+    } else if route.flags & route_flags::ENCAP_IPIP != 0 {
+        ipip::encap(ctx, &node, route, ip)?;
+        route::to_uplink(&node, Stat::EncapIpip)
+    } else {
+        route::to_next_hop(&node, route.node_addr, Stat::RoutedPlain)
+    }
+}

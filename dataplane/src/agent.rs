@@ -1,0 +1,170 @@
+//! `dataplane run`: the watch-and-converge loop.
+//!
+//! datastore -> model -> plan -> backend, on start, whenever the datastore changes, and on a
+//! periodic resync. A failed read keeps the last good state in the kernel.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{bail, Context as _};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, info_span, warn};
+
+use crate::{backend::bpf::BpfBackend, datastore, plan, sys};
+
+/// Default directory of the pinned maps and links.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/dataplane";
+
+/// Which backend programs the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// The BPF fast path where the kernel supports it, netlink routes otherwise.
+    Auto,
+    /// The BPF fast path, or fail.
+    Bpf,
+    /// Kernel routes, devices and neighbours over netlink.
+    Netlink,
+}
+
+/// Where the cluster's resources come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Datastore {
+    /// A YAML file of Calico resources, re-read when it changes.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for Datastore {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some(("file", path)) if !path.is_empty() => Ok(Datastore::File(PathBuf::from(path))),
+            _ if s == "kubernetes" || s == "etcdv3" => {
+                Err(format!("datastore {s:?} is not supported yet; use file:PATH"))
+            }
+            _ => Err(format!("unknown datastore {s:?}: expected file:PATH (e.g. file:/etc/calico/cluster.yaml)")),
+        }
+    }
+}
+
+/// Settings of one agent.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Where the cluster comes from.
+    pub datastore: Datastore,
+    /// This node's name, as in the datastore.
+    pub node: String,
+    /// The uplink; found from the node's address when not given.
+    pub uplink: Option<String>,
+    /// Directory of pinned maps and links.
+    pub pin_path: PathBuf,
+    /// Backend choice.
+    pub mode: Mode,
+    /// Full resync period.
+    pub resync: Duration,
+}
+
+/// How often the datastore file is checked for changes.
+const FILE_POLL: Duration = Duration::from_secs(1);
+
+/// Runs the agent until SIGTERM or SIGINT; the pinned fast path stays in place after it exits.
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    if options.mode == Mode::Netlink {
+        bail!("--mode netlink: the netlink fallback is not built yet; use --mode bpf or auto");
+    }
+    let mut backend = BpfBackend::load(&options.pin_path)?;
+    info!(pin_path = %options.pin_path.display(), "kernel programs loaded");
+
+    let Datastore::File(path) = &options.datastore;
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut poll = tokio::time::interval(FILE_POLL);
+    let mut seen: Option<FileStamp> = None;
+    let mut last_sync: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = poll.tick() => {
+                let stamp = file_stamp(path);
+                let due = last_sync.is_none_or(|at| at.elapsed() >= options.resync);
+                if stamp != seen || due {
+                    seen = stamp;
+                    last_sync = Some(Instant::now());
+                    if let Err(error) = reconcile(&mut backend, &options, path) {
+                        error!("reconcile failed, keeping the last programmed state: {error:#}");
+                    }
+                }
+            }
+        }
+    }
+    info!("exiting; the pinned fast path stays in place until the next agent adopts it");
+    Ok(())
+}
+
+/// One pass of datastore -> model -> plan -> backend.
+fn reconcile(backend: &mut BpfBackend, options: &RunOptions, path: &Path) -> anyhow::Result<()> {
+    let _span = info_span!("reconcile", node = %options.node).entered();
+    let started = Instant::now();
+    let (model, problems) = datastore::file::load(path)?;
+    for problem in &problems {
+        warn!("skipped: {problem}");
+    }
+    let (plan, problems) = plan::compute(&model, &options.node)?;
+    for problem in &problems {
+        warn!("not planned: {problem}");
+    }
+    let uplink = match &options.uplink {
+        Some(uplink) => uplink.clone(),
+        None => sys::interface_with_address(plan.node.addr.addr())?.with_context(|| {
+            format!(
+                "no interface holds node {}'s address {}: pass --uplink or fix spec.bgp.ipv4Address",
+                options.node,
+                plan.node.addr.addr()
+            )
+        })?,
+    };
+    let report = backend.apply(&plan, &uplink)?;
+    info!(
+        %uplink,
+        routes = plan.routes.len(),
+        workloads = plan.workloads.len(),
+        peers = plan.peers.len(),
+        written = report.written,
+        removed = report.removed,
+        attached = report.attached,
+        detached = report.detached,
+        missing_interfaces = report.missing.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "fast path programmed"
+    );
+    Ok(())
+}
+
+/// What tells us the file changed: modification time and length.
+type FileStamp = (SystemTime, u64);
+
+fn file_stamp(path: &Path) -> Option<FileStamp> {
+    let meta = fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_file_datastore() {
+        assert_eq!("file:/tmp/c.yaml".parse(), Ok(Datastore::File(PathBuf::from("/tmp/c.yaml"))));
+    }
+
+    #[test]
+    fn rejects_unknown_datastores_with_the_accepted_form() {
+        let error = "mysql://x".parse::<Datastore>().unwrap_err();
+        assert!(error.contains("file:PATH"), "{error}");
+        assert!("file:".parse::<Datastore>().is_err());
+    }
+}

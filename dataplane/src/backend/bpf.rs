@@ -1,0 +1,294 @@
+//! The BPF backend: loads the kernel programs, pins maps and links, keeps the maps equal to the
+//! plan and the programs attached where the plan says.
+//!
+//! Everything lives under the pin path, so the fast path outlives the agent: a new agent loads
+//! with the same pins, adopts the maps as they are, swaps its programs into the existing links
+//! atomically (BPF_LINK_UPDATE) and writes only the map entries that differ.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _};
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
+    sys::SyscallError,
+    Ebpf, EbpfLoader,
+};
+use dataplane_common::{
+    Ipv4Bytes, NodeConfig, Peer, Route, Workload, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
+    PROG_FROM_WORKLOAD, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    diff::{diff, Changes},
+    entries::{self, MapEntries, RouteKey},
+};
+use crate::{plan::Plan, sys};
+
+/// The kernel programs, built by the build script for bpfel-unknown-none.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
+
+/// Every map the programs use; each is pinned as `<pin path>/<name>`.
+pub const MAPS: [&str; 5] = [ROUTES_MAP, WORKLOADS_MAP, PEERS_MAP, NODE_MAP, STATS_MAP];
+
+/// Subdirectory of the pin path holding one pinned link per attached interface.
+const LINKS_DIR: &str = "links";
+
+/// What one reconcile changed.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    /// Map entries written.
+    pub written: usize,
+    /// Map entries removed.
+    pub removed: usize,
+    /// Programs newly attached (or swapped into adopted links).
+    pub attached: usize,
+    /// Links removed because their interface left the plan.
+    pub detached: usize,
+    /// Workloads left out because their interface does not exist yet.
+    pub missing: Vec<entries::MissingInterface>,
+}
+
+/// The loaded programs and pinned maps of one node.
+pub struct BpfBackend {
+    ebpf: Ebpf,
+    pin_path: PathBuf,
+    /// Interfaces this process has attached or adopted, with the ifindex they had then.
+    attached: BTreeMap<String, u32>,
+}
+
+impl BpfBackend {
+    /// Loads the programs, creating or adopting the pinned maps under `pin_path`.
+    pub fn load(pin_path: &Path) -> anyhow::Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("this binary was built with AYA_BUILD_SKIP=1 and holds no kernel programs: rebuild without it");
+        }
+        sys::prepare_pin_path(pin_path)?;
+        let map_paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|name| (*name, pin_path.join(name))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the kernel programs (is this kernel 5.10+ with BTF?)")?;
+        for name in [PROG_FROM_WORKLOAD, PROG_FROM_UPLINK] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()
+                .with_context(|| format!("program {name} is not a TC classifier"))?;
+            program.load().with_context(|| format!("verifying program {name}"))?;
+        }
+        fs::create_dir_all(pin_path.join(LINKS_DIR))
+            .with_context(|| format!("creating {}", pin_path.join(LINKS_DIR).display()))?;
+        Ok(BpfBackend { ebpf, pin_path: pin_path.to_owned(), attached: BTreeMap::new() })
+    }
+
+    /// Makes the kernel match `plan`: attaches programs to the uplink and to every workload
+    /// interface, then writes the map entries that differ and removes stale ones.
+    pub fn apply(&mut self, plan: &Plan, uplink: &str) -> anyhow::Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        let uplink_ifindex = sys::ifindex(uplink)
+            .with_context(|| format!("uplink interface {uplink:?} does not exist in this network namespace"))?;
+        let (desired, missing) = entries::from_plan(plan, uplink_ifindex, sys::ifindex);
+        for gap in &missing {
+            warn!(workload = %gap.workload, interface = %gap.interface, "workload interface not found; will retry");
+        }
+        report.missing = missing;
+
+        // Maps first: a program attached to a new interface must find its workload entry.
+        self.write_maps(&desired, &mut report)?;
+
+        let mut wanted: BTreeMap<String, (&str, u32)> = BTreeMap::new();
+        wanted.insert(uplink.to_owned(), (PROG_FROM_UPLINK, uplink_ifindex));
+        for (interface, _) in &plan.workloads {
+            if let Some(index) = sys::ifindex(interface) {
+                wanted.insert(interface.clone(), (PROG_FROM_WORKLOAD, index));
+            }
+        }
+        for (interface, (program, index)) in &wanted {
+            if self.attached.get(interface) != Some(index) {
+                self.attach(program, interface)?;
+                self.attached.insert(interface.clone(), *index);
+                report.attached += 1;
+            }
+        }
+        report.detached = self.remove_stale_links(&wanted.keys().cloned().collect())?;
+        Ok(report)
+    }
+
+    fn write_maps(&mut self, desired: &MapEntries, report: &mut ApplyReport) -> anyhow::Result<()> {
+        {
+            let mut node: Array<&mut MapData, NodeConfig> = map_mut(&mut self.ebpf, NODE_MAP)?;
+            if node.get(&0, 0).ok() != Some(desired.node) {
+                node.set(0, desired.node, 0).context("writing the node map")?;
+                report.written += 1;
+            }
+        }
+        {
+            let mut workloads: HashMap<&mut MapData, u32, Workload> = map_mut(&mut self.ebpf, WORKLOADS_MAP)?;
+            let programmed = workloads.iter().collect::<Result<BTreeMap<_, _>, _>>().context("reading the workloads map")?;
+            let changes = diff(&programmed, &desired.workloads);
+            count(report, &changes);
+            for (key, value) in changes.upserts {
+                workloads.insert(key, value, 0).context("writing the workloads map")?;
+            }
+            for key in changes.removals {
+                workloads.remove(&key).context("removing from the workloads map")?;
+            }
+        }
+        {
+            let mut peers: HashMap<&mut MapData, Ipv4Bytes, Peer> = map_mut(&mut self.ebpf, PEERS_MAP)?;
+            let programmed = peers.iter().collect::<Result<BTreeMap<_, _>, _>>().context("reading the peers map")?;
+            let changes = diff(&programmed, &desired.peers);
+            count(report, &changes);
+            for (key, value) in changes.upserts {
+                peers.insert(key, value, 0).context("writing the peers map")?;
+            }
+            for key in changes.removals {
+                peers.remove(&key).context("removing from the peers map")?;
+            }
+        }
+        {
+            let mut routes: LpmTrie<&mut MapData, Ipv4Bytes, Route> = map_mut(&mut self.ebpf, ROUTES_MAP)?;
+            let programmed = routes
+                .iter()
+                .map(|entry| entry.map(|(key, value)| ((key.prefix_len(), key.data()), value)))
+                .collect::<Result<BTreeMap<RouteKey, Route>, _>>()
+                .context("reading the routes map")?;
+            let changes = diff(&programmed, &desired.routes);
+            count(report, &changes);
+            for ((prefix_len, addr), value) in changes.upserts {
+                routes.insert(&Key::new(prefix_len, addr), value, 0).context("writing the routes map")?;
+            }
+            for (prefix_len, addr) in changes.removals {
+                routes.remove(&Key::new(prefix_len, addr)).context("removing from the routes map")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches `program` to TC ingress of `interface`, adopting (and atomically updating) a link
+    /// pinned by an earlier agent when there is one.
+    fn attach(&mut self, program: &str, interface: &str) -> anyhow::Result<()> {
+        let pin = self.link_pin(interface);
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .with_context(|| format!("program {program} missing"))?
+            .try_into()?;
+        let adopted = match PinnedLink::from_pin(&pin) {
+            Ok(pinned) => {
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .with_context(|| format!("{} is not a tcx link", pin.display()))?;
+                match prog.attach_to_link(link) {
+                    Ok(id) => Some(id),
+                    // The interface it was attached to is gone (a re-created pod): start afresh.
+                    Err(error) => {
+                        warn!(%interface, %error, "pinned link is stale; attaching anew");
+                        remove_pin(&pin)?;
+                        None
+                    }
+                }
+            }
+            Err(LinkError::SyscallError(SyscallError { io_error, .. })) if io_error.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => return Err(error).with_context(|| format!("opening pinned link {}", pin.display())),
+        };
+        let was_adopted = adopted.is_some();
+        let link_id = match adopted {
+            Some(id) => {
+                debug!(%interface, program, "swapped program into adopted link");
+                id
+            }
+            None => prog
+                .attach_with_options(interface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .with_context(|| format!("attaching {program} to tcx ingress of {interface}"))?,
+        };
+        let link: FdLink = prog.take_link(link_id)?.try_into().context("tcx link as fd link")?;
+        if !was_adopted {
+            link.pin(&pin).with_context(|| format!("pinning link at {}", pin.display()))?;
+        }
+        info!(%interface, program, adopted = was_adopted, "attached");
+        Ok(())
+    }
+
+    /// Removes pinned links of interfaces no longer in the plan (unpinning detaches them).
+    fn remove_stale_links(&mut self, wanted: &BTreeSet<String>) -> anyhow::Result<usize> {
+        let dir = self.pin_path.join(LINKS_DIR);
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(interface) = name.strip_suffix(".ingress") else { continue };
+            if !wanted.contains(interface) {
+                remove_pin(&entry.path())?;
+                self.attached.remove(interface);
+                info!(%interface, "detached");
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn link_pin(&self, interface: &str) -> PathBuf {
+        self.pin_path.join(LINKS_DIR).join(format!("{interface}.ingress"))
+    }
+}
+
+fn count<K, V>(report: &mut ApplyReport, changes: &Changes<K, V>) {
+    report.written += changes.upserts.len();
+    report.removed += changes.removals.len();
+}
+
+fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map_mut(name).with_context(|| format!("map {name} missing from the object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
+}
+
+fn remove_pin(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// Removes everything the agent pinned under `pin_path`: links (which detaches the programs)
+/// and maps. Returns how many pins were removed.
+pub fn cleanup(pin_path: &Path) -> anyhow::Result<usize> {
+    if !pin_path.exists() {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    let links = pin_path.join(LINKS_DIR);
+    if links.exists() {
+        for entry in fs::read_dir(&links).with_context(|| format!("listing {}", links.display()))? {
+            remove_pin(&entry?.path())?;
+            removed += 1;
+        }
+        fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;
+    }
+    for name in MAPS {
+        let path = pin_path.join(name);
+        if path.exists() {
+            remove_pin(&path)?;
+            removed += 1;
+        }
+    }
+    // Leave a directory that still holds something we did not make.
+    if fs::read_dir(pin_path).map(|mut d| d.next().is_none()).unwrap_or(false) {
+        fs::remove_dir(pin_path).with_context(|| format!("removing {}", pin_path.display()))?;
+    }
+    Ok(removed)
+}

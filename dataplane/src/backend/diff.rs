@@ -1,0 +1,61 @@
+//! Desired against programmed: the entries to write and the entries to remove.
+
+use std::collections::BTreeMap;
+
+/// What to change in a map so that it holds the desired entries.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Changes<K, V> {
+    /// Entries that are missing or hold a different value.
+    pub upserts: Vec<(K, V)>,
+    /// Keys present but no longer desired.
+    pub removals: Vec<K>,
+}
+
+impl<K, V> Changes<K, V> {
+    /// Whether the map already holds exactly the desired entries.
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.removals.is_empty()
+    }
+}
+
+/// Compares the programmed entries with the desired ones; entries already right are untouched.
+pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(
+    programmed: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+) -> Changes<K, V> {
+    let upserts = desired
+        .iter()
+        .filter(|(key, value)| programmed.get(key) != Some(value))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    let removals = programmed.keys().filter(|key| !desired.contains_key(key)).cloned().collect();
+    Changes { upserts, removals }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_maps_need_no_change() {
+        let map = BTreeMap::from([(1, "a"), (2, "b")]);
+        assert!(diff(&map, &map.clone()).is_empty());
+    }
+
+    #[test]
+    fn writes_new_and_changed_and_removes_stale() {
+        let programmed = BTreeMap::from([(1, "a"), (2, "b"), (3, "c")]);
+        let desired = BTreeMap::from([(1, "a"), (2, "B"), (4, "d")]);
+        let changes = diff(&programmed, &desired);
+        assert_eq!(changes.upserts, vec![(2, "B"), (4, "d")]);
+        assert_eq!(changes.removals, vec![3]);
+    }
+
+    #[test]
+    fn empty_programmed_writes_everything() {
+        let desired = BTreeMap::from([(7, 70), (8, 80)]);
+        let changes = diff(&BTreeMap::new(), &desired);
+        assert_eq!(changes.upserts.len(), 2);
+        assert!(changes.removals.is_empty());
+    }
+}

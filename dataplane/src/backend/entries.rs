@@ -1,0 +1,217 @@
+//! The plan turned into the exact map entries the kernel programs read.
+//!
+//! Pure apart from the interface-index lookup it is given, so the translation is unit-tested.
+
+use std::collections::BTreeMap;
+
+use dataplane_common::{
+    net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI},
+    peer_flags, route_flags, route_kind, Ipv4Bytes, NodeConfig, Peer, Route, Workload,
+};
+
+use crate::plan::{Encap, Plan, RouteTarget};
+
+/// A routes map key: prefix length and network-order address.
+pub type RouteKey = (u32, Ipv4Bytes);
+
+/// The content every map should have.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MapEntries {
+    /// The node map's single value.
+    pub node: NodeConfig,
+    /// The routes map.
+    pub routes: BTreeMap<RouteKey, Route>,
+    /// The workloads map, by host-side ifindex.
+    pub workloads: BTreeMap<u32, Workload>,
+    /// The peers map.
+    pub peers: BTreeMap<Ipv4Bytes, Peer>,
+}
+
+/// A workload left out because its interface does not exist (yet).
+#[derive(Debug, PartialEq, Eq)]
+pub struct MissingInterface {
+    /// The workload endpoint, `namespace/name`.
+    pub workload: String,
+    /// The interface that was not found.
+    pub interface: String,
+}
+
+/// Translates `plan` into map entries; `ifindex` resolves interface names on this node.
+pub fn from_plan(
+    plan: &Plan,
+    uplink_ifindex: u32,
+    ifindex: impl Fn(&str) -> Option<u32>,
+) -> (MapEntries, Vec<MissingInterface>) {
+    let mut entries = MapEntries {
+        node: NodeConfig {
+            addr: plan.node.addr.addr().octets(),
+            uplink_ifindex,
+            vni: CALICO_VXLAN_VNI,
+            vtep_mac: plan.node.vtep_mac.map(|m| m.0).unwrap_or_default(),
+            vxlan_port: CALICO_VXLAN_PORT,
+        },
+        ..MapEntries::default()
+    };
+    let mut missing = Vec::new();
+
+    for (interface, workload) in &plan.workloads {
+        match ifindex(interface) {
+            Some(index) => {
+                entries.workloads.insert(
+                    index,
+                    Workload {
+                        addr: workload.addr.octets(),
+                        mac: workload.mac.map(|m| m.0).unwrap_or_default(),
+                        _pad: [0; 2],
+                    },
+                );
+            }
+            None => missing.push(MissingInterface {
+                workload: workload.name.clone(),
+                interface: interface.clone(),
+            }),
+        }
+    }
+
+    for (prefix, planned) in &plan.routes {
+        let mut route = Route::default();
+        if planned.pool.is_some() {
+            route.flags |= route_flags::IN_POOL;
+        }
+        if planned.nat_outgoing {
+            route.flags |= route_flags::NAT_OUTGOING;
+        }
+        match &planned.target {
+            RouteTarget::LocalWorkload { interface, mac } => {
+                // Without its interface the workload cannot be reached: leave its /32 out, so
+                // the block's blackhole answers instead of a redirect to nowhere.
+                let Some(index) = ifindex(interface) else { continue };
+                route.kind = route_kind::LOCAL_WORKLOAD;
+                route.ifindex = index;
+                route.mac = mac.map(|m| m.0).unwrap_or_default();
+            }
+            RouteTarget::LocalBlock => route.kind = route_kind::LOCAL_BLOCK,
+            RouteTarget::RemoteBlock { node_addr, encap, .. } => {
+                route.kind = route_kind::REMOTE_BLOCK;
+                route.node_addr = node_addr.octets();
+                match encap {
+                    Encap::None => {}
+                    Encap::Vxlan { vtep_mac } => {
+                        route.flags |= route_flags::ENCAP_VXLAN;
+                        route.mac = vtep_mac.0;
+                    }
+                    Encap::Ipip => route.flags |= route_flags::ENCAP_IPIP,
+                }
+            }
+            RouteTarget::Pool => route.kind = route_kind::POOL,
+        }
+        entries.routes.insert((u32::from(prefix.prefix_len()), prefix.network().octets()), route);
+    }
+
+    for (addr, peer) in &plan.peers {
+        let mut flags = 0;
+        if peer.vxlan {
+            flags |= peer_flags::VXLAN;
+        }
+        if peer.ipip {
+            flags |= peer_flags::IPIP;
+        }
+        entries.peers.insert(addr.octets(), Peer { flags });
+    }
+    (entries, missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{
+        model::MacAddr,
+        plan::{NodePlan, PlannedPeer, PlannedRoute, PlannedWorkload},
+    };
+
+    fn plan() -> Plan {
+        let mut plan = Plan {
+            node: NodePlan {
+                name: "node-1".into(),
+                addr: "10.100.0.11/24".parse().unwrap(),
+                vtep_mac: Some(MacAddr([0x66, 0xd0, 0, 0, 0, 1])),
+                vtep_addr: Some(Ipv4Addr::new(10, 244, 1, 0)),
+            },
+            routes: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            workloads: BTreeMap::new(),
+        };
+        plan.routes.insert(
+            "10.244.2.0/26".parse().unwrap(),
+            PlannedRoute {
+                target: RouteTarget::RemoteBlock {
+                    node: "node-2".into(),
+                    node_addr: Ipv4Addr::new(10, 100, 0, 12),
+                    encap: Encap::Vxlan { vtep_mac: MacAddr([0x66, 0xd0, 0, 0, 0, 2]) },
+                },
+                pool: Some("default".into()),
+                nat_outgoing: true,
+            },
+        );
+        plan.routes.insert(
+            "10.244.1.2/32".parse().unwrap(),
+            PlannedRoute {
+                target: RouteTarget::LocalWorkload { interface: "cali1".into(), mac: None },
+                pool: Some("default".into()),
+                nat_outgoing: false,
+            },
+        );
+        plan.routes.insert(
+            "10.244.1.3/32".parse().unwrap(),
+            PlannedRoute {
+                target: RouteTarget::LocalWorkload { interface: "cali-gone".into(), mac: None },
+                pool: Some("default".into()),
+                nat_outgoing: false,
+            },
+        );
+        plan.workloads.insert(
+            "cali1".into(),
+            PlannedWorkload { name: "default/web-1".into(), addr: Ipv4Addr::new(10, 244, 1, 2), mac: None },
+        );
+        plan.workloads.insert(
+            "cali-gone".into(),
+            PlannedWorkload { name: "default/gone".into(), addr: Ipv4Addr::new(10, 244, 1, 3), mac: None },
+        );
+        plan.peers.insert(Ipv4Addr::new(10, 100, 0, 12), PlannedPeer { vxlan: true, ipip: false });
+        plan
+    }
+
+    #[test]
+    fn translates_routes_peers_and_workloads() {
+        let (entries, missing) = from_plan(&plan(), 2, |name| (name == "cali1").then_some(7));
+        assert_eq!(entries.node.addr, [10, 100, 0, 11]);
+        assert_eq!(entries.node.vni, 4096);
+        assert_eq!(entries.node.vxlan_port, 4789);
+        assert_eq!(entries.node.uplink_ifindex, 2);
+
+        let remote = entries.routes[&(26, [10, 244, 2, 0])];
+        assert_eq!(remote.kind, route_kind::REMOTE_BLOCK);
+        assert_eq!(remote.flags, route_flags::ENCAP_VXLAN | route_flags::IN_POOL | route_flags::NAT_OUTGOING);
+        assert_eq!(remote.node_addr, [10, 100, 0, 12]);
+        assert_eq!(remote.mac, [0x66, 0xd0, 0, 0, 0, 2]);
+
+        let local = entries.routes[&(32, [10, 244, 1, 2])];
+        assert_eq!(local.kind, route_kind::LOCAL_WORKLOAD);
+        assert_eq!(local.ifindex, 7);
+        assert_eq!(entries.workloads[&7].addr, [10, 244, 1, 2]);
+        assert_eq!(entries.peers[&[10, 100, 0, 12]].flags, peer_flags::VXLAN);
+    }
+
+    #[test]
+    fn a_workload_without_its_interface_is_left_out_and_reported() {
+        let (entries, missing) = from_plan(&plan(), 2, |name| (name == "cali1").then_some(7));
+        assert!(!entries.routes.contains_key(&(32, [10, 244, 1, 3])));
+        assert_eq!(entries.workloads.len(), 1);
+        assert_eq!(
+            missing,
+            vec![MissingInterface { workload: "default/gone".into(), interface: "cali-gone".into() }]
+        );
+    }
+}

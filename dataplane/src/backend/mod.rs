@@ -1,0 +1,6 @@
+//! Backends apply a plan to the kernel: the BPF fast path (maps and TC programs), or, later,
+//! netlink routes where the kernel cannot run the programs.
+
+pub mod bpf;
+pub mod diff;
+pub mod entries;

@@ -1,0 +1,91 @@
+//! Thin wrappers over the system calls the agent needs: interfaces, addresses, bpffs.
+
+use std::{
+    ffi::{CStr, CString},
+    fs,
+    net::Ipv4Addr,
+    path::Path,
+};
+
+use anyhow::{bail, Context as _};
+
+/// The ifindex of `name` in this network namespace, if the interface exists.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// The name of the interface that holds `addr`, if any.
+pub fn interface_with_address(addr: Ipv4Addr) -> anyhow::Result<Option<String>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getifaddrs");
+    }
+    let mut found = None;
+    let mut cursor = head;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned, not yet freed.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        if entry.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it states.
+        let family = unsafe { (*entry.ifa_addr).sa_family };
+        if i32::from(family) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: an AF_INET sockaddr is a sockaddr_in.
+        let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
+        if Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == addr {
+            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+            let name = unsafe { CStr::from_ptr(entry.ifa_name) };
+            found = Some(name.to_string_lossy().into_owned());
+            break;
+        }
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(found)
+}
+
+/// Where bpffs is mounted by convention.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// Makes sure `pin_path` is a directory on a bpffs, mounting one at /sys/fs/bpf if needed.
+pub fn prepare_pin_path(pin_path: &Path) -> anyhow::Result<()> {
+    if !pin_path.starts_with(BPFFS_ROOT) {
+        bail!(
+            "--pin-path {} is not under {BPFFS_ROOT}: pins must live on a bpffs so that they \
+             survive the agent",
+            pin_path.display()
+        );
+    }
+    if !bpffs_mounted(Path::new(BPFFS_ROOT))? {
+        let target = CString::new(BPFFS_ROOT).context("bpffs path")?;
+        let fstype = CString::new("bpf").context("bpffs type")?;
+        // SAFETY: all pointers are valid NUL-terminated strings; no mount data.
+        let rc = unsafe {
+            libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| {
+                format!("mounting bpffs at {BPFFS_ROOT} (the agent needs root, or mount it yourself)")
+            });
+        }
+        tracing::info!(path = BPFFS_ROOT, "mounted bpffs");
+    }
+    fs::create_dir_all(pin_path).with_context(|| format!("creating pin directory {}", pin_path.display()))
+}
+
+fn bpffs_mounted(at: &Path) -> anyhow::Result<bool> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    Ok(mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let (_source, target, fstype) = (fields.next(), fields.next(), fields.next());
+        target.map(Path::new) == Some(at) && fstype == Some("bpf")
+    }))
+}
