@@ -71,7 +71,8 @@ pub fn encap(ctx: &TcContext, node: &NodeConfig, route: &Route, inner: &Ipv4Hdr)
     let port_range = u32::from(VXLAN_SRC_PORT_MAX - VXLAN_SRC_PORT_MIN);
     let src_port = VXLAN_SRC_PORT_MIN + (hash % port_range) as u16;
 
-    let outer_len = inner_len + VXLAN_ENCAP_LEN - ETH_HLEN;
+    // Outer IPv4 total length: everything VXLAN adds plus the inner IPv4 packet.
+    let outer_len = inner_len + VXLAN_ENCAP_LEN;
     let mut outer = VxlanEncap {
         ip: Ipv4Hdr {
             version_ihl: 0x45,

@@ -1,1 +1,4 @@
-//! Integration tests of the dataplane live in `tests/`: they need root and network namespaces.
+//! Helpers shared by the integration tests in `tests/`, which need root and network namespaces.
+#![deny(missing_docs)]
+
+pub mod packet;

@@ -37,6 +37,11 @@ use crate::{plan::Plan, sys};
 /// The kernel programs, built by the build script for bpfel-unknown-none.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
 
+/// The embedded object, for tools and tests that load the programs without pins.
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
 /// Every map the programs use; each is pinned as `<pin path>/<name>`.
 pub const MAPS: [&str; 5] = [ROUTES_MAP, WORKLOADS_MAP, PEERS_MAP, NODE_MAP, STATS_MAP];
 

@@ -1,0 +1,381 @@
+//! Per-packet behaviour of the kernel programs, with BPF_PROG_TEST_RUN on crafted packets.
+//!
+//! Each test loads its own copy of the programs with fresh, unpinned maps, fills them through
+//! the agent's own path (YAML -> model -> plan -> map entries), runs a packet and checks the
+//! verdict, the output bytes field by field and the stats map. Needs root (CAP_BPF).
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
+    programs::{tc::SchedClassifier, TestRun, TestRunOptions},
+    Ebpf, EbpfLoader,
+};
+use dataplane::{backend::entries, datastore::file, plan};
+use dataplane_common::{
+    net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, ETH_HLEN, GATEWAY_ADDR, GATEWAY_MAC, IPPROTO_UDP, VXLAN_ENCAP_LEN},
+    Ipv4Bytes, NodeConfig, Peer, Route, Stat, Workload, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
+    PROG_FROM_WORKLOAD, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+};
+use dataplane_tests::packet::{be16, fixture::*, ipv4_checksum, Packet};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// Interface of the tested workload: BPF_PROG_TEST_RUN runs skbs on the loopback (ifindex 1).
+const TESTED_IFINDEX: u32 = 1;
+/// A second workload's interface; never used as the ingress device, only as redirect target.
+const OTHER_IFINDEX: u32 = 1000;
+
+const CLUSTER: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: default-ipv4-ippool}
+spec: {cidr: 10.244.0.0/16, blockSize: 26, vxlanMode: Always, ipipMode: Never, natOutgoing: true}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: node-1}
+spec:
+  bgp: {ipv4Address: 10.100.0.11/24}
+  ipv4VXLANTunnelAddr: 10.244.1.0
+  vxlanTunnelMACAddr: "66:d0:00:00:00:01"
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: node-2}
+spec:
+  bgp: {ipv4Address: 10.100.0.12/24}
+  ipv4VXLANTunnelAddr: 10.244.2.0
+  vxlanTunnelMACAddr: "66:d0:00:00:00:02"
+---
+apiVersion: crd.projectcalico.org/v1
+kind: BlockAffinity
+metadata: {name: ipam-block-affinity-10-244-1-0-26}
+spec: {cidr: 10.244.1.0/26, node: node-1, state: confirmed, deleted: "false"}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: BlockAffinity
+metadata: {name: ipam-block-affinity-10-244-2-0-26}
+spec: {cidr: 10.244.2.0/26, node: node-2, state: confirmed, deleted: "false"}
+---
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: node--1-k8s-pod--a-eth0, namespace: default}
+spec: {node: node-1, pod: pod-a, interfaceName: calitesteda0001, ipNetworks: [10.244.1.2/32], mac: "0a:58:0a:f4:01:02"}
+---
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: node--1-k8s-pod--b-eth0, namespace: default}
+spec: {node: node-1, pod: pod-b, interfaceName: caliothereb0001, ipNetworks: [10.244.1.3/32], mac: "0a:58:0a:f4:01:03"}
+---
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: node--2-k8s-pod--c-eth0, namespace: default}
+spec: {node: node-2, pod: pod-c, interfaceName: calitestedc0001, ipNetworks: [10.244.2.2/32], mac: "0a:58:0a:f4:02:02"}
+"#;
+
+/// One node's programs with their own maps, filled as the agent would fill them.
+struct Node {
+    ebpf: Ebpf,
+}
+
+impl Node {
+    fn new(name: &str) -> Self {
+        let (model, problems) = file::parse(CLUSTER).expect("fixture parses");
+        assert!(problems.is_empty(), "{problems:?}");
+        let (plan, problems) = plan::compute(&model, name).expect("fixture plans");
+        assert!(problems.is_empty(), "{problems:?}");
+        let ifindex = |interface: &str| {
+            Some(if interface.starts_with("calitested") { TESTED_IFINDEX } else { OTHER_IFINDEX })
+        };
+        let (desired, missing) = entries::from_plan(&plan, 2, ifindex);
+        assert!(missing.is_empty());
+
+        let mut ebpf = EbpfLoader::new().load(dataplane::backend::bpf::object()).expect("object loads");
+        for program in [PROG_FROM_WORKLOAD, PROG_FROM_UPLINK] {
+            let program: &mut SchedClassifier =
+                ebpf.program_mut(program).expect("program exists").try_into().expect("classifier");
+            program.load().expect("the verifier accepts the program");
+        }
+        let mut node: Array<_, NodeConfig> = Array::try_from(ebpf.map_mut(NODE_MAP).unwrap()).unwrap();
+        node.set(0, desired.node, 0).unwrap();
+        let mut routes: LpmTrie<_, Ipv4Bytes, Route> = LpmTrie::try_from(ebpf.map_mut(ROUTES_MAP).unwrap()).unwrap();
+        for ((len, addr), route) in &desired.routes {
+            routes.insert(&Key::new(*len, *addr), *route, 0).unwrap();
+        }
+        let mut workloads: HashMap<_, u32, Workload> = HashMap::try_from(ebpf.map_mut(WORKLOADS_MAP).unwrap()).unwrap();
+        for (index, workload) in &desired.workloads {
+            workloads.insert(*index, *workload, 0).unwrap();
+        }
+        let mut peers: HashMap<_, Ipv4Bytes, Peer> = HashMap::try_from(ebpf.map_mut(PEERS_MAP).unwrap()).unwrap();
+        for (addr, peer) in &desired.peers {
+            peers.insert(*addr, *peer, 0).unwrap();
+        }
+        Node { ebpf }
+    }
+
+    /// Runs `program` on `packet`; returns the TC verdict and the output packet.
+    fn run(&self, program: &str, packet: &[u8]) -> (u32, Vec<u8>) {
+        let program: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = program
+            .test_run(TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn stat(&self, stat: Stat) -> u64 {
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(STATS_MAP).unwrap()).unwrap();
+        stats.get(&stat.index(), 0).unwrap().iter().sum()
+    }
+}
+
+fn skip_unless_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
+    }
+    !root
+}
+
+/// A UDP packet from pod A to `dst`, as it leaves the pod.
+fn from_pod_a(dst: [u8; 4]) -> Vec<u8> {
+    Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, dst, IPPROTO_UDP).udp(40000, 5201).payload(b"hello through the fast path").finish()
+}
+
+/// A VXLAN packet from `outer_src` to this node carrying `inner`'s IPv4 packet.
+fn vxlan_to_node(outer_src: [u8; 4], vni: u32, inner_src: [u8; 4], inner_dst: [u8; 4]) -> Vec<u8> {
+    Packet::eth(UPLINK_MAC, UPLINK_MAC)
+        .ipv4(outer_src, NODE, IPPROTO_UDP)
+        .udp(50000, CALICO_VXLAN_PORT)
+        .vxlan(vni, PEER_VTEP_MAC, NODE_VTEP_MAC)
+        .ipv4(inner_src, inner_dst, IPPROTO_UDP)
+        .udp(5201, 40000)
+        .payload(b"reply")
+        .finish()
+}
+
+#[test]
+fn arp_for_the_gateway_is_answered_with_the_gateway_mac() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let request = Packet::eth(POD_A_MAC, [0xff; 6]).arp_request(POD_A_MAC, POD_A, GATEWAY_ADDR).finish();
+    let (verdict, reply) = node.run(PROG_FROM_WORKLOAD, &request);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "the reply goes back out of the workload's interface");
+    assert_eq!(&reply[0..6], &POD_A_MAC, "Ethernet destination: the asking pod");
+    assert_eq!(&reply[6..12], &GATEWAY_MAC, "Ethernet source: the gateway");
+    assert_eq!(be16(&reply, 20), 2, "ARP opcode: reply");
+    assert_eq!(&reply[22..28], &GATEWAY_MAC, "sender MAC");
+    assert_eq!(&reply[28..32], &GATEWAY_ADDR, "sender IP");
+    assert_eq!(&reply[32..38], &POD_A_MAC, "target MAC");
+    assert_eq!(&reply[38..42], &POD_A, "target IP");
+    assert_eq!(node.stat(Stat::ArpReplied), 1);
+}
+
+#[test]
+fn arp_for_other_addresses_is_left_alone() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let request = Packet::eth(POD_A_MAC, [0xff; 6]).arp_request(POD_A_MAC, POD_A, POD_B).finish();
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &request);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, request, "not rewritten");
+    assert_eq!(node.stat(Stat::ArpPassed), 1);
+    assert_eq!(node.stat(Stat::ArpReplied), 0);
+}
+
+#[test]
+fn remote_pod_traffic_is_encapsulated_in_vxlan_byte_for_byte() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let inner = from_pod_a(REMOTE_POD);
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &inner);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(node.stat(Stat::EncapVxlan), 1);
+    assert_eq!(out.len(), inner.len() + VXLAN_ENCAP_LEN);
+
+    let ip = &out[ETH_HLEN..ETH_HLEN + 20];
+    assert_eq!(ip[0], 0x45, "outer IPv4, no options");
+    assert_eq!(be16(ip, 2) as usize, out.len() - ETH_HLEN, "outer total length");
+    assert_eq!(ip[8], 64, "outer TTL");
+    assert_eq!(ip[9], IPPROTO_UDP);
+    assert_eq!(&ip[12..16], &NODE, "outer source: this node");
+    assert_eq!(&ip[16..20], &PEER, "outer destination: the block's node");
+    assert_eq!(ipv4_checksum(ip), 0, "outer header checksum is valid");
+
+    let udp = &out[34..42];
+    let sport = be16(udp, 0);
+    assert!((32768..61000).contains(&sport), "source port {sport} in the kernel's VXLAN range");
+    assert_eq!(be16(udp, 2), CALICO_VXLAN_PORT);
+    assert_eq!(be16(udp, 4) as usize, out.len() - 34, "UDP length");
+    assert_eq!(be16(udp, 6), 0, "no UDP checksum, as the kernel sends VXLAN");
+
+    let vxlan = &out[42..50];
+    assert_eq!(vxlan[0], 0x08, "VNI flag");
+    assert_eq!(u32::from_be_bytes([0, vxlan[4], vxlan[5], vxlan[6]]), CALICO_VXLAN_VNI);
+
+    assert_eq!(&out[50..56], &PEER_VTEP_MAC, "inner destination MAC: the peer's VTEP");
+    assert_eq!(&out[56..62], &NODE_VTEP_MAC, "inner source MAC: our VTEP");
+    assert_eq!(be16(&out, 62), 0x0800);
+
+    let inner_ip = &out[64..84];
+    assert_eq!(inner_ip[8], 63, "inner TTL decremented once, as a router does");
+    assert_eq!(ipv4_checksum(inner_ip), 0, "inner checksum still valid");
+    assert_eq!(&out[84..], &inner[34..], "transport header and payload untouched");
+}
+
+#[test]
+fn vxlan_from_a_peer_is_decapsulated_into_the_pod() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let packet = vxlan_to_node(PEER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A);
+    let (verdict, out) = node.run(PROG_FROM_UPLINK, &packet);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "redirected into the pod");
+    assert_eq!(node.stat(Stat::DecapVxlan), 1);
+    assert_eq!(out.len(), packet.len() - VXLAN_ENCAP_LEN);
+    assert_eq!(&out[0..6], &POD_A_MAC, "destination: the pod's MAC");
+    assert_eq!(&out[6..12], &GATEWAY_MAC, "source: the gateway");
+    assert_eq!(be16(&out, 12), 0x0800);
+    let ip = &out[14..34];
+    assert_eq!(&ip[12..16], &REMOTE_POD);
+    assert_eq!(&ip[16..20], &POD_A);
+    assert_eq!(ip[8], 63, "TTL decremented");
+    assert_eq!(ipv4_checksum(ip), 0);
+    assert_eq!(&out[34..], &packet[84..], "transport header and payload untouched");
+}
+
+#[test]
+fn encapsulation_then_decapsulation_gives_back_the_packet() {
+    if skip_unless_root() {
+        return;
+    }
+    let sender = Node::new("node-2");
+    let receiver = Node::new("node-1");
+    // Pod C on node-2 (the tested interface there) sends to pod A on node-1.
+    let original = Packet::eth([0x0a, 0x58, 0x0a, 0xf4, 0x02, 0x02], GATEWAY_MAC)
+        .ipv4(REMOTE_POD, POD_A, IPPROTO_UDP)
+        .udp(40000, 5201)
+        .payload(&[0xab; 100])
+        .finish();
+    let (verdict, encapsulated) = sender.run(PROG_FROM_WORKLOAD, &original);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (verdict, delivered) = receiver.run(PROG_FROM_UPLINK, &encapsulated);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(delivered.len(), original.len());
+    assert_eq!(&delivered[0..6], &POD_A_MAC);
+    // Only the TTL (two routers) and the checksum differ.
+    let mut expected = original.clone();
+    expected[0..6].copy_from_slice(&POD_A_MAC);
+    expected[6..12].copy_from_slice(&GATEWAY_MAC);
+    expected[22] -= 2;
+    expected[24..26].copy_from_slice(&[0, 0]);
+    let check = ipv4_checksum(&expected[14..34]);
+    expected[24..26].copy_from_slice(&check.to_be_bytes());
+    assert_eq!(delivered, expected);
+}
+
+#[test]
+fn pod_to_pod_on_the_same_node_is_redirected_to_the_peer_pod() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &from_pod_a(POD_B));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[0..6], &POD_B_MAC);
+    assert_eq!(&out[6..12], &GATEWAY_MAC);
+    assert_eq!(out[22], 63);
+    assert_eq!(node.stat(Stat::DeliveredLocal), 1);
+}
+
+#[test]
+fn spoofed_source_is_dropped() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let spoofed = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_B, REMOTE_POD, IPPROTO_UDP).udp(1, 2).finish();
+    let (verdict, _) = node.run(PROG_FROM_WORKLOAD, &spoofed);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(node.stat(Stat::DropSpoofedSource), 1);
+    assert_eq!(node.stat(Stat::EncapVxlan), 0);
+}
+
+#[test]
+fn vxlan_from_an_unknown_node_is_dropped() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let (verdict, _) = node.run(PROG_FROM_UPLINK, &vxlan_to_node(STRANGER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(node.stat(Stat::DropUnknownPeer), 1);
+    assert_eq!(node.stat(Stat::DecapVxlan), 0);
+}
+
+#[test]
+fn vxlan_with_another_vni_is_dropped() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let (verdict, _) = node.run(PROG_FROM_UPLINK, &vxlan_to_node(PEER, 4097, REMOTE_POD, POD_A));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(node.stat(Stat::DropWrongVni), 1);
+}
+
+#[test]
+fn an_address_of_the_local_block_without_workload_is_blackholed() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let (verdict, _) = node.run(PROG_FROM_WORKLOAD, &from_pod_a(POD_NONE));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(node.stat(Stat::DropBlackhole), 1);
+}
+
+#[test]
+fn traffic_outside_the_pools_goes_to_the_kernel() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let packet = from_pod_a(EXTERNAL);
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &packet);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, packet);
+    assert_eq!(node.stat(Stat::PassToStack), 1);
+}
+
+#[test]
+fn truncated_and_malformed_ipv4_is_dropped_and_counted() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    // (BPF_PROG_TEST_RUN itself refuses frames whose IPv4 header is cut, so truncation is tried
+    // further in: a VXLAN packet cut inside its VXLAN header.)
+    let tunnel = vxlan_to_node(PEER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A);
+    let (verdict, _) = node.run(PROG_FROM_UPLINK, &tunnel[..ETH_HLEN + 20 + 8 + 4]);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(node.stat(Stat::DecapVxlan), 0);
+    let whole = from_pod_a(REMOTE_POD);
+    // IHL 4: shorter than the fixed header.
+    let mut bad_ihl = whole.clone();
+    bad_ihl[ETH_HLEN] = 0x44;
+    let (verdict, _) = node.run(PROG_FROM_WORKLOAD, &bad_ihl);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(node.stat(Stat::DropMalformed), 2);
+    assert_eq!(node.stat(Stat::EncapVxlan), 0);
+}
