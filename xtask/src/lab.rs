@@ -8,6 +8,20 @@ pub enum Command {
 }
 
 /// Runs a lab subcommand.
-pub fn run(_command: Command) -> anyhow::Result<()> {
-    anyhow::bail!("not written yet")
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Down => down(),
+    }
+}
+
+/// Removes every `dpl-*` namespace (stopping what runs in it), `/sys/fs/bpf/dpl-*` and the labs'
+/// log directories, saying what it removes.
+fn down() -> anyhow::Result<()> {
+    let removed = dataplane_lab::down_all_with(|what| println!("removed {what}"))?;
+    if removed == 0 {
+        println!("no lab leftovers found");
+    } else {
+        println!("removed {removed} lab leftovers");
+    }
+    Ok(())
 }
