@@ -15,11 +15,10 @@ use anyhow::{bail, Context as _};
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
     programs::{
-        links::{FdLink, LinkError, PinnedLink},
+        links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
         LinkOrder, SchedClassifier, TcAttachType,
     },
-    sys::SyscallError,
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
@@ -190,22 +189,23 @@ impl BpfBackend {
             .program_mut(program)
             .with_context(|| format!("program {program} missing"))?
             .try_into()?;
-        let adopted = match PinnedLink::from_pin(&pin) {
-            Ok(pinned) => {
-                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-                    .with_context(|| format!("{} is not a tcx link", pin.display()))?;
-                match prog.attach_to_link(link) {
-                    Ok(id) => Some(id),
-                    // The interface it was attached to is gone (a re-created pod): start afresh.
-                    Err(error) => {
-                        warn!(%interface, %error, "pinned link is stale; attaching anew");
-                        remove_pin(&pin)?;
-                        None
-                    }
+        // A pin left by an earlier agent: swap our program into that link atomically.
+        let adopted = if pin.exists() {
+            let pinned = PinnedLink::from_pin(&pin)
+                .with_context(|| format!("opening pinned link {}", pin.display()))?;
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                .with_context(|| format!("{} is not a tcx link", pin.display()))?;
+            match prog.attach_to_link(link) {
+                Ok(id) => Some(id),
+                // The interface it was attached to is gone (a re-created pod): start afresh.
+                Err(error) => {
+                    warn!(%interface, %error, "pinned link is stale; attaching anew");
+                    remove_pin(&pin)?;
+                    None
                 }
             }
-            Err(LinkError::SyscallError(SyscallError { io_error, .. })) if io_error.kind() == io::ErrorKind::NotFound => None,
-            Err(error) => return Err(error).with_context(|| format!("opening pinned link {}", pin.display())),
+        } else {
+            None
         };
         let was_adopted = adopted.is_some();
         let link_id = match adopted {
@@ -228,24 +228,30 @@ impl BpfBackend {
     /// Removes pinned links of interfaces no longer in the plan (unpinning detaches them).
     fn remove_stale_links(&mut self, wanted: &BTreeSet<String>) -> anyhow::Result<usize> {
         let dir = self.pin_path.join(LINKS_DIR);
+        let wanted_pins: BTreeSet<String> = wanted.iter().map(|interface| link_pin_name(interface)).collect();
         let mut removed = 0;
         for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(interface) = name.strip_suffix(".ingress") else { continue };
-            if !wanted.contains(interface) {
+            if !wanted_pins.contains(&name) {
                 remove_pin(&entry.path())?;
-                self.attached.remove(interface);
-                info!(%interface, "detached");
+                info!(link = %name, "detached");
                 removed += 1;
             }
         }
+        self.attached.retain(|interface, _| wanted.contains(interface));
         Ok(removed)
     }
 
     fn link_pin(&self, interface: &str) -> PathBuf {
-        self.pin_path.join(LINKS_DIR).join(format!("{interface}.ingress"))
+        self.pin_path.join(LINKS_DIR).join(link_pin_name(interface))
     }
+}
+
+/// The pin name of the TC ingress link of `interface`. bpffs refuses names with a dot, which
+/// interface names may have (`vxlan.calico`, `eth0.100`), so dots (and `%`) are %-escaped.
+pub fn link_pin_name(interface: &str) -> String {
+    format!("ingress_{}", interface.replace('%', "%25").replace('.', "%2e"))
 }
 
 fn count<K, V>(report: &mut ApplyReport, changes: &Changes<K, V>) {
