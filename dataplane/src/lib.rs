@@ -7,4 +7,5 @@ pub mod backend;
 pub mod datastore;
 pub mod model;
 pub mod plan;
+pub mod stats;
 pub mod sys;

@@ -16,6 +16,15 @@ struct Cli {
     command: Command,
 }
 
+/// How inspection commands print.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    /// Aligned text for a person.
+    Table,
+    /// JSON for tools.
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent on this node: program the fast path and keep it equal to the datastore.
@@ -38,6 +47,15 @@ enum Command {
         /// Seconds between full resyncs.
         #[arg(long, default_value_t = 30)]
         resync_interval: u64,
+    },
+    /// Print the fast path's counters: every decision and every drop reason.
+    Stats {
+        /// Directory of the pinned maps.
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Remove everything the agent pinned: detaches the programs and frees the maps.
     Cleanup {
@@ -71,6 +89,14 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("starting the async runtime")?
                 .block_on(agent::run(options))
+        }
+        Command::Stats { pin_path, output } => {
+            let counters = dataplane::stats::read(&pin_path)?;
+            match output {
+                Output::Table => print!("{}", dataplane::stats::table(&counters)),
+                Output::Json => println!("{:#}", dataplane::stats::json(&counters)),
+            }
+            Ok(())
         }
         Command::Cleanup { pin_path } => {
             let removed = backend::bpf::cleanup(&pin_path)?;
