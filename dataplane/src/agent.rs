@@ -4,16 +4,22 @@
 //! periodic resync. A failed read keeps the last good state in the kernel.
 
 use std::{
-    fs,
-    path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime},
+    path::PathBuf,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
 use tracing::{error, info, info_span, warn};
 
-use crate::{backend::bpf::BpfBackend, datastore, plan, sys};
+use crate::{
+    backend::bpf::BpfBackend,
+    datastore::{self, Snapshot},
+    plan, sys,
+};
 
 /// Default directory of the pinned maps and links.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/dataplane";
@@ -34,6 +40,8 @@ pub enum Mode {
 pub enum Datastore {
     /// A YAML file of Calico resources, re-read when it changes.
     File(PathBuf),
+    /// Calico's etcdv3 datastore; its settings come from the `--etcd-*` options.
+    Etcdv3,
 }
 
 impl std::str::FromStr for Datastore {
@@ -42,10 +50,13 @@ impl std::str::FromStr for Datastore {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
             Some(("file", path)) if !path.is_empty() => Ok(Datastore::File(PathBuf::from(path))),
-            _ if s == "kubernetes" || s == "etcdv3" => {
+            _ if s == "etcdv3" => Ok(Datastore::Etcdv3),
+            _ if s == "kubernetes" => {
                 Err(format!("datastore {s:?} is not supported yet; use file:PATH"))
             }
-            _ => Err(format!("unknown datastore {s:?}: expected file:PATH (e.g. file:/etc/calico/cluster.yaml)")),
+            _ => Err(format!(
+                "unknown datastore {s:?}: expected file:PATH (e.g. file:/etc/calico/cluster.yaml) or etcdv3"
+            )),
         }
     }
 }
@@ -65,10 +76,9 @@ pub struct RunOptions {
     pub mode: Mode,
     /// Full resync period.
     pub resync: Duration,
+    /// etcd settings, used with `Datastore::Etcdv3`.
+    pub etcd: datastore::etcd::EtcdConfig,
 }
-
-/// How often the datastore file is checked for changes.
-const FILE_POLL: Duration = Duration::from_secs(1);
 
 /// Runs the agent until SIGTERM or SIGINT; the pinned fast path stays in place after it exits.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
@@ -78,42 +88,46 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut backend = BpfBackend::load(&options.pin_path)?;
     info!(pin_path = %options.pin_path.display(), "kernel programs loaded");
 
-    let Datastore::File(path) = &options.datastore;
+    let (sender, mut snapshots) = watch::channel(None);
+    let watcher = match &options.datastore {
+        Datastore::File(path) => tokio::spawn(datastore::watch_file(path.clone(), sender)),
+        Datastore::Etcdv3 => tokio::spawn(datastore::etcd::watch(options.etcd.clone(), sender)),
+    };
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut poll = tokio::time::interval(FILE_POLL);
-    let mut seen: Option<FileStamp> = None;
-    let mut last_sync: Option<Instant> = None;
+    let mut resync = tokio::time::interval(options.resync);
+    resync.tick().await;
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = poll.tick() => {
-                let stamp = file_stamp(path);
-                let due = last_sync.is_none_or(|at| at.elapsed() >= options.resync);
-                if stamp != seen || due {
-                    seen = stamp;
-                    last_sync = Some(Instant::now());
-                    if let Err(error) = reconcile(&mut backend, &options, path) {
-                        error!("reconcile failed, keeping the last programmed state: {error:#}");
-                    }
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    bail!("the datastore watcher stopped");
                 }
+            }
+            _ = resync.tick() => {}
+        }
+        let snapshot = snapshots.borrow_and_update().clone();
+        if let Some(snapshot) = snapshot {
+            if let Err(error) = reconcile(&mut backend, &options, &snapshot) {
+                error!("reconcile failed, keeping the last programmed state: {error:#}");
             }
         }
     }
+    watcher.abort();
     info!("exiting; the pinned fast path stays in place until the next agent adopts it");
     Ok(())
 }
 
-/// One pass of datastore -> model -> plan -> backend.
-fn reconcile(backend: &mut BpfBackend, options: &RunOptions, path: &Path) -> anyhow::Result<()> {
+/// One pass of model -> plan -> backend.
+fn reconcile(backend: &mut BpfBackend, options: &RunOptions, snapshot: &Snapshot) -> anyhow::Result<()> {
     let _span = info_span!("reconcile", node = %options.node).entered();
     let started = Instant::now();
-    let (model, problems) = datastore::file::load(path)?;
-    for problem in &problems {
+    for problem in &snapshot.problems {
         warn!("skipped: {problem}");
     }
-    let (plan, problems) = plan::compute(&model, &options.node)?;
+    let (plan, problems) = plan::compute(&snapshot.model, &options.node)?;
     for problem in &problems {
         warn!("not planned: {problem}");
     }
@@ -142,14 +156,6 @@ fn reconcile(backend: &mut BpfBackend, options: &RunOptions, path: &Path) -> any
         "fast path programmed"
     );
     Ok(())
-}
-
-/// What tells us the file changed: modification time and length.
-type FileStamp = (SystemTime, u64);
-
-fn file_stamp(path: &Path) -> Option<FileStamp> {
-    let meta = fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use dataplane::{
     agent::{self, Datastore, Mode, RunOptions, DEFAULT_PIN_PATH},
     backend,
+    datastore::etcd::EtcdConfig,
 };
 
 #[derive(Parser)]
@@ -29,9 +30,24 @@ enum Output {
 enum Command {
     /// Run the agent on this node: program the fast path and keep it equal to the datastore.
     Run {
-        /// Where the cluster's resources are: file:PATH (a YAML of Calico resources).
-        #[arg(long, env = "DATASTORE")]
+        /// Where the cluster's resources are: file:PATH (a YAML of Calico resources) or etcdv3.
+        #[arg(long, env = "DATASTORE_TYPE")]
         datastore: Datastore,
+        /// etcd client URLs, comma-separated (etcdv3 datastore).
+        #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+        etcd_endpoints: Vec<String>,
+        /// CA certificate for etcd (PEM).
+        #[arg(long, env = "ETCD_CA_CERT_FILE")]
+        etcd_ca_cert_file: Option<PathBuf>,
+        /// Client certificate for etcd (PEM).
+        #[arg(long, env = "ETCD_CERT_FILE")]
+        etcd_cert_file: Option<PathBuf>,
+        /// Client key for etcd (PEM).
+        #[arg(long, env = "ETCD_KEY_FILE")]
+        etcd_key_file: Option<PathBuf>,
+        /// Prefix of Calico's keys in etcd.
+        #[arg(long, env = "ETCD_PREFIX", default_value = "/calico")]
+        etcd_prefix: String,
         /// This node's name, as in the datastore.
         #[arg(long, env = "NODENAME")]
         node: String,
@@ -75,7 +91,19 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Run { datastore, node, uplink, pin_path, mode, resync_interval } => {
+        Command::Run {
+            datastore,
+            etcd_endpoints,
+            etcd_ca_cert_file,
+            etcd_cert_file,
+            etcd_key_file,
+            etcd_prefix,
+            node,
+            uplink,
+            pin_path,
+            mode,
+            resync_interval,
+        } => {
             let options = RunOptions {
                 datastore,
                 node,
@@ -83,6 +111,13 @@ fn main() -> anyhow::Result<()> {
                 pin_path,
                 mode,
                 resync: Duration::from_secs(resync_interval.max(1)),
+                etcd: EtcdConfig {
+                    endpoints: etcd_endpoints,
+                    ca_cert_file: etcd_ca_cert_file,
+                    cert_file: etcd_cert_file,
+                    key_file: etcd_key_file,
+                    prefix: etcd_prefix,
+                },
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
