@@ -18,6 +18,39 @@ pub enum EncapMode {
     CrossSubnet,
 }
 
+/// Why a string is not an encapsulation mode.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not an encapsulation mode (expected Never, Always or CrossSubnet)")]
+pub struct EncapModeParseError(pub String);
+
+impl FromStr for EncapMode {
+    type Err = EncapModeParseError;
+
+    /// Parses `Never`, `Always` or `CrossSubnet` in any case; an empty string is `Never`, as in
+    /// Calico, which fills in the default for an empty field.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "" | "never" => Ok(EncapMode::Never),
+            "always" => Ok(EncapMode::Always),
+            "crosssubnet" => Ok(EncapMode::CrossSubnet),
+            _ => Err(EncapModeParseError(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for EncapMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Calico's own spelling, so that messages can be pasted back into YAML.
+        let text = match self {
+            EncapMode::Never => "Never",
+            EncapMode::Always => "Always",
+            EncapMode::CrossSubnet => "CrossSubnet",
+        };
+        f.write_str(text)
+    }
+}
+
 /// An IP pool (`projectcalico.org/v3` `IPPool`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpPool {
@@ -46,6 +79,26 @@ pub enum AffinityState {
     Pending,
     /// Being released: no longer routes.
     PendingDeletion,
+}
+
+/// Why a string is not an affinity state.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not an affinity state (expected confirmed, pending or pendingDeletion)")]
+pub struct AffinityStateParseError(pub String);
+
+impl FromStr for AffinityState {
+    type Err = AffinityStateParseError;
+
+    /// Parses `confirmed`, `pending` or `pendingDeletion`, in any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "confirmed" => Ok(AffinityState::Confirmed),
+            "pending" => Ok(AffinityState::Pending),
+            "pendingdeletion" => Ok(AffinityState::PendingDeletion),
+            _ => Err(AffinityStateParseError(s.to_owned())),
+        }
+    }
 }
 
 /// An IPAM block and the node it is affine to (`BlockAffinity`, or an `IPAMBlock`'s `affinity`).
@@ -85,7 +138,8 @@ impl FromStr for MacAddr {
         let mut parts = s.split([':', '-']);
         for byte in &mut bytes {
             let part = parts.next().ok_or_else(|| MacParseError(s.to_owned()))?;
-            if part.len() != 2 {
+            // from_str_radix alone would also take "+a".
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(MacParseError(s.to_owned()));
             }
             *byte = u8::from_str_radix(part, 16).map_err(|_| MacParseError(s.to_owned()))?;
@@ -136,6 +190,13 @@ pub struct Workload {
     pub mac: Option<MacAddr>,
 }
 
+impl Workload {
+    /// `namespace/name`, the name problems and plans use for a workload endpoint.
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
 /// Everything the dataplane needs to know about the cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Model {
@@ -157,7 +218,7 @@ impl Model {
 }
 
 /// A resource the datastore could not use, reported and skipped while the rest is applied.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Problem {
     /// The resource's kind, e.g. `IPPool`.
     pub kind: String,
@@ -169,8 +230,74 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// A problem with `field` of the resource `kind` `name`.
+    pub fn new(
+        kind: impl Into<String>,
+        name: impl Into<String>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Problem {
+            kind: kind.into(),
+            name: name.into(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {:?}: {}: {}", self.kind, self.name, self.field, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encap_mode_parses_any_case() {
+        assert_eq!("Never".parse(), Ok(EncapMode::Never));
+        assert_eq!("always".parse(), Ok(EncapMode::Always));
+        assert_eq!("CROSSSUBNET".parse(), Ok(EncapMode::CrossSubnet));
+        assert_eq!("".parse(), Ok(EncapMode::Never));
+        assert!("sometimes".parse::<EncapMode>().is_err());
+        assert_eq!(EncapMode::CrossSubnet.to_string(), "CrossSubnet");
+    }
+
+    #[test]
+    fn affinity_state_parses() {
+        assert_eq!("confirmed".parse(), Ok(AffinityState::Confirmed));
+        assert_eq!("pending".parse(), Ok(AffinityState::Pending));
+        assert_eq!("pendingDeletion".parse(), Ok(AffinityState::PendingDeletion));
+        assert!("claimed".parse::<AffinityState>().is_err());
+    }
+
+    #[test]
+    fn mac_round_trips() {
+        let mac: MacAddr = "66:D0:00:00:00:01".parse().expect("valid MAC");
+        assert_eq!(mac.to_string(), "66:d0:00:00:00:01");
+        assert!("66:d0:00:00:00".parse::<MacAddr>().is_err());
+        assert!("66:d0:00:00:00:01:02".parse::<MacAddr>().is_err());
+        assert!("zz:d0:00:00:00:01".parse::<MacAddr>().is_err());
+        assert!("+6:d0:00:00:00:01".parse::<MacAddr>().is_err());
+    }
+
+    #[test]
+    fn block_routes_only_when_confirmed_and_not_deleted() {
+        let mut block = Block {
+            cidr: "10.244.1.0/26".parse().expect("valid CIDR"),
+            node: "node-1".into(),
+            state: AffinityState::Confirmed,
+            deleted: false,
+        };
+        assert!(block.routes());
+        block.deleted = true;
+        assert!(!block.routes());
+        block.deleted = false;
+        block.state = AffinityState::Pending;
+        assert!(!block.routes());
     }
 }
