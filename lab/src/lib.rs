@@ -88,8 +88,11 @@ pub struct LabNode {
 /// A pod of the lab.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabPod {
-    /// `namespace/name`.
+    /// `namespace/pod`, e.g. `default/web-1`.
     pub key: String,
+    /// `namespace/name` of the workload endpoint in the model, e.g.
+    /// `default/node--1-k8s-web--1-eth0` (the same as `key` for a model built from Pods).
+    pub endpoint: String,
     /// The pod's namespace.
     pub netns: String,
     /// The pod's (first) address.
@@ -165,6 +168,7 @@ impl Lab {
             .map(|p| {
                 let pod = LabPod {
                     key: p.key.clone(),
+                    endpoint: p.endpoint.clone(),
                     netns: p.netns.clone(),
                     addr: p.addrs[0],
                     addrs: p.addrs.clone(),
@@ -326,9 +330,10 @@ impl Lab {
         self.nodes.values()
     }
 
-    /// The pod `namespace/name`.
+    /// The pod `namespace/pod` (or `namespace/<workload endpoint name>`).
     pub fn pod(&self, key: &str) -> anyhow::Result<&LabPod> {
-        self.pods.get(key).with_context(|| {
+        let by_endpoint = || self.pods.values().find(|p| p.endpoint == key);
+        self.pods.get(key).or_else(by_endpoint).with_context(|| {
             format!("lab {} has no pod {key:?} (it has {:?})", self.prefix, self.pods.keys().collect::<Vec<_>>())
         })
     }

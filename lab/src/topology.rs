@@ -67,8 +67,11 @@ pub struct NodePlan {
 /// One pod: a namespace whose `eth0` is the peer of the workload's `caliX` in its node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodPlan {
-    /// `namespace/name`.
+    /// `namespace/pod`, e.g. `default/web-1`.
     pub key: String,
+    /// `namespace/name` of the workload in the model (a WorkloadEndpoint's own name, such as
+    /// `default/node--1-k8s-web--1-eth0`).
+    pub endpoint: String,
     /// The pod's namespace.
     pub netns: String,
     /// The node the pod runs on.
@@ -158,7 +161,9 @@ impl Topology {
         let mut pods = Vec::new();
         let mut interfaces: BTreeMap<(String, String), String> = BTreeMap::new();
         for workload in &model.workloads {
-            let key = format!("{}/{}", workload.namespace, workload.name);
+            let pod_name = pod_name(&workload.name, &workload.node);
+            let key = format!("{}/{pod_name}", workload.namespace);
+            let endpoint = format!("{}/{}", workload.namespace, workload.name);
             let Some(node) = nodes.iter().find(|n| n.name == workload.node) else {
                 bail!("workload {key} runs on node {:?}, which the model does not have", workload.node);
             };
@@ -181,21 +186,25 @@ impl Topology {
             };
 
             // The pod name alone reads best; add the Kubernetes namespace only to break a tie.
-            let mut netns = format!("{prefix}-{}-{}", sanitize(&node.name), sanitize(&workload.name));
+            let mut netns = format!("{prefix}-{}-{}", sanitize(&node.name), sanitize(&pod_name));
             if netns_names.contains(&netns) {
                 netns = format!(
                     "{prefix}-{}-{}-{}",
                     sanitize(&node.name),
                     sanitize(&workload.namespace),
-                    sanitize(&workload.name)
+                    sanitize(&pod_name)
                 );
             }
             if !netns_names.insert(netns.clone()) {
                 bail!("workload {key} maps to namespace {netns:?}, which is already taken");
             }
 
+            if pods.iter().any(|p: &PodPlan| p.key == key) {
+                bail!("two workloads are pod {key} (the second is {endpoint})");
+            }
             pods.push(PodPlan {
                 key,
+                endpoint,
                 netns,
                 node: node.name.clone(),
                 interface: workload.interface.clone(),
@@ -234,6 +243,36 @@ pub fn sanitize(name: &str) -> String {
         "x".to_owned()
     } else {
         cleaned
+    }
+}
+
+/// The pod's name for a workload called `name` on `node`.
+///
+/// A Calico WorkloadEndpoint is named `<node>-<orchestrator>-<pod>-<endpoint>` with every `-`
+/// inside a part doubled (`node--1-k8s-web--1-eth0` is pod `web-1` on `node-1`); people and tests
+/// name the pod. A name that is not in that form (a Pod's own name) is the pod's name already.
+pub fn pod_name(name: &str, node: &str) -> String {
+    let mut parts = Vec::new();
+    let mut part = String::new();
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '-' {
+            part.push(c);
+        } else if chars.peek() == Some(&'-') {
+            chars.next();
+            part.push('-');
+        } else {
+            parts.push(std::mem::take(&mut part));
+        }
+    }
+    parts.push(part);
+    match parts.as_slice() {
+        [wep_node, orchestrator, pod, endpoint]
+            if wep_node == node && !orchestrator.is_empty() && !pod.is_empty() && !endpoint.is_empty() =>
+        {
+            pod.clone()
+        }
+        _ => name.to_owned(),
     }
 }
 
@@ -342,6 +381,16 @@ mod tests {
         assert_eq!(sanitize("node-1.example_a"), "node-1.example_a");
         assert_eq!(sanitize("a/b c:d"), "a-b-c-d");
         assert_eq!(sanitize(""), "x");
+    }
+
+    #[test]
+    fn workload_endpoint_names_give_the_pod_name() {
+        assert_eq!(pod_name("node--1-k8s-web--1-eth0", "node-1"), "web-1");
+        assert_eq!(pod_name("node1-k8s-web-eth0", "node1"), "web");
+        assert_eq!(pod_name("my--node-cni-a--b--c-eth0", "my-node"), "a-b-c");
+        // Not a WorkloadEndpoint name for this node: kept as it is.
+        assert_eq!(pod_name("web-1", "node-1"), "web-1");
+        assert_eq!(pod_name("node--2-k8s-web--1-eth0", "node-1"), "node--2-k8s-web--1-eth0");
     }
 
     #[test]
