@@ -1,7 +1,34 @@
 //! The etcdv3 datastore: Calico's keys in etcd, read at one revision and then watched.
+//!
+//! A session with etcd goes: connect; read every key of the dataplane's directories (see
+//! [`keys::DIRECTORIES`]) at one revision R, page by page; send the snapshot; watch the same
+//! directories from R + 1, so that no change between the read and the watch is lost; after each
+//! burst of changes (quiet for [`QUIET`], or [`MAX_DELAY`] after its first change) rebuild the
+//! model from the keys in memory and send it if it changed.
+//!
+//! When the watch is cancelled (etcd compacted its history past the watch's revision, or gave up
+//! on it) the session reads everything again at once and goes on. When etcd cannot be reached
+//! the session ends: nothing is sent, so the last good snapshot stays programmed, and a new
+//! session is tried after a backoff that doubles up to [`BACKOFF_CAP`]. Every change of the
+//! connection's state is logged: connected, lost, still unreachable, reconnected.
 
-use tokio::sync::watch;
+pub mod keys;
 
+mod convert;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
+};
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, error, info, info_span, warn, Instrument as _};
+
+use self::convert::Cache;
 use super::Snapshot;
 
 /// How to reach etcd, with Calico's own settings.
@@ -19,8 +46,592 @@ pub struct EtcdConfig {
     pub prefix: String,
 }
 
+impl EtcdConfig {
+    /// Checks the settings without contacting etcd: there are endpoints, the certificate files
+    /// can be read, and TLS settings match the endpoints' scheme. Errors name the file and the
+    /// setting to fix.
+    pub fn check(&self) -> anyhow::Result<()> {
+        connect_options(self).map(|_| ())
+    }
+}
+
+/// A burst of changes is sent once it has been quiet this long...
+pub const QUIET: Duration = Duration::from_millis(20);
+/// ...or this long after its first change, whichever comes first, so that a long stream of
+/// writes (a calicoctl import) still reaches the dataplane every 100 ms.
+pub const MAX_DELAY: Duration = Duration::from_millis(100);
+/// The first retry after a failure.
+pub const BACKOFF_START: Duration = Duration::from_millis(200);
+/// Retries back off up to this.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// A request (one page of a read, opening the watch) that takes longer than this counts as a
+/// failure: an unreachable endpoint does not always refuse, it may just never answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 pings on an idle connection, so that a watch on a dead peer fails instead of waiting
+/// forever; a ping unanswered for `KEEPALIVE_TIMEOUT` ends the connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keys per page of the initial read: a whole cluster in one response would pass gRPC's limit.
+const PAGE: i64 = 500;
+/// Largest response accepted (gRPC's default is 4 MiB); etcd caps one value at 1.5 MiB, and a
+/// page of 500 workload endpoints or a watch response of a large transaction can be bigger.
+const MAX_MESSAGE: usize = 64 << 20;
+
 /// Reads the cluster from etcd and sends a snapshot on every change.
+///
+/// Returns when every receiver is gone, or at once (after logging why) when the settings are
+/// unusable: a missing certificate file, no endpoints.
 pub async fn watch(config: EtcdConfig, snapshots: watch::Sender<Option<Snapshot>>) {
-    let _ = (config, snapshots);
-    tracing::error!("the etcdv3 datastore is being written");
+    let span = info_span!(
+        "etcd",
+        endpoints = %config.endpoints.join(","),
+        prefix = %keys::normalize_prefix(&config.prefix)
+    );
+    run(config, snapshots).instrument(span).await
+}
+
+async fn run(config: EtcdConfig, snapshots: watch::Sender<Option<Snapshot>>) {
+    let options = match connect_options(&config) {
+        Ok(options) => options,
+        Err(error) => {
+            error!("the etcdv3 datastore cannot start: {error:#}");
+            return;
+        }
+    };
+    let prefix = keys::normalize_prefix(&config.prefix);
+    let mut link = Link::default();
+    let mut backoff = BACKOFF_START;
+    loop {
+        let ended = tokio::select! {
+            ended = session(&config, &options, &prefix, &snapshots, &mut link) => ended,
+            _ = snapshots.closed() => return,
+        };
+        let error = match ended {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        if link.connected {
+            // The session worked for a while: this is a new outage, start the backoff over.
+            backoff = BACKOFF_START;
+        }
+        link.failed(&error, backoff);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = snapshots.closed() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_CAP);
+    }
+}
+
+/// Why a watch ended without an error.
+enum Followed {
+    /// etcd cancelled the watch (compaction past its revision, or another reason): read again.
+    Resync(String),
+    /// Nobody listens to the snapshots any more.
+    Closed,
+}
+
+/// One connection: read, watch, and read again after every cancelled watch. `Ok` when nobody
+/// listens any more; an error when etcd cannot be reached or the connection breaks.
+async fn session(
+    config: &EtcdConfig,
+    options: &ConnectOptions,
+    prefix: &str,
+    snapshots: &watch::Sender<Option<Snapshot>>,
+    link: &mut Link,
+) -> anyhow::Result<()> {
+    let client = timed(Client::connect(&config.endpoints, Some(options.clone())))
+        .await
+        .context("connecting to etcd")?;
+    loop {
+        let started = Instant::now();
+        let (mut cache, revision) = read_all(&client, prefix).await?;
+        link.read(cache.len(), revision, started.elapsed());
+        let mut last = cache.snapshot();
+        log_problems(&last);
+        // Sent even when equal to what the agent has: after a reconnect or a compaction the
+        // agent resyncs the dataplane from the fresh read.
+        if snapshots.send(Some(last.clone())).is_err() {
+            return Ok(());
+        }
+        match follow(&client, prefix, &mut cache, revision, snapshots, &mut last).await? {
+            Followed::Resync(reason) => warn!("{reason}; reading every key again"),
+            Followed::Closed => return Ok(()),
+        }
+    }
+}
+
+/// Reads every key of the dataplane's directories at one revision; returns the keys and the
+/// revision.
+async fn read_all(client: &Client, prefix: &str) -> anyhow::Result<(Cache, i64)> {
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+    let mut cache = Cache::new(prefix);
+    // 0 until the first response tells the store's revision; every later page is read at it, so
+    // that the whole read is one consistent view.
+    let mut revision = 0;
+    for directory in keys::DIRECTORIES {
+        let directory = format!("{prefix}{directory}");
+        let end = keys::range_end(directory.as_bytes());
+        let mut start = directory.clone().into_bytes();
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let response = timed(kv.get(start.clone(), Some(options)))
+                .await
+                .with_context(|| format!("reading {directory} from etcd"))?;
+            if revision == 0 {
+                revision = response
+                    .header()
+                    .map(|header| header.revision())
+                    .context("etcd's answer has no header with the store's revision")?;
+            }
+            for pair in response.kvs() {
+                cache.put(pair.key(), pair.value());
+            }
+            let Some(last) = response.kvs().last() else {
+                break;
+            };
+            if !response.more() {
+                break;
+            }
+            // The next page starts just after the last key read.
+            start = last.key().to_vec();
+            start.push(0);
+        }
+    }
+    Ok((cache, revision))
+}
+
+/// Follows the watch from `revision + 1`, applying changes to `cache` and sending snapshots.
+async fn follow(
+    client: &Client,
+    prefix: &str,
+    cache: &mut Cache,
+    revision: i64,
+    snapshots: &watch::Sender<Option<Snapshot>>,
+    last: &mut Snapshot,
+) -> anyhow::Result<Followed> {
+    let from = revision + 1;
+    let options = || WatchOptions::new().with_prefix().with_start_revision(from);
+    let mut directories = keys::DIRECTORIES.iter().map(|directory| format!("{prefix}{directory}"));
+    let first = directories.next().context("no directory to watch")?;
+    let mut watcher = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
+    let mut stream =
+        timed(watcher.watch(first, Some(options()))).await.context("opening the etcd watch")?;
+    for directory in directories {
+        stream.watch(directory, Some(options())).await.context("opening the etcd watch")?;
+    }
+    debug!(from, "watching");
+    // The first and the latest change of the burst not yet sent.
+    let mut pending: Option<(Instant, Instant)> = None;
+    loop {
+        let deadline = pending.map(|(first, latest)| (latest + QUIET).min(first + MAX_DELAY));
+        let message = tokio::select! {
+            message = stream.message() => message,
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                let first = pending.take().map(|(first, _)| first);
+                if !publish(cache, snapshots, last, first) {
+                    return Ok(Followed::Closed);
+                }
+                continue;
+            }
+        };
+        let response = message
+            .context("the etcd watch broke")?
+            .context("etcd closed the watch stream")?;
+        if response.canceled() {
+            let reason = if response.compact_revision() > 0 {
+                format!(
+                    "etcd compacted its history up to revision {} past the watch's revision {from}",
+                    response.compact_revision()
+                )
+            } else {
+                format!("etcd cancelled the watch ({})", response.cancel_reason())
+            };
+            return Ok(Followed::Resync(reason));
+        }
+        let mut changed = false;
+        for event in response.events() {
+            let Some(pair) = event.kv() else {
+                continue;
+            };
+            changed |= match event.event_type() {
+                EventType::Put => cache.put(pair.key(), pair.value()),
+                EventType::Delete => cache.delete(pair.key()),
+            };
+        }
+        if changed {
+            let now = Instant::now();
+            pending = Some((pending.map_or(now, |(first, _)| first), now));
+        }
+    }
+}
+
+/// Sends the snapshot the cache describes if it differs from the last one sent. Returns false
+/// when nobody listens any more.
+fn publish(
+    cache: &Cache,
+    snapshots: &watch::Sender<Option<Snapshot>>,
+    last: &mut Snapshot,
+    first_change: Option<Instant>,
+) -> bool {
+    let snapshot = cache.snapshot();
+    if snapshot == *last {
+        return true;
+    }
+    if snapshot.problems != last.problems {
+        log_problems(&snapshot);
+    }
+    debug!(
+        pools = snapshot.model.pools.len(),
+        blocks = snapshot.model.blocks.len(),
+        nodes = snapshot.model.nodes.len(),
+        workloads = snapshot.model.workloads.len(),
+        since_change_ms = first_change.map(|at| at.elapsed().as_millis() as u64),
+        "snapshot sent"
+    );
+    *last = snapshot.clone();
+    snapshots.send(Some(snapshot)).is_ok()
+}
+
+fn log_problems(snapshot: &Snapshot) {
+    if !snapshot.problems.is_empty() {
+        warn!(count = snapshot.problems.len(), "some keys in etcd cannot be used and are skipped");
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+/// A request to etcd with [`REQUEST_TIMEOUT`]; the error tells what etcd (or the connection)
+/// said, down to the cause.
+async fn timed<T>(
+    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(anyhow::anyhow!(describe(&error))),
+        Err(_) => bail!("no answer within {REQUEST_TIMEOUT:?}"),
+    }
+}
+
+/// etcd_client's errors hide their causes (a refused connection, a TLS handshake failure) from
+/// `source()`: dig them out of the gRPC status so the log says what went wrong.
+fn describe(error: &etcd_client::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = match error {
+        etcd_client::Error::GRpcStatus(status) => std::error::Error::source(status),
+        etcd_client::Error::TransportError(transport) => std::error::Error::source(transport),
+        _ => None,
+    };
+    while let Some(inner) = cause {
+        let said = inner.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+/// The connection's state, to log each change of it once.
+#[derive(Debug, Default)]
+struct Link {
+    /// A read has succeeded in the current session.
+    connected: bool,
+    /// A read has ever succeeded.
+    ever_connected: bool,
+    /// When the connection was lost, while it is.
+    lost_at: Option<Instant>,
+    /// Failed attempts since the last success.
+    failures: u32,
+}
+
+impl Link {
+    /// A full read succeeded.
+    fn read(&mut self, keys: usize, revision: i64, took: Duration) {
+        let took_ms = took.as_millis() as u64;
+        match (self.ever_connected, self.lost_at.take()) {
+            (false, _) => info!(keys, revision, took_ms, "connected to etcd: read the cluster"),
+            (true, Some(lost_at)) => info!(
+                keys,
+                revision,
+                took_ms,
+                down_ms = lost_at.elapsed().as_millis() as u64,
+                "reconnected to etcd: read the cluster again; the dataplane resyncs"
+            ),
+            (true, None) => info!(keys, revision, took_ms, "read the cluster from etcd again"),
+        }
+        self.connected = true;
+        self.ever_connected = true;
+        self.failures = 0;
+    }
+
+    /// A session failed; the next is tried after `retry_in`.
+    fn failed(&mut self, error: &anyhow::Error, retry_in: Duration) {
+        self.failures += 1;
+        let attempts = self.failures;
+        if self.connected {
+            self.connected = false;
+            self.lost_at = Some(Instant::now());
+            warn!(
+                retry_in_ms = retry_in.as_millis() as u64,
+                "lost the connection to etcd: {error:#}; the last good state stays programmed"
+            );
+        } else if !self.ever_connected {
+            error!(
+                attempts,
+                retry_in_ms = retry_in.as_millis() as u64,
+                "cannot reach etcd: {error:#}; nothing is programmed from etcd until it answers"
+            );
+        } else {
+            let down_ms = self.lost_at.map(|at| at.elapsed().as_millis() as u64);
+            warn!(
+                attempts,
+                down_ms,
+                retry_in_ms = retry_in.as_millis() as u64,
+                "etcd is still unreachable: {error:#}; the last good state stays programmed"
+            );
+        }
+    }
+}
+
+/// The client's options from the settings: keepalives, and TLS when certificate files are given.
+fn connect_options(config: &EtcdConfig) -> anyhow::Result<ConnectOptions> {
+    if config.endpoints.iter().all(|endpoint| endpoint.trim().is_empty()) {
+        bail!("no etcd endpoint: set --etcd-endpoints (ETCD_ENDPOINTS), e.g. http://127.0.0.1:2379");
+    }
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+        .with_keep_alive_while_idle(true);
+    match tls_options(config)? {
+        Some(tls) => {
+            if let Some(plain) = config.endpoints.iter().find(|e| e.starts_with("http://")) {
+                bail!(
+                    "etcd certificates are set but the endpoint {plain} is plain http: write it \
+                     as https://... in --etcd-endpoints (ETCD_ENDPOINTS)"
+                );
+            }
+            options = options.with_tls(tls);
+        }
+        None => {
+            if let Some(secure) = config.endpoints.iter().find(|e| e.starts_with("https://")) {
+                bail!(
+                    "the endpoint {secure} is https but no CA is set: give the CA that signed \
+                     etcd's certificate with --etcd-ca-cert-file (ETCD_CA_CERT_FILE)"
+                );
+            }
+        }
+    }
+    Ok(options)
+}
+
+/// TLS from the three certificate settings; `None` when none is set.
+fn tls_options(config: &EtcdConfig) -> anyhow::Result<Option<TlsOptions>> {
+    let ca = read_pem(config.ca_cert_file.as_deref(), "--etcd-ca-cert-file", "ETCD_CA_CERT_FILE")?;
+    let cert = read_pem(config.cert_file.as_deref(), "--etcd-cert-file", "ETCD_CERT_FILE")?;
+    let key = read_pem(config.key_file.as_deref(), "--etcd-key-file", "ETCD_KEY_FILE")?;
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some(Identity::from_pem(cert, key)),
+        (None, None) => None,
+        (Some(_), None) => bail!(
+            "--etcd-cert-file (ETCD_CERT_FILE) is set but --etcd-key-file (ETCD_KEY_FILE) is not: \
+             a client certificate needs its key"
+        ),
+        (None, Some(_)) => bail!(
+            "--etcd-key-file (ETCD_KEY_FILE) is set but --etcd-cert-file (ETCD_CERT_FILE) is \
+             not: a client key needs its certificate"
+        ),
+    };
+    let Some(ca) = ca else {
+        if identity.is_some() {
+            bail!(
+                "a client certificate is set but no CA: give the CA that signed etcd's \
+                 certificate with --etcd-ca-cert-file (ETCD_CA_CERT_FILE)"
+            );
+        }
+        return Ok(None);
+    };
+    let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    Ok(Some(tls))
+}
+
+/// Reads a PEM file named by a setting; errors name the file and the setting.
+fn read_pem(path: Option<&Path>, flag: &str, env: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let text = std::fs::read(path)
+        .with_context(|| format!("cannot read {} given by {flag} ({env})", path.display()))?;
+    if !text.windows(11).any(|window| window == b"-----BEGIN ") {
+        bail!("{} given by {flag} ({env}) is not a PEM file (no -----BEGIN line)", path.display());
+    }
+    Ok(Some(text))
+}
+
+/// [`watch`] on a thread of its own, with its own runtime, for callers that have none (tests,
+/// one-shot commands). Dropping it stops the watch.
+pub struct WatchThread {
+    snapshots: std::sync::mpsc::Receiver<Snapshot>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WatchThread {
+    /// Starts watching etcd with `config`.
+    pub fn start(config: EtcdConfig) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the etcd watch's runtime")?;
+        let (forward, snapshots) = std::sync::mpsc::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("etcd-watch".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let (sender, mut receiver) = watch::channel(None);
+                    let forwarding = async {
+                        while receiver.changed().await.is_ok() {
+                            let snapshot = receiver.borrow_and_update().clone();
+                            if let Some(snapshot) = snapshot {
+                                if forward.send(snapshot).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = watch(config, sender) => {}
+                        _ = forwarding => {}
+                        _ = stopped => {}
+                    }
+                })
+            })
+            .context("starting the etcd watch's thread")?;
+        Ok(WatchThread { snapshots, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// The next snapshot, waiting at most `timeout`; `None` on timeout or when the watch ended.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Snapshot> {
+        self.snapshots.recv_timeout(timeout).ok()
+    }
+
+    /// Whether the watch has ended (unusable settings).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|thread| thread.is_finished())
+    }
+}
+
+impl Drop for WatchThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for WatchThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchThread").field("finished", &self.is_finished()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn config(endpoints: &[&str]) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            prefix: "/calico".into(),
+            ..EtcdConfig::default()
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir()
+            .join(format!("dataplane-etcd-unit-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn plain_endpoints_need_nothing_else() {
+        config(&["http://127.0.0.1:2379"]).check().expect("plain http is fine");
+        let error = config(&[]).check().expect_err("no endpoint");
+        assert!(format!("{error:#}").contains("ETCD_ENDPOINTS"), "{error:#}");
+        let error = config(&["https://127.0.0.1:2379"]).check().expect_err("https without a CA");
+        assert!(format!("{error:#}").contains("ETCD_CA_CERT_FILE"), "{error:#}");
+    }
+
+    #[test]
+    fn certificate_errors_name_the_file_and_the_setting() {
+        let dir = temp_dir("certs");
+        let pem = dir.join("ca.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+            .expect("write");
+        let not_pem = dir.join("junk.txt");
+        std::fs::write(&not_pem, "hello").expect("write");
+        let missing = dir.join("missing.pem");
+
+        let mut settings = config(&["https://127.0.0.1:2379"]);
+        settings.ca_cert_file = Some(missing.clone());
+        let text = format!("{:#}", settings.check().expect_err("missing CA"));
+        assert!(text.contains("missing.pem") && text.contains("ETCD_CA_CERT_FILE"), "{text}");
+
+        settings.ca_cert_file = Some(pem.clone());
+        settings.cert_file = Some(not_pem);
+        settings.key_file = Some(pem.clone());
+        let text = format!("{:#}", settings.check().expect_err("junk certificate"));
+        assert!(text.contains("junk.txt") && text.contains("--etcd-cert-file"), "{text}");
+
+        settings.cert_file = Some(pem.clone());
+        settings.key_file = Some(missing);
+        let text = format!("{:#}", settings.check().expect_err("missing key"));
+        assert!(text.contains("missing.pem") && text.contains("ETCD_KEY_FILE"), "{text}");
+
+        settings.key_file = None;
+        let text = format!("{:#}", settings.check().expect_err("certificate without key"));
+        assert!(text.contains("ETCD_KEY_FILE"), "{text}");
+
+        settings.key_file = Some(pem.clone());
+        settings.check().expect("CA, certificate and key");
+        settings.endpoints = vec!["http://127.0.0.1:2379".into()];
+        let text = format!("{:#}", settings.check().expect_err("TLS on a plain endpoint"));
+        assert!(text.contains("https://"), "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn describe_keeps_the_message() {
+        let error = etcd_client::Error::InvalidArgs("empty endpoints".into());
+        assert_eq!(describe(&error), "invalid arguments: empty endpoints");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn unusable_settings_end_the_watch() {
+        let (sender, receiver) = watch::channel(None);
+        tokio::time::timeout(Duration::from_secs(5), watch(config(&[]), sender))
+            .await
+            .expect("returns at once");
+        assert!(receiver.borrow().is_none());
+    }
 }

@@ -1,0 +1,580 @@
+//! etcd values into the model, through the file datastore's per-resource code.
+//!
+//! Each key is converted once, when it is read or changes, into an [`Entry`]; the [`Cache`]
+//! keeps them by key and builds a whole [`Snapshot`] from them on demand, so a change to one key
+//! costs one conversion and one pass over the cached entries.
+//!
+//! The v3 resources (`IPPool`, `Node`, `WorkloadEndpoint`) are stored by Calico as the JSON of
+//! the resource, which [`ModelBuilder`] reads as it reads the same resource from a YAML file.
+//! The IPAM keys hold only a spec (`{"state":"confirmed","deleted":false}` for an affinity, the
+//! allocation block for an assignment): they are wrapped into a `BlockAffinity` or an
+//! `IPAMBlock` with the key's node and block, so that the same code decides what routes.
+//! Problems name the key (as their `name`) and the field inside the value.
+
+use std::collections::{BTreeMap, HashSet};
+
+use ipnet::Ipv4Net;
+use serde_json::{Map, Value as Json};
+
+use super::keys::{self, Key, Parsed};
+use crate::{
+    datastore::{file::ModelBuilder, Snapshot},
+    model::{Block, IpPool, Model, Node, Problem, Workload},
+};
+
+/// What one key contributes to the model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    /// An IP pool.
+    Pool(IpPool),
+    /// A node.
+    Node(Node),
+    /// A workload endpoint.
+    Workload(Workload),
+    /// A block from a host affinity key.
+    Affinity(Block),
+    /// A block from an allocation block's `affinity`; used where no affinity key names the same
+    /// block and node, as the file datastore does with `IPAMBlock`s.
+    Allocation(Block),
+    /// Nothing: a broken value, or one that routes nowhere (an allocation block without a host).
+    Nothing,
+}
+
+/// One key, converted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// What it adds to the model.
+    pub item: Item,
+    /// What was wrong with it.
+    pub problems: Vec<Problem>,
+}
+
+/// Converts the value of `key`, whose name parsed as `parsed`.
+pub fn convert(parsed: &Parsed, key: &str, value: &[u8]) -> Option<Entry> {
+    match parsed {
+        Parsed::Ignored => None,
+        Parsed::Malformed { kind, message } => Some(Entry {
+            item: Item::Nothing,
+            problems: vec![Problem::new(
+                *kind,
+                key,
+                "key",
+                format!("the key's name does not parse ({message}); the key is skipped"),
+            )],
+        }),
+        Parsed::Known(known) => Some(match resource(known, key, value) {
+            Ok(resource) => build(known, key, &resource),
+            Err(problem) => Entry { item: Item::Nothing, problems: vec![problem] },
+        }),
+    }
+}
+
+/// The value as a Calico resource with `apiVersion`, `kind`, `metadata` and `spec`.
+fn resource(known: &Key, key: &str, value: &[u8]) -> Result<Json, Problem> {
+    let kind = known.kind();
+    let problem = |field: &str, message: String| Problem::new(kind, key, field, message);
+    // Old Calico versions wrote affinity keys with an empty value: the affinity is confirmed.
+    let empty_affinity = matches!(known, Key::Affinity { .. }) && value.trim_ascii().is_empty();
+    let parsed: Json = if empty_affinity {
+        Json::Object(Map::new())
+    } else {
+        serde_json::from_slice(value).map_err(|error| {
+            problem(
+                "value",
+                format!("not JSON ({error}); the key is skipped: write the resource as JSON"),
+            )
+        })?
+    };
+    let Json::Object(mut object) = parsed else {
+        return Err(problem(
+            "value",
+            format!("expected a JSON object, found {}; the key is skipped", json_type(&parsed)),
+        ));
+    };
+    match known {
+        Key::Pool { name } | Key::Node { name } => {
+            check_identity(&mut object, kind, key, name, None)?;
+            Ok(Json::Object(object))
+        }
+        Key::Workload { namespace, name } => {
+            check_identity(&mut object, kind, key, name, Some(namespace))?;
+            Ok(Json::Object(object))
+        }
+        Key::Affinity { node, cidr } => {
+            // The value is the affinity's spec; the key names the node and the block.
+            let mut spec = Map::new();
+            spec.insert("cidr".into(), Json::from(cidr.to_string()));
+            spec.insert("node".into(), Json::from(node.as_str()));
+            for field in ["state", "deleted"] {
+                if let Some(value) = object.remove(field) {
+                    spec.insert(field.into(), value);
+                }
+            }
+            Ok(wrap("BlockAffinity", key, spec))
+        }
+        Key::Allocation { cidr } => {
+            match object.get("cidr") {
+                None | Some(Json::Null) => {
+                    object.insert("cidr".into(), Json::from(cidr.to_string()));
+                }
+                Some(Json::String(text)) => {
+                    if let Ok(written) = text.trim().parse::<Ipv4Net>() {
+                        if written.trunc() != *cidr {
+                            return Err(problem(
+                                "cidr",
+                                format!(
+                                    "the value says {text} but the key says {cidr}; the block is \
+                                     skipped: the key must be the block's cidr"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                // Anything else is reported by the shared code, naming the field.
+                Some(_) => {}
+            }
+            Ok(wrap("IPAMBlock", key, object))
+        }
+    }
+}
+
+/// Fills in `kind`, `apiVersion`, `metadata.name` (and `metadata.namespace`) from the key where
+/// the value leaves them out; a value that names another resource than its key is refused, as
+/// the key is what Calico looks up.
+fn check_identity(
+    object: &mut Map<String, Json>,
+    kind: &'static str,
+    key: &str,
+    name: &str,
+    namespace: Option<&str>,
+) -> Result<(), Problem> {
+    let problem = |field: &str, message: String| Problem::new(kind, key, field, message);
+    match object.get("kind") {
+        None | Some(Json::Null) => {
+            object.insert("kind".into(), Json::from(kind));
+        }
+        Some(Json::String(written)) if written == kind => {}
+        Some(other) => {
+            return Err(problem(
+                "kind",
+                format!("the key holds {kind}s but the value is {other}; the key is skipped"),
+            ))
+        }
+    }
+    if matches!(object.get("apiVersion"), None | Some(Json::Null)) {
+        object.insert("apiVersion".into(), Json::from("projectcalico.org/v3"));
+    }
+    if matches!(object.get("metadata"), None | Some(Json::Null)) {
+        object.insert("metadata".into(), Json::Object(Map::new()));
+    }
+    let metadata = match object.get_mut("metadata") {
+        Some(Json::Object(metadata)) => metadata,
+        other => {
+            let found = other.map_or("nothing", |other| json_type(other));
+            return Err(problem(
+                "metadata",
+                format!("expected an object, found {found}; the key is skipped"),
+            ));
+        }
+    };
+    let mut fields = vec![("name", name)];
+    if let Some(namespace) = namespace {
+        fields.push(("namespace", namespace));
+    }
+    for (field, from_key) in fields {
+        match metadata.get(field) {
+            None | Some(Json::Null) => {
+                metadata.insert(field.into(), Json::from(from_key));
+            }
+            Some(Json::String(written)) if written == from_key => {}
+            Some(other) => {
+                return Err(problem(
+                    &format!("metadata.{field}"),
+                    format!(
+                        "the value says {other} but the key says {from_key:?}; the key is \
+                         skipped: the key must name the resource"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A spec wrapped into a resource of `kind`, named by its key (IPAM objects have no name of their
+/// own that the model keeps).
+fn wrap(kind: &str, key: &str, spec: Map<String, Json>) -> Json {
+    let mut metadata = Map::new();
+    metadata.insert("name".into(), Json::from(key));
+    let mut resource = Map::new();
+    resource.insert("apiVersion".into(), Json::from("projectcalico.org/v3"));
+    resource.insert("kind".into(), Json::from(kind));
+    resource.insert("metadata".into(), Json::Object(metadata));
+    resource.insert("spec".into(), Json::Object(spec));
+    Json::Object(resource)
+}
+
+/// Runs one resource through the file datastore's code.
+fn build(known: &Key, key: &str, resource: &Json) -> Entry {
+    let yaml = match serde_yaml::to_value(resource) {
+        Ok(yaml) => yaml,
+        Err(error) => {
+            return Entry {
+                item: Item::Nothing,
+                problems: vec![Problem::new(known.kind(), key, "value", error.to_string())],
+            }
+        }
+    };
+    let mut builder = ModelBuilder::new();
+    builder.add(&yaml, key);
+    let (mut model, problems) = builder.finish();
+    let ipam = matches!(known, Key::Affinity { .. } | Key::Allocation { .. });
+    let problems = problems
+        .into_iter()
+        .map(|mut problem| {
+            problem.name = key.to_owned();
+            // The value of an IPAM key is the spec itself: name the field as it is written there.
+            if ipam {
+                if let Some(field) = problem.field.strip_prefix("spec.") {
+                    problem.field = field.to_owned();
+                }
+            }
+            problem
+        })
+        .collect();
+    let item = match known {
+        Key::Pool { .. } => model.pools.pop().map(Item::Pool),
+        Key::Node { .. } => model.nodes.pop().map(Item::Node),
+        Key::Workload { .. } => model.workloads.pop().map(Item::Workload),
+        Key::Affinity { .. } => model.blocks.pop().map(Item::Affinity),
+        Key::Allocation { .. } => model.blocks.pop().map(Item::Allocation),
+    };
+    Entry { item: item.unwrap_or(Item::Nothing), problems }
+}
+
+/// A JSON value's type, for messages.
+fn json_type(value: &Json) -> &'static str {
+    match value {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "a list",
+        Json::Object(_) => "an object",
+    }
+}
+
+/// The keys read so far, converted, by key.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    prefix: String,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Cache {
+    /// An empty cache for keys under `prefix` (normalized, see [`keys::normalize_prefix`]).
+    pub fn new(prefix: &str) -> Self {
+        Cache { prefix: prefix.to_owned(), entries: BTreeMap::new() }
+    }
+
+    /// How many keys the dataplane reads from.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// A key was written. Returns whether it is one of the dataplane's keys (and so whether the
+    /// snapshot may have changed).
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> bool {
+        let Ok(key) = std::str::from_utf8(key) else {
+            // Calico's keys are text; a binary key is nobody's resource.
+            return false;
+        };
+        let parsed = keys::parse(&self.prefix, key);
+        match convert(&parsed, key, value) {
+            Some(entry) => {
+                self.entries.insert(key.to_owned(), entry);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A key was deleted. Returns whether it was one of the dataplane's keys.
+    pub fn delete(&mut self, key: &[u8]) -> bool {
+        match std::str::from_utf8(key) {
+            Ok(key) => self.entries.remove(key).is_some(),
+            Err(_) => false,
+        }
+    }
+
+    /// The whole cluster as the cached keys describe it, in key order.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut model = Model::default();
+        let mut problems = Vec::new();
+        let mut allocations = Vec::new();
+        for entry in self.entries.values() {
+            problems.extend(entry.problems.iter().cloned());
+            match &entry.item {
+                Item::Pool(pool) => model.pools.push(pool.clone()),
+                Item::Node(node) => model.nodes.push(node.clone()),
+                Item::Workload(workload) => model.workloads.push(workload.clone()),
+                Item::Affinity(block) => model.blocks.push(block.clone()),
+                Item::Allocation(block) => allocations.push(block),
+                Item::Nothing => {}
+            }
+        }
+        // As ModelBuilder::finish: an affinity key for the same block and node wins, because only
+        // it carries the claim's state (pending, pendingDeletion). An allocation block whose
+        // affinity names another node than an affinity key is kept, so that the plan reports the
+        // block claimed by two nodes.
+        let affinities: HashSet<(Ipv4Net, &str)> =
+            model.blocks.iter().map(|b| (b.cidr, b.node.as_str())).collect();
+        let extra: Vec<Block> = allocations
+            .into_iter()
+            .filter(|b| !affinities.contains(&(b.cidr, b.node.as_str())))
+            .cloned()
+            .collect();
+        model.blocks.extend(extra);
+        Snapshot { model, problems }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AffinityState, EncapMode, MacAddr};
+
+    const PREFIX: &str = "/calico";
+    const POOLS: &str = "/calico/resources/v3/projectcalico.org/ippools/";
+    const NODES: &str = "/calico/resources/v3/projectcalico.org/nodes/";
+    const WEPS: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints/";
+    const HOST: &str = "/calico/ipam/v2/host/";
+    const ASSIGNMENT: &str = "/calico/ipam/v2/assignment/ipv4/block/";
+
+    fn net(text: &str) -> Ipv4Net {
+        text.parse().expect("test CIDR")
+    }
+
+    fn cache(pairs: &[(String, &str)]) -> Cache {
+        let mut cache = Cache::new(PREFIX);
+        for (key, value) in pairs {
+            cache.put(key.as_bytes(), value.as_bytes());
+        }
+        cache
+    }
+
+    /// Values as calicoctl and calico-node write them, with the fields this dataplane ignores.
+    fn cluster() -> Vec<(String, &'static str)> {
+        vec![
+            (
+                format!("{POOLS}default-ipv4-ippool"),
+                r#"{"kind":"IPPool","apiVersion":"projectcalico.org/v3","metadata":{"name":"default-ipv4-ippool","uid":"1b5b6c1e-8f3a-4c1e-9c5e-1d2f3a4b5c6d","creationTimestamp":"2024-01-01T00:00:00Z"},"spec":{"cidr":"10.244.0.0/16","vxlanMode":"Always","ipipMode":"Never","natOutgoing":true,"blockSize":26,"nodeSelector":"all()","allowedUses":["Workload","Tunnel"]}}"#,
+            ),
+            (
+                format!("{NODES}node-1"),
+                r#"{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"node-1","labels":{"kubernetes.io/hostname":"node-1"}},"spec":{"bgp":{"ipv4Address":"10.100.0.11/24"},"ipv4VXLANTunnelAddr":"10.244.1.0","vxlanTunnelMACAddr":"66:d0:00:00:00:01","orchRefs":[{"nodeName":"node-1","orchestrator":"k8s"}]},"status":{}}"#,
+            ),
+            (
+                format!("{WEPS}default/node--1-k8s-web--1-eth0"),
+                r#"{"kind":"WorkloadEndpoint","apiVersion":"projectcalico.org/v3","metadata":{"name":"node--1-k8s-web--1-eth0","namespace":"default","labels":{"app":"web"}},"spec":{"orchestrator":"k8s","node":"node-1","pod":"web-1","endpoint":"eth0","ipNetworks":["10.244.1.2/32"],"profiles":["kns.default"],"interfaceName":"cali0761ccbeace","mac":"0a:58:0a:f4:01:02"}}"#,
+            ),
+            (format!("{HOST}node-1/ipv4/block/10.244.1.0-26"), r#"{"state":"confirmed","deleted":false}"#),
+            (
+                format!("{ASSIGNMENT}10.244.1.0-26"),
+                r#"{"cidr":"10.244.1.0/26","affinity":"host:node-1","strictAffinity":false,"allocations":[0,1,null],"unallocated":[2],"attributes":[{"handle_id":"vxlan-tunnel-addr-node-1","secondary":null},{"handle_id":"k8s-pod-network.abc","secondary":null}],"deleted":false}"#,
+            ),
+            // Only an allocation block for node-2's block: it routes from its affinity.
+            (
+                format!("{ASSIGNMENT}10.244.2.0-26"),
+                r#"{"cidr":"10.244.2.0/26","affinity":"host:node-2","allocations":[],"unallocated":[],"attributes":[]}"#,
+            ),
+            // Not the dataplane's keys.
+            (format!("{PREFIX}/ipam/v2/handle/k8s-pod-network.abc"), r#"{"block":{}}"#),
+            (format!("{PREFIX}/resources/v3/projectcalico.org/profiles/kns.default"), "{}"),
+        ]
+    }
+
+    #[test]
+    fn calicos_values_become_the_model() {
+        let snapshot = cache(&cluster()).snapshot();
+        assert_eq!(snapshot.problems, vec![]);
+        let model = snapshot.model;
+        assert_eq!(
+            model.pools,
+            vec![IpPool {
+                name: "default-ipv4-ippool".into(),
+                cidr: net("10.244.0.0/16"),
+                block_size: 26,
+                vxlan_mode: EncapMode::Always,
+                ipip_mode: EncapMode::Never,
+                nat_outgoing: true,
+                disabled: false,
+            }]
+        );
+        assert_eq!(
+            model.nodes,
+            vec![Node {
+                name: "node-1".into(),
+                addr: Some(net("10.100.0.11/24")),
+                vxlan_tunnel_addr: Some("10.244.1.0".parse().expect("address")),
+                vxlan_tunnel_mac: Some(MacAddr([0x66, 0xd0, 0, 0, 0, 1])),
+                ipip_tunnel_addr: None,
+            }]
+        );
+        assert_eq!(model.workloads.len(), 1);
+        assert_eq!(model.workloads[0].full_name(), "default/node--1-k8s-web--1-eth0");
+        assert_eq!(model.workloads[0].addrs, vec![net("10.244.1.2/32")]);
+        assert_eq!(model.workloads[0].interface, "cali0761ccbeace");
+        let blocks: Vec<(Ipv4Net, &str, AffinityState, bool)> =
+            model.blocks.iter().map(|b| (b.cidr, b.node.as_str(), b.state, b.deleted)).collect();
+        assert_eq!(
+            blocks,
+            [
+                (net("10.244.1.0/26"), "node-1", AffinityState::Confirmed, false),
+                (net("10.244.2.0/26"), "node-2", AffinityState::Confirmed, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn affinity_state_and_deleted_decide_routing() {
+        let snapshot = cache(&[
+            (format!("{HOST}n1/ipv4/block/10.244.1.0-26"), r#"{"state":"pending","deleted":false}"#),
+            (format!("{HOST}n2/ipv4/block/10.244.2.0-26"), r#"{"state":"confirmed","deleted":true}"#),
+            (format!("{HOST}n3/ipv4/block/10.244.3.0-26"), r#"{"state":"pendingDeletion"}"#),
+            // Old Calico: an empty value.
+            (format!("{HOST}n4/ipv4/block/10.244.4.0-26"), ""),
+            // The affinity key wins over the allocation block for the same node...
+            (format!("{ASSIGNMENT}10.244.1.0-26"), r#"{"affinity":"host:n1"}"#),
+        ])
+        .snapshot();
+        assert_eq!(snapshot.problems, vec![]);
+        let routes: Vec<(&str, bool)> =
+            snapshot.model.blocks.iter().map(|b| (b.node.as_str(), b.routes())).collect();
+        assert_eq!(routes, [("n1", false), ("n2", false), ("n3", false), ("n4", true)]);
+    }
+
+    #[test]
+    fn a_block_claimed_by_two_nodes_reaches_the_plan() {
+        let snapshot = cache(&[
+            (format!("{HOST}n1/ipv4/block/10.244.1.0-26"), r#"{"state":"confirmed"}"#),
+            (format!("{ASSIGNMENT}10.244.1.0-26"), r#"{"cidr":"10.244.1.0/26","affinity":"host:n2"}"#),
+        ])
+        .snapshot();
+        let owners: Vec<&str> = snapshot.model.blocks.iter().map(|b| b.node.as_str()).collect();
+        assert_eq!(owners, ["n1", "n2"]);
+    }
+
+    #[test]
+    fn broken_values_name_the_key_and_field_and_the_rest_is_applied() {
+        let mut pairs = cluster();
+        let broken = [
+            (format!("{POOLS}not-json"), "{\"kind\": \"IPPool\", "),
+            (format!("{POOLS}bad-cidr"), r#"{"spec":{"cidr":"10.300.0.0/16"}}"#),
+            (format!("{POOLS}a-list"), "[1, 2]"),
+            (format!("{NODES}node-2"), r#"{"spec":{"vxlanTunnelMACAddr":"66:d0"}}"#),
+            (format!("{NODES}node-3"), r#"{"metadata":{"name":"node-4"},"spec":{}}"#),
+            (format!("{NODES}node-5"), r#"{"kind":"IPPool","spec":{}}"#),
+            (format!("{WEPS}default/w"), r#"{"spec":{"node":"node-1","ipNetworks":["10.244.1.x/32"]}}"#),
+            (format!("{HOST}node-1/ipv4/block/10.244.9.0-26"), r#"{"state":"claimed"}"#),
+            (format!("{HOST}node-1/ipv4/block/10.244.8.0-26"), r#"{"deleted":"maybe"}"#),
+            (format!("{HOST}node-1/ipv4/block/10.244.7.0-xx"), r#"{"state":"confirmed"}"#),
+            (format!("{ASSIGNMENT}10.244.3.0-26"), r#"{"cidr":"10.244.4.0/26","affinity":"host:n"}"#),
+            (format!("{ASSIGNMENT}10.244.5.0-26"), r#"{"affinity":"host:"}"#),
+        ];
+        pairs.extend(broken.iter().cloned());
+        let snapshot = cache(&pairs).snapshot();
+        let good = cache(&cluster()).snapshot();
+        assert_eq!(snapshot.model, good.model, "the broken keys add nothing, the rest stays");
+        let seen: Vec<(&str, &str, &str)> = snapshot
+            .problems
+            .iter()
+            .map(|p| (p.kind.as_str(), p.name.as_str(), p.field.as_str()))
+            .collect();
+        let expected = [
+            ("IPAMBlock", "/calico/ipam/v2/assignment/ipv4/block/10.244.3.0-26", "cidr"),
+            ("IPAMBlock", "/calico/ipam/v2/assignment/ipv4/block/10.244.5.0-26", "affinity"),
+            ("BlockAffinity", "/calico/ipam/v2/host/node-1/ipv4/block/10.244.7.0-xx", "key"),
+            ("BlockAffinity", "/calico/ipam/v2/host/node-1/ipv4/block/10.244.8.0-26", "deleted"),
+            ("BlockAffinity", "/calico/ipam/v2/host/node-1/ipv4/block/10.244.9.0-26", "state"),
+            ("IPPool", "/calico/resources/v3/projectcalico.org/ippools/a-list", "value"),
+            ("IPPool", "/calico/resources/v3/projectcalico.org/ippools/bad-cidr", "spec.cidr"),
+            ("IPPool", "/calico/resources/v3/projectcalico.org/ippools/not-json", "value"),
+            ("Node", "/calico/resources/v3/projectcalico.org/nodes/node-2", "spec.vxlanTunnelMACAddr"),
+            ("Node", "/calico/resources/v3/projectcalico.org/nodes/node-3", "metadata.name"),
+            ("Node", "/calico/resources/v3/projectcalico.org/nodes/node-5", "kind"),
+            ("WorkloadEndpoint", "/calico/resources/v3/projectcalico.org/workloadendpoints/default/w", "spec.ipNetworks"),
+        ];
+        assert_eq!(seen, expected);
+        let not_json = &snapshot.problems[7];
+        assert!(not_json.message.starts_with("not JSON"), "{not_json}");
+        assert!(not_json.message.contains("line 1"), "serde_json names the place: {not_json}");
+    }
+
+    #[test]
+    fn names_come_from_the_key_when_the_value_leaves_them_out() {
+        let snapshot = cache(&[
+            (format!("{POOLS}p"), r#"{"spec":{"cidr":"10.244.0.0/16"}}"#),
+            (format!("{WEPS}shop/w"), r#"{"metadata":null,"spec":{"node":"n"}}"#),
+        ])
+        .snapshot();
+        assert_eq!(snapshot.problems, vec![]);
+        assert_eq!(snapshot.model.pools[0].name, "p");
+        assert_eq!(snapshot.model.workloads[0].full_name(), "shop/w");
+    }
+
+    #[test]
+    fn put_and_delete_follow_the_keys() {
+        let mut cache = cache(&cluster());
+        assert_eq!(cache.len(), 6, "ignored keys are not kept");
+        let key = format!("{HOST}node-2/ipv4/block/10.244.2.0-26");
+        assert!(cache.put(key.as_bytes(), br#"{"state":"pending","deleted":false}"#));
+        let pending = cache.snapshot();
+        let node_2: Vec<bool> = pending
+            .model
+            .blocks
+            .iter()
+            .filter(|b| b.node == "node-2")
+            .map(|b| b.routes())
+            .collect();
+        assert_eq!(node_2, [false], "the pending affinity key overrides the allocation block");
+        assert!(cache.delete(key.as_bytes()));
+        assert!(!cache.delete(key.as_bytes()));
+        assert_eq!(cache.snapshot(), cache_of_cluster_snapshot());
+        assert!(!cache.put(b"/calico/felix/v2/status", b"{}"));
+        assert!(!cache.put(b"\xff\xfe", b"{}"));
+    }
+
+    fn cache_of_cluster_snapshot() -> Snapshot {
+        cache(&cluster()).snapshot()
+    }
+
+    #[test]
+    fn hostile_values_do_not_panic() {
+        let values: [&[u8]; 9] = [
+            b"",
+            b"null",
+            b"\xff\xfe",
+            b"[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]",
+            br#"{"metadata":[1]}"#,
+            br#"{"metadata":{"name":7}}"#,
+            br#"{"spec":"x"}"#,
+            br#"{"cidr":7,"affinity":["host:n"]}"#,
+            br#"{"state":{"a":1},"deleted":[]}"#,
+        ];
+        let keys = [
+            format!("{POOLS}p"),
+            format!("{NODES}n"),
+            format!("{WEPS}ns/w"),
+            format!("{HOST}n/ipv4/block/10.244.1.0-26"),
+            format!("{ASSIGNMENT}10.244.1.0-26"),
+        ];
+        for key in &keys {
+            for value in values {
+                let mut cache = Cache::new(PREFIX);
+                cache.put(key.as_bytes(), value);
+                let _ = cache.snapshot();
+            }
+        }
+    }
+}
