@@ -39,6 +39,8 @@ pub const STATS_MAP: &str = "stats_v1";
 pub const PROG_FROM_WORKLOAD: &str = "from_workload";
 /// Name of the program attached to TC ingress of the node's uplink.
 pub const PROG_FROM_UPLINK: &str = "from_uplink";
+/// Name of the program attached to TC egress of the node's uplink.
+pub const PROG_TO_UPLINK: &str = "to_uplink";
 
 /// What a destination prefix is, from this node's point of view ([`Route::kind`]).
 pub mod route_kind {

@@ -29,6 +29,12 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
     verdict::finish(uplink::from_uplink(&ctx))
 }
 
+/// TC egress of the node's uplink: the host's own traffic to pods on other nodes.
+#[classifier]
+pub fn to_uplink(ctx: TcContext) -> i32 {
+    verdict::finish(uplink::to_uplink(&ctx))
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -4,7 +4,7 @@
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use dataplane_common::{
     net::{ETH_P_IP, IPPROTO_IPIP, IPPROTO_UDP, IPV4_FRAG_OFFSET_MASK, IPV4_IHL_MIN, IPV4_MF, VXLAN_FLAG_VNI},
-    peer_flags, route_kind, NodeConfig, Stat,
+    peer_flags, route_flags, route_kind, NodeConfig, Stat,
 };
 
 use crate::{
@@ -106,4 +106,43 @@ fn deliver(
     // For the host itself (or with IP options): the kernel routes the inner packet.
     decap(ctx)?;
     Ok(Verdict { action: TC_ACT_OK as i32, stat })
+}
+
+/// Encapsulates the host's own packets to pods on other nodes, on their way out of the uplink.
+///
+/// The kernel routes such packets `via <node> dev <uplink> onlink` (the agent's host routes), so
+/// they arrive here with the right Ethernet addresses for the outer header already; pods' packets
+/// were encapsulated at their own interface and pass through untouched.
+#[inline(always)]
+pub fn to_uplink(ctx: &TcContext) -> Outcome {
+    let Ok(eth) = read::<EthHdr>(ctx, 0) else {
+        return Ok(Verdict::pass());
+    };
+    if eth.ether_type() != ETH_P_IP {
+        return Ok(Verdict::pass());
+    }
+    let Ok(ip) = read::<Ipv4Hdr>(ctx, IP_OFFSET) else {
+        return Ok(Verdict::pass());
+    };
+    if ip.version() != 4 || ip.ihl() != IPV4_IHL_MIN {
+        return Ok(Verdict::pass());
+    }
+    let Some(route) = route::lookup(ip.dst) else {
+        return Ok(Verdict::pass());
+    };
+    if route.kind != route_kind::REMOTE_BLOCK {
+        return Ok(Verdict::pass());
+    }
+    let Ok(node) = route::node_config() else {
+        return Ok(Verdict::pass());
+    };
+    if route.flags & route_flags::ENCAP_VXLAN != 0 {
+        vxlan::encap(ctx, &node, &route, &ip)?;
+        Ok(Verdict { action: TC_ACT_OK as i32, stat: Stat::EncapVxlan })
+    } else if route.flags & route_flags::ENCAP_IPIP != 0 {
+        ipip::encap(ctx, &node, &route, &ip)?;
+        Ok(Verdict { action: TC_ACT_OK as i32, stat: Stat::EncapIpip })
+    } else {
+        Ok(Verdict::pass())
+    }
 }

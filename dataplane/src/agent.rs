@@ -13,7 +13,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     sync::watch,
 };
-use tracing::{error, info, info_span, warn};
+use tracing::{error, info, info_span, warn, Instrument as _};
 
 use crate::{
     backend::bpf::BpfBackend,
@@ -110,7 +110,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         }
         let snapshot = snapshots.borrow_and_update().clone();
         if let Some(snapshot) = snapshot {
-            if let Err(error) = reconcile(&mut backend, &options, &snapshot) {
+            let span = info_span!("reconcile", node = %options.node);
+            if let Err(error) = reconcile(&mut backend, &options, &snapshot).instrument(span).await {
                 error!("reconcile failed, keeping the last programmed state: {error:#}");
             }
         }
@@ -121,8 +122,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 }
 
 /// One pass of model -> plan -> backend.
-fn reconcile(backend: &mut BpfBackend, options: &RunOptions, snapshot: &Snapshot) -> anyhow::Result<()> {
-    let _span = info_span!("reconcile", node = %options.node).entered();
+async fn reconcile(backend: &mut BpfBackend, options: &RunOptions, snapshot: &Snapshot) -> anyhow::Result<()> {
     let started = Instant::now();
     for problem in &snapshot.problems {
         warn!("skipped: {problem}");
@@ -141,7 +141,7 @@ fn reconcile(backend: &mut BpfBackend, options: &RunOptions, snapshot: &Snapshot
             )
         })?,
     };
-    let report = backend.apply(&plan, &uplink)?;
+    let report = backend.apply(&plan, &uplink).await?;
     info!(
         %uplink,
         routes = plan.routes.len(),

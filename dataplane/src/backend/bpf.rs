@@ -23,15 +23,19 @@ use aya::{
 };
 use dataplane_common::{
     Ipv4Bytes, NodeConfig, Peer, Route, Workload, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
-    PROG_FROM_WORKLOAD, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    PROG_FROM_WORKLOAD, PROG_TO_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::{
     diff::{diff, Changes},
     entries::{self, MapEntries, RouteKey},
+    host_routes::{self, HostRoutes},
 };
-use crate::{plan::Plan, sys};
+use crate::{
+    plan::{Plan, RouteTarget},
+    sys,
+};
 
 /// The kernel programs, built by the build script for bpfel-unknown-none.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
@@ -50,9 +54,9 @@ const LINKS_DIR: &str = "links";
 /// What one reconcile changed.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
-    /// Map entries written.
+    /// Map entries and host routes written.
     pub written: usize,
-    /// Map entries removed.
+    /// Map entries and host routes removed.
     pub removed: usize,
     /// Programs newly attached (or swapped into adopted links).
     pub attached: usize,
@@ -66,8 +70,18 @@ pub struct ApplyReport {
 pub struct BpfBackend {
     ebpf: Ebpf,
     pin_path: PathBuf,
-    /// Interfaces this process has attached or adopted, with the ifindex they had then.
+    /// Links this process has attached or adopted (by pin name), with the ifindex they had then.
     attached: BTreeMap<String, u32>,
+    /// The host's routes to blocks.
+    host_routes: HostRoutes,
+}
+
+/// One program on one hook of one interface.
+struct Attachment {
+    interface: String,
+    ifindex: u32,
+    direction: TcAttachType,
+    program: &'static str,
 }
 
 impl BpfBackend {
@@ -83,7 +97,7 @@ impl BpfBackend {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT).context("loading the kernel programs (is this kernel 5.10+ with BTF?)")?;
-        for name in [PROG_FROM_WORKLOAD, PROG_FROM_UPLINK] {
+        for name in [PROG_FROM_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -93,12 +107,12 @@ impl BpfBackend {
         }
         fs::create_dir_all(pin_path.join(LINKS_DIR))
             .with_context(|| format!("creating {}", pin_path.join(LINKS_DIR).display()))?;
-        Ok(BpfBackend { ebpf, pin_path: pin_path.to_owned(), attached: BTreeMap::new() })
+        Ok(BpfBackend { ebpf, pin_path: pin_path.to_owned(), attached: BTreeMap::new(), host_routes: HostRoutes::connect()? })
     }
 
     /// Makes the kernel match `plan`: attaches programs to the uplink and to every workload
     /// interface, then writes the map entries that differ and removes stale ones.
-    pub fn apply(&mut self, plan: &Plan, uplink: &str) -> anyhow::Result<ApplyReport> {
+    pub async fn apply(&mut self, plan: &Plan, uplink: &str) -> anyhow::Result<ApplyReport> {
         let mut report = ApplyReport::default();
         let uplink_ifindex = sys::ifindex(uplink)
             .with_context(|| format!("uplink interface {uplink:?} does not exist in this network namespace"))?;
@@ -111,21 +125,41 @@ impl BpfBackend {
         // Maps first: a program attached to a new interface must find its workload entry.
         self.write_maps(&desired, &mut report)?;
 
-        let mut wanted: BTreeMap<String, (&str, u32)> = BTreeMap::new();
-        wanted.insert(uplink.to_owned(), (PROG_FROM_UPLINK, uplink_ifindex));
-        for (interface, _) in &plan.workloads {
+        let mut wanted: BTreeMap<String, Attachment> = BTreeMap::new();
+        let mut want = |interface: &str, ifindex: u32, direction: TcAttachType, program: &'static str| {
+            let attachment = Attachment { interface: interface.to_owned(), ifindex, direction, program };
+            wanted.insert(link_pin_name(direction, interface), attachment);
+        };
+        want(uplink, uplink_ifindex, TcAttachType::Ingress, PROG_FROM_UPLINK);
+        want(uplink, uplink_ifindex, TcAttachType::Egress, PROG_TO_UPLINK);
+        for interface in plan.workloads.keys() {
             if let Some(index) = sys::ifindex(interface) {
-                wanted.insert(interface.clone(), (PROG_FROM_WORKLOAD, index));
+                want(interface, index, TcAttachType::Ingress, PROG_FROM_WORKLOAD);
             }
         }
-        for (interface, (program, index)) in &wanted {
-            if self.attached.get(interface) != Some(index) {
-                self.attach(program, interface)?;
-                self.attached.insert(interface.clone(), *index);
+        for (pin_name, attachment) in &wanted {
+            if self.attached.get(pin_name) != Some(&attachment.ifindex) {
+                self.attach(attachment)?;
+                self.attached.insert(pin_name.clone(), attachment.ifindex);
                 report.attached += 1;
             }
         }
         report.detached = self.remove_stale_links(&wanted.keys().cloned().collect())?;
+
+        // The host's own traffic to blocks: kernel routes that lead it to the uplink.
+        let mut next_hops = BTreeMap::new();
+        for peer in plan.routes.values().filter_map(|r| match &r.target {
+            RouteTarget::RemoteBlock { node_addr, .. } => Some(*node_addr),
+            _ => None,
+        }) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = next_hops.entry(peer) {
+                slot.insert(self.host_routes.next_hop(peer).await?);
+            }
+        }
+        let routes = host_routes::desired(plan, uplink_ifindex, |peer| next_hops.get(&peer).copied().unwrap_or(peer));
+        let (written, removed) = self.host_routes.apply(&routes).await?;
+        report.written += written;
+        report.removed += removed;
         Ok(report)
     }
 
@@ -180,10 +214,11 @@ impl BpfBackend {
         Ok(())
     }
 
-    /// Attaches `program` to TC ingress of `interface`, adopting (and atomically updating) a link
-    /// pinned by an earlier agent when there is one.
-    fn attach(&mut self, program: &str, interface: &str) -> anyhow::Result<()> {
-        let pin = self.link_pin(interface);
+    /// Attaches a program to a TC hook of an interface, adopting (and atomically updating) a
+    /// link pinned by an earlier agent when there is one.
+    fn attach(&mut self, attachment: &Attachment) -> anyhow::Result<()> {
+        let Attachment { interface, direction, program, .. } = attachment;
+        let pin = self.pin_path.join(LINKS_DIR).join(link_pin_name(*direction, interface));
         let prog: &mut SchedClassifier = self
             .ebpf
             .program_mut(program)
@@ -209,49 +244,45 @@ impl BpfBackend {
         };
         let was_adopted = adopted.is_some();
         let link_id = match adopted {
-            Some(id) => {
-                debug!(%interface, program, "swapped program into adopted link");
-                id
-            }
+            Some(id) => id,
             None => prog
-                .attach_with_options(interface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .with_context(|| format!("attaching {program} to tcx ingress of {interface}"))?,
+                .attach_with_options(interface, *direction, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .with_context(|| format!("attaching {program} to tcx {direction:?} of {interface}"))?,
         };
         let link: FdLink = prog.take_link(link_id)?.try_into().context("tcx link as fd link")?;
         if !was_adopted {
             link.pin(&pin).with_context(|| format!("pinning link at {}", pin.display()))?;
         }
-        info!(%interface, program, adopted = was_adopted, "attached");
+        info!(%interface, ?direction, program, adopted = was_adopted, "attached");
         Ok(())
     }
 
-    /// Removes pinned links of interfaces no longer in the plan (unpinning detaches them).
+    /// Removes pinned links no longer wanted (unpinning detaches them).
     fn remove_stale_links(&mut self, wanted: &BTreeSet<String>) -> anyhow::Result<usize> {
         let dir = self.pin_path.join(LINKS_DIR);
-        let wanted_pins: BTreeSet<String> = wanted.iter().map(|interface| link_pin_name(interface)).collect();
         let mut removed = 0;
         for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !wanted_pins.contains(&name) {
+            if !wanted.contains(&name) {
                 remove_pin(&entry.path())?;
                 info!(link = %name, "detached");
                 removed += 1;
             }
         }
-        self.attached.retain(|interface, _| wanted.contains(interface));
+        self.attached.retain(|pin_name, _| wanted.contains(pin_name));
         Ok(removed)
-    }
-
-    fn link_pin(&self, interface: &str) -> PathBuf {
-        self.pin_path.join(LINKS_DIR).join(link_pin_name(interface))
     }
 }
 
-/// The pin name of the TC ingress link of `interface`. bpffs refuses names with a dot, which
+/// The pin name of the link of `interface`'s TC hook. bpffs refuses names with a dot, which
 /// interface names may have (`vxlan.calico`, `eth0.100`), so dots (and `%`) are %-escaped.
-pub fn link_pin_name(interface: &str) -> String {
-    format!("ingress_{}", interface.replace('%', "%25").replace('.', "%2e"))
+pub fn link_pin_name(direction: TcAttachType, interface: &str) -> String {
+    let hook = match direction {
+        TcAttachType::Egress => "egress",
+        _ => "ingress",
+    };
+    format!("{hook}_{}", interface.replace('%', "%25").replace('.', "%2e"))
 }
 
 fn count<K, V>(report: &mut ApplyReport, changes: &Changes<K, V>) {

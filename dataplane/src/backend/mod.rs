@@ -4,3 +4,4 @@
 pub mod bpf;
 pub mod diff;
 pub mod entries;
+pub mod host_routes;

@@ -1,0 +1,228 @@
+//! Kernel routes for the node's own traffic to pod blocks, as Calico's dataplane installs them.
+//!
+//! Pods' packets never reach these routes (the TC programs redirect them first), but the host's
+//! own sockets need them: `blackhole <local block>`, and `<remote block> via <next hop> dev
+//! <uplink> onlink` with the tunnel's MTU, so host packets to remote pods leave by the uplink,
+//! where `to_uplink` encapsulates them. Routes are tagged with our own protocol number, so a
+//! resync lists exactly ours and touches nothing else in the table.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use anyhow::Context as _;
+use dataplane_common::net::{IPIP_MTU, VXLAN_MTU};
+use futures::TryStreamExt as _;
+use ipnet::Ipv4Net;
+use rtnetlink::{
+    packet_route::route::{
+        RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
+        RouteProtocol, RouteType,
+    },
+    Handle, RouteMessageBuilder,
+};
+
+use super::diff::{diff, Changes};
+use crate::plan::{Encap, Plan, RouteTarget};
+
+/// The routing protocol number that marks routes this agent owns (`ip route show proto 200`).
+pub const RTPROT_DATAPLANE: u8 = 200;
+
+/// One kernel route for a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HostRoute {
+    /// `blackhole <block>`: a local block's addresses without a workload.
+    Blackhole,
+    /// `<block> via <gateway> dev <ifindex> onlink [mtu N]`.
+    Via {
+        /// The next hop towards the block's node.
+        gateway: Ipv4Addr,
+        /// The uplink.
+        ifindex: u32,
+        /// The route's MTU: the tunnel's, when the block is reached encapsulated.
+        mtu: Option<u32>,
+    },
+}
+
+/// The routes the plan needs; `next_hop` gives the gateway towards a node's address (the node
+/// itself when it is on-link).
+pub fn desired(
+    plan: &Plan,
+    uplink_ifindex: u32,
+    next_hop: impl Fn(Ipv4Addr) -> Ipv4Addr,
+) -> BTreeMap<Ipv4Net, HostRoute> {
+    let mut routes = BTreeMap::new();
+    for (prefix, planned) in &plan.routes {
+        let route = match &planned.target {
+            RouteTarget::LocalBlock => HostRoute::Blackhole,
+            RouteTarget::RemoteBlock { node_addr, encap, .. } => HostRoute::Via {
+                gateway: next_hop(*node_addr),
+                ifindex: uplink_ifindex,
+                mtu: match encap {
+                    Encap::None => None,
+                    Encap::Vxlan { .. } => Some(VXLAN_MTU),
+                    Encap::Ipip => Some(IPIP_MTU),
+                },
+            },
+            RouteTarget::LocalWorkload { .. } | RouteTarget::Pool => continue,
+        };
+        routes.insert(*prefix, route);
+    }
+    routes
+}
+
+/// Reads and writes this agent's routes in the main table over rtnetlink.
+pub struct HostRoutes {
+    handle: Handle,
+}
+
+impl HostRoutes {
+    /// Opens a netlink connection in the current network namespace (needs a tokio runtime).
+    pub fn connect() -> anyhow::Result<Self> {
+        let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+        tokio::spawn(connection);
+        Ok(HostRoutes { handle })
+    }
+
+    /// The gateway the kernel would use towards `addr` (`ip route get`), or `addr` if on-link.
+    pub async fn next_hop(&self, addr: Ipv4Addr) -> anyhow::Result<Ipv4Addr> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(addr, 32).build();
+        let mut replies = self.handle.route().get(query).execute();
+        while let Some(reply) = replies.try_next().await.with_context(|| format!("route get {addr}"))? {
+            for attribute in &reply.attributes {
+                if let RouteAttribute::Gateway(RouteAddress::Inet(gateway)) = attribute {
+                    return Ok(*gateway);
+                }
+            }
+        }
+        Ok(addr)
+    }
+
+    /// The routes this agent installed earlier.
+    pub async fn programmed(&self) -> anyhow::Result<BTreeMap<Ipv4Net, HostRoute>> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut dump = self.handle.route().get(query).execute();
+        let mut routes = BTreeMap::new();
+        while let Some(message) = dump.try_next().await.context("listing routes")? {
+            if message.header.protocol != RouteProtocol::Other(RTPROT_DATAPLANE)
+                || message.header.table != RouteHeader::RT_TABLE_MAIN
+            {
+                continue;
+            }
+            if let Some((prefix, route)) = parse(&message) {
+                routes.insert(prefix, route);
+            }
+        }
+        Ok(routes)
+    }
+
+    /// Makes our routes equal to `desired`; returns (written, removed).
+    pub async fn apply(&self, desired: &BTreeMap<Ipv4Net, HostRoute>) -> anyhow::Result<(usize, usize)> {
+        let programmed = self.programmed().await?;
+        let Changes { upserts, removals } = diff(&programmed, desired);
+        let counts = (upserts.len(), removals.len());
+        for (prefix, route) in upserts {
+            self.handle
+                .route()
+                .add(message(prefix, route))
+                .replace()
+                .execute()
+                .await
+                .with_context(|| format!("installing route {prefix} ({route:?})"))?;
+        }
+        for prefix in removals {
+            let route = programmed[&prefix];
+            self.handle
+                .route()
+                .del(message(prefix, route))
+                .execute()
+                .await
+                .with_context(|| format!("removing route {prefix}"))?;
+        }
+        Ok(counts)
+    }
+}
+
+/// The netlink message for one of our routes.
+fn message(prefix: Ipv4Net, route: HostRoute) -> RouteMessage {
+    let builder = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(prefix.network(), prefix.prefix_len())
+        .protocol(RouteProtocol::Other(RTPROT_DATAPLANE));
+    match route {
+        HostRoute::Blackhole => builder.kind(RouteType::BlackHole).build(),
+        HostRoute::Via { gateway, ifindex, mtu } => {
+            let mut message = builder.gateway(gateway).output_interface(ifindex).onlink().build();
+            if let Some(mtu) = mtu {
+                message.attributes.push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+            }
+            message
+        }
+    }
+}
+
+/// Reads one of our routes back from a dump.
+fn parse(message: &RouteMessage) -> Option<(Ipv4Net, HostRoute)> {
+    let mut destination = None;
+    let mut gateway = None;
+    let mut ifindex = None;
+    let mut mtu = None;
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Destination(RouteAddress::Inet(addr)) => destination = Some(*addr),
+            RouteAttribute::Gateway(RouteAddress::Inet(addr)) => gateway = Some(*addr),
+            RouteAttribute::Oif(index) => ifindex = Some(*index),
+            RouteAttribute::Metrics(metrics) => {
+                mtu = metrics.iter().find_map(|m| if let RouteMetric::Mtu(v) = m { Some(*v) } else { None })
+            }
+            _ => {}
+        }
+    }
+    let prefix = Ipv4Net::new(destination?, message.header.destination_prefix_length).ok()?;
+    let route = match message.header.kind {
+        RouteType::BlackHole => HostRoute::Blackhole,
+        RouteType::Unicast => HostRoute::Via { gateway: gateway?, ifindex: ifindex?, mtu },
+        _ => return None,
+    };
+    let _ = RouteFlags::Onlink;
+    Some((prefix, route))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{datastore::file, plan};
+
+    #[test]
+    fn local_blocks_are_blackholed_and_remote_blocks_go_via_the_uplink_with_the_tunnel_mtu() {
+        let (model, _) = file::parse(include_str!("../../../examples/two-nodes.yaml")).unwrap();
+        let (plan, _) = plan::compute(&model, "node-1").unwrap();
+        let routes = desired(&plan, 2, |addr| addr);
+        assert_eq!(routes[&"10.244.1.0/26".parse().unwrap()], HostRoute::Blackhole);
+        assert_eq!(
+            routes[&"10.244.2.0/26".parse().unwrap()],
+            HostRoute::Via { gateway: Ipv4Addr::new(10, 100, 0, 12), ifindex: 2, mtu: Some(VXLAN_MTU) }
+        );
+        assert_eq!(routes.len(), 2, "no routes for workloads or pools: {routes:?}");
+    }
+
+    #[test]
+    fn an_off_link_peer_is_reached_through_the_gateway() {
+        let (model, _) = file::parse(include_str!("../../../examples/two-nodes.yaml")).unwrap();
+        let (plan, _) = plan::compute(&model, "node-1").unwrap();
+        let gateway = Ipv4Addr::new(10, 100, 0, 254);
+        let routes = desired(&plan, 2, |_| gateway);
+        assert!(matches!(routes[&"10.244.2.0/26".parse().unwrap()], HostRoute::Via { gateway: g, .. } if g == gateway));
+    }
+
+    #[test]
+    fn messages_read_back_as_the_same_route() {
+        let prefix: Ipv4Net = "10.244.2.0/26".parse().unwrap();
+        for route in [
+            HostRoute::Blackhole,
+            HostRoute::Via { gateway: Ipv4Addr::new(10, 100, 0, 12), ifindex: 2, mtu: Some(1450) },
+            HostRoute::Via { gateway: Ipv4Addr::new(10, 100, 0, 12), ifindex: 2, mtu: None },
+        ] {
+            let mut msg = message(prefix, route);
+            msg.attributes.push(RouteAttribute::Oif(2));
+            assert_eq!(parse(&msg), Some((prefix, route)));
+        }
+    }
+}
