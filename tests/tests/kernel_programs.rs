@@ -4,6 +4,8 @@
 //! the agent's own path (YAML -> model -> plan -> map entries), runs a packet and checks the
 //! verdict, the output bytes field by field and the stats map. Needs root (CAP_BPF).
 
+#![allow(clippy::unwrap_used, reason = "fixtures of a test: a failed unwrap is a failed test")]
+
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
     programs::{tc::SchedClassifier, TestRun, TestRunOptions},

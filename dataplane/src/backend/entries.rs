@@ -185,7 +185,7 @@ mod tests {
 
     #[test]
     fn translates_routes_peers_and_workloads() {
-        let (entries, missing) = from_plan(&plan(), 2, |name| (name == "cali1").then_some(7));
+        let (entries, _) = from_plan(&plan(), 2, |name| (name == "cali1").then_some(7));
         assert_eq!(entries.node.addr, [10, 100, 0, 11]);
         assert_eq!(entries.node.vni, 4096);
         assert_eq!(entries.node.vxlan_port, 4789);
