@@ -1,0 +1,802 @@
+//! The etcdv3 datastore against a real etcd server (Debian's `etcd`, 3.4).
+//!
+//! Each test starts its own etcd on 127.0.0.1 with free ports and a data directory of its own
+//! ([`EtcdServer`], which kills the server and removes the directory when dropped, also when the
+//! test panics), writes Calico's keys with `etcdctl put` in Calico's layout, and reads what
+//! `datastore::etcd::watch` sends. They need no root. Without the `etcd` binary (Debian's
+//! etcd-server, installed by `cargo xtask setup`) they print why they are skipped and pass.
+//!
+//! The last test runs the real agent on the two-node lab with `--datastore etcdv3`; it needs root
+//! and the agent binary, like the first light tests.
+
+use std::{
+    fs,
+    net::TcpListener,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+use dataplane::{
+    datastore::{
+        etcd::{EtcdConfig, WatchThread},
+        Snapshot,
+    },
+    model::{Block, Model},
+};
+use serde_json::{json, Value};
+
+/// Calico's key prefix.
+const PREFIX: &str = "/calico";
+/// The example cluster of the file datastore, written into etcd by the tests.
+const EXAMPLE: &str = "examples/two-nodes.yaml";
+/// How long a change may take to arrive as a snapshot (it takes milliseconds; the margin is for
+/// a loaded machine).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn pools_key(name: &str) -> String {
+    format!("{PREFIX}/resources/v3/projectcalico.org/ippools/{name}")
+}
+
+fn node_key(name: &str) -> String {
+    format!("{PREFIX}/resources/v3/projectcalico.org/nodes/{name}")
+}
+
+fn workload_key(namespace: &str, name: &str) -> String {
+    format!("{PREFIX}/resources/v3/projectcalico.org/workloadendpoints/{namespace}/{name}")
+}
+
+fn affinity_key(node: &str, block: &str) -> String {
+    format!("{PREFIX}/ipam/v2/host/{node}/ipv4/block/{block}")
+}
+
+fn assignment_key(block: &str) -> String {
+    format!("{PREFIX}/ipam/v2/assignment/ipv4/block/{block}")
+}
+
+/// The workspace root: tests/ is one of its members.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// The example cluster as the file datastore reads it.
+fn example_model() -> anyhow::Result<Model> {
+    dataplane_lab::load_model(&workspace_root().join(EXAMPLE))
+}
+
+/// A block as Calico writes it in keys: `10.244.1.0-26`.
+fn block_name(block: &Block) -> String {
+    format!("{}-{}", block.cidr.network(), block.cidr.prefix_len())
+}
+
+/// The model as calico-node and calicoctl would have written it into etcd: one key per resource,
+/// the v3 resources as JSON with the fields Calico fills in and this dataplane ignores, a host
+/// affinity and an allocation block per block.
+fn calico_keys(model: &Model) -> Vec<(String, String)> {
+    let mut keys = Vec::new();
+    for pool in &model.pools {
+        let value = json!({
+            "kind": "IPPool",
+            "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": pool.name, "uid": "0c1f3a52-6d1e-4e7b-9a63-2f0d5d1e0a01",
+                         "creationTimestamp": "2024-05-01T10:00:00Z"},
+            "spec": {
+                "cidr": pool.cidr.to_string(),
+                "vxlanMode": pool.vxlan_mode.to_string(),
+                "ipipMode": pool.ipip_mode.to_string(),
+                "natOutgoing": pool.nat_outgoing,
+                "disabled": pool.disabled,
+                "blockSize": pool.block_size,
+                "nodeSelector": "all()",
+                "allowedUses": ["Workload", "Tunnel"],
+            },
+        });
+        keys.push((pools_key(&pool.name), value.to_string()));
+    }
+    for node in &model.nodes {
+        let mut spec = json!({"orchRefs": [{"nodeName": node.name, "orchestrator": "k8s"}]});
+        if let Some(addr) = node.addr {
+            spec["bgp"] = json!({"ipv4Address": addr.to_string()});
+        }
+        if let Some(vtep) = node.vxlan_tunnel_addr {
+            spec["ipv4VXLANTunnelAddr"] = json!(vtep.to_string());
+        }
+        if let Some(mac) = node.vxlan_tunnel_mac {
+            spec["vxlanTunnelMACAddr"] = json!(mac.to_string());
+        }
+        let value = json!({
+            "kind": "Node",
+            "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name}},
+            "spec": spec,
+            "status": {},
+        });
+        keys.push((node_key(&node.name), value.to_string()));
+    }
+    for workload in &model.workloads {
+        let addrs: Vec<String> = workload.addrs.iter().map(|a| a.to_string()).collect();
+        let mut spec = json!({
+            "orchestrator": "k8s",
+            "node": workload.node,
+            "endpoint": "eth0",
+            "ipNetworks": addrs,
+            "profiles": [format!("kns.{}", workload.namespace)],
+            "interfaceName": workload.interface,
+        });
+        if let Some(mac) = workload.mac {
+            spec["mac"] = json!(mac.to_string());
+        }
+        let value = json!({
+            "kind": "WorkloadEndpoint",
+            "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": workload.name, "namespace": workload.namespace,
+                         "labels": {"projectcalico.org/orchestrator": "k8s"}},
+            "spec": spec,
+        });
+        keys.push((workload_key(&workload.namespace, &workload.name), value.to_string()));
+    }
+    for block in &model.blocks {
+        let name = block_name(block);
+        let size = 1usize << (32 - block.cidr.prefix_len());
+        let mut allocations = vec![Value::Null; size];
+        allocations[0] = json!(0);
+        let value = json!({"state": "confirmed", "deleted": false});
+        keys.push((affinity_key(&block.node, &name), value.to_string()));
+        let value = json!({
+            "cidr": block.cidr.to_string(),
+            "affinity": format!("host:{}", block.node),
+            "strictAffinity": false,
+            "allocations": allocations,
+            "unallocated": (1..size).collect::<Vec<_>>(),
+            "attributes": [{"handle_id": format!("vxlan-tunnel-addr-{}", block.node), "secondary": null}],
+            "deleted": false,
+        });
+        keys.push((assignment_key(&name), value.to_string()));
+    }
+    keys
+}
+
+/// A model with every list in a fixed order, to compare models from different datastores.
+fn sorted(model: &Model) -> Model {
+    let mut model = model.clone();
+    model.pools.sort_by(|a, b| a.name.cmp(&b.name));
+    model.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    model.workloads.sort_by_key(|w| w.full_name());
+    model.blocks.sort_by(|a, b| (a.cidr, &a.node).cmp(&(b.cidr, &b.node)));
+    model
+}
+
+/// A binary on PATH (or in /usr/bin, where Debian puts etcd).
+fn find_binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range (32768 and up): a port from
+/// that range could be taken by some client's outgoing connection while etcd is down for a
+/// restart, and etcd could not listen on it again.
+fn free_port() -> anyhow::Result<u16> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Spread processes apart, so that two test binaries running at once rarely probe the same
+    // ports; the bind below settles the rest.
+    let spread = (std::process::id() % 500) * 20;
+    for _ in 0..2_000 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(20_000 + (spread + offset) % 12_000).context("port out of range")?;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1 between 20000 and 32767")
+}
+
+/// Files of a TLS setup generated with openssl: a CA, etcd's certificate for 127.0.0.1, a client
+/// certificate.
+struct Certs {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+/// A real etcd server on 127.0.0.1; killed and its directory removed when dropped.
+struct EtcdServer {
+    etcd: PathBuf,
+    etcdctl: PathBuf,
+    dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    certs: Option<Certs>,
+    child: Option<Child>,
+}
+
+impl EtcdServer {
+    /// Starts a server for `test`; `None` (after saying why) when etcd is not installed.
+    fn start(test: &str) -> anyhow::Result<Option<EtcdServer>> {
+        Self::start_with(test, false)
+    }
+
+    /// Starts a server that requires client certificates (generated here with openssl).
+    fn start_tls(test: &str) -> anyhow::Result<Option<EtcdServer>> {
+        if find_binary("openssl").is_none() {
+            eprintln!("SKIPPED {test}: needs the openssl command to make certificates");
+            return Ok(None);
+        }
+        Self::start_with(test, true)
+    }
+
+    fn start_with(test: &str, tls: bool) -> anyhow::Result<Option<EtcdServer>> {
+        let (Some(etcd), Some(etcdctl)) = (find_binary("etcd"), find_binary("etcdctl")) else {
+            eprintln!(
+                "SKIPPED {test}: needs the etcd and etcdctl binaries (Debian's etcd-server and \
+                 etcd-client; `cargo xtask setup` installs them)"
+            );
+            return Ok(None);
+        };
+        let dir = std::env::temp_dir().join(format!("dataplane-etcd-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut server = EtcdServer {
+            etcd,
+            etcdctl,
+            dir,
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            certs: None,
+            child: None,
+        };
+        if tls {
+            server.certs = Some(make_certs(&server.dir)?);
+        }
+        server.spawn()?;
+        Ok(Some(server))
+    }
+
+    fn scheme(&self) -> &str {
+        if self.certs.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The client URL.
+    fn endpoint(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
+    }
+
+    /// The datastore settings that reach this server (with the client certificate, if any).
+    fn config(&self) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: vec![self.endpoint()],
+            ca_cert_file: self.certs.as_ref().map(|c| c.ca.clone()),
+            cert_file: self.certs.as_ref().map(|c| c.client_cert.clone()),
+            key_file: self.certs.as_ref().map(|c| c.client_key.clone()),
+            prefix: PREFIX.to_owned(),
+        }
+    }
+
+    /// Starts etcd on the same ports and data directory, and waits until it answers.
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let client = self.endpoint();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .context("opening etcd's log")?;
+        let mut command = Command::new(&self.etcd);
+        command
+            .args(["--name", "test", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("etcd's log")?)
+            .stderr(log);
+        if let Some(certs) = &self.certs {
+            command
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&certs.ca)
+                .arg("--cert-file")
+                .arg(&certs.server_cert)
+                .arg("--key-file")
+                .arg(&certs.server_key);
+        }
+        // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent. It kills
+        // etcd if the test dies without unwinding (SIGKILL of the test binary), so that no server
+        // outlives its test.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().with_context(|| format!("starting {}", self.etcd.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let output = self.etcdctl_output(&["--command-timeout=1s", "endpoint", "health"])?;
+            if output.status.success() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait().context("etcd's status")? {
+                    bail!("etcd exited with {status}:\n{}", self.log());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("etcd did not answer within 20 s:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills etcd at once (SIGKILL), as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+    }
+
+    fn etcdctl_output(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut command = Command::new(&self.etcdctl);
+        command.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", self.endpoint()));
+        if let Some(certs) = &self.certs {
+            command
+                .arg(format!("--cacert={}", certs.ca.display()))
+                .arg(format!("--cert={}", certs.client_cert.display()))
+                .arg(format!("--key={}", certs.client_key.display()));
+        }
+        command.args(args).stdin(Stdio::null());
+        command.output().with_context(|| format!("running etcdctl {}", args.join(" ")))
+    }
+
+    /// `etcdctl ARGS`; fails unless it succeeds.
+    fn etcdctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = self.etcdctl_output(args)?;
+        ensure!(
+            output.status.success(),
+            "etcdctl {} failed with {}: {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `etcdctl put KEY VALUE`.
+    fn put(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        // `--` so that a value starting with '-' is not an option.
+        self.etcdctl(&["put", "--", key, value]).map(|_| ())
+    }
+
+    /// `etcdctl del KEY`.
+    fn del(&self, key: &str) -> anyhow::Result<()> {
+        self.etcdctl(&["del", key]).map(|_| ())
+    }
+
+    /// Writes every key.
+    fn put_all(&self, keys: &[(String, String)]) -> anyhow::Result<()> {
+        for (key, value) in keys {
+            self.put(key, value)?;
+        }
+        Ok(())
+    }
+
+    /// The store's current revision.
+    fn revision(&self) -> anyhow::Result<i64> {
+        let text = self.etcdctl(&["endpoint", "status", "-w", "json"])?;
+        let status: Value = serde_json::from_str(&text).context("etcdctl endpoint status -w json")?;
+        status[0]["Status"]["header"]["revision"]
+            .as_i64()
+            .with_context(|| format!("no revision in {text}"))
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+fn make_certs(dir: &Path) -> anyhow::Result<Certs> {
+    let certs = Certs {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server-key.pem"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client-key.pem"),
+    };
+    let ca_key = dir.join("ca-key.pem");
+    let openssl = |args: &[&str]| -> anyhow::Result<()> {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .context("running openssl")?;
+        ensure!(
+            output.status.success(),
+            "openssl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    };
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    openssl(&[
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", &path(&ca_key), "-out", &path(&certs.ca), "-days", "2", "-subj",
+        "/CN=dataplane test CA",
+    ])?;
+    for (cert, key, name, usage) in [
+        (&certs.server_cert, &certs.server_key, "etcd", "serverAuth"),
+        (&certs.client_cert, &certs.client_key, "calico-node", "clientAuth"),
+    ] {
+        let csr = dir.join(format!("{name}.csr"));
+        let ext = dir.join(format!("{name}.ext"));
+        fs::write(
+            &ext,
+            format!(
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\n\
+                 basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+            ),
+        )
+        .context("writing the certificate extensions")?;
+        openssl(&[
+            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", &path(key), "-out", &path(&csr), "-subj", &format!("/CN={name}"),
+        ])?;
+        openssl(&[
+            "x509", "-req", "-in", &path(&csr), "-CA", &path(&certs.ca), "-CAkey",
+            &path(&ca_key), "-CAcreateserial", "-out", &path(cert), "-days", "2", "-extfile",
+            &path(&ext),
+        ])?;
+    }
+    Ok(certs)
+}
+
+/// Waits for a snapshot that satisfies `wanted`; returns it and how long it took.
+fn wait_for(
+    watch: &WatchThread,
+    what: &str,
+    timeout: Duration,
+    wanted: impl Fn(&Snapshot) -> bool,
+) -> anyhow::Result<(Snapshot, Duration)> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut last = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match watch.recv_timeout(left) {
+            Some(snapshot) if wanted(&snapshot) => return Ok((snapshot, started.elapsed())),
+            Some(snapshot) => last = Some(snapshot),
+            None if watch.is_finished() => bail!("the etcd watch ended while waiting for {what}"),
+            None => bail!("no snapshot with {what} within {timeout:?}; the last one was {last:#?}"),
+        }
+    }
+}
+
+fn has_block(snapshot: &Snapshot, cidr: &str, node: &str) -> bool {
+    snapshot.model.blocks.iter().any(|b| b.cidr.to_string() == cidr && b.node == node && b.routes())
+}
+
+/// The example cluster written into a fresh etcd, and a watch on it that has sent its first
+/// snapshot.
+fn example_in_etcd(test: &str) -> anyhow::Result<Option<(EtcdServer, WatchThread, Model)>> {
+    let Some(server) = EtcdServer::start(test)? else {
+        return Ok(None);
+    };
+    let model = example_model()?;
+    server.put_all(&calico_keys(&model))?;
+    let watch = WatchThread::start(server.config())?;
+    wait_for(&watch, "the example cluster", CHANGE_TIMEOUT, |s| {
+        sorted(&s.model) == sorted(&model)
+    })
+    .with_context(|| format!("etcd log:\n{}", server.log()))?;
+    Ok(Some((server, watch, model)))
+}
+
+#[test]
+fn the_example_cluster_reads_the_same_from_etcd_as_from_the_file() -> anyhow::Result<()> {
+    let Some(server) = EtcdServer::start("reads_the_example")? else {
+        return Ok(());
+    };
+    let model = example_model()?;
+    server.put_all(&calico_keys(&model))?;
+    // Keys that are not the dataplane's: a profile, an IPAM handle, Felix's status, an IPv6
+    // block, and a key under another prefix.
+    server.put(&format!("{PREFIX}/resources/v3/projectcalico.org/profiles/kns.default"), "{}")?;
+    server.put(&format!("{PREFIX}/ipam/v2/handle/k8s-pod-network.0123"), r#"{"block":{}}"#)?;
+    server.put(&format!("{PREFIX}/felix/v2/no-region/host/node-1/status"), r#"{"time":"x"}"#)?;
+    server.put(&format!("{PREFIX}/ipam/v2/host/node-1/ipv6/block/fd00:10:244::-122"), r#"{"state":"confirmed"}"#)?;
+    server.put("/other/resources/v3/projectcalico.org/ippools/p", "not even JSON")?;
+    // A block with an allocation block and no host affinity key routes from its `affinity`.
+    server.put(
+        &assignment_key("10.244.3.0-26"),
+        r#"{"cidr":"10.244.3.0/26","affinity":"host:node-2","allocations":[],"unallocated":[],"attributes":[]}"#,
+    )?;
+
+    let watch = WatchThread::start(server.config())?;
+    let (snapshot, took) = wait_for(&watch, "a first snapshot", CHANGE_TIMEOUT, |_| true)?;
+    eprintln!("first snapshot {took:?} after the watch started");
+    ensure!(snapshot.problems.is_empty(), "problems: {:#?}", snapshot.problems);
+    let mut expected = model.clone();
+    expected.blocks.push(Block {
+        cidr: "10.244.3.0/26".parse()?,
+        node: "node-2".into(),
+        state: dataplane::model::AffinityState::Confirmed,
+        deleted: false,
+    });
+    assert_eq!(sorted(&snapshot.model), sorted(&expected));
+    // And the plan is the same as from the file: the dataplane cannot tell the datastores apart.
+    let (from_etcd, _) = dataplane::plan::compute(&snapshot.model, "node-1")?;
+    let (from_file, _) = dataplane::plan::compute(&expected, "node-1")?;
+    assert_eq!(from_etcd, from_file);
+    Ok(())
+}
+
+#[test]
+fn changes_arrive_as_new_snapshots() -> anyhow::Result<()> {
+    let Some((server, watch, model)) = example_in_etcd("changes_arrive")? else {
+        return Ok(());
+    };
+    // How long etcdctl itself takes (a Go binary that connects for each command), to read the
+    // latencies below.
+    let started = Instant::now();
+    server.put(&format!("{PREFIX}/felix/v2/unrelated"), "{}")?;
+    let etcdctl_alone = started.elapsed();
+
+    // New block affinities for node-2, one after another: the put -> snapshot latency.
+    let mut latencies = Vec::new();
+    for third in 3..8 {
+        let cidr = format!("10.244.{third}.0/26");
+        let started = Instant::now();
+        server.put(&affinity_key("node-2", &format!("10.244.{third}.0-26")), r#"{"state":"confirmed","deleted":false}"#)?;
+        let (_, _) = wait_for(&watch, &format!("block {cidr} on node-2"), CHANGE_TIMEOUT, |s| {
+            has_block(s, &cidr, "node-2")
+        })?;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    eprintln!(
+        "put -> snapshot over {} puts: min {:?}, median {:?}, max {:?} (etcdctl alone takes {etcdctl_alone:?}; \
+         the watch waits {:?} of quiet before sending)",
+        latencies.len(),
+        latencies[0],
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        dataplane::datastore::etcd::QUIET,
+    );
+
+    // A pending affinity does not route; confirmed again, it does.
+    let key = affinity_key("node-2", "10.244.3.0-26");
+    server.put(&key, r#"{"state":"pendingDeletion","deleted":false}"#)?;
+    wait_for(&watch, "10.244.3.0/26 no longer routed", CHANGE_TIMEOUT, |s| {
+        !has_block(s, "10.244.3.0/26", "node-2")
+    })?;
+    // Deleted keys disappear: the block, then a workload.
+    server.put(&key, r#"{"state":"confirmed","deleted":false}"#)?;
+    wait_for(&watch, "10.244.3.0/26 routed again", CHANGE_TIMEOUT, |s| {
+        has_block(s, "10.244.3.0/26", "node-2")
+    })?;
+    server.del(&key)?;
+    wait_for(&watch, "10.244.3.0/26 gone", CHANGE_TIMEOUT, |s| {
+        !s.model.blocks.iter().any(|b| b.cidr.to_string() == "10.244.3.0/26")
+    })?;
+    let workload = &model.workloads[0];
+    server.del(&workload_key(&workload.namespace, &workload.name))?;
+    let (snapshot, _) = wait_for(&watch, "the workload deleted", CHANGE_TIMEOUT, |s| {
+        s.model.workloads.len() == model.workloads.len() - 1
+    })?;
+    ensure!(!snapshot.model.workloads.contains(workload), "{} is still there", workload.full_name());
+
+    // A node's VTEP MAC changes.
+    let node = &model.nodes[1];
+    let mut keys = calico_keys(&model);
+    let (node_key_text, node_value) = keys
+        .iter_mut()
+        .find(|(key, _)| *key == node_key(&node.name))
+        .context("the node's key")?;
+    let mut value: Value = serde_json::from_str(node_value)?;
+    value["spec"]["vxlanTunnelMACAddr"] = json!("66:d0:00:00:00:99");
+    server.put(node_key_text, &value.to_string())?;
+    wait_for(&watch, "the new VTEP MAC", CHANGE_TIMEOUT, |s| {
+        s.model.node(&node.name).and_then(|n| n.vxlan_tunnel_mac).map(|m| m.to_string())
+            == Some("66:d0:00:00:00:99".into())
+    })?;
+
+    // A burst of writes in one transaction arrives whole, in one snapshot.
+    let txn = format!(
+        "\nput {} {}\nput {} {}\n\n\n",
+        affinity_key("node-1", "10.244.10.0-26"),
+        r#"{"state":"confirmed"}"#,
+        affinity_key("node-1", "10.244.11.0-26"),
+        r#"{"state":"confirmed"}"#,
+    );
+    let output = {
+        use std::io::Write as _;
+        let mut command = Command::new(&server.etcdctl);
+        command
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", server.endpoint()))
+            .args(["txn"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().context("etcdctl txn")?;
+        child.stdin.take().context("etcdctl's stdin")?.write_all(txn.as_bytes())?;
+        child.wait_with_output()?
+    };
+    ensure!(output.status.success(), "etcdctl txn: {}", String::from_utf8_lossy(&output.stderr));
+    let (snapshot, _) = wait_for(&watch, "one of the transaction's blocks", CHANGE_TIMEOUT, |s| {
+        has_block(s, "10.244.10.0/26", "node-1") || has_block(s, "10.244.11.0/26", "node-1")
+    })?;
+    ensure!(
+        has_block(&snapshot, "10.244.10.0/26", "node-1") && has_block(&snapshot, "10.244.11.0/26", "node-1"),
+        "the transaction arrived in halves: {:?}",
+        snapshot.model.blocks
+    );
+    Ok(())
+}
+
+#[test]
+fn broken_values_are_problems_and_the_rest_is_applied() -> anyhow::Result<()> {
+    let Some((server, watch, model)) = example_in_etcd("broken_values")? else {
+        return Ok(());
+    };
+    let broken = [
+        (pools_key("not-json"), "{\"kind\": \"IPPool\", "),
+        (pools_key("bad-cidr"), r#"{"kind":"IPPool","metadata":{"name":"bad-cidr"},"spec":{"cidr":"10.300.0.0/16"}}"#),
+        (affinity_key("node-1", "10.244.9.0-xx"), r#"{"state":"confirmed"}"#),
+        (affinity_key("node-1", "10.244.8.0-26"), r#"{"state":"claimed"}"#),
+    ];
+    for (key, value) in &broken {
+        server.put(key, value)?;
+    }
+    let (snapshot, _) = wait_for(&watch, "four problems", CHANGE_TIMEOUT, |s| s.problems.len() == 4)?;
+    assert_eq!(sorted(&snapshot.model), sorted(&model), "the rest of the cluster stays");
+    let mut seen: Vec<(String, String)> =
+        snapshot.problems.iter().map(|p| (p.name.clone(), p.field.clone())).collect();
+    seen.sort();
+    let mut expected: Vec<(String, String)> = vec![
+        (pools_key("not-json"), "value".into()),
+        (pools_key("bad-cidr"), "spec.cidr".into()),
+        (affinity_key("node-1", "10.244.9.0-xx"), "key".into()),
+        (affinity_key("node-1", "10.244.8.0-26"), "state".into()),
+    ];
+    expected.sort();
+    assert_eq!(seen, expected);
+    for problem in &snapshot.problems {
+        eprintln!("reported: {problem}");
+    }
+
+    // A block claimed by two nodes reaches the plan, which refuses to route it.
+    server.put(&affinity_key("node-2", "10.244.1.0-26"), r#"{"state":"confirmed","deleted":false}"#)?;
+    let (snapshot, _) = wait_for(&watch, "10.244.1.0/26 claimed twice", CHANGE_TIMEOUT, |s| {
+        has_block(s, "10.244.1.0/26", "node-2")
+    })?;
+    let (_, problems) = dataplane::plan::compute(&snapshot.model, "node-1")?;
+    ensure!(
+        problems.iter().any(|p| p.to_string().contains("10.244.1.0/26")),
+        "the plan does not report the block claimed twice: {problems:#?}"
+    );
+
+    // Fixing a broken key removes its problem.
+    server.put(&pools_key("bad-cidr"), r#"{"kind":"IPPool","metadata":{"name":"bad-cidr"},"spec":{"cidr":"10.245.0.0/16"}}"#)?;
+    wait_for(&watch, "the fixed pool", CHANGE_TIMEOUT, |s| {
+        s.problems.len() == 3 && s.model.pools.iter().any(|p| p.name == "bad-cidr")
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_compaction_past_the_watch_revision_loses_nothing() -> anyhow::Result<()> {
+    let Some((server, watch, _)) = example_in_etcd("compaction")? else {
+        return Ok(());
+    };
+    // Churn, then compact everything up to now: the history the watch started from is gone.
+    for round in 0..5 {
+        server.put(&affinity_key("node-2", "10.244.3.0-26"), &format!(r#"{{"state":"pending","round":{round}}}"#))?;
+    }
+    let revision = server.revision()?;
+    server.etcdctl(&["compact", &revision.to_string(), "--physical"])?;
+    server.put(&affinity_key("node-2", "10.244.3.0-26"), r#"{"state":"confirmed"}"#)?;
+    wait_for(&watch, "the change after the compaction", CHANGE_TIMEOUT, |s| {
+        has_block(s, "10.244.3.0/26", "node-2")
+    })?;
+    server.del(&affinity_key("node-2", "10.244.3.0-26"))?;
+    wait_for(&watch, "the delete after the compaction", CHANGE_TIMEOUT, |s| {
+        !has_block(s, "10.244.3.0/26", "node-2")
+    })?;
+    Ok(())
+}
+
+#[test]
+fn snapshots_resume_after_etcd_restarts() -> anyhow::Result<()> {
+    let Some((mut server, watch, model)) = example_in_etcd("restart")? else {
+        return Ok(());
+    };
+    server.kill();
+    // While etcd is down nothing is sent: the last good state stays programmed.
+    ensure!(
+        watch.recv_timeout(Duration::from_millis(1500)).is_none(),
+        "a snapshot was sent while etcd was down"
+    );
+    let restarted = Instant::now();
+    server.spawn()?;
+    let answered = restarted.elapsed();
+    // After the reconnect the whole cluster is read again and sent, so the agent resyncs.
+    let (snapshot, _) = wait_for(&watch, "the re-read after the restart", CHANGE_TIMEOUT, |_| true)?;
+    eprintln!(
+        "etcd answered {answered:?} after its restart; the re-read snapshot came {:?} after the restart",
+        restarted.elapsed()
+    );
+    assert_eq!(sorted(&snapshot.model), sorted(&model));
+    // And the watch goes on.
+    server.put(&affinity_key("node-1", "10.244.5.0-26"), r#"{"state":"confirmed","deleted":false}"#)?;
+    wait_for(&watch, "a change after the restart", CHANGE_TIMEOUT, |s| {
+        has_block(s, "10.244.5.0/26", "node-1")
+    })?;
+    Ok(())
+}
+
+#[test]
+fn tls_with_client_certificates() -> anyhow::Result<()> {
+    let Some(server) = EtcdServer::start_tls("tls")? else {
+        return Ok(());
+    };
+    let model = example_model()?;
+    server.put_all(&calico_keys(&model))?;
+    let watch = WatchThread::start(server.config())?;
+    let (snapshot, _) = wait_for(&watch, "the cluster over TLS", CHANGE_TIMEOUT, |_| true)?;
+    assert_eq!(sorted(&snapshot.model), sorted(&model));
+    drop(watch);
+
+    // Without the client certificate etcd refuses the connection: nothing arrives.
+    let mut without = server.config();
+    without.cert_file = None;
+    without.key_file = None;
+    let watch = WatchThread::start(without)?;
+    ensure!(
+        watch.recv_timeout(Duration::from_secs(2)).is_none(),
+        "a snapshot arrived without a client certificate"
+    );
+    drop(watch);
+
+    // A missing file is an error naming the file and the setting, before anything is tried.
+    let mut missing = server.config();
+    missing.key_file = Some(PathBuf::from("/nonexistent/calico/etcd-key.pem"));
+    let error = format!("{:#}", missing.check().expect_err("the key file does not exist"));
+    ensure!(
+        error.contains("/nonexistent/calico/etcd-key.pem") && error.contains("ETCD_KEY_FILE"),
+        "{error}"
+    );
+    let watch = WatchThread::start(missing)?;
+    ensure!(watch.recv_timeout(Duration::from_secs(2)).is_none(), "a snapshot arrived without a key");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !watch.is_finished() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    ensure!(watch.is_finished(), "the watch goes on with unusable settings");
+    Ok(())
+}
