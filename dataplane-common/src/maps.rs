@@ -137,8 +137,10 @@ pub struct NodeConfig {
     pub vtep_mac: MacBytes,
     /// The VXLAN UDP port (Calico: 4789).
     pub vxlan_port: u16,
+    /// MTU of the uplink: encapsulated packets must fit in it.
+    pub uplink_mtu: u32,
 }
-const _: () = assert!(size_of::<NodeConfig>() == 20);
+const _: () = assert!(size_of::<NodeConfig>() == 24);
 
 #[cfg(feature = "user")]
 mod user {

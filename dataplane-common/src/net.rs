@@ -59,6 +59,15 @@ pub const VXLAN_MTU: u32 = 1450;
 /// MTU Calico gives pods in IPIP pools (1500 less the 20 bytes of the outer header).
 pub const IPIP_MTU: u32 = 1480;
 
+/// ICMP type "destination unreachable".
+pub const ICMP_DEST_UNREACH: u8 = 3;
+/// ICMP code "fragmentation needed and DF set" (of [`ICMP_DEST_UNREACH`]).
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+/// Length of an ICMP header.
+pub const ICMP_HLEN: usize = 8;
+/// Bytes of the offending packet's payload an ICMP error quotes after its IPv4 header (RFC 792).
+pub const ICMP_QUOTED_PAYLOAD: usize = 8;
+
 /// ARP hardware type of Ethernet.
 pub const ARPHRD_ETHER: u16 = 1;
 /// ARP opcode of a request.

@@ -30,6 +30,8 @@ pub enum Stat {
     ArpReplied = 7,
     /// ARP that is not a request for the gateway: left to the kernel, which ignores it.
     ArpPassed = 8,
+    /// Too big for the tunnel with DF set: answered with ICMP "fragmentation needed".
+    IcmpFragNeeded = 9,
 
     /// Too short or malformed headers (truncated Ethernet, IPv4 IHL < 5, bad lengths).
     DropMalformed = DROP_BASE,
@@ -59,7 +61,7 @@ pub enum Stat {
 
 impl Stat {
     /// Every slot in use, in slot order.
-    pub const ALL: [Stat; 21] = [
+    pub const ALL: [Stat; 22] = [
         Stat::DeliveredLocal,
         Stat::EncapVxlan,
         Stat::EncapIpip,
@@ -69,6 +71,7 @@ impl Stat {
         Stat::PassToStack,
         Stat::ArpReplied,
         Stat::ArpPassed,
+        Stat::IcmpFragNeeded,
         Stat::DropMalformed,
         Stat::DropSpoofedSource,
         Stat::DropUnknownWorkload,
@@ -105,6 +108,7 @@ impl Stat {
             Stat::PassToStack => "pass_to_stack",
             Stat::ArpReplied => "arp_replied",
             Stat::ArpPassed => "arp_passed",
+            Stat::IcmpFragNeeded => "icmp_frag_needed",
             Stat::DropMalformed => "drop_malformed",
             Stat::DropSpoofedSource => "drop_spoofed_source",
             Stat::DropUnknownWorkload => "drop_unknown_workload",

@@ -2,19 +2,32 @@
 
 use crate::packet::Ipv4Hdr;
 
-/// The checksum of an IPv4 header without options; its `check` field must be zero.
+/// The one's-complement sum of `value`'s bytes as big-endian 16-bit words (an even size).
 #[inline(always)]
-pub fn ipv4_header(header: &Ipv4Hdr) -> [u8; 2] {
-    // SAFETY: Ipv4Hdr is #[repr(C)], 20 bytes of plain bytes with no padding.
-    let bytes: &[u8; 20] = unsafe { &*(header as *const Ipv4Hdr as *const [u8; 20]) };
+pub fn sum_words<T: Copy>(value: &T) -> u32 {
+    let size = core::mem::size_of::<T>();
+    // SAFETY: `value` is a plain #[repr(C)] byte structure of `size` bytes without padding.
+    let bytes = unsafe { core::slice::from_raw_parts(value as *const T as *const u8, size) };
     let mut sum: u32 = 0;
     let mut i = 0;
-    while i < bytes.len() {
+    while i + 1 < size {
         sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
         i += 2;
     }
-    // Two folds are enough for 10 words: the first leaves at most 0x1_fffe.
+    sum
+}
+
+/// Folds a sum into the 16-bit checksum field's bytes.
+#[inline(always)]
+pub fn fold(mut sum: u32) -> [u8; 2] {
+    // Two folds are enough for the short headers summed here.
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     (!(sum as u16)).to_be_bytes()
+}
+
+/// The checksum of an IPv4 header without options; its `check` field must be zero.
+#[inline(always)]
+pub fn ipv4_header(header: &Ipv4Hdr) -> [u8; 2] {
+    fold(sum_words(header))
 }

@@ -5,6 +5,7 @@
 
 mod arp;
 mod csum;
+mod icmp;
 mod ipip;
 mod maps;
 mod packet;

@@ -2,12 +2,12 @@
 
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{
-    net::{ETH_P_ARP, ETH_P_IP, IPV4_IHL_MIN},
+    net::{ETH_P_ARP, ETH_P_IP, IPIP_ENCAP_LEN, IPV4_DF, IPV4_IHL_MIN, VXLAN_ENCAP_LEN},
     route_flags, route_kind, Route, Stat,
 };
 
 use crate::{
-    arp, ipip,
+    arp, icmp, ipip,
     maps::WORKLOADS,
     packet::{read, EthHdr, Ipv4Hdr},
     route::{self, IP_OFFSET},
@@ -55,15 +55,32 @@ pub fn from_workload(ctx: &TcContext) -> Outcome {
             route::to_workload(ctx, &route, Stat::DeliveredLocal)
         }
         route_kind::LOCAL_BLOCK => Err(Stat::DropBlackhole),
-        route_kind::REMOTE_BLOCK => to_remote_node(ctx, &route, &mut ip),
+        route_kind::REMOTE_BLOCK => to_remote_node(ctx, ifindex, &route, &mut ip),
         _ => Ok(Verdict::pass()),
     }
 }
 
 /// Forwards to the node that owns the destination's block, as the pool's mode says.
 #[inline(always)]
-fn to_remote_node(ctx: &TcContext, route: &Route, ip: &mut Ipv4Hdr) -> Outcome {
+fn to_remote_node(ctx: &TcContext, ifindex: u32, route: &Route, ip: &mut Ipv4Hdr) -> Outcome {
     let node = route::node_config()?;
+    let encap_len = if route.flags & route_flags::ENCAP_VXLAN != 0 {
+        VXLAN_ENCAP_LEN
+    } else if route.flags & route_flags::ENCAP_IPIP != 0 {
+        IPIP_ENCAP_LEN
+    } else {
+        0
+    };
+    // A GSO packet is cut to the MTU later; a single packet too big for the tunnel with DF set
+    // gets the ICMP error that path-MTU discovery waits for.
+    // SAFETY: reading a field of this program's own __sk_buff context.
+    let is_gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    let len = usize::from(u16::from_be_bytes(ip.tot_len));
+    let fits = len + encap_len <= node.uplink_mtu as usize;
+    if !fits && !is_gso && ip.frag_off() & IPV4_DF != 0 {
+        let mtu = (node.uplink_mtu as usize).saturating_sub(encap_len) as u16;
+        return icmp::frag_needed(ctx, ifindex, ip, mtu);
+    }
     route::decrement_ttl(ctx, IP_OFFSET, ip)?;
     if route.flags & route_flags::ENCAP_VXLAN != 0 {
         vxlan::encap(ctx, &node, route, ip)?;

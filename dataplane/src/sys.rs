@@ -17,6 +17,36 @@ pub fn ifindex(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// The MTU of interface `name` in this network namespace (`SIOCGIFMTU`; /sys/class/net would
+/// show the namespace sysfs was mounted in, not ours).
+pub fn mtu(name: &str) -> anyhow::Result<u32> {
+    // SAFETY: ifreq is plain old data; all zeroes is a valid (empty) request.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= request.ifr_name.len() {
+        bail!("interface name {name:?} is too long");
+    }
+    for (slot, byte) in request.ifr_name.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: a plain datagram socket, closed below.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket for SIOCGIFMTU");
+    }
+    // SAFETY: `request` is a valid ifreq with a NUL-terminated name; the kernel fills ifru_mtu.
+    let rc = unsafe { libc::ioctl(socket, libc::SIOCGIFMTU, &mut request) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: `socket` is ours and closed once.
+    unsafe { libc::close(socket) };
+    if rc != 0 {
+        return Err(error).with_context(|| format!("reading the MTU of {name}"));
+    }
+    // SAFETY: SIOCGIFMTU filled the MTU member of the union.
+    let mtu = unsafe { request.ifr_ifru.ifru_mtu };
+    u32::try_from(mtu).with_context(|| format!("{name} reports MTU {mtu}"))
+}
+
 /// The name of the interface that holds `addr`, if any.
 pub fn interface_with_address(addr: Ipv4Addr) -> anyhow::Result<Option<String>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();

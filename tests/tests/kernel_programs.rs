@@ -25,6 +25,8 @@ const TC_ACT_REDIRECT: u32 = 7;
 
 /// Interface of the tested workload: BPF_PROG_TEST_RUN runs skbs on the loopback (ifindex 1).
 const TESTED_IFINDEX: u32 = 1;
+/// The uplink's MTU in the fixtures.
+const UPLINK_MTU: u32 = 1500;
 /// A second workload's interface; never used as the ingress device, only as redirect target.
 const OTHER_IFINDEX: u32 = 1000;
 
@@ -90,7 +92,7 @@ impl Node {
         let ifindex = |interface: &str| {
             Some(if interface.starts_with("calitested") { TESTED_IFINDEX } else { OTHER_IFINDEX })
         };
-        let (desired, missing) = entries::from_plan(&plan, 2, ifindex);
+        let (desired, missing) = entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: UPLINK_MTU }, ifindex);
         assert!(missing.is_empty());
 
         let mut ebpf = EbpfLoader::new().load(dataplane::backend::bpf::object()).expect("object loads");
@@ -380,4 +382,49 @@ fn truncated_and_malformed_ipv4_is_dropped_and_counted() {
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(node.stat(Stat::DropMalformed), 2);
     assert_eq!(node.stat(Stat::EncapVxlan), 0);
+}
+
+#[test]
+fn a_packet_too_big_for_the_tunnel_with_df_gets_fragmentation_needed() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    // 1460 bytes of IPv4: fits a 1500 uplink alone, not with 50 bytes of VXLAN.
+    let big = Packet::eth(POD_A_MAC, GATEWAY_MAC)
+        .ipv4(POD_A, REMOTE_POD, IPPROTO_UDP)
+        .udp(40000, 5201)
+        .payload(&[0x5a; 1432])
+        .finish();
+    assert_eq!(big.len() - ETH_HLEN, 1460);
+    let (verdict, reply) = node.run(PROG_FROM_WORKLOAD, &big);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "the error goes back to the pod");
+    assert_eq!(node.stat(Stat::IcmpFragNeeded), 1);
+    assert_eq!(node.stat(Stat::EncapVxlan), 0);
+    assert_eq!(reply.len(), ETH_HLEN + 20 + 8 + 28);
+    assert_eq!(&reply[0..6], &POD_A_MAC);
+    assert_eq!(&reply[6..12], &GATEWAY_MAC);
+    let ip = &reply[14..34];
+    assert_eq!(ip[9], 1, "ICMP");
+    assert_eq!(&ip[12..16], &GATEWAY_ADDR, "from the gateway");
+    assert_eq!(&ip[16..20], &POD_A, "to the sender");
+    assert_eq!(ipv4_checksum(ip), 0);
+    let icmp = &reply[34..];
+    assert_eq!((icmp[0], icmp[1]), (3, 4), "destination unreachable, fragmentation needed");
+    assert_eq!(be16(icmp, 6), 1450, "next-hop MTU: the uplink's less VXLAN's 50 bytes");
+    assert_eq!(ipv4_checksum(icmp), 0, "ICMP checksum valid");
+    assert_eq!(&icmp[8..36], &big[14..42], "quotes the original IPv4 header and 8 bytes");
+
+    // Without DF nobody waits for an ICMP error: the packet is encapsulated as it is (the fast
+    // path does not fragment; pods get the tunnel's MTU so they do not send such packets).
+    let mut no_df = big.clone();
+    no_df[20] = 0;
+    let check = {
+        no_df[24..26].copy_from_slice(&[0, 0]);
+        ipv4_checksum(&no_df[14..34])
+    };
+    no_df[24..26].copy_from_slice(&check.to_be_bytes());
+    let (verdict, _) = node.run(PROG_FROM_WORKLOAD, &no_df);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(node.stat(Stat::EncapVxlan), 1);
 }

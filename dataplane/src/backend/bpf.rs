@@ -116,7 +116,9 @@ impl BpfBackend {
         let mut report = ApplyReport::default();
         let uplink_ifindex = sys::ifindex(uplink)
             .with_context(|| format!("uplink interface {uplink:?} does not exist in this network namespace"))?;
-        let (desired, missing) = entries::from_plan(plan, uplink_ifindex, sys::ifindex);
+        let uplink_mtu = sys::mtu(uplink)?;
+        let (desired, missing) =
+            entries::from_plan(plan, entries::Uplink { ifindex: uplink_ifindex, mtu: uplink_mtu }, sys::ifindex);
         for gap in &missing {
             warn!(workload = %gap.workload, interface = %gap.interface, "workload interface not found; will retry");
         }

@@ -27,6 +27,15 @@ pub struct MapEntries {
     pub peers: BTreeMap<Ipv4Bytes, Peer>,
 }
 
+/// The node's uplink as the kernel programs need it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    /// Its ifindex.
+    pub ifindex: u32,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
 /// A workload left out because its interface does not exist (yet).
 #[derive(Debug, PartialEq, Eq)]
 pub struct MissingInterface {
@@ -39,16 +48,17 @@ pub struct MissingInterface {
 /// Translates `plan` into map entries; `ifindex` resolves interface names on this node.
 pub fn from_plan(
     plan: &Plan,
-    uplink_ifindex: u32,
+    uplink: Uplink,
     ifindex: impl Fn(&str) -> Option<u32>,
 ) -> (MapEntries, Vec<MissingInterface>) {
     let mut entries = MapEntries {
         node: NodeConfig {
             addr: plan.node.addr.addr().octets(),
-            uplink_ifindex,
+            uplink_ifindex: uplink.ifindex,
             vni: CALICO_VXLAN_VNI,
             vtep_mac: plan.node.vtep_mac.map(|m| m.0).unwrap_or_default(),
             vxlan_port: CALICO_VXLAN_PORT,
+            uplink_mtu: uplink.mtu,
         },
         ..MapEntries::default()
     };
@@ -131,6 +141,8 @@ mod tests {
         plan::{NodePlan, PlannedPeer, PlannedRoute, PlannedWorkload},
     };
 
+    const UPLINK: Uplink = Uplink { ifindex: 2, mtu: 1500 };
+
     fn plan() -> Plan {
         let mut plan = Plan {
             node: NodePlan {
@@ -185,11 +197,12 @@ mod tests {
 
     #[test]
     fn translates_routes_peers_and_workloads() {
-        let (entries, _) = from_plan(&plan(), 2, |name| (name == "cali1").then_some(7));
+        let (entries, _) = from_plan(&plan(), UPLINK, |name| (name == "cali1").then_some(7));
         assert_eq!(entries.node.addr, [10, 100, 0, 11]);
         assert_eq!(entries.node.vni, 4096);
         assert_eq!(entries.node.vxlan_port, 4789);
         assert_eq!(entries.node.uplink_ifindex, 2);
+        assert_eq!(entries.node.uplink_mtu, 1500);
 
         let remote = entries.routes[&(26, [10, 244, 2, 0])];
         assert_eq!(remote.kind, route_kind::REMOTE_BLOCK);
@@ -206,7 +219,7 @@ mod tests {
 
     #[test]
     fn a_workload_without_its_interface_is_left_out_and_reported() {
-        let (entries, missing) = from_plan(&plan(), 2, |name| (name == "cali1").then_some(7));
+        let (entries, missing) = from_plan(&plan(), UPLINK, |name| (name == "cali1").then_some(7));
         assert!(!entries.routes.contains_key(&(32, [10, 244, 1, 3])));
         assert_eq!(entries.workloads.len(), 1);
         assert_eq!(
