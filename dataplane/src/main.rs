@@ -73,7 +73,7 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Remove everything the agent pinned: detaches the programs and frees the maps.
+    /// Remove everything the agent made: detaches the programs, frees the maps, deletes its routes.
     Cleanup {
         /// Directory of the pinned maps and links.
         #[arg(long, default_value = DEFAULT_PIN_PATH)]
@@ -136,6 +136,19 @@ fn main() -> anyhow::Result<()> {
         Command::Cleanup { pin_path } => {
             let removed = backend::bpf::cleanup(&pin_path)?;
             println!("removed {removed} pinned objects under {}", pin_path.display());
+            let routes = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(async {
+                    let host_routes = backend::host_routes::HostRoutes::connect()?;
+                    host_routes.apply(&Default::default()).await
+                })?;
+            println!(
+                "removed {} kernel routes of protocol {}",
+                routes.1,
+                backend::host_routes::RTPROT_DATAPLANE
+            );
             Ok(())
         }
     }
