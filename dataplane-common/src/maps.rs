@@ -139,8 +139,103 @@ pub struct NodeConfig {
     pub vxlan_port: u16,
     /// MTU of the uplink: encapsulated packets must fit in it.
     pub uplink_mtu: u32,
+    /// First port SNAT may pick when a flow's own source port is taken.
+    pub nat_port_min: u16,
+    /// Last port SNAT may pick.
+    pub nat_port_max: u16,
 }
-const _: () = assert!(size_of::<NodeConfig>() == 24);
+const _: () = assert!(size_of::<NodeConfig>() == 28);
+
+/// Hash of translated flows (natOutgoing), two entries per flow.
+/// Key: [`FlowKey`]; value: [`NatFlow`]. A plain hash, not LRU: when it is full new flows are
+/// refused and counted, and live flows are never evicted to make room.
+pub const CONNTRACK_MAP: &str = "conntrack_v1";
+/// Capacity of the conntrack map (entries; a flow takes two).
+pub const CONNTRACK_MAX_ENTRIES: u32 = 131072;
+
+/// [`FlowKey::direction`] of the entry keyed by the pod's own packets.
+pub const FLOW_OUTBOUND: u8 = 1;
+/// [`FlowKey::direction`] of the entry keyed by the replies, as they arrive at the node.
+pub const FLOW_INBOUND: u8 = 2;
+
+/// A conntrack key: one direction of a flow as seen on the wire. ICMP echo carries its
+/// identifier as the source port of requests and the destination port of replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowKey {
+    /// Source address.
+    pub src: Ipv4Bytes,
+    /// Destination address.
+    pub dst: Ipv4Bytes,
+    /// Source port (host order).
+    pub src_port: u16,
+    /// Destination port (host order).
+    pub dst_port: u16,
+    /// IP protocol.
+    pub protocol: u8,
+    /// [`FLOW_OUTBOUND`] or [`FLOW_INBOUND`].
+    pub direction: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKey>() == 16);
+
+/// Life stages of a translated flow ([`NatFlow::state`]); each has its own timeout.
+pub mod flow_state {
+    /// Only the pod has spoken (TCP SYN, first UDP datagram or echo request).
+    pub const NEW: u8 = 1;
+    /// The peer answered.
+    pub const ESTABLISHED: u8 = 2;
+    /// A TCP FIN or RST was seen.
+    pub const CLOSING: u8 = 3;
+}
+
+/// Nanoseconds a flow lives without packets, per protocol and [`flow_state`].
+pub mod flow_timeout {
+    /// One second in nanoseconds.
+    const SECOND: u64 = 1_000_000_000;
+    /// A TCP flow that never got an answer.
+    pub const TCP_NEW: u64 = 30 * SECOND;
+    /// An answered TCP flow: long, like the kernel's established timeout scaled down.
+    pub const TCP_ESTABLISHED: u64 = 3600 * SECOND;
+    /// A TCP flow after FIN or RST.
+    pub const TCP_CLOSING: u64 = 10 * SECOND;
+    /// UDP, answered or not.
+    pub const UDP: u64 = 60 * SECOND;
+    /// ICMP echo.
+    pub const ICMP: u64 = 30 * SECOND;
+}
+
+/// A conntrack value: the translation of one flow, stored under both of its keys.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NatFlow {
+    /// `bpf_ktime_get_ns` when the flow was created.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns` of the last packet (kept current on the outbound entry).
+    pub last_seen_ns: u64,
+    /// The pod's address (the original source).
+    pub pod_addr: Ipv4Bytes,
+    /// The peer outside the pools.
+    pub peer_addr: Ipv4Bytes,
+    /// The address the pod is translated to (the node's).
+    pub nat_addr: Ipv4Bytes,
+    /// The pod's port (or ICMP echo identifier).
+    pub pod_port: u16,
+    /// The peer's port (0 for ICMP).
+    pub peer_port: u16,
+    /// The translated port (or identifier).
+    pub nat_port: u16,
+    /// IP protocol.
+    pub protocol: u8,
+    /// One of [`flow_state`].
+    pub state: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(size_of::<NatFlow>() == 40);
 
 #[cfg(feature = "user")]
 mod user {
@@ -150,4 +245,6 @@ mod user {
     unsafe impl aya::Pod for super::Workload {}
     unsafe impl aya::Pod for super::Peer {}
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::NatFlow {}
 }

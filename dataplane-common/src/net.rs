@@ -68,6 +68,31 @@ pub const ICMP_HLEN: usize = 8;
 /// Bytes of the offending packet's payload an ICMP error quotes after its IPv4 header (RFC 792).
 pub const ICMP_QUOTED_PAYLOAD: usize = 8;
 
+/// ICMP type "echo reply".
+pub const ICMP_ECHO_REPLY: u8 = 0;
+/// ICMP type "echo request".
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+/// Offset of the checksum in a TCP header.
+pub const TCP_CSUM_OFFSET: usize = 16;
+/// Offset of the flags byte in a TCP header.
+pub const TCP_FLAGS_OFFSET: usize = 13;
+/// TCP FIN flag.
+pub const TCP_FIN: u8 = 0x01;
+/// TCP SYN flag.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP RST flag.
+pub const TCP_RST: u8 = 0x04;
+/// Offset of the checksum in a UDP header.
+pub const UDP_CSUM_OFFSET: usize = 6;
+/// Offset of the checksum in an ICMP header.
+pub const ICMP_CSUM_OFFSET: usize = 2;
+/// Offset of the echo identifier in an ICMP echo header.
+pub const ICMP_ECHO_ID_OFFSET: usize = 4;
+/// Default first port of the SNAT range (the kernel's ephemeral range).
+pub const NAT_PORT_MIN: u16 = 32768;
+/// Default last port of the SNAT range.
+pub const NAT_PORT_MAX: u16 = 60999;
+
 /// ARP hardware type of Ethernet.
 pub const ARPHRD_ETHER: u16 = 1;
 /// ARP opcode of a request.

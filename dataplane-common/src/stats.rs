@@ -32,6 +32,12 @@ pub enum Stat {
     ArpPassed = 8,
     /// Too big for the tunnel with DF set: answered with ICMP "fragmentation needed".
     IcmpFragNeeded = 9,
+    /// A new flow from a natOutgoing pool left the cluster with the node's address.
+    SnatNew = 10,
+    /// A packet of a known translated flow, translated on its way out.
+    SnatEstablished = 11,
+    /// A reply to a translated flow, translated back and delivered to the pod.
+    ReverseNat = 12,
 
     /// Too short or malformed headers (truncated Ethernet, IPv4 IHL < 5, bad lengths).
     DropMalformed = DROP_BASE,
@@ -57,11 +63,17 @@ pub enum Stat {
     DropNoNodeConfig = DROP_BASE + 10,
     /// A fragment of a tunnel packet: the fast path only decapsulates whole packets.
     DropTunnelFragment = DROP_BASE + 11,
+    /// SNAT found no free port for a new flow: the original and every port of the range are taken.
+    DropNatPortsExhausted = DROP_BASE + 12,
+    /// The conntrack table is full: the new flow cannot be tracked.
+    DropConntrackFull = DROP_BASE + 13,
+    /// A later fragment from a natOutgoing pod: without ports it cannot be translated.
+    DropNatFragment = DROP_BASE + 14,
 }
 
 impl Stat {
     /// Every slot in use, in slot order.
-    pub const ALL: [Stat; 22] = [
+    pub const ALL: [Stat; 28] = [
         Stat::DeliveredLocal,
         Stat::EncapVxlan,
         Stat::EncapIpip,
@@ -72,6 +84,9 @@ impl Stat {
         Stat::ArpReplied,
         Stat::ArpPassed,
         Stat::IcmpFragNeeded,
+        Stat::SnatNew,
+        Stat::SnatEstablished,
+        Stat::ReverseNat,
         Stat::DropMalformed,
         Stat::DropSpoofedSource,
         Stat::DropUnknownWorkload,
@@ -84,6 +99,9 @@ impl Stat {
         Stat::DropRedirectFailed,
         Stat::DropNoNodeConfig,
         Stat::DropTunnelFragment,
+        Stat::DropNatPortsExhausted,
+        Stat::DropConntrackFull,
+        Stat::DropNatFragment,
     ];
 
     /// The slot's index in the stats map.
@@ -109,6 +127,9 @@ impl Stat {
             Stat::ArpReplied => "arp_replied",
             Stat::ArpPassed => "arp_passed",
             Stat::IcmpFragNeeded => "icmp_frag_needed",
+            Stat::SnatNew => "snat_new",
+            Stat::SnatEstablished => "snat_established",
+            Stat::ReverseNat => "reverse_nat",
             Stat::DropMalformed => "drop_malformed",
             Stat::DropSpoofedSource => "drop_spoofed_source",
             Stat::DropUnknownWorkload => "drop_unknown_workload",
@@ -121,9 +142,12 @@ impl Stat {
             Stat::DropRedirectFailed => "drop_redirect_failed",
             Stat::DropNoNodeConfig => "drop_no_node_config",
             Stat::DropTunnelFragment => "drop_tunnel_fragment",
+            Stat::DropNatPortsExhausted => "drop_nat_ports_exhausted",
+            Stat::DropConntrackFull => "drop_conntrack_full",
+            Stat::DropNatFragment => "drop_nat_fragment",
         }
     }
 }
 
 const _: () = assert!((Stat::ALL.len() as u32) <= STAT_COUNT);
-const _: () = assert!((Stat::DropTunnelFragment as u32) < STAT_COUNT);
+const _: () = assert!((Stat::DropNatFragment as u32) < STAT_COUNT);

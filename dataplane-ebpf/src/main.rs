@@ -4,10 +4,12 @@
 #![no_main]
 
 mod arp;
+mod conntrack;
 mod csum;
 mod icmp;
 mod ipip;
 mod maps;
+mod nat;
 mod packet;
 mod route;
 mod tunnel;

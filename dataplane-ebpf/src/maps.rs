@@ -7,8 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use dataplane_common::{
-    Ipv4Bytes, NodeConfig, Peer, Route, Workload, PEERS_MAX_ENTRIES, ROUTES_MAX_ENTRIES,
-    STAT_COUNT, WORKLOADS_MAX_ENTRIES,
+    FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAX_ENTRIES,
+    PEERS_MAX_ENTRIES, ROUTES_MAX_ENTRIES, STAT_COUNT, WORKLOADS_MAX_ENTRIES,
 };
 
 /// Destination prefix -> [`Route`] (`dataplane_common::ROUTES_MAP`).
@@ -30,3 +30,7 @@ pub static NODE: Array<NodeConfig, 1> = Array::new();
 /// Per-CPU counters, one slot per `dataplane_common::Stat` (`dataplane_common::STATS_MAP`).
 #[btf_map(name = "stats_v1")]
 pub static STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();
+
+/// Both directions of every translated flow -> [`NatFlow`] (`dataplane_common::CONNTRACK_MAP`).
+#[btf_map(name = "conntrack_v1")]
+pub static CONNTRACK: HashMap<FlowKey, NatFlow, { CONNTRACK_MAX_ENTRIES as usize }> = HashMap::new();

@@ -8,7 +8,7 @@ use dataplane_common::{
 };
 
 use crate::{
-    ipip,
+    ipip, nat,
     packet::{read, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr},
     route::{self, IP_OFFSET},
     tunnel,
@@ -43,18 +43,21 @@ pub fn from_uplink(ctx: &TcContext) -> Outcome {
     }
     let is_fragment = frag & IPV4_MF != 0;
     match outer.protocol {
-        IPPROTO_UDP => from_vxlan(ctx, &node, &outer, is_fragment),
+        IPPROTO_UDP => {
+            let udp: UdpHdr = read(ctx, vxlan::UDP_OFFSET)?;
+            if u16::from_be_bytes(udp.dst_port) == node.vxlan_port {
+                return from_vxlan(ctx, &node, &outer, is_fragment);
+            }
+            nat::inbound(ctx, &outer)
+        }
         IPPROTO_IPIP => from_ipip(ctx, &outer, is_fragment),
-        _ => Ok(Verdict::pass()),
+        // Replies to pods' translated flows, or the host's own traffic.
+        _ => nat::inbound(ctx, &outer),
     }
 }
 
 #[inline(always)]
 fn from_vxlan(ctx: &TcContext, node: &NodeConfig, outer: &Ipv4Hdr, is_fragment: bool) -> Outcome {
-    let udp: UdpHdr = read(ctx, vxlan::UDP_OFFSET)?;
-    if u16::from_be_bytes(udp.dst_port) != node.vxlan_port {
-        return Ok(Verdict::pass());
-    }
     if is_fragment {
         return Err(Stat::DropTunnelFragment);
     }

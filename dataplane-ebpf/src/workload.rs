@@ -8,6 +8,7 @@ use dataplane_common::{
 
 use crate::{
     arp, icmp, ipip,
+    nat,
     maps::WORKLOADS,
     packet::{read, EthHdr, Ipv4Hdr},
     route::{self, IP_OFFSET},
@@ -47,6 +48,11 @@ pub fn from_workload(ctx: &TcContext) -> Outcome {
     }
 
     let Some(route) = route::lookup(ip.dst) else {
+        // Outside every pool: leaves the cluster, translated if the pod's pool says so.
+        let node = route::node_config()?;
+        if nat::applies(&workload, &ip, &node) {
+            return nat::outbound(ctx, &node, &mut ip);
+        }
         return Ok(Verdict::pass());
     };
     match route.kind {

@@ -76,6 +76,8 @@ pub struct RunOptions {
     pub mode: Mode,
     /// Full resync period.
     pub resync: Duration,
+    /// The ports SNAT picks from when a flow's own source port is taken (inclusive).
+    pub nat_ports: (u16, u16),
     /// etcd settings, used with `Datastore::Etcdv3`.
     pub etcd: datastore::etcd::EtcdConfig,
 }
@@ -141,7 +143,7 @@ async fn reconcile(backend: &mut BpfBackend, options: &RunOptions, snapshot: &Sn
             )
         })?,
     };
-    let report = backend.apply(&plan, &uplink).await?;
+    let report = backend.apply(&plan, &uplink, options.nat_ports).await?;
     info!(
         %uplink,
         routes = plan.routes.len(),
@@ -158,9 +160,30 @@ async fn reconcile(backend: &mut BpfBackend, options: &RunOptions, snapshot: &Sn
     Ok(())
 }
 
+/// Parses a port range `MIN-MAX` (inclusive, MIN <= MAX, both non-zero).
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let usage = || format!("{s:?} is not a port range: expected MIN-MAX, e.g. 32768-60999");
+    let (min, max) = s.split_once('-').ok_or_else(usage)?;
+    let min: u16 = min.trim().parse().map_err(|_| usage())?;
+    let max: u16 = max.trim().parse().map_err(|_| usage())?;
+    if min == 0 || min > max {
+        return Err(usage());
+    }
+    Ok((min, max))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_ranges_parse_and_bad_ones_say_the_form() {
+        assert_eq!(parse_port_range("32768-60999"), Ok((32768, 60999)));
+        assert_eq!(parse_port_range("100-100"), Ok((100, 100)));
+        for bad in ["", "1", "5-1", "0-10", "a-b", "1-70000"] {
+            assert!(parse_port_range(bad).unwrap_err().contains("MIN-MAX"), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_file_datastore() {

@@ -60,6 +60,9 @@ enum Command {
         /// Backend: the BPF fast path, netlink routes, or the best the kernel supports.
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         mode: Mode,
+        /// Ports SNAT may give a natOutgoing flow whose own source port is taken.
+        #[arg(long, value_parser = agent::parse_port_range, default_value = "32768-60999")]
+        nat_port_range: (u16, u16),
         /// Seconds between full resyncs.
         #[arg(long, default_value_t = 30)]
         resync_interval: u64,
@@ -103,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             pin_path,
             mode,
             resync_interval,
+            nat_port_range,
         } => {
             let options = RunOptions {
                 datastore,
@@ -111,6 +115,7 @@ fn main() -> anyhow::Result<()> {
                 pin_path,
                 mode,
                 resync: Duration::from_secs(resync_interval.max(1)),
+                nat_ports: nat_port_range,
                 etcd: EtcdConfig {
                     endpoints: etcd_endpoints,
                     ca_cert_file: etcd_ca_cert_file,

@@ -3,7 +3,9 @@
 //! Build: `Packet::eth(src, dst).ipv4(src, dst).udp(sport, dport).payload(b"..")`. Check: read
 //! fields back at named offsets and verify checksums.
 
-use dataplane_common::net::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_IPIP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN, VXLAN_HLEN};
+use dataplane_common::net::{
+    ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN, VXLAN_HLEN,
+};
 
 /// Fixed addresses of the test fixtures: one node, one peer, their pods.
 pub mod fixture {
@@ -83,6 +85,22 @@ impl Packet {
         self
     }
 
+    /// A TCP header (no options, window 65535) with `flags` (e.g. 0x02 for SYN).
+    pub fn tcp(mut self, src_port: u16, dst_port: u16, flags: u8) -> Self {
+        self.bytes.extend_from_slice(&src_port.to_be_bytes());
+        self.bytes.extend_from_slice(&dst_port.to_be_bytes());
+        self.bytes.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        self
+    }
+
+    /// An ICMP echo request (type 8) or reply (type 0) with `id` and `seq`.
+    pub fn icmp_echo(mut self, kind: u8, id: u16, seq: u16) -> Self {
+        self.bytes.extend_from_slice(&[kind, 0, 0, 0]);
+        self.bytes.extend_from_slice(&id.to_be_bytes());
+        self.bytes.extend_from_slice(&seq.to_be_bytes());
+        self
+    }
+
     /// A VXLAN header with the VNI flag set, followed by an inner Ethernet header.
     pub fn vxlan(mut self, vni: u32, inner_src: [u8; 6], inner_dst: [u8; 6]) -> Self {
         let vni = vni.to_be_bytes();
@@ -99,9 +117,11 @@ impl Packet {
         self
     }
 
-    /// Fixes every IPv4 total length, UDP length and IPv4 checksum, outermost first.
+    /// Fixes every IPv4 total length, UDP length and IPv4 checksum, outermost first, then the
+    /// innermost transport checksum (TCP, UDP or ICMP; tunnel UDP headers keep checksum 0).
     pub fn finish(mut self) -> Vec<u8> {
         let mut offset = ETH_HLEN;
+        let mut innermost = None;
         // Walk the IPv4 headers in order: outer, then (VXLAN or IPIP) inner ones.
         while offset + IPV4_HLEN <= self.bytes.len() && self.bytes[offset] == 0x45 {
             let total = (self.bytes.len() - offset) as u16;
@@ -110,6 +130,7 @@ impl Packet {
             let check = ipv4_checksum(&self.bytes[offset..offset + IPV4_HLEN]);
             self.bytes[offset + 10..offset + 12].copy_from_slice(&check.to_be_bytes());
             let protocol = self.bytes[offset + 9];
+            innermost = Some(offset);
             let next = offset + IPV4_HLEN;
             if protocol == IPPROTO_UDP && next + UDP_HLEN <= self.bytes.len() {
                 let len = (self.bytes.len() - next) as u16;
@@ -121,6 +142,9 @@ impl Packet {
             } else {
                 break;
             }
+        }
+        if let Some(ip) = innermost {
+            set_l4_checksum(&mut self.bytes, ip);
         }
         self.bytes
     }
@@ -142,4 +166,53 @@ pub fn ipv4_checksum(header: &[u8]) -> u16 {
 /// Reads a big-endian u16 at `offset`.
 pub fn be16(bytes: &[u8], offset: usize) -> u16 {
     u16::from_be_bytes([bytes[offset], bytes[offset + 1]])
+}
+
+/// Offset of the transport checksum for `protocol`, if it has one we fill.
+fn l4_checksum_offset(protocol: u8) -> Option<usize> {
+    match protocol {
+        IPPROTO_TCP => Some(16),
+        IPPROTO_UDP => Some(6),
+        IPPROTO_ICMP => Some(2),
+        _ => None,
+    }
+}
+
+/// The transport checksum of the IPv4 packet at `ip` as it should be (with the pseudo-header
+/// for TCP and UDP), computed over the bytes with the checksum field taken as zero.
+pub fn l4_checksum(bytes: &[u8], ip: usize) -> Option<u16> {
+    let protocol = bytes[ip + 9];
+    let field = l4_checksum_offset(protocol)?;
+    let l4 = ip + IPV4_HLEN;
+    let mut segment = bytes.get(l4..)?.to_vec();
+    if segment.len() < field + 2 {
+        return None;
+    }
+    segment[field..field + 2].copy_from_slice(&[0, 0]);
+    let mut data = Vec::new();
+    if protocol != IPPROTO_ICMP {
+        data.extend_from_slice(&bytes[ip + 12..ip + 20]);
+        data.extend_from_slice(&[0, protocol]);
+        data.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    }
+    data.extend_from_slice(&segment);
+    let sum = ipv4_checksum(&data);
+    // UDP sends a computed 0 as 0xffff (0 means "no checksum").
+    Some(if protocol == IPPROTO_UDP && sum == 0 { 0xffff } else { sum })
+}
+
+/// Whether the transport checksum of the IPv4 packet at `ip` is right.
+pub fn l4_checksum_ok(bytes: &[u8], ip: usize) -> bool {
+    let protocol = bytes[ip + 9];
+    let Some(field) = l4_checksum_offset(protocol) else { return false };
+    let at = ip + IPV4_HLEN + field;
+    Some(be16(bytes, at)) == l4_checksum(bytes, ip)
+}
+
+fn set_l4_checksum(bytes: &mut [u8], ip: usize) {
+    let protocol = bytes[ip + 9];
+    if let (Some(field), Some(sum)) = (l4_checksum_offset(protocol), l4_checksum(bytes, ip)) {
+        let at = ip + IPV4_HLEN + field;
+        bytes[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    }
 }

@@ -11,7 +11,7 @@
 
 use std::{
     fs,
-    net::TcpListener,
+    net::{Ipv4Addr, TcpListener},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -21,6 +21,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
+use dataplane_lab::{ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
 use dataplane::{
     datastore::{
         etcd::{EtcdConfig, WatchThread},
@@ -392,6 +393,37 @@ impl EtcdServer {
         self.etcdctl(&["del", key]).map(|_| ())
     }
 
+    /// Writes `keys` in transactions of 100 puts (etcd allows 128 operations in one), each
+    /// transaction one revision; values must hold no spaces.
+    fn put_many(&self, keys: &[(String, String)]) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        for chunk in keys.chunks(100) {
+            let mut script = String::from("\n");
+            for (key, value) in chunk {
+                script.push_str(&format!("put {key} {value}\n"));
+            }
+            script.push_str("\n\n");
+            let mut command = Command::new(&self.etcdctl);
+            command
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={}", self.endpoint()))
+                .arg("txn")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = command.spawn().context("starting etcdctl txn")?;
+            child.stdin.take().context("etcdctl's stdin")?.write_all(script.as_bytes())?;
+            let output = child.wait_with_output().context("etcdctl txn")?;
+            ensure!(
+                output.status.success() && String::from_utf8_lossy(&output.stdout).starts_with("SUCCESS"),
+                "etcdctl txn failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Writes every key.
     fn put_all(&self, keys: &[(String, String)]) -> anyhow::Result<()> {
         for (key, value) in keys {
@@ -626,28 +658,11 @@ fn changes_arrive_as_new_snapshots() -> anyhow::Result<()> {
     })?;
 
     // A burst of writes in one transaction arrives whole, in one snapshot.
-    let txn = format!(
-        "\nput {} {}\nput {} {}\n\n\n",
-        affinity_key("node-1", "10.244.10.0-26"),
-        r#"{"state":"confirmed"}"#,
-        affinity_key("node-1", "10.244.11.0-26"),
-        r#"{"state":"confirmed"}"#,
-    );
-    let output = {
-        use std::io::Write as _;
-        let mut command = Command::new(&server.etcdctl);
-        command
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", server.endpoint()))
-            .args(["txn"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().context("etcdctl txn")?;
-        child.stdin.take().context("etcdctl's stdin")?.write_all(txn.as_bytes())?;
-        child.wait_with_output()?
-    };
-    ensure!(output.status.success(), "etcdctl txn: {}", String::from_utf8_lossy(&output.stderr));
+    let confirmed = r#"{"state":"confirmed"}"#.to_owned();
+    server.put_many(&[
+        (affinity_key("node-1", "10.244.10.0-26"), confirmed.clone()),
+        (affinity_key("node-1", "10.244.11.0-26"), confirmed),
+    ])?;
     let (snapshot, _) = wait_for(&watch, "one of the transaction's blocks", CHANGE_TIMEOUT, |s| {
         has_block(s, "10.244.10.0/26", "node-1") || has_block(s, "10.244.11.0/26", "node-1")
     })?;
@@ -798,5 +813,308 @@ fn tls_with_client_certificates() -> anyhow::Result<()> {
         thread::sleep(Duration::from_millis(10));
     }
     ensure!(watch.is_finished(), "the watch goes on with unusable settings");
+    Ok(())
+}
+
+#[test]
+fn a_large_cluster_is_read_in_pages_at_one_revision() -> anyhow::Result<()> {
+    let Some(server) = EtcdServer::start("large_cluster")? else {
+        return Ok(());
+    };
+    // 2,000 blocks on 100 nodes, each with its affinity and its allocation block: 4,000 keys,
+    // read 500 to a page.
+    const BLOCKS: u32 = 2_000;
+    let mut keys = Vec::new();
+    for index in 0..BLOCKS {
+        let network = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + index * 64);
+        let block = format!("{network}-26");
+        let node = format!("node-{}", index % 100);
+        keys.push((affinity_key(&node, &block), r#"{"state":"confirmed","deleted":false}"#.to_owned()));
+        keys.push((
+            assignment_key(&block),
+            format!(r#"{{"cidr":"{network}/26","affinity":"host:{node}","allocations":[],"unallocated":[],"attributes":[]}}"#),
+        ));
+    }
+    let written = Instant::now();
+    server.put_many(&keys)?;
+    eprintln!("wrote {} keys in {:?}", keys.len(), written.elapsed());
+
+    let started = Instant::now();
+    let watch = WatchThread::start(server.config())?;
+    let (snapshot, _) = wait_for(&watch, "the large cluster", CHANGE_TIMEOUT, |_| true)?;
+    let read = started.elapsed();
+    ensure!(snapshot.problems.is_empty(), "problems: {:?}", &snapshot.problems[..snapshot.problems.len().min(5)]);
+    ensure!(
+        snapshot.model.blocks.len() == BLOCKS as usize && snapshot.model.blocks.iter().all(|b| b.routes()),
+        "read {} blocks, expected {BLOCKS} routed ones",
+        snapshot.model.blocks.len()
+    );
+
+    // One change among thousands: converges with one small write.
+    let started = Instant::now();
+    server.put(&affinity_key("node-7", "10.0.0.64-26"), r#"{"state":"pendingDeletion"}"#)?;
+    // The affinity key names node-7 while the block 10.0.0.64/26 is node-1's: a new claim.
+    wait_for(&watch, "the change among thousands", CHANGE_TIMEOUT, |s| {
+        s.model.blocks.len() == BLOCKS as usize + 1
+    })?;
+    eprintln!(
+        "{} keys: first snapshot {read:?} after the watch started; one change converged in {:?} \
+         (etcdctl's start included)",
+        keys.len(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// The agent binary: $DATAPLANE_BIN (set by `cargo xtask test`), else target/debug/dataplane.
+fn agent_bin() -> PathBuf {
+    match std::env::var_os("DATAPLANE_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => workspace_root().join("target/debug/dataplane"),
+    }
+}
+
+/// How many times an agent has programmed its fast path so far.
+fn programmed(agent: &ChildHandle) -> usize {
+    agent.log().matches(AGENT_READY).count()
+}
+
+/// Waits until `agent` programs its fast path again after `before` passes; returns how long after
+/// `since` that happened.
+fn wait_programmed(agent: &ChildHandle, before: usize, since: Instant) -> anyhow::Result<Duration> {
+    let deadline = Instant::now() + CHANGE_TIMEOUT;
+    while Instant::now() < deadline {
+        if programmed(agent) > before {
+            return Ok(since.elapsed());
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    bail!("{} did not program its fast path again within {CHANGE_TIMEOUT:?}:\n{}", agent.name(), agent.log())
+}
+
+/// A numeric field (`routes=5`) of the agent's `nth` "fast path programmed" line, counting from
+/// 1; `usize::MAX` for the last one.
+fn last_field(agent: &ChildHandle, field: &str, nth: usize) -> anyhow::Result<usize> {
+    let log = agent.log();
+    let lines: Vec<&str> = log.lines().filter(|line| line.contains(AGENT_READY)).collect();
+    let line = match nth {
+        usize::MAX => lines.last(),
+        nth => lines.get(nth.saturating_sub(1)),
+    }
+    .with_context(|| format!("{} has no {nth}th {AGENT_READY:?} line:\n{log}", agent.name()))?;
+    let needle = format!(" {field}=");
+    let start = line.find(&needle).with_context(|| format!("no {field}= in {line}"))? + needle.len();
+    let digits: String = line[start..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().with_context(|| format!("{field}= is not a number in {line}"))
+}
+
+/// Waits until the agent's last "fast path programmed" line has `field` equal to `want`; returns
+/// how long after `since` that was seen.
+fn wait_field(agent: &ChildHandle, field: &str, want: usize, since: Instant) -> anyhow::Result<Duration> {
+    let deadline = Instant::now() + CHANGE_TIMEOUT;
+    while Instant::now() < deadline {
+        if last_field(agent, field, usize::MAX)? == want {
+            return Ok(since.elapsed());
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    bail!("{} never programmed {field}={want} within {CHANGE_TIMEOUT:?}:\n{}", agent.name(), agent.log())
+}
+
+/// `ping -c 1 -W 1` until a reply comes (up to `tries` times); whether one came.
+fn ping_ok(lab: &Lab, from: &LabPod, to: Ipv4Addr, tries: usize) -> anyhow::Result<bool> {
+    let to = to.to_string();
+    for _ in 0..tries {
+        let output = lab.exec_status(&from.netns, &["ping", "-c", "1", "-W", "1", &to])?;
+        if output.status.success() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The lab, its etcd and its agents. Fields drop in order: agents, then etcd, then the lab.
+struct EtcdCluster {
+    agents: Vec<ChildHandle>,
+    etcd: Option<ChildHandle>,
+    lab: Lab,
+    etcd_bin: PathBuf,
+    etcdctl: PathBuf,
+    /// The client URL, on the fabric's gateway address that both nodes reach.
+    endpoint: String,
+}
+
+impl EtcdCluster {
+    /// Starts (or restarts, on the same data) etcd in the fabric namespace.
+    fn start_etcd(&mut self) -> anyhow::Result<()> {
+        let fabric = self.lab.fabric_netns().to_owned();
+        let data = self.lab.dir().join("etcd-data");
+        let data = data.to_string_lossy();
+        let peer = "http://127.0.0.1:2380";
+        let bin = self.etcd_bin.to_string_lossy();
+        let argv = [
+            &*bin, "--name", "lab", "--data-dir", &data, "--listen-client-urls", &self.endpoint,
+            "--advertise-client-urls", &self.endpoint, "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer, "--initial-cluster", &format!("lab={peer}"),
+        ];
+        self.etcd = Some(self.lab.spawn(&fabric, &argv, "etcd")?);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.etcdctl_status(&["--command-timeout=1s", "endpoint", "health"])?.status.success() {
+            ensure!(Instant::now() < deadline, "etcd in the lab did not answer within 20 s");
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn etcdctl_status(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let bin = self.etcdctl.to_string_lossy();
+        let endpoints = format!("--endpoints={}", self.endpoint);
+        let mut argv = vec![&*bin, endpoints.as_str()];
+        argv.extend_from_slice(args);
+        self.lab.exec_status(self.lab.fabric_netns(), &argv)
+    }
+
+    /// `etcdctl ARGS` inside the lab.
+    fn etcdctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        let output = self.etcdctl_status(args)?;
+        ensure!(
+            output.status.success(),
+            "etcdctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+
+    fn put(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        self.etcdctl(&["put", "--", key, value])
+    }
+
+    fn logs(&self) -> String {
+        let mut text = String::from("logs:");
+        for process in self.agents.iter().chain(self.etcd.iter()) {
+            text.push_str(&format!("\n--- {} ---\n{}", process.name(), process.log().trim_end()));
+        }
+        text
+    }
+}
+
+#[test]
+fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
+    let test = "agents_run_from_etcd_on_the_two_node_lab";
+    if !dataplane_lab::is_root() {
+        eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+        return Ok(());
+    }
+    let (Some(etcd_bin), Some(etcdctl)) = (find_binary("etcd"), find_binary("etcdctl")) else {
+        eprintln!("SKIPPED {test}: needs the etcd and etcdctl binaries (`cargo xtask setup`)");
+        return Ok(());
+    };
+    let bin = agent_bin();
+    ensure!(bin.exists(), "agent binary {} does not exist: build it with `cargo build -p dataplane`", bin.display());
+    let model = example_model()?;
+    let lab = Lab::up(&model, LabOptions::default())?;
+    // etcd listens in the fabric namespace on the gateway of the nodes' subnet: both agents reach
+    // it from their node's namespace over eth0, as calico-node reaches etcd in a cluster.
+    let gateway = lab.node("node-1")?.gateway;
+    let mut cluster = EtcdCluster {
+        agents: Vec::new(),
+        etcd: None,
+        lab,
+        etcd_bin,
+        etcdctl,
+        endpoint: format!("http://{gateway}:2379"),
+    };
+    cluster.start_etcd()?;
+    for (key, value) in calico_keys(&model) {
+        cluster.put(&key, &value)?;
+    }
+    let bin_text = bin.to_string_lossy().into_owned();
+    for node in ["node-1", "node-2"] {
+        let netns = cluster.lab.node_netns(node)?.to_owned();
+        let pin = cluster.lab.pin_path(node);
+        let pin = pin.to_string_lossy();
+        let argv = [
+            &*bin_text, "run", "--datastore", "etcdv3", "--etcd-endpoints", &cluster.endpoint,
+            "--node", node, "--pin-path", &pin,
+        ];
+        let agent = cluster.lab.spawn(&netns, &argv, &format!("agent-{node}"))?;
+        cluster.agents.push(agent);
+    }
+    for agent in &mut cluster.agents {
+        agent.wait_for_log(AGENT_READY, Duration::from_secs(60))?;
+    }
+    let lab = &cluster.lab;
+    let web1 = lab.pod("default/web-1")?.clone();
+    let web2 = lab.pod("default/web-2")?.clone();
+    for (from, to) in [(&web1, &web2), (&web2, &web1)] {
+        ensure!(ping_ok(lab, from, to.addr, 5)?, "{} cannot ping {}\n{}", from.key, to.key, cluster.logs());
+    }
+
+    // node-2's block affinity released (the host key deleted, the allocation block's affinity
+    // cleared, as Calico's IPAM does): node-1 stops routing to the block.
+    let block = "10.244.2.0-26";
+    let released = json!({"cidr": "10.244.2.0/26", "affinity": null, "allocations": [], "unallocated": [], "attributes": []});
+    let before = programmed(&cluster.agents[0]);
+    let started = Instant::now();
+    cluster.etcdctl(&["del", &affinity_key("node-2", block)])?;
+    cluster.put(&assignment_key(block), &released.to_string())?;
+    // Two commands, so wait for the state after both: one route less on node-1.
+    let routes_before = last_field(&cluster.agents[0], "routes", before)?;
+    let removed = wait_field(&cluster.agents[0], "routes", routes_before - 1, started)?;
+
+    // Claimed again: traffic flows again.
+    let keys = calico_keys(&model);
+    let before = programmed(&cluster.agents[0]);
+    let started = Instant::now();
+    for (key, value) in keys.iter().filter(|(key, _)| key.ends_with(block)) {
+        cluster.put(key, value)?;
+    }
+    let added = wait_programmed(&cluster.agents[0], before, started)?;
+    ensure!(ping_ok(&cluster.lab, &web1, web2.addr, 5)?, "web-1 cannot reach web-2 after the block came back\n{}", cluster.logs());
+
+    // web-2's endpoint deleted and added again: node-2 stops and starts delivering to it.
+    let (wep_key, wep_value) = keys
+        .iter()
+        .find(|(key, _)| key.ends_with("/default/node--2-k8s-web--2-eth0"))
+        .context("web-2's endpoint key")?;
+    let before = programmed(&cluster.agents[1]);
+    let started = Instant::now();
+    cluster.etcdctl(&["del", wep_key])?;
+    let wep_deleted = wait_programmed(&cluster.agents[1], before, started)?;
+    ensure!(
+        last_field(&cluster.agents[1], "workloads", usize::MAX)? == 0,
+        "node-2 still programs a workload without web-2's endpoint\n{}",
+        cluster.agents[1].log()
+    );
+    let before = programmed(&cluster.agents[1]);
+    let started = Instant::now();
+    cluster.put(wep_key, wep_value)?;
+    let wep_added = wait_programmed(&cluster.agents[1], before, started)?;
+    ensure!(ping_ok(&cluster.lab, &web1, web2.addr, 5)?, "web-1 cannot reach web-2 after its endpoint came back\n{}", cluster.logs());
+    eprintln!(
+        "etcdctl -> fast path programmed (including etcdctl's own start): affinity released {removed:?}, \
+         claimed {added:?}, endpoint deleted {wep_deleted:?}, added {wep_added:?}"
+    );
+
+    // etcd stops: the agents keep the fast path and say so; etcd back: they re-read and resync.
+    let before: Vec<usize> = cluster.agents.iter().map(programmed).collect();
+    if let Some(mut etcd) = cluster.etcd.take() {
+        etcd.terminate(Duration::from_secs(5))?;
+    }
+    thread::sleep(Duration::from_secs(2));
+    ensure!(ping_ok(&cluster.lab, &web1, web2.addr, 3)?, "traffic stopped with etcd\n{}", cluster.logs());
+    for agent in &cluster.agents {
+        ensure!(agent.log().contains("lost the connection to etcd"), "{} did not say it lost etcd:\n{}", agent.name(), agent.log());
+    }
+    let restarted = Instant::now();
+    cluster.start_etcd()?;
+    for (agent, before) in cluster.agents.iter().zip(before) {
+        let took = wait_programmed(agent, before, restarted)?;
+        ensure!(agent.log().contains("reconnected to etcd"), "{} did not say it reconnected:\n{}", agent.name(), agent.log());
+        eprintln!("{} resynced {took:?} after etcd was restarted", agent.name());
+    }
+    ensure!(ping_ok(&cluster.lab, &web1, web2.addr, 5)?, "no traffic after etcd came back\n{}", cluster.logs());
+    ensure!(ping_ok(&cluster.lab, &web2, web1.addr, 5)?, "no traffic after etcd came back\n{}", cluster.logs());
     Ok(())
 }

@@ -1,148 +1,19 @@
 //! Per-packet behaviour of the kernel programs, with BPF_PROG_TEST_RUN on crafted packets.
 //!
-//! Each test loads its own copy of the programs with fresh, unpinned maps, fills them through
-//! the agent's own path (YAML -> model -> plan -> map entries), runs a packet and checks the
-//! verdict, the output bytes field by field and the stats map. Needs root (CAP_BPF).
+//! Each test loads its own copy of the programs (`dataplane_tests::program::Node`), runs a packet
+//! and checks the verdict, the output bytes field by field and the stats map. Needs root.
 
 #![allow(clippy::unwrap_used, reason = "fixtures of a test: a failed unwrap is a failed test")]
 
-use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
-    programs::{tc::SchedClassifier, TestRun, TestRunOptions},
-    Ebpf, EbpfLoader,
-};
-use dataplane::{backend::entries, datastore::file, plan};
 use dataplane_common::{
     net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, ETH_HLEN, GATEWAY_ADDR, GATEWAY_MAC, IPPROTO_UDP, VXLAN_ENCAP_LEN},
-    Ipv4Bytes, NodeConfig, Peer, Route, Stat, Workload, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
-    PROG_FROM_WORKLOAD, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    Stat, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD,
 };
-use dataplane_tests::packet::{be16, fixture::*, ipv4_checksum, Packet};
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-
-/// Interface of the tested workload: BPF_PROG_TEST_RUN runs skbs on the loopback (ifindex 1).
-const TESTED_IFINDEX: u32 = 1;
-/// The uplink's MTU in the fixtures.
-const UPLINK_MTU: u32 = 1500;
-/// A second workload's interface; never used as the ingress device, only as redirect target.
-const OTHER_IFINDEX: u32 = 1000;
-
-const CLUSTER: &str = r#"
-apiVersion: projectcalico.org/v3
-kind: IPPool
-metadata: {name: default-ipv4-ippool}
-spec: {cidr: 10.244.0.0/16, blockSize: 26, vxlanMode: Always, ipipMode: Never, natOutgoing: true}
----
-apiVersion: projectcalico.org/v3
-kind: Node
-metadata: {name: node-1}
-spec:
-  bgp: {ipv4Address: 10.100.0.11/24}
-  ipv4VXLANTunnelAddr: 10.244.1.0
-  vxlanTunnelMACAddr: "66:d0:00:00:00:01"
----
-apiVersion: projectcalico.org/v3
-kind: Node
-metadata: {name: node-2}
-spec:
-  bgp: {ipv4Address: 10.100.0.12/24}
-  ipv4VXLANTunnelAddr: 10.244.2.0
-  vxlanTunnelMACAddr: "66:d0:00:00:00:02"
----
-apiVersion: crd.projectcalico.org/v1
-kind: BlockAffinity
-metadata: {name: ipam-block-affinity-10-244-1-0-26}
-spec: {cidr: 10.244.1.0/26, node: node-1, state: confirmed, deleted: "false"}
----
-apiVersion: crd.projectcalico.org/v1
-kind: BlockAffinity
-metadata: {name: ipam-block-affinity-10-244-2-0-26}
-spec: {cidr: 10.244.2.0/26, node: node-2, state: confirmed, deleted: "false"}
----
-apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata: {name: node--1-k8s-pod--a-eth0, namespace: default}
-spec: {node: node-1, pod: pod-a, interfaceName: calitesteda0001, ipNetworks: [10.244.1.2/32], mac: "0a:58:0a:f4:01:02"}
----
-apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata: {name: node--1-k8s-pod--b-eth0, namespace: default}
-spec: {node: node-1, pod: pod-b, interfaceName: caliothereb0001, ipNetworks: [10.244.1.3/32], mac: "0a:58:0a:f4:01:03"}
----
-apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata: {name: node--2-k8s-pod--c-eth0, namespace: default}
-spec: {node: node-2, pod: pod-c, interfaceName: calitestedc0001, ipNetworks: [10.244.2.2/32], mac: "0a:58:0a:f4:02:02"}
-"#;
-
-/// One node's programs with their own maps, filled as the agent would fill them.
-struct Node {
-    ebpf: Ebpf,
-}
-
-impl Node {
-    fn new(name: &str) -> Self {
-        let (model, problems) = file::parse(CLUSTER).expect("fixture parses");
-        assert!(problems.is_empty(), "{problems:?}");
-        let (plan, problems) = plan::compute(&model, name).expect("fixture plans");
-        assert!(problems.is_empty(), "{problems:?}");
-        let ifindex = |interface: &str| {
-            Some(if interface.starts_with("calitested") { TESTED_IFINDEX } else { OTHER_IFINDEX })
-        };
-        let (desired, missing) = entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: UPLINK_MTU }, ifindex);
-        assert!(missing.is_empty());
-
-        let mut ebpf = EbpfLoader::new().load(dataplane::backend::bpf::object()).expect("object loads");
-        for program in [PROG_FROM_WORKLOAD, PROG_FROM_UPLINK] {
-            let program: &mut SchedClassifier =
-                ebpf.program_mut(program).expect("program exists").try_into().expect("classifier");
-            program.load().expect("the verifier accepts the program");
-        }
-        let mut node: Array<_, NodeConfig> = Array::try_from(ebpf.map_mut(NODE_MAP).unwrap()).unwrap();
-        node.set(0, desired.node, 0).unwrap();
-        let mut routes: LpmTrie<_, Ipv4Bytes, Route> = LpmTrie::try_from(ebpf.map_mut(ROUTES_MAP).unwrap()).unwrap();
-        for ((len, addr), route) in &desired.routes {
-            routes.insert(&Key::new(*len, *addr), *route, 0).unwrap();
-        }
-        let mut workloads: HashMap<_, u32, Workload> = HashMap::try_from(ebpf.map_mut(WORKLOADS_MAP).unwrap()).unwrap();
-        for (index, workload) in &desired.workloads {
-            workloads.insert(*index, *workload, 0).unwrap();
-        }
-        let mut peers: HashMap<_, Ipv4Bytes, Peer> = HashMap::try_from(ebpf.map_mut(PEERS_MAP).unwrap()).unwrap();
-        for (addr, peer) in &desired.peers {
-            peers.insert(*addr, *peer, 0).unwrap();
-        }
-        Node { ebpf }
-    }
-
-    /// Runs `program` on `packet`; returns the TC verdict and the output packet.
-    fn run(&self, program: &str, packet: &[u8]) -> (u32, Vec<u8>) {
-        let program: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; packet.len() + 256];
-        let result = program
-            .test_run(TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    }
-
-    fn stat(&self, stat: Stat) -> u64 {
-        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(STATS_MAP).unwrap()).unwrap();
-        stats.get(&stat.index(), 0).unwrap().iter().sum()
-    }
-}
-
-fn skip_unless_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
-    }
-    !root
-}
+use dataplane_tests::{
+    program::CLUSTER,
+    packet::{be16, fixture::*, ipv4_checksum, Packet},
+    program::{skip_unless_root, Node, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+};
 
 /// A UDP packet from pod A to `dst`, as it leaves the pod.
 fn from_pod_a(dst: [u8; 4]) -> Vec<u8> {
@@ -350,11 +221,11 @@ fn an_address_of_the_local_block_without_workload_is_blackholed() {
 }
 
 #[test]
-fn traffic_outside_the_pools_goes_to_the_kernel() {
+fn traffic_outside_the_pools_from_a_pool_without_nat_goes_to_the_kernel() {
     if skip_unless_root() {
         return;
     }
-    let node = Node::new("node-1");
+    let node = Node::with_cluster("node-1", &CLUSTER.replace("natOutgoing: true", "natOutgoing: false"));
     let packet = from_pod_a(EXTERNAL);
     let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &packet);
     assert_eq!(verdict, TC_ACT_OK);

@@ -22,7 +22,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
-    Ipv4Bytes, NodeConfig, Peer, Route, Workload, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
+    CONNTRACK_MAP, Ipv4Bytes, NodeConfig, Peer, Route, Workload, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
     PROG_FROM_WORKLOAD, PROG_TO_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 use tracing::{info, warn};
@@ -46,7 +46,7 @@ pub fn object() -> &'static [u8] {
 }
 
 /// Every map the programs use; each is pinned as `<pin path>/<name>`.
-pub const MAPS: [&str; 5] = [ROUTES_MAP, WORKLOADS_MAP, PEERS_MAP, NODE_MAP, STATS_MAP];
+pub const MAPS: [&str; 6] = [ROUTES_MAP, WORKLOADS_MAP, PEERS_MAP, NODE_MAP, STATS_MAP, CONNTRACK_MAP];
 
 /// Subdirectory of the pin path holding one pinned link per attached interface.
 const LINKS_DIR: &str = "links";
@@ -112,13 +112,13 @@ impl BpfBackend {
 
     /// Makes the kernel match `plan`: attaches programs to the uplink and to every workload
     /// interface, then writes the map entries that differ and removes stale ones.
-    pub async fn apply(&mut self, plan: &Plan, uplink: &str) -> anyhow::Result<ApplyReport> {
+    pub async fn apply(&mut self, plan: &Plan, uplink: &str, nat_ports: (u16, u16)) -> anyhow::Result<ApplyReport> {
         let mut report = ApplyReport::default();
         let uplink_ifindex = sys::ifindex(uplink)
             .with_context(|| format!("uplink interface {uplink:?} does not exist in this network namespace"))?;
         let uplink_mtu = sys::mtu(uplink)?;
         let (desired, missing) =
-            entries::from_plan(plan, entries::Uplink { ifindex: uplink_ifindex, mtu: uplink_mtu }, sys::ifindex);
+            entries::from_plan(plan, entries::Uplink { ifindex: uplink_ifindex, mtu: uplink_mtu, nat_ports }, sys::ifindex);
         for gap in &missing {
             warn!(workload = %gap.workload, interface = %gap.interface, "workload interface not found; will retry");
         }

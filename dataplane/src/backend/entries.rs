@@ -27,13 +27,15 @@ pub struct MapEntries {
     pub peers: BTreeMap<Ipv4Bytes, Peer>,
 }
 
-/// The node's uplink as the kernel programs need it.
+/// What the kernel programs need to know about this host beyond the plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Uplink {
-    /// Its ifindex.
+    /// The uplink's ifindex.
     pub ifindex: u32,
-    /// Its MTU.
+    /// The uplink's MTU.
     pub mtu: u32,
+    /// The ports SNAT picks from when a flow's own port is taken (inclusive).
+    pub nat_ports: (u16, u16),
 }
 
 /// A workload left out because its interface does not exist (yet).
@@ -59,6 +61,8 @@ pub fn from_plan(
             vtep_mac: plan.node.vtep_mac.map(|m| m.0).unwrap_or_default(),
             vxlan_port: CALICO_VXLAN_PORT,
             uplink_mtu: uplink.mtu,
+            nat_port_min: uplink.nat_ports.0,
+            nat_port_max: uplink.nat_ports.1,
         },
         ..MapEntries::default()
     };
@@ -141,7 +145,7 @@ mod tests {
         plan::{NodePlan, PlannedPeer, PlannedRoute, PlannedWorkload},
     };
 
-    const UPLINK: Uplink = Uplink { ifindex: 2, mtu: 1500 };
+    const UPLINK: Uplink = Uplink { ifindex: 2, mtu: 1500, nat_ports: (32768, 60999) };
 
     fn plan() -> Plan {
         let mut plan = Plan {

@@ -116,7 +116,13 @@ async fn run(config: EtcdConfig, snapshots: watch::Sender<Option<Snapshot>>) {
             // The session worked for a while: this is a new outage, start the backoff over.
             backoff = BACKOFF_START;
         }
-        link.failed(&error, backoff);
+        // etcd with --client-cert-auth closes a TLS connection without a client certificate
+        // after the handshake, which the client only reports as a closed connection.
+        let hint = (config.ca_cert_file.is_some() && config.cert_file.is_none()).then_some(
+            "if etcd requires client certificates, set --etcd-cert-file and --etcd-key-file \
+             (ETCD_CERT_FILE, ETCD_KEY_FILE)",
+        );
+        link.failed(&error, hint, backoff);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = snapshots.closed() => return,
@@ -243,15 +249,12 @@ async fn follow(
         let response = message
             .context("the etcd watch broke")?
             .context("etcd closed the watch stream")?;
-        if response.canceled() {
-            let reason = if response.compact_revision() > 0 {
-                format!(
-                    "etcd compacted its history up to revision {} past the watch's revision {from}",
-                    response.compact_revision()
-                )
-            } else {
-                format!("etcd cancelled the watch ({})", response.cancel_reason())
-            };
+        if let Some(reason) = cancelled(
+            response.canceled(),
+            response.compact_revision(),
+            response.cancel_reason(),
+            from,
+        ) {
             return Ok(Followed::Resync(reason));
         }
         let mut changed = false;
@@ -269,6 +272,23 @@ async fn follow(
             pending = Some((pending.map_or(now, |(first, _)| first), now));
         }
     }
+}
+
+/// Why the watch that started at revision `from` was cancelled, if it was. A watch whose start
+/// revision etcd has compacted away comes back cancelled with the compaction's revision: the
+/// changes in between are lost to it, so everything must be read again.
+fn cancelled(canceled: bool, compact_revision: i64, reason: &str, from: i64) -> Option<String> {
+    if compact_revision > 0 {
+        return Some(format!(
+            "etcd compacted its history up to revision {compact_revision}, past the watch's \
+             revision {from}"
+        ));
+    }
+    if canceled {
+        let reason = if reason.is_empty() { "no reason given" } else { reason };
+        return Some(format!("etcd cancelled the watch from revision {from} ({reason})"));
+    }
+    None
 }
 
 /// Sends the snapshot the cache describes if it differs from the last one sent. Returns false
@@ -323,21 +343,29 @@ async fn timed<T>(
 }
 
 /// etcd_client's errors hide their causes (a refused connection, a TLS handshake failure) from
-/// `source()`: dig them out of the gRPC status so the log says what went wrong.
+/// `source()`, and a gRPC status prints its source as debug output: say the status's message,
+/// then each cause once, e.g. "tcp connect error: Connection refused (os error 111)".
 fn describe(error: &etcd_client::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = match error {
-        etcd_client::Error::GRpcStatus(status) => std::error::Error::source(status),
-        etcd_client::Error::TransportError(transport) => std::error::Error::source(transport),
-        _ => None,
+    let (mut text, mut cause): (String, Option<&(dyn std::error::Error + 'static)>) = match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            (status.message().to_owned(), std::error::Error::source(status))
+        }
+        etcd_client::Error::TransportError(transport) => {
+            (error.to_string(), std::error::Error::source(transport))
+        }
+        other => (other.to_string(), None),
     };
     while let Some(inner) = cause {
         let said = inner.to_string();
-        if !text.contains(&said) {
+        // tonic wraps its causes in a generic "transport error" that says nothing more.
+        if !text.contains(&said) && said != "transport error" {
             text.push_str(": ");
             text.push_str(&said);
         }
         cause = inner.source();
+    }
+    if text.is_empty() {
+        text = error.to_string();
     }
     text
 }
@@ -375,29 +403,33 @@ impl Link {
         self.failures = 0;
     }
 
-    /// A session failed; the next is tried after `retry_in`.
-    fn failed(&mut self, error: &anyhow::Error, retry_in: Duration) {
+    /// A session failed; the next is tried after `retry_in`. `hint` says what may be wrong in
+    /// the settings, for as long as etcd never answered.
+    fn failed(&mut self, error: &anyhow::Error, hint: Option<&str>, retry_in: Duration) {
         self.failures += 1;
         let attempts = self.failures;
+        let retry_in_ms = retry_in.as_millis() as u64;
         if self.connected {
             self.connected = false;
             self.lost_at = Some(Instant::now());
             warn!(
-                retry_in_ms = retry_in.as_millis() as u64,
+                retry_in_ms,
                 "lost the connection to etcd: {error:#}; the last good state stays programmed"
             );
         } else if !self.ever_connected {
+            let hint = hint.map(|hint| format!(" ({hint})")).unwrap_or_default();
             error!(
                 attempts,
-                retry_in_ms = retry_in.as_millis() as u64,
-                "cannot reach etcd: {error:#}; nothing is programmed from etcd until it answers"
+                retry_in_ms,
+                "cannot reach etcd: {error:#}{hint}; nothing is programmed from etcd until it \
+                 answers"
             );
         } else {
             let down_ms = self.lost_at.map(|at| at.elapsed().as_millis() as u64);
             warn!(
                 attempts,
                 down_ms,
-                retry_in_ms = retry_in.as_millis() as u64,
+                retry_in_ms,
                 "etcd is still unreachable: {error:#}; the last good state stays programmed"
             );
         }
@@ -624,6 +656,16 @@ mod tests {
     fn describe_keeps_the_message() {
         let error = etcd_client::Error::InvalidArgs("empty endpoints".into());
         assert_eq!(describe(&error), "invalid arguments: empty endpoints");
+    }
+
+    #[test]
+    fn a_cancelled_watch_means_a_fresh_read() {
+        assert_eq!(cancelled(false, 0, "", 12), None);
+        let compacted = cancelled(true, 40, "mvcc: required revision has been compacted", 12)
+            .expect("compacted");
+        assert!(compacted.contains("40") && compacted.contains("12"), "{compacted}");
+        let other = cancelled(true, 0, "", 12).expect("cancelled");
+        assert!(other.contains("no reason given"), "{other}");
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -1,0 +1,210 @@
+//! Connection tracking for natOutgoing: the two entries of every translated flow, their state,
+//! their timeouts, and the choice of a free port.
+//!
+//! The outbound entry (keyed by the pod's packets) is authoritative for state and age; the
+//! inbound entry (keyed by the replies as they reach the node) exists so a reply finds its flow,
+//! and its existence is what reserves the translated port: it is inserted with BPF_NOEXIST, so two
+//! pods (or two CPUs) can never be given the same port towards the same peer.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+};
+use dataplane_common::{
+    flow_state, flow_timeout,
+    net::{IPPROTO_ICMP, IPPROTO_TCP, TCP_FIN, TCP_RST},
+    FlowKey, NatFlow, NodeConfig, Stat, FLOW_INBOUND, FLOW_OUTBOUND,
+};
+
+use crate::maps::CONNTRACK;
+
+/// Ports tried for a new flow (its own first): bounded for the verifier, and plenty while the
+/// range is far from full.
+const PORT_ATTEMPTS: u32 = 32;
+/// `-EEXIST` from a map insert: the key is taken.
+const EEXIST: i32 = -17;
+
+/// The transport identity of a packet, as conntrack keys it.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    /// Source address.
+    pub src: [u8; 4],
+    /// Destination address.
+    pub dst: [u8; 4],
+    /// Source port, or the identifier of an echo request.
+    pub src_port: u16,
+    /// Destination port, or the identifier of an echo reply.
+    pub dst_port: u16,
+    /// IP protocol.
+    pub protocol: u8,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
+}
+
+impl Flow {
+    /// The key of this packet's direction.
+    pub fn key(&self, direction: u8) -> FlowKey {
+        FlowKey {
+            src: self.src,
+            dst: self.dst,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            protocol: self.protocol,
+            direction,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// The outbound key of a tracked flow.
+#[inline(always)]
+pub fn outbound_key(flow: &NatFlow) -> FlowKey {
+    FlowKey {
+        src: flow.pod_addr,
+        dst: flow.peer_addr,
+        src_port: flow.pod_port,
+        dst_port: flow.peer_port,
+        protocol: flow.protocol,
+        direction: FLOW_OUTBOUND,
+        _pad: [0; 2],
+    }
+}
+
+/// The inbound key of a tracked flow: replies come from the peer to the translated address.
+/// ICMP echo replies carry the identifier where TCP and UDP carry the destination port.
+#[inline(always)]
+pub fn inbound_key(flow: &NatFlow) -> FlowKey {
+    FlowKey {
+        src: flow.peer_addr,
+        dst: flow.nat_addr,
+        src_port: flow.peer_port,
+        dst_port: flow.nat_port,
+        protocol: flow.protocol,
+        direction: FLOW_INBOUND,
+        _pad: [0; 2],
+    }
+}
+
+/// How long `flow` may stay silent.
+#[inline(always)]
+pub fn timeout(flow: &NatFlow) -> u64 {
+    match (flow.protocol, flow.state) {
+        (IPPROTO_TCP, flow_state::ESTABLISHED) => flow_timeout::TCP_ESTABLISHED,
+        (IPPROTO_TCP, flow_state::CLOSING) => flow_timeout::TCP_CLOSING,
+        (IPPROTO_TCP, _) => flow_timeout::TCP_NEW,
+        (IPPROTO_ICMP, _) => flow_timeout::ICMP,
+        _ => flow_timeout::UDP,
+    }
+}
+
+/// Whether `flow` has outlived its timeout at `now`.
+#[inline(always)]
+pub fn expired(flow: &NatFlow, now: u64) -> bool {
+    now.saturating_sub(flow.last_seen_ns) > timeout(flow)
+}
+
+/// The current time on the clock the entries use.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: a BPF helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The live flow stored under `key`, if any.
+#[inline(always)]
+pub fn lookup(key: &FlowKey) -> Option<NatFlow> {
+    // SAFETY: the pointer comes from a successful lookup and is read at once.
+    CONNTRACK.get_ptr(key).map(|flow| unsafe { *flow })
+}
+
+/// Records a packet of `flow` on its outbound entry: age, and the state the TCP flags imply.
+#[inline(always)]
+pub fn touch(flow: &NatFlow, tcp_flags: u8, is_reply: bool, now: u64) {
+    let Some(entry) = CONNTRACK.get_ptr_mut(&outbound_key(flow)) else { return };
+    // SAFETY: the pointer comes from a successful lookup; racing CPUs only race on a timestamp.
+    let entry = unsafe { &mut *entry };
+    entry.last_seen_ns = now;
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        entry.state = flow_state::CLOSING;
+    } else if is_reply && entry.state == flow_state::NEW {
+        entry.state = flow_state::ESTABLISHED;
+    }
+}
+
+/// Tracks a new outbound flow from a pod, translated to the node's address: keeps the pod's own
+/// port when it is free towards this peer, else takes a free one from the configured range.
+#[inline(always)]
+pub fn create(packet: &Flow, node: &NodeConfig, now: u64) -> Result<NatFlow, Stat> {
+    let mut flow = NatFlow {
+        created_ns: now,
+        last_seen_ns: now,
+        pod_addr: packet.src,
+        peer_addr: packet.dst,
+        nat_addr: node.addr,
+        pod_port: packet.src_port,
+        peer_port: packet.dst_port,
+        nat_port: packet.src_port,
+        protocol: packet.protocol,
+        state: flow_state::NEW,
+        _pad: [0; 4],
+    };
+    if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        flow.state = flow_state::CLOSING;
+    }
+    let range = u32::from(node.nat_port_max.saturating_sub(node.nat_port_min)) + 1;
+    // SAFETY: a BPF helper without arguments.
+    let start = unsafe { bpf_get_prandom_u32() };
+    let mut attempt = 0;
+    while attempt < PORT_ATTEMPTS {
+        if attempt > 0 {
+            flow.nat_port = node.nat_port_min + ((start.wrapping_add(attempt)) % range) as u16;
+        }
+        attempt += 1;
+        match claim(&flow, now) {
+            Ok(()) => {
+                if CONNTRACK.insert(&outbound_key(&flow), &flow, u64::from(BPF_ANY)).is_err() {
+                    let _ = CONNTRACK.remove(&inbound_key(&flow));
+                    return Err(Stat::DropConntrackFull);
+                }
+                return Ok(flow);
+            }
+            Err(Claim::Taken) => continue,
+            Err(Claim::Full) => return Err(Stat::DropConntrackFull),
+        }
+    }
+    Err(Stat::DropNatPortsExhausted)
+}
+
+enum Claim {
+    Taken,
+    Full,
+}
+
+/// Reserves `flow`'s translated port by inserting its inbound entry; a port held by an expired
+/// flow is reclaimed.
+#[inline(always)]
+fn claim(flow: &NatFlow, now: u64) -> Result<(), Claim> {
+    let key = inbound_key(flow);
+    match CONNTRACK.insert(&key, flow, u64::from(BPF_NOEXIST)) {
+        Ok(()) => Ok(()),
+        Err(EEXIST) => {
+            let Some(holder) = lookup(&key) else { return Err(Claim::Taken) };
+            // Age lives on the holder's outbound entry.
+            let live = match lookup(&outbound_key(&holder)) {
+                Some(current) => !expired(&current, now),
+                None => false,
+            };
+            if live {
+                return Err(Claim::Taken);
+            }
+            let _ = CONNTRACK.remove(&outbound_key(&holder));
+            let _ = CONNTRACK.remove(&key);
+            match CONNTRACK.insert(&key, flow, u64::from(BPF_NOEXIST)) {
+                Ok(()) => Ok(()),
+                Err(EEXIST) => Err(Claim::Taken),
+                Err(_) => Err(Claim::Full),
+            }
+        }
+        Err(_) => Err(Claim::Full),
+    }
+}

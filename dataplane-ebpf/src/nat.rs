@@ -1,0 +1,206 @@
+//! SNAT for pods of natOutgoing pools, and the reverse translation of their replies.
+//!
+//! Outbound (from_workload): a pod's packet to an address outside every pool gets the node's
+//! address and a tracked port, and leaves by the uplink directly (handing it to the stack would
+//! have it dropped as a martian: its source is now a local address). Inbound (from_uplink): a
+//! packet to the node that matches a tracked flow gets the pod's address and port back and is
+//! delivered into the pod. Checksums are fixed incrementally, so offloaded (partial) checksums and
+//! GSO packets stay valid.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use dataplane_common::{
+    net::{
+        ICMP_CSUM_OFFSET, ICMP_ECHO_ID_OFFSET, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP,
+        IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, TCP_CSUM_OFFSET, TCP_FLAGS_OFFSET,
+        UDP_CSUM_OFFSET,
+    },
+    route_flags, route_kind, NodeConfig, Stat, Workload, FLOW_INBOUND, FLOW_OUTBOUND,
+};
+
+use crate::{
+    conntrack::{self, Flow},
+    packet::{read, write, Ipv4Hdr},
+    route::{self, IP_OFFSET},
+    verdict::{Outcome, Verdict},
+};
+
+/// Offset of the transport header (the fast path only handles IHL 5).
+const L4_OFFSET: usize = IP_OFFSET + IPV4_HLEN;
+
+/// Where a packet's translatable fields are.
+#[derive(Clone, Copy)]
+struct Transport {
+    flow: Flow,
+    /// Offset of the transport checksum.
+    csum_offset: usize,
+    /// Offsets of the source and destination ports (or of the echo identifier for both).
+    src_port_offset: usize,
+    dst_port_offset: usize,
+    /// Whether the checksum covers the pseudo-header (TCP, UDP) or not (ICMP).
+    pseudo_header: bool,
+    /// UDP: a zero checksum means "none" and must stay zero.
+    zero_means_none: bool,
+}
+
+/// Reads the transport identity of an IHL-5 packet: TCP, UDP, or ICMP echo. Anything else has
+/// nothing to translate (None).
+#[inline(always)]
+fn transport(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<Option<Transport>, Stat> {
+    let mut flow = Flow { src: ip.src, dst: ip.dst, src_port: 0, dst_port: 0, protocol: ip.protocol, tcp_flags: 0 };
+    match ip.protocol {
+        IPPROTO_TCP => {
+            let head: [u8; 20] = read(ctx, L4_OFFSET)?;
+            flow.src_port = u16::from_be_bytes([head[0], head[1]]);
+            flow.dst_port = u16::from_be_bytes([head[2], head[3]]);
+            flow.tcp_flags = head[TCP_FLAGS_OFFSET];
+            Ok(Some(Transport {
+                flow,
+                csum_offset: L4_OFFSET + TCP_CSUM_OFFSET,
+                src_port_offset: L4_OFFSET,
+                dst_port_offset: L4_OFFSET + 2,
+                pseudo_header: true,
+                zero_means_none: false,
+            }))
+        }
+        IPPROTO_UDP => {
+            let head: [u8; 8] = read(ctx, L4_OFFSET)?;
+            flow.src_port = u16::from_be_bytes([head[0], head[1]]);
+            flow.dst_port = u16::from_be_bytes([head[2], head[3]]);
+            Ok(Some(Transport {
+                flow,
+                csum_offset: L4_OFFSET + UDP_CSUM_OFFSET,
+                src_port_offset: L4_OFFSET,
+                dst_port_offset: L4_OFFSET + 2,
+                pseudo_header: true,
+                zero_means_none: true,
+            }))
+        }
+        IPPROTO_ICMP => {
+            let head: [u8; 8] = read(ctx, L4_OFFSET)?;
+            let id = u16::from_be_bytes([head[ICMP_ECHO_ID_OFFSET], head[ICMP_ECHO_ID_OFFSET + 1]]);
+            // Requests carry the identifier as their "source port", replies as their "destination".
+            match head[0] {
+                ICMP_ECHO_REQUEST => flow.src_port = id,
+                ICMP_ECHO_REPLY => flow.dst_port = id,
+                _ => return Ok(None),
+            }
+            Ok(Some(Transport {
+                flow,
+                csum_offset: L4_OFFSET + ICMP_CSUM_OFFSET,
+                src_port_offset: L4_OFFSET + ICMP_ECHO_ID_OFFSET,
+                dst_port_offset: L4_OFFSET + ICMP_ECHO_ID_OFFSET,
+                pseudo_header: false,
+                zero_means_none: false,
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Rewrites one address and one port of the packet, fixing the transport checksum; the IPv4
+/// header (with its checksum) is written by the caller.
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    t: &Transport,
+    old_addr: [u8; 4],
+    new_addr: [u8; 4],
+    port_offset: usize,
+    old_port: u16,
+    new_port: u16,
+) -> Result<(), Stat> {
+    let mangled = if t.zero_means_none { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
+    if t.pseudo_header {
+        ctx.l4_csum_replace(
+            t.csum_offset,
+            u64::from(u32::from_ne_bytes(old_addr)),
+            u64::from(u32::from_ne_bytes(new_addr)),
+            u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
+        )
+        .map_err(|_| Stat::DropPacketAccess)?;
+    }
+    if old_port != new_port {
+        let (old, new) = (old_port.to_be_bytes(), new_port.to_be_bytes());
+        ctx.l4_csum_replace(
+            t.csum_offset,
+            u64::from(u16::from_ne_bytes(old)),
+            u64::from(u16::from_ne_bytes(new)),
+            mangled | 2,
+        )
+        .map_err(|_| Stat::DropPacketAccess)?;
+        write(ctx, port_offset, &new)?;
+    }
+    Ok(())
+}
+
+/// Whether a packet from `workload` to `ip.dst` (which matched no route) is SNATed: its pool has
+/// natOutgoing and the destination is not this node.
+#[inline(always)]
+pub fn applies(workload: &Workload, ip: &Ipv4Hdr, node: &NodeConfig) -> bool {
+    if ip.dst == node.addr {
+        return false;
+    }
+    match route::lookup(workload.addr) {
+        Some(own) => own.kind == route_kind::LOCAL_WORKLOAD && own.flags & route_flags::NAT_OUTGOING != 0,
+        None => false,
+    }
+}
+
+/// Translates a pod's packet leaving the cluster to the node's address and sends it out of the
+/// uplink.
+#[inline(always)]
+pub fn outbound(ctx: &TcContext, node: &NodeConfig, ip: &mut Ipv4Hdr) -> Outcome {
+    if ip.frag_off() & IPV4_FRAG_OFFSET_MASK != 0 {
+        return Err(Stat::DropNatFragment);
+    }
+    let Some(t) = transport(ctx, ip)? else {
+        return Ok(Verdict::pass());
+    };
+    let now = conntrack::now();
+    let (flow, stat) = match conntrack::lookup(&t.flow.key(FLOW_OUTBOUND)) {
+        Some(flow) if !conntrack::expired(&flow, now) && flow.nat_addr == node.addr => {
+            conntrack::touch(&flow, t.flow.tcp_flags, false, now);
+            (flow, Stat::SnatEstablished)
+        }
+        _ => (conntrack::create(&t.flow, node, now)?, Stat::SnatNew),
+    };
+    rewrite(ctx, &t, ip.src, flow.nat_addr, t.src_port_offset, flow.pod_port, flow.nat_port)?;
+    ip.src = flow.nat_addr;
+    route::decrement_ttl(ctx, IP_OFFSET, ip)?;
+    route::to_uplink(node, stat)
+}
+
+/// Translates a reply to a tracked flow back to the pod and delivers it; packets of no tracked
+/// flow are the host's own and go to the stack.
+#[inline(always)]
+pub fn inbound(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome {
+    if ip.frag_off() & IPV4_FRAG_OFFSET_MASK != 0 {
+        return Ok(Verdict::pass());
+    }
+    let Some(t) = transport(ctx, ip)? else {
+        return Ok(Verdict::pass());
+    };
+    let Some(reverse) = conntrack::lookup(&t.flow.key(FLOW_INBOUND)) else {
+        return Ok(Verdict::pass());
+    };
+    // Age and state live on the outbound entry.
+    let now = conntrack::now();
+    match conntrack::lookup(&conntrack::outbound_key(&reverse)) {
+        Some(flow) if !conntrack::expired(&flow, now) => conntrack::touch(&flow, t.flow.tcp_flags, true, now),
+        _ => return Ok(Verdict::pass()),
+    }
+    let Some(route) = route::lookup(reverse.pod_addr) else {
+        return Ok(Verdict::pass());
+    };
+    if route.kind != route_kind::LOCAL_WORKLOAD {
+        return Ok(Verdict::pass());
+    }
+    rewrite(ctx, &t, ip.dst, reverse.pod_addr, t.dst_port_offset, reverse.nat_port, reverse.pod_port)?;
+    let mut ip = *ip;
+    ip.dst = reverse.pod_addr;
+    route::decrement_ttl(ctx, IP_OFFSET, &mut ip)?;
+    route::to_workload(ctx, &route, Stat::ReverseNat)
+}

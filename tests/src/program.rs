@@ -1,0 +1,182 @@
+//! Loading the kernel programs for BPF_PROG_TEST_RUN, with maps filled as the agent fills them.
+//!
+//! Each [`Node`] is its own copy of the programs with fresh, unpinned maps, filled through the
+//! agent's own path (YAML -> model -> plan -> map entries). Needs root (CAP_BPF).
+
+#![allow(clippy::unwrap_used, reason = "test fixtures: a failed unwrap is a failed test")]
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
+    programs::{tc::SchedClassifier, TestRun, TestRunOptions},
+    Ebpf, EbpfLoader,
+};
+use dataplane::{backend::entries, datastore::file, plan};
+use dataplane_common::{
+    FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Stat, Workload, CONNTRACK_MAP, NODE_MAP, PEERS_MAP,
+    PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+};
+
+/// TC verdict: let the packet continue.
+pub const TC_ACT_OK: u32 = 0;
+/// TC verdict: drop.
+pub const TC_ACT_SHOT: u32 = 2;
+/// TC verdict: redirected by a helper.
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// Interface of the tested workload: BPF_PROG_TEST_RUN runs skbs on the loopback (ifindex 1).
+pub const TESTED_IFINDEX: u32 = 1;
+/// The SNAT port range in the fixtures: small, so that exhausting it is quick.
+pub const NAT_PORTS: (u16, u16) = (40000, 40003);
+/// The uplink's MTU in the fixtures.
+pub const UPLINK_MTU: u32 = 1500;
+/// A second workload's interface; never used as the ingress device, only as redirect target.
+pub const OTHER_IFINDEX: u32 = 1000;
+
+/// The fixture cluster: node-1 and node-2, a VXLAN pool with natOutgoing, pods A and B on
+/// node-1 (A on the tested interface) and C on node-2 (on the tested interface there).
+pub const CLUSTER: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: default-ipv4-ippool}
+spec: {cidr: 10.244.0.0/16, blockSize: 26, vxlanMode: Always, ipipMode: Never, natOutgoing: true}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: node-1}
+spec:
+  bgp: {ipv4Address: 10.100.0.11/24}
+  ipv4VXLANTunnelAddr: 10.244.1.0
+  vxlanTunnelMACAddr: "66:d0:00:00:00:01"
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: node-2}
+spec:
+  bgp: {ipv4Address: 10.100.0.12/24}
+  ipv4VXLANTunnelAddr: 10.244.2.0
+  vxlanTunnelMACAddr: "66:d0:00:00:00:02"
+---
+apiVersion: crd.projectcalico.org/v1
+kind: BlockAffinity
+metadata: {name: ipam-block-affinity-10-244-1-0-26}
+spec: {cidr: 10.244.1.0/26, node: node-1, state: confirmed, deleted: "false"}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: BlockAffinity
+metadata: {name: ipam-block-affinity-10-244-2-0-26}
+spec: {cidr: 10.244.2.0/26, node: node-2, state: confirmed, deleted: "false"}
+---
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: node--1-k8s-pod--a-eth0, namespace: default}
+spec: {node: node-1, pod: pod-a, interfaceName: calitesteda0001, ipNetworks: [10.244.1.2/32], mac: "0a:58:0a:f4:01:02"}
+---
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: node--1-k8s-pod--b-eth0, namespace: default}
+spec: {node: node-1, pod: pod-b, interfaceName: caliothereb0001, ipNetworks: [10.244.1.3/32], mac: "0a:58:0a:f4:01:03"}
+---
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: node--2-k8s-pod--c-eth0, namespace: default}
+spec: {node: node-2, pod: pod-c, interfaceName: calitestedc0001, ipNetworks: [10.244.2.2/32], mac: "0a:58:0a:f4:02:02"}
+"#;
+
+/// One node's programs with their own maps, filled as the agent would fill them.
+pub struct Node {
+    /// The loaded programs and their maps.
+    pub ebpf: Ebpf,
+}
+
+impl Node {
+    /// `name`'s programs with maps filled from [`CLUSTER`].
+    pub fn new(name: &str) -> Self {
+        Self::with_cluster(name, CLUSTER)
+    }
+
+    /// `name`'s programs with maps filled from `cluster` (Calico YAML).
+    pub fn with_cluster(name: &str, cluster: &str) -> Self {
+        let (model, problems) = file::parse(cluster).expect("fixture parses");
+        assert!(problems.is_empty(), "{problems:?}");
+        let (plan, problems) = plan::compute(&model, name).expect("fixture plans");
+        assert!(problems.is_empty(), "{problems:?}");
+        let ifindex = |interface: &str| {
+            Some(if interface.starts_with("calitested") { TESTED_IFINDEX } else { OTHER_IFINDEX })
+        };
+        let (desired, missing) = entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: UPLINK_MTU, nat_ports: NAT_PORTS }, ifindex);
+        assert!(missing.is_empty());
+
+        let mut ebpf = EbpfLoader::new().load(dataplane::backend::bpf::object()).expect("object loads");
+        for program in [PROG_FROM_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK] {
+            let program: &mut SchedClassifier =
+                ebpf.program_mut(program).expect("program exists").try_into().expect("classifier");
+            program.load().expect("the verifier accepts the program");
+        }
+        let mut node: Array<_, NodeConfig> = Array::try_from(ebpf.map_mut(NODE_MAP).unwrap()).unwrap();
+        node.set(0, desired.node, 0).unwrap();
+        let mut routes: LpmTrie<_, Ipv4Bytes, Route> = LpmTrie::try_from(ebpf.map_mut(ROUTES_MAP).unwrap()).unwrap();
+        for ((len, addr), route) in &desired.routes {
+            routes.insert(&Key::new(*len, *addr), *route, 0).unwrap();
+        }
+        let mut workloads: HashMap<_, u32, Workload> = HashMap::try_from(ebpf.map_mut(WORKLOADS_MAP).unwrap()).unwrap();
+        for (index, workload) in &desired.workloads {
+            workloads.insert(*index, *workload, 0).unwrap();
+        }
+        let mut peers: HashMap<_, Ipv4Bytes, Peer> = HashMap::try_from(ebpf.map_mut(PEERS_MAP).unwrap()).unwrap();
+        for (addr, peer) in &desired.peers {
+            peers.insert(*addr, *peer, 0).unwrap();
+        }
+        Node { ebpf }
+    }
+
+    /// Runs `program` on `packet`; returns the TC verdict and the output packet.
+    pub fn run(&self, program: &str, packet: &[u8]) -> (u32, Vec<u8>) {
+        let program: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = program
+            .test_run(TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    /// A counter of the stats map, summed over CPUs.
+    pub fn stat(&self, stat: Stat) -> u64 {
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(STATS_MAP).unwrap()).unwrap();
+        stats.get(&stat.index(), 0).unwrap().iter().sum()
+    }
+}
+
+/// True (and says why) when not root: the caller returns and the test passes as skipped.
+pub fn skip_unless_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
+    }
+    !root
+}
+
+
+impl Node {
+    /// Every conntrack entry.
+    pub fn conntrack(&self) -> Vec<(FlowKey, NatFlow)> {
+        let map: HashMap<_, FlowKey, NatFlow> = HashMap::try_from(self.ebpf.map(CONNTRACK_MAP).unwrap()).unwrap();
+        map.iter().map(|entry| entry.unwrap()).collect()
+    }
+
+    /// Inserts a conntrack entry, as a flow of another pod would have.
+    pub fn insert_conntrack(&mut self, key: FlowKey, flow: NatFlow) {
+        let mut map: HashMap<_, FlowKey, NatFlow> =
+            HashMap::try_from(self.ebpf.map_mut(CONNTRACK_MAP).unwrap()).unwrap();
+        map.insert(key, flow, 0).unwrap();
+    }
+}
+
+/// Now on the clock the kernel programs stamp flows with (`bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}

@@ -1,0 +1,528 @@
+//! The whole fast path with real traffic, once per pool mode: VXLAN Always, IPIP Always, Never
+//! and VXLAN CrossSubnet.
+//!
+//! Each test builds its own lab from an example cluster, runs one agent per node as a separate
+//! process, and checks every direction a cluster carries with ping, a TCP stream and a UDP stream
+//! (iperf3): pod to pod on one node, pod to pod across nodes both ways, host to local pod and
+//! back, host to remote pod and back, pod to another node's address. It checks the wire with a
+//! capture on the fabric (VXLAN with VNI 4096, IP protocol 4, or plain pod addresses), that the
+//! sending node's counters match the mode, and that traffic to an address of a local block that
+//! no workload holds is dropped and counted. The lab is torn down when the test ends, also on
+//! failure. Without root the tests print why they are skipped and pass.
+//!
+//! The four tests share one table-driven body, [`run_mode`]; a [`Mode`] says which example to
+//! load and what each crossing between nodes must look like.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+use dataplane_lab::{Agent, ChildHandle, Lab, LabOptions};
+use serde_json::Value;
+
+/// How long an agent may take to program its node.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one iperf3 client may run, start to end, before it is considered stuck.
+const IPERF_TIMEOUT_S: &str = "20";
+/// Seconds each iperf3 stream runs.
+const IPERF_SECONDS: &str = "1";
+/// The rate of the UDP stream.
+const UDP_RATE: &str = "50M";
+/// Most UDP loss tolerated, in percent.
+const UDP_MAX_LOSS: f64 = 5.0;
+
+/// What a crossing between two nodes looks like on the fabric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    /// VXLAN to UDP 4789 with VNI 4096; the sender counts `encap_vxlan`.
+    Vxlan,
+    /// IP-in-IP (IP protocol 4); the sender counts `encap_ipip`.
+    Ipip,
+    /// Pod addresses as they are; the sender counts `routed_plain`.
+    Plain,
+}
+
+impl Wire {
+    /// The sending node's counter for this kind of crossing.
+    fn counter(self) -> &'static str {
+        match self {
+            Wire::Vxlan => "encap_vxlan",
+            Wire::Ipip => "encap_ipip",
+            Wire::Plain => "routed_plain",
+        }
+    }
+
+    /// The counters of the other kinds, which a crossing of this kind must leave alone.
+    fn other_counters(self) -> Vec<&'static str> {
+        [Wire::Vxlan, Wire::Ipip, Wire::Plain].into_iter().filter(|w| *w != self).map(Wire::counter).collect()
+    }
+}
+
+/// Traffic between pods on two different nodes.
+struct Crossing {
+    /// A pod (`namespace/name`) on the sending node.
+    from: &'static str,
+    /// A pod on another node.
+    to: &'static str,
+    /// What the packets look like between the nodes.
+    wire: Wire,
+}
+
+/// One pool mode under test.
+struct Mode {
+    /// The test's name, for messages.
+    name: &'static str,
+    /// The example cluster, relative to the workspace root.
+    example: &'static str,
+    /// Two pods on one node.
+    same_node: (&'static str, &'static str),
+    /// Pods on different nodes, and what their traffic must look like.
+    crossings: &'static [Crossing],
+    /// An address of the first same-node pod's block that belongs to no workload.
+    unused: Ipv4Addr,
+}
+
+#[test]
+fn vxlan_always() -> anyhow::Result<()> {
+    run_mode(&Mode {
+        name: "vxlan_always",
+        example: "examples/two-nodes.yaml",
+        same_node: ("default/web-1", "default/cache-1"),
+        crossings: &[Crossing { from: "default/web-1", to: "default/web-2", wire: Wire::Vxlan }],
+        unused: Ipv4Addr::new(10, 244, 1, 50),
+    })
+}
+
+#[test]
+fn ipip_always() -> anyhow::Result<()> {
+    run_mode(&Mode {
+        name: "ipip_always",
+        example: "examples/ipip.yaml",
+        same_node: ("default/web-1", "default/cache-1"),
+        crossings: &[Crossing { from: "default/web-1", to: "default/web-2", wire: Wire::Ipip }],
+        unused: Ipv4Addr::new(10, 244, 1, 50),
+    })
+}
+
+#[test]
+fn never() -> anyhow::Result<()> {
+    run_mode(&Mode {
+        name: "never",
+        example: "examples/never.yaml",
+        same_node: ("default/web-1", "default/cache-1"),
+        crossings: &[Crossing { from: "default/web-1", to: "default/web-2", wire: Wire::Plain }],
+        unused: Ipv4Addr::new(10, 244, 1, 50),
+    })
+}
+
+#[test]
+fn vxlan_cross_subnet() -> anyhow::Result<()> {
+    run_mode(&Mode {
+        name: "vxlan_cross_subnet",
+        example: "examples/cross-subnet.yaml",
+        same_node: ("default/web-1", "default/cache-1"),
+        crossings: &[
+            // node-1 and node-2 share 10.100.0.0/24: routed plainly.
+            Crossing { from: "default/web-1", to: "default/web-2", wire: Wire::Plain },
+            // node-3 is on 10.100.1.0/24, behind the fabric's router: VXLAN.
+            Crossing { from: "default/web-1", to: "default/web-3", wire: Wire::Vxlan },
+        ],
+        unused: Ipv4Addr::new(10, 244, 1, 50),
+    })
+}
+
+/// Everything one mode must carry, in one lab.
+fn run_mode(mode: &Mode) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let Some(cluster) = Cluster::up(mode.name, mode.example)? else {
+        return Ok(());
+    };
+    let result = check_mode(&cluster, mode);
+    eprintln!("{}: {:.1} s", mode.name, started.elapsed().as_secs_f64());
+    result.with_context(|| cluster.logs())
+}
+
+fn check_mode(cluster: &Cluster, mode: &Mode) -> anyhow::Result<()> {
+    let lab = &cluster.lab;
+    // An iperf3 server in every pod and every node: each check below is a client of one of them.
+    let servers = Servers::start(lab)?;
+
+    // Pod to pod on one node, both ways.
+    let (a, b) = (Endpoint::pod(lab, mode.same_node.0)?, Endpoint::pod(lab, mode.same_node.1)?);
+    ensure!(a.node == b.node, "{} and {} must run on the same node", a.label, b.label);
+    cluster.reach(&servers, &a, &b)?;
+    cluster.reach(&servers, &b, &a)?;
+
+    // Host to local pod and local pod to host.
+    let host = Endpoint::node(lab, &a.node)?;
+    cluster.reach(&servers, &host, &a)?;
+    cluster.reach(&servers, &a, &host)?;
+
+    for crossing in mode.crossings {
+        let from = Endpoint::pod(lab, crossing.from)?;
+        let to = Endpoint::pod(lab, crossing.to)?;
+        ensure!(from.node != to.node, "{} and {} must run on different nodes", from.label, to.label);
+        let from_host = Endpoint::node(lab, &from.node)?;
+        let to_host = Endpoint::node(lab, &to.node)?;
+
+        // The wire and the counters first, while only this crossing's ping runs.
+        cluster.check_wire(&from, &to, crossing.wire)?;
+
+        // Pod to pod across nodes, both ways.
+        cluster.reach(&servers, &from, &to)?;
+        cluster.reach(&servers, &to, &from)?;
+        // Host to remote pod, and remote pod to host.
+        cluster.reach(&servers, &from_host, &to)?;
+        cluster.reach(&servers, &to, &from_host)?;
+        // Pod to another node's address.
+        cluster.reach(&servers, &from, &to_host)?;
+    }
+
+    cluster.check_blackhole(mode, &a)?;
+    Ok(())
+}
+
+/// The lab and its agents. Fields drop in order: the agents stop before the lab is torn down.
+struct Cluster {
+    agents: Vec<Agent>,
+    bin: PathBuf,
+    lab: Lab,
+}
+
+impl Cluster {
+    /// Brings up `example` with one ready agent per node; `None` when not root.
+    fn up(test: &str, example: &str) -> anyhow::Result<Option<Cluster>> {
+        if !dataplane_lab::is_root() {
+            eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+            return Ok(None);
+        }
+        let root = workspace_root();
+        let bin = agent_bin(&root);
+        let datastore = root.join(example);
+        let model = dataplane_lab::load_model(&datastore)?;
+        let lab = Lab::up(&model, LabOptions::default())?;
+        let mut cluster = Cluster { agents: Vec::new(), bin, lab };
+        let nodes: Vec<String> = cluster.lab.nodes().map(|n| n.name.clone()).collect();
+        for node in &nodes {
+            let agent = cluster.lab.start_agent(node, &cluster.bin, &datastore)?;
+            cluster.agents.push(agent);
+        }
+        for agent in &mut cluster.agents {
+            agent.wait_ready(READY_TIMEOUT)?;
+        }
+        Ok(Some(cluster))
+    }
+
+    /// The agents' logs, to explain a failure.
+    fn logs(&self) -> String {
+        let mut text = format!("lab {} (logs in {}); agent logs:", self.lab.prefix(), self.lab.dir().display());
+        for agent in &self.agents {
+            text.push_str(&format!("\n--- agent of {} ---\n{}", agent.node(), agent.log().trim_end()));
+        }
+        text
+    }
+
+    /// The counters of node `node`'s fast path (`dataplane stats -o json`), decisions and drops
+    /// in one map.
+    fn stats(&self, node: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+        let pin = self.lab.pin_path(node);
+        let bin = self.bin.to_string_lossy();
+        let pin_arg = pin.to_string_lossy();
+        let output = dataplane_lab::cmd::run(&[&*bin, "stats", "--pin-path", &pin_arg, "-o", "json"])?;
+        let json: Value = serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` did not print JSON")?;
+        let mut counters = BTreeMap::new();
+        for section in ["decisions", "drops"] {
+            let map = json[section].as_object().with_context(|| format!("stats JSON has no {section:?} object: {json}"))?;
+            for (name, value) in map {
+                let packets = value.as_u64().with_context(|| format!("counter {name} is not a number: {value}"))?;
+                counters.insert(name.clone(), packets);
+            }
+        }
+        Ok(counters)
+    }
+
+    /// Ping, a TCP stream and a UDP stream from `from` to `to`.
+    fn reach(&self, servers: &Servers, from: &Endpoint, to: &Endpoint) -> anyhow::Result<()> {
+        let what = format!("{} -> {}", from.label, to.label);
+        ping(&self.lab, &from.netns, to.addr).with_context(|| format!("ping {what}"))?;
+        servers.ready(&to.netns)?;
+        let tcp = iperf(&self.lab, &from.netns, to.addr, false).with_context(|| format!("TCP {what}"))?;
+        ensure!(tcp.sent > 0 && tcp.received > 0, "TCP {what} moved no bytes: {tcp:?}");
+        let udp = iperf(&self.lab, &from.netns, to.addr, true).with_context(|| format!("UDP {what}"))?;
+        ensure!(udp.sent > 0 && udp.received > 0, "UDP {what} moved no bytes: {udp:?}");
+        ensure!(udp.lost_percent < UDP_MAX_LOSS, "UDP {what} lost {:.2}% (at most {UDP_MAX_LOSS}%): {udp:?}", udp.lost_percent);
+        eprintln!(
+            "{what}: ping ok, TCP {:.2} Gbit/s, UDP {:.0} Mbit/s with {:.2}% loss",
+            tcp.bits_per_second / 1e9,
+            udp.bits_per_second / 1e6,
+            udp.lost_percent
+        );
+        Ok(())
+    }
+
+    /// Captures on the sending node's fabric bridge while `from` pings `to` and checks what the
+    /// packets look like there, and that the sending node counted the right decision.
+    fn check_wire(&self, from: &Endpoint, to: &Endpoint, wire: Wire) -> anyhow::Result<()> {
+        let lab = &self.lab;
+        let from_addr = lab.node(&from.node)?.addr.addr();
+        let to_addr = lab.node(&to.node)?.addr.addr();
+        let bridge = lab.fabric_bridge(&from.node)?;
+        let before = self.stats(&from.node)?;
+
+        // Every kind of packet a crossing could become, so that the wrong kind shows too.
+        let capture = lab.capture(lab.fabric_netns(), bridge, "icmp or udp port 4789 or ip proto 4")?;
+        let pinged = ping(lab, &from.netns, to.addr);
+        let text = capture.stop()?;
+        pinged.with_context(|| format!("ping {} -> {} during the capture", from.label, to.label))?;
+        let after = self.stats(&from.node)?;
+
+        let request = format!("{} > {}: ICMP echo request", from.addr, to.addr);
+        let reply = format!("{} > {}: ICMP echo reply", to.addr, from.addr);
+        let shown = format!("capture on fabric bridge {bridge} ({} -> {}, expected {wire:?}):\n{text}", from.label, to.label);
+        ensure!(text.contains(&request) && text.contains(&reply), "no echo request and reply between the pods in the {shown}");
+        let vxlan = text.contains(": VXLAN");
+        let ipip = text.contains("proto IPIP (4)");
+        match wire {
+            Wire::Vxlan => {
+                ensure!(vxlan && text.contains("vni 4096"), "no VXLAN with vni 4096 in the {shown}");
+                let outer = format!("> {to_addr}.4789: VXLAN");
+                ensure!(text.contains(&outer) && text.contains(&format!("{from_addr}.")), "no VXLAN from {from_addr} to {to_addr}:4789 in the {shown}");
+                ensure!(!ipip, "IP-in-IP in the {shown}");
+            }
+            Wire::Ipip => {
+                ensure!(ipip, "no IP protocol 4 (IPIP) in the {shown}");
+                let outer = format!("{from_addr} > {to_addr}: IP ");
+                ensure!(text.contains(&outer), "no IPIP packet {from_addr} > {to_addr} carrying the pods' packets in the {shown}");
+                ensure!(!vxlan, "VXLAN in the {shown}");
+            }
+            Wire::Plain => {
+                // The filter matched the pods' ICMP itself: it crossed as it is.
+                ensure!(!vxlan && !ipip, "encapsulated packets in the {shown}");
+            }
+        }
+
+        let grew = |name: &str| growth(&before, &after, name);
+        ensure!(
+            grew(wire.counter()) >= 3,
+            "node {}'s {} grew by {} during 3 pings {} -> {} (expected >= 3)\nbefore: {before:?}\nafter: {after:?}",
+            from.node,
+            wire.counter(),
+            grew(wire.counter()),
+            from.label,
+            to.label
+        );
+        for other in wire.other_counters() {
+            ensure!(grew(other) == 0, "node {}'s {other} grew by {} during a {wire:?} crossing", from.node, grew(other));
+        }
+        eprintln!("wire {} -> {}: {wire:?} on {bridge}, {} +{}", from.label, to.label, wire.counter(), grew(wire.counter()));
+        Ok(())
+    }
+
+    /// Traffic to an address of `pod`'s block that no workload holds is dropped, from a local pod,
+    /// from a remote pod and from the host, and the fast path counts what it drops.
+    fn check_blackhole(&self, mode: &Mode, pod: &Endpoint) -> anyhow::Result<()> {
+        let lab = &self.lab;
+        let unused = mode.unused.to_string();
+        ensure!(
+            lab.pods().all(|p| !p.addrs.contains(&mode.unused)),
+            "{unused} belongs to a pod: the test needs an unused address"
+        );
+        let dropped = |netns: &str, who: &str| -> anyhow::Result<()> {
+            let output = lab.exec_status(netns, &["ping", "-c", "2", "-i", "0.2", "-W", "1", &unused])?;
+            ensure!(
+                !output.status.success(),
+                "{who} got a reply from {unused}, which no workload holds:\n{}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+            Ok(())
+        };
+
+        // From a pod on the same node: from_workload drops it.
+        let before = self.stats(&pod.node)?;
+        dropped(&pod.netns, &pod.label)?;
+        let after = self.stats(&pod.node)?;
+        let grew = growth(&before, &after, "drop_blackhole");
+        ensure!(grew >= 2, "node {}'s drop_blackhole grew by {grew} after 2 pings from {} to {unused}", pod.node, pod.label);
+
+        // From a pod on each other node: dropped on arrival, and counted when it came
+        // encapsulated (a plain packet is the kernel's blackhole route's to drop).
+        for crossing in mode.crossings {
+            let remote = Endpoint::pod(lab, crossing.to)?;
+            let before = self.stats(&pod.node)?;
+            dropped(&remote.netns, &remote.label)?;
+            let after = self.stats(&pod.node)?;
+            let grew = growth(&before, &after, "drop_blackhole");
+            if crossing.wire != Wire::Plain {
+                ensure!(grew >= 2, "node {}'s drop_blackhole grew by {grew} after 2 {:?} pings from {} to {unused}", pod.node, crossing.wire, remote.label);
+            }
+        }
+
+        // From the host: the agent's kernel route `blackhole <block>`.
+        let host = lab.node(&pod.node)?;
+        dropped(&host.netns, &format!("node {}", host.name))?;
+        let routes = lab.exec_stdout(&host.netns, &["ip", "route", "show", "type", "blackhole"])?;
+        ensure!(routes.contains("10.244.1.0/26"), "node {} has no `blackhole 10.244.1.0/26`: {routes:?}", host.name);
+        Ok(())
+    }
+}
+
+/// How much counter `name` grew between two readings (a counter missing from both is 0).
+fn growth(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str) -> u64 {
+    let read = |counters: &BTreeMap<String, u64>| counters.get(name).copied().unwrap_or(0);
+    read(after).saturating_sub(read(before))
+}
+
+/// Something traffic goes to or from: a pod or a node's own namespace.
+struct Endpoint {
+    /// For messages, e.g. `default/web-1` or `node node-1`.
+    label: String,
+    netns: String,
+    addr: Ipv4Addr,
+    /// The node it is on (or is).
+    node: String,
+}
+
+impl Endpoint {
+    fn pod(lab: &Lab, key: &str) -> anyhow::Result<Endpoint> {
+        let pod = lab.pod(key)?;
+        Ok(Endpoint { label: pod.key.clone(), netns: pod.netns.clone(), addr: pod.addr, node: pod.node.clone() })
+    }
+
+    fn node(lab: &Lab, name: &str) -> anyhow::Result<Endpoint> {
+        let node = lab.node(name)?;
+        Ok(Endpoint {
+            label: format!("node {name}"),
+            netns: node.netns.clone(),
+            addr: node.addr.addr(),
+            node: name.to_owned(),
+        })
+    }
+}
+
+/// An iperf3 server in every pod and node namespace of the lab, stopped when dropped.
+struct Servers {
+    servers: BTreeMap<String, ChildHandle>,
+}
+
+impl Servers {
+    fn start(lab: &Lab) -> anyhow::Result<Servers> {
+        let namespaces: Vec<String> =
+            lab.pods().map(|p| p.netns.clone()).chain(lab.nodes().map(|n| n.netns.clone())).collect();
+        let mut servers = BTreeMap::new();
+        for netns in namespaces {
+            let server = lab.spawn(&netns, &["iperf3", "-s", "--forceflush"], &format!("iperf3-server-{netns}"))?;
+            servers.insert(netns, server);
+        }
+        Ok(Servers { servers })
+    }
+
+    /// Waits until the server in `netns` listens.
+    fn ready(&self, netns: &str) -> anyhow::Result<()> {
+        let server = self.servers.get(netns).with_context(|| format!("no iperf3 server in {netns}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.log().contains("Server listening") {
+            ensure!(Instant::now() < deadline, "iperf3 server in {netns} is not listening:\n{}", server.log());
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+/// What an iperf3 client reported.
+#[derive(Debug)]
+struct IperfResult {
+    sent: u64,
+    received: u64,
+    bits_per_second: f64,
+    lost_percent: f64,
+}
+
+/// Runs an iperf3 client in `netns` against `to` for [`IPERF_SECONDS`] (TCP, or UDP at
+/// [`UDP_RATE`]), retrying while the server is still busy with the previous test.
+fn iperf(lab: &Lab, netns: &str, to: Ipv4Addr, udp: bool) -> anyhow::Result<IperfResult> {
+    let to = to.to_string();
+    let mut argv = vec!["timeout", IPERF_TIMEOUT_S, "iperf3", "-c", &to, "-t", IPERF_SECONDS, "-J", "--connect-timeout", "3000"];
+    if udp {
+        argv.extend(["-u", "-b", UDP_RATE]);
+    }
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        let output = lab.exec_status(netns, &argv)?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() {
+            let report: Value = serde_json::from_str(&stdout).with_context(|| format!("iperf3 -J printed no JSON:\n{stdout}"))?;
+            return parse_iperf(&report, udp).with_context(|| format!("iperf3 JSON:\n{stdout}"));
+        }
+        let busy = stdout.contains("busy");
+        attempts.push(format!("{}\n{stdout}{}", output.status, String::from_utf8_lossy(&output.stderr)));
+        if !busy {
+            break;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    bail!("`{}` failed:\n{}", lab.command_line(netns, &argv), attempts.join("\n"))
+}
+
+/// The figures of an iperf3 `-J` report.
+fn parse_iperf(report: &Value, udp: bool) -> anyhow::Result<IperfResult> {
+    let end = &report["end"];
+    let number = |value: &Value, path: &str| value.as_f64().with_context(|| format!("no number at end.{path}"));
+    if udp {
+        // iperf3 3.12: end.sum holds the receiver's view (bytes, lost_percent) as the server
+        // reported it back; end.streams[0].udp the same per stream.
+        let sum = &end["sum"];
+        let sent = number(&end["streams"][0]["udp"]["bytes"], "streams[0].udp.bytes")? as u64;
+        let packets = number(&sum["packets"], "sum.packets")?;
+        let lost = number(&sum["lost_packets"], "sum.lost_packets")?;
+        Ok(IperfResult {
+            sent,
+            received: (packets - lost).max(0.0) as u64,
+            bits_per_second: number(&sum["bits_per_second"], "sum.bits_per_second")?,
+            lost_percent: number(&sum["lost_percent"], "sum.lost_percent")?,
+        })
+    } else {
+        Ok(IperfResult {
+            sent: number(&end["sum_sent"]["bytes"], "sum_sent.bytes")? as u64,
+            received: number(&end["sum_received"]["bytes"], "sum_received.bytes")? as u64,
+            bits_per_second: number(&end["sum_received"]["bits_per_second"], "sum_received.bits_per_second")?,
+            lost_percent: 0.0,
+        })
+    }
+}
+
+/// `ping -c 3` from `netns` to `to` until all three replies come back, up to three tries: a first
+/// try may lose a packet while a neighbour is resolved.
+fn ping(lab: &Lab, netns: &str, to: Ipv4Addr) -> anyhow::Result<String> {
+    let to = to.to_string();
+    let argv = ["ping", "-c", "3", "-i", "0.2", "-W", "2", &to];
+    let mut tries = Vec::new();
+    for _ in 0..3 {
+        let output = lab.exec_status(netns, &argv)?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() && stdout.contains(" 3 received") {
+            return Ok(stdout);
+        }
+        tries.push(format!("{}\n{stdout}{}", output.status, String::from_utf8_lossy(&output.stderr)));
+        thread::sleep(Duration::from_millis(500));
+    }
+    bail!("`{}` never got 3 replies:\n{}", lab.command_line(netns, &argv), tries.join("\n"))
+}
+
+/// The workspace root: tests/ is one of its members.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// The agent binary: $DATAPLANE_BIN (set by `cargo xtask test`), else target/debug/dataplane.
+fn agent_bin(root: &Path) -> PathBuf {
+    match std::env::var_os("DATAPLANE_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => root.join("target/debug/dataplane"),
+    }
+}

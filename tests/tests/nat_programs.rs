@@ -1,0 +1,228 @@
+//! natOutgoing SNAT and its connection tracking, with BPF_PROG_TEST_RUN on crafted packets:
+//! translation of new and known flows, replies translated back, port choice and exhaustion,
+//! TCP state, ICMP echo, and pools without natOutgoing left alone. Needs root.
+
+use dataplane_common::{
+    flow_state,
+    net::{GATEWAY_MAC, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_SYN},
+    FlowKey, NatFlow, Stat, FLOW_INBOUND, FLOW_OUTBOUND, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD,
+};
+use dataplane_tests::{
+    packet::{be16, fixture::*, ipv4_checksum, l4_checksum_ok, Packet},
+    program::{monotonic_ns, skip_unless_root, Node, CLUSTER, NAT_PORTS, TC_ACT_OK, TC_ACT_REDIRECT},
+};
+
+/// Port of the service on the external host.
+const DNS: u16 = 53;
+
+fn udp_from_pod(src_port: u16) -> Vec<u8> {
+    Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, EXTERNAL, IPPROTO_UDP).udp(src_port, DNS).payload(b"query").finish()
+}
+
+fn udp_reply_to_node(dst_port: u16) -> Vec<u8> {
+    Packet::eth(UPLINK_MAC, UPLINK_MAC).ipv4(EXTERNAL, NODE, IPPROTO_UDP).udp(DNS, dst_port).payload(b"answer").finish()
+}
+
+/// The conntrack entry of `direction`.
+fn entry(node: &Node, direction: u8) -> (FlowKey, NatFlow) {
+    let entries: Vec<_> = node.conntrack().into_iter().filter(|(k, _)| k.direction == direction).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries[0]
+}
+
+/// Reserves the translated `port` towards the external DNS server for another pod's live flow.
+fn hold_port(node: &mut Node, port: u16) {
+    let now = monotonic_ns();
+    let flow = NatFlow {
+        created_ns: now,
+        last_seen_ns: now,
+        pod_addr: POD_B,
+        peer_addr: EXTERNAL,
+        nat_addr: NODE,
+        pod_port: port,
+        peer_port: DNS,
+        nat_port: port,
+        protocol: IPPROTO_UDP,
+        state: flow_state::ESTABLISHED,
+        _pad: [0; 4],
+    };
+    let outbound = FlowKey { src: POD_B, dst: EXTERNAL, src_port: port, dst_port: DNS, protocol: IPPROTO_UDP, direction: FLOW_OUTBOUND, _pad: [0; 2] };
+    let inbound = FlowKey { src: EXTERNAL, dst: NODE, src_port: DNS, dst_port: port, protocol: IPPROTO_UDP, direction: FLOW_INBOUND, _pad: [0; 2] };
+    node.insert_conntrack(outbound, flow);
+    node.insert_conntrack(inbound, flow);
+}
+
+#[test]
+fn a_new_udp_flow_leaves_with_the_node_address_and_its_own_port() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let packet = udp_from_pod(5555);
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &packet);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "straight out of the uplink");
+    assert_eq!(node.stat(Stat::SnatNew), 1);
+    assert_eq!(&out[26..30], &NODE, "source: the node");
+    assert_eq!(&out[30..34], &EXTERNAL, "destination unchanged");
+    assert_eq!(be16(&out, 34), 5555, "the pod's port was free: kept");
+    assert_eq!(out[22], 63, "TTL decremented");
+    assert_eq!(ipv4_checksum(&out[14..34]), 0, "IPv4 checksum valid");
+    assert!(l4_checksum_ok(&out, 14), "UDP checksum valid after the rewrite");
+    assert_eq!(&out[42..], &packet[42..], "payload untouched");
+
+    let (key, flow) = entry(&node, FLOW_OUTBOUND);
+    assert_eq!((key.src, key.dst, key.src_port, key.dst_port), (POD_A, EXTERNAL, 5555, DNS));
+    assert_eq!((flow.nat_addr, flow.nat_port, flow.state), (NODE, 5555, flow_state::NEW));
+    let (key, _) = entry(&node, FLOW_INBOUND);
+    assert_eq!((key.src, key.dst, key.src_port, key.dst_port), (EXTERNAL, NODE, DNS, 5555));
+}
+
+#[test]
+fn the_next_packet_of_a_flow_reuses_its_translation() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let (_, first) = node.run(PROG_FROM_WORKLOAD, &udp_from_pod(5555));
+    let (verdict, second) = node.run(PROG_FROM_WORKLOAD, &udp_from_pod(5555));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(first, second);
+    assert_eq!(node.stat(Stat::SnatNew), 1);
+    assert_eq!(node.stat(Stat::SnatEstablished), 1);
+    assert_eq!(node.conntrack().len(), 2, "still one flow");
+}
+
+#[test]
+fn a_reply_is_translated_back_and_delivered_to_the_pod() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    node.run(PROG_FROM_WORKLOAD, &udp_from_pod(5555));
+    let reply = udp_reply_to_node(5555);
+    let (verdict, out) = node.run(PROG_FROM_UPLINK, &reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "into the pod");
+    assert_eq!(node.stat(Stat::ReverseNat), 1);
+    assert_eq!(&out[0..6], &POD_A_MAC);
+    assert_eq!(&out[6..12], &GATEWAY_MAC);
+    assert_eq!(&out[26..30], &EXTERNAL, "source unchanged");
+    assert_eq!(&out[30..34], &POD_A, "destination: the pod again");
+    assert_eq!(be16(&out, 36), 5555, "the pod's port");
+    assert_eq!(ipv4_checksum(&out[14..34]), 0);
+    assert!(l4_checksum_ok(&out, 14), "UDP checksum valid after the reverse rewrite");
+    assert_eq!(entry(&node, FLOW_OUTBOUND).1.state, flow_state::ESTABLISHED, "the peer answered");
+}
+
+#[test]
+fn traffic_to_the_node_of_no_flow_is_the_hosts_own() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let packet = udp_reply_to_node(6000);
+    let (verdict, out) = node.run(PROG_FROM_UPLINK, &packet);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, packet);
+    assert_eq!(node.stat(Stat::ReverseNat), 0);
+}
+
+#[test]
+fn a_taken_port_is_replaced_by_one_from_the_range_and_a_full_range_drops_new_flows() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut node = Node::new("node-1");
+    hold_port(&mut node, 5555);
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &udp_from_pod(5555));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let port = be16(&out, 34);
+    assert!((NAT_PORTS.0..=NAT_PORTS.1).contains(&port), "port {port} from the range");
+    assert!(l4_checksum_ok(&out, 14));
+
+    // Take the rest of the range: the next new flow has nowhere to go.
+    for held in NAT_PORTS.0..=NAT_PORTS.1 {
+        if held != port {
+            hold_port(&mut node, held);
+        }
+    }
+    hold_port(&mut node, 7777);
+    let (verdict, _) = node.run(PROG_FROM_WORKLOAD, &udp_from_pod(7777));
+    assert_eq!(verdict, dataplane_tests::program::TC_ACT_SHOT);
+    assert_eq!(node.stat(Stat::DropNatPortsExhausted), 1);
+    // The flows that exist keep working.
+    let (verdict, again) = node.run(PROG_FROM_WORKLOAD, &udp_from_pod(5555));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(be16(&again, 34), port);
+}
+
+#[test]
+fn tcp_state_follows_the_handshake_and_the_close() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let syn = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, EXTERNAL, IPPROTO_TCP).tcp(41000, 80, TCP_SYN).finish();
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &syn);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert!(l4_checksum_ok(&out, 14), "TCP checksum valid after SNAT");
+    assert_eq!(entry(&node, FLOW_OUTBOUND).1.state, flow_state::NEW);
+
+    let syn_ack = Packet::eth(UPLINK_MAC, UPLINK_MAC).ipv4(EXTERNAL, NODE, IPPROTO_TCP).tcp(80, 41000, TCP_SYN | 0x10).finish();
+    let (verdict, back) = node.run(PROG_FROM_UPLINK, &syn_ack);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert!(l4_checksum_ok(&back, 14), "TCP checksum valid after reverse NAT");
+    assert_eq!(entry(&node, FLOW_OUTBOUND).1.state, flow_state::ESTABLISHED);
+
+    let fin = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, EXTERNAL, IPPROTO_TCP).tcp(41000, 80, TCP_FIN | 0x10).finish();
+    node.run(PROG_FROM_WORKLOAD, &fin);
+    assert_eq!(entry(&node, FLOW_OUTBOUND).1.state, flow_state::CLOSING);
+}
+
+#[test]
+fn icmp_echo_is_translated_by_its_identifier() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let request = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, EXTERNAL, IPPROTO_ICMP).icmp_echo(8, 0x1234, 1).payload(b"ping").finish();
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &request);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[26..30], &NODE);
+    assert_eq!(be16(&out, 38), 0x1234, "identifier kept: it was free");
+    assert!(l4_checksum_ok(&out, 14));
+
+    let reply = Packet::eth(UPLINK_MAC, UPLINK_MAC).ipv4(EXTERNAL, NODE, IPPROTO_ICMP).icmp_echo(0, 0x1234, 1).payload(b"ping").finish();
+    let (verdict, back) = node.run(PROG_FROM_UPLINK, &reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&back[30..34], &POD_A);
+    assert!(l4_checksum_ok(&back, 14));
+    assert_eq!(node.stat(Stat::ReverseNat), 1);
+}
+
+#[test]
+fn pods_of_a_pool_without_nat_outgoing_are_not_translated() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::with_cluster("node-1", &CLUSTER.replace("natOutgoing: true", "natOutgoing: false"));
+    let packet = udp_from_pod(5555);
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &packet);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, packet);
+    assert!(node.conntrack().is_empty());
+    assert_eq!(node.stat(Stat::SnatNew), 0);
+}
+
+#[test]
+fn traffic_between_pools_is_never_translated() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    // A remote pod of the same natOutgoing pool: encapsulated, not translated.
+    let packet = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, REMOTE_POD, IPPROTO_UDP).udp(5555, DNS).finish();
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &packet);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[64 + 12..64 + 16], &POD_A, "inner source is still the pod");
+    assert!(node.conntrack().is_empty());
+}
