@@ -38,6 +38,8 @@ pub enum Stat {
     SnatEstablished = 11,
     /// A reply to a translated flow, translated back and delivered to the pod.
     ReverseNat = 12,
+    /// Leaving by the uplink untouched: not the host's traffic to a tunnelled block.
+    EgressUnchanged = 13,
 
     /// Too short or malformed headers (truncated Ethernet, IPv4 IHL < 5, bad lengths).
     DropMalformed = DROP_BASE,
@@ -73,7 +75,7 @@ pub enum Stat {
 
 impl Stat {
     /// Every slot in use, in slot order.
-    pub const ALL: [Stat; 28] = [
+    pub const ALL: [Stat; 29] = [
         Stat::DeliveredLocal,
         Stat::EncapVxlan,
         Stat::EncapIpip,
@@ -87,6 +89,7 @@ impl Stat {
         Stat::SnatNew,
         Stat::SnatEstablished,
         Stat::ReverseNat,
+        Stat::EgressUnchanged,
         Stat::DropMalformed,
         Stat::DropSpoofedSource,
         Stat::DropUnknownWorkload,
@@ -130,6 +133,7 @@ impl Stat {
             Stat::SnatNew => "snat_new",
             Stat::SnatEstablished => "snat_established",
             Stat::ReverseNat => "reverse_nat",
+            Stat::EgressUnchanged => "egress_unchanged",
             Stat::DropMalformed => "drop_malformed",
             Stat::DropSpoofedSource => "drop_spoofed_source",
             Stat::DropUnknownWorkload => "drop_unknown_workload",

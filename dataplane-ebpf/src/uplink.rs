@@ -119,25 +119,25 @@ fn deliver(
 #[inline(always)]
 pub fn to_uplink(ctx: &TcContext) -> Outcome {
     let Ok(eth) = read::<EthHdr>(ctx, 0) else {
-        return Ok(Verdict::pass());
+        return Ok(unchanged());
     };
     if eth.ether_type() != ETH_P_IP {
-        return Ok(Verdict::pass());
+        return Ok(unchanged());
     }
     let Ok(ip) = read::<Ipv4Hdr>(ctx, IP_OFFSET) else {
-        return Ok(Verdict::pass());
+        return Ok(unchanged());
     };
     if ip.version() != 4 || ip.ihl() != IPV4_IHL_MIN {
-        return Ok(Verdict::pass());
+        return Ok(unchanged());
     }
     let Some(route) = route::lookup(ip.dst) else {
-        return Ok(Verdict::pass());
+        return Ok(unchanged());
     };
     if route.kind != route_kind::REMOTE_BLOCK {
-        return Ok(Verdict::pass());
+        return Ok(unchanged());
     }
     let Ok(node) = route::node_config() else {
-        return Ok(Verdict::pass());
+        return Ok(unchanged());
     };
     if route.flags & route_flags::ENCAP_VXLAN != 0 {
         vxlan::encap(ctx, &node, &route, &ip)?;
@@ -146,6 +146,12 @@ pub fn to_uplink(ctx: &TcContext) -> Outcome {
         ipip::encap(ctx, &node, &route, &ip)?;
         Ok(Verdict { action: TC_ACT_OK as i32, stat: Stat::EncapIpip })
     } else {
-        Ok(Verdict::pass())
+        Ok(unchanged())
     }
+}
+
+/// An egress packet the program leaves as it is.
+#[inline(always)]
+fn unchanged() -> Verdict {
+    Verdict { stat: Stat::EgressUnchanged, ..Verdict::pass() }
 }
