@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod conntrack;
 pub mod datastore;
 pub mod model;
 pub mod plan;

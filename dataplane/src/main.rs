@@ -76,6 +76,16 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// List the live natOutgoing translations: protocol, pod, translated port, peer, state, age.
+    #[command(visible_alias = "nat")]
+    Conntrack {
+        /// Directory of the pinned maps.
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Remove everything the agent made: detaches the programs, frees the maps, deletes its routes.
     Cleanup {
         /// Directory of the pinned maps and links.
@@ -135,6 +145,14 @@ fn main() -> anyhow::Result<()> {
             match output {
                 Output::Table => print!("{}", dataplane::stats::table(&counters)),
                 Output::Json => println!("{:#}", dataplane::stats::json(&counters)),
+            }
+            Ok(())
+        }
+        Command::Conntrack { pin_path, output } => {
+            let translations = dataplane::conntrack::read(&pin_path)?;
+            match output {
+                Output::Table => print!("{}", dataplane::conntrack::table(&translations)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&translations)?),
             }
             Ok(())
         }

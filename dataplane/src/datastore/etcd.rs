@@ -148,7 +148,10 @@ async fn session(
     snapshots: &watch::Sender<Option<Snapshot>>,
     link: &mut Link,
 ) -> anyhow::Result<()> {
-    let client = timed(Client::connect(&config.endpoints, Some(options.clone())))
+    // "a, b" in ETCD_ENDPOINTS leaves a space before b.
+    let endpoints: Vec<&str> =
+        config.endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()).collect();
+    let client = timed(Client::connect(&endpoints, Some(options.clone())))
         .await
         .context("connecting to etcd")?;
     loop {
@@ -447,7 +450,7 @@ fn connect_options(config: &EtcdConfig) -> anyhow::Result<ConnectOptions> {
         .with_keep_alive_while_idle(true);
     match tls_options(config)? {
         Some(tls) => {
-            if let Some(plain) = config.endpoints.iter().find(|e| e.starts_with("http://")) {
+            if let Some(plain) = config.endpoints.iter().find(|e| e.trim().starts_with("http://")) {
                 bail!(
                     "etcd certificates are set but the endpoint {plain} is plain http: write it \
                      as https://... in --etcd-endpoints (ETCD_ENDPOINTS)"
@@ -456,7 +459,7 @@ fn connect_options(config: &EtcdConfig) -> anyhow::Result<ConnectOptions> {
             options = options.with_tls(tls);
         }
         None => {
-            if let Some(secure) = config.endpoints.iter().find(|e| e.starts_with("https://")) {
+            if let Some(secure) = config.endpoints.iter().find(|e| e.trim().starts_with("https://")) {
                 bail!(
                     "the endpoint {secure} is https but no CA is set: give the CA that signed \
                      etcd's certificate with --etcd-ca-cert-file (ETCD_CA_CERT_FILE)"

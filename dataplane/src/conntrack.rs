@@ -1,0 +1,158 @@
+//! `dataplane conntrack` (alias `nat`): the live natOutgoing translations, from the pinned map.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use anyhow::Context as _;
+use aya::maps::{HashMap, Map, MapData};
+use dataplane_common::{
+    flow_state,
+    net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    FlowKey, NatFlow, CONNTRACK_MAP, FLOW_OUTBOUND,
+};
+use serde::Serialize;
+
+/// One translated flow as an operator reads it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Translation {
+    /// `tcp`, `udp`, `icmp` or the protocol number.
+    pub protocol: String,
+    /// The pod's address.
+    pub pod: Ipv4Addr,
+    /// The pod's port (ICMP: echo identifier).
+    pub pod_port: u16,
+    /// The address the pod is seen as.
+    pub nat_addr: Ipv4Addr,
+    /// The translated port (ICMP: identifier).
+    pub nat_port: u16,
+    /// The peer outside the cluster.
+    pub peer: Ipv4Addr,
+    /// The peer's port (0 for ICMP).
+    pub peer_port: u16,
+    /// `new`, `established` or `closing`.
+    pub state: &'static str,
+    /// Seconds since the flow was created.
+    pub age_s: u64,
+    /// Seconds since its last packet.
+    pub idle_s: u64,
+}
+
+/// Turns the outbound entries of the map into translations, ordered by pod then peer.
+pub fn translations(entries: impl IntoIterator<Item = (FlowKey, NatFlow)>, now_ns: u64) -> Vec<Translation> {
+    let mut out: Vec<Translation> = entries
+        .into_iter()
+        .filter(|(key, _)| key.direction == FLOW_OUTBOUND)
+        .map(|(_, flow)| Translation {
+            protocol: protocol_name(flow.protocol),
+            pod: Ipv4Addr::from(flow.pod_addr),
+            pod_port: flow.pod_port,
+            nat_addr: Ipv4Addr::from(flow.nat_addr),
+            nat_port: flow.nat_port,
+            peer: Ipv4Addr::from(flow.peer_addr),
+            peer_port: flow.peer_port,
+            state: match flow.state {
+                flow_state::NEW => "new",
+                flow_state::ESTABLISHED => "established",
+                flow_state::CLOSING => "closing",
+                _ => "unknown",
+            },
+            age_s: now_ns.saturating_sub(flow.created_ns) / 1_000_000_000,
+            idle_s: now_ns.saturating_sub(flow.last_seen_ns) / 1_000_000_000,
+        })
+        .collect();
+    out.sort_by(|a, b| (a.pod, a.pod_port, a.peer, a.peer_port).cmp(&(b.pod, b.pod_port, b.peer, b.peer_port)));
+    out
+}
+
+fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        IPPROTO_TCP => "tcp".into(),
+        IPPROTO_UDP => "udp".into(),
+        IPPROTO_ICMP => "icmp".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Reads the pinned conntrack map under `pin_path`.
+pub fn read(pin_path: &Path) -> anyhow::Result<Vec<Translation>> {
+    let path = pin_path.join(CONNTRACK_MAP);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!("opening {}: is an agent running with --pin-path {}?", path.display(), pin_path.display())
+    })?;
+    let map: HashMap<MapData, FlowKey, NatFlow> =
+        HashMap::try_from(Map::HashMap(data)).context("the conntrack map has an unexpected layout")?;
+    let entries = map.iter().collect::<Result<Vec<_>, _>>().context("reading the conntrack map")?;
+    Ok(translations(entries, monotonic_ns()))
+}
+
+/// The clock the kernel programs stamp flows with (`bpf_ktime_get_ns`).
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
+}
+
+/// The translations as an aligned table.
+pub fn table(translations: &[Translation]) -> String {
+    let mut out = format!(
+        "{:<5} {:<22} {:<22} {:<22} {:<12} {:>7} {:>7}\n",
+        "PROTO", "POD", "TRANSLATED", "PEER", "STATE", "AGE(s)", "IDLE(s)"
+    );
+    for t in translations {
+        out.push_str(&format!(
+            "{:<5} {:<22} {:<22} {:<22} {:<12} {:>7} {:>7}\n",
+            t.protocol,
+            format!("{}:{}", t.pod, t.pod_port),
+            format!("{}:{}", t.nat_addr, t.nat_port),
+            format!("{}:{}", t.peer, t.peer_port),
+            t.state,
+            t.age_s,
+            t.idle_s
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use dataplane_common::FLOW_INBOUND;
+
+    use super::*;
+
+    fn flow() -> NatFlow {
+        NatFlow {
+            created_ns: 1_000_000_000,
+            last_seen_ns: 9_000_000_000,
+            pod_addr: [10, 244, 1, 2],
+            peer_addr: [192, 0, 2, 10],
+            nat_addr: [10, 100, 0, 11],
+            pod_port: 5555,
+            peer_port: 53,
+            nat_port: 40001,
+            protocol: IPPROTO_UDP,
+            state: flow_state::ESTABLISHED,
+            _pad: [0; 4],
+        }
+    }
+
+    #[test]
+    fn one_line_per_flow_from_its_outbound_entry() {
+        let outbound = FlowKey { direction: FLOW_OUTBOUND, ..FlowKey::default() };
+        let inbound = FlowKey { direction: FLOW_INBOUND, ..FlowKey::default() };
+        let list = translations([(outbound, flow()), (inbound, flow())], 11_000_000_000);
+        assert_eq!(list.len(), 1);
+        let t = &list[0];
+        assert_eq!((t.protocol.as_str(), t.pod_port, t.nat_port, t.peer_port), ("udp", 5555, 40001, 53));
+        assert_eq!((t.state, t.age_s, t.idle_s), ("established", 10, 2));
+        let text = table(&list);
+        assert!(text.contains("10.244.1.2:5555") && text.contains("10.100.0.11:40001") && text.contains("192.0.2.10:53"), "{text}");
+    }
+
+    #[test]
+    fn json_names_the_fields() {
+        let outbound = FlowKey { direction: FLOW_OUTBOUND, ..FlowKey::default() };
+        let value = serde_json::to_value(translations([(outbound, flow())], 11_000_000_000)).unwrap();
+        assert_eq!(value[0]["nat_port"], 40001);
+        assert_eq!(value[0]["pod"], "10.244.1.2");
+    }
+}
