@@ -237,6 +237,51 @@ pub struct NatFlow {
 }
 const _: () = assert!(size_of::<NatFlow>() == 40);
 
+impl NatFlow {
+    /// The key of the pod's packets.
+    pub const fn outbound_key(&self) -> FlowKey {
+        FlowKey {
+            src: self.pod_addr,
+            dst: self.peer_addr,
+            src_port: self.pod_port,
+            dst_port: self.peer_port,
+            protocol: self.protocol,
+            direction: FLOW_OUTBOUND,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The key of the replies as they reach the node: from the peer to the translated address.
+    /// (ICMP echo replies carry the identifier where TCP and UDP carry the destination port.)
+    pub const fn inbound_key(&self) -> FlowKey {
+        FlowKey {
+            src: self.peer_addr,
+            dst: self.nat_addr,
+            src_port: self.peer_port,
+            dst_port: self.nat_port,
+            protocol: self.protocol,
+            direction: FLOW_INBOUND,
+            _pad: [0; 2],
+        }
+    }
+
+    /// How long the flow may stay silent, by protocol and state.
+    pub const fn timeout_ns(&self) -> u64 {
+        match (self.protocol, self.state) {
+            (crate::net::IPPROTO_TCP, flow_state::ESTABLISHED) => flow_timeout::TCP_ESTABLISHED,
+            (crate::net::IPPROTO_TCP, flow_state::CLOSING) => flow_timeout::TCP_CLOSING,
+            (crate::net::IPPROTO_TCP, _) => flow_timeout::TCP_NEW,
+            (crate::net::IPPROTO_ICMP, _) => flow_timeout::ICMP,
+            _ => flow_timeout::UDP,
+        }
+    }
+
+    /// Whether the flow has outlived its timeout at `now_ns` (on the `bpf_ktime_get_ns` clock).
+    pub const fn expired(&self, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.last_seen_ns) > self.timeout_ns()
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all of these are #[repr(C)] with only integer and byte-array fields and no implicit

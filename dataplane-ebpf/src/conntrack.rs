@@ -11,9 +11,9 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
 };
 use dataplane_common::{
-    flow_state, flow_timeout,
-    net::{IPPROTO_ICMP, IPPROTO_TCP, TCP_FIN, TCP_RST},
-    FlowKey, NatFlow, NodeConfig, Stat, FLOW_INBOUND, FLOW_OUTBOUND,
+    flow_state,
+    net::{TCP_FIN, TCP_RST},
+    FlowKey, NatFlow, NodeConfig, Stat,
 };
 
 use crate::maps::CONNTRACK;
@@ -59,48 +59,19 @@ impl Flow {
 /// The outbound key of a tracked flow.
 #[inline(always)]
 pub fn outbound_key(flow: &NatFlow) -> FlowKey {
-    FlowKey {
-        src: flow.pod_addr,
-        dst: flow.peer_addr,
-        src_port: flow.pod_port,
-        dst_port: flow.peer_port,
-        protocol: flow.protocol,
-        direction: FLOW_OUTBOUND,
-        _pad: [0; 2],
-    }
+    flow.outbound_key()
 }
 
-/// The inbound key of a tracked flow: replies come from the peer to the translated address.
-/// ICMP echo replies carry the identifier where TCP and UDP carry the destination port.
+/// The inbound key of a tracked flow.
 #[inline(always)]
 pub fn inbound_key(flow: &NatFlow) -> FlowKey {
-    FlowKey {
-        src: flow.peer_addr,
-        dst: flow.nat_addr,
-        src_port: flow.peer_port,
-        dst_port: flow.nat_port,
-        protocol: flow.protocol,
-        direction: FLOW_INBOUND,
-        _pad: [0; 2],
-    }
-}
-
-/// How long `flow` may stay silent.
-#[inline(always)]
-pub fn timeout(flow: &NatFlow) -> u64 {
-    match (flow.protocol, flow.state) {
-        (IPPROTO_TCP, flow_state::ESTABLISHED) => flow_timeout::TCP_ESTABLISHED,
-        (IPPROTO_TCP, flow_state::CLOSING) => flow_timeout::TCP_CLOSING,
-        (IPPROTO_TCP, _) => flow_timeout::TCP_NEW,
-        (IPPROTO_ICMP, _) => flow_timeout::ICMP,
-        _ => flow_timeout::UDP,
-    }
+    flow.inbound_key()
 }
 
 /// Whether `flow` has outlived its timeout at `now`.
 #[inline(always)]
 pub fn expired(flow: &NatFlow, now: u64) -> bool {
-    now.saturating_sub(flow.last_seen_ns) > timeout(flow)
+    flow.expired(now)
 }
 
 /// The current time on the clock the entries use.

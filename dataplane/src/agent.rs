@@ -82,6 +82,9 @@ pub struct RunOptions {
     pub etcd: datastore::etcd::EtcdConfig,
 }
 
+/// How often expired natOutgoing flows are deleted from the conntrack map.
+const CONNTRACK_SWEEP: Duration = Duration::from_secs(10);
+
 /// Runs the agent until SIGTERM or SIGINT; the pinned fast path stays in place after it exits.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     if options.mode == Mode::Netlink {
@@ -99,10 +102,19 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut resync = tokio::time::interval(options.resync);
     resync.tick().await;
+    let mut sweep = tokio::time::interval(CONNTRACK_SWEEP);
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            _ = sweep.tick() => {
+                match backend.sweep_conntrack() {
+                    Ok(0) => {}
+                    Ok(removed) => info!(removed, "expired natOutgoing flows swept"),
+                    Err(error) => warn!("conntrack sweep failed: {error:#}"),
+                }
+                continue;
+            }
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     bail!("the datastore watcher stopped");

@@ -59,7 +59,7 @@ pub fn translations(entries: impl IntoIterator<Item = (FlowKey, NatFlow)>, now_n
             idle_s: now_ns.saturating_sub(flow.last_seen_ns) / 1_000_000_000,
         })
         .collect();
-    out.sort_by(|a, b| (a.pod, a.pod_port, a.peer, a.peer_port).cmp(&(b.pod, b.pod_port, b.peer, b.peer_port)));
+    out.sort_by_key(|t| (t.pod, t.pod_port, t.peer, t.peer_port));
     out
 }
 
@@ -90,6 +90,40 @@ fn monotonic_ns() -> u64 {
     // SAFETY: `now` is a valid timespec for the call to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
+}
+
+/// The keys to delete: both entries of every expired flow, and inbound entries whose outbound
+/// entry is gone. Pure: the sweeper reads the map, asks this, and deletes.
+pub fn stale_keys(entries: &[(FlowKey, NatFlow)], now_ns: u64) -> Vec<FlowKey> {
+    let outbound: std::collections::BTreeMap<FlowKey, &NatFlow> =
+        entries.iter().filter(|(k, _)| k.direction == FLOW_OUTBOUND).map(|(k, v)| (*k, v)).collect();
+    let mut stale = Vec::new();
+    for (key, flow) in entries {
+        let dead = if key.direction == FLOW_OUTBOUND {
+            flow.expired(now_ns)
+        } else {
+            // Age lives on the outbound entry.
+            outbound.get(&flow.outbound_key()).is_none_or(|owner| owner.expired(now_ns))
+        };
+        if dead {
+            stale.push(*key);
+        }
+    }
+    stale
+}
+
+/// Deletes expired flows from the conntrack map; returns how many entries went.
+pub fn sweep(map: &mut HashMap<&mut MapData, FlowKey, NatFlow>) -> anyhow::Result<usize> {
+    let entries = map.iter().collect::<Result<Vec<_>, _>>().context("reading the conntrack map")?;
+    let stale = stale_keys(&entries, monotonic_ns());
+    let mut removed = 0;
+    for key in &stale {
+        // A flow the kernel removed meanwhile is fine.
+        if map.remove(key).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// The translations as an aligned table.
@@ -146,6 +180,32 @@ mod tests {
         assert_eq!((t.state, t.age_s, t.idle_s), ("established", 10, 2));
         let text = table(&list);
         assert!(text.contains("10.244.1.2:5555") && text.contains("10.100.0.11:40001") && text.contains("192.0.2.10:53"), "{text}");
+    }
+
+    #[test]
+    fn expired_flows_and_orphans_are_stale_live_ones_are_not() {
+        let live = flow();
+        let mut old = flow();
+        old.pod_port = 6000;
+        old.nat_port = 6000;
+        old.last_seen_ns = 0;
+        old.protocol = IPPROTO_UDP;
+        let mut orphan = flow();
+        orphan.pod_port = 7000;
+        orphan.nat_port = 7000;
+        let entries = vec![
+            (live.outbound_key(), live),
+            (live.inbound_key(), live),
+            (old.outbound_key(), old),
+            (old.inbound_key(), old),
+            (orphan.inbound_key(), orphan),
+        ];
+        // 61 s after `old` was last seen: past UDP's 60 s, while `live` was seen 52 s ago.
+        let now = 61_000_000_000;
+        let stale = stale_keys(&entries, now);
+        assert_eq!(stale.len(), 3, "{stale:?}");
+        assert!(stale.contains(&old.outbound_key()) && stale.contains(&old.inbound_key()));
+        assert!(stale.contains(&orphan.inbound_key()));
     }
 
     #[test]

@@ -27,6 +27,7 @@ enum Output {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at start-up")]
 enum Command {
     /// Run the agent on this node: program the fast path and keep it equal to the datastore.
     Run {

@@ -96,6 +96,15 @@ impl Node {
 
     /// `name`'s programs with maps filled from `cluster` (Calico YAML).
     pub fn with_cluster(name: &str, cluster: &str) -> Self {
+        Self::build(name, cluster, None)
+    }
+
+    /// `name`'s programs with a conntrack map of only `entries` entries, to fill it quickly.
+    pub fn with_conntrack_capacity(name: &str, entries: u32) -> Self {
+        Self::build(name, CLUSTER, Some(entries))
+    }
+
+    fn build(name: &str, cluster: &str, conntrack_capacity: Option<u32>) -> Self {
         let (model, problems) = file::parse(cluster).expect("fixture parses");
         assert!(problems.is_empty(), "{problems:?}");
         let (plan, problems) = plan::compute(&model, name).expect("fixture plans");
@@ -106,7 +115,11 @@ impl Node {
         let (desired, missing) = entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: UPLINK_MTU, nat_ports: NAT_PORTS }, ifindex);
         assert!(missing.is_empty());
 
-        let mut ebpf = EbpfLoader::new().load(dataplane::backend::bpf::object()).expect("object loads");
+        let mut loader = EbpfLoader::new();
+        if let Some(entries) = conntrack_capacity {
+            loader.map_max_entries(CONNTRACK_MAP, entries);
+        }
+        let mut ebpf = loader.load(dataplane::backend::bpf::object()).expect("object loads");
         for program in [PROG_FROM_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK] {
             let program: &mut SchedClassifier =
                 ebpf.program_mut(program).expect("program exists").try_into().expect("classifier");

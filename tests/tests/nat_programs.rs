@@ -226,3 +226,24 @@ fn traffic_between_pools_is_never_translated() {
     assert_eq!(&out[64 + 12..64 + 16], &POD_A, "inner source is still the pod");
     assert!(node.conntrack().is_empty());
 }
+
+#[test]
+fn a_full_conntrack_table_refuses_new_flows_and_keeps_the_old_ones() {
+    if skip_unless_root() {
+        return;
+    }
+    // Room for two flows (two entries each).
+    let node = Node::with_conntrack_capacity("node-1", 4);
+    for port in [5555, 5556] {
+        let (verdict, _) = node.run(PROG_FROM_WORKLOAD, &udp_from_pod(port));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+    }
+    let (verdict, _) = node.run(PROG_FROM_WORKLOAD, &udp_from_pod(5557));
+    assert_eq!(verdict, dataplane_tests::program::TC_ACT_SHOT);
+    assert_eq!(node.stat(Stat::DropConntrackFull), 1);
+    assert_eq!(node.conntrack().len(), 4, "no half-made flow left behind");
+    let (verdict, _) = node.run(PROG_FROM_WORKLOAD, &udp_from_pod(5555));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "existing flows keep working");
+    let (verdict, _) = node.run(PROG_FROM_UPLINK, &udp_reply_to_node(5556));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "and their replies come back");
+}

@@ -22,7 +22,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
-    CONNTRACK_MAP, Ipv4Bytes, NodeConfig, Peer, Route, Workload, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
+    FlowKey, NatFlow, CONNTRACK_MAP, Ipv4Bytes, NodeConfig, Peer, Route, Workload, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
     PROG_FROM_WORKLOAD, PROG_TO_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 use tracing::{info, warn};
@@ -163,6 +163,12 @@ impl BpfBackend {
         report.written += written;
         report.removed += removed;
         Ok(report)
+    }
+
+    /// Deletes expired natOutgoing flows (the kernel also ignores them; this frees the space).
+    pub fn sweep_conntrack(&mut self) -> anyhow::Result<usize> {
+        let mut map: HashMap<&mut MapData, FlowKey, NatFlow> = map_mut(&mut self.ebpf, CONNTRACK_MAP)?;
+        crate::conntrack::sweep(&mut map)
     }
 
     fn write_maps(&mut self, desired: &MapEntries, report: &mut ApplyReport) -> anyhow::Result<()> {

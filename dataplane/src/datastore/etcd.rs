@@ -249,9 +249,8 @@ async fn follow(
                 continue;
             }
         };
-        let response = message
-            .context("the etcd watch broke")?
-            .context("etcd closed the watch stream")?;
+        let response =
+            message.context("the etcd watch broke")?.context("etcd closed the watch stream")?;
         if let Some(reason) = cancelled(
             response.canceled(),
             response.compact_revision(),
@@ -442,7 +441,9 @@ impl Link {
 /// The client's options from the settings: keepalives, and TLS when certificate files are given.
 fn connect_options(config: &EtcdConfig) -> anyhow::Result<ConnectOptions> {
     if config.endpoints.iter().all(|endpoint| endpoint.trim().is_empty()) {
-        bail!("no etcd endpoint: set --etcd-endpoints (ETCD_ENDPOINTS), e.g. http://127.0.0.1:2379");
+        bail!(
+            "no etcd endpoint: set --etcd-endpoints (ETCD_ENDPOINTS), e.g. http://127.0.0.1:2379"
+        );
     }
     let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
@@ -459,7 +460,8 @@ fn connect_options(config: &EtcdConfig) -> anyhow::Result<ConnectOptions> {
             options = options.with_tls(tls);
         }
         None => {
-            if let Some(secure) = config.endpoints.iter().find(|e| e.trim().starts_with("https://")) {
+            if let Some(secure) = config.endpoints.iter().find(|e| e.trim().starts_with("https://"))
+            {
                 bail!(
                     "the endpoint {secure} is https but no CA is set: give the CA that signed \
                      etcd's certificate with --etcd-ca-cert-file (ETCD_CA_CERT_FILE)"
@@ -602,8 +604,8 @@ mod tests {
     }
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir()
-            .join(format!("dataplane-etcd-unit-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("dataplane-etcd-unit-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         dir
     }

@@ -378,7 +378,10 @@ mod tests {
                 format!("{WEPS}default/node--1-k8s-web--1-eth0"),
                 r#"{"kind":"WorkloadEndpoint","apiVersion":"projectcalico.org/v3","metadata":{"name":"node--1-k8s-web--1-eth0","namespace":"default","labels":{"app":"web"}},"spec":{"orchestrator":"k8s","node":"node-1","pod":"web-1","endpoint":"eth0","ipNetworks":["10.244.1.2/32"],"profiles":["kns.default"],"interfaceName":"cali0761ccbeace","mac":"0a:58:0a:f4:01:02"}}"#,
             ),
-            (format!("{HOST}node-1/ipv4/block/10.244.1.0-26"), r#"{"state":"confirmed","deleted":false}"#),
+            (
+                format!("{HOST}node-1/ipv4/block/10.244.1.0-26"),
+                r#"{"state":"confirmed","deleted":false}"#,
+            ),
             (
                 format!("{ASSIGNMENT}10.244.1.0-26"),
                 r#"{"cidr":"10.244.1.0/26","affinity":"host:node-1","strictAffinity":false,"allocations":[0,1,null],"unallocated":[2],"attributes":[{"handle_id":"vxlan-tunnel-addr-node-1","secondary":null},{"handle_id":"k8s-pod-network.abc","secondary":null}],"deleted":false}"#,
@@ -439,8 +442,14 @@ mod tests {
     #[test]
     fn affinity_state_and_deleted_decide_routing() {
         let snapshot = cache(&[
-            (format!("{HOST}n1/ipv4/block/10.244.1.0-26"), r#"{"state":"pending","deleted":false}"#),
-            (format!("{HOST}n2/ipv4/block/10.244.2.0-26"), r#"{"state":"confirmed","deleted":true}"#),
+            (
+                format!("{HOST}n1/ipv4/block/10.244.1.0-26"),
+                r#"{"state":"pending","deleted":false}"#,
+            ),
+            (
+                format!("{HOST}n2/ipv4/block/10.244.2.0-26"),
+                r#"{"state":"confirmed","deleted":true}"#,
+            ),
             (format!("{HOST}n3/ipv4/block/10.244.3.0-26"), r#"{"state":"pendingDeletion"}"#),
             // Old Calico: an empty value.
             (format!("{HOST}n4/ipv4/block/10.244.4.0-26"), ""),
@@ -458,7 +467,10 @@ mod tests {
     fn a_block_claimed_by_two_nodes_reaches_the_plan() {
         let snapshot = cache(&[
             (format!("{HOST}n1/ipv4/block/10.244.1.0-26"), r#"{"state":"confirmed"}"#),
-            (format!("{ASSIGNMENT}10.244.1.0-26"), r#"{"cidr":"10.244.1.0/26","affinity":"host:n2"}"#),
+            (
+                format!("{ASSIGNMENT}10.244.1.0-26"),
+                r#"{"cidr":"10.244.1.0/26","affinity":"host:n2"}"#,
+            ),
         ])
         .snapshot();
         let owners: Vec<&str> = snapshot.model.blocks.iter().map(|b| b.node.as_str()).collect();
@@ -475,11 +487,17 @@ mod tests {
             (format!("{NODES}node-2"), r#"{"spec":{"vxlanTunnelMACAddr":"66:d0"}}"#),
             (format!("{NODES}node-3"), r#"{"metadata":{"name":"node-4"},"spec":{}}"#),
             (format!("{NODES}node-5"), r#"{"kind":"IPPool","spec":{}}"#),
-            (format!("{WEPS}default/w"), r#"{"spec":{"node":"node-1","ipNetworks":["10.244.1.x/32"]}}"#),
+            (
+                format!("{WEPS}default/w"),
+                r#"{"spec":{"node":"node-1","ipNetworks":["10.244.1.x/32"]}}"#,
+            ),
             (format!("{HOST}node-1/ipv4/block/10.244.9.0-26"), r#"{"state":"claimed"}"#),
             (format!("{HOST}node-1/ipv4/block/10.244.8.0-26"), r#"{"deleted":"maybe"}"#),
             (format!("{HOST}node-1/ipv4/block/10.244.7.0-xx"), r#"{"state":"confirmed"}"#),
-            (format!("{ASSIGNMENT}10.244.3.0-26"), r#"{"cidr":"10.244.4.0/26","affinity":"host:n"}"#),
+            (
+                format!("{ASSIGNMENT}10.244.3.0-26"),
+                r#"{"cidr":"10.244.4.0/26","affinity":"host:n"}"#,
+            ),
             (format!("{ASSIGNMENT}10.244.5.0-26"), r#"{"affinity":"host:"}"#),
         ];
         pairs.extend(broken.iter().cloned());
@@ -500,10 +518,18 @@ mod tests {
             ("IPPool", "/calico/resources/v3/projectcalico.org/ippools/a-list", "value"),
             ("IPPool", "/calico/resources/v3/projectcalico.org/ippools/bad-cidr", "spec.cidr"),
             ("IPPool", "/calico/resources/v3/projectcalico.org/ippools/not-json", "value"),
-            ("Node", "/calico/resources/v3/projectcalico.org/nodes/node-2", "spec.vxlanTunnelMACAddr"),
+            (
+                "Node",
+                "/calico/resources/v3/projectcalico.org/nodes/node-2",
+                "spec.vxlanTunnelMACAddr",
+            ),
             ("Node", "/calico/resources/v3/projectcalico.org/nodes/node-3", "metadata.name"),
             ("Node", "/calico/resources/v3/projectcalico.org/nodes/node-5", "kind"),
-            ("WorkloadEndpoint", "/calico/resources/v3/projectcalico.org/workloadendpoints/default/w", "spec.ipNetworks"),
+            (
+                "WorkloadEndpoint",
+                "/calico/resources/v3/projectcalico.org/workloadendpoints/default/w",
+                "spec.ipNetworks",
+            ),
         ];
         assert_eq!(seen, expected);
         let not_json = &snapshot.problems[7];

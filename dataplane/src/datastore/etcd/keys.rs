@@ -303,7 +303,15 @@ mod tests {
     fn blocks_parse_strictly() {
         assert_eq!(parse_block("10.244.1.0-26"), Ok(net("10.244.1.0/26")));
         assert_eq!(parse_block("0.0.0.0-0"), Ok(net("0.0.0.0/0")));
-        for bad in ["10.244.1.0-33", "10.244.1.0-+6", "10.244.1.0-", "10.244.1-26", "10.244.1.0/26", "", "-"] {
+        for bad in [
+            "10.244.1.0-33",
+            "10.244.1.0-+6",
+            "10.244.1.0-",
+            "10.244.1-26",
+            "10.244.1.0/26",
+            "",
+            "-",
+        ] {
             assert!(parse_block(bad).is_err(), "{bad}");
         }
         let message = parse_block("10.244.1.5-26").expect_err("host bits");
