@@ -72,6 +72,8 @@ pub const ICMP_QUOTED_PAYLOAD: usize = 8;
 pub const ICMP_ECHO_REPLY: u8 = 0;
 /// ICMP type "echo request".
 pub const ICMP_ECHO_REQUEST: u8 = 8;
+/// ICMP type "time exceeded".
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
 /// Offset of the checksum in a TCP header.
 pub const TCP_CSUM_OFFSET: usize = 16;
 /// Offset of the flags byte in a TCP header.

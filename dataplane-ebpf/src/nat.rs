@@ -13,15 +13,17 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     net::{
-        ICMP_CSUM_OFFSET, ICMP_ECHO_ID_OFFSET, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP,
+        ICMP_CSUM_OFFSET, ICMP_DEST_UNREACH, ICMP_ECHO_ID_OFFSET, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN,
+        ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPV4_IHL_MIN,
         IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, TCP_CSUM_OFFSET, TCP_FLAGS_OFFSET,
         UDP_CSUM_OFFSET,
     },
-    route_flags, route_kind, NodeConfig, Stat, Workload, FLOW_INBOUND, FLOW_OUTBOUND,
+    route_flags, route_kind, FlowKey, NodeConfig, Stat, Workload, FLOW_INBOUND, FLOW_OUTBOUND,
 };
 
 use crate::{
     conntrack::{self, Flow},
+    csum,
     packet::{read, write, Ipv4Hdr},
     route::{self, IP_OFFSET},
     verdict::{Outcome, Verdict},
@@ -180,6 +182,12 @@ pub fn inbound(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome {
     if ip.frag_off() & IPV4_FRAG_OFFSET_MASK != 0 {
         return Ok(Verdict::pass());
     }
+    if ip.protocol == IPPROTO_ICMP {
+        let kind: u8 = read(ctx, L4_OFFSET)?;
+        if kind == ICMP_DEST_UNREACH || kind == ICMP_TIME_EXCEEDED {
+            return icmp_error_inbound(ctx, ip);
+        }
+    }
     let Some(t) = transport(ctx, ip)? else {
         return Ok(Verdict::pass());
     };
@@ -202,5 +210,77 @@ pub fn inbound(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome {
     let mut ip = *ip;
     ip.dst = reverse.pod_addr;
     route::decrement_ttl(ctx, IP_OFFSET, &mut ip)?;
+    route::to_workload(ctx, &route, Stat::ReverseNat)
+}
+
+/// Offset of the IPv4 header an ICMP error quotes.
+const QUOTED_IP_OFFSET: usize = L4_OFFSET + ICMP_HLEN;
+/// Offset of the transport header an ICMP error quotes (the quoted header has IHL 5: we sent it).
+const QUOTED_L4_OFFSET: usize = QUOTED_IP_OFFSET + IPV4_HLEN;
+
+/// Translates an ICMP error about a translated flow (fragmentation needed, unreachable, time
+/// exceeded) back to the pod: the error's destination, and the quoted packet's source address and
+/// port, with the quoted header's checksum and the ICMP checksum fixed; then delivers it.
+#[inline(always)]
+fn icmp_error_inbound(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome {
+    let Ok(quoted) = read::<Ipv4Hdr>(ctx, QUOTED_IP_OFFSET) else {
+        return Ok(Verdict::pass());
+    };
+    if quoted.version() != 4 || quoted.ihl() != IPV4_IHL_MIN || quoted.src != ip.dst {
+        return Ok(Verdict::pass());
+    }
+    // The quoted packet is one we sent: node -> peer. Its reply would be peer -> node.
+    let head: [u8; 8] = read(ctx, QUOTED_L4_OFFSET)?;
+    let (src_port, dst_port, port_offset) = match quoted.protocol {
+        IPPROTO_TCP | IPPROTO_UDP => (
+            u16::from_be_bytes([head[0], head[1]]),
+            u16::from_be_bytes([head[2], head[3]]),
+            QUOTED_L4_OFFSET,
+        ),
+        IPPROTO_ICMP if head[0] == ICMP_ECHO_REQUEST => (
+            u16::from_be_bytes([head[ICMP_ECHO_ID_OFFSET], head[ICMP_ECHO_ID_OFFSET + 1]]),
+            0,
+            QUOTED_L4_OFFSET + ICMP_ECHO_ID_OFFSET,
+        ),
+        _ => return Ok(Verdict::pass()),
+    };
+    let key = FlowKey {
+        src: quoted.dst,
+        dst: quoted.src,
+        src_port: dst_port,
+        dst_port: src_port,
+        protocol: quoted.protocol,
+        direction: FLOW_INBOUND,
+        _pad: [0; 2],
+    };
+    let Some(reverse) = conntrack::lookup(&key) else {
+        return Ok(Verdict::pass());
+    };
+    let Some(route) = route::lookup(reverse.pod_addr) else {
+        return Ok(Verdict::pass());
+    };
+    if route.kind != route_kind::LOCAL_WORKLOAD {
+        return Ok(Verdict::pass());
+    }
+
+    // The quoted header: source back to the pod, its checksum recomputed.
+    let mut inner = quoted;
+    inner.src = reverse.pod_addr;
+    inner.check = [0; 2];
+    inner.check = csum::ipv4_header(&inner);
+    let icmp_csum = L4_OFFSET + ICMP_CSUM_OFFSET;
+    let replace = |from: u64, to: u64, size: u64| {
+        ctx.l4_csum_replace(icmp_csum, from, to, size).map_err(|_| Stat::DropPacketAccess)
+    };
+    replace(u64::from(u32::from_ne_bytes(quoted.src)), u64::from(u32::from_ne_bytes(inner.src)), 4)?;
+    replace(u64::from(u16::from_ne_bytes(quoted.check)), u64::from(u16::from_ne_bytes(inner.check)), 2)?;
+    write(ctx, QUOTED_IP_OFFSET, &inner)?;
+    let (old_port, new_port) = (reverse.nat_port.to_be_bytes(), reverse.pod_port.to_be_bytes());
+    replace(u64::from(u16::from_ne_bytes(old_port)), u64::from(u16::from_ne_bytes(new_port)), 2)?;
+    write(ctx, port_offset, &new_port)?;
+
+    let mut outer = *ip;
+    outer.dst = reverse.pod_addr;
+    route::decrement_ttl(ctx, IP_OFFSET, &mut outer)?;
     route::to_workload(ctx, &route, Stat::ReverseNat)
 }

@@ -247,3 +247,41 @@ fn a_full_conntrack_table_refuses_new_flows_and_keeps_the_old_ones() {
     let (verdict, _) = node.run(PROG_FROM_UPLINK, &udp_reply_to_node(5556));
     assert_eq!(verdict, TC_ACT_REDIRECT, "and their replies come back");
 }
+
+#[test]
+fn an_icmp_error_about_a_translated_flow_reaches_the_pod_translated_back() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let (_, sent) = node.run(PROG_FROM_WORKLOAD, &udp_from_pod(5555));
+    // A router on the way answers "fragmentation needed", quoting what it received: our packet.
+    let router = [198, 51, 100, 1];
+    let mut error = Packet::eth(UPLINK_MAC, UPLINK_MAC).ipv4(router, NODE, IPPROTO_ICMP).payload(&[3, 4, 0, 0, 0, 0, 0x05, 0x00]).finish();
+    error.extend_from_slice(&sent[14..14 + 28]);
+    let error = fix_lengths_and_icmp(error);
+    let (verdict, out) = node.run(PROG_FROM_UPLINK, &error);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "into the pod");
+    assert_eq!(&out[0..6], &POD_A_MAC);
+    assert_eq!(&out[30..34], &POD_A, "the error's destination: the pod");
+    assert_eq!(ipv4_checksum(&out[14..34]), 0);
+    let quoted = &out[42..62];
+    assert_eq!(&quoted[12..16], &POD_A, "the quoted source: the pod again");
+    assert_eq!(ipv4_checksum(quoted), 0, "quoted header checksum fixed");
+    assert_eq!(be16(&out, 62), 5555, "the quoted source port: the pod's");
+    assert!(l4_checksum_ok(&out, 14), "ICMP checksum fixed");
+    assert_eq!(node.stat(Stat::ReverseNat), 1);
+}
+
+/// Sets the outer IPv4 length and checksums of a hand-assembled ICMP error.
+fn fix_lengths_and_icmp(mut packet: Vec<u8>) -> Vec<u8> {
+    let total = (packet.len() - 14) as u16;
+    packet[16..18].copy_from_slice(&total.to_be_bytes());
+    packet[24..26].copy_from_slice(&[0, 0]);
+    let check = ipv4_checksum(&packet[14..34]);
+    packet[24..26].copy_from_slice(&check.to_be_bytes());
+    packet[36..38].copy_from_slice(&[0, 0]);
+    let check = ipv4_checksum(&packet[34..]);
+    packet[36..38].copy_from_slice(&check.to_be_bytes());
+    packet
+}
