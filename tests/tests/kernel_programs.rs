@@ -299,3 +299,158 @@ fn a_packet_too_big_for_the_tunnel_with_df_gets_fragmentation_needed() {
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(node.stat(Stat::EncapVxlan), 1);
 }
+
+/// The fixture cluster with its pool in IP-in-IP mode.
+fn ipip_cluster() -> String {
+    CLUSTER.replace("vxlanMode: Always, ipipMode: Never", "vxlanMode: Never, ipipMode: Always")
+}
+
+#[test]
+fn remote_pod_traffic_is_encapsulated_in_ipip_byte_for_byte() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::with_cluster("node-1", &ipip_cluster());
+    let inner = from_pod_a(REMOTE_POD);
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &inner);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(node.stat(Stat::EncapIpip), 1);
+    assert_eq!(out.len(), inner.len() + 20);
+    let outer = &out[14..34];
+    assert_eq!(outer[0], 0x45);
+    assert_eq!(be16(outer, 2) as usize, out.len() - ETH_HLEN, "outer total length");
+    assert_eq!(outer[9], 4, "protocol IP-in-IP");
+    assert_eq!(&outer[12..16], &NODE);
+    assert_eq!(&outer[16..20], &PEER);
+    assert_eq!(ipv4_checksum(outer), 0);
+    assert_eq!(out[34 + 8], 63, "inner TTL decremented");
+    assert_eq!(ipv4_checksum(&out[34..54]), 0);
+    assert_eq!(&out[54..], &inner[34..]);
+}
+
+#[test]
+fn ipip_encapsulation_then_decapsulation_gives_back_the_packet() {
+    if skip_unless_root() {
+        return;
+    }
+    let sender = Node::with_cluster("node-2", &ipip_cluster());
+    let receiver = Node::with_cluster("node-1", &ipip_cluster());
+    let original = Packet::eth([0x0a, 0x58, 0x0a, 0xf4, 0x02, 0x02], GATEWAY_MAC)
+        .ipv4(REMOTE_POD, POD_A, IPPROTO_UDP)
+        .udp(40000, 5201)
+        .payload(&[0xcd; 200])
+        .finish();
+    let (verdict, encapsulated) = sender.run(PROG_FROM_WORKLOAD, &original);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (verdict, delivered) = receiver.run(PROG_FROM_UPLINK, &encapsulated);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(receiver.stat(Stat::DecapIpip), 1);
+    let mut expected = original.clone();
+    expected[0..6].copy_from_slice(&POD_A_MAC);
+    expected[6..12].copy_from_slice(&GATEWAY_MAC);
+    expected[22] -= 2;
+    expected[24..26].copy_from_slice(&[0, 0]);
+    let check = ipv4_checksum(&expected[14..34]);
+    expected[24..26].copy_from_slice(&check.to_be_bytes());
+    assert_eq!(delivered, expected);
+}
+
+#[test]
+fn ipip_from_an_unknown_node_is_dropped() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::with_cluster("node-1", &ipip_cluster());
+    let packet = Packet::eth(UPLINK_MAC, UPLINK_MAC)
+        .ipv4(STRANGER, NODE, 4)
+        .ipv4(REMOTE_POD, POD_A, IPPROTO_UDP)
+        .udp(1, 2)
+        .finish();
+    let (verdict, _) = node.run(PROG_FROM_UPLINK, &packet);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(node.stat(Stat::DropUnknownPeer), 1);
+}
+
+#[test]
+fn never_mode_routes_to_the_owning_node_without_encapsulation() {
+    if skip_unless_root() {
+        return;
+    }
+    let never = CLUSTER.replace("vxlanMode: Always", "vxlanMode: Never");
+    let node = Node::with_cluster("node-1", &never);
+    let packet = from_pod_a(REMOTE_POD);
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &packet);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "to the uplink, next hop the owning node");
+    assert_eq!(out.len(), packet.len(), "no encapsulation");
+    assert_eq!(out[22], 63);
+    assert_eq!(node.stat(Stat::RoutedPlain), 1);
+}
+
+#[test]
+fn ip_options_and_tunnel_fragments_are_never_rewritten() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    // IHL 6 (one word of options, NOPs): the kernel's router handles it, unchanged by us.
+    let mut with_options = from_pod_a(REMOTE_POD);
+    with_options[14] = 0x46;
+    with_options.splice(34..34, [1, 1, 1, 1]);
+    let total = (with_options.len() - 14) as u16;
+    with_options[16..18].copy_from_slice(&total.to_be_bytes());
+    with_options[24..26].copy_from_slice(&[0, 0]);
+    let check = ipv4_checksum(&with_options[14..38]);
+    with_options[24..26].copy_from_slice(&check.to_be_bytes());
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &with_options);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, with_options);
+
+    // A first fragment of a VXLAN packet (MF set): dropped with its own reason.
+    let mut fragment = vxlan_to_node(PEER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A);
+    fragment[20] |= 0x20;
+    fragment[24..26].copy_from_slice(&[0, 0]);
+    let check = ipv4_checksum(&fragment[14..34]);
+    fragment[24..26].copy_from_slice(&check.to_be_bytes());
+    let (verdict, _) = node.run(PROG_FROM_UPLINK, &fragment);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(node.stat(Stat::DropTunnelFragment), 1);
+
+    // A later fragment (offset != 0) carries no UDP header: left to the kernel, unchanged.
+    let mut later = vxlan_to_node(PEER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A);
+    later[20] = 0x00;
+    later[21] = 0x10;
+    later[24..26].copy_from_slice(&[0, 0]);
+    let check = ipv4_checksum(&later[14..34]);
+    later[24..26].copy_from_slice(&check.to_be_bytes());
+    let (verdict, out) = node.run(PROG_FROM_UPLINK, &later);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, later);
+    assert_eq!(node.stat(Stat::DecapVxlan), 0);
+}
+
+#[test]
+fn host_traffic_to_a_remote_block_is_encapsulated_on_the_uplink_egress() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let from_host = Packet::eth(UPLINK_MAC, [0x02, 0, 0, 0, 0, 0x12])
+        .ipv4(NODE, REMOTE_POD, IPPROTO_UDP)
+        .udp(33000, 5201)
+        .payload(b"from the host")
+        .finish();
+    let (verdict, out) = node.run(dataplane_common::PROG_TO_UPLINK, &from_host);
+    assert_eq!(verdict, TC_ACT_OK, "continues out of the uplink");
+    assert_eq!(node.stat(Stat::EncapVxlan), 1);
+    assert_eq!(out.len(), from_host.len() + VXLAN_ENCAP_LEN);
+    assert_eq!(&out[0..12], &from_host[0..12], "the kernel's Ethernet addresses kept");
+    assert_eq!(&out[30..34], &PEER);
+    assert_eq!(&out[64 + 12..64 + 16], &NODE, "inner source: the host");
+    assert_eq!(out[64 + 8], 64, "the host's own packet: TTL untouched");
+
+    // Already encapsulated pod traffic (outer destination: a node) passes through untouched.
+    let (verdict, again) = node.run(dataplane_common::PROG_TO_UPLINK, &out);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(again, out);
+    assert_eq!(node.stat(Stat::EgressUnchanged), 1);
+}
