@@ -21,7 +21,6 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use dataplane_lab::{ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
 use dataplane::{
     datastore::{
         etcd::{EtcdConfig, WatchThread},
@@ -29,6 +28,7 @@ use dataplane::{
     },
     model::{Block, Model},
 };
+use dataplane_lab::{ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
 use serde_json::{json, Value};
 
 /// Calico's key prefix.
@@ -191,7 +191,8 @@ fn free_port() -> anyhow::Result<u16> {
     let spread = (std::process::id() % 500) * 20;
     for _ in 0..2_000 {
         let offset = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = u16::try_from(20_000 + (spread + offset) % 12_000).context("port out of range")?;
+        let port =
+            u16::try_from(20_000 + (spread + offset) % 12_000).context("port out of range")?;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
@@ -243,7 +244,8 @@ impl EtcdServer {
             );
             return Ok(None);
         };
-        let dir = std::env::temp_dir().join(format!("dataplane-etcd-{test}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("dataplane-etcd-{test}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut server = EtcdServer {
@@ -415,7 +417,8 @@ impl EtcdServer {
             child.stdin.take().context("etcdctl's stdin")?.write_all(script.as_bytes())?;
             let output = child.wait_with_output().context("etcdctl txn")?;
             ensure!(
-                output.status.success() && String::from_utf8_lossy(&output.stdout).starts_with("SUCCESS"),
+                output.status.success()
+                    && String::from_utf8_lossy(&output.stdout).starts_with("SUCCESS"),
                 "etcdctl txn failed: {}{}",
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)
@@ -435,7 +438,8 @@ impl EtcdServer {
     /// The store's current revision.
     fn revision(&self) -> anyhow::Result<i64> {
         let text = self.etcdctl(&["endpoint", "status", "-w", "json"])?;
-        let status: Value = serde_json::from_str(&text).context("etcdctl endpoint status -w json")?;
+        let status: Value =
+            serde_json::from_str(&text).context("etcdctl endpoint status -w json")?;
         status[0]["Status"]["header"]["revision"]
             .as_i64()
             .with_context(|| format!("no revision in {text}"))
@@ -476,8 +480,20 @@ fn make_certs(dir: &Path) -> anyhow::Result<Certs> {
     };
     let path = |p: &Path| p.to_string_lossy().into_owned();
     openssl(&[
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", &path(&ca_key), "-out", &path(&certs.ca), "-days", "2", "-subj",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &path(&ca_key),
+        "-out",
+        &path(&certs.ca),
+        "-days",
+        "2",
+        "-subj",
         "/CN=dataplane test CA",
     ])?;
     for (cert, key, name, usage) in [
@@ -495,12 +511,34 @@ fn make_certs(dir: &Path) -> anyhow::Result<Certs> {
         )
         .context("writing the certificate extensions")?;
         openssl(&[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", &path(key), "-out", &path(&csr), "-subj", &format!("/CN={name}"),
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &path(key),
+            "-out",
+            &path(&csr),
+            "-subj",
+            &format!("/CN={name}"),
         ])?;
         openssl(&[
-            "x509", "-req", "-in", &path(&csr), "-CA", &path(&certs.ca), "-CAkey",
-            &path(&ca_key), "-CAcreateserial", "-out", &path(cert), "-days", "2", "-extfile",
+            "x509",
+            "-req",
+            "-in",
+            &path(&csr),
+            "-CA",
+            &path(&certs.ca),
+            "-CAkey",
+            &path(&ca_key),
+            "-CAcreateserial",
+            "-out",
+            &path(cert),
+            "-days",
+            "2",
+            "-extfile",
             &path(&ext),
         ])?;
     }
@@ -541,10 +579,8 @@ fn example_in_etcd(test: &str) -> anyhow::Result<Option<(EtcdServer, WatchThread
     let model = example_model()?;
     server.put_all(&calico_keys(&model))?;
     let watch = WatchThread::start(server.config())?;
-    wait_for(&watch, "the example cluster", CHANGE_TIMEOUT, |s| {
-        sorted(&s.model) == sorted(&model)
-    })
-    .with_context(|| format!("etcd log:\n{}", server.log()))?;
+    wait_for(&watch, "the example cluster", CHANGE_TIMEOUT, |s| sorted(&s.model) == sorted(&model))
+        .with_context(|| format!("etcd log:\n{}", server.log()))?;
     Ok(Some((server, watch, model)))
 }
 
@@ -560,7 +596,10 @@ fn the_example_cluster_reads_the_same_from_etcd_as_from_the_file() -> anyhow::Re
     server.put(&format!("{PREFIX}/resources/v3/projectcalico.org/profiles/kns.default"), "{}")?;
     server.put(&format!("{PREFIX}/ipam/v2/handle/k8s-pod-network.0123"), r#"{"block":{}}"#)?;
     server.put(&format!("{PREFIX}/felix/v2/no-region/host/node-1/status"), r#"{"time":"x"}"#)?;
-    server.put(&format!("{PREFIX}/ipam/v2/host/node-1/ipv6/block/fd00:10:244::-122"), r#"{"state":"confirmed"}"#)?;
+    server.put(
+        &format!("{PREFIX}/ipam/v2/host/node-1/ipv6/block/fd00:10:244::-122"),
+        r#"{"state":"confirmed"}"#,
+    )?;
     server.put("/other/resources/v3/projectcalico.org/ippools/p", "not even JSON")?;
     // A block with an allocation block and no host affinity key routes from its `affinity`.
     server.put(
@@ -603,7 +642,10 @@ fn changes_arrive_as_new_snapshots() -> anyhow::Result<()> {
     for third in 3..8 {
         let cidr = format!("10.244.{third}.0/26");
         let started = Instant::now();
-        server.put(&affinity_key("node-2", &format!("10.244.{third}.0-26")), r#"{"state":"confirmed","deleted":false}"#)?;
+        server.put(
+            &affinity_key("node-2", &format!("10.244.{third}.0-26")),
+            r#"{"state":"confirmed","deleted":false}"#,
+        )?;
         let (_, _) = wait_for(&watch, &format!("block {cidr} on node-2"), CHANGE_TIMEOUT, |s| {
             has_block(s, &cidr, "node-2")
         })?;
@@ -640,15 +682,17 @@ fn changes_arrive_as_new_snapshots() -> anyhow::Result<()> {
     let (snapshot, _) = wait_for(&watch, "the workload deleted", CHANGE_TIMEOUT, |s| {
         s.model.workloads.len() == model.workloads.len() - 1
     })?;
-    ensure!(!snapshot.model.workloads.contains(workload), "{} is still there", workload.full_name());
+    ensure!(
+        !snapshot.model.workloads.contains(workload),
+        "{} is still there",
+        workload.full_name()
+    );
 
     // A node's VTEP MAC changes.
     let node = &model.nodes[1];
     let mut keys = calico_keys(&model);
-    let (node_key_text, node_value) = keys
-        .iter_mut()
-        .find(|(key, _)| *key == node_key(&node.name))
-        .context("the node's key")?;
+    let (node_key_text, node_value) =
+        keys.iter_mut().find(|(key, _)| *key == node_key(&node.name)).context("the node's key")?;
     let mut value: Value = serde_json::from_str(node_value)?;
     value["spec"]["vxlanTunnelMACAddr"] = json!("66:d0:00:00:00:99");
     server.put(node_key_text, &value.to_string())?;
@@ -667,7 +711,8 @@ fn changes_arrive_as_new_snapshots() -> anyhow::Result<()> {
         has_block(s, "10.244.10.0/26", "node-1") || has_block(s, "10.244.11.0/26", "node-1")
     })?;
     ensure!(
-        has_block(&snapshot, "10.244.10.0/26", "node-1") && has_block(&snapshot, "10.244.11.0/26", "node-1"),
+        has_block(&snapshot, "10.244.10.0/26", "node-1")
+            && has_block(&snapshot, "10.244.11.0/26", "node-1"),
         "the transaction arrived in halves: {:?}",
         snapshot.model.blocks
     );
@@ -681,14 +726,18 @@ fn broken_values_are_problems_and_the_rest_is_applied() -> anyhow::Result<()> {
     };
     let broken = [
         (pools_key("not-json"), "{\"kind\": \"IPPool\", "),
-        (pools_key("bad-cidr"), r#"{"kind":"IPPool","metadata":{"name":"bad-cidr"},"spec":{"cidr":"10.300.0.0/16"}}"#),
+        (
+            pools_key("bad-cidr"),
+            r#"{"kind":"IPPool","metadata":{"name":"bad-cidr"},"spec":{"cidr":"10.300.0.0/16"}}"#,
+        ),
         (affinity_key("node-1", "10.244.9.0-xx"), r#"{"state":"confirmed"}"#),
         (affinity_key("node-1", "10.244.8.0-26"), r#"{"state":"claimed"}"#),
     ];
     for (key, value) in &broken {
         server.put(key, value)?;
     }
-    let (snapshot, _) = wait_for(&watch, "four problems", CHANGE_TIMEOUT, |s| s.problems.len() == 4)?;
+    let (snapshot, _) =
+        wait_for(&watch, "four problems", CHANGE_TIMEOUT, |s| s.problems.len() == 4)?;
     assert_eq!(sorted(&snapshot.model), sorted(&model), "the rest of the cluster stays");
     let mut seen: Vec<(String, String)> =
         snapshot.problems.iter().map(|p| (p.name.clone(), p.field.clone())).collect();
@@ -706,7 +755,10 @@ fn broken_values_are_problems_and_the_rest_is_applied() -> anyhow::Result<()> {
     }
 
     // A block claimed by two nodes reaches the plan, which refuses to route it.
-    server.put(&affinity_key("node-2", "10.244.1.0-26"), r#"{"state":"confirmed","deleted":false}"#)?;
+    server.put(
+        &affinity_key("node-2", "10.244.1.0-26"),
+        r#"{"state":"confirmed","deleted":false}"#,
+    )?;
     let (snapshot, _) = wait_for(&watch, "10.244.1.0/26 claimed twice", CHANGE_TIMEOUT, |s| {
         has_block(s, "10.244.1.0/26", "node-2")
     })?;
@@ -717,7 +769,10 @@ fn broken_values_are_problems_and_the_rest_is_applied() -> anyhow::Result<()> {
     );
 
     // Fixing a broken key removes its problem.
-    server.put(&pools_key("bad-cidr"), r#"{"kind":"IPPool","metadata":{"name":"bad-cidr"},"spec":{"cidr":"10.245.0.0/16"}}"#)?;
+    server.put(
+        &pools_key("bad-cidr"),
+        r#"{"kind":"IPPool","metadata":{"name":"bad-cidr"},"spec":{"cidr":"10.245.0.0/16"}}"#,
+    )?;
     wait_for(&watch, "the fixed pool", CHANGE_TIMEOUT, |s| {
         s.problems.len() == 3 && s.model.pools.iter().any(|p| p.name == "bad-cidr")
     })?;
@@ -731,7 +786,10 @@ fn a_compaction_past_the_watch_revision_loses_nothing() -> anyhow::Result<()> {
     };
     // Churn, then compact everything up to now: the history the watch started from is gone.
     for round in 0..5 {
-        server.put(&affinity_key("node-2", "10.244.3.0-26"), &format!(r#"{{"state":"pending","round":{round}}}"#))?;
+        server.put(
+            &affinity_key("node-2", "10.244.3.0-26"),
+            &format!(r#"{{"state":"pending","round":{round}}}"#),
+        )?;
     }
     let revision = server.revision()?;
     server.etcdctl(&["compact", &revision.to_string(), "--physical"])?;
@@ -761,14 +819,18 @@ fn snapshots_resume_after_etcd_restarts() -> anyhow::Result<()> {
     server.spawn()?;
     let answered = restarted.elapsed();
     // After the reconnect the whole cluster is read again and sent, so the agent resyncs.
-    let (snapshot, _) = wait_for(&watch, "the re-read after the restart", CHANGE_TIMEOUT, |_| true)?;
+    let (snapshot, _) =
+        wait_for(&watch, "the re-read after the restart", CHANGE_TIMEOUT, |_| true)?;
     eprintln!(
         "etcd answered {answered:?} after its restart; the re-read snapshot came {:?} after the restart",
         restarted.elapsed()
     );
     assert_eq!(sorted(&snapshot.model), sorted(&model));
     // And the watch goes on.
-    server.put(&affinity_key("node-1", "10.244.5.0-26"), r#"{"state":"confirmed","deleted":false}"#)?;
+    server.put(
+        &affinity_key("node-1", "10.244.5.0-26"),
+        r#"{"state":"confirmed","deleted":false}"#,
+    )?;
     wait_for(&watch, "a change after the restart", CHANGE_TIMEOUT, |s| {
         has_block(s, "10.244.5.0/26", "node-1")
     })?;
@@ -807,7 +869,10 @@ fn tls_with_client_certificates() -> anyhow::Result<()> {
         "{error}"
     );
     let watch = WatchThread::start(missing)?;
-    ensure!(watch.recv_timeout(Duration::from_secs(2)).is_none(), "a snapshot arrived without a key");
+    ensure!(
+        watch.recv_timeout(Duration::from_secs(2)).is_none(),
+        "a snapshot arrived without a key"
+    );
     let deadline = Instant::now() + Duration::from_secs(2);
     while !watch.is_finished() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));
@@ -829,7 +894,10 @@ fn a_large_cluster_is_read_in_pages_at_one_revision() -> anyhow::Result<()> {
         let network = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + index * 64);
         let block = format!("{network}-26");
         let node = format!("node-{}", index % 100);
-        keys.push((affinity_key(&node, &block), r#"{"state":"confirmed","deleted":false}"#.to_owned()));
+        keys.push((
+            affinity_key(&node, &block),
+            r#"{"state":"confirmed","deleted":false}"#.to_owned(),
+        ));
         keys.push((
             assignment_key(&block),
             format!(r#"{{"cidr":"{network}/26","affinity":"host:{node}","allocations":[],"unallocated":[],"attributes":[]}}"#),
@@ -843,9 +911,14 @@ fn a_large_cluster_is_read_in_pages_at_one_revision() -> anyhow::Result<()> {
     let watch = WatchThread::start(server.config())?;
     let (snapshot, _) = wait_for(&watch, "the large cluster", CHANGE_TIMEOUT, |_| true)?;
     let read = started.elapsed();
-    ensure!(snapshot.problems.is_empty(), "problems: {:?}", &snapshot.problems[..snapshot.problems.len().min(5)]);
     ensure!(
-        snapshot.model.blocks.len() == BLOCKS as usize && snapshot.model.blocks.iter().all(|b| b.routes()),
+        snapshot.problems.is_empty(),
+        "problems: {:?}",
+        &snapshot.problems[..snapshot.problems.len().min(5)]
+    );
+    ensure!(
+        snapshot.model.blocks.len() == BLOCKS as usize
+            && snapshot.model.blocks.iter().all(|b| b.routes()),
         "read {} blocks, expected {BLOCKS} routed ones",
         snapshot.model.blocks.len()
     );
@@ -889,7 +962,11 @@ fn wait_programmed(agent: &ChildHandle, before: usize, since: Instant) -> anyhow
         }
         thread::sleep(Duration::from_millis(2));
     }
-    bail!("{} did not program its fast path again within {CHANGE_TIMEOUT:?}:\n{}", agent.name(), agent.log())
+    bail!(
+        "{} did not program its fast path again within {CHANGE_TIMEOUT:?}:\n{}",
+        agent.name(),
+        agent.log()
+    )
 }
 
 /// A numeric field (`routes=5`) of the agent's `nth` "fast path programmed" line, counting from
@@ -903,14 +980,20 @@ fn last_field(agent: &ChildHandle, field: &str, nth: usize) -> anyhow::Result<us
     }
     .with_context(|| format!("{} has no {nth}th {AGENT_READY:?} line:\n{log}", agent.name()))?;
     let needle = format!(" {field}=");
-    let start = line.find(&needle).with_context(|| format!("no {field}= in {line}"))? + needle.len();
+    let start =
+        line.find(&needle).with_context(|| format!("no {field}= in {line}"))? + needle.len();
     let digits: String = line[start..].chars().take_while(|c| c.is_ascii_digit()).collect();
     digits.parse().with_context(|| format!("{field}= is not a number in {line}"))
 }
 
 /// Waits until the agent's last "fast path programmed" line has `field` equal to `want`; returns
 /// how long after `since` that was seen.
-fn wait_field(agent: &ChildHandle, field: &str, want: usize, since: Instant) -> anyhow::Result<Duration> {
+fn wait_field(
+    agent: &ChildHandle,
+    field: &str,
+    want: usize,
+    since: Instant,
+) -> anyhow::Result<Duration> {
     let deadline = Instant::now() + CHANGE_TIMEOUT;
     while Instant::now() < deadline {
         if last_field(agent, field, usize::MAX)? == want {
@@ -918,7 +1001,11 @@ fn wait_field(agent: &ChildHandle, field: &str, want: usize, since: Instant) -> 
         }
         thread::sleep(Duration::from_millis(2));
     }
-    bail!("{} never programmed {field}={want} within {CHANGE_TIMEOUT:?}:\n{}", agent.name(), agent.log())
+    bail!(
+        "{} never programmed {field}={want} within {CHANGE_TIMEOUT:?}:\n{}",
+        agent.name(),
+        agent.log()
+    )
 }
 
 /// `ping -c 1 -W 1` until a reply comes (up to `tries` times); whether one came.
@@ -953,13 +1040,29 @@ impl EtcdCluster {
         let peer = "http://127.0.0.1:2380";
         let bin = self.etcd_bin.to_string_lossy();
         let argv = [
-            &*bin, "--name", "lab", "--data-dir", &data, "--listen-client-urls", &self.endpoint,
-            "--advertise-client-urls", &self.endpoint, "--listen-peer-urls", peer,
-            "--initial-advertise-peer-urls", peer, "--initial-cluster", &format!("lab={peer}"),
+            &*bin,
+            "--name",
+            "lab",
+            "--data-dir",
+            &data,
+            "--listen-client-urls",
+            &self.endpoint,
+            "--advertise-client-urls",
+            &self.endpoint,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            &format!("lab={peer}"),
         ];
         self.etcd = Some(self.lab.spawn(&fabric, &argv, "etcd")?);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.etcdctl_status(&["--command-timeout=1s", "endpoint", "health"])?.status.success() {
+        while !self
+            .etcdctl_status(&["--command-timeout=1s", "endpoint", "health"])?
+            .status
+            .success()
+        {
             ensure!(Instant::now() < deadline, "etcd in the lab did not answer within 20 s");
             thread::sleep(Duration::from_millis(50));
         }
@@ -1003,7 +1106,9 @@ impl EtcdCluster {
 fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     let test = "agents_run_from_etcd_on_the_two_node_lab";
     if !dataplane_lab::is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+        eprintln!(
+            "SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root"
+        );
         return Ok(());
     }
     let (Some(etcd_bin), Some(etcdctl)) = (find_binary("etcd"), find_binary("etcdctl")) else {
@@ -1011,7 +1116,11 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
         return Ok(());
     };
     let bin = agent_bin();
-    ensure!(bin.exists(), "agent binary {} does not exist: build it with `cargo build -p dataplane`", bin.display());
+    ensure!(
+        bin.exists(),
+        "agent binary {} does not exist: build it with `cargo build -p dataplane`",
+        bin.display()
+    );
     let model = example_model()?;
     let lab = Lab::up(&model, LabOptions::default())?;
     // etcd listens in the fabric namespace on the gateway of the nodes' subnet: both agents reach
@@ -1035,8 +1144,16 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
         let pin = cluster.lab.pin_path(node);
         let pin = pin.to_string_lossy();
         let argv = [
-            &*bin_text, "run", "--datastore", "etcdv3", "--etcd-endpoints", &cluster.endpoint,
-            "--node", node, "--pin-path", &pin,
+            &*bin_text,
+            "run",
+            "--datastore",
+            "etcdv3",
+            "--etcd-endpoints",
+            &cluster.endpoint,
+            "--node",
+            node,
+            "--pin-path",
+            &pin,
         ];
         let agent = cluster.lab.spawn(&netns, &argv, &format!("agent-{node}"))?;
         cluster.agents.push(agent);
@@ -1048,7 +1165,13 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     let web1 = lab.pod("default/web-1")?.clone();
     let web2 = lab.pod("default/web-2")?.clone();
     for (from, to) in [(&web1, &web2), (&web2, &web1)] {
-        ensure!(ping_ok(lab, from, to.addr, 5)?, "{} cannot ping {}\n{}", from.key, to.key, cluster.logs());
+        ensure!(
+            ping_ok(lab, from, to.addr, 5)?,
+            "{} cannot ping {}\n{}",
+            from.key,
+            to.key,
+            cluster.logs()
+        );
     }
 
     // node-2's block affinity released (the host key deleted, the allocation block's affinity
@@ -1071,7 +1194,11 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
         cluster.put(key, value)?;
     }
     let added = wait_programmed(&cluster.agents[0], before, started)?;
-    ensure!(ping_ok(&cluster.lab, &web1, web2.addr, 5)?, "web-1 cannot reach web-2 after the block came back\n{}", cluster.logs());
+    ensure!(
+        ping_ok(&cluster.lab, &web1, web2.addr, 5)?,
+        "web-1 cannot reach web-2 after the block came back\n{}",
+        cluster.logs()
+    );
 
     // web-2's endpoint deleted and added again: node-2 stops and starts delivering to it.
     let (wep_key, wep_value) = keys
@@ -1091,7 +1218,11 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     let started = Instant::now();
     cluster.put(wep_key, wep_value)?;
     let wep_added = wait_programmed(&cluster.agents[1], before, started)?;
-    ensure!(ping_ok(&cluster.lab, &web1, web2.addr, 5)?, "web-1 cannot reach web-2 after its endpoint came back\n{}", cluster.logs());
+    ensure!(
+        ping_ok(&cluster.lab, &web1, web2.addr, 5)?,
+        "web-1 cannot reach web-2 after its endpoint came back\n{}",
+        cluster.logs()
+    );
     eprintln!(
         "etcdctl -> fast path programmed (including etcdctl's own start): affinity released {removed:?}, \
          claimed {added:?}, endpoint deleted {wep_deleted:?}, added {wep_added:?}"
@@ -1103,18 +1234,40 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
         etcd.terminate(Duration::from_secs(5))?;
     }
     thread::sleep(Duration::from_secs(2));
-    ensure!(ping_ok(&cluster.lab, &web1, web2.addr, 3)?, "traffic stopped with etcd\n{}", cluster.logs());
+    ensure!(
+        ping_ok(&cluster.lab, &web1, web2.addr, 3)?,
+        "traffic stopped with etcd\n{}",
+        cluster.logs()
+    );
     for agent in &cluster.agents {
-        ensure!(agent.log().contains("lost the connection to etcd"), "{} did not say it lost etcd:\n{}", agent.name(), agent.log());
+        ensure!(
+            agent.log().contains("lost the connection to etcd"),
+            "{} did not say it lost etcd:\n{}",
+            agent.name(),
+            agent.log()
+        );
     }
     let restarted = Instant::now();
     cluster.start_etcd()?;
     for (agent, before) in cluster.agents.iter().zip(before) {
         let took = wait_programmed(agent, before, restarted)?;
-        ensure!(agent.log().contains("reconnected to etcd"), "{} did not say it reconnected:\n{}", agent.name(), agent.log());
+        ensure!(
+            agent.log().contains("reconnected to etcd"),
+            "{} did not say it reconnected:\n{}",
+            agent.name(),
+            agent.log()
+        );
         eprintln!("{} resynced {took:?} after etcd was restarted", agent.name());
     }
-    ensure!(ping_ok(&cluster.lab, &web1, web2.addr, 5)?, "no traffic after etcd came back\n{}", cluster.logs());
-    ensure!(ping_ok(&cluster.lab, &web2, web1.addr, 5)?, "no traffic after etcd came back\n{}", cluster.logs());
+    ensure!(
+        ping_ok(&cluster.lab, &web1, web2.addr, 5)?,
+        "no traffic after etcd came back\n{}",
+        cluster.logs()
+    );
+    ensure!(
+        ping_ok(&cluster.lab, &web2, web1.addr, 5)?,
+        "no traffic after etcd came back\n{}",
+        cluster.logs()
+    );
     Ok(())
 }
