@@ -8,5 +8,6 @@ pub mod conntrack;
 pub mod datastore;
 pub mod model;
 pub mod plan;
+pub mod routes;
 pub mod stats;
 pub mod sys;

@@ -68,6 +68,15 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         resync_interval: u64,
     },
+    /// Print the routes map: every prefix, what it does, encapsulation, natOutgoing, peer node.
+    Routes {
+        /// Directory of the pinned maps.
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Print the fast path's counters: every decision and every drop reason.
     Stats {
         /// Directory of the pinned maps.
@@ -140,6 +149,14 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("starting the async runtime")?
                 .block_on(agent::run(options))
+        }
+        Command::Routes { pin_path, output } => {
+            let rows = dataplane::routes::read(&pin_path)?;
+            match output {
+                Output::Table => print!("{}", dataplane::routes::table(&rows)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            }
+            Ok(())
         }
         Command::Stats { pin_path, output } => {
             let counters = dataplane::stats::read(&pin_path)?;
