@@ -90,6 +90,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     if options.mode == Mode::Netlink {
         bail!("--mode netlink: the netlink fallback is not built yet; use --mode bpf or auto");
     }
+    if options.datastore == Datastore::Etcdv3 {
+        options.etcd.check()?;
+    }
     let mut backend = BpfBackend::load(&options.pin_path)?;
     info!(pin_path = %options.pin_path.display(), "kernel programs loaded");
 

@@ -1,192 +1,20 @@
 //! `cargo xtask demo`: a two-node lab carrying real traffic through the fast path.
 //!
-//! Builds the agent, brings up examples/two-nodes.yaml as network namespaces, starts one agent per
-//! node, then shows each step with the command it runs. Any failing step fails the demo; the lab
-//! is torn down in every case (dropping it removes every namespace, process and pin).
+//! Checks the prerequisites, builds the agent, then runs `dataplane-lab demo` (the lab crate's
+//! binary), which brings up examples/two-nodes.yaml in network namespaces and shows the traffic.
 
-use std::{path::Path, time::Duration};
-
-use anyhow::{bail, Context as _};
-use dataplane_lab::{Agent, Lab, LabOptions};
+use crate::setup;
 
 /// Options of `cargo xtask demo`.
 #[derive(clap::Args)]
 pub struct Options {}
 
-/// The example cluster, relative to the workspace root.
-const EXAMPLE: &str = "examples/two-nodes.yaml";
-
-/// The pods the demo sends traffic between: one on each node.
-const CLIENT: &str = "default/web-1";
-const SERVER: &str = "default/web-2";
-
-/// How long an agent may take to program its node.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Runs the demo.
 pub fn run(_options: &Options) -> anyhow::Result<()> {
-    crate::setup::ensure()?;
-    let bin = crate::setup::build_agent(false)?;
-    if !dataplane_lab::is_root() {
-        bail!("the demo creates network namespaces and loads eBPF programs: run it as root");
-    }
-    let datastore = crate::setup::workspace_root()?.join(EXAMPLE);
-
-    heading(&format!("The cluster: {EXAMPLE}"));
-    let model = dataplane_lab::load_model(&datastore)?;
-    for pool in &model.pools {
-        println!(
-            "  pool {} {} vxlanMode {:?} ipipMode {:?} natOutgoing {}",
-            pool.name, pool.cidr, pool.vxlan_mode, pool.ipip_mode, pool.nat_outgoing
-        );
-    }
-    for node in &model.nodes {
-        let addr = node.addr.map_or_else(|| "(no address)".to_owned(), |a| a.to_string());
-        println!("  node {} {addr}", node.name);
-    }
-
-    heading("Bringing up the lab (network namespaces, veth pairs, bridges)");
-    let lab = Lab::up(&model, LabOptions::default())?;
-    println!("  lab {} is up; its logs are in {}", lab.prefix(), lab.dir().display());
-    let prefix = lab.prefix().to_owned();
-
-    // Every handle the steps create (agents, servers, captures) is dropped before the lab.
-    let result = steps(&lab, &bin, &datastore);
-
-    heading("Tearing down");
-    drop(lab);
-    let leftovers = leftover_namespaces(&prefix);
-    if leftovers.is_empty() {
-        println!("  removed every namespace, process and pin of lab {prefix}");
-    } else {
-        println!("  namespaces left behind: {leftovers:?} (`cargo xtask lab down` removes them)");
-    }
-
-    match result {
-        Ok(()) => {
-            println!("\ndemo passed: pod traffic crossed nodes through the eBPF fast path");
-            Ok(())
-        }
-        Err(e) => Err(e.context("the demo failed (the lab has been torn down)")),
-    }
-}
-
-/// The demo's steps, in a lab that is already up.
-fn steps(lab: &Lab, bin: &Path, datastore: &Path) -> anyhow::Result<()> {
-    heading("The pods and their addresses");
-    for pod in lab.pods() {
-        println!("  {} on {}: {} (host side {}, MTU {})", pod.key, pod.node, pod.addr, pod.interface, pod.mtu);
-        show(lab, &pod.netns, &["ip", "-4", "-br", "addr", "show", "dev", "eth0"])?;
-        show(lab, &pod.netns, &["ip", "route"])?;
-    }
-
-    heading("Starting one agent per node");
-    let mut agents: Vec<Agent> = Vec::new();
-    let nodes: Vec<String> = lab.nodes().map(|n| n.name.clone()).collect();
-    for node in &nodes {
-        let agent = lab.start_agent(node, bin, datastore)?;
-        println!("$ {} &", agent.command_line());
-        agents.push(agent);
-    }
-    for agent in &mut agents {
-        agent.wait_ready(READY_TIMEOUT)?;
-        println!("  agent of {} is ready (pins in {})", agent.node(), agent.pin_path().display());
-    }
-
-    let client = lab.pod(CLIENT)?;
-    let server = lab.pod(SERVER)?;
-    let server_addr = server.addr.to_string();
-    let client_addr = client.addr.to_string();
-
-    heading(&format!("ping {CLIENT} -> {SERVER} (node {} -> node {})", client.node, server.node));
-    show(lab, &client.netns, &["ping", "-c", "3", "-W", "2", &server_addr])
-        .with_context(|| agent_logs(&agents))?;
-
-    heading(&format!("ping {SERVER} -> {CLIENT}"));
-    show(lab, &server.netns, &["ping", "-c", "3", "-W", "2", &client_addr])
-        .with_context(|| agent_logs(&agents))?;
-
-    heading(&format!("iperf3: TCP for 5 s from {CLIENT} to {SERVER}"));
-    let iperf_server = ["iperf3", "-s", "-1", "--forceflush"];
-    println!("$ {} &", lab.command_line(&server.netns, &iperf_server));
-    let mut iperf = lab.spawn(&server.netns, &iperf_server, "iperf3-server")?;
-    iperf.wait_for_log("Server listening", Duration::from_secs(10))?;
-    show(lab, &client.netns, &["iperf3", "-c", &server_addr, "-t", "5"]).with_context(|| agent_logs(&agents))?;
-    drop(iperf);
-
-    heading(&format!("{CLIENT}'s ARP entry for its gateway 169.254.1.1 (answered by the eBPF program)"));
-    let neigh = show(lab, &client.netns, &["ip", "neigh", "show", "169.254.1.1"])?;
-    if !neigh.contains("ee:ee:ee:ee:ee:ee") {
-        bail!("{CLIENT} has no ARP entry 169.254.1.1 -> ee:ee:ee:ee:ee:ee:\n{neigh}");
-    }
-
-    let bridge = lab.fabric_bridge(&client.node)?;
-    heading(&format!("VXLAN on the wire: tcpdump on fabric bridge {bridge} during a ping"));
-    println!("$ {}", lab.command_line(lab.fabric_netns(), &["tcpdump", "-i", bridge, "-nn", "udp port 4789"]));
-    let capture = lab.capture(lab.fabric_netns(), bridge, "udp port 4789")?;
-    lab.exec(&client.netns, &["ping", "-c", "2", "-W", "2", &server_addr]).with_context(|| agent_logs(&agents))?;
-    let text = capture.stop()?;
-    for line in text.lines().take(8) {
-        println!("  {line}");
-    }
-    if !text.contains("vni 4096") {
-        bail!("the capture on {bridge} shows no VXLAN packet with VNI 4096:\n{text}");
-    }
-
-    let pin = lab.pin_path(&client.node).join("routes_v1");
-    heading(&format!("The routes map of {} (pinned BTF map: named fields)", client.node));
-    let pin_arg = pin.to_string_lossy();
-    let dump = ["bpftool", "map", "dump", "pinned", &pin_arg];
-    println!("$ {}", dataplane_lab::cmd::display(&dump));
-    let output = dataplane_lab::cmd::run(&dump)?;
-    print_indented(&String::from_utf8_lossy(&output.stdout));
-
-    heading("Stopping the agents (SIGTERM: the pinned programs keep forwarding)");
-    for agent in &mut agents {
-        agent.stop()?;
-        println!("  agent of {} stopped", agent.node());
-    }
-    Ok(())
-}
-
-/// Prints a section heading.
-fn heading(title: &str) {
-    println!("\n==> {title}");
-}
-
-/// Prints a command, runs it in `netns`, prints its output and returns its stdout.
-fn show(lab: &Lab, netns: &str, argv: &[&str]) -> anyhow::Result<String> {
-    println!("$ {}", lab.command_line(netns, argv));
-    let output = lab.exec(netns, argv)?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    print_indented(&stdout);
-    Ok(stdout)
-}
-
-/// Prints text indented by two spaces.
-fn print_indented(text: &str) {
-    for line in text.lines() {
-        println!("  {line}");
-    }
-}
-
-/// The agents' logs, to explain a failed step.
-fn agent_logs(agents: &[Agent]) -> String {
-    let mut text = String::from("agent logs:");
-    for agent in agents {
-        text.push_str(&format!("\n--- agent of {} ---\n{}", agent.node(), agent.log().trim_end()));
-    }
-    text
-}
-
-/// Namespaces of lab `prefix` that still exist.
-fn leftover_namespaces(prefix: &str) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(prefix))
-        .collect()
+    setup::ensure()?;
+    let agent = setup::build_agent(false)?;
+    let workspace = setup::workspace_root()?;
+    let agent = agent.to_string_lossy().into_owned();
+    let workspace = workspace.to_string_lossy().into_owned();
+    setup::run_lab_tool(&["demo", "--agent", &agent, "--workspace", &workspace])
 }

@@ -1,5 +1,7 @@
 //! `cargo xtask lab`: manage lab network namespaces by hand.
 
+use crate::setup;
+
 /// Subcommands of `cargo xtask lab`.
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -7,21 +9,10 @@ pub enum Command {
     Down,
 }
 
-/// Runs a lab subcommand.
+/// Runs a lab subcommand through the lab crate's `dataplane-lab` binary.
 pub fn run(command: Command) -> anyhow::Result<()> {
+    setup::ensure()?;
     match command {
-        Command::Down => down(),
+        Command::Down => setup::run_lab_tool(&["down"]),
     }
-}
-
-/// Removes every `dpl-*` namespace (stopping what runs in it), `/sys/fs/bpf/dpl-*` and the labs'
-/// log directories, saying what it removes.
-fn down() -> anyhow::Result<()> {
-    let removed = dataplane_lab::down_all_with(|what| println!("removed {what}"))?;
-    if removed == 0 {
-        println!("no lab leftovers found");
-    } else {
-        println!("removed {removed} lab leftovers");
-    }
-    Ok(())
 }

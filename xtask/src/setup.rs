@@ -179,6 +179,20 @@ pub fn cargo() -> Command {
     command
 }
 
+/// Runs the lab crate's `dataplane-lab` binary (demo, lab down) with `args`, streaming its output.
+/// It needs the agent's crates, so it is built here, after [`ensure`], never as xtask's dependency.
+pub fn run_lab_tool(args: &[&str]) -> anyhow::Result<()> {
+    let root = workspace_root()?;
+    let mut command = cargo();
+    command.current_dir(&root).args(["run", "--quiet", "-p", "dataplane-lab", "--bin", "dataplane-lab", "--"]).args(args);
+    let shown = format!("cargo run -p dataplane-lab -- {}", args.join(" "));
+    let status = command.status().with_context(|| format!("cannot start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(())
+}
+
 /// Prints one line of setup output.
 fn say(line: &str) {
     println!("[setup] {line}");
