@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod cmd;
+pub mod kernel_calico;
 pub mod process;
 pub mod topology;
 

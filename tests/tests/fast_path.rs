@@ -151,17 +151,26 @@ fn check_mode(cluster: &Cluster, mode: &Mode) -> anyhow::Result<()> {
     let lab = &cluster.lab;
     // An iperf3 server in every pod and every node: each check below is a client of one of them.
     let servers = Servers::start(lab)?;
+    // Every check runs even when an earlier one fails, so that one run shows every broken
+    // direction; the test fails at the end with all of them.
+    let mut failures = Vec::new();
+    let mut note = |result: anyhow::Result<()>| {
+        if let Err(e) = result {
+            eprintln!("FAILED: {e:#}");
+            failures.push(format!("{e:#}"));
+        }
+    };
 
     // Pod to pod on one node, both ways.
     let (a, b) = (Endpoint::pod(lab, mode.same_node.0)?, Endpoint::pod(lab, mode.same_node.1)?);
     ensure!(a.node == b.node, "{} and {} must run on the same node", a.label, b.label);
-    cluster.reach(&servers, &a, &b)?;
-    cluster.reach(&servers, &b, &a)?;
+    note(cluster.reach(&servers, &a, &b));
+    note(cluster.reach(&servers, &b, &a));
 
     // Host to local pod and local pod to host.
     let host = Endpoint::node(lab, &a.node)?;
-    cluster.reach(&servers, &host, &a)?;
-    cluster.reach(&servers, &a, &host)?;
+    note(cluster.reach(&servers, &host, &a));
+    note(cluster.reach(&servers, &a, &host));
 
     for crossing in mode.crossings {
         let from = Endpoint::pod(lab, crossing.from)?;
@@ -171,19 +180,22 @@ fn check_mode(cluster: &Cluster, mode: &Mode) -> anyhow::Result<()> {
         let to_host = Endpoint::node(lab, &to.node)?;
 
         // The wire and the counters first, while only this crossing's ping runs.
-        cluster.check_wire(&from, &to, crossing.wire)?;
+        note(cluster.check_wire(&from, &to, crossing.wire));
 
         // Pod to pod across nodes, both ways.
-        cluster.reach(&servers, &from, &to)?;
-        cluster.reach(&servers, &to, &from)?;
+        note(cluster.reach(&servers, &from, &to));
+        note(cluster.reach(&servers, &to, &from));
         // Host to remote pod, and remote pod to host.
-        cluster.reach(&servers, &from_host, &to)?;
-        cluster.reach(&servers, &to, &from_host)?;
+        note(cluster.reach(&servers, &from_host, &to));
+        note(cluster.reach(&servers, &to, &from_host));
         // Pod to another node's address.
-        cluster.reach(&servers, &from, &to_host)?;
+        note(cluster.reach(&servers, &from, &to_host));
     }
 
-    cluster.check_blackhole(mode, &a)?;
+    note(cluster.check_blackhole(mode, &a));
+    if !failures.is_empty() {
+        bail!("{} of the checks failed:\n\n{}", failures.len(), failures.join("\n\n"));
+    }
     Ok(())
 }
 
@@ -234,10 +246,12 @@ impl Cluster {
         let bin = self.bin.to_string_lossy();
         let pin_arg = pin.to_string_lossy();
         let output = dataplane_lab::cmd::run(&[&*bin, "stats", "--pin-path", &pin_arg, "-o", "json"])?;
-        let json: Value = serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` did not print JSON")?;
+        let json: Value =
+            serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` did not print JSON")?;
         let mut counters = BTreeMap::new();
         for section in ["decisions", "drops"] {
-            let map = json[section].as_object().with_context(|| format!("stats JSON has no {section:?} object: {json}"))?;
+            let map =
+                json[section].as_object().with_context(|| format!("stats JSON has no {section:?} object: {json}"))?;
             for (name, value) in map {
                 let packets = value.as_u64().with_context(|| format!("counter {name} is not a number: {value}"))?;
                 counters.insert(name.clone(), packets);
@@ -255,7 +269,11 @@ impl Cluster {
         ensure!(tcp.sent > 0 && tcp.received > 0, "TCP {what} moved no bytes: {tcp:?}");
         let udp = iperf(&self.lab, &from.netns, to.addr, true).with_context(|| format!("UDP {what}"))?;
         ensure!(udp.sent > 0 && udp.received > 0, "UDP {what} moved no bytes: {udp:?}");
-        ensure!(udp.lost_percent < UDP_MAX_LOSS, "UDP {what} lost {:.2}% (at most {UDP_MAX_LOSS}%): {udp:?}", udp.lost_percent);
+        ensure!(
+            udp.lost_percent < UDP_MAX_LOSS,
+            "UDP {what} lost {:.2}% (at most {UDP_MAX_LOSS}%): {udp:?}",
+            udp.lost_percent
+        );
         eprintln!(
             "{what}: ping ok, TCP {:.2} Gbit/s, UDP {:.0} Mbit/s with {:.2}% loss",
             tcp.bits_per_second / 1e9,
@@ -283,21 +301,31 @@ impl Cluster {
 
         let request = format!("{} > {}: ICMP echo request", from.addr, to.addr);
         let reply = format!("{} > {}: ICMP echo reply", to.addr, from.addr);
-        let shown = format!("capture on fabric bridge {bridge} ({} -> {}, expected {wire:?}):\n{text}", from.label, to.label);
-        ensure!(text.contains(&request) && text.contains(&reply), "no echo request and reply between the pods in the {shown}");
+        let shown =
+            format!("capture on fabric bridge {bridge} ({} -> {}, expected {wire:?}):\n{text}", from.label, to.label);
+        ensure!(
+            text.contains(&request) && text.contains(&reply),
+            "no echo request and reply between the pods in the {shown}"
+        );
         let vxlan = text.contains(": VXLAN");
         let ipip = text.contains("proto IPIP (4)");
         match wire {
             Wire::Vxlan => {
                 ensure!(vxlan && text.contains("vni 4096"), "no VXLAN with vni 4096 in the {shown}");
                 let outer = format!("> {to_addr}.4789: VXLAN");
-                ensure!(text.contains(&outer) && text.contains(&format!("{from_addr}.")), "no VXLAN from {from_addr} to {to_addr}:4789 in the {shown}");
+                ensure!(
+                    text.contains(&outer) && text.contains(&format!("{from_addr}.")),
+                    "no VXLAN from {from_addr} to {to_addr}:4789 in the {shown}"
+                );
                 ensure!(!ipip, "IP-in-IP in the {shown}");
             }
             Wire::Ipip => {
                 ensure!(ipip, "no IP protocol 4 (IPIP) in the {shown}");
                 let outer = format!("{from_addr} > {to_addr}: IP ");
-                ensure!(text.contains(&outer), "no IPIP packet {from_addr} > {to_addr} carrying the pods' packets in the {shown}");
+                ensure!(
+                    text.contains(&outer),
+                    "no IPIP packet {from_addr} > {to_addr} carrying the pods' packets in the {shown}"
+                );
                 ensure!(!vxlan, "VXLAN in the {shown}");
             }
             Wire::Plain => {
@@ -317,9 +345,20 @@ impl Cluster {
             to.label
         );
         for other in wire.other_counters() {
-            ensure!(grew(other) == 0, "node {}'s {other} grew by {} during a {wire:?} crossing", from.node, grew(other));
+            ensure!(
+                grew(other) == 0,
+                "node {}'s {other} grew by {} during a {wire:?} crossing",
+                from.node,
+                grew(other)
+            );
         }
-        eprintln!("wire {} -> {}: {wire:?} on {bridge}, {} +{}", from.label, to.label, wire.counter(), grew(wire.counter()));
+        eprintln!(
+            "wire {} -> {}: {wire:?} on {bridge}, {} +{}",
+            from.label,
+            to.label,
+            wire.counter(),
+            grew(wire.counter())
+        );
         Ok(())
     }
 
@@ -347,7 +386,12 @@ impl Cluster {
         dropped(&pod.netns, &pod.label)?;
         let after = self.stats(&pod.node)?;
         let grew = growth(&before, &after, "drop_blackhole");
-        ensure!(grew >= 2, "node {}'s drop_blackhole grew by {grew} after 2 pings from {} to {unused}", pod.node, pod.label);
+        ensure!(
+            grew >= 2,
+            "node {}'s drop_blackhole grew by {grew} after 2 pings from {} to {unused}",
+            pod.node,
+            pod.label
+        );
 
         // From a pod on each other node: dropped on arrival, and counted when it came
         // encapsulated (a plain packet is the kernel's blackhole route's to drop).
@@ -358,7 +402,13 @@ impl Cluster {
             let after = self.stats(&pod.node)?;
             let grew = growth(&before, &after, "drop_blackhole");
             if crossing.wire != Wire::Plain {
-                ensure!(grew >= 2, "node {}'s drop_blackhole grew by {grew} after 2 {:?} pings from {} to {unused}", pod.node, crossing.wire, remote.label);
+                ensure!(
+                    grew >= 2,
+                    "node {}'s drop_blackhole grew by {grew} after 2 {:?} pings from {} to {unused}",
+                    pod.node,
+                    crossing.wire,
+                    remote.label
+                );
             }
         }
 
@@ -446,7 +496,8 @@ struct IperfResult {
 /// [`UDP_RATE`]), retrying while the server is still busy with the previous test.
 fn iperf(lab: &Lab, netns: &str, to: Ipv4Addr, udp: bool) -> anyhow::Result<IperfResult> {
     let to = to.to_string();
-    let mut argv = vec!["timeout", IPERF_TIMEOUT_S, "iperf3", "-c", &to, "-t", IPERF_SECONDS, "-J", "--connect-timeout", "3000"];
+    let mut argv =
+        vec!["timeout", IPERF_TIMEOUT_S, "iperf3", "-c", &to, "-t", IPERF_SECONDS, "-J", "--connect-timeout", "3000"];
     if udp {
         argv.extend(["-u", "-b", UDP_RATE]);
     }
@@ -455,7 +506,8 @@ fn iperf(lab: &Lab, netns: &str, to: Ipv4Addr, udp: bool) -> anyhow::Result<Iper
         let output = lab.exec_status(netns, &argv)?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         if output.status.success() {
-            let report: Value = serde_json::from_str(&stdout).with_context(|| format!("iperf3 -J printed no JSON:\n{stdout}"))?;
+            let report: Value =
+                serde_json::from_str(&stdout).with_context(|| format!("iperf3 -J printed no JSON:\n{stdout}"))?;
             return parse_iperf(&report, udp).with_context(|| format!("iperf3 JSON:\n{stdout}"));
         }
         let busy = stdout.contains("busy");
@@ -495,16 +547,19 @@ fn parse_iperf(report: &Value, udp: bool) -> anyhow::Result<IperfResult> {
     }
 }
 
-/// `ping -c 3` from `netns` to `to` until all three replies come back, up to three tries: a first
-/// try may lose a packet while a neighbour is resolved.
+/// `ping -c 3` from `netns` to `to` until all three replies come back from `to` itself, up to
+/// three tries: a first try may lose a packet while a neighbour is resolved. A reply from another
+/// address (ping says "DIFFERENT ADDRESS!", e.g. after a wrong NAT) is no reply.
 fn ping(lab: &Lab, netns: &str, to: Ipv4Addr) -> anyhow::Result<String> {
     let to = to.to_string();
     let argv = ["ping", "-c", "3", "-i", "0.2", "-W", "2", &to];
+    let from_to = format!("bytes from {to}: ");
     let mut tries = Vec::new();
     for _ in 0..3 {
         let output = lab.exec_status(netns, &argv)?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.success() && stdout.contains(" 3 received") {
+        let replies = stdout.lines().filter(|l| l.contains(&from_to) && !l.contains("DIFFERENT ADDRESS")).count();
+        if output.status.success() && replies == 3 {
             return Ok(stdout);
         }
         tries.push(format!("{}\n{stdout}{}", output.status, String::from_utf8_lossy(&output.stderr)));

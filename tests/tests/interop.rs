@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use dataplane_lab::{kernel_calico, Agent, Lab, LabOptions, LabPod};
+use dataplane_lab::{kernel_calico, Lab, LabOptions, LabPod};
 use serde_json::Value;
 
 /// The example cluster: pool 10.244.0.0/16 vxlanMode Always, node-1 and node-2 on 10.100.0.0/24.
@@ -111,7 +111,12 @@ fn tcp_stream(lab: &Lab, client: &LabPod, server: &LabPod) -> anyhow::Result<u64
     let sent = report["end"]["sum_sent"]["bytes"].as_u64().context("iperf3 JSON has no end.sum_sent.bytes")?;
     let received =
         report["end"]["sum_received"]["bytes"].as_u64().context("iperf3 JSON has no end.sum_received.bytes")?;
-    ensure!(sent > 0 && received > 0, "TCP {} -> {} moved no bytes: sent {sent}, received {received}", client.key, server.key);
+    ensure!(
+        sent > 0 && received > 0,
+        "TCP {} -> {} moved no bytes: sent {sent}, received {received}",
+        client.key,
+        server.key
+    );
     Ok(received)
 }
 
@@ -138,16 +143,18 @@ fn growth(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &
     read(after).saturating_sub(read(before))
 }
 
-/// `ping -c 3` from `from` to `to` until all three replies come back, up to three tries (the
-/// kernel node resolves the pod's neighbour on the first packet).
+/// `ping -c 3` from `from` to `to` until all three replies come back from `to` itself, up to
+/// three tries (the kernel node resolves the pod's neighbour on the first packet).
 fn ping(lab: &Lab, from: &LabPod, to: Ipv4Addr) -> anyhow::Result<()> {
     let to = to.to_string();
     let argv = ["ping", "-c", "3", "-i", "0.2", "-W", "2", &to];
+    let from_to = format!("bytes from {to}: ");
     let mut tries = Vec::new();
     for _ in 0..3 {
         let output = lab.exec_status(&from.netns, &argv)?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.success() && stdout.contains(" 3 received") {
+        let replies = stdout.lines().filter(|l| l.contains(&from_to) && !l.contains("DIFFERENT ADDRESS")).count();
+        if output.status.success() && replies == 3 {
             return Ok(());
         }
         tries.push(format!("{}\n{stdout}{}", output.status, String::from_utf8_lossy(&output.stderr)));
