@@ -1,0 +1,744 @@
+//! natOutgoing with real traffic: SNAT to the node's address, connection tracking, and the
+//! traffic that must never be translated.
+//!
+//! Each test builds its own lab from examples/nat.yaml (two nodes; pool nat-pool 10.244.0.0/16
+//! with natOutgoing, pool no-nat-pool 10.245.0.0/16 without), runs the agents as separate
+//! processes, and checks on the external host (192.0.2.10, outside every pool) what address the
+//! pods' traffic arrives from: with tcpdump on its interface, or with a UDP socket living in its
+//! namespace, whose `recv_from` is exactly what a server there would see. The lab is torn down
+//! when the test ends, also on failure. Without root the tests print why they are skipped and pass.
+
+use std::{
+    fs::{self, File},
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+use dataplane_lab::{ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
+use serde_json::Value;
+
+/// The example cluster with two pools, one with natOutgoing and one without.
+const EXAMPLE: &str = "examples/nat.yaml";
+/// On node-1, in nat-pool (natOutgoing: true).
+const NAT_1: &str = "default/nat-1";
+/// On node-1, in no-nat-pool (natOutgoing: false).
+const PLAIN_1: &str = "default/plain-1";
+/// On node-2, in nat-pool.
+const NAT_2: &str = "default/nat-2";
+/// node-1's address: what the external host must see for nat-1's traffic.
+const NODE_1_ADDR: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 11);
+/// The external host's interface in its namespace (the lab names every host's uplink eth0).
+const EXTERNAL_IFACE: &str = "eth0";
+/// The UDP port the tests' own server listens on, on the external host.
+const UDP_SERVER_PORT: u16 = 9000;
+/// How long an agent may take to program its node.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a UDP datagram may take to arrive before it counts as lost.
+const UDP_WAIT: Duration = Duration::from_secs(2);
+
+/// The lab and its agents. Fields drop in order: the agents stop before the lab is torn down.
+struct Cluster {
+    agents: Vec<ChildHandle>,
+    bin: PathBuf,
+    /// The datastore the agents read: a copy in the lab's directory that a test may rewrite.
+    datastore: PathBuf,
+    lab: Lab,
+}
+
+impl Cluster {
+    /// Builds the lab for the cluster in `yaml` (Calico resources) and writes `yaml` as the
+    /// agents' datastore; no agent runs yet. `None` when not root.
+    fn up(test: &str, yaml: &str) -> anyhow::Result<Option<Cluster>> {
+        if !dataplane_lab::is_root() {
+            eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+            return Ok(None);
+        }
+        let bin = agent_bin(&workspace_root());
+        ensure!(
+            bin.exists(),
+            "agent binary {} does not exist: build it with `cargo build -p dataplane`",
+            bin.display()
+        );
+        let (model, problems) = dataplane::datastore::file::parse(yaml)?;
+        ensure!(problems.is_empty(), "the test cluster has resources the dataplane skips: {problems:?}");
+        let lab = Lab::up(&model, LabOptions::default())?;
+        let datastore = lab.dir().join("datastore.yaml");
+        fs::write(&datastore, yaml).with_context(|| format!("writing {}", datastore.display()))?;
+        Ok(Some(Cluster { agents: Vec::new(), bin, datastore, lab }))
+    }
+
+    /// Starts the agent of `node` with `extra` arguments after the usual ones, as `Lab::start_agent`
+    /// would (same pin path), and waits until it has programmed the fast path.
+    fn start_agent(&mut self, node: &str, extra: &[&str]) -> anyhow::Result<()> {
+        let netns = self.lab.node_netns(node)?.to_owned();
+        let bin = self.bin.to_string_lossy().into_owned();
+        let datastore = format!("file:{}", self.datastore.display());
+        let pin_path = self.lab.pin_path(node).to_string_lossy().into_owned();
+        let mut argv = vec![bin.as_str(), "run", "--datastore", &datastore, "--node", node, "--pin-path", &pin_path];
+        argv.extend(extra);
+        let mut agent = self.lab.spawn(&netns, &argv, &format!("agent-{node}"))?;
+        agent
+            .wait_for_log(AGENT_READY, READY_TIMEOUT)
+            .with_context(|| format!("agent for node {node} is not ready"))?;
+        self.agents.push(agent);
+        Ok(())
+    }
+
+    /// The agents' logs, to explain a failure.
+    fn logs(&self) -> String {
+        let mut text = String::from("agent logs:");
+        for agent in &self.agents {
+            text.push_str(&format!("\n--- {} ---\n{}", agent.name(), agent.log().trim_end()));
+        }
+        text
+    }
+
+    /// Runs `dataplane <args> --pin-path <node's pins> -o json` and parses its output.
+    fn dataplane_json(&self, node: &str, args: &[&str]) -> anyhow::Result<Value> {
+        let bin = self.bin.to_string_lossy().into_owned();
+        let pin_path = self.lab.pin_path(node).to_string_lossy().into_owned();
+        let mut argv = vec![bin.as_str()];
+        argv.extend(args);
+        argv.extend(["--pin-path", &pin_path, "-o", "json"]);
+        let output = dataplane_lab::cmd::run(&argv)?;
+        serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("`{}` did not print JSON", dataplane_lab::cmd::display(&argv)))
+    }
+
+    /// `dataplane conntrack -o json` on `node`: one object per translated flow.
+    fn conntrack(&self, node: &str) -> anyhow::Result<Vec<Value>> {
+        let list = self.dataplane_json(node, &["conntrack"])?;
+        list.as_array().cloned().context("`dataplane conntrack -o json` did not print a list")
+    }
+
+    /// One counter of `dataplane stats -o json` on `node` (a decision or a drop reason).
+    fn stat(&self, node: &str, name: &str) -> anyhow::Result<u64> {
+        let stats = self.dataplane_json(node, &["stats"])?;
+        let value = stats["decisions"].get(name).or_else(|| stats["drops"].get(name));
+        value
+            .and_then(Value::as_u64)
+            .with_context(|| format!("`dataplane stats -o json` has no counter {name}: {stats}"))
+    }
+}
+
+/// The workspace root: tests/ is one of its members.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// The agent binary: $DATAPLANE_BIN (set by `cargo xtask test`), else target/debug/dataplane.
+fn agent_bin(root: &Path) -> PathBuf {
+    match std::env::var_os("DATAPLANE_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => root.join("target/debug/dataplane"),
+    }
+}
+
+/// The example cluster's YAML.
+fn example_yaml() -> anyhow::Result<String> {
+    let path = workspace_root().join(EXAMPLE);
+    fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// `ping -c 3 -W 2` from `from` to `to` until all three replies come back, up to three tries:
+/// the first try may lose a packet while the pod resolves its gateway.
+fn ping(lab: &Lab, from: &LabPod, to: Ipv4Addr) -> anyhow::Result<()> {
+    let to = to.to_string();
+    let argv = ["ping", "-c", "3", "-W", "2", &to];
+    let mut tries = Vec::new();
+    for _ in 0..3 {
+        let output = lab.exec_status(&from.netns, &argv)?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() && stdout.contains(" 3 received") {
+            return Ok(());
+        }
+        tries.push(format!("{}\n{stdout}{}", output.status, String::from_utf8_lossy(&output.stderr)));
+        thread::sleep(Duration::from_millis(500));
+    }
+    bail!("`{}` from {} never got 3 replies:\n{}", lab.command_line(&from.netns, &argv), from.key, tries.join("\n"))
+}
+
+/// tcpdump keeping only the first `SNAPLEN` bytes of each packet: enough for the outer and the
+/// inner (VXLAN) IPv4 and TCP headers, and small enough that seconds of iperf3 at full speed do
+/// not fill the disk (the lab's own `capture` keeps whole packets).
+struct HeaderCapture {
+    pcap: PathBuf,
+    process: ChildHandle,
+}
+
+/// Bytes kept per packet: Ethernet + IPv4 + UDP + VXLAN + inner Ethernet + IPv4 + TCP, with room.
+const SNAPLEN: &str = "160";
+
+impl HeaderCapture {
+    /// Starts tcpdump on `iface` in `netns` with `filter`; returns once it listens. `name` must be
+    /// unique in the test (it names the pcap in the lab's directory).
+    fn start(lab: &Lab, netns: &str, iface: &str, filter: &str, name: &str) -> anyhow::Result<HeaderCapture> {
+        let pcap = lab.dir().join(format!("{name}.pcap"));
+        let pcap_arg = pcap.to_string_lossy().into_owned();
+        // --immediate-mode and -U: every packet reaches the file before tcpdump is stopped;
+        // -Z root: tcpdump keeps the right to write in the lab's directory.
+        let argv = [
+            "tcpdump",
+            "-i",
+            iface,
+            "-nn",
+            "-s",
+            SNAPLEN,
+            "--immediate-mode",
+            "-U",
+            "-Z",
+            "root",
+            "-w",
+            &pcap_arg,
+            filter,
+        ];
+        let mut process = lab.spawn(netns, &argv, name)?;
+        process.wait_for_log("listening on", Duration::from_secs(10))?;
+        Ok(HeaderCapture { pcap, process })
+    }
+
+    /// Stops tcpdump and returns the capture as `tcpdump -r -nn` prints it (a VXLAN packet's
+    /// inner packet on the line after the outer one).
+    fn stop(mut self) -> anyhow::Result<String> {
+        self.process.terminate(Duration::from_secs(5))?;
+        let pcap = self.pcap.to_string_lossy().into_owned();
+        let output = dataplane_lab::cmd::run(&["tcpdump", "-r", &pcap, "-nn"])?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+/// Every `source > destination` address pair tcpdump printed (outer and inner headers alike;
+/// ports dropped).
+fn address_pairs(text: &str) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+    // "10.100.0.11.5201" (address and port) or "10.100.0.11" (ICMP): the first four parts.
+    let addr = |token: &str| -> Option<Ipv4Addr> {
+        let parts: Vec<&str> = token.trim_end_matches(':').split('.').take(4).collect();
+        parts.join(".").parse().ok()
+    };
+    let mut pairs = Vec::new();
+    for line in text.lines() {
+        let tokens: Vec<&str> = line.split_whitespace().collect();
+        for window in tokens.windows(3) {
+            if window[1] == ">" {
+                if let (Some(src), Some(dst)) = (addr(window[0]), addr(window[2])) {
+                    pairs.push((src, dst));
+                }
+            }
+        }
+    }
+    pairs
+}
+
+/// The sources of the packets in `text` that went to `dst`, deduplicated.
+fn sources_to(text: &str, dst: Ipv4Addr) -> Vec<Ipv4Addr> {
+    let mut sources: Vec<Ipv4Addr> =
+        address_pairs(text).into_iter().filter(|(_, d)| *d == dst).map(|(s, _)| s).collect();
+    sources.sort();
+    sources.dedup();
+    sources
+}
+
+/// A UDP socket bound to `port` inside the namespace `netns`. A helper thread enters the
+/// namespace (setns changes only the calling thread) and makes the socket; a socket belongs to
+/// the namespace it was made in, so the test can use it from here.
+fn udp_socket_in(netns: &str, port: u16) -> anyhow::Result<UdpSocket> {
+    let path = dataplane_lab::cmd::netns_path(netns);
+    let maker = thread::spawn(move || -> anyhow::Result<UdpSocket> {
+        let handle = File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: setns(2) on a valid descriptor; it moves only this short-lived thread.
+        let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            bail!("setns({path}): {}", std::io::Error::last_os_error());
+        }
+        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+            .with_context(|| format!("binding UDP port {port} in {path}"))?;
+        socket.set_read_timeout(Some(UDP_WAIT))?;
+        Ok(socket)
+    });
+    maker.join().map_err(|_| anyhow::anyhow!("the thread entering {netns} panicked"))?
+}
+
+/// The external host's side of the UDP tests: a socket on port 9000 in its namespace.
+struct UdpServer {
+    socket: UdpSocket,
+    addr: SocketAddrV4,
+}
+
+impl UdpServer {
+    fn start(lab: &Lab) -> anyhow::Result<UdpServer> {
+        let external = lab.external();
+        let socket = udp_socket_in(&external.netns, UDP_SERVER_PORT)?;
+        Ok(UdpServer { socket, addr: SocketAddrV4::new(external.addr, UDP_SERVER_PORT) })
+    }
+
+    /// Waits for one datagram and returns where it came from, as the external host sees it;
+    /// `None` if nothing arrives within `UDP_WAIT`.
+    fn receive(&self, expected: &[u8]) -> anyhow::Result<Option<SocketAddrV4>> {
+        let mut buffer = [0u8; 256];
+        loop {
+            let (len, from) = match self.socket.recv_from(&mut buffer) {
+                Ok(received) => received,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e).context("receiving on the external host"),
+            };
+            // A late datagram of an earlier exchange is not the one we wait for.
+            if &buffer[..len] != expected {
+                continue;
+            }
+            let std::net::SocketAddr::V4(from) = from else { bail!("an IPv6 sender: {from}") };
+            return Ok(Some(from));
+        }
+    }
+}
+
+/// One UDP flow from a pod to the external server, from a fixed source port.
+struct UdpFlow {
+    /// Which pod and port, for messages.
+    name: String,
+    socket: UdpSocket,
+}
+
+impl UdpFlow {
+    fn open(pod: &LabPod, port: u16) -> anyhow::Result<UdpFlow> {
+        Ok(UdpFlow { name: format!("{}:{port}", pod.key), socket: udp_socket_in(&pod.netns, port)? })
+    }
+
+    /// Sends `message` to the server; returns the source the server saw (None: it never arrived).
+    /// When it arrived and `answer` is set, the server echoes it and the reply must reach the pod.
+    fn exchange(&self, server: &UdpServer, message: &str, answer: bool) -> anyhow::Result<Option<SocketAddrV4>> {
+        self.socket.send_to(message.as_bytes(), server.addr).with_context(|| format!("sending from {}", self.name))?;
+        let Some(seen_as) = server.receive(message.as_bytes())? else {
+            return Ok(None);
+        };
+        if answer {
+            server.socket.send_to(message.as_bytes(), seen_as).context("answering from the external host")?;
+            let mut buffer = [0u8; 256];
+            let (len, from) = self.socket.recv_from(&mut buffer).with_context(|| {
+                format!("the answer to {message:?} (sent to {seen_as}) never reached {}", self.name)
+            })?;
+            ensure!(
+                &buffer[..len] == message.as_bytes(),
+                "{} got {:?} instead of its answer",
+                self.name,
+                &buffer[..len]
+            );
+            ensure!(from == server.addr.into(), "{} got its answer from {from}, not from {}", self.name, server.addr);
+        }
+        Ok(Some(seen_as))
+    }
+}
+
+/// The conntrack entries of `pod`, as `(protocol, pod_port, nat_addr, nat_port)`.
+fn flows_of(conntrack: &[Value], pod: Ipv4Addr) -> Vec<(String, u64, String, u64)> {
+    let pod = pod.to_string();
+    conntrack
+        .iter()
+        .filter(|flow| flow["pod"] == pod.as_str())
+        .map(|flow| {
+            (
+                flow["protocol"].as_str().unwrap_or("?").to_owned(),
+                flow["pod_port"].as_u64().unwrap_or(0),
+                flow["nat_addr"].as_str().unwrap_or("?").to_owned(),
+                flow["nat_port"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Runs iperf3 from `pod` to the server on the external host with `args`, returns the JSON
+/// report.
+fn iperf3(lab: &Lab, pod: &LabPod, args: &[&str]) -> anyhow::Result<Value> {
+    let server = lab.external().addr.to_string();
+    let mut argv = vec!["iperf3", "-c", &server, "-t", "2", "-J"];
+    argv.extend(args);
+    let output = lab.exec(&pod.netns, &argv)?;
+    serde_json::from_slice(&output.stdout).with_context(|| format!("`{}` did not print JSON", argv.join(" ")))
+}
+
+/// Bytes at the receiving end of an iperf3 report.
+fn received_bytes(report: &Value) -> anyhow::Result<u64> {
+    report["end"]["sum_received"]["bytes"].as_u64().with_context(|| format!("no end.sum_received.bytes in {report}"))
+}
+
+#[test]
+fn nat_outgoing_pod_reaches_the_external_host_as_its_node() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let Some(mut cluster) = Cluster::up("nat_outgoing_pod_reaches_the_external_host_as_its_node", &example_yaml()?)?
+    else {
+        return Ok(());
+    };
+    // Leaving the cluster involves only node-1.
+    cluster.start_agent("node-1", &[])?;
+    let lab = &cluster.lab;
+    let nat1 = lab.pod(NAT_1)?;
+    let external = lab.external().clone();
+
+    // Everything IPv4 on the external host's wire, whichever direction.
+    let capture = HeaderCapture::start(lab, &external.netns, EXTERNAL_IFACE, "ip", "capture-ext")?;
+
+    // ICMP echo.
+    ping(lab, nat1, external.addr).with_context(|| cluster.logs())?;
+    let icmp = flows_of(&cluster.conntrack("node-1")?, nat1.addr);
+    ensure!(
+        icmp.iter().any(|(proto, _, nat_addr, _)| proto == "icmp" && *nat_addr == NODE_1_ADDR.to_string()),
+        "no icmp flow of {} translated to {NODE_1_ADDR} in `dataplane conntrack`: {icmp:?}",
+        nat1.addr
+    );
+
+    // TCP both ways of data, then UDP, against iperf3 on the external host.
+    let mut server = lab.spawn(&external.netns, &["iperf3", "-s", "--forceflush"], "iperf3-server")?;
+    server.wait_for_log("Server listening", Duration::from_secs(10))?;
+    for (what, args) in [("tcp pod->external", &[][..]), ("tcp external->pod (-R)", &["-R"][..])] {
+        let report = iperf3(lab, nat1, args).with_context(|| cluster.logs())?;
+        let sent = report["end"]["sum_sent"]["bytes"].as_u64().context("no end.sum_sent.bytes")?;
+        let received = received_bytes(&report)?;
+        ensure!(sent > 0 && received > 0, "iperf3 {what} moved no bytes: sent {sent}, received {received}");
+        eprintln!("iperf3 {what}: {received} bytes in 2 s");
+    }
+    // A TCP flow stays listed for 10 s after its FIN: look now.
+    let tcp = flows_of(&cluster.conntrack("node-1")?, nat1.addr);
+    ensure!(
+        tcp.iter().any(|(proto, _, nat_addr, _)| proto == "tcp" && *nat_addr == NODE_1_ADDR.to_string()),
+        "no tcp flow of {} translated to {NODE_1_ADDR} in `dataplane conntrack`: {tcp:?}",
+        nat1.addr
+    );
+
+    let report = iperf3(lab, nat1, &["-u", "-b", "50M"]).with_context(|| cluster.logs())?;
+    let received = received_bytes(&report)?;
+    let lost = report["end"]["sum_received"]["lost_percent"].as_f64().context("no end.sum_received.lost_percent")?;
+    ensure!(received > 0 && lost < 5.0, "iperf3 udp: {received} bytes received, {lost}% lost");
+    eprintln!("iperf3 udp pod->external at 50 Mbit/s: {received} bytes, {lost:.2}% lost");
+    drop(server);
+    let udp = flows_of(&cluster.conntrack("node-1")?, nat1.addr);
+    ensure!(
+        udp.iter().any(|(proto, _, nat_addr, _)| proto == "udp" && *nat_addr == NODE_1_ADDR.to_string()),
+        "no udp flow of {} translated to {NODE_1_ADDR} in `dataplane conntrack`: {udp:?}",
+        nat1.addr
+    );
+
+    // An ICMP error about a translated flow finds its way back: a datagram to a port where
+    // nothing listens makes the external host answer "port unreachable" to node-1, which must
+    // reach the pod as ECONNREFUSED on its connected socket.
+    let refused = udp_socket_in(&nat1.netns, 7001)?;
+    refused.connect(SocketAddrV4::new(external.addr, UDP_SERVER_PORT + 1))?;
+    let mut answer = None;
+    for _ in 0..3 {
+        refused.send(b"anyone there?")?;
+        match refused.recv(&mut [0u8; 64]) {
+            // Nothing came back within UDP_WAIT: try once more.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            other => {
+                answer = Some(other);
+                break;
+            }
+        }
+    }
+    let refused_ok = matches!(&answer, Some(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused);
+    ensure!(
+        refused_ok,
+        "a datagram from {NAT_1} to a closed port of the external host should end in ECONNREFUSED; got {answer:?}\n{}",
+        cluster.logs()
+    );
+
+    // The external host saw only node-1's address, and nothing anywhere carried the pod's.
+    let text = capture.stop()?;
+    let sources = sources_to(&text, external.addr);
+    ensure!(sources == [NODE_1_ADDR], "packets to {} came from {sources:?}, not only {NODE_1_ADDR}", external.addr);
+    let pod_addr = nat1.addr.to_string();
+    let leaks: Vec<&str> = text.lines().filter(|line| line.contains(&pod_addr)).take(5).collect();
+    ensure!(leaks.is_empty(), "the external host's capture shows the pod's address {pod_addr}:\n{}", leaks.join("\n"));
+    eprintln!("external capture: {} packets, all from {NODE_1_ADDR}", text.lines().count());
+
+    let snat_new = cluster.stat("node-1", "snat_new")?;
+    let reverse_nat = cluster.stat("node-1", "reverse_nat")?;
+    ensure!(snat_new > 0 && reverse_nat > 0, "stats: snat_new {snat_new}, reverse_nat {reverse_nat}");
+    eprintln!("stats: snat_new {snat_new}, reverse_nat {reverse_nat}; test took {:?}", started.elapsed());
+    Ok(())
+}
+
+#[test]
+fn pod_of_a_pool_without_nat_outgoing_is_not_translated() -> anyhow::Result<()> {
+    let Some(mut cluster) = Cluster::up("pod_of_a_pool_without_nat_outgoing_is_not_translated", &example_yaml()?)?
+    else {
+        return Ok(());
+    };
+    cluster.start_agent("node-1", &[])?;
+    let lab = &cluster.lab;
+    let plain1 = lab.pod(PLAIN_1)?;
+    let external = lab.external().clone();
+
+    // The echo replies cannot come back (nothing routes 10.245.0.0/16 to node-1 outside the
+    // cluster; the fabric answers them with "net unreachable"), so only the requests matter:
+    // they must arrive with the pod's own address.
+    let filter = "icmp[icmptype] == icmp-echo";
+    let capture = HeaderCapture::start(lab, &external.netns, EXTERNAL_IFACE, filter, "capture-ext")?;
+    let target = external.addr.to_string();
+    lab.exec_status(&plain1.netns, &["ping", "-c", "2", "-W", "1", &target])?;
+    let text = capture.stop()?;
+    let sources = sources_to(&text, external.addr);
+    ensure!(
+        sources == [plain1.addr],
+        "echo requests from {PLAIN_1} reached {} from {sources:?}, not from {} only:\n{text}\n{}",
+        external.addr,
+        plain1.addr,
+        cluster.logs()
+    );
+
+    let flows = flows_of(&cluster.conntrack("node-1")?, plain1.addr);
+    ensure!(flows.is_empty(), "`dataplane conntrack` tracks {PLAIN_1}, whose pool has no natOutgoing: {flows:?}");
+    let snat_new = cluster.stat("node-1", "snat_new")?;
+    ensure!(snat_new == 0, "stats: snat_new is {snat_new} though no pod of a natOutgoing pool sent anything");
+    Ok(())
+}
+
+#[test]
+fn pod_to_pod_across_pools_and_nodes_is_not_translated() -> anyhow::Result<()> {
+    let Some(mut cluster) = Cluster::up("pod_to_pod_across_pools_and_nodes_is_not_translated", &example_yaml()?)?
+    else {
+        return Ok(());
+    };
+    cluster.start_agent("node-1", &[])?;
+    cluster.start_agent("node-2", &[])?;
+    let lab = &cluster.lab;
+    let nat1 = lab.pod(NAT_1)?;
+    let plain1 = lab.pod(PLAIN_1)?;
+    let nat2 = lab.pod(NAT_2)?;
+
+    // Between the nodes: VXLAN, whose inner header must carry the pods' own addresses.
+    let bridge = lab.fabric_bridge("node-1")?;
+    let fabric = HeaderCapture::start(lab, lab.fabric_netns(), bridge, "udp port 4789", "capture-fabric")?;
+    // On one node, between the pools: seen inside nat-1.
+    let local = HeaderCapture::start(lab, &nat1.netns, "eth0", "icmp", "capture-nat-1")?;
+
+    // Same pool, across nodes: ping and a TCP stream.
+    ping(lab, nat1, nat2.addr).with_context(|| cluster.logs())?;
+    let mut server = lab.spawn(&nat2.netns, &["iperf3", "-s", "-1", "--forceflush"], "iperf3-server")?;
+    server.wait_for_log("Server listening", Duration::from_secs(10))?;
+    let nat2_addr = nat2.addr.to_string();
+    let output =
+        lab.exec(&nat1.netns, &["iperf3", "-c", &nat2_addr, "-t", "2", "-J"]).with_context(|| cluster.logs())?;
+    let report: Value = serde_json::from_slice(&output.stdout).context("iperf3 -J did not print JSON")?;
+    let received = received_bytes(&report)?;
+    ensure!(received > 0, "iperf3 {NAT_1} -> {NAT_2} moved no bytes");
+    drop(server);
+    // Across pools and across nodes, both ways.
+    ping(lab, plain1, nat2.addr).with_context(|| cluster.logs())?;
+    // Across pools on one node.
+    ping(lab, plain1, nat1.addr).with_context(|| cluster.logs())?;
+
+    let fabric_text = fabric.stop()?;
+    let local_text = local.stop()?;
+
+    // Every packet to a pod came from a pod, never from a node (which SNAT would have made it).
+    let pods = [nat1.addr, plain1.addr, nat2.addr];
+    for (wire, text) in [("fabric bridge", &fabric_text), ("nat-1's eth0", &local_text)] {
+        let pairs: Vec<_> = address_pairs(text).into_iter().filter(|(_, dst)| pods.contains(dst)).collect();
+        ensure!(!pairs.is_empty(), "the capture on {wire} shows no packet to a pod:\n{text}");
+        let translated: Vec<_> = pairs.iter().filter(|(src, _)| !pods.contains(src)).collect();
+        ensure!(translated.is_empty(), "on {wire}, packets to pods came from non-pod sources: {translated:?}");
+    }
+    let fabric_pairs = address_pairs(&fabric_text);
+    for (src, dst) in
+        [(nat1.addr, nat2.addr), (nat2.addr, nat1.addr), (plain1.addr, nat2.addr), (nat2.addr, plain1.addr)]
+    {
+        ensure!(
+            fabric_pairs.contains(&(src, dst)),
+            "no VXLAN packet with inner {src} > {dst} on the fabric:\n{fabric_text}"
+        );
+    }
+    let local_pairs = address_pairs(&local_text);
+    for (src, dst) in [(plain1.addr, nat1.addr), (nat1.addr, plain1.addr)] {
+        ensure!(local_pairs.contains(&(src, dst)), "no packet {src} > {dst} in nat-1:\n{local_text}");
+    }
+
+    for node in ["node-1", "node-2"] {
+        let flows = cluster.conntrack(node)?;
+        ensure!(flows.is_empty(), "`dataplane conntrack` on {node} tracks pod-to-pod traffic: {flows:?}");
+        let snat_new = cluster.stat(node, "snat_new")?;
+        ensure!(snat_new == 0, "stats on {node}: snat_new is {snat_new} after pod-to-pod traffic only");
+    }
+    Ok(())
+}
+
+#[test]
+fn turning_nat_outgoing_off_and_on_applies_to_new_flows_without_restart() -> anyhow::Result<()> {
+    let Some(mut cluster) =
+        Cluster::up("turning_nat_outgoing_off_and_on_applies_to_new_flows_without_restart", &example_yaml()?)?
+    else {
+        return Ok(());
+    };
+    cluster.start_agent("node-1", &[])?;
+    let nat1 = cluster.lab.pod(NAT_1)?.clone();
+    let server = UdpServer::start(&cluster.lab)?;
+
+    // natOutgoing on: the external host sees node-1, with the pod's own port (free), and answers.
+    let first = UdpFlow::open(&nat1, 6001)?;
+    let seen = first.exchange(&server, "first", true)?.with_context(|| cluster.logs())?;
+    ensure!(seen == SocketAddrV4::new(NODE_1_ADDR, 6001), "with natOutgoing on, {} arrived as {seen}", first.name);
+
+    // Off: the agent polls its file (about every second) and reprograms.
+    let yaml = example_yaml()?;
+    let off = set_nat_outgoing(&yaml, "nat-pool", false)?;
+    rewrite_datastore(&mut cluster, &off)?;
+    let second = UdpFlow::open(&nat1, 6002)?;
+    let seen = second.exchange(&server, "second", false)?.with_context(|| cluster.logs())?;
+    ensure!(
+        seen == SocketAddrV4::new(nat1.addr, 6002),
+        "after natOutgoing was turned off, the new flow {} arrived as {seen}, not untranslated",
+        second.name
+    );
+    // What an existing flow does is not specified (the issue speaks of new flows): report it.
+    let old = first.exchange(&server, "first again", false)?;
+    eprintln!("after natOutgoing off, the flow opened before the change arrives as {old:?}");
+
+    // On again: new flows are translated again.
+    rewrite_datastore(&mut cluster, &yaml)?;
+    let third = UdpFlow::open(&nat1, 6003)?;
+    let seen = third.exchange(&server, "third", true)?.with_context(|| cluster.logs())?;
+    ensure!(seen == SocketAddrV4::new(NODE_1_ADDR, 6003), "with natOutgoing back on, {} arrived as {seen}", third.name);
+    Ok(())
+}
+
+/// `yaml` with `natOutgoing` of pool `pool` set to `on`.
+fn set_nat_outgoing(yaml: &str, pool: &str, on: bool) -> anyhow::Result<String> {
+    let mut docs: Vec<String> = yaml.split("\n---\n").map(str::to_owned).collect();
+    let doc = docs
+        .iter_mut()
+        .find(|doc| doc.contains("kind: IPPool") && doc.contains(&format!("  name: {pool}\n")))
+        .with_context(|| format!("no IPPool {pool} in the example"))?;
+    let (from, to) =
+        if on { ("natOutgoing: false", "natOutgoing: true") } else { ("natOutgoing: true", "natOutgoing: false") };
+    ensure!(doc.contains(from), "IPPool {pool} has no {from:?}:\n{doc}");
+    *doc = doc.replace(from, to);
+    Ok(docs.join("\n---\n"))
+}
+
+/// Writes `yaml` over the agents' datastore and waits until every agent has programmed the fast
+/// path once more (a new "fast path programmed" line in its log).
+fn rewrite_datastore(cluster: &mut Cluster, yaml: &str) -> anyhow::Result<()> {
+    let before: Vec<usize> = cluster.agents.iter().map(|a| a.log().matches(AGENT_READY).count()).collect();
+    let started = Instant::now();
+    fs::write(&cluster.datastore, yaml).with_context(|| format!("rewriting {}", cluster.datastore.display()))?;
+    let deadline = started + Duration::from_secs(10);
+    for (agent, before) in cluster.agents.iter().zip(before) {
+        while agent.log().matches(AGENT_READY).count() <= before {
+            ensure!(
+                Instant::now() < deadline,
+                "{} did not reprogram within 10 s of the change:\n{}",
+                agent.name(),
+                agent.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    eprintln!("datastore rewritten; reprogrammed after {:?}", started.elapsed());
+    Ok(())
+}
+
+/// A second natOutgoing pod on node-1, for flows that collide with nat-1's.
+const NAT_3: &str = "\
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata:
+  name: node--1-k8s-nat--3-eth0
+  namespace: default
+spec:
+  endpoint: eth0
+  interfaceName: cali7a50102d5c2
+  ipNetworks:
+  - 10.244.1.3/32
+  mac: 0a:58:0a:f4:01:03
+  node: node-1
+  orchestrator: k8s
+  pod: nat-3
+";
+
+#[test]
+fn colliding_flows_get_ports_from_a_small_range_until_it_is_exhausted() -> anyhow::Result<()> {
+    // The example plus nat-3, a second pod of nat-pool on node-1: one pod cannot collide with
+    // itself (its flows differ by their own ports), two pods using the same source port can.
+    let yaml = format!("{}---\n{NAT_3}", example_yaml()?);
+    let Some(mut cluster) = Cluster::up("colliding_flows_get_ports_from_a_small_range_until_it_is_exhausted", &yaml)?
+    else {
+        return Ok(());
+    };
+    cluster.start_agent("node-1", &["--nat-port-range", "40000-40001"])?;
+    let nat1 = cluster.lab.pod(NAT_1)?.clone();
+    let nat3 = cluster.lab.pod("default/nat-3")?.clone();
+    let server = UdpServer::start(&cluster.lab)?;
+    let range = 40000..=40001;
+
+    // Each pod opens flows from ports 5001 and 5002 to the same server port. nat-1's come first
+    // and keep their own ports; nat-3's then collide and take the range's two ports.
+    let mut flows = Vec::new();
+    for port in [5001, 5002] {
+        for pod in [&nat1, &nat3] {
+            let flow = UdpFlow::open(pod, port)?;
+            let seen = flow
+                .exchange(&server, &format!("{} hello", flow.name), true)?
+                .with_context(|| format!("{} never reached the external host\n{}", flow.name, cluster.logs()))?;
+            ensure!(*seen.ip() == NODE_1_ADDR, "{} arrived as {seen}, not from {NODE_1_ADDR}", flow.name);
+            flows.push((flow, seen.port()));
+        }
+    }
+    let ports: Vec<u16> = flows.iter().map(|(_, port)| *port).collect();
+    eprintln!("translated ports (nat-1:5001, nat-3:5001, nat-1:5002, nat-3:5002): {ports:?}");
+    ensure!(ports[0] == 5001 && ports[2] == 5002, "nat-1's flows did not keep their free ports: {ports:?}");
+    ensure!(
+        range.contains(&ports[1]) && range.contains(&ports[3]) && ports[1] != ports[3],
+        "nat-3's colliding flows did not get the two ports of 40000-40001: {ports:?}"
+    );
+
+    // A third collision finds the range full: dropped and counted.
+    let exhausted_before = cluster.stat("node-1", "drop_nat_ports_exhausted")?;
+    let nat1_third = UdpFlow::open(&nat1, 5003)?;
+    nat1_third.exchange(&server, "nat-1 third", true)?.context("nat-1:5003 (a free port) never arrived")?;
+    let beyond = UdpFlow::open(&nat3, 5003)?;
+    let seen = beyond.exchange(&server, "beyond the range", false)?;
+    ensure!(seen.is_none(), "{} arrived as {seen:?} though the port range was exhausted", beyond.name);
+    let exhausted = cluster.stat("node-1", "drop_nat_ports_exhausted")?;
+    ensure!(exhausted > exhausted_before, "drop_nat_ports_exhausted did not count the flow beyond the range");
+
+    // The earlier flows keep their translations and keep passing traffic both ways.
+    for (flow, port) in &flows {
+        let seen = flow.exchange(&server, &format!("{} again", flow.name), true)?;
+        ensure!(
+            seen == Some(SocketAddrV4::new(NODE_1_ADDR, *port)),
+            "{} now arrives as {seen:?}, not on port {port}",
+            flow.name
+        );
+    }
+
+    // conntrack lists the same translations.
+    let conntrack = cluster.conntrack("node-1")?;
+    let nat1_flows = flows_of(&conntrack, nat1.addr);
+    let nat3_flows = flows_of(&conntrack, nat3.addr);
+    for port in [5001, 5002, 5003] {
+        ensure!(
+            nat1_flows.contains(&("udp".to_owned(), port, NODE_1_ADDR.to_string(), port)),
+            "no udp flow {}:{port} -> {NODE_1_ADDR}:{port} in conntrack: {nat1_flows:?}",
+            nat1.addr
+        );
+    }
+    for (index, port) in [(1, 5001), (3, 5002)] {
+        let nat_port = u64::from(ports[index]);
+        ensure!(
+            nat3_flows.contains(&("udp".to_owned(), port, NODE_1_ADDR.to_string(), nat_port)),
+            "no udp flow {}:{port} -> {NODE_1_ADDR}:{nat_port} in conntrack: {nat3_flows:?}",
+            nat3.addr
+        );
+    }
+    ensure!(
+        !nat3_flows.iter().any(|(_, pod_port, _, _)| *pod_port == 5003),
+        "the dropped flow {}:5003 is in conntrack: {nat3_flows:?}",
+        nat3.addr
+    );
+    Ok(())
+}
