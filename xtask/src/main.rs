@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's one entry point for setup, build, test, demo, lab and bench.
 
+mod bench;
 mod demo;
 mod lab;
 mod setup;
@@ -24,6 +25,8 @@ enum Command {
     Test(test::Options),
     /// Bring up a two-node lab, carry traffic through the fast path, tear it down.
     Demo(demo::Options),
+    /// TCP throughput pod to pod: BPF fast path vs kernel vxlan vs plain routing.
+    Bench(bench::Options),
     /// Manage lab network namespaces.
     Lab {
         #[command(subcommand)]
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Command::Build(options) => setup::build(&options),
         Command::Test(options) => test::run(&options),
         Command::Demo(options) => demo::run(&options),
+        Command::Bench(options) => bench::run(&options),
         Command::Lab { command } => lab::run(command),
     }
 }
