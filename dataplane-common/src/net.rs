@@ -90,10 +90,11 @@ pub const UDP_CSUM_OFFSET: usize = 6;
 pub const ICMP_CSUM_OFFSET: usize = 2;
 /// Offset of the echo identifier in an ICMP echo header.
 pub const ICMP_ECHO_ID_OFFSET: usize = 4;
-/// Default first port of the SNAT range (the kernel's ephemeral range).
-pub const NAT_PORT_MIN: u16 = 32768;
+/// Default first port of the SNAT range: below the kernel's ephemeral range (32768-60999), so the
+/// node's own new connections do not pick ports pods were given (as Calico's BPFPSNATPorts).
+pub const NAT_PORT_MIN: u16 = 20000;
 /// Default last port of the SNAT range.
-pub const NAT_PORT_MAX: u16 = 60999;
+pub const NAT_PORT_MAX: u16 = 29999;
 
 /// ARP hardware type of Ethernet.
 pub const ARPHRD_ETHER: u16 = 1;

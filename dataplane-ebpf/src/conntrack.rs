@@ -7,12 +7,13 @@
 //! pods (or two CPUs) can never be given the same port towards the same peer.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    bindings::{bpf_sock_tuple, BPF_ANY, BPF_F_CURRENT_NETNS, BPF_NOEXIST},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
+    programs::TcContext,
 };
 use dataplane_common::{
     flow_state,
-    net::{TCP_FIN, TCP_RST},
+    net::{IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST},
     FlowKey, NatFlow, NodeConfig, Stat,
 };
 
@@ -105,7 +106,7 @@ pub fn touch(flow: &NatFlow, tcp_flags: u8, is_reply: bool, now: u64) {
 /// Tracks a new outbound flow from a pod, translated to the node's address: keeps the pod's own
 /// port when it is free towards this peer, else takes a free one from the configured range.
 #[inline(always)]
-pub fn create(packet: &Flow, node: &NodeConfig, now: u64) -> Result<NatFlow, Stat> {
+pub fn create(ctx: &TcContext, packet: &Flow, node: &NodeConfig, now: u64) -> Result<NatFlow, Stat> {
     let mut flow = NatFlow {
         created_ns: now,
         last_seen_ns: now,
@@ -131,6 +132,10 @@ pub fn create(packet: &Flow, node: &NodeConfig, now: u64) -> Result<NatFlow, Sta
             flow.nat_port = node.nat_port_min + ((start.wrapping_add(attempt)) % range) as u16;
         }
         attempt += 1;
+        // The node's own sockets share the address: a port one of them uses is not free.
+        if host_socket_holds(ctx, &flow) {
+            continue;
+        }
         match claim(&flow, now) {
             Ok(()) => {
                 if CONNTRACK.insert(&outbound_key(&flow), &flow, u64::from(BPF_ANY)).is_err() {
@@ -178,4 +183,43 @@ fn claim(flow: &NatFlow, now: u64) -> Result<(), Claim> {
         }
         Err(_) => Err(Claim::Full),
     }
+}
+
+/// The IPv4 part of `struct bpf_sock_tuple`, addresses and ports in network order.
+#[repr(C)]
+struct Ipv4SockTuple {
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+    sport: [u8; 2],
+    dport: [u8; 2],
+}
+
+/// Whether a socket of the node itself would receive the replies of `flow` as translated: a
+/// reply (peer -> node:nat_port) that the stack would deliver to a local socket.
+#[inline(always)]
+fn host_socket_holds(ctx: &TcContext, flow: &NatFlow) -> bool {
+    let mut tuple = Ipv4SockTuple {
+        saddr: flow.peer_addr,
+        daddr: flow.nat_addr,
+        sport: flow.peer_port.to_be_bytes(),
+        dport: flow.nat_port.to_be_bytes(),
+    };
+    let size = core::mem::size_of::<Ipv4SockTuple>() as u32;
+    let tuple = &mut tuple as *mut Ipv4SockTuple as *mut bpf_sock_tuple;
+    let netns = BPF_F_CURRENT_NETNS as u64;
+    let skb = ctx.skb.skb as *mut core::ffi::c_void;
+    // SAFETY: the tuple lives on the stack with its true size; a socket found is released below.
+    let socket = unsafe {
+        match flow.protocol {
+            IPPROTO_TCP => bpf_skc_lookup_tcp(skb, tuple, size, netns, 0),
+            IPPROTO_UDP => bpf_sk_lookup_udp(skb, tuple, size, netns, 0),
+            _ => return false,
+        }
+    };
+    if socket.is_null() {
+        return false;
+    }
+    // SAFETY: `socket` is the reference the lookup returned, released once.
+    unsafe { bpf_sk_release(socket as *mut core::ffi::c_void) };
+    true
 }

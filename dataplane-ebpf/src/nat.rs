@@ -152,11 +152,12 @@ pub fn applies(workload: &Workload, ip: &Ipv4Hdr, node: &NodeConfig) -> bool {
 }
 
 /// Translates a pod's packet leaving the cluster to the node's address and sends it out of the
-/// uplink.
+/// uplink. A flow already translated stays translated for its whole life; a new flow is only
+/// translated when `new_flows` (its pool has natOutgoing now), else it goes to the stack as is.
 #[inline(always)]
-pub fn outbound(ctx: &TcContext, node: &NodeConfig, ip: &mut Ipv4Hdr) -> Outcome {
+pub fn outbound(ctx: &TcContext, node: &NodeConfig, ip: &mut Ipv4Hdr, new_flows: bool) -> Outcome {
     if ip.frag_off() & IPV4_FRAG_OFFSET_MASK != 0 {
-        return Err(Stat::DropNatFragment);
+        return if new_flows { Err(Stat::DropNatFragment) } else { Ok(Verdict::pass()) };
     }
     let Some(t) = transport(ctx, ip)? else {
         return Ok(Verdict::pass());
@@ -167,7 +168,8 @@ pub fn outbound(ctx: &TcContext, node: &NodeConfig, ip: &mut Ipv4Hdr) -> Outcome
             conntrack::touch(&flow, t.flow.tcp_flags, false, now);
             (flow, Stat::SnatEstablished)
         }
-        _ => (conntrack::create(&t.flow, node, now)?, Stat::SnatNew),
+        _ if new_flows => (conntrack::create(ctx, &t.flow, node, now)?, Stat::SnatNew),
+        _ => return Ok(Verdict::pass()),
     };
     rewrite(ctx, &t, ip.src, flow.nat_addr, t.src_port_offset, flow.pod_port, flow.nat_port)?;
     ip.src = flow.nat_addr;

@@ -48,12 +48,14 @@ pub fn from_workload(ctx: &TcContext) -> Outcome {
     }
 
     let Some(route) = route::lookup(ip.dst) else {
-        // Outside every pool: leaves the cluster, translated if the pod's pool says so.
+        // Outside every pool: leaves the cluster, translated if the pod's pool says so (or if
+        // the flow was translated when it began).
         let node = route::node_config()?;
-        if nat::applies(&workload, &ip, &node) {
-            return nat::outbound(ctx, &node, &mut ip);
+        if ip.dst == node.addr {
+            return Ok(Verdict::pass());
         }
-        return Ok(Verdict::pass());
+        let new_flows = nat::applies(&workload, &ip, &node);
+        return nat::outbound(ctx, &node, &mut ip, new_flows);
     };
     match route.kind {
         route_kind::LOCAL_WORKLOAD => {

@@ -18,7 +18,7 @@ use tracing::{error, info, info_span, warn, Instrument as _};
 use crate::{
     backend::bpf::BpfBackend,
     datastore::{self, Snapshot},
-    plan, sys,
+    plan, probe, sys,
 };
 
 /// Default directory of the pinned maps and links.
@@ -90,6 +90,19 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     if options.mode == Mode::Netlink {
         bail!("--mode netlink: the netlink fallback is not built yet; use --mode bpf or auto");
     }
+    let features = probe::probe();
+    if let Some(missing) = probe::missing(&features) {
+        match options.mode {
+            Mode::Bpf => bail!("--mode bpf: this kernel lacks {missing}"),
+            _ => bail!(
+                "this kernel lacks {missing}, and the netlink fallback for such kernels is not built yet"
+            ),
+        }
+    }
+    if !probe::has_tcx() {
+        bail!("this kernel has no tcx (Linux 6.6+); attaching through clsact is not built yet");
+    }
+    info!(features = features.len(), "kernel probe: every fast-path feature present, tcx available");
     if options.datastore == Datastore::Etcdv3 {
         options.etcd.check()?;
     }
@@ -177,7 +190,7 @@ async fn reconcile(backend: &mut BpfBackend, options: &RunOptions, snapshot: &Sn
 
 /// Parses a port range `MIN-MAX` (inclusive, MIN <= MAX, both non-zero).
 pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
-    let usage = || format!("{s:?} is not a port range: expected MIN-MAX, e.g. 32768-60999");
+    let usage = || format!("{s:?} is not a port range: expected MIN-MAX, e.g. 20000-29999");
     let (min, max) = s.split_once('-').ok_or_else(usage)?;
     let min: u16 = min.trim().parse().map_err(|_| usage())?;
     let max: u16 = max.trim().parse().map_err(|_| usage())?;

@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod datastore;
 pub mod model;
 pub mod plan;
+pub mod probe;
 pub mod routes;
 pub mod stats;
 pub mod sys;

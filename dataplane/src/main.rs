@@ -10,6 +10,10 @@ use dataplane::{
     datastore::etcd::EtcdConfig,
 };
 
+/// `--nat-port-range`'s default, from dataplane-common's NAT_PORT_MIN/MAX.
+const DEFAULT_NAT_PORTS: &str = "20000-29999";
+const _: () = assert!(dataplane_common::net::NAT_PORT_MIN == 20000 && dataplane_common::net::NAT_PORT_MAX == 29999);
+
 #[derive(Parser)]
 #[command(name = "dataplane", version, about = "eBPF fast path for Calico-style pod networking")]
 struct Cli {
@@ -61,8 +65,9 @@ enum Command {
         /// Backend: the BPF fast path, netlink routes, or the best the kernel supports.
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         mode: Mode,
-        /// Ports SNAT may give a natOutgoing flow whose own source port is taken.
-        #[arg(long, value_parser = agent::parse_port_range, default_value = "32768-60999")]
+        /// Ports SNAT may give a natOutgoing flow whose own source port is taken (the default is
+        /// outside the kernel's ephemeral range, so the node's own connections do not collide).
+        #[arg(long, value_parser = agent::parse_port_range, default_value = DEFAULT_NAT_PORTS)]
         nat_port_range: (u16, u16),
         /// Seconds between full resyncs.
         #[arg(long, default_value_t = 30)]

@@ -172,6 +172,23 @@ pub fn skip_unless_root() -> bool {
 
 
 impl Node {
+    /// Rewrites the routes map from `cluster`, as the agent does when the datastore changes
+    /// (the other maps and the conntrack table stay).
+    pub fn reprogram_routes(&mut self, name: &str, cluster: &str) {
+        let (model, _) = file::parse(cluster).expect("fixture parses");
+        let (plan, _) = plan::compute(&model, name).expect("fixture plans");
+        let ifindex = |interface: &str| {
+            Some(if interface.starts_with("calitested") { TESTED_IFINDEX } else { OTHER_IFINDEX })
+        };
+        let uplink = entries::Uplink { ifindex: 2, mtu: UPLINK_MTU, nat_ports: NAT_PORTS };
+        let (desired, _) = entries::from_plan(&plan, uplink, ifindex);
+        let mut routes: LpmTrie<_, Ipv4Bytes, Route> =
+            LpmTrie::try_from(self.ebpf.map_mut(ROUTES_MAP).unwrap()).unwrap();
+        for ((len, addr), route) in &desired.routes {
+            routes.insert(&Key::new(*len, *addr), *route, 0).unwrap();
+        }
+    }
+
     /// Every conntrack entry.
     pub fn conntrack(&self) -> Vec<(FlowKey, NatFlow)> {
         let map: HashMap<_, FlowKey, NatFlow> = HashMap::try_from(self.ebpf.map(CONNTRACK_MAP).unwrap()).unwrap();

@@ -285,3 +285,37 @@ fn fix_lengths_and_icmp(mut packet: Vec<u8>) -> Vec<u8> {
     packet[36..38].copy_from_slice(&check.to_be_bytes());
     packet
 }
+
+#[test]
+fn turning_nat_outgoing_off_leaves_existing_flows_translated_and_new_ones_not() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut node = Node::new("node-1");
+    node.run(PROG_FROM_WORKLOAD, &udp_from_pod(5555));
+    node.reprogram_routes("node-1", &CLUSTER.replace("natOutgoing: true", "natOutgoing: false"));
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &udp_from_pod(5555));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "the open flow keeps its translation");
+    assert_eq!(&out[26..30], &NODE);
+    let fresh = udp_from_pod(5556);
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &fresh);
+    assert_eq!(verdict, TC_ACT_OK, "a new flow is not translated any more");
+    assert_eq!(out, fresh);
+    assert_eq!(node.stat(Stat::SnatNew), 1);
+}
+
+#[test]
+fn a_port_used_by_a_socket_of_the_node_is_never_given_to_a_pod() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    // The node's own socket (BPF_PROG_TEST_RUN looks sockets up in this process's namespace).
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind a UDP socket");
+    let port = socket.local_addr().expect("local address").port();
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &udp_from_pod(port));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let translated = be16(&out, 34);
+    assert_ne!(translated, port, "the node's socket keeps its port");
+    assert!((NAT_PORTS.0..=NAT_PORTS.1).contains(&translated), "{translated} from the range");
+}
