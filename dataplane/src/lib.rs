@@ -6,6 +6,7 @@ pub mod agent;
 pub mod backend;
 pub mod conntrack;
 pub mod datastore;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod probe;

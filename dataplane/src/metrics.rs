@@ -1,0 +1,180 @@
+//! Prometheus metrics and the health endpoint (`--metrics-addr`).
+//!
+//! A deliberately small HTTP/1.1 responder: two GET paths, one response each, connection closed.
+//! Counters come straight from the pinned maps at scrape time, so they are right even across
+//! agent restarts; the agent's own counters (reconciles, errors, durations) live in [`Agent`].
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::maps::{HashMap, LpmTrie, Map, MapData};
+use dataplane_common::{FlowKey, Ipv4Bytes, NatFlow, Peer, Route, Workload, CONNTRACK_MAP, PEERS_MAP, ROUTES_MAP, WORKLOADS_MAP};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+use tracing::{info, warn};
+
+use crate::stats;
+
+/// What the agent itself counts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Agent {
+    /// Reconciles that completed.
+    pub reconciles: u64,
+    /// Reconciles that failed.
+    pub reconcile_errors: u64,
+    /// Seconds all completed reconciles took, summed.
+    pub reconcile_seconds_sum: f64,
+    /// Seconds the last completed reconcile took.
+    pub last_reconcile_seconds: f64,
+    /// Whether the last reconcile succeeded (the health check).
+    pub last_reconcile_ok: bool,
+    /// Whether the datastore was readable at its last attempt.
+    pub datastore_up: bool,
+}
+
+/// The agent's counters, shared between the reconcile loop and the HTTP server.
+pub type Shared = Arc<Mutex<Agent>>;
+
+/// How many entries each map holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Routes map entries.
+    pub routes: usize,
+    /// Workloads map entries.
+    pub workloads: usize,
+    /// Peers map entries.
+    pub peers: usize,
+    /// Conntrack map entries (two per translated flow).
+    pub conntrack: usize,
+}
+
+/// Renders the metrics in the Prometheus text format.
+pub fn render(agent: &Agent, counters: &[stats::Counter], occupancy: &Occupancy) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP dataplane_packets_total Packets by fast-path decision, summed over CPUs.");
+    let _ = writeln!(out, "# TYPE dataplane_packets_total counter");
+    for counter in counters.iter().filter(|c| !c.stat.is_drop()) {
+        let _ = writeln!(out, "dataplane_packets_total{{decision=\"{}\"}} {}", counter.stat.name(), counter.packets);
+    }
+    let _ = writeln!(out, "# HELP dataplane_drops_total Packets dropped by the fast path, by reason.");
+    let _ = writeln!(out, "# TYPE dataplane_drops_total counter");
+    for counter in counters.iter().filter(|c| c.stat.is_drop()) {
+        let reason = counter.stat.name().trim_start_matches("drop_");
+        let _ = writeln!(out, "dataplane_drops_total{{reason=\"{reason}\"}} {}", counter.packets);
+    }
+    let _ = writeln!(out, "# HELP dataplane_map_entries Entries in each pinned map.");
+    let _ = writeln!(out, "# TYPE dataplane_map_entries gauge");
+    for (map, entries) in [
+        ("routes", occupancy.routes),
+        ("workloads", occupancy.workloads),
+        ("peers", occupancy.peers),
+        ("conntrack", occupancy.conntrack),
+    ] {
+        let _ = writeln!(out, "dataplane_map_entries{{map=\"{map}\"}} {entries}");
+    }
+    let gauges: [(&str, &str, &str, f64); 6] = [
+        ("dataplane_reconciles_total", "counter", "Reconciles that completed.", agent.reconciles as f64),
+        ("dataplane_reconcile_errors_total", "counter", "Reconciles that failed.", agent.reconcile_errors as f64),
+        ("dataplane_reconcile_seconds_sum", "counter", "Seconds spent in completed reconciles.", agent.reconcile_seconds_sum),
+        ("dataplane_last_reconcile_seconds", "gauge", "Duration of the last completed reconcile.", agent.last_reconcile_seconds),
+        ("dataplane_last_reconcile_ok", "gauge", "1 if the last reconcile succeeded.", f64::from(u8::from(agent.last_reconcile_ok))),
+        ("dataplane_datastore_up", "gauge", "1 if the datastore was readable at the last attempt.", f64::from(u8::from(agent.datastore_up))),
+    ];
+    for (name, kind, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
+    out
+}
+
+/// Counts the entries of the pinned maps under `pin_path`.
+pub fn occupancy(pin_path: &Path) -> anyhow::Result<Occupancy> {
+    let open = |name: &str| {
+        let path = pin_path.join(name);
+        MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
+    };
+    let routes: LpmTrie<MapData, Ipv4Bytes, Route> = LpmTrie::try_from(Map::LpmTrie(open(ROUTES_MAP)?))?;
+    let workloads: HashMap<MapData, u32, Workload> = HashMap::try_from(Map::HashMap(open(WORKLOADS_MAP)?))?;
+    let peers: HashMap<MapData, Ipv4Bytes, Peer> = HashMap::try_from(Map::HashMap(open(PEERS_MAP)?))?;
+    let conntrack: HashMap<MapData, FlowKey, NatFlow> = HashMap::try_from(Map::HashMap(open(CONNTRACK_MAP)?))?;
+    Ok(Occupancy {
+        routes: routes.keys().count(),
+        workloads: workloads.keys().count(),
+        peers: peers.keys().count(),
+        conntrack: conntrack.keys().count(),
+    })
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, pin_path: PathBuf, agent: Shared) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("listening on --metrics-addr {addr}"))?;
+    info!(%addr, "serving /metrics and /healthz");
+    loop {
+        let (mut stream, _) = match listener.accept().await {
+            Ok(connection) => connection,
+            Err(error) => {
+                warn!(%error, "accepting a metrics connection");
+                continue;
+            }
+        };
+        let mut request = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut request)).await;
+        let Ok(Ok(len)) = read else { continue };
+        let line = String::from_utf8_lossy(&request[..len]);
+        let path = line.split_whitespace().nth(1).unwrap_or("/");
+        let snapshot = agent.lock().map(|a| a.clone()).unwrap_or_default();
+        let (status, body) = match path {
+            "/metrics" => {
+                let counters = stats::read(&pin_path).unwrap_or_default();
+                let occupancy = occupancy(&pin_path).unwrap_or_default();
+                ("200 OK", render(&snapshot, &counters, &occupancy))
+            }
+            "/healthz" if snapshot.last_reconcile_ok => ("200 OK", "ok\n".to_owned()),
+            "/healthz" => ("503 Service Unavailable", "the last reconcile failed or none has run yet\n".to_owned()),
+            _ => ("404 Not Found", "try /metrics or /healthz\n".to_owned()),
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dataplane_common::Stat;
+
+    use super::*;
+
+    #[test]
+    fn renders_decisions_drops_occupancy_and_agent_counters() {
+        let agent = Agent { reconciles: 3, reconcile_errors: 1, last_reconcile_ok: true, datastore_up: true, ..Agent::default() };
+        let counters = [
+            stats::Counter { stat: Stat::EncapVxlan, packets: 7 },
+            stats::Counter { stat: Stat::DropSpoofedSource, packets: 2 },
+        ];
+        let occupancy = Occupancy { routes: 5, workloads: 2, peers: 1, conntrack: 4 };
+        let text = render(&agent, &counters, &occupancy);
+        assert!(text.contains("dataplane_packets_total{decision=\"encap_vxlan\"} 7"), "{text}");
+        assert!(text.contains("dataplane_drops_total{reason=\"spoofed_source\"} 2"), "{text}");
+        assert!(text.contains("dataplane_map_entries{map=\"routes\"} 5"), "{text}");
+        assert!(text.contains("dataplane_reconciles_total 3"), "{text}");
+        assert!(text.contains("dataplane_reconcile_errors_total 1"), "{text}");
+        assert!(text.contains("dataplane_datastore_up 1"), "{text}");
+        // Every sample line belongs to a declared metric.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} has no TYPE line");
+        }
+    }
+}
