@@ -39,6 +39,8 @@ pub const STATS_MAP: &str = "stats_v1";
 pub const PROG_FROM_WORKLOAD: &str = "from_workload";
 /// Name of the program attached to TC ingress of the node's uplink.
 pub const PROG_FROM_UPLINK: &str = "from_uplink";
+/// Name of the program attached to TC egress of every workload interface.
+pub const PROG_TO_WORKLOAD: &str = "to_workload";
 /// Name of the program attached to TC egress of the node's uplink.
 pub const PROG_TO_UPLINK: &str = "to_uplink";
 
@@ -157,6 +159,10 @@ pub const CONNTRACK_MAX_ENTRIES: u32 = 131072;
 pub const FLOW_OUTBOUND: u8 = 1;
 /// [`FlowKey::direction`] of the entry keyed by the replies, as they arrive at the node.
 pub const FLOW_INBOUND: u8 = 2;
+/// [`FlowKey::direction`] of a flow opened from outside the pools towards a pod (a host, or a
+/// client through the node), keyed like the pod's replies: those must leave untranslated, as
+/// they do behind Calico's MASQUERADE rule, which only sees new connections.
+pub const FLOW_TO_POD: u8 = 3;
 
 /// A conntrack key: one direction of a flow as seen on the wire. ICMP echo carries its
 /// identifier as the source port of requests and the destination port of replies.

@@ -84,6 +84,8 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 /// TCP RST flag.
 pub const TCP_RST: u8 = 0x04;
+/// TCP ACK flag.
+pub const TCP_ACK: u8 = 0x10;
 /// Offset of the checksum in a UDP header.
 pub const UDP_CSUM_OFFSET: usize = 6;
 /// Offset of the checksum in an ICMP header.

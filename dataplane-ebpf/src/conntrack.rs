@@ -14,7 +14,7 @@ use aya_ebpf::{
 use dataplane_common::{
     flow_state,
     net::{IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST},
-    FlowKey, NatFlow, NodeConfig, Stat,
+    FlowKey, NatFlow, NodeConfig, Stat, FLOW_TO_POD,
 };
 
 use crate::maps::CONNTRACK;
@@ -100,6 +100,71 @@ pub fn touch(flow: &NatFlow, tcp_flags: u8, is_reply: bool, now: u64) {
         entry.state = flow_state::CLOSING;
     } else if is_reply && entry.state == flow_state::NEW {
         entry.state = flow_state::ESTABLISHED;
+    }
+}
+
+/// The key of a pod's replies to the inbound packet `packet` (outside -> pod), and of the
+/// [`FLOW_TO_POD`] entry that remembers it.
+#[inline(always)]
+fn towards_pod_key(packet: &Flow) -> FlowKey {
+    FlowKey {
+        src: packet.dst,
+        dst: packet.src,
+        src_port: packet.dst_port,
+        dst_port: packet.src_port,
+        protocol: packet.protocol,
+        direction: FLOW_TO_POD,
+        _pad: [0; 2],
+    }
+}
+
+/// Remembers (or refreshes) a flow opened from outside the pools towards a pod.
+#[inline(always)]
+pub fn note_towards_pod(packet: &Flow, now: u64) {
+    let key = towards_pod_key(packet);
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
+        // SAFETY: the pointer comes from a successful lookup; racing CPUs only race on a timestamp.
+        let entry = unsafe { &mut *entry };
+        entry.last_seen_ns = now;
+        if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            entry.state = flow_state::CLOSING;
+        }
+        return;
+    }
+    let flow = NatFlow {
+        created_ns: now,
+        last_seen_ns: now,
+        pod_addr: packet.dst,
+        peer_addr: packet.src,
+        // Not translated: the pod answers as itself.
+        nat_addr: packet.dst,
+        pod_port: key.src_port,
+        peer_port: key.dst_port,
+        nat_port: key.src_port,
+        protocol: packet.protocol,
+        state: flow_state::ESTABLISHED,
+        _pad: [0; 4],
+    };
+    // A full table only means the reply may be translated: nothing to drop here.
+    let _ = CONNTRACK.insert(&key, &flow, u64::from(BPF_ANY));
+}
+
+/// Whether the pod's packet `packet` answers a live flow opened from outside towards it.
+#[inline(always)]
+pub fn opened_towards_pod(packet: &Flow, now: u64) -> bool {
+    // The pod's packet is keyed as it travels: pod -> outside, as the entry is.
+    let key = packet.key(FLOW_TO_POD);
+    match CONNTRACK.get_ptr_mut(&key) {
+        Some(entry) => {
+            // SAFETY: the pointer comes from a successful lookup; racing CPUs only race on a timestamp.
+            let entry = unsafe { &mut *entry };
+            if expired(entry, now) {
+                return false;
+            }
+            entry.last_seen_ns = now;
+            true
+        }
+        None => false,
     }
 }
 

@@ -32,6 +32,12 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
     verdict::finish(uplink::from_uplink(&ctx))
 }
 
+/// TC egress of every workload interface: what the node's stack sends into a pod.
+#[classifier]
+pub fn to_workload(ctx: TcContext) -> i32 {
+    verdict::finish(uplink::to_workload(&ctx))
+}
+
 /// TC egress of the node's uplink: the host's own traffic to pods on other nodes.
 #[classifier]
 pub fn to_uplink(ctx: TcContext) -> i32 {

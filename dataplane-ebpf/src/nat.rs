@@ -14,7 +14,7 @@ use aya_ebpf::{
 use dataplane_common::{
     net::{
         ICMP_CSUM_OFFSET, ICMP_DEST_UNREACH, ICMP_ECHO_ID_OFFSET, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN,
-        ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPV4_IHL_MIN,
+        ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPV4_IHL_MIN, TCP_ACK, TCP_SYN,
         IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, TCP_CSUM_OFFSET, TCP_FLAGS_OFFSET,
         UDP_CSUM_OFFSET,
     },
@@ -138,6 +138,36 @@ fn rewrite(
     Ok(())
 }
 
+/// Whether a packet can open a flow: a TCP SYN (without ACK), any UDP datagram, an echo request.
+/// An echo reply or a TCP segment of no known flow is a reply to something else.
+#[inline(always)]
+fn opens_flow(t: &Transport) -> bool {
+    match t.flow.protocol {
+        IPPROTO_TCP => t.flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        // Requests carry their identifier as the source port; replies as the destination.
+        IPPROTO_ICMP => t.flow.dst_port == 0,
+        _ => true,
+    }
+}
+
+/// Remembers a packet arriving at a local pod from outside the pools, so the pod's replies to it
+/// are not translated. Called where such packets enter pods (decapsulation, the pod's interface).
+#[inline(always)]
+pub fn note_towards_pod(ctx: &TcContext, ip: &Ipv4Hdr) {
+    if in_pool(ip.src) || ip.frag_off() & IPV4_FRAG_OFFSET_MASK != 0 || ip.ihl() != IPV4_IHL_MIN {
+        return;
+    }
+    if let Ok(Some(t)) = transport(ctx, ip) {
+        conntrack::note_towards_pod(&t.flow, conntrack::now());
+    }
+}
+
+/// Whether `addr` lies in an IP pool (any route with the in-pool flag covers it).
+#[inline(always)]
+fn in_pool(addr: [u8; 4]) -> bool {
+    route::lookup(addr).is_some_and(|route| route.flags & route_flags::IN_POOL != 0)
+}
+
 /// Whether a packet from `workload` to `ip.dst` (which matched no route) is SNATed: its pool has
 /// natOutgoing and the destination is not this node.
 #[inline(always)]
@@ -168,7 +198,11 @@ pub fn outbound(ctx: &TcContext, node: &NodeConfig, ip: &mut Ipv4Hdr, new_flows:
             conntrack::touch(&flow, t.flow.tcp_flags, false, now);
             (flow, Stat::SnatEstablished)
         }
-        _ if new_flows => (conntrack::create(ctx, &t.flow, node, now)?, Stat::SnatNew),
+        _ if new_flows && opens_flow(&t) && !conntrack::opened_towards_pod(&t.flow, now) => {
+            (conntrack::create(ctx, &t.flow, node, now)?, Stat::SnatNew)
+        }
+        // A reply on a connection someone outside opened to the pod, or a packet that cannot
+        // open one: it leaves as it is.
         _ => return Ok(Verdict::pass()),
     };
     rewrite(ctx, &t, ip.src, flow.nat_addr, t.src_port_offset, flow.pod_port, flow.nat_port)?;

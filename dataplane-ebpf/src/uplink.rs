@@ -102,6 +102,8 @@ fn deliver(
         }
         if route.kind == route_kind::LOCAL_WORKLOAD && inner.ihl() == IPV4_IHL_MIN {
             decap(ctx)?;
+            // A host of another node opening a flow to this pod: its replies stay untranslated.
+            nat::note_towards_pod(ctx, &inner);
             route::decrement_ttl(ctx, IP_OFFSET, &mut inner)?;
             return route::to_workload(ctx, &route, stat);
         }
@@ -154,4 +156,23 @@ pub fn to_uplink(ctx: &TcContext) -> Outcome {
 #[inline(always)]
 fn unchanged() -> Verdict {
     Verdict { stat: Stat::EgressUnchanged, ..Verdict::pass() }
+}
+
+/// Packets the node's stack sends into a pod (from the host itself, or forwarded from outside):
+/// flows opened from outside the pools are remembered so the pod's replies leave untranslated.
+#[inline(always)]
+pub fn to_workload(ctx: &TcContext) -> Outcome {
+    let Ok(eth) = read::<EthHdr>(ctx, 0) else {
+        return Ok(unchanged());
+    };
+    if eth.ether_type() != ETH_P_IP {
+        return Ok(unchanged());
+    }
+    let Ok(ip) = read::<Ipv4Hdr>(ctx, IP_OFFSET) else {
+        return Ok(unchanged());
+    };
+    if ip.version() == 4 {
+        nat::note_towards_pod(ctx, &ip);
+    }
+    Ok(unchanged())
 }

@@ -7,7 +7,7 @@ use aya::maps::{HashMap, Map, MapData};
 use dataplane_common::{
     flow_state,
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    FlowKey, NatFlow, CONNTRACK_MAP, FLOW_OUTBOUND,
+    FlowKey, NatFlow, CONNTRACK_MAP, FLOW_OUTBOUND, FLOW_TO_POD,
 };
 use serde::Serialize;
 
@@ -99,7 +99,7 @@ pub fn stale_keys(entries: &[(FlowKey, NatFlow)], now_ns: u64) -> Vec<FlowKey> {
         entries.iter().filter(|(k, _)| k.direction == FLOW_OUTBOUND).map(|(k, v)| (*k, v)).collect();
     let mut stale = Vec::new();
     for (key, flow) in entries {
-        let dead = if key.direction == FLOW_OUTBOUND {
+        let dead = if key.direction == FLOW_OUTBOUND || key.direction == FLOW_TO_POD {
             flow.expired(now_ns)
         } else {
             // Age lives on the outbound entry.

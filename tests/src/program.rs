@@ -13,7 +13,7 @@ use aya::{
 use dataplane::{backend::entries, datastore::file, plan};
 use dataplane_common::{
     FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Stat, Workload, CONNTRACK_MAP, NODE_MAP, PEERS_MAP,
-    PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 
 /// TC verdict: let the packet continue.
@@ -120,7 +120,7 @@ impl Node {
             loader.map_max_entries(CONNTRACK_MAP, entries);
         }
         let mut ebpf = loader.load(dataplane::backend::bpf::object()).expect("object loads");
-        for program in [PROG_FROM_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK] {
+        for program in [PROG_FROM_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK, PROG_TO_WORKLOAD] {
             let program: &mut SchedClassifier =
                 ebpf.program_mut(program).expect("program exists").try_into().expect("classifier");
             program.load().expect("the verifier accepts the program");

@@ -319,3 +319,52 @@ fn a_port_used_by_a_socket_of_the_node_is_never_given_to_a_pod() {
     assert_ne!(translated, port, "the node's socket keeps its port");
     assert!((NAT_PORTS.0..=NAT_PORTS.1).contains(&translated), "{translated} from the range");
 }
+
+#[test]
+fn replies_to_flows_opened_from_outside_towards_the_pod_are_not_translated() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    // The host of node-2 (outside the pools) opens a UDP flow to pod A, encapsulated by its
+    // uplink egress; node-1 decapsulates it into the pod.
+    let query = Packet::eth(UPLINK_MAC, UPLINK_MAC)
+        .ipv4(PEER, NODE, IPPROTO_UDP)
+        .udp(50000, dataplane_common::net::CALICO_VXLAN_PORT)
+        .vxlan(dataplane_common::net::CALICO_VXLAN_VNI, PEER_VTEP_MAC, NODE_VTEP_MAC)
+        .ipv4(PEER, POD_A, IPPROTO_UDP)
+        .udp(33333, DNS)
+        .payload(b"query")
+        .finish();
+    let (verdict, _) = node.run(PROG_FROM_UPLINK, &query);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    // The pod answers: not a new outbound flow, so it leaves as the pod.
+    let answer = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, PEER, IPPROTO_UDP).udp(DNS, 33333).payload(b"answer").finish();
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &answer);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, answer, "untranslated");
+    assert_eq!(node.stat(Stat::SnatNew), 0);
+
+    // The same through the pod's interface (the node's stack forwarding a client's packet).
+    let forwarded = Packet::eth(GATEWAY_MAC, POD_A_MAC).ipv4(EXTERNAL, POD_A, IPPROTO_UDP).udp(44444, 8080).finish();
+    node.run(dataplane_common::PROG_TO_WORKLOAD, &forwarded);
+    let reply = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, EXTERNAL, IPPROTO_UDP).udp(8080, 44444).finish();
+    let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &reply);
+    assert_eq!((verdict, out == reply), (TC_ACT_OK, true));
+    assert_eq!(node.stat(Stat::SnatNew), 0);
+}
+
+#[test]
+fn packets_that_cannot_open_a_flow_are_never_translated() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let syn_ack = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, EXTERNAL, IPPROTO_TCP).tcp(80, 41000, TCP_SYN | 0x10).finish();
+    let echo_reply = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, EXTERNAL, IPPROTO_ICMP).icmp_echo(0, 7, 1).finish();
+    for packet in [syn_ack, echo_reply] {
+        let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &packet);
+        assert_eq!((verdict, out == packet), (TC_ACT_OK, true));
+    }
+    assert!(node.conntrack().is_empty());
+}

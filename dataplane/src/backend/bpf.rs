@@ -23,7 +23,7 @@ use aya::{
 };
 use dataplane_common::{
     FlowKey, NatFlow, CONNTRACK_MAP, Ipv4Bytes, NodeConfig, Peer, Route, Workload, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
-    PROG_FROM_WORKLOAD, PROG_TO_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 use tracing::{info, warn};
 
@@ -97,7 +97,7 @@ impl BpfBackend {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT).context("loading the kernel programs (is this kernel 5.10+ with BTF?)")?;
-        for name in [PROG_FROM_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK] {
+        for name in [PROG_FROM_WORKLOAD, PROG_TO_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -137,6 +137,7 @@ impl BpfBackend {
         for interface in plan.workloads.keys() {
             if let Some(index) = sys::ifindex(interface) {
                 want(interface, index, TcAttachType::Ingress, PROG_FROM_WORKLOAD);
+                want(interface, index, TcAttachType::Egress, PROG_TO_WORKLOAD);
             }
         }
         for (pin_name, attachment) in &wanted {
