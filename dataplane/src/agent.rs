@@ -16,7 +16,10 @@ use tokio::{
 use tracing::{error, info, info_span, warn, Instrument as _};
 
 use crate::{
-    backend::bpf::BpfBackend,
+    backend::{
+        bpf::{self, BpfBackend},
+        netlink::{self, NetlinkBackend},
+    },
     datastore::{self, Snapshot},
     plan, probe, sys,
 };
@@ -27,12 +30,100 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/dataplane";
 /// Which backend programs the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
-    /// The BPF fast path where the kernel supports it, netlink routes otherwise.
+    /// The BPF fast path where the kernel probe finds every feature it needs, netlink routes
+    /// otherwise (the log says which feature is missing). DATAPLANE_PROBE_DISABLE=NAME[,NAME]
+    /// makes the probe report features as missing (e.g. bpf_redirect_peer, tcx), to try the
+    /// fallback on a kernel that has everything.
     Auto,
-    /// The BPF fast path, or fail.
+    /// The BPF fast path, or fail naming the missing kernel feature.
     Bpf,
-    /// Kernel routes, devices and neighbours over netlink.
+    /// Kernel routes, devices and neighbours over netlink, as Calico's own dataplane programs
+    /// them (vxlan.calico, blackhole and via routes, proxy ARP); no BPF program is attached.
     Netlink,
+}
+
+/// The agent logs this after every successful reconcile of the netlink backend (the BPF
+/// backend logs "fast path programmed").
+pub const NETLINK_READY: &str = "netlink dataplane programmed";
+
+/// The backend the agent drives.
+enum Backend {
+    /// Maps and TC programs.
+    Bpf(BpfBackend),
+    /// Kernel routes, devices and neighbours.
+    Netlink(NetlinkBackend),
+}
+
+/// Picks and starts the backend `options.mode` asks for; `--mode auto` falls back to netlink,
+/// saying why, when the probe finds a feature missing or the programs fail to load.
+async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
+    if options.mode == Mode::Netlink {
+        info!("--mode netlink: programming kernel routes, devices and neighbours over netlink");
+        return start_netlink(options).await;
+    }
+    let (features, unknown) = probe::probe();
+    if !unknown.is_empty() {
+        let known: Vec<&str> = features.iter().map(|f| f.name).collect();
+        warn!(
+            "{} names no probed feature: {}; the features are: {}",
+            probe::DISABLE_ENV,
+            unknown.join(", "),
+            known.join(", ")
+        );
+    }
+    if let Some(missing) = probe::missing(&features) {
+        match options.mode {
+            Mode::Bpf => bail!("--mode bpf: this kernel lacks {missing}"),
+            _ => {
+                warn!("falling back to the netlink dataplane: this kernel lacks {missing}");
+                return start_netlink(options).await;
+            }
+        }
+    }
+    info!(features = features.len(), "kernel probe: every fast-path feature present, tcx available");
+    match BpfBackend::load(&options.pin_path) {
+        Ok(backend) => {
+            info!(pin_path = %options.pin_path.display(), "kernel programs loaded");
+            // A netlink run before this one may have left vxlan.calico: the fast path does not use
+            // it, and two VXLAN endpoints on one node would only confuse whoever debugs it.
+            if let Err(error) = remove_netlink_device().await {
+                warn!("could not remove the netlink fallback's {}: {error:#}", netlink::VXLAN_DEVICE);
+            }
+            Ok(Backend::Bpf(backend))
+        }
+        Err(error) if options.mode == Mode::Auto => {
+            warn!("falling back to the netlink dataplane: the kernel programs did not load: {error:#}");
+            start_netlink(options).await
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Starts the netlink backend, removing a fast path pinned by an earlier agent first: its
+/// programs would otherwise keep redirecting packets from stale maps past the kernel's routes.
+async fn start_netlink(options: &RunOptions) -> anyhow::Result<Backend> {
+    let removed = bpf::cleanup(&options.pin_path)
+        .with_context(|| format!("removing the fast path pinned under {}", options.pin_path.display()))?;
+    if removed > 0 {
+        warn!(
+            removed,
+            pin_path = %options.pin_path.display(),
+            "removed the pinned fast path: this node now runs the netlink dataplane"
+        );
+    }
+    Ok(Backend::Netlink(NetlinkBackend::connect()?))
+}
+
+/// Removes `vxlan.calico` if the netlink backend made it.
+async fn remove_netlink_device() -> anyhow::Result<()> {
+    let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    let connection = tokio::spawn(connection);
+    let removed = netlink::remove_owned_device(&handle, netlink::VXLAN_DEVICE).await;
+    connection.abort();
+    if removed? {
+        info!(device = netlink::VXLAN_DEVICE, "removed the netlink fallback's device");
+    }
+    Ok(())
 }
 
 /// Where the cluster's resources come from.
@@ -87,27 +178,10 @@ const CONNTRACK_SWEEP: Duration = Duration::from_secs(10);
 
 /// Runs the agent until SIGTERM or SIGINT; the pinned fast path stays in place after it exits.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    if options.mode == Mode::Netlink {
-        bail!("--mode netlink: the netlink fallback is not built yet; use --mode bpf or auto");
-    }
-    let features = probe::probe();
-    if let Some(missing) = probe::missing(&features) {
-        match options.mode {
-            Mode::Bpf => bail!("--mode bpf: this kernel lacks {missing}"),
-            _ => bail!(
-                "this kernel lacks {missing}, and the netlink fallback for such kernels is not built yet"
-            ),
-        }
-    }
-    if !probe::has_tcx() {
-        bail!("this kernel has no tcx (Linux 6.6+); attaching through clsact is not built yet");
-    }
-    info!(features = features.len(), "kernel probe: every fast-path feature present, tcx available");
     if options.datastore == Datastore::Etcdv3 {
         options.etcd.check()?;
     }
-    let mut backend = BpfBackend::load(&options.pin_path)?;
-    info!(pin_path = %options.pin_path.display(), "kernel programs loaded");
+    let mut backend = select_backend(&options).await?;
 
     let (sender, mut snapshots) = watch::channel(None);
     let watcher = match &options.datastore {
@@ -124,6 +198,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = sweep.tick() => {
+                // Only the fast path keeps a conntrack map.
+                let Backend::Bpf(backend) = &mut backend else { continue };
                 match backend.sweep_conntrack() {
                     Ok(0) => {}
                     Ok(removed) => info!(removed, "expired natOutgoing flows swept"),
@@ -147,12 +223,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         }
     }
     watcher.abort();
-    info!("exiting; the pinned fast path stays in place until the next agent adopts it");
+    match backend {
+        Backend::Bpf(_) => info!("exiting; the pinned fast path stays in place until the next agent adopts it"),
+        Backend::Netlink(_) => info!("exiting; the kernel routes and devices stay in place"),
+    }
     Ok(())
 }
 
 /// One pass of model -> plan -> backend.
-async fn reconcile(backend: &mut BpfBackend, options: &RunOptions, snapshot: &Snapshot) -> anyhow::Result<()> {
+async fn reconcile(backend: &mut Backend, options: &RunOptions, snapshot: &Snapshot) -> anyhow::Result<()> {
     let started = Instant::now();
     for problem in &snapshot.problems {
         warn!("skipped: {problem}");
@@ -170,6 +249,30 @@ async fn reconcile(backend: &mut BpfBackend, options: &RunOptions, snapshot: &Sn
                 plan.node.addr.addr()
             )
         })?,
+    };
+    let backend = match backend {
+        Backend::Bpf(backend) => backend,
+        Backend::Netlink(backend) => {
+            let report = backend.apply(&plan, &snapshot.model, &uplink).await?;
+            for problem in &report.problems {
+                warn!("not programmed: {problem}");
+            }
+            for interface in &report.missing {
+                warn!(%interface, "workload interface not found; will retry");
+            }
+            info!(
+                %uplink,
+                routes = plan.routes.len(),
+                workloads = plan.workloads.len(),
+                peers = plan.peers.len(),
+                written = report.written,
+                removed = report.removed,
+                missing_interfaces = report.missing.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "{NETLINK_READY}"
+            );
+            return Ok(());
+        }
     };
     let report = backend.apply(&plan, &uplink, options.nat_ports).await?;
     info!(

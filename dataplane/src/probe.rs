@@ -2,6 +2,11 @@
 //!
 //! Each check names the kernel feature the fast path needs, so `--mode bpf` can fail saying
 //! exactly what is missing, and `--mode auto` can fall back knowing why.
+//!
+//! [`DISABLE_ENV`] (`DATAPLANE_PROBE_DISABLE=bpf_redirect_peer,tcx`) makes the probe report
+//! features as missing although the kernel has them: the only way to exercise the fallback on a
+//! kernel that has everything. A feature is named by its full name or by one of its words
+//! (`bpf_redirect_peer`, `lpm_trie`, `BTF`, `tcx`, `sched_cls`).
 
 use std::path::Path;
 
@@ -12,15 +17,20 @@ use aya::{
     util::KernelVersion,
 };
 
+/// The environment variable naming features the probe must report missing (comma-separated).
+pub const DISABLE_ENV: &str = "DATAPLANE_PROBE_DISABLE";
+
 /// One probed feature.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Feature {
     /// What it is, as an operator searches for it.
     pub name: &'static str,
-    /// Whether this kernel has it.
+    /// Whether this kernel has it (false also when [`DISABLE_ENV`] names it).
     pub present: bool,
     /// Why the fast path needs it.
     pub needed_for: &'static str,
+    /// Reported missing because [`DISABLE_ENV`] names it, whatever the kernel has.
+    pub disabled: bool,
 }
 
 /// Kernel helpers the TC programs call, with what each is for.
@@ -33,30 +43,76 @@ const HELPERS: [(BpfHelper, &str, &str); 6] = [
     (BpfHelper::BPF_FUNC_ktime_get_ns, "bpf_ktime_get_ns", "conntrack timeouts"),
 ];
 
-/// Probes every feature the fast path needs.
-pub fn probe() -> Vec<Feature> {
+/// Probes every feature the fast path needs, then marks the features named in [`DISABLE_ENV`]
+/// as missing. Returns the features and the names in the variable that matched no feature
+/// (so that a typo is reported rather than silently testing nothing).
+pub fn probe() -> (Vec<Feature>, Vec<String>) {
+    let mut features = probe_kernel();
+    let unknown = match std::env::var(DISABLE_ENV) {
+        Ok(spec) => disable(&mut features, &spec),
+        Err(_) => Vec::new(),
+    };
+    (features, unknown)
+}
+
+/// What the kernel itself offers, without [`DISABLE_ENV`].
+pub fn probe_kernel() -> Vec<Feature> {
     let mut features = vec![Feature {
         name: "BTF (/sys/kernel/btf/vmlinux)",
         present: Path::new("/sys/kernel/btf/vmlinux").exists(),
         needed_for: "loading BTF maps that bpftool can print",
+        disabled: false,
     }];
     features.push(Feature {
         name: "program type sched_cls (TC)",
         present: is_program_supported(ProgramType::SchedClassifier).unwrap_or(false),
         needed_for: "every fast-path program",
+        disabled: false,
     });
     for (map, name, needed_for) in [
         (MapType::LpmTrie, "map type lpm_trie", "the routes map"),
         (MapType::Hash, "map type hash", "workloads, peers and conntrack"),
         (MapType::PerCpuArray, "map type percpu_array", "the stats map"),
     ] {
-        features.push(Feature { name, present: is_map_supported(map).unwrap_or(false), needed_for });
+        let present = is_map_supported(map).unwrap_or(false);
+        features.push(Feature { name, present, needed_for, disabled: false });
     }
     for (helper, name, needed_for) in HELPERS {
         let present = is_helper_supported(ProgramType::SchedClassifier, helper).unwrap_or(false);
-        features.push(Feature { name, present, needed_for });
+        features.push(Feature { name, present, needed_for, disabled: false });
     }
+    features.push(Feature {
+        name: "tcx (Linux 6.6+)",
+        present: has_tcx(),
+        needed_for: "attaching the programs (attaching through clsact is not built)",
+        disabled: false,
+    });
     features
+}
+
+/// Marks every feature named in `spec` (comma-separated; a full name or one word of it, any
+/// case) as missing, and says so in the log. Returns the names that matched no feature.
+pub fn disable(features: &mut [Feature], spec: &str) -> Vec<String> {
+    let mut unknown = Vec::new();
+    for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let mut matched = false;
+        for feature in features.iter_mut() {
+            let named = feature.name.eq_ignore_ascii_case(token)
+                || feature.name.split_whitespace().any(|word| word.eq_ignore_ascii_case(token));
+            if named {
+                matched = true;
+                if feature.present {
+                    tracing::warn!(feature = feature.name, "{DISABLE_ENV} reports this feature as missing");
+                }
+                feature.present = false;
+                feature.disabled = true;
+            }
+        }
+        if !matched {
+            unknown.push(token.to_owned());
+        }
+    }
+    unknown
 }
 
 /// Whether programs attach through tcx links (Linux 6.6+) rather than clsact qdiscs.
@@ -66,8 +122,14 @@ pub fn has_tcx() -> bool {
 
 /// The missing features, as one sentence for an error or a log line; None when all are there.
 pub fn missing(features: &[Feature]) -> Option<String> {
-    let missing: Vec<String> =
-        features.iter().filter(|f| !f.present).map(|f| format!("{} (needed for {})", f.name, f.needed_for)).collect();
+    let missing: Vec<String> = features
+        .iter()
+        .filter(|f| !f.present)
+        .map(|f| {
+            let forced = if f.disabled { format!("; {DISABLE_ENV} says so") } else { String::new() };
+            format!("{} (needed for {}{forced})", f.name, f.needed_for)
+        })
+        .collect();
     (!missing.is_empty()).then(|| missing.join(", "))
 }
 
@@ -78,10 +140,38 @@ mod tests {
     #[test]
     fn missing_names_each_absent_feature_and_its_use() {
         let features = vec![
-            Feature { name: "a", present: true, needed_for: "x" },
-            Feature { name: "bpf_redirect_peer", present: false, needed_for: "delivery into pods" },
+            Feature { name: "a", present: true, needed_for: "x", disabled: false },
+            Feature { name: "bpf_redirect_peer", present: false, needed_for: "delivery into pods", disabled: false },
         ];
         assert_eq!(missing(&features).as_deref(), Some("bpf_redirect_peer (needed for delivery into pods)"));
         assert_eq!(missing(&features[..1]), None);
+    }
+
+    fn all_present() -> Vec<Feature> {
+        ["BTF (/sys/kernel/btf/vmlinux)", "map type lpm_trie", "bpf_redirect_peer", "tcx (Linux 6.6+)"]
+            .into_iter()
+            .map(|name| Feature { name, present: true, needed_for: "x", disabled: false })
+            .collect()
+    }
+
+    #[test]
+    fn disable_matches_a_full_name_or_one_word_in_any_case() {
+        let mut features = all_present();
+        let unknown = disable(&mut features, " bpf_redirect_peer , LPM_TRIE,btf,,tcx (Linux 6.6+)");
+        assert_eq!(unknown, Vec::<String>::new());
+        assert!(features.iter().all(|f| !f.present), "{features:?}");
+    }
+
+    #[test]
+    fn disable_reports_names_that_match_nothing_and_leaves_the_rest() {
+        let mut features = all_present();
+        let unknown = disable(&mut features, "bpf_redirect_per,tcx");
+        assert_eq!(unknown, ["bpf_redirect_per"]);
+        let missing = missing(&features).expect("tcx disabled");
+        assert_eq!(missing, "tcx (Linux 6.6+) (needed for x; DATAPLANE_PROBE_DISABLE says so)");
+        // "map" is a word of "map type lpm_trie": a word matches, a part of a word does not.
+        let mut features = all_present();
+        assert_eq!(disable(&mut features, "redirect"), ["redirect"]);
+        assert!(features.iter().all(|f| f.present));
     }
 }

@@ -5,3 +5,4 @@ pub mod bpf;
 pub mod diff;
 pub mod entries;
 pub mod host_routes;
+pub mod netlink;
