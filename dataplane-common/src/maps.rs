@@ -145,8 +145,45 @@ pub struct NodeConfig {
     pub nat_port_min: u16,
     /// Last port SNAT may pick.
     pub nat_port_max: u16,
+    /// How long translated flows live without packets.
+    pub timeouts: FlowTimeouts,
 }
-const _: () = assert!(size_of::<NodeConfig>() == 28);
+const _: () = assert!(size_of::<NodeConfig>() == 48);
+
+/// Seconds a flow may stay silent, by protocol and state (`--conntrack-timeouts`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowTimeouts {
+    /// A TCP flow that never got an answer.
+    pub tcp_new_s: u32,
+    /// An answered TCP flow.
+    pub tcp_established_s: u32,
+    /// A TCP flow after FIN or RST.
+    pub tcp_closing_s: u32,
+    /// UDP, answered or not.
+    pub udp_s: u32,
+    /// ICMP echo.
+    pub icmp_s: u32,
+}
+const _: () = assert!(size_of::<FlowTimeouts>() == 20);
+
+impl FlowTimeouts {
+    /// The defaults (see [`flow_timeout`]).
+    pub const DEFAULT: FlowTimeouts = FlowTimeouts {
+        tcp_new_s: (flow_timeout::TCP_NEW / flow_timeout::SECOND) as u32,
+        tcp_established_s: (flow_timeout::TCP_ESTABLISHED / flow_timeout::SECOND) as u32,
+        tcp_closing_s: (flow_timeout::TCP_CLOSING / flow_timeout::SECOND) as u32,
+        udp_s: (flow_timeout::UDP / flow_timeout::SECOND) as u32,
+        icmp_s: (flow_timeout::ICMP / flow_timeout::SECOND) as u32,
+    };
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
 
 /// Hash of translated flows (natOutgoing), two entries per flow.
 /// Key: [`FlowKey`]; value: [`NatFlow`]. A plain hash, not LRU: when it is full new flows are
@@ -200,7 +237,7 @@ pub mod flow_state {
 /// Nanoseconds a flow lives without packets, per protocol and [`flow_state`].
 pub mod flow_timeout {
     /// One second in nanoseconds.
-    const SECOND: u64 = 1_000_000_000;
+    pub const SECOND: u64 = 1_000_000_000;
     /// A TCP flow that never got an answer.
     pub const TCP_NEW: u64 = 30 * SECOND;
     /// An answered TCP flow: long, like the kernel's established timeout scaled down.
@@ -271,20 +308,31 @@ impl NatFlow {
         }
     }
 
-    /// How long the flow may stay silent, by protocol and state.
+    /// How long the flow may stay silent, by protocol and state, with the default timeouts.
     pub const fn timeout_ns(&self) -> u64 {
-        match (self.protocol, self.state) {
-            (crate::net::IPPROTO_TCP, flow_state::ESTABLISHED) => flow_timeout::TCP_ESTABLISHED,
-            (crate::net::IPPROTO_TCP, flow_state::CLOSING) => flow_timeout::TCP_CLOSING,
-            (crate::net::IPPROTO_TCP, _) => flow_timeout::TCP_NEW,
-            (crate::net::IPPROTO_ICMP, _) => flow_timeout::ICMP,
-            _ => flow_timeout::UDP,
-        }
+        self.timeout_ns_with(&FlowTimeouts::DEFAULT)
     }
 
-    /// Whether the flow has outlived its timeout at `now_ns` (on the `bpf_ktime_get_ns` clock).
+    /// How long the flow may stay silent under `timeouts`.
+    pub const fn timeout_ns_with(&self, timeouts: &FlowTimeouts) -> u64 {
+        let seconds = match (self.protocol, self.state) {
+            (crate::net::IPPROTO_TCP, flow_state::ESTABLISHED) => timeouts.tcp_established_s,
+            (crate::net::IPPROTO_TCP, flow_state::CLOSING) => timeouts.tcp_closing_s,
+            (crate::net::IPPROTO_TCP, _) => timeouts.tcp_new_s,
+            (crate::net::IPPROTO_ICMP, _) => timeouts.icmp_s,
+            _ => timeouts.udp_s,
+        };
+        seconds as u64 * flow_timeout::SECOND
+    }
+
+    /// Whether the flow has outlived its default timeout at `now_ns` (`bpf_ktime_get_ns` clock).
     pub const fn expired(&self, now_ns: u64) -> bool {
-        now_ns.saturating_sub(self.last_seen_ns) > self.timeout_ns()
+        self.expired_with(now_ns, &FlowTimeouts::DEFAULT)
+    }
+
+    /// Whether the flow has outlived its timeout under `timeouts` at `now_ns`.
+    pub const fn expired_with(&self, now_ns: u64, timeouts: &FlowTimeouts) -> bool {
+        now_ns.saturating_sub(self.last_seen_ns) > self.timeout_ns_with(timeouts)
     }
 }
 
@@ -298,4 +346,5 @@ mod user {
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::NatFlow {}
+    unsafe impl aya::Pod for super::FlowTimeouts {}
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use dataplane_common::{
     flow_state,
     net::{IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST},
-    FlowKey, NatFlow, NodeConfig, Stat, FLOW_TO_POD,
+    FlowKey, FlowTimeouts, NatFlow, NodeConfig, Stat, FLOW_TO_POD,
 };
 
 use crate::maps::CONNTRACK;
@@ -69,10 +69,14 @@ pub fn inbound_key(flow: &NatFlow) -> FlowKey {
     flow.inbound_key()
 }
 
-/// Whether `flow` has outlived its timeout at `now`.
+/// Whether `flow` has outlived its timeout at `now`, under this node's configured timeouts.
 #[inline(always)]
 pub fn expired(flow: &NatFlow, now: u64) -> bool {
-    flow.expired(now)
+    let timeouts = match crate::maps::NODE.get(0) {
+        Some(node) => node.timeouts,
+        None => FlowTimeouts::DEFAULT,
+    };
+    flow.expired_with(now, &timeouts)
 }
 
 /// The current time on the clock the entries use.

@@ -169,6 +169,8 @@ pub struct RunOptions {
     pub resync: Duration,
     /// The ports SNAT picks from when a flow's own source port is taken (inclusive).
     pub nat_ports: (u16, u16),
+    /// How long translated flows live without packets.
+    pub conntrack_timeouts: dataplane_common::FlowTimeouts,
     /// etcd settings, used with `Datastore::Etcdv3`.
     pub etcd: datastore::etcd::EtcdConfig,
 }
@@ -192,7 +194,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut resync = tokio::time::interval(options.resync);
     resync.tick().await;
-    let mut sweep = tokio::time::interval(CONNTRACK_SWEEP);
+    // Sweep often enough that a flow is gone soon after its (possibly short) timeout.
+    let shortest = [options.conntrack_timeouts.udp_s, options.conntrack_timeouts.icmp_s, options.conntrack_timeouts.tcp_closing_s]
+        .into_iter()
+        .min()
+        .unwrap_or(1);
+    let mut sweep = tokio::time::interval(CONNTRACK_SWEEP.min(Duration::from_secs(u64::from(shortest).max(2) / 2)));
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
@@ -200,7 +207,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             _ = sweep.tick() => {
                 // Only the fast path keeps a conntrack map.
                 let Backend::Bpf(backend) = &mut backend else { continue };
-                match backend.sweep_conntrack() {
+                match backend.sweep_conntrack(&options.conntrack_timeouts) {
                     Ok(0) => {}
                     Ok(removed) => info!(removed, "expired natOutgoing flows swept"),
                     Err(error) => warn!("conntrack sweep failed: {error:#}"),
@@ -274,7 +281,7 @@ async fn reconcile(backend: &mut Backend, options: &RunOptions, snapshot: &Snaps
             return Ok(());
         }
     };
-    let report = backend.apply(&plan, &uplink, options.nat_ports).await?;
+    let report = backend.apply(&plan, &uplink, options.nat_ports, options.conntrack_timeouts).await?;
     info!(
         %uplink,
         routes = plan.routes.len(),

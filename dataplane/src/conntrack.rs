@@ -7,7 +7,7 @@ use aya::maps::{HashMap, Map, MapData};
 use dataplane_common::{
     flow_state,
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    FlowKey, NatFlow, CONNTRACK_MAP, FLOW_OUTBOUND, FLOW_TO_POD,
+    FlowKey, FlowTimeouts, NatFlow, CONNTRACK_MAP, FLOW_OUTBOUND, FLOW_TO_POD,
 };
 use serde::Serialize;
 
@@ -34,6 +34,32 @@ pub struct Translation {
     pub age_s: u64,
     /// Seconds since its last packet.
     pub idle_s: u64,
+}
+
+/// Parses `--conntrack-timeouts`: comma-separated `NAME=SECONDS` with NAME one of tcp-new,
+/// tcp-established, tcp-closing, udp, icmp; unnamed ones keep their defaults.
+pub fn parse_timeouts(s: &str) -> Result<FlowTimeouts, String> {
+    let mut timeouts = FlowTimeouts::DEFAULT;
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let usage = || {
+            format!("{item:?}: expected NAME=SECONDS with NAME tcp-new, tcp-established, tcp-closing, udp or icmp")
+        };
+        let (name, seconds) = item.split_once('=').ok_or_else(usage)?;
+        let seconds: u32 = seconds.trim().trim_end_matches('s').parse().map_err(|_| usage())?;
+        if seconds == 0 {
+            return Err(format!("{item:?}: a timeout of 0 s would expire every flow at once"));
+        }
+        let slot = match name.trim() {
+            "tcp-new" => &mut timeouts.tcp_new_s,
+            "tcp-established" => &mut timeouts.tcp_established_s,
+            "tcp-closing" => &mut timeouts.tcp_closing_s,
+            "udp" => &mut timeouts.udp_s,
+            "icmp" => &mut timeouts.icmp_s,
+            _ => return Err(usage()),
+        };
+        *slot = seconds;
+    }
+    Ok(timeouts)
 }
 
 /// Turns the outbound entries of the map into translations, ordered by pod then peer.
@@ -94,16 +120,16 @@ fn monotonic_ns() -> u64 {
 
 /// The keys to delete: both entries of every expired flow, and inbound entries whose outbound
 /// entry is gone. Pure: the sweeper reads the map, asks this, and deletes.
-pub fn stale_keys(entries: &[(FlowKey, NatFlow)], now_ns: u64) -> Vec<FlowKey> {
+pub fn stale_keys(entries: &[(FlowKey, NatFlow)], now_ns: u64, timeouts: &FlowTimeouts) -> Vec<FlowKey> {
     let outbound: std::collections::BTreeMap<FlowKey, &NatFlow> =
         entries.iter().filter(|(k, _)| k.direction == FLOW_OUTBOUND).map(|(k, v)| (*k, v)).collect();
     let mut stale = Vec::new();
     for (key, flow) in entries {
         let dead = if key.direction == FLOW_OUTBOUND || key.direction == FLOW_TO_POD {
-            flow.expired(now_ns)
+            flow.expired_with(now_ns, timeouts)
         } else {
             // Age lives on the outbound entry.
-            outbound.get(&flow.outbound_key()).is_none_or(|owner| owner.expired(now_ns))
+            outbound.get(&flow.outbound_key()).is_none_or(|owner| owner.expired_with(now_ns, timeouts))
         };
         if dead {
             stale.push(*key);
@@ -113,9 +139,9 @@ pub fn stale_keys(entries: &[(FlowKey, NatFlow)], now_ns: u64) -> Vec<FlowKey> {
 }
 
 /// Deletes expired flows from the conntrack map; returns how many entries went.
-pub fn sweep(map: &mut HashMap<&mut MapData, FlowKey, NatFlow>) -> anyhow::Result<usize> {
+pub fn sweep(map: &mut HashMap<&mut MapData, FlowKey, NatFlow>, timeouts: &FlowTimeouts) -> anyhow::Result<usize> {
     let entries = map.iter().collect::<Result<Vec<_>, _>>().context("reading the conntrack map")?;
-    let stale = stale_keys(&entries, monotonic_ns());
+    let stale = stale_keys(&entries, monotonic_ns(), timeouts);
     let mut removed = 0;
     for key in &stale {
         // A flow the kernel removed meanwhile is fine.
@@ -202,10 +228,20 @@ mod tests {
         ];
         // 61 s after `old` was last seen: past UDP's 60 s, while `live` was seen 52 s ago.
         let now = 61_000_000_000;
-        let stale = stale_keys(&entries, now);
+        let stale = stale_keys(&entries, now, &FlowTimeouts::DEFAULT);
         assert_eq!(stale.len(), 3, "{stale:?}");
         assert!(stale.contains(&old.outbound_key()) && stale.contains(&old.inbound_key()));
         assert!(stale.contains(&orphan.inbound_key()));
+    }
+
+    #[test]
+    fn timeouts_parse_by_name_and_keep_the_rest() {
+        let t = parse_timeouts("udp=2, icmp=5s").unwrap();
+        assert_eq!((t.udp_s, t.icmp_s), (2, 5));
+        assert_eq!(t.tcp_established_s, FlowTimeouts::DEFAULT.tcp_established_s);
+        assert!(parse_timeouts("sctp=3").unwrap_err().contains("NAME=SECONDS"));
+        assert!(parse_timeouts("udp=0").is_err());
+        assert_eq!(parse_timeouts("").unwrap(), FlowTimeouts::DEFAULT);
     }
 
     #[test]

@@ -69,6 +69,10 @@ enum Command {
         /// outside the kernel's ephemeral range, so the node's own connections do not collide).
         #[arg(long, value_parser = agent::parse_port_range, default_value = DEFAULT_NAT_PORTS)]
         nat_port_range: (u16, u16),
+        /// How long natOutgoing flows live without packets: NAME=SECONDS,... with NAME tcp-new (30),
+        /// tcp-established (3600), tcp-closing (10), udp (60), icmp (30); unnamed ones keep these.
+        #[arg(long, value_parser = dataplane::conntrack::parse_timeouts, default_value = "")]
+        conntrack_timeouts: dataplane_common::FlowTimeouts,
         /// Seconds between full resyncs.
         #[arg(long, default_value_t = 30)]
         resync_interval: u64,
@@ -132,6 +136,7 @@ fn main() -> anyhow::Result<()> {
             mode,
             resync_interval,
             nat_port_range,
+            conntrack_timeouts,
         } => {
             let options = RunOptions {
                 datastore,
@@ -141,6 +146,7 @@ fn main() -> anyhow::Result<()> {
                 mode,
                 resync: Duration::from_secs(resync_interval.max(1)),
                 nat_ports: nat_port_range,
+                conntrack_timeouts,
                 etcd: EtcdConfig {
                     endpoints: etcd_endpoints,
                     ca_cert_file: etcd_ca_cert_file,

@@ -746,3 +746,31 @@ fn colliding_flows_get_ports_from_a_small_range_until_it_is_exhausted() -> anyho
     );
     Ok(())
 }
+
+#[test]
+fn an_idle_udp_flow_disappears_after_its_timeout() -> anyhow::Result<()> {
+    let Some(mut cluster) = Cluster::up("an_idle_udp_flow_disappears_after_its_timeout", &example_yaml()?)? else {
+        return Ok(());
+    };
+    // A short UDP timeout, so the test does not wait the default minute.
+    cluster.start_agent("node-1", &["--conntrack-timeouts", "udp=2"])?;
+    let nat1 = cluster.lab.pod(NAT_1)?.clone();
+    let server = UdpServer::start(&cluster.lab)?;
+    let flow = UdpFlow::open(&nat1, 7001)?;
+    flow.exchange(&server, "before going idle", true)?.with_context(|| cluster.logs())?;
+    let udp_flows = |cluster: &Cluster| -> anyhow::Result<usize> {
+        Ok(flows_of(&cluster.conntrack("node-1")?, nat1.addr).iter().filter(|f| f.0 == "udp" && f.1 == 7001).count())
+    };
+    ensure!(udp_flows(&cluster)? == 1, "the flow is not listed while live\n{}", cluster.logs());
+    // Idle: the agent sweeps expired flows (every second with a 2 s timeout).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while udp_flows(&cluster)? > 0 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the idle UDP flow was still listed 10 s after its 2 s timeout\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}

@@ -22,7 +22,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
-    FlowKey, NatFlow, CONNTRACK_MAP, Ipv4Bytes, NodeConfig, Peer, Route, Workload, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
+    FlowKey, FlowTimeouts, NatFlow, CONNTRACK_MAP, Ipv4Bytes, NodeConfig, Peer, Route, Workload, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
     PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 use tracing::{info, warn};
@@ -112,13 +112,20 @@ impl BpfBackend {
 
     /// Makes the kernel match `plan`: attaches programs to the uplink and to every workload
     /// interface, then writes the map entries that differ and removes stale ones.
-    pub async fn apply(&mut self, plan: &Plan, uplink: &str, nat_ports: (u16, u16)) -> anyhow::Result<ApplyReport> {
+    pub async fn apply(
+        &mut self,
+        plan: &Plan,
+        uplink: &str,
+        nat_ports: (u16, u16),
+        timeouts: FlowTimeouts,
+    ) -> anyhow::Result<ApplyReport> {
         let mut report = ApplyReport::default();
         let uplink_ifindex = sys::ifindex(uplink)
             .with_context(|| format!("uplink interface {uplink:?} does not exist in this network namespace"))?;
         let uplink_mtu = sys::mtu(uplink)?;
-        let (desired, missing) =
+        let (mut desired, missing) =
             entries::from_plan(plan, entries::Uplink { ifindex: uplink_ifindex, mtu: uplink_mtu, nat_ports }, sys::ifindex);
+        desired.node.timeouts = timeouts;
         for gap in &missing {
             warn!(workload = %gap.workload, interface = %gap.interface, "workload interface not found; will retry");
         }
@@ -167,9 +174,9 @@ impl BpfBackend {
     }
 
     /// Deletes expired natOutgoing flows (the kernel also ignores them; this frees the space).
-    pub fn sweep_conntrack(&mut self) -> anyhow::Result<usize> {
+    pub fn sweep_conntrack(&mut self, timeouts: &FlowTimeouts) -> anyhow::Result<usize> {
         let mut map: HashMap<&mut MapData, FlowKey, NatFlow> = map_mut(&mut self.ebpf, CONNTRACK_MAP)?;
-        crate::conntrack::sweep(&mut map)
+        crate::conntrack::sweep(&mut map, timeouts)
     }
 
     fn write_maps(&mut self, desired: &MapEntries, report: &mut ApplyReport) -> anyhow::Result<()> {

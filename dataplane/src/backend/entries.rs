@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use dataplane_common::{
     net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI},
-    peer_flags, route_flags, route_kind, Ipv4Bytes, NodeConfig, Peer, Route, Workload,
+    peer_flags, route_flags, route_kind, FlowTimeouts, Ipv4Bytes, NodeConfig, Peer, Route, Workload,
 };
 
 use crate::plan::{Encap, Plan, RouteTarget};
@@ -63,6 +63,8 @@ pub fn from_plan(
             uplink_mtu: uplink.mtu,
             nat_port_min: uplink.nat_ports.0,
             nat_port_max: uplink.nat_ports.1,
+            // The defaults; the agent applies `--conntrack-timeouts` on top.
+            timeouts: FlowTimeouts::DEFAULT,
         },
         ..MapEntries::default()
     };
@@ -145,7 +147,7 @@ mod tests {
         plan::{NodePlan, PlannedPeer, PlannedRoute, PlannedWorkload},
     };
 
-    const UPLINK: Uplink = Uplink { ifindex: 2, mtu: 1500, nat_ports: (32768, 60999) };
+    const UPLINK: Uplink = Uplink { ifindex: 2, mtu: 1500, nat_ports: (20000, 29999) };
 
     fn plan() -> Plan {
         let mut plan = Plan {

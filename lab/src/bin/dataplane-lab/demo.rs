@@ -149,7 +149,23 @@ fn steps(lab: &Lab, bin: &Path, datastore: &Path) -> anyhow::Result<()> {
     let dump = ["bpftool", "map", "dump", "pinned", &pin_arg];
     println!("$ {}", dataplane_lab::cmd::display(&dump));
     let output = dataplane_lab::cmd::run(&dump)?;
-    print_indented(&String::from_utf8_lossy(&output.stdout));
+    // The raw dump is long: its first entries show the named fields.
+    let raw = String::from_utf8_lossy(&output.stdout);
+    print_indented(&raw.lines().take(24).collect::<Vec<_>>().join("\n"));
+    println!("  ...");
+
+    let pin_dir = lab.pin_path(&client.node).to_string_lossy().into_owned();
+    let bin_arg = bin.to_string_lossy().into_owned();
+    for (title, command) in [
+        ("The same map as `dataplane routes` prints it", "routes"),
+        ("Every decision and drop the programs counted (`dataplane stats`)", "stats"),
+    ] {
+        heading(&format!("{title} on {}", client.node));
+        let argv = [bin_arg.as_str(), command, "--pin-path", pin_dir.as_str()];
+        println!("$ {}", dataplane_lab::cmd::display(&argv));
+        let output = dataplane_lab::cmd::run(&argv)?;
+        print_indented(&String::from_utf8_lossy(&output.stdout));
+    }
 
     heading("Stopping the agents (SIGTERM: the pinned programs keep forwarding)");
     for agent in &mut agents {
