@@ -21,7 +21,7 @@ use crate::{
         netlink::{self, NetlinkBackend},
     },
     datastore::{self, Snapshot},
-    plan, probe, sys,
+    metrics, plan, probe, sys,
 };
 
 /// Default directory of the pinned maps and links.
@@ -171,6 +171,8 @@ pub struct RunOptions {
     pub nat_ports: (u16, u16),
     /// How long translated flows live without packets.
     pub conntrack_timeouts: dataplane_common::FlowTimeouts,
+    /// Where to serve /metrics and /healthz; None: not at all.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// etcd settings, used with `Datastore::Etcdv3`.
     pub etcd: datastore::etcd::EtcdConfig,
 }
@@ -184,6 +186,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         options.etcd.check()?;
     }
     let mut backend = select_backend(&options).await?;
+
+    let agent_metrics = metrics::Shared::default();
+    let metrics_server = options.metrics_addr.map(|addr| {
+        let (pin_path, agent) = (options.pin_path.clone(), agent_metrics.clone());
+        tokio::spawn(async move {
+            if let Err(error) = metrics::serve(addr, pin_path, agent).await {
+                error!("metrics endpoint stopped: {error:#}");
+            }
+        })
+    });
 
     let (sender, mut snapshots) = watch::channel(None);
     let watcher = match &options.datastore {
@@ -224,12 +236,30 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         let snapshot = snapshots.borrow_and_update().clone();
         if let Some(snapshot) = snapshot {
             let span = info_span!("reconcile", node = %options.node);
-            if let Err(error) = reconcile(&mut backend, &options, &snapshot).instrument(span).await {
+            let started = Instant::now();
+            let result = reconcile(&mut backend, &options, &snapshot).instrument(span).await;
+            if let Ok(mut agent) = agent_metrics.lock() {
+                agent.datastore_up = true;
+                agent.last_reconcile_ok = result.is_ok();
+                match &result {
+                    Ok(()) => {
+                        let seconds = started.elapsed().as_secs_f64();
+                        agent.reconciles += 1;
+                        agent.reconcile_seconds_sum += seconds;
+                        agent.last_reconcile_seconds = seconds;
+                    }
+                    Err(_) => agent.reconcile_errors += 1,
+                }
+            }
+            if let Err(error) = result {
                 error!("reconcile failed, keeping the last programmed state: {error:#}");
             }
         }
     }
     watcher.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     match backend {
         Backend::Bpf(_) => info!("exiting; the pinned fast path stays in place until the next agent adopts it"),
         Backend::Netlink(_) => info!("exiting; the kernel routes and devices stay in place"),

@@ -4,8 +4,10 @@
 
 pub mod agent;
 pub mod backend;
+pub mod check;
 pub mod conntrack;
 pub mod datastore;
+pub mod ipam;
 pub mod metrics;
 pub mod model;
 pub mod plan;
@@ -13,3 +15,4 @@ pub mod probe;
 pub mod routes;
 pub mod stats;
 pub mod sys;
+pub mod trace;

@@ -73,6 +73,10 @@ enum Command {
         /// tcp-established (3600), tcp-closing (10), udp (60), icmp (30); unnamed ones keep these.
         #[arg(long, value_parser = dataplane::conntrack::parse_timeouts, default_value = "")]
         conntrack_timeouts: dataplane_common::FlowTimeouts,
+        /// Serve Prometheus metrics on /metrics and a health check on /healthz at this address
+        /// (e.g. 0.0.0.0:9091); off when not given.
+        #[arg(long, env = "METRICS_ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
         /// Seconds between full resyncs.
         #[arg(long, default_value_t = 30)]
         resync_interval: u64,
@@ -137,6 +141,7 @@ fn main() -> anyhow::Result<()> {
             resync_interval,
             nat_port_range,
             conntrack_timeouts,
+            metrics_addr,
         } => {
             let options = RunOptions {
                 datastore,
@@ -147,6 +152,7 @@ fn main() -> anyhow::Result<()> {
                 resync: Duration::from_secs(resync_interval.max(1)),
                 nat_ports: nat_port_range,
                 conntrack_timeouts,
+                metrics_addr,
                 etcd: EtcdConfig {
                     endpoints: etcd_endpoints,
                     ca_cert_file: etcd_ca_cert_file,
@@ -188,20 +194,38 @@ fn main() -> anyhow::Result<()> {
         Command::Cleanup { pin_path } => {
             let removed = backend::bpf::cleanup(&pin_path)?;
             println!("removed {removed} pinned objects under {}", pin_path.display());
-            let routes = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?
-                .block_on(async {
-                    let host_routes = backend::host_routes::HostRoutes::connect()?;
-                    host_routes.apply(&Default::default()).await
-                })?;
-            println!(
-                "removed {} kernel routes of protocol {}",
-                routes.1,
-                backend::host_routes::RTPROT_DATAPLANE
-            );
+            // The fast path's host routes and the netlink fallback's routes and vxlan.calico.
+            let report = backend::netlink::cleanup_blocking()?;
+            println!("removed {} kernel routes of protocol {} and {} devices", report.routes, backend::host_routes::RTPROT_DATAPLANE, report.devices);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The DaemonSet in deploy/ must start the agent with arguments this CLI accepts.
+    #[test]
+    fn the_daemonset_runs_a_command_line_the_agent_accepts() {
+        let manifest: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../../deploy/daemonset.yaml")).expect("deploy/daemonset.yaml is YAML");
+        let container = &manifest["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(manifest["spec"]["template"]["spec"]["hostNetwork"], true);
+        assert_eq!(container["securityContext"]["privileged"], true);
+        let mut argv = vec!["dataplane".to_owned()];
+        for arg in container["args"].as_sequence().expect("args") {
+            argv.push(arg.as_str().expect("string arg").to_owned());
+        }
+        // NODENAME comes from the downward API in the pod.
+        argv.push("--node=node-1".to_owned());
+        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        let Command::Run { datastore, pin_path, metrics_addr, .. } = cli.command else {
+            panic!("the DaemonSet does not run `dataplane run`");
+        };
+        assert_eq!(datastore, Datastore::Etcdv3);
+        assert_eq!(pin_path, PathBuf::from(DEFAULT_PIN_PATH));
+        assert_eq!(metrics_addr.map(|a| a.port()), Some(9091), "the probes use port 9091");
     }
 }

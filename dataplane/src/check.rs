@@ -1,0 +1,1533 @@
+//! `dataplane check`: Calico's troubleshooting page, automated for one node.
+//!
+//! Every question of the page gets a check: are the programs attached where they should be, do
+//! the maps hold what the datastore says, does every remote block have a route to the node that
+//! owns it, does the node's tunnel address lie in one of its blocks, can the pools give every node
+//! a block, do pools overlap, are there blocks outside every pool, does every workload have its
+//! interface and its host /32 route. Each [`Finding`] names the object and the fix.
+//!
+//! The decisions are pure functions over the model, the plan and what was observed on the node;
+//! reading the pins, the interfaces and the kernel's routes happens at the edges ([`run`]).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use aya::{
+    maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData},
+    programs::{links::FdLink, links::PinnedLink, SchedClassifier, TcAttachType},
+};
+use dataplane_common::{
+    route_flags, route_kind, FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAP, NODE_MAP,
+    PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, ROUTES_MAP, WORKLOADS_MAP,
+};
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::{
+    agent::Datastore,
+    backend::{
+        bpf::link_pin_name,
+        entries::{self, MapEntries, RouteKey},
+    },
+    datastore::etcd::EtcdConfig,
+    model::{MacAddr, Model, Problem},
+    plan::{self, Encap, Plan, RouteTarget},
+    routes, sys,
+};
+
+/// Subdirectory of the pin path with one pinned link per attached hook (as the agent pins them).
+pub const LINKS_DIR: &str = "links";
+
+/// What the agent tells its users to do when a map or a link is not as the datastore says: the
+/// agent rewrites both on start and on every resync.
+const FIX_AGENT: &str = "the agent rewrites this on every resync (30 s) and on start: if it persists, the agent \
+                         is not running or failing for this node; restart it (`dataplane run`) and read its log";
+
+/// One problem found: which check, the object it is about, what is wrong, and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The check that found it: `programs`, `maps`, `routes`, `tunnel`, `pools`, `blocks`,
+    /// `workloads`, `node`, `datastore` or `plan`.
+    pub check: &'static str,
+    /// The object, as an operator names it: `IPPool default`, `routes_v1 10.244.2.0/26`, ...
+    pub object: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+impl Finding {
+    fn new(check: &'static str, object: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Finding { check, object: object.into(), problem: problem.into(), fix: fix.into() }
+    }
+}
+
+/// How much was looked at, so that "no problems" means something.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Checked {
+    /// Program attachments (pinned links and tcx hooks).
+    pub links: usize,
+    /// Expected map entries compared with the pinned maps.
+    pub map_entries: usize,
+    /// Remote blocks whose route was verified.
+    pub remote_blocks: usize,
+    /// Workloads on this node.
+    pub workloads: usize,
+    /// IP pools.
+    pub pools: usize,
+}
+
+/// The result of `dataplane check` on one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// The node checked.
+    pub node: String,
+    /// Everything found wrong; empty when the node is healthy.
+    pub findings: Vec<Finding>,
+    /// What was checked.
+    pub checked: Checked,
+}
+
+impl Report {
+    /// Whether nothing was found.
+    pub fn ok(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pure checks over the model.
+
+/// Overlapping pools, block sizes that do not fit the pool, and pools too small for the cluster
+/// (the troubleshooting page's "IP pool addresses exhausted": fewer blocks than nodes).
+pub fn check_pools(model: &Model) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (index, pool) in model.pools.iter().enumerate() {
+        let cidr = pool.cidr.trunc();
+        // The later of two overlapping pools is the one the planner skips: report it there.
+        if let Some(earlier) =
+            model.pools[..index].iter().find(|p| p.cidr.trunc().contains(&cidr) || cidr.contains(&p.cidr.trunc()))
+        {
+            findings.push(Finding::new(
+                "pools",
+                format!("IPPool {}", pool.name),
+                format!(
+                    "spec.cidr {cidr} overlaps IPPool {} ({}), so the dataplane skips this pool and its blocks",
+                    earlier.name,
+                    earlier.cidr.trunc()
+                ),
+                format!("pools must not overlap: change spec.cidr of {} or {}, or delete one", pool.name, earlier.name),
+            ));
+        }
+        if pool.block_size > 32 || pool.block_size < cidr.prefix_len() {
+            findings.push(Finding::new(
+                "pools",
+                format!("IPPool {}", pool.name),
+                format!("spec.blockSize {} does not fit the pool {cidr}", pool.block_size),
+                format!("set spec.blockSize between {} and 32 (Calico's default is 26)", cidr.prefix_len()),
+            ));
+            continue;
+        }
+        if pool.disabled {
+            continue;
+        }
+        let blocks = 1u64 << (pool.block_size - cidr.prefix_len());
+        let nodes = model.nodes.len() as u64;
+        let allocated: BTreeSet<Ipv4Net> =
+            model.blocks.iter().map(|b| b.cidr.trunc()).filter(|b| cidr.contains(b)).collect();
+        if blocks < nodes {
+            findings.push(Finding::new(
+                "pools",
+                format!("IPPool {}", pool.name),
+                format!(
+                    "the pool has {blocks} blocks of /{} ({} / {} addresses) but the cluster has {nodes} nodes: \
+                     every node needs a block, so pods on some nodes get no address from it",
+                    pool.block_size,
+                    crate::ipam::size(&cidr),
+                    1u64 << (32 - u32::from(pool.block_size)),
+                ),
+                "add an IP pool, or make this pool larger (a shorter prefix) or its blocks smaller (a larger \
+                 blockSize)",
+            ));
+        } else if allocated.len() as u64 >= blocks {
+            findings.push(Finding::new(
+                "pools",
+                format!("IPPool {}", pool.name),
+                format!("every one of the pool's {blocks} blocks is allocated: a new node gets no block from it"),
+                "add an IP pool, or release the blocks of nodes that are gone (`calicoctl ipam check`)",
+            ));
+        }
+    }
+    findings
+}
+
+/// Blocks that lie in no IP pool: Calico carves every block from a pool, so such a block is left
+/// over from a deleted pool and routes nowhere.
+pub fn check_blocks(model: &Model) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut seen = BTreeSet::new();
+    for block in &model.blocks {
+        let cidr = block.cidr.trunc();
+        if !seen.insert((cidr, block.node.clone())) {
+            continue;
+        }
+        if model.pools.iter().any(|pool| pool.cidr.trunc().contains(&cidr)) {
+            continue;
+        }
+        findings.push(Finding::new(
+            "blocks",
+            format!("BlockAffinity {cidr}"),
+            format!("the block (affine to {}) lies in no IP pool, so no node routes it", block.node),
+            "re-create the pool it was carved from, or release the block and delete its affinity",
+        ));
+    }
+    findings
+}
+
+/// The node's tunnel addresses must lie in one of its own blocks (the page's "check whether the
+/// tunnel IP is normal"): Calico allocates them from the node's block, and one outside it usually
+/// means the pool ran out of blocks or the node was renamed.
+pub fn check_tunnel_addresses(model: &Model, node: &str) -> Vec<Finding> {
+    let Some(this) = model.node(node) else {
+        return Vec::new();
+    };
+    let blocks: Vec<Ipv4Net> =
+        model.blocks.iter().filter(|b| b.node == node && b.routes()).map(|b| b.cidr.trunc()).collect();
+    let listed = if blocks.is_empty() {
+        "it has no block".to_owned()
+    } else {
+        format!("its blocks are {}", blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", "))
+    };
+    let mut findings = Vec::new();
+    for (field, addr) in
+        [("spec.ipv4VXLANTunnelAddr", this.vxlan_tunnel_addr), ("spec.bgp.ipv4IPIPTunnelAddr", this.ipip_tunnel_addr)]
+    {
+        let Some(addr) = addr else { continue };
+        if blocks.iter().any(|b| b.contains(&addr)) {
+            continue;
+        }
+        findings.push(Finding::new(
+            "tunnel",
+            format!("Node {node}"),
+            format!("{field} {addr} lies in none of the node's blocks ({listed})"),
+            if blocks.is_empty() {
+                "the node needs a block first: check the pools for exhaustion, then let calico-node allocate the \
+                 tunnel address again (remove the field)"
+                    .to_owned()
+            } else {
+                format!(
+                    "remove {field} so that calico-node allocates it again from the node's block, or set it to a \
+                     free address of {}",
+                    blocks[0]
+                )
+            },
+        ));
+    }
+    findings
+}
+
+/// Workloads of this node whose host-side interface is missing, or whose host route
+/// `<pod>/32 dev <interface>` is missing or points elsewhere.
+pub fn check_workloads(plan: &Plan, interfaces: &BTreeMap<String, u32>, host_routes: &[KernelRoute]) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (interface, workload) in &plan.workloads {
+        let object = format!("WorkloadEndpoint {}", workload.name);
+        if !interfaces.contains_key(interface) {
+            findings.push(Finding::new(
+                "workloads",
+                object,
+                format!("its interface {interface} does not exist on this node, so the pod is unreachable"),
+                "the pod's veth is gone: delete the pod so that it is re-created, or correct spec.interfaceName \
+                 if the pod uses another interface (Calico names it cali + 11 hex digits of \
+                 sha1(\"<namespace>.<pod>\"))",
+            ));
+            continue;
+        }
+        let host = Ipv4Net::from(workload.addr);
+        let routes: Vec<&KernelRoute> = host_routes.iter().filter(|r| r.dst == host).collect();
+        if routes.iter().any(|r| r.interface == *interface) {
+            continue;
+        }
+        let problem = match routes.first() {
+            Some(other) => format!(
+                "the host route {host} points at {} instead of {interface}, so the node's own traffic to the pod \
+                 goes astray",
+                other.interface
+            ),
+            None => format!(
+                "the host route {host} dev {interface} is missing, so the node's own traffic to the pod (kubelet \
+                 probes, host-network pods) does not reach it"
+            ),
+        };
+        findings.push(Finding::new(
+            "workloads",
+            object,
+            problem,
+            format!(
+                "ip route replace {host} dev {interface} scope link (the CNI plugin adds it when the pod starts; \
+                 re-creating the pod also restores it)"
+            ),
+        ));
+    }
+    findings
+}
+
+/// Every remote block of the plan must have a route in the routes map to the node that owns it,
+/// encapsulated as the pool says and, for VXLAN, with that node's VTEP MAC (the page's "check
+/// whether the routing is normal" and the neighbour MAC check). Returns the findings and the
+/// route keys they cover, so that the map diff does not report the same entry again.
+pub fn check_remote_blocks(
+    model: &Model,
+    plan: &Plan,
+    routes: &BTreeMap<RouteKey, Route>,
+) -> (Vec<Finding>, BTreeSet<RouteKey>) {
+    let mut findings = Vec::new();
+    let mut covered = BTreeSet::new();
+    for (prefix, planned) in &plan.routes {
+        let RouteTarget::RemoteBlock { node, node_addr, encap } = &planned.target else {
+            continue;
+        };
+        let key = route_key(prefix);
+        let object = format!("block {prefix} of node {node}");
+        let mut problems = Vec::new();
+        match routes.get(&key) {
+            None => {
+                problems.push(format!("{ROUTES_MAP} has no route for it, so pods here cannot reach the pods in it"))
+            }
+            Some(route) if route.kind != route_kind::REMOTE_BLOCK => problems.push(format!(
+                "{ROUTES_MAP} routes it as {}, not to node {node}",
+                routes::describe(*prefix, route).kind
+            )),
+            Some(route) => {
+                let programmed = Ipv4Addr::from(route.node_addr);
+                if programmed != *node_addr {
+                    let holder = model
+                        .nodes
+                        .iter()
+                        .find(|n| n.addr.map(|a| a.addr()) == Some(programmed))
+                        .map(|n| format!("node {}", n.name))
+                        .unwrap_or_else(|| "no node of the cluster".to_owned());
+                    problems.push(format!(
+                        "its route goes to {programmed} ({holder}), but the block belongs to node {node} at {node_addr}"
+                    ));
+                }
+                let encap_flags = route.flags & (route_flags::ENCAP_VXLAN | route_flags::ENCAP_IPIP);
+                let (want_flags, want_mac) = match encap {
+                    Encap::None => (0, None),
+                    Encap::Vxlan { vtep_mac } => (route_flags::ENCAP_VXLAN, Some(*vtep_mac)),
+                    Encap::Ipip => (route_flags::ENCAP_IPIP, None),
+                };
+                if encap_flags != want_flags {
+                    problems.push(format!(
+                        "its route encapsulates as {}, the pool says {}",
+                        encap_name(encap_flags),
+                        encap_name(want_flags)
+                    ));
+                } else if let Some(want) = want_mac {
+                    if route.mac != want.0 {
+                        problems.push(format!(
+                            "its route's VTEP MAC is {}, but node {node}'s VTEP MAC (spec.vxlanTunnelMACAddr) is {want}",
+                            MacAddr(route.mac)
+                        ));
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            covered.insert(key);
+            findings.push(Finding::new("routes", object, problems.join("; "), FIX_AGENT));
+        }
+    }
+    (findings, covered)
+}
+
+fn encap_name(flags: u32) -> &'static str {
+    if flags & route_flags::ENCAP_VXLAN != 0 {
+        "VXLAN"
+    } else if flags & route_flags::ENCAP_IPIP != 0 {
+        "IPIP"
+    } else {
+        "none"
+    }
+}
+
+/// A routes map key for `prefix`.
+pub fn route_key(prefix: &Ipv4Net) -> RouteKey {
+    (u32::from(prefix.prefix_len()), prefix.network().octets())
+}
+
+/// What the pinned maps hold; a map that could not be read carries the reason.
+#[derive(Debug)]
+pub struct ObservedMaps {
+    /// `node_v1`, slot 0.
+    pub node: Result<NodeConfig, String>,
+    /// `routes_v1`.
+    pub routes: Result<BTreeMap<RouteKey, Route>, String>,
+    /// `workloads_v1`.
+    pub workloads: Result<BTreeMap<u32, Workload>, String>,
+    /// `peers_v1`.
+    pub peers: Result<BTreeMap<Ipv4Bytes, Peer>, String>,
+}
+
+/// Compares the pinned maps with the entries the datastore implies: every missing, extra and
+/// different entry is a finding. Route keys in `skip` were already reported by
+/// [`check_remote_blocks`]. `names` gives interface names by ifindex, for the messages.
+pub fn diff_maps(
+    expected: &MapEntries,
+    observed: &ObservedMaps,
+    skip: &BTreeSet<RouteKey>,
+    names: &BTreeMap<u32, String>,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let unreadable = |map: &str, error: &String| {
+        Finding::new(
+            "maps",
+            map.to_owned(),
+            format!("the pinned map cannot be read: {error}"),
+            "start the agent on this node (`dataplane run`), or pass the --pin-path it uses",
+        )
+    };
+
+    match &observed.node {
+        Err(error) => findings.push(unreadable(NODE_MAP, error)),
+        Ok(node) => {
+            let differences = node_differences(&expected.node, node);
+            if !differences.is_empty() {
+                findings.push(Finding::new(
+                    "maps",
+                    NODE_MAP,
+                    format!("this node's settings differ from the datastore: {}", differences.join("; ")),
+                    FIX_AGENT,
+                ));
+            }
+        }
+    }
+
+    match &observed.routes {
+        Err(error) => findings.push(unreadable(ROUTES_MAP, error)),
+        Ok(routes) => {
+            let text = |key: &RouteKey, route: &Route| route_text(&prefix_of(key), route, names);
+            for (key, want) in &expected.routes {
+                if skip.contains(key) {
+                    continue;
+                }
+                let object = format!("{ROUTES_MAP} {}", prefix_of(key));
+                match routes.get(key) {
+                    None => findings.push(Finding::new(
+                        "maps",
+                        object,
+                        format!("missing: the datastore says {}", text(key, want)),
+                        FIX_AGENT,
+                    )),
+                    Some(have) if have != want => findings.push(Finding::new(
+                        "maps",
+                        object,
+                        format!("holds {}, the datastore says {}", text(key, have), text(key, want)),
+                        FIX_AGENT,
+                    )),
+                    Some(_) => {}
+                }
+            }
+            for (key, have) in routes {
+                if !expected.routes.contains_key(key) && !skip.contains(key) {
+                    findings.push(Finding::new(
+                        "maps",
+                        format!("{ROUTES_MAP} {}", prefix_of(key)),
+                        format!("extra: holds {}, which the datastore does not have", text(key, have)),
+                        FIX_AGENT,
+                    ));
+                }
+            }
+        }
+    }
+
+    match &observed.workloads {
+        Err(error) => findings.push(unreadable(WORKLOADS_MAP, error)),
+        Ok(workloads) => {
+            let name = |index: &u32| match names.get(index) {
+                Some(name) => format!("ifindex {index} ({name})"),
+                None => format!("ifindex {index} (no such interface)"),
+            };
+            let text = |w: &Workload| format!("pod {} mac {}", Ipv4Addr::from(w.addr), MacAddr(w.mac));
+            for (index, want) in &expected.workloads {
+                let object = format!("{WORKLOADS_MAP} {}", name(index));
+                match workloads.get(index) {
+                    None => findings.push(Finding::new(
+                        "maps",
+                        object,
+                        format!(
+                            "missing: the datastore says {}; its packets are dropped as drop_unknown_workload",
+                            text(want)
+                        ),
+                        FIX_AGENT,
+                    )),
+                    Some(have) if have != want => findings.push(Finding::new(
+                        "maps",
+                        object,
+                        format!("holds {}, the datastore says {}", text(have), text(want)),
+                        FIX_AGENT,
+                    )),
+                    Some(_) => {}
+                }
+            }
+            for (index, have) in workloads {
+                if !expected.workloads.contains_key(index) {
+                    findings.push(Finding::new(
+                        "maps",
+                        format!("{WORKLOADS_MAP} {}", name(index)),
+                        format!("extra: holds {}, which is no workload of this node", text(have)),
+                        FIX_AGENT,
+                    ));
+                }
+            }
+        }
+    }
+
+    match &observed.peers {
+        Err(error) => findings.push(unreadable(PEERS_MAP, error)),
+        Ok(peers) => {
+            for (addr, want) in &expected.peers {
+                let object = format!("{PEERS_MAP} {}", Ipv4Addr::from(*addr));
+                match peers.get(addr) {
+                    None => findings.push(Finding::new(
+                        "maps",
+                        object,
+                        format!(
+                            "missing: tunnel packets from this peer ({}) are dropped as drop_unknown_peer",
+                            peer_text(want)
+                        ),
+                        FIX_AGENT,
+                    )),
+                    Some(have) if have != want => findings.push(Finding::new(
+                        "maps",
+                        object,
+                        format!("accepts {}, the datastore says {}", peer_text(have), peer_text(want)),
+                        FIX_AGENT,
+                    )),
+                    Some(_) => {}
+                }
+            }
+            for (addr, have) in peers {
+                if !expected.peers.contains_key(addr) {
+                    findings.push(Finding::new(
+                        "maps",
+                        format!("{PEERS_MAP} {}", Ipv4Addr::from(*addr)),
+                        format!("extra: accepts {} from an address that is no tunnelling peer", peer_text(have)),
+                        FIX_AGENT,
+                    ));
+                }
+            }
+        }
+    }
+    findings
+}
+
+/// The fields of the node map that differ, in words. The SNAT port range is the agent's own
+/// setting (`--nat-port-range`), not the datastore's: it is only checked for sanity.
+fn node_differences(want: &NodeConfig, have: &NodeConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if have.addr != want.addr {
+        out.push(format!("addr is {}, should be {}", Ipv4Addr::from(have.addr), Ipv4Addr::from(want.addr)));
+    }
+    if have.uplink_ifindex != want.uplink_ifindex {
+        out.push(format!("uplink_ifindex is {}, should be {}", have.uplink_ifindex, want.uplink_ifindex));
+    }
+    if have.uplink_mtu != want.uplink_mtu {
+        out.push(format!("uplink_mtu is {}, should be {}", have.uplink_mtu, want.uplink_mtu));
+    }
+    if have.vni != want.vni {
+        out.push(format!("vni is {}, should be {}", have.vni, want.vni));
+    }
+    if have.vxlan_port != want.vxlan_port {
+        out.push(format!("vxlan_port is {}, should be {}", have.vxlan_port, want.vxlan_port));
+    }
+    if have.vtep_mac != want.vtep_mac {
+        out.push(format!("vtep_mac is {}, should be {}", MacAddr(have.vtep_mac), MacAddr(want.vtep_mac)));
+    }
+    if have.nat_port_min == 0 || have.nat_port_min > have.nat_port_max {
+        out.push(format!("the SNAT port range {}-{} is empty", have.nat_port_min, have.nat_port_max));
+    }
+    out
+}
+
+fn prefix_of(key: &RouteKey) -> Ipv4Net {
+    // Keys come from the map (prefix length <= 32 by the trie's rules) or from a plan.
+    Ipv4Net::new(Ipv4Addr::from(key.1), key.0.min(32) as u8).unwrap_or_else(|_| Ipv4Net::from(Ipv4Addr::from(key.1)))
+}
+
+/// A route entry in words, as `dataplane routes` shows it.
+fn route_text(prefix: &Ipv4Net, route: &Route, names: &BTreeMap<u32, String>) -> String {
+    let row = routes::describe(*prefix, route);
+    let mut text = row.kind.to_owned();
+    if let Some(addr) = row.node_addr {
+        text.push_str(&format!(" via {addr}"));
+    }
+    if !row.encap.is_empty() {
+        text.push_str(&format!(" encap {}", row.encap));
+    }
+    if let Some(index) = row.ifindex {
+        match names.get(&index) {
+            Some(name) => text.push_str(&format!(" ifindex {index} ({name})")),
+            None => text.push_str(&format!(" ifindex {index} (no such interface)")),
+        }
+    }
+    if let Some(mac) = row.mac {
+        text.push_str(&format!(" mac {mac}"));
+    }
+    if row.nat_outgoing {
+        text.push_str(" natOutgoing");
+    }
+    if !row.in_pool {
+        text.push_str(" (outside the pools)");
+    }
+    text
+}
+
+fn peer_text(peer: &Peer) -> String {
+    let mut kinds = Vec::new();
+    if peer.flags & dataplane_common::peer_flags::VXLAN != 0 {
+        kinds.push("VXLAN");
+    }
+    if peer.flags & dataplane_common::peer_flags::IPIP != 0 {
+        kinds.push("IPIP");
+    }
+    if kinds.is_empty() {
+        "nothing".to_owned()
+    } else {
+        kinds.join(" and ")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Program attachments.
+
+/// A TC hook of an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hook {
+    /// TC ingress.
+    Ingress,
+    /// TC egress.
+    Egress,
+}
+
+impl Hook {
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Hook::Ingress => TcAttachType::Ingress,
+            Hook::Egress => TcAttachType::Egress,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Ingress => "ingress",
+            Hook::Egress => "egress",
+        }
+    }
+}
+
+/// A program that should be attached to a hook, under its pin name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedLink {
+    /// The interface.
+    pub interface: String,
+    /// The hook.
+    pub hook: Hook,
+    /// The program's name.
+    pub program: &'static str,
+}
+
+/// The links the agent pins for `plan`: the uplink's ingress and egress, and the ingress and egress
+/// of every local workload whose interface exists (the agent attaches nothing to a missing one).
+pub fn expected_links(plan: &Plan, uplink: &str, interfaces: &BTreeMap<String, u32>) -> BTreeMap<String, ExpectedLink> {
+    let mut links = BTreeMap::new();
+    let mut want = |interface: &str, hook: Hook, program: &'static str| {
+        links.insert(
+            link_pin_name(hook.attach_type(), interface),
+            ExpectedLink { interface: interface.to_owned(), hook, program },
+        );
+    };
+    want(uplink, Hook::Ingress, PROG_FROM_UPLINK);
+    want(uplink, Hook::Egress, PROG_TO_UPLINK);
+    for interface in plan.workloads.keys() {
+        if interfaces.contains_key(interface) {
+            want(interface, Hook::Ingress, PROG_FROM_WORKLOAD);
+            want(interface, Hook::Egress, PROG_TO_WORKLOAD);
+        }
+    }
+    links
+}
+
+/// The hook and interface a link pin name stands for (the reverse of `link_pin_name`).
+pub fn parse_link_pin_name(name: &str) -> Option<(Hook, String)> {
+    let (hook, escaped) = if let Some(rest) = name.strip_prefix("ingress_") {
+        (Hook::Ingress, rest)
+    } else if let Some(rest) = name.strip_prefix("egress_") {
+        (Hook::Egress, rest)
+    } else {
+        return None;
+    };
+    // Undo the escaping in the opposite order: %2e first, then %25.
+    Some((hook, escaped.replace("%2e", ".").replace("%25", "%")))
+}
+
+/// A program attached to a tcx hook: its id and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedProgram {
+    /// The program's id.
+    pub id: u32,
+    /// The program's name (truncated by the kernel to 15 characters).
+    pub name: String,
+}
+
+/// What is attached on the node, as observed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObservedLinks {
+    /// Every pin in `<pin path>/links`: the id of the program its link runs, or why it could not
+    /// be read.
+    pub pins: BTreeMap<String, Result<u32, String>>,
+    /// For every expected link (by pin name): the programs on its hook, or why the hook could not
+    /// be queried.
+    pub hooks: BTreeMap<String, Result<Vec<AttachedProgram>, String>>,
+}
+
+/// Compares the expected attachments with what the pins and the tcx hooks show.
+pub fn check_links(
+    expected: &BTreeMap<String, ExpectedLink>,
+    observed: &ObservedLinks,
+    interfaces: &BTreeMap<String, u32>,
+    links_dir: &Path,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (pin, link) in expected {
+        let object = format!("{} {} of {}", link.program, link.hook.name(), link.interface);
+        let pin_path = links_dir.join(pin);
+        let attached = match observed.hooks.get(pin) {
+            Some(Ok(programs)) => programs.iter().filter(|p| p.name == link.program).map(|p| p.id).collect(),
+            Some(Err(error)) => {
+                findings.push(Finding::new(
+                    "programs",
+                    object,
+                    format!("the tcx {} hook of {} cannot be queried: {error}", link.hook.name(), link.interface),
+                    "run the check as root in the node's network namespace",
+                ));
+                continue;
+            }
+            None => Vec::new(),
+        };
+        let problem = match (observed.pins.get(pin), attached.is_empty()) {
+            (None, true) => Some(format!(
+                "not attached, and no link is pinned at {}: packets on this hook bypass the fast path",
+                pin_path.display()
+            )),
+            (None, false) => Some(format!(
+                "attached, but its link is not pinned at {}: it goes away with the process that holds it",
+                pin_path.display()
+            )),
+            (Some(Err(error)), _) => Some(format!("the pinned link {} cannot be read: {error}", pin_path.display())),
+            (Some(Ok(_)), true) => Some(format!(
+                "a link is pinned at {} but the program is not attached to the hook (the interface was re-created?)",
+                pin_path.display()
+            )),
+            (Some(Ok(id)), false) if !attached.contains(id) => {
+                Some(format!("the pinned link runs program id {id}, but the hook runs {attached:?}"))
+            }
+            (Some(Ok(_)), false) => None,
+        };
+        if let Some(problem) = problem {
+            findings.push(Finding::new(
+                "programs",
+                object,
+                problem,
+                "restart the agent (`dataplane run`): it attaches every program and pins its link at start",
+            ));
+        }
+    }
+    for pin in observed.pins.keys().filter(|pin| !expected.contains_key(*pin)) {
+        let pin_path = links_dir.join(pin);
+        let (object, problem) = match parse_link_pin_name(pin) {
+            Some((hook, interface)) if !interfaces.contains_key(&interface) => (
+                format!("link {pin}"),
+                format!("stale: pinned for the {} hook of {interface}, which no longer exists", hook.name()),
+            ),
+            Some((hook, interface)) => (
+                format!("link {pin}"),
+                format!(
+                    "a program stays attached to the {} hook of {interface}, which the datastore does not give \
+                     this node",
+                    hook.name()
+                ),
+            ),
+            None => (format!("link {pin}"), "not a link name the agent uses".to_owned()),
+        };
+        findings.push(Finding::new(
+            "programs",
+            object,
+            problem,
+            format!(
+                "restart the agent (it removes links it does not want), or remove the pin: rm {}",
+                pin_path.display()
+            ),
+        ));
+    }
+    findings
+}
+
+// ---------------------------------------------------------------------------------------------
+// Datastore problems.
+
+/// The datastore's and the planner's problems as findings, leaving out those about an object a
+/// check above already reported (the planner also skips overlapping pools and blocks outside
+/// every pool, and says so).
+pub fn problem_findings(check: &'static str, problems: &[Problem], existing: &[Finding]) -> Vec<Finding> {
+    let reported: BTreeSet<&str> = existing.iter().map(|f| f.object.as_str()).collect();
+    let mut findings = Vec::new();
+    for problem in problems {
+        let object = format!("{} {}", problem.kind, problem.name);
+        if reported.contains(object.as_str()) {
+            continue;
+        }
+        findings.push(Finding::new(
+            check,
+            object,
+            format!("{}: {}", problem.field, problem.message),
+            format!("correct {} of {} {} in the datastore", problem.field, problem.kind, problem.name),
+        ));
+    }
+    findings
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernel's routes.
+
+/// A route of the kernel's main table, as `/proc/net/route` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelRoute {
+    /// The destination prefix.
+    pub dst: Ipv4Net,
+    /// The output interface (`*` for blackhole and unreachable routes).
+    pub interface: String,
+}
+
+/// Parses `/proc/net/route` (the main table of the reader's network namespace). Addresses are
+/// printed as the raw 32-bit word in host order, so the bytes are taken back in host order.
+pub fn parse_proc_net_route(text: &str) -> Vec<KernelRoute> {
+    let mut routes = Vec::new();
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(interface), Some(dst), Some(mask)) = (fields.first(), fields.get(1), fields.get(7)) else {
+            continue;
+        };
+        let (Ok(dst), Ok(mask)) = (u32::from_str_radix(dst, 16), u32::from_str_radix(mask, 16)) else {
+            continue;
+        };
+        let dst = Ipv4Addr::from(dst.to_ne_bytes());
+        let prefix_len = u32::from(Ipv4Addr::from(mask.to_ne_bytes())).count_ones() as u8;
+        if let Ok(dst) = Ipv4Net::new(dst, prefix_len) {
+            routes.push(KernelRoute { dst, interface: (*interface).to_owned() });
+        }
+    }
+    routes
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the pinned maps (also used by `dataplane trace`).
+
+fn open_pinned(pin_path: &Path, name: &str) -> anyhow::Result<MapData> {
+    let path = pin_path.join(name);
+    MapData::from_pin(&path).with_context(|| {
+        format!("opening {}: is an agent running with --pin-path {}?", path.display(), pin_path.display())
+    })
+}
+
+/// The pinned node map's single value.
+pub fn read_node_map(pin_path: &Path) -> anyhow::Result<NodeConfig> {
+    let map: Array<MapData, NodeConfig> = Array::try_from(Map::Array(open_pinned(pin_path, NODE_MAP)?))
+        .context("the node map has an unexpected layout")?;
+    map.get(&0, 0).context("reading the node map")
+}
+
+/// Every entry of the pinned routes map.
+pub fn read_routes_map(pin_path: &Path) -> anyhow::Result<BTreeMap<RouteKey, Route>> {
+    let trie: LpmTrie<MapData, Ipv4Bytes, Route> = LpmTrie::try_from(Map::LpmTrie(open_pinned(pin_path, ROUTES_MAP)?))
+        .context("the routes map has an unexpected layout")?;
+    trie.iter()
+        .map(|entry| entry.map(|(key, route)| ((key.prefix_len(), key.data()), route)))
+        .collect::<Result<_, _>>()
+        .context("reading the routes map")
+}
+
+/// Every entry of the pinned workloads map.
+pub fn read_workloads_map(pin_path: &Path) -> anyhow::Result<BTreeMap<u32, Workload>> {
+    let map: HashMap<MapData, u32, Workload> = HashMap::try_from(Map::HashMap(open_pinned(pin_path, WORKLOADS_MAP)?))
+        .context("the workloads map has an unexpected layout")?;
+    map.iter().collect::<Result<_, _>>().context("reading the workloads map")
+}
+
+/// Every entry of the pinned peers map.
+pub fn read_peers_map(pin_path: &Path) -> anyhow::Result<BTreeMap<Ipv4Bytes, Peer>> {
+    let map: HashMap<MapData, Ipv4Bytes, Peer> = HashMap::try_from(Map::HashMap(open_pinned(pin_path, PEERS_MAP)?))
+        .context("the peers map has an unexpected layout")?;
+    map.iter().collect::<Result<_, _>>().context("reading the peers map")
+}
+
+/// Every entry of the pinned conntrack map.
+pub fn read_conntrack_map(pin_path: &Path) -> anyhow::Result<BTreeMap<FlowKey, NatFlow>> {
+    let map: HashMap<MapData, FlowKey, NatFlow> =
+        HashMap::try_from(Map::HashMap(open_pinned(pin_path, CONNTRACK_MAP)?))
+            .context("the conntrack map has an unexpected layout")?;
+    map.iter().collect::<Result<_, _>>().context("reading the conntrack map")
+}
+
+/// Every pinned map the checks compare, each read on its own so one bad map does not hide the
+/// others.
+pub fn observe_maps(pin_path: &Path) -> ObservedMaps {
+    let text = |error: anyhow::Error| format!("{error:#}");
+    ObservedMaps {
+        node: read_node_map(pin_path).map_err(text),
+        routes: read_routes_map(pin_path).map_err(text),
+        workloads: read_workloads_map(pin_path).map_err(text),
+        peers: read_peers_map(pin_path).map_err(text),
+    }
+}
+
+/// Every interface of this network namespace, by name.
+pub fn interfaces() -> anyhow::Result<BTreeMap<String, u32>> {
+    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
+    let head = unsafe { libc::if_nameindex() };
+    if head.is_null() {
+        return Err(std::io::Error::last_os_error()).context("listing interfaces (if_nameindex)");
+    }
+    let mut found = BTreeMap::new();
+    let mut cursor = head;
+    loop {
+        // SAFETY: `cursor` stays within the array, which ends with a zero entry.
+        let entry = unsafe { &*cursor };
+        if entry.if_index == 0 || entry.if_name.is_null() {
+            break;
+        }
+        // SAFETY: if_name is a NUL-terminated string owned by the array.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.if_name) };
+        found.insert(name.to_string_lossy().into_owned(), entry.if_index);
+        // SAFETY: the terminating entry has not been reached, so the next one exists.
+        cursor = unsafe { cursor.add(1) };
+    }
+    // SAFETY: `head` came from if_nameindex and is freed once.
+    unsafe { libc::if_freenameindex(head) };
+    Ok(found)
+}
+
+/// The pins under `<pin path>/links`, and the programs on the hook of every expected link.
+pub fn observe_links(pin_path: &Path, expected: &BTreeMap<String, ExpectedLink>) -> ObservedLinks {
+    let mut observed = ObservedLinks::default();
+    let dir = pin_path.join(LINKS_DIR);
+    if let Ok(entries) = fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let program = PinnedLink::from_pin(entry.path())
+                .map_err(|e| e.to_string())
+                .and_then(|pinned| FdLink::from(pinned).info().map_err(|e| e.to_string()))
+                .map(|info| info.program_id());
+            observed.pins.insert(name, program);
+        }
+    }
+    for (pin, link) in expected {
+        let programs = SchedClassifier::query_tcx(&link.interface, link.hook.attach_type())
+            .map(|(_, infos)| {
+                infos
+                    .iter()
+                    .map(|info| AttachedProgram { id: info.id(), name: info.name_as_str().unwrap_or("").to_owned() })
+                    .collect()
+            })
+            .map_err(|e| format!("{e:#}"));
+        observed.hooks.insert(pin.clone(), programs);
+    }
+    observed
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command.
+
+/// Settings of `dataplane check`.
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    /// Where the cluster comes from.
+    pub datastore: Datastore,
+    /// etcd settings, for `Datastore::Etcdv3`.
+    pub etcd: EtcdConfig,
+    /// This node's name.
+    pub node: String,
+    /// The uplink; found from the node's address when not given.
+    pub uplink: Option<String>,
+    /// The agent's pin directory.
+    pub pin_path: PathBuf,
+}
+
+/// Runs every check for the node, reading the datastore, the pins and this network namespace.
+/// Errors only when the datastore cannot be read at all; everything else is a finding.
+pub fn run(options: &CheckOptions) -> anyhow::Result<Report> {
+    let snapshot = crate::ipam::read_once(&options.datastore, &options.etcd)?;
+    let model = &snapshot.model;
+    let mut report = Report { node: options.node.clone(), findings: Vec::new(), checked: Checked::default() };
+    report.checked.pools = model.pools.len();
+
+    report.findings.extend(check_pools(model));
+    report.findings.extend(check_blocks(model));
+    let (plan, plan_problems) = match plan::compute(model, &options.node) {
+        Ok(computed) => computed,
+        Err(error) => {
+            let fix = match &error {
+                plan::PlanError::UnknownNode(node) => {
+                    format!("add a Node resource named {node:?} to the datastore, or pass the right --node")
+                }
+                plan::PlanError::NodeWithoutAddress(_) => "set spec.bgp.ipv4Address (e.g. 10.0.0.1/24)".to_owned(),
+            };
+            report.findings.push(Finding::new(
+                "node",
+                format!("Node {}", options.node),
+                error.to_string(),
+                fix,
+            ));
+            let datastore = problem_findings("datastore", &snapshot.problems, &report.findings);
+            report.findings.extend(datastore);
+            return Ok(report);
+        }
+    };
+    report.findings.extend(check_tunnel_addresses(model, &options.node));
+
+    let interfaces = interfaces()?;
+    let names: BTreeMap<u32, String> = interfaces.iter().map(|(name, index)| (*index, name.clone())).collect();
+    let host_routes = match fs::read_to_string("/proc/net/route") {
+        Ok(text) => parse_proc_net_route(&text),
+        Err(error) => {
+            report.findings.push(Finding::new(
+                "workloads",
+                "/proc/net/route",
+                format!("cannot read the kernel's routes: {error}"),
+                "run the check where /proc is mounted",
+            ));
+            Vec::new()
+        }
+    };
+    report.checked.workloads = plan.workloads.len();
+    report.findings.extend(check_workloads(&plan, &interfaces, &host_routes));
+
+    let uplink = match &options.uplink {
+        Some(uplink) => Some(uplink.clone()),
+        None => sys::interface_with_address(plan.node.addr.addr())?,
+    };
+    match uplink {
+        None => report.findings.push(Finding::new(
+            "node",
+            format!("Node {}", options.node),
+            format!(
+                "no interface of this network namespace holds the node's address {}, so the uplink is unknown and \
+                 the maps and programs were not checked",
+                plan.node.addr.addr()
+            ),
+            "run the check in the node's network namespace, pass --uplink, or fix spec.bgp.ipv4Address",
+        )),
+        Some(uplink) => check_programmed(options, model, &plan, &uplink, &interfaces, &names, &mut report),
+    }
+
+    let datastore = problem_findings("datastore", &snapshot.problems, &report.findings);
+    report.findings.extend(datastore);
+    let planned = problem_findings("plan", &plan_problems, &report.findings);
+    report.findings.extend(planned);
+    Ok(report)
+}
+
+/// The maps and the program attachments against the plan.
+fn check_programmed(
+    options: &CheckOptions,
+    model: &Model,
+    plan: &Plan,
+    uplink: &str,
+    interfaces: &BTreeMap<String, u32>,
+    names: &BTreeMap<u32, String>,
+    report: &mut Report,
+) {
+    let Some(&uplink_ifindex) = interfaces.get(uplink) else {
+        report.findings.push(Finding::new(
+            "node",
+            format!("interface {uplink}"),
+            "the uplink does not exist in this network namespace",
+            "pass the right --uplink, or run the check in the node's network namespace",
+        ));
+        return;
+    };
+    let uplink_mtu = match sys::mtu(uplink) {
+        Ok(mtu) => mtu,
+        Err(error) => {
+            report.findings.push(Finding::new(
+                "node",
+                format!("interface {uplink}"),
+                format!("{error:#}"),
+                "check the uplink",
+            ));
+            return;
+        }
+    };
+    let observed = observe_maps(&options.pin_path);
+    // The SNAT range is the agent's flag, not the datastore's: take what is programmed.
+    let nat_ports = match &observed.node {
+        Ok(node) => (node.nat_port_min, node.nat_port_max),
+        Err(_) => (dataplane_common::net::NAT_PORT_MIN, dataplane_common::net::NAT_PORT_MAX),
+    };
+    let (expected, _missing) =
+        entries::from_plan(plan, entries::Uplink { ifindex: uplink_ifindex, mtu: uplink_mtu, nat_ports }, |name| {
+            interfaces.get(name).copied()
+        });
+    let mut covered = BTreeSet::new();
+    if let Ok(routes) = &observed.routes {
+        let (findings, keys) = check_remote_blocks(model, plan, routes);
+        report.findings.extend(findings);
+        covered = keys;
+    }
+    report.checked.remote_blocks =
+        plan.routes.values().filter(|r| matches!(r.target, RouteTarget::RemoteBlock { .. })).count();
+    report.checked.map_entries = 1 + expected.routes.len() + expected.workloads.len() + expected.peers.len();
+    report.findings.extend(diff_maps(&expected, &observed, &covered, names));
+
+    let links = expected_links(plan, uplink, interfaces);
+    let observed_links = observe_links(&options.pin_path, &links);
+    report.checked.links = links.len();
+    report.findings.extend(check_links(&links, &observed_links, interfaces, &options.pin_path.join(LINKS_DIR)));
+}
+
+/// The report for a person: one block per finding with its fix, or one line saying all is well.
+pub fn text(report: &Report) -> String {
+    let c = &report.checked;
+    let checked = format!(
+        "checked {} program links, {} map entries, {} remote blocks, {} workloads, {} pools",
+        c.links, c.map_entries, c.remote_blocks, c.workloads, c.pools
+    );
+    if report.ok() {
+        return format!("node {}: no problems found ({checked})\n", report.node);
+    }
+    let mut out = format!("node {}: {} problem(s) found ({checked})\n", report.node, report.findings.len());
+    for finding in &report.findings {
+        out.push_str(&format!(
+            "\n[{}] {}: {}\n    fix: {}\n",
+            finding.check, finding.object, finding.problem, finding.fix
+        ));
+    }
+    out
+}
+
+/// The report as JSON: `{node, ok, findings: [{check, object, problem, fix}], checked}`.
+pub fn json(report: &Report) -> serde_json::Value {
+    serde_json::json!({
+        "node": report.node,
+        "ok": report.ok(),
+        "findings": report.findings,
+        "checked": report.checked,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        datastore::file,
+        model::{AffinityState, Block, EncapMode, IpPool, Node},
+    };
+
+    fn net(text: &str) -> Ipv4Net {
+        text.parse().expect("test CIDR")
+    }
+
+    fn example() -> Model {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/two-nodes.yaml");
+        let (model, problems) = file::load(&path).expect("example loads");
+        assert!(problems.is_empty(), "{problems:?}");
+        model
+    }
+
+    fn pool(name: &str, cidr: &str, block_size: u8) -> IpPool {
+        IpPool {
+            name: name.into(),
+            cidr: net(cidr),
+            block_size,
+            vxlan_mode: EncapMode::Always,
+            ipip_mode: EncapMode::Never,
+            nat_outgoing: false,
+            disabled: false,
+        }
+    }
+
+    fn objects(findings: &[Finding]) -> Vec<&str> {
+        findings.iter().map(|f| f.object.as_str()).collect()
+    }
+
+    /// The example's node-1 with its interfaces: uplink eth0 = 2, web-1 = 5, cache-1 = 6.
+    fn node_1() -> (Model, Plan, BTreeMap<String, u32>, MapEntries) {
+        let model = example();
+        let (plan, problems) = plan::compute(&model, "node-1").expect("plan");
+        assert!(problems.is_empty());
+        let interfaces = BTreeMap::from([
+            ("lo".to_owned(), 1),
+            ("eth0".to_owned(), 2),
+            ("cali0761ccbeace".to_owned(), 5),
+            ("cali188d81a77fc".to_owned(), 6),
+        ]);
+        let (entries, missing) =
+            entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: 1500, nat_ports: (20000, 29999) }, |name| {
+                interfaces.get(name).copied()
+            });
+        assert!(missing.is_empty());
+        (model, plan, interfaces, entries)
+    }
+
+    fn observed_from(entries: &MapEntries) -> ObservedMaps {
+        ObservedMaps {
+            node: Ok(entries.node),
+            routes: Ok(entries.routes.clone()),
+            workloads: Ok(entries.workloads.clone()),
+            peers: Ok(entries.peers.clone()),
+        }
+    }
+
+    #[test]
+    fn the_example_cluster_has_no_model_problems() {
+        let model = example();
+        assert_eq!(check_pools(&model), vec![]);
+        assert_eq!(check_blocks(&model), vec![]);
+        assert_eq!(check_tunnel_addresses(&model, "node-1"), vec![]);
+        assert_eq!(check_tunnel_addresses(&model, "node-2"), vec![]);
+    }
+
+    #[test]
+    fn overlapping_pools_name_the_later_pool_and_the_fix() {
+        let mut model = example();
+        model.pools.push(pool("overlap", "10.244.128.0/17", 26));
+        let findings = check_pools(&model);
+        assert_eq!(objects(&findings), vec!["IPPool overlap"]);
+        assert!(findings[0].problem.contains("overlaps IPPool default-ipv4-ippool"), "{findings:?}");
+        assert!(findings[0].fix.contains("must not overlap"), "{findings:?}");
+    }
+
+    #[test]
+    fn exhaustion_is_more_nodes_than_blocks() {
+        let mut model = example();
+        // A /26 pool of /28 blocks has 4 blocks; the cluster has 2 nodes: fine. With 5: not.
+        model.pools = vec![pool("small", "10.244.0.0/26", 28)];
+        model.blocks.clear();
+        assert_eq!(check_pools(&model), vec![]);
+        for n in 3..=5 {
+            model.nodes.push(Node { name: format!("node-{n}"), ..Node::default() });
+        }
+        let findings = check_pools(&model);
+        assert_eq!(objects(&findings), vec!["IPPool small"]);
+        assert!(
+            findings[0].problem.contains("4 blocks of /28") && findings[0].problem.contains("5 nodes"),
+            "{findings:?}"
+        );
+        assert!(findings[0].fix.contains("add an IP pool"));
+        // A block size that does not fit the pool is its own finding.
+        model.pools = vec![pool("odd", "10.244.0.0/26", 24)];
+        assert!(check_pools(&model)[0].problem.contains("blockSize 24 does not fit"));
+    }
+
+    #[test]
+    fn a_full_pool_is_reported_even_with_enough_blocks_for_the_nodes() {
+        let mut model = example();
+        model.pools = vec![pool("tiny", "10.244.1.0/25", 26)];
+        model.blocks.retain(|b| b.cidr == net("10.244.1.0/26"));
+        model.blocks.push(Block {
+            cidr: net("10.244.1.64/26"),
+            node: "node-2".into(),
+            state: AffinityState::Confirmed,
+            deleted: false,
+        });
+        let findings = check_pools(&model);
+        assert_eq!(objects(&findings), vec!["IPPool tiny"]);
+        assert!(findings[0].problem.contains("every one of the pool's 2 blocks"), "{findings:?}");
+    }
+
+    #[test]
+    fn a_block_outside_every_pool_is_named_with_its_node() {
+        let mut model = example();
+        model.blocks.push(Block {
+            cidr: net("10.99.0.0/26"),
+            node: "node-2".into(),
+            state: AffinityState::Confirmed,
+            deleted: false,
+        });
+        let findings = check_blocks(&model);
+        assert_eq!(objects(&findings), vec!["BlockAffinity 10.99.0.0/26"]);
+        assert!(findings[0].problem.contains("node-2"));
+    }
+
+    #[test]
+    fn a_tunnel_address_outside_the_nodes_blocks() {
+        let mut model = example();
+        model.nodes[0].vxlan_tunnel_addr = Some(Ipv4Addr::new(10, 244, 2, 9));
+        let findings = check_tunnel_addresses(&model, "node-1");
+        assert_eq!(objects(&findings), vec!["Node node-1"]);
+        assert!(
+            findings[0].problem.contains("10.244.2.9") && findings[0].problem.contains("10.244.1.0/26"),
+            "{findings:?}"
+        );
+        assert!(findings[0].fix.contains("10.244.1.0/26"));
+    }
+
+    #[test]
+    fn healthy_maps_diff_to_nothing() {
+        let (model, plan, _, entries) = node_1();
+        let observed = observed_from(&entries);
+        let (findings, covered) = check_remote_blocks(&model, &plan, observed.routes.as_ref().expect("routes"));
+        assert!(findings.is_empty() && covered.is_empty(), "{findings:?}");
+        assert_eq!(diff_maps(&entries, &observed, &covered, &BTreeMap::new()), vec![]);
+    }
+
+    #[test]
+    fn a_missing_remote_block_route_is_reported_once() {
+        let (model, plan, _, entries) = node_1();
+        let mut observed = observed_from(&entries);
+        let key = route_key(&net("10.244.2.0/26"));
+        if let Ok(routes) = &mut observed.routes {
+            routes.remove(&key);
+        }
+        let (findings, covered) = check_remote_blocks(&model, &plan, observed.routes.as_ref().expect("routes"));
+        assert_eq!(objects(&findings), vec!["block 10.244.2.0/26 of node node-2"]);
+        assert!(findings[0].problem.contains("no route"));
+        assert!(findings[0].fix.contains("restart it"));
+        assert!(covered.contains(&key));
+        assert_eq!(diff_maps(&entries, &observed, &covered, &BTreeMap::new()), vec![]);
+    }
+
+    #[test]
+    fn a_remote_block_routed_to_the_wrong_node_or_mac() {
+        let (model, plan, _, entries) = node_1();
+        let mut observed = observed_from(&entries);
+        let key = route_key(&net("10.244.2.0/26"));
+        if let Ok(routes) = &mut observed.routes {
+            let route = routes.get_mut(&key).expect("remote block route");
+            route.node_addr = [10, 100, 0, 11];
+            route.mac = [0x66, 0xd0, 0, 0, 0, 9];
+        }
+        let (findings, _) = check_remote_blocks(&model, &plan, observed.routes.as_ref().expect("routes"));
+        assert_eq!(findings.len(), 1);
+        let problem = &findings[0].problem;
+        assert!(
+            problem.contains("goes to 10.100.0.11 (node node-1)") && problem.contains("node-2 at 10.100.0.12"),
+            "{problem}"
+        );
+        assert!(
+            problem.contains("VTEP MAC is 66:d0:00:00:00:09") && problem.contains("66:d0:00:00:00:02"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn map_diff_lists_missing_extra_and_different_entries() {
+        let (_, _, _, entries) = node_1();
+        let mut observed = observed_from(&entries);
+        if let Ok(routes) = &mut observed.routes {
+            routes.remove(&route_key(&net("10.244.1.2/32")));
+            routes.insert(
+                route_key(&net("10.244.1.9/32")),
+                Route { kind: route_kind::LOCAL_WORKLOAD, ifindex: 9, ..Route::default() },
+            );
+        }
+        if let Ok(workloads) = &mut observed.workloads {
+            workloads.get_mut(&6).expect("cache-1").addr = [10, 244, 1, 77];
+        }
+        if let Ok(peers) = &mut observed.peers {
+            peers.clear();
+        }
+        if let Ok(node) = &mut observed.node {
+            node.uplink_mtu = 9000;
+        }
+        let names = BTreeMap::from([(5, "cali0761ccbeace".to_owned()), (6, "cali188d81a77fc".to_owned())]);
+        let findings = diff_maps(&entries, &observed, &BTreeSet::new(), &names);
+        let got: Vec<(&str, &str)> =
+            findings.iter().map(|f| (f.object.as_str(), f.problem.split(':').next().unwrap_or(""))).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("node_v1", "this node's settings differ from the datastore"),
+                ("routes_v1 10.244.1.2/32", "missing"),
+                ("routes_v1 10.244.1.9/32", "extra"),
+                ("workloads_v1 ifindex 6 (cali188d81a77fc)", "holds pod 10.244.1.77 mac 0a"),
+                ("peers_v1 10.100.0.12", "missing"),
+            ]
+        );
+        assert!(findings[0].problem.contains("uplink_mtu is 9000, should be 1500"));
+        assert!(findings[1].problem.contains("local workload ifindex 5 (cali0761ccbeace)"), "{}", findings[1].problem);
+        assert!(findings[2].problem.contains("ifindex 9 (no such interface)"), "{}", findings[2].problem);
+        assert!(findings[4].problem.contains("drop_unknown_peer"));
+    }
+
+    #[test]
+    fn an_unreadable_map_is_one_finding_with_the_fix() {
+        let (_, _, _, entries) = node_1();
+        let mut observed = observed_from(&entries);
+        observed.routes = Err("No such file or directory".into());
+        let findings = diff_maps(&entries, &observed, &BTreeSet::new(), &BTreeMap::new());
+        assert_eq!(objects(&findings), vec!["routes_v1"]);
+        assert!(findings[0].fix.contains("--pin-path"));
+    }
+
+    #[test]
+    fn workloads_without_interface_or_host_route() {
+        let (_, plan, mut interfaces, _) = node_1();
+        let mut routes = vec![
+            KernelRoute { dst: net("10.244.1.2/32"), interface: "cali0761ccbeace".into() },
+            KernelRoute { dst: net("10.244.1.3/32"), interface: "cali188d81a77fc".into() },
+        ];
+        assert_eq!(check_workloads(&plan, &interfaces, &routes), vec![]);
+
+        routes.remove(0);
+        routes[0].interface = "eth0".into();
+        let findings = check_workloads(&plan, &interfaces, &routes);
+        // By interface name: web-1 (cali0761ccbeace) before cache-1 (cali188d81a77fc).
+        assert_eq!(
+            objects(&findings),
+            vec![
+                "WorkloadEndpoint default/node--1-k8s-web--1-eth0",
+                "WorkloadEndpoint default/node--1-k8s-cache--1-eth0"
+            ]
+        );
+        assert!(findings[0].problem.contains("10.244.1.2/32 dev cali0761ccbeace is missing"), "{findings:?}");
+        assert!(findings[0].fix.starts_with("ip route replace 10.244.1.2/32 dev cali0761ccbeace scope link"));
+        assert!(findings[1].problem.contains("points at eth0"), "{findings:?}");
+
+        interfaces.remove("cali0761ccbeace");
+        let findings = check_workloads(&plan, &interfaces, &routes);
+        assert!(
+            findings.iter().any(|f| f.problem.contains("interface cali0761ccbeace does not exist")),
+            "{findings:?}"
+        );
+    }
+
+    #[test]
+    fn link_pin_names_round_trip() {
+        for name in ["eth0", "vxlan.calico", "odd%name.x"] {
+            let pin = link_pin_name(TcAttachType::Egress, name);
+            assert_eq!(parse_link_pin_name(&pin), Some((Hook::Egress, name.to_owned())), "{pin}");
+        }
+        assert_eq!(parse_link_pin_name("something"), None);
+    }
+
+    fn healthy_links(expected: &BTreeMap<String, ExpectedLink>) -> ObservedLinks {
+        let mut observed = ObservedLinks::default();
+        for (id, (pin, link)) in expected.iter().enumerate() {
+            observed.pins.insert(pin.clone(), Ok(id as u32 + 100));
+            observed
+                .hooks
+                .insert(pin.clone(), Ok(vec![AttachedProgram { id: id as u32 + 100, name: link.program.to_owned() }]));
+        }
+        observed
+    }
+
+    #[test]
+    fn links_expected_for_the_uplink_and_each_local_workload() {
+        let (_, plan, interfaces, _) = node_1();
+        let expected = expected_links(&plan, "eth0", &interfaces);
+        let names: Vec<&str> = expected.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            vec![
+                "egress_cali0761ccbeace",
+                "egress_cali188d81a77fc",
+                "egress_eth0",
+                "ingress_cali0761ccbeace",
+                "ingress_cali188d81a77fc",
+                "ingress_eth0"
+            ]
+        );
+        let observed = healthy_links(&expected);
+        assert_eq!(check_links(&expected, &observed, &interfaces, Path::new("/pins/links")), vec![]);
+    }
+
+    #[test]
+    fn a_removed_pin_a_detached_program_and_a_stale_pin() {
+        let (_, plan, interfaces, _) = node_1();
+        let expected = expected_links(&plan, "eth0", &interfaces);
+        let mut observed = healthy_links(&expected);
+        // The pin of web-1's link removed: the link went with it.
+        observed.pins.remove("ingress_cali0761ccbeace");
+        observed.hooks.insert("ingress_cali0761ccbeace".into(), Ok(vec![]));
+        // The uplink's egress pinned but detached.
+        observed.hooks.insert("egress_eth0".into(), Ok(vec![]));
+        // A pin left for a pod whose interface is gone.
+        observed.pins.insert("ingress_caligone0000001".into(), Ok(7));
+        let findings = check_links(&expected, &observed, &interfaces, Path::new("/pins/links"));
+        assert_eq!(
+            objects(&findings),
+            vec![
+                "to_uplink egress of eth0",
+                "from_workload ingress of cali0761ccbeace",
+                "link ingress_caligone0000001"
+            ]
+        );
+        assert!(findings[0].problem.contains("not attached to the hook"), "{findings:?}");
+        assert!(findings[1]
+            .problem
+            .contains("not attached, and no link is pinned at /pins/links/ingress_cali0761ccbeace"));
+        assert!(findings[1].fix.contains("restart the agent"));
+        assert!(
+            findings[2].problem.contains("stale") && findings[2].fix.contains("rm /pins/links/ingress_caligone0000001")
+        );
+    }
+
+    #[test]
+    fn planner_problems_are_not_repeated_for_objects_already_reported() {
+        let mut model = example();
+        model.pools.push(pool("overlap", "10.244.128.0/17", 26));
+        model.blocks.push(Block {
+            cidr: net("10.99.0.0/26"),
+            node: "node-2".into(),
+            state: AffinityState::Confirmed,
+            deleted: false,
+        });
+        let mut findings = check_pools(&model);
+        findings.extend(check_blocks(&model));
+        let (_, problems) = plan::compute(&model, "node-1").expect("plan");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problem_findings("plan", &problems, &findings), vec![]);
+        let other = vec![Problem::new("Node", "node-9", "spec.bgp.ipv4Address", "no address")];
+        let extra = problem_findings("datastore", &other, &findings);
+        assert_eq!(objects(&extra), vec!["Node node-9"]);
+        assert!(extra[0].fix.contains("spec.bgp.ipv4Address"));
+    }
+
+    #[test]
+    fn proc_net_route_parses_host_order_words() {
+        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                    eth0\t00000000\t0100640A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                    cali0761ccbeace\t0201F40A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
+                    *\t0001F40A\t00000000\t0201\t0\t0\t0\tC0FFFFFF\t0\t0\t0\n";
+        let routes = parse_proc_net_route(text);
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                routes,
+                vec![
+                    KernelRoute { dst: net("0.0.0.0/0"), interface: "eth0".into() },
+                    KernelRoute { dst: net("10.244.1.2/32"), interface: "cali0761ccbeace".into() },
+                    KernelRoute { dst: net("10.244.1.0/26"), interface: "*".into() },
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn report_text_says_nothing_is_wrong_or_lists_each_fix() {
+        let mut report =
+            Report { node: "node-1".into(), findings: vec![], checked: Checked { links: 4, ..Checked::default() } };
+        assert!(text(&report).starts_with("node node-1: no problems found (checked 4 program links"));
+        assert_eq!(json(&report)["ok"], true);
+        report.findings.push(Finding::new("pools", "IPPool x", "overlaps", "change it"));
+        let printed = text(&report);
+        assert!(printed.contains("[pools] IPPool x: overlaps\n    fix: change it"), "{printed}");
+        assert_eq!(json(&report)["findings"][0]["object"], "IPPool x");
+    }
+}

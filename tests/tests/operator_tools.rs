@@ -1,0 +1,615 @@
+//! The operator's tools on a lab with known contents: `dataplane ipam show`, `dataplane check`
+//! (healthy, then broken on purpose in each way it knows, then repaired) and `dataplane trace`
+//! (predictions from the live maps, confirmed by running the packet through the kernel program).
+//!
+//! Each lab test builds its own lab from examples/two-nodes.yaml (node-1 10.100.0.11 with web-1
+//! 10.244.1.2 and cache-1 10.244.1.3, node-2 10.100.0.12 with web-2 10.244.2.2; one VXLAN pool
+//! 10.244.0.0/16 with natOutgoing), runs one agent per node, and runs the tools in the node's
+//! network namespace as an operator would. Without root the lab tests print why they are skipped
+//! and pass.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::Output,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{bail, ensure, Context as _};
+use dataplane_lab::{Agent, Lab, LabOptions};
+use serde_json::Value;
+
+/// The example cluster.
+const EXAMPLE: &str = "examples/two-nodes.yaml";
+/// How long an agent may take to program its node.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// web-1 on node-1, its interface and its host route.
+const WEB_1: &str = "10.244.1.2";
+const WEB_1_IFACE: &str = "cali0761ccbeace";
+const WEB_1_ENDPOINT: &str = "WorkloadEndpoint default/node--1-k8s-web--1-eth0";
+/// cache-1 on node-1.
+const CACHE_1_IFACE: &str = "cali188d81a77fc";
+/// web-2 on node-2, and node-2's block.
+const WEB_2: &str = "10.244.2.2";
+const NODE_2_BLOCK: &str = "10.244.2.0/26";
+const NODE_1_ADDR: &str = "10.100.0.11";
+const NODE_2_ADDR: &str = "10.100.0.12";
+
+/// The workspace root: tests/ is one of its members.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// The binary: $DATAPLANE_BIN, else target/debug/dataplane.
+fn dataplane_bin() -> PathBuf {
+    match std::env::var_os("DATAPLANE_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => workspace_root().join("target/debug/dataplane"),
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn describe(argv: &str, output: &Output) -> String {
+    format!(
+        "`{argv}` exited with {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        stdout(output),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The lab, its agents and a datastore copy a test may edit. Fields drop in order: the agents
+/// stop before the lab is torn down.
+struct Cluster {
+    agents: Vec<Agent>,
+    bin: PathBuf,
+    datastore: PathBuf,
+    lab: Lab,
+}
+
+impl Cluster {
+    /// Brings up the example cluster with a ready agent per node; `None` when not root.
+    fn up(test: &str) -> anyhow::Result<Option<Cluster>> {
+        if !dataplane_lab::is_root() {
+            eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+            return Ok(None);
+        }
+        let bin = dataplane_bin();
+        ensure!(bin.exists(), "{} does not exist: build it with `cargo build -p dataplane`", bin.display());
+        let example = workspace_root().join(EXAMPLE);
+        let model = dataplane_lab::load_model(&example)?;
+        let lab = Lab::up(&model, LabOptions::default())?;
+        let datastore = lab.dir().join("datastore.yaml");
+        fs::copy(&example, &datastore)
+            .with_context(|| format!("copying {} to {}", example.display(), datastore.display()))?;
+        let mut cluster = Cluster { agents: Vec::new(), bin, datastore, lab };
+        for node in ["node-1", "node-2"] {
+            cluster.start_agent(node)?;
+        }
+        Ok(Some(cluster))
+    }
+
+    fn start_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        let mut agent = self.lab.start_agent(node, &self.bin, &self.datastore)?;
+        agent.wait_ready(READY_TIMEOUT)?;
+        self.agents.push(agent);
+        Ok(())
+    }
+
+    /// Stops the agent of `node`; its pins stay, so the fast path keeps its state, and nothing
+    /// repairs what a test breaks.
+    fn stop_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        let index =
+            self.agents.iter().position(|a| a.node() == node).with_context(|| format!("no agent for {node}"))?;
+        let mut agent = self.agents.remove(index);
+        agent.stop()?;
+        Ok(())
+    }
+
+    /// Runs `dataplane <args>` in `node`'s namespace, whatever its exit status.
+    fn dataplane(&self, node: &str, args: &[&str]) -> anyhow::Result<(String, Output)> {
+        let bin = self.bin.to_string_lossy().into_owned();
+        let mut argv = vec![bin.as_str()];
+        argv.extend(args);
+        let netns = self.lab.node_netns(node)?;
+        let line = self.lab.command_line(netns, &argv);
+        Ok((line, self.lab.exec_status(netns, &argv)?))
+    }
+
+    /// Runs a command in `node`'s namespace; it must succeed.
+    fn on_node(&self, node: &str, argv: &[&str]) -> anyhow::Result<String> {
+        self.lab.exec_stdout(self.lab.node_netns(node)?, argv)
+    }
+
+    /// `dataplane check` on `node` against `datastore`: exit code, text report and JSON report.
+    fn check_with(&self, node: &str, datastore: &Path) -> anyhow::Result<(i32, String, Value)> {
+        let datastore = format!("file:{}", datastore.display());
+        let pin_path = self.lab.pin_path(node).to_string_lossy().into_owned();
+        let args = ["check", "--datastore", &datastore, "--node", node, "--pin-path", &pin_path];
+        let (line, text) = self.dataplane(node, &args)?;
+        let mut with_json = args.to_vec();
+        with_json.extend(["-o", "json"]);
+        let (json_line, json) = self.dataplane(node, &with_json)?;
+        let code = text.status.code().with_context(|| describe(&line, &text))?;
+        ensure!(code == 0 || code == 1, "{}", describe(&line, &text));
+        ensure!(json.status.code() == Some(code), "text and JSON disagree:\n{}", describe(&json_line, &json));
+        let report: Value = serde_json::from_slice(&json.stdout).with_context(|| describe(&json_line, &json))?;
+        Ok((code, stdout(&text), report))
+    }
+
+    fn check(&self, node: &str) -> anyhow::Result<(i32, String, Value)> {
+        self.check_with(node, &self.datastore)
+    }
+
+    /// `dataplane trace <args> -o json` on `node`: exit code and report.
+    fn trace(&self, node: &str, args: &[&str]) -> anyhow::Result<(i32, Value, String)> {
+        let pin_path = self.lab.pin_path(node).to_string_lossy().into_owned();
+        let mut argv = vec!["trace"];
+        argv.extend(args);
+        argv.extend(["--pin-path", &pin_path, "-o", "json"]);
+        let (line, output) = self.dataplane(node, &argv)?;
+        let report: Value = serde_json::from_slice(&output.stdout).with_context(|| describe(&line, &output))?;
+        Ok((output.status.code().unwrap_or(-1), report, describe(&line, &output)))
+    }
+
+    /// The agents' logs, to explain a failure.
+    fn logs(&self) -> String {
+        let mut text = String::from("agent logs:");
+        for agent in &self.agents {
+            text.push_str(&format!("\n--- agent of {} ---\n{}", agent.node(), agent.log().trim_end()));
+        }
+        text
+    }
+}
+
+/// The findings of a JSON check report.
+fn findings(report: &Value) -> Vec<&Value> {
+    report["findings"].as_array().map(|list| list.iter().collect()).unwrap_or_default()
+}
+
+/// The finding of `check` about `object`, or an error listing what was found.
+fn finding<'a>(report: &'a Value, check: &str, object: &str) -> anyhow::Result<&'a Value> {
+    findings(report)
+        .into_iter()
+        .find(|f| f["check"] == check && f["object"] == object)
+        .with_context(|| format!("no [{check}] finding about {object:?} in:\n{report:#}"))
+}
+
+fn text_of(value: &Value) -> &str {
+    value.as_str().unwrap_or("")
+}
+
+#[test]
+fn ipam_show_prints_calicoctls_table_for_the_example() -> anyhow::Result<()> {
+    let bin = dataplane_bin();
+    if !bin.exists() {
+        bail!("{} does not exist: build it with `cargo build -p dataplane`", bin.display());
+    }
+    let datastore = format!("file:{}", workspace_root().join(EXAMPLE).display());
+    let output =
+        std::process::Command::new(&bin).args(["ipam", "show", "--show-blocks", "--datastore", &datastore]).output()?;
+    ensure!(output.status.success(), "{}", describe("dataplane ipam show --show-blocks", &output));
+    let table = stdout(&output);
+    // 3 pods and 2 VTEP addresses in the /16; per block, its node's pods and VTEP.
+    let expected = "\
++----------+---------------+-----------+------------+--------------+
+| GROUPING |     CIDR      | IPS TOTAL | IPS IN USE |   IPS FREE   |
++----------+---------------+-----------+------------+--------------+
+| IP Pool  | 10.244.0.0/16 |     65536 | 5 (0%)     | 65531 (100%) |
+| Block    | 10.244.1.0/26 |        64 | 3 (5%)     | 61 (95%)     |
+| Block    | 10.244.2.0/26 |        64 | 2 (3%)     | 62 (97%)     |
++----------+---------------+-----------+------------+--------------+
+";
+    ensure!(table == expected, "ipam show --show-blocks printed:\n{table}\nexpected:\n{expected}");
+
+    let output =
+        std::process::Command::new(&bin).args(["ipam", "show", "--datastore", &datastore, "-o", "json"]).output()?;
+    ensure!(output.status.success(), "{}", describe("dataplane ipam show -o json", &output));
+    let json: Value = serde_json::from_slice(&output.stdout)?;
+    let pool = &json["pools"][0];
+    ensure!(
+        pool["cidr"] == "10.244.0.0/16" && pool["total"] == 65536 && pool["in_use"] == 5 && pool["free"] == 65531,
+        "unexpected pool numbers: {json:#}"
+    );
+    ensure!(pool.get("blocks").is_none(), "blocks listed without --show-blocks: {json:#}");
+    Ok(())
+}
+
+#[test]
+fn check_is_silent_on_a_healthy_cluster_and_names_each_break_with_its_fix() -> anyhow::Result<()> {
+    let Some(mut cluster) = Cluster::up("check_is_silent_on_a_healthy_cluster_and_names_each_break_with_its_fix")?
+    else {
+        return Ok(());
+    };
+    for node in ["node-1", "node-2"] {
+        let (code, text, report) = cluster.check(node)?;
+        ensure!(
+            code == 0 && findings(&report).is_empty() && text.contains("no problems found"),
+            "check on healthy {node} exited {code}:\n{text}\n{}",
+            cluster.logs()
+        );
+        // The programs of the uplink and of each pod were looked at, both hooks.
+        let links = report["checked"]["links"].as_u64().unwrap_or(0);
+        let expected_links = if node == "node-1" { 6 } else { 4 };
+        ensure!(links == expected_links, "{node}: checked {links} links, expected {expected_links}: {report:#}");
+    }
+
+    // Nothing may repair what is broken below while check looks at it.
+    cluster.stop_agent("node-1")?;
+    let pins = cluster.lab.pin_path("node-1");
+
+    // 1. The pod's host route is gone (what the CNI plugin adds).
+    let host_route = format!("{WEB_1}/32");
+    cluster.on_node("node-1", &["ip", "route", "del", &host_route, "dev", WEB_1_IFACE])?;
+    // 2. A program detached: its link's pin removed, which releases the link.
+    let cache_link = pins.join("links").join(format!("ingress_{CACHE_1_IFACE}"));
+    fs::remove_file(&cache_link).with_context(|| format!("removing {}", cache_link.display()))?;
+    // 3. The route to node-2's block deleted from the routes map (LPM key: prefix length, address).
+    let routes_pin = pins.join("routes_v1").to_string_lossy().into_owned();
+    dataplane_lab::cmd::run(&[
+        "bpftool",
+        "map",
+        "delete",
+        "pinned",
+        &routes_pin,
+        "key",
+        "26",
+        "0",
+        "0",
+        "0",
+        "10",
+        "244",
+        "2",
+        "0",
+    ])?;
+
+    let (code, text, report) = cluster.check("node-1")?;
+    eprintln!("dataplane check on the broken node-1:\n{text}");
+    ensure!(code == 1, "check exited {code} on a broken node:\n{text}");
+    let route = finding(&report, "workloads", WEB_1_ENDPOINT)?;
+    ensure!(
+        text_of(&route["problem"]).contains(&format!("{host_route} dev {WEB_1_IFACE} is missing"))
+            && text_of(&route["fix"])
+                .starts_with(&format!("ip route replace {host_route} dev {WEB_1_IFACE} scope link")),
+        "host route finding: {route:#}"
+    );
+    let link = finding(&report, "programs", &format!("from_workload ingress of {CACHE_1_IFACE}"))?;
+    ensure!(
+        text_of(&link["problem"]).contains("not attached") && text_of(&link["fix"]).contains("restart the agent"),
+        "link finding: {link:#}"
+    );
+    let block = finding(&report, "routes", &format!("block {NODE_2_BLOCK} of node node-2"))?;
+    ensure!(text_of(&block["problem"]).contains("no route"), "block finding: {block:#}");
+    // Each break once: the map diff does not repeat the block's route.
+    ensure!(findings(&report).len() == 3, "expected exactly three findings:\n{text}");
+    for needle in ["[workloads]", "[programs]", "[routes]", "fix: ip route replace"] {
+        ensure!(text.contains(needle), "the text report lacks {needle:?}:\n{text}");
+    }
+
+    // The fixes the findings name: the route back, and the agent restarted.
+    cluster.on_node("node-1", &["ip", "route", "add", &host_route, "dev", WEB_1_IFACE, "scope", "link"])?;
+    cluster.start_agent("node-1")?;
+    let (code, text, _) = cluster.check("node-1")?;
+    ensure!(code == 0, "check after the fixes exited {code}:\n{text}\n{}", cluster.logs());
+
+    // 4. The maps differ from the datastore: the agent programmed one state, the datastore now
+    // says node-2's block belongs to node-1 and node-2 has another VTEP MAC.
+    cluster.stop_agent("node-1")?;
+    let yaml = fs::read_to_string(&cluster.datastore)?;
+    let edited = yaml.replace("vxlanTunnelMACAddr: 66:d0:00:00:00:02", "vxlanTunnelMACAddr: 66:d0:00:00:00:99");
+    ensure!(edited != yaml, "the example's node-2 VTEP MAC moved: update this test");
+    let changed = cluster.lab.dir().join("changed.yaml");
+    fs::write(&changed, edited)?;
+    let (code, text, report) = cluster.check_with("node-1", &changed)?;
+    ensure!(code == 1, "check against a changed datastore exited {code}:\n{text}");
+    let mac = finding(&report, "routes", &format!("block {NODE_2_BLOCK} of node node-2"))?;
+    ensure!(
+        text_of(&mac["problem"]).contains("VTEP MAC is 66:d0:00:00:00:02")
+            && text_of(&mac["problem"]).contains("66:d0:00:00:00:99"),
+        "VTEP MAC finding: {mac:#}"
+    );
+    let node = finding(&report, "maps", "node_v1");
+    ensure!(node.is_err(), "node-1's own settings did not change, yet: {node:?}");
+    Ok(())
+}
+
+#[test]
+fn check_reports_datastore_problems_stale_links_and_missing_interfaces() -> anyhow::Result<()> {
+    let Some(mut cluster) = Cluster::up("check_reports_datastore_problems_stale_links_and_missing_interfaces")? else {
+        return Ok(());
+    };
+    cluster.stop_agent("node-1")?;
+
+    // A datastore with overlapping pools, a block outside every pool and a VTEP address outside
+    // node-1's blocks; the rest as the agents run it.
+    let yaml = fs::read_to_string(&cluster.datastore)?;
+    let mut broken = yaml.replace("ipv4VXLANTunnelAddr: 10.244.1.0", "ipv4VXLANTunnelAddr: 10.244.9.1");
+    ensure!(broken != yaml, "the example's node-1 VTEP address moved: update this test");
+    broken.push_str(
+        "---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: overlapping}
+spec: {cidr: 10.244.128.0/17, blockSize: 26, vxlanMode: Always, ipipMode: Never, natOutgoing: false}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: BlockAffinity
+metadata: {name: node-2-10-99-0-0-26}
+spec: {cidr: 10.99.0.0/26, node: node-2, state: confirmed, deleted: \"false\"}
+",
+    );
+    let path = cluster.lab.dir().join("broken.yaml");
+    fs::write(&path, broken)?;
+    let (code, text, report) = cluster.check_with("node-1", &path)?;
+    eprintln!("dataplane check against a broken datastore:\n{text}");
+    ensure!(code == 1, "check exited {code}:\n{text}");
+    let pool = finding(&report, "pools", "IPPool overlapping")?;
+    ensure!(
+        text_of(&pool["problem"]).contains("overlaps IPPool default-ipv4-ippool")
+            && text_of(&pool["fix"]).contains("must not overlap"),
+        "overlap finding: {pool:#}"
+    );
+    let block = finding(&report, "blocks", "BlockAffinity 10.99.0.0/26")?;
+    ensure!(text_of(&block["problem"]).contains("lies in no IP pool"), "block finding: {block:#}");
+    let tunnel = finding(&report, "tunnel", "Node node-1")?;
+    ensure!(
+        text_of(&tunnel["problem"]).contains("10.244.9.1") && text_of(&tunnel["fix"]).contains("10.244.1.0/26"),
+        "tunnel finding: {tunnel:#}"
+    );
+    // The planner's own problems about the same objects are not repeated.
+    ensure!(findings(&report).len() == 3, "expected exactly three findings:\n{text}");
+
+    // A pod's interface disappears: the interface, its link and its map entries are named.
+    cluster.on_node("node-1", &["ip", "link", "del", WEB_1_IFACE])?;
+    let (code, text, report) = cluster.check("node-1")?;
+    eprintln!("dataplane check after {WEB_1_IFACE} was deleted:\n{text}");
+    ensure!(code == 1, "check exited {code}:\n{text}");
+    let gone = finding(&report, "workloads", WEB_1_ENDPOINT)?;
+    ensure!(text_of(&gone["problem"]).contains(&format!("interface {WEB_1_IFACE} does not exist")), "{gone:#}");
+    let stale = finding(&report, "programs", &format!("link ingress_{WEB_1_IFACE}"))?;
+    ensure!(
+        text_of(&stale["problem"]).contains("stale") && text_of(&stale["fix"]).contains("rm "),
+        "stale link finding: {stale:#}"
+    );
+    let entry = finding(&report, "maps", &format!("routes_v1 {WEB_1}/32"))?;
+    ensure!(text_of(&entry["problem"]).starts_with("extra"), "routes entry finding: {entry:#}");
+    Ok(())
+}
+
+/// A UDP socket bound to `port` in `netns`: a thread enters the namespace (setns changes only the
+/// calling thread) and makes the socket, which stays in that namespace.
+fn udp_socket_in(netns: &str, port: u16) -> anyhow::Result<UdpSocket> {
+    let path = dataplane_lab::cmd::netns_path(netns);
+    let maker = thread::spawn(move || -> anyhow::Result<UdpSocket> {
+        let handle = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: setns(2) on a valid descriptor; it moves only this short-lived thread.
+        let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            bail!("setns({path}): {}", std::io::Error::last_os_error());
+        }
+        UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+            .with_context(|| format!("binding UDP port {port} in {path}"))
+    });
+    maker.join().map_err(|_| anyhow::anyhow!("the thread entering {netns} panicked"))?
+}
+
+/// One row of the trace table: arguments, the counter the kernel must move, and the verdict.
+struct Case {
+    args: &'static [&'static str],
+    counter: &'static str,
+    action: &'static str,
+}
+
+#[test]
+fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<()> {
+    let Some(cluster) = Cluster::up("trace_predicts_from_the_live_maps_and_the_kernel_agrees")? else {
+        return Ok(());
+    };
+
+    // The issue's example: pod to pod across nodes is VXLAN to node-2.
+    let (code, report, run) = cluster.trace("node-1", &[WEB_1, WEB_2, "--proto", "tcp", "--dport", "80"])?;
+    ensure!(code == 0, "{run}");
+    let prediction = &report["prediction"];
+    let tunnel = &prediction["output"]["tunnel"];
+    ensure!(
+        prediction["stat"] == "encap_vxlan"
+            && prediction["action"] == "redirect"
+            && tunnel["kind"] == "vxlan"
+            && tunnel["dst"] == NODE_2_ADDR
+            && tunnel["src"] == NODE_1_ADDR
+            && tunnel["vni"] == 4096,
+        "prediction: {prediction:#}"
+    );
+    let (_, text) = cluster.dataplane(
+        "node-1",
+        &[
+            "trace",
+            WEB_1,
+            WEB_2,
+            "--proto",
+            "tcp",
+            "--dport",
+            "80",
+            "--pin-path",
+            &cluster.lab.pin_path("node-1").to_string_lossy(),
+        ],
+    )?;
+    let text = stdout(&text);
+    eprintln!("dataplane trace {WEB_1} {WEB_2} --proto tcp --dport 80 on node-1:\n{text}");
+    ensure!(
+        text.contains("counter: encap_vxlan")
+            && text.contains(&format!("output: VXLAN {NODE_1_ADDR} -> {NODE_2_ADDR}")),
+        "trace text:\n{text}"
+    );
+
+    // Generate a real translated flow first, so "established" and reverse NAT have a flow to find:
+    // web-1 sends UDP from port 40000 to the external host's port 9000.
+    let web1 = cluster.lab.pod("default/web-1")?.clone();
+    let external = cluster.lab.external().addr.to_string();
+    let socket = udp_socket_in(&web1.netns, 40000)?;
+    let pins = cluster.lab.pin_path("node-1").to_string_lossy().into_owned();
+    let bin = cluster.bin.to_string_lossy().into_owned();
+    let mut flows = Value::Null;
+    let mut nat_port = None;
+    // The first datagram may wait for the pod's ARP of its gateway: send until the flow shows.
+    for _ in 0..20 {
+        socket.send_to(b"hi", format!("{external}:9000")).context("sending from web-1")?;
+        thread::sleep(Duration::from_millis(100));
+        let output = dataplane_lab::cmd::run(&[bin.as_str(), "conntrack", "--pin-path", &pins, "-o", "json"])?;
+        flows = serde_json::from_slice(&output.stdout)?;
+        nat_port = flows
+            .as_array()
+            .and_then(|list| list.iter().find(|f| f["pod_port"] == 40000 && f["peer"] == external.as_str()))
+            .and_then(|f| f["nat_port"].as_u64());
+        if nat_port.is_some() {
+            break;
+        }
+    }
+    let nat_port = nat_port
+        .with_context(|| format!("web-1's UDP flow to {external}:9000 is not in conntrack: {flows:#}"))?
+        .to_string();
+    let conntrack_before = flows.as_array().map(Vec::len).unwrap_or(0);
+
+    let cases = [
+        Case { args: &[WEB_1, WEB_2, "--proto", "tcp", "--dport", "80"], counter: "encap_vxlan", action: "redirect" },
+        Case { args: &[WEB_1, "10.244.1.3", "--proto", "udp"], counter: "delivered_local", action: "redirect" },
+        Case { args: &[WEB_1, "10.244.1.50"], counter: "drop_blackhole", action: "drop" },
+        Case { args: &["10.244.1.99", WEB_2], counter: "drop_spoofed_source", action: "drop" },
+        Case { args: &[WEB_1, WEB_2, "--ttl", "1"], counter: "drop_ttl_exceeded", action: "drop" },
+        Case { args: &[WEB_1, WEB_2, "--size", "1480"], counter: "icmp_frag_needed", action: "redirect" },
+        Case { args: &[WEB_1, NODE_1_ADDR], counter: "pass_to_stack", action: "pass" },
+        Case {
+            args: &[WEB_1, "192.0.2.10", "--proto", "udp", "--dport", "9999"],
+            counter: "snat_new",
+            action: "redirect",
+        },
+        Case { args: &[WEB_1, "192.0.2.10", "--proto", "icmp"], counter: "snat_new", action: "redirect" },
+        Case {
+            args: &[WEB_1, "192.0.2.10", "--proto", "udp", "--sport", "40000", "--dport", "9000"],
+            counter: "snat_established",
+            action: "redirect",
+        },
+        Case { args: &[WEB_2, WEB_1, "--from", "uplink"], counter: "decap_vxlan", action: "redirect" },
+        Case { args: &[WEB_2, "10.244.1.50", "--from", "uplink"], counter: "drop_blackhole", action: "drop" },
+        Case {
+            args: &[WEB_2, WEB_1, "--from", "uplink", "--outer-src", "10.100.0.99"],
+            counter: "drop_unknown_peer",
+            action: "drop",
+        },
+        Case {
+            args: &[WEB_2, WEB_1, "--from", "uplink", "--encap", "ipip"],
+            counter: "drop_unknown_peer",
+            action: "drop",
+        },
+        Case {
+            args: &["192.0.2.10", NODE_1_ADDR, "--from", "uplink", "--dport", "22"],
+            counter: "pass_to_stack",
+            action: "pass",
+        },
+        Case { args: &[NODE_1_ADDR, WEB_2, "--from", "host"], counter: "encap_vxlan", action: "pass" },
+        Case { args: &[NODE_1_ADDR, "192.0.2.10", "--from", "host"], counter: "egress_unchanged", action: "pass" },
+    ];
+    let mut table = String::new();
+    for case in &cases {
+        let mut args = case.args.to_vec();
+        args.push("--inject");
+        let (code, report, run) = cluster.trace("node-1", &args)?;
+        let prediction = &report["prediction"];
+        let inject = &report["inject"];
+        table.push_str(&format!(
+            "{:<70} predicted {:<20} kernel {}\n",
+            case.args.join(" "),
+            text_of(&prediction["stat"]),
+            inject["counters"]
+        ));
+        ensure!(
+            prediction["stat"] == case.counter && prediction["action"] == case.action,
+            "trace {}: predicted {} {}, expected {} {}\n{run}",
+            case.args.join(" "),
+            prediction["action"],
+            prediction["stat"],
+            case.action,
+            case.counter
+        );
+        ensure!(
+            code == 0 && inject["mismatches"].as_array().is_some_and(Vec::is_empty),
+            "trace {} --inject: the kernel disagrees\n{run}",
+            case.args.join(" ")
+        );
+        ensure!(
+            inject["counters"][case.counter] == 1,
+            "trace {}: counters {}\n{run}",
+            case.args.join(" "),
+            inject["counters"]
+        );
+    }
+    eprintln!("trace table on node-1:\n{table}");
+
+    // The reply to web-1's real flow, arriving from the external host, goes back to web-1.
+    let (code, report, run) = cluster.trace(
+        "node-1",
+        &[
+            "192.0.2.10",
+            NODE_1_ADDR,
+            "--from",
+            "uplink",
+            "--proto",
+            "udp",
+            "--sport",
+            "9000",
+            "--dport",
+            &nat_port,
+            "--inject",
+        ],
+    )?;
+    let prediction = &report["prediction"];
+    ensure!(
+        code == 0
+            && prediction["stat"] == "reverse_nat"
+            && prediction["output"]["dst"] == WEB_1
+            && prediction["output"]["dport"] == 40000,
+        "reverse NAT trace:\n{run}"
+    );
+
+    // The spoofed source, as a person reads it.
+    let (_, text) = cluster.dataplane("node-1", &["trace", "10.244.1.99", WEB_2, "--inject", "--pin-path", &pins])?;
+    let text = stdout(&text);
+    eprintln!("dataplane trace 10.244.1.99 {WEB_2} --inject on node-1:\n{text}");
+    ensure!(
+        text.contains("counter: drop_spoofed_source") && text.contains("prediction matched"),
+        "spoofed trace text:\n{text}"
+    );
+
+    // The issue's natOutgoing example: SNAT to the node's address, confirmed by the kernel.
+    let (code, report, run) =
+        cluster.trace("node-1", &[WEB_1, "192.0.2.10", "--proto", "tcp", "--dport", "443", "--inject"])?;
+    ensure!(
+        code == 0
+            && report["prediction"]["output"]["src"] == NODE_1_ADDR
+            && report["inject"]["output"]["src"] == NODE_1_ADDR,
+        "SNAT trace:\n{run}"
+    );
+
+    // The injected SNAT runs used a private conntrack table: the live one has no new flow.
+    let flows = dataplane_lab::cmd::run(&[bin.as_str(), "conntrack", "--pin-path", &pins, "-o", "json"])?;
+    let flows: Value = serde_json::from_slice(&flows.stdout)?;
+    let after = flows.as_array().map(Vec::len).unwrap_or(0);
+    ensure!(after == conntrack_before, "trace --inject changed the live conntrack table: {flows:#}");
+    // Nor did the live counters move for synthetic packets: the spoofed packet was never real.
+    let stats = dataplane_lab::cmd::run(&[bin.as_str(), "stats", "--pin-path", &pins, "-o", "json"])?;
+    let stats: Value = serde_json::from_slice(&stats.stdout)?;
+    ensure!(stats["drops"]["drop_spoofed_source"] == 0, "trace --inject moved the live counters: {stats:#}");
+
+    // Real traffic still flows (the injections left the fast path alone).
+    thread::sleep(Duration::from_millis(100));
+    let ping = cluster.lab.exec_status(&web1.netns, &["ping", "-c", "2", "-W", "2", WEB_2])?;
+    ensure!(ping.status.success(), "ping web-1 -> web-2 after the traces:\n{}\n{}", stdout(&ping), cluster.logs());
+    Ok(())
+}
