@@ -528,8 +528,9 @@ pub fn diff_maps(
     findings
 }
 
-/// The fields of the node map that differ, in words. The SNAT port range is the agent's own
-/// setting (`--nat-port-range`), not the datastore's: it is only checked for sanity.
+/// The fields of the node map that differ, in words. The SNAT port range and the conntrack
+/// timeouts are the agent's own settings (`--nat-port-range`, `--conntrack-timeouts`), not the
+/// datastore's: they are only checked for sanity.
 fn node_differences(want: &NodeConfig, have: &NodeConfig) -> Vec<String> {
     let mut out = Vec::new();
     if have.addr != want.addr {
@@ -552,6 +553,10 @@ fn node_differences(want: &NodeConfig, have: &NodeConfig) -> Vec<String> {
     }
     if have.nat_port_min == 0 || have.nat_port_min > have.nat_port_max {
         out.push(format!("the SNAT port range {}-{} is empty", have.nat_port_min, have.nat_port_max));
+    }
+    let t = &have.timeouts;
+    if [t.tcp_new_s, t.tcp_established_s, t.tcp_closing_s, t.udp_s, t.icmp_s].contains(&0) {
+        out.push(format!("a conntrack timeout is 0 s, so translated flows expire at once: {t:?}"));
     }
     out
 }
@@ -988,12 +993,7 @@ pub fn run(options: &CheckOptions) -> anyhow::Result<Report> {
                 }
                 plan::PlanError::NodeWithoutAddress(_) => "set spec.bgp.ipv4Address (e.g. 10.0.0.1/24)".to_owned(),
             };
-            report.findings.push(Finding::new(
-                "node",
-                format!("Node {}", options.node),
-                error.to_string(),
-                fix,
-            ));
+            report.findings.push(Finding::new("node", format!("Node {}", options.node), error.to_string(), fix));
             let datastore = problem_findings("datastore", &snapshot.problems, &report.findings);
             report.findings.extend(datastore);
             return Ok(report);
@@ -1075,15 +1075,19 @@ fn check_programmed(
         }
     };
     let observed = observe_maps(&options.pin_path);
-    // The SNAT range is the agent's flag, not the datastore's: take what is programmed.
+    // The SNAT range and the timeouts are the agent's flags, not the datastore's: take what is
+    // programmed.
     let nat_ports = match &observed.node {
         Ok(node) => (node.nat_port_min, node.nat_port_max),
         Err(_) => (dataplane_common::net::NAT_PORT_MIN, dataplane_common::net::NAT_PORT_MAX),
     };
-    let (expected, _missing) =
+    let (mut expected, _missing) =
         entries::from_plan(plan, entries::Uplink { ifindex: uplink_ifindex, mtu: uplink_mtu, nat_ports }, |name| {
             interfaces.get(name).copied()
         });
+    if let Ok(node) = &observed.node {
+        expected.node.timeouts = node.timeouts;
+    }
     let mut covered = BTreeSet::new();
     if let Ok(routes) = &observed.routes {
         let (findings, keys) = check_remote_blocks(model, plan, routes);
@@ -1345,6 +1349,7 @@ mod tests {
         }
         if let Ok(node) = &mut observed.node {
             node.uplink_mtu = 9000;
+            node.timeouts.udp_s = 0;
         }
         let names = BTreeMap::from([(5, "cali0761ccbeace".to_owned()), (6, "cali188d81a77fc".to_owned())]);
         let findings = diff_maps(&entries, &observed, &BTreeSet::new(), &names);
@@ -1361,6 +1366,7 @@ mod tests {
             ]
         );
         assert!(findings[0].problem.contains("uplink_mtu is 9000, should be 1500"));
+        assert!(findings[0].problem.contains("a conntrack timeout is 0 s"), "{}", findings[0].problem);
         assert!(findings[1].problem.contains("local workload ifindex 5 (cali0761ccbeace)"), "{}", findings[1].problem);
         assert!(findings[2].problem.contains("ifindex 9 (no such interface)"), "{}", findings[2].problem);
         assert!(findings[4].problem.contains("drop_unknown_peer"));

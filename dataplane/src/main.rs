@@ -1,13 +1,14 @@
 //! `dataplane`: the agent and its command line.
 
-use std::{io::IsTerminal as _, path::PathBuf, time::Duration};
+use std::{io::IsTerminal as _, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use dataplane::{
     agent::{self, Datastore, Mode, RunOptions, DEFAULT_PIN_PATH},
-    backend,
+    backend, check,
     datastore::etcd::EtcdConfig,
+    trace,
 };
 
 /// `--nat-port-range`'s default, from dataplane-common's NAT_PORT_MIN/MAX.
@@ -115,6 +116,123 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
     },
+    /// IP address management, as calicoctl shows it.
+    Ipam {
+        #[command(subcommand)]
+        command: IpamCommand,
+    },
+    /// Check this node as Calico's troubleshooting page does; exits 1 when something is wrong.
+    Check {
+        #[command(flatten)]
+        datastore: DatastoreArgs,
+        /// This node's name, as in the datastore.
+        #[arg(long, env = "NODENAME")]
+        node: String,
+        /// The node's uplink interface [default: the one holding the node's address].
+        #[arg(long)]
+        uplink: Option<String>,
+        /// Directory of the agent's pinned maps and links.
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// What the fast path does with a packet on this node, from the live maps; --inject runs it
+    /// through the program (BPF_PROG_TEST_RUN) to confirm. Exits 1 when the run disagrees.
+    Trace {
+        /// Source address.
+        src: Ipv4Addr,
+        /// Destination address.
+        dst: Ipv4Addr,
+        /// Transport protocol (icmp: an echo request from a pod or the host, a reply from the uplink).
+        #[arg(long, value_enum, default_value_t = trace::Proto::Tcp)]
+        proto: trace::Proto,
+        /// Source port (icmp from a pod or the host: the echo identifier).
+        #[arg(long, default_value_t = 33333)]
+        sport: u16,
+        /// Destination port (icmp from the uplink: the echo identifier).
+        #[arg(long, default_value_t = 80)]
+        dport: u16,
+        /// Where the packet enters: sent by a pod, arriving on the uplink, or sent by the node.
+        #[arg(long, value_enum, default_value_t = trace::Origin::Workload)]
+        from: trace::Origin,
+        /// --from workload: the interface it is sent by [default: the pod holding SRC].
+        #[arg(long)]
+        iface: Option<String>,
+        /// --from uplink: the tunnel it arrives in [default: as the route to SRC's block says].
+        #[arg(long, value_enum)]
+        encap: Option<trace::EncapChoice>,
+        /// --from uplink: the node that sends the tunnel packet [default: the owner of SRC's block].
+        #[arg(long)]
+        outer_src: Option<Ipv4Addr>,
+        /// TTL of the packet.
+        #[arg(long, default_value_t = 64)]
+        ttl: u8,
+        /// IPv4 total length in bytes [default: just the headers].
+        #[arg(long, default_value_t = 0)]
+        size: u16,
+        /// Directory of the agent's pinned maps.
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        /// Also run the packet through the kernel program and compare.
+        #[arg(long)]
+        inject: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+/// `dataplane ipam` subcommands.
+#[derive(Subcommand)]
+enum IpamCommand {
+    /// Pools (and with --show-blocks their blocks) with IPs total, in use and free.
+    Show {
+        /// Also list every block under its pool.
+        #[arg(long)]
+        show_blocks: bool,
+        #[command(flatten)]
+        datastore: DatastoreArgs,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+/// Where the read-only commands find the cluster: the same settings as `run`.
+#[derive(clap::Args)]
+struct DatastoreArgs {
+    /// Where the cluster's resources are: file:PATH (a YAML of Calico resources) or etcdv3.
+    #[arg(long, env = "DATASTORE_TYPE")]
+    datastore: Datastore,
+    /// etcd client URLs, comma-separated (etcdv3 datastore).
+    #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    etcd_endpoints: Vec<String>,
+    /// CA certificate for etcd (PEM).
+    #[arg(long, env = "ETCD_CA_CERT_FILE")]
+    etcd_ca_cert_file: Option<PathBuf>,
+    /// Client certificate for etcd (PEM).
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    etcd_cert_file: Option<PathBuf>,
+    /// Client key for etcd (PEM).
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    etcd_key_file: Option<PathBuf>,
+    /// Prefix of Calico's keys in etcd.
+    #[arg(long, env = "ETCD_PREFIX", default_value = "/calico")]
+    etcd_prefix: String,
+}
+
+impl DatastoreArgs {
+    fn etcd(&self) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: self.etcd_endpoints.clone(),
+            ca_cert_file: self.etcd_ca_cert_file.clone(),
+            cert_file: self.etcd_cert_file.clone(),
+            key_file: self.etcd_key_file.clone(),
+            prefix: self.etcd_prefix.clone(),
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -197,6 +315,78 @@ fn main() -> anyhow::Result<()> {
             // The fast path's host routes and the netlink fallback's routes and vxlan.calico.
             let report = backend::netlink::cleanup_blocking()?;
             println!("removed {} kernel routes of protocol {} and {} devices", report.routes, backend::host_routes::RTPROT_DATAPLANE, report.devices);
+            Ok(())
+        }
+        Command::Ipam { command: IpamCommand::Show { show_blocks, datastore, output } } => {
+            let snapshot = dataplane::ipam::read_once(&datastore.datastore, &datastore.etcd())?;
+            for problem in &snapshot.problems {
+                tracing::warn!("skipped: {problem}");
+            }
+            let pools = dataplane::ipam::usage(&snapshot.model);
+            match output {
+                Output::Table => print!("{}", dataplane::ipam::table(&pools, show_blocks)),
+                Output::Json => println!("{:#}", dataplane::ipam::json(&pools, show_blocks)),
+            }
+            Ok(())
+        }
+        Command::Check { datastore, node, uplink, pin_path, output } => {
+            let options = check::CheckOptions {
+                datastore: datastore.datastore.clone(),
+                etcd: datastore.etcd(),
+                node,
+                uplink,
+                pin_path,
+            };
+            // Exit 1 means "problems found"; 2 means the check itself could not run.
+            let report = match check::run(&options) {
+                Ok(report) => report,
+                Err(error) => {
+                    eprintln!("Error: {error:#}");
+                    std::process::exit(2);
+                }
+            };
+            match output {
+                Output::Table => print!("{}", check::text(&report)),
+                Output::Json => println!("{:#}", check::json(&report)),
+            }
+            if !report.ok() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Trace {
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+            from,
+            iface,
+            encap,
+            outer_src,
+            ttl,
+            size,
+            pin_path,
+            inject,
+            output,
+        } => {
+            let options = trace::TraceOptions {
+                probe: trace::Probe { src, dst, proto, sport, dport, ttl, size },
+                origin: from,
+                iface,
+                encap,
+                outer_src,
+                pin_path,
+                inject,
+            };
+            let report = trace::run(&options)?;
+            match output {
+                Output::Table => print!("{}", trace::text(&report)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            if report.inject.as_ref().is_some_and(|injected| !injected.matched()) {
+                std::process::exit(1);
+            }
             Ok(())
         }
     }

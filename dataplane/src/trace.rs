@@ -27,8 +27,8 @@ use dataplane_common::{
         IPIP_ENCAP_LEN, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_DF, IPV4_HLEN, TCP_SYN, UDP_HLEN,
         VXLAN_ENCAP_LEN, VXLAN_FLAG_VNI, VXLAN_HLEN,
     },
-    peer_flags, route_flags, route_kind, FlowKey, Ipv4Bytes, MacBytes, NatFlow, NodeConfig, Peer, Route, Stat,
-    Workload, CONNTRACK_MAP, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_TO_POD, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
+    peer_flags, route_flags, route_kind, FlowKey, FlowTimeouts, Ipv4Bytes, MacBytes, NatFlow, NodeConfig, Peer, Route,
+    Stat, Workload, CONNTRACK_MAP, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_TO_POD, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
     PROG_FROM_WORKLOAD, PROG_TO_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 use ipnet::Ipv4Net;
@@ -432,6 +432,13 @@ impl Tracer<'_> {
         }
     }
 
+    /// `conntrack::expired`: under the timeouts of the node map (the agent's
+    /// `--conntrack-timeouts`), or the defaults when the map cannot be read.
+    fn expired(&self, flow: &NatFlow) -> bool {
+        let timeouts = self.state.node.map(|node| node.timeouts).unwrap_or(FlowTimeouts::DEFAULT);
+        flow.expired_with(self.state.now_ns, &timeouts)
+    }
+
     /// `route::node_config`: the node map with an address, else the fast path drops.
     fn node_config(&mut self) -> Result<NodeConfig, Stat> {
         match self.state.node {
@@ -627,7 +634,7 @@ impl Tracer<'_> {
         let node_addr = Ipv4Addr::from(node.addr);
         let tracked = self.state.conntrack.get(&key).copied();
         let (nat_addr, nat_port, stat) = match tracked {
-            Some(flow) if !flow.expired(self.state.now_ns) && flow.nat_addr == node.addr => {
+            Some(flow) if !self.expired(&flow) && flow.nat_addr == node.addr => {
                 self.step(format!(
                     "{CONNTRACK_MAP} has this flow: translated to {}:{} (established)",
                     Ipv4Addr::from(flow.nat_addr),
@@ -679,7 +686,7 @@ impl Tracer<'_> {
     /// flow: a TCP SYN, a UDP datagram or an echo request, as `nat::opens_flow` requires.)
     fn opened_towards_pod(&self) -> bool {
         let key = self.probe.flow_key(FLOW_TO_POD);
-        self.state.conntrack.get(&key).is_some_and(|flow| !flow.expired(self.state.now_ns))
+        self.state.conntrack.get(&key).is_some_and(|flow| !self.expired(flow))
     }
 
     /// `conntrack::create`: the pod's own port when no live flow holds it towards this peer;
@@ -697,9 +704,8 @@ impl Tracer<'_> {
             ..NatFlow::default()
         };
         let holder = self.state.conntrack.get(&wanted.inbound_key()).copied();
-        let live = holder.is_some_and(|h| {
-            self.state.conntrack.get(&h.outbound_key()).is_some_and(|owner| !owner.expired(self.state.now_ns))
-        });
+        let live = holder
+            .is_some_and(|h| self.state.conntrack.get(&h.outbound_key()).is_some_and(|owner| !self.expired(owner)));
         if live {
             self.step(format!(
                 "a new flow: port {} towards {} is held by another flow, so SNAT picks a free port of {}-{}",
@@ -816,8 +822,7 @@ impl Tracer<'_> {
                 untouched,
             );
         };
-        let live =
-            self.state.conntrack.get(&reverse.outbound_key()).is_some_and(|flow| !flow.expired(self.state.now_ns));
+        let live = self.state.conntrack.get(&reverse.outbound_key()).is_some_and(|flow| !self.expired(flow));
         if !live {
             return self.pass(
                 Stat::PassToStack,
@@ -1738,6 +1743,22 @@ mod tests {
         state.now_ns += 4000 * 1_000_000_000;
         let p = predict(&probe(POD_A, EXTERNAL, Proto::Tcp, Origin::Workload), &Entry::Workload { ifindex: 5 }, &state);
         assert_eq!(p.stat, Stat::SnatNew);
+    }
+
+    #[test]
+    fn flows_expire_under_the_nodes_timeouts() {
+        let mut state = state();
+        let flow = tracked(33333, 20001, state.now_ns - 20 * 1_000_000_000);
+        state.conntrack.insert(flow.outbound_key(), flow);
+        state.conntrack.insert(flow.inbound_key(), flow);
+        let outbound = probe(POD_A, EXTERNAL, Proto::Tcp, Origin::Workload);
+        // Idle 20 s: alive under the default established timeout (3600 s)...
+        assert_eq!(predict(&outbound, &Entry::Workload { ifindex: 5 }, &state).stat, Stat::SnatEstablished);
+        // ...expired when the agent runs with tcp-established=10.
+        if let Some(node) = &mut state.node {
+            node.timeouts.tcp_established_s = 10;
+        }
+        assert_eq!(predict(&outbound, &Entry::Workload { ifindex: 5 }, &state).stat, Stat::SnatNew);
     }
 
     #[test]
