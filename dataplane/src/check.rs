@@ -25,14 +25,26 @@ use dataplane_common::{
     route_flags, route_kind, FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAP, NODE_MAP,
     PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, ROUTES_MAP, WORKLOADS_MAP,
 };
+use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
+use rtnetlink::{
+    packet_route::{
+        link::{InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+        route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType},
+        AddressFamily,
+    },
+    RouteMessageBuilder,
+};
+
 use crate::{
-    agent::Datastore,
+    agent::{Datastore, Mode},
     backend::{
         bpf::link_pin_name,
         entries::{self, MapEntries, RouteKey},
+        netlink::{self, Intent, RouteIntent, IPIP_DEVICE, RTPROT_DATAPLANE, VXLAN_DEVICE, VXLAN_VNI},
     },
     datastore::etcd::EtcdConfig,
     model::{MacAddr, Model, Problem},
@@ -957,6 +969,320 @@ pub fn observe_links(pin_path: &Path, expected: &BTreeMap<String, ExpectedLink>)
 }
 
 // ---------------------------------------------------------------------------------------------
+// The netlink fallback (`dataplane run --mode netlink`, or auto on a kernel without the fast path).
+
+/// `vxlan.calico` as observed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VxlanDevice {
+    /// The device is administratively up.
+    pub up: bool,
+    /// Its MAC: the node's VTEP MAC.
+    pub mac: Option<MacAddr>,
+    /// Its VNI.
+    pub vni: Option<u32>,
+    /// Its local address: the node's address.
+    pub local: Option<Ipv4Addr>,
+}
+
+/// A route of the main table, as observed (the first one of its prefix).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObservedRoute {
+    /// `blackhole <prefix>`.
+    Blackhole,
+    /// `<prefix> via <gateway> dev <interface> [onlink]`.
+    Via {
+        /// The next hop.
+        gateway: Ipv4Addr,
+        /// The output interface's name.
+        interface: String,
+    },
+    /// `<prefix> dev <interface> scope link` or any other shape.
+    Other,
+}
+
+/// What the netlink fallback programmed, as observed in this network namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObservedFallback {
+    /// `vxlan.calico`, if it exists.
+    pub device: Option<VxlanDevice>,
+    /// Permanent neighbours on `vxlan.calico`: VTEP address -> MAC.
+    pub neighbours: BTreeMap<Ipv4Addr, MacAddr>,
+    /// FDB entries with a destination on `vxlan.calico`: MAC -> peer node address.
+    pub fdb: BTreeMap<MacAddr, Ipv4Addr>,
+    /// Main-table routes by prefix.
+    pub routes: BTreeMap<Ipv4Net, ObservedRoute>,
+    /// How many main-table routes carry the agent's protocol number (`proto 200`).
+    pub ours: usize,
+}
+
+impl ObservedFallback {
+    /// Whether the netlink fallback has programmed this node: its device or its routes exist.
+    pub fn present(&self) -> bool {
+        self.device.is_some() || self.ours > 0
+    }
+}
+
+const FIX_FALLBACK: &str = "the agent in netlink mode rewrites this on every resync (30 s) and on start: if it \
+                            persists, restart it (`dataplane run --mode netlink`) and read its log";
+
+/// The netlink fallback against the plan, as the troubleshooting page checks Calico's VXLAN mode:
+/// `vxlan.calico` up with this node's VTEP MAC, a route per remote block via the owner's VTEP,
+/// permanent neighbours and FDB entries with the peers' VTEP MACs, blackholes for local blocks.
+pub fn check_fallback(plan: &Plan, intent: &Intent, observed: &ObservedFallback, uplink: &str) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let device_object = format!("device {VXLAN_DEVICE}");
+    if let Some(want) = &intent.vxlan {
+        match &observed.device {
+            None => findings.push(Finding::new(
+                "fallback",
+                device_object.clone(),
+                "does not exist, so no VXLAN block is reachable",
+                FIX_FALLBACK,
+            )),
+            Some(device) => {
+                if !device.up {
+                    findings.push(Finding::new(
+                        "fallback",
+                        device_object.clone(),
+                        "is down, so every VXLAN block is unreachable",
+                        format!("ip link set {VXLAN_DEVICE} up"),
+                    ));
+                }
+                if device.mac != Some(want.mac) {
+                    findings.push(Finding::new(
+                        "fallback",
+                        device_object.clone(),
+                        format!(
+                            "its MAC is {}, but this node's VTEP MAC (spec.vxlanTunnelMACAddr) is {}: peers address \
+                             their packets to the latter",
+                            device.mac.map(|m| m.to_string()).unwrap_or_else(|| "unset".into()),
+                            want.mac
+                        ),
+                        format!("ip link set {VXLAN_DEVICE} address {}", want.mac),
+                    ));
+                }
+                if device.vni != Some(VXLAN_VNI) || device.local != Some(want.local) {
+                    findings.push(Finding::new(
+                        "fallback",
+                        device_object.clone(),
+                        format!(
+                            "has VNI {:?} and local {:?}; Calico's are VNI {VXLAN_VNI} and the node's address {}",
+                            device.vni, device.local, want.local
+                        ),
+                        format!("ip link del {VXLAN_DEVICE}, then restart the agent, which makes it again"),
+                    ));
+                }
+            }
+        }
+    }
+
+    // The peers' VTEPs: owner node by VTEP address, for the messages.
+    let owners: BTreeMap<Ipv4Addr, &str> = plan
+        .routes
+        .iter()
+        .filter_map(|(prefix, route)| match (&route.target, intent.routes.get(prefix)) {
+            (RouteTarget::RemoteBlock { node, .. }, Some(RouteIntent::Vxlan { vtep })) => Some((*vtep, node.as_str())),
+            _ => None,
+        })
+        .collect();
+    let owner = |vtep: &Ipv4Addr| owners.get(vtep).map(|n| format!("node {n}")).unwrap_or_else(|| "a peer".into());
+
+    for (vtep, mac) in &intent.neighbours {
+        let fix = format!("ip neigh replace {vtep} lladdr {mac} dev {VXLAN_DEVICE} nud permanent");
+        let object = format!("neighbour {vtep} dev {VXLAN_DEVICE}");
+        match observed.neighbours.get(vtep) {
+            None => findings.push(Finding::new(
+                "fallback",
+                object,
+                format!("no permanent neighbour for the VTEP of {}", owner(vtep)),
+                fix,
+            )),
+            Some(have) if have != mac => findings.push(Finding::new(
+                "fallback",
+                object,
+                format!("lladdr {have}, but the VTEP MAC of {} is {mac}", owner(vtep)),
+                fix,
+            )),
+            Some(_) => {}
+        }
+    }
+    for (mac, dst) in &intent.fdb {
+        let fix = format!("bridge fdb replace {mac} dev {VXLAN_DEVICE} dst {dst} self permanent");
+        let object = format!("fdb {mac} dev {VXLAN_DEVICE}");
+        match observed.fdb.get(mac) {
+            None => findings.push(Finding::new("fallback", object, format!("no FDB entry sends it to {dst}"), fix)),
+            Some(have) if have != dst => findings.push(Finding::new(
+                "fallback",
+                object,
+                format!("the FDB entry sends it to {have}, but its node is at {dst}"),
+                fix,
+            )),
+            Some(_) => {}
+        }
+    }
+
+    for (prefix, want) in &intent.routes {
+        let have = observed.routes.get(prefix);
+        let (ok, fix) = match want {
+            RouteIntent::Blackhole => {
+                (matches!(have, Some(ObservedRoute::Blackhole)), format!("ip route replace blackhole {prefix}"))
+            }
+            RouteIntent::Vxlan { vtep } => (
+                matches!(have, Some(ObservedRoute::Via { gateway, interface }) if gateway == vtep && interface == VXLAN_DEVICE),
+                format!("ip route replace {prefix} via {vtep} dev {VXLAN_DEVICE} onlink"),
+            ),
+            RouteIntent::Direct { peer } => (
+                matches!(have, Some(ObservedRoute::Via { interface, .. }) if interface == uplink),
+                format!("ip route replace {prefix} via {peer} dev {uplink} onlink"),
+            ),
+            RouteIntent::Ipip { peer, .. } => (
+                matches!(have, Some(ObservedRoute::Via { gateway, interface }) if gateway == peer && interface == IPIP_DEVICE),
+                format!("ip route replace {prefix} via {peer} dev {IPIP_DEVICE} onlink"),
+            ),
+            // The workloads' host routes are checked with the workloads.
+            RouteIntent::Workload { .. } => continue,
+        };
+        if ok {
+            continue;
+        }
+        let owner = match plan.routes.get(prefix).map(|r| &r.target) {
+            Some(RouteTarget::RemoteBlock { node, .. }) => format!("block of node {node}"),
+            Some(RouteTarget::LocalBlock) => "block of this node".to_owned(),
+            _ => "prefix".to_owned(),
+        };
+        let problem = match have {
+            None => format!("the {owner} has no route"),
+            Some(ObservedRoute::Blackhole) => format!("the {owner} is blackholed"),
+            Some(ObservedRoute::Via { gateway, interface }) => {
+                format!("the {owner} is routed via {gateway} dev {interface}")
+            }
+            Some(ObservedRoute::Other) => format!("the {owner} has a route of another shape"),
+        };
+        findings.push(Finding::new("fallback", format!("route {prefix}"), problem, fix));
+    }
+    findings
+}
+
+/// Reads `vxlan.calico`, its neighbours and FDB, and the main table over rtnetlink.
+pub fn observe_fallback(interfaces: &BTreeMap<String, u32>) -> anyhow::Result<ObservedFallback> {
+    let names: BTreeMap<u32, String> = interfaces.iter().map(|(name, index)| (*index, name.clone())).collect();
+    let device_index = interfaces.get(VXLAN_DEVICE).copied();
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?.block_on(
+        async move {
+            let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+            tokio::spawn(connection);
+            let mut observed = ObservedFallback::default();
+            if let Some(index) = device_index {
+                let mut links = handle.link().get().match_index(index).execute();
+                if let Some(message) = links.try_next().await.context("reading vxlan.calico")? {
+                    observed.device = Some(parse_vxlan_device(&message));
+                }
+                let mut dump = handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
+                while let Some(message) = dump.try_next().await.context("listing neighbours")? {
+                    if message.header.ifindex == index && message.header.state == NeighbourState::Permanent {
+                        if let (Some(addr), Some(mac)) = (neighbour_ipv4(&message), neighbour_mac(&message)) {
+                            observed.neighbours.insert(addr, mac);
+                        }
+                    }
+                }
+                let mut dump = handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
+                while let Some(message) = dump.try_next().await.context("listing FDB entries")? {
+                    if message.header.ifindex == index {
+                        if let (Some(addr), Some(mac)) = (neighbour_ipv4(&message), neighbour_mac(&message)) {
+                            observed.fdb.insert(mac, addr);
+                        }
+                    }
+                }
+            }
+            let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+            let mut dump = handle.route().get(query).execute();
+            while let Some(message) = dump.try_next().await.context("listing routes")? {
+                let table = message
+                    .attributes
+                    .iter()
+                    .find_map(|a| if let RouteAttribute::Table(table) = a { Some(*table) } else { None })
+                    .unwrap_or(u32::from(message.header.table));
+                if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+                    continue;
+                }
+                if message.header.protocol == RouteProtocol::Other(RTPROT_DATAPLANE) {
+                    observed.ours += 1;
+                }
+                let Some((prefix, route)) = parse_observed_route(&message, &names) else { continue };
+                observed.routes.entry(prefix).or_insert(route);
+            }
+            Ok(observed)
+        },
+    )
+}
+
+fn parse_vxlan_device(message: &LinkMessage) -> VxlanDevice {
+    let mut device = VxlanDevice { up: message.header.flags.contains(LinkFlags::Up), ..VxlanDevice::default() };
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::Address(bytes) => device.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Data(InfoData::Vxlan(items)) = info {
+                        for item in items {
+                            match item {
+                                InfoVxlan::Id(vni) => device.vni = Some(*vni),
+                                InfoVxlan::Local(local) => device.local = Some(*local),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    device
+}
+
+/// The IPv4 destination of a neighbour or FDB entry (an FDB entry carries it as raw bytes).
+fn neighbour_ipv4(message: &NeighbourMessage) -> Option<Ipv4Addr> {
+    message.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)) => Some(*addr),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+            <[u8; 4]>::try_from(bytes.as_slice()).ok().map(Ipv4Addr::from)
+        }
+        _ => None,
+    })
+}
+
+fn neighbour_mac(message: &NeighbourMessage) -> Option<MacAddr> {
+    message.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
+        _ => None,
+    })
+}
+
+fn parse_observed_route(message: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<(Ipv4Net, ObservedRoute)> {
+    let mut destination = Ipv4Addr::UNSPECIFIED;
+    let mut gateway = None;
+    let mut oif = None;
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Destination(RouteAddress::Inet(addr)) => destination = *addr,
+            RouteAttribute::Gateway(RouteAddress::Inet(addr)) => gateway = Some(*addr),
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            _ => {}
+        }
+    }
+    let prefix = Ipv4Net::new(destination, message.header.destination_prefix_length).ok()?;
+    let route = match (message.header.kind, gateway, oif) {
+        (RouteType::BlackHole, _, _) => ObservedRoute::Blackhole,
+        (RouteType::Unicast, Some(gateway), Some(index)) => ObservedRoute::Via {
+            gateway,
+            interface: names.get(&index).cloned().unwrap_or_else(|| format!("ifindex {index}")),
+        },
+        _ => ObservedRoute::Other,
+    };
+    Some((prefix, route))
+}
+
+// ---------------------------------------------------------------------------------------------
 // The command.
 
 /// Settings of `dataplane check`.
@@ -972,6 +1298,9 @@ pub struct CheckOptions {
     pub uplink: Option<String>,
     /// The agent's pin directory.
     pub pin_path: PathBuf,
+    /// Which dataplane to check: the fast path's pins, the netlink fallback's routes and device,
+    /// or (auto) whichever the node has.
+    pub mode: Mode,
 }
 
 /// Runs every check for the node, reading the datastore, the pins and this network namespace.
@@ -984,7 +1313,7 @@ pub fn run(options: &CheckOptions) -> anyhow::Result<Report> {
 
     report.findings.extend(check_pools(model));
     report.findings.extend(check_blocks(model));
-    let (plan, plan_problems) = match plan::compute(model, &options.node) {
+    let (plan, mut plan_problems) = match plan::compute(model, &options.node) {
         Ok(computed) => computed,
         Err(error) => {
             let fix = match &error {
@@ -1033,7 +1362,23 @@ pub fn run(options: &CheckOptions) -> anyhow::Result<Report> {
             ),
             "run the check in the node's network namespace, pass --uplink, or fix spec.bgp.ipv4Address",
         )),
-        Some(uplink) => check_programmed(options, model, &plan, &uplink, &interfaces, &names, &mut report),
+        Some(uplink) => match dataplane_mode(options, &interfaces) {
+            Ok(Some(observed)) => {
+                let intent = netlink::intent(&plan, model);
+                report.checked.remote_blocks =
+                    plan.routes.values().filter(|r| matches!(r.target, RouteTarget::RemoteBlock { .. })).count();
+                report.findings.extend(check_fallback(&plan, &intent, &observed, &uplink));
+                // The intent's own problems (a peer without a VTEP address) come with the plan's.
+                plan_problems.extend(intent.problems);
+            }
+            Ok(None) => check_programmed(options, model, &plan, &uplink, &interfaces, &names, &mut report),
+            Err(error) => report.findings.push(Finding::new(
+                "fallback",
+                "rtnetlink",
+                format!("the kernel's routes and devices cannot be read: {error:#}"),
+                "run the check as root in the node's network namespace",
+            )),
+        },
     }
 
     let datastore = problem_findings("datastore", &snapshot.problems, &report.findings);
@@ -1041,6 +1386,21 @@ pub fn run(options: &CheckOptions) -> anyhow::Result<Report> {
     let planned = problem_findings("plan", &plan_problems, &report.findings);
     report.findings.extend(planned);
     Ok(report)
+}
+
+/// `Some` with what the netlink fallback programmed when the node runs it: asked for with
+/// `--mode netlink`, or (auto) when no fast path is pinned but the fallback's device or routes
+/// exist. `None` for the fast path.
+fn dataplane_mode(
+    options: &CheckOptions,
+    interfaces: &BTreeMap<String, u32>,
+) -> anyhow::Result<Option<ObservedFallback>> {
+    match options.mode {
+        Mode::Bpf => Ok(None),
+        Mode::Netlink => observe_fallback(interfaces).map(Some),
+        Mode::Auto if options.pin_path.join(ROUTES_MAP).exists() => Ok(None),
+        Mode::Auto => Ok(Some(observe_fallback(interfaces)?).filter(ObservedFallback::present)),
+    }
 }
 
 /// The maps and the program attachments against the plan.
@@ -1504,6 +1864,88 @@ mod tests {
         let extra = problem_findings("datastore", &other, &findings);
         assert_eq!(objects(&extra), vec!["Node node-9"]);
         assert!(extra[0].fix.contains("spec.bgp.ipv4Address"));
+    }
+
+    /// node-1's netlink fallback exactly as the intent says.
+    fn healthy_fallback(intent: &Intent) -> ObservedFallback {
+        let vxlan = intent.vxlan.expect("the example tunnels with VXLAN");
+        let mut observed = ObservedFallback {
+            device: Some(VxlanDevice {
+                up: true,
+                mac: Some(vxlan.mac),
+                vni: Some(VXLAN_VNI),
+                local: Some(vxlan.local),
+            }),
+            neighbours: intent.neighbours.clone(),
+            fdb: intent.fdb.clone(),
+            routes: BTreeMap::new(),
+            ours: 3,
+        };
+        for (prefix, route) in &intent.routes {
+            let observed_route = match route {
+                RouteIntent::Blackhole => ObservedRoute::Blackhole,
+                RouteIntent::Vxlan { vtep } => ObservedRoute::Via { gateway: *vtep, interface: VXLAN_DEVICE.into() },
+                _ => ObservedRoute::Other,
+            };
+            observed.routes.insert(*prefix, observed_route);
+        }
+        observed
+    }
+
+    #[test]
+    fn a_healthy_fallback_has_no_findings() {
+        let (model, plan, _, _) = node_1();
+        let intent = netlink::intent(&plan, &model);
+        assert_eq!(check_fallback(&plan, &intent, &healthy_fallback(&intent), "eth0"), vec![]);
+        assert!(healthy_fallback(&intent).present());
+        assert!(!ObservedFallback::default().present());
+    }
+
+    #[test]
+    fn a_fallback_with_the_device_down_and_a_wrong_neighbour_mac() {
+        let (model, plan, _, _) = node_1();
+        let intent = netlink::intent(&plan, &model);
+        let mut observed = healthy_fallback(&intent);
+        if let Some(device) = &mut observed.device {
+            device.up = false;
+        }
+        let vtep = Ipv4Addr::new(10, 244, 2, 0);
+        observed.neighbours.insert(vtep, MacAddr([0x66, 0xd0, 0, 0, 0, 0x99]));
+        observed.fdb.clear();
+        observed.routes.remove(&net("10.244.2.0/26"));
+        observed.routes.insert(net("10.244.1.0/26"), ObservedRoute::Other);
+        let findings = check_fallback(&plan, &intent, &observed, "eth0");
+        assert_eq!(
+            objects(&findings),
+            vec![
+                "device vxlan.calico",
+                "neighbour 10.244.2.0 dev vxlan.calico",
+                "fdb 66:d0:00:00:00:02 dev vxlan.calico",
+                "route 10.244.1.0/26",
+                "route 10.244.2.0/26",
+            ]
+        );
+        assert_eq!(findings[0].fix, "ip link set vxlan.calico up");
+        assert!(findings[1]
+            .problem
+            .contains("lladdr 66:d0:00:00:00:99, but the VTEP MAC of node node-2 is 66:d0:00:00:00:02"));
+        assert_eq!(
+            findings[1].fix,
+            "ip neigh replace 10.244.2.0 lladdr 66:d0:00:00:00:02 dev vxlan.calico nud permanent"
+        );
+        assert_eq!(
+            findings[2].fix,
+            "bridge fdb replace 66:d0:00:00:00:02 dev vxlan.calico dst 10.100.0.12 self permanent"
+        );
+        assert!(findings[3].problem.contains("block of this node"), "{findings:?}");
+        assert_eq!(findings[3].fix, "ip route replace blackhole 10.244.1.0/26");
+        assert!(findings[4].problem.contains("block of node node-2 has no route"), "{findings:?}");
+        assert_eq!(findings[4].fix, "ip route replace 10.244.2.0/26 via 10.244.2.0 dev vxlan.calico onlink");
+
+        // No device at all.
+        observed.device = None;
+        let findings = check_fallback(&plan, &intent, &observed, "eth0");
+        assert!(findings[0].problem.contains("does not exist"), "{findings:?}");
     }
 
     #[test]

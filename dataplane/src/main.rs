@@ -134,6 +134,10 @@ enum Command {
         /// Directory of the agent's pinned maps and links.
         #[arg(long, default_value = DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
+        /// The dataplane to check: the fast path (bpf), the netlink fallback, or whichever the
+        /// node runs (auto: the fast path when its maps are pinned).
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        mode: Mode,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
@@ -329,13 +333,14 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Check { datastore, node, uplink, pin_path, output } => {
+        Command::Check { datastore, node, uplink, pin_path, mode, output } => {
             let options = check::CheckOptions {
                 datastore: datastore.datastore.clone(),
                 etcd: datastore.etcd(),
                 node,
                 uplink,
                 pin_path,
+                mode,
             };
             // Exit 1 means "problems found"; 2 means the check itself could not run.
             let report = match check::run(&options) {

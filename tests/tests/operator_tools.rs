@@ -19,7 +19,8 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use dataplane_lab::{Agent, Lab, LabOptions};
+use dataplane::agent::NETLINK_READY;
+use dataplane_lab::{ChildHandle, Lab, LabOptions, AGENT_READY};
 use serde_json::Value;
 
 /// The example cluster.
@@ -65,18 +66,25 @@ fn describe(argv: &str, output: &Output) -> String {
     )
 }
 
-/// The lab, its agents and a datastore copy a test may edit. Fields drop in order: the agents
-/// stop before the lab is torn down.
+/// The lab, its agents (by node) and a datastore copy a test may edit. Fields drop in order: the
+/// agents stop before the lab is torn down.
 struct Cluster {
-    agents: Vec<Agent>,
+    agents: Vec<(String, ChildHandle)>,
     bin: PathBuf,
     datastore: PathBuf,
+    /// The agents' `--mode`: `bpf` or `netlink`.
+    mode: &'static str,
     lab: Lab,
 }
 
 impl Cluster {
-    /// Brings up the example cluster with a ready agent per node; `None` when not root.
+    /// Brings up the example cluster with a ready fast-path agent per node; `None` when not root.
     fn up(test: &str) -> anyhow::Result<Option<Cluster>> {
+        Self::up_with_mode(test, "bpf")
+    }
+
+    /// The example cluster with agents in `mode` (`bpf` or `netlink`); `None` when not root.
+    fn up_with_mode(test: &str, mode: &'static str) -> anyhow::Result<Option<Cluster>> {
         if !dataplane_lab::is_root() {
             eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
             return Ok(None);
@@ -89,27 +97,46 @@ impl Cluster {
         let datastore = lab.dir().join("datastore.yaml");
         fs::copy(&example, &datastore)
             .with_context(|| format!("copying {} to {}", example.display(), datastore.display()))?;
-        let mut cluster = Cluster { agents: Vec::new(), bin, datastore, lab };
+        let mut cluster = Cluster { agents: Vec::new(), bin, datastore, mode, lab };
         for node in ["node-1", "node-2"] {
             cluster.start_agent(node)?;
         }
         Ok(Some(cluster))
     }
 
+    /// Starts `node`'s agent as `Lab::start_agent` does (same pin path), in the cluster's mode,
+    /// and waits until it has programmed the node.
     fn start_agent(&mut self, node: &str) -> anyhow::Result<()> {
-        let mut agent = self.lab.start_agent(node, &self.bin, &self.datastore)?;
-        agent.wait_ready(READY_TIMEOUT)?;
-        self.agents.push(agent);
-        Ok(())
+        let bin = self.bin.to_string_lossy().into_owned();
+        let datastore = format!("file:{}", self.datastore.display());
+        let pin_path = self.lab.pin_path(node).to_string_lossy().into_owned();
+        let argv = [
+            bin.as_str(),
+            "run",
+            "--datastore",
+            &datastore,
+            "--node",
+            node,
+            "--pin-path",
+            &pin_path,
+            "--mode",
+            self.mode,
+        ];
+        let netns = self.lab.node_netns(node)?.to_owned();
+        let mut agent = self.lab.spawn(&netns, &argv, &format!("agent-{node}"))?;
+        let ready = if self.mode == "netlink" { NETLINK_READY } else { AGENT_READY };
+        let waited = agent.wait_for_log(ready, READY_TIMEOUT);
+        self.agents.push((node.to_owned(), agent));
+        waited.with_context(|| format!("the agent of {node} is not ready\n{}", self.logs()))
     }
 
-    /// Stops the agent of `node`; its pins stay, so the fast path keeps its state, and nothing
-    /// repairs what a test breaks.
+    /// Stops the agent of `node` with SIGTERM; what it programmed stays (pins, or the netlink
+    /// fallback's routes and device), and nothing repairs what a test breaks.
     fn stop_agent(&mut self, node: &str) -> anyhow::Result<()> {
-        let index =
-            self.agents.iter().position(|a| a.node() == node).with_context(|| format!("no agent for {node}"))?;
-        let mut agent = self.agents.remove(index);
-        agent.stop()?;
+        let index = self.agents.iter().position(|(n, _)| n == node).with_context(|| format!("no agent for {node}"))?;
+        let (_, mut agent) = self.agents.remove(index);
+        let (status, killed) = agent.terminate(Duration::from_secs(10))?;
+        ensure!(!killed && status.success(), "the agent of {node} did not stop cleanly ({status}):\n{}", agent.log());
         Ok(())
     }
 
@@ -162,8 +189,8 @@ impl Cluster {
     /// The agents' logs, to explain a failure.
     fn logs(&self) -> String {
         let mut text = String::from("agent logs:");
-        for agent in &self.agents {
-            text.push_str(&format!("\n--- agent of {} ---\n{}", agent.node(), agent.log().trim_end()));
+        for (node, agent) in &self.agents {
+            text.push_str(&format!("\n--- agent of {node} ---\n{}", agent.log().trim_end()));
         }
         text
     }
@@ -380,6 +407,85 @@ spec: {cidr: 10.99.0.0/26, node: node-2, state: confirmed, deleted: \"false\"}
     );
     let entry = finding(&report, "maps", &format!("routes_v1 {WEB_1}/32"))?;
     ensure!(text_of(&entry["problem"]).starts_with("extra"), "routes entry finding: {entry:#}");
+    Ok(())
+}
+
+#[test]
+fn check_knows_the_netlink_fallback_its_device_neighbours_and_routes() -> anyhow::Result<()> {
+    let Some(mut cluster) =
+        Cluster::up_with_mode("check_knows_the_netlink_fallback_its_device_neighbours_and_routes", "netlink")?
+    else {
+        return Ok(());
+    };
+    // --mode auto finds the fallback (no pinned maps, but vxlan.calico and the agent's routes).
+    for node in ["node-1", "node-2"] {
+        let (code, text, _) = cluster.check(node)?;
+        ensure!(
+            code == 0 && text.contains("no problems found"),
+            "check on healthy {node} (netlink):\n{text}\n{}",
+            cluster.logs()
+        );
+    }
+
+    cluster.stop_agent("node-1")?;
+    // The page's checks, broken: the device down, the peer's VTEP neighbour with a wrong MAC,
+    // and the route to node-2's block gone.
+    cluster.on_node("node-1", &["ip", "link", "set", "vxlan.calico", "down"])?;
+    cluster.on_node(
+        "node-1",
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "10.244.2.0",
+            "lladdr",
+            "66:d0:00:00:00:99",
+            "dev",
+            "vxlan.calico",
+            "nud",
+            "permanent",
+        ],
+    )?;
+    // (Setting the device down already took its routes; delete in case a kernel keeps them.)
+    let _ = cluster.on_node("node-1", &["ip", "route", "del", NODE_2_BLOCK]);
+    let (code, text, report) = cluster.check("node-1")?;
+    eprintln!("dataplane check on the broken netlink node-1:\n{text}");
+    ensure!(code == 1, "check exited {code}:\n{text}");
+    let device = finding(&report, "fallback", "device vxlan.calico")?;
+    ensure!(text_of(&device["fix"]) == "ip link set vxlan.calico up", "device finding: {device:#}");
+    let neighbour = finding(&report, "fallback", "neighbour 10.244.2.0 dev vxlan.calico")?;
+    ensure!(
+        text_of(&neighbour["problem"]).contains("66:d0:00:00:00:99")
+            && text_of(&neighbour["fix"])
+                == "ip neigh replace 10.244.2.0 lladdr 66:d0:00:00:00:02 dev vxlan.calico nud permanent",
+        "neighbour finding: {neighbour:#}"
+    );
+    let route = finding(&report, "fallback", &format!("route {NODE_2_BLOCK}"))?;
+    ensure!(
+        text_of(&route["fix"]) == format!("ip route replace {NODE_2_BLOCK} via 10.244.2.0 dev vxlan.calico onlink"),
+        "route finding: {route:#}"
+    );
+
+    // The fixes the findings name, applied as written, make the check clean again.
+    for finding in findings(&report) {
+        let fix = text_of(&finding["fix"]);
+        ensure!(fix.starts_with("ip ") || fix.starts_with("bridge "), "not a command: {fix}");
+        cluster.on_node("node-1", &fix.split_whitespace().collect::<Vec<_>>())?;
+    }
+    let (code, text, _) = cluster.check("node-1")?;
+    ensure!(code == 0, "check after applying the fixes exited {code}:\n{text}");
+    // And forcing --mode bpf on this node says the fast path is not there.
+    let pins = cluster.lab.pin_path("node-1").to_string_lossy().into_owned();
+    let datastore = format!("file:{}", cluster.datastore.display());
+    let (line, output) = cluster.dataplane(
+        "node-1",
+        &["check", "--datastore", &datastore, "--node", "node-1", "--pin-path", &pins, "--mode", "bpf"],
+    )?;
+    ensure!(
+        output.status.code() == Some(1) && stdout(&output).contains("the pinned map cannot be read"),
+        "{}",
+        describe(&line, &output)
+    );
     Ok(())
 }
 
