@@ -121,6 +121,11 @@ enum Command {
         #[command(subcommand)]
         command: IpamCommand,
     },
+    /// Move the cluster between datastores.
+    Datastore {
+        #[command(subcommand)]
+        command: DatastoreCommand,
+    },
     /// Check this node as Calico's troubleshooting page does; exits 1 when something is wrong.
     Check {
         #[command(flatten)]
@@ -201,6 +206,42 @@ enum IpamCommand {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
+    },
+}
+
+/// Where `dataplane datastore export` writes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportTarget {
+    /// Calico's etcdv3 layout on an etcd server.
+    Etcdv3,
+}
+
+/// `dataplane datastore` subcommands.
+#[derive(Subcommand)]
+enum DatastoreCommand {
+    /// Write a Calico YAML file (the file datastore's format) into etcd in Calico's layout;
+    /// refuses a file with problems.
+    Export {
+        /// The datastore to write to.
+        #[arg(long, value_enum)]
+        to: ExportTarget,
+        /// The YAML file of Calico resources.
+        file: PathBuf,
+        /// etcd client URLs, comma-separated.
+        #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+        etcd_endpoints: Vec<String>,
+        /// CA certificate for etcd (PEM).
+        #[arg(long, env = "ETCD_CA_CERT_FILE")]
+        etcd_ca_cert_file: Option<PathBuf>,
+        /// Client certificate for etcd (PEM).
+        #[arg(long, env = "ETCD_CERT_FILE")]
+        etcd_cert_file: Option<PathBuf>,
+        /// Client key for etcd (PEM).
+        #[arg(long, env = "ETCD_KEY_FILE")]
+        etcd_key_file: Option<PathBuf>,
+        /// Prefix of Calico's keys in etcd.
+        #[arg(long, env = "ETCD_PREFIX", default_value = "/calico")]
+        etcd_prefix: String,
     },
 }
 
@@ -331,6 +372,45 @@ fn main() -> anyhow::Result<()> {
                 Output::Table => print!("{}", dataplane::ipam::table(&pools, show_blocks)),
                 Output::Json => println!("{:#}", dataplane::ipam::json(&pools, show_blocks)),
             }
+            Ok(())
+        }
+        Command::Datastore {
+            command:
+                DatastoreCommand::Export {
+                    to: ExportTarget::Etcdv3,
+                    file,
+                    etcd_endpoints,
+                    etcd_ca_cert_file,
+                    etcd_cert_file,
+                    etcd_key_file,
+                    etcd_prefix,
+                },
+        } => {
+            let config = EtcdConfig {
+                endpoints: etcd_endpoints,
+                ca_cert_file: etcd_ca_cert_file,
+                cert_file: etcd_cert_file,
+                key_file: etcd_key_file,
+                prefix: etcd_prefix,
+            };
+            let (model, written) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(dataplane::datastore::etcd::export::export_file(&config, &file))?;
+            println!(
+                "exported {}: {} pools, {} nodes, {} blocks, {} workload endpoints as {} keys under {} \
+                 in {} transaction(s), etcd revision {}",
+                file.display(),
+                model.pools.len(),
+                model.nodes.len(),
+                model.blocks.len(),
+                model.workloads.len(),
+                written.keys,
+                dataplane::datastore::etcd::keys::normalize_prefix(&config.prefix),
+                written.transactions,
+                written.revision
+            );
             Ok(())
         }
         Command::Check { datastore, node, uplink, pin_path, mode, output } => {

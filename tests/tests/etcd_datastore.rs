@@ -1271,3 +1271,76 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `dataplane datastore export --to etcdv3 ...` with the given file; the command's output.
+fn run_export(server: &EtcdServer, file: &Path) -> anyhow::Result<Output> {
+    let bin = agent_bin();
+    ensure!(bin.exists(), "{} does not exist: build it with `cargo build -p dataplane`", bin.display());
+    Command::new(&bin)
+        .args(["datastore", "export", "--to", "etcdv3"])
+        .arg(file)
+        .args(["--etcd-endpoints", &server.endpoint(), "--etcd-prefix", PREFIX])
+        .output()
+        .with_context(|| format!("running {}", bin.display()))
+}
+
+#[test]
+fn the_exported_example_reads_back_as_the_file() -> anyhow::Result<()> {
+    let Some(server) = EtcdServer::start("export_example")? else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let output = run_export(&server, &workspace_root().join(EXAMPLE))?;
+    let took = started.elapsed();
+    ensure!(
+        output.status.success(),
+        "export failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server.log()
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("export took {took:?}: {}", stdout.trim());
+    ensure!(stdout.contains("10 keys") && stdout.contains("1 transaction(s)"), "{stdout}");
+    // One transaction: all ten keys carry the same modification revision.
+    let listed = server.etcdctl(&["get", "--prefix", PREFIX, "-w", "json"])?;
+    let listed: Value = serde_json::from_str(&listed).context("etcdctl's JSON")?;
+    let kvs = listed["kvs"].as_array().context("no kvs")?;
+    ensure!(kvs.len() == 10, "{} keys in etcd: {listed:#}", kvs.len());
+    let revisions: std::collections::BTreeSet<i64> =
+        kvs.iter().filter_map(|kv| kv["mod_revision"].as_i64()).collect();
+    ensure!(revisions.len() == 1, "keys written at several revisions: {revisions:?}");
+
+    let model = example_model()?;
+    let watch = WatchThread::start(server.config())?;
+    let (snapshot, _) = wait_for(&watch, "a first snapshot", CHANGE_TIMEOUT, |_| true)?;
+    ensure!(snapshot.problems.is_empty(), "problems: {:#?}", snapshot.problems);
+    assert_eq!(sorted(&snapshot.model), sorted(&model));
+    // calicoctl's view of the addresses in use: the VTEP and two pods in node-1's block.
+    let block = server.etcdctl(&["get", "--print-value-only", &assignment_key("10.244.1.0-26")])?;
+    let block: Value = serde_json::from_str(block.trim()).context("the allocation block")?;
+    let used = block["allocations"].as_array().context("allocations")?.iter().filter(|a| !a.is_null()).count();
+    assert_eq!(used, 3);
+    assert_eq!(block["unallocated"].as_array().map(Vec::len), Some(61));
+    Ok(())
+}
+
+#[test]
+fn a_file_with_problems_is_not_exported() -> anyhow::Result<()> {
+    let Some(server) = EtcdServer::start("export_problems")? else {
+        return Ok(());
+    };
+    let text = fs::read_to_string(workspace_root().join(EXAMPLE))?
+        .replace("cidr: 10.244.0.0/16", "cidr: 10.244.0.0/66");
+    let file = server.dir.join("broken.yaml");
+    fs::write(&file, text)?;
+    let output = run_export(&server, &file)?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(!output.status.success(), "a broken file was exported");
+    ensure!(
+        stderr.contains("nothing was written") && stderr.contains("spec.cidr"),
+        "the error does not list the problem: {stderr}"
+    );
+    let listed = server.etcdctl(&["get", "--prefix", PREFIX, "--keys-only"])?;
+    ensure!(listed.trim().is_empty(), "keys were written: {listed}");
+    Ok(())
+}

@@ -12,6 +12,7 @@
 //! session is tried after a backoff that doubles up to [`BACKOFF_CAP`]. Every change of the
 //! connection's state is logged: connected, lost, still unreachable, reconnected.
 
+pub mod export;
 pub mod keys;
 
 mod convert;
