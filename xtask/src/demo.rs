@@ -7,14 +7,27 @@ use crate::setup;
 
 /// Options of `cargo xtask demo`.
 #[derive(clap::Args)]
-pub struct Options {}
+pub struct Options {
+    /// Where the agents read the cluster: the YAML file, or a real etcd server started in the lab
+    /// and filled from the file with `dataplane datastore export --to etcdv3`.
+    #[arg(long, value_parser = ["file", "etcdv3"], default_value = "file")]
+    pub datastore: String,
+}
 
 /// Runs the demo.
-pub fn run(_options: &Options) -> anyhow::Result<()> {
+pub fn run(options: &Options) -> anyhow::Result<()> {
     setup::ensure()?;
     let agent = setup::build_agent(false)?;
     let workspace = setup::workspace_root()?;
     let agent = agent.to_string_lossy().into_owned();
     let workspace = workspace.to_string_lossy().into_owned();
-    setup::run_lab_tool(&["demo", "--agent", &agent, "--workspace", &workspace])
+    setup::run_lab_tool(&[
+        "demo",
+        "--agent",
+        &agent,
+        "--workspace",
+        &workspace,
+        "--datastore",
+        &options.datastore,
+    ])
 }

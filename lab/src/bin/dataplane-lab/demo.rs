@@ -4,6 +4,10 @@
 //! Brings up examples/two-nodes.yaml as network namespaces, starts one agent per node, then shows
 //! each step with the command it runs. Any failing step fails the demo; the lab
 //! is torn down in every case (dropping it removes every namespace, process and pin).
+//!
+//! With `--datastore etcdv3` the cluster lives in a real etcd server started in the lab's fabric
+//! namespace, on the nodes' gateway address: the file is exported into it with
+//! `dataplane datastore export --to etcdv3`, and the agents run with `--datastore etcdv3`.
 
 use std::{
     path::{Path, PathBuf},
@@ -11,7 +15,17 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use dataplane_lab::{Agent, Lab, LabOptions};
+use dataplane_lab::{Agent, ChildHandle, Lab, LabOptions, AGENT_READY};
+
+/// Where the demo's agents read the cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatastoreKind {
+    /// The YAML file itself (`--datastore file:PATH`).
+    #[default]
+    File,
+    /// A real etcd server in the lab, filled from the file with `dataplane datastore export`.
+    Etcdv3,
+}
 
 /// Options of `dataplane-lab demo`.
 #[derive(clap::Args)]
@@ -22,6 +36,9 @@ pub struct Options {
     /// The workspace root, where examples/ is.
     #[arg(long)]
     pub workspace: PathBuf,
+    /// Where the agents read the cluster: the file, or an etcd server started in the lab.
+    #[arg(long, value_enum, default_value_t = DatastoreKind::File)]
+    pub datastore: DatastoreKind,
 }
 
 /// The example cluster, relative to the workspace root.
@@ -61,7 +78,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let prefix = lab.prefix().to_owned();
 
     // Every handle the steps create (agents, servers, captures) is dropped before the lab.
-    let result = steps(&lab, &bin, &datastore);
+    let result = steps(&lab, &bin, &datastore, options.datastore);
 
     heading("Tearing down");
     drop(lab);
@@ -74,7 +91,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 
     match result {
         Ok(()) => {
-            println!("\ndemo passed: pod traffic crossed nodes through the eBPF fast path");
+            let from = match options.datastore {
+                DatastoreKind::File => "the file datastore",
+                DatastoreKind::Etcdv3 => "etcd",
+            };
+            println!("\ndemo passed: pod traffic crossed nodes through the eBPF fast path, programmed from {from}");
             Ok(())
         }
         Err(e) => Err(e.context("the demo failed (the lab has been torn down)")),
@@ -82,7 +103,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 }
 
 /// The demo's steps, in a lab that is already up.
-fn steps(lab: &Lab, bin: &Path, datastore: &Path) -> anyhow::Result<()> {
+fn steps(lab: &Lab, bin: &Path, datastore: &Path, kind: DatastoreKind) -> anyhow::Result<()> {
     heading("The pods and their addresses");
     for pod in lab.pods() {
         println!("  {} on {}: {} (host side {}, MTU {})", pod.key, pod.node, pod.addr, pod.interface, pod.mtu);
@@ -90,13 +111,72 @@ fn steps(lab: &Lab, bin: &Path, datastore: &Path) -> anyhow::Result<()> {
         show(lab, &pod.netns, &["ip", "route"])?;
     }
 
-    heading("Starting one agent per node");
-    let mut agents: Vec<Agent> = Vec::new();
+    // Declared before the agents, so that it is dropped (stopped) after them.
+    let mut etcd: Option<ChildHandle> = None;
+    let mut agents: Vec<DemoAgent> = Vec::new();
     let nodes: Vec<String> = lab.nodes().map(|n| n.name.clone()).collect();
-    for node in &nodes {
-        let agent = lab.start_agent(node, bin, datastore)?;
-        println!("$ {} &", agent.command_line());
-        agents.push(agent);
+    match kind {
+        DatastoreKind::File => {
+            heading("Starting one agent per node");
+            for node in &nodes {
+                let agent = lab.start_agent(node, bin, datastore)?;
+                println!("$ {} &", agent.command_line());
+                agents.push(DemoAgent::File(agent));
+            }
+        }
+        DatastoreKind::Etcdv3 => {
+            let first = nodes.first().context("the lab has no node")?;
+            let endpoint = format!("http://{}:2379", lab.node(first)?.gateway);
+            etcd = Some(start_etcd(lab, &endpoint)?);
+            heading(&format!("Exporting {EXAMPLE} into etcd in Calico's layout"));
+            let bin_arg = bin.to_string_lossy();
+            let file_arg = datastore.to_string_lossy();
+            let export = [
+                &*bin_arg,
+                "datastore",
+                "export",
+                "--to",
+                "etcdv3",
+                &*file_arg,
+                "--etcd-endpoints",
+                &endpoint,
+            ];
+            show(lab, lab.fabric_netns(), &export).context("exporting the cluster into etcd")?;
+            let etcdctl = find_binary("etcdctl").context(
+                "etcdctl is not installed: `cargo xtask setup` installs Debian's etcd-client",
+            )?;
+            let etcdctl = etcdctl.to_string_lossy();
+            let endpoints = format!("--endpoints={endpoint}");
+            let list = [&*etcdctl, &*endpoints, "get", "--prefix", "/calico", "--keys-only"];
+            println!("$ {}", lab.command_line(lab.fabric_netns(), &list));
+            let output = lab.exec(lab.fabric_netns(), &list)?;
+            // etcdctl separates keys with empty lines.
+            for key in String::from_utf8_lossy(&output.stdout).lines().filter(|line| !line.is_empty()) {
+                println!("  {key}");
+            }
+
+            heading("Starting one agent per node on --datastore etcdv3");
+            for node in &nodes {
+                let netns = lab.node_netns(node)?.to_owned();
+                let pin_path = lab.pin_path(node);
+                let pin_arg = pin_path.to_string_lossy();
+                let argv = [
+                    &*bin_arg,
+                    "run",
+                    "--datastore",
+                    "etcdv3",
+                    "--etcd-endpoints",
+                    &endpoint,
+                    "--node",
+                    node,
+                    "--pin-path",
+                    &pin_arg,
+                ];
+                println!("$ {} &", lab.command_line(&netns, &argv));
+                let process = lab.spawn(&netns, &argv, &format!("agent-{node}"))?;
+                agents.push(DemoAgent::Etcd { node: node.clone(), pin_path: pin_path.clone(), process });
+            }
+        }
     }
     for agent in &mut agents {
         agent.wait_ready(READY_TIMEOUT)?;
@@ -172,7 +252,137 @@ fn steps(lab: &Lab, bin: &Path, datastore: &Path) -> anyhow::Result<()> {
         agent.stop()?;
         println!("  agent of {} stopped", agent.node());
     }
+    if let Some(mut etcd) = etcd.take() {
+        etcd.terminate(Duration::from_secs(5))?;
+        println!("  etcd stopped");
+    }
     Ok(())
+}
+
+/// An agent of the demo: started by the lab on the file datastore, or by the demo on etcd.
+enum DemoAgent {
+    /// `dataplane run --datastore file:PATH`, started by [`Lab::start_agent`].
+    File(Agent),
+    /// `dataplane run --datastore etcdv3`.
+    Etcd {
+        /// The node it runs on.
+        node: String,
+        /// Its pinned maps.
+        pin_path: PathBuf,
+        /// The process.
+        process: ChildHandle,
+    },
+}
+
+impl DemoAgent {
+    fn node(&self) -> &str {
+        match self {
+            DemoAgent::File(agent) => agent.node(),
+            DemoAgent::Etcd { node, .. } => node,
+        }
+    }
+
+    fn pin_path(&self) -> &Path {
+        match self {
+            DemoAgent::File(agent) => agent.pin_path(),
+            DemoAgent::Etcd { pin_path, .. } => pin_path,
+        }
+    }
+
+    fn log(&self) -> String {
+        match self {
+            DemoAgent::File(agent) => agent.log(),
+            DemoAgent::Etcd { process, .. } => process.log(),
+        }
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        match self {
+            DemoAgent::File(agent) => agent.wait_ready(timeout),
+            DemoAgent::Etcd { node, process, .. } => process
+                .wait_for_log(AGENT_READY, timeout)
+                .with_context(|| format!("agent for node {node} is not ready")),
+        }
+    }
+
+    /// SIGTERM; fails if the agent needed SIGKILL or exited with an error.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        match self {
+            DemoAgent::File(agent) => agent.stop().map(|_| ()),
+            DemoAgent::Etcd { node, process, .. } => {
+                let (status, killed) = process.terminate(Duration::from_secs(10))?;
+                if killed || !status.success() {
+                    bail!(
+                        "agent for node {node} did not stop cleanly on SIGTERM ({status}, killed: \
+                         {killed})\nlog:\n{}",
+                        process.log()
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A binary on PATH (or in /usr/bin, where Debian puts etcd).
+fn find_binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Starts etcd in the fabric namespace listening on `endpoint` (the nodes' gateway, which both
+/// nodes reach over their eth0) with its data in the lab's directory, and waits until it answers.
+fn start_etcd(lab: &Lab, endpoint: &str) -> anyhow::Result<ChildHandle> {
+    let etcd = find_binary("etcd")
+        .context("etcd is not installed: `cargo xtask setup` installs Debian's etcd-server")?;
+    let etcdctl = find_binary("etcdctl")
+        .context("etcdctl is not installed: `cargo xtask setup` installs Debian's etcd-client")?;
+    heading(&format!("Starting etcd in the fabric namespace on {endpoint}"));
+    let data = lab.dir().join("etcd-data");
+    let data = data.to_string_lossy();
+    let bin = etcd.to_string_lossy();
+    let peer = "http://127.0.0.1:2380";
+    let cluster = format!("demo={peer}");
+    let argv = [
+        &*bin,
+        "--name",
+        "demo",
+        "--data-dir",
+        &data,
+        "--listen-client-urls",
+        endpoint,
+        "--advertise-client-urls",
+        endpoint,
+        "--listen-peer-urls",
+        peer,
+        "--initial-advertise-peer-urls",
+        peer,
+        "--initial-cluster",
+        &cluster,
+    ];
+    println!("$ {} &", lab.command_line(lab.fabric_netns(), &argv));
+    let mut process = lab.spawn(lab.fabric_netns(), &argv, "etcd")?;
+    let etcdctl = etcdctl.to_string_lossy();
+    let endpoints = format!("--endpoints={endpoint}");
+    let health = [&*etcdctl, &*endpoints, "--command-timeout=1s", "endpoint", "health"];
+    let started = std::time::Instant::now();
+    loop {
+        if lab.exec_status(lab.fabric_netns(), &health)?.status.success() {
+            break;
+        }
+        if let Some(status) = process.try_exit()? {
+            bail!("etcd exited with {status}:\n{}", process.log());
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("etcd did not answer within 20 s:\n{}", process.log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("  etcd answers after {:?}", started.elapsed());
+    Ok(process)
 }
 
 /// Prints a section heading.
@@ -197,7 +407,7 @@ fn print_indented(text: &str) {
 }
 
 /// The agents' logs, to explain a failed step.
-fn agent_logs(agents: &[Agent]) -> String {
+fn agent_logs(agents: &[DemoAgent]) -> String {
     let mut text = String::from("agent logs:");
     for agent in agents {
         text.push_str(&format!("\n--- agent of {} ---\n{}", agent.node(), agent.log().trim_end()));
