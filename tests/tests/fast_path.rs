@@ -32,9 +32,10 @@ const IPERF_TIMEOUT_S: &str = "20";
 /// Seconds each iperf3 stream runs.
 const IPERF_SECONDS: &str = "1";
 /// The rate of the UDP stream.
-const UDP_RATE: &str = "50M";
-/// Most UDP loss tolerated, in percent.
-const UDP_MAX_LOSS: f64 = 5.0;
+const UDP_RATE: &str = "20M";
+/// Most UDP loss tolerated, in percent. One-second streams on two shared cores lose a few
+/// packets to receive-buffer bursts whatever the path; a broken path loses them all.
+const UDP_MAX_LOSS: f64 = 10.0;
 
 /// What a crossing between two nodes looks like on the fabric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
