@@ -1344,3 +1344,159 @@ fn a_file_with_problems_is_not_exported() -> anyhow::Result<()> {
     ensure!(listed.trim().is_empty(), "keys were written: {listed}");
     Ok(())
 }
+
+/// The bitrates (bits/s) of iperf3's one-second interval lines, without the summary lines.
+fn iperf_intervals(log: &str) -> Vec<f64> {
+    let mut rates = Vec::new();
+    for line in log.lines() {
+        if !line.contains("sec") || line.contains("sender") || line.contains("receiver") {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(unit_at) = words.iter().position(|w| w.ends_with("bits/sec")) else {
+            continue;
+        };
+        let Some(number) = unit_at.checked_sub(1).and_then(|i| words.get(i)) else {
+            continue;
+        };
+        let Ok(number) = number.parse::<f64>() else {
+            continue;
+        };
+        let scale = match words[unit_at].chars().next() {
+            Some('G') => 1e9,
+            Some('M') => 1e6,
+            Some('K') => 1e3,
+            _ => 1.0,
+        };
+        rates.push(number * scale);
+    }
+    rates
+}
+
+#[test]
+fn an_iperf3_stream_survives_etcd_down_for_10_s() -> anyhow::Result<()> {
+    let test = "an_iperf3_stream_survives_etcd_down_for_10_s";
+    if !dataplane_lab::is_root() {
+        eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+        return Ok(());
+    }
+    let (Some(etcd_bin), Some(etcdctl)) = (find_binary("etcd"), find_binary("etcdctl")) else {
+        eprintln!("SKIPPED {test}: needs the etcd and etcdctl binaries (`cargo xtask setup`)");
+        return Ok(());
+    };
+    let bin = agent_bin();
+    ensure!(bin.exists(), "agent binary {} does not exist: build it with `cargo build -p dataplane`", bin.display());
+    let model = example_model()?;
+    let lab = Lab::up(&model, LabOptions::default())?;
+    let gateway = lab.node("node-1")?.gateway;
+    let mut cluster = EtcdCluster {
+        agents: Vec::new(),
+        etcd: None,
+        lab,
+        etcd_bin,
+        etcdctl,
+        endpoint: format!("http://{gateway}:2379"),
+    };
+    cluster.start_etcd()?;
+    // The cluster goes in as a user moves it from the file: with `dataplane datastore export`.
+    let bin_text = bin.to_string_lossy().into_owned();
+    let example = workspace_root().join(EXAMPLE);
+    let example = example.to_string_lossy();
+    let export = [&*bin_text, "datastore", "export", "--to", "etcdv3", &*example, "--etcd-endpoints", &cluster.endpoint];
+    let output = cluster.lab.exec_status(cluster.lab.fabric_netns(), &export)?;
+    ensure!(output.status.success(), "export failed: {}", String::from_utf8_lossy(&output.stderr));
+    for node in ["node-1", "node-2"] {
+        let netns = cluster.lab.node_netns(node)?.to_owned();
+        let pin = cluster.lab.pin_path(node);
+        let pin = pin.to_string_lossy();
+        let argv = [
+            &*bin_text,
+            "run",
+            "--datastore",
+            "etcdv3",
+            "--etcd-endpoints",
+            &cluster.endpoint,
+            "--node",
+            node,
+            "--pin-path",
+            &pin,
+        ];
+        let agent = cluster.lab.spawn(&netns, &argv, &format!("agent-{node}"))?;
+        cluster.agents.push(agent);
+    }
+    for agent in &mut cluster.agents {
+        agent.wait_for_log(AGENT_READY, Duration::from_secs(60))?;
+    }
+    let web1 = cluster.lab.pod("default/web-1")?.clone();
+    let web2 = cluster.lab.pod("default/web-2")?.clone();
+    ensure!(ping_ok(&cluster.lab, &web1, web2.addr, 5)?, "web-1 cannot ping web-2\n{}", cluster.logs());
+
+    // A 25 s TCP stream from web-1 to web-2, reported every second.
+    let mut server = cluster.lab.spawn(&web2.netns, &["iperf3", "-s", "-1", "--forceflush"], "iperf3-server")?;
+    server.wait_for_log("Server listening", Duration::from_secs(10))?;
+    let addr = web2.addr.to_string();
+    let mut client = cluster.lab.spawn(
+        &web1.netns,
+        &["iperf3", "-c", &addr, "-t", "25", "-i", "1", "--forceflush"],
+        "iperf3-client",
+    )?;
+    thread::sleep(Duration::from_secs(3));
+
+    // etcd down for 10 s.
+    let before: Vec<usize> = cluster.agents.iter().map(programmed).collect();
+    if let Some(mut etcd) = cluster.etcd.take() {
+        etcd.terminate(Duration::from_secs(5))?;
+    }
+    let stopped = Instant::now();
+    thread::sleep(Duration::from_secs(10));
+    for agent in &cluster.agents {
+        ensure!(
+            agent.log().contains("lost the connection to etcd"),
+            "{} did not say it lost etcd:\n{}",
+            agent.name(),
+            agent.log()
+        );
+    }
+    // Timed from the start of etcd: the agents may reconnect before `etcdctl endpoint health`
+    // answers.
+    let restarted = Instant::now();
+    let down = restarted.duration_since(stopped);
+    cluster.start_etcd()?;
+    for (agent, before) in cluster.agents.iter().zip(before) {
+        let took = wait_programmed(agent, before, restarted)?;
+        ensure!(
+            agent.log().contains("reconnected to etcd"),
+            "{} did not say it reconnected:\n{}",
+            agent.name(),
+            agent.log()
+        );
+        eprintln!("{} resynced {took:?} after etcd was started again (it was down {down:?})", agent.name());
+    }
+
+    // A change after etcd returns is applied: a new endpoint on node-2.
+    let workloads = last_field(&cluster.agents[1], "workloads", usize::MAX)?;
+    let endpoint = json!({
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "WorkloadEndpoint",
+        "metadata": {"name": "node--2-k8s-late--2-eth0", "namespace": "default"},
+        "spec": {"node": "node-2", "ipNetworks": ["10.244.2.9/32"], "interfaceName": "calilate000002"},
+    });
+    let started = Instant::now();
+    cluster.put(&workload_key("default", "node--2-k8s-late--2-eth0"), &endpoint.to_string())?;
+    let applied = wait_field(&cluster.agents[1], "workloads", workloads + 1, started)?;
+    eprintln!("a new endpoint put after etcd came back was programmed on node-2 in {applied:?}");
+
+    // The stream ran through it all.
+    let status = client
+        .wait_timeout(Duration::from_secs(30))?
+        .with_context(|| format!("iperf3 did not finish:\n{}", client.log()))?;
+    let log = client.log();
+    ensure!(status.success() && log.contains("receiver"), "the iperf3 stream failed ({status}):\n{log}");
+    let rates = iperf_intervals(&log);
+    ensure!(rates.len() >= 24, "iperf3 reported {} intervals:\n{log}", rates.len());
+    let slowest = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    ensure!(slowest > 0.0, "an interval carried nothing while etcd was away:\n{log}");
+    let summary = log.lines().find(|line| line.contains("receiver")).unwrap_or_default();
+    eprintln!("iperf3 across the etcd outage: slowest second {:.2} Gbit/s; {}", slowest / 1e9, summary.trim());
+    Ok(())
+}
