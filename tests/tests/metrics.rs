@@ -1,0 +1,98 @@
+//! The agent's Prometheus endpoint and health check, scraped while real traffic flows: the
+//! counters a dashboard follows move with the packets, and /healthz reports the last reconcile.
+
+use std::{
+    fs::File,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{ensure, Context as _};
+use dataplane_lab::{Lab, LabOptions};
+
+/// The example cluster: VXLAN between node-1 and node-2.
+const EXAMPLE: &str = "examples/two-nodes.yaml";
+/// Where node-1's agent serves metrics, inside node-1's namespace.
+const METRICS_ADDR: &str = "127.0.0.1:9091";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// GET `path` from the agent, from inside `netns` (the agent listens on the node's loopback): the
+/// request runs on a thread that entered the namespace.
+fn get(netns: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let ns_path = dataplane_lab::cmd::netns_path(netns);
+    let path = path.to_owned();
+    let worker = std::thread::spawn(move || -> anyhow::Result<String> {
+        let handle = File::open(&ns_path).with_context(|| format!("opening {ns_path}"))?;
+        // SAFETY: setns(2) on a valid descriptor; it moves only this short-lived thread.
+        if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!("setns({ns_path}): {}", std::io::Error::last_os_error());
+        }
+        let mut stream = TcpStream::connect(METRICS_ADDR).with_context(|| format!("connecting to {METRICS_ADDR}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    });
+    let text = worker.join().map_err(|_| anyhow::anyhow!("the thread entering {netns} panicked"))??;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no HTTP status in the answer: {text:?}"))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of the sample `name` (with its labels) in a Prometheus text body.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn metrics_follow_the_traffic_and_health_reports_the_reconcile() -> anyhow::Result<()> {
+    if !dataplane_lab::is_root() {
+        eprintln!("SKIPPED: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+        return Ok(());
+    }
+    let root = workspace_root();
+    let datastore = root.join(EXAMPLE);
+    let bin = std::env::var_os("DATAPLANE_BIN").map(PathBuf::from).unwrap_or_else(|| root.join("target/debug/dataplane"));
+    let model = dataplane_lab::load_model(&datastore)?;
+    let lab = Lab::up(&model, LabOptions::default())?;
+    let netns = lab.node_netns("node-1")?.to_owned();
+    let (bin_arg, store) = (bin.to_string_lossy().into_owned(), format!("file:{}", datastore.display()));
+    let pin = lab.pin_path("node-1").to_string_lossy().into_owned();
+    let argv = [bin_arg.as_str(), "run", "--datastore", &store, "--node", "node-1", "--pin-path", &pin, "--metrics-addr", METRICS_ADDR];
+    let mut agent = lab.spawn(&netns, &argv, "agent-node-1")?;
+    agent.wait_for_log("fast path programmed", Duration::from_secs(60))?;
+    let mut other = lab.start_agent("node-2", &bin, &datastore)?;
+    other.wait_ready(Duration::from_secs(60))?;
+
+    let (status, body) = get(&netns, "/healthz")?;
+    ensure!(status == 200, "/healthz answered {status} after a good reconcile: {body}");
+
+    let before = get(&netns, "/metrics")?.1;
+    let encap = "dataplane_packets_total{decision=\"encap_vxlan\"}";
+    let encap_before = sample(&before, encap).with_context(|| format!("no {encap} in:\n{before}"))?;
+    ensure!(sample(&before, "dataplane_map_entries{map=\"routes\"}") == Some(5.0), "routes occupancy:\n{before}");
+    ensure!(sample(&before, "dataplane_reconciles_total").is_some_and(|n| n >= 1.0), "reconciles:\n{before}");
+    ensure!(sample(&before, "dataplane_last_reconcile_ok") == Some(1.0), "last reconcile:\n{before}");
+
+    let web1 = lab.pod("default/web-1")?;
+    let web2 = lab.pod("default/web-2")?.addr.to_string();
+    lab.exec(&web1.netns, &["ping", "-c", "5", "-i", "0.2", "-W", "2", &web2])?;
+    let after = get(&netns, "/metrics")?.1;
+    let encap_after = sample(&after, encap).with_context(|| format!("no {encap} in:\n{after}"))?;
+    ensure!(encap_after >= encap_before + 5.0, "{encap} went from {encap_before} to {encap_after} over 5 pings");
+
+    let (status, _) = get(&netns, "/nothing-here")?;
+    ensure!(status == 404, "an unknown path answered {status}");
+    Ok(())
+}
