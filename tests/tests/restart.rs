@@ -63,7 +63,7 @@ fn a_tcp_stream_survives_agent_restarts_and_crashes() -> anyhow::Result<()> {
         Ok(agent)
     };
     let mut node1 = start("node-1", "agent-node-1")?;
-    let mut node2 = start("node-2", "agent-node-2")?;
+    let node2 = start("node-2", "agent-node-2")?;
 
     let mut iperf_server = lab.spawn(&server.netns, &["iperf3", "-s", "-1", "--forceflush"], "iperf3-server")?;
     iperf_server.wait_for_log("Server listening", Duration::from_secs(10))?;
