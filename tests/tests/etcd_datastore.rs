@@ -1250,13 +1250,14 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     let restarted = Instant::now();
     cluster.start_etcd()?;
     for (agent, before) in cluster.agents.iter().zip(before) {
+        // The agent retries every 5 s at most after a long outage: wait for its reconnect (a
+        // periodic resync may log "programmed" before that).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !agent.log().contains("reconnected to etcd") {
+            ensure!(Instant::now() < deadline, "{} did not say it reconnected:\n{}", agent.name(), agent.log());
+            thread::sleep(Duration::from_millis(200));
+        }
         let took = wait_programmed(agent, before, restarted)?;
-        ensure!(
-            agent.log().contains("reconnected to etcd"),
-            "{} did not say it reconnected:\n{}",
-            agent.name(),
-            agent.log()
-        );
         eprintln!("{} resynced {took:?} after etcd was restarted", agent.name());
     }
     ensure!(
@@ -1374,8 +1375,8 @@ fn iperf_intervals(log: &str) -> Vec<f64> {
 }
 
 #[test]
-fn an_iperf3_stream_survives_etcd_down_for_10_s() -> anyhow::Result<()> {
-    let test = "an_iperf3_stream_survives_etcd_down_for_10_s";
+fn an_iperf3_stream_survives_etcd_down_for_30_s() -> anyhow::Result<()> {
+    let test = "an_iperf3_stream_survives_etcd_down_for_30_s";
     if !dataplane_lab::is_root() {
         eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
         return Ok(());
@@ -1431,24 +1432,24 @@ fn an_iperf3_stream_survives_etcd_down_for_10_s() -> anyhow::Result<()> {
     let web2 = cluster.lab.pod("default/web-2")?.clone();
     ensure!(ping_ok(&cluster.lab, &web1, web2.addr, 5)?, "web-1 cannot ping web-2\n{}", cluster.logs());
 
-    // A 25 s TCP stream from web-1 to web-2, reported every second.
+    // A 45 s TCP stream from web-1 to web-2, reported every second: it spans the 30 s outage.
     let mut server = cluster.lab.spawn(&web2.netns, &["iperf3", "-s", "-1", "--forceflush"], "iperf3-server")?;
     server.wait_for_log("Server listening", Duration::from_secs(10))?;
     let addr = web2.addr.to_string();
     let mut client = cluster.lab.spawn(
         &web1.netns,
-        &["iperf3", "-c", &addr, "-t", "25", "-i", "1", "--forceflush"],
+        &["iperf3", "-c", &addr, "-t", "45", "-i", "1", "--forceflush"],
         "iperf3-client",
     )?;
     thread::sleep(Duration::from_secs(3));
 
-    // etcd down for 10 s.
+    // etcd down for 30 s, as the issue asks.
     let before: Vec<usize> = cluster.agents.iter().map(programmed).collect();
     if let Some(mut etcd) = cluster.etcd.take() {
         etcd.terminate(Duration::from_secs(5))?;
     }
     let stopped = Instant::now();
-    thread::sleep(Duration::from_secs(10));
+    thread::sleep(Duration::from_secs(30));
     for agent in &cluster.agents {
         ensure!(
             agent.log().contains("lost the connection to etcd"),
@@ -1463,13 +1464,14 @@ fn an_iperf3_stream_survives_etcd_down_for_10_s() -> anyhow::Result<()> {
     let down = restarted.duration_since(stopped);
     cluster.start_etcd()?;
     for (agent, before) in cluster.agents.iter().zip(before) {
+        // The agent retries every 5 s at most after a long outage: wait for its reconnect (a
+        // periodic resync may log "programmed" before that).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !agent.log().contains("reconnected to etcd") {
+            ensure!(Instant::now() < deadline, "{} did not say it reconnected:\n{}", agent.name(), agent.log());
+            thread::sleep(Duration::from_millis(200));
+        }
         let took = wait_programmed(agent, before, restarted)?;
-        ensure!(
-            agent.log().contains("reconnected to etcd"),
-            "{} did not say it reconnected:\n{}",
-            agent.name(),
-            agent.log()
-        );
         eprintln!("{} resynced {took:?} after etcd was started again (it was down {down:?})", agent.name());
     }
 
@@ -1488,12 +1490,12 @@ fn an_iperf3_stream_survives_etcd_down_for_10_s() -> anyhow::Result<()> {
 
     // The stream ran through it all.
     let status = client
-        .wait_timeout(Duration::from_secs(30))?
+        .wait_timeout(Duration::from_secs(50))?
         .with_context(|| format!("iperf3 did not finish:\n{}", client.log()))?;
     let log = client.log();
     ensure!(status.success() && log.contains("receiver"), "the iperf3 stream failed ({status}):\n{log}");
     let rates = iperf_intervals(&log);
-    ensure!(rates.len() >= 24, "iperf3 reported {} intervals:\n{log}", rates.len());
+    ensure!(rates.len() >= 44, "iperf3 reported {} intervals:\n{log}", rates.len());
     let slowest = rates.iter().copied().fold(f64::INFINITY, f64::min);
     ensure!(slowest > 0.0, "an interval carried nothing while etcd was away:\n{log}");
     let summary = log.lines().find(|line| line.contains("receiver")).unwrap_or_default();
