@@ -36,24 +36,8 @@ enum Output {
 enum Command {
     /// Run the agent on this node: program the fast path and keep it equal to the datastore.
     Run {
-        /// Where the cluster's resources are: file:PATH (a YAML of Calico resources) or etcdv3.
-        #[arg(long, env = "DATASTORE_TYPE")]
-        datastore: Datastore,
-        /// etcd client URLs, comma-separated (etcdv3 datastore).
-        #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
-        etcd_endpoints: Vec<String>,
-        /// CA certificate for etcd (PEM).
-        #[arg(long, env = "ETCD_CA_CERT_FILE")]
-        etcd_ca_cert_file: Option<PathBuf>,
-        /// Client certificate for etcd (PEM).
-        #[arg(long, env = "ETCD_CERT_FILE")]
-        etcd_cert_file: Option<PathBuf>,
-        /// Client key for etcd (PEM).
-        #[arg(long, env = "ETCD_KEY_FILE")]
-        etcd_key_file: Option<PathBuf>,
-        /// Prefix of Calico's keys in etcd.
-        #[arg(long, env = "ETCD_PREFIX", default_value = "/calico")]
-        etcd_prefix: String,
+        #[command(flatten)]
+        datastore: DatastoreArgs,
         /// This node's name, as in the datastore.
         #[arg(long, env = "NODENAME")]
         node: String,
@@ -292,11 +276,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run {
             datastore,
-            etcd_endpoints,
-            etcd_ca_cert_file,
-            etcd_cert_file,
-            etcd_key_file,
-            etcd_prefix,
             node,
             uplink,
             pin_path,
@@ -307,7 +286,8 @@ fn main() -> anyhow::Result<()> {
             metrics_addr,
         } => {
             let options = RunOptions {
-                datastore,
+                datastore: datastore.datastore.clone(),
+                etcd: datastore.etcd(),
                 node,
                 uplink,
                 pin_path,
@@ -316,13 +296,6 @@ fn main() -> anyhow::Result<()> {
                 nat_ports: nat_port_range,
                 conntrack_timeouts,
                 metrics_addr,
-                etcd: EtcdConfig {
-                    endpoints: etcd_endpoints,
-                    ca_cert_file: etcd_ca_cert_file,
-                    cert_file: etcd_cert_file,
-                    key_file: etcd_key_file,
-                    prefix: etcd_prefix,
-                },
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -499,7 +472,7 @@ mod tests {
         let Command::Run { datastore, pin_path, metrics_addr, .. } = cli.command else {
             panic!("the DaemonSet does not run `dataplane run`");
         };
-        assert_eq!(datastore, Datastore::Etcdv3);
+        assert_eq!(datastore.datastore, Datastore::Etcdv3);
         assert_eq!(pin_path, PathBuf::from(DEFAULT_PIN_PATH));
         assert_eq!(metrics_addr.map(|a| a.port()), Some(9091), "the probes use port 9091");
     }

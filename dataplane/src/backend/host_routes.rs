@@ -84,16 +84,7 @@ impl HostRoutes {
 
     /// The gateway the kernel would use towards `addr` (`ip route get`), or `addr` if on-link.
     pub async fn next_hop(&self, addr: Ipv4Addr) -> anyhow::Result<Ipv4Addr> {
-        let query = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(addr, 32).build();
-        let mut replies = self.handle.route().get(query).execute();
-        while let Some(reply) = replies.try_next().await.with_context(|| format!("route get {addr}"))? {
-            for attribute in &reply.attributes {
-                if let RouteAttribute::Gateway(RouteAddress::Inet(gateway)) = attribute {
-                    return Ok(*gateway);
-                }
-            }
-        }
-        Ok(addr)
+        next_hop(&self.handle, addr).await
     }
 
     /// The routes this agent installed earlier.
@@ -139,6 +130,20 @@ impl HostRoutes {
         }
         Ok(counts)
     }
+}
+
+/// The gateway the kernel would use towards `addr` (`ip route get`), or `addr` if on-link.
+pub async fn next_hop(handle: &Handle, addr: Ipv4Addr) -> anyhow::Result<Ipv4Addr> {
+    let query = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(addr, 32).build();
+    let mut replies = handle.route().get(query).execute();
+    while let Some(reply) = replies.try_next().await.with_context(|| format!("route get {addr}"))? {
+        for attribute in &reply.attributes {
+            if let RouteAttribute::Gateway(RouteAddress::Inet(gateway)) = attribute {
+                return Ok(*gateway);
+            }
+        }
+    }
+    Ok(addr)
 }
 
 /// The netlink message for one of our routes.

@@ -756,16 +756,7 @@ impl NetlinkBackend {
 
     /// The gateway the kernel would use towards `addr` (`ip route get`), or `addr` if on-link.
     async fn next_hop(&self, addr: Ipv4Addr) -> anyhow::Result<Ipv4Addr> {
-        let query = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(addr, 32).build();
-        let mut replies = self.handle.route().get(query).execute();
-        while let Some(reply) = replies.try_next().await.with_context(|| format!("route get {addr}"))? {
-            for attribute in &reply.attributes {
-                if let RouteAttribute::Gateway(RouteAddress::Inet(gateway)) = attribute {
-                    return Ok(*gateway);
-                }
-            }
-        }
-        Ok(addr)
+        super::host_routes::next_hop(&self.handle, addr).await
     }
 }
 
