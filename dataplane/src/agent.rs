@@ -239,7 +239,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             let started = Instant::now();
             let result = reconcile(&mut backend, &options, &snapshot).instrument(span).await;
             if let Ok(mut agent) = agent_metrics.lock() {
-                agent.datastore_up = true;
                 agent.last_reconcile_ok = result.is_ok();
                 match &result {
                     Ok(()) => {

@@ -36,8 +36,6 @@ pub struct Agent {
     pub last_reconcile_seconds: f64,
     /// Whether the last reconcile succeeded (the health check).
     pub last_reconcile_ok: bool,
-    /// Whether the datastore was readable at its last attempt.
-    pub datastore_up: bool,
 }
 
 /// The agent's counters, shared between the reconcile loop and the HTTP server.
@@ -80,13 +78,12 @@ pub fn render(agent: &Agent, counters: &[stats::Counter], occupancy: &Occupancy)
     ] {
         let _ = writeln!(out, "dataplane_map_entries{{map=\"{map}\"}} {entries}");
     }
-    let gauges: [(&str, &str, &str, f64); 6] = [
+    let gauges: [(&str, &str, &str, f64); 5] = [
         ("dataplane_reconciles_total", "counter", "Reconciles that completed.", agent.reconciles as f64),
         ("dataplane_reconcile_errors_total", "counter", "Reconciles that failed.", agent.reconcile_errors as f64),
         ("dataplane_reconcile_seconds_sum", "counter", "Seconds spent in completed reconciles.", agent.reconcile_seconds_sum),
         ("dataplane_last_reconcile_seconds", "gauge", "Duration of the last completed reconcile.", agent.last_reconcile_seconds),
         ("dataplane_last_reconcile_ok", "gauge", "1 if the last reconcile succeeded.", f64::from(u8::from(agent.last_reconcile_ok))),
-        ("dataplane_datastore_up", "gauge", "1 if the datastore was readable at the last attempt.", f64::from(u8::from(agent.datastore_up))),
     ];
     for (name, kind, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -158,7 +155,7 @@ mod tests {
 
     #[test]
     fn renders_decisions_drops_occupancy_and_agent_counters() {
-        let agent = Agent { reconciles: 3, reconcile_errors: 1, last_reconcile_ok: true, datastore_up: true, ..Agent::default() };
+        let agent = Agent { reconciles: 3, reconcile_errors: 1, last_reconcile_ok: true, ..Agent::default() };
         let counters = [
             stats::Counter { stat: Stat::EncapVxlan, packets: 7 },
             stats::Counter { stat: Stat::DropSpoofedSource, packets: 2 },
@@ -170,7 +167,7 @@ mod tests {
         assert!(text.contains("dataplane_map_entries{map=\"routes\"} 5"), "{text}");
         assert!(text.contains("dataplane_reconciles_total 3"), "{text}");
         assert!(text.contains("dataplane_reconcile_errors_total 1"), "{text}");
-        assert!(text.contains("dataplane_datastore_up 1"), "{text}");
+        assert!(text.contains("dataplane_last_reconcile_ok 1"), "{text}");
         // Every sample line belongs to a declared metric.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap_or_default();

@@ -216,3 +216,10 @@ fn set_l4_checksum(bytes: &mut [u8], ip: usize) {
         bytes[at..at + 2].copy_from_slice(&sum.to_be_bytes());
     }
 }
+
+/// Recomputes the checksum of the (option-less) IPv4 header at `ip`, after a test edited it.
+pub fn set_ipv4_checksum(bytes: &mut [u8], ip: usize) {
+    bytes[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+    let check = ipv4_checksum(&bytes[ip..ip + IPV4_HLEN]);
+    bytes[ip + 10..ip + 12].copy_from_slice(&check.to_be_bytes());
+}

@@ -109,10 +109,7 @@ impl Node {
         assert!(problems.is_empty(), "{problems:?}");
         let (plan, problems) = plan::compute(&model, name).expect("fixture plans");
         assert!(problems.is_empty(), "{problems:?}");
-        let ifindex = |interface: &str| {
-            Some(if interface.starts_with("calitested") { TESTED_IFINDEX } else { OTHER_IFINDEX })
-        };
-        let (desired, missing) = entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: UPLINK_MTU, nat_ports: NAT_PORTS }, ifindex);
+        let (desired, missing) = entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: UPLINK_MTU, nat_ports: NAT_PORTS }, fixture_ifindex);
         assert!(missing.is_empty());
 
         let mut loader = EbpfLoader::new();
@@ -177,11 +174,8 @@ impl Node {
     pub fn reprogram_routes(&mut self, name: &str, cluster: &str) {
         let (model, _) = file::parse(cluster).expect("fixture parses");
         let (plan, _) = plan::compute(&model, name).expect("fixture plans");
-        let ifindex = |interface: &str| {
-            Some(if interface.starts_with("calitested") { TESTED_IFINDEX } else { OTHER_IFINDEX })
-        };
         let uplink = entries::Uplink { ifindex: 2, mtu: UPLINK_MTU, nat_ports: NAT_PORTS };
-        let (desired, _) = entries::from_plan(&plan, uplink, ifindex);
+        let (desired, _) = entries::from_plan(&plan, uplink, fixture_ifindex);
         let mut routes: LpmTrie<_, Ipv4Bytes, Route> =
             LpmTrie::try_from(self.ebpf.map_mut(ROUTES_MAP).unwrap()).unwrap();
         for ((len, addr), route) in &desired.routes {
@@ -209,4 +203,9 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: `now` is a valid timespec for the call to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Interfaces of the fixtures: the tested workload's is the loopback BPF_PROG_TEST_RUN runs on.
+fn fixture_ifindex(interface: &str) -> Option<u32> {
+    Some(if interface.starts_with("calitested") { TESTED_IFINDEX } else { OTHER_IFINDEX })
 }

@@ -9,6 +9,7 @@
 //! The last test runs the real agent on the two-node lab with `--datastore etcdv3`; it needs root
 //! and the agent binary, like the first light tests.
 
+use dataplane_tests::{agent_bin, workspace_root};
 use std::{
     fs,
     net::{Ipv4Addr, TcpListener},
@@ -57,12 +58,6 @@ fn affinity_key(node: &str, block: &str) -> String {
 
 fn assignment_key(block: &str) -> String {
     format!("{PREFIX}/ipam/v2/assignment/ipv4/block/{block}")
-}
-
-/// The workspace root: tests/ is one of its members.
-fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
 }
 
 /// The example cluster as the file datastore reads it.
@@ -937,14 +932,6 @@ fn a_large_cluster_is_read_in_pages_at_one_revision() -> anyhow::Result<()> {
         started.elapsed()
     );
     Ok(())
-}
-
-/// The agent binary: $DATAPLANE_BIN (set by `cargo xtask test`), else target/debug/dataplane.
-fn agent_bin() -> PathBuf {
-    match std::env::var_os("DATAPLANE_BIN") {
-        Some(bin) => PathBuf::from(bin),
-        None => workspace_root().join("target/debug/dataplane"),
-    }
 }
 
 /// How many times an agent has programmed its fast path so far.

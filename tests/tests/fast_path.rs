@@ -13,10 +13,11 @@
 //! The four tests share one table-driven body, [`run_mode`]; a [`Mode`] says which example to
 //! load and what each crossing between nodes must look like.
 
+use dataplane_tests::{agent_bin, workspace_root};
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
@@ -215,7 +216,7 @@ impl Cluster {
             return Ok(None);
         }
         let root = workspace_root();
-        let bin = agent_bin(&root);
+        let bin = agent_bin();
         let datastore = root.join(example);
         let model = dataplane_lab::load_model(&datastore)?;
         let lab = Lab::up(&model, LabOptions::default())?;
@@ -569,16 +570,3 @@ fn ping(lab: &Lab, netns: &str, to: Ipv4Addr) -> anyhow::Result<String> {
     bail!("`{}` never got 3 replies:\n{}", lab.command_line(netns, &argv), tries.join("\n"))
 }
 
-/// The workspace root: tests/ is one of its members.
-fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
-}
-
-/// The agent binary: $DATAPLANE_BIN (set by `cargo xtask test`), else target/debug/dataplane.
-fn agent_bin(root: &Path) -> PathBuf {
-    match std::env::var_os("DATAPLANE_BIN") {
-        Some(bin) => PathBuf::from(bin),
-        None => root.join("target/debug/dataplane"),
-    }
-}

@@ -5,9 +5,10 @@
 //! iperf3, tcpdump, ip and bpftool. The lab is torn down when the test ends, also on failure.
 //! Without root the tests print why they are skipped and pass.
 
+use dataplane_tests::{agent_bin, workspace_root};
 use std::{
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     thread,
     time::Duration,
 };
@@ -40,7 +41,7 @@ impl Cluster {
             return Ok(None);
         }
         let root = workspace_root();
-        let bin = agent_bin(&root);
+        let bin = agent_bin();
         let datastore = root.join(EXAMPLE);
         let model = dataplane_lab::load_model(&datastore)?;
         let lab = Lab::up(&model, LabOptions::default())?;
@@ -62,20 +63,6 @@ impl Cluster {
             text.push_str(&format!("\n--- agent of {} ---\n{}", agent.node(), agent.log().trim_end()));
         }
         text
-    }
-}
-
-/// The workspace root: tests/ is one of its members.
-fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
-}
-
-/// The agent binary: $DATAPLANE_BIN (set by `cargo xtask test`), else target/debug/dataplane.
-fn agent_bin(root: &Path) -> PathBuf {
-    match std::env::var_os("DATAPLANE_BIN") {
-        Some(bin) => PathBuf::from(bin),
-        None => root.join("target/debug/dataplane"),
     }
 }
 

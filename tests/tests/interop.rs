@@ -8,10 +8,11 @@
 //! encapsulates and decapsulates on node-1. Without root the test prints why it is skipped and
 //! passes.
 
+use dataplane_tests::{agent_bin, workspace_root};
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::Path,
     thread,
     time::Duration,
 };
@@ -39,7 +40,7 @@ fn bpf_node_and_kernel_vxlan_node_interoperate() -> anyhow::Result<()> {
         return Ok(());
     }
     let root = workspace_root();
-    let bin = agent_bin(&root);
+    let bin = agent_bin();
     let datastore = root.join(EXAMPLE);
     let model = dataplane_lab::load_model(&datastore)?;
     let lab = Lab::up(&model, LabOptions::default())?;
@@ -163,16 +164,3 @@ fn ping(lab: &Lab, from: &LabPod, to: Ipv4Addr) -> anyhow::Result<()> {
     bail!("`{}` from {} never got 3 replies:\n{}", lab.command_line(&from.netns, &argv), from.key, tries.join("\n"))
 }
 
-/// The workspace root: tests/ is one of its members.
-fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
-}
-
-/// The agent binary: $DATAPLANE_BIN (set by `cargo xtask test`), else target/debug/dataplane.
-fn agent_bin(root: &Path) -> PathBuf {
-    match std::env::var_os("DATAPLANE_BIN") {
-        Some(bin) => PathBuf::from(bin),
-        None => root.join("target/debug/dataplane"),
-    }
-}

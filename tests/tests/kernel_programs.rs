@@ -11,7 +11,7 @@ use dataplane_common::{
 };
 use dataplane_tests::{
     program::CLUSTER,
-    packet::{be16, fixture::*, ipv4_checksum, Packet},
+    packet::{be16, fixture::*, ipv4_checksum, set_ipv4_checksum, Packet},
     program::{skip_unless_root, Node, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
 };
 
@@ -153,9 +153,7 @@ fn encapsulation_then_decapsulation_gives_back_the_packet() {
     expected[0..6].copy_from_slice(&POD_A_MAC);
     expected[6..12].copy_from_slice(&GATEWAY_MAC);
     expected[22] -= 2;
-    expected[24..26].copy_from_slice(&[0, 0]);
-    let check = ipv4_checksum(&expected[14..34]);
-    expected[24..26].copy_from_slice(&check.to_be_bytes());
+    set_ipv4_checksum(&mut expected, ETH_HLEN);
     assert_eq!(delivered, expected);
 }
 
@@ -349,9 +347,7 @@ fn ipip_encapsulation_then_decapsulation_gives_back_the_packet() {
     expected[0..6].copy_from_slice(&POD_A_MAC);
     expected[6..12].copy_from_slice(&GATEWAY_MAC);
     expected[22] -= 2;
-    expected[24..26].copy_from_slice(&[0, 0]);
-    let check = ipv4_checksum(&expected[14..34]);
-    expected[24..26].copy_from_slice(&check.to_be_bytes());
+    set_ipv4_checksum(&mut expected, ETH_HLEN);
     assert_eq!(delivered, expected);
 }
 
@@ -408,9 +404,7 @@ fn ip_options_and_tunnel_fragments_are_never_rewritten() {
     // A first fragment of a VXLAN packet (MF set): dropped with its own reason.
     let mut fragment = vxlan_to_node(PEER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A);
     fragment[20] |= 0x20;
-    fragment[24..26].copy_from_slice(&[0, 0]);
-    let check = ipv4_checksum(&fragment[14..34]);
-    fragment[24..26].copy_from_slice(&check.to_be_bytes());
+    set_ipv4_checksum(&mut fragment, ETH_HLEN);
     let (verdict, _) = node.run(PROG_FROM_UPLINK, &fragment);
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(node.stat(Stat::DropTunnelFragment), 1);
@@ -419,9 +413,7 @@ fn ip_options_and_tunnel_fragments_are_never_rewritten() {
     let mut later = vxlan_to_node(PEER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A);
     later[20] = 0x00;
     later[21] = 0x10;
-    later[24..26].copy_from_slice(&[0, 0]);
-    let check = ipv4_checksum(&later[14..34]);
-    later[24..26].copy_from_slice(&check.to_be_bytes());
+    set_ipv4_checksum(&mut later, ETH_HLEN);
     let (verdict, out) = node.run(PROG_FROM_UPLINK, &later);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out, later);

@@ -1,12 +1,13 @@
 //! The agent's Prometheus endpoint and health check, scraped while real traffic flows: the
 //! counters a dashboard follows move with the packets, and /healthz reports the last reconcile.
 
+use dataplane_tests::workspace_root;
 use std::{
     fs::File,
     io::{Read as _, Write as _},
     net::TcpStream,
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Duration,
 };
 
@@ -17,10 +18,6 @@ use dataplane_lab::{Lab, LabOptions};
 const EXAMPLE: &str = "examples/two-nodes.yaml";
 /// Where node-1's agent serves metrics, inside node-1's namespace.
 const METRICS_ADDR: &str = "127.0.0.1:9091";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".."))
-}
 
 /// GET `path` from the agent, from inside `netns` (the agent listens on the node's loopback): the
 /// request runs on a thread that entered the namespace.

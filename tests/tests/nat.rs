@@ -8,11 +8,12 @@
 //! namespace, whose `recv_from` is exactly what a server there would see. The lab is torn down
 //! when the test ends, also on failure. Without root the tests print why they are skipped and pass.
 
+use dataplane_tests::{agent_bin, workspace_root};
 use std::{
     fs::{self, File},
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
@@ -57,7 +58,7 @@ impl Cluster {
             eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
             return Ok(None);
         }
-        let bin = agent_bin(&workspace_root());
+        let bin = agent_bin();
         ensure!(
             bin.exists(),
             "agent binary {} does not exist: build it with `cargo build -p dataplane`",
@@ -122,20 +123,6 @@ impl Cluster {
         value
             .and_then(Value::as_u64)
             .with_context(|| format!("`dataplane stats -o json` has no counter {name}: {stats}"))
-    }
-}
-
-/// The workspace root: tests/ is one of its members.
-fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
-}
-
-/// The agent binary: $DATAPLANE_BIN (set by `cargo xtask test`), else target/debug/dataplane.
-fn agent_bin(root: &Path) -> PathBuf {
-    match std::env::var_os("DATAPLANE_BIN") {
-        Some(bin) => PathBuf::from(bin),
-        None => root.join("target/debug/dataplane"),
     }
 }
 

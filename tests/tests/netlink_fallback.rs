@@ -14,6 +14,7 @@
 //! Every test builds its own lab and runs the agents as separate processes. Without root the tests
 //! print why they are skipped and pass.
 
+use dataplane_tests::{agent_bin, workspace_root};
 use std::{
     fs,
     net::Ipv4Addr,
@@ -62,7 +63,7 @@ impl Cluster {
             return Ok(None);
         }
         let root = workspace_root();
-        let bin = agent_bin(&root);
+        let bin = agent_bin();
         ensure!(
             bin.exists(),
             "agent binary {} does not exist: build it with `cargo build -p dataplane`",
@@ -123,20 +124,6 @@ impl Cluster {
     /// Runs `argv` in `node`'s namespace and returns its stdout.
     fn on(&self, node: &str, argv: &[&str]) -> anyhow::Result<String> {
         self.lab.exec_stdout(self.lab.node_netns(node)?, argv)
-    }
-}
-
-/// The workspace root: tests/ is one of its members.
-fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
-}
-
-/// The agent binary: $DATAPLANE_BIN (set by `cargo xtask test`), else target/debug/dataplane.
-fn agent_bin(root: &Path) -> PathBuf {
-    match std::env::var_os("DATAPLANE_BIN") {
-        Some(bin) => PathBuf::from(bin),
-        None => root.join("target/debug/dataplane"),
     }
 }
 

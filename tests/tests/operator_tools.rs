@@ -8,6 +8,7 @@
 //! network namespace as an operator would. Without root the lab tests print why they are skipped
 //! and pass.
 
+use dataplane_tests::workspace_root;
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
@@ -38,12 +39,6 @@ const WEB_2: &str = "10.244.2.2";
 const NODE_2_BLOCK: &str = "10.244.2.0/26";
 const NODE_1_ADDR: &str = "10.100.0.11";
 const NODE_2_ADDR: &str = "10.100.0.12";
-
-/// The workspace root: tests/ is one of its members.
-fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
-}
 
 /// The binary: $DATAPLANE_BIN, else target/debug/dataplane.
 fn dataplane_bin() -> PathBuf {

@@ -2,8 +2,9 @@
 //! agent adopts the pins (maps as they are, programs swapped into the links) without breaking a
 //! running TCP stream. Both a clean stop (SIGTERM) and a crash (SIGKILL) are tried.
 
+use dataplane_tests::{agent_bin, workspace_root};
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -17,16 +18,6 @@ const EXAMPLE: &str = "examples/two-nodes.yaml";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Length of the stream that runs across the restarts.
 const STREAM_SECONDS: &str = "8";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".."))
-}
-
-fn agent_bin() -> PathBuf {
-    std::env::var_os("DATAPLANE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/debug/dataplane"))
-}
 
 /// The agent's command line on `node`, as `Lab::start_agent` builds it.
 fn agent_argv(lab: &Lab, node: &str, bin: &Path, datastore: &Path) -> Vec<String> {
