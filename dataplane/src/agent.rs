@@ -188,10 +188,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut backend = select_backend(&options).await?;
 
     let agent_metrics = metrics::Shared::default();
+    let connection = datastore::Connection::default();
     let metrics_server = options.metrics_addr.map(|addr| {
-        let (pin_path, agent) = (options.pin_path.clone(), agent_metrics.clone());
+        let (pin_path, agent, connection) = (options.pin_path.clone(), agent_metrics.clone(), connection.clone());
         tokio::spawn(async move {
-            if let Err(error) = metrics::serve(addr, pin_path, agent).await {
+            if let Err(error) = metrics::serve(addr, pin_path, agent, connection).await {
                 error!("metrics endpoint stopped: {error:#}");
             }
         })
@@ -199,8 +200,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     let (sender, mut snapshots) = watch::channel(None);
     let watcher = match &options.datastore {
-        Datastore::File(path) => tokio::spawn(datastore::watch_file(path.clone(), sender)),
-        Datastore::Etcdv3 => tokio::spawn(datastore::etcd::watch(options.etcd.clone(), sender)),
+        Datastore::File(path) => tokio::spawn(datastore::watch_file(path.clone(), sender, connection)),
+        Datastore::Etcdv3 => tokio::spawn(datastore::etcd::watch(options.etcd.clone(), sender, connection)),
     };
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

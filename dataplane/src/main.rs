@@ -18,8 +18,21 @@ const _: () = assert!(dataplane_common::net::NAT_PORT_MIN == 20000 && dataplane_
 #[derive(Parser)]
 #[command(name = "dataplane", version, about = "eBPF fast path for Calico-style pod networking")]
 struct Cli {
+    /// Log lines as text for a person or as one JSON object per line for a log collector.
+    /// RUST_LOG sets what is logged (default info).
+    #[arg(long, global = true, value_enum, env = "LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// `time level span: message key=value ...`, coloured on a terminal.
+    Text,
+    /// One JSON object per line: timestamp, level, fields (message included), target, spans.
+    Json,
 }
 
 /// How inspection commands print.
@@ -147,10 +160,18 @@ enum Command {
         /// Destination port (icmp from the uplink: the echo identifier).
         #[arg(long, default_value_t = 80)]
         dport: u16,
-        /// Where the packet enters: sent by a pod, arriving on the uplink, or sent by the node.
+        /// Where the packet enters: sent by a pod, arriving on the uplink, sent by the node, or
+        /// sent into the pod holding DST by the node's stack.
         #[arg(long, value_enum, default_value_t = trace::Origin::Workload)]
         from: trace::Origin,
-        /// --from workload: the interface it is sent by [default: the pod holding SRC].
+        /// A fragment: the first (MF set) or a later one (offset > 0); for a tunnel packet from the
+        /// uplink, the outer packet is the fragment.
+        #[arg(long, value_enum, default_value_t = trace::Fragment::None)]
+        fragment: trace::Fragment,
+        /// The (inner) IPv4 header carries options (IHL 6).
+        #[arg(long)]
+        ip_options: bool,
+        /// --from workload or into-pod: the pod's interface [default: the pod holding SRC, or DST].
         #[arg(long)]
         iface: Option<String>,
         /// --from uplink: the tunnel it arrives in [default: as the route to SRC's block says].
@@ -265,15 +286,15 @@ impl DatastoreArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).init(),
+    }
+    match cli.command {
         Command::Run {
             datastore,
             node,
@@ -424,12 +445,14 @@ fn main() -> anyhow::Result<()> {
             outer_src,
             ttl,
             size,
+            fragment,
+            ip_options,
             pin_path,
             inject,
             output,
         } => {
             let options = trace::TraceOptions {
-                probe: trace::Probe { src, dst, proto, sport, dport, ttl, size },
+                probe: trace::Probe { src, dst, proto, sport, dport, ttl, size, fragment, options: ip_options },
                 origin: from,
                 iface,
                 encap,

@@ -21,7 +21,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::stats;
+use crate::{datastore::Connection, stats};
 
 /// What the agent itself counts.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -36,6 +36,10 @@ pub struct Agent {
     pub last_reconcile_seconds: f64,
     /// Whether the last reconcile succeeded (the health check).
     pub last_reconcile_ok: bool,
+    /// Whether the datastore answered the watcher's last attempt to read it.
+    pub datastore_up: bool,
+    /// Times the datastore went from readable to unreadable.
+    pub datastore_losses: u64,
 }
 
 /// The agent's counters, shared between the reconcile loop and the HTTP server.
@@ -78,12 +82,24 @@ pub fn render(agent: &Agent, counters: &[stats::Counter], occupancy: &Occupancy)
     ] {
         let _ = writeln!(out, "dataplane_map_entries{{map=\"{map}\"}} {entries}");
     }
-    let gauges: [(&str, &str, &str, f64); 5] = [
+    let gauges: [(&str, &str, &str, f64); 7] = [
         ("dataplane_reconciles_total", "counter", "Reconciles that completed.", agent.reconciles as f64),
         ("dataplane_reconcile_errors_total", "counter", "Reconciles that failed.", agent.reconcile_errors as f64),
         ("dataplane_reconcile_seconds_sum", "counter", "Seconds spent in completed reconciles.", agent.reconcile_seconds_sum),
         ("dataplane_last_reconcile_seconds", "gauge", "Duration of the last completed reconcile.", agent.last_reconcile_seconds),
         ("dataplane_last_reconcile_ok", "gauge", "1 if the last reconcile succeeded.", f64::from(u8::from(agent.last_reconcile_ok))),
+        (
+            "dataplane_datastore_up",
+            "gauge",
+            "1 if the datastore answered the last read; 0 while the last good state is kept without it.",
+            f64::from(u8::from(agent.datastore_up)),
+        ),
+        (
+            "dataplane_datastore_losses_total",
+            "counter",
+            "Times the datastore went from readable to unreadable.",
+            agent.datastore_losses as f64,
+        ),
     ];
     for (name, kind, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -111,8 +127,9 @@ pub fn occupancy(pin_path: &Path) -> anyhow::Result<Occupancy> {
     })
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, pin_path: PathBuf, agent: Shared) -> anyhow::Result<()> {
+/// Serves `/metrics` and `/healthz` on `addr` until the task is dropped; `datastore` is the
+/// watcher's view of its connection.
+pub async fn serve(addr: SocketAddr, pin_path: PathBuf, agent: Shared, datastore: Connection) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr).await.with_context(|| format!("listening on --metrics-addr {addr}"))?;
     info!(%addr, "serving /metrics and /healthz");
     loop {
@@ -128,7 +145,9 @@ pub async fn serve(addr: SocketAddr, pin_path: PathBuf, agent: Shared) -> anyhow
         let Ok(Ok(len)) = read else { continue };
         let line = String::from_utf8_lossy(&request[..len]);
         let path = line.split_whitespace().nth(1).unwrap_or("/");
-        let snapshot = agent.lock().map(|a| a.clone()).unwrap_or_default();
+        let mut snapshot = agent.lock().map(|a| a.clone()).unwrap_or_default();
+        snapshot.datastore_up = datastore.is_up();
+        snapshot.datastore_losses = datastore.losses();
         let (status, body) = match path {
             "/metrics" => {
                 let counters = stats::read(&pin_path).unwrap_or_default();
@@ -155,7 +174,14 @@ mod tests {
 
     #[test]
     fn renders_decisions_drops_occupancy_and_agent_counters() {
-        let agent = Agent { reconciles: 3, reconcile_errors: 1, last_reconcile_ok: true, ..Agent::default() };
+        let agent = Agent {
+            reconciles: 3,
+            reconcile_errors: 1,
+            last_reconcile_ok: true,
+            datastore_up: false,
+            datastore_losses: 2,
+            ..Agent::default()
+        };
         let counters = [
             stats::Counter { stat: Stat::EncapVxlan, packets: 7 },
             stats::Counter { stat: Stat::DropSpoofedSource, packets: 2 },
@@ -168,6 +194,8 @@ mod tests {
         assert!(text.contains("dataplane_reconciles_total 3"), "{text}");
         assert!(text.contains("dataplane_reconcile_errors_total 1"), "{text}");
         assert!(text.contains("dataplane_last_reconcile_ok 1"), "{text}");
+        assert!(text.contains("dataplane_datastore_up 0"), "{text}");
+        assert!(text.contains("dataplane_datastore_losses_total 2"), "{text}");
         // Every sample line belongs to a declared metric.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap_or_default();

@@ -4,7 +4,9 @@
 //! kernel programs (`dataplane-ebpf`: `workload.rs`, `uplink.rs`, `nat.rs`, `route.rs`): the
 //! workload entry and anti-spoofing, the longest-prefix route, the tunnel MTU, the TTL, VXLAN or
 //! IPIP encapsulation with its outer header, SNAT of a new or a tracked flow, reverse NAT,
-//! decapsulation, and every drop with the name of the counter it increments.
+//! decapsulation, the ARP answer for the pods' gateway, IP options and fragments (left to the
+//! kernel, or dropped where the fast path cannot handle them), the flows remembered as packets go
+//! into pods (`to_workload`), and every drop with the name of the counter it increments.
 //!
 //! With `--inject` the packet is built ([`build_packet`]) and run through the program itself with
 //! BPF_PROG_TEST_RUN ([`inject`]): the embedded object is loaded with the pinned routes, workloads,
@@ -23,13 +25,13 @@ use aya::{
 };
 use dataplane_common::{
     net::{
-        DEFAULT_TTL, ETH_HLEN, ETH_P_IP, GATEWAY_ADDR, GATEWAY_MAC, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN,
-        IPIP_ENCAP_LEN, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_DF, IPV4_HLEN, TCP_SYN, UDP_HLEN,
-        VXLAN_ENCAP_LEN, VXLAN_FLAG_VNI, VXLAN_HLEN,
+        ARPHRD_ETHER, ARPOP_REQUEST, DEFAULT_TTL, ETH_ALEN, ETH_HLEN, ETH_P_ARP, ETH_P_IP, GATEWAY_ADDR, GATEWAY_MAC,
+        ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, IPIP_ENCAP_LEN, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP,
+        IPPROTO_UDP, IPV4_DF, IPV4_HLEN, IPV4_MF, TCP_SYN, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_VNI, VXLAN_HLEN,
     },
     peer_flags, route_flags, route_kind, FlowKey, FlowTimeouts, Ipv4Bytes, MacBytes, NatFlow, NodeConfig, Peer, Route,
     Stat, Workload, CONNTRACK_MAP, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_TO_POD, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
-    PROG_FROM_WORKLOAD, PROG_TO_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -51,6 +53,13 @@ const SK_BUFF_SIZE: usize = 192;
 const SK_BUFF_IFINDEX: usize = 40;
 /// The UDP source port of the VXLAN packets built for `--from uplink`.
 const VXLAN_PROBE_SPORT: u16 = 50000;
+/// The fragment offset of a `--fragment later` probe, in 8-byte units: where the second fragment
+/// of a 1500-byte packet starts.
+const LATER_FRAGMENT_OFFSET: u16 = 1480 / 8;
+/// The options word of an `--ip-options` probe: three NOPs and the end of the list.
+const IP_OPTIONS_WORD: [u8; 4] = [1, 1, 1, 0];
+/// Bytes of an ARP request for IPv4 over Ethernet.
+const ARP_LEN: usize = 28;
 /// MACs for the outer Ethernet header of packets from the uplink (the programs do not read them).
 const UPLINK_PEER_MAC: MacBytes = [0x02, 0, 0, 0, 0, 0x02];
 const UPLINK_OWN_MAC: MacBytes = [0x02, 0, 0, 0, 0, 0x01];
@@ -65,6 +74,8 @@ pub enum Proto {
     Udp,
     /// ICMP echo: a request from a workload or the host, a reply from the uplink.
     Icmp,
+    /// An ARP request from SRC asking for DST (a pod asks for its gateway 169.254.1.1).
+    Arp,
 }
 
 impl Proto {
@@ -74,6 +85,8 @@ impl Proto {
             Proto::Tcp => IPPROTO_TCP,
             Proto::Udp => IPPROTO_UDP,
             Proto::Icmp => IPPROTO_ICMP,
+            // Not IP: no protocol number.
+            Proto::Arp => 0,
         }
     }
 
@@ -83,6 +96,7 @@ impl Proto {
             Proto::Tcp => TCP_HLEN,
             Proto::Udp => UDP_HLEN,
             Proto::Icmp => ICMP_HLEN,
+            Proto::Arp => 0,
         }
     }
 }
@@ -97,6 +111,22 @@ pub enum Origin {
     Uplink,
     /// Sent by the node itself, leaving by the uplink (`to_uplink`, TC egress).
     Host,
+    /// Sent into the pod holding DST by the node's stack, from the host or forwarded from outside
+    /// (`to_workload`, TC egress of the pod's interface).
+    IntoPod,
+}
+
+/// Whether (and which part of) a fragmented packet the probe is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Fragment {
+    /// A whole packet (DF set).
+    #[default]
+    None,
+    /// The first fragment: MF set, offset 0; the transport header is there.
+    First,
+    /// A later fragment: offset > 0; no transport header.
+    Later,
 }
 
 /// A tunnel kind.
@@ -126,9 +156,31 @@ pub struct Probe {
     pub ttl: u8,
     /// IPv4 total length in bytes (at least the headers).
     pub size: u16,
+    /// A fragment? For a tunnel packet from the uplink this is the outer (tunnel) packet.
+    pub fragment: Fragment,
+    /// Whether the (inner) IPv4 header carries options (IHL 6).
+    pub options: bool,
 }
 
 impl Probe {
+    /// Bytes of IPv4 options the (inner) header carries.
+    fn options_len(&self) -> usize {
+        if self.options {
+            IP_OPTIONS_WORD.len()
+        } else {
+            0
+        }
+    }
+
+    /// The IPv4 flags and fragment offset of the packet.
+    fn frag_off(&self) -> u16 {
+        match self.fragment {
+            Fragment::None => IPV4_DF,
+            Fragment::First => IPV4_MF,
+            Fragment::Later => LATER_FRAGMENT_OFFSET,
+        }
+    }
+
     /// The transport identity the kernel's conntrack reads from this packet in `direction`:
     /// echo requests carry their identifier as the source port, replies as the destination port.
     fn flow_key(&self, direction: u8) -> FlowKey {
@@ -158,9 +210,11 @@ impl Probe {
         }
     }
 
-    /// The headers of the probe itself, as a [`Headers`] (ports as conntrack reads them).
+    /// The headers of the probe itself, as a [`Headers`] (ports as conntrack reads them; a later
+    /// fragment has none).
     fn headers(&self, tunnel: Option<TunnelHeaders>) -> Headers {
         let (sport, dport) = match self.proto {
+            _ if self.fragment == Fragment::Later && tunnel.is_none() => (None, None),
             Proto::Icmp if self.icmp_type() == ICMP_ECHO_REQUEST => (Some(self.sport), None),
             Proto::Icmp => (None, Some(self.dport)),
             _ => (Some(self.sport), Some(self.dport)),
@@ -180,7 +234,7 @@ pub fn with_origin(mut probe: Probe, origin: Origin) -> Probe {
             (probe.sport, probe.dport) = (probe.sport.max(1), 0);
         }
     }
-    let least = (IPV4_HLEN + probe.proto.header_len()) as u16;
+    let least = (IPV4_HLEN + probe.options_len() + probe.proto.header_len()) as u16;
     probe.size = probe.size.max(least);
     probe
 }
@@ -202,6 +256,11 @@ pub enum Entry {
     },
     /// TC egress of the uplink: the host's own packet.
     Host,
+    /// TC egress of the workload interface with this ifindex: the stack sends into the pod.
+    IntoPod {
+        /// The interface's ifindex.
+        ifindex: u32,
+    },
 }
 
 /// The live state the programs read.
@@ -367,8 +426,35 @@ pub struct Prediction {
     pub stat: Stat,
     /// Where a redirect sends the packet.
     pub target: Option<String>,
-    /// The headers of the packet that leaves, unless it is dropped.
+    /// The headers of the packet that leaves, unless it is dropped (or is no IPv4 packet).
     pub output: Option<Headers>,
+    /// The flow the program remembers in the conntrack map (as a pod's reply travels), if any.
+    #[serde(serialize_with = "serialize_flow")]
+    pub remembers: Option<FlowKey>,
+}
+
+fn serialize_flow<S: serde::Serializer>(key: &Option<FlowKey>, serializer: S) -> Result<S::Ok, S::Error> {
+    match key {
+        Some(key) => serializer.serialize_str(&describe_flow(key)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A conntrack key for a person: `proto src:port -> dst:port`.
+fn describe_flow(key: &FlowKey) -> String {
+    let proto = match key.protocol {
+        IPPROTO_TCP => "tcp".to_owned(),
+        IPPROTO_UDP => "udp".to_owned(),
+        IPPROTO_ICMP => "icmp".to_owned(),
+        other => format!("proto {other}"),
+    };
+    format!(
+        "{proto} {}:{} -> {}:{}",
+        Ipv4Addr::from(key.src),
+        key.src_port,
+        Ipv4Addr::from(key.dst),
+        key.dst_port
+    )
 }
 
 fn serialize_stat<S: serde::Serializer>(stat: &Stat, serializer: S) -> Result<S::Ok, S::Error> {
@@ -380,6 +466,8 @@ struct Tracer<'a> {
     state: &'a State,
     probe: Probe,
     steps: Vec<String>,
+    /// A flow the program notes on the way (`nat::note_towards_pod`).
+    remembers: Option<FlowKey>,
 }
 
 /// A decision of the mirrored program, or the counter of a drop.
@@ -472,6 +560,9 @@ impl Tracer<'_> {
 
     fn trace_from_workload(&mut self, ifindex: u32) -> Outcome {
         let probe = self.probe;
+        if probe.proto == Proto::Arp {
+            return Ok(self.answer_arp(ifindex));
+        }
         let Some(workload) = self.state.workloads.get(&ifindex).copied() else {
             return Err(self.drop_because(
                 Stat::DropUnknownWorkload,
@@ -489,6 +580,10 @@ impl Tracer<'_> {
             ));
         }
         self.step(format!("{WORKLOADS_MAP}[{ifindex}] is pod {own}: the source is its own"));
+        if probe.options {
+            let output = self.output(probe.ttl);
+            return self.pass(Stat::PassToStack, "IP options: the kernel's router handles them", output);
+        }
         let Some(route) = self.route(probe.dst) else {
             let node = self.node_config()?;
             if probe.dst.octets() == node.addr {
@@ -515,6 +610,29 @@ impl Tracer<'_> {
         }
     }
 
+    /// `arp::answer_gateway`: a request for the gateway is answered into the pod; any other ARP
+    /// goes to the kernel, which (without proxy_arp) ignores it.
+    fn answer_arp(&mut self, ifindex: u32) -> Decision {
+        let probe = self.probe;
+        let output = self.output(probe.ttl);
+        if probe.dst.octets() == GATEWAY_ADDR {
+            let target = format!(
+                "back into the pod through ifindex {ifindex} (bpf_redirect): {} is-at {}",
+                probe.dst,
+                MacAddr(GATEWAY_MAC)
+            );
+            self.step(format!("ARP who-has {} tell {}: the pods' gateway, answered here", probe.dst, probe.src));
+            return Decision { action: Action::Redirect, stat: Stat::ArpReplied, target: Some(target), output };
+        }
+        self.step(format!(
+            "ARP who-has {} tell {}: not the gateway {}: to the kernel, which does not answer without proxy_arp",
+            probe.dst,
+            probe.src,
+            Ipv4Addr::from(GATEWAY_ADDR)
+        ));
+        Decision { action: Action::Pass, stat: Stat::ArpPassed, target: None, output }
+    }
+
     /// `route::to_workload`: into the pod's namespace, from the gateway's MAC.
     fn deliver_to_workload(&mut self, route: &Route, stat: Stat, output: Headers) -> Decision {
         let target = format!(
@@ -539,8 +657,9 @@ impl Tracer<'_> {
             (0, "no encapsulation")
         };
         let len = usize::from(probe.size);
-        // The probe is a single packet (not GSO) with DF set, like a TCP segment from a pod.
-        if len + encap_len > node.uplink_mtu as usize {
+        // The probe is a single packet (not GSO); whole packets have DF set, like a TCP segment
+        // from a pod, fragments do not (the kernel fragments them further if need be).
+        if len + encap_len > node.uplink_mtu as usize && probe.fragment == Fragment::None {
             let mtu = (node.uplink_mtu as usize).saturating_sub(encap_len);
             self.step(format!(
                 "{len} bytes + {encap_len} of {name} exceed the uplink MTU {} with DF set: answered with ICMP \
@@ -630,6 +749,17 @@ impl Tracer<'_> {
     /// `nat::outbound`.
     fn nat_outbound(&mut self, node: &NodeConfig, new_flows: bool) -> Outcome {
         let probe = self.probe;
+        if probe.fragment == Fragment::Later {
+            if new_flows {
+                return Err(self.drop_because(
+                    Stat::DropNatFragment,
+                    "a later fragment has no ports to translate by: dropped (natOutgoing needs whole packets or \
+                     first fragments)",
+                ));
+            }
+            let output = self.output(probe.ttl);
+            return self.pass(Stat::PassToStack, "a later fragment of an untranslated flow: to the stack", output);
+        }
         let key = probe.flow_key(FLOW_OUTBOUND);
         let node_addr = Ipv4Addr::from(node.addr);
         let tracked = self.state.conntrack.get(&key).copied();
@@ -726,6 +856,10 @@ impl Tracer<'_> {
 
     fn trace_from_uplink(&mut self, tunnel: Option<Tunnel>, outer_src: Option<Ipv4Addr>) -> Outcome {
         let probe = self.probe;
+        if probe.proto == Proto::Arp {
+            let output = self.output(probe.ttl);
+            return self.pass(Stat::PassToStack, "ARP on the uplink is the kernel's", output);
+        }
         let Some(node) = self.state.node.filter(|n| n.addr != [0; 4]) else {
             let output = self.input_headers(tunnel, outer_src);
             return self.pass(
@@ -744,15 +878,30 @@ impl Tracer<'_> {
                 output,
             );
         }
+        // The options of a plain packet are in the header the program checks first.
+        if tunnel.is_none() && probe.options {
+            let output = self.input_headers(tunnel, outer_src);
+            return self.pass(Stat::PassToStack, "IP options: the kernel judges it", output);
+        }
+        if probe.fragment == Fragment::Later {
+            let output = self.input_headers(tunnel, outer_src);
+            return self.pass(
+                Stat::PassToStack,
+                "a later fragment: no transport header to recognise a tunnel or a flow by; the kernel reassembles",
+                output,
+            );
+        }
         match (tunnel, outer_src) {
             (Some(Tunnel::Vxlan), Some(from)) => {
                 self.step(format!("VXLAN from {from} to udp/{} of this node", node.vxlan_port));
+                self.refuse_tunnel_fragment("VXLAN")?;
                 self.check_peer(from, peer_flags::VXLAN, "VXLAN")?;
                 self.step(format!("VNI {} matches", node.vni));
                 self.deliver(Stat::DecapVxlan)
             }
             (Some(Tunnel::Ipip), Some(from)) => {
                 self.step(format!("IPIP from {from} to this node"));
+                self.refuse_tunnel_fragment("IPIP")?;
                 self.check_peer(from, peer_flags::IPIP, "IPIP")?;
                 self.deliver(Stat::DecapIpip)
             }
@@ -760,6 +909,7 @@ impl Tracer<'_> {
                 // A plain UDP datagram to the VXLAN port is parsed as VXLAN: its (zero) payload
                 // has no VNI flag.
                 self.step(format!("UDP to the VXLAN port {} is taken for VXLAN", node.vxlan_port));
+                self.refuse_tunnel_fragment("VXLAN")?;
                 self.check_peer(probe.src, peer_flags::VXLAN, "VXLAN")?;
                 Err(self.drop_because(Stat::DropWrongVni, "no VXLAN header with the VNI flag and this cluster's VNI"))
             }
@@ -774,6 +924,18 @@ impl Tracer<'_> {
             _ => None,
         };
         self.probe.headers(tunnel)
+    }
+
+    /// `uplink::from_vxlan`/`from_ipip`: the first fragment of a tunnel packet is dropped, since
+    /// decapsulating half a packet would deliver garbage.
+    fn refuse_tunnel_fragment(&mut self, kind: &str) -> Result<(), Stat> {
+        if self.probe.fragment == Fragment::First {
+            return Err(self.drop_because(
+                Stat::DropTunnelFragment,
+                format!("the first fragment of a {kind} packet: the fabric's MTU is too small for the tunnel"),
+            ));
+        }
+        Ok(())
     }
 
     /// `tunnel::check_peer`.
@@ -798,16 +960,20 @@ impl Tracer<'_> {
                     "a block of this node, but no workload has this address (Calico's blackhole route)",
                 ));
             }
-            if route.kind == route_kind::LOCAL_WORKLOAD {
-                // The kernel also remembers a flow from outside the pools here (FLOW_TO_POD), so
-                // the pod's replies stay untranslated: that changes no verdict of this packet.
+            if route.kind == route_kind::LOCAL_WORKLOAD && !probe.options {
                 self.step("decapsulated");
+                self.note_towards_pod();
                 let ttl = self.decrement_ttl()?;
                 return Ok(self.deliver_to_workload(&route, stat, self.output(ttl)));
             }
         }
         let output = self.output(probe.ttl);
-        self.pass(stat, "decapsulated and handed to the kernel, which routes the inner packet", output)
+        let why = if probe.options {
+            "decapsulated and handed to the kernel, which handles the inner packet's IP options"
+        } else {
+            "decapsulated and handed to the kernel, which routes the inner packet"
+        };
+        self.pass(stat, why, output)
     }
 
     /// `nat::inbound`: a reply to a translated flow goes back to its pod.
@@ -850,6 +1016,12 @@ impl Tracer<'_> {
     fn trace_to_uplink(&mut self) -> Outcome {
         let probe = self.probe;
         let unchanged = self.output(probe.ttl);
+        if probe.proto == Proto::Arp {
+            return self.pass(Stat::EgressUnchanged, "not IPv4: leaves untouched", unchanged);
+        }
+        if probe.options {
+            return self.pass(Stat::EgressUnchanged, "IP options: leaves untouched", unchanged);
+        }
         let Some(route) = self.route(probe.dst) else {
             return self.pass(Stat::EgressUnchanged, "leaves untouched", unchanged);
         };
@@ -879,6 +1051,58 @@ impl Tracer<'_> {
         } else {
             self.pass(Stat::EgressUnchanged, "no encapsulation towards this block: leaves untouched", unchanged)
         }
+    }
+}
+
+impl Tracer<'_> {
+    // -- to_workload --------------------------------------------------------------------------
+
+    /// `uplink::to_workload`: the packet goes on untouched; a flow opened from outside the pools
+    /// is remembered so that the pod's replies leave untranslated.
+    fn trace_into_pod(&mut self, ifindex: u32) -> Outcome {
+        let probe = self.probe;
+        let unchanged = self.output(probe.ttl);
+        if probe.proto == Proto::Arp {
+            return self.pass(Stat::EgressUnchanged, "not IPv4: goes into the pod untouched", unchanged);
+        }
+        match self.state.workloads.get(&ifindex) {
+            Some(workload) => self.step(format!("into pod {} by ifindex {ifindex}", Ipv4Addr::from(workload.addr))),
+            None => self.step(format!("ifindex {ifindex} is no registered workload interface")),
+        }
+        self.note_towards_pod();
+        self.pass(Stat::EgressUnchanged, "goes into the pod untouched", unchanged)
+    }
+
+    /// `nat::note_towards_pod`: a packet from outside the pools (a whole packet or first fragment
+    /// without options, TCP/UDP/ICMP echo) is remembered in the conntrack map, keyed as the pod's
+    /// reply will travel.
+    fn note_towards_pod(&mut self) {
+        let probe = self.probe;
+        let in_pool = lookup(&self.state.routes, probe.src).is_some_and(|(_, r)| r.flags & route_flags::IN_POOL != 0);
+        if in_pool {
+            self.step(format!("{} is in a pool: nothing to remember", probe.src));
+            return;
+        }
+        if probe.fragment == Fragment::Later || probe.options {
+            self.step("a later fragment or a packet with IP options: not remembered");
+            return;
+        }
+        // The transport identity as the kernel reads it, turned around to the reply's.
+        let seen = probe.flow_key(FLOW_TO_POD);
+        let key = FlowKey {
+            src: seen.dst,
+            dst: seen.src,
+            src_port: seen.dst_port,
+            dst_port: seen.src_port,
+            ..seen
+        };
+        self.step(format!(
+            "{} is outside the pools: {CONNTRACK_MAP} remembers the flow ({}), so the pod's replies leave \
+             untranslated",
+            probe.src,
+            describe_flow(&key)
+        ));
+        self.remembers = Some(key);
     }
 }
 
@@ -953,19 +1177,22 @@ pub fn program_of(entry: &Entry) -> &'static str {
         Entry::Workload { .. } => PROG_FROM_WORKLOAD,
         Entry::Uplink { .. } => PROG_FROM_UPLINK,
         Entry::Host => PROG_TO_UPLINK,
+        Entry::IntoPod { .. } => PROG_TO_WORKLOAD,
     }
 }
 
 /// What the program will do with `probe` entering at `entry`, given the live `state`: the same
 /// decisions, in the same order, as the kernel programs.
 pub fn predict(probe: &Probe, entry: &Entry, state: &State) -> Prediction {
-    let mut tracer = Tracer { state, probe: *probe, steps: Vec::new() };
+    let mut tracer = Tracer { state, probe: *probe, steps: Vec::new(), remembers: None };
     let outcome = match *entry {
         Entry::Workload { ifindex } => tracer.trace_from_workload(ifindex),
         Entry::Uplink { tunnel, outer_src } => tracer.trace_from_uplink(tunnel, outer_src),
         Entry::Host => tracer.trace_to_uplink(),
+        Entry::IntoPod { ifindex } => tracer.trace_into_pod(ifindex),
     };
     let program = program_of(entry);
+    let remembers = tracer.remembers;
     match outcome {
         Ok(decision) => Prediction {
             program,
@@ -973,11 +1200,19 @@ pub fn predict(probe: &Probe, entry: &Entry, state: &State) -> Prediction {
             action: decision.action,
             stat: decision.stat,
             target: decision.target,
-            output: Some(decision.output),
+            // An ARP frame has no IPv4 headers to predict.
+            output: (probe.proto != Proto::Arp).then_some(decision.output),
+            remembers,
         },
-        Err(stat) => {
-            Prediction { program, steps: tracer.steps, action: Action::Drop, stat, target: None, output: None }
-        }
+        Err(stat) => Prediction {
+            program,
+            steps: tracer.steps,
+            action: Action::Drop,
+            stat,
+            target: None,
+            output: None,
+            remembers,
+        },
     }
 }
 
@@ -1003,26 +1238,53 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// An IPv4 header (DF, no options) with its checksum.
-fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, ttl: u8, total_len: u16) -> [u8; IPV4_HLEN] {
-    let mut header = [0u8; IPV4_HLEN];
-    header[0] = 0x45;
-    header[2..4].copy_from_slice(&total_len.to_be_bytes());
+/// The fields of an IPv4 header that vary between the packets built here.
+#[derive(Clone, Copy)]
+struct Ipv4Fields {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    ttl: u8,
+    total_len: u16,
+    /// Flags and fragment offset.
+    frag_off: u16,
+    /// With the options word (IHL 6).
+    options: bool,
+}
+
+/// An IPv4 header with its checksum (20 bytes, or 24 with the options word).
+fn ipv4_header(fields: Ipv4Fields) -> Vec<u8> {
+    let mut header = vec![0u8; IPV4_HLEN];
+    header[2..4].copy_from_slice(&fields.total_len.to_be_bytes());
     header[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
-    header[6..8].copy_from_slice(&IPV4_DF.to_be_bytes());
-    header[8] = ttl;
-    header[9] = protocol;
-    header[12..16].copy_from_slice(&src.octets());
-    header[16..20].copy_from_slice(&dst.octets());
+    header[6..8].copy_from_slice(&fields.frag_off.to_be_bytes());
+    header[8] = fields.ttl;
+    header[9] = fields.protocol;
+    header[12..16].copy_from_slice(&fields.src.octets());
+    header[16..20].copy_from_slice(&fields.dst.octets());
+    if fields.options {
+        header.extend_from_slice(&IP_OPTIONS_WORD);
+    }
+    // Version 4, and the header length in 32-bit words.
+    header[0] = 0x40 | (header.len() / 4) as u8;
     let check = checksum(&header);
     header[10..12].copy_from_slice(&check.to_be_bytes());
     header
 }
 
-/// The probe as an IPv4 packet: header, transport header with its checksum, zero payload.
+/// An outer header as a node sends it: whole, no options, DF, TTL 64, unless `frag_off` says
+/// it is a fragment.
+fn outer_ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, total_len: u16, frag_off: u16) -> Vec<u8> {
+    ipv4_header(Ipv4Fields { src, dst, protocol, ttl: DEFAULT_TTL, total_len, frag_off, options: false })
+}
+
+/// The probe as an IPv4 packet: header (with options, fragment bits), transport header with its
+/// checksum, zero payload. (A later fragment carries the same bytes: the programs do not read
+/// them.)
 pub fn ipv4_packet(probe: &Probe) -> Vec<u8> {
-    let total = usize::from(probe.size).max(IPV4_HLEN + probe.proto.header_len());
-    let mut l4 = vec![0u8; total - IPV4_HLEN];
+    let header_len = IPV4_HLEN + probe.options_len();
+    let total = usize::from(probe.size).max(header_len + probe.proto.header_len());
+    let mut l4 = vec![0u8; total - header_len];
     let checksum_at = match probe.proto {
         Proto::Tcp => {
             l4[0..2].copy_from_slice(&probe.sport.to_be_bytes());
@@ -1047,6 +1309,8 @@ pub fn ipv4_packet(probe: &Probe) -> Vec<u8> {
             l4[6..8].copy_from_slice(&1u16.to_be_bytes());
             2
         }
+        // Built by `arp_request`.
+        Proto::Arp => return Vec::new(),
     };
     let protocol = probe.proto.number();
     let mut summed = Vec::with_capacity(12 + l4.len());
@@ -1062,9 +1326,34 @@ pub fn ipv4_packet(probe: &Probe) -> Vec<u8> {
         sum = 0xffff;
     }
     l4[checksum_at..checksum_at + 2].copy_from_slice(&sum.to_be_bytes());
-    let mut packet = ipv4_header(probe.src, probe.dst, protocol, probe.ttl, total as u16).to_vec();
+    let mut packet = ipv4_header(Ipv4Fields {
+        src: probe.src,
+        dst: probe.dst,
+        protocol,
+        ttl: probe.ttl,
+        total_len: total as u16,
+        frag_off: probe.frag_off(),
+        options: probe.options,
+    });
     packet.extend_from_slice(&l4);
     packet
+}
+
+/// An ARP request from `mac`/`probe.src` asking for `probe.dst`, broadcast.
+fn arp_request(probe: &Probe, mac: MacBytes) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(ETH_HLEN + ARP_LEN);
+    frame.extend_from_slice(&[0xff; ETH_ALEN]);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+    frame.extend_from_slice(&ARPHRD_ETHER.to_be_bytes());
+    frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    frame.extend_from_slice(&[ETH_ALEN as u8, 4]);
+    frame.extend_from_slice(&ARPOP_REQUEST.to_be_bytes());
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&probe.src.octets());
+    frame.extend_from_slice(&[0; ETH_ALEN]);
+    frame.extend_from_slice(&probe.dst.octets());
+    frame
 }
 
 fn ethernet(dst: MacBytes, src: MacBytes) -> Vec<u8> {
@@ -1082,11 +1371,20 @@ fn parse_mac(text: Option<&String>) -> MacBytes {
 /// The frame that enters the program: from a pod (to the gateway MAC, from the pod's MAC), from
 /// the uplink (encapsulated as the peer would send it, or plain), or from the host.
 pub fn build_packet(probe: &Probe, entry: &Entry, state: &State) -> Vec<u8> {
-    let inner = ipv4_packet(probe);
+    let pod_mac = |ifindex: u32| state.workloads.get(&ifindex).map(|w| w.mac).unwrap_or([0x0a, 0x58, 0, 0, 0, 1]);
+    if probe.proto == Proto::Arp {
+        let mac = match *entry {
+            Entry::Workload { ifindex } => pod_mac(ifindex),
+            _ => UPLINK_PEER_MAC,
+        };
+        return arp_request(probe, mac);
+    }
+    // A tunnel packet is fragmented outside: the inner packet is whole.
+    let tunneled = matches!(entry, Entry::Uplink { tunnel: Some(_), outer_src: Some(_) });
+    let inner = if tunneled { ipv4_packet(&Probe { fragment: Fragment::None, ..*probe }) } else { ipv4_packet(probe) };
     match *entry {
         Entry::Workload { ifindex } => {
-            let pod_mac = state.workloads.get(&ifindex).map(|w| w.mac).unwrap_or([0x0a, 0x58, 0, 0, 0, 1]);
-            let mut frame = ethernet(GATEWAY_MAC, pod_mac);
+            let mut frame = ethernet(GATEWAY_MAC, pod_mac(ifindex));
             frame.extend_from_slice(&inner);
             frame
         }
@@ -1097,7 +1395,13 @@ pub fn build_packet(probe: &Probe, entry: &Entry, state: &State) -> Vec<u8> {
             match kind {
                 Tunnel::Vxlan => {
                     let total = IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN + inner.len();
-                    frame.extend_from_slice(&ipv4_header(outer.src, outer.dst, IPPROTO_UDP, DEFAULT_TTL, total as u16));
+                    frame.extend_from_slice(&outer_ipv4_header(
+                        outer.src,
+                        outer.dst,
+                        IPPROTO_UDP,
+                        total as u16,
+                        probe.frag_off(),
+                    ));
                     frame.extend_from_slice(&VXLAN_PROBE_SPORT.to_be_bytes());
                     frame.extend_from_slice(&node.vxlan_port.to_be_bytes());
                     frame.extend_from_slice(&((total - IPV4_HLEN) as u16).to_be_bytes());
@@ -1111,12 +1415,12 @@ pub fn build_packet(probe: &Probe, entry: &Entry, state: &State) -> Vec<u8> {
                 }
                 Tunnel::Ipip => {
                     let total = IPV4_HLEN + inner.len();
-                    frame.extend_from_slice(&ipv4_header(
+                    frame.extend_from_slice(&outer_ipv4_header(
                         outer.src,
                         outer.dst,
                         IPPROTO_IPIP,
-                        DEFAULT_TTL,
                         total as u16,
+                        probe.frag_off(),
                     ));
                 }
             }
@@ -1125,6 +1429,12 @@ pub fn build_packet(probe: &Probe, entry: &Entry, state: &State) -> Vec<u8> {
         }
         Entry::Uplink { .. } | Entry::Host => {
             let mut frame = ethernet(UPLINK_OWN_MAC, UPLINK_PEER_MAC);
+            frame.extend_from_slice(&inner);
+            frame
+        }
+        Entry::IntoPod { ifindex } => {
+            // The stack sends it from the gateway's MAC to the pod's.
+            let mut frame = ethernet(pod_mac(ifindex), GATEWAY_MAC);
             frame.extend_from_slice(&inner);
             frame
         }
@@ -1380,7 +1690,15 @@ pub fn inject(
         }
     }
     let output = parse_headers(&out, vxlan_port);
-    let mismatches = compare(prediction, result.return_value, &counters, output.as_ref());
+    let mut mismatches = compare(prediction, result.return_value, &counters, output.as_ref());
+    if let Some(key) = &prediction.remembers {
+        let map = ebpf.map(CONNTRACK_MAP).context("the object has no conntrack map")?;
+        let conntrack: HashMap<_, FlowKey, NatFlow> =
+            HashMap::try_from(map).context("the conntrack map has an unexpected layout")?;
+        if conntrack.get(key, 0).is_err() {
+            mismatches.push(format!("the program did not remember the flow {}", describe_flow(key)));
+        }
+    }
     Ok(Injected {
         return_value: result.return_value,
         action: Action::from_code(result.return_value),
@@ -1517,6 +1835,20 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<TraceReport> {
             (Entry::Uplink { tunnel, outer_src }, uplink_ifindex)
         }
         Origin::Host => (Entry::Host, uplink_ifindex),
+        Origin::IntoPod => {
+            let ifindex = match &options.iface {
+                Some(name) => *interfaces
+                    .get(name)
+                    .with_context(|| format!("--iface {name}: no such interface in this network namespace"))?,
+                None => state
+                    .workloads
+                    .iter()
+                    .find(|(_, w)| w.addr == probe.dst.octets())
+                    .map(|(index, _)| *index)
+                    .with_context(|| format!("{} is no pod of this node: pass --iface", probe.dst))?,
+            };
+            (Entry::IntoPod { ifindex }, ifindex)
+        }
     };
     let prediction = predict(&probe, &entry, &state);
     let inject = if options.inject {
@@ -1535,8 +1867,20 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<TraceReport> {
 /// The report for a person.
 pub fn text(report: &TraceReport) -> String {
     let p = &report.prediction;
-    let mut out = format!("packet: {}\n", report.probe.headers(None));
-    let hook = if matches!(report.entry, Entry::Host) { "egress" } else { "ingress" };
+    let probe = &report.probe;
+    let mut out = match probe.proto {
+        Proto::Arp => format!("packet: ARP who-has {} tell {}\n", probe.dst, probe.src),
+        _ => format!("packet: {}\n", probe.headers(None)),
+    };
+    if probe.options {
+        out.push_str("        with IP options\n");
+    }
+    match probe.fragment {
+        Fragment::None => {}
+        Fragment::First => out.push_str("        first fragment (MF)\n"),
+        Fragment::Later => out.push_str("        later fragment (offset > 0)\n"),
+    }
+    let hook = if matches!(report.entry, Entry::Host | Entry::IntoPod { .. }) { "egress" } else { "ingress" };
     out.push_str(&format!("program: {} (tcx {hook} of {})\n", p.program, report.interface));
     for note in &report.notes {
         out.push_str(&format!("note: {note}\n"));
@@ -1552,6 +1896,9 @@ pub fn text(report: &TraceReport) -> String {
     out.push_str(&format!("counter: {}\n", p.stat.name()));
     if let Some(output) = &p.output {
         out.push_str(&format!("output: {output}\n"));
+    }
+    if let Some(key) = &p.remembers {
+        out.push_str(&format!("remembers: {} in {CONNTRACK_MAP}\n", describe_flow(key)));
     }
     if let Some(injected) = &report.inject {
         out.push_str(
@@ -1614,7 +1961,7 @@ mod tests {
     }
 
     fn probe(src: Ipv4Addr, dst: Ipv4Addr, proto: Proto, origin: Origin) -> Probe {
-        with_origin(Probe { src, dst, proto, sport: 33333, dport: 80, ttl: 64, size: 0 }, origin)
+        with_origin(Probe { src, dst, proto, sport: 33333, dport: 80, ttl: 64, size: 0, fragment: Fragment::None, options: false }, origin)
     }
 
     fn from_pod(src: Ipv4Addr, dst: Ipv4Addr, proto: Proto) -> Prediction {
@@ -1768,7 +2115,17 @@ mod tests {
         state.conntrack.insert(flow.outbound_key(), flow);
         state.conntrack.insert(flow.inbound_key(), flow);
         let reply = with_origin(
-            Probe { src: EXTERNAL, dst: NODE_1, proto: Proto::Tcp, sport: 80, dport: 20001, ttl: 64, size: 0 },
+            Probe {
+                src: EXTERNAL,
+                dst: NODE_1,
+                proto: Proto::Tcp,
+                sport: 80,
+                dport: 20001,
+                ttl: 64,
+                size: 0,
+                fragment: Fragment::None,
+                options: false,
+            },
             Origin::Uplink,
         );
         let entry = Entry::Uplink { tunnel: None, outer_src: None };
@@ -1887,5 +2244,76 @@ mod tests {
         let ctx = skb_context(0x0102_0304);
         assert_eq!(u32::from_ne_bytes([ctx[40], ctx[41], ctx[42], ctx[43]]), 0x0102_0304);
         assert!(ctx[..40].iter().chain(&ctx[44..]).all(|b| *b == 0));
+    }
+
+    #[test]
+    fn arp_for_the_gateway_is_answered_and_other_arp_passed() {
+        let gateway = Ipv4Addr::from(GATEWAY_ADDR);
+        let p = from_pod(POD_A, gateway, Proto::Arp);
+        assert_eq!((p.action, p.stat, p.output), (Action::Redirect, Stat::ArpReplied, None));
+        assert!(p.target.expect("target").contains("ee:ee:ee:ee:ee:ee"));
+        let p = from_pod(POD_A, POD_B, Proto::Arp);
+        assert_eq!((p.action, p.stat), (Action::Pass, Stat::ArpPassed));
+        let state = state();
+        let frame = build_packet(&probe(POD_A, gateway, Proto::Arp, Origin::Workload), &Entry::Workload { ifindex: 5 }, &state);
+        assert_eq!(frame.len(), ETH_HLEN + ARP_LEN);
+        assert_eq!(&frame[12..14], &ETH_P_ARP.to_be_bytes());
+        assert_eq!(&frame[ETH_HLEN + 24..], &GATEWAY_ADDR);
+    }
+
+    #[test]
+    fn ip_options_are_left_to_the_kernel_after_anti_spoofing() {
+        let state = state();
+        let with_options = Probe { options: true, ..probe(POD_A, REMOTE, Proto::Tcp, Origin::Workload) };
+        let p = predict(&with_options, &Entry::Workload { ifindex: 5 }, &state);
+        assert_eq!((p.action, p.stat), (Action::Pass, Stat::PassToStack));
+        let spoofed = Probe { options: true, ..probe(EXTERNAL, REMOTE, Proto::Tcp, Origin::Workload) };
+        assert_eq!(predict(&spoofed, &Entry::Workload { ifindex: 5 }, &state).stat, Stat::DropSpoofedSource);
+        // Decapsulated, but the kernel delivers a packet with options.
+        let inbound = Probe { options: true, ..probe(REMOTE, POD_A, Proto::Tcp, Origin::Uplink) };
+        let entry = Entry::Uplink { tunnel: Some(Tunnel::Vxlan), outer_src: Some(NODE_2) };
+        let p = predict(&inbound, &entry, &state);
+        assert_eq!((p.action, p.stat), (Action::Pass, Stat::DecapVxlan));
+        let frame = build_packet(&inbound, &entry, &state);
+        let headers = parse_headers(&frame, 4789).expect("parses with IHL 6");
+        assert_eq!((headers.src, headers.sport), (REMOTE, Some(33333)));
+    }
+
+    #[test]
+    fn fragments_tunnel_first_dropped_later_passed_nat_later_dropped() {
+        let state = state();
+        let entry = Entry::Uplink { tunnel: Some(Tunnel::Vxlan), outer_src: Some(NODE_2) };
+        let first = Probe { fragment: Fragment::First, ..probe(REMOTE, POD_A, Proto::Tcp, Origin::Uplink) };
+        assert_eq!(predict(&first, &entry, &state).stat, Stat::DropTunnelFragment);
+        let frame = build_packet(&first, &entry, &state);
+        assert_eq!(u16::from_be_bytes([frame[ETH_HLEN + 6], frame[ETH_HLEN + 7]]), IPV4_MF, "the outer header");
+        let later = Probe { fragment: Fragment::Later, ..first };
+        assert_eq!(predict(&later, &entry, &state).stat, Stat::PassToStack);
+        let ipip = Entry::Uplink { tunnel: Some(Tunnel::Ipip), outer_src: Some(NODE_2) };
+        assert_eq!(predict(&first, &ipip, &state).stat, Stat::DropTunnelFragment);
+
+        let out = Probe { fragment: Fragment::Later, ..probe(POD_A, EXTERNAL, Proto::Udp, Origin::Workload) };
+        let p = predict(&out, &Entry::Workload { ifindex: 5 }, &state);
+        assert_eq!((p.action, p.stat), (Action::Drop, Stat::DropNatFragment));
+        let out = Probe { fragment: Fragment::First, ..out };
+        assert_eq!(predict(&out, &Entry::Workload { ifindex: 5 }, &state).stat, Stat::SnatNew);
+        // A big fragment has no DF: no "fragmentation needed", it is encapsulated.
+        let big = Probe { fragment: Fragment::First, size: 1480, ..probe(POD_A, REMOTE, Proto::Tcp, Origin::Workload) };
+        assert_eq!(predict(&big, &Entry::Workload { ifindex: 5 }, &state).stat, Stat::EncapVxlan);
+    }
+
+    #[test]
+    fn packets_into_a_pod_from_outside_the_pools_are_remembered() {
+        let state = state();
+        let entry = Entry::IntoPod { ifindex: 5 };
+        let p = predict(&probe(NODE_2, POD_A, Proto::Tcp, Origin::IntoPod), &entry, &state);
+        assert_eq!((p.program, p.action, p.stat), (PROG_TO_WORKLOAD, Action::Pass, Stat::EgressUnchanged));
+        let key = p.remembers.expect("remembered");
+        assert_eq!(
+            (Ipv4Addr::from(key.src), key.src_port, Ipv4Addr::from(key.dst), key.dst_port, key.direction),
+            (POD_A, 80, NODE_2, 33333, FLOW_TO_POD)
+        );
+        let p = predict(&probe(REMOTE, POD_A, Proto::Tcp, Origin::IntoPod), &entry, &state);
+        assert_eq!((p.stat, p.remembers), (Stat::EgressUnchanged, None), "a pod of a pool is not remembered");
     }
 }

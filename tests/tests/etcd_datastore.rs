@@ -804,11 +804,20 @@ fn snapshots_resume_after_etcd_restarts() -> anyhow::Result<()> {
     let Some((mut server, watch, model)) = example_in_etcd("restart")? else {
         return Ok(());
     };
+    ensure!(watch.connection().is_up(), "the watch read the cluster but does not say it is connected");
     server.kill();
     // While etcd is down nothing is sent: the last good state stays programmed.
     ensure!(
         watch.recv_timeout(Duration::from_millis(1500)).is_none(),
         "a snapshot was sent while etcd was down"
+    );
+    // The connection state (the agent's dataplane_datastore_up metric) says so.
+    let connection = watch.connection();
+    ensure!(
+        !connection.is_up() && connection.losses() == 1,
+        "etcd is down, yet up={} losses={}",
+        connection.is_up(),
+        connection.losses()
     );
     let restarted = Instant::now();
     server.spawn()?;
@@ -821,6 +830,7 @@ fn snapshots_resume_after_etcd_restarts() -> anyhow::Result<()> {
         restarted.elapsed()
     );
     assert_eq!(sorted(&snapshot.model), sorted(&model));
+    ensure!(watch.connection().is_up(), "etcd answered again, yet the watch says it is down");
     // And the watch goes on.
     server.put(
         &affinity_key("node-1", "10.244.5.0-26"),

@@ -1,5 +1,6 @@
 //! The agent's Prometheus endpoint and health check, scraped while real traffic flows: the
-//! counters a dashboard follows move with the packets, and /healthz reports the last reconcile.
+//! counters a dashboard follows move with the packets, /healthz reports the last reconcile, and
+//! the datastore's connection state follows the datastore (here a file replaced with garbage).
 
 use dataplane_tests::workspace_root;
 use std::{
@@ -52,6 +53,39 @@ fn sample(body: &str, name: &str) -> Option<f64> {
     body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// Every line of a `--log-format json` log is a JSON object with a level and a message, and the
+/// reconcile's line carries its counts and the `reconcile` span with the node.
+fn check_json_log(log: &str) -> anyhow::Result<()> {
+    let mut programmed = None;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let event: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("a log line is not JSON: {line:?}"))?;
+        ensure!(event["level"].is_string() && event["fields"]["message"].is_string(), "no level/message: {line}");
+        if event["fields"]["message"] == "fast path programmed" {
+            programmed = Some(event);
+        }
+    }
+    let event = programmed.with_context(|| format!("no \"fast path programmed\" event in:\n{log}"))?;
+    ensure!(event["fields"]["routes"].as_u64() == Some(5), "routes field: {event}");
+    ensure!(event["span"]["name"] == "reconcile" && event["span"]["node"] == "node-1", "span: {event}");
+    Ok(())
+}
+
+/// Scrapes until `name` reads `value` (the file datastore polls once a second); returns that body.
+fn wait_for_sample(netns: &str, name: &str, value: f64) -> anyhow::Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = get(netns, "/metrics")?.1;
+        if sample(&body, name) == Some(value) {
+            return Ok(body);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{name} did not reach {value} within 10 s:\n{body}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn metrics_follow_the_traffic_and_health_reports_the_reconcile() -> anyhow::Result<()> {
     if !dataplane_lab::is_root() {
@@ -59,17 +93,26 @@ fn metrics_follow_the_traffic_and_health_reports_the_reconcile() -> anyhow::Resu
         return Ok(());
     }
     let root = workspace_root();
-    let datastore = root.join(EXAMPLE);
+    let example = root.join(EXAMPLE);
     let bin = std::env::var_os("DATAPLANE_BIN").map(PathBuf::from).unwrap_or_else(|| root.join("target/debug/dataplane"));
-    let model = dataplane_lab::load_model(&datastore)?;
+    let model = dataplane_lab::load_model(&example)?;
     let lab = Lab::up(&model, LabOptions::default())?;
+    // node-1 reads a copy the test may break; the lab removes its directory on teardown.
+    let good = std::fs::read_to_string(&example).with_context(|| format!("reading {}", example.display()))?;
+    let datastore = lab.dir().join("datastore.yaml");
+    std::fs::write(&datastore, &good).with_context(|| format!("writing {}", datastore.display()))?;
     let netns = lab.node_netns("node-1")?.to_owned();
     let (bin_arg, store) = (bin.to_string_lossy().into_owned(), format!("file:{}", datastore.display()));
     let pin = lab.pin_path("node-1").to_string_lossy().into_owned();
-    let argv = [bin_arg.as_str(), "run", "--datastore", &store, "--node", "node-1", "--pin-path", &pin, "--metrics-addr", METRICS_ADDR];
+    // node-1 logs JSON, as a DaemonSet feeding a log collector would.
+    let argv = [
+        bin_arg.as_str(), "--log-format", "json", "run", "--datastore", &store, "--node", "node-1", "--pin-path", &pin,
+        "--metrics-addr", METRICS_ADDR,
+    ];
     let mut agent = lab.spawn(&netns, &argv, "agent-node-1")?;
     agent.wait_for_log("fast path programmed", Duration::from_secs(60))?;
-    let mut other = lab.start_agent("node-2", &bin, &datastore)?;
+    check_json_log(&agent.log())?;
+    let mut other = lab.start_agent("node-2", &bin, &example)?;
     other.wait_ready(Duration::from_secs(60))?;
 
     let (status, body) = get(&netns, "/healthz")?;
@@ -81,6 +124,8 @@ fn metrics_follow_the_traffic_and_health_reports_the_reconcile() -> anyhow::Resu
     ensure!(sample(&before, "dataplane_map_entries{map=\"routes\"}") == Some(5.0), "routes occupancy:\n{before}");
     ensure!(sample(&before, "dataplane_reconciles_total").is_some_and(|n| n >= 1.0), "reconciles:\n{before}");
     ensure!(sample(&before, "dataplane_last_reconcile_ok") == Some(1.0), "last reconcile:\n{before}");
+    ensure!(sample(&before, "dataplane_datastore_up") == Some(1.0), "datastore state:\n{before}");
+    ensure!(sample(&before, "dataplane_datastore_losses_total") == Some(0.0), "datastore losses:\n{before}");
 
     let web1 = lab.pod("default/web-1")?;
     let web2 = lab.pod("default/web-2")?.addr.to_string();
@@ -91,5 +136,17 @@ fn metrics_follow_the_traffic_and_health_reports_the_reconcile() -> anyhow::Resu
 
     let (status, _) = get(&netns, "/nothing-here")?;
     ensure!(status == 404, "an unknown path answered {status}");
+
+    // The datastore becomes unreadable: the metric says so, the last good state keeps carrying
+    // traffic, and /healthz stays up (restarting the pod would not bring the datastore back).
+    std::fs::write(&datastore, "{ this is not YAML: [")?;
+    let down = wait_for_sample(&netns, "dataplane_datastore_up", 0.0)?;
+    ensure!(sample(&down, "dataplane_datastore_losses_total") == Some(1.0), "losses after the garbage:\n{down}");
+    lab.exec(&web1.netns, &["ping", "-c", "2", "-i", "0.2", "-W", "2", &web2])?;
+    let (status, body) = get(&netns, "/healthz")?;
+    ensure!(status == 200, "/healthz answered {status} while the last good state is kept: {body}");
+    std::fs::write(&datastore, &good)?;
+    let up = wait_for_sample(&netns, "dataplane_datastore_up", 1.0)?;
+    ensure!(sample(&up, "dataplane_datastore_losses_total") == Some(1.0), "losses after the repair:\n{up}");
     Ok(())
 }

@@ -616,6 +616,29 @@ fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<(
         },
         Case { args: &[NODE_1_ADDR, WEB_2, "--from", "host"], counter: "encap_vxlan", action: "pass" },
         Case { args: &[NODE_1_ADDR, "192.0.2.10", "--from", "host"], counter: "egress_unchanged", action: "pass" },
+        // The gateway's ARP answer, and the rest of ARP left to the kernel.
+        Case { args: &[WEB_1, "169.254.1.1", "--proto", "arp"], counter: "arp_replied", action: "redirect" },
+        Case { args: &[WEB_1, WEB_2, "--proto", "arp"], counter: "arp_passed", action: "pass" },
+        // IP options: the kernel's, from a pod and inside a tunnel.
+        Case { args: &[WEB_1, WEB_2, "--ip-options"], counter: "pass_to_stack", action: "pass" },
+        Case { args: &[WEB_2, WEB_1, "--from", "uplink", "--ip-options"], counter: "decap_vxlan", action: "pass" },
+        // Fragments: tunnel first fragments dropped, later ones the kernel's; natOutgoing cannot
+        // translate a later fragment of a new flow.
+        Case {
+            args: &[WEB_2, WEB_1, "--from", "uplink", "--fragment", "first"],
+            counter: "drop_tunnel_fragment",
+            action: "drop",
+        },
+        Case { args: &[WEB_2, WEB_1, "--from", "uplink", "--fragment", "later"], counter: "pass_to_stack", action: "pass" },
+        Case {
+            args: &[WEB_1, "192.0.2.10", "--proto", "udp", "--dport", "9999", "--fragment", "later"],
+            counter: "drop_nat_fragment",
+            action: "drop",
+        },
+        Case { args: &[WEB_1, WEB_2, "--fragment", "first", "--size", "1480"], counter: "encap_vxlan", action: "redirect" },
+        // Into a pod from outside the pools: untouched, and the flow is remembered (the inject
+        // checks the private conntrack copy for it).
+        Case { args: &[NODE_2_ADDR, WEB_1, "--from", "into-pod"], counter: "egress_unchanged", action: "pass" },
     ];
     let mut table = String::new();
     for case in &cases {
@@ -652,6 +675,10 @@ fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<(
         );
     }
     eprintln!("trace table on node-1:\n{table}");
+    // The flow remembered on the way into the pod is named (and --inject found it in the map).
+    let (_, report, run) = cluster.trace("node-1", &[NODE_2_ADDR, WEB_1, "--from", "into-pod", "--inject"])?;
+    let remembered = format!("tcp {WEB_1}:80 -> {NODE_2_ADDR}:33333");
+    ensure!(report["prediction"]["remembers"] == remembered.as_str(), "into-pod trace:\n{run}");
 
     // The reply to web-1's real flow, arriving from the external host, goes back to web-1.
     let (code, report, run) = cluster.trace(

@@ -30,7 +30,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
 use self::convert::Cache;
-use super::Snapshot;
+use super::{Connection, Snapshot};
 
 /// How to reach etcd, with Calico's own settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,16 +84,16 @@ const MAX_MESSAGE: usize = 64 << 20;
 ///
 /// Returns when every receiver is gone, or at once (after logging why) when the settings are
 /// unusable: a missing certificate file, no endpoints.
-pub async fn watch(config: EtcdConfig, snapshots: watch::Sender<Option<Snapshot>>) {
+pub async fn watch(config: EtcdConfig, snapshots: watch::Sender<Option<Snapshot>>, connection: Connection) {
     let span = info_span!(
         "etcd",
         endpoints = %config.endpoints.join(","),
         prefix = %keys::normalize_prefix(&config.prefix)
     );
-    run(config, snapshots).instrument(span).await
+    run(config, snapshots, connection).instrument(span).await
 }
 
-async fn run(config: EtcdConfig, snapshots: watch::Sender<Option<Snapshot>>) {
+async fn run(config: EtcdConfig, snapshots: watch::Sender<Option<Snapshot>>, connection: Connection) {
     let options = match connect_options(&config) {
         Ok(options) => options,
         Err(error) => {
@@ -102,7 +102,7 @@ async fn run(config: EtcdConfig, snapshots: watch::Sender<Option<Snapshot>>) {
         }
     };
     let prefix = keys::normalize_prefix(&config.prefix);
-    let mut link = Link::default();
+    let mut link = Link { connection, ..Link::default() };
     let mut backoff = BACKOFF_START;
     loop {
         let ended = tokio::select! {
@@ -384,6 +384,8 @@ struct Link {
     lost_at: Option<Instant>,
     /// Failed attempts since the last success.
     failures: u32,
+    /// Where the state is shown (metrics).
+    connection: Connection,
 }
 
 impl Link {
@@ -404,12 +406,14 @@ impl Link {
         self.connected = true;
         self.ever_connected = true;
         self.failures = 0;
+        self.connection.up();
     }
 
     /// A session failed; the next is tried after `retry_in`. `hint` says what may be wrong in
     /// the settings, for as long as etcd never answered.
     fn failed(&mut self, error: &anyhow::Error, hint: Option<&str>, retry_in: Duration) {
         self.failures += 1;
+        self.connection.down();
         let attempts = self.failures;
         let retry_in_ms = retry_in.as_millis() as u64;
         if self.connected {
@@ -525,6 +529,7 @@ pub struct WatchThread {
     snapshots: std::sync::mpsc::Receiver<Snapshot>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    connection: Connection,
 }
 
 impl WatchThread {
@@ -536,6 +541,8 @@ impl WatchThread {
             .context("starting the etcd watch's runtime")?;
         let (forward, snapshots) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
+        let connection = Connection::default();
+        let reporter = connection.clone();
         let thread = std::thread::Builder::new()
             .name("etcd-watch".into())
             .spawn(move || {
@@ -552,19 +559,24 @@ impl WatchThread {
                         }
                     };
                     tokio::select! {
-                        _ = watch(config, sender) => {}
+                        _ = watch(config, sender, reporter) => {}
                         _ = forwarding => {}
                         _ = stopped => {}
                     }
                 })
             })
             .context("starting the etcd watch's thread")?;
-        Ok(WatchThread { snapshots, stop: Some(stop), thread: Some(thread) })
+        Ok(WatchThread { snapshots, stop: Some(stop), thread: Some(thread), connection })
     }
 
     /// The next snapshot, waiting at most `timeout`; `None` on timeout or when the watch ended.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Snapshot> {
         self.snapshots.recv_timeout(timeout).ok()
+    }
+
+    /// Whether etcd answered the last attempt to read it, and how often it was lost.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
     }
 
     /// Whether the watch has ended (unusable settings).
@@ -677,7 +689,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn unusable_settings_end_the_watch() {
         let (sender, receiver) = watch::channel(None);
-        tokio::time::timeout(Duration::from_secs(5), watch(config(&[]), sender))
+        tokio::time::timeout(Duration::from_secs(5), watch(config(&[]), sender, Connection::default()))
             .await
             .expect("returns at once");
         assert!(receiver.borrow().is_none());
