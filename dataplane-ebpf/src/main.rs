@@ -19,29 +19,30 @@ mod vxlan;
 mod workload;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
+use dataplane_common::{PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD};
 
 /// TC ingress of every workload interface (`caliXXXXXXXXXXX`): traffic leaving a pod.
 #[classifier]
 pub fn from_workload(ctx: TcContext) -> i32 {
-    verdict::finish(workload::from_workload(&ctx))
+    verdict::finish(&ctx, PROG_FROM_WORKLOAD, workload::from_workload(&ctx))
 }
 
 /// TC ingress of the node's uplink: tunnel traffic from peer nodes.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
-    verdict::finish(uplink::from_uplink(&ctx))
+    verdict::finish(&ctx, PROG_FROM_UPLINK, uplink::from_uplink(&ctx))
 }
 
 /// TC egress of every workload interface: what the node's stack sends into a pod.
 #[classifier]
 pub fn to_workload(ctx: TcContext) -> i32 {
-    verdict::finish(uplink::to_workload(&ctx))
+    verdict::finish(&ctx, PROG_TO_WORKLOAD, uplink::to_workload(&ctx))
 }
 
 /// TC egress of the node's uplink: the host's own traffic to pods on other nodes.
 #[classifier]
 pub fn to_uplink(ctx: TcContext) -> i32 {
-    verdict::finish(uplink::to_uplink(&ctx))
+    verdict::finish(&ctx, PROG_TO_UPLINK, uplink::to_uplink(&ctx))
 }
 
 #[cfg(not(test))]

@@ -1,6 +1,11 @@
-//! What a program decided, and the one place where decisions and drops are counted.
+//! What a program decided, and the one place where decisions and drops are counted (and, when
+//! the agent turns kernel logs on, logged).
 
-use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use aya_log_ebpf::{debug, trace};
 use dataplane_common::Stat;
 
 use crate::maps::STATS;
@@ -24,12 +29,21 @@ impl Verdict {
 /// The body of every program returns this: a decision, or the reason to drop the packet.
 pub type Outcome = Result<Verdict, Stat>;
 
-/// Counts the outcome in the stats map and returns the TC action: the programs' only exit.
+/// Counts the outcome in the stats map, logs it (drops at debug, decisions at trace; both off
+/// unless the agent raised AYA_LOG_LEVEL) and returns the TC action: the programs' only exit.
 #[inline(always)]
-pub fn finish(outcome: Outcome) -> i32 {
+pub fn finish(ctx: &TcContext, program: &'static str, outcome: Outcome) -> i32 {
+    // SAFETY: reading a field of this program's own __sk_buff context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let (action, stat) = match outcome {
-        Ok(verdict) => (verdict.action, verdict.stat),
-        Err(reason) => (TC_ACT_SHOT as i32, reason),
+        Ok(verdict) => {
+            trace!(ctx, "{}: {} (ifindex {})", program, verdict.stat.name(), ifindex);
+            (verdict.action, verdict.stat)
+        }
+        Err(reason) => {
+            debug!(ctx, "{}: {} (ifindex {})", program, reason.name(), ifindex);
+            (TC_ACT_SHOT as i32, reason)
+        }
     };
     if let Some(counter) = STATS.get_ptr_mut(stat.index()) {
         // SAFETY: a per-CPU slot is only touched by this CPU, and programs do not nest on it.

@@ -81,7 +81,7 @@ async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
         }
     }
     info!(features = features.len(), "kernel probe: every fast-path feature present, tcx available");
-    match BpfBackend::load(&options.pin_path) {
+    match BpfBackend::load(&options.pin_path, options.kernel_log) {
         Ok(backend) => {
             info!(pin_path = %options.pin_path.display(), "kernel programs loaded");
             // A netlink run before this one may have left vxlan.calico: the fast path does not use
@@ -175,6 +175,8 @@ pub struct RunOptions {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// etcd settings, used with `Datastore::Etcdv3`.
     pub etcd: datastore::etcd::EtcdConfig,
+    /// What the kernel programs log.
+    pub kernel_log: bpf::KernelLog,
 }
 
 /// How often expired natOutgoing flows are deleted from the conntrack map.

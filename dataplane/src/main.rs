@@ -78,6 +78,10 @@ enum Command {
         /// Seconds between full resyncs.
         #[arg(long, default_value_t = 30)]
         resync_interval: u64,
+        /// What the kernel programs log (through aya-log, into this agent's log): nothing, every
+        /// drop with its reason, or every packet's decision.
+        #[arg(long, value_enum, default_value_t = backend::bpf::KernelLog::Off)]
+        kernel_log: backend::bpf::KernelLog,
     },
     /// Print the routes map: every prefix, what it does, encapsulation, natOutgoing, peer node.
     Routes {
@@ -305,6 +309,7 @@ fn main() -> anyhow::Result<()> {
             nat_port_range,
             conntrack_timeouts,
             metrics_addr,
+            kernel_log,
         } => {
             let options = RunOptions {
                 datastore: datastore.datastore.clone(),
@@ -317,6 +322,7 @@ fn main() -> anyhow::Result<()> {
                 nat_ports: nat_port_range,
                 conntrack_timeouts,
                 metrics_addr,
+                kernel_log,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

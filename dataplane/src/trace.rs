@@ -21,7 +21,6 @@ use anyhow::{bail, Context as _};
 use aya::{
     maps::{HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
-    EbpfLoader,
 };
 use dataplane_common::{
     net::{
@@ -1640,7 +1639,7 @@ pub fn inject(
             bail!("{} does not exist: is an agent running with --pin-path {}?", path.display(), pin_path.display());
         }
     }
-    let mut loader = EbpfLoader::new();
+    let mut loader = crate::backend::bpf::loader(crate::backend::bpf::KernelLog::Off);
     for name in live {
         loader.map_pin_path(name, pin_path.join(name));
     }

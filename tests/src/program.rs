@@ -8,7 +8,7 @@
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
     programs::{tc::SchedClassifier, TestRun, TestRunOptions},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use dataplane::{backend::entries, datastore::file, plan};
 use dataplane_common::{
@@ -112,7 +112,7 @@ impl Node {
         let (desired, missing) = entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: UPLINK_MTU, nat_ports: NAT_PORTS }, fixture_ifindex);
         assert!(missing.is_empty());
 
-        let mut loader = EbpfLoader::new();
+        let mut loader = dataplane::backend::bpf::loader(dataplane::backend::bpf::KernelLog::Off);
         if let Some(entries) = conntrack_capacity {
             loader.map_max_entries(CONNTRACK_MAP, entries);
         }

@@ -107,7 +107,7 @@ fn metrics_follow_the_traffic_and_health_reports_the_reconcile() -> anyhow::Resu
     // node-1 logs JSON, as a DaemonSet feeding a log collector would.
     let argv = [
         bin_arg.as_str(), "--log-format", "json", "run", "--datastore", &store, "--node", "node-1", "--pin-path", &pin,
-        "--metrics-addr", METRICS_ADDR,
+        "--metrics-addr", METRICS_ADDR, "--kernel-log", "drops",
     ];
     let mut agent = lab.spawn(&netns, &argv, "agent-node-1")?;
     agent.wait_for_log("fast path programmed", Duration::from_secs(60))?;
@@ -133,6 +133,18 @@ fn metrics_follow_the_traffic_and_health_reports_the_reconcile() -> anyhow::Resu
     let after = get(&netns, "/metrics")?.1;
     let encap_after = sample(&after, encap).with_context(|| format!("no {encap} in:\n{after}"))?;
     ensure!(encap_after >= encap_before + 5.0, "{encap} went from {encap_before} to {encap_after} over 5 pings");
+
+    // Kernel logs (--kernel-log drops): a packet to a blackholed address of node-1's block is
+    // logged with its program and reason; the pings' decisions are not.
+    let _ = lab.exec(&web1.netns, &["ping", "-c", "1", "-W", "1", "10.244.1.50"]);
+    let logged = "from_workload: drop_blackhole";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !agent.log().contains(logged) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = agent.log();
+    ensure!(log.contains(logged), "no kernel log line {logged:?} in:\n{log}");
+    ensure!(!log.contains("from_workload: encap_vxlan"), "decisions logged with --kernel-log drops:\n{log}");
 
     let (status, _) = get(&netns, "/nothing-here")?;
     ensure!(status == 404, "an unknown path answered {status}");

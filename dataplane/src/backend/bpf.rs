@@ -45,6 +45,42 @@ pub fn object() -> &'static [u8] {
     OBJECT
 }
 
+/// How much the kernel programs log through aya-log (`dataplane run --kernel-log`). Logging
+/// costs a ring-buffer write per logged packet, so it is off unless asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelLog {
+    /// Nothing (aya-log's level global set to 0: each call is one load and a branch).
+    #[default]
+    Off,
+    /// Every dropped packet: program, drop reason, interface (aya-log's debug level).
+    Drops,
+    /// Every packet's decision as well (trace level): for a lab, not for a busy node.
+    All,
+}
+
+/// The values of aya-log's `AYA_LOG_LEVEL` global for [`KernelLog`] (aya_log::Level numbering:
+/// debug 4, trace 5).
+static KERNEL_LOG_LEVELS: [u8; 3] = [0, aya_log::Level::Debug as u8, aya_log::Level::Trace as u8];
+
+impl KernelLog {
+    fn level(self) -> &'static u8 {
+        match self {
+            KernelLog::Off => &KERNEL_LOG_LEVELS[0],
+            KernelLog::Drops => &KERNEL_LOG_LEVELS[1],
+            KernelLog::All => &KERNEL_LOG_LEVELS[2],
+        }
+    }
+}
+
+/// A loader of the embedded object with the kernel's log level set: every loader of the programs
+/// (the agent, `trace --inject`, tests, benchmarks) starts from this, since aya-log's own default
+/// is "log everything".
+pub fn loader(log: KernelLog) -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    loader.override_global(aya_log::LEVEL, log.level(), true);
+    loader
+}
+
 /// Every map the programs use; each is pinned as `<pin path>/<name>`.
 pub const MAPS: [&str; 6] = [ROUTES_MAP, WORKLOADS_MAP, PEERS_MAP, NODE_MAP, STATS_MAP, CONNTRACK_MAP];
 
@@ -76,6 +112,43 @@ pub struct BpfBackend {
     host_routes: HostRoutes,
 }
 
+/// Reads the programs' aya-log ring buffer whenever it has records and writes them to the log
+/// crate, which the agent's tracing subscriber receives.
+fn forward_kernel_logs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let logger =
+        aya_log::EbpfLogger::init_with_logger(ebpf, KernelRecords).context("opening the kernel programs' log buffer")?;
+    // SAFETY: the logger owns the ring buffer's descriptor, which stays open (and the same) for
+    // as long as the AsyncFd owns the logger.
+    let mut readable =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+            .map_err(|error| anyhow::anyhow!("polling the kernel programs' log buffer: {error}"))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = readable.readable_mut().await else { return };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    info!("kernel logs on: the programs' records follow, target dataplane::kernel");
+    Ok(())
+}
+
+/// Forwards the programs' records to the agent's log at info level: `--kernel-log` alone decides
+/// what the kernel logs, whatever RUST_LOG says of debug lines.
+struct KernelRecords;
+
+impl log::Log for KernelRecords {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        info!(target: "dataplane::kernel", level = %record.level(), "{}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
 /// One program on one hook of one interface.
 struct Attachment {
     interface: String,
@@ -85,18 +158,22 @@ struct Attachment {
 }
 
 impl BpfBackend {
-    /// Loads the programs, creating or adopting the pinned maps under `pin_path`.
-    pub fn load(pin_path: &Path) -> anyhow::Result<Self> {
+    /// Loads the programs, creating or adopting the pinned maps under `pin_path`; with kernel logs
+    /// on, their records are forwarded to the agent's log (target `dataplane::kernel`).
+    pub fn load(pin_path: &Path, log: KernelLog) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             bail!("this binary was built with AYA_BUILD_SKIP=1 and holds no kernel programs: rebuild without it");
         }
         sys::prepare_pin_path(pin_path)?;
         let map_paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|name| (*name, pin_path.join(name))).collect();
-        let mut loader = EbpfLoader::new();
+        let mut loader = loader(log);
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT).context("loading the kernel programs (is this kernel 5.10+ with BTF?)")?;
+        if log != KernelLog::Off {
+            forward_kernel_logs(&mut ebpf)?;
+        }
         for name in [PROG_FROM_WORKLOAD, PROG_TO_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
