@@ -1306,8 +1306,17 @@ pub struct CheckOptions {
 /// Runs every check for the node, reading the datastore, the pins and this network namespace.
 /// Errors only when the datastore cannot be read at all; everything else is a finding.
 pub fn run(options: &CheckOptions) -> anyhow::Result<Report> {
+    // Progress goes to the log (stderr), one line per stage: on a large cluster each takes a while.
+    let started = std::time::Instant::now();
     let snapshot = crate::ipam::read_once(&options.datastore, &options.etcd)?;
     let model = &snapshot.model;
+    tracing::info!(
+        pools = model.pools.len(),
+        blocks = model.blocks.len(),
+        nodes = model.nodes.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "check: read the datastore"
+    );
     let mut report = Report { node: options.node.clone(), findings: Vec::new(), checked: Checked::default() };
     report.checked.pools = model.pools.len();
 
@@ -1329,6 +1338,12 @@ pub fn run(options: &CheckOptions) -> anyhow::Result<Report> {
         }
     };
     report.findings.extend(check_tunnel_addresses(model, &options.node));
+    tracing::info!(
+        routes = plan.routes.len(),
+        findings = report.findings.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "check: pools, blocks and tunnel addresses checked; the plan computed"
+    );
 
     let interfaces = interfaces()?;
     let names: BTreeMap<u32, String> = interfaces.iter().map(|(name, index)| (*index, name.clone())).collect();
@@ -1346,6 +1361,11 @@ pub fn run(options: &CheckOptions) -> anyhow::Result<Report> {
     };
     report.checked.workloads = plan.workloads.len();
     report.findings.extend(check_workloads(&plan, &interfaces, &host_routes));
+    tracing::info!(
+        workloads = plan.workloads.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "check: workload interfaces and routes checked; checking the dataplane"
+    );
 
     let uplink = match &options.uplink {
         Some(uplink) => Some(uplink.clone()),
@@ -1385,6 +1405,11 @@ pub fn run(options: &CheckOptions) -> anyhow::Result<Report> {
     report.findings.extend(datastore);
     let planned = problem_findings("plan", &plan_problems, &report.findings);
     report.findings.extend(planned);
+    tracing::info!(
+        findings = report.findings.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "check: done"
+    );
     Ok(report)
 }
 
