@@ -92,6 +92,13 @@ pub struct Route {
 }
 const _: () = assert!(size_of::<Route>() == 24);
 
+/// Bits of [`Workload::flags`].
+pub mod workload_flags {
+    /// The pod's pool has `natOutgoing: true`: its new flows leaving the pools are translated.
+    /// (Carried here so that the hot path needs no second route lookup for the pod's own /32.)
+    pub const NAT_OUTGOING: u8 = 1 << 0;
+}
+
 /// The value of a workloads map entry: the pod behind a host-side interface.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -101,8 +108,10 @@ pub struct Workload {
     pub addr: Ipv4Bytes,
     /// The pod's MAC.
     pub mac: MacBytes,
+    /// Bits of [`workload_flags`].
+    pub flags: u8,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
 }
 const _: () = assert!(size_of::<Workload>() == 12);
 

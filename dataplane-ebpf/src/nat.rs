@@ -18,7 +18,7 @@ use dataplane_common::{
         IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, TCP_CSUM_OFFSET, TCP_FLAGS_OFFSET,
         UDP_CSUM_OFFSET,
     },
-    route_flags, route_kind, FlowKey, NodeConfig, Stat, Workload, FLOW_INBOUND, FLOW_OUTBOUND,
+    route_flags, route_kind, workload_flags, FlowKey, NodeConfig, Stat, Workload, FLOW_INBOUND, FLOW_OUTBOUND,
 };
 
 use crate::{
@@ -169,16 +169,11 @@ fn in_pool(addr: [u8; 4]) -> bool {
 }
 
 /// Whether a packet from `workload` to `ip.dst` (which matched no route) is SNATed: its pool has
-/// natOutgoing and the destination is not this node.
+/// natOutgoing (a flag the agent copies into the workload entry) and the destination is not this
+/// node.
 #[inline(always)]
 pub fn applies(workload: &Workload, ip: &Ipv4Hdr, node: &NodeConfig) -> bool {
-    if ip.dst == node.addr {
-        return false;
-    }
-    match route::lookup(workload.addr) {
-        Some(own) => own.kind == route_kind::LOCAL_WORKLOAD && own.flags & route_flags::NAT_OUTGOING != 0,
-        None => false,
-    }
+    workload.flags & workload_flags::NAT_OUTGOING != 0 && ip.dst != node.addr
 }
 
 /// Translates a pod's packet leaving the cluster to the node's address and sends it out of the

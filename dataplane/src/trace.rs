@@ -28,7 +28,7 @@ use dataplane_common::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, IPIP_ENCAP_LEN, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP,
         IPPROTO_UDP, IPV4_DF, IPV4_HLEN, IPV4_MF, TCP_SYN, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_VNI, VXLAN_HLEN,
     },
-    peer_flags, route_flags, route_kind, FlowKey, FlowTimeouts, Ipv4Bytes, MacBytes, NatFlow, NodeConfig, Peer, Route,
+    peer_flags, route_flags, route_kind, workload_flags, FlowKey, FlowTimeouts, Ipv4Bytes, MacBytes, NatFlow, NodeConfig, Peer, Route,
     Stat, Workload, CONNTRACK_MAP, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_TO_POD, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
     PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
@@ -731,12 +731,11 @@ impl Tracer<'_> {
         }
     }
 
-    /// `nat::applies`: the pod's own /32 carries natOutgoing and the destination is not the node.
+    /// `nat::applies`: the workload entry carries its pool's natOutgoing and the destination is
+    /// not the node.
     fn nat_applies(&mut self, workload: &Workload, node: &NodeConfig) -> bool {
-        let own = lookup(&self.state.routes, Ipv4Addr::from(workload.addr));
-        let applies = matches!(own, Some((_, route)) if route.kind == route_kind::LOCAL_WORKLOAD
-            && route.flags & route_flags::NAT_OUTGOING != 0)
-            && self.probe.dst.octets() != node.addr;
+        let applies =
+            workload.flags & workload_flags::NAT_OUTGOING != 0 && self.probe.dst.octets() != node.addr;
         self.step(if applies {
             "the pod's pool has natOutgoing: a new flow is translated to the node's address"
         } else {

@@ -169,8 +169,8 @@ pub fn skip_unless_root() -> bool {
 
 
 impl Node {
-    /// Rewrites the routes map from `cluster`, as the agent does when the datastore changes
-    /// (the other maps and the conntrack table stay).
+    /// Rewrites the routes and workloads maps from `cluster`, as the agent does when the datastore
+    /// changes (the peers, node and conntrack maps stay).
     pub fn reprogram_routes(&mut self, name: &str, cluster: &str) {
         let (model, _) = file::parse(cluster).expect("fixture parses");
         let (plan, _) = plan::compute(&model, name).expect("fixture plans");
@@ -180,6 +180,11 @@ impl Node {
             LpmTrie::try_from(self.ebpf.map_mut(ROUTES_MAP).unwrap()).unwrap();
         for ((len, addr), route) in &desired.routes {
             routes.insert(&Key::new(*len, *addr), *route, 0).unwrap();
+        }
+        // The workload entries carry their pool's natOutgoing too.
+        let mut workloads: HashMap<_, u32, Workload> = HashMap::try_from(self.ebpf.map_mut(WORKLOADS_MAP).unwrap()).unwrap();
+        for (index, workload) in &desired.workloads {
+            workloads.insert(*index, *workload, 0).unwrap();
         }
     }
 

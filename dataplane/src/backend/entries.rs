@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use dataplane_common::{
     net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI},
-    peer_flags, route_flags, route_kind, FlowTimeouts, Ipv4Bytes, NodeConfig, Peer, Route, Workload,
+    peer_flags, route_flags, route_kind, workload_flags, FlowTimeouts, Ipv4Bytes, NodeConfig, Peer, Route, Workload,
 };
 
 use crate::plan::{Encap, Plan, RouteTarget};
@@ -78,7 +78,8 @@ pub fn from_plan(
                     Workload {
                         addr: workload.addr.octets(),
                         mac: workload.mac.map(|m| m.0).unwrap_or_default(),
-                        _pad: [0; 2],
+                        flags: workload_flags_of(plan, workload.addr),
+                        _pad: 0,
                     },
                 );
             }
@@ -135,6 +136,14 @@ pub fn from_plan(
         entries.peers.insert(addr.octets(), Peer { flags });
     }
     (entries, missing)
+}
+
+/// A workload's flags, from the plan's route for its own /32 (its pool's natOutgoing).
+fn workload_flags_of(plan: &Plan, addr: std::net::Ipv4Addr) -> u8 {
+    match plan.routes.get(&ipnet::Ipv4Net::from(addr)) {
+        Some(route) if route.nat_outgoing => workload_flags::NAT_OUTGOING,
+        _ => 0,
+    }
 }
 
 #[cfg(test)]
@@ -220,7 +229,16 @@ mod tests {
         assert_eq!(local.kind, route_kind::LOCAL_WORKLOAD);
         assert_eq!(local.ifindex, 7);
         assert_eq!(entries.workloads[&7].addr, [10, 244, 1, 2]);
+        assert_eq!(entries.workloads[&7].flags, 0, "its pool has no natOutgoing");
         assert_eq!(entries.peers[&[10, 100, 0, 12]].flags, peer_flags::VXLAN);
+
+        // The pool's natOutgoing reaches the workload entry, where the kernel reads it.
+        let mut nat = plan();
+        if let Some(route) = nat.routes.get_mut(&"10.244.1.2/32".parse().unwrap()) {
+            route.nat_outgoing = true;
+        }
+        let (entries, _) = from_plan(&nat, UPLINK, |name| (name == "cali1").then_some(7));
+        assert_eq!(entries.workloads[&7].flags, workload_flags::NAT_OUTGOING);
     }
 
     #[test]
