@@ -14,7 +14,7 @@ use aya_ebpf::{
 use dataplane_common::{
     flow_state,
     net::{IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST},
-    FlowKey, FlowTimeouts, NatFlow, NodeConfig, Stat, FLOW_TO_POD,
+    FlowKey, NatFlow, NodeConfig, Stat, FLOW_TO_POD,
 };
 
 use crate::maps::CONNTRACK;
@@ -69,14 +69,11 @@ pub fn inbound_key(flow: &NatFlow) -> FlowKey {
     flow.inbound_key()
 }
 
-/// Whether `flow` has outlived its timeout at `now`, under this node's configured timeouts.
+/// Whether `flow` has outlived its timeout at `now`, under this node's configured timeouts
+/// (`node.timeouts`, which the callers already hold).
 #[inline(always)]
-pub fn expired(flow: &NatFlow, now: u64) -> bool {
-    let timeouts = match crate::maps::NODE.get(0) {
-        Some(node) => node.timeouts,
-        None => FlowTimeouts::DEFAULT,
-    };
-    flow.expired_with(now, &timeouts)
+pub fn expired(flow: &NatFlow, now: u64, node: &NodeConfig) -> bool {
+    flow.expired_with(now, &node.timeouts)
 }
 
 /// The current time on the clock the entries use.
@@ -155,14 +152,14 @@ pub fn note_towards_pod(packet: &Flow, now: u64) {
 
 /// Whether the pod's packet `packet` answers a live flow opened from outside towards it.
 #[inline(always)]
-pub fn opened_towards_pod(packet: &Flow, now: u64) -> bool {
+pub fn opened_towards_pod(packet: &Flow, node: &NodeConfig, now: u64) -> bool {
     // The pod's packet is keyed as it travels: pod -> outside, as the entry is.
     let key = packet.key(FLOW_TO_POD);
     match CONNTRACK.get_ptr_mut(&key) {
         Some(entry) => {
             // SAFETY: the pointer comes from a successful lookup; racing CPUs only race on a timestamp.
             let entry = unsafe { &mut *entry };
-            if expired(entry, now) {
+            if expired(entry, now, node) {
                 return false;
             }
             entry.last_seen_ns = now;
@@ -205,7 +202,7 @@ pub fn create(ctx: &TcContext, packet: &Flow, node: &NodeConfig, now: u64) -> Re
         if host_socket_holds(ctx, &flow) {
             continue;
         }
-        match claim(&flow, now) {
+        match claim(&flow, node, now) {
             Ok(()) => {
                 if CONNTRACK.insert(&outbound_key(&flow), &flow, u64::from(BPF_ANY)).is_err() {
                     let _ = CONNTRACK.remove(&inbound_key(&flow));
@@ -228,7 +225,7 @@ enum Claim {
 /// Reserves `flow`'s translated port by inserting its inbound entry; a port held by an expired
 /// flow is reclaimed.
 #[inline(always)]
-fn claim(flow: &NatFlow, now: u64) -> Result<(), Claim> {
+fn claim(flow: &NatFlow, node: &NodeConfig, now: u64) -> Result<(), Claim> {
     let key = inbound_key(flow);
     match CONNTRACK.insert(&key, flow, u64::from(BPF_NOEXIST)) {
         Ok(()) => Ok(()),
@@ -236,7 +233,7 @@ fn claim(flow: &NatFlow, now: u64) -> Result<(), Claim> {
             let Some(holder) = lookup(&key) else { return Err(Claim::Taken) };
             // Age lives on the holder's outbound entry.
             let live = match lookup(&outbound_key(&holder)) {
-                Some(current) => !expired(&current, now),
+                Some(current) => !expired(&current, now, node),
                 None => false,
             };
             if live {

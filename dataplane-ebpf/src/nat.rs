@@ -189,11 +189,11 @@ pub fn outbound(ctx: &TcContext, node: &NodeConfig, ip: &mut Ipv4Hdr, new_flows:
     };
     let now = conntrack::now();
     let (flow, stat) = match conntrack::lookup(&t.flow.key(FLOW_OUTBOUND)) {
-        Some(flow) if !conntrack::expired(&flow, now) && flow.nat_addr == node.addr => {
+        Some(flow) if !conntrack::expired(&flow, now, node) && flow.nat_addr == node.addr => {
             conntrack::touch(&flow, t.flow.tcp_flags, false, now);
             (flow, Stat::SnatEstablished)
         }
-        _ if new_flows && opens_flow(&t) && !conntrack::opened_towards_pod(&t.flow, now) => {
+        _ if new_flows && opens_flow(&t) && !conntrack::opened_towards_pod(&t.flow, node, now) => {
             (conntrack::create(ctx, &t.flow, node, now)?, Stat::SnatNew)
         }
         // A reply on a connection someone outside opened to the pod, or a packet that cannot
@@ -209,7 +209,7 @@ pub fn outbound(ctx: &TcContext, node: &NodeConfig, ip: &mut Ipv4Hdr, new_flows:
 /// Translates a reply to a tracked flow back to the pod and delivers it; packets of no tracked
 /// flow are the host's own and go to the stack.
 #[inline(always)]
-pub fn inbound(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome {
+pub fn inbound(ctx: &TcContext, node: &NodeConfig, ip: &Ipv4Hdr) -> Outcome {
     if ip.frag_off() & IPV4_FRAG_OFFSET_MASK != 0 {
         return Ok(Verdict::pass());
     }
@@ -228,7 +228,7 @@ pub fn inbound(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome {
     // Age and state live on the outbound entry.
     let now = conntrack::now();
     match conntrack::lookup(&conntrack::outbound_key(&reverse)) {
-        Some(flow) if !conntrack::expired(&flow, now) => conntrack::touch(&flow, t.flow.tcp_flags, true, now),
+        Some(flow) if !conntrack::expired(&flow, now, node) => conntrack::touch(&flow, t.flow.tcp_flags, true, now),
         _ => return Ok(Verdict::pass()),
     }
     let Some(route) = route::lookup(reverse.pod_addr) else {

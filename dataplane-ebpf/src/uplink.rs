@@ -48,11 +48,11 @@ pub fn from_uplink(ctx: &TcContext) -> Outcome {
             if u16::from_be_bytes(udp.dst_port) == node.vxlan_port {
                 return from_vxlan(ctx, &node, &outer, is_fragment);
             }
-            nat::inbound(ctx, &outer)
+            nat::inbound(ctx, &node, &outer)
         }
         IPPROTO_IPIP => from_ipip(ctx, &outer, is_fragment),
         // Replies to pods' translated flows, or the host's own traffic.
-        _ => nat::inbound(ctx, &outer),
+        _ => nat::inbound(ctx, &node, &outer),
     }
 }
 
