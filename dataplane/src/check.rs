@@ -718,6 +718,11 @@ pub struct ObservedLinks {
     pub filters: BTreeMap<String, Result<Vec<Filter>, String>>,
 }
 
+/// Whether the tcx hook of the expected link `pin` runs `program`.
+fn on_tcx_hook(observed: &ObservedLinks, pin: &str, program: &str) -> bool {
+    matches!(observed.hooks.get(pin), Some(Ok(programs)) if programs.iter().any(|p| p.name == program))
+}
+
 /// Compares the expected attachments with what the pins, the tcx hooks and the clsact filters
 /// show. A program counts as attached by either method: a pinned tcx link running it, or our
 /// clsact filter running it; both at once is a problem of its own (a half-finished switch).
@@ -739,9 +744,9 @@ pub fn check_links(
             let name = filter.name.as_deref().unwrap_or("");
             let problem = if name != clsact::filter_name(link.program) {
                 Some(format!("our clsact {} filter of {} runs {name}", link.hook.name(), link.interface))
-            } else if observed.pins.contains_key(pin) {
+            } else if observed.pins.contains_key(pin) || on_tcx_hook(observed, pin, link.program) {
                 Some(format!(
-                    "attached twice: by our clsact filter and by the tcx link pinned at {} (a switch of attach \
+                    "attached twice: by our clsact filter and through tcx (link pin {}) (a switch of attach \
                      method left half done)",
                     pin_path.display()
                 ))
