@@ -60,7 +60,11 @@ impl Cluster {
             return Ok(None);
         }
         let bin = agent_bin();
-        ensure!(bin.exists(), "agent binary {} does not exist: build it with `cargo build -p dataplane`", bin.display());
+        ensure!(
+            bin.exists(),
+            "agent binary {} does not exist: build it with `cargo build -p dataplane`",
+            bin.display()
+        );
         let datastore = workspace_root().join(TWO_NODES);
         let model = dataplane_lab::load_model(&datastore)?;
         let lab = Lab::up(&model, LabOptions::default())?;
@@ -204,9 +208,9 @@ impl Cluster {
     fn counter(&self, node: &str, name: &str) -> anyhow::Result<u64> {
         let pins = self.lab.pin_path(node);
         let bin = self.bin.to_string_lossy();
-        let output =
-            dataplane_lab::cmd::run(&[&*bin, "stats", "--pin-path", &pins.to_string_lossy(), "-o", "json"])?;
-        let json: Value = serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` did not print JSON")?;
+        let output = dataplane_lab::cmd::run(&[&*bin, "stats", "--pin-path", &pins.to_string_lossy(), "-o", "json"])?;
+        let json: Value =
+            serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` did not print JSON")?;
         json["decisions"][name].as_u64().with_context(|| format!("no decision counter {name}: {json}"))
     }
 
@@ -217,8 +221,9 @@ impl Cluster {
         let pins = self.lab.pin_path(node).to_string_lossy().into_owned();
         let argv = [&*bin, "check", "--datastore", &datastore, "--node", node, "--pin-path", &pins, "-o", "json"];
         let output = self.lab.exec_status(self.lab.node_netns(node)?, &argv)?;
-        let json: Value = serde_json::from_slice(&output.stdout)
-            .with_context(|| format!("`dataplane check -o json` did not print JSON: {}", String::from_utf8_lossy(&output.stderr)))?;
+        let json: Value = serde_json::from_slice(&output.stdout).with_context(|| {
+            format!("`dataplane check -o json` did not print JSON: {}", String::from_utf8_lossy(&output.stderr))
+        })?;
         let findings = json["findings"].as_array().with_context(|| format!("no findings array: {json}"))?;
         Ok(findings.iter().filter(|f| f["check"] == "programs").cloned().collect())
     }
@@ -304,14 +309,18 @@ fn without_tcx_the_fast_path_runs_on_clsact_filters_restarts_in_place_and_cleans
     cluster.start("node-1", &[NO_TCX])?;
     let restart_took = restart.elapsed();
     let log = cluster.log("node-1");
-    ensure!(log.contains("replaced=true") && !log.contains("replaced=false"), "the new agent did not replace every filter:\n{log}");
+    ensure!(
+        log.contains("replaced=true") && !log.contains("replaced=false"),
+        "the new agent did not replace every filter:\n{log}"
+    );
     ensure!(log.contains("written=0"), "the new agent rewrote map entries that were already right:\n{log}");
     let per_second = stream.finish()?;
     let new_ids = cluster.expect_clsact("node-1")?;
     for (hook, id) in &new_ids {
         ensure!(ids.get(hook) != Some(id), "the filter on {hook} still runs the old agent's program {id}");
     }
-    let (encap_after, decap_after) = (cluster.counter("node-1", "encap_vxlan")?, cluster.counter("node-2", "decap_vxlan")?);
+    let (encap_after, decap_after) =
+        (cluster.counter("node-1", "encap_vxlan")?, cluster.counter("node-2", "decap_vxlan")?);
     ensure!(
         encap_after > encap && decap_after > decap,
         "the counters did not move: encap_vxlan {encap} -> {encap_after}, decap_vxlan {decap} -> {decap_after}"
@@ -323,7 +332,10 @@ fn without_tcx_the_fast_path_runs_on_clsact_filters_restarts_in_place_and_cleans
 
     // Another tool's filter on the uplink survives cleanup; ours go and traffic stops.
     let uplink = cluster.lab.node("node-1")?.uplink.clone();
-    let theirs = ["tc", "filter", "add", "dev", &uplink, "ingress", "pref", "100", "protocol", "arp", "u32", "match", "u32", "0", "0"];
+    let theirs = [
+        "tc", "filter", "add", "dev", &uplink, "ingress", "pref", "100", "protocol", "arp", "u32", "match", "u32", "0",
+        "0",
+    ];
     cluster.on("node-1", &theirs)?;
     if let Some(mut agent) = cluster.agents.remove("node-1") {
         agent.terminate(Duration::from_secs(5))?;

@@ -121,11 +121,10 @@ fn node_yaml(node: u8, encap: Encap) -> String {
     );
     match encap {
         Encap::Ipip => writeln!(yaml, "    ipv4IPIPTunnelAddr: 10.244.{node}.0").unwrap_or(()),
-        Encap::Vxlan => write!(
-            yaml,
-            "  ipv4VXLANTunnelAddr: 10.244.{node}.0\n  vxlanTunnelMACAddr: 66:d0:00:00:00:0{node}\n"
-        )
-        .unwrap_or(()),
+        Encap::Vxlan => {
+            write!(yaml, "  ipv4VXLANTunnelAddr: 10.244.{node}.0\n  vxlanTunnelMACAddr: 66:d0:00:00:00:0{node}\n")
+                .unwrap_or(())
+        }
         Encap::Never => {}
     }
     yaml
@@ -213,6 +212,10 @@ fn expected_kernel_routes(state: &State) -> BTreeSet<(String, String, String)> {
     routes
 }
 
+/// Per agent: from writing a change to its "fast path programmed", and the reconcile's own
+/// `elapsed_ms`.
+type Timings = BTreeMap<String, (Duration, Option<u64>)>;
+
 /// The lab, its agents and the datastore file. Fields drop in order: agents before the lab.
 struct Cluster {
     agents: BTreeMap<String, Agent>,
@@ -245,7 +248,7 @@ impl Cluster {
     /// has reconciled once more. Returns, per agent, the time from the write to its "fast path
     /// programmed" (which includes up to a second of the file datastore's polling) and the
     /// reconcile's own time as it logs it.
-    fn change(&self, state: &State) -> anyhow::Result<BTreeMap<String, (Duration, Option<u64>)>> {
+    fn change(&self, state: &State) -> anyhow::Result<Timings> {
         let before: BTreeMap<String, usize> = self.agents.keys().map(|n| (n.clone(), self.programmed(n))).collect();
         write_atomically(&self.datastore, &cluster_yaml(state))?;
         let written = Instant::now();
@@ -279,7 +282,8 @@ impl Cluster {
         let bin = self.bin.to_string_lossy();
         let pins = self.lab.pin_path("node-1");
         let output = dataplane_lab::cmd::run(&[&*bin, "routes", "--pin-path", &pins.to_string_lossy(), "-o", "json"])?;
-        let json: Value = serde_json::from_slice(&output.stdout).context("`dataplane routes -o json` did not print JSON")?;
+        let json: Value =
+            serde_json::from_slice(&output.stdout).context("`dataplane routes -o json` did not print JSON")?;
         let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
         let routes: BTreeSet<(String, String, String, String)> = json
             .as_array()
@@ -325,7 +329,8 @@ impl Cluster {
         let bin = self.bin.to_string_lossy();
         let pins = self.lab.pin_path("node-1");
         let output = dataplane_lab::cmd::run(&[&*bin, "stats", "--pin-path", &pins.to_string_lossy(), "-o", "json"])?;
-        let json: Value = serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` did not print JSON")?;
+        let json: Value =
+            serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` did not print JSON")?;
         json["decisions"][name].as_u64().with_context(|| format!("no decision counter {name}: {json}"))
     }
 
@@ -400,7 +405,7 @@ fn the_fast_path_follows_nodes_blocks_pools_and_modes_as_the_datastore_changes()
     cluster.expect_ping("default/web-1", "default/web-2", true)?;
     cluster.expect_ping("default/web-1", "default/db-2", true)?;
     cluster.expect_ping("default/web-1", "default/web-3", false)?;
-    let mut timings: Vec<(&str, BTreeMap<String, (Duration, Option<u64>)>)> = Vec::new();
+    let mut timings: Vec<(&str, Timings)> = Vec::new();
 
     // 1. node-3 and its block join; its agent starts once the datastore has it.
     state.node_3 = true;
@@ -465,9 +470,10 @@ fn the_fast_path_follows_nodes_blocks_pools_and_modes_as_the_datastore_changes()
             .map(|(node, (d, own))| format!("{node} {} ms (reconcile {} ms)", d.as_millis(), own.unwrap_or(0)))
             .collect();
         // The steady ping starts after the first change.
-        let lost = index.checked_sub(1).and_then(|i| losses.get(i)).map_or(String::new(), |n| {
-            format!("; steady ping lost {n} of its 20 ms requests")
-        });
+        let lost = index
+            .checked_sub(1)
+            .and_then(|i| losses.get(i))
+            .map_or(String::new(), |n| format!("; steady ping lost {n} of its 20 ms requests"));
         eprintln!("change-to-programmed, {change}: {}{lost}", took.join(", "));
     }
     eprintln!("steady ping web-1 -> web-3 across changes 2-5: {summary}");
