@@ -716,6 +716,8 @@ pub struct ObservedLinks {
     /// For every expected link (by pin name): the filters on its clsact hook (none without a
     /// clsact qdisc), or why they could not be listed.
     pub filters: BTreeMap<String, Result<Vec<Filter>, String>>,
+    /// Our clsact filters on hooks no expected link names: (interface, hook) -> filter name.
+    pub stray_filters: BTreeMap<(String, Hook), String>,
 }
 
 /// Whether the tcx hook of the expected link `pin` runs `program`.
@@ -849,6 +851,23 @@ pub fn check_links(
             format!(
                 "restart the agent (it removes links it does not want), or remove the pin: rm {}",
                 pin_path.display()
+            ),
+        ));
+    }
+    for ((interface, hook), name) in &observed.stray_filters {
+        findings.push(Finding::new(
+            "programs",
+            format!("filter {name} on {} of {interface}", hook.name()),
+            format!(
+                "our clsact filter stays on the {} hook of {interface}, which the datastore does not give this node",
+                hook.name()
+            ),
+            format!(
+                "restart the agent (it removes filters it does not want), or remove it: tc filter del dev {interface} \
+                 {} pref {} handle {:#x} bpf",
+                hook.name(),
+                clsact::FILTER_PRIORITY,
+                clsact::FILTER_HANDLE
             ),
         ));
     }
@@ -999,9 +1018,13 @@ pub fn interfaces() -> anyhow::Result<BTreeMap<String, u32>> {
     Ok(found)
 }
 
-/// The pins under `<pin path>/links`, and the programs and clsact filters on the hook of every
-/// expected link.
-pub fn observe_links(pin_path: &Path, expected: &BTreeMap<String, ExpectedLink>) -> ObservedLinks {
+/// The pins under `<pin path>/links`, the programs and clsact filters on the hook of every
+/// expected link, and our filters on any other hook of `interfaces`.
+pub fn observe_links(
+    pin_path: &Path,
+    expected: &BTreeMap<String, ExpectedLink>,
+    interfaces: &BTreeMap<String, u32>,
+) -> ObservedLinks {
     let mut observed = ObservedLinks::default();
     let dir = pin_path.join(LINKS_DIR);
     if let Ok(entries) = fs::read_dir(&dir) {
@@ -1029,6 +1052,19 @@ pub fn observe_links(pin_path: &Path, expected: &BTreeMap<String, ExpectedLink>)
             None => Ok(Vec::new()),
         };
         observed.filters.insert(pin.clone(), filters);
+    }
+    for (interface, ifindex) in interfaces {
+        for hook in [Hook::Ingress, Hook::Egress] {
+            if expected.contains_key(&link_pin_name(hook.attach_type(), interface)) {
+                continue;
+            }
+            // A hook that cannot be listed has nothing of ours that could be found either.
+            let ours =
+                clsact::filters(*ifindex, hook.attach_type()).unwrap_or_default().into_iter().find(Filter::is_ours);
+            if let Some(filter) = ours {
+                observed.stray_filters.insert((interface.clone(), hook), filter.name.unwrap_or_default());
+            }
+        }
     }
     observed
 }
@@ -1527,7 +1563,7 @@ fn check_programmed(
     report.findings.extend(diff_maps(&expected, &observed, &covered, names));
 
     let links = expected_links(plan, uplink, interfaces);
-    let observed_links = observe_links(&options.pin_path, &links);
+    let observed_links = observe_links(&options.pin_path, &links, interfaces);
     report.checked.links = links.len();
     report.findings.extend(check_links(&links, &observed_links, interfaces, &options.pin_path.join(LINKS_DIR)));
 }
@@ -1940,7 +1976,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_filter_a_wrong_program_and_a_hook_attached_twice() {
+    fn a_missing_filter_a_wrong_program_a_hook_attached_twice_and_a_stray_filter() {
         let (_, plan, interfaces, _) = node_1();
         let expected = expected_links(&plan, "eth0", &interfaces);
         let mut observed = clsact_links(&expected);
@@ -1954,11 +1990,19 @@ mod tests {
         }
         // The uplink's ingress also keeps a tcx link pinned by an earlier agent.
         observed.pins.insert("ingress_eth0".into(), Ok(7));
+        // A filter left on the veth of a pod the datastore no longer has.
+        observed.stray_filters.insert(("caligone0000001".into(), Hook::Egress), clsact::filter_name(PROG_TO_WORKLOAD));
         let findings = check_links(&expected, &observed, &interfaces, Path::new("/pins/links"));
         assert_eq!(
             objects(&findings),
-            vec!["to_uplink egress of eth0", "from_workload ingress of cali0761ccbeace", "from_uplink ingress of eth0"]
+            vec![
+                "to_uplink egress of eth0",
+                "from_workload ingress of cali0761ccbeace",
+                "from_uplink ingress of eth0",
+                "filter dataplane:to_workload on egress of caligone0000001"
+            ]
         );
+        assert!(findings[3].fix.contains("tc filter del dev caligone0000001 egress pref 1 handle 0xda7a bpf"));
         assert!(findings[0].problem.contains("runs dataplane:from_uplink"), "{findings:?}");
         assert!(findings[1].problem.starts_with("not attached: no clsact filter of ours is on it"), "{findings:?}");
         assert!(findings[2].problem.contains("attached twice"), "{findings:?}");

@@ -9,6 +9,7 @@
 //!   counters move; `dataplane check` finds every program attached;
 //! - node-1's agent restarts (SIGTERM, new agent) under a running TCP stream: the new agent
 //!   replaces each filter in place (new program ids, same filters), and the stream loses nothing;
+//! - a pod leaving the datastore (its veth stays) loses its filters, and `dataplane check` agrees;
 //! - `dataplane cleanup` removes the filters (and leaves another tool's filter alone), and
 //!   traffic stops;
 //! - an agent switching attach method under a running stream (tcx -> clsact -> tcx) leaves one
@@ -35,6 +36,7 @@ use serde_json::Value;
 const TWO_NODES: &str = "examples/two-nodes.yaml";
 const WEB_1: &str = "default/web-1";
 const WEB_2: &str = "default/web-2";
+const CACHE_1: &str = "default/cache-1";
 /// How long an agent may take to program its node.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Makes the probe report tcx missing, so the agent attaches through clsact.
@@ -65,9 +67,12 @@ impl Cluster {
             "agent binary {} does not exist: build it with `cargo build -p dataplane`",
             bin.display()
         );
-        let datastore = workspace_root().join(TWO_NODES);
-        let model = dataplane_lab::load_model(&datastore)?;
+        let example = workspace_root().join(TWO_NODES);
+        let model = dataplane_lab::load_model(&example)?;
         let lab = Lab::up(&model, LabOptions::default())?;
+        // A copy the test can change.
+        let datastore = lab.dir().join("cluster.yaml");
+        std::fs::copy(&example, &datastore).with_context(|| format!("copying {}", example.display()))?;
         Ok(Some(Cluster { agents: BTreeMap::new(), bin, datastore, lab }))
     }
 
@@ -330,6 +335,26 @@ fn without_tcx_the_fast_path_runs_on_clsact_filters_restarts_in_place_and_cleans
          {per_second:.2?}; encap_vxlan {encap} -> {encap_after}"
     );
 
+    // A pod leaves the datastore while its veth stays: the agent removes that veth's filters.
+    let cache1 = cluster.lab.pod(CACHE_1)?.interface.clone();
+    let reconciles = cluster.log("node-1").matches(AGENT_READY).count();
+    let yaml = std::fs::read_to_string(&cluster.datastore)?;
+    let kept: Vec<&str> = yaml.split("\n---\n").filter(|doc| !doc.contains("pod: cache-1")).collect();
+    let staging = cluster.datastore.with_extension("next");
+    std::fs::write(&staging, kept.join("\n---\n"))?;
+    std::fs::rename(&staging, &cluster.datastore)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.log("node-1").matches(AGENT_READY).count() <= reconciles {
+        ensure!(Instant::now() < deadline, "node-1 did not reconcile after cache-1 left:\n{}", cluster.log("node-1"));
+        thread::sleep(Duration::from_millis(50));
+    }
+    for hook in ["ingress", "egress"] {
+        let shown = cluster.filters("node-1", &cache1, hook)?;
+        ensure!(!shown.contains(FILTER_PREFIX), "cache-1 left, but {cache1} {hook} keeps our filter:\n{shown}");
+    }
+    let findings = cluster.program_findings("node-1")?;
+    ensure!(findings.is_empty(), "`dataplane check` after cache-1 left: {findings:?}");
+
     // Another tool's filter on the uplink survives cleanup; ours go and traffic stops.
     let uplink = cluster.lab.node("node-1")?.uplink.clone();
     let theirs = [
@@ -344,6 +369,7 @@ fn without_tcx_the_fast_path_runs_on_clsact_filters_restarts_in_place_and_cleans
     let pins = cluster.lab.pin_path("node-1").to_string_lossy().into_owned();
     let said = cluster.on("node-1", &[&bin, "cleanup", "--pin-path", &pins])?;
     for (interface, hook, _) in cluster.hooks("node-1")? {
+        // (cache-1's veth is among the hooks: it has been without our filters since it left.)
         let shown = cluster.filters("node-1", &interface, hook)?;
         ensure!(!shown.contains(FILTER_PREFIX), "cleanup left our filter on {interface} {hook}:\n{shown}\n{said}");
     }
