@@ -288,6 +288,30 @@ impl Stream {
     }
 }
 
+/// A ping every 10 ms from one pod to another, running in the background.
+struct SteadyPing {
+    netns: String,
+    process: ChildHandle,
+}
+
+impl SteadyPing {
+    fn start(lab: &Lab, from: &LabPod, to: &LabPod) -> anyhow::Result<SteadyPing> {
+        let addr = to.addr.to_string();
+        let process = lab.spawn(&from.netns, &["ping", "-i", "0.01", "-W", "1", &addr], "steady-ping")?;
+        thread::sleep(Duration::from_millis(300));
+        Ok(SteadyPing { netns: from.netns.clone(), process })
+    }
+
+    /// Stops the ping (after 300 ms more) and returns its summary line.
+    fn stop(mut self, lab: &Lab) -> anyhow::Result<String> {
+        thread::sleep(Duration::from_millis(300));
+        lab.exec(&self.netns, &["kill", "-INT", &self.process.pid().to_string()])?;
+        let _ = self.process.wait_timeout(Duration::from_secs(5))?;
+        let log = self.process.log();
+        Ok(log.lines().find(|l| l.contains("packets transmitted")).unwrap_or("no summary").to_owned())
+    }
+}
+
 #[test]
 fn without_tcx_the_fast_path_runs_on_clsact_filters_restarts_in_place_and_cleans_up() -> anyhow::Result<()> {
     let Some(mut cluster) = Cluster::up("clsact")? else { return Ok(()) };
@@ -310,9 +334,12 @@ fn without_tcx_the_fast_path_runs_on_clsact_filters_restarts_in_place_and_cleans
 
     // A TCP stream across an agent restart: the new agent replaces each filter's program in place.
     let stream = Stream::start(&cluster.lab, &web1, &web2)?;
+    // And a 10 ms ping, whose losses across the restart are reported (not asserted).
+    let steady = SteadyPing::start(&cluster.lab, &web1, &web2)?;
     let restart = Instant::now();
     cluster.start("node-1", &[NO_TCX])?;
     let restart_took = restart.elapsed();
+    let steady_summary = steady.stop(&cluster.lab)?;
     let log = cluster.log("node-1");
     ensure!(
         log.contains("replaced=true") && !log.contains("replaced=false"),
@@ -332,7 +359,7 @@ fn without_tcx_the_fast_path_runs_on_clsact_filters_restarts_in_place_and_cleans
     );
     eprintln!(
         "clsact restart (SIGTERM to programmed) took {restart_took:?}; Gbit/s per second of the stream: \
-         {per_second:.2?}; encap_vxlan {encap} -> {encap_after}"
+         {per_second:.2?}; 10 ms ping across it: {steady_summary}; encap_vxlan {encap} -> {encap_after}"
     );
 
     // A pod leaves the datastore while its veth stays: the agent removes that veth's filters.
@@ -389,6 +416,7 @@ fn switching_attach_method_under_a_stream_leaves_one_attachment_per_hook() -> an
     cluster.expect_tcx("node-1")?;
     let (web1, web2) = (cluster.lab.pod(WEB_1)?.clone(), cluster.lab.pod(WEB_2)?.clone());
     let stream = Stream::start(&cluster.lab, &web1, &web2)?;
+    let steady = SteadyPing::start(&cluster.lab, &web1, &web2)?;
 
     // tcx links pinned, the new agent told to use clsact: filters in, links out.
     cluster.start("node-1", &[NO_TCX])?;
@@ -405,10 +433,15 @@ fn switching_attach_method_under_a_stream_leaves_one_attachment_per_hook() -> an
     let findings = cluster.program_findings("node-1")?;
     ensure!(findings.is_empty(), "`dataplane check` after the switches: {findings:?}");
 
+    let steady_summary = steady.stop(&cluster.lab)?;
     let per_second = stream.finish()?;
     if !ping(&cluster.lab, &web1, &web2)? {
         bail!("web-1 cannot ping web-2 after the switches:\n{}", cluster.log("node-1"));
     }
-    eprintln!("method switches: Gbit/s per second of the stream: {per_second:.2?}; test took {:?}", began.elapsed());
+    eprintln!(
+        "method switches: Gbit/s per second of the stream: {per_second:.2?}; 10 ms ping across them: \
+         {steady_summary}; test took {:?}",
+        began.elapsed()
+    );
     Ok(())
 }
