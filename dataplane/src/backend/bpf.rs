@@ -344,7 +344,9 @@ impl BpfBackend {
             }
         } else {
             for (pin_name, (ifindex, direction)) in &self.attached {
-                if !wanted.contains_key(pin_name) && clsact::detach(*ifindex, *direction)? {
+                // An ifindex the kernel gave again to a wanted interface now holds that one's filter.
+                let reused = wanted.values().any(|a| a.ifindex == *ifindex && a.direction == *direction);
+                if !wanted.contains_key(pin_name) && !reused && clsact::detach(*ifindex, *direction)? {
                     info!(hook = %pin_name, "detached");
                     removed += 1;
                 }
