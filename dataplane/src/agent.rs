@@ -80,8 +80,9 @@ async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
             }
         }
     }
-    info!(features = features.len(), "kernel probe: every fast-path feature present, tcx available");
-    match BpfBackend::load(&options.pin_path, options.kernel_log) {
+    let method = probe::attach_method(&features);
+    info!(features = features.len(), attach = %method, "kernel probe: every fast-path feature present");
+    match BpfBackend::load(&options.pin_path, method, options.kernel_log) {
         Ok(backend) => {
             info!(pin_path = %options.pin_path.display(), "kernel programs loaded");
             // A netlink run before this one may have left vxlan.calico: the fast path does not use

@@ -43,6 +43,7 @@ use crate::{
     agent::{Datastore, Mode},
     backend::{
         bpf::link_pin_name,
+        clsact::{self, Filter},
         entries::{self, MapEntries, RouteKey},
         netlink::{self, Intent, RouteIntent, IPIP_DEVICE, RTPROT_DATAPLANE, VXLAN_DEVICE, VXLAN_VNI},
     },
@@ -712,9 +713,21 @@ pub struct ObservedLinks {
     /// For every expected link (by pin name): the programs on its hook, or why the hook could not
     /// be queried.
     pub hooks: BTreeMap<String, Result<Vec<AttachedProgram>, String>>,
+    /// For every expected link (by pin name): the filters on its clsact hook (none without a
+    /// clsact qdisc), or why they could not be listed.
+    pub filters: BTreeMap<String, Result<Vec<Filter>, String>>,
+    /// Our clsact filters on hooks no expected link names: (interface, hook) -> filter name.
+    pub stray_filters: BTreeMap<(String, Hook), String>,
 }
 
-/// Compares the expected attachments with what the pins and the tcx hooks show.
+/// Whether the tcx hook of the expected link `pin` runs `program`.
+fn on_tcx_hook(observed: &ObservedLinks, pin: &str, program: &str) -> bool {
+    matches!(observed.hooks.get(pin), Some(Ok(programs)) if programs.iter().any(|p| p.name == program))
+}
+
+/// Compares the expected attachments with what the pins, the tcx hooks and the clsact filters
+/// show. A program counts as attached by either method: a pinned tcx link running it, or our
+/// clsact filter running it; both at once is a problem of its own (a half-finished switch).
 pub fn check_links(
     expected: &BTreeMap<String, ExpectedLink>,
     observed: &ObservedLinks,
@@ -725,8 +738,55 @@ pub fn check_links(
     for (pin, link) in expected {
         let object = format!("{} {} of {}", link.program, link.hook.name(), link.interface);
         let pin_path = links_dir.join(pin);
+        let filter = match observed.filters.get(pin) {
+            Some(Ok(filters)) => filters.iter().find(|f| f.is_ours()),
+            _ => None,
+        };
+        if let Some(filter) = filter {
+            let name = filter.name.as_deref().unwrap_or("");
+            let problem = if name != clsact::filter_name(link.program) {
+                Some(format!("our clsact {} filter of {} runs {name}", link.hook.name(), link.interface))
+            } else if observed.pins.contains_key(pin) || on_tcx_hook(observed, pin, link.program) {
+                Some(format!(
+                    "attached twice: by our clsact filter and through tcx (link pin {}) (a switch of attach \
+                     method left half done)",
+                    pin_path.display()
+                ))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                findings.push(Finding::new(
+                    "programs",
+                    object,
+                    problem,
+                    "restart the agent (`dataplane run`): it attaches each program by one method and removes the other",
+                ));
+            }
+            continue;
+        }
         let attached = match observed.hooks.get(pin) {
             Some(Ok(programs)) => programs.iter().filter(|p| p.name == link.program).map(|p| p.id).collect(),
+            // No tcx on this kernel, and no filter of ours either.
+            Some(Err(error)) if !observed.pins.contains_key(pin) => {
+                let filters = match observed.filters.get(pin) {
+                    Some(Err(error)) => format!("its clsact filters cannot be listed ({error})"),
+                    _ => "no clsact filter of ours is on it".to_owned(),
+                };
+                findings.push(Finding::new(
+                    "programs",
+                    object,
+                    format!(
+                        "not attached: {filters}, and the tcx {} hook of {} cannot be queried ({error}): packets on \
+                         this hook bypass the fast path",
+                        link.hook.name(),
+                        link.interface
+                    ),
+                    "restart the agent (`dataplane run`) as root in the node's network namespace: it attaches every \
+                     program at start",
+                ));
+                continue;
+            }
             Some(Err(error)) => {
                 findings.push(Finding::new(
                     "programs",
@@ -740,7 +800,8 @@ pub fn check_links(
         };
         let problem = match (observed.pins.get(pin), attached.is_empty()) {
             (None, true) => Some(format!(
-                "not attached, and no link is pinned at {}: packets on this hook bypass the fast path",
+                "not attached: no clsact filter of ours, and no link is pinned at {}: packets on this hook bypass \
+                 the fast path",
                 pin_path.display()
             )),
             (None, false) => Some(format!(
@@ -790,6 +851,23 @@ pub fn check_links(
             format!(
                 "restart the agent (it removes links it does not want), or remove the pin: rm {}",
                 pin_path.display()
+            ),
+        ));
+    }
+    for ((interface, hook), name) in &observed.stray_filters {
+        findings.push(Finding::new(
+            "programs",
+            format!("filter {name} on {} of {interface}", hook.name()),
+            format!(
+                "our clsact filter stays on the {} hook of {interface}, which the datastore does not give this node",
+                hook.name()
+            ),
+            format!(
+                "restart the agent (it removes filters it does not want), or remove it: tc filter del dev {interface} \
+                 {} pref {} handle {:#x} bpf",
+                hook.name(),
+                clsact::FILTER_PRIORITY,
+                clsact::FILTER_HANDLE
             ),
         ));
     }
@@ -940,8 +1018,13 @@ pub fn interfaces() -> anyhow::Result<BTreeMap<String, u32>> {
     Ok(found)
 }
 
-/// The pins under `<pin path>/links`, and the programs on the hook of every expected link.
-pub fn observe_links(pin_path: &Path, expected: &BTreeMap<String, ExpectedLink>) -> ObservedLinks {
+/// The pins under `<pin path>/links`, the programs and clsact filters on the hook of every
+/// expected link, and our filters on any other hook of `interfaces`.
+pub fn observe_links(
+    pin_path: &Path,
+    expected: &BTreeMap<String, ExpectedLink>,
+    interfaces: &BTreeMap<String, u32>,
+) -> ObservedLinks {
     let mut observed = ObservedLinks::default();
     let dir = pin_path.join(LINKS_DIR);
     if let Ok(entries) = fs::read_dir(&dir) {
@@ -964,6 +1047,24 @@ pub fn observe_links(pin_path: &Path, expected: &BTreeMap<String, ExpectedLink>)
             })
             .map_err(|e| format!("{e:#}"));
         observed.hooks.insert(pin.clone(), programs);
+        let filters = match sys::ifindex(&link.interface) {
+            Some(ifindex) => clsact::filters(ifindex, link.hook.attach_type()).map_err(|e| e.to_string()),
+            None => Ok(Vec::new()),
+        };
+        observed.filters.insert(pin.clone(), filters);
+    }
+    for (interface, ifindex) in interfaces {
+        for hook in [Hook::Ingress, Hook::Egress] {
+            if expected.contains_key(&link_pin_name(hook.attach_type(), interface)) {
+                continue;
+            }
+            // A hook that cannot be listed has nothing of ours that could be found either.
+            let ours =
+                clsact::filters(*ifindex, hook.attach_type()).unwrap_or_default().into_iter().find(Filter::is_ours);
+            if let Some(filter) = ours {
+                observed.stray_filters.insert((interface.clone(), hook), filter.name.unwrap_or_default());
+            }
+        }
     }
     observed
 }
@@ -1208,7 +1309,9 @@ pub fn observe_fallback(interfaces: &BTreeMap<String, u32>) -> anyhow::Result<Ob
                 if message.header.protocol == RouteProtocol::Other(RTPROT_DATAPLANE) {
                     observed.ours += 1;
                 }
-                let Some((prefix, route)) = parse_observed_route(&message, &names) else { continue };
+                let Some((prefix, route)) = parse_observed_route(&message, &names) else {
+                    continue;
+                };
                 observed.routes.entry(prefix).or_insert(route);
             }
             Ok(observed)
@@ -1485,7 +1588,7 @@ fn check_programmed(
     report.findings.extend(diff_maps(&expected, &observed, &covered, names));
 
     let links = expected_links(plan, uplink, interfaces);
-    let observed_links = observe_links(&options.pin_path, &links);
+    let observed_links = observe_links(&options.pin_path, &links, interfaces);
     report.checked.links = links.len();
     report.findings.extend(check_links(&links, &observed_links, interfaces, &options.pin_path.join(LINKS_DIR)));
 }
@@ -1861,13 +1964,73 @@ mod tests {
             ]
         );
         assert!(findings[0].problem.contains("not attached to the hook"), "{findings:?}");
-        assert!(findings[1]
-            .problem
-            .contains("not attached, and no link is pinned at /pins/links/ingress_cali0761ccbeace"));
+        assert!(findings[1].problem.contains(
+            "not attached: no clsact filter of ours, and no link is pinned at /pins/links/ingress_cali0761ccbeace"
+        ));
         assert!(findings[1].fix.contains("restart the agent"));
         assert!(
             findings[2].problem.contains("stale") && findings[2].fix.contains("rm /pins/links/ingress_caligone0000001")
         );
+    }
+
+    /// What a node attached through clsact shows: no pins, no tcx (the query fails as on 6.1),
+    /// our filter on every hook.
+    fn clsact_links(expected: &BTreeMap<String, ExpectedLink>) -> ObservedLinks {
+        let mut observed = ObservedLinks::default();
+        for (id, (pin, link)) in expected.iter().enumerate() {
+            observed.hooks.insert(pin.clone(), Err("tcx: Invalid argument (os error 22)".to_owned()));
+            let theirs = Filter { priority: 49152, handle: 1, kind: "u32".to_owned(), name: None, program_id: None };
+            let ours = Filter {
+                priority: clsact::FILTER_PRIORITY,
+                handle: clsact::FILTER_HANDLE,
+                kind: "bpf".to_owned(),
+                name: Some(clsact::filter_name(link.program)),
+                program_id: Some(id as u32 + 100),
+            };
+            observed.filters.insert(pin.clone(), Ok(vec![ours, theirs]));
+        }
+        observed
+    }
+
+    #[test]
+    fn clsact_filters_count_as_attached_without_pins_or_tcx() {
+        let (_, plan, interfaces, _) = node_1();
+        let expected = expected_links(&plan, "eth0", &interfaces);
+        let observed = clsact_links(&expected);
+        assert_eq!(check_links(&expected, &observed, &interfaces, Path::new("/pins/links")), vec![]);
+    }
+
+    #[test]
+    fn a_missing_filter_a_wrong_program_a_hook_attached_twice_and_a_stray_filter() {
+        let (_, plan, interfaces, _) = node_1();
+        let expected = expected_links(&plan, "eth0", &interfaces);
+        let mut observed = clsact_links(&expected);
+        // web-1's ingress filter gone: only the other tool's filter is left.
+        if let Some(Ok(filters)) = observed.filters.get_mut("ingress_cali0761ccbeace") {
+            filters.retain(|f| !f.is_ours());
+        }
+        // The uplink's egress filter runs the wrong program.
+        if let Some(Ok(filters)) = observed.filters.get_mut("egress_eth0") {
+            filters[0].name = Some(clsact::filter_name(PROG_FROM_UPLINK));
+        }
+        // The uplink's ingress also keeps a tcx link pinned by an earlier agent.
+        observed.pins.insert("ingress_eth0".into(), Ok(7));
+        // A filter left on the veth of a pod the datastore no longer has.
+        observed.stray_filters.insert(("caligone0000001".into(), Hook::Egress), clsact::filter_name(PROG_TO_WORKLOAD));
+        let findings = check_links(&expected, &observed, &interfaces, Path::new("/pins/links"));
+        assert_eq!(
+            objects(&findings),
+            vec![
+                "to_uplink egress of eth0",
+                "from_workload ingress of cali0761ccbeace",
+                "from_uplink ingress of eth0",
+                "filter dataplane:to_workload on egress of caligone0000001"
+            ]
+        );
+        assert!(findings[3].fix.contains("tc filter del dev caligone0000001 egress pref 1 handle 0xda7a bpf"));
+        assert!(findings[0].problem.contains("runs dataplane:from_uplink"), "{findings:?}");
+        assert!(findings[1].problem.starts_with("not attached: no clsact filter of ours is on it"), "{findings:?}");
+        assert!(findings[2].problem.contains("attached twice"), "{findings:?}");
     }
 
     #[test]

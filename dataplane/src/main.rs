@@ -356,7 +356,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Cleanup { pin_path } => {
             let removed = backend::bpf::cleanup(&pin_path)?;
-            println!("removed {removed} pinned objects under {}", pin_path.display());
+            println!("removed {removed} TC filters and pinned objects under {}", pin_path.display());
             // The fast path's host routes and the netlink fallback's routes and vxlan.calico.
             let report = backend::netlink::cleanup_blocking()?;
             println!("removed {} kernel routes of protocol {} and {} devices", report.routes, backend::host_routes::RTPROT_DATAPLANE, report.devices);

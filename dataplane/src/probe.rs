@@ -7,6 +7,9 @@
 //! features as missing although the kernel has them: the only way to exercise the fallback on a
 //! kernel that has everything. A feature is named by its full name or by one of its words
 //! (`bpf_redirect_peer`, `lpm_trie`, `BTF`, `tcx`, `sched_cls`).
+//!
+//! tcx is not required: it only picks how the programs attach ([`attach_method`]). Without it
+//! (Linux before 6.6, e.g. Debian 12's 6.1) they attach as filters of a clsact qdisc.
 
 use std::path::Path;
 
@@ -31,6 +34,38 @@ pub struct Feature {
     pub needed_for: &'static str,
     /// Reported missing because [`DISABLE_ENV`] names it, whatever the kernel has.
     pub disabled: bool,
+    /// The fast path cannot run without it (false: it only picks between two ways of working).
+    pub required: bool,
+}
+
+/// The name of the tcx feature, which picks the [`AttachMethod`].
+pub const TCX: &str = "tcx (Linux 6.6+)";
+
+/// How the TC programs are attached to their hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMethod {
+    /// tcx links (Linux 6.6+), pinned and updated atomically by the next agent.
+    Tcx,
+    /// Direct-action filters of a clsact qdisc, replaced in place by the next agent.
+    Clsact,
+}
+
+impl std::fmt::Display for AttachMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachMethod::Tcx => "tcx",
+            AttachMethod::Clsact => "clsact",
+        })
+    }
+}
+
+/// tcx when the probe found it (and [`DISABLE_ENV`] does not hide it), clsact otherwise.
+pub fn attach_method(features: &[Feature]) -> AttachMethod {
+    if features.iter().any(|f| f.name == TCX && f.present) {
+        AttachMethod::Tcx
+    } else {
+        AttachMethod::Clsact
+    }
 }
 
 /// Kernel helpers the TC programs call, with what each is for.
@@ -62,12 +97,14 @@ pub fn probe_kernel() -> Vec<Feature> {
         present: Path::new("/sys/kernel/btf/vmlinux").exists(),
         needed_for: "loading BTF maps that bpftool can print",
         disabled: false,
+        required: true,
     }];
     features.push(Feature {
         name: "program type sched_cls (TC)",
         present: is_program_supported(ProgramType::SchedClassifier).unwrap_or(false),
         needed_for: "every fast-path program",
         disabled: false,
+        required: true,
     });
     for (map, name, needed_for) in [
         (MapType::LpmTrie, "map type lpm_trie", "the routes map"),
@@ -75,17 +112,18 @@ pub fn probe_kernel() -> Vec<Feature> {
         (MapType::PerCpuArray, "map type percpu_array", "the stats map"),
     ] {
         let present = is_map_supported(map).unwrap_or(false);
-        features.push(Feature { name, present, needed_for, disabled: false });
+        features.push(Feature { name, present, needed_for, disabled: false, required: true });
     }
     for (helper, name, needed_for) in HELPERS {
         let present = is_helper_supported(ProgramType::SchedClassifier, helper).unwrap_or(false);
-        features.push(Feature { name, present, needed_for, disabled: false });
+        features.push(Feature { name, present, needed_for, disabled: false, required: true });
     }
     features.push(Feature {
-        name: "tcx (Linux 6.6+)",
+        name: TCX,
         present: has_tcx(),
-        needed_for: "attaching the programs (attaching through clsact is not built)",
+        needed_for: "attaching the programs through tcx links (without it: through a clsact qdisc)",
         disabled: false,
+        required: false,
     });
     features
 }
@@ -120,11 +158,12 @@ pub fn has_tcx() -> bool {
     KernelVersion::current().is_ok_and(|version| version >= KernelVersion::new(6, 6, 0))
 }
 
-/// The missing features, as one sentence for an error or a log line; None when all are there.
+/// The missing required features, as one sentence for an error or a log line; None when all
+/// are there.
 pub fn missing(features: &[Feature]) -> Option<String> {
     let missing: Vec<String> = features
         .iter()
-        .filter(|f| !f.present)
+        .filter(|f| f.required && !f.present)
         .map(|f| {
             let forced = if f.disabled { format!("; {DISABLE_ENV} says so") } else { String::new() };
             format!("{} (needed for {}{forced})", f.name, f.needed_for)
@@ -140,8 +179,14 @@ mod tests {
     #[test]
     fn missing_names_each_absent_feature_and_its_use() {
         let features = vec![
-            Feature { name: "a", present: true, needed_for: "x", disabled: false },
-            Feature { name: "bpf_redirect_peer", present: false, needed_for: "delivery into pods", disabled: false },
+            Feature { name: "a", present: true, needed_for: "x", disabled: false, required: true },
+            Feature {
+                name: "bpf_redirect_peer",
+                present: false,
+                needed_for: "delivery into pods",
+                disabled: false,
+                required: true,
+            },
         ];
         assert_eq!(missing(&features).as_deref(), Some("bpf_redirect_peer (needed for delivery into pods)"));
         assert_eq!(missing(&features[..1]), None);
@@ -150,7 +195,7 @@ mod tests {
     fn all_present() -> Vec<Feature> {
         ["BTF (/sys/kernel/btf/vmlinux)", "map type lpm_trie", "bpf_redirect_peer", "tcx (Linux 6.6+)"]
             .into_iter()
-            .map(|name| Feature { name, present: true, needed_for: "x", disabled: false })
+            .map(|name| Feature { name, present: true, needed_for: "x", disabled: false, required: name != TCX })
             .collect()
     }
 
@@ -165,13 +210,33 @@ mod tests {
     #[test]
     fn disable_reports_names_that_match_nothing_and_leaves_the_rest() {
         let mut features = all_present();
-        let unknown = disable(&mut features, "bpf_redirect_per,tcx");
+        let unknown = disable(&mut features, "bpf_redirect_per,lpm_trie");
         assert_eq!(unknown, ["bpf_redirect_per"]);
-        let missing = missing(&features).expect("tcx disabled");
-        assert_eq!(missing, "tcx (Linux 6.6+) (needed for x; DATAPLANE_PROBE_DISABLE says so)");
+        let missing = missing(&features).expect("lpm_trie disabled");
+        assert_eq!(missing, "map type lpm_trie (needed for x; DATAPLANE_PROBE_DISABLE says so)");
         // "map" is a word of "map type lpm_trie": a word matches, a part of a word does not.
         let mut features = all_present();
         assert_eq!(disable(&mut features, "redirect"), ["redirect"]);
         assert!(features.iter().all(|f| f.present));
+    }
+
+    #[test]
+    fn tcx_picks_the_attach_method_and_is_never_missing() {
+        let mut features = all_present();
+        assert_eq!(attach_method(&features), AttachMethod::Tcx);
+        assert_eq!(disable(&mut features, "tcx"), Vec::<String>::new());
+        assert_eq!(attach_method(&features), AttachMethod::Clsact);
+        // Without tcx the fast path still runs: nothing required is missing.
+        assert_eq!(missing(&features), None);
+        assert_eq!(AttachMethod::Clsact.to_string(), "clsact");
+    }
+
+    #[test]
+    fn a_kernel_without_tcx_attaches_through_clsact() {
+        let mut features = all_present();
+        features.retain(|f| f.name != TCX);
+        assert_eq!(attach_method(&features), AttachMethod::Clsact);
+        features.push(Feature { name: TCX, present: false, needed_for: "x", disabled: false, required: false });
+        assert_eq!(attach_method(&features), AttachMethod::Clsact);
     }
 }

@@ -4,10 +4,18 @@
 //! Everything lives under the pin path, so the fast path outlives the agent: a new agent loads
 //! with the same pins, adopts the maps as they are, swaps its programs into the existing links
 //! atomically (BPF_LINK_UPDATE) and writes only the map entries that differ.
+//!
+//! Programs attach by one of two methods ([`AttachMethod`]): pinned tcx links (Linux 6.6+), or
+//! direct-action filters of a clsact qdisc (see [`super::clsact`]), which outlive the agent by
+//! themselves and which the next agent replaces in place. An agent takes over whatever the one
+//! before it attached, by either method: it attaches its own first, then removes the other
+//! method's attachment of the same hook, so no packet meets a hook without a program and no hook
+//! keeps both.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -28,12 +36,15 @@ use dataplane_common::{
 use tracing::{info, warn};
 
 use super::{
+    clsact,
     diff::{diff, Changes},
     entries::{self, MapEntries, RouteKey},
     host_routes::{self, HostRoutes},
 };
 use crate::{
+    check,
     plan::{Plan, RouteTarget},
+    probe::AttachMethod,
     sys,
 };
 
@@ -96,7 +107,8 @@ pub struct ApplyReport {
     pub removed: usize,
     /// Programs newly attached (or swapped into adopted links).
     pub attached: usize,
-    /// Links removed because their interface left the plan.
+    /// Attachments removed: their interface left the plan, or an earlier agent made them by the
+    /// other attach method.
     pub detached: usize,
     /// Workloads left out because their interface does not exist yet.
     pub missing: Vec<entries::MissingInterface>,
@@ -106,8 +118,13 @@ pub struct ApplyReport {
 pub struct BpfBackend {
     ebpf: Ebpf,
     pin_path: PathBuf,
-    /// Links this process has attached or adopted (by pin name), with the ifindex they had then.
-    attached: BTreeMap<String, u32>,
+    /// How the programs attach.
+    method: AttachMethod,
+    /// Hooks this process has attached or adopted (by link pin name), with the ifindex and
+    /// direction they had then.
+    attached: BTreeMap<String, (u32, TcAttachType)>,
+    /// Whether the first apply has removed what an earlier agent attached and no longer belongs.
+    took_over: bool,
     /// The host's routes to blocks.
     host_routes: HostRoutes,
 }
@@ -158,9 +175,10 @@ struct Attachment {
 }
 
 impl BpfBackend {
-    /// Loads the programs, creating or adopting the pinned maps under `pin_path`; with kernel logs
-    /// on, their records are forwarded to the agent's log (target `dataplane::kernel`).
-    pub fn load(pin_path: &Path, log: KernelLog) -> anyhow::Result<Self> {
+    /// Loads the programs, creating or adopting the pinned maps under `pin_path`; `method` says
+    /// how they will attach; with kernel logs on, their records are forwarded to the agent's log
+    /// (target `dataplane::kernel`).
+    pub fn load(pin_path: &Path, method: AttachMethod, log: KernelLog) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             bail!("this binary was built with AYA_BUILD_SKIP=1 and holds no kernel programs: rebuild without it");
         }
@@ -184,7 +202,14 @@ impl BpfBackend {
         }
         fs::create_dir_all(pin_path.join(LINKS_DIR))
             .with_context(|| format!("creating {}", pin_path.join(LINKS_DIR).display()))?;
-        Ok(BpfBackend { ebpf, pin_path: pin_path.to_owned(), attached: BTreeMap::new(), host_routes: HostRoutes::connect()? })
+        Ok(BpfBackend {
+            ebpf,
+            pin_path: pin_path.to_owned(),
+            method,
+            attached: BTreeMap::new(),
+            took_over: false,
+            host_routes: HostRoutes::connect()?,
+        })
     }
 
     /// Makes the kernel match `plan`: attaches programs to the uplink and to every workload
@@ -225,13 +250,20 @@ impl BpfBackend {
             }
         }
         for (pin_name, attachment) in &wanted {
-            if self.attached.get(pin_name) != Some(&attachment.ifindex) {
-                self.attach(attachment)?;
-                self.attached.insert(pin_name.clone(), attachment.ifindex);
+            if self.attached.get(pin_name).map(|(ifindex, _)| *ifindex) != Some(attachment.ifindex) {
+                match self.method {
+                    AttachMethod::Tcx => self.attach(attachment)?,
+                    AttachMethod::Clsact => self.attach_filter(attachment)?,
+                }
+                self.attached.insert(pin_name.clone(), (attachment.ifindex, attachment.direction));
                 report.attached += 1;
             }
         }
-        report.detached = self.remove_stale_links(&wanted.keys().cloned().collect())?;
+        report.detached = match self.method {
+            AttachMethod::Tcx => self.remove_stale_links(&wanted.keys().cloned().collect())?,
+            AttachMethod::Clsact => self.remove_stale_filters(&wanted)?,
+        };
+        self.took_over = true;
 
         // The host's own traffic to blocks: kernel routes that lead it to the uplink.
         let mut next_hops = BTreeMap::new();
@@ -346,14 +378,71 @@ impl BpfBackend {
         if !was_adopted {
             link.pin(&pin).with_context(|| format!("pinning link at {}", pin.display()))?;
         }
-        info!(%interface, ?direction, program, adopted = was_adopted, "attached");
+        // A filter an earlier agent attached through clsact: tcx runs first, so our link already
+        // decides every packet; the filter only has to go.
+        let removed_filter = clsact::detach(attachment.ifindex, *direction)?;
+        info!(%interface, ?direction, program, attach = "tcx", adopted = was_adopted, removed_filter, "attached");
         Ok(())
     }
 
+    /// Attaches a program as our filter on a clsact hook of an interface, replacing in place the
+    /// filter an earlier agent left there; then unpins the tcx link an earlier agent may have
+    /// pinned for the hook.
+    fn attach_filter(&mut self, attachment: &Attachment) -> anyhow::Result<()> {
+        let Attachment { interface, ifindex, direction, program } = attachment;
+        let prog: &mut SchedClassifier =
+            self.ebpf.program_mut(program).with_context(|| format!("program {program} missing"))?.try_into()?;
+        let fd = prog.fd().with_context(|| format!("program {program} is not loaded"))?;
+        let replaced = clsact::attach(interface, *ifindex, *direction, program, fd.as_fd())?;
+        // On a kernel with tcx the link runs before the filter, so the filter takes over the hook
+        // only once the link is gone: the order keeps a program on the hook throughout.
+        let pin = self.pin_path.join(LINKS_DIR).join(link_pin_name(*direction, interface));
+        let removed_link = pin.exists();
+        remove_pin(&pin)?;
+        info!(%interface, ?direction, program, attach = "clsact", replaced, removed_link, "attached");
+        Ok(())
+    }
+
+    /// Removes our filters no longer wanted. The first time, that is every filter of ours in the
+    /// network namespace outside `wanted`, and every pinned tcx link (an earlier agent's); then,
+    /// the hooks this agent attached that left the plan.
+    fn remove_stale_filters(&mut self, wanted: &BTreeMap<String, Attachment>) -> anyhow::Result<usize> {
+        let mut removed = 0;
+        if !self.took_over {
+            let keep: Vec<(u32, TcAttachType)> = wanted.values().map(|a| (a.ifindex, a.direction)).collect();
+            let interfaces = check::interfaces()?;
+            removed += clsact::detach_all_except(interfaces.values().copied(), &keep)?;
+            let dir = self.pin_path.join(LINKS_DIR);
+            for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+                let entry = entry?;
+                remove_pin(&entry.path())?;
+                info!(link = %entry.file_name().to_string_lossy(), "detached an earlier agent's tcx link");
+                removed += 1;
+            }
+        } else {
+            for (pin_name, (ifindex, direction)) in &self.attached {
+                // An ifindex the kernel gave again to a wanted interface now holds that one's filter.
+                let reused = wanted.values().any(|a| a.ifindex == *ifindex && a.direction == *direction);
+                if !wanted.contains_key(pin_name) && !reused && clsact::detach(*ifindex, *direction)? {
+                    info!(hook = %pin_name, "detached");
+                    removed += 1;
+                }
+            }
+        }
+        self.attached.retain(|pin_name, _| wanted.contains_key(pin_name));
+        Ok(removed)
+    }
+
     /// Removes pinned links no longer wanted (unpinning detaches them).
+    /// The first time, also removes the filters an earlier agent attached through clsact.
     fn remove_stale_links(&mut self, wanted: &BTreeSet<String>) -> anyhow::Result<usize> {
         let dir = self.pin_path.join(LINKS_DIR);
         let mut removed = 0;
+        if !self.took_over {
+            // Filters on wanted hooks went when their links were attached; these are the rest.
+            let interfaces = check::interfaces()?;
+            removed += clsact::detach_all_except(interfaces.values().copied(), &[])?;
+        }
         for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -399,13 +488,16 @@ fn remove_pin(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Removes everything the agent pinned under `pin_path`: links (which detaches the programs)
-/// and maps. Returns how many pins were removed.
+/// Removes everything the agent attached and pinned: its clsact filters on every interface of
+/// this network namespace, and under `pin_path` the links (which detaches the programs) and
+/// maps. Returns how many filters and pins were removed.
 pub fn cleanup(pin_path: &Path) -> anyhow::Result<usize> {
+    let interfaces = check::interfaces()?;
+    let mut removed =
+        clsact::detach_all_except(interfaces.values().copied(), &[]).context("removing the agent's TC filters")?;
     if !pin_path.exists() {
-        return Ok(0);
+        return Ok(removed);
     }
-    let mut removed = 0;
     let links = pin_path.join(LINKS_DIR);
     if links.exists() {
         for entry in fs::read_dir(&links).with_context(|| format!("listing {}", links.display()))? {

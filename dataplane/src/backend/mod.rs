@@ -2,6 +2,7 @@
 //! netlink routes where the kernel cannot run the programs.
 
 pub mod bpf;
+pub mod clsact;
 pub mod diff;
 pub mod entries;
 pub mod host_routes;
