@@ -102,8 +102,13 @@ pub struct Plan {
     pub node: NodePlan,
     /// Destination prefix -> route. Longest prefix wins, as in the kernel's LPM trie.
     pub routes: BTreeMap<Ipv4Net, PlannedRoute>,
-    /// Peer node address -> what it may send us.
+    /// Peer node address -> the tunnels some pool runs between it and us (what the netlink
+    /// fallback needs devices for).
     pub peers: BTreeMap<Ipv4Addr, PlannedPeer>,
+    /// Every other node's address: the fast path accepts tunnel packets of either kind from all
+    /// of them, whatever the pools' modes say now, so that a pool's mode change drops nothing
+    /// while the nodes converge one after the other (as Calico's eBPF dataplane trusts any host).
+    pub cluster_nodes: BTreeSet<Ipv4Addr>,
     /// Host-side interface name -> workload.
     pub workloads: BTreeMap<String, PlannedWorkload>,
 }
@@ -137,6 +142,7 @@ pub fn compute(model: &Model, node: &str) -> Result<(Plan, Vec<Problem>), PlanEr
         },
         routes: BTreeMap::new(),
         peers: BTreeMap::new(),
+        cluster_nodes: BTreeSet::new(),
         workloads: BTreeMap::new(),
     };
 
@@ -153,6 +159,13 @@ pub fn compute(model: &Model, node: &str) -> Result<(Plan, Vec<Problem>), PlanEr
     plan_blocks(model, &pools, &nodes, node, &local_addr, &mut plan, &mut problems);
     plan_workloads(model, &pools, node, &mut plan, &mut problems);
     plan_peers(model, &pools, node, &local_addr, &mut plan);
+    plan.cluster_nodes = model
+        .nodes
+        .iter()
+        .filter(|n| n.name != node)
+        .filter_map(|n| n.addr.map(|addr| addr.addr()))
+        .filter(|addr| *addr != local_addr.addr())
+        .collect();
 
     // A node without a VTEP MAC that owns ten blocks is one problem, not ten.
     let mut seen = HashSet::new();

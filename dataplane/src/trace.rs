@@ -2147,8 +2147,9 @@ mod tests {
         assert_eq!(p.output.expect("output").tunnel, None);
         let stranger = Entry::Uplink { tunnel, outer_src: Some(Ipv4Addr::new(10, 100, 0, 99)) };
         assert_eq!(predict(&inbound, &stranger, &state).stat, Stat::DropUnknownPeer);
+        // A node of the cluster may send either tunnel (a pool's mode may be changing).
         let ipip = Entry::Uplink { tunnel: Some(Tunnel::Ipip), outer_src: from };
-        assert_eq!(predict(&inbound, &ipip, &state).stat, Stat::DropUnknownPeer);
+        assert_eq!(predict(&inbound, &ipip, &state).stat, Stat::DecapIpip);
         // To a free address of this node's block: blackhole after the peer check.
         let hole = probe(REMOTE, Ipv4Addr::new(10, 244, 1, 50), Proto::Tcp, Origin::Uplink);
         assert_eq!(predict(&hole, &Entry::Uplink { tunnel, outer_src: from }, &state).stat, Stat::DropBlackhole);

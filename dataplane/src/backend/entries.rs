@@ -125,15 +125,9 @@ pub fn from_plan(
         entries.routes.insert((u32::from(prefix.prefix_len()), prefix.network().octets()), route);
     }
 
-    for (addr, peer) in &plan.peers {
-        let mut flags = 0;
-        if peer.vxlan {
-            flags |= peer_flags::VXLAN;
-        }
-        if peer.ipip {
-            flags |= peer_flags::IPIP;
-        }
-        entries.peers.insert(addr.octets(), Peer { flags });
+    // Tunnel packets of either kind from every node of the cluster (see Plan::cluster_nodes).
+    for addr in plan.cluster_nodes.iter().chain(plan.peers.keys()) {
+        entries.peers.insert(addr.octets(), Peer { flags: peer_flags::VXLAN | peer_flags::IPIP });
     }
     (entries, missing)
 }
@@ -168,6 +162,7 @@ mod tests {
             },
             routes: BTreeMap::new(),
             peers: BTreeMap::new(),
+            cluster_nodes: [Ipv4Addr::new(10, 100, 0, 12), Ipv4Addr::new(10, 100, 0, 13)].into(),
             workloads: BTreeMap::new(),
         };
         plan.routes.insert(
@@ -230,7 +225,10 @@ mod tests {
         assert_eq!(local.ifindex, 7);
         assert_eq!(entries.workloads[&7].addr, [10, 244, 1, 2]);
         assert_eq!(entries.workloads[&7].flags, 0, "its pool has no natOutgoing");
-        assert_eq!(entries.peers[&[10, 100, 0, 12]].flags, peer_flags::VXLAN);
+        // Every node of the cluster may send either tunnel, whatever the pools' modes are now.
+        assert_eq!(entries.peers[&[10, 100, 0, 12]].flags, peer_flags::VXLAN | peer_flags::IPIP);
+        assert_eq!(entries.peers[&[10, 100, 0, 13]].flags, peer_flags::VXLAN | peer_flags::IPIP);
+        assert_eq!(entries.peers.len(), 2);
 
         // The pool's natOutgoing reaches the workload entry, where the kernel reads it.
         let mut nat = plan();
