@@ -6,3 +6,4 @@ pub mod diff;
 pub mod entries;
 pub mod host_routes;
 pub mod netlink;
+pub mod nftables;
