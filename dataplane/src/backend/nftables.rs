@@ -32,7 +32,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv4Subnets};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use crate::plan::{Plan, RouteTarget};
@@ -112,6 +112,34 @@ pub fn interval_elements(cidrs: &[Ipv4Net]) -> BTreeSet<Element> {
         }
     }
     elements
+}
+
+/// An interval set's elements as the prefixes they cover, for people: `10.244.0.0/16, ...`.
+pub fn describe(elements: &BTreeSet<Element>) -> String {
+    let mut prefixes = Vec::new();
+    let mut start: Option<Ipv4Addr> = None;
+    for element in elements {
+        match (start, element.end) {
+            (None, false) => start = Some(element.key),
+            (Some(first), true) => {
+                // The end element is one past the range.
+                let last = Ipv4Addr::from(u32::from(element.key).saturating_sub(1));
+                prefixes.extend(Ipv4Subnets::new(first, last, 0).map(|net| net.to_string()));
+                start = None;
+            }
+            // Elements out of pairs (a set someone else wrote) are shown as they are.
+            (Some(first), false) => {
+                prefixes.push(format!("{first}-?"));
+                start = Some(element.key);
+            }
+            (None, true) => prefixes.push(format!("?-{}", element.key)),
+        }
+    }
+    // A range to the top of the address space has no end element.
+    if let Some(first) = start {
+        prefixes.extend(Ipv4Subnets::new(first, Ipv4Addr::BROADCAST, 0).map(|net| net.to_string()));
+    }
+    prefixes.join(", ")
 }
 
 /// Our table as the kernel holds it.
@@ -769,6 +797,13 @@ mod tests {
         // A range to the top of the address space has no end element.
         assert_eq!(interval_elements(&[net("255.0.0.0/8")]), BTreeSet::from([element("255.0.0.0", false)]));
         assert_eq!(interval_elements(&[]), BTreeSet::new());
+    }
+
+    #[test]
+    fn sets_are_described_as_the_prefixes_they_cover() {
+        let cidrs = [net("10.244.0.0/16"), net("10.245.0.0/16"), net("10.0.2.0/24"), net("255.0.0.0/8")];
+        assert_eq!(describe(&interval_elements(&cidrs)), "10.0.2.0/24, 10.244.0.0/15, 255.0.0.0/8");
+        assert_eq!(describe(&BTreeSet::from([element("10.0.0.0", true)])), "?-10.0.0.0");
     }
 
     fn in_step(wanted: &Masquerade) -> Observed {
