@@ -10,8 +10,8 @@
 //! no workload holds is dropped and counted. The lab is torn down when the test ends, also on
 //! failure. Without root the tests print why they are skipped and pass.
 //!
-//! The four tests share one table-driven body, [`run_mode`]; a [`Mode`] says which example to
-//! load and what each crossing between nodes must look like.
+//! The tests share one table-driven body, [`run_mode`]; a [`Mode`] says which example to load,
+//! which dataplane the agents run and what each crossing between nodes must look like.
 //!
 //! The VXLAN and Never scenarios run a second time with the agents in `--mode netlink` (Calico's
 //! kernel dataplane, which the agent falls back to): the same traffic in every direction and the
@@ -456,9 +456,21 @@ impl Cluster {
         let device_text = String::from_utf8_lossy(&device.stdout).into_owned();
         match wire {
             Wire::Vxlan => {
-                ensure!(route.contains(&format!("dev {VXLAN_DEVICE}")), "node {}: {to_addr} not routed via {VXLAN_DEVICE}: {route}", from.node);
-                ensure!(device_text.contains("vxlan id 4096"), "node {}'s {VXLAN_DEVICE} is not VNI 4096: {device_text}", from.node);
-                ensure!(vxlan_tx >= 3, "node {}'s {VXLAN_DEVICE} sent {vxlan_tx} packets during 3 pings (expected >= 3)", from.node);
+                ensure!(
+                    route.contains(&format!("dev {VXLAN_DEVICE}")),
+                    "node {}: {to_addr} not routed via {VXLAN_DEVICE}: {route}",
+                    from.node
+                );
+                ensure!(
+                    device_text.contains("vxlan id 4096"),
+                    "node {}'s {VXLAN_DEVICE} is not VNI 4096: {device_text}",
+                    from.node
+                );
+                ensure!(
+                    vxlan_tx >= 3,
+                    "node {}'s {VXLAN_DEVICE} sent {vxlan_tx} packets during 3 pings (expected >= 3)",
+                    from.node
+                );
             }
             Wire::Plain => {
                 let peer = lab.node(&to.node)?.addr.addr();
@@ -468,7 +480,11 @@ impl Cluster {
                     "node {}: {to_addr} not routed via {peer} dev {uplink}: {route}",
                     from.node
                 );
-                ensure!(!device.status.success(), "node {} has {VXLAN_DEVICE} though no pool tunnels: {device_text}", from.node);
+                ensure!(
+                    !device.status.success(),
+                    "node {} has {VXLAN_DEVICE} though no pool tunnels: {device_text}",
+                    from.node
+                );
             }
             Wire::Ipip => bail!("the netlink fallback cannot do IPIP on this kernel (no ipip module)"),
         }
@@ -700,4 +716,3 @@ fn ping(lab: &Lab, netns: &str, to: Ipv4Addr) -> anyhow::Result<String> {
     }
     bail!("`{}` never got 3 replies:\n{}", lab.command_line(netns, &argv), tries.join("\n"))
 }
-

@@ -655,8 +655,11 @@ fn nat_table_exists(netns: &str) -> anyhow::Result<bool> {
 
 #[test]
 fn turning_nat_outgoing_off_and_on_applies_to_new_flows_without_restart() -> anyhow::Result<()> {
-    let Some(mut cluster) =
-        Cluster::up("turning_nat_outgoing_off_and_on_applies_to_new_flows_without_restart", &example_yaml()?, Dataplane::FastPath)?
+    let Some(mut cluster) = Cluster::up(
+        "turning_nat_outgoing_off_and_on_applies_to_new_flows_without_restart",
+        &example_yaml()?,
+        Dataplane::FastPath,
+    )?
     else {
         return Ok(());
     };
@@ -755,7 +758,8 @@ fn colliding_flows_get_ports_from_a_small_range_until_it_is_exhausted() -> anyho
     // The example plus nat-3, a second pod of nat-pool on node-1: one pod cannot collide with
     // itself (its flows differ by their own ports), two pods using the same source port can.
     let yaml = format!("{}---\n{NAT_3}", example_yaml()?);
-    let Some(mut cluster) = Cluster::up("colliding_flows_get_ports_from_a_small_range_until_it_is_exhausted", &yaml, Dataplane::FastPath)?
+    let Some(mut cluster) =
+        Cluster::up("colliding_flows_get_ports_from_a_small_range_until_it_is_exhausted", &yaml, Dataplane::FastPath)?
     else {
         return Ok(());
     };
@@ -835,7 +839,9 @@ fn colliding_flows_get_ports_from_a_small_range_until_it_is_exhausted() -> anyho
 
 #[test]
 fn an_idle_udp_flow_disappears_after_its_timeout() -> anyhow::Result<()> {
-    let Some(mut cluster) = Cluster::up("an_idle_udp_flow_disappears_after_its_timeout", &example_yaml()?, Dataplane::FastPath)? else {
+    let Some(mut cluster) =
+        Cluster::up("an_idle_udp_flow_disappears_after_its_timeout", &example_yaml()?, Dataplane::FastPath)?
+    else {
         return Ok(());
     };
     // A short UDP timeout, so the test does not wait the default minute.

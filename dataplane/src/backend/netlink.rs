@@ -48,11 +48,11 @@ use rtnetlink::{
 };
 use tracing::{info, warn};
 
+pub use super::host_routes::RTPROT_DATAPLANE;
 use super::{
     diff::{diff, Changes},
     nftables,
 };
-pub use super::host_routes::RTPROT_DATAPLANE;
 use crate::{
     model::{MacAddr, Model, Problem},
     plan::{Encap, Plan, RouteTarget},

@@ -155,6 +155,9 @@ pub struct Observed {
     pub rules: Vec<Option<String>>,
 }
 
+/// Set elements per NEWSETELEM message: about 40 bytes each, well inside an attribute's 64 KiB.
+const MAX_ELEMENTS_PER_MESSAGE: usize = 1024;
+
 /// One write, in the order a transaction must make them (sets before the rule that looks them up).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
@@ -195,8 +198,10 @@ pub fn changes(wanted: Option<&Masquerade>, observed: &Observed) -> Vec<Change> 
             // start/end pairs, and replacing them all avoids overlaps between old and new ranges.
             Some(_) => changes.push(Change::FlushSet(name)),
         }
-        if !elements.is_empty() {
-            changes.push(Change::AddElements(name, elements));
+        // A netlink attribute holds at most 64 KiB: many pools take several messages.
+        let elements: Vec<Element> = elements.into_iter().collect();
+        for chunk in elements.chunks(MAX_ELEMENTS_PER_MESSAGE) {
+            changes.push(Change::AddElements(name, chunk.iter().copied().collect()));
         }
     }
     let ours = [Some(RULE_COMMENT.to_owned())];
@@ -336,9 +341,7 @@ impl Attrs {
         self.0.extend_from_slice(&len.to_ne_bytes());
         self.0.extend_from_slice(&kind.to_ne_bytes());
         self.0.extend_from_slice(value);
-        while self.0.len() % 4 != 0 {
-            self.0.push(0);
-        }
+        self.0.resize(self.0.len().next_multiple_of(4), 0);
         self
     }
 
@@ -875,6 +878,25 @@ mod tests {
         );
         // No pool needs it any more: the table goes.
         assert_eq!(changes(None, &in_step(&after)), vec![Change::DeleteTable]);
+    }
+
+    #[test]
+    fn thousands_of_pools_are_split_over_messages() {
+        // 1500 disjoint /24 pools: 3000 elements.
+        let pools: Vec<Ipv4Net> =
+            (0..1500u32).map(|i| Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 9)), 24).expect("a /24")).collect();
+        let wanted = Masquerade { masq_pools: pools.clone(), all_pools: pools };
+        let mut total = 0;
+        for change in changes(Some(&wanted), &Observed::default()) {
+            if let Change::AddElements(_, elements) = &change {
+                assert!(elements.len() <= MAX_ELEMENTS_PER_MESSAGE);
+                total += elements.len();
+                // The attribute holding them stays under 64 KiB.
+                let (_, _, body) = change_message(&change);
+                assert!(body.0.len() < usize::from(u16::MAX), "{}", body.0.len());
+            }
+        }
+        assert_eq!(total, 2 * 3000);
     }
 
     #[test]
