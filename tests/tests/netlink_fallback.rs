@@ -4,13 +4,15 @@
 //!   with Calico's settings, the routes, permanent neighbours and FDB entries, proxy ARP on the
 //!   pods' veths, no BPF link; a resync with no change writes and removes nothing;
 //! - node-1 on the fast path, node-2 on the fallback: our VXLAN and the kernel's interoperate;
+//!   node-1 ran the fallback first, and the fast path, starting, removed its nf_tables table;
 //! - `--mode auto` with `DATAPLANE_PROBE_DISABLE`: the agent says it fell back, traffic flows, and
 //!   `--mode bpf` refuses naming the feature;
 //! - an IPIP pool on this kernel (no ipip module): the agent says so clearly, keeps running, and
 //!   programs everything else;
 //! - changes of the datastore (a block goes, the pool stops using VXLAN, VXLAN comes back) remove
-//!   exactly what went, and `cleanup` removes everything the backend made (routes, `vxlan.calico`,
-//!   the natOutgoing table) and nothing else.
+//!   exactly what went; `dataplane check` finds the masquerade's pool set out of step with a pool
+//!   the stopped agent never saw; `cleanup` removes everything the backend made (routes,
+//!   `vxlan.calico`, the natOutgoing table) and nothing else.
 //!
 //! Every test builds its own lab and runs the agents as separate processes. Without root the tests
 //! print why they are skipped and pass.
@@ -322,7 +324,20 @@ fn fast_path_node_and_netlink_node_interoperate() -> anyhow::Result<()> {
     let Some(mut cluster) = Cluster::up("fast_path_node_and_netlink_node_interoperate", TWO_NODES)? else {
         return Ok(());
     };
+    // node-1 ran the fallback before: the fast path, starting, removes its vxlan.calico and its
+    // natOutgoing table.
+    cluster.start("node-1", AgentMode::Netlink, &[], &[])?;
+    let (status, killed) = cluster.agent("node-1")?.process().terminate(Duration::from_secs(10))?;
+    ensure!(status.success() && !killed, "the netlink agent of node-1 did not stop cleanly: {status}");
+    let node_1 = cluster.lab.node_netns("node-1")?.to_owned();
+    ensure!(in_netns(&node_1, nftables::observe)?.table, "the fallback left no table ip {}", nftables::TABLE);
+    cluster.agents.clear();
     cluster.start("node-1", AgentMode::Bpf, &[], &[])?;
+    ensure!(
+        !in_netns(&node_1, nftables::observe)?.table,
+        "table ip {} stayed after the fast path started on node-1",
+        nftables::TABLE
+    );
     cluster.start("node-2", AgentMode::Netlink, &[], &[])?;
 
     traffic_both_ways(&cluster, WEB_1, WEB_2)?;
@@ -425,6 +440,21 @@ fn ipip_pool_without_the_ipip_module_is_reported_and_the_rest_is_programmed() ->
     Ok(())
 }
 
+/// An IP pool without natOutgoing and without blocks, to add to examples/two-nodes.yaml.
+const EXTRA_POOL: &str = "\
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: extra-pool
+spec:
+  blockSize: 26
+  cidr: 10.250.0.0/16
+  ipipMode: Never
+  natOutgoing: false
+  nodeSelector: all()
+  vxlanMode: Always
+";
+
 /// The documents of a Calico YAML file.
 fn documents(yaml: &str) -> Vec<String> {
     yaml.split("\n---\n").map(str::to_owned).collect()
@@ -504,6 +534,34 @@ fn changes_remove_exactly_what_went_and_cleanup_removes_the_rest() -> anyhow::Re
     let (status, killed) = cluster.agent("node-1")?.process().terminate(Duration::from_secs(10))?;
     ensure!(status.success() && !killed, "the agent did not stop cleanly: {status}");
     let netns = cluster.lab.node_netns("node-1")?.to_owned();
+
+    // A pool the stopped agent never saw: `dataplane check` finds the masquerade's pool set out
+    // of step, naming what it holds and what it should.
+    let with_pool = format!("{original}\n---\n{EXTRA_POOL}");
+    fs::write(&cluster.datastore, with_pool)?;
+    let datastore = format!("file:{}", cluster.datastore.display());
+    let bin = cluster.bin.to_string_lossy().into_owned();
+    let argv =
+        [bin.as_str(), "check", "--datastore", &datastore, "--node", "node-1", "--mode", "netlink", "-o", "json"];
+    let output = cluster.lab.exec_status(&netns, &argv)?;
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("`dataplane check` printed no JSON: {}", String::from_utf8_lossy(&output.stderr)))?;
+    let findings = report["findings"].as_array().cloned().unwrap_or_default();
+    let set = findings
+        .iter()
+        .find(|f| f["object"] == "set all-ipam-pools")
+        .with_context(|| format!("no finding about set all-ipam-pools after a pool was added:\n{report:#}"))?;
+    let problem = set["problem"].as_str().unwrap_or("");
+    ensure!(
+        problem.contains("holds {10.244.0.0/16}, but the pools are {10.244.0.0/16, 10.250.0.0/16}"),
+        "the finding does not name the sets' contents: {problem}"
+    );
+    ensure!(
+        !findings.iter().any(|f| f["object"] == "set masq-ipam-pools"),
+        "the new pool has no natOutgoing, yet check finds masq-ipam-pools wrong:\n{report:#}"
+    );
+    eprintln!("dataplane check: set all-ipam-pools {problem}");
+
     // The pool has natOutgoing: the masquerade table is there until cleanup.
     ensure!(in_netns(&netns, nftables::observe)?.table, "no table ip {} before cleanup", nftables::TABLE);
     let removed = in_netns(&netns, dataplane::backend::netlink::cleanup_blocking)?;
