@@ -217,8 +217,11 @@ pub fn changes(wanted: Option<&Masquerade>, observed: &Observed) -> Vec<Change> 
 #[tracing::instrument(name = "nftables", skip_all)]
 pub fn sync(plan: &Plan) -> anyhow::Result<Vec<Change>> {
     let wanted = masquerade(plan);
-    let mut socket = NfSocket::open()?;
-    let observed = socket.observe()?;
+    let (mut socket, observed) = match open_and_observe() {
+        // No nf_tables in this kernel: nothing to remove, and nothing to add when no pool asks.
+        Err(error) if wanted.is_none() && nf_tables_absent(&error) => return Ok(vec![]),
+        result => result?,
+    };
     let changes = changes(wanted.as_ref(), &observed);
     if !changes.is_empty() {
         socket.transaction(&changes).with_context(|| format!("writing table ip {TABLE}: {changes:?}"))?;
@@ -229,19 +232,42 @@ pub fn sync(plan: &Plan) -> anyhow::Result<Vec<Change>> {
     Ok(changes)
 }
 
-/// Reads our table in this network namespace (for `dataplane check`).
+/// Reads our table in this network namespace (for `dataplane check`); a kernel without nf_tables
+/// has none.
 pub fn observe() -> anyhow::Result<Observed> {
-    NfSocket::open()?.observe()
+    match open_and_observe() {
+        Err(error) if nf_tables_absent(&error) => Ok(Observed::default()),
+        result => result.map(|(_, observed)| observed),
+    }
 }
 
-/// Deletes our table if it exists; returns whether it did. For `dataplane cleanup`.
+/// Deletes our table if it exists; returns whether it did. For `dataplane cleanup` and the fast
+/// path's start.
 pub fn remove() -> anyhow::Result<bool> {
-    let mut socket = NfSocket::open()?;
-    if !socket.observe()?.table {
+    let (mut socket, observed) = match open_and_observe() {
+        Err(error) if nf_tables_absent(&error) => return Ok(false),
+        result => result?,
+    };
+    if !observed.table {
         return Ok(false);
     }
     socket.transaction(&[Change::DeleteTable])?;
     Ok(true)
+}
+
+fn open_and_observe() -> anyhow::Result<(NfSocket, Observed)> {
+    let mut socket = NfSocket::open()?;
+    let observed = socket.observe()?;
+    Ok((socket, observed))
+}
+
+/// Whether `error` says this kernel has no nf_tables at all (no NETLINK_NETFILTER protocol, or
+/// no nf_tables subsystem behind it): then no table of ours can exist either.
+fn nf_tables_absent(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|cause| matches!(cause.raw_os_error(), Some(libc::EPROTONOSUPPORT | libc::EOPNOTSUPP)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -878,6 +904,16 @@ mod tests {
         );
         // No pool needs it any more: the table goes.
         assert_eq!(changes(None, &in_step(&after)), vec![Change::DeleteTable]);
+    }
+
+    #[test]
+    fn a_kernel_without_nf_tables_is_told_from_other_errors() {
+        let absent = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EPROTONOSUPPORT))
+            .context("opening a NETLINK_NETFILTER socket");
+        assert!(nf_tables_absent(&absent));
+        let refused = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EPERM)).context("dumping");
+        assert!(!nf_tables_absent(&refused));
+        assert!(!nf_tables_absent(&anyhow::anyhow!("nf_tables refused the transaction")));
     }
 
     #[test]
