@@ -19,6 +19,7 @@ use crate::{
     backend::{
         bpf::{self, BpfBackend},
         netlink::{self, NetlinkBackend},
+        nftables,
     },
     datastore::{self, Snapshot},
     metrics, plan, probe, sys,
@@ -89,6 +90,13 @@ async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
             // it, and two VXLAN endpoints on one node would only confuse whoever debugs it.
             if let Err(error) = remove_netlink_device().await {
                 warn!("could not remove the netlink fallback's {}: {error:#}", netlink::VXLAN_DEVICE);
+            }
+            // Nor does it use the fallback's masquerade rule, which would translate in the kernel
+            // what the fast path translates itself.
+            match nftables::remove() {
+                Ok(true) => info!(table = nftables::TABLE, "removed the netlink fallback's natOutgoing table"),
+                Ok(false) => {}
+                Err(error) => warn!("could not remove the netlink fallback's natOutgoing table: {error:#}"),
             }
             Ok(Backend::Bpf(backend))
         }

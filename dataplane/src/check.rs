@@ -46,6 +46,7 @@ use crate::{
         clsact::{self, Filter},
         entries::{self, MapEntries, RouteKey},
         netlink::{self, Intent, RouteIntent, IPIP_DEVICE, RTPROT_DATAPLANE, VXLAN_DEVICE, VXLAN_VNI},
+        nftables,
     },
     datastore::etcd::EtcdConfig,
     model::{MacAddr, Model, Problem},
@@ -1114,12 +1115,17 @@ pub struct ObservedFallback {
     pub routes: BTreeMap<Ipv4Net, ObservedRoute>,
     /// How many main-table routes carry the agent's protocol number (`proto 200`).
     pub ours: usize,
+    /// The natOutgoing table (`table ip dataplane`), as far as it exists.
+    pub nat: nftables::Observed,
+    /// Why the natOutgoing table could not be read, if it could not.
+    pub nat_error: Option<String>,
 }
 
 impl ObservedFallback {
-    /// Whether the netlink fallback has programmed this node: its device or its routes exist.
+    /// Whether the netlink fallback has programmed this node: its device, its routes or its
+    /// natOutgoing table exist.
     pub fn present(&self) -> bool {
-        self.device.is_some() || self.ours > 0
+        self.device.is_some() || self.ours > 0 || self.nat.table
     }
 }
 
@@ -1261,6 +1267,62 @@ pub fn check_fallback(plan: &Plan, intent: &Intent, observed: &ObservedFallback,
         };
         findings.push(Finding::new("fallback", format!("route {prefix}"), problem, fix));
     }
+    findings.extend(check_masquerade(plan, observed));
+    findings
+}
+
+/// natOutgoing of the fallback: Calico's masquerade rule and pool sets in `table ip dataplane`,
+/// exactly while some pool has natOutgoing.
+fn check_masquerade(plan: &Plan, observed: &ObservedFallback) -> Vec<Finding> {
+    let table = format!("table ip {}", nftables::TABLE);
+    if let Some(error) = &observed.nat_error {
+        return vec![Finding::new(
+            "fallback",
+            table,
+            format!("cannot be read, so natOutgoing was not checked: {error}"),
+            "run the check as root in the node's network namespace, on a kernel with nf_tables",
+        )];
+    }
+    let wanted = nftables::masquerade(plan);
+    let mut findings = Vec::new();
+    for change in nftables::changes(wanted.as_ref(), &observed.nat) {
+        let (object, problem) = match &change {
+            nftables::Change::AddTable => {
+                (table.clone(), "does not exist, so pods of natOutgoing pools leave with their own addresses".into())
+            }
+            nftables::Change::DeleteTable => {
+                (table.clone(), "still masquerades, but no pool has natOutgoing any more".into())
+            }
+            nftables::Change::AddSet(set) => (format!("set {set}"), "does not exist".into()),
+            nftables::Change::FlushSet(set) => {
+                let (have, want) = match (set, &wanted) {
+                    (&nftables::MASQ_POOLS_SET, Some(w)) => (observed.nat.sets.get(*set), &w.masq_pools),
+                    (_, Some(w)) => (observed.nat.sets.get(*set), &w.all_pools),
+                    _ => continue,
+                };
+                let have = have.map(nftables::describe).unwrap_or_default();
+                let want = want.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
+                (format!("set {set}"), format!("holds {{{have}}}, but the pools are {{{want}}}"))
+            }
+            nftables::Change::AddChain => {
+                (format!("chain {}", nftables::CHAIN), "does not exist, so nothing is masqueraded".into())
+            }
+            nftables::Change::FlushChain => (
+                format!("chain {}", nftables::CHAIN),
+                format!("does not hold exactly the masquerade rule (comment \"{}\")", nftables::RULE_COMMENT),
+            ),
+            nftables::Change::AddElements(..) | nftables::Change::AddRule => continue,
+        };
+        let fix = match change {
+            nftables::Change::DeleteTable => format!("nft delete {table}"),
+            _ => FIX_FALLBACK.to_owned(),
+        };
+        findings.push(Finding::new("fallback", object, problem, fix));
+        // A missing table is one finding, not one per set and chain.
+        if !observed.nat.table {
+            break;
+        }
+    }
     findings
 }
 
@@ -1273,6 +1335,10 @@ pub fn observe_fallback(interfaces: &BTreeMap<String, u32>) -> anyhow::Result<Ob
             let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
             tokio::spawn(connection);
             let mut observed = ObservedFallback::default();
+            match nftables::observe() {
+                Ok(nat) => observed.nat = nat,
+                Err(error) => observed.nat_error = Some(format!("{error:#}")),
+            }
             if let Some(index) = device_index {
                 let mut links = handle.link().get().match_index(index).execute();
                 if let Some(message) = links.try_next().await.context("reading vxlan.calico")? {
@@ -2055,7 +2121,7 @@ mod tests {
     }
 
     /// node-1's netlink fallback exactly as the intent says.
-    fn healthy_fallback(intent: &Intent) -> ObservedFallback {
+    fn healthy_fallback(plan: &Plan, intent: &Intent) -> ObservedFallback {
         let vxlan = intent.vxlan.expect("the example tunnels with VXLAN");
         let mut observed = ObservedFallback {
             device: Some(VxlanDevice {
@@ -2068,7 +2134,20 @@ mod tests {
             fdb: intent.fdb.clone(),
             routes: BTreeMap::new(),
             ours: 3,
+            nat: nftables::Observed::default(),
+            nat_error: None,
         };
+        if let Some(wanted) = nftables::masquerade(plan) {
+            observed.nat = nftables::Observed {
+                table: true,
+                chain: true,
+                sets: BTreeMap::from([
+                    (nftables::MASQ_POOLS_SET.to_owned(), nftables::interval_elements(&wanted.masq_pools)),
+                    (nftables::ALL_POOLS_SET.to_owned(), nftables::interval_elements(&wanted.all_pools)),
+                ]),
+                rules: vec![Some(nftables::RULE_COMMENT.to_owned())],
+            };
+        }
         for (prefix, route) in &intent.routes {
             let observed_route = match route {
                 RouteIntent::Blackhole => ObservedRoute::Blackhole,
@@ -2084,16 +2163,53 @@ mod tests {
     fn a_healthy_fallback_has_no_findings() {
         let (model, plan, _, _) = node_1();
         let intent = netlink::intent(&plan, &model);
-        assert_eq!(check_fallback(&plan, &intent, &healthy_fallback(&intent), "eth0"), vec![]);
-        assert!(healthy_fallback(&intent).present());
+        assert_eq!(check_fallback(&plan, &intent, &healthy_fallback(&plan, &intent), "eth0"), vec![]);
+        assert!(healthy_fallback(&plan, &intent).present());
         assert!(!ObservedFallback::default().present());
+    }
+
+    #[test]
+    fn a_fallback_without_its_masquerade_or_with_a_stale_one() {
+        let (model, plan, _, _) = node_1();
+        let intent = netlink::intent(&plan, &model);
+        let mut observed = healthy_fallback(&plan, &intent);
+        observed.nat = nftables::Observed::default();
+        let findings = check_fallback(&plan, &intent, &observed, "eth0");
+        assert_eq!(objects(&findings), vec!["table ip dataplane"]);
+        assert!(findings[0].problem.contains("does not exist"), "{findings:?}");
+
+        // A pool set out of step is named with what it holds and what it should.
+        let mut observed = healthy_fallback(&plan, &intent);
+        observed.nat.sets.insert(
+            nftables::ALL_POOLS_SET.to_owned(),
+            nftables::interval_elements(&[net("10.244.0.0/16"), net("10.99.0.0/16")]),
+        );
+        observed.nat.rules.clear();
+        let findings = check_fallback(&plan, &intent, &observed, "eth0");
+        assert_eq!(objects(&findings), vec!["set all-ipam-pools", "chain postrouting"]);
+        assert!(
+            findings[0].problem.contains("holds {10.99.0.0/16, 10.244.0.0/16}, but the pools are {10.244.0.0/16}"),
+            "{findings:?}"
+        );
+
+        // No pool has natOutgoing: the table should be gone.
+        let mut plan = plan;
+        for route in plan.routes.values_mut() {
+            route.nat_outgoing = false;
+        }
+        let findings = check_fallback(&plan, &intent, &healthy_fallback(&node_1().1, &intent), "eth0");
+        assert_eq!(objects(&findings), vec!["table ip dataplane"]);
+        assert_eq!(findings[0].fix, "nft delete table ip dataplane");
+
+        let observed = ObservedFallback { nat_error: Some("EPERM".into()), ..healthy_fallback(&plan, &intent) };
+        assert!(check_fallback(&plan, &intent, &observed, "eth0")[0].problem.contains("cannot be read"));
     }
 
     #[test]
     fn a_fallback_with_the_device_down_and_a_wrong_neighbour_mac() {
         let (model, plan, _, _) = node_1();
         let intent = netlink::intent(&plan, &model);
-        let mut observed = healthy_fallback(&intent);
+        let mut observed = healthy_fallback(&plan, &intent);
         if let Some(device) = &mut observed.device {
             device.up = false;
         }

@@ -117,6 +117,59 @@ pub struct LabHost {
     pub addr: Ipv4Addr,
 }
 
+/// The dataplane an agent is told to run (`dataplane run --mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentMode {
+    /// `--mode bpf`: the fast path or nothing.
+    Bpf,
+    /// `--mode netlink`: the kernel routes, devices and nf_tables of the fallback.
+    Netlink,
+    /// `--mode auto`, expected to fall back to netlink (e.g. with `DATAPLANE_PROBE_DISABLE`).
+    AutoFallingBack,
+}
+
+impl AgentMode {
+    /// The value of `--mode`.
+    pub fn arg(self) -> &'static str {
+        match self {
+            AgentMode::Bpf => "bpf",
+            AgentMode::Netlink => "netlink",
+            AgentMode::AutoFallingBack => "auto",
+        }
+    }
+
+    /// The line the agent logs after each successful reconcile in this mode.
+    pub fn ready_line(self) -> &'static str {
+        match self {
+            AgentMode::Bpf => AGENT_READY,
+            AgentMode::Netlink | AgentMode::AutoFallingBack => dataplane::agent::NETLINK_READY,
+        }
+    }
+}
+
+/// How [`Lab::start_agent_with`] starts an agent; the default is what [`Lab::start_agent`] does.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// `--mode`; None leaves the agent's default (auto, expected to run the fast path).
+    pub mode: Option<AgentMode>,
+    /// Arguments after the usual ones, e.g. `--nat-port-range 40000-40001`.
+    pub args: Vec<String>,
+    /// Environment variables besides `NO_COLOR` and `RUST_LOG`.
+    pub env: Vec<(String, String)>,
+}
+
+impl AgentOptions {
+    /// Options for `mode` without extra arguments.
+    pub fn mode(mode: AgentMode) -> Self {
+        AgentOptions { mode: Some(mode), ..AgentOptions::default() }
+    }
+
+    /// The line the agent will log when its backend is programmed.
+    pub fn ready_line(&self) -> &'static str {
+        self.mode.map_or(AGENT_READY, AgentMode::ready_line)
+    }
+}
+
 /// A running lab; torn down when dropped.
 #[derive(Debug)]
 pub struct Lab {
@@ -433,6 +486,18 @@ impl Lab {
     /// Starts the agent of node `name` in the node's namespace:
     /// `<bin> run --datastore file:<datastore> --node <name> --pin-path <pin_path(name)>`.
     pub fn start_agent(&self, name: &str, bin: &Path, datastore: &Path) -> anyhow::Result<Agent> {
+        self.start_agent_with(name, bin, datastore, &AgentOptions::default())
+    }
+
+    /// [`Lab::start_agent`] in a chosen mode, with extra arguments after the usual ones and extra
+    /// environment variables; the agent's `wait_ready` waits for the mode's ready line.
+    pub fn start_agent_with(
+        &self,
+        name: &str,
+        bin: &Path,
+        datastore: &Path,
+        options: &AgentOptions,
+    ) -> anyhow::Result<Agent> {
         let netns = self.node_netns(name)?.to_owned();
         if !bin.exists() {
             bail!("agent binary {} does not exist: build it with `cargo build -p dataplane`", bin.display());
@@ -444,12 +509,17 @@ impl Lab {
         let bin = bin.to_string_lossy();
         let datastore_arg = format!("file:{}", datastore.display());
         let pin_arg = pin_path.to_string_lossy();
-        let argv = [&*bin, "run", "--datastore", &datastore_arg, "--node", name, "--pin-path", &pin_arg];
+        let mut argv = vec![&*bin, "run", "--datastore", &datastore_arg, "--node", name, "--pin-path", &pin_arg];
+        if let Some(mode) = options.mode {
+            argv.extend(["--mode", mode.arg()]);
+        }
+        argv.extend(options.args.iter().map(String::as_str));
         // Plain text logs (no colour codes between words), at info unless the caller chose a level.
         let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
-        let env = [("NO_COLOR", "1"), ("RUST_LOG", level.as_str())];
+        let mut env = vec![("NO_COLOR", "1"), ("RUST_LOG", level.as_str())];
+        env.extend(options.env.iter().map(|(key, value)| (key.as_str(), value.as_str())));
         let process = self.spawn_with_env(&netns, &argv, &format!("agent-{name}"), &env)?;
-        Ok(Agent::new(name.to_owned(), pin_path, process))
+        Ok(Agent::new(name.to_owned(), pin_path, process, options.ready_line()))
     }
 
     /// Starts tcpdump on `iface` in `netns` with `filter`, writing a pcap in the lab's directory,

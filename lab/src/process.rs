@@ -188,11 +188,17 @@ pub struct Agent {
     node: String,
     pin_path: PathBuf,
     process: ChildHandle,
+    ready: &'static str,
 }
 
 impl Agent {
-    pub(crate) fn new(node: String, pin_path: PathBuf, process: ChildHandle) -> Self {
-        Agent { node, pin_path, process }
+    pub(crate) fn new(node: String, pin_path: PathBuf, process: ChildHandle, ready: &'static str) -> Self {
+        Agent { node, pin_path, process, ready }
+    }
+
+    /// The line the agent logs after each successful reconcile of its backend.
+    pub fn ready_line(&self) -> &'static str {
+        self.ready
     }
 
     /// The node the agent runs for.
@@ -215,10 +221,11 @@ impl Agent {
         self.process.command_line()
     }
 
-    /// Waits until the agent logs that it programmed the fast path; the error holds its log.
+    /// Waits until the agent logs that it programmed its backend (the fast path, or the netlink
+    /// dataplane when started so); the error holds its log.
     pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         self.process
-            .wait_for_log(AGENT_READY, timeout)
+            .wait_for_log(self.ready, timeout)
             .with_context(|| format!("agent for node {} is not ready", self.node))
     }
 

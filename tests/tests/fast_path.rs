@@ -10,8 +10,14 @@
 //! no workload holds is dropped and counted. The lab is torn down when the test ends, also on
 //! failure. Without root the tests print why they are skipped and pass.
 //!
-//! The four tests share one table-driven body, [`run_mode`]; a [`Mode`] says which example to
-//! load and what each crossing between nodes must look like.
+//! The tests share one table-driven body, [`run_mode`]; a [`Mode`] says which example to load,
+//! which dataplane the agents run and what each crossing between nodes must look like.
+//!
+//! The VXLAN and Never scenarios run a second time with the agents in `--mode netlink` (Calico's
+//! kernel dataplane, which the agent falls back to): the same traffic in every direction and the
+//! same captures on the fabric. The fast path's counters do not exist there, so what the kernel
+//! path shows is checked instead: `vxlan.calico` with VNI 4096 and its TX counter for a VXLAN
+//! crossing, the route via the peer on the uplink and no `vxlan.calico` for a plain one.
 
 use dataplane_tests::{agent_bin, workspace_root};
 use std::{
@@ -23,7 +29,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use dataplane_lab::{Agent, ChildHandle, Lab, LabOptions};
+use dataplane_lab::{Agent, AgentMode, AgentOptions, ChildHandle, Lab, LabOptions};
 use serde_json::Value;
 
 /// How long an agent may take to program its node.
@@ -37,6 +43,11 @@ const UDP_RATE: &str = "20M";
 /// Most UDP loss tolerated, in percent. One-second streams on two shared cores lose a few
 /// packets to receive-buffer bursts whatever the path; a broken path loses them all.
 const UDP_MAX_LOSS: f64 = 10.0;
+
+/// The netlink fallback's VXLAN device.
+const VXLAN_DEVICE: &str = dataplane::backend::netlink::VXLAN_DEVICE;
+/// In netlink mode, the name under which [`Cluster::counters`] reports `vxlan.calico`'s TX packets.
+const VXLAN_TX: &str = "vxlan_tx_packets";
 
 /// What a crossing between two nodes looks like on the fabric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,10 +86,21 @@ struct Crossing {
     wire: Wire,
 }
 
+/// Which dataplane the agents run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dataplane {
+    /// The BPF fast path (the agents' default).
+    FastPath,
+    /// The netlink fallback (`--mode netlink`).
+    Netlink,
+}
+
 /// One pool mode under test.
 struct Mode {
     /// The test's name, for messages.
     name: &'static str,
+    /// The dataplane the agents run.
+    dataplane: Dataplane,
     /// The example cluster, relative to the workspace root.
     example: &'static str,
     /// Two pods on one node.
@@ -93,6 +115,19 @@ struct Mode {
 fn vxlan_always() -> anyhow::Result<()> {
     run_mode(&Mode {
         name: "vxlan_always",
+        dataplane: Dataplane::FastPath,
+        example: "examples/two-nodes.yaml",
+        same_node: ("default/web-1", "default/cache-1"),
+        crossings: &[Crossing { from: "default/web-1", to: "default/web-2", wire: Wire::Vxlan }],
+        unused: Ipv4Addr::new(10, 244, 1, 50),
+    })
+}
+
+#[test]
+fn vxlan_always_netlink() -> anyhow::Result<()> {
+    run_mode(&Mode {
+        name: "vxlan_always_netlink",
+        dataplane: Dataplane::Netlink,
         example: "examples/two-nodes.yaml",
         same_node: ("default/web-1", "default/cache-1"),
         crossings: &[Crossing { from: "default/web-1", to: "default/web-2", wire: Wire::Vxlan }],
@@ -104,6 +139,7 @@ fn vxlan_always() -> anyhow::Result<()> {
 fn ipip_always() -> anyhow::Result<()> {
     run_mode(&Mode {
         name: "ipip_always",
+        dataplane: Dataplane::FastPath,
         example: "examples/ipip.yaml",
         same_node: ("default/web-1", "default/cache-1"),
         crossings: &[Crossing { from: "default/web-1", to: "default/web-2", wire: Wire::Ipip }],
@@ -115,6 +151,19 @@ fn ipip_always() -> anyhow::Result<()> {
 fn never() -> anyhow::Result<()> {
     run_mode(&Mode {
         name: "never",
+        dataplane: Dataplane::FastPath,
+        example: "examples/never.yaml",
+        same_node: ("default/web-1", "default/cache-1"),
+        crossings: &[Crossing { from: "default/web-1", to: "default/web-2", wire: Wire::Plain }],
+        unused: Ipv4Addr::new(10, 244, 1, 50),
+    })
+}
+
+#[test]
+fn never_netlink() -> anyhow::Result<()> {
+    run_mode(&Mode {
+        name: "never_netlink",
+        dataplane: Dataplane::Netlink,
         example: "examples/never.yaml",
         same_node: ("default/web-1", "default/cache-1"),
         crossings: &[Crossing { from: "default/web-1", to: "default/web-2", wire: Wire::Plain }],
@@ -126,6 +175,7 @@ fn never() -> anyhow::Result<()> {
 fn vxlan_cross_subnet() -> anyhow::Result<()> {
     run_mode(&Mode {
         name: "vxlan_cross_subnet",
+        dataplane: Dataplane::FastPath,
         example: "examples/cross-subnet.yaml",
         same_node: ("default/web-1", "default/cache-1"),
         crossings: &[
@@ -141,7 +191,7 @@ fn vxlan_cross_subnet() -> anyhow::Result<()> {
 /// Everything one mode must carry, in one lab.
 fn run_mode(mode: &Mode) -> anyhow::Result<()> {
     let started = Instant::now();
-    let Some(cluster) = Cluster::up(mode.name, mode.example)? else {
+    let Some(cluster) = Cluster::up(mode)? else {
         return Ok(());
     };
     let result = check_mode(&cluster, mode);
@@ -205,25 +255,31 @@ fn check_mode(cluster: &Cluster, mode: &Mode) -> anyhow::Result<()> {
 struct Cluster {
     agents: Vec<Agent>,
     bin: PathBuf,
+    dataplane: Dataplane,
     lab: Lab,
 }
 
 impl Cluster {
-    /// Brings up `example` with one ready agent per node; `None` when not root.
-    fn up(test: &str, example: &str) -> anyhow::Result<Option<Cluster>> {
+    /// Brings up the mode's example with one ready agent per node, running the mode's
+    /// dataplane; `None` when not root.
+    fn up(mode: &Mode) -> anyhow::Result<Option<Cluster>> {
         if !dataplane_lab::is_root() {
-            eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+            eprintln!("SKIPPED {}: needs root (network namespaces, eBPF); run `cargo xtask test` as root", mode.name);
             return Ok(None);
         }
         let root = workspace_root();
         let bin = agent_bin();
-        let datastore = root.join(example);
+        let datastore = root.join(mode.example);
         let model = dataplane_lab::load_model(&datastore)?;
         let lab = Lab::up(&model, LabOptions::default())?;
-        let mut cluster = Cluster { agents: Vec::new(), bin, lab };
+        let mut cluster = Cluster { agents: Vec::new(), bin, dataplane: mode.dataplane, lab };
+        let options = match mode.dataplane {
+            Dataplane::FastPath => AgentOptions::default(),
+            Dataplane::Netlink => AgentOptions::mode(AgentMode::Netlink),
+        };
         let nodes: Vec<String> = cluster.lab.nodes().map(|n| n.name.clone()).collect();
         for node in &nodes {
-            let agent = cluster.lab.start_agent(node, &cluster.bin, &datastore)?;
+            let agent = cluster.lab.start_agent_with(node, &cluster.bin, &datastore, &options)?;
             cluster.agents.push(agent);
         }
         for agent in &mut cluster.agents {
@@ -286,20 +342,21 @@ impl Cluster {
     }
 
     /// Captures on the sending node's fabric bridge while `from` pings `to` and checks what the
-    /// packets look like there, and that the sending node counted the right decision.
+    /// packets look like there, and that the sending node counted the right decision (the fast
+    /// path's counters, or in netlink mode the kernel's device and route).
     fn check_wire(&self, from: &Endpoint, to: &Endpoint, wire: Wire) -> anyhow::Result<()> {
         let lab = &self.lab;
         let from_addr = lab.node(&from.node)?.addr.addr();
         let to_addr = lab.node(&to.node)?.addr.addr();
         let bridge = lab.fabric_bridge(&from.node)?;
-        let before = self.stats(&from.node)?;
+        let before = self.counters(&from.node)?;
 
         // Every kind of packet a crossing could become, so that the wrong kind shows too.
         let capture = lab.capture(lab.fabric_netns(), bridge, "icmp or udp port 4789 or ip proto 4")?;
         let pinged = ping(lab, &from.netns, to.addr);
         let text = capture.stop()?;
         pinged.with_context(|| format!("ping {} -> {} during the capture", from.label, to.label))?;
-        let after = self.stats(&from.node)?;
+        let after = self.counters(&from.node)?;
 
         let request = format!("{} > {}: ICMP echo request", from.addr, to.addr);
         let reply = format!("{} > {}: ICMP echo reply", to.addr, from.addr);
@@ -336,6 +393,9 @@ impl Cluster {
             }
         }
 
+        if self.dataplane == Dataplane::Netlink {
+            return self.check_kernel_path(from, to, wire, growth(&before, &after, VXLAN_TX));
+        }
         let grew = |name: &str| growth(&before, &after, name);
         ensure!(
             grew(wire.counter()) >= 3,
@@ -364,8 +424,77 @@ impl Cluster {
         Ok(())
     }
 
+    /// The fast path's counters, or in netlink mode the packets `vxlan.calico` sent ([`VXLAN_TX`],
+    /// 0 without the device).
+    fn counters(&self, node: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+        match self.dataplane {
+            Dataplane::FastPath => self.stats(node),
+            Dataplane::Netlink => {
+                let netns = self.lab.node_netns(node)?;
+                let output = self.lab.exec_status(netns, &["ip", "-j", "-s", "link", "show", "dev", VXLAN_DEVICE])?;
+                if !output.status.success() {
+                    return Ok(BTreeMap::new());
+                }
+                let json: Value = serde_json::from_slice(&output.stdout).context("`ip -j -s link` printed no JSON")?;
+                let packets = json[0]["stats64"]["tx"]["packets"]
+                    .as_u64()
+                    .with_context(|| format!("no stats64.tx.packets for {VXLAN_DEVICE}: {json}"))?;
+                Ok(BTreeMap::from([(VXLAN_TX.to_owned(), packets)]))
+            }
+        }
+    }
+
+    /// What the netlink fallback's kernel path shows for a crossing from `from` to `to`: a VXLAN
+    /// crossing leaves through `vxlan.calico` (VNI 4096, `tx_packets` grew by the pings, here
+    /// `vxlan_tx`), a plain one through the uplink via the peer, with no `vxlan.calico` at all.
+    fn check_kernel_path(&self, from: &Endpoint, to: &Endpoint, wire: Wire, vxlan_tx: u64) -> anyhow::Result<()> {
+        let lab = &self.lab;
+        let netns = lab.node_netns(&from.node)?;
+        let to_addr = to.addr.to_string();
+        let route = lab.exec_stdout(netns, &["ip", "route", "get", &to_addr])?;
+        let device = lab.exec_status(netns, &["ip", "-d", "link", "show", "dev", VXLAN_DEVICE])?;
+        let device_text = String::from_utf8_lossy(&device.stdout).into_owned();
+        match wire {
+            Wire::Vxlan => {
+                ensure!(
+                    route.contains(&format!("dev {VXLAN_DEVICE}")),
+                    "node {}: {to_addr} not routed via {VXLAN_DEVICE}: {route}",
+                    from.node
+                );
+                ensure!(
+                    device_text.contains("vxlan id 4096"),
+                    "node {}'s {VXLAN_DEVICE} is not VNI 4096: {device_text}",
+                    from.node
+                );
+                ensure!(
+                    vxlan_tx >= 3,
+                    "node {}'s {VXLAN_DEVICE} sent {vxlan_tx} packets during 3 pings (expected >= 3)",
+                    from.node
+                );
+            }
+            Wire::Plain => {
+                let peer = lab.node(&to.node)?.addr.addr();
+                let uplink = &lab.node(&from.node)?.uplink;
+                ensure!(
+                    route.contains(&format!("via {peer} dev {uplink}")),
+                    "node {}: {to_addr} not routed via {peer} dev {uplink}: {route}",
+                    from.node
+                );
+                ensure!(
+                    !device.status.success(),
+                    "node {} has {VXLAN_DEVICE} though no pool tunnels: {device_text}",
+                    from.node
+                );
+            }
+            Wire::Ipip => bail!("the netlink fallback cannot do IPIP on this kernel (no ipip module)"),
+        }
+        eprintln!("kernel path {} -> {}: {wire:?}, {}", from.label, to.label, route.trim());
+        Ok(())
+    }
+
     /// Traffic to an address of `pod`'s block that no workload holds is dropped, from a local pod,
-    /// from a remote pod and from the host, and the fast path counts what it drops.
+    /// from a remote pod and from the host, and the fast path counts what it drops (in netlink
+    /// mode the kernel's `blackhole <block>` route drops it, uncounted).
     fn check_blackhole(&self, mode: &Mode, pod: &Endpoint) -> anyhow::Result<()> {
         let lab = &self.lab;
         let unused = mode.unused.to_string();
@@ -382,6 +511,15 @@ impl Cluster {
             );
             Ok(())
         };
+
+        if self.dataplane == Dataplane::Netlink {
+            dropped(&pod.netns, &pod.label)?;
+            for crossing in mode.crossings {
+                let remote = Endpoint::pod(lab, crossing.to)?;
+                dropped(&remote.netns, &remote.label)?;
+            }
+            return self.check_blackhole_route(pod, &dropped);
+        }
 
         // From a pod on the same node: from_workload drops it.
         let before = self.stats(&pod.node)?;
@@ -414,10 +552,19 @@ impl Cluster {
             }
         }
 
-        // From the host: the agent's kernel route `blackhole <block>`.
-        let host = lab.node(&pod.node)?;
+        self.check_blackhole_route(pod, &dropped)
+    }
+
+    /// From the host, traffic to the unused address meets the agent's kernel route
+    /// `blackhole <block>`.
+    fn check_blackhole_route(
+        &self,
+        pod: &Endpoint,
+        dropped: &dyn Fn(&str, &str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let host = self.lab.node(&pod.node)?;
         dropped(&host.netns, &format!("node {}", host.name))?;
-        let routes = lab.exec_stdout(&host.netns, &["ip", "route", "show", "type", "blackhole"])?;
+        let routes = self.lab.exec_stdout(&host.netns, &["ip", "route", "show", "type", "blackhole"])?;
         ensure!(routes.contains("10.244.1.0/26"), "node {} has no `blackhole 10.244.1.0/26`: {routes:?}", host.name);
         Ok(())
     }
@@ -569,4 +716,3 @@ fn ping(lab: &Lab, netns: &str, to: Ipv4Addr) -> anyhow::Result<String> {
     }
     bail!("`{}` never got 3 replies:\n{}", lab.command_line(netns, &argv), tries.join("\n"))
 }
-

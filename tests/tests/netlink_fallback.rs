@@ -4,12 +4,15 @@
 //!   with Calico's settings, the routes, permanent neighbours and FDB entries, proxy ARP on the
 //!   pods' veths, no BPF link; a resync with no change writes and removes nothing;
 //! - node-1 on the fast path, node-2 on the fallback: our VXLAN and the kernel's interoperate;
+//!   node-1 ran the fallback first, and the fast path, starting, removed its nf_tables table;
 //! - `--mode auto` with `DATAPLANE_PROBE_DISABLE`: the agent says it fell back, traffic flows, and
 //!   `--mode bpf` refuses naming the feature;
 //! - an IPIP pool on this kernel (no ipip module): the agent says so clearly, keeps running, and
 //!   programs everything else;
 //! - changes of the datastore (a block goes, the pool stops using VXLAN, VXLAN comes back) remove
-//!   exactly what went, and `cleanup` removes everything the backend made and nothing else.
+//!   exactly what went; `dataplane check` finds the masquerade's pool set out of step with a pool
+//!   the stopped agent never saw; `cleanup` removes everything the backend made (routes,
+//!   `vxlan.calico`, the natOutgoing table) and nothing else.
 //!
 //! Every test builds its own lab and runs the agents as separate processes. Without root the tests
 //! print why they are skipped and pass.
@@ -25,8 +28,8 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use dataplane::agent::NETLINK_READY;
-use dataplane_lab::{ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
+use dataplane::{agent::NETLINK_READY, backend::nftables};
+use dataplane_lab::{Agent, AgentMode, AgentOptions, Lab, LabOptions, LabPod};
 use serde_json::Value;
 
 /// Pool 10.244.0.0/16 vxlanMode Always; node-1 10.100.0.11 (VTEP 10.244.1.0 66:d0:00:00:00:01),
@@ -40,12 +43,6 @@ const CACHE_1: &str = "default/cache-1";
 const WEB_2: &str = "default/web-2";
 /// How long an agent may take to program its node.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// One agent process and the node it runs for.
-struct Agent {
-    node: String,
-    process: ChildHandle,
-}
 
 /// The lab and its agents. Fields drop in order: the agents stop before the lab is torn down.
 struct Cluster {
@@ -75,48 +72,31 @@ impl Cluster {
         Ok(Some(Cluster { agents: Vec::new(), bin, datastore, lab }))
     }
 
-    /// The agent command line for `node` with `args` after the common ones, prefixed by `env`
-    /// settings (the lab's spawn takes no environment of its own).
-    fn argv(&self, node: &str, args: &[&str], env: &[&str]) -> Vec<String> {
-        let mut argv: Vec<String> = vec!["env".into(), "NO_COLOR=1".into()];
-        let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
-        argv.push(format!("RUST_LOG={level}"));
-        argv.extend(env.iter().map(|e| (*e).to_owned()));
-        argv.extend([
-            self.bin.to_string_lossy().into_owned(),
-            "run".into(),
-            "--datastore".into(),
-            format!("file:{}", self.datastore.display()),
-            "--node".into(),
-            node.into(),
-            "--pin-path".into(),
-            self.lab.pin_path(node).to_string_lossy().into_owned(),
-        ]);
-        argv.extend(args.iter().map(|a| (*a).to_owned()));
-        argv
-    }
-
-    /// Starts the agent of `node` with extra `args` and `env` and waits until it logs `ready`.
-    fn start(&mut self, node: &str, args: &[&str], env: &[&str], ready: &str) -> anyhow::Result<()> {
-        let argv = self.argv(node, args, env);
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let netns = self.lab.node_netns(node)?.to_owned();
-        let mut process = self.lab.spawn(&netns, &argv, &format!("agent-{node}"))?;
-        let waited = process.wait_for_log(ready, READY_TIMEOUT);
-        self.agents.push(Agent { node: node.to_owned(), process });
-        waited.with_context(|| format!("agent of {node} is not ready"))
+    /// Starts the agent of `node` in `mode` with extra `args` and `env` (`KEY=VALUE`) and waits
+    /// until it logs the mode's ready line.
+    fn start(&mut self, node: &str, mode: AgentMode, args: &[&str], env: &[&str]) -> anyhow::Result<()> {
+        let options = agent_options(mode, args, env);
+        let mut agent = self.lab.start_agent_with(node, &self.bin, &self.datastore, &options)?;
+        let waited = agent.wait_ready(READY_TIMEOUT);
+        self.agents.push(agent);
+        waited
     }
 
     /// The log of `node`'s agent.
     fn log(&self, node: &str) -> String {
-        self.agents.iter().find(|a| a.node == node).map(|a| a.process.log()).unwrap_or_default()
+        self.agents.iter().find(|a| a.node() == node).map(Agent::log).unwrap_or_default()
+    }
+
+    /// `node`'s agent.
+    fn agent(&mut self, node: &str) -> anyhow::Result<&mut Agent> {
+        self.agents.iter_mut().find(|a| a.node() == node).with_context(|| format!("no agent of {node}"))
     }
 
     /// Every agent's log, to explain a failure.
     fn logs(&self) -> String {
         let mut text = String::from("agent logs:");
         for agent in &self.agents {
-            text.push_str(&format!("\n--- agent of {} ---\n{}", agent.node, agent.process.log().trim_end()));
+            text.push_str(&format!("\n--- agent of {} ---\n{}", agent.node(), agent.log().trim_end()));
         }
         text
     }
@@ -124,6 +104,19 @@ impl Cluster {
     /// Runs `argv` in `node`'s namespace and returns its stdout.
     fn on(&self, node: &str, argv: &[&str]) -> anyhow::Result<String> {
         self.lab.exec_stdout(self.lab.node_netns(node)?, argv)
+    }
+}
+
+/// Agent options for `mode` with extra `args` and `env` (`KEY=VALUE`).
+fn agent_options(mode: AgentMode, args: &[&str], env: &[&str]) -> AgentOptions {
+    AgentOptions {
+        mode: Some(mode),
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        env: env
+            .iter()
+            .filter_map(|e| e.split_once('='))
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect(),
     }
 }
 
@@ -271,7 +264,7 @@ fn both_nodes_on_the_netlink_fallback() -> anyhow::Result<()> {
 
     let started = Instant::now();
     for node in ["node-1", "node-2"] {
-        cluster.start(node, &["--mode", "netlink", "--resync-interval", "1"], &[], NETLINK_READY)?;
+        cluster.start(node, AgentMode::Netlink, &["--resync-interval", "1"], &[])?;
     }
     eprintln!("both agents programmed their nodes in {:?}", started.elapsed());
 
@@ -331,8 +324,21 @@ fn fast_path_node_and_netlink_node_interoperate() -> anyhow::Result<()> {
     let Some(mut cluster) = Cluster::up("fast_path_node_and_netlink_node_interoperate", TWO_NODES)? else {
         return Ok(());
     };
-    cluster.start("node-1", &["--mode", "bpf"], &[], AGENT_READY)?;
-    cluster.start("node-2", &["--mode", "netlink"], &[], NETLINK_READY)?;
+    // node-1 ran the fallback before: the fast path, starting, removes its vxlan.calico and its
+    // natOutgoing table.
+    cluster.start("node-1", AgentMode::Netlink, &[], &[])?;
+    let (status, killed) = cluster.agent("node-1")?.process().terminate(Duration::from_secs(10))?;
+    ensure!(status.success() && !killed, "the netlink agent of node-1 did not stop cleanly: {status}");
+    let node_1 = cluster.lab.node_netns("node-1")?.to_owned();
+    ensure!(in_netns(&node_1, nftables::observe)?.table, "the fallback left no table ip {}", nftables::TABLE);
+    cluster.agents.clear();
+    cluster.start("node-1", AgentMode::Bpf, &[], &[])?;
+    ensure!(
+        !in_netns(&node_1, nftables::observe)?.table,
+        "table ip {} stayed after the fast path started on node-1",
+        nftables::TABLE
+    );
+    cluster.start("node-2", AgentMode::Netlink, &[], &[])?;
 
     traffic_both_ways(&cluster, WEB_1, WEB_2)?;
 
@@ -361,18 +367,21 @@ fn auto_falls_back_when_the_probe_finds_a_feature_missing() -> anyhow::Result<()
     let disable = "DATAPLANE_PROBE_DISABLE=bpf_redirect_peer";
 
     // --mode bpf refuses, naming the feature.
-    let argv = cluster.argv("node-1", &["--mode", "bpf"], &[disable]);
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let output = cluster.lab.exec_status(cluster.lab.node_netns("node-1")?, &argv)?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(!output.status.success(), "--mode bpf ran although the probe reports a feature missing:\n{stderr}");
+    let options = agent_options(AgentMode::Bpf, &[], &[disable]);
+    let mut refused = cluster.lab.start_agent_with("node-1", &cluster.bin, &cluster.datastore, &options)?;
+    let status = refused.process().wait_timeout(READY_TIMEOUT)?;
+    let stderr = refused.log();
+    ensure!(
+        status.is_some_and(|s| !s.success()),
+        "--mode bpf ran although the probe reports a feature missing:\n{stderr}"
+    );
     ensure!(
         stderr.contains("--mode bpf: this kernel lacks bpf_redirect_peer"),
         "--mode bpf failed without naming bpf_redirect_peer:\n{stderr}"
     );
 
     for node in ["node-1", "node-2"] {
-        cluster.start(node, &["--mode", "auto"], &[disable], NETLINK_READY)?;
+        cluster.start(node, AgentMode::AutoFallingBack, &[], &[disable])?;
         let log = cluster.log(node);
         ensure!(
             log.contains("falling back to the netlink dataplane: this kernel lacks bpf_redirect_peer")
@@ -405,7 +414,7 @@ fn ipip_pool_without_the_ipip_module_is_reported_and_the_rest_is_programmed() ->
         eprintln!("SKIPPED ipip_pool_without_the_ipip_module: this kernel has the ipip module");
         return Ok(());
     }
-    cluster.start("node-1", &["--mode", "netlink", "--resync-interval", "1"], &[], NETLINK_READY)?;
+    cluster.start("node-1", AgentMode::Netlink, &["--resync-interval", "1"], &[])?;
     wait_reconciles(&cluster, "node-1", 2)?;
     let log = cluster.log("node-1");
     ensure!(
@@ -416,8 +425,7 @@ fn ipip_pool_without_the_ipip_module_is_reported_and_the_rest_is_programmed() ->
     if let Some(line) = log.lines().find(|line| line.contains("needs the ipip kernel module")) {
         eprintln!("node-1 says: {line}");
     }
-    let agent = cluster.agents.iter_mut().find(|a| a.node == "node-1").context("agent of node-1")?;
-    ensure!(agent.process.try_exit()?.is_none(), "the agent exited:\n{log}");
+    ensure!(cluster.agent("node-1")?.process().try_exit()?.is_none(), "the agent exited:\n{log}");
 
     // Everything else is programmed: the local block, the pods' routes and proxy ARP.
     let route = cluster.on("node-1", &["ip", "route", "show", "exact", "10.244.1.0/26"])?;
@@ -431,6 +439,21 @@ fn ipip_pool_without_the_ipip_module_is_reported_and_the_rest_is_programmed() ->
     ping(lab, cache1, web1.addr).with_context(|| cluster.logs())?;
     Ok(())
 }
+
+/// An IP pool without natOutgoing and without blocks, to add to examples/two-nodes.yaml.
+const EXTRA_POOL: &str = "\
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: extra-pool
+spec:
+  blockSize: 26
+  cidr: 10.250.0.0/16
+  ipipMode: Never
+  natOutgoing: false
+  nodeSelector: all()
+  vxlanMode: Always
+";
 
 /// The documents of a Calico YAML file.
 fn documents(yaml: &str) -> Vec<String> {
@@ -473,7 +496,7 @@ fn changes_remove_exactly_what_went_and_cleanup_removes_the_rest() -> anyhow::Re
     let original = fs::read_to_string(&cluster.datastore)?;
     cluster.datastore = cluster.lab.dir().join("cluster.yaml");
     fs::write(&cluster.datastore, &original)?;
-    cluster.start("node-1", &["--mode", "netlink"], &[], NETLINK_READY)?;
+    cluster.start("node-1", AgentMode::Netlink, &[], &[])?;
     let neigh = |c: &Cluster| c.on("node-1", &["ip", "neigh", "show", "dev", "vxlan.calico"]);
     let fdb = |c: &Cluster| c.on("node-1", &["bridge", "fdb", "show", "dev", "vxlan.calico"]);
     let remote = |c: &Cluster| c.on("node-1", &["ip", "route", "show", "exact", "10.244.2.0/26"]);
@@ -508,15 +531,45 @@ fn changes_remove_exactly_what_went_and_cleanup_removes_the_rest() -> anyhow::Re
     ensure!(route.contains("via 10.244.2.0 dev vxlan.calico proto 200 onlink"), "VXLAN route not back:\n{route}");
 
     // Cleanup, after the agent stopped: no route of ours, no device; the CNI plugin's routes stay.
-    let agent = cluster.agents.iter_mut().find(|a| a.node == "node-1").context("agent of node-1")?;
-    let (status, killed) = agent.process.terminate(Duration::from_secs(10))?;
+    let (status, killed) = cluster.agent("node-1")?.process().terminate(Duration::from_secs(10))?;
     ensure!(status.success() && !killed, "the agent did not stop cleanly: {status}");
     let netns = cluster.lab.node_netns("node-1")?.to_owned();
+
+    // A pool the stopped agent never saw: `dataplane check` finds the masquerade's pool set out
+    // of step, naming what it holds and what it should.
+    let with_pool = format!("{original}\n---\n{EXTRA_POOL}");
+    fs::write(&cluster.datastore, with_pool)?;
+    let datastore = format!("file:{}", cluster.datastore.display());
+    let bin = cluster.bin.to_string_lossy().into_owned();
+    let argv =
+        [bin.as_str(), "check", "--datastore", &datastore, "--node", "node-1", "--mode", "netlink", "-o", "json"];
+    let output = cluster.lab.exec_status(&netns, &argv)?;
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("`dataplane check` printed no JSON: {}", String::from_utf8_lossy(&output.stderr)))?;
+    let findings = report["findings"].as_array().cloned().unwrap_or_default();
+    let set = findings
+        .iter()
+        .find(|f| f["object"] == "set all-ipam-pools")
+        .with_context(|| format!("no finding about set all-ipam-pools after a pool was added:\n{report:#}"))?;
+    let problem = set["problem"].as_str().unwrap_or("");
+    ensure!(
+        problem.contains("holds {10.244.0.0/16}, but the pools are {10.244.0.0/16, 10.250.0.0/16}"),
+        "the finding does not name the sets' contents: {problem}"
+    );
+    ensure!(
+        !findings.iter().any(|f| f["object"] == "set masq-ipam-pools"),
+        "the new pool has no natOutgoing, yet check finds masq-ipam-pools wrong:\n{report:#}"
+    );
+    eprintln!("dataplane check: set all-ipam-pools {problem}");
+
+    // The pool has natOutgoing: the masquerade table is there until cleanup.
+    ensure!(in_netns(&netns, nftables::observe)?.table, "no table ip {} before cleanup", nftables::TABLE);
     let removed = in_netns(&netns, dataplane::backend::netlink::cleanup_blocking)?;
     ensure!(
-        removed == dataplane::backend::netlink::Cleanup { routes: 2, devices: 1 },
-        "cleanup removed {removed:?}, expected the blackhole and the VXLAN route, and vxlan.calico"
+        removed == dataplane::backend::netlink::Cleanup { routes: 2, devices: 1, nat_table: true },
+        "cleanup removed {removed:?}, expected the blackhole and the VXLAN route, vxlan.calico and the nat table"
     );
+    ensure!(!in_netns(&netns, nftables::observe)?.table, "table ip {} left after cleanup", nftables::TABLE);
     let ours = cluster.on("node-1", &["ip", "route", "show", "proto", "200"])?;
     ensure!(ours.trim().is_empty(), "routes of protocol 200 left after cleanup:\n{ours}");
     let vxlan = cluster.on("node-1", &["ip", "-d", "link", "show", "type", "vxlan"])?;

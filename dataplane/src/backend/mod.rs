@@ -7,3 +7,4 @@ pub mod diff;
 pub mod entries;
 pub mod host_routes;
 pub mod netlink;
+pub mod nftables;

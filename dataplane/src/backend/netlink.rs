@@ -11,7 +11,9 @@
 //! - `blackhole <local block>`;
 //! - for each local workload: `<pod>/32 dev caliX scope link` (unless the CNI plugin already added
 //!   it), proxy ARP without delay on caliX so the kernel answers the pod's ARP for 169.254.1.1,
-//!   and IP forwarding.
+//!   and IP forwarding;
+//! - when a pool has natOutgoing, Calico's masquerade rule and pool sets in nf_tables (`table ip
+//!   dataplane`, see [`super::nftables`]).
 //!
 //! IPIP needs the kernel's ipip module (`tunl0`). Where it is missing, the blocks of IPIP pools
 //! are reported as a problem naming the pool and left out; everything else is programmed.
@@ -46,8 +48,11 @@ use rtnetlink::{
 };
 use tracing::{info, warn};
 
-use super::diff::{diff, Changes};
 pub use super::host_routes::RTPROT_DATAPLANE;
+use super::{
+    diff::{diff, Changes},
+    nftables,
+};
 use crate::{
     model::{MacAddr, Model, Problem},
     plan::{Encap, Plan, RouteTarget},
@@ -375,6 +380,7 @@ impl NetlinkBackend {
         }
 
         sync_workload_sysctls(&intent.workloads, &mut report)?;
+        sync_masquerade(plan, &mut report);
         report.missing.sort();
         report.missing.dedup();
         Ok(report)
@@ -767,11 +773,13 @@ pub struct Cleanup {
     pub routes: usize,
     /// Devices carrying [`DEVICE_ALIAS`] removed (their neighbours and FDB entries go with them).
     pub devices: usize,
+    /// Whether the natOutgoing table (`table ip dataplane`) was removed.
+    pub nat_table: bool,
 }
 
 /// Removes everything the netlink backend made in this network namespace: every main-table route
 /// of protocol [`RTPROT_DATAPLANE`] (whatever its shape, so the BPF backend's host routes too) and
-/// `vxlan.calico` if it carries our alias. Sysctls (forwarding, proxy ARP) are left as they are:
+/// `vxlan.calico` if it carries our alias, and the natOutgoing table. Sysctls (forwarding, proxy ARP) are left as they are:
 /// nothing records what they were before. Needs a tokio runtime. For `dataplane cleanup`.
 pub async fn cleanup() -> anyhow::Result<Cleanup> {
     let handle = connect()?;
@@ -793,6 +801,10 @@ pub async fn cleanup() -> anyhow::Result<Cleanup> {
         if remove_owned_device(&handle, device).await? {
             removed.devices += 1;
         }
+    }
+    removed.nat_table = nftables::remove().context("removing the natOutgoing table")?;
+    if removed.nat_table {
+        info!(table = nftables::TABLE, "removed the natOutgoing nftables table");
     }
     Ok(removed)
 }
@@ -1017,6 +1029,43 @@ fn neighbour_mac(message: &NeighbourMessage) -> Option<MacAddr> {
         NeighbourAttribute::LinkLayerAddress(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
         _ => None,
     })
+}
+
+/// natOutgoing in nf_tables (see [`super::nftables`]). A kernel without nf_tables NAT leaves the
+/// natOutgoing pools' pods without a way out, which is reported naming each pool; routing goes on.
+fn sync_masquerade(plan: &Plan, report: &mut NetlinkReport) {
+    match nftables::sync(plan) {
+        Ok(changes) => {
+            let removed = changes.iter().filter(|c| matches!(c, nftables::Change::DeleteTable)).count();
+            report.removed += removed;
+            report.written += changes.len() - removed;
+        }
+        Err(error) => {
+            let pools: BTreeSet<&str> = plan
+                .routes
+                .values()
+                .filter(|route| route.target == RouteTarget::Pool && route.nat_outgoing)
+                .filter_map(|route| route.pool.as_deref())
+                .collect();
+            if pools.is_empty() {
+                // Only the removal of a table no pool needs any more failed.
+                warn!("could not remove table ip {}: {error:#}", nftables::TABLE);
+            }
+            for pool in pools {
+                report.problems.push(Problem::new(
+                    "IPPool",
+                    pool,
+                    "spec.natOutgoing",
+                    format!(
+                        "natOutgoing needs nf_tables NAT (table ip {}), which the kernel refused ({error:#}): pods of \
+                         this pool reach only other pods; load nf_tables and nft_masq, or use the BPF fast path \
+                         (--mode bpf)",
+                        nftables::TABLE
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// Proxy ARP without delay and forwarding on every workload interface that exists.
