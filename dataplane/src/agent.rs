@@ -133,6 +133,8 @@ pub enum Datastore {
     File(PathBuf),
     /// Calico's etcdv3 datastore; its settings come from the `--etcd-*` options.
     Etcdv3,
+    /// Calico's Kubernetes datastore (KDD): CRDs, Nodes and Pods from the API server.
+    Kubernetes(datastore::kubernetes::KubernetesConfig),
 }
 
 impl std::str::FromStr for Datastore {
@@ -142,11 +144,11 @@ impl std::str::FromStr for Datastore {
         match s.split_once(':') {
             Some(("file", path)) if !path.is_empty() => Ok(Datastore::File(PathBuf::from(path))),
             _ if s == "etcdv3" => Ok(Datastore::Etcdv3),
-            _ if s == "kubernetes" => {
-                Err(format!("datastore {s:?} is not supported yet; use file:PATH"))
-            }
+            // Its settings (--kubeconfig, the node) are filled in by the command line.
+            _ if s == "kubernetes" => Ok(Datastore::Kubernetes(Default::default())),
             _ => Err(format!(
-                "unknown datastore {s:?}: expected file:PATH (e.g. file:/etc/calico/cluster.yaml) or etcdv3"
+                "unknown datastore {s:?}: expected file:PATH (e.g. file:/etc/calico/cluster.yaml), \
+                 etcdv3 or kubernetes"
             )),
         }
     }
@@ -201,6 +203,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let watcher = match &options.datastore {
         Datastore::File(path) => tokio::spawn(datastore::watch_file(path.clone(), sender)),
         Datastore::Etcdv3 => tokio::spawn(datastore::etcd::watch(options.etcd.clone(), sender)),
+        Datastore::Kubernetes(config) => {
+            tokio::spawn(datastore::kubernetes::watch(config.clone(), sender))
+        }
     };
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -355,6 +360,7 @@ mod tests {
     #[test]
     fn parses_file_datastore() {
         assert_eq!("file:/tmp/c.yaml".parse(), Ok(Datastore::File(PathBuf::from("/tmp/c.yaml"))));
+        assert_eq!("kubernetes".parse(), Ok(Datastore::Kubernetes(Default::default())));
     }
 
     #[test]
