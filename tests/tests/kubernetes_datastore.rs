@@ -14,13 +14,13 @@
 //! so the models are compared with the file's MACs left out.
 //!
 //! The last test runs real agents on the two-node lab, reading the server from the lab's fabric
-//! namespace; it needs root and the agent binary. It measures change -> "fast path programmed"
-//! and checks what was programmed (routes, workloads) from the agents' own reports; it sends no
-//! traffic, because the fast path delivers into a pod with the pod's MAC, which the Kubernetes
-//! datastore does not have (see the report of this change).
+//! namespace; it needs root and the agent binary. Pods ping each other across the nodes through
+//! the fast path; it measures change -> "fast path programmed" and checks what was programmed
+//! (routes, workloads) from the agents' own reports, and keeps traffic flowing through a 10 s
+//! outage of the API server.
 
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     thread,
     time::{Duration, Instant},
 };
@@ -33,7 +33,7 @@ use dataplane::{
     },
     model::Model,
 };
-use dataplane_lab::{ChildHandle, Lab, LabOptions, AGENT_READY};
+use dataplane_lab::{ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
 use dataplane_tests::{agent_bin, kube_api::KubeApi, workspace_root};
 use serde_json::{json, Value};
 
@@ -758,6 +758,21 @@ fn wait_programmed(agent: &ChildHandle, before: usize, since: Instant) -> anyhow
     )
 }
 
+/// `ping -c 1 -W 1` until a reply comes (up to `tries` times); whether one came.
+fn ping_ok(lab: &Lab, from: &LabPod, to: Ipv4Addr, tries: usize) -> anyhow::Result<bool> {
+    let to = to.to_string();
+    for _ in 0..tries {
+        if lab
+            .exec_status(&from.netns, &["ping", "-c", "1", "-W", "1", &to])?
+            .status
+            .success()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Waits for `needle` in the agent's log.
 fn wait_log(agent: &ChildHandle, needle: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
@@ -845,6 +860,18 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
         node2.log()
     );
     let mut timings = Vec::new();
+    let web1 = lab.pod("default/web-1")?.clone();
+    let web2 = lab.pod("default/web-2")?.clone();
+    for (from, to) in [(&web1, &web2), (&web2, &web1)] {
+        ensure!(
+            ping_ok(&lab, from, to.addr, 5)?,
+            "{} cannot ping {}\n{}\n{}",
+            from.key,
+            to.key,
+            node1.log(),
+            node2.log()
+        );
+    }
 
     // node-2 claims a second block: node-1 routes it.
     let routes = last_field(node1, "routes")?;
@@ -863,7 +890,7 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
     ));
 
     // web-2 goes and comes back: node-2 stops and starts delivering to it.
-    let web2 = example_objects()
+    let web2_pod = example_objects()
         .into_iter()
         .find(|(_, o)| o["metadata"]["name"] == "web-2")
         .context("web-2")?
@@ -872,8 +899,13 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
     api.delete(PODS, "default/web-2");
     timings.push(("pod deleted", wait_field(node2, "workloads", 0, started)?));
     let started = Instant::now();
-    api.apply(PODS, web2);
+    api.apply(PODS, web2_pod);
     timings.push(("pod added", wait_field(node2, "workloads", 1, started)?));
+    ensure!(
+        ping_ok(&lab, &web1, web2.addr, 5)?,
+        "web-1 cannot reach web-2 after its pod came back\n{}",
+        node2.log()
+    );
 
     // node-2's VTEP MAC changes: node-1 reprograms its route to node-2's block.
     let before = programmed(node1);
@@ -935,6 +967,14 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
         );
     }
     ensure!(last_field(node1, "workloads")? == 2 && last_field(node2, "workloads")? == 1);
+    for (from, to) in [(&web1, &web2), (&web2, &web1)] {
+        ensure!(
+            ping_ok(&lab, from, to.addr, 5)?,
+            "{} cannot ping {} after the resync",
+            from.key,
+            to.key
+        );
+    }
     drop(agents);
     drop(api);
     Ok(())
