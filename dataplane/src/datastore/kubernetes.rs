@@ -63,6 +63,9 @@ const WATCH_TIMEOUT_SECS: u32 = 60;
 /// Longest silence on a connection: a watch carries at least the server's end of the watch (and
 /// bookmarks) within this.
 const READ_TIMEOUT: Duration = Duration::from_secs(90);
+/// When two watches of a kind in a row end cleanly sooner than this after they were opened, the
+/// next is opened only after [`BACKOFF_START`].
+const WATCH_MIN_LIFE: Duration = Duration::from_secs(1);
 /// Objects per page of a list: a whole cluster's pods in one response is too much for the
 /// API server and for us.
 const PAGE: u32 = 500;
@@ -191,16 +194,19 @@ async fn list(
     }
 }
 
-/// One watch's events, tagged with its kind's index in [`RESOURCES`]; `None` marks its end.
+/// One watch's events, tagged with its kind's index in [`RESOURCES`] and the number of the
+/// watch (a kind's watch is opened again and again); `None` marks its end.
 type Tagged = (
     usize,
+    u64,
     Option<Result<WatchEvent<DynamicObject>, kube::Error>>,
 );
 
-/// Opens the watch of `RESOURCES[index]` from `version`.
+/// Opens the watch of `RESOURCES[index]` from `version`, numbered `number`.
 async fn open_watch(
     client: &Client,
     index: usize,
+    number: u64,
     config: &KubernetesConfig,
     version: &str,
 ) -> anyhow::Result<futures::stream::BoxStream<'static, Tagged>> {
@@ -222,8 +228,8 @@ async fn open_watch(
         })?;
     debug!(resource = resource.plural, version, "watching");
     Ok(stream
-        .map(move |event| (index, Some(event)))
-        .chain(futures::stream::once(async move { (index, None) }))
+        .map(move |event| (index, number, Some(event)))
+        .chain(futures::stream::once(async move { (index, number, None) }))
         .boxed())
 }
 
@@ -252,9 +258,14 @@ async fn session(
     if snapshots.send(Some(last.clone())).is_err() {
         return Ok(());
     }
+    // The number of each kind's current watch (events and the end of an older one, replaced
+    // after a 410, are ignored), when it was opened, and whether the one before it ended soon.
+    let mut current = vec![(0u64, Instant::now(), false); RESOURCES.len()];
+    // Whether the current watch of a kind has reported an error before its end.
+    let mut broke = vec![false; RESOURCES.len()];
     let mut watches = SelectAll::new();
     for (index, version) in versions.iter().enumerate() {
-        watches.push(open_watch(client, index, config, version).await?);
+        watches.push(open_watch(client, index, 0, config, version).await?);
     }
     // The first and the latest change of the burst not yet sent.
     let mut pending: Option<(Instant, Instant)> = None;
@@ -270,9 +281,12 @@ async fn session(
                 continue;
             }
         };
-        let Some((index, event)) = next else {
+        let Some((index, number, event)) = next else {
             bail!("every watch ended");
         };
+        if number != current[index].0 {
+            continue;
+        }
         let resource = &RESOURCES[index];
         let changed = match event {
             Some(Ok(event)) => match apply(&mut cache, resource, event, &mut versions[index]) {
@@ -286,20 +300,32 @@ async fn session(
                     let (objects, version) = list(client, resource, config).await?;
                     cache.replace(resource, &objects);
                     versions[index] = version;
-                    watches.push(open_watch(client, index, config, &versions[index]).await?);
+                    let number = current[index].0 + 1;
+                    watches
+                        .push(open_watch(client, index, number, config, &versions[index]).await?);
+                    current[index] = (number, Instant::now(), false);
+                    broke[index] = false;
                     true
                 }
             },
             Some(Err(error)) => {
                 // The stream broke (a reset connection, a truncated body): its end follows.
                 debug!(resource = resource.plural, "the watch broke: {error}");
+                broke[index] = true;
                 false
             }
             None => {
                 debug!(resource = resource.plural, version = %versions[index], "the watch ended; resuming");
-                if !versions[index].is_empty() {
-                    watches.push(open_watch(client, index, config, &versions[index]).await?);
+                // A server that ends every watch at once must not make this a busy loop (a
+                // broken connection is opened again at once: if the server is gone, that fails).
+                let short = current[index].1.elapsed() < WATCH_MIN_LIFE && !broke[index];
+                broke[index] = false;
+                if short && current[index].2 {
+                    tokio::time::sleep(BACKOFF_START).await;
                 }
+                let number = current[index].0 + 1;
+                watches.push(open_watch(client, index, number, config, &versions[index]).await?);
+                current[index] = (number, Instant::now(), short);
                 false
             }
         };
