@@ -779,8 +779,7 @@ fn last_field(agent: &ChildHandle, field: &str) -> anyhow::Result<usize> {
     let log = agent.log();
     let line = log
         .lines()
-        .filter(|line| line.contains(AGENT_READY))
-        .last()
+        .rfind(|line| line.contains(AGENT_READY))
         .with_context(|| format!("{} has no {AGENT_READY:?} line:\n{log}", agent.name()))?;
     let needle = format!(" {field}=");
     let start = line
