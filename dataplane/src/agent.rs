@@ -184,8 +184,10 @@ const CONNTRACK_SWEEP: Duration = Duration::from_secs(10);
 
 /// Runs the agent until SIGTERM or SIGINT; the pinned fast path stays in place after it exits.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    if options.datastore == Datastore::Etcdv3 {
-        options.etcd.check()?;
+    match &options.datastore {
+        Datastore::Etcdv3 => options.etcd.check()?,
+        Datastore::Kubernetes(config) => datastore::kubernetes::check(config).await?,
+        Datastore::File(_) => {}
     }
     let mut backend = select_backend(&options).await?;
 

@@ -769,6 +769,36 @@ fn ipam_show_reads_the_kubernetes_api_as_it_reads_the_file() -> anyhow::Result<(
     Ok(())
 }
 
+#[test]
+fn run_refuses_a_kubeconfig_it_cannot_read() -> anyhow::Result<()> {
+    let bin = agent_bin();
+    ensure!(
+        bin.exists(),
+        "agent binary {} does not exist: build it with `cargo build -p dataplane`",
+        bin.display()
+    );
+    let args = [
+        "run",
+        "--datastore",
+        "kubernetes",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+        "--node",
+        "node-1",
+    ];
+    let output = std::process::Command::new(&bin).args(args).output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        !output.status.success(),
+        "the agent started without a kubeconfig: {stderr}"
+    );
+    ensure!(
+        stderr.contains("/nonexistent/kubeconfig") && stderr.contains("KUBECONFIG"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
 /// How many times an agent has programmed its fast path so far.
 fn programmed(agent: &ChildHandle) -> usize {
     agent.log().matches(AGENT_READY).count()

@@ -114,6 +114,12 @@ async fn run(config: KubernetesConfig, snapshots: watch::Sender<Option<Snapshot>
     }
 }
 
+/// Checks the settings without contacting the API server: a kubeconfig or a service account can
+/// be found and read. Errors name the file and the setting to fix.
+pub async fn check(config: &KubernetesConfig) -> anyhow::Result<()> {
+    client(config).await.map(|_| ())
+}
+
 /// The client from `--kubeconfig` (KUBECONFIG), else the usual places: `~/.kube/config`, the
 /// pod's service account. Errors say which file and what to set.
 async fn client(config: &KubernetesConfig) -> anyhow::Result<Client> {
