@@ -965,6 +965,29 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
         node1.log(),
         node2.log()
     );
+    // `dataplane check` reads the same cluster from the API server and finds this node healthy.
+    for node in ["node-1", "node-2"] {
+        let pin = lab.pin_path(node);
+        let argv = [
+            &*bin_text,
+            "check",
+            "--datastore",
+            "kubernetes",
+            "--kubeconfig",
+            &kubeconfig_text,
+            "--node",
+            node,
+            "--pin-path",
+            &*pin.to_string_lossy(),
+        ];
+        let output = lab.exec_status(lab.node_netns(node)?, &argv)?;
+        ensure!(
+            output.status.success(),
+            "dataplane check on {node} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     let mut timings = Vec::new();
     let web1 = lab.pod("default/web-1")?.clone();
     let web2 = lab.pod("default/web-2")?.clone();
