@@ -264,11 +264,7 @@ async fn session(
     if snapshots.send(Some(last.clone())).is_err() {
         return Ok(());
     }
-    // The number of each kind's current watch (events and the end of an older one, replaced
-    // after a 410, are ignored), when it was opened, and whether the one before it ended soon.
-    let mut current = vec![(0u64, Instant::now(), false); RESOURCES.len()];
-    // Whether the current watch of a kind has reported an error before its end.
-    let mut broke = vec![false; RESOURCES.len()];
+    let mut current = vec![CurrentWatch::new(0, false); RESOURCES.len()];
     let mut watches = SelectAll::new();
     for (index, version) in versions.iter().enumerate() {
         watches.push(open_watch(client, index, 0, config, version).await?);
@@ -290,7 +286,8 @@ async fn session(
         let Some((index, number, event)) = next else {
             bail!("every watch ended");
         };
-        if number != current[index].0 {
+        if number != current[index].number {
+            // An older watch of the kind, replaced after a 410.
             continue;
         }
         let resource = &RESOURCES[index];
@@ -306,38 +303,61 @@ async fn session(
                     let (objects, version) = list(client, resource, config).await?;
                     cache.replace(resource, &objects);
                     versions[index] = version;
-                    let number = current[index].0 + 1;
+                    let number = current[index].number + 1;
                     watches
                         .push(open_watch(client, index, number, config, &versions[index]).await?);
-                    current[index] = (number, Instant::now(), false);
-                    broke[index] = false;
+                    current[index] = CurrentWatch::new(number, false);
                     true
                 }
             },
             Some(Err(error)) => {
                 // The stream broke (a reset connection, a truncated body): its end follows.
                 debug!(resource = resource.plural, "the watch broke: {error}");
-                broke[index] = true;
+                current[index].broke = true;
                 false
             }
             None => {
                 debug!(resource = resource.plural, version = %versions[index], "the watch ended; resuming");
                 // A server that ends every watch at once must not make this a busy loop (a
                 // broken connection is opened again at once: if the server is gone, that fails).
-                let short = current[index].1.elapsed() < WATCH_MIN_LIFE && !broke[index];
-                broke[index] = false;
-                if short && current[index].2 {
+                let watch = &current[index];
+                let short = watch.opened.elapsed() < WATCH_MIN_LIFE && !watch.broke;
+                if short && watch.after_short {
                     tokio::time::sleep(BACKOFF_START).await;
                 }
-                let number = current[index].0 + 1;
+                let number = watch.number + 1;
                 watches.push(open_watch(client, index, number, config, &versions[index]).await?);
-                current[index] = (number, Instant::now(), short);
+                current[index] = CurrentWatch::new(number, short);
                 false
             }
         };
         if changed {
             let now = Instant::now();
             pending = Some((pending.map_or(now, |(first, _)| first), now));
+        }
+    }
+}
+
+/// A kind's current watch.
+#[derive(Clone, Copy, Debug)]
+struct CurrentWatch {
+    /// Its number: events and the end of an older watch of the kind are ignored.
+    number: u64,
+    /// When it was opened.
+    opened: Instant,
+    /// The watch before it ended cleanly soon after it was opened.
+    after_short: bool,
+    /// It has reported an error (its end follows).
+    broke: bool,
+}
+
+impl CurrentWatch {
+    fn new(number: u64, after_short: bool) -> Self {
+        CurrentWatch {
+            number,
+            opened: Instant::now(),
+            after_short,
+            broke: false,
         }
     }
 }
