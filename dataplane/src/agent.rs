@@ -142,6 +142,8 @@ pub enum Datastore {
     File(PathBuf),
     /// Calico's etcdv3 datastore; its settings come from the `--etcd-*` options.
     Etcdv3,
+    /// Calico's Kubernetes datastore (KDD): CRDs, Nodes and Pods from the API server.
+    Kubernetes(datastore::kubernetes::KubernetesConfig),
 }
 
 impl std::str::FromStr for Datastore {
@@ -151,11 +153,11 @@ impl std::str::FromStr for Datastore {
         match s.split_once(':') {
             Some(("file", path)) if !path.is_empty() => Ok(Datastore::File(PathBuf::from(path))),
             _ if s == "etcdv3" => Ok(Datastore::Etcdv3),
-            _ if s == "kubernetes" => {
-                Err(format!("datastore {s:?} is not supported yet; use file:PATH"))
-            }
+            // Its settings (--kubeconfig, the node) are filled in by the command line.
+            _ if s == "kubernetes" => Ok(Datastore::Kubernetes(Default::default())),
             _ => Err(format!(
-                "unknown datastore {s:?}: expected file:PATH (e.g. file:/etc/calico/cluster.yaml) or etcdv3"
+                "unknown datastore {s:?}: expected file:PATH (e.g. file:/etc/calico/cluster.yaml), \
+                 etcdv3 or kubernetes"
             )),
         }
     }
@@ -193,8 +195,10 @@ const CONNTRACK_SWEEP: Duration = Duration::from_secs(10);
 
 /// Runs the agent until SIGTERM or SIGINT; the pinned fast path stays in place after it exits.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    if options.datastore == Datastore::Etcdv3 {
-        options.etcd.check()?;
+    match &options.datastore {
+        Datastore::Etcdv3 => options.etcd.check()?,
+        Datastore::Kubernetes(config) => datastore::kubernetes::check(config).await?,
+        Datastore::File(_) => {}
     }
     let mut backend = select_backend(&options).await?;
 
@@ -213,6 +217,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let watcher = match &options.datastore {
         Datastore::File(path) => tokio::spawn(datastore::watch_file(path.clone(), sender, connection)),
         Datastore::Etcdv3 => tokio::spawn(datastore::etcd::watch(options.etcd.clone(), sender, connection)),
+        Datastore::Kubernetes(config) => {
+            tokio::spawn(datastore::kubernetes::watch(config.clone(), sender, connection))
+        }
     };
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -367,6 +374,7 @@ mod tests {
     #[test]
     fn parses_file_datastore() {
         assert_eq!("file:/tmp/c.yaml".parse(), Ok(Datastore::File(PathBuf::from("/tmp/c.yaml"))));
+        assert_eq!("kubernetes".parse(), Ok(Datastore::Kubernetes(Default::default())));
     }
 
     #[test]

@@ -24,8 +24,9 @@ use crate::{
 /// How long a one-shot read of etcd may take before the command gives up.
 pub const ETCD_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Reads the whole cluster once from `datastore`: the file, or one consistent read of etcd (the
-/// first snapshot of a watch, which is a full read at one revision; the watch is then stopped).
+/// Reads the whole cluster once from `datastore`: the file, one consistent read of etcd (the
+/// first snapshot of a watch, which is a full read at one revision; the watch is then stopped),
+/// or one list of every kind from the Kubernetes API.
 pub fn read_once(datastore: &Datastore, etcd: &EtcdConfig) -> anyhow::Result<Snapshot> {
     match datastore {
         Datastore::File(path) => {
@@ -45,6 +46,7 @@ pub fn read_once(datastore: &Datastore, etcd: &EtcdConfig) -> anyhow::Result<Sna
                 ),
             }
         }
+        Datastore::Kubernetes(config) => crate::datastore::kubernetes::read_once(config),
     }
 }
 

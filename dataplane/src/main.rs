@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use dataplane::{
     agent::{self, Datastore, Mode, RunOptions, DEFAULT_PIN_PATH},
     backend, check,
-    datastore::etcd::EtcdConfig,
+    datastore::{etcd::EtcdConfig, kubernetes::KubernetesConfig},
     trace,
 };
 
@@ -257,9 +257,14 @@ enum DatastoreCommand {
 /// Where the read-only commands find the cluster: the same settings as `run`.
 #[derive(clap::Args)]
 struct DatastoreArgs {
-    /// Where the cluster's resources are: file:PATH (a YAML of Calico resources) or etcdv3.
+    /// Where the cluster's resources are: file:PATH (a YAML of Calico resources), etcdv3, or
+    /// kubernetes (Calico's CRDs, Nodes and Pods from the API server, as calico-node reads them).
     #[arg(long, env = "DATASTORE_TYPE")]
     datastore: Datastore,
+    /// A kubeconfig file (kubernetes datastore) [default: ~/.kube/config, or the pod's service
+    /// account].
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
     /// etcd client URLs, comma-separated (etcdv3 datastore).
     #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     etcd_endpoints: Vec<String>,
@@ -278,6 +283,18 @@ struct DatastoreArgs {
 }
 
 impl DatastoreArgs {
+    /// The datastore with its settings; `node` limits the Kubernetes datastore to the pods
+    /// scheduled on it (`None`: every pod, for cluster-wide commands).
+    fn datastore(&self, node: Option<&str>) -> Datastore {
+        match &self.datastore {
+            Datastore::Kubernetes(_) => Datastore::Kubernetes(KubernetesConfig {
+                kubeconfig: self.kubeconfig.clone(),
+                node: node.map(str::to_owned),
+            }),
+            other => other.clone(),
+        }
+    }
+
     fn etcd(&self) -> EtcdConfig {
         EtcdConfig {
             endpoints: self.etcd_endpoints.clone(),
@@ -312,7 +329,7 @@ fn main() -> anyhow::Result<()> {
             kernel_log,
         } => {
             let options = RunOptions {
-                datastore: datastore.datastore.clone(),
+                datastore: datastore.datastore(Some(&node)),
                 etcd: datastore.etcd(),
                 node,
                 uplink,
@@ -363,7 +380,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ipam { command: IpamCommand::Show { show_blocks, datastore, output } } => {
-            let snapshot = dataplane::ipam::read_once(&datastore.datastore, &datastore.etcd())?;
+            let snapshot = dataplane::ipam::read_once(&datastore.datastore(None), &datastore.etcd())?;
             for problem in &snapshot.problems {
                 tracing::warn!("skipped: {problem}");
             }
@@ -415,7 +432,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Check { datastore, node, uplink, pin_path, mode, output } => {
             let options = check::CheckOptions {
-                datastore: datastore.datastore.clone(),
+                datastore: datastore.datastore(Some(&node)),
                 etcd: datastore.etcd(),
                 node,
                 uplink,
@@ -483,26 +500,40 @@ fn main() -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// The DaemonSet in deploy/ must start the agent with arguments this CLI accepts.
+    /// The DaemonSets in deploy/ must start the agent with arguments this CLI accepts: the
+    /// default one on Calico's Kubernetes datastore, the alternative on etcdv3.
     #[test]
-    fn the_daemonset_runs_a_command_line_the_agent_accepts() {
-        let manifest: serde_yaml::Value =
-            serde_yaml::from_str(include_str!("../../deploy/daemonset.yaml")).expect("deploy/daemonset.yaml is YAML");
-        let container = &manifest["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(manifest["spec"]["template"]["spec"]["hostNetwork"], true);
-        assert_eq!(container["securityContext"]["privileged"], true);
-        let mut argv = vec!["dataplane".to_owned()];
-        for arg in container["args"].as_sequence().expect("args") {
-            argv.push(arg.as_str().expect("string arg").to_owned());
+    fn the_daemonsets_run_a_command_line_the_agent_accepts() {
+        let manifests = [
+            ("deploy/daemonset.yaml", include_str!("../../deploy/daemonset.yaml")),
+            ("deploy/daemonset-etcd.yaml", include_str!("../../deploy/daemonset-etcd.yaml")),
+        ];
+        for (file, text) in manifests {
+            let manifest: serde_yaml::Value =
+                serde_yaml::from_str(text).unwrap_or_else(|e| panic!("{file} is not YAML: {e}"));
+            let container = &manifest["spec"]["template"]["spec"]["containers"][0];
+            assert_eq!(manifest["spec"]["template"]["spec"]["hostNetwork"], true, "{file}");
+            assert_eq!(container["securityContext"]["privileged"], true, "{file}");
+            let mut argv = vec!["dataplane".to_owned()];
+            for arg in container["args"].as_sequence().expect("args") {
+                argv.push(arg.as_str().expect("string arg").to_owned());
+            }
+            // NODENAME comes from the downward API in the pod.
+            argv.push("--node=node-1".to_owned());
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{file}: {argv:?}: {e}"));
+            let Command::Run { datastore, node, pin_path, metrics_addr, .. } = cli.command else {
+                panic!("{file} does not run `dataplane run`");
+            };
+            match (file, datastore.datastore(Some(&node))) {
+                ("deploy/daemonset.yaml", Datastore::Kubernetes(config)) => {
+                    // Only this node's pods are read.
+                    assert_eq!(config.node.as_deref(), Some("node-1"));
+                }
+                ("deploy/daemonset-etcd.yaml", Datastore::Etcdv3) => {}
+                (file, other) => panic!("{file} runs the agent on {other:?}"),
+            }
+            assert_eq!(pin_path, PathBuf::from(DEFAULT_PIN_PATH), "{file}");
+            assert_eq!(metrics_addr.map(|a| a.port()), Some(9091), "{file}: the probes use port 9091");
         }
-        // NODENAME comes from the downward API in the pod.
-        argv.push("--node=node-1".to_owned());
-        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-        let Command::Run { datastore, pin_path, metrics_addr, .. } = cli.command else {
-            panic!("the DaemonSet does not run `dataplane run`");
-        };
-        assert_eq!(datastore.datastore, Datastore::Etcdv3);
-        assert_eq!(pin_path, PathBuf::from(DEFAULT_PIN_PATH));
-        assert_eq!(metrics_addr.map(|a| a.port()), Some(9091), "the probes use port 9091");
     }
 }

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests in `tests/`, which need root and network namespaces.
 #![deny(missing_docs)]
 
+pub mod kube_api;
 pub mod packet;
 pub mod program;
 

@@ -1,0 +1,1110 @@
+//! The Kubernetes datastore (`--datastore kubernetes`) against a recorded-response API server.
+//!
+//! Why not a real API server: there is none on the test machines, and running one needs etcd,
+//! certificates and a control plane that do not fit in a test. So the API server here is
+//! [`dataplane_tests::kube_api::KubeApi`], a small HTTP server that speaks the two requests the
+//! agent makes the way the real one answers them: lists with a `resourceVersion`, and chunked
+//! watch streams of ADDED/MODIFIED/DELETED/BOOKMARK events or an ERROR 410 when the version is
+//! gone. It serves Calico-shaped objects written as `kubectl get -o json` prints them for a
+//! Calico cluster equal to examples/two-nodes.yaml (CRDs of crd.projectcalico.org/v1, Nodes with
+//! calico-node's annotations, Pods with kubelet's status and Calico CNI's annotations). The
+//! client side is the real one: kube-rs through the agent's own datastore code.
+//!
+//! The Kubernetes datastore has no pod MACs (calico-node's WorkloadEndpoints in KDD carry none),
+//! so the models are compared with the file's MACs left out.
+//!
+//! The last test runs real agents on the two-node lab, reading the server from the lab's fabric
+//! namespace; it needs root and the agent binary. Pods ping each other across the nodes through
+//! the fast path; it measures change -> "fast path programmed" and checks what was programmed
+//! (routes, workloads) from the agents' own reports, and keeps traffic flowing through a 10 s
+//! outage of the API server.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+use dataplane::{
+    datastore::{
+        kubernetes::{KubernetesConfig, WatchThread},
+        Snapshot,
+    },
+    model::Model,
+};
+use dataplane_lab::{ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
+use dataplane_tests::{agent_bin, kube_api::KubeApi, workspace_root};
+use serde_json::{json, Value};
+
+/// The example cluster of the file datastore, served by the API server of the tests.
+const EXAMPLE: &str = "examples/two-nodes.yaml";
+/// How long a change may take to arrive as a snapshot (it takes milliseconds; the margin is for
+/// a loaded machine).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+const NODES: &str = "/api/v1/nodes";
+const PODS: &str = "/api/v1/pods";
+const POOLS: &str = "/apis/crd.projectcalico.org/v1/ippools";
+const AFFINITIES: &str = "/apis/crd.projectcalico.org/v1/blockaffinities";
+const BLOCKS: &str = "/apis/crd.projectcalico.org/v1/ipamblocks";
+
+/// The example cluster as the file datastore reads it, without pod MACs (the Kubernetes
+/// datastore has none).
+fn example_model() -> anyhow::Result<Model> {
+    let mut model = dataplane_lab::load_model(&workspace_root().join(EXAMPLE))?;
+    for workload in &mut model.workloads {
+        workload.mac = None;
+    }
+    Ok(model)
+}
+
+/// A model with every list in a fixed order, to compare models from different datastores.
+fn sorted(model: &Model) -> Model {
+    let mut model = model.clone();
+    model.pools.sort_by(|a, b| a.name.cmp(&b.name));
+    model.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    model.workloads.sort_by_key(|w| w.full_name());
+    model
+        .blocks
+        .sort_by(|a, b| (a.cidr, &a.node).cmp(&(b.cidr, &b.node)));
+    model
+}
+
+/// `kubectl get node node-N -o json` for a node calico-node has registered.
+fn node(name: &str, addr: &str, vtep: &str, mac: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "uid": format!("5f0c2a4e-0000-4000-8000-{:012}", name.len()),
+            "creationTimestamp": "2026-11-01T08:00:00Z",
+            "labels": {
+                "beta.kubernetes.io/arch": "amd64",
+                "beta.kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux"
+            },
+            "annotations": {
+                "kubeadm.alpha.kubernetes.io/cri-socket": "unix:///var/run/containerd/containerd.sock",
+                "node.alpha.kubernetes.io/ttl": "0",
+                "projectcalico.org/IPv4Address": format!("{addr}/24"),
+                "projectcalico.org/IPv4VXLANTunnelAddr": vtep,
+                "projectcalico.org/VXLANTunnelMACAddr": mac,
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true"
+            }
+        },
+        "spec": {"podCIDR": format!("{vtep}/24"), "podCIDRs": [format!("{vtep}/24")]},
+        "status": {
+            "addresses": [{"address": addr, "type": "InternalIP"}, {"address": name, "type": "Hostname"}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "kubelet is posting ready status", "lastHeartbeatTime": "2026-11-23T08:00:00Z",
+                "lastTransitionTime": "2026-11-01T08:01:00Z"}],
+            "nodeInfo": {"architecture": "amd64", "containerRuntimeVersion": "containerd://1.7.24",
+                "kernelVersion": "6.12.0", "kubeletVersion": "v1.33.2", "operatingSystem": "linux",
+                "osImage": "Debian GNU/Linux 13 (trixie)"}
+        }
+    })
+}
+
+/// `kubectl get ippool default-ipv4-ippool -o json`.
+fn pool() -> Value {
+    json!({
+        "apiVersion": "crd.projectcalico.org/v1",
+        "kind": "IPPool",
+        "metadata": {
+            "name": "default-ipv4-ippool",
+            "generation": 1,
+            "uid": "49ecd163-1a83-4566-872a-fb0390102724",
+            "creationTimestamp": "2026-11-01T08:02:00Z",
+            "annotations": {"projectcalico.org/metadata": "{\"creationTimestamp\":null}"}
+        },
+        "spec": {"allowedUses": ["Workload", "Tunnel"], "blockSize": 26, "cidr": "10.244.0.0/16",
+            "ipipMode": "Never", "natOutgoing": true, "nodeSelector": "all()", "vxlanMode": "Always"}
+    })
+}
+
+/// `10.244.1.0/26` -> `10-244-1-0-26`, as Calico names its IPAM objects.
+fn dashed(cidr: &str) -> String {
+    cidr.replace(['.', '/'], "-")
+}
+
+/// `kubectl get blockaffinity <node>-<block> -o json` (v1 CRDs store `deleted` as a string).
+fn affinity(node: &str, cidr: &str) -> Value {
+    json!({
+        "apiVersion": "crd.projectcalico.org/v1",
+        "kind": "BlockAffinity",
+        "metadata": {
+            "name": format!("{node}-{}", dashed(cidr)),
+            "generation": 2,
+            "uid": format!("a1f0{:032x}", cidr.len() * 7 + node.len()),
+            "creationTimestamp": "2026-11-01T08:03:00Z",
+            "labels": {"projectcalico.org/ip-version": "4", "projectcalico.org/node": node},
+            "annotations": {"projectcalico.org/metadata": "{\"creationTimestamp\":null}"}
+        },
+        "spec": {"cidr": cidr, "deleted": "false", "node": node, "state": "confirmed"}
+    })
+}
+
+/// `kubectl get ipamblock <block> -o json`: ordinal 0 is the VXLAN tunnel address, then the pods.
+fn ipam_block(node: &str, cidr: &str, pods: &[(&str, &str)]) -> Value {
+    let mut allocations = vec![json!(0)];
+    let mut attributes = vec![json!({"handle_id": format!("vxlan-tunnel-addr-{node}"),
+        "secondary": {"node": node, "type": "vxlanTunnelAddress"}})];
+    for (index, (namespace, pod)) in pods.iter().enumerate() {
+        // Pods take the ordinals from 2 on, as in the example (.2, .3).
+        while allocations.len() < index + 2 {
+            allocations.push(Value::Null);
+        }
+        allocations.push(json!(index + 1));
+        attributes.push(
+            json!({"handle_id": format!("k8s-pod-network.{:064x}", index + 7),
+            "secondary": {"namespace": namespace, "node": node, "pod": pod,
+                "timestamp": "2026-11-01 08:10:00.000000000 +0000 UTC"}}),
+        );
+    }
+    while allocations.len() < 64 {
+        allocations.push(Value::Null);
+    }
+    let unallocated: Vec<usize> = (0..64).filter(|i| allocations[*i].is_null()).collect();
+    json!({
+        "apiVersion": "crd.projectcalico.org/v1",
+        "kind": "IPAMBlock",
+        "metadata": {
+            "name": dashed(cidr),
+            "generation": 4,
+            "creationTimestamp": "2026-11-01T08:03:00Z",
+            "annotations": {"projectcalico.org/metadata": "{\"creationTimestamp\":null}"}
+        },
+        "spec": {"affinity": format!("host:{node}"), "allocations": allocations, "attributes": attributes,
+            "cidr": cidr, "deleted": false, "sequenceNumber": 1_763_884_800_000_000_000_u64,
+            "sequenceNumberForAllocation": {"0": 1_763_884_800_000_000_000_u64},
+            "strictAffinity": false, "unallocated": unallocated}
+    })
+}
+
+/// `kubectl get pod -o json` for a running pod that Calico CNI set up.
+fn pod(namespace: &str, name: &str, app: &str, node: &str, node_addr: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": format!("7c3e{:032x}", name.len() * 31 + ip.len()),
+            "creationTimestamp": "2026-11-01T08:10:00Z",
+            "labels": {"app": app},
+            "annotations": {
+                "cni.projectcalico.org/containerID": format!("{:064x}", name.len() * 1_000_003),
+                "cni.projectcalico.org/podIP": format!("{ip}/32"),
+                "cni.projectcalico.org/podIPs": format!("{ip}/32")
+            }
+        },
+        "spec": {
+            "containers": [{"name": app, "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
+                "ports": [{"containerPort": 80, "protocol": "TCP"}], "resources": {},
+                "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+                "imagePullPolicy": "IfNotPresent"}],
+            "dnsPolicy": "ClusterFirst",
+            "enableServiceLinks": true,
+            "nodeName": node,
+            "restartPolicy": "Always",
+            "schedulerName": "default-scheduler",
+            "serviceAccount": "default",
+            "serviceAccountName": "default",
+            "terminationGracePeriodSeconds": 30
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-01T08:10:05Z"}],
+            "hostIP": node_addr,
+            "hostIPs": [{"ip": node_addr}],
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "qosClass": "BestEffort",
+            "startTime": "2026-11-01T08:10:00Z"
+        }
+    })
+}
+
+/// calico-node itself: a host-network pod, not a workload.
+fn calico_node_pod(node: &str, node_addr: &str) -> Value {
+    let mut object = pod(
+        "calico-system",
+        &format!("calico-node-{}", &node[5..]),
+        "calico-node",
+        node,
+        node_addr,
+        node_addr,
+    );
+    object["spec"]["hostNetwork"] = json!(true);
+    if let Some(annotations) = object["metadata"]["annotations"].as_object_mut() {
+        annotations.clear();
+    }
+    object
+}
+
+/// The example cluster (examples/two-nodes.yaml) as the Kubernetes datastore holds it.
+fn example_objects() -> Vec<(&'static str, Value)> {
+    vec![
+        (POOLS, pool()),
+        (
+            NODES,
+            node("node-1", "10.100.0.11", "10.244.1.0", "66:d0:00:00:00:01"),
+        ),
+        (
+            NODES,
+            node("node-2", "10.100.0.12", "10.244.2.0", "66:d0:00:00:00:02"),
+        ),
+        (AFFINITIES, affinity("node-1", "10.244.1.0/26")),
+        (AFFINITIES, affinity("node-2", "10.244.2.0/26")),
+        (
+            BLOCKS,
+            ipam_block(
+                "node-1",
+                "10.244.1.0/26",
+                &[("default", "web-1"), ("default", "cache-1")],
+            ),
+        ),
+        (
+            BLOCKS,
+            ipam_block("node-2", "10.244.2.0/26", &[("default", "web-2")]),
+        ),
+        (
+            PODS,
+            pod(
+                "default",
+                "web-1",
+                "web",
+                "node-1",
+                "10.100.0.11",
+                "10.244.1.2",
+            ),
+        ),
+        (
+            PODS,
+            pod(
+                "default",
+                "cache-1",
+                "cache",
+                "node-1",
+                "10.100.0.11",
+                "10.244.1.3",
+            ),
+        ),
+        (
+            PODS,
+            pod(
+                "default",
+                "web-2",
+                "web",
+                "node-2",
+                "10.100.0.12",
+                "10.244.2.2",
+            ),
+        ),
+        (PODS, calico_node_pod("node-1", "10.100.0.11")),
+        (PODS, calico_node_pod("node-2", "10.100.0.12")),
+    ]
+}
+
+fn serve_example(api: &KubeApi) {
+    for (path, object) in example_objects() {
+        api.apply(path, object);
+    }
+}
+
+/// A watch of `api`, for all pods (`node` None) or one node's.
+fn start_watch(api: &KubeApi, node: Option<&str>) -> anyhow::Result<WatchThread> {
+    WatchThread::start(KubernetesConfig {
+        kubeconfig: Some(api.kubeconfig()?),
+        node: node.map(str::to_owned),
+    })
+}
+
+/// Waits for a snapshot that satisfies `wanted`; returns it and how long it took.
+fn wait_for(
+    watch: &WatchThread,
+    what: &str,
+    timeout: Duration,
+    wanted: impl Fn(&Snapshot) -> bool,
+) -> anyhow::Result<(Snapshot, Duration)> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut last = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match watch.recv_timeout(left) {
+            Some(snapshot) if wanted(&snapshot) => return Ok((snapshot, started.elapsed())),
+            Some(snapshot) => last = Some(snapshot),
+            None if watch.is_finished() => {
+                bail!("the Kubernetes watch ended while waiting for {what}")
+            }
+            None => bail!("no snapshot with {what} within {timeout:?}; the last one was {last:#?}"),
+        }
+    }
+}
+
+/// The example cluster served, and a watch on it that has sent it.
+fn example_served(test: &str, node: Option<&str>) -> anyhow::Result<(KubeApi, WatchThread, Model)> {
+    let api = KubeApi::start_local(test)?;
+    serve_example(&api);
+    let mut model = example_model()?;
+    if let Some(node) = node {
+        model.workloads.retain(|w| w.node == node);
+    }
+    let watch = start_watch(&api, node)?;
+    let (snapshot, took) = wait_for(&watch, "the example cluster", CHANGE_TIMEOUT, |s| {
+        sorted(&s.model) == sorted(&model)
+    })?;
+    eprintln!("{test}: first snapshot {took:?} after the watch started");
+    ensure!(
+        snapshot.problems.is_empty(),
+        "problems: {:#?}",
+        snapshot.problems
+    );
+    Ok((api, watch, model))
+}
+
+fn has_block(snapshot: &Snapshot, cidr: &str, node: &str) -> bool {
+    snapshot
+        .model
+        .blocks
+        .iter()
+        .any(|b| b.cidr.to_string() == cidr && b.node == node && b.routes())
+}
+
+/// The request lines (method and URL) of `kind` (e.g. `/api/v1/pods`) that were watches.
+fn watches_of(api: &KubeApi, kind: &str) -> Vec<String> {
+    api.requests()
+        .into_iter()
+        .filter(|r| r.contains(&format!("{kind}?")) && r.contains("watch=true"))
+        .collect()
+}
+
+fn lists_of(api: &KubeApi, kind: &str) -> Vec<String> {
+    api.requests()
+        .into_iter()
+        .filter(|r| r.contains(&format!("{kind}?")) && !r.contains("watch=true"))
+        .collect()
+}
+
+#[test]
+fn the_example_cluster_reads_the_same_from_the_kubernetes_api_as_from_the_file(
+) -> anyhow::Result<()> {
+    let (api, _watch, model) = example_served("reads_the_example", None)?;
+    // The plan is the same as from the file: the dataplane cannot tell the datastores apart.
+    let (snapshot_model, file_model) = (sorted(&model), sorted(&example_model()?));
+    assert_eq!(snapshot_model, file_model);
+    for node in ["node-1", "node-2"] {
+        let (from_api, _) = dataplane::plan::compute(&snapshot_model, node)?;
+        let (from_file, _) = dataplane::plan::compute(&file_model, node)?;
+        assert_eq!(from_api, from_file, "{node}'s plan");
+    }
+    // Every kind listed once, then watched from the list's resourceVersion.
+    let deadline = Instant::now() + CHANGE_TIMEOUT;
+    while api.open_watches() < 5 {
+        ensure!(
+            Instant::now() < deadline,
+            "the watches did not open: {:#?}",
+            api.requests()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    for kind in [NODES, PODS, POOLS, AFFINITIES, BLOCKS] {
+        ensure!(
+            lists_of(&api, kind).len() == 1,
+            "lists of {kind}: {:?}",
+            api.requests()
+        );
+        let watches = watches_of(&api, kind);
+        ensure!(
+            watches.len() == 1 && watches[0].contains("resourceVersion=112"),
+            "watches of {kind}: {watches:?}"
+        );
+    }
+
+    // An agent reads only its own node's pods (field selector), as calico-node does.
+    let (api, _watch, model) = example_served("reads_one_node", Some("node-2"))?;
+    ensure!(
+        model.workloads.len() == 1,
+        "node-2 has one workload: {:#?}",
+        model.workloads
+    );
+    let pods = lists_of(&api, PODS);
+    ensure!(
+        pods.iter()
+            .all(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-2")),
+        "{pods:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn changes_arrive_as_new_snapshots() -> anyhow::Result<()> {
+    let (api, watch, _) = example_served("changes", Some("node-1"))?;
+    let mut timings = Vec::new();
+
+    // node-2 claims a second block.
+    let started = Instant::now();
+    api.apply(AFFINITIES, affinity("node-2", "10.244.2.64/26"));
+    let (_, took) = wait_for(&watch, "the new block", CHANGE_TIMEOUT, |s| {
+        has_block(s, "10.244.2.64/26", "node-2")
+    })?;
+    timings.push(("block affinity added", took.max(started.elapsed())));
+
+    // node-2 moves to a new address.
+    let started = Instant::now();
+    api.apply(
+        NODES,
+        node("node-2", "10.100.0.22", "10.244.2.0", "66:d0:00:00:00:02"),
+    );
+    wait_for(&watch, "node-2's new address", CHANGE_TIMEOUT, |s| {
+        s.model
+            .nodes
+            .iter()
+            .any(|n| n.name == "node-2" && n.addr == Some("10.100.0.22/24".parse().expect("net")))
+    })?;
+    timings.push(("node address changed", started.elapsed()));
+
+    // A pod starts on node-1: first with Calico CNI's annotation only, then kubelet's status.
+    let started = Instant::now();
+    let mut web3 = pod(
+        "default",
+        "web-3",
+        "web",
+        "node-1",
+        "10.100.0.11",
+        "10.244.1.4",
+    );
+    web3["status"] = json!({"phase": "Pending"});
+    api.apply(PODS, web3);
+    let (snapshot, _) = wait_for(&watch, "web-3", CHANGE_TIMEOUT, |s| {
+        s.model
+            .workloads
+            .iter()
+            .any(|w| w.full_name() == "default/node--1-k8s-web--3-eth0")
+    })?;
+    timings.push(("pod appeared", started.elapsed()));
+    let web3 = snapshot
+        .model
+        .workloads
+        .iter()
+        .find(|w| w.full_name() == "default/node--1-k8s-web--3-eth0")
+        .context("web-3")?;
+    // `printf %s default.web-3 | sha1sum`: 4448cbddedf...
+    assert_eq!(web3.interface, "cali4448cbddedf");
+    assert_eq!(web3.addrs, vec!["10.244.1.4/32".parse()?]);
+    // A pod on another node is not this agent's (the server filters it out).
+    api.apply(
+        PODS,
+        pod(
+            "default",
+            "web-4",
+            "web",
+            "node-2",
+            "10.100.0.12",
+            "10.244.2.4",
+        ),
+    );
+
+    // The pod goes.
+    let started = Instant::now();
+    api.delete(PODS, "default/web-3");
+    let (snapshot, _) = wait_for(&watch, "web-3 gone", CHANGE_TIMEOUT, |s| {
+        !s.model.workloads.iter().any(|w| w.name.contains("web--3"))
+    })?;
+    timings.push(("pod deleted", started.elapsed()));
+    ensure!(
+        snapshot.model.workloads.iter().all(|w| w.node == "node-1"),
+        "node-1's agent sees another node's pod: {:#?}",
+        snapshot.model.workloads
+    );
+    for (what, took) in timings {
+        eprintln!("API server change -> snapshot: {what}: {took:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_broken_watch_resumes_and_a_410_forces_a_list() -> anyhow::Result<()> {
+    let (api, watch, _) = example_served("resumes", None)?;
+    let change = api.apply(AFFINITIES, affinity("node-2", "10.244.2.64/26"));
+    wait_for(&watch, "the first change", CHANGE_TIMEOUT, |s| {
+        has_block(s, "10.244.2.64/26", "node-2")
+    })?;
+
+    // Cut every watch mid-stream: they come back from the last resourceVersion they saw, without
+    // listing again.
+    let lists_before = api
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch=true"))
+        .count();
+    api.break_watches();
+    let deadline = Instant::now() + CHANGE_TIMEOUT;
+    while watches_of(&api, AFFINITIES).len() < 2 || api.open_watches() < 5 {
+        ensure!(
+            Instant::now() < deadline,
+            "the watches did not come back: {:#?}",
+            api.requests()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let resumed = watches_of(&api, AFFINITIES);
+    ensure!(
+        resumed
+            .last()
+            .is_some_and(|r| r.contains(&format!("resourceVersion={change}"))),
+        "the block affinity watch did not resume from {change}: {resumed:?}"
+    );
+    let lists_after = api
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch=true"))
+        .count();
+    ensure!(
+        lists_after == lists_before,
+        "a broken watch made the agent list again: {:#?}",
+        api.requests()
+    );
+    let started = Instant::now();
+    api.apply(AFFINITIES, affinity("node-2", "10.244.2.128/26"));
+    wait_for(&watch, "a change after the resume", CHANGE_TIMEOUT, |s| {
+        has_block(s, "10.244.2.128/26", "node-2")
+    })?;
+    eprintln!(
+        "change after a resumed watch -> snapshot {:?}",
+        started.elapsed()
+    );
+
+    // A change the watch does not see in time, then the history is compacted and the watch
+    // cut: its resourceVersion is gone (410), so the agent lists again and loses nothing.
+    // (Watches that end within a second, twice in a row, are opened again only after 200 ms, so
+    // that a server ending every watch at once is not hammered: let the resumed ones age.)
+    thread::sleep(Duration::from_millis(1100));
+    api.hold_watches(true);
+    api.delete(AFFINITIES, "node-2-10-244-2-64-26");
+    api.compact();
+    api.hold_watches(false);
+    let started = Instant::now();
+    api.break_watches();
+    let (snapshot, _) = wait_for(
+        &watch,
+        "the change missed by the watch",
+        CHANGE_TIMEOUT,
+        |s| !has_block(s, "10.244.2.64/26", "node-2"),
+    )?;
+    eprintln!("410 Gone -> list -> snapshot {:?}", started.elapsed());
+    ensure!(
+        has_block(&snapshot, "10.244.2.128/26", "node-2")
+            && has_block(&snapshot, "10.244.1.0/26", "node-1")
+    );
+    ensure!(
+        lists_of(&api, AFFINITIES).len() >= 2,
+        "no list after the 410: {:#?}",
+        api.requests()
+    );
+    Ok(())
+}
+
+#[test]
+fn broken_objects_are_reported_and_the_rest_is_applied() -> anyhow::Result<()> {
+    let (api, watch, model) = example_served("broken", None)?;
+    let mut bad_block = affinity("node-2", "10.244.2.64/26");
+    bad_block["spec"]["cidr"] = json!("10.244.2.300/26");
+    api.apply(AFFINITIES, bad_block);
+    api.apply(
+        NODES,
+        node("node-2", "10.100.0.12", "10.244.2.0", "66:d0:00:00:00"),
+    );
+    api.apply(AFFINITIES, affinity("node-1", "10.244.1.64/26"));
+    let (snapshot, _) = wait_for(
+        &watch,
+        "both problems and the good block",
+        CHANGE_TIMEOUT,
+        |s| s.problems.len() == 2 && has_block(s, "10.244.1.64/26", "node-1"),
+    )?;
+    let mut named: Vec<(String, String, String)> = snapshot
+        .problems
+        .iter()
+        .map(|p| (p.kind.clone(), p.name.clone(), p.field.clone()))
+        .collect();
+    named.sort();
+    assert_eq!(
+        named,
+        vec![
+            (
+                "BlockAffinity".into(),
+                "node-2-10-244-2-64-26".into(),
+                "spec.cidr".into()
+            ),
+            (
+                "Node".into(),
+                "node-2".into(),
+                "metadata.annotations[\"projectcalico.org/VXLANTunnelMACAddr\"]".into()
+            ),
+        ]
+    );
+    for problem in &snapshot.problems {
+        eprintln!("reported: {problem}");
+    }
+    // The rest is applied: node-1, the pool, the blocks and the pods are all there.
+    assert!(snapshot.model.nodes.iter().any(|n| n.name == "node-1"));
+    assert_eq!(snapshot.model.pools, model.pools);
+    assert_eq!(snapshot.model.workloads.len(), model.workloads.len());
+    Ok(())
+}
+
+#[test]
+fn the_last_state_stays_while_the_api_server_is_gone() -> anyhow::Result<()> {
+    let (mut api, watch, _) = example_served("outage", Some("node-1"))?;
+    api.stop();
+    // Changed while the agent cannot see it (the store outlives the server).
+    api.apply(AFFINITIES, affinity("node-2", "10.244.2.64/26"));
+    api.delete(PODS, "default/cache-1");
+    // Nothing is sent while the server is away: the last good snapshot stays.
+    ensure!(
+        watch.recv_timeout(Duration::from_secs(10)).is_none(),
+        "a snapshot came without an API server"
+    );
+    let restarted = Instant::now();
+    api.start()?;
+    let (snapshot, took) = wait_for(
+        &watch,
+        "the resync after the outage",
+        Duration::from_secs(20),
+        |s| has_block(s, "10.244.2.64/26", "node-2"),
+    )?;
+    eprintln!(
+        "API server back -> full resync snapshot {took:?} ({:?} after the restart)",
+        restarted.elapsed()
+    );
+    ensure!(
+        !snapshot
+            .model
+            .workloads
+            .iter()
+            .any(|w| w.name.contains("cache")),
+        "the pod deleted during the outage is still there"
+    );
+    // Every kind was listed again after the outage.
+    ensure!(lists_of(&api, POOLS).len() >= 2, "{:#?}", api.requests());
+    Ok(())
+}
+
+/// `dataplane ARGS` (the agent binary); its stdout, or an error with its stderr.
+fn dataplane(args: &[&str]) -> anyhow::Result<String> {
+    let bin = agent_bin();
+    ensure!(
+        bin.exists(),
+        "agent binary {} does not exist: build it with `cargo build -p dataplane`",
+        bin.display()
+    );
+    let output = std::process::Command::new(&bin).args(args).output()?;
+    ensure!(
+        output.status.success(),
+        "dataplane {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+#[test]
+fn ipam_show_reads_the_kubernetes_api_as_it_reads_the_file() -> anyhow::Result<()> {
+    let api = KubeApi::start_local("ipam_show")?;
+    serve_example(&api);
+    let kubeconfig = api.kubeconfig()?;
+    let kubeconfig = kubeconfig.to_string_lossy();
+    let args = [
+        "ipam",
+        "show",
+        "--show-blocks",
+        "-o",
+        "json",
+        "--datastore",
+        "kubernetes",
+        "--kubeconfig",
+        &kubeconfig,
+    ];
+    let from_api: Value = serde_json::from_str(&dataplane(&args)?)?;
+    let file = format!("file:{}", workspace_root().join(EXAMPLE).display());
+    let from_file: Value = serde_json::from_str(&dataplane(&[
+        "ipam",
+        "show",
+        "--show-blocks",
+        "-o",
+        "json",
+        "--datastore",
+        &file,
+    ])?)?;
+    assert_eq!(from_api, from_file);
+    // Three pods and two VXLAN tunnel addresses, in two blocks: every pod of the cluster is read.
+    assert_eq!(from_api["pools"][0]["in_use"], 5, "{from_api:#}");
+    assert_eq!(
+        from_api["pools"][0]["blocks"].as_array().map(Vec::len),
+        Some(2),
+        "{from_api:#}"
+    );
+    ensure!(
+        lists_of(&api, PODS)
+            .iter()
+            .all(|r| !r.contains("fieldSelector")),
+        "{:?}",
+        api.requests()
+    );
+    // Unreachable: the command says so and names the setting.
+    drop(api);
+    let output = std::process::Command::new(agent_bin())
+        .args(args)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        !output.status.success() && stderr.contains("KUBECONFIG"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn run_refuses_a_kubeconfig_it_cannot_read() -> anyhow::Result<()> {
+    let bin = agent_bin();
+    ensure!(
+        bin.exists(),
+        "agent binary {} does not exist: build it with `cargo build -p dataplane`",
+        bin.display()
+    );
+    let args = [
+        "run",
+        "--datastore",
+        "kubernetes",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+        "--node",
+        "node-1",
+    ];
+    let output = std::process::Command::new(&bin).args(args).output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        !output.status.success(),
+        "the agent started without a kubeconfig: {stderr}"
+    );
+    ensure!(
+        stderr.contains("/nonexistent/kubeconfig") && stderr.contains("KUBECONFIG"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+/// How many times an agent has programmed its fast path so far.
+fn programmed(agent: &ChildHandle) -> usize {
+    agent.log().matches(AGENT_READY).count()
+}
+
+/// A numeric field (`routes=5`) of the agent's last "fast path programmed" line.
+fn last_field(agent: &ChildHandle, field: &str) -> anyhow::Result<usize> {
+    let log = agent.log();
+    let line = log
+        .lines()
+        .rfind(|line| line.contains(AGENT_READY))
+        .with_context(|| format!("{} has no {AGENT_READY:?} line:\n{log}", agent.name()))?;
+    let needle = format!(" {field}=");
+    let start = line
+        .find(&needle)
+        .with_context(|| format!("no {field}= in {line}"))?
+        + needle.len();
+    let digits: String = line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits
+        .parse()
+        .with_context(|| format!("{field}= is not a number in {line}"))
+}
+
+/// Waits until the agent's last "fast path programmed" line has `field` equal to `want`; returns
+/// how long after `since` that was seen.
+fn wait_field(
+    agent: &ChildHandle,
+    field: &str,
+    want: usize,
+    since: Instant,
+) -> anyhow::Result<Duration> {
+    let deadline = Instant::now() + CHANGE_TIMEOUT;
+    while Instant::now() < deadline {
+        if last_field(agent, field).ok() == Some(want) {
+            return Ok(since.elapsed());
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    bail!(
+        "{} never programmed {field}={want} within {CHANGE_TIMEOUT:?}:\n{}",
+        agent.name(),
+        agent.log()
+    )
+}
+
+/// Waits until `agent` programs its fast path again after `before`; returns how long after
+/// `since` that happened.
+fn wait_programmed(agent: &ChildHandle, before: usize, since: Instant) -> anyhow::Result<Duration> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if programmed(agent) > before {
+            return Ok(since.elapsed());
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    bail!(
+        "{} did not program its fast path again:\n{}",
+        agent.name(),
+        agent.log()
+    )
+}
+
+/// `ping -c 1 -W 1` until a reply comes (up to `tries` times); whether one came.
+fn ping_ok(lab: &Lab, from: &LabPod, to: Ipv4Addr, tries: usize) -> anyhow::Result<bool> {
+    let to = to.to_string();
+    for _ in 0..tries {
+        if lab
+            .exec_status(&from.netns, &["ping", "-c", "1", "-W", "1", &to])?
+            .status
+            .success()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Waits for `needle` in the agent's log.
+fn wait_log(agent: &ChildHandle, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !agent.log().contains(needle) {
+        ensure!(
+            Instant::now() < deadline,
+            "{} never said {needle:?}:\n{}",
+            agent.name(),
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+#[test]
+fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()> {
+    let test = "agents_run_from_the_kubernetes_api_on_the_two_node_lab";
+    if !dataplane_lab::is_root() {
+        eprintln!(
+            "SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root"
+        );
+        return Ok(());
+    }
+    let bin = agent_bin();
+    ensure!(
+        bin.exists(),
+        "agent binary {} does not exist: build it with `cargo build -p dataplane`",
+        bin.display()
+    );
+    let lab = Lab::up(
+        &dataplane_lab::load_model(&workspace_root().join(EXAMPLE))?,
+        LabOptions::default(),
+    )?;
+    // The API server listens in the fabric namespace on the gateway of the nodes' subnet: both
+    // agents reach it from their node's namespace over eth0, as calico-node reaches the API.
+    let gateway = lab.node("node-1")?.gateway;
+    let fabric = std::path::PathBuf::from(format!("/run/netns/{}", lab.fabric_netns()));
+    let mut api = KubeApi::start_at(
+        lab.prefix(),
+        SocketAddr::new(gateway.into(), 6443),
+        Some(fabric),
+    )?;
+    serve_example(&api);
+    let kubeconfig = api.kubeconfig()?;
+    let (bin_text, kubeconfig_text) = (
+        bin.to_string_lossy().into_owned(),
+        kubeconfig.to_string_lossy().into_owned(),
+    );
+    let mut agents = Vec::new();
+    for node in ["node-1", "node-2"] {
+        let netns = lab.node_netns(node)?.to_owned();
+        let pin = lab.pin_path(node);
+        let pin = pin.to_string_lossy();
+        let argv = [
+            &*bin_text,
+            "run",
+            "--datastore",
+            "kubernetes",
+            "--kubeconfig",
+            &kubeconfig_text,
+            "--node",
+            node,
+            "--pin-path",
+            &pin,
+        ];
+        agents.push(lab.spawn(&netns, &argv, &format!("agent-{node}"))?);
+    }
+    for agent in &mut agents {
+        agent.wait_for_log(AGENT_READY, Duration::from_secs(60))?;
+    }
+    for agent in &agents {
+        wait_log(
+            agent,
+            "connected to the Kubernetes API",
+            Duration::from_secs(5),
+        )?;
+    }
+    let (node1, node2) = (&agents[0], &agents[1]);
+    // Each node delivers to its own pods and routes the other's block.
+    ensure!(
+        last_field(node1, "workloads")? == 2 && last_field(node2, "workloads")? == 1,
+        "{}\n{}",
+        node1.log(),
+        node2.log()
+    );
+    // `dataplane check` reads the same cluster from the API server and finds this node healthy.
+    for node in ["node-1", "node-2"] {
+        let pin = lab.pin_path(node);
+        let argv = [
+            &*bin_text,
+            "check",
+            "--datastore",
+            "kubernetes",
+            "--kubeconfig",
+            &kubeconfig_text,
+            "--node",
+            node,
+            "--pin-path",
+            &*pin.to_string_lossy(),
+        ];
+        let output = lab.exec_status(lab.node_netns(node)?, &argv)?;
+        ensure!(
+            output.status.success(),
+            "dataplane check on {node} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut timings = Vec::new();
+    let web1 = lab.pod("default/web-1")?.clone();
+    let web2 = lab.pod("default/web-2")?.clone();
+    for (from, to) in [(&web1, &web2), (&web2, &web1)] {
+        ensure!(
+            ping_ok(&lab, from, to.addr, 5)?,
+            "{} cannot ping {}\n{}\n{}",
+            from.key,
+            to.key,
+            node1.log(),
+            node2.log()
+        );
+    }
+
+    // node-2 claims a second block: node-1 routes it.
+    let routes = last_field(node1, "routes")?;
+    let started = Instant::now();
+    api.apply(AFFINITIES, affinity("node-2", "10.244.2.64/26"));
+    timings.push((
+        "block affinity added",
+        wait_field(node1, "routes", routes + 1, started)?,
+    ));
+    // ...and gives it back.
+    let started = Instant::now();
+    api.delete(AFFINITIES, "node-2-10-244-2-64-26");
+    timings.push((
+        "block affinity deleted",
+        wait_field(node1, "routes", routes, started)?,
+    ));
+
+    // web-2 goes and comes back: node-2 stops and starts delivering to it.
+    let web2_pod = example_objects()
+        .into_iter()
+        .find(|(_, o)| o["metadata"]["name"] == "web-2")
+        .context("web-2")?
+        .1;
+    let started = Instant::now();
+    api.delete(PODS, "default/web-2");
+    timings.push(("pod deleted", wait_field(node2, "workloads", 0, started)?));
+    let started = Instant::now();
+    api.apply(PODS, web2_pod);
+    timings.push(("pod added", wait_field(node2, "workloads", 1, started)?));
+    ensure!(
+        ping_ok(&lab, &web1, web2.addr, 5)?,
+        "web-1 cannot reach web-2 after its pod came back\n{}",
+        node2.log()
+    );
+
+    // node-2's VTEP MAC changes: node-1 reprograms its route to node-2's block.
+    let before = programmed(node1);
+    let started = Instant::now();
+    api.apply(
+        NODES,
+        node("node-2", "10.100.0.12", "10.244.2.0", "66:d0:00:00:00:22"),
+    );
+    timings.push((
+        "node VTEP MAC changed",
+        wait_programmed(node1, before, started)?,
+    ));
+    for (what, took) in &timings {
+        eprintln!("API server change -> fast path programmed: {what}: {took:?}");
+    }
+
+    // The API server goes away for 10 s: the agents keep the fast path and say so; back: they
+    // list everything again and resync.
+    let before: Vec<usize> = agents.iter().map(programmed).collect();
+    api.stop();
+    // Changed during the outage: seen only through the resync.
+    api.apply(
+        NODES,
+        node("node-2", "10.100.0.12", "10.244.2.0", "66:d0:00:00:00:02"),
+    );
+    for agent in &agents {
+        wait_log(
+            agent,
+            "lost the connection to the Kubernetes API",
+            Duration::from_secs(5),
+        )?;
+    }
+    thread::sleep(Duration::from_secs(10));
+    for agent in &agents {
+        wait_log(
+            agent,
+            "the Kubernetes API is still unreachable",
+            Duration::from_secs(1),
+        )?;
+        let routes = last_field(agent, "routes")?;
+        ensure!(
+            routes > 0,
+            "{} dropped its routes during the outage",
+            agent.name()
+        );
+    }
+    let restarted = Instant::now();
+    api.start()?;
+    for (agent, before) in agents.iter().zip(before) {
+        wait_log(
+            agent,
+            "reconnected to the Kubernetes API",
+            Duration::from_secs(20),
+        )?;
+        let took = wait_programmed(agent, before, restarted)?;
+        eprintln!(
+            "{} resynced {took:?} after the API server came back",
+            agent.name()
+        );
+    }
+    ensure!(last_field(node1, "workloads")? == 2 && last_field(node2, "workloads")? == 1);
+    for (from, to) in [(&web1, &web2), (&web2, &web1)] {
+        ensure!(
+            ping_ok(&lab, from, to.addr, 5)?,
+            "{} cannot ping {} after the resync",
+            from.key,
+            to.key
+        );
+    }
+    drop(agents);
+    drop(api);
+    Ok(())
+}
