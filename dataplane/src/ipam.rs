@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::{
     agent::Datastore,
     datastore::{
-        etcd::{EtcdConfig, WatchThread},
+        etcd::EtcdConfig,
         file, Snapshot,
     },
     model::Model,
@@ -35,7 +35,7 @@ pub fn read_once(datastore: &Datastore, etcd: &EtcdConfig) -> anyhow::Result<Sna
         }
         Datastore::Etcdv3 => {
             etcd.check()?;
-            let watch = WatchThread::start(etcd.clone()).context("starting the etcd read")?;
+            let watch = crate::datastore::etcd::watch_thread(etcd.clone()).context("starting the etcd read")?;
             match watch.recv_timeout(ETCD_READ_TIMEOUT) {
                 Some(snapshot) => Ok(snapshot),
                 None => bail!(

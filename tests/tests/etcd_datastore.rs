@@ -24,7 +24,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 use dataplane::{
     datastore::{
-        etcd::{EtcdConfig, WatchThread},
+        etcd::{self, EtcdConfig, WatchThread},
         Snapshot,
     },
     model::{Block, Model},
@@ -573,7 +573,7 @@ fn example_in_etcd(test: &str) -> anyhow::Result<Option<(EtcdServer, WatchThread
     };
     let model = example_model()?;
     server.put_all(&calico_keys(&model))?;
-    let watch = WatchThread::start(server.config())?;
+    let watch = etcd::watch_thread(server.config())?;
     wait_for(&watch, "the example cluster", CHANGE_TIMEOUT, |s| sorted(&s.model) == sorted(&model))
         .with_context(|| format!("etcd log:\n{}", server.log()))?;
     Ok(Some((server, watch, model)))
@@ -602,7 +602,7 @@ fn the_example_cluster_reads_the_same_from_etcd_as_from_the_file() -> anyhow::Re
         r#"{"cidr":"10.244.3.0/26","affinity":"host:node-2","allocations":[],"unallocated":[],"attributes":[]}"#,
     )?;
 
-    let watch = WatchThread::start(server.config())?;
+    let watch = etcd::watch_thread(server.config())?;
     let (snapshot, took) = wait_for(&watch, "a first snapshot", CHANGE_TIMEOUT, |_| true)?;
     eprintln!("first snapshot {took:?} after the watch started");
     ensure!(snapshot.problems.is_empty(), "problems: {:#?}", snapshot.problems);
@@ -849,7 +849,7 @@ fn tls_with_client_certificates() -> anyhow::Result<()> {
     };
     let model = example_model()?;
     server.put_all(&calico_keys(&model))?;
-    let watch = WatchThread::start(server.config())?;
+    let watch = etcd::watch_thread(server.config())?;
     let (snapshot, _) = wait_for(&watch, "the cluster over TLS", CHANGE_TIMEOUT, |_| true)?;
     assert_eq!(sorted(&snapshot.model), sorted(&model));
     drop(watch);
@@ -858,7 +858,7 @@ fn tls_with_client_certificates() -> anyhow::Result<()> {
     let mut without = server.config();
     without.cert_file = None;
     without.key_file = None;
-    let watch = WatchThread::start(without)?;
+    let watch = etcd::watch_thread(without)?;
     ensure!(
         watch.recv_timeout(Duration::from_secs(2)).is_none(),
         "a snapshot arrived without a client certificate"
@@ -873,7 +873,7 @@ fn tls_with_client_certificates() -> anyhow::Result<()> {
         error.contains("/nonexistent/calico/etcd-key.pem") && error.contains("ETCD_KEY_FILE"),
         "{error}"
     );
-    let watch = WatchThread::start(missing)?;
+    let watch = etcd::watch_thread(missing)?;
     ensure!(
         watch.recv_timeout(Duration::from_secs(2)).is_none(),
         "a snapshot arrived without a key"
@@ -913,7 +913,7 @@ fn a_large_cluster_is_read_in_pages_at_one_revision() -> anyhow::Result<()> {
     eprintln!("wrote {} keys in {:?}", keys.len(), written.elapsed());
 
     let started = Instant::now();
-    let watch = WatchThread::start(server.config())?;
+    let watch = etcd::watch_thread(server.config())?;
     let (snapshot, _) = wait_for(&watch, "the large cluster", CHANGE_TIMEOUT, |_| true)?;
     let read = started.elapsed();
     ensure!(
@@ -1309,7 +1309,7 @@ fn the_exported_example_reads_back_as_the_file() -> anyhow::Result<()> {
     ensure!(revisions.len() == 1, "keys written at several revisions: {revisions:?}");
 
     let model = example_model()?;
-    let watch = WatchThread::start(server.config())?;
+    let watch = etcd::watch_thread(server.config())?;
     let (snapshot, _) = wait_for(&watch, "a first snapshot", CHANGE_TIMEOUT, |_| true)?;
     ensure!(snapshot.problems.is_empty(), "problems: {:#?}", snapshot.problems);
     assert_eq!(sorted(&snapshot.model), sorted(&model));

@@ -28,7 +28,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 use dataplane::{
     datastore::{
-        kubernetes::{KubernetesConfig, WatchThread},
+        kubernetes::{self, KubernetesConfig, WatchThread},
         Snapshot,
     },
     model::Model,
@@ -318,7 +318,7 @@ fn serve_example(api: &KubeApi) {
 
 /// A watch of `api`, for all pods (`node` None) or one node's.
 fn start_watch(api: &KubeApi, node: Option<&str>) -> anyhow::Result<WatchThread> {
-    WatchThread::start(KubernetesConfig {
+    kubernetes::watch_thread(KubernetesConfig {
         kubeconfig: Some(api.kubeconfig()?),
         node: node.map(str::to_owned),
     })

@@ -26,11 +26,15 @@ use anyhow::{bail, Context as _};
 use etcd_client::{
     Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
 };
-use tokio::sync::{oneshot, watch};
-use tracing::{debug, error, info, info_span, warn, Instrument as _};
+use tokio::sync::watch;
+use tracing::{debug, error, info_span, warn, Instrument as _};
 
 use self::convert::Cache;
-use super::{Connection, Snapshot};
+pub use super::watching::{WatchThread, BACKOFF_CAP, BACKOFF_START, MAX_DELAY, QUIET};
+use super::{
+    watching::{log_problems, publish, sleep_until, Link},
+    Connection, Snapshot,
+};
 
 /// How to reach etcd, with Calico's own settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -56,15 +60,6 @@ impl EtcdConfig {
     }
 }
 
-/// A burst of changes is sent once it has been quiet this long...
-pub const QUIET: Duration = Duration::from_millis(20);
-/// ...or this long after its first change, whichever comes first, so that a long stream of
-/// writes (a calicoctl import) still reaches the dataplane every 100 ms.
-pub const MAX_DELAY: Duration = Duration::from_millis(100);
-/// The first retry after a failure.
-pub const BACKOFF_START: Duration = Duration::from_millis(200);
-/// Retries back off up to this.
-pub const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// A request (one page of a read, opening the watch) that takes longer than this counts as a
 /// failure: an unreachable endpoint does not always refuse, it may just never answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,7 +97,7 @@ async fn run(config: EtcdConfig, snapshots: watch::Sender<Option<Snapshot>>, con
         }
     };
     let prefix = keys::normalize_prefix(&config.prefix);
-    let mut link = Link { connection, ..Link::default() };
+    let mut link = Link::new("etcd", connection);
     let mut backoff = BACKOFF_START;
     loop {
         let ended = tokio::select! {
@@ -123,7 +118,7 @@ async fn run(config: EtcdConfig, snapshots: watch::Sender<Option<Snapshot>>, con
             "if etcd requires client certificates, set --etcd-cert-file and --etcd-key-file \
              (ETCD_CERT_FILE, ETCD_KEY_FILE)",
         );
-        link.failed(&error, hint, backoff);
+        link.failed(&error, hint.unwrap_or_default(), backoff);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = snapshots.closed() => return,
@@ -158,9 +153,10 @@ async fn session(
     loop {
         let started = Instant::now();
         let (mut cache, revision) = read_all(&client, prefix).await?;
-        link.read(cache.len(), revision, started.elapsed());
+        link.read(cache.len(), started.elapsed());
+        debug!(revision, "read at this revision; watching from the next");
         let mut last = cache.snapshot();
-        log_problems(&last);
+        log_problems(&last, "etcd");
         // Sent even when equal to what the agent has: after a reconnect or a compaction the
         // agent resyncs the dataplane from the fresh read.
         if snapshots.send(Some(last.clone())).is_err() {
@@ -244,7 +240,7 @@ async fn follow(
             message = stream.message() => message,
             _ = sleep_until(deadline), if deadline.is_some() => {
                 let first = pending.take().map(|(first, _)| first);
-                if !publish(cache, snapshots, last, first) {
+                if !publish(cache.snapshot(), snapshots, last, first, "etcd") {
                     return Ok(Followed::Closed);
                 }
                 continue;
@@ -294,45 +290,6 @@ fn cancelled(canceled: bool, compact_revision: i64, reason: &str, from: i64) -> 
     None
 }
 
-/// Sends the snapshot the cache describes if it differs from the last one sent. Returns false
-/// when nobody listens any more.
-fn publish(
-    cache: &Cache,
-    snapshots: &watch::Sender<Option<Snapshot>>,
-    last: &mut Snapshot,
-    first_change: Option<Instant>,
-) -> bool {
-    let snapshot = cache.snapshot();
-    if snapshot == *last {
-        return true;
-    }
-    if snapshot.problems != last.problems {
-        log_problems(&snapshot);
-    }
-    debug!(
-        pools = snapshot.model.pools.len(),
-        blocks = snapshot.model.blocks.len(),
-        nodes = snapshot.model.nodes.len(),
-        workloads = snapshot.model.workloads.len(),
-        since_change_ms = first_change.map(|at| at.elapsed().as_millis() as u64),
-        "snapshot sent"
-    );
-    *last = snapshot.clone();
-    snapshots.send(Some(snapshot)).is_ok()
-}
-
-fn log_problems(snapshot: &Snapshot) {
-    if !snapshot.problems.is_empty() {
-        warn!(count = snapshot.problems.len(), "some keys in etcd cannot be used and are skipped");
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    if let Some(deadline) = deadline {
-        tokio::time::sleep_until(deadline.into()).await;
-    }
-}
-
 /// A request to etcd with [`REQUEST_TIMEOUT`]; the error tells what etcd (or the connection)
 /// said, down to the cause.
 async fn timed<T>(
@@ -371,76 +328,6 @@ fn describe(error: &etcd_client::Error) -> String {
         text = error.to_string();
     }
     text
-}
-
-/// The connection's state, to log each change of it once.
-#[derive(Debug, Default)]
-struct Link {
-    /// A read has succeeded in the current session.
-    connected: bool,
-    /// A read has ever succeeded.
-    ever_connected: bool,
-    /// When the connection was lost, while it is.
-    lost_at: Option<Instant>,
-    /// Failed attempts since the last success.
-    failures: u32,
-    /// Where the state is shown (metrics).
-    connection: Connection,
-}
-
-impl Link {
-    /// A full read succeeded.
-    fn read(&mut self, keys: usize, revision: i64, took: Duration) {
-        let took_ms = took.as_millis() as u64;
-        match (self.ever_connected, self.lost_at.take()) {
-            (false, _) => info!(keys, revision, took_ms, "connected to etcd: read the cluster"),
-            (true, Some(lost_at)) => info!(
-                keys,
-                revision,
-                took_ms,
-                down_ms = lost_at.elapsed().as_millis() as u64,
-                "reconnected to etcd: read the cluster again; the dataplane resyncs"
-            ),
-            (true, None) => info!(keys, revision, took_ms, "read the cluster from etcd again"),
-        }
-        self.connected = true;
-        self.ever_connected = true;
-        self.failures = 0;
-        self.connection.up();
-    }
-
-    /// A session failed; the next is tried after `retry_in`. `hint` says what may be wrong in
-    /// the settings, for as long as etcd never answered.
-    fn failed(&mut self, error: &anyhow::Error, hint: Option<&str>, retry_in: Duration) {
-        self.failures += 1;
-        self.connection.down();
-        let attempts = self.failures;
-        let retry_in_ms = retry_in.as_millis() as u64;
-        if self.connected {
-            self.connected = false;
-            self.lost_at = Some(Instant::now());
-            warn!(
-                retry_in_ms,
-                "lost the connection to etcd: {error:#}; the last good state stays programmed"
-            );
-        } else if !self.ever_connected {
-            let hint = hint.map(|hint| format!(" ({hint})")).unwrap_or_default();
-            error!(
-                attempts,
-                retry_in_ms,
-                "cannot reach etcd: {error:#}{hint}; nothing is programmed from etcd until it \
-                 answers"
-            );
-        } else {
-            let down_ms = self.lost_at.map(|at| at.elapsed().as_millis() as u64);
-            warn!(
-                attempts,
-                down_ms,
-                retry_in_ms,
-                "etcd is still unreachable: {error:#}; the last good state stays programmed"
-            );
-        }
-    }
 }
 
 /// The client's options from the settings: keepalives, and TLS when certificate files are given.
@@ -523,83 +410,10 @@ fn read_pem(path: Option<&Path>, flag: &str, env: &str) -> anyhow::Result<Option
     Ok(Some(text))
 }
 
-/// [`watch`] on a thread of its own, with its own runtime, for callers that have none (tests,
-/// one-shot commands). Dropping it stops the watch.
-pub struct WatchThread {
-    snapshots: std::sync::mpsc::Receiver<Snapshot>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    connection: Connection,
-}
-
-impl WatchThread {
-    /// Starts watching etcd with `config`.
-    pub fn start(config: EtcdConfig) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the etcd watch's runtime")?;
-        let (forward, snapshots) = std::sync::mpsc::channel();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let connection = Connection::default();
-        let reporter = connection.clone();
-        let thread = std::thread::Builder::new()
-            .name("etcd-watch".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let (sender, mut receiver) = watch::channel(None);
-                    let forwarding = async {
-                        while receiver.changed().await.is_ok() {
-                            let snapshot = receiver.borrow_and_update().clone();
-                            if let Some(snapshot) = snapshot {
-                                if forward.send(snapshot).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        _ = watch(config, sender, reporter) => {}
-                        _ = forwarding => {}
-                        _ = stopped => {}
-                    }
-                })
-            })
-            .context("starting the etcd watch's thread")?;
-        Ok(WatchThread { snapshots, stop: Some(stop), thread: Some(thread), connection })
-    }
-
-    /// The next snapshot, waiting at most `timeout`; `None` on timeout or when the watch ended.
-    pub fn recv_timeout(&self, timeout: Duration) -> Option<Snapshot> {
-        self.snapshots.recv_timeout(timeout).ok()
-    }
-
-    /// Whether etcd answered the last attempt to read it, and how often it was lost.
-    pub fn connection(&self) -> &Connection {
-        &self.connection
-    }
-
-    /// Whether the watch has ended (unusable settings).
-    pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(|thread| thread.is_finished())
-    }
-}
-
-impl Drop for WatchThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl std::fmt::Debug for WatchThread {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WatchThread").field("finished", &self.is_finished()).finish()
-    }
+/// [`watch`] on a thread of its own, for callers that have no runtime (tests, one-shot
+/// commands).
+pub fn watch_thread(config: EtcdConfig) -> anyhow::Result<WatchThread> {
+    WatchThread::spawn("etcd", move |snapshots, connection| watch(config, snapshots, connection))
 }
 
 #[cfg(test)]

@@ -30,11 +30,15 @@ use kube::{
     Api, Client, Config,
 };
 use serde_json::Value as Json;
-use tokio::sync::{oneshot, watch};
-use tracing::{debug, error, info, info_span, warn, Instrument as _};
+use tokio::sync::watch;
+use tracing::{debug, error, info_span, warn, Instrument as _};
 
 use self::convert::{Cache, Resource, PODS, RESOURCES};
-use super::{Connection, Snapshot};
+pub use super::watching::{WatchThread, BACKOFF_CAP, BACKOFF_START, MAX_DELAY, QUIET};
+use super::{
+    watching::{log_problems, publish, sleep_until, Link},
+    Connection, Snapshot,
+};
 
 /// How to reach the API server, and which node's pods to read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -45,15 +49,6 @@ pub struct KubernetesConfig {
     pub node: Option<String>,
 }
 
-/// A burst of changes is sent once it has been quiet this long...
-pub const QUIET: Duration = Duration::from_millis(20);
-/// ...or this long after its first change, whichever comes first, so that a rollout of many
-/// pods still reaches the dataplane every 100 ms.
-pub const MAX_DELAY: Duration = Duration::from_millis(100);
-/// The first retry after a failure.
-pub const BACKOFF_START: Duration = Duration::from_millis(200);
-/// Retries back off up to this.
-pub const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// A request (one page of a list, opening a watch) that takes longer than this counts as a
 /// failure: an unreachable server does not always refuse, it may just never answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -90,7 +85,7 @@ async fn run(config: KubernetesConfig, snapshots: watch::Sender<Option<Snapshot>
             return;
         }
     };
-    let mut link = Link { connection, ..Link::default() };
+    let mut link = Link::new("the Kubernetes API", connection);
     let mut backoff = BACKOFF_START;
     loop {
         let ended = tokio::select! {
@@ -105,7 +100,11 @@ async fn run(config: KubernetesConfig, snapshots: watch::Sender<Option<Snapshot>
             // The session worked for a while: this is a new outage, start the backoff over.
             backoff = BACKOFF_START;
         }
-        link.failed(&error, backoff);
+        link.failed(
+            &error,
+            "check --kubeconfig (KUBECONFIG) or the pod's service account and its RBAC rules",
+            backoff,
+        );
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = snapshots.closed() => return,
@@ -258,7 +257,7 @@ async fn session(
     }
     link.read(cache.len(), started.elapsed());
     let mut last = cache.snapshot();
-    log_problems(&last);
+    log_problems(&last, "the Kubernetes API");
     // Sent even when equal to what the agent has: after a reconnect the agent resyncs the
     // dataplane from the fresh read.
     if snapshots.send(Some(last.clone())).is_err() {
@@ -277,7 +276,7 @@ async fn session(
             next = watches.next() => next,
             _ = sleep_until(deadline), if deadline.is_some() => {
                 let first = pending.take().map(|(first, _)| first);
-                if !publish(&cache, snapshots, &mut last, first) {
+                if !publish(cache.snapshot(), snapshots, &mut last, first, "the Kubernetes API") {
                     return Ok(());
                 }
                 continue;
@@ -423,124 +422,6 @@ fn apply(
     }
 }
 
-/// Sends the snapshot the cache describes if it differs from the last one sent. Returns false
-/// when nobody listens any more.
-fn publish(
-    cache: &Cache,
-    snapshots: &watch::Sender<Option<Snapshot>>,
-    last: &mut Snapshot,
-    first_change: Option<Instant>,
-) -> bool {
-    let snapshot = cache.snapshot();
-    if snapshot == *last {
-        return true;
-    }
-    if snapshot.problems != last.problems {
-        log_problems(&snapshot);
-    }
-    debug!(
-        pools = snapshot.model.pools.len(),
-        blocks = snapshot.model.blocks.len(),
-        nodes = snapshot.model.nodes.len(),
-        workloads = snapshot.model.workloads.len(),
-        since_change_ms = first_change.map(|at| at.elapsed().as_millis() as u64),
-        "snapshot sent"
-    );
-    *last = snapshot.clone();
-    snapshots.send(Some(snapshot)).is_ok()
-}
-
-fn log_problems(snapshot: &Snapshot) {
-    if !snapshot.problems.is_empty() {
-        warn!(
-            count = snapshot.problems.len(),
-            "some Kubernetes objects cannot be used and are skipped"
-        );
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    if let Some(deadline) = deadline {
-        tokio::time::sleep_until(deadline.into()).await;
-    }
-}
-
-/// The connection's state, to log each change of it once.
-#[derive(Debug, Default)]
-struct Link {
-    /// A full list has succeeded in the current session.
-    connected: bool,
-    /// A full list has ever succeeded.
-    ever_connected: bool,
-    /// When the connection was lost, while it is.
-    lost_at: Option<Instant>,
-    /// Failed attempts since the last success.
-    failures: u32,
-    /// Where the state is shown (metrics).
-    connection: Connection,
-}
-
-impl Link {
-    /// Every kind was listed.
-    fn read(&mut self, objects: usize, took: Duration) {
-        let took_ms = took.as_millis() as u64;
-        match (self.ever_connected, self.lost_at.take()) {
-            (false, _) => info!(
-                objects,
-                took_ms, "connected to the Kubernetes API: read the cluster"
-            ),
-            (true, Some(lost_at)) => info!(
-                objects,
-                took_ms,
-                down_ms = lost_at.elapsed().as_millis() as u64,
-                "reconnected to the Kubernetes API: read the cluster again; the dataplane resyncs"
-            ),
-            (true, None) => info!(
-                objects,
-                took_ms, "read the cluster from the Kubernetes API again"
-            ),
-        }
-        self.connected = true;
-        self.ever_connected = true;
-        self.failures = 0;
-        self.connection.up();
-    }
-
-    /// A session failed; the next is tried after `retry_in`.
-    fn failed(&mut self, error: &anyhow::Error, retry_in: Duration) {
-        self.failures += 1;
-        self.connection.down();
-        let attempts = self.failures;
-        let retry_in_ms = retry_in.as_millis() as u64;
-        if self.connected {
-            self.connected = false;
-            self.lost_at = Some(Instant::now());
-            warn!(
-                retry_in_ms,
-                "lost the connection to the Kubernetes API: {error:#}; the last good state stays \
-                 programmed"
-            );
-        } else if !self.ever_connected {
-            error!(
-                attempts,
-                retry_in_ms,
-                "cannot reach the Kubernetes API: {error:#} (check --kubeconfig (KUBECONFIG) or \
-                 the pod's service account and its RBAC rules); nothing is programmed from the \
-                 Kubernetes API until it answers"
-            );
-        } else {
-            let down_ms = self.lost_at.map(|at| at.elapsed().as_millis() as u64);
-            warn!(
-                attempts,
-                down_ms,
-                retry_in_ms,
-                "the Kubernetes API is still unreachable: {error:#}; the last good state stays \
-                 programmed"
-            );
-        }
-    }
-}
-
 /// Reads the whole cluster once (every kind listed, no watch), for one-shot commands.
 pub fn read_once(config: &KubernetesConfig) -> anyhow::Result<Snapshot> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -561,83 +442,10 @@ pub fn read_once(config: &KubernetesConfig) -> anyhow::Result<Snapshot> {
     })
 }
 
-/// [`watch`] on a thread of its own, with its own runtime, for callers that have none (tests).
-/// Dropping it stops the watch.
-pub struct WatchThread {
-    snapshots: std::sync::mpsc::Receiver<Snapshot>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl WatchThread {
-    /// Starts watching the API server with `config`.
-    pub fn start(config: KubernetesConfig) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the Kubernetes watch's runtime")?;
-        let (forward, snapshots) = std::sync::mpsc::channel();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("kube-watch".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let (sender, mut receiver) = watch::channel(None);
-                    let forwarding = async {
-                        while receiver.changed().await.is_ok() {
-                            let snapshot = receiver.borrow_and_update().clone();
-                            if let Some(snapshot) = snapshot {
-                                if forward.send(snapshot).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        _ = watch(config, sender, Connection::default()) => {}
-                        _ = forwarding => {}
-                        _ = stopped => {}
-                    }
-                })
-            })
-            .context("starting the Kubernetes watch's thread")?;
-        Ok(WatchThread {
-            snapshots,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-
-    /// The next snapshot, waiting at most `timeout`; `None` on timeout or when the watch ended.
-    pub fn recv_timeout(&self, timeout: Duration) -> Option<Snapshot> {
-        self.snapshots.recv_timeout(timeout).ok()
-    }
-
-    /// Whether the watch has ended (no usable configuration).
-    pub fn is_finished(&self) -> bool {
-        self.thread
-            .as_ref()
-            .is_none_or(|thread| thread.is_finished())
-    }
-}
-
-impl Drop for WatchThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl std::fmt::Debug for WatchThread {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WatchThread")
-            .field("finished", &self.is_finished())
-            .finish()
-    }
+/// [`watch`] on a thread of its own, for callers that have no runtime (tests, one-shot
+/// commands).
+pub fn watch_thread(config: KubernetesConfig) -> anyhow::Result<WatchThread> {
+    WatchThread::spawn("kubernetes", move |snapshots, connection| watch(config, snapshots, connection))
 }
 
 #[cfg(test)]
