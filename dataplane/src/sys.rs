@@ -108,8 +108,21 @@ pub fn prepare_pin_path(pin_path: &Path) -> anyhow::Result<()> {
         }
         tracing::info!(path = BPFFS_ROOT, "mounted bpffs");
     }
-    fs::create_dir_all(pin_path).with_context(|| format!("creating pin directory {}", pin_path.display()))
+    create_private_dir(pin_path)
 }
+
+/// Creates `dir` (and its parents) and makes it root's alone (0700): the pinned maps hold the
+/// cluster's addresses and flows, and a pinned program link could be replaced by anyone who can
+/// open it. An existing directory is tightened too (an older agent made them 0755).
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(PIN_DIR_MODE))
+        .with_context(|| format!("making pin directory {} private (mode 0700)", dir.display()))
+}
+
+/// Mode of the pin directories: only their owner (root) may list or open them.
+pub const PIN_DIR_MODE: u32 = 0o700;
 
 fn bpffs_mounted(at: &Path) -> anyhow::Result<bool> {
     let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
