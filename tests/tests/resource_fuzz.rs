@@ -769,7 +769,7 @@ fn full_size() -> bool {
 }
 
 #[test]
-fn a_hundred_thousand_blocks_are_all_planned() {
+fn huge_block_lists_are_all_planned() {
     let blocks: usize = if full_size() { 100_000 } else { 20_000 };
     let mut text = String::from(
         "kind: IPPool\nmetadata: {name: big}\nspec: {cidr: 10.0.0.0/8, blockSize: 26, vxlanMode: Always}\n---\n\
@@ -809,7 +809,7 @@ fn a_hundred_thousand_blocks_are_all_planned() {
 }
 
 #[test]
-fn a_fifty_megabyte_document_is_read_without_trouble() {
+fn huge_documents_are_read_without_trouble() {
     // One resource carrying 50 MB (10 MB unless full size) in a field the datastore does not read.
     let megabytes = if full_size() { 50 } else { 10 };
     let blob = "a".repeat(megabytes * 1024 * 1024);

@@ -132,6 +132,45 @@ fn a_pod_tunnel_packet_translated_to_its_node_address_is_not_decapsulated_as_the
     }
 }
 
+/// The agent's ClusterRole only reads: every rule's verbs are among get, list and watch, and no
+/// rule uses a wildcard.
+#[test]
+fn the_cluster_role_is_read_only() {
+    let text = std::fs::read_to_string(workspace_root().join("deploy/rbac.yaml")).unwrap();
+    let mut roles = 0;
+    for document in text.split("\n---") {
+        let resource: serde_yaml::Value = serde_yaml::from_str(document).unwrap();
+        if resource["kind"] != "ClusterRole" && resource["kind"] != "Role" {
+            continue;
+        }
+        roles += 1;
+        let rules = resource["rules"].as_sequence().expect("rules");
+        assert!(!rules.is_empty());
+        for rule in rules {
+            for field in ["verbs", "resources", "apiGroups"] {
+                let values = rule[field]
+                    .as_sequence()
+                    .unwrap_or_else(|| panic!("{field} of {rule:?}"));
+                assert!(
+                    values.iter().all(|v| v.as_str() != Some("*")),
+                    "wildcard in {field}: {rule:?}"
+                );
+            }
+            for verb in rule["verbs"].as_sequence().unwrap() {
+                let verb = verb.as_str().unwrap();
+                assert!(
+                    ["get", "list", "watch"].contains(&verb),
+                    "the role may {verb}: {rule:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        roles, 1,
+        "deploy/rbac.yaml should hold the agent's one ClusterRole"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The same with real veths: a packet socket in a pod's namespace crafts the frames.
 
@@ -490,5 +529,59 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
 
     node1.stop()?;
     node2.stop()?;
+    Ok(())
+}
+
+/// The natOutgoing gap with real traffic: web-1 sends, from an ordinary UDP socket (no privilege
+/// needed), a VXLAN payload to node-2's port 4789 carrying a packet "from cache-1" to web-2. The
+/// packet leaves node-1 translated to node-1's address, so node-2 takes it for its peer's.
+///
+/// KNOWN GAP (see RELIABILITY.md and the BPF test above): today web-2 receives the inner packet.
+#[test]
+#[ignore = "known gap: from_workload forwards pods' VXLAN to other nodes, SNATed to a peer's address (RELIABILITY.md)"]
+fn an_unprivileged_pod_cannot_inject_vxlan_through_natoutgoing() -> anyhow::Result<()> {
+    if !dataplane_lab::is_root() {
+        eprintln!("SKIPPED: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+        return Ok(());
+    }
+    let datastore = workspace_root().join(EXAMPLE);
+    let model = dataplane_lab::load_model(&datastore)?;
+    let lab = Lab::up(&model, LabOptions::default())?;
+    let bin = agent_bin();
+    let mut node1 = lab.start_agent("node-1", &bin, &datastore)?;
+    let mut node2 = lab.start_agent("node-2", &bin, &datastore)?;
+    node1.wait_ready(Duration::from_secs(60))?;
+    node2.wait_ready(Duration::from_secs(60))?;
+    let web1 = lab.pod("default/web-1")?.clone();
+    let cache1 = lab.pod("default/cache-1")?.clone();
+    let web2 = lab.pod("default/web-2")?.clone();
+    let node2_addr = lab.node("node-2")?.addr.addr();
+    let frame = Packet::eth(UPLINK_MAC, UPLINK_MAC)
+        .ipv4(octets(web1.addr), octets(node2_addr), IPPROTO_UDP)
+        .udp(40000, CALICO_VXLAN_PORT)
+        .vxlan(CALICO_VXLAN_VNI, NODE_VTEP_MAC, PEER_VTEP_MAC)
+        .ipv4(octets(cache1.addr), octets(web2.addr), IPPROTO_UDP)
+        .udp(5000, PROBE_PORT)
+        .payload(b"injected")
+        .finish();
+    // What the pod's socket sends: the VXLAN header onwards.
+    let payload = frame[ETH_HLEN + 20 + 8..].to_vec();
+    let in_web2 = lab.capture(&web2.netns, "eth0", &format!("udp port {PROBE_PORT}"))?;
+    in_netns(&web1.netns, move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for _ in 0..3 {
+            socket.send_to(&payload, (node2_addr, CALICO_VXLAN_PORT))?;
+        }
+        Ok(())
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let web2_saw = in_web2.stop()?;
+    eprintln!("web-2 saw:\n{web2_saw}");
+    node1.stop()?;
+    node2.stop()?;
+    ensure!(
+        !web2_saw.contains(&format!("{}.5000 > {}.{PROBE_PORT}", cache1.addr, web2.addr)),
+        "web-2 received a packet \"from cache-1\" that web-1 injected through node-2's VXLAN port:\n{web2_saw}"
+    );
     Ok(())
 }
