@@ -656,13 +656,12 @@ fn check(run: &Run) -> Result<(), String> {
 
     // No spoofed source leaves a workload: an IPv4 frame from pod A gets anywhere only with pod A's
     // address as its source (ARP and other EtherTypes are the kernel's, which forwards none of them).
-    if program == PROG_FROM_WORKLOAD && ipv4_frame && !stat.is_drop() {
-        if input.len() < ETH_HLEN + 20 || addr_at(input, ETH_HLEN + 12) != POD_A {
-            return Err(format!(
-                "from_workload let a packet with source other than pod A through ({})",
-                stat.name()
-            ));
-        }
+    let spoofed = input.len() < ETH_HLEN + 20 || addr_at(input, ETH_HLEN + 12) != POD_A;
+    if program == PROG_FROM_WORKLOAD && ipv4_frame && !stat.is_drop() && spoofed {
+        return Err(format!(
+            "from_workload let a packet with source other than pod A through ({})",
+            stat.name()
+        ));
     }
 
     // No packet from a non-peer is decapsulated, and a tunnel packet from a non-peer stays as it
@@ -1042,7 +1041,7 @@ fn fuzz_packets() {
         fuzzer.case(&case).map_err(TestCaseError::fail)?;
         let mut ran = ran.borrow_mut();
         *ran += 1;
-        if *ran % CONNTRACK_CHECK_EVERY == 0 {
+        if ran.is_multiple_of(CONNTRACK_CHECK_EVERY) {
             check_conntrack(&fuzzer.node.conntrack()).map_err(TestCaseError::fail)?;
         }
         Ok(())
