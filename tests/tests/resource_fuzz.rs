@@ -570,7 +570,7 @@ fn spec_of_list(resource: &Value) -> Value {
 
 #[test]
 fn random_resources_never_panic_and_are_kept_or_reported() {
-    let mut runner = runner(DEFAULT_CASES * 5);
+    let mut runner = runner(DEFAULT_CASES * 2);
     let tried = std::cell::Cell::new(0usize);
     let result = runner.run(&vec(random_resource(), 1..8), |resources| {
         let mut text = CLUSTER.to_owned();
