@@ -462,9 +462,19 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
         .payload(b"honest")
         .finish();
     let spoofed_count = spoofed.len() as u64;
+    // IPv4 frames cut inside the IPv4 header: BPF_PROG_TEST_RUN refuses them, a veth carries them.
+    let honest_copy = honest.clone();
+    let cut: Vec<Vec<u8>> = [ETH_HLEN, ETH_HLEN + 1, ETH_HLEN + 12, ETH_HLEN + 19]
+        .iter()
+        .map(|&len| honest_copy[..len].to_vec())
+        .collect();
+    let cut_count = cut.len() as u64;
     let arp_replies = in_netns(&web1.netns, move || {
         let socket = RawSocket::open("eth0")?;
         for frame in &spoofed {
+            socket.send(frame)?;
+        }
+        for frame in &cut {
             socket.send(frame)?;
         }
         socket.send(&to_neighbour_mac)?;
@@ -491,8 +501,9 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
     eprintln!("web-2 saw:\n{web2_saw}");
     eprintln!("cache-1 saw:\n{cache1_saw}");
     eprintln!(
-        "node-1 counters moved: drop_spoofed_source {}, arp_replied {}, arp_passed {}",
+        "node-1 counters moved: drop_spoofed_source {}, drop_malformed {}, arp_replied {}, arp_passed {}",
         moved("drop_spoofed_source"),
+        moved("drop_malformed"),
         moved("arp_replied"),
         moved("arp_passed")
     );
@@ -521,6 +532,12 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
         "someone answered ARP for cache-1's address to web-1"
     );
     ensure!(moved("arp_passed") >= 1 && moved("arp_replied") >= 1);
+    // The cut frames were counted as malformed at web-1's interface.
+    ensure!(
+        moved("drop_malformed") == cut_count,
+        "expected {cut_count} malformed drops, counted {}",
+        moved("drop_malformed")
+    );
     // The frame to cache-1's MAC was not switched to it.
     ensure!(
         cache1_saw.trim().is_empty(),
