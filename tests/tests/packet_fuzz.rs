@@ -655,7 +655,7 @@ fn check(run: &Run) -> Result<(), String> {
     let ipv4_frame = ether_type(input) == Some(ETH_P_IP);
 
     // No spoofed source leaves a workload: an IPv4 frame from pod A gets anywhere only with pod A's
-    // address as its source (ARP and other EtherTypes are the kernel's, which forwards none of them).
+    // address as its source (ARP and other EtherTypes go to the kernel unchanged: the fast path routes only IPv4).
     let spoofed = input.len() < ETH_HLEN + 20 || addr_at(input, ETH_HLEN + 12) != POD_A;
     if program == PROG_FROM_WORKLOAD && ipv4_frame && !stat.is_drop() && spoofed {
         return Err(format!(
