@@ -71,9 +71,10 @@ enum Command {
         /// tcp-established (3600), tcp-closing (10), udp (60), icmp (30); unnamed ones keep these.
         #[arg(long, value_parser = dataplane::conntrack::parse_timeouts, default_value = "")]
         conntrack_timeouts: dataplane_common::FlowTimeouts,
-        /// Serve Prometheus metrics on /metrics and a health check on /healthz at this address
-        /// (e.g. 0.0.0.0:9091); off when not given.
-        #[arg(long, env = "METRICS_ADDR")]
+        /// Serve Prometheus metrics on /metrics and a health check on /healthz at this address:
+        /// a bare port (9091) means loopback only (127.0.0.1:9091); name an address to expose
+        /// it (0.0.0.0:9091). Off when not given.
+        #[arg(long, env = "METRICS_ADDR", value_parser = parse_metrics_addr)]
         metrics_addr: Option<std::net::SocketAddr>,
         /// Seconds between full resyncs.
         #[arg(long, default_value_t = 30)]
@@ -496,9 +497,36 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// `--metrics-addr`: an address and port, or a bare port meaning loopback only, so that the
+/// metrics are exposed beyond the node only when the operator names an address.
+fn parse_metrics_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)));
+    }
+    text.parse().map_err(|_| {
+        format!("{text:?} is neither a port (9091: loopback only) nor an address and port (0.0.0.0:9091)")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_metrics_port_binds_to_loopback_only() {
+        assert_eq!(parse_metrics_addr("9091"), Ok("127.0.0.1:9091".parse().expect("address")));
+        assert_eq!(parse_metrics_addr("0.0.0.0:9091"), Ok("0.0.0.0:9091".parse().expect("address")));
+        assert_eq!(parse_metrics_addr("[::1]:9091"), Ok("[::1]:9091".parse().expect("address")));
+        for wrong in ["", "99999", "0.0.0.0", "localhost:9091", "9091x"] {
+            let error = parse_metrics_addr(wrong).expect_err(wrong);
+            assert!(error.contains("0.0.0.0:9091"), "{error}");
+        }
+        let cli = Cli::try_parse_from(["dataplane", "run", "--datastore", "file:/x", "--node", "n", "--metrics-addr", "9091"])
+            .expect("a bare port is accepted");
+        let Command::Run { metrics_addr, .. } = cli.command else { panic!("not run") };
+        assert_eq!(metrics_addr, Some("127.0.0.1:9091".parse().expect("address")));
+    }
 
     /// The DaemonSets in deploy/ must start the agent with arguments this CLI accepts: the
     /// default one on Calico's Kubernetes datastore, the alternative on etcdv3.

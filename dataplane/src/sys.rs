@@ -108,8 +108,26 @@ pub fn prepare_pin_path(pin_path: &Path) -> anyhow::Result<()> {
         }
         tracing::info!(path = BPFFS_ROOT, "mounted bpffs");
     }
-    fs::create_dir_all(pin_path).with_context(|| format!("creating pin directory {}", pin_path.display()))
+    create_private_dir(pin_path)
 }
+
+/// Creates `dir` (and its parents) and makes it root's alone (0700): the pinned maps hold the
+/// cluster's addresses and flows, and a pinned program link could be replaced by anyone who can
+/// open it. An existing directory is tightened too (an older agent made them 0755).
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    // The bpffs root is shared with every other BPF user of the host (sticky and open to all by
+    // default): pins given right there keep their own 0600 modes, the root stays as it is.
+    if dir == Path::new(BPFFS_ROOT) {
+        return Ok(());
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(PIN_DIR_MODE))
+        .with_context(|| format!("making pin directory {} private (mode 0700)", dir.display()))
+}
+
+/// Mode of the pin directories: only their owner (root) may list or open them.
+pub const PIN_DIR_MODE: u32 = 0o700;
 
 fn bpffs_mounted(at: &Path) -> anyhow::Result<bool> {
     let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
@@ -118,4 +136,25 @@ fn bpffs_mounted(at: &Path) -> anyhow::Result<bool> {
         let (_source, target, fstype) = (fields.next(), fields.next(), fields.next());
         target.map(Path::new) == Some(at) && fstype == Some("bpf")
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn pin_directories_are_made_private_and_existing_ones_tightened() {
+        let base = std::env::temp_dir().join(format!("dataplane-pin-mode-{}", std::process::id()));
+        let pins = base.join("pins");
+        let links = pins.join("links");
+        create_private_dir(&links).expect("creates");
+        let mode = |dir: &Path| fs::metadata(dir).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&links), 0o700);
+        fs::set_permissions(&pins, fs::Permissions::from_mode(0o755)).expect("chmod");
+        create_private_dir(&pins).expect("exists already");
+        assert_eq!(mode(&pins), 0o700, "an existing directory is tightened");
+        let _ = fs::remove_dir_all(&base);
+    }
 }

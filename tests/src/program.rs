@@ -214,3 +214,17 @@ pub fn monotonic_ns() -> u64 {
 fn fixture_ifindex(interface: &str) -> Option<u32> {
     Some(if interface.starts_with("calitested") { TESTED_IFINDEX } else { OTHER_IFINDEX })
 }
+
+impl Node {
+    /// Every counter of the stats map, summed over CPUs, in [`Stat::ALL`] order.
+    pub fn stats(&self) -> Vec<u64> {
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(STATS_MAP).unwrap()).unwrap();
+        Stat::ALL.iter().map(|stat| stats.get(&stat.index(), 0).unwrap().iter().sum()).collect()
+    }
+
+    /// The addresses in the peers map: the nodes whose tunnel packets this node decapsulates.
+    pub fn peers(&self) -> Vec<Ipv4Bytes> {
+        let map: HashMap<_, Ipv4Bytes, Peer> = HashMap::try_from(self.ebpf.map(PEERS_MAP).unwrap()).unwrap();
+        map.keys().map(|key| key.unwrap()).collect()
+    }
+}

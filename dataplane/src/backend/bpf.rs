@@ -200,8 +200,7 @@ impl BpfBackend {
                 .with_context(|| format!("program {name} is not a TC classifier"))?;
             program.load().with_context(|| format!("verifying program {name}"))?;
         }
-        fs::create_dir_all(pin_path.join(LINKS_DIR))
-            .with_context(|| format!("creating {}", pin_path.join(LINKS_DIR).display()))?;
+        crate::sys::create_private_dir(&pin_path.join(LINKS_DIR))?;
         Ok(BpfBackend {
             ebpf,
             pin_path: pin_path.to_owned(),

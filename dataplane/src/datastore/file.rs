@@ -349,8 +349,10 @@ impl Ctx<'_> {
 /// The name problems give a resource: `metadata.name` (`namespace/name` for a
 /// WorkloadEndpoint), or its position in the stream if it has none.
 fn resource_name(resource: &Value, kind: &str, position: &str) -> String {
-    let Some(Value::String(name)) = lookup(resource, "metadata.name") else {
-        return position.to_owned();
+    // An empty name names nothing: the position is what finds the resource in the file.
+    let name = match lookup(resource, "metadata.name") {
+        Some(Value::String(name)) if !name.trim().is_empty() => name,
+        _ => return position.to_owned(),
     };
     if kind == "WorkloadEndpoint" {
         let namespace = match lookup(resource, "metadata.namespace") {
@@ -1496,6 +1498,14 @@ spec: {cidr: 10.244.1.0/26, node: n1, state: confirmed}
             bomb.push_str(&format!("b{level}: &a{level} [*a{previous}, *a{previous}, *a{previous}, *a{previous}, *a{previous}, *a{previous}, *a{previous}, *a{previous}, *a{previous}, *a{previous}]\n"));
         }
         assert!(parse(&bomb).is_err());
+    }
+
+    #[test]
+    fn a_resource_with_an_empty_name_is_named_by_its_position() {
+        let text = "kind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/16}\n---\nkind: IPPool\nmetadata: {name: ''}\n";
+        let (model, problem) = one_problem(text);
+        assert_eq!(model.pools.len(), 1);
+        assert_eq!((problem.name.as_str(), problem.field.as_str()), ("document 2", "metadata.name"));
     }
 
     #[test]
