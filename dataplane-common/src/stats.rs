@@ -71,11 +71,14 @@ pub enum Stat {
     DropConntrackFull = DROP_BASE + 13,
     /// A later fragment from a natOutgoing pod: without ports it cannot be translated.
     DropNatFragment = DROP_BASE + 14,
+    /// A pod sent a VXLAN or IP-in-IP packet: translated to its node's address it would be taken
+    /// for the node's own tunnel traffic by the others (Calico drops these too).
+    DropTunnelFromWorkload = DROP_BASE + 15,
 }
 
 impl Stat {
     /// Every slot in use, in slot order.
-    pub const ALL: [Stat; 29] = [
+    pub const ALL: [Stat; 30] = [
         Stat::DeliveredLocal,
         Stat::EncapVxlan,
         Stat::EncapIpip,
@@ -105,6 +108,7 @@ impl Stat {
         Stat::DropNatPortsExhausted,
         Stat::DropConntrackFull,
         Stat::DropNatFragment,
+        Stat::DropTunnelFromWorkload,
     ];
 
     /// The slot's index in the stats map.
@@ -149,9 +153,10 @@ impl Stat {
             Stat::DropNatPortsExhausted => "drop_nat_ports_exhausted",
             Stat::DropConntrackFull => "drop_conntrack_full",
             Stat::DropNatFragment => "drop_nat_fragment",
+            Stat::DropTunnelFromWorkload => "drop_tunnel_from_workload",
         }
     }
 }
 
 const _: () = assert!((Stat::ALL.len() as u32) <= STAT_COUNT);
-const _: () = assert!((Stat::DropNatFragment as u32) < STAT_COUNT);
+const _: () = assert!((Stat::DropTunnelFromWorkload as u32) < STAT_COUNT);

@@ -71,7 +71,7 @@ fn from_vxlan(ctx: &TcContext, node: &NodeConfig, outer: &Ipv4Hdr, is_fragment: 
         return Err(Stat::DropMalformed);
     }
     let inner: Ipv4Hdr = read(ctx, vxlan::INNER_IP_OFFSET)?;
-    deliver(ctx, inner, Stat::DecapVxlan, vxlan::decap)
+    deliver(ctx, inner, vxlan::INNER_IP_OFFSET, Stat::DecapVxlan, vxlan::decap)
 }
 
 #[inline(always)]
@@ -81,7 +81,7 @@ fn from_ipip(ctx: &TcContext, outer: &Ipv4Hdr, is_fragment: bool) -> Outcome {
     }
     tunnel::check_peer(outer.src, peer_flags::IPIP)?;
     let inner: Ipv4Hdr = read(ctx, ipip::INNER_IP_OFFSET)?;
-    deliver(ctx, inner, Stat::DecapIpip, ipip::decap)
+    deliver(ctx, inner, ipip::INNER_IP_OFFSET, Stat::DecapIpip, ipip::decap)
 }
 
 /// Decapsulates and delivers the inner packet: into the pod it is for, or to the kernel.
@@ -89,10 +89,18 @@ fn from_ipip(ctx: &TcContext, outer: &Ipv4Hdr, is_fragment: bool) -> Outcome {
 fn deliver(
     ctx: &TcContext,
     mut inner: Ipv4Hdr,
+    inner_offset: usize,
     stat: Stat,
     decap: fn(&TcContext) -> Result<(), Stat>,
 ) -> Outcome {
     if inner.version() != 4 || inner.ihl() < IPV4_IHL_MIN {
+        return Err(Stat::DropMalformed);
+    }
+    // The inner packet must fit what arrived (its header inside its length, its length inside the
+    // frame): the stack would drop a cut-short one anyway, and it is no decapsulation to count.
+    let inner_len = usize::from(u16::from_be_bytes(inner.tot_len));
+    let available = (ctx.len() as usize).saturating_sub(inner_offset);
+    if usize::from(inner.ihl()) * 4 > inner_len || inner_len > available {
         return Err(Stat::DropMalformed);
     }
     let route = route::lookup(inner.dst);

@@ -2,7 +2,10 @@
 
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{
-    net::{ETH_P_ARP, ETH_P_IP, IPIP_ENCAP_LEN, IPV4_DF, IPV4_IHL_MIN, VXLAN_ENCAP_LEN},
+    net::{
+        CALICO_VXLAN_PORT, ETH_P_ARP, ETH_P_IP, IPIP_ENCAP_LEN, IPPROTO_IPIP, IPPROTO_UDP, IPV4_DF, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN,
+        IPV4_IHL_MIN, VXLAN_ENCAP_LEN,
+    },
     route_flags, route_kind, Route, Stat,
 };
 
@@ -10,7 +13,7 @@ use crate::{
     arp, icmp, ipip,
     nat,
     maps::WORKLOADS,
-    packet::{read, EthHdr, Ipv4Hdr},
+    packet::{read, EthHdr, Ipv4Hdr, UdpHdr},
     route::{self, IP_OFFSET},
     verdict::{Outcome, Verdict},
     vxlan,
@@ -46,6 +49,7 @@ pub fn from_workload(ctx: &TcContext) -> Outcome {
     if ip.ihl() != IPV4_IHL_MIN {
         return Ok(Verdict::pass());
     }
+    refuse_tunnel_packets(ctx, &ip)?;
 
     let Some(route) = route::lookup(ip.dst) else {
         // Outside every pool: leaves the cluster, translated if the pod's pool says so (or if
@@ -65,6 +69,30 @@ pub fn from_workload(ctx: &TcContext) -> Outcome {
         route_kind::LOCAL_BLOCK => Err(Stat::DropBlackhole),
         route_kind::REMOTE_BLOCK => to_remote_node(ctx, ifindex, &route, &mut ip),
         _ => Ok(Verdict::pass()),
+    }
+}
+
+/// Drops VXLAN and IP-in-IP sent by a pod: SNATed to the node's address, or routed plainly, a
+/// receiving node would take them for this node's own tunnel traffic and deliver whatever inner
+/// packet the pod wrote (with any source). Pods have no business sending the cluster's tunnels.
+#[inline(always)]
+fn refuse_tunnel_packets(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<(), Stat> {
+    // A later fragment has no header to tell; its first fragment was refused already.
+    if ip.frag_off() & IPV4_FRAG_OFFSET_MASK != 0 {
+        return Ok(());
+    }
+    match ip.protocol {
+        IPPROTO_IPIP => Err(Stat::DropTunnelFromWorkload),
+        IPPROTO_UDP => {
+            // A datagram too short for its header is the kernel's to judge.
+            let Ok(udp) = read::<UdpHdr>(ctx, IP_OFFSET + IPV4_HLEN) else { return Ok(()) };
+            let vxlan_port = route::node_config().map(|node| node.vxlan_port).unwrap_or(CALICO_VXLAN_PORT);
+            if u16::from_be_bytes(udp.dst_port) == vxlan_port {
+                return Err(Stat::DropTunnelFromWorkload);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 

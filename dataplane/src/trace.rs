@@ -583,6 +583,17 @@ impl Tracer<'_> {
             let output = self.output(probe.ttl);
             return self.pass(Stat::PassToStack, "IP options: the kernel's router handles them", output);
         }
+        // `workload::refuse_tunnel_packets`.
+        let vxlan_port = self.state.node.map(|n| n.vxlan_port).unwrap_or(dataplane_common::net::CALICO_VXLAN_PORT);
+        if probe.proto == Proto::Udp && probe.dport == vxlan_port && probe.fragment != Fragment::Later {
+            return Err(self.drop_because(
+                Stat::DropTunnelFromWorkload,
+                format!(
+                    "UDP to the VXLAN port {vxlan_port}: pods may not send the cluster's tunnel packets (another node would \
+                     take them for this node's)"
+                ),
+            ));
+        }
         let Some(route) = self.route(probe.dst) else {
             let node = self.node_config()?;
             if probe.dst.octets() == node.addr {

@@ -613,6 +613,12 @@ fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<(
         },
         Case { args: &[NODE_1_ADDR, WEB_2, "--from", "host"], counter: "encap_vxlan", action: "pass" },
         Case { args: &[NODE_1_ADDR, "192.0.2.10", "--from", "host"], counter: "egress_unchanged", action: "pass" },
+        // A pod's VXLAN would pass for its node's own once translated: dropped.
+        Case {
+            args: &[WEB_1, "192.0.2.10", "--proto", "udp", "--dport", "4789"],
+            counter: "drop_tunnel_from_workload",
+            action: "drop",
+        },
         // The gateway's ARP answer, and the rest of ARP left to the kernel.
         Case { args: &[WEB_1, "169.254.1.1", "--proto", "arp"], counter: "arp_replied", action: "redirect" },
         Case { args: &[WEB_1, WEB_2, "--proto", "arp"], counter: "arp_passed", action: "pass" },

@@ -92,13 +92,11 @@ fn a_pod_cannot_send_tunnel_packets_with_a_node_address() {
 /// A pod in a natOutgoing pool that sends a tunnel packet with its own address to another node
 /// goes out translated to its node's address: the receiving node sees its peer's address on it.
 ///
-/// KNOWN GAP (found by this test, see RELIABILITY.md): today node-1 translates pod A's VXLAN
-/// packet to node-1's address and node-2 decapsulates it and delivers the inner packet (with
-/// whatever source pod A wrote) to pod C. Calico's own dataplane drops VXLAN (UDP 4789) and
-/// IP-in-IP from workloads; the fix belongs in `from_workload` (a drop reason of its own).
-/// Run with `--ignored` to see it; remove the `ignore` when the fix lands.
+/// Found by this test (see RELIABILITY.md): node-1 used to translate pod A's VXLAN packet to
+/// node-1's address, and node-2 decapsulated it and delivered the inner packet (with whatever
+/// source pod A wrote) to pod C. Now `from_workload` drops VXLAN (UDP to the VXLAN port) and
+/// IP-in-IP from pods, as Calico does, counted as drop_tunnel_from_workload.
 #[test]
-#[ignore = "known gap: from_workload forwards pods' VXLAN to other nodes, SNATed to a peer's address (RELIABILITY.md)"]
 fn a_pod_tunnel_packet_translated_to_its_node_address_is_not_decapsulated_as_the_peer() {
     if skip_unless_root() {
         return;
@@ -553,9 +551,9 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
 /// needed), a VXLAN payload to node-2's port 4789 carrying a packet "from cache-1" to web-2. The
 /// packet leaves node-1 translated to node-1's address, so node-2 takes it for its peer's.
 ///
-/// KNOWN GAP (see RELIABILITY.md and the BPF test above): today web-2 receives the inner packet.
+/// Found by this test (see RELIABILITY.md): web-2 used to receive the inner packet; now node-1
+/// drops it at web-1's interface (drop_tunnel_from_workload).
 #[test]
-#[ignore = "known gap: from_workload forwards pods' VXLAN to other nodes, SNATed to a peer's address (RELIABILITY.md)"]
 fn an_unprivileged_pod_cannot_inject_vxlan_through_natoutgoing() -> anyhow::Result<()> {
     if !dataplane_lab::is_root() {
         eprintln!("SKIPPED: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
