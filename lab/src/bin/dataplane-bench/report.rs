@@ -135,7 +135,7 @@ pub fn throughput_tables(t: &Throughput) -> String {
             };
             let _ = write!(row, "| {value:.3} | {:.2} | {:.2} ", vs(plain), vs(kernel));
         }
-        let _ = writeln!(out, "{row}| {:.2} |", path.cores_per_gbit(Test::Tcp1));
+        let _ = writeln!(out, "{row}| {} |", cpu_cell(path));
     }
     let _ = writeln!(
         out,
@@ -146,12 +146,12 @@ pub fn throughput_tables(t: &Throughput) -> String {
     for path in &t.snat {
         let _ = writeln!(
             out,
-            "| {} | {:.3} | {:.3} | {:.3} | {:.2} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {} |",
             path.name,
             path.median(Test::Tcp1),
             path.median(Test::Tcp4),
             path.median(Test::Udp64),
-            path.cores_per_gbit(Test::Tcp1)
+            cpu_cell(path)
         );
     }
     if let [bpf, nft] = t.snat.as_slice() {
@@ -173,6 +173,23 @@ pub fn throughput_tables(t: &Throughput) -> String {
         t.bpf_encapsulated, t.kernel_sent
     );
     out
+}
+
+/// Cores busy per Gbit/s of one TCP stream, or why it cannot be told: when the whole machine was
+/// busy through every run, the figure only says how fast the path was.
+fn cpu_cell(path: &PathResult) -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let saturated = path
+        .samples
+        .iter()
+        .filter(|(t, _)| *t == Test::Tcp1)
+        .flat_map(|(_, s)| s)
+        .all(|s| s.cores >= 0.95 * cpus);
+    if saturated {
+        format!("n/a ({cpus:.0} cores busy)")
+    } else {
+        format!("{:.2}", path.cores_per_gbit(Test::Tcp1))
+    }
 }
 
 /// The whole report.

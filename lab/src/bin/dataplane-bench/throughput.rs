@@ -18,7 +18,7 @@
 //! divided by Gbit/s (the machine is shared, so other work lands in it too).
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -278,7 +278,7 @@ enum Target {
 fn agent_path(
     name: &'static str,
     how: &str,
-    datastore: &PathBuf,
+    datastore: &Path,
     agent: &Path,
     target: Target,
 ) -> anyhow::Result<PathUnderTest> {
