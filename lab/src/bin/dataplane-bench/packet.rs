@@ -116,6 +116,8 @@ pub struct RepeatProbe {
     /// The same with `repeat = 1` (mean of many calls): the difference is what timing one call
     /// adds to every `repeat = 1` figure.
     pub empty_single_ns: f64,
+    /// The paths that leave the packet as it is, timed in the same kind of loop: (path, ns per run).
+    pub warm_loops: Vec<(&'static str, f64)>,
 }
 
 /// `repeat` of the empty program's loop in [`repeat_probe`].
@@ -620,12 +622,29 @@ pub fn repeat_probe() -> anyhow::Result<RepeatProbe> {
         loops.push(f64::from(ns));
     }
     let empty_single_ns = mean_ns(empty.fd.as_fd(), 10_000, TC_ACT_OK, |_| small.clone())?;
+    // Spoofed drop and pass to stack do not touch the packet, so a loop reruns the same path;
+    // the counters prove it.
+    let mut warm_loops = Vec::new();
+    for case in cases().into_iter().filter(|c| c.size == SMALL && matches!(c.stat, Stat::DropSpoofedSource | Stat::PassToStack)) {
+        let fd = program_fd(&node, case.program)?;
+        let before = node.stat(case.stat);
+        let mut runs = Vec::new();
+        for _ in 0..5 {
+            let (verdict, ns) = test_run(fd, &case.packet, &mut out, LOOP_REPEAT).context("warm loop")?;
+            ensure!(verdict == case.verdict, "{}: verdict {verdict} in a loop", case.path);
+            runs.push(f64::from(ns));
+        }
+        let grown = node.stat(case.stat) - before;
+        ensure!(grown == 5 * u64::from(LOOP_REPEAT), "{}: {grown} runs counted in the loop", case.path);
+        warm_loops.push((case.path, median(&runs)));
+    }
     Ok(RepeatProbe {
         repeat,
         encapsulated: node.stat(Stat::EncapVxlan),
         others,
         empty_loop_ns: median(&loops),
         empty_single_ns,
+        warm_loops,
     })
 }
 
