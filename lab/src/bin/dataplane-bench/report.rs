@@ -215,9 +215,9 @@ pub fn markdown(results: &Results, header: &str) -> String {
             );
             let _ = writeln!(
                 out,
-                "The empty program costs {:.1} ns per run inside one call of `repeat = {}`, and {:.0} ns as one call of `repeat = 1`: \
+                "\nThe empty program costs {:.1} ns per run inside one call of `repeat = {}`, and {:.0} ns as one call of `repeat = 1`: \
                  about {:.0} ns of every `repeat = 1` figure is the fixed cost of one timed call (clock reads, caches cooled by the syscall), the same for every path; \
-                 the \"above empty\" column takes it out.",
+                 the \"above empty\" column takes it out.\n",
                 probe.empty_loop_ns,
                 crate::packet::LOOP_REPEAT,
                 probe.empty_single_ns,
