@@ -3,7 +3,8 @@
 //! control plane at scale, and pod-to-pod throughput in network-namespace labs through the fast
 //! path and its kernel baselines. See BENCHMARKS.md for the method and the latest figures.
 //!
-//! Checks the prerequisites, builds the agent (release: the control-plane figures are its times),
+//! Checks the prerequisites, builds the agent (in release for the full run: the control-plane
+//! figures are its times; `--quick` reuses the debug build),
 //! then runs the lab crate's `dataplane-bench` binary, which needs the agent's crates (xtask must
 //! not: it has to build on a fresh machine). Tables and SVG charts go to results/<UTC timestamp>/.
 
@@ -25,14 +26,19 @@ pub struct Options {
 /// Runs the benchmark.
 pub fn run(options: &Options) -> anyhow::Result<()> {
     setup::ensure()?;
-    // Release: the control-plane part times the agent itself.
-    let agent = setup::build_agent(true)?;
+    // The control-plane part times the agent itself, so the full run builds it in release; a
+    // quick look reuses the debug build the tests use (a cold release build takes long here).
+    let release = !options.quick;
+    let agent = setup::build_agent(release)?;
     let workspace = setup::workspace_root()?;
     let agent = agent.to_string_lossy().into_owned();
     let workspace_arg = workspace.to_string_lossy().into_owned();
     let mut args = vec!["--agent", &agent, "--workspace", &workspace_arg];
     if options.quick {
         args.push("--quick");
+    }
+    if release {
+        args.push("--agent-release");
     }
     if let Some(parts) = &options.parts {
         args.extend(["--parts", parts]);

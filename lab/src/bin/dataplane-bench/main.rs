@@ -41,10 +41,9 @@ struct Options {
     /// The agent binary to run in the labs.
     #[arg(long)]
     agent: PathBuf,
-    /// The agent binary for the control-plane part (a release build: its times are the point);
-    /// the --agent binary when not given.
+    /// The agent binary is a release build (the control-plane figures say which build they timed).
     #[arg(long)]
-    control_agent: Option<PathBuf>,
+    agent_release: bool,
     /// The workspace root, where examples/ is and results/ goes.
     #[arg(long)]
     workspace: PathBuf,
@@ -136,12 +135,17 @@ fn main() -> anyhow::Result<()> {
         } else {
             &[100, 1_000, 10_000, 100_000]
         };
-        let agent = options.control_agent.as_deref().unwrap_or(&options.agent);
+        let agent = &options.agent;
         println!(
             "==> Control plane: the agent ({}) programming {counts:?} blocks, then one change",
             agent.display()
         );
         results.control = control::run(&options.workspace, agent, counts)?;
+        results.control_build = if options.agent_release {
+            "release"
+        } else {
+            "debug"
+        };
         println!("\n{}", report::control_table(&results.control));
         write(&results, &dir, &options, started, &load_before)?;
     }

@@ -625,17 +625,28 @@ pub fn repeat_probe() -> anyhow::Result<RepeatProbe> {
     // Spoofed drop and pass to stack do not touch the packet, so a loop reruns the same path;
     // the counters prove it.
     let mut warm_loops = Vec::new();
-    for case in cases().into_iter().filter(|c| c.size == SMALL && matches!(c.stat, Stat::DropSpoofedSource | Stat::PassToStack)) {
+    for case in cases().into_iter().filter(|c| {
+        c.size == SMALL && matches!(c.stat, Stat::DropSpoofedSource | Stat::PassToStack)
+    }) {
         let fd = program_fd(&node, case.program)?;
         let before = node.stat(case.stat);
         let mut runs = Vec::new();
         for _ in 0..5 {
-            let (verdict, ns) = test_run(fd, &case.packet, &mut out, LOOP_REPEAT).context("warm loop")?;
-            ensure!(verdict == case.verdict, "{}: verdict {verdict} in a loop", case.path);
+            let (verdict, ns) =
+                test_run(fd, &case.packet, &mut out, LOOP_REPEAT).context("warm loop")?;
+            ensure!(
+                verdict == case.verdict,
+                "{}: verdict {verdict} in a loop",
+                case.path
+            );
             runs.push(f64::from(ns));
         }
         let grown = node.stat(case.stat) - before;
-        ensure!(grown == 5 * u64::from(LOOP_REPEAT), "{}: {grown} runs counted in the loop", case.path);
+        ensure!(
+            grown == 5 * u64::from(LOOP_REPEAT),
+            "{}: {grown} runs counted in the loop",
+            case.path
+        );
         warm_loops.push((case.path, median(&runs)));
     }
     Ok(RepeatProbe {

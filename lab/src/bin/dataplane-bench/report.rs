@@ -23,6 +23,8 @@ pub struct Results {
     pub lpm: Vec<LpmCost>,
     /// Control plane scale.
     pub control: Vec<ControlCost>,
+    /// The agent build the control plane figures timed: "release" or "debug".
+    pub control_build: &'static str,
     /// Lab throughput.
     pub throughput: Option<Throughput>,
 }
@@ -239,7 +241,11 @@ pub fn markdown(results: &Results, header: &str) -> String {
         out.push('\n');
     }
     if !results.control.is_empty() {
-        let _ = writeln!(out, "## Control plane: N blocks from an empty start, then one change\n\nChart: `control.svg`.\n");
+        let _ = writeln!(
+            out,
+            "## Control plane: N blocks from an empty start, then one change\n\nThe agent's {} build. Chart: `control.svg`.\n",
+            results.control_build
+        );
         out.push_str(&control_table(&results.control));
         out.push('\n');
     }

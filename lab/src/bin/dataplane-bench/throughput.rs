@@ -17,10 +17,7 @@
 //! receiver got. CPU: the whole machine's busy time from /proc/stat over the run, as cores busy,
 //! divided by Gbit/s (the machine is shared, so other work lands in it too).
 
-use std::{
-    path::Path,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use anyhow::{bail, ensure, Context as _};
 use dataplane_lab::{kernel_calico, Agent, ChildHandle, Lab, LabOptions, LabPod};
