@@ -15,7 +15,7 @@ use crate::setup;
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct Options {
-    /// A quick look (under 10 minutes): fewer rounds, 2-second streams, one repetition, N up to 10k.
+    /// A quick look (under 10 minutes): fewer rounds, three 2-second streams, N up to 10k.
     #[arg(long)]
     quick: bool,
     /// Only these parts, comma-separated: packet, lpm, control, throughput (default: all).
