@@ -1,9 +1,12 @@
-//! `cargo xtask bench`: pod-to-pod TCP throughput across two nodes through the BPF fast path, the
-//! kernel's own vxlan device path (as Calico configures it) and plain routing, in one run.
+//! `cargo xtask bench`: the project measured against its baselines in one run: per-packet cost
+//! of every decision path (BPF_PROG_TEST_RUN beside an empty TC program), the LPM lookup and the
+//! control plane at scale, and pod-to-pod throughput in network-namespace labs through the fast
+//! path and its kernel baselines. See BENCHMARKS.md for the method and the latest figures.
 //!
-//! Checks the prerequisites, builds the agent, then runs the lab crate's `dataplane-bench`
-//! binary, which needs the agent's crates (xtask must not: it has to build on a fresh machine).
-//! The table is printed and written as Markdown to results/bench-<UTC timestamp>.md.
+//! Checks the prerequisites, builds the agent (in release for the full run: the control-plane
+//! figures are its times; `--quick` reuses the debug build),
+//! then runs the lab crate's `dataplane-bench` binary, which needs the agent's crates (xtask must
+//! not: it has to build on a fresh machine). Tables and SVG charts go to results/<UTC timestamp>/.
 
 use anyhow::{bail, Context as _};
 
@@ -12,15 +15,21 @@ use crate::setup;
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct Options {
-    /// A quick look: 2-second streams and one repetition instead of 5 s and three.
+    /// A quick look (under 10 minutes): fewer rounds, three 2-second streams, N up to 10k.
     #[arg(long)]
     quick: bool,
+    /// Only these parts, comma-separated: packet, lpm, control, throughput (default: all).
+    #[arg(long)]
+    parts: Option<String>,
 }
 
 /// Runs the benchmark.
 pub fn run(options: &Options) -> anyhow::Result<()> {
     setup::ensure()?;
-    let agent = setup::build_agent(false)?;
+    // The control-plane part times the agent itself, so the full run builds it in release; a
+    // quick look reuses the debug build the tests use (a cold release build takes long here).
+    let release = !options.quick;
+    let agent = setup::build_agent(release)?;
     let workspace = setup::workspace_root()?;
     let agent = agent.to_string_lossy().into_owned();
     let workspace_arg = workspace.to_string_lossy().into_owned();
@@ -28,8 +37,14 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     if options.quick {
         args.push("--quick");
     }
-    // A debug build is enough (iperf3 and the kernel do the work being measured), and it reuses
-    // what `build_agent` just built.
+    if release {
+        args.push("--agent-release");
+    }
+    if let Some(parts) = &options.parts {
+        args.extend(["--parts", parts]);
+    }
+    // A debug build of the bench itself is enough: the kernel, iperf3 and the agent do the work
+    // being measured.
     let mut command = setup::cargo();
     command
         .current_dir(&workspace)

@@ -1,0 +1,773 @@
+//! Per-packet cost of every decision path of the kernel programs, with BPF_PROG_TEST_RUN, beside
+//! an empty TC program measured in the same rounds; and the VXLAN encap path's cost as the routes
+//! map (an LPM trie) grows.
+//!
+//! The programs are loaded with the tests' harness (`dataplane_tests::program::Node`: fresh,
+//! unpinned maps filled through the agent's own YAML -> model -> plan -> entries path) and fed
+//! packets from the tests' builder. Every measurement is `repeat = 1`, many calls: the kernel runs
+//! all `repeat` iterations of one call on the same skb, so a program that rewrites the packet
+//! (encap, decap, NAT, the ARP reply) would meet its own output from the second iteration on;
+//! [`repeat_probe`] shows it with the stats counters. The figure of one call is the kernel's own
+//! timing of the program run (`duration`, in ns), so the syscall and the skb allocation are not
+//! in it; a round takes the mean over its calls, and the reported figure is the median over
+//! rounds. The cases and the baseline go round in turn, so that a noisy neighbour slows all alike.
+//!
+//! Every case checks that it took the path it is named after: the verdict of every call, and the
+//! path's stats counter grown by exactly the number of calls.
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    time::Instant,
+};
+
+use anyhow::{ensure, Context as _};
+use aya::{
+    maps::{lpm_trie::Key, HashMap, LpmTrie},
+    programs::tc::SchedClassifier,
+};
+use dataplane_common::{
+    net::{
+        CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, GATEWAY_ADDR, GATEWAY_MAC, IPPROTO_IPIP, IPPROTO_UDP,
+    },
+    FlowKey, Ipv4Bytes, NatFlow, Route, Stat, CONNTRACK_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD,
+    ROUTES_MAP,
+};
+use dataplane_tests::{
+    packet::{fixture::*, Packet},
+    program::{Node, CLUSTER, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+};
+
+use crate::stats::median;
+
+/// `bpf(2)` commands and the program type used here (uapi/linux/bpf.h).
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+/// Room for what a program adds to a packet (the biggest is VXLAN's 50 bytes).
+const OUT_HEADROOM: usize = 256;
+/// UDP port of the external service in the NAT cases.
+const DNS: u16 = 53;
+/// The pod's source port of the established NAT flow; new flows use ports from [`NEW_FLOW_PORTS`].
+const ESTABLISHED_PORT: u16 = 5555;
+/// First pod source port of the "SNAT new flow" calls: one port per call, so every call is a new flow.
+const NEW_FLOW_PORTS: u16 = 10_000;
+/// The largest pod frames whose encapsulation still fits the fixtures' 1500-byte uplink MTU:
+/// pod MTU 1450 for VXLAN (50 bytes of headers) and 1480 for IP-in-IP (20), plus Ethernet.
+const VXLAN_MAX_FRAME: usize = 1450 + 14;
+const IPIP_MAX_FRAME: usize = 1480 + 14;
+/// The packet sizes: the smallest Ethernet frame and a full one.
+pub const SMALL: usize = 64;
+/// See [`SMALL`].
+pub const LARGE: usize = 1500;
+
+/// How much to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct Effort {
+    /// Rounds (the median is taken over them).
+    pub rounds: usize,
+    /// `BPF_PROG_TEST_RUN` calls per case and round (the round's figure is their mean).
+    pub calls: usize,
+}
+
+/// The measured cost of one decision path at one size.
+#[derive(Clone, Debug)]
+pub struct PathCost {
+    /// The decision path, in the words.
+    pub path: &'static str,
+    /// The program it runs in.
+    pub program: &'static str,
+    /// The frame handed to the program, in bytes.
+    pub frame: usize,
+    /// The size class it stands for ([`SMALL`] or [`LARGE`]).
+    pub size: usize,
+    /// Median ns per packet.
+    pub ns: f64,
+    /// The empty program's median at the same frame size, same rounds.
+    pub empty_ns: f64,
+}
+
+/// The cost of the VXLAN encap path with `prefixes` extra routes in the routes map.
+#[derive(Clone, Debug)]
+pub struct LpmCost {
+    /// Generated prefixes in the map (besides the fixture's own routes).
+    pub prefixes: usize,
+    /// Their length.
+    pub prefix_len: u8,
+    /// Median ns per packet of the VXLAN encap path (64-byte frame).
+    pub ns: f64,
+    /// The empty program's median in the same rounds.
+    pub empty_ns: f64,
+    /// Seconds it took to insert the prefixes (one syscall each).
+    pub insert_seconds: f64,
+}
+
+/// What `repeat > 1` does to a rewriting path: the counters after one call with `repeat` runs.
+#[derive(Clone, Debug)]
+pub struct RepeatProbe {
+    /// The `repeat` of the call.
+    pub repeat: u32,
+    /// Growth of `encap_vxlan`.
+    pub encapsulated: u64,
+    /// Growth of every other counter, by name.
+    pub others: Vec<(&'static str, u64)>,
+    /// The empty program's ns per run in one call of [`LOOP_REPEAT`] runs, 64-byte frame.
+    pub empty_loop_ns: f64,
+    /// The same with `repeat = 1` (mean of many calls): the difference is what timing one call
+    /// adds to every `repeat = 1` figure.
+    pub empty_single_ns: f64,
+    /// The paths that leave the packet as it is, timed in the same kind of loop: (path, ns per run).
+    pub warm_loops: Vec<(&'static str, f64)>,
+}
+
+/// `repeat` of the empty program's loop in [`repeat_probe`].
+pub const LOOP_REPEAT: u32 = 1_000_000;
+
+/// A program loaded from two raw instructions, `r0 = TC_ACT_OK; exit`: the baseline.
+pub struct EmptyProgram {
+    fd: OwnedFd,
+}
+
+impl EmptyProgram {
+    /// Loads the empty classifier with the `bpf` syscall.
+    pub fn load() -> anyhow::Result<Self> {
+        // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm TC_ACT_OK; then BPF_JMP | BPF_EXIT.
+        let mut instructions = [0u8; 16];
+        instructions[0] = 0xb7;
+        instructions[4..8].copy_from_slice(&(TC_ACT_OK as i32).to_ne_bytes());
+        instructions[8] = 0x95;
+        let license = c"GPL";
+        let mut attr = Attr::default();
+        attr.put_u32(0, BPF_PROG_TYPE_SCHED_CLS);
+        attr.put_u32(4, 2);
+        attr.put_u64(8, instructions.as_ptr() as u64);
+        attr.put_u64(16, license.as_ptr() as u64);
+        attr.put_name(48, b"bench_empty");
+        let fd = bpf(BPF_PROG_LOAD, &mut attr)
+            .context("loading the empty TC program (BPF_PROG_LOAD)")?;
+        // SAFETY: BPF_PROG_LOAD returned a new file descriptor that nothing else owns.
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+        })
+    }
+}
+
+/// A `union bpf_attr` as bytes, with the fields set by offset.
+#[repr(C, align(8))]
+struct Attr([u8; 128]);
+
+impl Default for Attr {
+    fn default() -> Self {
+        Attr([0; 128])
+    }
+}
+
+impl Attr {
+    fn put_u32(&mut self, offset: usize, value: u32) {
+        self.0[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+    }
+    fn put_u64(&mut self, offset: usize, value: u64) {
+        self.0[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
+    }
+    fn get_u32(&self, offset: usize) -> u32 {
+        u32::from_ne_bytes([
+            self.0[offset],
+            self.0[offset + 1],
+            self.0[offset + 2],
+            self.0[offset + 3],
+        ])
+    }
+    fn put_name(&mut self, offset: usize, name: &[u8]) {
+        self.0[offset..offset + name.len()].copy_from_slice(name);
+    }
+}
+
+fn bpf(command: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, zero-padded bpf_attr of the size passed, and every pointer in it
+    // points to memory that outlives the call.
+    let result =
+        unsafe { libc::syscall(libc::SYS_bpf, command, attr.0.as_mut_ptr(), attr.0.len()) };
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
+
+/// One `BPF_PROG_TEST_RUN` call: the verdict and the kernel's time per run, in ns.
+fn test_run(
+    program: BorrowedFd<'_>,
+    packet: &[u8],
+    out: &mut [u8],
+    repeat: u32,
+) -> io::Result<(u32, u32)> {
+    let mut attr = Attr::default();
+    attr.put_u32(0, program.as_raw_fd() as u32);
+    attr.put_u32(8, packet.len() as u32);
+    attr.put_u32(12, out.len() as u32);
+    attr.put_u64(16, packet.as_ptr() as u64);
+    attr.put_u64(24, out.as_mut_ptr() as u64);
+    attr.put_u32(32, repeat);
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok((attr.get_u32(4), attr.get_u32(36)))
+}
+
+/// The program `name` of `node`, as a file descriptor to test-run.
+fn program_fd<'a>(node: &'a Node, name: &str) -> anyhow::Result<BorrowedFd<'a>> {
+    let program: &SchedClassifier = node
+        .ebpf
+        .program(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a classifier"))?;
+    Ok(program
+        .fd()
+        .with_context(|| format!("{name} is not loaded"))?
+        .as_fd())
+}
+
+/// Mean ns per run over `calls` calls of `packet(call)`; every verdict must be `verdict`.
+fn mean_ns(
+    program: BorrowedFd<'_>,
+    calls: usize,
+    verdict: u32,
+    mut packet: impl FnMut(usize) -> Vec<u8>,
+) -> anyhow::Result<f64> {
+    let mut total: u64 = 0;
+    let mut out = Vec::new();
+    for call in 0..calls {
+        let input = packet(call);
+        out.resize(input.len() + OUT_HEADROOM, 0);
+        let (got, ns) = test_run(program, &input, &mut out, 1).context("BPF_PROG_TEST_RUN")?;
+        ensure!(got == verdict, "verdict {got}, expected {verdict}");
+        total += u64::from(ns);
+    }
+    Ok(total as f64 / calls.max(1) as f64)
+}
+
+/// A packet built around `payload`, padded so that the frame is `frame` bytes long.
+fn sized(frame: usize, build: impl Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
+    let headers = build(&[]).len();
+    build(&vec![0x5a; frame.saturating_sub(headers)])
+}
+
+/// A UDP packet from pod A to `dst`, as it leaves the pod.
+fn from_pod_a(dst: [u8; 4], src_port: u16, payload: &[u8]) -> Vec<u8> {
+    Packet::eth(POD_A_MAC, GATEWAY_MAC)
+        .ipv4(POD_A, dst, IPPROTO_UDP)
+        .udp(src_port, 5201)
+        .payload(payload)
+        .finish()
+}
+
+/// A UDP reply from the external host to this node's `port`, as it arrives on the uplink.
+fn from_external(port: u16, payload: &[u8]) -> Vec<u8> {
+    Packet::eth(UPLINK_MAC, UPLINK_MAC)
+        .ipv4(EXTERNAL, NODE, IPPROTO_UDP)
+        .udp(DNS, port)
+        .payload(payload)
+        .finish()
+}
+
+/// A UDP packet from the remote pod to pod A, in VXLAN from the peer node.
+fn vxlan_from_peer(payload: &[u8]) -> Vec<u8> {
+    Packet::eth(UPLINK_MAC, UPLINK_MAC)
+        .ipv4(PEER, NODE, IPPROTO_UDP)
+        .udp(50000, CALICO_VXLAN_PORT)
+        .vxlan(CALICO_VXLAN_VNI, PEER_VTEP_MAC, NODE_VTEP_MAC)
+        .ipv4(REMOTE_POD, POD_A, IPPROTO_UDP)
+        .udp(5201, 40000)
+        .payload(payload)
+        .finish()
+}
+
+/// The same in IP-in-IP.
+fn ipip_from_peer(payload: &[u8]) -> Vec<u8> {
+    Packet::eth(UPLINK_MAC, UPLINK_MAC)
+        .ipv4(PEER, NODE, IPPROTO_IPIP)
+        .ipv4(REMOTE_POD, POD_A, IPPROTO_UDP)
+        .udp(5201, 40000)
+        .payload(payload)
+        .finish()
+}
+
+/// A UDP packet from pod A to the external host from `port`.
+fn to_external(port: u16, payload: &[u8]) -> Vec<u8> {
+    Packet::eth(POD_A_MAC, GATEWAY_MAC)
+        .ipv4(POD_A, EXTERNAL, IPPROTO_UDP)
+        .udp(port, DNS)
+        .payload(payload)
+        .finish()
+}
+
+/// Which fixture node a case runs on.
+#[derive(Clone, Copy, PartialEq)]
+enum Fixture {
+    /// node-1 of the fixture cluster: VXLAN pool with natOutgoing.
+    Vxlan,
+    /// node-1 with the pool in IP-in-IP mode.
+    Ipip,
+}
+
+/// One decision path at one size.
+struct Case {
+    path: &'static str,
+    fixture: Fixture,
+    program: &'static str,
+    size: usize,
+    /// The frame handed to the program (new flows get their own per call).
+    packet: Vec<u8>,
+    verdict: u32,
+    stat: Stat,
+    /// Every call a new flow: pod source port NEW_FLOW_PORTS + call.
+    new_flow: bool,
+    rounds: Vec<f64>,
+}
+
+/// Every decision path at both sizes (ARP only at 64: an ARP request is 42 bytes, padded).
+fn cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for size in [SMALL, LARGE] {
+        let tunnel = |max: usize| if size == LARGE { max } else { size };
+        let mut add = |path, fixture, program, packet: Vec<u8>, verdict, stat, new_flow| {
+            cases.push(Case {
+                path,
+                fixture,
+                program,
+                size,
+                packet,
+                verdict,
+                stat,
+                new_flow,
+                rounds: Vec::new(),
+            });
+        };
+        let w = PROG_FROM_WORKLOAD;
+        let u = PROG_FROM_UPLINK;
+        use Fixture::{Ipip, Vxlan};
+        let local = sized(size, |p| from_pod_a(POD_B, 40000, p));
+        add(
+            "local delivery",
+            Vxlan,
+            w,
+            local,
+            TC_ACT_REDIRECT,
+            Stat::DeliveredLocal,
+            false,
+        );
+        let encap = sized(tunnel(VXLAN_MAX_FRAME), |p| {
+            from_pod_a(REMOTE_POD, 40000, p)
+        });
+        add(
+            "VXLAN encap",
+            Vxlan,
+            w,
+            encap,
+            TC_ACT_REDIRECT,
+            Stat::EncapVxlan,
+            false,
+        );
+        let encap = sized(tunnel(IPIP_MAX_FRAME), |p| from_pod_a(REMOTE_POD, 40000, p));
+        add(
+            "IPIP encap",
+            Ipip,
+            w,
+            encap,
+            TC_ACT_REDIRECT,
+            Stat::EncapIpip,
+            false,
+        );
+        // Decap: the inner frame is the size class (a 64-byte outer frame cannot hold a packet).
+        let inner = tunnel(VXLAN_MAX_FRAME).saturating_sub(14 + 20 + 8);
+        let decap = sized(inner + 50 + 14 + 20 + 8, vxlan_from_peer);
+        add(
+            "VXLAN decap",
+            Vxlan,
+            u,
+            decap,
+            TC_ACT_REDIRECT,
+            Stat::DecapVxlan,
+            false,
+        );
+        let inner = tunnel(IPIP_MAX_FRAME).saturating_sub(14 + 20 + 8);
+        let decap = sized(inner + 20 + 14 + 20 + 8, ipip_from_peer);
+        add(
+            "IPIP decap",
+            Ipip,
+            u,
+            decap,
+            TC_ACT_REDIRECT,
+            Stat::DecapIpip,
+            false,
+        );
+        add(
+            "SNAT new flow",
+            Vxlan,
+            w,
+            sized(size, |p| to_external(NEW_FLOW_PORTS, p)),
+            TC_ACT_REDIRECT,
+            Stat::SnatNew,
+            true,
+        );
+        let established = sized(size, |p| to_external(ESTABLISHED_PORT, p));
+        add(
+            "SNAT established",
+            Vxlan,
+            w,
+            established,
+            TC_ACT_REDIRECT,
+            Stat::SnatEstablished,
+            false,
+        );
+        let reply = sized(size, |p| from_external(ESTABLISHED_PORT, p));
+        add(
+            "reverse NAT",
+            Vxlan,
+            u,
+            reply,
+            TC_ACT_REDIRECT,
+            Stat::ReverseNat,
+            false,
+        );
+        if size == SMALL {
+            let arp = Packet::eth(POD_A_MAC, [0xff; 6])
+                .arp_request(POD_A_MAC, POD_A, GATEWAY_ADDR)
+                .finish();
+            let arp = sized(size, |p| [arp.as_slice(), p].concat());
+            add(
+                "ARP reply",
+                Vxlan,
+                w,
+                arp,
+                TC_ACT_REDIRECT,
+                Stat::ArpReplied,
+                false,
+            );
+        }
+        let spoofed = sized(size, |p| {
+            Packet::eth(POD_A_MAC, GATEWAY_MAC)
+                .ipv4(POD_B, REMOTE_POD, IPPROTO_UDP)
+                .udp(1, 2)
+                .payload(p)
+                .finish()
+        });
+        add(
+            "spoofed drop",
+            Vxlan,
+            w,
+            spoofed,
+            TC_ACT_SHOT,
+            Stat::DropSpoofedSource,
+            false,
+        );
+        // Traffic for the node itself (no tunnel, no flow) arriving on the uplink.
+        let host = sized(size, |p| from_external(6000, p));
+        add(
+            "pass to stack",
+            Vxlan,
+            u,
+            host,
+            TC_ACT_OK,
+            Stat::PassToStack,
+            false,
+        );
+    }
+    cases
+}
+
+/// Deletes the conntrack entries of the "SNAT new flow" calls, keeping the established flow.
+fn forget_new_flows(node: &mut Node) -> anyhow::Result<()> {
+    let map = node
+        .ebpf
+        .map_mut(CONNTRACK_MAP)
+        .context("no conntrack map")?;
+    let mut conntrack: HashMap<_, FlowKey, NatFlow> = HashMap::try_from(map)?;
+    let stale: Vec<FlowKey> = conntrack
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, flow)| flow.pod_port != ESTABLISHED_PORT)
+        .map(|(key, _)| key)
+        .collect();
+    for key in &stale {
+        conntrack
+            .remove(key)
+            .context("deleting a conntrack entry")?;
+    }
+    Ok(())
+}
+
+/// Measures every decision path at 64 and 1500 bytes beside the empty program.
+pub fn decision_paths(effort: Effort) -> anyhow::Result<Vec<PathCost>> {
+    let empty = EmptyProgram::load()?;
+    let mut vxlan = Node::new("node-1");
+    let ipip = Node::with_cluster(
+        "node-1",
+        &CLUSTER.replace(
+            "vxlanMode: Always, ipipMode: Never",
+            "vxlanMode: Never, ipipMode: Always",
+        ),
+    );
+    ensure!(
+        effort.calls <= usize::from(u16::MAX - NEW_FLOW_PORTS),
+        "at most {} calls per round: one pod port per new flow",
+        u16::MAX - NEW_FLOW_PORTS
+    );
+    // The established flow of "SNAT established" and "reverse NAT".
+    let first = to_external(ESTABLISHED_PORT, b"open");
+    let (verdict, _) = vxlan.run(PROG_FROM_WORKLOAD, &first);
+    ensure!(
+        verdict == TC_ACT_REDIRECT,
+        "opening the NAT flow: verdict {verdict}"
+    );
+
+    let mut cases = cases();
+    let mut empty_rounds: Vec<(usize, Vec<f64>)> =
+        cases.iter().map(|c| (c.packet.len(), Vec::new())).collect();
+    let before: Vec<u64> = cases
+        .iter()
+        .map(|c| node_of(c.fixture, &vxlan, &ipip).stat(c.stat))
+        .collect();
+    for round in 1..=effort.rounds {
+        let started = Instant::now();
+        for (case, empty_round) in cases.iter_mut().zip(&mut empty_rounds) {
+            // The baseline on a frame of the same length, right before the case.
+            let packet = &case.packet;
+            let ns = mean_ns(empty.fd.as_fd(), effort.calls, TC_ACT_OK, |_| {
+                packet.clone()
+            })
+            .context("empty program")?;
+            empty_round.1.push(ns);
+            let node = node_of(case.fixture, &vxlan, &ipip);
+            let fd = program_fd(node, case.program)?;
+            let ns = if case.new_flow {
+                let size = case.size;
+                mean_ns(fd, effort.calls, case.verdict, |call| {
+                    sized(size, |p| to_external(NEW_FLOW_PORTS + call as u16, p))
+                })
+            } else {
+                mean_ns(fd, effort.calls, case.verdict, |_| packet.clone())
+            }
+            .with_context(|| format!("{} ({} bytes)", case.path, case.size))?;
+            case.rounds.push(ns);
+            if case.new_flow {
+                // The next calls from these ports must be new flows again.
+                forget_new_flows(&mut vxlan)?;
+            }
+        }
+        println!(
+            "  round {round}/{}: {} cases in {:.1} s",
+            effort.rounds,
+            cases.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    // Every call took the path it is named after.
+    for (case, before) in cases.iter().zip(&before) {
+        let node = node_of(case.fixture, &vxlan, &ipip);
+        let grown = node.stat(case.stat) - before;
+        let expected: u64 = cases
+            .iter()
+            .filter(|c| c.stat == case.stat && c.fixture == case.fixture)
+            .map(|_| (effort.rounds * effort.calls) as u64)
+            .sum();
+        ensure!(
+            grown == expected,
+            "{}: counter {:?} grew by {grown}, expected {expected}: a call took another path",
+            case.path,
+            case.stat
+        );
+    }
+    Ok(cases
+        .into_iter()
+        .zip(empty_rounds)
+        .map(|(case, (_, empty))| PathCost {
+            path: case.path,
+            program: case.program,
+            frame: case.packet.len(),
+            size: case.size,
+            ns: median(&case.rounds),
+            empty_ns: median(&empty),
+        })
+        .collect())
+}
+
+fn node_of<'a>(fixture: Fixture, vxlan: &'a Node, ipip: &'a Node) -> &'a Node {
+    match fixture {
+        Fixture::Vxlan => vxlan,
+        Fixture::Ipip => ipip,
+    }
+}
+
+/// One call of the VXLAN encap path with a large `repeat`: the counters say what the kernel ran.
+pub fn repeat_probe() -> anyhow::Result<RepeatProbe> {
+    let node = Node::new("node-1");
+    let repeat = 100;
+    let packet = from_pod_a(REMOTE_POD, 40000, &[0x5a; 18]);
+    let fd = program_fd(&node, PROG_FROM_WORKLOAD)?;
+    let mut out = vec![0; packet.len() + OUT_HEADROOM];
+    test_run(fd, &packet, &mut out, repeat).context("BPF_PROG_TEST_RUN with repeat")?;
+    let others = Stat::ALL
+        .iter()
+        .filter(|s| **s != Stat::EncapVxlan)
+        .map(|s| (s.name(), node.stat(*s)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let empty = EmptyProgram::load()?;
+    let small = sized(SMALL, |p| from_pod_a(REMOTE_POD, 40000, p));
+    let mut out = vec![0; small.len() + OUT_HEADROOM];
+    let mut loops = Vec::new();
+    for _ in 0..5 {
+        let (_, ns) = test_run(empty.fd.as_fd(), &small, &mut out, LOOP_REPEAT)
+            .context("empty program loop")?;
+        loops.push(f64::from(ns));
+    }
+    let empty_single_ns = mean_ns(empty.fd.as_fd(), 10_000, TC_ACT_OK, |_| small.clone())?;
+    // Spoofed drop and pass to stack do not touch the packet, so a loop reruns the same path;
+    // the counters prove it.
+    let mut warm_loops = Vec::new();
+    for case in cases().into_iter().filter(|c| {
+        c.size == SMALL && matches!(c.stat, Stat::DropSpoofedSource | Stat::PassToStack)
+    }) {
+        let fd = program_fd(&node, case.program)?;
+        let before = node.stat(case.stat);
+        let mut runs = Vec::new();
+        for _ in 0..5 {
+            let (verdict, ns) =
+                test_run(fd, &case.packet, &mut out, LOOP_REPEAT).context("warm loop")?;
+            ensure!(
+                verdict == case.verdict,
+                "{}: verdict {verdict} in a loop",
+                case.path
+            );
+            runs.push(f64::from(ns));
+        }
+        let grown = node.stat(case.stat) - before;
+        ensure!(
+            grown == 5 * u64::from(LOOP_REPEAT),
+            "{}: {grown} runs counted in the loop",
+            case.path
+        );
+        warm_loops.push((case.path, median(&runs)));
+    }
+    Ok(RepeatProbe {
+        repeat,
+        encapsulated: node.stat(Stat::EncapVxlan),
+        others,
+        empty_loop_ns: median(&loops),
+        empty_single_ns,
+        warm_loops,
+    })
+}
+
+/// `count` prefixes spread evenly over 10.0.0.0/8 outside the pool's 10.244.0.0/16, so that the
+/// lookup of a pod address walks a trie populated all around it; /26 (Calico's block size) while
+/// they fit, longer when a million must.
+fn generated_prefixes(count: usize) -> (u8, Vec<[u8; 4]>) {
+    let space: u64 = 1 << 24;
+    // A little more room than `count`: the candidates inside 10.244.0.0/16 are skipped.
+    let stride = (space / (count as u64 + count as u64 / 128 + 1)).max(1);
+    let len = (32 - stride.ilog2()).max(26) as u8;
+    let align = 1u64 << (32 - u32::from(len));
+    let mut prefixes = Vec::with_capacity(count);
+    let mut index = 0u64;
+    while prefixes.len() < count && index * stride < space {
+        let offset = (index * stride) & !(align - 1);
+        let addr = (0x0a00_0000u64 + offset) as u32;
+        index += 1;
+        if addr >> 16 == 0x0af4 {
+            continue;
+        }
+        prefixes.push(addr.to_be_bytes());
+    }
+    (len, prefixes)
+}
+
+/// The VXLAN encap path's cost with each count of extra prefixes in the routes map.
+pub fn lpm_scale(counts: &[usize], effort: Effort) -> anyhow::Result<Vec<LpmCost>> {
+    let empty = EmptyProgram::load()?;
+    let packet = sized(SMALL, |p| from_pod_a(REMOTE_POD, 40000, p));
+    let mut results = Vec::new();
+    for &count in counts {
+        let mut node = Node::new("node-1");
+        let (len, prefixes) = generated_prefixes(count);
+        ensure!(
+            prefixes.len() == count,
+            "only {} prefixes fit for {count}",
+            prefixes.len()
+        );
+        let started = Instant::now();
+        {
+            let map = node.ebpf.map_mut(ROUTES_MAP).context("no routes map")?;
+            let mut routes: LpmTrie<_, Ipv4Bytes, Route> = LpmTrie::try_from(map)?;
+            // Every generated prefix routes like the fixture's remote block: to node-2 in VXLAN.
+            let remote_block = routes
+                .get(&Key::new(26, [10, 244, 2, 0]), 0)
+                .context("the fixture's remote block")?;
+            for addr in &prefixes {
+                routes
+                    .insert(&Key::new(u32::from(len), *addr), remote_block, 0)
+                    .with_context(|| {
+                        format!("inserting prefix {} of {count}", routes_len_hint(addr, len))
+                    })?;
+            }
+        }
+        let insert_seconds = started.elapsed().as_secs_f64();
+        let fd = program_fd(&node, PROG_FROM_WORKLOAD)?;
+        let before = node.stat(Stat::EncapVxlan);
+        let (mut runs, mut empty_runs) = (Vec::new(), Vec::new());
+        for _ in 0..effort.rounds {
+            empty_runs.push(mean_ns(empty.fd.as_fd(), effort.calls, TC_ACT_OK, |_| {
+                packet.clone()
+            })?);
+            runs.push(mean_ns(fd, effort.calls, TC_ACT_REDIRECT, |_| {
+                packet.clone()
+            })?);
+        }
+        let grown = node.stat(Stat::EncapVxlan) - before;
+        ensure!(
+            grown == (effort.rounds * effort.calls) as u64,
+            "encap_vxlan grew by {grown}: a call took another path"
+        );
+        let cost = LpmCost {
+            prefixes: count,
+            prefix_len: len,
+            ns: median(&runs),
+            empty_ns: median(&empty_runs),
+            insert_seconds,
+        };
+        println!(
+            "  {count:>9} /{len} prefixes (inserted in {insert_seconds:.1} s): VXLAN encap {:.0} ns, empty {:.0} ns",
+            cost.ns, cost.empty_ns
+        );
+        results.push(cost);
+    }
+    Ok(results)
+}
+
+fn routes_len_hint(addr: &[u8; 4], len: u8) -> String {
+    format!("{}.{}.{}.{}/{len}", addr[0], addr[1], addr[2], addr[3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_prefixes_are_distinct_aligned_and_outside_the_pool() {
+        for count in [10, 1000, 100_000, 1_000_000] {
+            let (len, prefixes) = generated_prefixes(count);
+            assert_eq!(prefixes.len(), count);
+            let mask = !0u32 << (32 - len);
+            let mut seen = std::collections::HashSet::new();
+            for p in &prefixes {
+                let addr = u32::from_be_bytes(*p);
+                assert_eq!(addr & mask, addr, "aligned to /{len}");
+                assert_eq!(p[0], 10);
+                assert_ne!(p[1], 244, "outside the pool");
+                assert!(seen.insert(addr));
+            }
+        }
+        assert_eq!(generated_prefixes(1000).0, 26);
+        assert_eq!(generated_prefixes(1_000_000).0, 28);
+    }
+}
