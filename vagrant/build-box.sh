@@ -27,11 +27,14 @@ cleanup() {
     for m in proc sys dev; do mountpoint -q "$mnt/$m" && umount "$mnt/$m"; done
     mountpoint -q "$mnt" && umount "$mnt"
     [ -n "$loop" ] && losetup -d "$loop"
-    rm -rf "$rootfs" "$raw" "$part" "$mnt"
+    # debootstrap mounts these in the target while it runs; a failed run can leave them.
+    for m in dev/pts dev proc sys; do mountpoint -q "$rootfs/$m" && umount -l "$rootfs/$m"; done
+    rm -rf --one-file-system "$rootfs" "$raw" "$part" "$mnt"
 }
 trap cleanup EXIT
 
-rm -rf "$rootfs" "$mnt"
+cleanup
+set -e
 mkdir -p "$work" "$rootfs" "$mnt"
 
 echo "[box] debootstrap bookworm (minbase + kernel, systemd, ssh, iproute2, iperf3, bpftool)"

@@ -154,7 +154,7 @@ agent() {
     write_yaml "$pool"
     printf 'NODE=%s\nAGENT_MODE=%s\n' "$NODE" "$agent_mode" >/etc/dataplane/agent.env
     systemctl start dataplane.service
-    for i in $(seq 120); do
+    for i in $(seq 360); do
         if grep -qE 'fast path programmed|netlink dataplane programmed' "$LOG" 2>/dev/null; then
             probe_line
             sed 's/\x1b\[[0-9;]*m//g' "$LOG" | grep -m1 -E 'fast path programmed|netlink dataplane programmed'
@@ -167,7 +167,7 @@ agent() {
         fi
         sleep 0.5
     done
-    echo "the agent did not program the node in 60 s:" >&2
+    echo "the agent did not program the node in 180 s:" >&2
     tail -20 "$LOG" >&2
     exit 1
 }

@@ -29,6 +29,21 @@ IPv6AcceptRA=no
 NET
 ip addr replace "$address/24" dev "$uplink"
 ip link set "$uplink" up
+# A node has a default route (Calico's nodes always do): the kernel answers a pod's ARP for
+# 169.254.1.1 by proxy only if it routes that address out of another interface. Where the
+# management network gives none (an isolated one), the private network's gateway is the default.
+if ! ip route show default | grep -q .; then
+    gateway=${address%.*}.1
+    ip route replace default via "$gateway" dev "$uplink"
+    printf 'Gateway=%s\n' "$gateway" >>/etc/systemd/network/10-private.network
+fi
+
+# The local box has iperf3; a public box may not (its management network is NATed by default).
+if ! command -v iperf3 >/dev/null; then
+    echo "$node: installing iperf3"
+    DEBIAN_FRONTEND=noninteractive apt-get -q update >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -q install -y --no-install-recommends iperf3 >/dev/null
+fi
 
 install -m 0755 /tmp/dataplane /usr/local/bin/dataplane
 install -m 0755 /tmp/dataplane-node /usr/local/sbin/dataplane-node

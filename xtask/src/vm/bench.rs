@@ -183,8 +183,10 @@ pub fn parse_iperf_udp(json: &str) -> anyhow::Result<(f64, f64)> {
     if let Some(error) = value["error"].as_str() {
         bail!("iperf3 UDP: {error}");
     }
-    // iperf3 3.12: end.sum holds the receiver's view of a UDP test (packets, lost_packets).
-    let sum = &value["end"]["sum"];
+    // The receiver's view: end.sum_received where iperf3 has it (3.11+), else end.sum, which a
+    // UDP client fills with the server's counts at the end of the test.
+    let end = &value["end"];
+    let sum = if end["sum_received"]["packets"].is_number() { &end["sum_received"] } else { &end["sum"] };
     let packets = sum["packets"].as_f64().context("iperf3 UDP: no end.sum.packets")?;
     let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
     let seconds = sum["seconds"].as_f64().filter(|s| *s > 0.0).context("iperf3 UDP: no end.sum.seconds")?;
