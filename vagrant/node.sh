@@ -146,6 +146,11 @@ reset() {
         ip route del blackhole "$block" 2>/dev/null || true
     done
     sysctl -qw "net.ipv4.conf.$cali.proxy_arp=0"
+    # The pod's own route belongs to the CNI plugin, and outlives every dataplane setup.
+    if ! ip route show "$POD_IP/32" dev "$cali" | grep -q .; then
+        echo "reset: the pod's route $POD_IP/32 dev $cali was gone after the agent's cleanup; re-added" >&2
+        ip route replace "$POD_IP/32" dev "$cali" scope link
+    fi
 }
 
 agent() {

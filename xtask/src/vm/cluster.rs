@@ -202,11 +202,18 @@ impl Cluster {
             }
         }
         if libvirtd_alive(&self.pid_file()) {
-            let status = self.vagrant(None).args(["destroy", "-f"]).stdout(Stdio::null()).status();
-            if !matches!(status, Ok(s) if s.success()) {
-                problems.push("`vagrant destroy -f` failed; removing the domains with virsh".to_owned());
+            let output = self.vagrant(None).args(["destroy", "-f"]).output();
+            if let Some(output) = output.as_ref().ok().filter(|o| !o.status.success()) {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                say(&format!("`vagrant destroy -f` failed ({last}); removing what is left with virsh"));
             }
             problems.extend(remove_libvirt_objects());
+            let domains = virsh_ok(&["list", "--all", "--name"]).unwrap_or_default();
+            let left: Vec<&str> = domains.lines().map(str::trim).filter(|d| d.starts_with(DOMAIN_PREFIX)).collect();
+            if !left.is_empty() {
+                problems.push(format!("domains left after the teardown: {}", left.join(", ")));
+            }
             self.stop_libvirtd(&mut problems);
         }
         kill_netns_processes(&mut problems);
