@@ -92,9 +92,10 @@ impl Cluster {
             .env("DATAPLANE_VM_MGMT_ADDRESS", MGMT_ADDRESS)
             .env("DATAPLANE_VM_MGMT_MODE", "none")
             .stdin(Stdio::null());
-        if let Some(agent) = agent {
-            command.env("DATAPLANE_VM_AGENT", agent);
-        }
+        // Vagrant validates the whole Vagrantfile for every command, and the file provisioner
+        // wants its source to exist: commands that upload nothing (destroy, ssh-config) get one
+        // that always does.
+        command.env("DATAPLANE_VM_AGENT", agent.unwrap_or(Path::new("/dev/null")));
         command
     }
 
