@@ -5,6 +5,7 @@ mod demo;
 mod lab;
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +33,12 @@ enum Command {
         #[command(subcommand)]
         command: lab::Command,
     },
+    /// The Vagrant cluster: three Debian 12 VMs (kernel 6.1) carrying pod traffic (box, up, down,
+    /// ssh, validate, test, bench); installs its own host packages on first use.
+    Vm {
+        #[command(subcommand)]
+        command: vm::VmCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +49,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(options) => demo::run(&options),
         Command::Bench(options) => bench::run(&options),
         Command::Lab { command } => lab::run(command),
+        Command::Vm { command } => vm::run(command),
     }
 }
