@@ -491,7 +491,9 @@ fn thousands_of_workloads_and_blocks_converge_within_a_memory_bound() -> anyhow:
     let yaml = dataplane_lab::scale::cluster(&small, blocks, workloads);
     let datastore = lab.dir().join("scale.yaml");
     fs::write(&datastore, &yaml).with_context(|| format!("writing {}", datastore.display()))?;
-    let (small_model, _) = dataplane::datastore::file::parse(&small)?;
+    // What node-1 programs for the example plus the generated pool alone; each generated block
+    // adds one route, each generated node one peer.
+    let (small_model, _) = dataplane::datastore::file::parse(&dataplane_lab::scale::cluster(&small, 0, 0))?;
     let (small_plan, _) = dataplane::plan::compute(&small_model, "node-1")?;
     let nodes = blocks.div_ceil(dataplane_lab::scale::BLOCKS_PER_NODE);
     let want_routes = (small_plan.routes.len() + blocks) as u64;
@@ -505,7 +507,7 @@ fn thousands_of_workloads_and_blocks_converge_within_a_memory_bound() -> anyhow:
     let log = agent.log();
     let reconcile_ms = last_field(&log, "elapsed_ms");
     ensure!(last_field(&log, "routes") == Some(want_routes), "routes: want {want_routes}\n{log}");
-    ensure!(last_field(&log, "peers") == Some((small_plan.peers.len() + nodes) as u64), "peers: want 1 + {nodes}\n{log}");
+    ensure!(last_field(&log, "peers") == Some((small_plan.peers.len() + nodes) as u64), "peers: want {} + {nodes}\n{log}", small_plan.peers.len());
     // Only this node's pods are delivered to; the generated nodes' workloads are theirs.
     ensure!(last_field(&log, "workloads") == Some(small_plan.workloads.len() as u64), "workloads\n{log}");
     let (routes_max, routes_held) = map_occupancy(&lab, "node-1", ROUTES_MAP)?;

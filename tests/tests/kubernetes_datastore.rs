@@ -38,7 +38,7 @@ use dataplane_tests::{
     agent_bin,
     kube_api::KubeApi,
     kube_example::{
-        affinity, example_objects, ipam_block, node, pod, serve_example, AFFINITIES, BLOCKS, NODES, PODS, POOLS,
+        affinity, example_objects, node, pod, serve_example, AFFINITIES, BLOCKS, NODES, PODS, POOLS,
     },
     workspace_root,
 };
