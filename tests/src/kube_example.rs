@@ -105,11 +105,9 @@ pub fn ipam_block(node: &str, cidr: &str, pods: &[(&str, &str)]) -> Value {
             allocations.push(Value::Null);
         }
         allocations.push(json!(index + 1));
-        attributes.push(
-            json!({"handle_id": format!("k8s-pod-network.{:064x}", index + 7),
+        attributes.push(json!({"handle_id": format!("k8s-pod-network.{:064x}", index + 7),
             "secondary": {"namespace": namespace, "node": node, "pod": pod,
-                "timestamp": "2026-11-01 08:10:00.000000000 +0000 UTC"}}),
-        );
+                "timestamp": "2026-11-01 08:10:00.000000000 +0000 UTC"}}));
     }
     while allocations.len() < 64 {
         allocations.push(Value::Null);
@@ -177,14 +175,8 @@ pub fn pod(namespace: &str, name: &str, app: &str, node: &str, node_addr: &str, 
 
 /// calico-node itself: a host-network pod, not a workload.
 pub fn calico_node_pod(node: &str, node_addr: &str) -> Value {
-    let mut object = pod(
-        "calico-system",
-        &format!("calico-node-{}", &node[5..]),
-        "calico-node",
-        node,
-        node_addr,
-        node_addr,
-    );
+    let mut object =
+        pod("calico-system", &format!("calico-node-{}", &node[5..]), "calico-node", node, node_addr, node_addr);
     object["spec"]["hostNetwork"] = json!(true);
     if let Some(annotations) = object["metadata"]["annotations"].as_object_mut() {
         annotations.clear();
@@ -196,61 +188,15 @@ pub fn calico_node_pod(node: &str, node_addr: &str) -> Value {
 pub fn example_objects() -> Vec<(&'static str, Value)> {
     vec![
         (POOLS, pool()),
-        (
-            NODES,
-            node("node-1", "10.100.0.11", "10.244.1.0", "66:d0:00:00:00:01"),
-        ),
-        (
-            NODES,
-            node("node-2", "10.100.0.12", "10.244.2.0", "66:d0:00:00:00:02"),
-        ),
+        (NODES, node("node-1", "10.100.0.11", "10.244.1.0", "66:d0:00:00:00:01")),
+        (NODES, node("node-2", "10.100.0.12", "10.244.2.0", "66:d0:00:00:00:02")),
         (AFFINITIES, affinity("node-1", "10.244.1.0/26")),
         (AFFINITIES, affinity("node-2", "10.244.2.0/26")),
-        (
-            BLOCKS,
-            ipam_block(
-                "node-1",
-                "10.244.1.0/26",
-                &[("default", "web-1"), ("default", "cache-1")],
-            ),
-        ),
-        (
-            BLOCKS,
-            ipam_block("node-2", "10.244.2.0/26", &[("default", "web-2")]),
-        ),
-        (
-            PODS,
-            pod(
-                "default",
-                "web-1",
-                "web",
-                "node-1",
-                "10.100.0.11",
-                "10.244.1.2",
-            ),
-        ),
-        (
-            PODS,
-            pod(
-                "default",
-                "cache-1",
-                "cache",
-                "node-1",
-                "10.100.0.11",
-                "10.244.1.3",
-            ),
-        ),
-        (
-            PODS,
-            pod(
-                "default",
-                "web-2",
-                "web",
-                "node-2",
-                "10.100.0.12",
-                "10.244.2.2",
-            ),
-        ),
+        (BLOCKS, ipam_block("node-1", "10.244.1.0/26", &[("default", "web-1"), ("default", "cache-1")])),
+        (BLOCKS, ipam_block("node-2", "10.244.2.0/26", &[("default", "web-2")])),
+        (PODS, pod("default", "web-1", "web", "node-1", "10.100.0.11", "10.244.1.2")),
+        (PODS, pod("default", "cache-1", "cache", "node-1", "10.100.0.11", "10.244.1.3")),
+        (PODS, pod("default", "web-2", "web", "node-2", "10.100.0.12", "10.244.2.2")),
         (PODS, calico_node_pod("node-1", "10.100.0.11")),
         (PODS, calico_node_pod("node-2", "10.100.0.12")),
     ]

@@ -29,8 +29,8 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use dataplane_lab::{Agent, AgentOptions, ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
 use dataplane_common::{CONNTRACK_MAP, ROUTES_MAP};
+use dataplane_lab::{Agent, AgentOptions, ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
 use serde_json::Value;
 
 /// How long an agent may take to program its node (generous: the machine may be loaded).
@@ -161,14 +161,20 @@ fn drain(server: &UdpSocket) -> anyhow::Result<Vec<(SocketAddrV4, String)>> {
 
 /// Sends `message` from `flow` to the server and back: Some(source seen by the server) when
 /// the datagram arrived and the server's answer reached the pod, None when it never arrived.
-fn exchange(flow: &UdpSocket, server: &UdpSocket, to: SocketAddrV4, message: &str) -> anyhow::Result<Option<SocketAddrV4>> {
+fn exchange(
+    flow: &UdpSocket,
+    server: &UdpSocket,
+    to: SocketAddrV4,
+    message: &str,
+) -> anyhow::Result<Option<SocketAddrV4>> {
     flow.send_to(message.as_bytes(), to).context("sending from the pod")?;
     let Some((seen_as, _)) = drain(server)?.into_iter().find(|(_, text)| text == message) else {
         return Ok(None);
     };
     server.send_to(message.as_bytes(), seen_as).context("answering from the external host")?;
     let mut buffer = [0u8; 256];
-    let (len, _) = flow.recv_from(&mut buffer).with_context(|| format!("the answer to {message:?} never reached the pod"))?;
+    let (len, _) =
+        flow.recv_from(&mut buffer).with_context(|| format!("the answer to {message:?} never reached the pod"))?;
     ensure!(&buffer[..len] == message.as_bytes(), "the pod got {:?} instead of its answer", &buffer[..len]);
     Ok(Some(seen_as))
 }
@@ -207,10 +213,17 @@ fn stream_never_stalled(mut client: ChildHandle, seconds: u32) -> anyhow::Result
     let intervals = json["intervals"].as_array().context("iperf3 report has no intervals")?;
     let per_second: Vec<f64> =
         intervals.iter().map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9).collect();
-    ensure!(per_second.len() >= seconds as usize, "iperf3 reported {} of {seconds} seconds:\n{report}", per_second.len());
+    ensure!(
+        per_second.len() >= seconds as usize,
+        "iperf3 reported {} of {seconds} seconds:\n{report}",
+        per_second.len()
+    );
     // A stall is a second without data; any real flow through the fast path carries far more
     // than 1 Mbit/s even on a loaded machine.
-    ensure!(per_second.iter().all(|gbps| *gbps > 0.001), "a second of the stream carried (almost) nothing: {per_second:.3?}");
+    ensure!(
+        per_second.iter().all(|gbps| *gbps > 0.001),
+        "a second of the stream carried (almost) nothing: {per_second:.3?}"
+    );
     ensure!(json["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0) > 0, "nothing received:\n{report}");
     Ok(per_second)
 }
@@ -253,7 +266,8 @@ fn a_flood_of_new_flows_fills_conntrack_and_the_port_range_and_old_flows_keep_pa
     let (lab, datastore) = lab_with_datastore(&yaml)?;
     let (max_arg, range_arg) =
         (FLOOD_CONNTRACK_MAX.to_string(), format!("{}-{}", FLOOD_PORTS.start(), FLOOD_PORTS.end()));
-    let agent = start_agent(&lab, "node-1", &datastore, &["--conntrack-max", &max_arg, "--nat-port-range", &range_arg])?;
+    let agent =
+        start_agent(&lab, "node-1", &datastore, &["--conntrack-max", &max_arg, "--nat-port-range", &range_arg])?;
     let _node2 = start_agent(&lab, "node-2", &datastore, &[])?;
     let (max_entries, _) = map_occupancy(&lab, "node-1", CONNTRACK_MAP)?;
     ensure!(max_entries == FLOOD_CONNTRACK_MAX, "--conntrack-max {FLOOD_CONNTRACK_MAX} made a map of {max_entries}");
@@ -267,9 +281,11 @@ fn a_flood_of_new_flows_fills_conntrack_and_the_port_range_and_old_flows_keep_pa
 
     // Opened before the flood: a UDP flow and a TCP stream (iperf3 to the external host).
     let long_lived = udp_socket_in(&nat1.netns, 7000)?;
-    let seen = exchange(&long_lived, &server, to, "before the flood")?.context("nat-1:7000 never reached the external host")?;
+    let seen = exchange(&long_lived, &server, to, "before the flood")?
+        .context("nat-1:7000 never reached the external host")?;
     ensure!(*seen.ip() == NODE_1_ADDR, "nat-1:7000 arrived as {seen}, not from {NODE_1_ADDR}");
-    let (_iperf_server, stream) = iperf3_stream(&lab, &external.netns, external.addr, &nat1, FLOOD_STREAM_SECONDS, STREAM_BITRATE)?;
+    let (_iperf_server, stream) =
+        iperf3_stream(&lab, &external.netns, external.addr, &nat1, FLOOD_STREAM_SECONDS, STREAM_BITRATE)?;
     thread::sleep(Duration::from_secs(2));
 
     // Port range: nat-1 and nat-3 send from the same five ports; nat-1's keep their ports,
@@ -328,7 +344,8 @@ fn a_flood_of_new_flows_fills_conntrack_and_the_port_range_and_old_flows_keep_pa
     let late = udp_socket_in(&nat1.netns, 22000)?;
     ensure!(exchange(&late, &server, to, "one more")?.is_none(), "a new flow passed though conntrack was full");
     ensure!(stat(&lab, "node-1", "drop_conntrack_full")? > full_before + full, "the refused flow was not counted");
-    let again = exchange(&long_lived, &server, to, "after the flood")?.context("nat-1:7000 stopped passing once conntrack was full")?;
+    let again = exchange(&long_lived, &server, to, "after the flood")?
+        .context("nat-1:7000 stopped passing once conntrack was full")?;
     ensure!(again == seen, "nat-1:7000 now arrives as {again}, not {seen}");
     let per_second = stream_never_stalled(stream, FLOOD_STREAM_SECONDS)?;
     let (_, occupancy_after) = map_occupancy(&lab, "node-1", CONNTRACK_MAP)?;
@@ -436,7 +453,11 @@ fn a_garbage_datastore_keeps_the_last_good_state_under_an_iperf3_stream() -> any
     let reported = broke.elapsed();
     thread::sleep(Duration::from_secs(4));
     ensure!(routes_map(&lab)? == routes_before, "the routes map changed while the datastore was garbage");
-    ensure!(last_routes(&agent.log()) == Some(routes), "the agent reprogrammed while the datastore was garbage:\n{}", agent.log());
+    ensure!(
+        last_routes(&agent.log()) == Some(routes),
+        "the agent reprogrammed while the datastore was garbage:\n{}",
+        agent.log()
+    );
 
     // Good again, with one more block: the metric comes back and the update is programmed.
     let repaired = Instant::now();
@@ -507,7 +528,11 @@ fn thousands_of_workloads_and_blocks_converge_within_a_memory_bound() -> anyhow:
     let log = agent.log();
     let reconcile_ms = last_field(&log, "elapsed_ms");
     ensure!(last_field(&log, "routes") == Some(want_routes), "routes: want {want_routes}\n{log}");
-    ensure!(last_field(&log, "peers") == Some((small_plan.peers.len() + nodes) as u64), "peers: want {} + {nodes}\n{log}", small_plan.peers.len());
+    ensure!(
+        last_field(&log, "peers") == Some((small_plan.peers.len() + nodes) as u64),
+        "peers: want {} + {nodes}\n{log}",
+        small_plan.peers.len()
+    );
     // Only this node's pods are delivered to; the generated nodes' workloads are theirs.
     ensure!(last_field(&log, "workloads") == Some(small_plan.workloads.len() as u64), "workloads\n{log}");
     let (routes_max, routes_held) = map_occupancy(&lab, "node-1", ROUTES_MAP)?;
@@ -564,14 +589,26 @@ fn an_iperf3_stream_survives_the_kubernetes_api_gone_for_a_minute() -> anyhow::R
     let mut agents = Vec::new();
     for node in ["node-1", "node-2"] {
         let pin = lab.pin_path(node).to_string_lossy().into_owned();
-        let argv =
-            [&*bin, "run", "--datastore", "kubernetes", "--kubeconfig", &kubeconfig, "--node", node, "--pin-path", &pin];
+        let argv = [
+            &*bin,
+            "run",
+            "--datastore",
+            "kubernetes",
+            "--kubeconfig",
+            &kubeconfig,
+            "--node",
+            node,
+            "--pin-path",
+            &pin,
+        ];
         let mut agent = lab.spawn(lab.node_netns(node)?, &argv, &format!("agent-{node}"))?;
         agent.wait_for_log(AGENT_READY, READY_TIMEOUT)?;
         agents.push(agent);
     }
-    let routes_before: Vec<usize> =
-        ["node-1", "node-2"].iter().map(|node| Ok(map_occupancy(&lab, node, ROUTES_MAP)?.1)).collect::<anyhow::Result<_>>()?;
+    let routes_before: Vec<usize> = ["node-1", "node-2"]
+        .iter()
+        .map(|node| Ok(map_occupancy(&lab, node, ROUTES_MAP)?.1))
+        .collect::<anyhow::Result<_>>()?;
     let web1 = lab.pod("default/web-1")?.clone();
     let web2 = lab.pod("default/web-2")?.clone();
     let (_server, stream) = iperf3_stream(&lab, &web2.netns, web2.addr, &web1, OUTAGE_STREAM_SECONDS, OUTAGE_BITRATE)?;
@@ -594,7 +631,11 @@ fn an_iperf3_stream_survives_the_kubernetes_api_gone_for_a_minute() -> anyhow::R
             agent.log()
         );
         let routes = map_occupancy(&lab, node, ROUTES_MAP)?.1;
-        ensure!(routes == routes_before[index], "{node}'s routes map went from {} to {routes} without the API", routes_before[index]);
+        ensure!(
+            routes == routes_before[index],
+            "{node}'s routes map went from {} to {routes} without the API",
+            routes_before[index]
+        );
     }
 
     // Back: each agent reconnects and resyncs (a fresh list, then a reconcile).
