@@ -10,7 +10,9 @@
 //!
 //! Each test builds its own lab, runs the agents as separate processes, and tears everything down
 //! when it ends, also on failure. Without root the tests print why they are skipped and pass.
-//! Timings are printed, never asserted: the machine may be shared.
+//! Timings are printed, never asserted: the machine may be shared. The scale test runs 20k
+//! blocks and 2k workloads in the suite; `DATAPLANE_FAULTS_FULL=1` runs the 100k blocks
+//! and 10k workloads (over a minute on a debug agent).
 
 use dataplane_tests::{
     agent_bin,
