@@ -83,7 +83,7 @@ async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
     }
     let method = probe::attach_method(&features);
     info!(features = features.len(), attach = %method, "kernel probe: every fast-path feature present");
-    match BpfBackend::load(&options.pin_path, method, options.kernel_log) {
+    match BpfBackend::load(&options.pin_path, method, options.kernel_log, options.conntrack_max) {
         Ok(backend) => {
             info!(pin_path = %options.pin_path.display(), "kernel programs loaded");
             // A netlink run before this one may have left vxlan.calico: the fast path does not use
@@ -182,6 +182,8 @@ pub struct RunOptions {
     pub nat_ports: (u16, u16),
     /// How long translated flows live without packets.
     pub conntrack_timeouts: dataplane_common::FlowTimeouts,
+    /// Entries of the conntrack map when this agent creates it; None: the built-in size.
+    pub conntrack_max: Option<u32>,
     /// Where to serve /metrics and /healthz; None: not at all.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// etcd settings, used with `Datastore::Etcdv3`.

@@ -71,6 +71,11 @@ enum Command {
         /// tcp-established (3600), tcp-closing (10), udp (60), icmp (30); unnamed ones keep these.
         #[arg(long, value_parser = dataplane::conntrack::parse_timeouts, default_value = "")]
         conntrack_timeouts: dataplane_common::FlowTimeouts,
+        /// Entries of the conntrack map (two per natOutgoing flow) [default: 131072]. A map's size
+        /// is fixed when it is created: this applies only when no pinned conntrack map exists yet
+        /// (first start, or after `dataplane cleanup`); an adopted map keeps its size.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
+        conntrack_max: Option<u32>,
         /// Serve Prometheus metrics on /metrics and a health check on /healthz at this address:
         /// a bare port (9091) means loopback only (127.0.0.1:9091); name an address to expose
         /// it (0.0.0.0:9091). Off when not given.
@@ -326,6 +331,7 @@ fn main() -> anyhow::Result<()> {
             resync_interval,
             nat_port_range,
             conntrack_timeouts,
+            conntrack_max,
             metrics_addr,
             kernel_log,
         } => {
@@ -339,6 +345,7 @@ fn main() -> anyhow::Result<()> {
                 resync: Duration::from_secs(resync_interval.max(1)),
                 nat_ports: nat_port_range,
                 conntrack_timeouts,
+                conntrack_max,
                 metrics_addr,
                 kernel_log,
             };

@@ -22,6 +22,7 @@
 pub mod cmd;
 pub mod kernel_calico;
 pub mod process;
+pub mod scale;
 pub mod topology;
 
 use std::{

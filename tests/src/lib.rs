@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod kube_api;
+pub mod kube_example;
 pub mod packet;
 pub mod program;
 

@@ -9,6 +9,8 @@
 //!   counters move; `dataplane check` finds every program attached;
 //! - node-1's agent restarts (SIGTERM, new agent) under a running TCP stream: the new agent
 //!   replaces each filter in place (new program ids, same filters), and the stream loses nothing;
+//!   node-2's agent is then killed (SIGKILL) under the same stream and its successor takes over
+//!   the filters and adopts the maps without rewriting an entry;
 //! - a pod leaving the datastore (its veth stays) loses its filters, and `dataplane check` agrees;
 //! - `dataplane cleanup` removes the filters (and leaves another tool's filter alone), and
 //!   traffic stops;
@@ -42,7 +44,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Makes the probe report tcx missing, so the agent attaches through clsact.
 const NO_TCX: &str = "DATAPLANE_PROBE_DISABLE=tcx";
 /// Length of a stream that runs across agent restarts.
-const STREAM_SECONDS: &str = "6";
+const STREAM_SECONDS: &str = "10";
 /// The name prefix of our filters, as `tc filter show` prints them.
 const FILTER_PREFIX: &str = "dataplane:";
 
@@ -346,6 +348,18 @@ fn without_tcx_the_fast_path_runs_on_clsact_filters_restarts_in_place_and_cleans
         "the new agent did not replace every filter:\n{log}"
     );
     ensure!(log.contains("written=0"), "the new agent rewrote map entries that were already right:\n{log}");
+    // A crash of node-2's agent during the same stream (SIGKILL: no clean exit at all): the
+    // filters keep running the old programs, and the next agent adopts the pinned maps as they are.
+    let pid = cluster.agents.get("node-2").context("node-2 has no agent")?.pid().to_string();
+    cluster.lab.exec(cluster.lab.node_netns("node-2")?, &["kill", "-KILL", &pid])?;
+    let crash = Instant::now();
+    cluster.start("node-2", &[NO_TCX])?;
+    let crash_took = crash.elapsed();
+    let log = cluster.log("node-2");
+    ensure!(
+        log.contains("replaced=true") && !log.contains("replaced=false") && log.contains("written=0"),
+        "the agent after the SIGKILL did not take over the filters and maps as they were:\n{log}"
+    );
     let per_second = stream.finish()?;
     let new_ids = cluster.expect_clsact("node-1")?;
     for (hook, id) in &new_ids {
@@ -358,7 +372,8 @@ fn without_tcx_the_fast_path_runs_on_clsact_filters_restarts_in_place_and_cleans
         "the counters did not move: encap_vxlan {encap} -> {encap_after}, decap_vxlan {decap} -> {decap_after}"
     );
     eprintln!(
-        "clsact restart (SIGTERM to programmed) took {restart_took:?}; Gbit/s per second of the stream: \
+        "clsact restart (SIGTERM to programmed) took {restart_took:?}, after SIGKILL {crash_took:?}; \
+         Gbit/s per second of the stream: \
          {per_second:.2?}; 10 ms ping across it: {steady_summary}; encap_vxlan {encap} -> {encap_after}"
     );
 

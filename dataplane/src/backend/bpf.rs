@@ -177,8 +177,14 @@ struct Attachment {
 impl BpfBackend {
     /// Loads the programs, creating or adopting the pinned maps under `pin_path`; `method` says
     /// how they will attach; with kernel logs on, their records are forwarded to the agent's log
-    /// (target `dataplane::kernel`).
-    pub fn load(pin_path: &Path, method: AttachMethod, log: KernelLog) -> anyhow::Result<Self> {
+    /// (target `dataplane::kernel`). `conntrack_max` sizes the conntrack map when it is created
+    /// (None: the object's CONNTRACK_MAX_ENTRIES); a pinned map keeps the size it was made with.
+    pub fn load(
+        pin_path: &Path,
+        method: AttachMethod,
+        log: KernelLog,
+        conntrack_max: Option<u32>,
+    ) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             bail!("this binary was built with AYA_BUILD_SKIP=1 and holds no kernel programs: rebuild without it");
         }
@@ -187,6 +193,16 @@ impl BpfBackend {
         let mut loader = loader(log);
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
+        }
+        if let Some(max_entries) = conntrack_max {
+            // A map's size is fixed when it is created: an adopted pin keeps its own, and asking
+            // aya for another would make it refuse the pin as incompatible.
+            let pinned = pin_path.join(CONNTRACK_MAP);
+            if pinned.exists() {
+                info!(max_entries, pin = %pinned.display(), "--conntrack-max ignored: the pinned conntrack map keeps its size");
+            } else {
+                loader.map_max_entries(CONNTRACK_MAP, max_entries);
+            }
         }
         let mut ebpf = loader.load(OBJECT).context("loading the kernel programs (is this kernel 5.10+ with BTF?)")?;
         if log != KernelLog::Off {
