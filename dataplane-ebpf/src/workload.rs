@@ -6,7 +6,7 @@ use dataplane_common::{
         CALICO_VXLAN_PORT, ETH_P_ARP, ETH_P_IP, IPIP_ENCAP_LEN, IPPROTO_IPIP, IPPROTO_UDP, IPV4_DF, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN,
         IPV4_IHL_MIN, VXLAN_ENCAP_LEN,
     },
-    route_flags, route_kind, Route, Stat,
+    route_flags, route_kind, NodeConfig, Route, Stat,
 };
 
 use crate::{
@@ -49,12 +49,15 @@ pub fn from_workload(ctx: &TcContext) -> Outcome {
     if ip.ihl() != IPV4_IHL_MIN {
         return Ok(Verdict::pass());
     }
-    refuse_tunnel_packets(ctx, &ip)?;
+    // Read once: the tunnel check, NAT and the remote paths all need it (local delivery does not,
+    // so a missing configuration only drops where it matters).
+    let node = route::node_config();
+    refuse_tunnel_packets(ctx, &ip, &node)?;
 
     let Some(route) = route::lookup(ip.dst) else {
         // Outside every pool: leaves the cluster, translated if the pod's pool says so (or if
         // the flow was translated when it began).
-        let node = route::node_config()?;
+        let node = node?;
         if ip.dst == node.addr {
             return Ok(Verdict::pass());
         }
@@ -67,7 +70,7 @@ pub fn from_workload(ctx: &TcContext) -> Outcome {
             route::to_workload(ctx, &route, Stat::DeliveredLocal)
         }
         route_kind::LOCAL_BLOCK => Err(Stat::DropBlackhole),
-        route_kind::REMOTE_BLOCK => to_remote_node(ctx, ifindex, &route, &mut ip),
+        route_kind::REMOTE_BLOCK => to_remote_node(ctx, ifindex, &route, &mut ip, &node?),
         _ => Ok(Verdict::pass()),
     }
 }
@@ -76,7 +79,7 @@ pub fn from_workload(ctx: &TcContext) -> Outcome {
 /// receiving node would take them for this node's own tunnel traffic and deliver whatever inner
 /// packet the pod wrote (with any source). Pods have no business sending the cluster's tunnels.
 #[inline(always)]
-fn refuse_tunnel_packets(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<(), Stat> {
+fn refuse_tunnel_packets(ctx: &TcContext, ip: &Ipv4Hdr, node: &Result<NodeConfig, Stat>) -> Result<(), Stat> {
     // A later fragment has no header to tell; its first fragment was refused already.
     if ip.frag_off() & IPV4_FRAG_OFFSET_MASK != 0 {
         return Ok(());
@@ -86,7 +89,7 @@ fn refuse_tunnel_packets(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<(), Stat> {
         IPPROTO_UDP => {
             // A datagram too short for its header is the kernel's to judge.
             let Ok(udp) = read::<UdpHdr>(ctx, IP_OFFSET + IPV4_HLEN) else { return Ok(()) };
-            let vxlan_port = route::node_config().map(|node| node.vxlan_port).unwrap_or(CALICO_VXLAN_PORT);
+            let vxlan_port = node.as_ref().map(|node| node.vxlan_port).unwrap_or(CALICO_VXLAN_PORT);
             if u16::from_be_bytes(udp.dst_port) == vxlan_port {
                 return Err(Stat::DropTunnelFromWorkload);
             }
@@ -98,8 +101,7 @@ fn refuse_tunnel_packets(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<(), Stat> {
 
 /// Forwards to the node that owns the destination's block, as the pool's mode says.
 #[inline(always)]
-fn to_remote_node(ctx: &TcContext, ifindex: u32, route: &Route, ip: &mut Ipv4Hdr) -> Outcome {
-    let node = route::node_config()?;
+fn to_remote_node(ctx: &TcContext, ifindex: u32, route: &Route, ip: &mut Ipv4Hdr, node: &NodeConfig) -> Outcome {
     let encap_len = if route.flags & route_flags::ENCAP_VXLAN != 0 {
         VXLAN_ENCAP_LEN
     } else if route.flags & route_flags::ENCAP_IPIP != 0 {
@@ -119,12 +121,12 @@ fn to_remote_node(ctx: &TcContext, ifindex: u32, route: &Route, ip: &mut Ipv4Hdr
     }
     route::decrement_ttl(ctx, IP_OFFSET, ip)?;
     if route.flags & route_flags::ENCAP_VXLAN != 0 {
-        vxlan::encap(ctx, &node, route, ip)?;
-        route::to_uplink(&node, Stat::EncapVxlan)
+        vxlan::encap(ctx, node, route, ip)?;
+        route::to_uplink(node, Stat::EncapVxlan)
     } else if route.flags & route_flags::ENCAP_IPIP != 0 {
-        ipip::encap(ctx, &node, route, ip)?;
-        route::to_uplink(&node, Stat::EncapIpip)
+        ipip::encap(ctx, node, route, ip)?;
+        route::to_uplink(node, Stat::EncapIpip)
     } else {
-        route::to_next_hop(&node, route.node_addr, Stat::RoutedPlain)
+        route::to_next_hop(node, route.node_addr, Stat::RoutedPlain)
     }
 }

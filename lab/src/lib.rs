@@ -424,6 +424,18 @@ impl Lab {
         cmd::run_status(&cmd::nsenter_argv(netns, argv))
     }
 
+    /// `ping -c 1 -W 1` from `from` to `to` until a reply comes (up to `tries` times); whether
+    /// one came.
+    pub fn ping_ok(&self, from: &LabPod, to: std::net::Ipv4Addr, tries: usize) -> anyhow::Result<bool> {
+        let to = to.to_string();
+        for _ in 0..tries {
+            if self.exec_status(&from.netns, &["ping", "-c", "1", "-W", "1", &to])?.status.success() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Runs `argv` in `netns` and returns its stdout; fails unless it exits with 0.
     pub fn exec_stdout(&self, netns: &str, argv: &[&str]) -> anyhow::Result<String> {
         let output = self.exec(netns, argv)?;

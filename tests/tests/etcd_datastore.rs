@@ -29,7 +29,7 @@ use dataplane::{
     },
     model::{Block, Model},
 };
-use dataplane_lab::{ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
+use dataplane_lab::{ChildHandle, Lab, LabOptions, AGENT_READY};
 use serde_json::{json, Value};
 
 /// Calico's key prefix.
@@ -1005,18 +1005,6 @@ fn wait_field(
     )
 }
 
-/// `ping -c 1 -W 1` until a reply comes (up to `tries` times); whether one came.
-fn ping_ok(lab: &Lab, from: &LabPod, to: Ipv4Addr, tries: usize) -> anyhow::Result<bool> {
-    let to = to.to_string();
-    for _ in 0..tries {
-        let output = lab.exec_status(&from.netns, &["ping", "-c", "1", "-W", "1", &to])?;
-        if output.status.success() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 /// The lab, its etcd and its agents. Fields drop in order: agents, then etcd, then the lab.
 struct EtcdCluster {
     agents: Vec<ChildHandle>,
@@ -1163,7 +1151,7 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     let web2 = lab.pod("default/web-2")?.clone();
     for (from, to) in [(&web1, &web2), (&web2, &web1)] {
         ensure!(
-            ping_ok(lab, from, to.addr, 5)?,
+            lab.ping_ok(from, to.addr, 5)?,
             "{} cannot ping {}\n{}",
             from.key,
             to.key,
@@ -1192,7 +1180,7 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     }
     let added = wait_programmed(&cluster.agents[0], before, started)?;
     ensure!(
-        ping_ok(&cluster.lab, &web1, web2.addr, 5)?,
+        cluster.lab.ping_ok(&web1, web2.addr, 5)?,
         "web-1 cannot reach web-2 after the block came back\n{}",
         cluster.logs()
     );
@@ -1216,7 +1204,7 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     cluster.put(wep_key, wep_value)?;
     let wep_added = wait_programmed(&cluster.agents[1], before, started)?;
     ensure!(
-        ping_ok(&cluster.lab, &web1, web2.addr, 5)?,
+        cluster.lab.ping_ok(&web1, web2.addr, 5)?,
         "web-1 cannot reach web-2 after its endpoint came back\n{}",
         cluster.logs()
     );
@@ -1232,7 +1220,7 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     }
     thread::sleep(Duration::from_secs(2));
     ensure!(
-        ping_ok(&cluster.lab, &web1, web2.addr, 3)?,
+        cluster.lab.ping_ok(&web1, web2.addr, 3)?,
         "traffic stopped with etcd\n{}",
         cluster.logs()
     );
@@ -1258,12 +1246,12 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
         eprintln!("{} resynced {took:?} after etcd was restarted", agent.name());
     }
     ensure!(
-        ping_ok(&cluster.lab, &web1, web2.addr, 5)?,
+        cluster.lab.ping_ok(&web1, web2.addr, 5)?,
         "no traffic after etcd came back\n{}",
         cluster.logs()
     );
     ensure!(
-        ping_ok(&cluster.lab, &web2, web1.addr, 5)?,
+        cluster.lab.ping_ok(&web2, web1.addr, 5)?,
         "no traffic after etcd came back\n{}",
         cluster.logs()
     );
@@ -1427,7 +1415,7 @@ fn an_iperf3_stream_survives_etcd_down_for_30_s() -> anyhow::Result<()> {
     }
     let web1 = cluster.lab.pod("default/web-1")?.clone();
     let web2 = cluster.lab.pod("default/web-2")?.clone();
-    ensure!(ping_ok(&cluster.lab, &web1, web2.addr, 5)?, "web-1 cannot ping web-2\n{}", cluster.logs());
+    ensure!(cluster.lab.ping_ok(&web1, web2.addr, 5)?, "web-1 cannot ping web-2\n{}", cluster.logs());
 
     // A 45 s TCP stream from web-1 to web-2, reported every second: it spans the 30 s outage.
     let mut server = cluster.lab.spawn(&web2.netns, &["iperf3", "-s", "-1", "--forceflush"], "iperf3-server")?;

@@ -20,7 +20,7 @@
 //! outage of the API server.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     thread,
     time::{Duration, Instant},
 };
@@ -33,7 +33,7 @@ use dataplane::{
     },
     model::Model,
 };
-use dataplane_lab::{ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
+use dataplane_lab::{ChildHandle, Lab, LabOptions, AGENT_READY};
 use dataplane_tests::{
     agent_bin,
     kube_api::KubeApi,
@@ -622,21 +622,6 @@ fn wait_programmed(agent: &ChildHandle, before: usize, since: Instant) -> anyhow
     )
 }
 
-/// `ping -c 1 -W 1` until a reply comes (up to `tries` times); whether one came.
-fn ping_ok(lab: &Lab, from: &LabPod, to: Ipv4Addr, tries: usize) -> anyhow::Result<bool> {
-    let to = to.to_string();
-    for _ in 0..tries {
-        if lab
-            .exec_status(&from.netns, &["ping", "-c", "1", "-W", "1", &to])?
-            .status
-            .success()
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 /// Waits for `needle` in the agent's log.
 fn wait_log(agent: &ChildHandle, needle: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
@@ -751,7 +736,7 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
     let web2 = lab.pod("default/web-2")?.clone();
     for (from, to) in [(&web1, &web2), (&web2, &web1)] {
         ensure!(
-            ping_ok(&lab, from, to.addr, 5)?,
+            lab.ping_ok(from, to.addr, 5)?,
             "{} cannot ping {}\n{}\n{}",
             from.key,
             to.key,
@@ -789,7 +774,7 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
     api.apply(PODS, web2_pod);
     timings.push(("pod added", wait_field(node2, "workloads", 1, started)?));
     ensure!(
-        ping_ok(&lab, &web1, web2.addr, 5)?,
+        lab.ping_ok(&web1, web2.addr, 5)?,
         "web-1 cannot reach web-2 after its pod came back\n{}",
         node2.log()
     );
@@ -856,7 +841,7 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
     ensure!(last_field(node1, "workloads")? == 2 && last_field(node2, "workloads")? == 1);
     for (from, to) in [(&web1, &web2), (&web2, &web1)] {
         ensure!(
-            ping_ok(&lab, from, to.addr, 5)?,
+            lab.ping_ok(from, to.addr, 5)?,
             "{} cannot ping {} after the resync",
             from.key,
             to.key
