@@ -34,9 +34,12 @@ pods() {
     ip netns list | grep -qw "$POD" && return 0
     ip netns add "$POD"
     in_pod ip link set lo up
-    ip link add "$cali" type veth peer name eth0 netns "$POD"
-    ip link set "$cali" address ee:ee:ee:ee:ee:ee up
-    in_pod ip link set eth0 address "$(printf '0a:58:0a:f4:%02x:02' "$INDEX")" up
+    # Addresses are given in the creating message: set afterwards, udev's MACAddressPolicy
+    # (systemd's 99-default.link) may overwrite them with its own a moment later.
+    ip link add "$cali" address ee:ee:ee:ee:ee:ee type veth \
+        peer name eth0 address "$(printf '0a:58:0a:f4:%02x:02' "$INDEX")" netns "$POD"
+    ip link set "$cali" up
+    in_pod ip link set eth0 up
     in_pod ip addr add "$POD_IP/32" dev eth0
     ip route replace "$POD_IP/32" dev "$cali" scope link
     in_pod ip route add 169.254.1.1 dev eth0 scope link
@@ -192,8 +195,9 @@ kernel_vxlan() {
     sysctl -qw net.ipv4.ip_forward=1
     sysctl -qw "net.ipv4.conf.$cali.proxy_arp=1" "net.ipv4.neigh.$cali.proxy_delay=0" "net.ipv4.conf.$cali.forwarding=1"
     ip route replace blackhole "10.244.$INDEX.0/26"
-    ip link add "$VXLAN_DEVICE" type vxlan id 4096 dstport 4789 local "$(node_ip "$INDEX")" dev "$UPLINK" nolearning
-    ip link set "$VXLAN_DEVICE" address "$(vtep_mac "$INDEX")" mtu 1450
+    # The VTEP MAC in the creating message, as calico-node does: udev would replace one set later.
+    ip link add "$VXLAN_DEVICE" address "$(vtep_mac "$INDEX")" mtu 1450 \
+        type vxlan id 4096 dstport 4789 local "$(node_ip "$INDEX")" dev "$UPLINK" nolearning
     ip addr add "10.244.$INDEX.0/32" dev "$VXLAN_DEVICE"
     ip link set "$VXLAN_DEVICE" up
     for n in $(seq "$NODES"); do

@@ -561,5 +561,9 @@ mod tests {
         let node_sh = fs::read_to_string(root.join("vagrant/node.sh")).unwrap();
         assert!(node_sh.contains("printf '10.100.0.%d' $((10 + $1))"));
         assert!(node_sh.contains(bench::FAST_PATH_READY) && node_sh.contains(bench::NETLINK_READY));
+        // udev (systemd's 99-default.link) replaces a MAC set after the device exists: the
+        // baseline's VTEP and the pods' veths get theirs in the creating message.
+        assert!(node_sh.contains("ip link add \"$VXLAN_DEVICE\" address \"$(vtep_mac \"$INDEX\")\""));
+        assert!(node_sh.contains("ip link add \"$cali\" address ee:ee:ee:ee:ee:ee type veth"));
     }
 }

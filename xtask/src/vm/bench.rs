@@ -93,7 +93,8 @@ pub struct Measured {
     pub udp_loss_percent: f64,
 }
 
-/// Sets up `path` on every node; returns each node's start-up lines (probe, ready).
+/// Sets up `path` on every node; returns each node's start-up lines (probe, ready) and what
+/// `dataplane-node` warned about on the way (e.g. a pod route the previous setup's cleanup took).
 pub fn set_up(cluster: &Cluster, nodes: &[&str], path: &PathSpec) -> anyhow::Result<Vec<(String, String)>> {
     let mut lines = Vec::new();
     for node in nodes {
@@ -101,13 +102,23 @@ pub fn set_up(cluster: &Cluster, nodes: &[&str], path: &PathSpec) -> anyhow::Res
             Setup::KernelVxlan => "dataplane-node kernel-vxlan".to_owned(),
             Setup::Agent { mode, pool } => format!("dataplane-node agent {mode} {pool}"),
         };
-        let output = cluster.ssh_ok(node, &command).with_context(|| format!("setting up {} on {node}", path.name))?;
+        let output = cluster.ssh(node, &command)?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            bail!("setting up {} on {node}: `{command}` failed ({}):\n{stdout}{stderr}", path.name, output.status);
+        }
         if let Some(ready) = path.ready {
-            if !output.contains(ready) {
-                bail!("{} on {node}: the agent did not log `{ready}`; it logged:\n{output}", path.name);
+            if !stdout.contains(ready) {
+                bail!("{} on {node}: the agent did not log `{ready}`; it logged:\n{stdout}", path.name);
             }
         }
-        lines.push((node.to_string(), output.trim().to_owned()));
+        let mut line = stdout.trim().to_owned();
+        for warning in stderr.lines().filter(|l| l.starts_with("reset:")) {
+            say(&format!("  {node}: {warning}"));
+            line.push_str(&format!("\nWARNING {warning}"));
+        }
+        lines.push((node.to_string(), line));
     }
     Ok(lines)
 }
@@ -115,18 +126,27 @@ pub fn set_up(cluster: &Cluster, nodes: &[&str], path: &PathSpec) -> anyhow::Res
 /// Measures the current path from node-1's pod.
 pub fn measure(cluster: &Cluster, seconds: u32) -> anyhow::Result<Measured> {
     let mut measured = Measured::default();
+    let mut silent = Vec::new();
     for (i, (node, addr)) in PEERS.iter().enumerate() {
         let output = cluster.ssh(super::cluster::NODES[0], &format!("dataplane-node ping {addr}"))?;
         let text = String::from_utf8_lossy(&output.stdout);
         let (sent, received, rtt) = parse_ping(&text).with_context(|| format!("ping to {node}'s pod: {text}"))?;
         measured.ping_sent += sent;
         measured.ping_received += received;
+        if received == 0 {
+            silent.push(format!("{node}'s pod {addr}"));
+        }
         if i == 0 {
             measured.rtt_ms = rtt.unwrap_or(f64::NAN);
         }
     }
-    if measured.ping_received == 0 {
-        bail!("no ping from node-1's pod to the other pods was answered");
+    // Every pod must answer: a path that reaches one peer and not the other does not work.
+    if !silent.is_empty() {
+        bail!(
+            "no ping from node-1's pod to {} was answered; the nodes' state:\n{}",
+            silent.join(" and "),
+            diagnostics(cluster)
+        );
     }
     cluster.ssh_ok(IPERF_SERVER.0, "dataplane-node iperf-server")?;
     let secs = seconds.to_string();
@@ -145,6 +165,23 @@ pub fn measure(cluster: &Cluster, seconds: u32) -> anyhow::Result<Measured> {
     measured.udp_pps = pps;
     measured.udp_loss_percent = loss;
     Ok(measured)
+}
+
+/// What a person debugging a path that carries no traffic would look at first, from every node:
+/// routes, the VTEP device, its neighbours and FDB, and the TC filters on the uplink and the pod.
+fn diagnostics(cluster: &Cluster) -> String {
+    const STATE: &str = "ip route; ip -br addr; ip -d link show vxlan.calico 2>/dev/null | head -3; \
+                         ip neigh show dev vxlan.calico 2>/dev/null; bridge fdb show dev vxlan.calico 2>/dev/null; \
+                         tc filter show dev \"$(. /etc/dataplane/node; echo $UPLINK)\" ingress; tail -5 /var/log/dataplane.log";
+    let mut out = String::new();
+    for node in super::cluster::NODES {
+        let text = match cluster.ssh(node, &format!("bash -c '{STATE}'")) {
+            Ok(output) => format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+            Err(error) => format!("(cannot ask: {error:#})"),
+        };
+        let _ = writeln!(out, "--- {node}\n{}", text.trim_end());
+    }
+    out
 }
 
 /// (sent, received, mean rtt ms) from `ping -q` output.
