@@ -46,7 +46,7 @@ use crate::{
         clsact::{self, Filter},
         entries::{self, MapEntries, RouteKey},
         netlink::{self, Intent, RouteIntent, IPIP_DEVICE, RTPROT_DATAPLANE, VXLAN_DEVICE, VXLAN_VNI},
-        nftables,
+        nftables, veth,
     },
     datastore::etcd::EtcdConfig,
     model::{MacAddr, Model, Problem},
@@ -1635,10 +1635,35 @@ fn check_programmed(
         Ok(node) => (node.nat_port_min, node.nat_port_max),
         Err(_) => (dataplane_common::net::NAT_PORT_MIN, dataplane_common::net::NAT_PORT_MAX),
     };
-    let (mut expected, _missing) =
-        entries::from_plan(plan, entries::Uplink { ifindex: uplink_ifindex, mtu: uplink_mtu, nat_ports }, |name| {
-            interfaces.get(name).copied()
-        });
+    // Workloads without a MAC in the datastore (Kubernetes): the agent learned each pod's MAC
+    // from its veth, so learn it here too and expect that one.
+    let unknown: Vec<(&str, u32)> = entries::without_mac(plan)
+        .into_iter()
+        .filter_map(|interface| interfaces.get(interface).map(|index| (interface, *index)))
+        .collect();
+    let learned = if unknown.is_empty() {
+        BTreeMap::new()
+    } else {
+        veth::learn_once(&unknown).unwrap_or_else(|error| {
+            tracing::warn!(error = %format!("{error:#}"), "check: cannot learn the pods' MACs; expecting none");
+            BTreeMap::new()
+        })
+    };
+    for (interface, mac) in &learned {
+        let workload = plan.workloads.get(interface).map(|w| w.name.as_str()).unwrap_or_default();
+        tracing::info!(
+            workload,
+            interface = interface.as_str(),
+            mac = %mac,
+            "check: the datastore has no MAC for this workload; expecting the one of its veth's pod side"
+        );
+    }
+    let (mut expected, _missing) = entries::from_plan(
+        plan,
+        entries::Uplink { ifindex: uplink_ifindex, mtu: uplink_mtu, nat_ports },
+        |name| interfaces.get(name).copied(),
+        &learned,
+    );
     if let Ok(node) = &observed.node {
         expected.node.timeouts = node.timeouts;
     }
@@ -1738,7 +1763,7 @@ mod tests {
         let (entries, missing) =
             entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: 1500, nat_ports: (20000, 29999) }, |name| {
                 interfaces.get(name).copied()
-            });
+            }, &BTreeMap::new());
         assert!(missing.is_empty());
         (model, plan, interfaces, entries)
     }
