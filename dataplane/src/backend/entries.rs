@@ -54,7 +54,11 @@ pub struct MissingInterface {
 /// The interfaces of the plan's workloads that have no MAC from the datastore (Calico's
 /// Kubernetes datastore stores none): the backend learns theirs from the kernel.
 pub fn without_mac(plan: &Plan) -> Vec<&str> {
-    plan.workloads.iter().filter(|(_, workload)| workload.mac.is_none()).map(|(interface, _)| interface.as_str()).collect()
+    plan.workloads
+        .iter()
+        .filter(|(_, workload)| workload.mac.is_none())
+        .map(|(interface, _)| interface.as_str())
+        .collect()
 }
 
 /// The destination MAC the fast path writes on packets it delivers to a workload: the

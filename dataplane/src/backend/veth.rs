@@ -154,15 +154,26 @@ impl PeerMacs {
             }
             match peer_mac(&self.handle, index).await {
                 Ok(mac) => {
-                    info!(interface, ifindex = index, mac = %mac, "learned the pod's MAC from its veth (the datastore has none)");
+                    info!(
+                        interface,
+                        ifindex = index,
+                        mac = %mac,
+                        "learned the pod's MAC from its veth (the datastore has none)"
+                    );
                     self.learned.insert(interface.to_owned(), (index, mac));
                     macs.insert(interface.to_owned(), mac);
                 }
                 Err(error) => {
+                    let error = format!("{error:#}");
                     if self.warned.insert((interface.to_owned(), index)) {
-                        warn!(interface, ifindex = index, error = %format!("{error:#}"), "cannot learn the pod's MAC; delivering with 00:00:00:00:00:00 and retrying");
+                        warn!(
+                            interface,
+                            ifindex = index,
+                            error,
+                            "cannot learn the pod's MAC; delivering with 00:00:00:00:00:00 and retrying"
+                        );
                     } else {
-                        debug!(interface, ifindex = index, error = %format!("{error:#}"), "still cannot learn the pod's MAC");
+                        debug!(interface, ifindex = index, error, "still cannot learn the pod's MAC");
                     }
                 }
             }
@@ -187,7 +198,9 @@ pub fn learn_once(wanted: &[(&str, u32)]) -> anyhow::Result<BTreeMap<String, Mac
                 Ok(mac) => {
                     macs.insert(interface.to_owned(), mac);
                 }
-                Err(error) => debug!(interface, ifindex = index, error = %format!("{error:#}"), "cannot learn the pod's MAC"),
+                Err(error) => {
+                    debug!(interface, ifindex = index, error = %format!("{error:#}"), "cannot learn the pod's MAC")
+                }
             }
         }
         Ok(macs)
