@@ -736,12 +736,17 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
             &*pin.to_string_lossy(),
         ];
         let output = lab.exec_status(lab.node_netns(node)?, &argv)?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
         ensure!(
             output.status.success(),
-            "dataplane check on {node} failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
+            "dataplane check on {node} failed:\n{stdout}{}",
             String::from_utf8_lossy(&output.stderr)
         );
+        // It compared the learned MACs, and says which.
+        for pod in lab.pods().filter(|pod| pod.node == node) {
+            let expected = format!("{} {}", pod.endpoint, eth0_mac(&lab, pod)?);
+            ensure!(stdout.contains(&expected), "dataplane check on {node} does not name {expected:?}:\n{stdout}");
+        }
     }
     let mut timings = Vec::new();
     let web1 = lab.pod("default/web-1")?.clone();
