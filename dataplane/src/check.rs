@@ -46,7 +46,7 @@ use crate::{
         clsact::{self, Filter},
         entries::{self, MapEntries, RouteKey},
         netlink::{self, Intent, RouteIntent, IPIP_DEVICE, RTPROT_DATAPLANE, VXLAN_DEVICE, VXLAN_VNI},
-        nftables,
+        nftables, veth,
     },
     datastore::etcd::EtcdConfig,
     model::{MacAddr, Model, Problem},
@@ -95,6 +95,9 @@ pub struct Checked {
     pub workloads: usize,
     /// IP pools.
     pub pools: usize,
+    /// Workloads the datastore gives no MAC (Kubernetes), with the MAC learned from the pod side
+    /// of their veth that their entries are expected to hold: `namespace/name` -> MAC.
+    pub learned_macs: BTreeMap<String, String>,
 }
 
 /// The result of `dataplane check` on one node.
@@ -1635,10 +1638,36 @@ fn check_programmed(
         Ok(node) => (node.nat_port_min, node.nat_port_max),
         Err(_) => (dataplane_common::net::NAT_PORT_MIN, dataplane_common::net::NAT_PORT_MAX),
     };
-    let (mut expected, _missing) =
-        entries::from_plan(plan, entries::Uplink { ifindex: uplink_ifindex, mtu: uplink_mtu, nat_ports }, |name| {
-            interfaces.get(name).copied()
-        });
+    // Workloads without a MAC in the datastore (Kubernetes): the agent learned each pod's MAC
+    // from its veth, so learn it here too and expect that one.
+    let unknown: Vec<(&str, u32)> = entries::without_mac(plan)
+        .into_iter()
+        .filter_map(|interface| interfaces.get(interface).map(|index| (interface, *index)))
+        .collect();
+    let learned = if unknown.is_empty() {
+        BTreeMap::new()
+    } else {
+        veth::learn_once(&unknown).unwrap_or_else(|error| {
+            tracing::warn!(error = %format!("{error:#}"), "check: cannot learn the pods' MACs; expecting none");
+            BTreeMap::new()
+        })
+    };
+    for (interface, mac) in &learned {
+        let workload = plan.workloads.get(interface).map(|w| w.name.clone()).unwrap_or_default();
+        tracing::info!(
+            workload,
+            interface = interface.as_str(),
+            mac = %mac,
+            "check: the datastore has no MAC for this workload; expecting the one of its veth's pod side"
+        );
+        report.checked.learned_macs.insert(workload, mac.to_string());
+    }
+    let (mut expected, _missing) = entries::from_plan(
+        plan,
+        entries::Uplink { ifindex: uplink_ifindex, mtu: uplink_mtu, nat_ports },
+        |name| interfaces.get(name).copied(),
+        &learned,
+    );
     if let Ok(node) = &observed.node {
         expected.node.timeouts = node.timeouts;
     }
@@ -1662,10 +1691,14 @@ fn check_programmed(
 /// The report for a person: one block per finding with its fix, or one line saying all is well.
 pub fn text(report: &Report) -> String {
     let c = &report.checked;
-    let checked = format!(
+    let mut checked = format!(
         "checked {} program links, {} map entries, {} remote blocks, {} workloads, {} pools",
         c.links, c.map_entries, c.remote_blocks, c.workloads, c.pools
     );
+    if !c.learned_macs.is_empty() {
+        let macs: Vec<String> = c.learned_macs.iter().map(|(workload, mac)| format!("{workload} {mac}")).collect();
+        checked.push_str(&format!("; MACs learned from the veths, as the datastore has none: {}", macs.join(", ")));
+    }
     if report.ok() {
         return format!("node {}: no problems found ({checked})\n", report.node);
     }
@@ -1738,7 +1771,7 @@ mod tests {
         let (entries, missing) =
             entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: 1500, nat_ports: (20000, 29999) }, |name| {
                 interfaces.get(name).copied()
-            });
+            }, &BTreeMap::new());
         assert!(missing.is_empty());
         (model, plan, interfaces, entries)
     }
@@ -2277,6 +2310,12 @@ mod tests {
             Report { node: "node-1".into(), findings: vec![], checked: Checked { links: 4, ..Checked::default() } };
         assert!(text(&report).starts_with("node node-1: no problems found (checked 4 program links"));
         assert_eq!(json(&report)["ok"], true);
+        // The MACs it expects without the datastore's word are named.
+        let mut learned = report.clone();
+        learned.checked.learned_macs.insert("default/web-1".into(), "0a:58:0a:f4:01:02".into());
+        let said = text(&learned);
+        assert!(said.contains("MACs learned from the veths, as the datastore has none: default/web-1 0a:58:0a:f4:01:02"), "{said}");
+        assert_eq!(json(&learned)["checked"]["learned_macs"]["default/web-1"], "0a:58:0a:f4:01:02");
         report.findings.push(Finding::new("pools", "IPPool x", "overlaps", "change it"));
         let printed = text(&report);
         assert!(printed.contains("[pools] IPPool x: overlaps\n    fix: change it"), "{printed}");

@@ -131,5 +131,7 @@ mod tests {
         let row = describe("10.244.1.2/32".parse().unwrap(), &route);
         assert_eq!((row.kind, row.encap, row.ifindex), ("local workload", "", Some(7)));
         assert_eq!(row.node_addr, None);
+        assert_eq!(row.mac.as_deref(), Some("0a:58:0a:f4:01:02"));
+        assert!(table(&[row]).contains("0a:58:0a:f4:01:02"));
     }
 }

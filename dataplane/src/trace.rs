@@ -1958,7 +1958,7 @@ mod tests {
             _ => None,
         };
         let (e, _) =
-            entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: 1500, nat_ports: (20000, 29999) }, ifindex);
+            entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: 1500, nat_ports: (20000, 29999) }, ifindex, &Default::default());
         State {
             node: Some(e.node),
             routes: e.routes,

@@ -109,7 +109,7 @@ impl Node {
         assert!(problems.is_empty(), "{problems:?}");
         let (plan, problems) = plan::compute(&model, name).expect("fixture plans");
         assert!(problems.is_empty(), "{problems:?}");
-        let (desired, missing) = entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: UPLINK_MTU, nat_ports: NAT_PORTS }, fixture_ifindex);
+        let (desired, missing) = entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: UPLINK_MTU, nat_ports: NAT_PORTS }, fixture_ifindex, &Default::default());
         assert!(missing.is_empty());
 
         let mut loader = dataplane::backend::bpf::loader(dataplane::backend::bpf::KernelLog::Off);
@@ -175,7 +175,7 @@ impl Node {
         let (model, _) = file::parse(cluster).expect("fixture parses");
         let (plan, _) = plan::compute(&model, name).expect("fixture plans");
         let uplink = entries::Uplink { ifindex: 2, mtu: UPLINK_MTU, nat_ports: NAT_PORTS };
-        let (desired, _) = entries::from_plan(&plan, uplink, fixture_ifindex);
+        let (desired, _) = entries::from_plan(&plan, uplink, fixture_ifindex, &Default::default());
         let mut routes: LpmTrie<_, Ipv4Bytes, Route> =
             LpmTrie::try_from(self.ebpf.map_mut(ROUTES_MAP).unwrap()).unwrap();
         for ((len, addr), route) in &desired.routes {

@@ -17,7 +17,9 @@
 //! namespace; it needs root and the agent binary. Pods ping each other across the nodes through
 //! the fast path; it measures change -> "fast path programmed" and checks what was programmed
 //! (routes, workloads) from the agents' own reports, and keeps traffic flowing through a 10 s
-//! outage of the API server.
+//! outage of the API server. As the datastore has no pod MACs, the agents learn each pod's MAC
+//! from its veth: the maps hold it (`dataplane routes`, the pinned workloads map) and packets
+//! captured in the pods are addressed to their own eth0.
 
 use std::{
     net::SocketAddr,
@@ -637,6 +639,16 @@ fn wait_log(agent: &ChildHandle, needle: &str, timeout: Duration) -> anyhow::Res
     Ok(())
 }
 
+/// The MAC of `pod`'s eth0, as `ip` prints it (`0a:58:0a:f4:01:02`).
+fn eth0_mac(lab: &Lab, pod: &dataplane_lab::LabPod) -> anyhow::Result<String> {
+    let output = lab.exec(&pod.netns, &["ip", "-j", "link", "show", "eth0"])?;
+    let links: Value = serde_json::from_slice(&output.stdout)?;
+    links[0]["address"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no address for eth0 of {}: {links}", pod.key))
+}
+
 #[test]
 fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()> {
     let test = "agents_run_from_the_kubernetes_api_on_the_two_node_lab";
@@ -724,12 +736,17 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
             &*pin.to_string_lossy(),
         ];
         let output = lab.exec_status(lab.node_netns(node)?, &argv)?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
         ensure!(
             output.status.success(),
-            "dataplane check on {node} failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
+            "dataplane check on {node} failed:\n{stdout}{}",
             String::from_utf8_lossy(&output.stderr)
         );
+        // It compared the learned MACs, and says which.
+        for pod in lab.pods().filter(|pod| pod.node == node) {
+            let expected = format!("{} {}", pod.endpoint, eth0_mac(&lab, pod)?);
+            ensure!(stdout.contains(&expected), "dataplane check on {node} does not name {expected:?}:\n{stdout}");
+        }
     }
     let mut timings = Vec::new();
     let web1 = lab.pod("default/web-1")?.clone();
@@ -743,6 +760,66 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
             node1.log(),
             node2.log()
         );
+    }
+
+    // The Kubernetes datastore has no pod MACs: each agent learned every pod's from its veth.
+    // The routes and workloads maps hold the pod's own eth0 MAC, and the fast path's packets
+    // arrive in the pod addressed to it (not to 00:00:00:00:00:00).
+    for pod in lab.pods() {
+        let mac = eth0_mac(&lab, pod)?;
+        let pin = lab.pin_path(&pod.node);
+        let routes: Value = serde_json::from_str(&dataplane(&[
+            "routes",
+            "-o",
+            "json",
+            "--pin-path",
+            &pin.to_string_lossy(),
+        ])?)?;
+        let prefix = format!("{}/32", pod.addr);
+        let route = routes
+            .as_array()
+            .and_then(|rows| rows.iter().find(|row| row["prefix"] == prefix.as_str()))
+            .with_context(|| format!("`dataplane routes` on {} has no {prefix}: {routes}", pod.node))?;
+        ensure!(
+            route["mac"] == mac.as_str(),
+            "{}: the route to {prefix} has mac {}, but the pod's eth0 is {mac}",
+            pod.node,
+            route["mac"]
+        );
+        let workloads = dataplane::check::read_workloads_map(&pin)?;
+        let entry = workloads
+            .values()
+            .find(|w| std::net::Ipv4Addr::from(w.addr) == pod.addr)
+            .with_context(|| format!("the workloads map of {} has no entry for {}", pod.node, pod.key))?;
+        ensure!(
+            dataplane::model::MacAddr(entry.mac).to_string() == mac,
+            "{}: the workloads map holds mac {} for {}, but its eth0 is {mac}",
+            pod.node,
+            dataplane::model::MacAddr(entry.mac),
+            pod.key
+        );
+    }
+    // Across the nodes (from_uplink delivers) and within node-1 (from_workload delivers).
+    let cache1 = lab.pod("default/cache-1")?.clone();
+    for (from, to) in [(&web2, &web1), (&web1, &web2), (&cache1, &web1)] {
+        let mac = eth0_mac(&lab, to)?;
+        let capture = lab.capture(&to.netns, "eth0", &format!("icmp and dst host {}", to.addr))?;
+        let pcap = capture.pcap_path().to_string_lossy().into_owned();
+        let pinged = lab.ping_ok(from, to.addr, 3);
+        capture.stop()?;
+        ensure!(pinged?, "{} cannot ping {} during the capture", from.key, to.key);
+        // -e prints the link-level header: "src > dst, ethertype IPv4 ...".
+        let output = std::process::Command::new("tcpdump").args(["-r", &pcap, "-nn", "-e"]).output()?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let requests: Vec<&str> = text.lines().filter(|line| line.contains("ICMP echo request")).collect();
+        ensure!(!requests.is_empty(), "no echo request from {} captured in {}:\n{text}", from.key, to.key);
+        for line in &requests {
+            ensure!(
+                line.contains(&format!("> {mac}, ethertype IPv4")),
+                "{} received a packet not addressed to its eth0 MAC {mac}:\n{text}",
+                to.key
+            );
+        }
     }
 
     // node-2 claims a second block: node-1 routes it.

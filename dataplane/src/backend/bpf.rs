@@ -40,6 +40,7 @@ use super::{
     diff::{diff, Changes},
     entries::{self, MapEntries, RouteKey},
     host_routes::{self, HostRoutes},
+    veth::PeerMacs,
 };
 use crate::{
     check,
@@ -127,6 +128,8 @@ pub struct BpfBackend {
     took_over: bool,
     /// The host's routes to blocks.
     host_routes: HostRoutes,
+    /// Pod MACs learned from the workloads' veths, for workloads the datastore gives none.
+    peer_macs: PeerMacs,
 }
 
 /// Reads the programs' aya-log ring buffer whenever it has records and writes them to the log
@@ -224,6 +227,7 @@ impl BpfBackend {
             attached: BTreeMap::new(),
             took_over: false,
             host_routes: HostRoutes::connect()?,
+            peer_macs: PeerMacs::connect()?,
         })
     }
 
@@ -240,8 +244,18 @@ impl BpfBackend {
         let uplink_ifindex = sys::ifindex(uplink)
             .with_context(|| format!("uplink interface {uplink:?} does not exist in this network namespace"))?;
         let uplink_mtu = sys::mtu(uplink)?;
-        let (mut desired, missing) =
-            entries::from_plan(plan, entries::Uplink { ifindex: uplink_ifindex, mtu: uplink_mtu, nat_ports }, sys::ifindex);
+        // The datastore may have no pod MACs (Kubernetes): learn those from the pods' veths.
+        let unknown: Vec<(&str, u32)> = entries::without_mac(plan)
+            .into_iter()
+            .filter_map(|interface| sys::ifindex(interface).map(|index| (interface, index)))
+            .collect();
+        let learned = self.peer_macs.learn(&unknown).await;
+        let (mut desired, missing) = entries::from_plan(
+            plan,
+            entries::Uplink { ifindex: uplink_ifindex, mtu: uplink_mtu, nat_ports },
+            sys::ifindex,
+            &learned,
+        );
         desired.node.timeouts = timeouts;
         for gap in &missing {
             warn!(workload = %gap.workload, interface = %gap.interface, "workload interface not found; will retry");

@@ -6,10 +6,14 @@ use std::collections::BTreeMap;
 
 use dataplane_common::{
     net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI},
-    peer_flags, route_flags, route_kind, workload_flags, FlowTimeouts, Ipv4Bytes, NodeConfig, Peer, Route, Workload,
+    peer_flags, route_flags, route_kind, workload_flags, FlowTimeouts, Ipv4Bytes, MacBytes, NodeConfig, Peer, Route,
+    Workload,
 };
 
-use crate::plan::{Encap, Plan, RouteTarget};
+use crate::{
+    model::MacAddr,
+    plan::{Encap, Plan, RouteTarget},
+};
 
 /// A routes map key: prefix length and network-order address.
 pub type RouteKey = (u32, Ipv4Bytes);
@@ -47,11 +51,30 @@ pub struct MissingInterface {
     pub interface: String,
 }
 
-/// Translates `plan` into map entries; `ifindex` resolves interface names on this node.
+/// The interfaces of the plan's workloads that have no MAC from the datastore (Calico's
+/// Kubernetes datastore stores none): the backend learns theirs from the kernel.
+pub fn without_mac(plan: &Plan) -> Vec<&str> {
+    plan.workloads
+        .iter()
+        .filter(|(_, workload)| workload.mac.is_none())
+        .map(|(interface, _)| interface.as_str())
+        .collect()
+}
+
+/// The destination MAC the fast path writes on packets it delivers to a workload: the
+/// datastore's when it has one, else the one learned from the pod's side of its veth, else zero
+/// (delivery still works, as bpf_redirect_peer keeps the packet type, but the pod sees 00:00:..).
+pub fn workload_mac(datastore: Option<MacAddr>, learned: Option<MacAddr>) -> MacBytes {
+    datastore.or(learned).map(|m| m.0).unwrap_or_default()
+}
+
+/// Translates `plan` into map entries; `ifindex` resolves interface names on this node and
+/// `learned` holds the MACs learned for workloads the datastore gives none (by interface).
 pub fn from_plan(
     plan: &Plan,
     uplink: Uplink,
     ifindex: impl Fn(&str) -> Option<u32>,
+    learned: &BTreeMap<String, MacAddr>,
 ) -> (MapEntries, Vec<MissingInterface>) {
     let mut entries = MapEntries {
         node: NodeConfig {
@@ -77,7 +100,7 @@ pub fn from_plan(
                     index,
                     Workload {
                         addr: workload.addr.octets(),
-                        mac: workload.mac.map(|m| m.0).unwrap_or_default(),
+                        mac: workload_mac(workload.mac, learned.get(interface).copied()),
                         flags: workload_flags_of(plan, workload.addr),
                         _pad: 0,
                     },
@@ -105,7 +128,7 @@ pub fn from_plan(
                 let Some(index) = ifindex(interface) else { continue };
                 route.kind = route_kind::LOCAL_WORKLOAD;
                 route.ifindex = index;
-                route.mac = mac.map(|m| m.0).unwrap_or_default();
+                route.mac = workload_mac(*mac, learned.get(interface).copied());
             }
             RouteTarget::LocalBlock => route.kind = route_kind::LOCAL_BLOCK,
             RouteTarget::RemoteBlock { node_addr, encap, .. } => {
@@ -145,10 +168,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::{
-        model::MacAddr,
-        plan::{NodePlan, PlannedPeer, PlannedRoute, PlannedWorkload},
-    };
+    use crate::plan::{NodePlan, PlannedPeer, PlannedRoute, PlannedWorkload};
 
     const UPLINK: Uplink = Uplink { ifindex: 2, mtu: 1500, nat_ports: (20000, 29999) };
 
@@ -207,7 +227,7 @@ mod tests {
 
     #[test]
     fn translates_routes_peers_and_workloads() {
-        let (entries, _) = from_plan(&plan(), UPLINK, |name| (name == "cali1").then_some(7));
+        let (entries, _) = from_plan(&plan(), UPLINK, |name| (name == "cali1").then_some(7), &BTreeMap::new());
         assert_eq!(entries.node.addr, [10, 100, 0, 11]);
         assert_eq!(entries.node.vni, 4096);
         assert_eq!(entries.node.vxlan_port, 4789);
@@ -235,18 +255,52 @@ mod tests {
         if let Some(route) = nat.routes.get_mut(&"10.244.1.2/32".parse().unwrap()) {
             route.nat_outgoing = true;
         }
-        let (entries, _) = from_plan(&nat, UPLINK, |name| (name == "cali1").then_some(7));
+        let (entries, _) = from_plan(&nat, UPLINK, |name| (name == "cali1").then_some(7), &BTreeMap::new());
         assert_eq!(entries.workloads[&7].flags, workload_flags::NAT_OUTGOING);
     }
 
     #[test]
     fn a_workload_without_its_interface_is_left_out_and_reported() {
-        let (entries, missing) = from_plan(&plan(), UPLINK, |name| (name == "cali1").then_some(7));
+        let (entries, missing) = from_plan(&plan(), UPLINK, |name| (name == "cali1").then_some(7), &BTreeMap::new());
         assert!(!entries.routes.contains_key(&(32, [10, 244, 1, 3])));
         assert_eq!(entries.workloads.len(), 1);
         assert_eq!(
             missing,
             vec![MissingInterface { workload: "default/gone".into(), interface: "cali-gone".into() }]
         );
+    }
+
+    #[test]
+    fn the_datastore_mac_wins_over_a_learned_one() {
+        let datastore = MacAddr([0x0a, 0x58, 10, 244, 1, 2]);
+        let learned = MacAddr([0x3a, 0x11, 0x22, 0x33, 0x44, 0x55]);
+        assert_eq!(workload_mac(Some(datastore), Some(learned)), datastore.0);
+        assert_eq!(workload_mac(Some(datastore), None), datastore.0);
+        assert_eq!(workload_mac(None, Some(learned)), learned.0);
+        assert_eq!(workload_mac(None, None), [0; 6], "nothing known: zero, and delivery still works");
+    }
+
+    #[test]
+    fn a_learned_mac_fills_the_workload_and_its_route() {
+        let mut plan = plan();
+        assert_eq!(without_mac(&plan), vec!["cali-gone", "cali1"]);
+        let learned_mac = MacAddr([0x3a, 0x11, 0x22, 0x33, 0x44, 0x55]);
+        let learned = BTreeMap::from([("cali1".to_owned(), learned_mac)]);
+        let (entries, _) = from_plan(&plan, UPLINK, |name| (name == "cali1").then_some(7), &learned);
+        assert_eq!(entries.workloads[&7].mac, learned_mac.0);
+        assert_eq!(entries.routes[&(32, [10, 244, 1, 2])].mac, learned_mac.0);
+
+        // With a MAC from the datastore nothing is learned for it, and a stale learned one is ignored.
+        let datastore = MacAddr([0x0a, 0x58, 10, 244, 1, 2]);
+        if let Some(workload) = plan.workloads.get_mut("cali1") {
+            workload.mac = Some(datastore);
+        }
+        if let Some(route) = plan.routes.get_mut(&"10.244.1.2/32".parse().unwrap()) {
+            route.target = RouteTarget::LocalWorkload { interface: "cali1".into(), mac: Some(datastore) };
+        }
+        assert_eq!(without_mac(&plan), vec!["cali-gone"]);
+        let (entries, _) = from_plan(&plan, UPLINK, |name| (name == "cali1").then_some(7), &learned);
+        assert_eq!(entries.workloads[&7].mac, datastore.0);
+        assert_eq!(entries.routes[&(32, [10, 244, 1, 2])].mac, datastore.0);
     }
 }

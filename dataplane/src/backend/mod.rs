@@ -8,3 +8,4 @@ pub mod entries;
 pub mod host_routes;
 pub mod netlink;
 pub mod nftables;
+pub mod veth;
