@@ -18,7 +18,7 @@ use dataplane_tests::{
     agent_bin,
     kube_api::KubeApi,
     kube_example::{affinity, serve_example, AFFINITIES},
-    workspace_root,
+    workspace_root, NAT_3,
 };
 use std::{
     fs::{self, File},
@@ -229,25 +229,6 @@ fn stream_never_stalled(mut client: ChildHandle, seconds: u32) -> anyhow::Result
     ensure!(json["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0) > 0, "nothing received:\n{report}");
     Ok(per_second)
 }
-
-/// A second pod of nat-pool on node-1, so that two pods can use the same source port towards
-/// the same server and collide on the node's address (as in nat.rs).
-const NAT_3: &str = "\
-apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata:
-  name: node--1-k8s-nat--3-eth0
-  namespace: default
-spec:
-  endpoint: eth0
-  interfaceName: cali7a50102d5c2
-  ipNetworks:
-  - 10.244.1.3/32
-  mac: 0a:58:0a:f4:01:03
-  node: node-1
-  orchestrator: k8s
-  pod: nat-3
-";
 
 /// The conntrack table of the flood test: small so that a few dozen flows fill it.
 const FLOOD_CONNTRACK_MAX: u64 = 64;

@@ -15,7 +15,7 @@
 //! the captures and sockets on the external host judge alone, and turning natOutgoing off and on
 //! again must remove and restore the agent's `table ip dataplane`.
 
-use dataplane_tests::{agent_bin, workspace_root};
+use dataplane_tests::{agent_bin, workspace_root, NAT_3};
 use std::{
     fs::{self, File},
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
@@ -734,24 +734,6 @@ fn rewrite_datastore(cluster: &mut Cluster, yaml: &str) -> anyhow::Result<()> {
     eprintln!("datastore rewritten; reprogrammed after {:?}", started.elapsed());
     Ok(())
 }
-
-/// A second natOutgoing pod on node-1, for flows that collide with nat-1's.
-const NAT_3: &str = "\
-apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata:
-  name: node--1-k8s-nat--3-eth0
-  namespace: default
-spec:
-  endpoint: eth0
-  interfaceName: cali7a50102d5c2
-  ipNetworks:
-  - 10.244.1.3/32
-  mac: 0a:58:0a:f4:01:03
-  node: node-1
-  orchestrator: k8s
-  pod: nat-3
-";
 
 #[test]
 fn colliding_flows_get_ports_from_a_small_range_until_it_is_exhausted() -> anyhow::Result<()> {
