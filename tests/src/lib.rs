@@ -5,6 +5,7 @@ pub mod kube_api;
 pub mod kube_example;
 pub mod packet;
 pub mod program;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 

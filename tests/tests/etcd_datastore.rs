@@ -9,7 +9,7 @@
 //! The last test runs the real agent on the two-node lab with `--datastore etcdv3`; it needs root
 //! and the agent binary, like the first light tests.
 
-use dataplane_tests::{agent_bin, workspace_root};
+use dataplane_tests::{agent_bin, watch::wait_for, workspace_root};
 use std::{
     fs,
     net::{Ipv4Addr, TcpListener},
@@ -540,27 +540,6 @@ fn make_certs(dir: &Path) -> anyhow::Result<Certs> {
     Ok(certs)
 }
 
-/// Waits for a snapshot that satisfies `wanted`; returns it and how long it took.
-fn wait_for(
-    watch: &WatchThread,
-    what: &str,
-    timeout: Duration,
-    wanted: impl Fn(&Snapshot) -> bool,
-) -> anyhow::Result<(Snapshot, Duration)> {
-    let started = Instant::now();
-    let deadline = started + timeout;
-    let mut last = None;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match watch.recv_timeout(left) {
-            Some(snapshot) if wanted(&snapshot) => return Ok((snapshot, started.elapsed())),
-            Some(snapshot) => last = Some(snapshot),
-            None if watch.is_finished() => bail!("the etcd watch ended while waiting for {what}"),
-            None => bail!("no snapshot with {what} within {timeout:?}; the last one was {last:#?}"),
-        }
-    }
-}
-
 fn has_block(snapshot: &Snapshot, cidr: &str, node: &str) -> bool {
     snapshot.model.blocks.iter().any(|b| b.cidr.to_string() == cidr && b.node == node && b.routes())
 }
@@ -993,6 +972,34 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// Starts the agents of node-1 and node-2 on this etcd (as calico-node reads it) and waits
+    /// until each has programmed its node.
+    fn start_agents(&mut self, bin: &str) -> anyhow::Result<()> {
+        for node in ["node-1", "node-2"] {
+            let netns = self.lab.node_netns(node)?.to_owned();
+            let pin = self.lab.pin_path(node);
+            let pin = pin.to_string_lossy();
+            let argv = [
+                bin,
+                "run",
+                "--datastore",
+                "etcdv3",
+                "--etcd-endpoints",
+                &self.endpoint,
+                "--node",
+                node,
+                "--pin-path",
+                &pin,
+            ];
+            let agent = self.lab.spawn(&netns, &argv, &format!("agent-{node}"))?;
+            self.agents.push(agent);
+        }
+        for agent in &mut self.agents {
+            agent.wait_for_log(AGENT_READY, Duration::from_secs(60))?;
+        }
+        Ok(())
+    }
+
     fn etcdctl_status(&self, args: &[&str]) -> anyhow::Result<Output> {
         let bin = self.etcdctl.to_string_lossy();
         let endpoints = format!("--endpoints={}", self.endpoint);
@@ -1063,28 +1070,7 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
         cluster.put(&key, &value)?;
     }
     let bin_text = bin.to_string_lossy().into_owned();
-    for node in ["node-1", "node-2"] {
-        let netns = cluster.lab.node_netns(node)?.to_owned();
-        let pin = cluster.lab.pin_path(node);
-        let pin = pin.to_string_lossy();
-        let argv = [
-            &*bin_text,
-            "run",
-            "--datastore",
-            "etcdv3",
-            "--etcd-endpoints",
-            &cluster.endpoint,
-            "--node",
-            node,
-            "--pin-path",
-            &pin,
-        ];
-        let agent = cluster.lab.spawn(&netns, &argv, &format!("agent-{node}"))?;
-        cluster.agents.push(agent);
-    }
-    for agent in &mut cluster.agents {
-        agent.wait_for_log(AGENT_READY, Duration::from_secs(60))?;
-    }
+    cluster.start_agents(&bin_text)?;
     let lab = &cluster.lab;
     let web1 = lab.pod("default/web-1")?.clone();
     let web2 = lab.pod("default/web-2")?.clone();
@@ -1330,28 +1316,7 @@ fn an_iperf3_stream_survives_etcd_down_for_30_s() -> anyhow::Result<()> {
     let export = [&*bin_text, "datastore", "export", "--to", "etcdv3", &*example, "--etcd-endpoints", &cluster.endpoint];
     let output = cluster.lab.exec_status(cluster.lab.fabric_netns(), &export)?;
     ensure!(output.status.success(), "export failed: {}", String::from_utf8_lossy(&output.stderr));
-    for node in ["node-1", "node-2"] {
-        let netns = cluster.lab.node_netns(node)?.to_owned();
-        let pin = cluster.lab.pin_path(node);
-        let pin = pin.to_string_lossy();
-        let argv = [
-            &*bin_text,
-            "run",
-            "--datastore",
-            "etcdv3",
-            "--etcd-endpoints",
-            &cluster.endpoint,
-            "--node",
-            node,
-            "--pin-path",
-            &pin,
-        ];
-        let agent = cluster.lab.spawn(&netns, &argv, &format!("agent-{node}"))?;
-        cluster.agents.push(agent);
-    }
-    for agent in &mut cluster.agents {
-        agent.wait_for_log(AGENT_READY, Duration::from_secs(60))?;
-    }
+    cluster.start_agents(&bin_text)?;
     let web1 = cluster.lab.pod("default/web-1")?.clone();
     let web2 = cluster.lab.pod("default/web-2")?.clone();
     ensure!(cluster.lab.ping_ok(&web1, web2.addr, 5)?, "web-1 cannot ping web-2\n{}", cluster.logs());

@@ -32,7 +32,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use dataplane_common::{CONNTRACK_MAP, ROUTES_MAP};
-use dataplane_lab::{Agent, AgentOptions, ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
+use dataplane_lab::{udp_socket_in, Agent, AgentOptions, ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
 use serde_json::Value;
 
 /// How long an agent may take to program its node (generous: the machine may be loaded).
@@ -123,23 +123,6 @@ fn map_occupancy(lab: &Lab, node: &str, name: &str) -> anyhow::Result<(u64, usiz
     let dump: Value = serde_json::from_slice(&dump.stdout).context("bpftool map dump did not print JSON")?;
     let entries = dump.as_array().with_context(|| format!("bpftool map dump of {pin} is not a list"))?.len();
     Ok((max, entries))
-}
-
-/// A UDP socket bound to `port` in `netns`, made by a thread that entered the namespace.
-fn udp_socket_in(netns: &str, port: u16) -> anyhow::Result<UdpSocket> {
-    let path = dataplane_lab::cmd::netns_path(netns);
-    let maker = thread::spawn(move || -> anyhow::Result<UdpSocket> {
-        let handle = File::open(&path).with_context(|| format!("opening {path}"))?;
-        // SAFETY: setns(2) on a valid descriptor; it moves only this short-lived thread.
-        if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns({path}): {}", std::io::Error::last_os_error());
-        }
-        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-            .with_context(|| format!("binding UDP port {port} in {path}"))?;
-        socket.set_read_timeout(Some(UDP_WAIT))?;
-        Ok(socket)
-    });
-    maker.join().map_err(|_| anyhow::anyhow!("the thread entering {netns} panicked"))?
 }
 
 /// Receives every datagram that arrives at `server` until none comes for `UDP_WAIT`: where
@@ -259,11 +242,11 @@ fn a_flood_of_new_flows_fills_conntrack_and_the_port_range_and_old_flows_keep_pa
     let nat1 = lab.pod("default/nat-1")?.clone();
     let nat3 = lab.pod("default/nat-3")?.clone();
     let external = lab.external().clone();
-    let server = udp_socket_in(&external.netns, UDP_SERVER_PORT)?;
+    let server = udp_socket_in(&external.netns, UDP_SERVER_PORT, Some(UDP_WAIT))?;
     let to = SocketAddrV4::new(external.addr, UDP_SERVER_PORT);
 
     // Opened before the flood: a UDP flow and a TCP stream (iperf3 to the external host).
-    let long_lived = udp_socket_in(&nat1.netns, 7000)?;
+    let long_lived = udp_socket_in(&nat1.netns, 7000, Some(UDP_WAIT))?;
     let seen = exchange(&long_lived, &server, to, "before the flood")?
         .context("nat-1:7000 never reached the external host")?;
     ensure!(*seen.ip() == NODE_1_ADDR, "nat-1:7000 arrived as {seen}, not from {NODE_1_ADDR}");
@@ -278,7 +261,7 @@ fn a_flood_of_new_flows_fills_conntrack_and_the_port_range_and_old_flows_keep_pa
     let mut sockets = Vec::new();
     for pod in [&nat1, &nat3] {
         for port in 20001..=20005 {
-            let socket = udp_socket_in(&pod.netns, port)?;
+            let socket = udp_socket_in(&pod.netns, port, Some(UDP_WAIT))?;
             socket.send_to(format!("{} {port}", pod.key).as_bytes(), to)?;
             sockets.push(socket);
         }
@@ -301,7 +284,7 @@ fn a_flood_of_new_flows_fills_conntrack_and_the_port_range_and_old_flows_keep_pa
     // The flood: many new flows from nat-1 until the table is full.
     let started = Instant::now();
     for port in 21000..21000 + FLOOD_FLOWS {
-        let socket = udp_socket_in(&nat1.netns, port)?;
+        let socket = udp_socket_in(&nat1.netns, port, Some(UDP_WAIT))?;
         socket.send_to(format!("flood {port}").as_bytes(), to)?;
         sockets.push(socket);
     }
@@ -324,7 +307,7 @@ fn a_flood_of_new_flows_fills_conntrack_and_the_port_range_and_old_flows_keep_pa
     ensure!(occupancy as u64 + 2 > max_entries, "the table refused flows with {occupancy}/{max_entries} entries");
 
     // Full: one more new flow is refused and counted; the flows opened before keep passing.
-    let late = udp_socket_in(&nat1.netns, 22000)?;
+    let late = udp_socket_in(&nat1.netns, 22000, Some(UDP_WAIT))?;
     ensure!(exchange(&late, &server, to, "one more")?.is_none(), "a new flow passed though conntrack was full");
     ensure!(stat(&lab, "node-1", "drop_conntrack_full")? > full_before + full, "the refused flow was not counted");
     let again = exchange(&long_lived, &server, to, "after the flood")?

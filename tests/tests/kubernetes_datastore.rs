@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{ensure, Context as _};
 use dataplane::{
     datastore::{
         kubernetes::{self, KubernetesConfig, WatchThread},
@@ -40,6 +40,7 @@ use dataplane_tests::{
     kube_example::{
         affinity, example_objects, node, pod, serve_example, AFFINITIES, BLOCKS, NODES, PODS, POOLS,
     },
+    watch::wait_for,
     workspace_root,
 };
 use serde_json::{json, Value};
@@ -82,29 +83,6 @@ fn start_watch(api: &KubeApi, node: Option<&str>) -> anyhow::Result<WatchThread>
         kubeconfig: Some(api.kubeconfig()?),
         node: node.map(str::to_owned),
     })
-}
-
-/// Waits for a snapshot that satisfies `wanted`; returns it and how long it took.
-fn wait_for(
-    watch: &WatchThread,
-    what: &str,
-    timeout: Duration,
-    wanted: impl Fn(&Snapshot) -> bool,
-) -> anyhow::Result<(Snapshot, Duration)> {
-    let started = Instant::now();
-    let deadline = started + timeout;
-    let mut last = None;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match watch.recv_timeout(left) {
-            Some(snapshot) if wanted(&snapshot) => return Ok((snapshot, started.elapsed())),
-            Some(snapshot) => last = Some(snapshot),
-            None if watch.is_finished() => {
-                bail!("the Kubernetes watch ended while waiting for {what}")
-            }
-            None => bail!("no snapshot with {what} within {timeout:?}; the last one was {last:#?}"),
-        }
-    }
 }
 
 /// The example cluster served, and a watch on it that has sent it.
