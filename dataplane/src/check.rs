@@ -22,8 +22,9 @@ use aya::{
     programs::{links::FdLink, links::PinnedLink, SchedClassifier, TcAttachType},
 };
 use dataplane_common::{
-    route_flags, route_kind, FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAP, NODE_MAP,
-    PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, ROUTES_MAP, WORKLOADS_MAP,
+    route_flags, route_kind, workload_flags, FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload,
+    CONNTRACK_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
+    ROUTES_MAP, WORKLOADS_MAP,
 };
 use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
@@ -430,117 +431,106 @@ pub fn diff_maps(
         Err(error) => findings.push(unreadable(ROUTES_MAP, error)),
         Ok(routes) => {
             let text = |key: &RouteKey, route: &Route| route_text(&prefix_of(key), route, names);
-            for (key, want) in &expected.routes {
-                if skip.contains(key) {
-                    continue;
-                }
-                let object = format!("{ROUTES_MAP} {}", prefix_of(key));
-                match routes.get(key) {
-                    None => findings.push(Finding::new(
-                        "maps",
-                        object,
-                        format!("missing: the datastore says {}", text(key, want)),
-                        FIX_AGENT,
-                    )),
-                    Some(have) if have != want => findings.push(Finding::new(
-                        "maps",
-                        object,
-                        format!("holds {}, the datastore says {}", text(key, have), text(key, want)),
-                        FIX_AGENT,
-                    )),
-                    Some(_) => {}
-                }
-            }
-            for (key, have) in routes {
-                if !expected.routes.contains_key(key) && !skip.contains(key) {
-                    findings.push(Finding::new(
-                        "maps",
-                        format!("{ROUTES_MAP} {}", prefix_of(key)),
-                        format!("extra: holds {}, which the datastore does not have", text(key, have)),
-                        FIX_AGENT,
-                    ));
-                }
-            }
+            findings.extend(entry_findings(
+                &expected.routes,
+                routes,
+                |key| skip.contains(key),
+                |key| format!("{ROUTES_MAP} {}", prefix_of(key)),
+                |key, difference| match difference {
+                    Difference::Missing { want } => format!("missing: the datastore says {}", text(key, want)),
+                    Difference::Differs { have, want } => {
+                        format!("holds {}, the datastore says {}", text(key, have), text(key, want))
+                    }
+                    Difference::Extra { have } => {
+                        format!("extra: holds {}, which the datastore does not have", text(key, have))
+                    }
+                },
+            ));
         }
     }
 
     match &observed.workloads {
         Err(error) => findings.push(unreadable(WORKLOADS_MAP, error)),
-        Ok(workloads) => {
-            let name = |index: &u32| match names.get(index) {
-                Some(name) => format!("ifindex {index} ({name})"),
-                None => format!("ifindex {index} (no such interface)"),
-            };
-            let text = |w: &Workload| format!("pod {} mac {}", Ipv4Addr::from(w.addr), MacAddr(w.mac));
-            for (index, want) in &expected.workloads {
-                let object = format!("{WORKLOADS_MAP} {}", name(index));
-                match workloads.get(index) {
-                    None => findings.push(Finding::new(
-                        "maps",
-                        object,
-                        format!(
-                            "missing: the datastore says {}; its packets are dropped as drop_unknown_workload",
-                            text(want)
-                        ),
-                        FIX_AGENT,
-                    )),
-                    Some(have) if have != want => findings.push(Finding::new(
-                        "maps",
-                        object,
-                        format!("holds {}, the datastore says {}", text(have), text(want)),
-                        FIX_AGENT,
-                    )),
-                    Some(_) => {}
+        Ok(workloads) => findings.extend(entry_findings(
+            &expected.workloads,
+            workloads,
+            |_| false,
+            |index| match names.get(index) {
+                Some(name) => format!("{WORKLOADS_MAP} ifindex {index} ({name})"),
+                None => format!("{WORKLOADS_MAP} ifindex {index} (no such interface)"),
+            },
+            |_, difference| match difference {
+                Difference::Missing { want } => format!(
+                    "missing: the datastore says {}; its packets are dropped as drop_unknown_workload",
+                    workload_text(want)
+                ),
+                Difference::Differs { have, want } => {
+                    format!("holds {}, the datastore says {}", workload_text(have), workload_text(want))
                 }
-            }
-            for (index, have) in workloads {
-                if !expected.workloads.contains_key(index) {
-                    findings.push(Finding::new(
-                        "maps",
-                        format!("{WORKLOADS_MAP} {}", name(index)),
-                        format!("extra: holds {}, which is no workload of this node", text(have)),
-                        FIX_AGENT,
-                    ));
+                Difference::Extra { have } => {
+                    format!("extra: holds {}, which is no workload of this node", workload_text(have))
                 }
-            }
-        }
+            },
+        )),
     }
 
     match &observed.peers {
         Err(error) => findings.push(unreadable(PEERS_MAP, error)),
-        Ok(peers) => {
-            for (addr, want) in &expected.peers {
-                let object = format!("{PEERS_MAP} {}", Ipv4Addr::from(*addr));
-                match peers.get(addr) {
-                    None => findings.push(Finding::new(
-                        "maps",
-                        object,
-                        format!(
-                            "missing: tunnel packets from this peer ({}) are dropped as drop_unknown_peer",
-                            peer_text(want)
-                        ),
-                        FIX_AGENT,
-                    )),
-                    Some(have) if have != want => findings.push(Finding::new(
-                        "maps",
-                        object,
-                        format!("accepts {}, the datastore says {}", peer_text(have), peer_text(want)),
-                        FIX_AGENT,
-                    )),
-                    Some(_) => {}
+        Ok(peers) => findings.extend(entry_findings(
+            &expected.peers,
+            peers,
+            |_| false,
+            |addr| format!("{PEERS_MAP} {}", Ipv4Addr::from(*addr)),
+            |_, difference| match difference {
+                Difference::Missing { want } => format!(
+                    "missing: tunnel packets from this peer ({}) are dropped as drop_unknown_peer",
+                    peer_text(want)
+                ),
+                Difference::Differs { have, want } => {
+                    format!("accepts {}, the datastore says {}", peer_text(have), peer_text(want))
                 }
-            }
-            for (addr, have) in peers {
-                if !expected.peers.contains_key(addr) {
-                    findings.push(Finding::new(
-                        "maps",
-                        format!("{PEERS_MAP} {}", Ipv4Addr::from(*addr)),
-                        format!("extra: accepts {} from an address that is no tunnelling peer", peer_text(have)),
-                        FIX_AGENT,
-                    ));
+                Difference::Extra { have } => {
+                    format!("extra: accepts {} from an address that is no tunnelling peer", peer_text(have))
                 }
+            },
+        )),
+    }
+    findings
+}
+
+/// How one map entry differs from what the datastore implies.
+enum Difference<'a, V> {
+    /// The datastore implies the entry, the map lacks it.
+    Missing { want: &'a V },
+    /// The map holds the key with another value.
+    Differs { have: &'a V, want: &'a V },
+    /// The map holds an entry the datastore does not imply.
+    Extra { have: &'a V },
+}
+
+/// One finding per key of `want` that `have` lacks or holds differently (in key order), then one
+/// per key of `have` that `want` lacks. Keys for which `skip` holds are not compared; `object`
+/// names the entry and `say` words the difference.
+fn entry_findings<K: Ord, V: PartialEq>(
+    want: &BTreeMap<K, V>,
+    have: &BTreeMap<K, V>,
+    skip: impl Fn(&K) -> bool,
+    object: impl Fn(&K) -> String,
+    say: impl Fn(&K, Difference<'_, V>) -> String,
+) -> Vec<Finding> {
+    let finding = |key: &K, difference| Finding::new("maps", object(key), say(key, difference), FIX_AGENT);
+    let mut findings = Vec::new();
+    for (key, wanted) in want.iter().filter(|(key, _)| !skip(key)) {
+        match have.get(key) {
+            None => findings.push(finding(key, Difference::Missing { want: wanted })),
+            Some(held) if held != wanted => {
+                findings.push(finding(key, Difference::Differs { have: held, want: wanted }))
             }
+            Some(_) => {}
         }
+    }
+    for (key, held) in have.iter().filter(|(key, _)| !skip(key) && !want.contains_key(key)) {
+        findings.push(finding(key, Difference::Extra { have: held }));
     }
     findings
 }
@@ -607,6 +597,16 @@ fn route_text(prefix: &Ipv4Net, route: &Route, names: &BTreeMap<u32, String>) ->
     }
     if !row.in_pool {
         text.push_str(" (outside the pools)");
+    }
+    text
+}
+
+/// A workloads map entry in words: the pod's address and MAC, and `natOutgoing` when its pool
+/// has it (the flag the hot path reads to decide SNAT).
+pub fn workload_text(workload: &Workload) -> String {
+    let mut text = format!("pod {} mac {}", Ipv4Addr::from(workload.addr), MacAddr(workload.mac));
+    if workload.flags & workload_flags::NAT_OUTGOING != 0 {
+        text.push_str(" natOutgoing");
     }
     text
 }
@@ -1957,6 +1957,27 @@ mod tests {
         assert!(findings[1].problem.contains("local workload ifindex 5 (cali0761ccbeace)"), "{}", findings[1].problem);
         assert!(findings[2].problem.contains("ifindex 9 (no such interface)"), "{}", findings[2].problem);
         assert!(findings[4].problem.contains("drop_unknown_peer"));
+    }
+
+    #[test]
+    fn a_workload_entry_shows_its_nat_outgoing_flag() {
+        let workload = Workload { addr: [10, 244, 1, 5], mac: [0x0a, 0x58, 0, 0, 0, 5], flags: 0, _pad: 0 };
+        assert_eq!(workload_text(&workload), "pod 10.244.1.5 mac 0a:58:00:00:00:05");
+        let nat = Workload { flags: workload_flags::NAT_OUTGOING, ..workload };
+        assert_eq!(workload_text(&nat), "pod 10.244.1.5 mac 0a:58:00:00:00:05 natOutgoing");
+
+        // A map entry that lost the flag: the finding says which side has it.
+        let (_, _, _, mut entries) = node_1();
+        entries.workloads.get_mut(&6).expect("cache-1").flags = workload_flags::NAT_OUTGOING;
+        let mut observed = observed_from(&entries);
+        if let Ok(workloads) = &mut observed.workloads {
+            workloads.get_mut(&6).expect("cache-1").flags = 0;
+        }
+        let findings = diff_maps(&entries, &observed, &BTreeSet::new(), &BTreeMap::new());
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        let (have, want) = findings[0].problem.split_once(", the datastore says ").expect("a difference");
+        assert!(!have.contains("natOutgoing"), "{have}");
+        assert!(want.ends_with(" natOutgoing"), "{want}");
     }
 
     #[test]

@@ -578,7 +578,7 @@ impl Tracer<'_> {
                 ),
             ));
         }
-        self.step(format!("{WORKLOADS_MAP}[{ifindex}] is pod {own}: the source is its own"));
+        self.step(format!("{WORKLOADS_MAP}[{ifindex}] is {}: the source is its own", check::workload_text(&workload)));
         if probe.options {
             let output = self.output(probe.ttl);
             return self.pass(Stat::PassToStack, "IP options: the kernel's router handles them", output);
@@ -2036,6 +2036,8 @@ mod tests {
         assert_eq!((p.action, p.stat), (Action::Redirect, Stat::SnatNew));
         let out = p.output.expect("output");
         assert_eq!((out.src, out.sport, out.dst, out.tunnel), (NODE_1, Some(33333), EXTERNAL, None));
+        // The workload entry's flag is shown where the trace reads the entry.
+        assert!(p.steps.iter().any(|s| s.starts_with(WORKLOADS_MAP) && s.contains(" natOutgoing:")), "{:?}", p.steps);
         // To the node itself: no translation.
         let p = from_pod(POD_A, NODE_1, Proto::Tcp);
         assert_eq!((p.action, p.stat), (Action::Pass, Stat::PassToStack));

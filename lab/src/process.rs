@@ -174,6 +174,66 @@ impl ChildHandle {
     }
 }
 
+/// How often the agent's log is polled for a new "fast path programmed" line: short, because
+/// tests report how long after a datastore write the agent programmed it.
+const PROGRAMMED_POLL: Duration = Duration::from_millis(2);
+
+/// For a handle that runs the agent: its [`AGENT_READY`] lines, one per successful reconcile.
+impl ChildHandle {
+    /// How many times the agent has programmed its fast path so far.
+    pub fn programmed(&self) -> usize {
+        self.log().matches(AGENT_READY).count()
+    }
+
+    /// Waits until the agent programs its fast path again after `before` passes (a count from
+    /// [`ChildHandle::programmed`]); returns how long after `since` that happened.
+    pub fn wait_programmed(&self, before: usize, since: Instant, timeout: Duration) -> anyhow::Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.programmed() > before {
+                return Ok(since.elapsed());
+            }
+            thread::sleep(PROGRAMMED_POLL);
+        }
+        bail!("{} did not program its fast path again within {timeout:?}:\n{}", self.name, self.log())
+    }
+
+    /// A numeric field (`routes=5`) of the agent's `nth` [`AGENT_READY`] line, counting from 1;
+    /// `usize::MAX` for the last one.
+    pub fn programmed_field(&self, field: &str, nth: usize) -> anyhow::Result<usize> {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().filter(|line| line.contains(AGENT_READY)).collect();
+        let line = match nth {
+            usize::MAX => lines.last(),
+            nth => lines.get(nth.saturating_sub(1)),
+        }
+        .with_context(|| format!("{} has no {nth}th {AGENT_READY:?} line:\n{log}", self.name))?;
+        let needle = format!(" {field}=");
+        let start = line.find(&needle).with_context(|| format!("no {field}= in {line}"))? + needle.len();
+        let digits: String = line[start..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        digits.parse().with_context(|| format!("{field}= is not a number in {line}"))
+    }
+
+    /// Waits until the agent's last [`AGENT_READY`] line has `field` equal to `want`; returns how
+    /// long after `since` that was seen.
+    pub fn wait_programmed_field(
+        &self,
+        field: &str,
+        want: usize,
+        since: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.programmed_field(field, usize::MAX).ok() == Some(want) {
+                return Ok(since.elapsed());
+            }
+            thread::sleep(PROGRAMMED_POLL);
+        }
+        bail!("{} never programmed {field}={want} within {timeout:?}:\n{}", self.name, self.log())
+    }
+}
+
 impl Drop for ChildHandle {
     fn drop(&mut self) {
         if let Err(e) = self.terminate(DROP_GRACE) {

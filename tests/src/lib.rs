@@ -5,6 +5,7 @@ pub mod kube_api;
 pub mod kube_example;
 pub mod packet;
 pub mod program;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 
@@ -18,3 +19,23 @@ pub fn workspace_root() -> PathBuf {
 pub fn agent_bin() -> PathBuf {
     std::env::var_os("DATAPLANE_BIN").map_or_else(|| workspace_root().join("target/debug/dataplane"), PathBuf::from)
 }
+
+/// A second pod of `nat-pool` on node-1 of examples/nat.yaml, to append to it as one more YAML
+/// document: two pods can use the same source port towards the same server and so collide on
+/// the node's address (one pod cannot collide with itself: its flows differ by their own ports).
+pub const NAT_3: &str = "\
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata:
+  name: node--1-k8s-nat--3-eth0
+  namespace: default
+spec:
+  endpoint: eth0
+  interfaceName: cali7a50102d5c2
+  ipNetworks:
+  - 10.244.1.3/32
+  mac: 0a:58:0a:f4:01:03
+  node: node-1
+  orchestrator: k8s
+  pod: nat-3
+";

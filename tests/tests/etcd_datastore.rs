@@ -9,7 +9,7 @@
 //! The last test runs the real agent on the two-node lab with `--datastore etcdv3`; it needs root
 //! and the agent binary, like the first light tests.
 
-use dataplane_tests::{agent_bin, workspace_root};
+use dataplane_tests::{agent_bin, watch::wait_for, workspace_root};
 use std::{
     fs,
     net::{Ipv4Addr, TcpListener},
@@ -540,27 +540,6 @@ fn make_certs(dir: &Path) -> anyhow::Result<Certs> {
     Ok(certs)
 }
 
-/// Waits for a snapshot that satisfies `wanted`; returns it and how long it took.
-fn wait_for(
-    watch: &WatchThread,
-    what: &str,
-    timeout: Duration,
-    wanted: impl Fn(&Snapshot) -> bool,
-) -> anyhow::Result<(Snapshot, Duration)> {
-    let started = Instant::now();
-    let deadline = started + timeout;
-    let mut last = None;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match watch.recv_timeout(left) {
-            Some(snapshot) if wanted(&snapshot) => return Ok((snapshot, started.elapsed())),
-            Some(snapshot) => last = Some(snapshot),
-            None if watch.is_finished() => bail!("the etcd watch ended while waiting for {what}"),
-            None => bail!("no snapshot with {what} within {timeout:?}; the last one was {last:#?}"),
-        }
-    }
-}
-
 fn has_block(snapshot: &Snapshot, cidr: &str, node: &str) -> bool {
     snapshot.model.blocks.iter().any(|b| b.cidr.to_string() == cidr && b.node == node && b.routes())
 }
@@ -944,67 +923,6 @@ fn a_large_cluster_is_read_in_pages_at_one_revision() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How many times an agent has programmed its fast path so far.
-fn programmed(agent: &ChildHandle) -> usize {
-    agent.log().matches(AGENT_READY).count()
-}
-
-/// Waits until `agent` programs its fast path again after `before` passes; returns how long after
-/// `since` that happened.
-fn wait_programmed(agent: &ChildHandle, before: usize, since: Instant) -> anyhow::Result<Duration> {
-    let deadline = Instant::now() + CHANGE_TIMEOUT;
-    while Instant::now() < deadline {
-        if programmed(agent) > before {
-            return Ok(since.elapsed());
-        }
-        thread::sleep(Duration::from_millis(2));
-    }
-    bail!(
-        "{} did not program its fast path again within {CHANGE_TIMEOUT:?}:\n{}",
-        agent.name(),
-        agent.log()
-    )
-}
-
-/// A numeric field (`routes=5`) of the agent's `nth` "fast path programmed" line, counting from
-/// 1; `usize::MAX` for the last one.
-fn last_field(agent: &ChildHandle, field: &str, nth: usize) -> anyhow::Result<usize> {
-    let log = agent.log();
-    let lines: Vec<&str> = log.lines().filter(|line| line.contains(AGENT_READY)).collect();
-    let line = match nth {
-        usize::MAX => lines.last(),
-        nth => lines.get(nth.saturating_sub(1)),
-    }
-    .with_context(|| format!("{} has no {nth}th {AGENT_READY:?} line:\n{log}", agent.name()))?;
-    let needle = format!(" {field}=");
-    let start =
-        line.find(&needle).with_context(|| format!("no {field}= in {line}"))? + needle.len();
-    let digits: String = line[start..].chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().with_context(|| format!("{field}= is not a number in {line}"))
-}
-
-/// Waits until the agent's last "fast path programmed" line has `field` equal to `want`; returns
-/// how long after `since` that was seen.
-fn wait_field(
-    agent: &ChildHandle,
-    field: &str,
-    want: usize,
-    since: Instant,
-) -> anyhow::Result<Duration> {
-    let deadline = Instant::now() + CHANGE_TIMEOUT;
-    while Instant::now() < deadline {
-        if last_field(agent, field, usize::MAX)? == want {
-            return Ok(since.elapsed());
-        }
-        thread::sleep(Duration::from_millis(2));
-    }
-    bail!(
-        "{} never programmed {field}={want} within {CHANGE_TIMEOUT:?}:\n{}",
-        agent.name(),
-        agent.log()
-    )
-}
-
 /// The lab, its etcd and its agents. Fields drop in order: agents, then etcd, then the lab.
 struct EtcdCluster {
     agents: Vec<ChildHandle>,
@@ -1050,6 +968,34 @@ impl EtcdCluster {
         {
             ensure!(Instant::now() < deadline, "etcd in the lab did not answer within 20 s");
             thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Starts the agents of node-1 and node-2 on this etcd (as calico-node reads it) and waits
+    /// until each has programmed its node.
+    fn start_agents(&mut self, bin: &str) -> anyhow::Result<()> {
+        for node in ["node-1", "node-2"] {
+            let netns = self.lab.node_netns(node)?.to_owned();
+            let pin = self.lab.pin_path(node);
+            let pin = pin.to_string_lossy();
+            let argv = [
+                bin,
+                "run",
+                "--datastore",
+                "etcdv3",
+                "--etcd-endpoints",
+                &self.endpoint,
+                "--node",
+                node,
+                "--pin-path",
+                &pin,
+            ];
+            let agent = self.lab.spawn(&netns, &argv, &format!("agent-{node}"))?;
+            self.agents.push(agent);
+        }
+        for agent in &mut self.agents {
+            agent.wait_for_log(AGENT_READY, Duration::from_secs(60))?;
         }
         Ok(())
     }
@@ -1124,28 +1070,7 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
         cluster.put(&key, &value)?;
     }
     let bin_text = bin.to_string_lossy().into_owned();
-    for node in ["node-1", "node-2"] {
-        let netns = cluster.lab.node_netns(node)?.to_owned();
-        let pin = cluster.lab.pin_path(node);
-        let pin = pin.to_string_lossy();
-        let argv = [
-            &*bin_text,
-            "run",
-            "--datastore",
-            "etcdv3",
-            "--etcd-endpoints",
-            &cluster.endpoint,
-            "--node",
-            node,
-            "--pin-path",
-            &pin,
-        ];
-        let agent = cluster.lab.spawn(&netns, &argv, &format!("agent-{node}"))?;
-        cluster.agents.push(agent);
-    }
-    for agent in &mut cluster.agents {
-        agent.wait_for_log(AGENT_READY, Duration::from_secs(60))?;
-    }
+    cluster.start_agents(&bin_text)?;
     let lab = &cluster.lab;
     let web1 = lab.pod("default/web-1")?.clone();
     let web2 = lab.pod("default/web-2")?.clone();
@@ -1163,22 +1088,22 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     // cleared, as Calico's IPAM does): node-1 stops routing to the block.
     let block = "10.244.2.0-26";
     let released = json!({"cidr": "10.244.2.0/26", "affinity": null, "allocations": [], "unallocated": [], "attributes": []});
-    let before = programmed(&cluster.agents[0]);
+    let before = cluster.agents[0].programmed();
     let started = Instant::now();
     cluster.etcdctl(&["del", &affinity_key("node-2", block)])?;
     cluster.put(&assignment_key(block), &released.to_string())?;
     // Two commands, so wait for the state after both: one route less on node-1.
-    let routes_before = last_field(&cluster.agents[0], "routes", before)?;
-    let removed = wait_field(&cluster.agents[0], "routes", routes_before - 1, started)?;
+    let routes_before = cluster.agents[0].programmed_field("routes", before)?;
+    let removed = cluster.agents[0].wait_programmed_field("routes", routes_before - 1, started, CHANGE_TIMEOUT)?;
 
     // Claimed again: traffic flows again.
     let keys = calico_keys(&model);
-    let before = programmed(&cluster.agents[0]);
+    let before = cluster.agents[0].programmed();
     let started = Instant::now();
     for (key, value) in keys.iter().filter(|(key, _)| key.ends_with(block)) {
         cluster.put(key, value)?;
     }
-    let added = wait_programmed(&cluster.agents[0], before, started)?;
+    let added = cluster.agents[0].wait_programmed(before, started, CHANGE_TIMEOUT)?;
     ensure!(
         cluster.lab.ping_ok(&web1, web2.addr, 5)?,
         "web-1 cannot reach web-2 after the block came back\n{}",
@@ -1190,19 +1115,19 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
         .iter()
         .find(|(key, _)| key.ends_with("/default/node--2-k8s-web--2-eth0"))
         .context("web-2's endpoint key")?;
-    let before = programmed(&cluster.agents[1]);
+    let before = cluster.agents[1].programmed();
     let started = Instant::now();
     cluster.etcdctl(&["del", wep_key])?;
-    let wep_deleted = wait_programmed(&cluster.agents[1], before, started)?;
+    let wep_deleted = cluster.agents[1].wait_programmed(before, started, CHANGE_TIMEOUT)?;
     ensure!(
-        last_field(&cluster.agents[1], "workloads", usize::MAX)? == 0,
+        cluster.agents[1].programmed_field("workloads", usize::MAX)? == 0,
         "node-2 still programs a workload without web-2's endpoint\n{}",
         cluster.agents[1].log()
     );
-    let before = programmed(&cluster.agents[1]);
+    let before = cluster.agents[1].programmed();
     let started = Instant::now();
     cluster.put(wep_key, wep_value)?;
-    let wep_added = wait_programmed(&cluster.agents[1], before, started)?;
+    let wep_added = cluster.agents[1].wait_programmed(before, started, CHANGE_TIMEOUT)?;
     ensure!(
         cluster.lab.ping_ok(&web1, web2.addr, 5)?,
         "web-1 cannot reach web-2 after its endpoint came back\n{}",
@@ -1214,7 +1139,7 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     );
 
     // etcd stops: the agents keep the fast path and say so; etcd back: they re-read and resync.
-    let before: Vec<usize> = cluster.agents.iter().map(programmed).collect();
+    let before: Vec<usize> = cluster.agents.iter().map(ChildHandle::programmed).collect();
     if let Some(mut etcd) = cluster.etcd.take() {
         etcd.terminate(Duration::from_secs(5))?;
     }
@@ -1242,7 +1167,7 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
             ensure!(Instant::now() < deadline, "{} did not say it reconnected:\n{}", agent.name(), agent.log());
             thread::sleep(Duration::from_millis(200));
         }
-        let took = wait_programmed(agent, before, restarted)?;
+        let took = agent.wait_programmed(before, restarted, CHANGE_TIMEOUT)?;
         eprintln!("{} resynced {took:?} after etcd was restarted", agent.name());
     }
     ensure!(
@@ -1391,28 +1316,7 @@ fn an_iperf3_stream_survives_etcd_down_for_30_s() -> anyhow::Result<()> {
     let export = [&*bin_text, "datastore", "export", "--to", "etcdv3", &*example, "--etcd-endpoints", &cluster.endpoint];
     let output = cluster.lab.exec_status(cluster.lab.fabric_netns(), &export)?;
     ensure!(output.status.success(), "export failed: {}", String::from_utf8_lossy(&output.stderr));
-    for node in ["node-1", "node-2"] {
-        let netns = cluster.lab.node_netns(node)?.to_owned();
-        let pin = cluster.lab.pin_path(node);
-        let pin = pin.to_string_lossy();
-        let argv = [
-            &*bin_text,
-            "run",
-            "--datastore",
-            "etcdv3",
-            "--etcd-endpoints",
-            &cluster.endpoint,
-            "--node",
-            node,
-            "--pin-path",
-            &pin,
-        ];
-        let agent = cluster.lab.spawn(&netns, &argv, &format!("agent-{node}"))?;
-        cluster.agents.push(agent);
-    }
-    for agent in &mut cluster.agents {
-        agent.wait_for_log(AGENT_READY, Duration::from_secs(60))?;
-    }
+    cluster.start_agents(&bin_text)?;
     let web1 = cluster.lab.pod("default/web-1")?.clone();
     let web2 = cluster.lab.pod("default/web-2")?.clone();
     ensure!(cluster.lab.ping_ok(&web1, web2.addr, 5)?, "web-1 cannot ping web-2\n{}", cluster.logs());
@@ -1429,7 +1333,7 @@ fn an_iperf3_stream_survives_etcd_down_for_30_s() -> anyhow::Result<()> {
     thread::sleep(Duration::from_secs(3));
 
     // etcd down for 30 s, as the issue asks.
-    let before: Vec<usize> = cluster.agents.iter().map(programmed).collect();
+    let before: Vec<usize> = cluster.agents.iter().map(ChildHandle::programmed).collect();
     if let Some(mut etcd) = cluster.etcd.take() {
         etcd.terminate(Duration::from_secs(5))?;
     }
@@ -1456,12 +1360,12 @@ fn an_iperf3_stream_survives_etcd_down_for_30_s() -> anyhow::Result<()> {
             ensure!(Instant::now() < deadline, "{} did not say it reconnected:\n{}", agent.name(), agent.log());
             thread::sleep(Duration::from_millis(200));
         }
-        let took = wait_programmed(agent, before, restarted)?;
+        let took = agent.wait_programmed(before, restarted, CHANGE_TIMEOUT)?;
         eprintln!("{} resynced {took:?} after etcd was started again (it was down {down:?})", agent.name());
     }
 
     // A change after etcd returns is applied: a new endpoint on node-2.
-    let workloads = last_field(&cluster.agents[1], "workloads", usize::MAX)?;
+    let workloads = cluster.agents[1].programmed_field("workloads", usize::MAX)?;
     let endpoint = json!({
         "apiVersion": "projectcalico.org/v3",
         "kind": "WorkloadEndpoint",
@@ -1470,7 +1374,7 @@ fn an_iperf3_stream_survives_etcd_down_for_30_s() -> anyhow::Result<()> {
     });
     let started = Instant::now();
     cluster.put(&workload_key("default", "node--2-k8s-late--2-eth0"), &endpoint.to_string())?;
-    let applied = wait_field(&cluster.agents[1], "workloads", workloads + 1, started)?;
+    let applied = cluster.agents[1].wait_programmed_field("workloads", workloads + 1, started, CHANGE_TIMEOUT)?;
     eprintln!("a new endpoint put after etcd came back was programmed on node-2 in {applied:?}");
 
     // The stream ran through it all.

@@ -18,7 +18,7 @@ use dataplane_tests::{
     agent_bin,
     kube_api::KubeApi,
     kube_example::{affinity, serve_example, AFFINITIES},
-    workspace_root,
+    workspace_root, NAT_3,
 };
 use std::{
     fs::{self, File},
@@ -32,7 +32,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use dataplane_common::{CONNTRACK_MAP, ROUTES_MAP};
-use dataplane_lab::{Agent, AgentOptions, ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
+use dataplane_lab::{udp_socket_in, Agent, AgentOptions, ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
 use serde_json::Value;
 
 /// How long an agent may take to program its node (generous: the machine may be loaded).
@@ -125,23 +125,6 @@ fn map_occupancy(lab: &Lab, node: &str, name: &str) -> anyhow::Result<(u64, usiz
     Ok((max, entries))
 }
 
-/// A UDP socket bound to `port` in `netns`, made by a thread that entered the namespace.
-fn udp_socket_in(netns: &str, port: u16) -> anyhow::Result<UdpSocket> {
-    let path = dataplane_lab::cmd::netns_path(netns);
-    let maker = thread::spawn(move || -> anyhow::Result<UdpSocket> {
-        let handle = File::open(&path).with_context(|| format!("opening {path}"))?;
-        // SAFETY: setns(2) on a valid descriptor; it moves only this short-lived thread.
-        if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns({path}): {}", std::io::Error::last_os_error());
-        }
-        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-            .with_context(|| format!("binding UDP port {port} in {path}"))?;
-        socket.set_read_timeout(Some(UDP_WAIT))?;
-        Ok(socket)
-    });
-    maker.join().map_err(|_| anyhow::anyhow!("the thread entering {netns} panicked"))?
-}
-
 /// Receives every datagram that arrives at `server` until none comes for `UDP_WAIT`: where
 /// each came from (as the external host sees it) and what it said.
 fn drain(server: &UdpSocket) -> anyhow::Result<Vec<(SocketAddrV4, String)>> {
@@ -230,25 +213,6 @@ fn stream_never_stalled(mut client: ChildHandle, seconds: u32) -> anyhow::Result
     Ok(per_second)
 }
 
-/// A second pod of nat-pool on node-1, so that two pods can use the same source port towards
-/// the same server and collide on the node's address (as in nat.rs).
-const NAT_3: &str = "\
-apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata:
-  name: node--1-k8s-nat--3-eth0
-  namespace: default
-spec:
-  endpoint: eth0
-  interfaceName: cali7a50102d5c2
-  ipNetworks:
-  - 10.244.1.3/32
-  mac: 0a:58:0a:f4:01:03
-  node: node-1
-  orchestrator: k8s
-  pod: nat-3
-";
-
 /// The conntrack table of the flood test: small so that a few dozen flows fill it.
 const FLOOD_CONNTRACK_MAX: u64 = 64;
 /// The SNAT port range of the flood test: two ports, so that three collisions exhaust it.
@@ -278,11 +242,11 @@ fn a_flood_of_new_flows_fills_conntrack_and_the_port_range_and_old_flows_keep_pa
     let nat1 = lab.pod("default/nat-1")?.clone();
     let nat3 = lab.pod("default/nat-3")?.clone();
     let external = lab.external().clone();
-    let server = udp_socket_in(&external.netns, UDP_SERVER_PORT)?;
+    let server = udp_socket_in(&external.netns, UDP_SERVER_PORT, Some(UDP_WAIT))?;
     let to = SocketAddrV4::new(external.addr, UDP_SERVER_PORT);
 
     // Opened before the flood: a UDP flow and a TCP stream (iperf3 to the external host).
-    let long_lived = udp_socket_in(&nat1.netns, 7000)?;
+    let long_lived = udp_socket_in(&nat1.netns, 7000, Some(UDP_WAIT))?;
     let seen = exchange(&long_lived, &server, to, "before the flood")?
         .context("nat-1:7000 never reached the external host")?;
     ensure!(*seen.ip() == NODE_1_ADDR, "nat-1:7000 arrived as {seen}, not from {NODE_1_ADDR}");
@@ -297,7 +261,7 @@ fn a_flood_of_new_flows_fills_conntrack_and_the_port_range_and_old_flows_keep_pa
     let mut sockets = Vec::new();
     for pod in [&nat1, &nat3] {
         for port in 20001..=20005 {
-            let socket = udp_socket_in(&pod.netns, port)?;
+            let socket = udp_socket_in(&pod.netns, port, Some(UDP_WAIT))?;
             socket.send_to(format!("{} {port}", pod.key).as_bytes(), to)?;
             sockets.push(socket);
         }
@@ -320,7 +284,7 @@ fn a_flood_of_new_flows_fills_conntrack_and_the_port_range_and_old_flows_keep_pa
     // The flood: many new flows from nat-1 until the table is full.
     let started = Instant::now();
     for port in 21000..21000 + FLOOD_FLOWS {
-        let socket = udp_socket_in(&nat1.netns, port)?;
+        let socket = udp_socket_in(&nat1.netns, port, Some(UDP_WAIT))?;
         socket.send_to(format!("flood {port}").as_bytes(), to)?;
         sockets.push(socket);
     }
@@ -343,7 +307,7 @@ fn a_flood_of_new_flows_fills_conntrack_and_the_port_range_and_old_flows_keep_pa
     ensure!(occupancy as u64 + 2 > max_entries, "the table refused flows with {occupancy}/{max_entries} entries");
 
     // Full: one more new flow is refused and counted; the flows opened before keep passing.
-    let late = udp_socket_in(&nat1.netns, 22000)?;
+    let late = udp_socket_in(&nat1.netns, 22000, Some(UDP_WAIT))?;
     ensure!(exchange(&late, &server, to, "one more")?.is_none(), "a new flow passed though conntrack was full");
     ensure!(stat(&lab, "node-1", "drop_conntrack_full")? > full_before + full, "the refused flow was not counted");
     let again = exchange(&long_lived, &server, to, "after the flood")?

@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{ensure, Context as _};
 use dataplane::{
     datastore::{
         kubernetes::{self, KubernetesConfig, WatchThread},
@@ -42,6 +42,7 @@ use dataplane_tests::{
     kube_example::{
         affinity, example_objects, node, pod, serve_example, AFFINITIES, BLOCKS, NODES, PODS, POOLS,
     },
+    watch::wait_for,
     workspace_root,
 };
 use serde_json::{json, Value};
@@ -51,6 +52,8 @@ const EXAMPLE: &str = "examples/two-nodes.yaml";
 /// How long a change may take to arrive as a snapshot (it takes milliseconds; the margin is for
 /// a loaded machine).
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an agent may take to program its fast path again after a change or a restart.
+const PROGRAMMED_TIMEOUT: Duration = Duration::from_secs(20);
 
 
 /// The example cluster as the file datastore reads it, without pod MACs (the Kubernetes
@@ -82,29 +85,6 @@ fn start_watch(api: &KubeApi, node: Option<&str>) -> anyhow::Result<WatchThread>
         kubeconfig: Some(api.kubeconfig()?),
         node: node.map(str::to_owned),
     })
-}
-
-/// Waits for a snapshot that satisfies `wanted`; returns it and how long it took.
-fn wait_for(
-    watch: &WatchThread,
-    what: &str,
-    timeout: Duration,
-    wanted: impl Fn(&Snapshot) -> bool,
-) -> anyhow::Result<(Snapshot, Duration)> {
-    let started = Instant::now();
-    let deadline = started + timeout;
-    let mut last = None;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match watch.recv_timeout(left) {
-            Some(snapshot) if wanted(&snapshot) => return Ok((snapshot, started.elapsed())),
-            Some(snapshot) => last = Some(snapshot),
-            None if watch.is_finished() => {
-                bail!("the Kubernetes watch ended while waiting for {what}")
-            }
-            None => bail!("no snapshot with {what} within {timeout:?}; the last one was {last:#?}"),
-        }
-    }
 }
 
 /// The example cluster served, and a watch on it that has sent it.
@@ -559,71 +539,6 @@ fn run_refuses_a_kubeconfig_it_cannot_read() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How many times an agent has programmed its fast path so far.
-fn programmed(agent: &ChildHandle) -> usize {
-    agent.log().matches(AGENT_READY).count()
-}
-
-/// A numeric field (`routes=5`) of the agent's last "fast path programmed" line.
-fn last_field(agent: &ChildHandle, field: &str) -> anyhow::Result<usize> {
-    let log = agent.log();
-    let line = log
-        .lines()
-        .rfind(|line| line.contains(AGENT_READY))
-        .with_context(|| format!("{} has no {AGENT_READY:?} line:\n{log}", agent.name()))?;
-    let needle = format!(" {field}=");
-    let start = line
-        .find(&needle)
-        .with_context(|| format!("no {field}= in {line}"))?
-        + needle.len();
-    let digits: String = line[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits
-        .parse()
-        .with_context(|| format!("{field}= is not a number in {line}"))
-}
-
-/// Waits until the agent's last "fast path programmed" line has `field` equal to `want`; returns
-/// how long after `since` that was seen.
-fn wait_field(
-    agent: &ChildHandle,
-    field: &str,
-    want: usize,
-    since: Instant,
-) -> anyhow::Result<Duration> {
-    let deadline = Instant::now() + CHANGE_TIMEOUT;
-    while Instant::now() < deadline {
-        if last_field(agent, field).ok() == Some(want) {
-            return Ok(since.elapsed());
-        }
-        thread::sleep(Duration::from_millis(2));
-    }
-    bail!(
-        "{} never programmed {field}={want} within {CHANGE_TIMEOUT:?}:\n{}",
-        agent.name(),
-        agent.log()
-    )
-}
-
-/// Waits until `agent` programs its fast path again after `before`; returns how long after
-/// `since` that happened.
-fn wait_programmed(agent: &ChildHandle, before: usize, since: Instant) -> anyhow::Result<Duration> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if programmed(agent) > before {
-            return Ok(since.elapsed());
-        }
-        thread::sleep(Duration::from_millis(2));
-    }
-    bail!(
-        "{} did not program its fast path again:\n{}",
-        agent.name(),
-        agent.log()
-    )
-}
-
 /// Waits for `needle` in the agent's log.
 fn wait_log(agent: &ChildHandle, needle: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
@@ -715,7 +630,7 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
     let (node1, node2) = (&agents[0], &agents[1]);
     // Each node delivers to its own pods and routes the other's block.
     ensure!(
-        last_field(node1, "workloads")? == 2 && last_field(node2, "workloads")? == 1,
+        node1.programmed_field("workloads", usize::MAX)? == 2 && node2.programmed_field("workloads", usize::MAX)? == 1,
         "{}\n{}",
         node1.log(),
         node2.log()
@@ -823,19 +738,19 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
     }
 
     // node-2 claims a second block: node-1 routes it.
-    let routes = last_field(node1, "routes")?;
+    let routes = node1.programmed_field("routes", usize::MAX)?;
     let started = Instant::now();
     api.apply(AFFINITIES, affinity("node-2", "10.244.2.64/26"));
     timings.push((
         "block affinity added",
-        wait_field(node1, "routes", routes + 1, started)?,
+        node1.wait_programmed_field("routes", routes + 1, started, CHANGE_TIMEOUT)?,
     ));
     // ...and gives it back.
     let started = Instant::now();
     api.delete(AFFINITIES, "node-2-10-244-2-64-26");
     timings.push((
         "block affinity deleted",
-        wait_field(node1, "routes", routes, started)?,
+        node1.wait_programmed_field("routes", routes, started, CHANGE_TIMEOUT)?,
     ));
 
     // web-2 goes and comes back: node-2 stops and starts delivering to it.
@@ -846,10 +761,10 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
         .1;
     let started = Instant::now();
     api.delete(PODS, "default/web-2");
-    timings.push(("pod deleted", wait_field(node2, "workloads", 0, started)?));
+    timings.push(("pod deleted", node2.wait_programmed_field("workloads", 0, started, CHANGE_TIMEOUT)?));
     let started = Instant::now();
     api.apply(PODS, web2_pod);
-    timings.push(("pod added", wait_field(node2, "workloads", 1, started)?));
+    timings.push(("pod added", node2.wait_programmed_field("workloads", 1, started, CHANGE_TIMEOUT)?));
     ensure!(
         lab.ping_ok(&web1, web2.addr, 5)?,
         "web-1 cannot reach web-2 after its pod came back\n{}",
@@ -857,7 +772,7 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
     );
 
     // node-2's VTEP MAC changes: node-1 reprograms its route to node-2's block.
-    let before = programmed(node1);
+    let before = node1.programmed();
     let started = Instant::now();
     api.apply(
         NODES,
@@ -865,7 +780,7 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
     );
     timings.push((
         "node VTEP MAC changed",
-        wait_programmed(node1, before, started)?,
+        node1.wait_programmed(before, started, PROGRAMMED_TIMEOUT)?,
     ));
     for (what, took) in &timings {
         eprintln!("API server change -> fast path programmed: {what}: {took:?}");
@@ -873,7 +788,7 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
 
     // The API server goes away for 10 s: the agents keep the fast path and say so; back: they
     // list everything again and resync.
-    let before: Vec<usize> = agents.iter().map(programmed).collect();
+    let before: Vec<usize> = agents.iter().map(ChildHandle::programmed).collect();
     api.stop();
     // Changed during the outage: seen only through the resync.
     api.apply(
@@ -894,7 +809,7 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
             "the Kubernetes API is still unreachable",
             Duration::from_secs(1),
         )?;
-        let routes = last_field(agent, "routes")?;
+        let routes = agent.programmed_field("routes", usize::MAX)?;
         ensure!(
             routes > 0,
             "{} dropped its routes during the outage",
@@ -909,13 +824,13 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
             "reconnected to the Kubernetes API",
             Duration::from_secs(20),
         )?;
-        let took = wait_programmed(agent, before, restarted)?;
+        let took = agent.wait_programmed(before, restarted, PROGRAMMED_TIMEOUT)?;
         eprintln!(
             "{} resynced {took:?} after the API server came back",
             agent.name()
         );
     }
-    ensure!(last_field(node1, "workloads")? == 2 && last_field(node2, "workloads")? == 1);
+    ensure!(node1.programmed_field("workloads", usize::MAX)? == 2 && node2.programmed_field("workloads", usize::MAX)? == 1);
     for (from, to) in [(&web1, &web2), (&web2, &web1)] {
         ensure!(
             lab.ping_ok(from, to.addr, 5)?,

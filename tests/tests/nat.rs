@@ -15,7 +15,7 @@
 //! the captures and sockets on the external host judge alone, and turning natOutgoing off and on
 //! again must remove and restore the agent's `table ip dataplane`.
 
-use dataplane_tests::{agent_bin, workspace_root};
+use dataplane_tests::{agent_bin, workspace_root, NAT_3};
 use std::{
     fs::{self, File},
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use dataplane::backend::nftables;
-use dataplane_lab::{Agent, AgentMode, AgentOptions, ChildHandle, Lab, LabOptions, LabPod};
+use dataplane_lab::{udp_socket_in, Agent, AgentMode, AgentOptions, ChildHandle, Lab, LabOptions, LabPod};
 use serde_json::Value;
 
 /// The example cluster with two pools, one with natOutgoing and one without.
@@ -260,26 +260,6 @@ fn sources_to(text: &str, dst: Ipv4Addr) -> Vec<Ipv4Addr> {
     sources
 }
 
-/// A UDP socket bound to `port` inside the namespace `netns`. A helper thread enters the
-/// namespace (setns changes only the calling thread) and makes the socket; a socket belongs to
-/// the namespace it was made in, so the test can use it from here.
-fn udp_socket_in(netns: &str, port: u16) -> anyhow::Result<UdpSocket> {
-    let path = dataplane_lab::cmd::netns_path(netns);
-    let maker = thread::spawn(move || -> anyhow::Result<UdpSocket> {
-        let handle = File::open(&path).with_context(|| format!("opening {path}"))?;
-        // SAFETY: setns(2) on a valid descriptor; it moves only this short-lived thread.
-        let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            bail!("setns({path}): {}", std::io::Error::last_os_error());
-        }
-        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-            .with_context(|| format!("binding UDP port {port} in {path}"))?;
-        socket.set_read_timeout(Some(UDP_WAIT))?;
-        Ok(socket)
-    });
-    maker.join().map_err(|_| anyhow::anyhow!("the thread entering {netns} panicked"))?
-}
-
 /// The external host's side of the UDP tests: a socket on port 9000 in its namespace.
 struct UdpServer {
     socket: UdpSocket,
@@ -289,7 +269,7 @@ struct UdpServer {
 impl UdpServer {
     fn start(lab: &Lab) -> anyhow::Result<UdpServer> {
         let external = lab.external();
-        let socket = udp_socket_in(&external.netns, UDP_SERVER_PORT)?;
+        let socket = udp_socket_in(&external.netns, UDP_SERVER_PORT, Some(UDP_WAIT))?;
         Ok(UdpServer { socket, addr: SocketAddrV4::new(external.addr, UDP_SERVER_PORT) })
     }
 
@@ -324,7 +304,8 @@ struct UdpFlow {
 
 impl UdpFlow {
     fn open(pod: &LabPod, port: u16) -> anyhow::Result<UdpFlow> {
-        Ok(UdpFlow { name: format!("{}:{port}", pod.key), socket: udp_socket_in(&pod.netns, port)? })
+        let socket = udp_socket_in(&pod.netns, port, Some(UDP_WAIT))?;
+        Ok(UdpFlow { name: format!("{}:{port}", pod.key), socket })
     }
 
     /// Sends `message` to the server; returns the source the server saw (None: it never arrived).
@@ -435,7 +416,7 @@ fn external_host_sees_only_the_node(cluster: &Cluster) -> anyhow::Result<()> {
     // An ICMP error about a translated flow finds its way back: a datagram to a port where
     // nothing listens makes the external host answer "port unreachable" to node-1, which must
     // reach the pod as ECONNREFUSED on its connected socket.
-    let refused = udp_socket_in(&nat1.netns, 7001)?;
+    let refused = udp_socket_in(&nat1.netns, 7001, Some(UDP_WAIT))?;
     refused.connect(SocketAddrV4::new(external.addr, UDP_SERVER_PORT + 1))?;
     let mut answer = None;
     for _ in 0..3 {
@@ -734,24 +715,6 @@ fn rewrite_datastore(cluster: &mut Cluster, yaml: &str) -> anyhow::Result<()> {
     eprintln!("datastore rewritten; reprogrammed after {:?}", started.elapsed());
     Ok(())
 }
-
-/// A second natOutgoing pod on node-1, for flows that collide with nat-1's.
-const NAT_3: &str = "\
-apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata:
-  name: node--1-k8s-nat--3-eth0
-  namespace: default
-spec:
-  endpoint: eth0
-  interfaceName: cali7a50102d5c2
-  ipNetworks:
-  - 10.244.1.3/32
-  mac: 0a:58:0a:f4:01:03
-  node: node-1
-  orchestrator: k8s
-  pod: nat-3
-";
 
 #[test]
 fn colliding_flows_get_ports_from_a_small_range_until_it_is_exhausted() -> anyhow::Result<()> {

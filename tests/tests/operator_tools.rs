@@ -11,8 +11,6 @@
 use dataplane_tests::workspace_root;
 use std::{
     fs,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::Output,
     thread,
@@ -21,7 +19,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use dataplane::agent::NETLINK_READY;
-use dataplane_lab::{ChildHandle, Lab, LabOptions, AGENT_READY};
+use dataplane_lab::{udp_socket_in, ChildHandle, Lab, LabOptions, AGENT_READY};
 use serde_json::Value;
 
 /// The example cluster.
@@ -484,23 +482,6 @@ fn check_knows_the_netlink_fallback_its_device_neighbours_and_routes() -> anyhow
     Ok(())
 }
 
-/// A UDP socket bound to `port` in `netns`: a thread enters the namespace (setns changes only the
-/// calling thread) and makes the socket, which stays in that namespace.
-fn udp_socket_in(netns: &str, port: u16) -> anyhow::Result<UdpSocket> {
-    let path = dataplane_lab::cmd::netns_path(netns);
-    let maker = thread::spawn(move || -> anyhow::Result<UdpSocket> {
-        let handle = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-        // SAFETY: setns(2) on a valid descriptor; it moves only this short-lived thread.
-        let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            bail!("setns({path}): {}", std::io::Error::last_os_error());
-        }
-        UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-            .with_context(|| format!("binding UDP port {port} in {path}"))
-    });
-    maker.join().map_err(|_| anyhow::anyhow!("the thread entering {netns} panicked"))?
-}
-
 /// One row of the trace table: arguments, the counter the kernel must move, and the verdict.
 struct Case {
     args: &'static [&'static str],
@@ -554,7 +535,7 @@ fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<(
     // web-1 sends UDP from port 40000 to the external host's port 9000.
     let web1 = cluster.lab.pod("default/web-1")?.clone();
     let external = cluster.lab.external().addr.to_string();
-    let socket = udp_socket_in(&web1.netns, 40000)?;
+    let socket = udp_socket_in(&web1.netns, 40000, None)?;
     let pins = cluster.lab.pin_path("node-1").to_string_lossy().into_owned();
     let bin = cluster.bin.to_string_lossy().into_owned();
     let mut flows = Value::Null;
