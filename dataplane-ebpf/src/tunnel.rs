@@ -2,7 +2,7 @@
 //! the tunnel headers.
 
 use aya_ebpf::{
-    bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4},
+    bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO},
     programs::TcContext,
 };
 use dataplane_common::{Ipv4Bytes, Stat};
@@ -28,5 +28,8 @@ pub fn shrink(ctx: &TcContext, len: usize) -> Result<(), Stat> {
     if with_decap.is_ok() {
         return Ok(());
     }
-    ctx.adjust_room(-(len as i32), BPF_ADJ_ROOM_MAC, 0).map_err(|_| Stat::DropAdjustRoomFailed)
+    // Without FIXED_GSO the shrink grows gso_size by `len`: wrong for a GRO-merged tunnel packet,
+    // whose gso_size already is the inner segments' payload (the pod's TCP would misjudge the MSS).
+    ctx.adjust_room(-(len as i32), BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO as u64)
+        .map_err(|_| Stat::DropAdjustRoomFailed)
 }
