@@ -18,7 +18,8 @@
 //! - a new agent makes the anchor again; a VXLAN packet reaching its socket past `from_uplink`
 //!   (node-2 sending it to its own address, over loopback) is decapsulated by the device and
 //!   dropped by its program, counted as `drop_vxlan_socket`;
-//! - `dataplane cleanup` removes the anchor.
+//! - `dataplane cleanup` removes the anchor, and so does the netlink fallback taking over the node
+//!   (its `vxlan.calico` needs the port).
 //!
 //! Without root the test prints why it is skipped and passes.
 
@@ -26,7 +27,7 @@ use dataplane_tests::{agent_bin, workspace_root};
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::{ensure, Context as _};
-use dataplane_lab::{Agent, Lab, LabOptions};
+use dataplane_lab::{Agent, AgentMode, AgentOptions, Lab, LabOptions};
 use serde_json::Value;
 
 /// Pool 10.244.0.0/16 vxlanMode Always; node-1 (web-1, cache-1) and node-2 (web-2).
@@ -71,9 +72,15 @@ fn run(cluster: &mut Cluster) -> anyhow::Result<()> {
     ensure!(info["info_kind"] == "vxlan", "{ANCHOR} is not a vxlan device: {anchor:#}");
     ensure!(info["info_data"]["external"] == true, "{ANCHOR} is not in external mode: {anchor:#}");
     ensure!(info["info_data"]["port"] == 4789, "{ANCHOR} is not on port 4789: {anchor:#}");
-    ensure!(info["info_data"]["local"] == node2.addr.addr().to_string(), "{ANCHOR} is not on node-2's address: {anchor:#}");
+    ensure!(
+        info["info_data"]["local"] == node2.addr.addr().to_string(),
+        "{ANCHOR} is not on node-2's address: {anchor:#}"
+    );
     ensure!(flags(&anchor).contains(&"UP".to_owned()), "{ANCHOR} is not up: {anchor:#}");
-    ensure!(anchor["ifalias"].as_str().is_some_and(|a| a.contains("dataplane")), "{ANCHOR} has no alias of ours: {anchor:#}");
+    ensure!(
+        anchor["ifalias"].as_str().is_some_and(|a| a.contains("dataplane")),
+        "{ANCHOR} has no alias of ours: {anchor:#}"
+    );
     // The uplink's two hooks, two per pod, and the anchor's ingress.
     let pods = cluster.lab.pods().filter(|p| p.node == "node-2").count();
     let links = format!("checked {} program links", 2 + 2 * pods + 1);
@@ -142,6 +149,15 @@ fn run(cluster: &mut Cluster) -> anyhow::Result<()> {
     let bin = cluster.bin.to_string_lossy().into_owned();
     cluster.lab.exec(&node2.netns, &[&bin, "cleanup", "--pin-path", &pin_path])?;
     ensure!(cluster.anchor("node-2")?.is_none(), "`dataplane cleanup` left {ANCHOR} in place");
+
+    // The netlink fallback taking over removes it: its vxlan.calico needs the port.
+    cluster.start("node-2")?;
+    ensure!(cluster.anchor("node-2")?.is_some(), "the fast path on node-2 made no {ANCHOR} after the cleanup");
+    cluster.stop("node-2")?;
+    cluster.start_with("node-2", &AgentOptions::mode(AgentMode::Netlink))?;
+    ensure!(cluster.anchor("node-2")?.is_none(), "the netlink fallback on node-2 left {ANCHOR} in place");
+    let calico = cluster.lab.exec_stdout(&node2.netns, &["ip", "-d", "link", "show", "vxlan.calico"])?;
+    ensure!(calico.contains("vxlan id 4096"), "no vxlan.calico after the netlink fallback took over:\n{calico}");
     Ok(())
 }
 
@@ -169,9 +185,14 @@ impl Received {
 }
 
 impl Cluster {
-    /// Starts the agent of `node` and waits until it has programmed the node.
+    /// Starts the fast path's agent of `node` and waits until it has programmed the node.
     fn start(&mut self, node: &str) -> anyhow::Result<()> {
-        let mut agent = self.lab.start_agent(node, &self.bin, &self.datastore)?;
+        self.start_with(node, &AgentOptions::default())
+    }
+
+    /// Starts the agent of `node` with `options` and waits until it has programmed the node.
+    fn start_with(&mut self, node: &str, options: &AgentOptions) -> anyhow::Result<()> {
+        let mut agent = self.lab.start_agent_with(node, &self.bin, &self.datastore, options)?;
         let ready = agent.wait_ready(READY_TIMEOUT);
         self.agents.insert(node.to_owned(), agent);
         ready
@@ -210,7 +231,11 @@ impl Cluster {
         let argv = [&*bin, "check", "--datastore", &datastore, "--node", node, "--pin-path", &pin_path];
         let output = self.lab.exec_status(self.lab.node_netns(node)?, &argv)?;
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        ensure!(output.status.success(), "`dataplane check` of {node} failed:\n{text}{}", String::from_utf8_lossy(&output.stderr));
+        ensure!(
+            output.status.success(),
+            "`dataplane check` of {node} failed:\n{text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         Ok(text)
     }
 
@@ -219,7 +244,8 @@ impl Cluster {
     fn fabric_end(&self, node: &str) -> anyhow::Result<String> {
         let uplink = self.lab.exec_stdout(self.lab.node_netns(node)?, &["ip", "-j", "link", "show", "eth0"])?;
         let uplink: Value = serde_json::from_str(&uplink).context("`ip -j link show eth0` printed no JSON")?;
-        let peer = uplink[0]["link_index"].as_u64().with_context(|| format!("eth0 of {node} names no peer: {uplink}"))?;
+        let peer =
+            uplink[0]["link_index"].as_u64().with_context(|| format!("eth0 of {node} names no peer: {uplink}"))?;
         let fabric = self.lab.exec_stdout(self.lab.fabric_netns(), &["ip", "-j", "link", "show"])?;
         let fabric: Value = serde_json::from_str(&fabric).context("`ip -j link show` printed no JSON")?;
         fabric
@@ -235,7 +261,8 @@ impl Cluster {
         let bin = self.bin.to_string_lossy();
         let pin_path = self.lab.pin_path(node).to_string_lossy().into_owned();
         let output = dataplane_lab::cmd::run(&[&*bin, "stats", "--pin-path", &pin_path, "-o", "json"])?;
-        let json: Value = serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` printed no JSON")?;
+        let json: Value =
+            serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` printed no JSON")?;
         let mut counters = BTreeMap::new();
         for section in ["decisions", "drops"] {
             for (name, value) in json[section].as_object().with_context(|| format!("no {section:?} in {json}"))? {
@@ -295,7 +322,10 @@ fn in_segments(lab: &Lab, netns: &str) -> anyhow::Result<u64> {
 
 /// The interface's flags as `ip -j` lists them.
 fn flags(link: &Value) -> Vec<String> {
-    link["flags"].as_array().map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    link["flags"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
 }
 
 fn growth(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str) -> u64 {
