@@ -2048,6 +2048,20 @@ mod tests {
     }
 
     #[test]
+    fn the_vxlan_anchors_link_is_expected_once_the_device_exists() {
+        let (_, plan, mut interfaces, _) = node_1();
+        assert!(vxlan_anchor::wanted(&plan), "the example's pool is VXLAN");
+        // The agent attaches nothing to an anchor the kernel could not make.
+        assert!(!expected_links(&plan, "eth0", &interfaces).contains_key("ingress_vxlan%2edataplane"));
+        interfaces.insert(ANCHOR_DEVICE.to_owned(), 7);
+        let expected = expected_links(&plan, "eth0", &interfaces);
+        let anchor = &expected["ingress_vxlan%2edataplane"];
+        assert_eq!((anchor.interface.as_str(), anchor.hook, anchor.program), (ANCHOR_DEVICE, Hook::Ingress, PROG_VXLAN_ANCHOR));
+        let observed = healthy_links(&expected);
+        assert_eq!(check_links(&expected, &observed, &interfaces, Path::new("/pins/links")), vec![]);
+    }
+
+    #[test]
     fn a_removed_pin_a_detached_program_and_a_stale_pin() {
         let (_, plan, interfaces, _) = node_1();
         let expected = expected_links(&plan, "eth0", &interfaces);
