@@ -310,11 +310,8 @@ impl BpfBackend {
         self.took_over = true;
         match anchor {
             // Up only now that its program drops whatever it would decapsulate.
-            Some((index, false)) => {
-                self.anchor.set_up(index).await?;
-                report.written += 1;
-            }
-            Some((_, true)) => {}
+            Some((index, false)) if self.anchor.set_up(index).await => report.written += 1,
+            Some(_) => {}
             // Its hook was detached above; the device goes after it.
             None if !anchor_wanted && self.anchor.remove().await? => report.removed += 1,
             None => {}

@@ -91,8 +91,9 @@ impl AnchorState {
 /// Keeps the anchor device as the plan wants it, over its own netlink connection.
 pub struct VxlanAnchor {
     handle: Handle,
-    /// Whether the kernel refused the device once already (warned once, not retried).
-    unavailable: bool,
+    /// Whether the agent has warned that it cannot have the device: it retries every reconcile
+    /// (a device in the way may go), but says so once.
+    warned: bool,
 }
 
 impl VxlanAnchor {
@@ -100,7 +101,7 @@ impl VxlanAnchor {
     pub fn connect() -> anyhow::Result<Self> {
         let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
         tokio::spawn(connection);
-        Ok(VxlanAnchor { handle, unavailable: false })
+        Ok(VxlanAnchor { handle, warned: false })
     }
 
     /// Makes the anchor exist in external mode on `local`:`port`; returns its ifindex and whether
@@ -109,18 +110,17 @@ impl VxlanAnchor {
     /// down: its socket opens when it goes up ([`VxlanAnchor::set_up`]), which the caller does
     /// once the program that drops what it decapsulates is attached.
     pub async fn ensure(&mut self, local: Ipv4Addr, port: u16) -> anyhow::Result<Option<(u32, bool)>> {
-        if self.unavailable {
-            return Ok(None);
-        }
         if let Some(existing) = link_by_name(&self.handle, ANCHOR_DEVICE).await? {
             let state = AnchorState::parse(&existing);
             if !state.ours() {
-                warn!(
-                    device = ANCHOR_DEVICE,
-                    "a device of this name that the agent did not make is in the way: VXLAN is received \
-                     without GRO until it is removed"
-                );
-                self.unavailable = true;
+                if !self.warned {
+                    warn!(
+                        device = ANCHOR_DEVICE,
+                        "a device of this name that the agent did not make is in the way: VXLAN is received \
+                         without GRO until it is removed"
+                    );
+                    self.warned = true;
+                }
                 return Ok(None);
             }
             if state.matches(local, port) {
@@ -139,13 +139,7 @@ impl VxlanAnchor {
         let message =
             LinkVxlan::new(ANCHOR_DEVICE, 0).collect_metadata(true).port(port).local(local).learning(false).build();
         if let Err(error) = self.handle.link().add(message).execute().await {
-            warn!(
-                device = ANCHOR_DEVICE,
-                %error,
-                "cannot create the VXLAN GRO anchor (is the vxlan module available?): VXLAN is received \
-                 without GRO, one wire packet at a time, which costs throughput between VMs"
-            );
-            self.unavailable = true;
+            self.warn_once(&error);
             return Ok(None);
         }
         let created = link_by_name(&self.handle, ANCHOR_DEVICE)
@@ -153,22 +147,43 @@ impl VxlanAnchor {
             .with_context(|| format!("{ANCHOR_DEVICE} vanished right after it was created"))?;
         let index = created.header.index;
         let message = LinkUnspec::new_with_index(index).alias(ANCHOR_ALIAS).build();
-        self.handle
-            .link()
-            .set(message)
-            .execute()
-            .await
-            .with_context(|| format!("marking {ANCHOR_DEVICE} with alias {ANCHOR_ALIAS:?}"))?;
+        if let Err(error) = self.handle.link().set(message).execute().await {
+            // Without our alias no later agent would take it for ours: do not leave it behind.
+            let _ = self.handle.link().del(index).execute().await;
+            return Err(error).with_context(|| format!("marking {ANCHOR_DEVICE} with alias {ANCHOR_ALIAS:?}"));
+        }
         info!(device = ANCHOR_DEVICE, %local, port, "created the VXLAN GRO anchor (external mode)");
         Ok(Some((index, false)))
     }
 
-    /// Brings the anchor up, which opens its UDP socket.
-    pub async fn set_up(&self, index: u32) -> anyhow::Result<()> {
+    /// Brings the anchor up, which opens its UDP socket; whether it is up. Opening fails when
+    /// another VXLAN device holds the port: warned once, left down, retried every reconcile.
+    pub async fn set_up(&mut self, index: u32) -> bool {
         let message = LinkUnspec::new_with_index(index).up().build();
-        self.handle.link().set(message).execute().await.with_context(|| format!("setting {ANCHOR_DEVICE} up"))?;
-        info!(device = ANCHOR_DEVICE, "up: VXLAN to this node is GRO-merged before from_uplink");
-        Ok(())
+        match self.handle.link().set(message).execute().await {
+            Ok(()) => {
+                info!(device = ANCHOR_DEVICE, "up: VXLAN to this node is GRO-merged before from_uplink");
+                self.warned = false;
+                true
+            }
+            Err(error) => {
+                self.warn_once(&error);
+                false
+            }
+        }
+    }
+
+    fn warn_once(&mut self, error: &rtnetlink::Error) {
+        if !self.warned {
+            warn!(
+                device = ANCHOR_DEVICE,
+                %error,
+                "cannot have the VXLAN GRO anchor (no vxlan module, or another VXLAN device holds the port): \
+                 VXLAN is received without GRO, one wire packet at a time, which costs throughput between \
+                 VMs; retrying at every reconcile"
+            );
+            self.warned = true;
+        }
     }
 
     /// Removes the anchor if it is ours; returns whether it did.
