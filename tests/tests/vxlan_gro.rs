@@ -19,7 +19,9 @@
 //!   (node-2 sending it to its own address, over loopback) is decapsulated by the device and
 //!   dropped by its program, counted as `drop_vxlan_socket`;
 //! - `dataplane cleanup` removes the anchor, and so does the netlink fallback taking over the node
-//!   (its `vxlan.calico` needs the port).
+//!   (its `vxlan.calico` needs the port);
+//! - another VXLAN device holding the port leaves the anchor down with one warning, and traffic
+//!   flows (without GRO).
 //!
 //! Without root the test prints why it is skipped and passes.
 
@@ -158,6 +160,21 @@ fn run(cluster: &mut Cluster) -> anyhow::Result<()> {
     ensure!(cluster.anchor("node-2")?.is_none(), "the netlink fallback on node-2 left {ANCHOR} in place");
     let calico = cluster.lab.exec_stdout(&node2.netns, &["ip", "-d", "link", "show", "vxlan.calico"])?;
     ensure!(calico.contains("vxlan id 4096"), "no vxlan.calico after the netlink fallback took over:\n{calico}");
+
+    // Another VXLAN device holding the port (not ours, so the agent leaves it): the fast path
+    // still programs the node and carries traffic, without GRO, and says why once.
+    cluster.stop("node-2")?;
+    cluster.lab.exec(&node2.netns, &[&bin, "cleanup", "--pin-path", &pin_path])?;
+    let held = ["ip", "link", "add", "held", "type", "vxlan", "id", "42", "dstport", "4789"];
+    cluster.lab.exec(&node2.netns, &held)?;
+    cluster.lab.exec(&node2.netns, &["ip", "link", "set", "held", "up"])?;
+    cluster.start("node-2")?;
+    let log = cluster.agents.get("node-2").map(Agent::log).unwrap_or_default();
+    ensure!(log.contains("cannot have the VXLAN GRO anchor"), "node-2's agent did not say the port is held:\n{log}");
+    let anchor = cluster.anchor("node-2")?.context("no vxlan.dataplane left down")?;
+    ensure!(!flags(&anchor).contains(&"UP".to_owned()), "{ANCHOR} is up although another device holds the port");
+    let (web1, web2) = (cluster.lab.pod(WEB_1)?, cluster.lab.pod(WEB_2)?);
+    ensure!(cluster.lab.ping_ok(web1, web2.addr, 5)?, "no ping web-1 -> web-2 while the anchor cannot be up");
     Ok(())
 }
 
