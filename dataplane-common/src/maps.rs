@@ -43,6 +43,9 @@ pub const PROG_FROM_UPLINK: &str = "from_uplink";
 pub const PROG_TO_WORKLOAD: &str = "to_workload";
 /// Name of the program attached to TC egress of the node's uplink.
 pub const PROG_TO_UPLINK: &str = "to_uplink";
+/// Name of the program attached to TC ingress of the VXLAN GRO anchor device: it drops and
+/// counts whatever that device decapsulated.
+pub const PROG_VXLAN_ANCHOR: &str = "vxlan_anchor";
 
 /// What a destination prefix is, from this node's point of view ([`Route::kind`]).
 pub mod route_kind {

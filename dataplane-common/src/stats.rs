@@ -74,11 +74,14 @@ pub enum Stat {
     /// A pod sent a VXLAN or IP-in-IP packet: translated to its node's address it would be taken
     /// for the node's own tunnel traffic by the others (Calico drops these too).
     DropTunnelFromWorkload = DROP_BASE + 15,
+    /// A packet the VXLAN GRO anchor device decapsulated: it came in past `from_uplink` (another
+    /// interface), and the anchor exists only for its socket's GRO, never to deliver.
+    DropVxlanSocket = DROP_BASE + 16,
 }
 
 impl Stat {
     /// Every slot in use, in slot order.
-    pub const ALL: [Stat; 30] = [
+    pub const ALL: [Stat; 31] = [
         Stat::DeliveredLocal,
         Stat::EncapVxlan,
         Stat::EncapIpip,
@@ -109,6 +112,7 @@ impl Stat {
         Stat::DropConntrackFull,
         Stat::DropNatFragment,
         Stat::DropTunnelFromWorkload,
+        Stat::DropVxlanSocket,
     ];
 
     /// The slot's index in the stats map.
@@ -154,9 +158,10 @@ impl Stat {
             Stat::DropConntrackFull => "drop_conntrack_full",
             Stat::DropNatFragment => "drop_nat_fragment",
             Stat::DropTunnelFromWorkload => "drop_tunnel_from_workload",
+            Stat::DropVxlanSocket => "drop_vxlan_socket",
         }
     }
 }
 
 const _: () = assert!((Stat::ALL.len() as u32) <= STAT_COUNT);
-const _: () = assert!((Stat::DropTunnelFromWorkload as u32) < STAT_COUNT);
+const _: () = assert!((Stat::DropVxlanSocket as u32) < STAT_COUNT);

@@ -19,7 +19,7 @@ mod vxlan;
 mod workload;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use dataplane_common::{PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD};
+use dataplane_common::{Stat, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR};
 
 /// TC ingress of every workload interface (`caliXXXXXXXXXXX`): traffic leaving a pod.
 #[classifier]
@@ -43,6 +43,14 @@ pub fn to_workload(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_uplink(ctx: TcContext) -> i32 {
     verdict::finish(&ctx, PROG_TO_UPLINK, uplink::to_uplink(&ctx))
+}
+
+/// TC ingress of the VXLAN GRO anchor device (`vxlan.dataplane`). The device exists only so that
+/// its UDP socket lets GRO merge VXLAN packets before `from_uplink` decapsulates them; whatever it
+/// decapsulates itself came past `from_uplink` (through another interface) and is dropped.
+#[classifier]
+pub fn vxlan_anchor(ctx: TcContext) -> i32 {
+    verdict::finish(&ctx, PROG_VXLAN_ANCHOR, Err(Stat::DropVxlanSocket))
 }
 
 #[cfg(not(test))]

@@ -19,7 +19,7 @@ use crate::{
     backend::{
         bpf::{self, BpfBackend},
         netlink::{self, NetlinkBackend},
-        nftables,
+        nftables, vxlan_anchor,
     },
     datastore::{self, Snapshot},
     metrics, plan, probe, sys,
@@ -111,8 +111,12 @@ async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
 /// Starts the netlink backend, removing a fast path pinned by an earlier agent first: its
 /// programs would otherwise keep redirecting packets from stale maps past the kernel's routes.
 async fn start_netlink(options: &RunOptions) -> anyhow::Result<Backend> {
-    let removed = bpf::cleanup(&options.pin_path)
+    let mut removed = bpf::cleanup(&options.pin_path)
         .with_context(|| format!("removing the fast path pinned under {}", options.pin_path.display()))?;
+    // The fast path's VXLAN GRO anchor holds the VXLAN port that vxlan.calico needs.
+    if remove_anchor().await.context("removing the fast path's VXLAN GRO anchor")? {
+        removed += 1;
+    }
     if removed > 0 {
         warn!(
             removed,
@@ -121,6 +125,15 @@ async fn start_netlink(options: &RunOptions) -> anyhow::Result<Backend> {
         );
     }
     Ok(Backend::Netlink(NetlinkBackend::connect()?))
+}
+
+/// Removes the fast path's VXLAN GRO anchor if there is one; returns whether it did.
+async fn remove_anchor() -> anyhow::Result<bool> {
+    let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    let connection = tokio::spawn(connection);
+    let removed = vxlan_anchor::remove(&handle).await;
+    connection.abort();
+    removed
 }
 
 /// Removes `vxlan.calico` if the netlink backend made it.

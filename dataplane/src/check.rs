@@ -24,7 +24,7 @@ use aya::{
 use dataplane_common::{
     route_flags, route_kind, workload_flags, FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload,
     CONNTRACK_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
-    ROUTES_MAP, WORKLOADS_MAP,
+    PROG_VXLAN_ANCHOR, ROUTES_MAP, WORKLOADS_MAP,
 };
 use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
@@ -48,6 +48,7 @@ use crate::{
         entries::{self, MapEntries, RouteKey},
         netlink::{self, Intent, RouteIntent, IPIP_DEVICE, RTPROT_DATAPLANE, VXLAN_DEVICE, VXLAN_VNI},
         nftables, veth,
+        vxlan_anchor::{self, ANCHOR_DEVICE},
     },
     datastore::etcd::EtcdConfig,
     model::{MacAddr, Model, Problem},
@@ -665,8 +666,9 @@ pub struct ExpectedLink {
     pub program: &'static str,
 }
 
-/// The links the agent pins for `plan`: the uplink's ingress and egress, and the ingress and egress
-/// of every local workload whose interface exists (the agent attaches nothing to a missing one).
+/// The links the agent pins for `plan`: the uplink's ingress and egress, the VXLAN GRO anchor's
+/// ingress when the node receives VXLAN and the anchor exists, and the ingress and egress of every
+/// local workload whose interface exists (the agent attaches nothing to a missing one).
 pub fn expected_links(plan: &Plan, uplink: &str, interfaces: &BTreeMap<String, u32>) -> BTreeMap<String, ExpectedLink> {
     let mut links = BTreeMap::new();
     let mut want = |interface: &str, hook: Hook, program: &'static str| {
@@ -677,6 +679,9 @@ pub fn expected_links(plan: &Plan, uplink: &str, interfaces: &BTreeMap<String, u
     };
     want(uplink, Hook::Ingress, PROG_FROM_UPLINK);
     want(uplink, Hook::Egress, PROG_TO_UPLINK);
+    if vxlan_anchor::wanted(plan) && interfaces.contains_key(ANCHOR_DEVICE) {
+        want(ANCHOR_DEVICE, Hook::Ingress, PROG_VXLAN_ANCHOR);
+    }
     for interface in plan.workloads.keys() {
         if interfaces.contains_key(interface) {
             want(interface, Hook::Ingress, PROG_FROM_WORKLOAD);
@@ -2058,6 +2063,20 @@ mod tests {
                 "ingress_eth0"
             ]
         );
+        let observed = healthy_links(&expected);
+        assert_eq!(check_links(&expected, &observed, &interfaces, Path::new("/pins/links")), vec![]);
+    }
+
+    #[test]
+    fn the_vxlan_anchors_link_is_expected_once_the_device_exists() {
+        let (_, plan, mut interfaces, _) = node_1();
+        assert!(vxlan_anchor::wanted(&plan), "the example's pool is VXLAN");
+        // The agent attaches nothing to an anchor the kernel could not make.
+        assert!(!expected_links(&plan, "eth0", &interfaces).contains_key("ingress_vxlan%2edataplane"));
+        interfaces.insert(ANCHOR_DEVICE.to_owned(), 7);
+        let expected = expected_links(&plan, "eth0", &interfaces);
+        let anchor = &expected["ingress_vxlan%2edataplane"];
+        assert_eq!((anchor.interface.as_str(), anchor.hook, anchor.program), (ANCHOR_DEVICE, Hook::Ingress, PROG_VXLAN_ANCHOR));
         let observed = healthy_links(&expected);
         assert_eq!(check_links(&expected, &observed, &interfaces, Path::new("/pins/links")), vec![]);
     }

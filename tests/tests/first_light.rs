@@ -151,10 +151,21 @@ fn first_light() -> anyhow::Result<()> {
         "{WEB_1} has no neighbour 169.254.1.1 at ee:ee:ee:ee:ee:ee: {neigh:?}"
     );
 
-    // Nothing of the kernel's own slow path: no vxlan device, no proxy ARP, on any node.
+    // Nothing of the kernel's own slow path: no vxlan device but the fast path's GRO anchor (in
+    // external mode, which received nothing: from_uplink decided every VXLAN packet), no proxy
+    // ARP, on any node.
     for node in lab.nodes() {
         let vxlan = lab.exec_stdout(&node.netns, &["ip", "-d", "link", "show", "type", "vxlan"])?;
-        ensure!(vxlan.trim().is_empty(), "node {} has a vxlan device:\n{vxlan}", node.name);
+        let devices: Vec<&str> = vxlan.lines().filter(|l| !l.starts_with(' ')).collect();
+        ensure!(
+            devices.len() == 1 && devices[0].contains("vxlan.dataplane") && vxlan.contains("vxlan external"),
+            "node {} has vxlan devices other than the fast path's external GRO anchor:\n{vxlan}",
+            node.name
+        );
+        let anchor = lab.exec_stdout(&node.netns, &["ip", "-s", "-j", "link", "show", "vxlan.dataplane"])?;
+        let anchor: Value = serde_json::from_str(&anchor).context("`ip -s -j link show` printed no JSON")?;
+        let received = anchor[0]["stats64"]["rx"]["packets"].as_u64();
+        ensure!(received == Some(0), "the GRO anchor of {} received packets itself: {anchor}", node.name);
         let proxy_arp =
             lab.exec_stdout(&node.netns, &["sh", "-c", "grep -H . /proc/sys/net/ipv4/conf/*/proxy_arp"])?;
         ensure!(!proxy_arp.trim().is_empty(), "node {} shows no proxy_arp settings", node.name);

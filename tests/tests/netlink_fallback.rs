@@ -346,8 +346,13 @@ fn fast_path_node_and_netlink_node_interoperate() -> anyhow::Result<()> {
     let links = cluster.lab.pin_path("node-1").join("links");
     let attached = std::fs::read_dir(&links).map(|d| d.count()).unwrap_or(0);
     ensure!(attached >= 3, "node-1 has {attached} pinned BPF links, expected uplink and pod hooks");
+    // The fast path's only vxlan device is its GRO anchor, in external mode: no vxlan.calico.
     let vxlan = cluster.on("node-1", &["ip", "-d", "link", "show", "type", "vxlan"])?;
-    ensure!(vxlan.trim().is_empty(), "node-1 (fast path) has a vxlan device:\n{vxlan}");
+    let devices: Vec<&str> = vxlan.lines().filter(|l| !l.starts_with(' ')).collect();
+    ensure!(
+        devices.len() == 1 && devices[0].contains("vxlan.dataplane") && vxlan.contains("vxlan external"),
+        "node-1 (fast path) has vxlan devices other than its external GRO anchor:\n{vxlan}"
+    );
     check_vxlan_node(
         &cluster,
         "node-2",

@@ -31,7 +31,7 @@ use aya::{
 };
 use dataplane_common::{
     FlowKey, FlowTimeouts, NatFlow, CONNTRACK_MAP, Ipv4Bytes, NodeConfig, Peer, Route, Workload, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
-    PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 use tracing::{info, warn};
 
@@ -41,6 +41,7 @@ use super::{
     entries::{self, MapEntries, RouteKey},
     host_routes::{self, HostRoutes},
     veth::PeerMacs,
+    vxlan_anchor::{self, VxlanAnchor, ANCHOR_DEVICE},
 };
 use crate::{
     check,
@@ -96,6 +97,9 @@ pub fn loader(log: KernelLog) -> EbpfLoader<'static> {
 /// Every map the programs use; each is pinned as `<pin path>/<name>`.
 pub const MAPS: [&str; 6] = [ROUTES_MAP, WORKLOADS_MAP, PEERS_MAP, NODE_MAP, STATS_MAP, CONNTRACK_MAP];
 
+/// Every program the agent loads.
+const PROGRAMS: [&str; 5] = [PROG_FROM_WORKLOAD, PROG_TO_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK, PROG_VXLAN_ANCHOR];
+
 /// Subdirectory of the pin path holding one pinned link per attached interface.
 const LINKS_DIR: &str = "links";
 
@@ -130,6 +134,8 @@ pub struct BpfBackend {
     host_routes: HostRoutes,
     /// Pod MACs learned from the workloads' veths, for workloads the datastore gives none.
     peer_macs: PeerMacs,
+    /// The VXLAN GRO anchor device, kept while the plan has the node receive VXLAN.
+    anchor: VxlanAnchor,
 }
 
 /// Reads the programs' aya-log ring buffer whenever it has records and writes them to the log
@@ -211,7 +217,7 @@ impl BpfBackend {
         if log != KernelLog::Off {
             forward_kernel_logs(&mut ebpf)?;
         }
-        for name in [PROG_FROM_WORKLOAD, PROG_TO_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK] {
+        for name in PROGRAMS {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -228,6 +234,7 @@ impl BpfBackend {
             took_over: false,
             host_routes: HostRoutes::connect()?,
             peer_macs: PeerMacs::connect()?,
+            anchor: VxlanAnchor::connect()?,
         })
     }
 
@@ -265,6 +272,11 @@ impl BpfBackend {
         // Maps first: a program attached to a new interface must find its workload entry.
         self.write_maps(&desired, &mut report)?;
 
+        // Receiving VXLAN: the anchor's socket makes GRO merge it before from_uplink decapsulates.
+        let anchor_wanted = vxlan_anchor::wanted(plan);
+        let anchor =
+            if anchor_wanted { self.anchor.ensure(plan.node.addr.addr(), desired.node.vxlan_port).await? } else { None };
+
         let mut wanted: BTreeMap<String, Attachment> = BTreeMap::new();
         let mut want = |interface: &str, ifindex: u32, direction: TcAttachType, program: &'static str| {
             let attachment = Attachment { interface: interface.to_owned(), ifindex, direction, program };
@@ -272,6 +284,9 @@ impl BpfBackend {
         };
         want(uplink, uplink_ifindex, TcAttachType::Ingress, PROG_FROM_UPLINK);
         want(uplink, uplink_ifindex, TcAttachType::Egress, PROG_TO_UPLINK);
+        if let Some((index, _)) = anchor {
+            want(ANCHOR_DEVICE, index, TcAttachType::Ingress, PROG_VXLAN_ANCHOR);
+        }
         for interface in plan.workloads.keys() {
             if let Some(index) = sys::ifindex(interface) {
                 want(interface, index, TcAttachType::Ingress, PROG_FROM_WORKLOAD);
@@ -293,6 +308,14 @@ impl BpfBackend {
             AttachMethod::Clsact => self.remove_stale_filters(&wanted)?,
         };
         self.took_over = true;
+        match anchor {
+            // Up only now that its program drops whatever it would decapsulate.
+            Some((index, false)) if self.anchor.set_up(index).await => report.written += 1,
+            Some(_) => {}
+            // Its hook was detached above; the device goes after it.
+            None if !anchor_wanted && self.anchor.remove().await? => report.removed += 1,
+            None => {}
+        }
 
         // The host's own traffic to blocks: kernel routes that lead it to the uplink.
         let mut next_hops = BTreeMap::new();

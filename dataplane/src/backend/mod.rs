@@ -9,3 +9,4 @@ pub mod host_routes;
 pub mod netlink;
 pub mod nftables;
 pub mod veth;
+pub mod vxlan_anchor;

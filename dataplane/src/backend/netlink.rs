@@ -51,7 +51,7 @@ use tracing::{info, warn};
 pub use super::host_routes::RTPROT_DATAPLANE;
 use super::{
     diff::{diff, Changes},
-    nftables,
+    nftables, vxlan_anchor,
 };
 use crate::{
     model::{MacAddr, Model, Problem},
@@ -779,7 +779,7 @@ pub struct Cleanup {
 
 /// Removes everything the netlink backend made in this network namespace: every main-table route
 /// of protocol [`RTPROT_DATAPLANE`] (whatever its shape, so the BPF backend's host routes too) and
-/// `vxlan.calico` if it carries our alias, and the natOutgoing table. Sysctls (forwarding, proxy ARP) are left as they are:
+/// `vxlan.calico` if it carries our alias, the fast path's `vxlan.dataplane`, and the natOutgoing table. Sysctls (forwarding, proxy ARP) are left as they are:
 /// nothing records what they were before. Needs a tokio runtime. For `dataplane cleanup`.
 pub async fn cleanup() -> anyhow::Result<Cleanup> {
     let handle = connect()?;
@@ -801,6 +801,10 @@ pub async fn cleanup() -> anyhow::Result<Cleanup> {
         if remove_owned_device(&handle, device).await? {
             removed.devices += 1;
         }
+    }
+    // The fast path's VXLAN GRO anchor, which carries an alias of its own.
+    if vxlan_anchor::remove(&handle).await? {
+        removed.devices += 1;
     }
     removed.nat_table = nftables::remove().context("removing the natOutgoing table")?;
     if removed.nat_table {
@@ -847,7 +851,7 @@ fn connect() -> anyhow::Result<Handle> {
 }
 
 /// The link called `name`, or None if there is no such device.
-async fn link_by_name(handle: &Handle, name: &str) -> anyhow::Result<Option<LinkMessage>> {
+pub(crate) async fn link_by_name(handle: &Handle, name: &str) -> anyhow::Result<Option<LinkMessage>> {
     let mut replies = handle.link().get().match_name(name.to_owned()).execute();
     match replies.try_next().await {
         Ok(message) => Ok(message),

@@ -1,0 +1,252 @@
+//! The VXLAN GRO anchor: a kernel vxlan device in external (collect_metadata) mode that the fast
+//! path keeps while the node receives VXLAN, for its UDP socket alone.
+//!
+//! The kernel merges VXLAN packets per inner flow (udp4_gro_receive -> vxlan_gro_receive) only
+//! when a UDP tunnel socket with a gro_receive callback is bound to the destination port. Without
+//! one, `from_uplink` decapsulates one wire packet at a time (1.3 KB each between VMs); with one,
+//! it decapsulates GRO-merged packets of tens of KB, as the kernel's own vxlan.calico receives.
+//! Every VXLAN packet to the node's address on the uplink is decided by `from_uplink` before the
+//! socket sees it; what reaches the device through another interface is dropped by the
+//! `vxlan_anchor` program on its ingress (counted as `drop_vxlan_socket`).
+
+use std::net::Ipv4Addr;
+
+use anyhow::Context as _;
+use rtnetlink::{
+    packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    Handle, LinkUnspec, LinkVxlan,
+};
+use tracing::{info, warn};
+
+use super::netlink::link_by_name;
+use crate::plan::Plan;
+
+/// The anchor device's name (not `vxlan.calico`, which the netlink fallback owns).
+pub const ANCHOR_DEVICE: &str = "vxlan.dataplane";
+
+/// The alias that marks the anchor as the fast path's, so that cleanup removes it.
+pub const ANCHOR_ALIAS: &str = "dataplane fast path VXLAN GRO anchor";
+
+/// Whether `plan` has this node receive VXLAN: some pool runs VXLAN between it and a peer.
+pub fn wanted(plan: &Plan) -> bool {
+    plan.peers.values().any(|peer| peer.vxlan)
+}
+
+/// The anchor's settings as read back from the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct AnchorState {
+    index: u32,
+    vxlan: bool,
+    external: bool,
+    port: Option<u16>,
+    local: Option<Ipv4Addr>,
+    alias: Option<String>,
+    up: bool,
+}
+
+impl AnchorState {
+    fn parse(message: &LinkMessage) -> Self {
+        let mut state = AnchorState {
+            index: message.header.index,
+            up: message.header.flags.contains(LinkFlags::Up),
+            ..Default::default()
+        };
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::IfAlias(alias) => state.alias = Some(alias.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(InfoKind::Vxlan) => state.vxlan = true,
+                            LinkInfo::Data(InfoData::Vxlan(items)) => {
+                                for item in items {
+                                    match item {
+                                        InfoVxlan::CollectMetadata(on) => state.external = *on,
+                                        InfoVxlan::Port(port) => state.port = Some(*port),
+                                        InfoVxlan::Local(local) => state.local = Some(*local),
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        state
+    }
+
+    /// Whether it is our anchor with these settings (up or not).
+    fn matches(&self, local: Ipv4Addr, port: u16) -> bool {
+        self.vxlan && self.external && self.port == Some(port) && self.local == Some(local) && self.ours()
+    }
+
+    fn ours(&self) -> bool {
+        self.alias.as_deref() == Some(ANCHOR_ALIAS)
+    }
+}
+
+/// Keeps the anchor device as the plan wants it, over its own netlink connection.
+pub struct VxlanAnchor {
+    handle: Handle,
+    /// Whether the agent has warned that it cannot have the device: it retries every reconcile
+    /// (a device in the way may go), but says so once.
+    warned: bool,
+}
+
+impl VxlanAnchor {
+    /// Opens a netlink connection in the current network namespace (needs a tokio runtime).
+    pub fn connect() -> anyhow::Result<Self> {
+        let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+        tokio::spawn(connection);
+        Ok(VxlanAnchor { handle, warned: false })
+    }
+
+    /// Makes the anchor exist in external mode on `local`:`port`; returns its ifindex and whether
+    /// it is up, or None when the kernel cannot make it (warned once: the node then receives VXLAN
+    /// without GRO) or a device of that name that is not ours is in the way. A new device is left
+    /// down: its socket opens when it goes up ([`VxlanAnchor::set_up`]), which the caller does
+    /// once the program that drops what it decapsulates is attached.
+    pub async fn ensure(&mut self, local: Ipv4Addr, port: u16) -> anyhow::Result<Option<(u32, bool)>> {
+        if let Some(existing) = link_by_name(&self.handle, ANCHOR_DEVICE).await? {
+            let state = AnchorState::parse(&existing);
+            if !state.ours() {
+                if !self.warned {
+                    warn!(
+                        device = ANCHOR_DEVICE,
+                        "a device of this name that the agent did not make is in the way: VXLAN is received \
+                         without GRO until it is removed"
+                    );
+                    self.warned = true;
+                }
+                return Ok(None);
+            }
+            if state.matches(local, port) {
+                return Ok(Some((state.index, state.up)));
+            }
+            info!(device = ANCHOR_DEVICE, ?state, "settings differ from the plan; making it anew");
+            self.handle
+                .link()
+                .del(state.index)
+                .execute()
+                .await
+                .with_context(|| format!("deleting {ANCHOR_DEVICE} to make it anew"))?;
+        }
+        // No lower device: the socket listens on every interface, and a vxlan device's lower
+        // device only matters for what it sends, which is nothing.
+        let message =
+            LinkVxlan::new(ANCHOR_DEVICE, 0).collect_metadata(true).port(port).local(local).learning(false).build();
+        if let Err(error) = self.handle.link().add(message).execute().await {
+            self.warn_once(&error);
+            return Ok(None);
+        }
+        let created = link_by_name(&self.handle, ANCHOR_DEVICE)
+            .await?
+            .with_context(|| format!("{ANCHOR_DEVICE} vanished right after it was created"))?;
+        let index = created.header.index;
+        let message = LinkUnspec::new_with_index(index).alias(ANCHOR_ALIAS).build();
+        if let Err(error) = self.handle.link().set(message).execute().await {
+            // Without our alias no later agent would take it for ours: do not leave it behind.
+            let _ = self.handle.link().del(index).execute().await;
+            return Err(error).with_context(|| format!("marking {ANCHOR_DEVICE} with alias {ANCHOR_ALIAS:?}"));
+        }
+        info!(device = ANCHOR_DEVICE, %local, port, "created the VXLAN GRO anchor (external mode)");
+        Ok(Some((index, false)))
+    }
+
+    /// Brings the anchor up, which opens its UDP socket; whether it is up. Opening fails when
+    /// another VXLAN device holds the port: warned once, left down, retried every reconcile.
+    pub async fn set_up(&mut self, index: u32) -> bool {
+        let message = LinkUnspec::new_with_index(index).up().build();
+        match self.handle.link().set(message).execute().await {
+            Ok(()) => {
+                info!(device = ANCHOR_DEVICE, "up: VXLAN to this node is GRO-merged before from_uplink");
+                self.warned = false;
+                true
+            }
+            Err(error) => {
+                self.warn_once(&error);
+                false
+            }
+        }
+    }
+
+    fn warn_once(&mut self, error: &rtnetlink::Error) {
+        if !self.warned {
+            warn!(
+                device = ANCHOR_DEVICE,
+                %error,
+                "cannot have the VXLAN GRO anchor (no vxlan module, or another VXLAN device holds the port): \
+                 VXLAN is received without GRO, one wire packet at a time, which costs throughput between \
+                 VMs; retrying at every reconcile"
+            );
+            self.warned = true;
+        }
+    }
+
+    /// Removes the anchor if it is ours; returns whether it did.
+    pub async fn remove(&self) -> anyhow::Result<bool> {
+        remove(&self.handle).await
+    }
+}
+
+/// Removes the anchor device if it carries [`ANCHOR_ALIAS`]; returns whether it did.
+pub async fn remove(handle: &Handle) -> anyhow::Result<bool> {
+    let Some(message) = link_by_name(handle, ANCHOR_DEVICE).await? else {
+        return Ok(false);
+    };
+    let state = AnchorState::parse(&message);
+    if !state.ours() {
+        return Ok(false);
+    }
+    handle.link().del(state.index).execute().await.with_context(|| format!("deleting {ANCHOR_DEVICE}"))?;
+    info!(device = ANCHOR_DEVICE, "removed the VXLAN GRO anchor");
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::plan::{NodePlan, PlannedPeer};
+
+    fn plan(peers: &[(&str, PlannedPeer)]) -> Plan {
+        Plan {
+            node: NodePlan { name: "n1".into(), addr: "10.0.0.1/24".parse().unwrap(), vtep_mac: None, vtep_addr: None },
+            routes: BTreeMap::new(),
+            peers: peers.iter().map(|(addr, peer)| (addr.parse().unwrap(), *peer)).collect(),
+            cluster_nodes: BTreeSet::new(),
+            workloads: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn wanted_only_when_some_peer_runs_vxlan() {
+        let vxlan = PlannedPeer { vxlan: true, ipip: false };
+        let ipip = PlannedPeer { vxlan: false, ipip: true };
+        assert!(!wanted(&plan(&[])));
+        assert!(!wanted(&plan(&[("10.0.0.2", ipip)])));
+        assert!(wanted(&plan(&[("10.0.0.2", ipip), ("10.0.0.3", vxlan)])));
+    }
+
+    #[test]
+    fn only_our_external_device_on_the_port_and_address_matches() {
+        let local: Ipv4Addr = "10.0.0.1".parse().unwrap();
+        let ours = AnchorState {
+            vxlan: true,
+            external: true,
+            port: Some(4789),
+            local: Some(local),
+            alias: Some(ANCHOR_ALIAS.into()),
+            ..Default::default()
+        };
+        assert!(ours.matches(local, 4789));
+        assert!(!ours.matches(local, 8472));
+        assert!(!ours.matches("10.0.0.9".parse().unwrap(), 4789));
+        assert!(!AnchorState { external: false, ..ours.clone() }.matches(local, 4789));
+        assert!(!AnchorState { alias: None, ..ours.clone() }.matches(local, 4789));
+    }
+}
