@@ -6,7 +6,9 @@
 
 use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect, programs::TcContext};
 use dataplane_common::{
-    net::{ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUEST, ETH_ALEN, ETH_HLEN, ETH_P_ARP, ETH_P_IP, GATEWAY_ADDR, GATEWAY_MAC},
+    net::{
+        ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUEST, ETH_ALEN, ETH_HLEN, ETH_P_ARP, ETH_P_IP, GATEWAY_ADDR, GATEWAY_MAC,
+    },
     Stat,
 };
 

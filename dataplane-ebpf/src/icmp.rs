@@ -50,8 +50,7 @@ pub fn frag_needed(ctx: &TcContext, ifindex: u32, original: &Ipv4Hdr, mtu: u16) 
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + QUOTED_LEN) as u32, 0) } != 0 {
         return Err(Stat::DropAdjustRoomFailed);
     }
-    ctx.adjust_room((IPV4_HLEN + ICMP_HLEN) as i32, BPF_ADJ_ROOM_MAC, 0)
-        .map_err(|_| Stat::DropAdjustRoomFailed)?;
+    ctx.adjust_room((IPV4_HLEN + ICMP_HLEN) as i32, BPF_ADJ_ROOM_MAC, 0).map_err(|_| Stat::DropAdjustRoomFailed)?;
 
     let mut icmp = IcmpFragNeeded {
         kind: ICMP_DEST_UNREACH,

@@ -19,7 +19,9 @@ mod vxlan;
 mod workload;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use dataplane_common::{Stat, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR};
+use dataplane_common::{
+    Stat, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR,
+};
 
 /// TC ingress of every workload interface (`caliXXXXXXXXXXX`): traffic leaving a pod.
 #[classifier]

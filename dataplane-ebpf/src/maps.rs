@@ -7,8 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use dataplane_common::{
-    FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAX_ENTRIES,
-    PEERS_MAX_ENTRIES, ROUTES_MAX_ENTRIES, STAT_COUNT, WORKLOADS_MAX_ENTRIES,
+    FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAX_ENTRIES, PEERS_MAX_ENTRIES,
+    ROUTES_MAX_ENTRIES, STAT_COUNT, WORKLOADS_MAX_ENTRIES,
 };
 
 /// Destination prefix -> [`Route`] (`dataplane_common::ROUTES_MAP`).

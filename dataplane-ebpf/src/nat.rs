@@ -14,9 +14,8 @@ use aya_ebpf::{
 use dataplane_common::{
     net::{
         ICMP_CSUM_OFFSET, ICMP_DEST_UNREACH, ICMP_ECHO_ID_OFFSET, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN,
-        ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPV4_IHL_MIN, TCP_ACK, TCP_SYN,
-        IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, TCP_CSUM_OFFSET, TCP_FLAGS_OFFSET,
-        UDP_CSUM_OFFSET,
+        ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, IPV4_IHL_MIN,
+        TCP_ACK, TCP_CSUM_OFFSET, TCP_FLAGS_OFFSET, TCP_SYN, UDP_CSUM_OFFSET,
     },
     route_flags, route_kind, workload_flags, FlowKey, NodeConfig, Stat, Workload, FLOW_INBOUND, FLOW_OUTBOUND,
 };
@@ -263,11 +262,9 @@ fn icmp_error_inbound(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome {
     // The quoted packet is one we sent: node -> peer. Its reply would be peer -> node.
     let head: [u8; 8] = read(ctx, QUOTED_L4_OFFSET)?;
     let (src_port, dst_port, port_offset) = match quoted.protocol {
-        IPPROTO_TCP | IPPROTO_UDP => (
-            u16::from_be_bytes([head[0], head[1]]),
-            u16::from_be_bytes([head[2], head[3]]),
-            QUOTED_L4_OFFSET,
-        ),
+        IPPROTO_TCP | IPPROTO_UDP => {
+            (u16::from_be_bytes([head[0], head[1]]), u16::from_be_bytes([head[2], head[3]]), QUOTED_L4_OFFSET)
+        }
         IPPROTO_ICMP if head[0] == ICMP_ECHO_REQUEST => (
             u16::from_be_bytes([head[ICMP_ECHO_ID_OFFSET], head[ICMP_ECHO_ID_OFFSET + 1]]),
             0,

@@ -70,12 +70,7 @@ pub fn to_next_hop(node: &NodeConfig, next_hop: Ipv4Bytes, stat: Stat) -> Outcom
     };
     // SAFETY: `params` lives on the stack for the duration of the call, with its true size.
     let action = unsafe {
-        bpf_redirect_neigh(
-            node.uplink_ifindex,
-            &mut params,
-            core::mem::size_of::<bpf_redir_neigh>() as i32,
-            0,
-        )
+        bpf_redirect_neigh(node.uplink_ifindex, &mut params, core::mem::size_of::<bpf_redir_neigh>() as i32, 0)
     };
     redirected(action, stat)
 }

@@ -62,8 +62,7 @@ pub fn encap(ctx: &TcContext, node: &NodeConfig, route: &Route, inner: &Ipv4Hdr)
         | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
         | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
         | ((ETH_HLEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT);
-    ctx.adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags)
-        .map_err(|_| Stat::DropAdjustRoomFailed)?;
+    ctx.adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(|_| Stat::DropAdjustRoomFailed)?;
 
     // Spread flows over source ports as the kernel does, so the underlay's ECMP and RSS see them.
     // SAFETY: a BPF helper call on this program's own skb.

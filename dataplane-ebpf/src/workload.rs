@@ -3,16 +3,16 @@
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{
     net::{
-        CALICO_VXLAN_PORT, ETH_P_ARP, ETH_P_IP, IPIP_ENCAP_LEN, IPPROTO_IPIP, IPPROTO_UDP, IPV4_DF, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN,
-        IPV4_IHL_MIN, VXLAN_ENCAP_LEN,
+        CALICO_VXLAN_PORT, ETH_P_ARP, ETH_P_IP, IPIP_ENCAP_LEN, IPPROTO_IPIP, IPPROTO_UDP, IPV4_DF,
+        IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, IPV4_IHL_MIN, VXLAN_ENCAP_LEN,
     },
     route_flags, route_kind, NodeConfig, Route, Stat,
 };
 
 use crate::{
     arp, icmp, ipip,
-    nat,
     maps::WORKLOADS,
+    nat,
     packet::{read, EthHdr, Ipv4Hdr, UdpHdr},
     route::{self, IP_OFFSET},
     verdict::{Outcome, Verdict},

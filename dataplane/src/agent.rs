@@ -232,19 +232,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let watcher = match &options.datastore {
         Datastore::File(path) => tokio::spawn(datastore::watch_file(path.clone(), sender, connection)),
         Datastore::Etcdv3 => tokio::spawn(datastore::etcd::watch(options.etcd.clone(), sender, connection)),
-        Datastore::Kubernetes(config) => {
-            tokio::spawn(datastore::kubernetes::watch(config.clone(), sender, connection))
-        }
+        Datastore::Kubernetes(config) => tokio::spawn(datastore::kubernetes::watch(config.clone(), sender, connection)),
     };
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut resync = tokio::time::interval(options.resync);
     resync.tick().await;
     // Sweep often enough that a flow is gone soon after its (possibly short) timeout.
-    let shortest = [options.conntrack_timeouts.udp_s, options.conntrack_timeouts.icmp_s, options.conntrack_timeouts.tcp_closing_s]
-        .into_iter()
-        .min()
-        .unwrap_or(1);
+    let shortest =
+        [options.conntrack_timeouts.udp_s, options.conntrack_timeouts.icmp_s, options.conntrack_timeouts.tcp_closing_s]
+            .into_iter()
+            .min()
+            .unwrap_or(1);
     let mut sweep = tokio::time::interval(CONNTRACK_SWEEP.min(Duration::from_secs(u64::from(shortest).max(2) / 2)));
     loop {
         tokio::select! {

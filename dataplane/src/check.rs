@@ -1582,11 +1582,7 @@ pub fn run(options: &CheckOptions) -> anyhow::Result<Report> {
     report.findings.extend(datastore);
     let planned = problem_findings("plan", &plan_problems, &report.findings);
     report.findings.extend(planned);
-    tracing::info!(
-        findings = report.findings.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "check: done"
-    );
+    tracing::info!(findings = report.findings.len(), elapsed_ms = started.elapsed().as_millis() as u64, "check: done");
     Ok(report)
 }
 
@@ -1773,10 +1769,12 @@ mod tests {
             ("cali0761ccbeace".to_owned(), 5),
             ("cali188d81a77fc".to_owned(), 6),
         ]);
-        let (entries, missing) =
-            entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: 1500, nat_ports: (20000, 29999) }, |name| {
-                interfaces.get(name).copied()
-            }, &BTreeMap::new());
+        let (entries, missing) = entries::from_plan(
+            &plan,
+            entries::Uplink { ifindex: 2, mtu: 1500, nat_ports: (20000, 29999) },
+            |name| interfaces.get(name).copied(),
+            &BTreeMap::new(),
+        );
         assert!(missing.is_empty());
         (model, plan, interfaces, entries)
     }
@@ -2076,7 +2074,10 @@ mod tests {
         interfaces.insert(ANCHOR_DEVICE.to_owned(), 7);
         let expected = expected_links(&plan, "eth0", &interfaces);
         let anchor = &expected["ingress_vxlan%2edataplane"];
-        assert_eq!((anchor.interface.as_str(), anchor.hook, anchor.program), (ANCHOR_DEVICE, Hook::Ingress, PROG_VXLAN_ANCHOR));
+        assert_eq!(
+            (anchor.interface.as_str(), anchor.hook, anchor.program),
+            (ANCHOR_DEVICE, Hook::Ingress, PROG_VXLAN_ANCHOR)
+        );
         let observed = healthy_links(&expected);
         assert_eq!(check_links(&expected, &observed, &interfaces, Path::new("/pins/links")), vec![]);
     }
@@ -2354,7 +2355,10 @@ mod tests {
         let mut learned = report.clone();
         learned.checked.learned_macs.insert("default/web-1".into(), "0a:58:0a:f4:01:02".into());
         let said = text(&learned);
-        assert!(said.contains("MACs learned from the veths, as the datastore has none: default/web-1 0a:58:0a:f4:01:02"), "{said}");
+        assert!(
+            said.contains("MACs learned from the veths, as the datastore has none: default/web-1 0a:58:0a:f4:01:02"),
+            "{said}"
+        );
         assert_eq!(json(&learned)["checked"]["learned_macs"]["default/web-1"], "0a:58:0a:f4:01:02");
         report.findings.push(Finding::new("pools", "IPPool x", "overlaps", "change it"));
         let printed = text(&report);

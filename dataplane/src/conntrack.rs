@@ -41,9 +41,8 @@ pub struct Translation {
 pub fn parse_timeouts(s: &str) -> Result<FlowTimeouts, String> {
     let mut timeouts = FlowTimeouts::DEFAULT;
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let usage = || {
-            format!("{item:?}: expected NAME=SECONDS with NAME tcp-new, tcp-established, tcp-closing, udp or icmp")
-        };
+        let usage =
+            || format!("{item:?}: expected NAME=SECONDS with NAME tcp-new, tcp-established, tcp-closing, udp or icmp");
         let (name, seconds) = item.split_once('=').ok_or_else(usage)?;
         let seconds: u32 = seconds.trim().trim_end_matches('s').parse().map_err(|_| usage())?;
         if seconds == 0 {
@@ -205,7 +204,10 @@ mod tests {
         assert_eq!((t.protocol.as_str(), t.pod_port, t.nat_port, t.peer_port), ("udp", 5555, 40001, 53));
         assert_eq!((t.state, t.age_s, t.idle_s), ("established", 10, 2));
         let text = table(&list);
-        assert!(text.contains("10.244.1.2:5555") && text.contains("10.100.0.11:40001") && text.contains("192.0.2.10:53"), "{text}");
+        assert!(
+            text.contains("10.244.1.2:5555") && text.contains("10.100.0.11:40001") && text.contains("192.0.2.10:53"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -14,10 +14,7 @@ use serde::Serialize;
 
 use crate::{
     agent::Datastore,
-    datastore::{
-        etcd::EtcdConfig,
-        file, Snapshot,
-    },
+    datastore::{etcd::EtcdConfig, file, Snapshot},
     model::Model,
 };
 

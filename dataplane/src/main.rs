@@ -384,7 +384,12 @@ fn main() -> anyhow::Result<()> {
             println!("removed {removed} TC filters and pinned objects under {}", pin_path.display());
             // The fast path's host routes and the netlink fallback's routes and vxlan.calico.
             let report = backend::netlink::cleanup_blocking()?;
-            println!("removed {} kernel routes of protocol {} and {} devices", report.routes, backend::host_routes::RTPROT_DATAPLANE, report.devices);
+            println!(
+                "removed {} kernel routes of protocol {} and {} devices",
+                report.routes,
+                backend::host_routes::RTPROT_DATAPLANE,
+                report.devices
+            );
             Ok(())
         }
         Command::Ipam { command: IpamCommand::Show { show_blocks, datastore, output } } => {
@@ -511,9 +516,8 @@ fn parse_metrics_addr(text: &str) -> Result<std::net::SocketAddr, String> {
     if let Ok(port) = text.parse::<u16>() {
         return Ok(std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)));
     }
-    text.parse().map_err(|_| {
-        format!("{text:?} is neither a port (9091: loopback only) nor an address and port (0.0.0.0:9091)")
-    })
+    text.parse()
+        .map_err(|_| format!("{text:?} is neither a port (9091: loopback only) nor an address and port (0.0.0.0:9091)"))
 }
 
 #[cfg(test)]
@@ -529,8 +533,17 @@ mod tests {
             let error = parse_metrics_addr(wrong).expect_err(wrong);
             assert!(error.contains("0.0.0.0:9091"), "{error}");
         }
-        let cli = Cli::try_parse_from(["dataplane", "run", "--datastore", "file:/x", "--node", "n", "--metrics-addr", "9091"])
-            .expect("a bare port is accepted");
+        let cli = Cli::try_parse_from([
+            "dataplane",
+            "run",
+            "--datastore",
+            "file:/x",
+            "--node",
+            "n",
+            "--metrics-addr",
+            "9091",
+        ])
+        .expect("a bare port is accepted");
         let Command::Run { metrics_addr, .. } = cli.command else { panic!("not run") };
         assert_eq!(metrics_addr, Some("127.0.0.1:9091".parse().expect("address")));
     }

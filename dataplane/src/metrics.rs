@@ -14,7 +14,9 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
-use dataplane_common::{FlowKey, Ipv4Bytes, NatFlow, Peer, Route, Workload, CONNTRACK_MAP, PEERS_MAP, ROUTES_MAP, WORKLOADS_MAP};
+use dataplane_common::{
+    FlowKey, Ipv4Bytes, NatFlow, Peer, Route, Workload, CONNTRACK_MAP, PEERS_MAP, ROUTES_MAP, WORKLOADS_MAP,
+};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpListener,
@@ -85,9 +87,24 @@ pub fn render(agent: &Agent, counters: &[stats::Counter], occupancy: &Occupancy)
     let gauges: [(&str, &str, &str, f64); 7] = [
         ("dataplane_reconciles_total", "counter", "Reconciles that completed.", agent.reconciles as f64),
         ("dataplane_reconcile_errors_total", "counter", "Reconciles that failed.", agent.reconcile_errors as f64),
-        ("dataplane_reconcile_seconds_sum", "counter", "Seconds spent in completed reconciles.", agent.reconcile_seconds_sum),
-        ("dataplane_last_reconcile_seconds", "gauge", "Duration of the last completed reconcile.", agent.last_reconcile_seconds),
-        ("dataplane_last_reconcile_ok", "gauge", "1 if the last reconcile succeeded.", f64::from(u8::from(agent.last_reconcile_ok))),
+        (
+            "dataplane_reconcile_seconds_sum",
+            "counter",
+            "Seconds spent in completed reconciles.",
+            agent.reconcile_seconds_sum,
+        ),
+        (
+            "dataplane_last_reconcile_seconds",
+            "gauge",
+            "Duration of the last completed reconcile.",
+            agent.last_reconcile_seconds,
+        ),
+        (
+            "dataplane_last_reconcile_ok",
+            "gauge",
+            "1 if the last reconcile succeeded.",
+            f64::from(u8::from(agent.last_reconcile_ok)),
+        ),
         (
             "dataplane_datastore_up",
             "gauge",

@@ -238,12 +238,7 @@ impl Problem {
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {
-        Problem {
-            kind: kind.into(),
-            name: name.into(),
-            field: field.into(),
-            message: message.into(),
-        }
+        Problem { kind: kind.into(), name: name.into(), field: field.into(), message: message.into() }
     }
 }
 

@@ -267,9 +267,7 @@ fn valid_pools<'m>(model: &'m Model, problems: &mut Vec<Problem>) -> Vec<&'m IpP
             continue;
         }
         let cidr = pool.cidr.trunc();
-        if let Some(earlier) =
-            pools.iter().find(|p| p.cidr.contains(&cidr) || cidr.contains(&p.cidr.trunc()))
-        {
+        if let Some(earlier) = pools.iter().find(|p| p.cidr.contains(&cidr) || cidr.contains(&p.cidr.trunc())) {
             problems.push(Problem::new(
                 "IPPool",
                 pool.name.as_str(),
@@ -294,11 +292,7 @@ fn pool_of<'p>(pools: &[&'p IpPool], prefix: &Ipv4Net) -> Option<&'p IpPool> {
 
 /// A route to `target` carrying the attributes of `pool`.
 fn route_in(pool: Option<&IpPool>, target: RouteTarget) -> PlannedRoute {
-    PlannedRoute {
-        target,
-        pool: pool.map(|p| p.name.clone()),
-        nat_outgoing: pool.is_some_and(|p| p.nat_outgoing),
-    }
+    PlannedRoute { target, pool: pool.map(|p| p.name.clone()), nat_outgoing: pool.is_some_and(|p| p.nat_outgoing) }
 }
 
 /// Routes for the blocks with a confirmed, live affinity: local ones are blackholed (LocalBlock),
@@ -377,11 +371,7 @@ fn plan_blocks(
         };
         match encap_between(pool, local_addr, peer) {
             Ok(encap) => {
-                let target = RouteTarget::RemoteBlock {
-                    node: owner.to_owned(),
-                    node_addr: peer_addr.addr(),
-                    encap,
-                };
+                let target = RouteTarget::RemoteBlock { node: owner.to_owned(), node_addr: peer_addr.addr(), encap };
                 plan.routes.insert(cidr, route_in(Some(pool), target));
             }
             Err(problem) => problems.push(problem),
@@ -390,13 +380,7 @@ fn plan_blocks(
 }
 
 /// The workloads on this node: a /32 route to each one's interface, and its entry by interface.
-fn plan_workloads(
-    model: &Model,
-    pools: &[&IpPool],
-    this_node: &str,
-    plan: &mut Plan,
-    problems: &mut Vec<Problem>,
-) {
+fn plan_workloads(model: &Model, pools: &[&IpPool], this_node: &str, plan: &mut Plan, problems: &mut Vec<Problem>) {
     for workload in model.workloads.iter().filter(|w| w.node == this_node) {
         let name = workload.full_name();
         let Some(first) = workload.addrs.first() else {
@@ -439,31 +423,20 @@ fn plan_workloads(
                 "WorkloadEndpoint",
                 name,
                 "spec.ipNetworks",
-                format!(
-                    "the address {addr} is already used by {}, so this endpoint is skipped",
-                    other.name
-                ),
+                format!("the address {addr} is already used by {}, so this endpoint is skipped", other.name),
             ));
             continue;
         }
-        let target =
-            RouteTarget::LocalWorkload { interface: workload.interface.clone(), mac: workload.mac };
+        let target = RouteTarget::LocalWorkload { interface: workload.interface.clone(), mac: workload.mac };
         plan.routes.insert(host, route_in(pool_of(pools, &host), target));
-        plan.workloads
-            .insert(workload.interface.clone(), PlannedWorkload { name, addr, mac: workload.mac });
+        plan.workloads.insert(workload.interface.clone(), PlannedWorkload { name, addr, mac: workload.mac });
     }
 }
 
 /// The other nodes from which tunnel packets are accepted: those towards which some valid pool
 /// tunnels. Receiving needs no VTEP MAC, so a peer without one still counts here (its blocks are
 /// reported where they are routed).
-fn plan_peers(
-    model: &Model,
-    pools: &[&IpPool],
-    this_node: &str,
-    local_addr: &Ipv4Net,
-    plan: &mut Plan,
-) {
+fn plan_peers(model: &Model, pools: &[&IpPool], this_node: &str, local_addr: &Ipv4Net, plan: &mut Plan) {
     for peer in model.nodes.iter().filter(|n| n.name != this_node) {
         let Some(peer_addr) = peer.addr else {
             continue;
@@ -501,13 +474,7 @@ mod tests {
         text.parse().expect("test MAC")
     }
 
-    fn pool(
-        name: &str,
-        cidr: &str,
-        vxlan: EncapMode,
-        ipip: EncapMode,
-        nat_outgoing: bool,
-    ) -> IpPool {
+    fn pool(name: &str, cidr: &str, vxlan: EncapMode, ipip: EncapMode, nat_outgoing: bool) -> IpPool {
         IpPool {
             name: name.into(),
             cidr: net(cidr),
@@ -531,12 +498,7 @@ mod tests {
     }
 
     fn block(cidr: &str, node: &str) -> Block {
-        Block {
-            cidr: net(cidr),
-            node: node.into(),
-            state: AffinityState::Confirmed,
-            deleted: false,
-        }
+        Block { cidr: net(cidr), node: node.into(), state: AffinityState::Confirmed, deleted: false }
     }
 
     fn workload(name: &str, node: &str, addr: &str, interface: &str) -> Workload {
@@ -602,10 +564,7 @@ mod tests {
         for route in plan.routes.values() {
             assert_eq!((route.pool.as_deref(), route.nat_outgoing), (Some("p"), true));
         }
-        assert_eq!(
-            plan.peers,
-            BTreeMap::from([(ip("10.0.0.2"), PlannedPeer { vxlan: true, ipip: false })])
-        );
+        assert_eq!(plan.peers, BTreeMap::from([(ip("10.0.0.2"), PlannedPeer { vxlan: true, ipip: false })]));
         assert!(plan.workloads.is_empty());
     }
 
@@ -623,10 +582,7 @@ mod tests {
             target(&plan, "10.244.3.0/26"),
             remote("n3", "10.1.0.3", Encap::Vxlan { vtep_mac: mac("66:d0:00:00:00:03") })
         );
-        assert_eq!(
-            plan.peers,
-            BTreeMap::from([(ip("10.1.0.3"), PlannedPeer { vxlan: true, ipip: false })])
-        );
+        assert_eq!(plan.peers, BTreeMap::from([(ip("10.1.0.3"), PlannedPeer { vxlan: true, ipip: false })]));
 
         // The same with IPIP.
         model.pools[0].vxlan_mode = EncapMode::Never;
@@ -635,10 +591,7 @@ mod tests {
         assert_eq!(problems, vec![]);
         assert_eq!(target(&plan, "10.244.2.0/26"), remote("n2", "10.0.0.2", Encap::None));
         assert_eq!(target(&plan, "10.244.3.0/26"), remote("n3", "10.1.0.3", Encap::Ipip));
-        assert_eq!(
-            plan.peers,
-            BTreeMap::from([(ip("10.1.0.3"), PlannedPeer { vxlan: false, ipip: true })])
-        );
+        assert_eq!(plan.peers, BTreeMap::from([(ip("10.1.0.3"), PlannedPeer { vxlan: false, ipip: true })]));
     }
 
     #[test]
@@ -649,10 +602,7 @@ mod tests {
         let (plan, problems) = plan_ok(&model, "n1");
         assert_eq!(problems, vec![]);
         assert_eq!(target(&plan, "10.244.2.0/26"), remote("n2", "10.0.0.2", Encap::Ipip));
-        assert_eq!(
-            plan.peers,
-            BTreeMap::from([(ip("10.0.0.2"), PlannedPeer { vxlan: false, ipip: true })])
-        );
+        assert_eq!(plan.peers, BTreeMap::from([(ip("10.0.0.2"), PlannedPeer { vxlan: false, ipip: true })]));
     }
 
     #[test]
@@ -705,10 +655,7 @@ mod tests {
         let (plan, problems) = plan_ok(&model, "n1");
         assert_eq!(
             problem_keys(&problems),
-            [
-                ("BlockAffinity", "10.99.0.0/26", "spec.cidr"),
-                ("BlockAffinity", "10.244.0.0/15", "spec.cidr")
-            ]
+            [("BlockAffinity", "10.99.0.0/26", "spec.cidr"), ("BlockAffinity", "10.244.0.0/15", "spec.cidr")]
         );
         assert_eq!(target(&plan, "10.99.0.0/26"), None);
         assert_eq!(target(&plan, "10.244.0.0/15"), None);
@@ -740,10 +687,7 @@ mod tests {
         assert_eq!(target(&plan, "10.244.2.64/26"), None);
         assert_eq!(target(&plan, "10.244.1.0/26"), Some(RouteTarget::LocalBlock));
         // Its VXLAN packets are still accepted: decapsulating needs no MAC.
-        assert_eq!(
-            plan.peers,
-            BTreeMap::from([(ip("10.0.0.2"), PlannedPeer { vxlan: true, ipip: false })])
-        );
+        assert_eq!(plan.peers, BTreeMap::from([(ip("10.0.0.2"), PlannedPeer { vxlan: true, ipip: false })]));
     }
 
     #[test]
@@ -754,10 +698,7 @@ mod tests {
         let (plan, problems) = plan_ok(&model, "n1");
         assert_eq!(
             problem_keys(&problems),
-            [
-                ("Node", "n2", "spec.bgp.ipv4Address"),
-                ("BlockAffinity", "10.244.3.0/26", "spec.node")
-            ]
+            [("Node", "n2", "spec.bgp.ipv4Address"), ("BlockAffinity", "10.244.3.0/26", "spec.node")]
         );
         assert_eq!(target(&plan, "10.244.2.0/26"), None);
         assert_eq!(target(&plan, "10.244.3.0/26"), None);
@@ -806,11 +747,7 @@ mod tests {
                 ),
                 (
                     "calisloppy".to_owned(),
-                    PlannedWorkload {
-                        name: "default/sloppy".into(),
-                        addr: ip("10.244.1.4"),
-                        mac: None
-                    }
+                    PlannedWorkload { name: "default/sloppy".into(), addr: ip("10.244.1.4"), mac: None }
                 ),
             ])
         );
@@ -835,19 +772,14 @@ mod tests {
         let mut model = two_nodes(EncapMode::Never, EncapMode::Never);
         model.blocks[1].state = AffinityState::Pending;
         model.blocks.push(Block { deleted: true, ..block("10.244.3.0/26", "n2") });
-        model
-            .blocks
-            .push(Block { state: AffinityState::PendingDeletion, ..block("10.244.4.0/26", "n2") });
+        model.blocks.push(Block { state: AffinityState::PendingDeletion, ..block("10.244.4.0/26", "n2") });
         // A pending claim by another node does not make a confirmed block conflicted, nor does
         // it need a pool.
         model.blocks.push(Block { state: AffinityState::Pending, ..block("10.244.1.0/26", "n2") });
         model.blocks.push(Block { state: AffinityState::Pending, ..block("10.99.0.0/26", "n2") });
         let (plan, problems) = plan_ok(&model, "n1");
         assert_eq!(problems, vec![]);
-        assert_eq!(
-            plan.routes.keys().copied().collect::<Vec<_>>(),
-            [net("10.244.0.0/16"), net("10.244.1.0/26")]
-        );
+        assert_eq!(plan.routes.keys().copied().collect::<Vec<_>>(), [net("10.244.0.0/16"), net("10.244.1.0/26")]);
         assert_eq!(target(&plan, "10.244.1.0/26"), Some(RouteTarget::LocalBlock));
     }
 
@@ -862,20 +794,8 @@ mod tests {
     #[test]
     fn invalid_and_overlapping_pools_are_skipped() {
         let mut model = two_nodes(EncapMode::Never, EncapMode::Never);
-        model.pools.push(pool(
-            "both",
-            "10.50.0.0/16",
-            EncapMode::Always,
-            EncapMode::CrossSubnet,
-            false,
-        ));
-        model.pools.push(pool(
-            "inner",
-            "10.244.128.0/17",
-            EncapMode::Always,
-            EncapMode::Never,
-            false,
-        ));
+        model.pools.push(pool("both", "10.50.0.0/16", EncapMode::Always, EncapMode::CrossSubnet, false));
+        model.pools.push(pool("inner", "10.244.128.0/17", EncapMode::Always, EncapMode::Never, false));
         model.pools.push(pool("outer", "10.0.0.0/8", EncapMode::Never, EncapMode::Never, false));
         let mut disabled = pool("old", "10.246.0.0/16", EncapMode::Never, EncapMode::Never, false);
         disabled.disabled = true;
@@ -928,24 +848,13 @@ mod tests {
         ];
         for (vxlan_mode, ipip_mode, peer, expected) in cases {
             let p = pool("p", "10.244.0.0/16", vxlan_mode, ipip_mode, false);
-            assert_eq!(
-                encap_between(&p, &local, peer),
-                Ok(expected),
-                "{vxlan_mode} {ipip_mode} {}",
-                peer.name
-            );
+            assert_eq!(encap_between(&p, &local, peer), Ok(expected), "{vxlan_mode} {ipip_mode} {}", peer.name);
         }
         let both = pool("both", "10.244.0.0/16", EncapMode::Always, EncapMode::Always, false);
-        assert_eq!(
-            encap_between(&both, &local, &far).map_err(|p| p.field),
-            Err("spec.vxlanMode".to_owned())
-        );
+        assert_eq!(encap_between(&both, &local, &far).map_err(|p| p.field), Err("spec.vxlanMode".to_owned()));
         let no_addr = Node { addr: None, ..far.clone() };
         let p = pool("p", "10.244.0.0/16", EncapMode::Never, EncapMode::Never, false);
-        assert_eq!(
-            encap_between(&p, &local, &no_addr).map_err(|p| p.field),
-            Err("spec.bgp.ipv4Address".to_owned())
-        );
+        assert_eq!(encap_between(&p, &local, &no_addr).map_err(|p| p.field), Err("spec.bgp.ipv4Address".to_owned()));
     }
 
     #[test]
@@ -954,10 +863,8 @@ mod tests {
         model.nodes.push(node("n3", "10.0.0.3/24", 3));
         model.blocks.push(block("10.244.3.0/26", "n3"));
         model.blocks.push(block("10.244.9.0/26", "n1"));
-        model.workloads = vec![
-            workload("a", "n1", "10.244.1.2/32", "calia"),
-            workload("b", "n1", "10.244.1.3/32", "calib"),
-        ];
+        model.workloads =
+            vec![workload("a", "n1", "10.244.1.2/32", "calia"), workload("b", "n1", "10.244.1.3/32", "calib")];
         let forward = plan_ok(&model, "n1");
         model.blocks.reverse();
         model.nodes.swap(1, 2);
@@ -969,13 +876,9 @@ mod tests {
     #[test]
     fn example_two_nodes() {
         let (model, problems) =
-            crate::datastore::file::parse(include_str!("../../examples/two-nodes.yaml"))
-                .expect("YAML");
+            crate::datastore::file::parse(include_str!("../../examples/two-nodes.yaml")).expect("YAML");
         assert_eq!(problems, vec![]);
-        assert_eq!(
-            (model.pools.len(), model.nodes.len(), model.blocks.len(), model.workloads.len()),
-            (1, 2, 2, 3)
-        );
+        assert_eq!((model.pools.len(), model.nodes.len(), model.blocks.len(), model.workloads.len()), (1, 2, 2, 3));
         let (plan, problems) = plan_ok(&model, "node-1");
         assert_eq!(problems, vec![]);
         assert_eq!(
@@ -987,16 +890,10 @@ mod tests {
                 vtep_addr: Some(ip("10.244.1.0")),
             }
         );
-        let in_pool = |target: RouteTarget| PlannedRoute {
-            target,
-            pool: Some("default-ipv4-ippool".into()),
-            nat_outgoing: true,
-        };
+        let in_pool =
+            |target: RouteTarget| PlannedRoute { target, pool: Some("default-ipv4-ippool".into()), nat_outgoing: true };
         let local = |interface: &str, pod_mac: &str| {
-            in_pool(RouteTarget::LocalWorkload {
-                interface: interface.into(),
-                mac: Some(mac(pod_mac)),
-            })
+            in_pool(RouteTarget::LocalWorkload { interface: interface.into(), mac: Some(mac(pod_mac)) })
         };
         assert_eq!(
             plan.routes,
@@ -1015,10 +912,7 @@ mod tests {
                 ),
             ])
         );
-        assert_eq!(
-            plan.peers,
-            BTreeMap::from([(ip("10.100.0.12"), PlannedPeer { vxlan: true, ipip: false })])
-        );
+        assert_eq!(plan.peers, BTreeMap::from([(ip("10.100.0.12"), PlannedPeer { vxlan: true, ipip: false })]));
         assert_eq!(
             plan.workloads,
             BTreeMap::from([

@@ -127,7 +127,12 @@ mod tests {
 
     #[test]
     fn a_local_workload_shows_its_interface_and_mac() {
-        let route = Route { kind: route_kind::LOCAL_WORKLOAD, ifindex: 7, mac: [0x0a, 0x58, 10, 244, 1, 2], ..Route::default() };
+        let route = Route {
+            kind: route_kind::LOCAL_WORKLOAD,
+            ifindex: 7,
+            mac: [0x0a, 0x58, 10, 244, 1, 2],
+            ..Route::default()
+        };
         let row = describe("10.244.1.2/32".parse().unwrap(), &route);
         assert_eq!((row.kind, row.encap, row.ifindex), ("local workload", "", Some(7)));
         assert_eq!(row.node_addr, None);

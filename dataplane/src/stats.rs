@@ -62,10 +62,7 @@ mod tests {
     use super::*;
 
     fn counters() -> Vec<Counter> {
-        vec![
-            Counter { stat: Stat::EncapVxlan, packets: 12 },
-            Counter { stat: Stat::DropSpoofedSource, packets: 3 },
-        ]
+        vec![Counter { stat: Stat::EncapVxlan, packets: 12 }, Counter { stat: Stat::DropSpoofedSource, packets: 3 }]
     }
 
     #[test]

@@ -98,9 +98,7 @@ pub fn prepare_pin_path(pin_path: &Path) -> anyhow::Result<()> {
         let target = CString::new(BPFFS_ROOT).context("bpffs path")?;
         let fstype = CString::new("bpf").context("bpffs type")?;
         // SAFETY: all pointers are valid NUL-terminated strings; no mount data.
-        let rc = unsafe {
-            libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
-        };
+        let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
         if rc != 0 {
             return Err(std::io::Error::last_os_error()).with_context(|| {
                 format!("mounting bpffs at {BPFFS_ROOT} (the agent needs root, or mount it yourself)")

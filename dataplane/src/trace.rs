@@ -28,9 +28,10 @@ use dataplane_common::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, IPIP_ENCAP_LEN, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP,
         IPPROTO_UDP, IPV4_DF, IPV4_HLEN, IPV4_MF, TCP_SYN, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_VNI, VXLAN_HLEN,
     },
-    peer_flags, route_flags, route_kind, workload_flags, FlowKey, FlowTimeouts, Ipv4Bytes, MacBytes, NatFlow, NodeConfig, Peer, Route,
-    Stat, Workload, CONNTRACK_MAP, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_TO_POD, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
-    PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    peer_flags, route_flags, route_kind, workload_flags, FlowKey, FlowTimeouts, Ipv4Bytes, MacBytes, NatFlow,
+    NodeConfig, Peer, Route, Stat, Workload, CONNTRACK_MAP, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_TO_POD, NODE_MAP,
+    PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, ROUTES_MAP, STATS_MAP,
+    WORKLOADS_MAP,
 };
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -447,13 +448,7 @@ fn describe_flow(key: &FlowKey) -> String {
         IPPROTO_ICMP => "icmp".to_owned(),
         other => format!("proto {other}"),
     };
-    format!(
-        "{proto} {}:{} -> {}:{}",
-        Ipv4Addr::from(key.src),
-        key.src_port,
-        Ipv4Addr::from(key.dst),
-        key.dst_port
-    )
+    format!("{proto} {}:{} -> {}:{}", Ipv4Addr::from(key.src), key.src_port, Ipv4Addr::from(key.dst), key.dst_port)
 }
 
 fn serialize_stat<S: serde::Serializer>(stat: &Stat, serializer: S) -> Result<S::Ok, S::Error> {
@@ -745,8 +740,7 @@ impl Tracer<'_> {
     /// `nat::applies`: the workload entry carries its pool's natOutgoing and the destination is
     /// not the node.
     fn nat_applies(&mut self, workload: &Workload, node: &NodeConfig) -> bool {
-        let applies =
-            workload.flags & workload_flags::NAT_OUTGOING != 0 && self.probe.dst.octets() != node.addr;
+        let applies = workload.flags & workload_flags::NAT_OUTGOING != 0 && self.probe.dst.octets() != node.addr;
         self.step(if applies {
             "the pod's pool has natOutgoing: a new flow is translated to the node's address"
         } else {
@@ -1098,13 +1092,7 @@ impl Tracer<'_> {
         }
         // The transport identity as the kernel reads it, turned around to the reply's.
         let seen = probe.flow_key(FLOW_TO_POD);
-        let key = FlowKey {
-            src: seen.dst,
-            dst: seen.src,
-            src_port: seen.dst_port,
-            dst_port: seen.src_port,
-            ..seen
-        };
+        let key = FlowKey { src: seen.dst, dst: seen.src, src_port: seen.dst_port, dst_port: seen.src_port, ..seen };
         self.step(format!(
             "{} is outside the pools: {CONNTRACK_MAP} remembers the flow ({}), so the pod's replies leave \
              untranslated",
@@ -1957,8 +1945,12 @@ mod tests {
             "cali188d81a77fc" => Some(6),
             _ => None,
         };
-        let (e, _) =
-            entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: 1500, nat_ports: (20000, 29999) }, ifindex, &Default::default());
+        let (e, _) = entries::from_plan(
+            &plan,
+            entries::Uplink { ifindex: 2, mtu: 1500, nat_ports: (20000, 29999) },
+            ifindex,
+            &Default::default(),
+        );
         State {
             node: Some(e.node),
             routes: e.routes,
@@ -1970,7 +1962,20 @@ mod tests {
     }
 
     fn probe(src: Ipv4Addr, dst: Ipv4Addr, proto: Proto, origin: Origin) -> Probe {
-        with_origin(Probe { src, dst, proto, sport: 33333, dport: 80, ttl: 64, size: 0, fragment: Fragment::None, options: false }, origin)
+        with_origin(
+            Probe {
+                src,
+                dst,
+                proto,
+                sport: 33333,
+                dport: 80,
+                ttl: 64,
+                size: 0,
+                fragment: Fragment::None,
+                options: false,
+            },
+            origin,
+        )
     }
 
     fn from_pod(src: Ipv4Addr, dst: Ipv4Addr, proto: Proto) -> Prediction {
@@ -2267,7 +2272,8 @@ mod tests {
         let p = from_pod(POD_A, POD_B, Proto::Arp);
         assert_eq!((p.action, p.stat), (Action::Pass, Stat::ArpPassed));
         let state = state();
-        let frame = build_packet(&probe(POD_A, gateway, Proto::Arp, Origin::Workload), &Entry::Workload { ifindex: 5 }, &state);
+        let frame =
+            build_packet(&probe(POD_A, gateway, Proto::Arp, Origin::Workload), &Entry::Workload { ifindex: 5 }, &state);
         assert_eq!(frame.len(), ETH_HLEN + ARP_LEN);
         assert_eq!(&frame[12..14], &ETH_P_ARP.to_be_bytes());
         assert_eq!(&frame[ETH_HLEN + 24..], &GATEWAY_ADDR);

@@ -24,8 +24,7 @@ pub fn display(argv: &[impl AsRef<str>]) -> String {
     argv.iter()
         .map(|a| {
             let a = a.as_ref();
-            let plain = !a.is_empty()
-                && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=+,@%".contains(c));
+            let plain = !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=+,@%".contains(c));
             if plain {
                 a.to_owned()
             } else {

@@ -45,8 +45,8 @@ use anyhow::{bail, Context as _};
 use dataplane::model::Model;
 use ipnet::Ipv4Net;
 
-pub use process::{Agent, Capture, ChildHandle, AGENT_READY};
 use process::{send_signal, Registry};
+pub use process::{Agent, Capture, ChildHandle, AGENT_READY};
 pub use topology::Topology;
 use topology::{CALI_HOST_MAC, ETH0, POD_GATEWAY};
 
@@ -192,7 +192,9 @@ impl Lab {
     pub fn up(model: &Model, options: LabOptions) -> anyhow::Result<Lab> {
         let prefix = match options.prefix {
             Some(prefix) if prefix.starts_with(LAB_PREFIX) => prefix,
-            Some(prefix) => bail!("lab prefix {prefix:?} must start with {LAB_PREFIX:?} (so `cargo xtask lab down` finds it)"),
+            Some(prefix) => {
+                bail!("lab prefix {prefix:?} must start with {LAB_PREFIX:?} (so `cargo xtask lab down` finds it)")
+            }
             None => fresh_prefix(),
         };
         let topology = Topology::plan(model, &prefix)?;
@@ -515,9 +517,7 @@ impl Lab {
         if !bin.exists() {
             bail!("agent binary {} does not exist: build it with `cargo build -p dataplane`", bin.display());
         }
-        let datastore = datastore
-            .canonicalize()
-            .with_context(|| format!("datastore file {}", datastore.display()))?;
+        let datastore = datastore.canonicalize().with_context(|| format!("datastore file {}", datastore.display()))?;
         let pin_path = self.pin_path(name);
         let bin = bin.to_string_lossy();
         let datastore_arg = format!("file:{}", datastore.display());

@@ -121,9 +121,8 @@ pub struct Topology {
 impl Topology {
     /// Decides every name and address of a lab for `model`, with namespaces named `<prefix>-...`.
     pub fn plan(model: &Model, prefix: &str) -> anyhow::Result<Topology> {
-        let external_net = Ipv4Net::new(EXTERNAL_ADDR, EXTERNAL_PREFIX_LEN)
-            .context("the external subnet's prefix length")?
-            .trunc();
+        let external_net =
+            Ipv4Net::new(EXTERNAL_ADDR, EXTERNAL_PREFIX_LEN).context("the external subnet's prefix length")?.trunc();
 
         // Nodes first: their addresses decide the subnets and the gateways.
         let mut node_addrs = Vec::new();
@@ -314,11 +313,7 @@ pub fn choose_gateway(net: Ipv4Net, used: &[Ipv4Addr]) -> anyhow::Result<Ipv4Add
 /// The MTU of a pod with address `addr`: 1450 in a VXLAN pool, 1480 in an IP-in-IP pool, else 1500.
 pub fn pod_mtu(model: &Model, addr: Ipv4Addr) -> u32 {
     // The most specific pool wins, as the dataplane's own lookup does.
-    let pool = model
-        .pools
-        .iter()
-        .filter(|p| p.cidr.contains(&addr))
-        .max_by_key(|p| p.cidr.prefix_len());
+    let pool = model.pools.iter().filter(|p| p.cidr.contains(&addr)).max_by_key(|p| p.cidr.prefix_len());
     match pool {
         Some(p) if p.vxlan_mode != EncapMode::Never => MTU_VXLAN,
         Some(p) if p.ipip_mode != EncapMode::Never => MTU_IPIP,

@@ -100,9 +100,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -123,13 +121,8 @@ impl KubeApi {
 
     /// Starts a server on `addr` inside the network namespace `netns` (a path such as
     /// `/run/netns/dpl-xxxx-fabric`): the listening socket is made on a thread that entered it.
-    pub fn start_at(
-        name: &str,
-        addr: SocketAddr,
-        netns: Option<PathBuf>,
-    ) -> anyhow::Result<KubeApi> {
-        let dir =
-            std::env::temp_dir().join(format!("dataplane-kube-{name}-{}", std::process::id()));
+    pub fn start_at(name: &str, addr: SocketAddr, netns: Option<PathBuf>) -> anyhow::Result<KubeApi> {
+        let dir = std::env::temp_dir().join(format!("dataplane-kube-{name}-{}", std::process::id()));
         fs::create_dir_all(&dir)?;
         let mut stores = BTreeMap::new();
         for kind in kinds() {
@@ -146,10 +139,7 @@ impl KubeApi {
             requests: Vec::new(),
         };
         let mut server = KubeApi {
-            shared: Arc::new(Shared {
-                state: Mutex::new(state),
-                changed: Condvar::new(),
-            }),
+            shared: Arc::new(Shared { state: Mutex::new(state), changed: Condvar::new() }),
             addr,
             netns,
             running: None,
@@ -184,25 +174,18 @@ impl KubeApi {
         }
         let (bound, ready) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let (shared, addr, netns, stop_flag) = (
-            self.shared.clone(),
-            self.addr,
-            self.netns.clone(),
-            stop.clone(),
-        );
-        let thread = thread::Builder::new()
-            .name("kube-api".into())
-            .spawn(move || {
-                let listener = match listen(addr, netns.as_deref()) {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        let _ = bound.send(Err(error));
-                        return;
-                    }
-                };
-                let _ = bound.send(listener.local_addr().map_err(anyhow::Error::from));
-                accept_loop(&listener, &shared, &stop_flag);
-            })?;
+        let (shared, addr, netns, stop_flag) = (self.shared.clone(), self.addr, self.netns.clone(), stop.clone());
+        let thread = thread::Builder::new().name("kube-api".into()).spawn(move || {
+            let listener = match listen(addr, netns.as_deref()) {
+                Ok(listener) => listener,
+                Err(error) => {
+                    let _ = bound.send(Err(error));
+                    return;
+                }
+            };
+            let _ = bound.send(listener.local_addr().map_err(anyhow::Error::from));
+            accept_loop(&listener, &shared, &stop_flag);
+        })?;
         let local = ready.recv_timeout(Duration::from_secs(10))??;
         self.addr = local;
         self.running = Some((stop, thread));
@@ -231,20 +214,9 @@ impl KubeApi {
         let revision = state.revision;
         object["metadata"]["resourceVersion"] = json!(revision.to_string());
         let key = key_of(&object);
-        let store = state
-            .stores
-            .get_mut(path)
-            .unwrap_or_else(|| panic!("no kind at {path}"));
-        let event_type = if store.objects.insert(key, object.clone()).is_some() {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        store.events.push(Event {
-            revision,
-            event_type,
-            object,
-        });
+        let store = state.stores.get_mut(path).unwrap_or_else(|| panic!("no kind at {path}"));
+        let event_type = if store.objects.insert(key, object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
+        store.events.push(Event { revision, event_type, object });
         self.shared.changed.notify_all();
         revision
     }
@@ -254,17 +226,10 @@ impl KubeApi {
         let mut state = self.shared.lock();
         state.revision += 1;
         let revision = state.revision;
-        let store = state
-            .stores
-            .get_mut(path)
-            .unwrap_or_else(|| panic!("no kind at {path}"));
+        let store = state.stores.get_mut(path).unwrap_or_else(|| panic!("no kind at {path}"));
         if let Some(mut object) = store.objects.remove(key) {
             object["metadata"]["resourceVersion"] = json!(revision.to_string());
-            store.events.push(Event {
-                revision,
-                event_type: "DELETED",
-                object,
-            });
+            store.events.push(Event { revision, event_type: "DELETED", object });
         }
         self.shared.changed.notify_all();
         revision
@@ -276,11 +241,7 @@ impl KubeApi {
         let revision = state.revision;
         for store in state.stores.values_mut() {
             let object = json!({"metadata": {"resourceVersion": revision.to_string()}});
-            store.events.push(Event {
-                revision,
-                event_type: "BOOKMARK",
-                object,
-            });
+            store.events.push(Event { revision, event_type: "BOOKMARK", object });
         }
         self.shared.changed.notify_all();
     }
@@ -335,11 +296,7 @@ fn listen(addr: SocketAddr, netns: Option<&Path>) -> anyhow::Result<TcpListener>
         let handle = fs::File::open(netns)?;
         // SAFETY: setns with an open namespace file; it changes only this thread's namespace.
         if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            anyhow::bail!(
-                "setns({}): {}",
-                netns.display(),
-                std::io::Error::last_os_error()
-            );
+            anyhow::bail!("setns({}): {}", netns.display(), std::io::Error::last_os_error());
         }
     }
     let listener = TcpListener::bind(addr)?;
@@ -367,9 +324,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) 
                     }
                 });
             }
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                thread::sleep(Duration::from_millis(5))
-            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
             Err(_) => thread::sleep(Duration::from_millis(5)),
         }
     }
@@ -399,11 +354,7 @@ fn read_request(stream: &TcpStream) -> Option<Request> {
         .filter_map(|pair| pair.split_once('='))
         .map(|(k, v)| (k.to_owned(), percent_decode(v)))
         .collect();
-    Some(Request {
-        line: line.trim_end().to_owned(),
-        path: path.to_owned(),
-        query,
-    })
+    Some(Request { line: line.trim_end().to_owned(), path: path.to_owned(), query })
 }
 
 /// `%3D` -> `=`, `+` -> space: enough for field selectors.
@@ -441,25 +392,15 @@ fn selected(query: &BTreeMap<String, String>, object: &Value) -> bool {
     };
     selector.split(',').all(|term| match term.split_once('=') {
         Some(("spec.nodeName", node)) => {
-            object
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                == node.trim_start_matches('=')
+            object.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("") == node.trim_start_matches('=')
         }
         _ => false,
     })
 }
 
 fn key_of(object: &Value) -> String {
-    let name = object
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    match object
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-    {
+    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    match object.pointer("/metadata/namespace").and_then(Value::as_str) {
         Some(namespace) => format!("{namespace}/{name}"),
         None => name.to_owned(),
     }
@@ -477,11 +418,7 @@ fn serve(mut stream: TcpStream, shared: &Arc<Shared>) {
         respond(&mut stream, "404 Not Found", &body);
         return;
     };
-    if request
-        .query
-        .get("watch")
-        .is_some_and(|w| w == "true" || w == "1")
-    {
+    if request.query.get("watch").is_some_and(|w| w == "true" || w == "1") {
         watch(stream, shared, &kind, &request);
     } else {
         let state = shared.lock();
@@ -524,9 +461,7 @@ fn respond(stream: &mut TcpStream, status: &str, body: &Value) {
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let _ = stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(body.as_bytes()));
+    let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes()));
     let _ = stream.flush();
 }
 
@@ -540,18 +475,11 @@ fn chunk(stream: &mut TcpStream, event: &Value) -> std::io::Result<()> {
 /// A watch: every event after the requested resourceVersion, then new ones as they come, until
 /// the request's timeout (a clean end), the connection is cut, or the server stops.
 fn watch(mut stream: TcpStream, shared: &Arc<Shared>, kind: &Kind, request: &Request) {
-    let from: u64 = request
-        .query
-        .get("resourceVersion")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let timeout = request
-        .query
-        .get("timeoutSeconds")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(290);
+    let from: u64 = request.query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let timeout = request.query.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(290);
     let deadline = Instant::now() + Duration::from_secs(timeout);
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
     if stream.write_all(head.as_bytes()).is_err() {
         return;
     }
@@ -583,12 +511,7 @@ fn watch(mut stream: TcpStream, shared: &Arc<Shared>, kind: &Kind, request: &Req
         let events: Vec<Event> = if state.held {
             Vec::new()
         } else {
-            state.stores[&kind.path]
-                .events
-                .iter()
-                .filter(|e| e.revision > sent)
-                .cloned()
-                .collect()
+            state.stores[&kind.path].events.iter().filter(|e| e.revision > sent).cloned().collect()
         };
         if !events.is_empty() {
             drop(state);
@@ -600,12 +523,7 @@ fn watch(mut stream: TcpStream, shared: &Arc<Shared>, kind: &Kind, request: &Req
                 let mut object = event.object;
                 object["kind"] = json!(kind.kind);
                 object["apiVersion"] = json!(kind.api_version);
-                if chunk(
-                    &mut stream,
-                    &json!({"type": event.event_type, "object": object}),
-                )
-                .is_err()
-                {
+                if chunk(&mut stream, &json!({"type": event.event_type, "object": object})).is_err() {
                     shared.lock().watches.retain(|(other, _)| *other != id);
                     return;
                 }
@@ -621,10 +539,6 @@ fn watch(mut stream: TcpStream, shared: &Arc<Shared>, kind: &Kind, request: &Req
             return;
         }
         let wait = (deadline - now).min(Duration::from_millis(200));
-        state = shared
-            .changed
-            .wait_timeout(state, wait)
-            .map(|(guard, _)| guard)
-            .unwrap_or_else(|p| p.into_inner().0);
+        state = shared.changed.wait_timeout(state, wait).map(|(guard, _)| guard).unwrap_or_else(|p| p.into_inner().0);
     }
 }

@@ -4,7 +4,8 @@
 //! fields back at named offsets and verify checksums.
 
 use dataplane_common::net::{
-    ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN, VXLAN_HLEN,
+    ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN,
+    VXLAN_HLEN,
 };
 
 /// Fixed addresses of the test fixtures: one node, one peer, their pods.

@@ -109,7 +109,12 @@ impl Node {
         assert!(problems.is_empty(), "{problems:?}");
         let (plan, problems) = plan::compute(&model, name).expect("fixture plans");
         assert!(problems.is_empty(), "{problems:?}");
-        let (desired, missing) = entries::from_plan(&plan, entries::Uplink { ifindex: 2, mtu: UPLINK_MTU, nat_ports: NAT_PORTS }, fixture_ifindex, &Default::default());
+        let (desired, missing) = entries::from_plan(
+            &plan,
+            entries::Uplink { ifindex: 2, mtu: UPLINK_MTU, nat_ports: NAT_PORTS },
+            fixture_ifindex,
+            &Default::default(),
+        );
         assert!(missing.is_empty());
 
         let mut loader = dataplane::backend::bpf::loader(dataplane::backend::bpf::KernelLog::Off);
@@ -167,7 +172,6 @@ pub fn skip_unless_root() -> bool {
     !root
 }
 
-
 impl Node {
     /// Rewrites the routes and workloads maps from `cluster`, as the agent does when the datastore
     /// changes (the peers, node and conntrack maps stay).
@@ -182,7 +186,8 @@ impl Node {
             routes.insert(&Key::new(*len, *addr), *route, 0).unwrap();
         }
         // The workload entries carry their pool's natOutgoing too.
-        let mut workloads: HashMap<_, u32, Workload> = HashMap::try_from(self.ebpf.map_mut(WORKLOADS_MAP).unwrap()).unwrap();
+        let mut workloads: HashMap<_, u32, Workload> =
+            HashMap::try_from(self.ebpf.map_mut(WORKLOADS_MAP).unwrap()).unwrap();
         for (index, workload) in &desired.workloads {
             workloads.insert(*index, *workload, 0).unwrap();
         }

@@ -186,8 +186,7 @@ fn free_port() -> anyhow::Result<u16> {
     let spread = (std::process::id() % 500) * 20;
     for _ in 0..2_000 {
         let offset = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port =
-            u16::try_from(20_000 + (spread + offset) % 12_000).context("port out of range")?;
+        let port = u16::try_from(20_000 + (spread + offset) % 12_000).context("port out of range")?;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
@@ -239,8 +238,7 @@ impl EtcdServer {
             );
             return Ok(None);
         };
-        let dir =
-            std::env::temp_dir().join(format!("dataplane-etcd-{test}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("dataplane-etcd-{test}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut server = EtcdServer {
@@ -412,8 +410,7 @@ impl EtcdServer {
             child.stdin.take().context("etcdctl's stdin")?.write_all(script.as_bytes())?;
             let output = child.wait_with_output().context("etcdctl txn")?;
             ensure!(
-                output.status.success()
-                    && String::from_utf8_lossy(&output.stdout).starts_with("SUCCESS"),
+                output.status.success() && String::from_utf8_lossy(&output.stdout).starts_with("SUCCESS"),
                 "etcdctl txn failed: {}{}",
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)
@@ -433,11 +430,8 @@ impl EtcdServer {
     /// The store's current revision.
     fn revision(&self) -> anyhow::Result<i64> {
         let text = self.etcdctl(&["endpoint", "status", "-w", "json"])?;
-        let status: Value =
-            serde_json::from_str(&text).context("etcdctl endpoint status -w json")?;
-        status[0]["Status"]["header"]["revision"]
-            .as_i64()
-            .with_context(|| format!("no revision in {text}"))
+        let status: Value = serde_json::from_str(&text).context("etcdctl endpoint status -w json")?;
+        status[0]["Status"]["header"]["revision"].as_i64().with_context(|| format!("no revision in {text}"))
     }
 }
 
@@ -570,10 +564,7 @@ fn the_example_cluster_reads_the_same_from_etcd_as_from_the_file() -> anyhow::Re
     server.put(&format!("{PREFIX}/resources/v3/projectcalico.org/profiles/kns.default"), "{}")?;
     server.put(&format!("{PREFIX}/ipam/v2/handle/k8s-pod-network.0123"), r#"{"block":{}}"#)?;
     server.put(&format!("{PREFIX}/felix/v2/no-region/host/node-1/status"), r#"{"time":"x"}"#)?;
-    server.put(
-        &format!("{PREFIX}/ipam/v2/host/node-1/ipv6/block/fd00:10:244::-122"),
-        r#"{"state":"confirmed"}"#,
-    )?;
+    server.put(&format!("{PREFIX}/ipam/v2/host/node-1/ipv6/block/fd00:10:244::-122"), r#"{"state":"confirmed"}"#)?;
     server.put("/other/resources/v3/projectcalico.org/ippools/p", "not even JSON")?;
     // A block with an allocation block and no host affinity key routes from its `affinity`.
     server.put(
@@ -620,9 +611,8 @@ fn changes_arrive_as_new_snapshots() -> anyhow::Result<()> {
             &affinity_key("node-2", &format!("10.244.{third}.0-26")),
             r#"{"state":"confirmed","deleted":false}"#,
         )?;
-        let (_, _) = wait_for(&watch, &format!("block {cidr} on node-2"), CHANGE_TIMEOUT, |s| {
-            has_block(s, &cidr, "node-2")
-        })?;
+        let (_, _) =
+            wait_for(&watch, &format!("block {cidr} on node-2"), CHANGE_TIMEOUT, |s| has_block(s, &cidr, "node-2"))?;
         latencies.push(started.elapsed());
     }
     latencies.sort();
@@ -639,14 +629,10 @@ fn changes_arrive_as_new_snapshots() -> anyhow::Result<()> {
     // A pending affinity does not route; confirmed again, it does.
     let key = affinity_key("node-2", "10.244.3.0-26");
     server.put(&key, r#"{"state":"pendingDeletion","deleted":false}"#)?;
-    wait_for(&watch, "10.244.3.0/26 no longer routed", CHANGE_TIMEOUT, |s| {
-        !has_block(s, "10.244.3.0/26", "node-2")
-    })?;
+    wait_for(&watch, "10.244.3.0/26 no longer routed", CHANGE_TIMEOUT, |s| !has_block(s, "10.244.3.0/26", "node-2"))?;
     // Deleted keys disappear: the block, then a workload.
     server.put(&key, r#"{"state":"confirmed","deleted":false}"#)?;
-    wait_for(&watch, "10.244.3.0/26 routed again", CHANGE_TIMEOUT, |s| {
-        has_block(s, "10.244.3.0/26", "node-2")
-    })?;
+    wait_for(&watch, "10.244.3.0/26 routed again", CHANGE_TIMEOUT, |s| has_block(s, "10.244.3.0/26", "node-2"))?;
     server.del(&key)?;
     wait_for(&watch, "10.244.3.0/26 gone", CHANGE_TIMEOUT, |s| {
         !s.model.blocks.iter().any(|b| b.cidr.to_string() == "10.244.3.0/26")
@@ -656,11 +642,7 @@ fn changes_arrive_as_new_snapshots() -> anyhow::Result<()> {
     let (snapshot, _) = wait_for(&watch, "the workload deleted", CHANGE_TIMEOUT, |s| {
         s.model.workloads.len() == model.workloads.len() - 1
     })?;
-    ensure!(
-        !snapshot.model.workloads.contains(workload),
-        "{} is still there",
-        workload.full_name()
-    );
+    ensure!(!snapshot.model.workloads.contains(workload), "{} is still there", workload.full_name());
 
     // A node's VTEP MAC changes.
     let node = &model.nodes[1];
@@ -685,8 +667,7 @@ fn changes_arrive_as_new_snapshots() -> anyhow::Result<()> {
         has_block(s, "10.244.10.0/26", "node-1") || has_block(s, "10.244.11.0/26", "node-1")
     })?;
     ensure!(
-        has_block(&snapshot, "10.244.10.0/26", "node-1")
-            && has_block(&snapshot, "10.244.11.0/26", "node-1"),
+        has_block(&snapshot, "10.244.10.0/26", "node-1") && has_block(&snapshot, "10.244.11.0/26", "node-1"),
         "the transaction arrived in halves: {:?}",
         snapshot.model.blocks
     );
@@ -700,21 +681,16 @@ fn broken_values_are_problems_and_the_rest_is_applied() -> anyhow::Result<()> {
     };
     let broken = [
         (pools_key("not-json"), "{\"kind\": \"IPPool\", "),
-        (
-            pools_key("bad-cidr"),
-            r#"{"kind":"IPPool","metadata":{"name":"bad-cidr"},"spec":{"cidr":"10.300.0.0/16"}}"#,
-        ),
+        (pools_key("bad-cidr"), r#"{"kind":"IPPool","metadata":{"name":"bad-cidr"},"spec":{"cidr":"10.300.0.0/16"}}"#),
         (affinity_key("node-1", "10.244.9.0-xx"), r#"{"state":"confirmed"}"#),
         (affinity_key("node-1", "10.244.8.0-26"), r#"{"state":"claimed"}"#),
     ];
     for (key, value) in &broken {
         server.put(key, value)?;
     }
-    let (snapshot, _) =
-        wait_for(&watch, "four problems", CHANGE_TIMEOUT, |s| s.problems.len() == 4)?;
+    let (snapshot, _) = wait_for(&watch, "four problems", CHANGE_TIMEOUT, |s| s.problems.len() == 4)?;
     assert_eq!(sorted(&snapshot.model), sorted(&model), "the rest of the cluster stays");
-    let mut seen: Vec<(String, String)> =
-        snapshot.problems.iter().map(|p| (p.name.clone(), p.field.clone())).collect();
+    let mut seen: Vec<(String, String)> = snapshot.problems.iter().map(|p| (p.name.clone(), p.field.clone())).collect();
     seen.sort();
     let mut expected: Vec<(String, String)> = vec![
         (pools_key("not-json"), "value".into()),
@@ -729,13 +705,9 @@ fn broken_values_are_problems_and_the_rest_is_applied() -> anyhow::Result<()> {
     }
 
     // A block claimed by two nodes reaches the plan, which refuses to route it.
-    server.put(
-        &affinity_key("node-2", "10.244.1.0-26"),
-        r#"{"state":"confirmed","deleted":false}"#,
-    )?;
-    let (snapshot, _) = wait_for(&watch, "10.244.1.0/26 claimed twice", CHANGE_TIMEOUT, |s| {
-        has_block(s, "10.244.1.0/26", "node-2")
-    })?;
+    server.put(&affinity_key("node-2", "10.244.1.0-26"), r#"{"state":"confirmed","deleted":false}"#)?;
+    let (snapshot, _) =
+        wait_for(&watch, "10.244.1.0/26 claimed twice", CHANGE_TIMEOUT, |s| has_block(s, "10.244.1.0/26", "node-2"))?;
     let (_, problems) = dataplane::plan::compute(&snapshot.model, "node-1")?;
     ensure!(
         problems.iter().any(|p| p.to_string().contains("10.244.1.0/26")),
@@ -760,21 +732,14 @@ fn a_compaction_past_the_watch_revision_loses_nothing() -> anyhow::Result<()> {
     };
     // Churn, then compact everything up to now: the history the watch started from is gone.
     for round in 0..5 {
-        server.put(
-            &affinity_key("node-2", "10.244.3.0-26"),
-            &format!(r#"{{"state":"pending","round":{round}}}"#),
-        )?;
+        server.put(&affinity_key("node-2", "10.244.3.0-26"), &format!(r#"{{"state":"pending","round":{round}}}"#))?;
     }
     let revision = server.revision()?;
     server.etcdctl(&["compact", &revision.to_string(), "--physical"])?;
     server.put(&affinity_key("node-2", "10.244.3.0-26"), r#"{"state":"confirmed"}"#)?;
-    wait_for(&watch, "the change after the compaction", CHANGE_TIMEOUT, |s| {
-        has_block(s, "10.244.3.0/26", "node-2")
-    })?;
+    wait_for(&watch, "the change after the compaction", CHANGE_TIMEOUT, |s| has_block(s, "10.244.3.0/26", "node-2"))?;
     server.del(&affinity_key("node-2", "10.244.3.0-26"))?;
-    wait_for(&watch, "the delete after the compaction", CHANGE_TIMEOUT, |s| {
-        !has_block(s, "10.244.3.0/26", "node-2")
-    })?;
+    wait_for(&watch, "the delete after the compaction", CHANGE_TIMEOUT, |s| !has_block(s, "10.244.3.0/26", "node-2"))?;
     Ok(())
 }
 
@@ -786,10 +751,7 @@ fn snapshots_resume_after_etcd_restarts() -> anyhow::Result<()> {
     ensure!(watch.connection().is_up(), "the watch read the cluster but does not say it is connected");
     server.kill();
     // While etcd is down nothing is sent: the last good state stays programmed.
-    ensure!(
-        watch.recv_timeout(Duration::from_millis(1500)).is_none(),
-        "a snapshot was sent while etcd was down"
-    );
+    ensure!(watch.recv_timeout(Duration::from_millis(1500)).is_none(), "a snapshot was sent while etcd was down");
     // The connection state (the agent's dataplane_datastore_up metric) says so.
     let connection = watch.connection();
     ensure!(
@@ -802,8 +764,7 @@ fn snapshots_resume_after_etcd_restarts() -> anyhow::Result<()> {
     server.spawn()?;
     let answered = restarted.elapsed();
     // After the reconnect the whole cluster is read again and sent, so the agent resyncs.
-    let (snapshot, _) =
-        wait_for(&watch, "the re-read after the restart", CHANGE_TIMEOUT, |_| true)?;
+    let (snapshot, _) = wait_for(&watch, "the re-read after the restart", CHANGE_TIMEOUT, |_| true)?;
     eprintln!(
         "etcd answered {answered:?} after its restart; the re-read snapshot came {:?} after the restart",
         restarted.elapsed()
@@ -811,13 +772,8 @@ fn snapshots_resume_after_etcd_restarts() -> anyhow::Result<()> {
     assert_eq!(sorted(&snapshot.model), sorted(&model));
     ensure!(watch.connection().is_up(), "etcd answered again, yet the watch says it is down");
     // And the watch goes on.
-    server.put(
-        &affinity_key("node-1", "10.244.5.0-26"),
-        r#"{"state":"confirmed","deleted":false}"#,
-    )?;
-    wait_for(&watch, "a change after the restart", CHANGE_TIMEOUT, |s| {
-        has_block(s, "10.244.5.0/26", "node-1")
-    })?;
+    server.put(&affinity_key("node-1", "10.244.5.0-26"), r#"{"state":"confirmed","deleted":false}"#)?;
+    wait_for(&watch, "a change after the restart", CHANGE_TIMEOUT, |s| has_block(s, "10.244.5.0/26", "node-1"))?;
     Ok(())
 }
 
@@ -838,25 +794,16 @@ fn tls_with_client_certificates() -> anyhow::Result<()> {
     without.cert_file = None;
     without.key_file = None;
     let watch = etcd::watch_thread(without)?;
-    ensure!(
-        watch.recv_timeout(Duration::from_secs(2)).is_none(),
-        "a snapshot arrived without a client certificate"
-    );
+    ensure!(watch.recv_timeout(Duration::from_secs(2)).is_none(), "a snapshot arrived without a client certificate");
     drop(watch);
 
     // A missing file is an error naming the file and the setting, before anything is tried.
     let mut missing = server.config();
     missing.key_file = Some(PathBuf::from("/nonexistent/calico/etcd-key.pem"));
     let error = format!("{:#}", missing.check().expect_err("the key file does not exist"));
-    ensure!(
-        error.contains("/nonexistent/calico/etcd-key.pem") && error.contains("ETCD_KEY_FILE"),
-        "{error}"
-    );
+    ensure!(error.contains("/nonexistent/calico/etcd-key.pem") && error.contains("ETCD_KEY_FILE"), "{error}");
     let watch = etcd::watch_thread(missing)?;
-    ensure!(
-        watch.recv_timeout(Duration::from_secs(2)).is_none(),
-        "a snapshot arrived without a key"
-    );
+    ensure!(watch.recv_timeout(Duration::from_secs(2)).is_none(), "a snapshot arrived without a key");
     let deadline = Instant::now() + Duration::from_secs(2);
     while !watch.is_finished() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));
@@ -878,10 +825,7 @@ fn a_large_cluster_is_read_in_pages_at_one_revision() -> anyhow::Result<()> {
         let network = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + index * 64);
         let block = format!("{network}-26");
         let node = format!("node-{}", index % 100);
-        keys.push((
-            affinity_key(&node, &block),
-            r#"{"state":"confirmed","deleted":false}"#.to_owned(),
-        ));
+        keys.push((affinity_key(&node, &block), r#"{"state":"confirmed","deleted":false}"#.to_owned()));
         keys.push((
             assignment_key(&block),
             format!(r#"{{"cidr":"{network}/26","affinity":"host:{node}","allocations":[],"unallocated":[],"attributes":[]}}"#),
@@ -895,14 +839,9 @@ fn a_large_cluster_is_read_in_pages_at_one_revision() -> anyhow::Result<()> {
     let watch = etcd::watch_thread(server.config())?;
     let (snapshot, _) = wait_for(&watch, "the large cluster", CHANGE_TIMEOUT, |_| true)?;
     let read = started.elapsed();
+    ensure!(snapshot.problems.is_empty(), "problems: {:?}", &snapshot.problems[..snapshot.problems.len().min(5)]);
     ensure!(
-        snapshot.problems.is_empty(),
-        "problems: {:?}",
-        &snapshot.problems[..snapshot.problems.len().min(5)]
-    );
-    ensure!(
-        snapshot.model.blocks.len() == BLOCKS as usize
-            && snapshot.model.blocks.iter().all(|b| b.routes()),
+        snapshot.model.blocks.len() == BLOCKS as usize && snapshot.model.blocks.iter().all(|b| b.routes()),
         "read {} blocks, expected {BLOCKS} routed ones",
         snapshot.model.blocks.len()
     );
@@ -911,9 +850,7 @@ fn a_large_cluster_is_read_in_pages_at_one_revision() -> anyhow::Result<()> {
     let started = Instant::now();
     server.put(&affinity_key("node-7", "10.0.0.64-26"), r#"{"state":"pendingDeletion"}"#)?;
     // The affinity key names node-7 while the block 10.0.0.64/26 is node-1's: a new claim.
-    wait_for(&watch, "the change among thousands", CHANGE_TIMEOUT, |s| {
-        s.model.blocks.len() == BLOCKS as usize + 1
-    })?;
+    wait_for(&watch, "the change among thousands", CHANGE_TIMEOUT, |s| s.model.blocks.len() == BLOCKS as usize + 1)?;
     eprintln!(
         "{} keys: first snapshot {read:?} after the watch started; one change converged in {:?} \
          (etcdctl's start included)",
@@ -961,11 +898,7 @@ impl EtcdCluster {
         ];
         self.etcd = Some(self.lab.spawn(&fabric, &argv, "etcd")?);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self
-            .etcdctl_status(&["--command-timeout=1s", "endpoint", "health"])?
-            .status
-            .success()
-        {
+        while !self.etcdctl_status(&["--command-timeout=1s", "endpoint", "health"])?.status.success() {
             ensure!(Instant::now() < deadline, "etcd in the lab did not answer within 20 s");
             thread::sleep(Duration::from_millis(50));
         }
@@ -1037,9 +970,7 @@ impl EtcdCluster {
 fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     let test = "agents_run_from_etcd_on_the_two_node_lab";
     if !dataplane_lab::is_root() {
-        eprintln!(
-            "SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root"
-        );
+        eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
         return Ok(());
     }
     let (Some(etcd_bin), Some(etcdctl)) = (find_binary("etcd"), find_binary("etcdctl")) else {
@@ -1047,11 +978,7 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
         return Ok(());
     };
     let bin = agent_bin();
-    ensure!(
-        bin.exists(),
-        "agent binary {} does not exist: build it with `cargo build -p dataplane`",
-        bin.display()
-    );
+    ensure!(bin.exists(), "agent binary {} does not exist: build it with `cargo build -p dataplane`", bin.display());
     let model = example_model()?;
     let lab = Lab::up(&model, LabOptions::default())?;
     // etcd listens in the fabric namespace on the gateway of the nodes' subnet: both agents reach
@@ -1075,19 +1002,14 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     let web1 = lab.pod("default/web-1")?.clone();
     let web2 = lab.pod("default/web-2")?.clone();
     for (from, to) in [(&web1, &web2), (&web2, &web1)] {
-        ensure!(
-            lab.ping_ok(from, to.addr, 5)?,
-            "{} cannot ping {}\n{}",
-            from.key,
-            to.key,
-            cluster.logs()
-        );
+        ensure!(lab.ping_ok(from, to.addr, 5)?, "{} cannot ping {}\n{}", from.key, to.key, cluster.logs());
     }
 
     // node-2's block affinity released (the host key deleted, the allocation block's affinity
     // cleared, as Calico's IPAM does): node-1 stops routing to the block.
     let block = "10.244.2.0-26";
-    let released = json!({"cidr": "10.244.2.0/26", "affinity": null, "allocations": [], "unallocated": [], "attributes": []});
+    let released =
+        json!({"cidr": "10.244.2.0/26", "affinity": null, "allocations": [], "unallocated": [], "attributes": []});
     let before = cluster.agents[0].programmed();
     let started = Instant::now();
     cluster.etcdctl(&["del", &affinity_key("node-2", block)])?;
@@ -1144,11 +1066,7 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
         etcd.terminate(Duration::from_secs(5))?;
     }
     thread::sleep(Duration::from_secs(2));
-    ensure!(
-        cluster.lab.ping_ok(&web1, web2.addr, 3)?,
-        "traffic stopped with etcd\n{}",
-        cluster.logs()
-    );
+    ensure!(cluster.lab.ping_ok(&web1, web2.addr, 3)?, "traffic stopped with etcd\n{}", cluster.logs());
     for agent in &cluster.agents {
         ensure!(
             agent.log().contains("lost the connection to etcd"),
@@ -1170,16 +1088,8 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
         let took = agent.wait_programmed(before, restarted, CHANGE_TIMEOUT)?;
         eprintln!("{} resynced {took:?} after etcd was restarted", agent.name());
     }
-    ensure!(
-        cluster.lab.ping_ok(&web1, web2.addr, 5)?,
-        "no traffic after etcd came back\n{}",
-        cluster.logs()
-    );
-    ensure!(
-        cluster.lab.ping_ok(&web2, web1.addr, 5)?,
-        "no traffic after etcd came back\n{}",
-        cluster.logs()
-    );
+    ensure!(cluster.lab.ping_ok(&web1, web2.addr, 5)?, "no traffic after etcd came back\n{}", cluster.logs());
+    ensure!(cluster.lab.ping_ok(&web2, web1.addr, 5)?, "no traffic after etcd came back\n{}", cluster.logs());
     Ok(())
 }
 
@@ -1203,12 +1113,7 @@ fn the_exported_example_reads_back_as_the_file() -> anyhow::Result<()> {
     let started = Instant::now();
     let output = run_export(&server, &workspace_root().join(EXAMPLE))?;
     let took = started.elapsed();
-    ensure!(
-        output.status.success(),
-        "export failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        server.log()
-    );
+    ensure!(output.status.success(), "export failed: {}\n{}", String::from_utf8_lossy(&output.stderr), server.log());
     let stdout = String::from_utf8_lossy(&output.stdout);
     eprintln!("export took {took:?}: {}", stdout.trim());
     ensure!(stdout.contains("10 keys") && stdout.contains("1 transaction(s)"), "{stdout}");
@@ -1217,8 +1122,7 @@ fn the_exported_example_reads_back_as_the_file() -> anyhow::Result<()> {
     let listed: Value = serde_json::from_str(&listed).context("etcdctl's JSON")?;
     let kvs = listed["kvs"].as_array().context("no kvs")?;
     ensure!(kvs.len() == 10, "{} keys in etcd: {listed:#}", kvs.len());
-    let revisions: std::collections::BTreeSet<i64> =
-        kvs.iter().filter_map(|kv| kv["mod_revision"].as_i64()).collect();
+    let revisions: std::collections::BTreeSet<i64> = kvs.iter().filter_map(|kv| kv["mod_revision"].as_i64()).collect();
     ensure!(revisions.len() == 1, "keys written at several revisions: {revisions:?}");
 
     let model = example_model()?;
@@ -1240,8 +1144,8 @@ fn a_file_with_problems_is_not_exported() -> anyhow::Result<()> {
     let Some(server) = EtcdServer::start("export_problems")? else {
         return Ok(());
     };
-    let text = fs::read_to_string(workspace_root().join(EXAMPLE))?
-        .replace("cidr: 10.244.0.0/16", "cidr: 10.244.0.0/66");
+    let text =
+        fs::read_to_string(workspace_root().join(EXAMPLE))?.replace("cidr: 10.244.0.0/16", "cidr: 10.244.0.0/66");
     let file = server.dir.join("broken.yaml");
     fs::write(&file, text)?;
     let output = run_export(&server, &file)?;
@@ -1313,7 +1217,8 @@ fn an_iperf3_stream_survives_etcd_down_for_30_s() -> anyhow::Result<()> {
     let bin_text = bin.to_string_lossy().into_owned();
     let example = workspace_root().join(EXAMPLE);
     let example = example.to_string_lossy();
-    let export = [&*bin_text, "datastore", "export", "--to", "etcdv3", &*example, "--etcd-endpoints", &cluster.endpoint];
+    let export =
+        [&*bin_text, "datastore", "export", "--to", "etcdv3", &*example, "--etcd-endpoints", &cluster.endpoint];
     let output = cluster.lab.exec_status(cluster.lab.fabric_netns(), &export)?;
     ensure!(output.status.success(), "export failed: {}", String::from_utf8_lossy(&output.stderr));
     cluster.start_agents(&bin_text)?;

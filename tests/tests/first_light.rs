@@ -6,12 +6,7 @@
 //! Without root the tests print why they are skipped and pass.
 
 use dataplane_tests::{agent_bin, workspace_root};
-use std::{
-    net::Ipv4Addr,
-    path::PathBuf,
-    thread,
-    time::Duration,
-};
+use std::{net::Ipv4Addr, path::PathBuf, thread, time::Duration};
 
 use anyhow::{bail, ensure, Context as _};
 use dataplane_lab::{Agent, Lab, LabOptions, LabPod};
@@ -122,9 +117,8 @@ fn first_light() -> anyhow::Result<()> {
     let mut server = lab.spawn(&web2.netns, &["iperf3", "-s", "-1", "--forceflush"], "iperf3-server")?;
     server.wait_for_log("Server listening", Duration::from_secs(10))?;
     let server_addr = web2.addr.to_string();
-    let output = lab
-        .exec(&web1.netns, &["iperf3", "-c", &server_addr, "-t", "3", "-J"])
-        .with_context(|| cluster.logs())?;
+    let output =
+        lab.exec(&web1.netns, &["iperf3", "-c", &server_addr, "-t", "3", "-J"]).with_context(|| cluster.logs())?;
     let report: Value = serde_json::from_slice(&output.stdout).context("iperf3 -J did not print JSON")?;
     let sent = report["end"]["sum_sent"]["bytes"].as_u64().context("iperf3 JSON has no end.sum_sent.bytes")?;
     let received =
@@ -166,8 +160,7 @@ fn first_light() -> anyhow::Result<()> {
         let anchor: Value = serde_json::from_str(&anchor).context("`ip -s -j link show` printed no JSON")?;
         let received = anchor[0]["stats64"]["rx"]["packets"].as_u64();
         ensure!(received == Some(0), "the GRO anchor of {} received packets itself: {anchor}", node.name);
-        let proxy_arp =
-            lab.exec_stdout(&node.netns, &["sh", "-c", "grep -H . /proc/sys/net/ipv4/conf/*/proxy_arp"])?;
+        let proxy_arp = lab.exec_stdout(&node.netns, &["sh", "-c", "grep -H . /proc/sys/net/ipv4/conf/*/proxy_arp"])?;
         ensure!(!proxy_arp.trim().is_empty(), "node {} shows no proxy_arp settings", node.name);
         for line in proxy_arp.lines() {
             ensure!(line.ends_with(":0"), "node {} has proxy ARP on: {line}", node.name);
@@ -180,10 +173,8 @@ fn first_light() -> anyhow::Result<()> {
     let output = dataplane_lab::cmd::run(&["bpftool", "-j", "map", "dump", "pinned", &pin_arg])?;
     let dump: Value = serde_json::from_slice(&output.stdout).context("bpftool -j did not print JSON")?;
     let keys_with_block = objects(&dump).into_iter().filter(|o| o.get("prefix_len") == Some(&Value::from(26))).count();
-    let route_values = objects(&dump)
-        .into_iter()
-        .filter(|o| o.contains_key("kind") && o.contains_key("node_addr"))
-        .count();
+    let route_values =
+        objects(&dump).into_iter().filter(|o| o.contains_key("kind") && o.contains_key("node_addr")).count();
     let text = String::from_utf8_lossy(&output.stdout);
     ensure!(keys_with_block > 0, "no key with prefix_len 26 (a /26 block) in {pin_arg}:\n{text}");
     ensure!(route_values > 0, "no Route value with named fields kind and node_addr in {pin_arg}:\n{text}");

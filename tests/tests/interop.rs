@@ -9,13 +9,7 @@
 //! passes.
 
 use dataplane_tests::{agent_bin, workspace_root};
-use std::{
-    collections::BTreeMap,
-    net::Ipv4Addr,
-    path::Path,
-    thread,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, thread, time::Duration};
 
 use anyhow::{bail, ensure, Context as _};
 use dataplane_lab::{kernel_calico, Lab, LabOptions, LabPod};
@@ -163,4 +157,3 @@ fn ping(lab: &Lab, from: &LabPod, to: Ipv4Addr) -> anyhow::Result<()> {
     }
     bail!("`{}` from {} never got 3 replies:\n{}", lab.command_line(&from.netns, &argv), from.key, tries.join("\n"))
 }
-

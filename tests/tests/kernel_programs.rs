@@ -10,14 +10,18 @@ use dataplane_common::{
     Stat, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD,
 };
 use dataplane_tests::{
-    program::CLUSTER,
     packet::{be16, fixture::*, ipv4_checksum, set_ipv4_checksum, Packet},
+    program::CLUSTER,
     program::{skip_unless_root, Node, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
 };
 
 /// A UDP packet from pod A to `dst`, as it leaves the pod.
 fn from_pod_a(dst: [u8; 4]) -> Vec<u8> {
-    Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, dst, IPPROTO_UDP).udp(40000, 5201).payload(b"hello through the fast path").finish()
+    Packet::eth(POD_A_MAC, GATEWAY_MAC)
+        .ipv4(POD_A, dst, IPPROTO_UDP)
+        .udp(40000, 5201)
+        .payload(b"hello through the fast path")
+        .finish()
 }
 
 /// A VXLAN packet from `outer_src` to this node carrying `inner`'s IPv4 packet.

@@ -39,9 +39,7 @@ use dataplane_lab::{ChildHandle, Lab, LabOptions, AGENT_READY};
 use dataplane_tests::{
     agent_bin,
     kube_api::KubeApi,
-    kube_example::{
-        affinity, example_objects, node, pod, serve_example, AFFINITIES, BLOCKS, NODES, PODS, POOLS,
-    },
+    kube_example::{affinity, example_objects, node, pod, serve_example, AFFINITIES, BLOCKS, NODES, PODS, POOLS},
     watch::wait_for,
     workspace_root,
 };
@@ -54,7 +52,6 @@ const EXAMPLE: &str = "examples/two-nodes.yaml";
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an agent may take to program its fast path again after a change or a restart.
 const PROGRAMMED_TIMEOUT: Duration = Duration::from_secs(20);
-
 
 /// The example cluster as the file datastore reads it, without pod MACs (the Kubernetes
 /// datastore has none).
@@ -72,19 +69,13 @@ fn sorted(model: &Model) -> Model {
     model.pools.sort_by(|a, b| a.name.cmp(&b.name));
     model.nodes.sort_by(|a, b| a.name.cmp(&b.name));
     model.workloads.sort_by_key(|w| w.full_name());
-    model
-        .blocks
-        .sort_by(|a, b| (a.cidr, &a.node).cmp(&(b.cidr, &b.node)));
+    model.blocks.sort_by(|a, b| (a.cidr, &a.node).cmp(&(b.cidr, &b.node)));
     model
 }
 
-
 /// A watch of `api`, for all pods (`node` None) or one node's.
 fn start_watch(api: &KubeApi, node: Option<&str>) -> anyhow::Result<WatchThread> {
-    kubernetes::watch_thread(KubernetesConfig {
-        kubeconfig: Some(api.kubeconfig()?),
-        node: node.map(str::to_owned),
-    })
+    kubernetes::watch_thread(KubernetesConfig { kubeconfig: Some(api.kubeconfig()?), node: node.map(str::to_owned) })
 }
 
 /// The example cluster served, and a watch on it that has sent it.
@@ -96,44 +87,28 @@ fn example_served(test: &str, node: Option<&str>) -> anyhow::Result<(KubeApi, Wa
         model.workloads.retain(|w| w.node == node);
     }
     let watch = start_watch(&api, node)?;
-    let (snapshot, took) = wait_for(&watch, "the example cluster", CHANGE_TIMEOUT, |s| {
-        sorted(&s.model) == sorted(&model)
-    })?;
+    let (snapshot, took) =
+        wait_for(&watch, "the example cluster", CHANGE_TIMEOUT, |s| sorted(&s.model) == sorted(&model))?;
     eprintln!("{test}: first snapshot {took:?} after the watch started");
-    ensure!(
-        snapshot.problems.is_empty(),
-        "problems: {:#?}",
-        snapshot.problems
-    );
+    ensure!(snapshot.problems.is_empty(), "problems: {:#?}", snapshot.problems);
     Ok((api, watch, model))
 }
 
 fn has_block(snapshot: &Snapshot, cidr: &str, node: &str) -> bool {
-    snapshot
-        .model
-        .blocks
-        .iter()
-        .any(|b| b.cidr.to_string() == cidr && b.node == node && b.routes())
+    snapshot.model.blocks.iter().any(|b| b.cidr.to_string() == cidr && b.node == node && b.routes())
 }
 
 /// The request lines (method and URL) of `kind` (e.g. `/api/v1/pods`) that were watches.
 fn watches_of(api: &KubeApi, kind: &str) -> Vec<String> {
-    api.requests()
-        .into_iter()
-        .filter(|r| r.contains(&format!("{kind}?")) && r.contains("watch=true"))
-        .collect()
+    api.requests().into_iter().filter(|r| r.contains(&format!("{kind}?")) && r.contains("watch=true")).collect()
 }
 
 fn lists_of(api: &KubeApi, kind: &str) -> Vec<String> {
-    api.requests()
-        .into_iter()
-        .filter(|r| r.contains(&format!("{kind}?")) && !r.contains("watch=true"))
-        .collect()
+    api.requests().into_iter().filter(|r| r.contains(&format!("{kind}?")) && !r.contains("watch=true")).collect()
 }
 
 #[test]
-fn the_example_cluster_reads_the_same_from_the_kubernetes_api_as_from_the_file(
-) -> anyhow::Result<()> {
+fn the_example_cluster_reads_the_same_from_the_kubernetes_api_as_from_the_file() -> anyhow::Result<()> {
     let (api, _watch, model) = example_served("reads_the_example", None)?;
     // The plan is the same as from the file: the dataplane cannot tell the datastores apart.
     let (snapshot_model, file_model) = (sorted(&model), sorted(&example_model()?));
@@ -146,39 +121,20 @@ fn the_example_cluster_reads_the_same_from_the_kubernetes_api_as_from_the_file(
     // Every kind listed once, then watched from the list's resourceVersion.
     let deadline = Instant::now() + CHANGE_TIMEOUT;
     while api.open_watches() < 5 {
-        ensure!(
-            Instant::now() < deadline,
-            "the watches did not open: {:#?}",
-            api.requests()
-        );
+        ensure!(Instant::now() < deadline, "the watches did not open: {:#?}", api.requests());
         thread::sleep(Duration::from_millis(10));
     }
     for kind in [NODES, PODS, POOLS, AFFINITIES, BLOCKS] {
-        ensure!(
-            lists_of(&api, kind).len() == 1,
-            "lists of {kind}: {:?}",
-            api.requests()
-        );
+        ensure!(lists_of(&api, kind).len() == 1, "lists of {kind}: {:?}", api.requests());
         let watches = watches_of(&api, kind);
-        ensure!(
-            watches.len() == 1 && watches[0].contains("resourceVersion=112"),
-            "watches of {kind}: {watches:?}"
-        );
+        ensure!(watches.len() == 1 && watches[0].contains("resourceVersion=112"), "watches of {kind}: {watches:?}");
     }
 
     // An agent reads only its own node's pods (field selector), as calico-node does.
     let (api, _watch, model) = example_served("reads_one_node", Some("node-2"))?;
-    ensure!(
-        model.workloads.len() == 1,
-        "node-2 has one workload: {:#?}",
-        model.workloads
-    );
+    ensure!(model.workloads.len() == 1, "node-2 has one workload: {:#?}", model.workloads);
     let pods = lists_of(&api, PODS);
-    ensure!(
-        pods.iter()
-            .all(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-2")),
-        "{pods:?}"
-    );
+    ensure!(pods.iter().all(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-2")), "{pods:?}");
     Ok(())
 }
 
@@ -190,42 +146,24 @@ fn changes_arrive_as_new_snapshots() -> anyhow::Result<()> {
     // node-2 claims a second block.
     let started = Instant::now();
     api.apply(AFFINITIES, affinity("node-2", "10.244.2.64/26"));
-    let (_, took) = wait_for(&watch, "the new block", CHANGE_TIMEOUT, |s| {
-        has_block(s, "10.244.2.64/26", "node-2")
-    })?;
+    let (_, took) = wait_for(&watch, "the new block", CHANGE_TIMEOUT, |s| has_block(s, "10.244.2.64/26", "node-2"))?;
     timings.push(("block affinity added", took.max(started.elapsed())));
 
     // node-2 moves to a new address.
     let started = Instant::now();
-    api.apply(
-        NODES,
-        node("node-2", "10.100.0.22", "10.244.2.0", "66:d0:00:00:00:02"),
-    );
+    api.apply(NODES, node("node-2", "10.100.0.22", "10.244.2.0", "66:d0:00:00:00:02"));
     wait_for(&watch, "node-2's new address", CHANGE_TIMEOUT, |s| {
-        s.model
-            .nodes
-            .iter()
-            .any(|n| n.name == "node-2" && n.addr == Some("10.100.0.22/24".parse().expect("net")))
+        s.model.nodes.iter().any(|n| n.name == "node-2" && n.addr == Some("10.100.0.22/24".parse().expect("net")))
     })?;
     timings.push(("node address changed", started.elapsed()));
 
     // A pod starts on node-1: first with Calico CNI's annotation only, then kubelet's status.
     let started = Instant::now();
-    let mut web3 = pod(
-        "default",
-        "web-3",
-        "web",
-        "node-1",
-        "10.100.0.11",
-        "10.244.1.4",
-    );
+    let mut web3 = pod("default", "web-3", "web", "node-1", "10.100.0.11", "10.244.1.4");
     web3["status"] = json!({"phase": "Pending"});
     api.apply(PODS, web3);
     let (snapshot, _) = wait_for(&watch, "web-3", CHANGE_TIMEOUT, |s| {
-        s.model
-            .workloads
-            .iter()
-            .any(|w| w.full_name() == "default/node--1-k8s-web--3-eth0")
+        s.model.workloads.iter().any(|w| w.full_name() == "default/node--1-k8s-web--3-eth0")
     })?;
     timings.push(("pod appeared", started.elapsed()));
     let web3 = snapshot
@@ -238,17 +176,7 @@ fn changes_arrive_as_new_snapshots() -> anyhow::Result<()> {
     assert_eq!(web3.interface, "cali4448cbddedf");
     assert_eq!(web3.addrs, vec!["10.244.1.4/32".parse()?]);
     // A pod on another node is not this agent's (the server filters it out).
-    api.apply(
-        PODS,
-        pod(
-            "default",
-            "web-4",
-            "web",
-            "node-2",
-            "10.100.0.12",
-            "10.244.2.4",
-        ),
-    );
+    api.apply(PODS, pod("default", "web-4", "web", "node-2", "10.100.0.12", "10.244.2.4"));
 
     // The pod goes.
     let started = Instant::now();
@@ -272,53 +200,28 @@ fn changes_arrive_as_new_snapshots() -> anyhow::Result<()> {
 fn a_broken_watch_resumes_and_a_410_forces_a_list() -> anyhow::Result<()> {
     let (api, watch, _) = example_served("resumes", None)?;
     let change = api.apply(AFFINITIES, affinity("node-2", "10.244.2.64/26"));
-    wait_for(&watch, "the first change", CHANGE_TIMEOUT, |s| {
-        has_block(s, "10.244.2.64/26", "node-2")
-    })?;
+    wait_for(&watch, "the first change", CHANGE_TIMEOUT, |s| has_block(s, "10.244.2.64/26", "node-2"))?;
 
     // Cut every watch mid-stream: they come back from the last resourceVersion they saw, without
     // listing again.
-    let lists_before = api
-        .requests()
-        .iter()
-        .filter(|r| !r.contains("watch=true"))
-        .count();
+    let lists_before = api.requests().iter().filter(|r| !r.contains("watch=true")).count();
     api.break_watches();
     let deadline = Instant::now() + CHANGE_TIMEOUT;
     while watches_of(&api, AFFINITIES).len() < 2 || api.open_watches() < 5 {
-        ensure!(
-            Instant::now() < deadline,
-            "the watches did not come back: {:#?}",
-            api.requests()
-        );
+        ensure!(Instant::now() < deadline, "the watches did not come back: {:#?}", api.requests());
         thread::sleep(Duration::from_millis(10));
     }
     let resumed = watches_of(&api, AFFINITIES);
     ensure!(
-        resumed
-            .last()
-            .is_some_and(|r| r.contains(&format!("resourceVersion={change}"))),
+        resumed.last().is_some_and(|r| r.contains(&format!("resourceVersion={change}"))),
         "the block affinity watch did not resume from {change}: {resumed:?}"
     );
-    let lists_after = api
-        .requests()
-        .iter()
-        .filter(|r| !r.contains("watch=true"))
-        .count();
-    ensure!(
-        lists_after == lists_before,
-        "a broken watch made the agent list again: {:#?}",
-        api.requests()
-    );
+    let lists_after = api.requests().iter().filter(|r| !r.contains("watch=true")).count();
+    ensure!(lists_after == lists_before, "a broken watch made the agent list again: {:#?}", api.requests());
     let started = Instant::now();
     api.apply(AFFINITIES, affinity("node-2", "10.244.2.128/26"));
-    wait_for(&watch, "a change after the resume", CHANGE_TIMEOUT, |s| {
-        has_block(s, "10.244.2.128/26", "node-2")
-    })?;
-    eprintln!(
-        "change after a resumed watch -> snapshot {:?}",
-        started.elapsed()
-    );
+    wait_for(&watch, "a change after the resume", CHANGE_TIMEOUT, |s| has_block(s, "10.244.2.128/26", "node-2"))?;
+    eprintln!("change after a resumed watch -> snapshot {:?}", started.elapsed());
 
     // A change the watch does not see in time, then the history is compacted and the watch
     // cut: its resourceVersion is gone (410), so the agent lists again and loses nothing.
@@ -331,22 +234,12 @@ fn a_broken_watch_resumes_and_a_410_forces_a_list() -> anyhow::Result<()> {
     api.hold_watches(false);
     let started = Instant::now();
     api.break_watches();
-    let (snapshot, _) = wait_for(
-        &watch,
-        "the change missed by the watch",
-        CHANGE_TIMEOUT,
-        |s| !has_block(s, "10.244.2.64/26", "node-2"),
-    )?;
+    let (snapshot, _) = wait_for(&watch, "the change missed by the watch", CHANGE_TIMEOUT, |s| {
+        !has_block(s, "10.244.2.64/26", "node-2")
+    })?;
     eprintln!("410 Gone -> list -> snapshot {:?}", started.elapsed());
-    ensure!(
-        has_block(&snapshot, "10.244.2.128/26", "node-2")
-            && has_block(&snapshot, "10.244.1.0/26", "node-1")
-    );
-    ensure!(
-        lists_of(&api, AFFINITIES).len() >= 2,
-        "no list after the 410: {:#?}",
-        api.requests()
-    );
+    ensure!(has_block(&snapshot, "10.244.2.128/26", "node-2") && has_block(&snapshot, "10.244.1.0/26", "node-1"));
+    ensure!(lists_of(&api, AFFINITIES).len() >= 2, "no list after the 410: {:#?}", api.requests());
     Ok(())
 }
 
@@ -356,36 +249,19 @@ fn broken_objects_are_reported_and_the_rest_is_applied() -> anyhow::Result<()> {
     let mut bad_block = affinity("node-2", "10.244.2.64/26");
     bad_block["spec"]["cidr"] = json!("10.244.2.300/26");
     api.apply(AFFINITIES, bad_block);
-    api.apply(
-        NODES,
-        node("node-2", "10.100.0.12", "10.244.2.0", "66:d0:00:00:00"),
-    );
+    api.apply(NODES, node("node-2", "10.100.0.12", "10.244.2.0", "66:d0:00:00:00"));
     api.apply(AFFINITIES, affinity("node-1", "10.244.1.64/26"));
-    let (snapshot, _) = wait_for(
-        &watch,
-        "both problems and the good block",
-        CHANGE_TIMEOUT,
-        |s| s.problems.len() == 2 && has_block(s, "10.244.1.64/26", "node-1"),
-    )?;
-    let mut named: Vec<(String, String, String)> = snapshot
-        .problems
-        .iter()
-        .map(|p| (p.kind.clone(), p.name.clone(), p.field.clone()))
-        .collect();
+    let (snapshot, _) = wait_for(&watch, "both problems and the good block", CHANGE_TIMEOUT, |s| {
+        s.problems.len() == 2 && has_block(s, "10.244.1.64/26", "node-1")
+    })?;
+    let mut named: Vec<(String, String, String)> =
+        snapshot.problems.iter().map(|p| (p.kind.clone(), p.name.clone(), p.field.clone())).collect();
     named.sort();
     assert_eq!(
         named,
         vec![
-            (
-                "BlockAffinity".into(),
-                "node-2-10-244-2-64-26".into(),
-                "spec.cidr".into()
-            ),
-            (
-                "Node".into(),
-                "node-2".into(),
-                "metadata.annotations[\"projectcalico.org/VXLANTunnelMACAddr\"]".into()
-            ),
+            ("BlockAffinity".into(), "node-2-10-244-2-64-26".into(), "spec.cidr".into()),
+            ("Node".into(), "node-2".into(), "metadata.annotations[\"projectcalico.org/VXLANTunnelMACAddr\"]".into()),
         ]
     );
     for problem in &snapshot.problems {
@@ -406,28 +282,15 @@ fn the_last_state_stays_while_the_api_server_is_gone() -> anyhow::Result<()> {
     api.apply(AFFINITIES, affinity("node-2", "10.244.2.64/26"));
     api.delete(PODS, "default/cache-1");
     // Nothing is sent while the server is away: the last good snapshot stays.
-    ensure!(
-        watch.recv_timeout(Duration::from_secs(10)).is_none(),
-        "a snapshot came without an API server"
-    );
+    ensure!(watch.recv_timeout(Duration::from_secs(10)).is_none(), "a snapshot came without an API server");
     let restarted = Instant::now();
     api.start()?;
-    let (snapshot, took) = wait_for(
-        &watch,
-        "the resync after the outage",
-        Duration::from_secs(20),
-        |s| has_block(s, "10.244.2.64/26", "node-2"),
-    )?;
-    eprintln!(
-        "API server back -> full resync snapshot {took:?} ({:?} after the restart)",
-        restarted.elapsed()
-    );
+    let (snapshot, took) = wait_for(&watch, "the resync after the outage", Duration::from_secs(20), |s| {
+        has_block(s, "10.244.2.64/26", "node-2")
+    })?;
+    eprintln!("API server back -> full resync snapshot {took:?} ({:?} after the restart)", restarted.elapsed());
     ensure!(
-        !snapshot
-            .model
-            .workloads
-            .iter()
-            .any(|w| w.name.contains("cache")),
+        !snapshot.model.workloads.iter().any(|w| w.name.contains("cache")),
         "the pod deleted during the outage is still there"
     );
     // Every kind was listed again after the outage.
@@ -438,11 +301,7 @@ fn the_last_state_stays_while_the_api_server_is_gone() -> anyhow::Result<()> {
 /// `dataplane ARGS` (the agent binary); its stdout, or an error with its stderr.
 fn dataplane(args: &[&str]) -> anyhow::Result<String> {
     let bin = agent_bin();
-    ensure!(
-        bin.exists(),
-        "agent binary {} does not exist: build it with `cargo build -p dataplane`",
-        bin.display()
-    );
+    ensure!(bin.exists(), "agent binary {} does not exist: build it with `cargo build -p dataplane`", bin.display());
     let output = std::process::Command::new(&bin).args(args).output()?;
     ensure!(
         output.status.success(),
@@ -459,83 +318,34 @@ fn ipam_show_reads_the_kubernetes_api_as_it_reads_the_file() -> anyhow::Result<(
     serve_example(&api);
     let kubeconfig = api.kubeconfig()?;
     let kubeconfig = kubeconfig.to_string_lossy();
-    let args = [
-        "ipam",
-        "show",
-        "--show-blocks",
-        "-o",
-        "json",
-        "--datastore",
-        "kubernetes",
-        "--kubeconfig",
-        &kubeconfig,
-    ];
+    let args =
+        ["ipam", "show", "--show-blocks", "-o", "json", "--datastore", "kubernetes", "--kubeconfig", &kubeconfig];
     let from_api: Value = serde_json::from_str(&dataplane(&args)?)?;
     let file = format!("file:{}", workspace_root().join(EXAMPLE).display());
-    let from_file: Value = serde_json::from_str(&dataplane(&[
-        "ipam",
-        "show",
-        "--show-blocks",
-        "-o",
-        "json",
-        "--datastore",
-        &file,
-    ])?)?;
+    let from_file: Value =
+        serde_json::from_str(&dataplane(&["ipam", "show", "--show-blocks", "-o", "json", "--datastore", &file])?)?;
     assert_eq!(from_api, from_file);
     // Three pods and two VXLAN tunnel addresses, in two blocks: every pod of the cluster is read.
     assert_eq!(from_api["pools"][0]["in_use"], 5, "{from_api:#}");
-    assert_eq!(
-        from_api["pools"][0]["blocks"].as_array().map(Vec::len),
-        Some(2),
-        "{from_api:#}"
-    );
-    ensure!(
-        lists_of(&api, PODS)
-            .iter()
-            .all(|r| !r.contains("fieldSelector")),
-        "{:?}",
-        api.requests()
-    );
+    assert_eq!(from_api["pools"][0]["blocks"].as_array().map(Vec::len), Some(2), "{from_api:#}");
+    ensure!(lists_of(&api, PODS).iter().all(|r| !r.contains("fieldSelector")), "{:?}", api.requests());
     // Unreachable: the command says so and names the setting.
     drop(api);
-    let output = std::process::Command::new(agent_bin())
-        .args(args)
-        .output()?;
+    let output = std::process::Command::new(agent_bin()).args(args).output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(
-        !output.status.success() && stderr.contains("KUBECONFIG"),
-        "{stderr}"
-    );
+    ensure!(!output.status.success() && stderr.contains("KUBECONFIG"), "{stderr}");
     Ok(())
 }
 
 #[test]
 fn run_refuses_a_kubeconfig_it_cannot_read() -> anyhow::Result<()> {
     let bin = agent_bin();
-    ensure!(
-        bin.exists(),
-        "agent binary {} does not exist: build it with `cargo build -p dataplane`",
-        bin.display()
-    );
-    let args = [
-        "run",
-        "--datastore",
-        "kubernetes",
-        "--kubeconfig",
-        "/nonexistent/kubeconfig",
-        "--node",
-        "node-1",
-    ];
+    ensure!(bin.exists(), "agent binary {} does not exist: build it with `cargo build -p dataplane`", bin.display());
+    let args = ["run", "--datastore", "kubernetes", "--kubeconfig", "/nonexistent/kubeconfig", "--node", "node-1"];
     let output = std::process::Command::new(&bin).args(args).output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(
-        !output.status.success(),
-        "the agent started without a kubeconfig: {stderr}"
-    );
-    ensure!(
-        stderr.contains("/nonexistent/kubeconfig") && stderr.contains("KUBECONFIG"),
-        "{stderr}"
-    );
+    ensure!(!output.status.success(), "the agent started without a kubeconfig: {stderr}");
+    ensure!(stderr.contains("/nonexistent/kubeconfig") && stderr.contains("KUBECONFIG"), "{stderr}");
     Ok(())
 }
 
@@ -543,12 +353,7 @@ fn run_refuses_a_kubeconfig_it_cannot_read() -> anyhow::Result<()> {
 fn wait_log(agent: &ChildHandle, needle: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while !agent.log().contains(needle) {
-        ensure!(
-            Instant::now() < deadline,
-            "{} never said {needle:?}:\n{}",
-            agent.name(),
-            agent.log()
-        );
+        ensure!(Instant::now() < deadline, "{} never said {needle:?}:\n{}", agent.name(), agent.log());
         thread::sleep(Duration::from_millis(50));
     }
     Ok(())
@@ -568,36 +373,20 @@ fn eth0_mac(lab: &Lab, pod: &dataplane_lab::LabPod) -> anyhow::Result<String> {
 fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()> {
     let test = "agents_run_from_the_kubernetes_api_on_the_two_node_lab";
     if !dataplane_lab::is_root() {
-        eprintln!(
-            "SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root"
-        );
+        eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
         return Ok(());
     }
     let bin = agent_bin();
-    ensure!(
-        bin.exists(),
-        "agent binary {} does not exist: build it with `cargo build -p dataplane`",
-        bin.display()
-    );
-    let lab = Lab::up(
-        &dataplane_lab::load_model(&workspace_root().join(EXAMPLE))?,
-        LabOptions::default(),
-    )?;
+    ensure!(bin.exists(), "agent binary {} does not exist: build it with `cargo build -p dataplane`", bin.display());
+    let lab = Lab::up(&dataplane_lab::load_model(&workspace_root().join(EXAMPLE))?, LabOptions::default())?;
     // The API server listens in the fabric namespace on the gateway of the nodes' subnet: both
     // agents reach it from their node's namespace over eth0, as calico-node reaches the API.
     let gateway = lab.node("node-1")?.gateway;
     let fabric = std::path::PathBuf::from(format!("/run/netns/{}", lab.fabric_netns()));
-    let mut api = KubeApi::start_at(
-        lab.prefix(),
-        SocketAddr::new(gateway.into(), 6443),
-        Some(fabric),
-    )?;
+    let mut api = KubeApi::start_at(lab.prefix(), SocketAddr::new(gateway.into(), 6443), Some(fabric))?;
     serve_example(&api);
     let kubeconfig = api.kubeconfig()?;
-    let (bin_text, kubeconfig_text) = (
-        bin.to_string_lossy().into_owned(),
-        kubeconfig.to_string_lossy().into_owned(),
-    );
+    let (bin_text, kubeconfig_text) = (bin.to_string_lossy().into_owned(), kubeconfig.to_string_lossy().into_owned());
     let mut agents = Vec::new();
     for node in ["node-1", "node-2"] {
         let netns = lab.node_netns(node)?.to_owned();
@@ -621,11 +410,7 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
         agent.wait_for_log(AGENT_READY, Duration::from_secs(60))?;
     }
     for agent in &agents {
-        wait_log(
-            agent,
-            "connected to the Kubernetes API",
-            Duration::from_secs(5),
-        )?;
+        wait_log(agent, "connected to the Kubernetes API", Duration::from_secs(5))?;
     }
     let (node1, node2) = (&agents[0], &agents[1]);
     // Each node delivers to its own pods and routes the other's block.
@@ -683,13 +468,8 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
     for pod in lab.pods() {
         let mac = eth0_mac(&lab, pod)?;
         let pin = lab.pin_path(&pod.node);
-        let routes: Value = serde_json::from_str(&dataplane(&[
-            "routes",
-            "-o",
-            "json",
-            "--pin-path",
-            &pin.to_string_lossy(),
-        ])?)?;
+        let routes: Value =
+            serde_json::from_str(&dataplane(&["routes", "-o", "json", "--pin-path", &pin.to_string_lossy()])?)?;
         let prefix = format!("{}/32", pod.addr);
         let route = routes
             .as_array()
@@ -741,47 +521,27 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
     let routes = node1.programmed_field("routes", usize::MAX)?;
     let started = Instant::now();
     api.apply(AFFINITIES, affinity("node-2", "10.244.2.64/26"));
-    timings.push((
-        "block affinity added",
-        node1.wait_programmed_field("routes", routes + 1, started, CHANGE_TIMEOUT)?,
-    ));
+    timings.push(("block affinity added", node1.wait_programmed_field("routes", routes + 1, started, CHANGE_TIMEOUT)?));
     // ...and gives it back.
     let started = Instant::now();
     api.delete(AFFINITIES, "node-2-10-244-2-64-26");
-    timings.push((
-        "block affinity deleted",
-        node1.wait_programmed_field("routes", routes, started, CHANGE_TIMEOUT)?,
-    ));
+    timings.push(("block affinity deleted", node1.wait_programmed_field("routes", routes, started, CHANGE_TIMEOUT)?));
 
     // web-2 goes and comes back: node-2 stops and starts delivering to it.
-    let web2_pod = example_objects()
-        .into_iter()
-        .find(|(_, o)| o["metadata"]["name"] == "web-2")
-        .context("web-2")?
-        .1;
+    let web2_pod = example_objects().into_iter().find(|(_, o)| o["metadata"]["name"] == "web-2").context("web-2")?.1;
     let started = Instant::now();
     api.delete(PODS, "default/web-2");
     timings.push(("pod deleted", node2.wait_programmed_field("workloads", 0, started, CHANGE_TIMEOUT)?));
     let started = Instant::now();
     api.apply(PODS, web2_pod);
     timings.push(("pod added", node2.wait_programmed_field("workloads", 1, started, CHANGE_TIMEOUT)?));
-    ensure!(
-        lab.ping_ok(&web1, web2.addr, 5)?,
-        "web-1 cannot reach web-2 after its pod came back\n{}",
-        node2.log()
-    );
+    ensure!(lab.ping_ok(&web1, web2.addr, 5)?, "web-1 cannot reach web-2 after its pod came back\n{}", node2.log());
 
     // node-2's VTEP MAC changes: node-1 reprograms its route to node-2's block.
     let before = node1.programmed();
     let started = Instant::now();
-    api.apply(
-        NODES,
-        node("node-2", "10.100.0.12", "10.244.2.0", "66:d0:00:00:00:22"),
-    );
-    timings.push((
-        "node VTEP MAC changed",
-        node1.wait_programmed(before, started, PROGRAMMED_TIMEOUT)?,
-    ));
+    api.apply(NODES, node("node-2", "10.100.0.12", "10.244.2.0", "66:d0:00:00:00:22"));
+    timings.push(("node VTEP MAC changed", node1.wait_programmed(before, started, PROGRAMMED_TIMEOUT)?));
     for (what, took) in &timings {
         eprintln!("API server change -> fast path programmed: {what}: {took:?}");
     }
@@ -791,53 +551,28 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
     let before: Vec<usize> = agents.iter().map(ChildHandle::programmed).collect();
     api.stop();
     // Changed during the outage: seen only through the resync.
-    api.apply(
-        NODES,
-        node("node-2", "10.100.0.12", "10.244.2.0", "66:d0:00:00:00:02"),
-    );
+    api.apply(NODES, node("node-2", "10.100.0.12", "10.244.2.0", "66:d0:00:00:00:02"));
     for agent in &agents {
-        wait_log(
-            agent,
-            "lost the connection to the Kubernetes API",
-            Duration::from_secs(5),
-        )?;
+        wait_log(agent, "lost the connection to the Kubernetes API", Duration::from_secs(5))?;
     }
     thread::sleep(Duration::from_secs(10));
     for agent in &agents {
-        wait_log(
-            agent,
-            "the Kubernetes API is still unreachable",
-            Duration::from_secs(1),
-        )?;
+        wait_log(agent, "the Kubernetes API is still unreachable", Duration::from_secs(1))?;
         let routes = agent.programmed_field("routes", usize::MAX)?;
-        ensure!(
-            routes > 0,
-            "{} dropped its routes during the outage",
-            agent.name()
-        );
+        ensure!(routes > 0, "{} dropped its routes during the outage", agent.name());
     }
     let restarted = Instant::now();
     api.start()?;
     for (agent, before) in agents.iter().zip(before) {
-        wait_log(
-            agent,
-            "reconnected to the Kubernetes API",
-            Duration::from_secs(20),
-        )?;
+        wait_log(agent, "reconnected to the Kubernetes API", Duration::from_secs(20))?;
         let took = agent.wait_programmed(before, restarted, PROGRAMMED_TIMEOUT)?;
-        eprintln!(
-            "{} resynced {took:?} after the API server came back",
-            agent.name()
-        );
+        eprintln!("{} resynced {took:?} after the API server came back", agent.name());
     }
-    ensure!(node1.programmed_field("workloads", usize::MAX)? == 2 && node2.programmed_field("workloads", usize::MAX)? == 1);
+    ensure!(
+        node1.programmed_field("workloads", usize::MAX)? == 2 && node2.programmed_field("workloads", usize::MAX)? == 1
+    );
     for (from, to) in [(&web1, &web2), (&web2, &web1)] {
-        ensure!(
-            lab.ping_ok(from, to.addr, 5)?,
-            "{} cannot ping {} after the resync",
-            from.key,
-            to.key
-        );
+        ensure!(lab.ping_ok(from, to.addr, 5)?, "{} cannot ping {} after the resync", from.key, to.key);
     }
     drop(agents);
     drop(api);

@@ -94,7 +94,8 @@ fn metrics_follow_the_traffic_and_health_reports_the_reconcile() -> anyhow::Resu
     }
     let root = workspace_root();
     let example = root.join(EXAMPLE);
-    let bin = std::env::var_os("DATAPLANE_BIN").map(PathBuf::from).unwrap_or_else(|| root.join("target/debug/dataplane"));
+    let bin =
+        std::env::var_os("DATAPLANE_BIN").map(PathBuf::from).unwrap_or_else(|| root.join("target/debug/dataplane"));
     let model = dataplane_lab::load_model(&example)?;
     let lab = Lab::up(&model, LabOptions::default())?;
     // node-1 reads a copy the test may break; the lab removes its directory on teardown.
@@ -106,8 +107,20 @@ fn metrics_follow_the_traffic_and_health_reports_the_reconcile() -> anyhow::Resu
     let pin = lab.pin_path("node-1").to_string_lossy().into_owned();
     // node-1 logs JSON, as a DaemonSet feeding a log collector would.
     let argv = [
-        bin_arg.as_str(), "--log-format", "json", "run", "--datastore", &store, "--node", "node-1", "--pin-path", &pin,
-        "--metrics-addr", METRICS_ADDR, "--kernel-log", "drops",
+        bin_arg.as_str(),
+        "--log-format",
+        "json",
+        "run",
+        "--datastore",
+        &store,
+        "--node",
+        "node-1",
+        "--pin-path",
+        &pin,
+        "--metrics-addr",
+        METRICS_ADDR,
+        "--kernel-log",
+        "drops",
     ];
     let mut agent = lab.spawn(&netns, &argv, "agent-node-1")?;
     agent.wait_for_log("fast path programmed", Duration::from_secs(60))?;

@@ -46,8 +46,24 @@ fn hold_port(node: &mut Node, port: u16) {
         state: flow_state::ESTABLISHED,
         _pad: [0; 4],
     };
-    let outbound = FlowKey { src: POD_B, dst: EXTERNAL, src_port: port, dst_port: DNS, protocol: IPPROTO_UDP, direction: FLOW_OUTBOUND, _pad: [0; 2] };
-    let inbound = FlowKey { src: EXTERNAL, dst: NODE, src_port: DNS, dst_port: port, protocol: IPPROTO_UDP, direction: FLOW_INBOUND, _pad: [0; 2] };
+    let outbound = FlowKey {
+        src: POD_B,
+        dst: EXTERNAL,
+        src_port: port,
+        dst_port: DNS,
+        protocol: IPPROTO_UDP,
+        direction: FLOW_OUTBOUND,
+        _pad: [0; 2],
+    };
+    let inbound = FlowKey {
+        src: EXTERNAL,
+        dst: NODE,
+        src_port: DNS,
+        dst_port: port,
+        protocol: IPPROTO_UDP,
+        direction: FLOW_INBOUND,
+        _pad: [0; 2],
+    };
     node.insert_conntrack(outbound, flow);
     node.insert_conntrack(inbound, flow);
 }
@@ -167,13 +183,15 @@ fn tcp_state_follows_the_handshake_and_the_close() {
     assert!(l4_checksum_ok(&out, 14), "TCP checksum valid after SNAT");
     assert_eq!(entry(&node, FLOW_OUTBOUND).1.state, flow_state::NEW);
 
-    let syn_ack = Packet::eth(UPLINK_MAC, UPLINK_MAC).ipv4(EXTERNAL, NODE, IPPROTO_TCP).tcp(80, 41000, TCP_SYN | 0x10).finish();
+    let syn_ack =
+        Packet::eth(UPLINK_MAC, UPLINK_MAC).ipv4(EXTERNAL, NODE, IPPROTO_TCP).tcp(80, 41000, TCP_SYN | 0x10).finish();
     let (verdict, back) = node.run(PROG_FROM_UPLINK, &syn_ack);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert!(l4_checksum_ok(&back, 14), "TCP checksum valid after reverse NAT");
     assert_eq!(entry(&node, FLOW_OUTBOUND).1.state, flow_state::ESTABLISHED);
 
-    let fin = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, EXTERNAL, IPPROTO_TCP).tcp(41000, 80, TCP_FIN | 0x10).finish();
+    let fin =
+        Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, EXTERNAL, IPPROTO_TCP).tcp(41000, 80, TCP_FIN | 0x10).finish();
     node.run(PROG_FROM_WORKLOAD, &fin);
     assert_eq!(entry(&node, FLOW_OUTBOUND).1.state, flow_state::CLOSING);
 }
@@ -184,14 +202,22 @@ fn icmp_echo_is_translated_by_its_identifier() {
         return;
     }
     let node = Node::new("node-1");
-    let request = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, EXTERNAL, IPPROTO_ICMP).icmp_echo(8, 0x1234, 1).payload(b"ping").finish();
+    let request = Packet::eth(POD_A_MAC, GATEWAY_MAC)
+        .ipv4(POD_A, EXTERNAL, IPPROTO_ICMP)
+        .icmp_echo(8, 0x1234, 1)
+        .payload(b"ping")
+        .finish();
     let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &request);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(&out[26..30], &NODE);
     assert_eq!(be16(&out, 38), 0x1234, "identifier kept: it was free");
     assert!(l4_checksum_ok(&out, 14));
 
-    let reply = Packet::eth(UPLINK_MAC, UPLINK_MAC).ipv4(EXTERNAL, NODE, IPPROTO_ICMP).icmp_echo(0, 0x1234, 1).payload(b"ping").finish();
+    let reply = Packet::eth(UPLINK_MAC, UPLINK_MAC)
+        .ipv4(EXTERNAL, NODE, IPPROTO_ICMP)
+        .icmp_echo(0, 0x1234, 1)
+        .payload(b"ping")
+        .finish();
     let (verdict, back) = node.run(PROG_FROM_UPLINK, &reply);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(&back[30..34], &POD_A);
@@ -257,7 +283,10 @@ fn an_icmp_error_about_a_translated_flow_reaches_the_pod_translated_back() {
     let (_, sent) = node.run(PROG_FROM_WORKLOAD, &udp_from_pod(5555));
     // A router on the way answers "fragmentation needed", quoting what it received: our packet.
     let router = [198, 51, 100, 1];
-    let mut error = Packet::eth(UPLINK_MAC, UPLINK_MAC).ipv4(router, NODE, IPPROTO_ICMP).payload(&[3, 4, 0, 0, 0, 0, 0x05, 0x00]).finish();
+    let mut error = Packet::eth(UPLINK_MAC, UPLINK_MAC)
+        .ipv4(router, NODE, IPPROTO_ICMP)
+        .payload(&[3, 4, 0, 0, 0, 0, 0x05, 0x00])
+        .finish();
     error.extend_from_slice(&sent[14..14 + 28]);
     let error = fix_lengths_and_icmp(error);
     let (verdict, out) = node.run(PROG_FROM_UPLINK, &error);
@@ -339,7 +368,8 @@ fn replies_to_flows_opened_from_outside_towards_the_pod_are_not_translated() {
     let (verdict, _) = node.run(PROG_FROM_UPLINK, &query);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     // The pod answers: not a new outbound flow, so it leaves as the pod.
-    let answer = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, PEER, IPPROTO_UDP).udp(DNS, 33333).payload(b"answer").finish();
+    let answer =
+        Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, PEER, IPPROTO_UDP).udp(DNS, 33333).payload(b"answer").finish();
     let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &answer);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out, answer, "untranslated");
@@ -360,8 +390,10 @@ fn packets_that_cannot_open_a_flow_are_never_translated() {
         return;
     }
     let node = Node::new("node-1");
-    let syn_ack = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, EXTERNAL, IPPROTO_TCP).tcp(80, 41000, TCP_SYN | 0x10).finish();
-    let echo_reply = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, EXTERNAL, IPPROTO_ICMP).icmp_echo(0, 7, 1).finish();
+    let syn_ack =
+        Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, EXTERNAL, IPPROTO_TCP).tcp(80, 41000, TCP_SYN | 0x10).finish();
+    let echo_reply =
+        Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, EXTERNAL, IPPROTO_ICMP).icmp_echo(0, 7, 1).finish();
     for packet in [syn_ack, echo_reply] {
         let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &packet);
         assert_eq!((verdict, out == packet), (TC_ACT_OK, true));

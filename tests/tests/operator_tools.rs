@@ -587,7 +587,11 @@ fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<(
             action: "drop",
         },
         // node-2 may send IPIP too, though the pool is VXLAN: a mode change drops nothing.
-        Case { args: &[WEB_2, WEB_1, "--from", "uplink", "--encap", "ipip"], counter: "decap_ipip", action: "redirect" },
+        Case {
+            args: &[WEB_2, WEB_1, "--from", "uplink", "--encap", "ipip"],
+            counter: "decap_ipip",
+            action: "redirect",
+        },
         Case {
             args: &["192.0.2.10", NODE_1_ADDR, "--from", "uplink", "--dport", "22"],
             counter: "pass_to_stack",
@@ -614,13 +618,21 @@ fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<(
             counter: "drop_tunnel_fragment",
             action: "drop",
         },
-        Case { args: &[WEB_2, WEB_1, "--from", "uplink", "--fragment", "later"], counter: "pass_to_stack", action: "pass" },
+        Case {
+            args: &[WEB_2, WEB_1, "--from", "uplink", "--fragment", "later"],
+            counter: "pass_to_stack",
+            action: "pass",
+        },
         Case {
             args: &[WEB_1, "192.0.2.10", "--proto", "udp", "--dport", "9999", "--fragment", "later"],
             counter: "drop_nat_fragment",
             action: "drop",
         },
-        Case { args: &[WEB_1, WEB_2, "--fragment", "first", "--size", "1480"], counter: "encap_vxlan", action: "redirect" },
+        Case {
+            args: &[WEB_1, WEB_2, "--fragment", "first", "--size", "1480"],
+            counter: "encap_vxlan",
+            action: "redirect",
+        },
         // Into a pod from outside the pools: untouched, and the flow is remembered (the inject
         // checks the private conntrack copy for it).
         Case { args: &[NODE_2_ADDR, WEB_1, "--from", "into-pod"], counter: "egress_unchanged", action: "pass" },

@@ -10,21 +10,17 @@
 //! The seed is fixed so a failure reproduces; `DATAPLANE_FUZZ_CASES=N` runs longer and
 //! `DATAPLANE_FUZZ_SEED=N` explores elsewhere. Needs root (CAP_BPF).
 
-#![allow(
-    clippy::unwrap_used,
-    reason = "fixtures of a test: a failed unwrap is a failed test"
-)]
+#![allow(clippy::unwrap_used, reason = "fixtures of a test: a failed unwrap is a failed test")]
 
 use std::{cell::RefCell, collections::BTreeMap, time::Instant};
 
 use dataplane_common::{
     net::{
-        CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, ETH_HLEN, ETH_P_ARP, ETH_P_IP, GATEWAY_ADDR,
-        GATEWAY_MAC, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP,
-        IPPROTO_UDP, UDP_HLEN, VXLAN_HLEN,
+        CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, ETH_HLEN, ETH_P_ARP, ETH_P_IP, GATEWAY_ADDR, GATEWAY_MAC, ICMP_ECHO_REPLY,
+        ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, UDP_HLEN, VXLAN_HLEN,
     },
-    FlowKey, NatFlow, Stat, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_TO_POD, PROG_FROM_UPLINK,
-    PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
+    FlowKey, NatFlow, Stat, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_TO_POD, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD,
+    PROG_TO_UPLINK, PROG_TO_WORKLOAD,
 };
 use dataplane_tests::{
     packet::{fixture::*, ipv4_checksum, Packet},
@@ -43,12 +39,7 @@ const DEFAULT_SEED: u64 = 0x00da_7a91_a4e0_0008;
 /// Conntrack is checked entry by entry every this many cases (and at the end).
 const CONNTRACK_CHECK_EVERY: u32 = 500;
 /// The programs, in the order the generator picks them.
-const PROGRAMS: [&str; 4] = [
-    PROG_FROM_WORKLOAD,
-    PROG_TO_WORKLOAD,
-    PROG_FROM_UPLINK,
-    PROG_TO_UPLINK,
-];
+const PROGRAMS: [&str; 4] = [PROG_FROM_WORKLOAD, PROG_TO_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK];
 
 // ---------------------------------------------------------------------------------------------
 // The generator.
@@ -56,23 +47,10 @@ const PROGRAMS: [&str; 4] = [
 /// The transport layer of a generated packet.
 #[derive(Clone, Debug)]
 enum L4 {
-    Udp {
-        src_port: u16,
-        dst_port: u16,
-    },
-    Tcp {
-        src_port: u16,
-        dst_port: u16,
-        flags: u8,
-    },
-    IcmpEcho {
-        kind: u8,
-        id: u16,
-        seq: u16,
-    },
-    Other {
-        protocol: u8,
-    },
+    Udp { src_port: u16, dst_port: u16 },
+    Tcp { src_port: u16, dst_port: u16, flags: u8 },
+    IcmpEcho { kind: u8, id: u16, seq: u16 },
+    Other { protocol: u8 },
 }
 
 /// A valid packet before mutation.
@@ -127,11 +105,7 @@ enum Mutation {
     /// Flip one bit (byte index taken modulo the length).
     FlipBit { index: usize, bit: u8 },
     /// Set a field of one of the IPv4 headers (`header` modulo their number), and maybe fix the checksum.
-    Ipv4Field {
-        header: usize,
-        field: Ipv4Field,
-        fix_checksum: bool,
-    },
+    Ipv4Field { header: usize, field: Ipv4Field, fix_checksum: bool },
     /// Insert `words` 32-bit words of options into one IPv4 header, with consistent lengths.
     Options { header: usize, words: u8, kind: u8 },
     /// Break one IPv4 header checksum.
@@ -205,12 +179,7 @@ fn payload_len() -> impl Strategy<Value = usize> {
 }
 
 fn base() -> impl Strategy<Value = Base> {
-    let mac = prop_oneof![
-        Just(POD_A_MAC),
-        Just(POD_B_MAC),
-        Just(UPLINK_MAC),
-        any::<[u8; 6]>()
-    ];
+    let mac = prop_oneof![Just(POD_A_MAC), Just(POD_B_MAC), Just(UPLINK_MAC), any::<[u8; 6]>()];
     prop_oneof![
         1 => (mac.clone(), address(), prop_oneof![Just(GATEWAY_ADDR), Just(POD_B), Just(REMOTE_POD), address()])
             .prop_map(|(sha, spa, tpa)| Base::Arp { sha, spa, tpa }),
@@ -247,14 +216,8 @@ fn ipv4_field() -> impl Strategy<Value = Ipv4Field> {
         (0u8..16).prop_map(Ipv4Field::Version),
         (0u8..16).prop_map(Ipv4Field::Ihl),
         any::<u16>().prop_map(Ipv4Field::TotalLength),
-        prop_oneof![
-            Just(0x2000u16),
-            Just(0x0001),
-            Just(0x2001),
-            Just(0x6000),
-            any::<u16>()
-        ]
-        .prop_map(Ipv4Field::Fragment),
+        prop_oneof![Just(0x2000u16), Just(0x0001), Just(0x2001), Just(0x6000), any::<u16>()]
+            .prop_map(Ipv4Field::Fragment),
         prop_oneof![Just(0u8), Just(1), any::<u8>()].prop_map(Ipv4Field::Ttl),
         any::<u8>().prop_map(Ipv4Field::Protocol),
         address().prop_map(Ipv4Field::Source),
@@ -282,29 +245,15 @@ fn case() -> impl Strategy<Value = Case> {
         // A third of the packets stay valid: they reach the deeper paths (encap, NAT, decap).
         prop_oneof![1 => Just(Vec::new()), 2 => vec(mutation(), 1..4)],
     )
-        .prop_map(|(program, base, mutations)| Case {
-            program,
-            base,
-            mutations,
-        })
+        .prop_map(|(program, base, mutations)| Case { program, base, mutations })
 }
 
 fn with_l4(packet: Packet, src: [u8; 4], dst: [u8; 4], l4: &L4, payload: usize) -> Packet {
     let body: Vec<u8> = (0..payload).map(|i| i as u8).collect();
     match *l4 {
-        L4::Udp { src_port, dst_port } => {
-            packet.ipv4(src, dst, IPPROTO_UDP).udp(src_port, dst_port)
-        }
-        L4::Tcp {
-            src_port,
-            dst_port,
-            flags,
-        } => packet
-            .ipv4(src, dst, IPPROTO_TCP)
-            .tcp(src_port, dst_port, flags),
-        L4::IcmpEcho { kind, id, seq } => {
-            packet.ipv4(src, dst, IPPROTO_ICMP).icmp_echo(kind, id, seq)
-        }
+        L4::Udp { src_port, dst_port } => packet.ipv4(src, dst, IPPROTO_UDP).udp(src_port, dst_port),
+        L4::Tcp { src_port, dst_port, flags } => packet.ipv4(src, dst, IPPROTO_TCP).tcp(src_port, dst_port, flags),
+        L4::IcmpEcho { kind, id, seq } => packet.ipv4(src, dst, IPPROTO_ICMP).icmp_echo(kind, id, seq),
         L4::Other { protocol } => packet.ipv4(src, dst, protocol),
     }
     .payload(&body)
@@ -313,42 +262,19 @@ fn with_l4(packet: Packet, src: [u8; 4], dst: [u8; 4], l4: &L4, payload: usize) 
 /// The valid packet of `base`, built with the packet builder.
 fn build(base: &Base) -> Vec<u8> {
     match base {
-        Base::Arp { sha, spa, tpa } => Packet::eth(*sha, [0xff; 6])
-            .arp_request(*sha, *spa, *tpa)
-            .finish(),
-        Base::Ipv4 {
-            eth_src,
-            src,
-            dst,
-            l4,
-            payload,
-        } => with_l4(Packet::eth(*eth_src, GATEWAY_MAC), *src, *dst, l4, *payload).finish(),
-        Base::Vxlan {
-            outer_src,
-            outer_dst,
-            dst_port,
-            vni,
-            src,
-            dst,
-            l4,
-            payload,
-        } => {
+        Base::Arp { sha, spa, tpa } => Packet::eth(*sha, [0xff; 6]).arp_request(*sha, *spa, *tpa).finish(),
+        Base::Ipv4 { eth_src, src, dst, l4, payload } => {
+            with_l4(Packet::eth(*eth_src, GATEWAY_MAC), *src, *dst, l4, *payload).finish()
+        }
+        Base::Vxlan { outer_src, outer_dst, dst_port, vni, src, dst, l4, payload } => {
             let outer = Packet::eth(UPLINK_MAC, UPLINK_MAC)
                 .ipv4(*outer_src, *outer_dst, IPPROTO_UDP)
                 .udp(50000, *dst_port)
                 .vxlan(*vni, PEER_VTEP_MAC, NODE_VTEP_MAC);
             with_l4(outer, *src, *dst, l4, *payload).finish()
         }
-        Base::Ipip {
-            outer_src,
-            outer_dst,
-            src,
-            dst,
-            l4,
-            payload,
-        } => {
-            let outer =
-                Packet::eth(UPLINK_MAC, UPLINK_MAC).ipv4(*outer_src, *outer_dst, IPPROTO_IPIP);
+        Base::Ipip { outer_src, outer_dst, src, dst, l4, payload } => {
+            let outer = Packet::eth(UPLINK_MAC, UPLINK_MAC).ipv4(*outer_src, *outer_dst, IPPROTO_IPIP);
             with_l4(outer, *src, *dst, l4, *payload).finish()
         }
         Base::OtherEtherType { ether_type, body } => {
@@ -379,23 +305,15 @@ fn mutate(bytes: &mut Vec<u8>, mutation: &Mutation) {
                 bytes[at] ^= 1 << bit;
             }
         }
-        Mutation::Ipv4Field {
-            header,
-            field,
-            fix_checksum,
-        } => {
+        Mutation::Ipv4Field { header, field, fix_checksum } => {
             let Some(&ip) = headers.get(header % headers.len().max(1)) else {
                 return;
             };
             match field {
                 Ipv4Field::Version(v) => bytes[ip] = (v << 4) | (bytes[ip] & 0x0f),
                 Ipv4Field::Ihl(ihl) => bytes[ip] = (bytes[ip] & 0xf0) | ihl,
-                Ipv4Field::TotalLength(len) => {
-                    bytes[ip + 2..ip + 4].copy_from_slice(&len.to_be_bytes())
-                }
-                Ipv4Field::Fragment(frag) => {
-                    bytes[ip + 6..ip + 8].copy_from_slice(&frag.to_be_bytes())
-                }
+                Ipv4Field::TotalLength(len) => bytes[ip + 2..ip + 4].copy_from_slice(&len.to_be_bytes()),
+                Ipv4Field::Fragment(frag) => bytes[ip + 6..ip + 8].copy_from_slice(&frag.to_be_bytes()),
                 Ipv4Field::Ttl(ttl) => bytes[ip + 8] = *ttl,
                 Ipv4Field::Protocol(protocol) => bytes[ip + 9] = *protocol,
                 Ipv4Field::Source(src) => bytes[ip + 12..ip + 16].copy_from_slice(src),
@@ -404,11 +322,7 @@ fn mutate(bytes: &mut Vec<u8>, mutation: &Mutation) {
                 fix_ipv4_checksum(bytes, ip);
             }
         }
-        Mutation::Options {
-            header,
-            words,
-            kind,
-        } => {
+        Mutation::Options { header, words, kind } => {
             let Some(&ip) = headers.get(header % headers.len().max(1)) else {
                 return;
             };
@@ -419,8 +333,7 @@ fn mutate(bytes: &mut Vec<u8>, mutation: &Mutation) {
             bytes[ip] = 0x40 | (((ihl + added) / 4) as u8).min(15);
             // Every IPv4 header up to this one grows by the options.
             for &outer in headers.iter().filter(|&&h| h <= ip) {
-                let len = u16::from_be_bytes([bytes[outer + 2], bytes[outer + 3]])
-                    .wrapping_add(added as u16);
+                let len = u16::from_be_bytes([bytes[outer + 2], bytes[outer + 3]]).wrapping_add(added as u16);
                 bytes[outer + 2..outer + 4].copy_from_slice(&len.to_be_bytes());
                 fix_ipv4_checksum(bytes, outer);
             }
@@ -489,9 +402,7 @@ fn ipv4_chain(bytes: &[u8]) -> Vec<usize> {
         chain.push(ip);
         let l4 = ip + ihl;
         match bytes[ip + 9] {
-            IPPROTO_UDP
-                if l4 + UDP_HLEN <= bytes.len() && be16(bytes, l4 + 2) == CALICO_VXLAN_PORT =>
-            {
+            IPPROTO_UDP if l4 + UDP_HLEN <= bytes.len() && be16(bytes, l4 + 2) == CALICO_VXLAN_PORT => {
                 let inner_eth = l4 + UDP_HLEN + VXLAN_HLEN;
                 if inner_eth + ETH_HLEN > bytes.len() || be16(bytes, inner_eth + 12) != ETH_P_IP {
                     break;
@@ -515,12 +426,9 @@ fn announces_a_cut_header(bytes: &[u8]) -> bool {
             let l4 = ip + usize::from(bytes[ip] & 0x0f) * 4;
             match bytes[ip + 9] {
                 IPPROTO_IPIP => l4,
-                IPPROTO_UDP
-                    if l4 + UDP_HLEN <= bytes.len() && be16(bytes, l4 + 2) == CALICO_VXLAN_PORT =>
-                {
+                IPPROTO_UDP if l4 + UDP_HLEN <= bytes.len() && be16(bytes, l4 + 2) == CALICO_VXLAN_PORT => {
                     let inner_eth = l4 + UDP_HLEN + VXLAN_HLEN;
-                    if inner_eth + ETH_HLEN > bytes.len() || be16(bytes, inner_eth + 12) != ETH_P_IP
-                    {
+                    if inner_eth + ETH_HLEN > bytes.len() || be16(bytes, inner_eth + 12) != ETH_P_IP {
                         return false;
                     }
                     inner_eth + ETH_HLEN
@@ -529,8 +437,7 @@ fn announces_a_cut_header(bytes: &[u8]) -> bool {
             }
         }
     };
-    chain.len() < 3
-        && (next + 20 > bytes.len() || next + usize::from(bytes[next] & 0x0f) * 4 > bytes.len())
+    chain.len() < 3 && (next + 20 > bytes.len() || next + usize::from(bytes[next] & 0x0f) * 4 > bytes.len())
 }
 
 /// Layer boundaries of a packet, for truncation: Ethernet, each IPv4 header, transport headers.
@@ -607,9 +514,7 @@ fn l4_checksum_state(bytes: &[u8]) -> Option<bool> {
     data.extend_from_slice(&bytes[l4..]);
     Some(
         ipv4_checksum(&data) == 0
-            || (protocol == IPPROTO_UDP
-                && be16(bytes, l4 + 6) == 0xffff
-                && ipv4_checksum(&data) == 0xffff),
+            || (protocol == IPPROTO_UDP && be16(bytes, l4 + 6) == 0xffff && ipv4_checksum(&data) == 0xffff),
     )
 }
 
@@ -634,14 +539,7 @@ struct Run<'a> {
 
 /// Checks one run against the rules; the error says which rule broke.
 fn check(run: &Run) -> Result<(), String> {
-    let Run {
-        program,
-        input,
-        verdict,
-        output,
-        stat,
-        peers,
-    } = *run;
+    let Run { program, input, verdict, output, stat, peers } = *run;
     // The verdict is one the programs may return, and SHOT exactly when a drop reason counted it.
     if ![TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT].contains(&verdict) {
         return Err(format!("verdict {verdict} is not OK, SHOT or REDIRECT"));
@@ -658,10 +556,7 @@ fn check(run: &Run) -> Result<(), String> {
     // address as its source (ARP and other EtherTypes go to the kernel unchanged: the fast path routes only IPv4).
     let spoofed = input.len() < ETH_HLEN + 20 || addr_at(input, ETH_HLEN + 12) != POD_A;
     if program == PROG_FROM_WORKLOAD && ipv4_frame && !stat.is_drop() && spoofed {
-        return Err(format!(
-            "from_workload let a packet with source other than pod A through ({})",
-            stat.name()
-        ));
+        return Err(format!("from_workload let a packet with source other than pod A through ({})", stat.name()));
     }
 
     // No packet from a non-peer is decapsulated, and a tunnel packet from a non-peer stays as it
@@ -669,25 +564,11 @@ fn check(run: &Run) -> Result<(), String> {
     let outer_src = (input.len() >= ETH_HLEN + 20).then(|| addr_at(input, ETH_HLEN + 12));
     let from_peer = outer_src.is_some_and(|src| peers.contains(&src));
     if matches!(stat, Stat::DecapVxlan | Stat::DecapIpip) && !from_peer {
-        return Err(format!(
-            "{} of a packet from {outer_src:?}, which is not a peer",
-            stat.name()
-        ));
+        return Err(format!("{} of a packet from {outer_src:?}, which is not a peer", stat.name()));
     }
-    let tunnel_shaped = in_chain.len() > 1
-        || in_chain
-            .first()
-            .is_some_and(|&ip| input[ip + 9] == IPPROTO_IPIP);
-    if program == PROG_FROM_UPLINK
-        && tunnel_shaped
-        && !from_peer
-        && verdict != TC_ACT_SHOT
-        && output != input
-    {
-        return Err(format!(
-            "a tunnel packet from non-peer {outer_src:?} was rewritten ({})",
-            stat.name()
-        ));
+    let tunnel_shaped = in_chain.len() > 1 || in_chain.first().is_some_and(|&ip| input[ip + 9] == IPPROTO_IPIP);
+    if program == PROG_FROM_UPLINK && tunnel_shaped && !from_peer && verdict != TC_ACT_SHOT && output != input {
+        return Err(format!("a tunnel packet from non-peer {outer_src:?} was rewritten ({})", stat.name()));
     }
 
     // What a program rewrote is well-formed, with right checksums where the input's were right.
@@ -701,23 +582,15 @@ fn check(run: &Run) -> Result<(), String> {
         if announces_a_cut_header(input) && verdict == TC_ACT_OK {
             return Ok(());
         }
-        return Err(format!(
-            "{} wrote an IPv4 frame without a whole IPv4 header",
-            stat.name()
-        ));
+        return Err(format!("{} wrote an IPv4 frame without a whole IPv4 header", stat.name()));
     };
-    let in_headers_ok =
-        !in_chain.is_empty() && in_chain.iter().all(|&ip| ipv4_header_ok(input, ip));
+    let in_headers_ok = !in_chain.is_empty() && in_chain.iter().all(|&ip| ipv4_header_ok(input, ip));
     if in_headers_ok {
         if let Some(&bad) = out_chain.iter().find(|&&ip| !ipv4_header_ok(output, ip)) {
-            return Err(format!(
-                "{}: IPv4 header checksum wrong at offset {bad}",
-                stat.name()
-            ));
+            return Err(format!("{}: IPv4 header checksum wrong at offset {bad}", stat.name()));
         }
     }
-    let in_lengths_ok =
-        !in_chain.is_empty() && in_chain.iter().all(|&ip| length_consistent(input, ip));
+    let in_lengths_ok = !in_chain.is_empty() && in_chain.iter().all(|&ip| length_consistent(input, ip));
     if in_lengths_ok && !length_consistent(output, outer) {
         return Err(format!(
             "{}: outer total length {} for {} bytes",
@@ -726,29 +599,15 @@ fn check(run: &Run) -> Result<(), String> {
             output.len() - outer
         ));
     }
-    if in_headers_ok
-        && l4_checksum_state(input) == Some(true)
-        && l4_checksum_state(output) == Some(false)
-    {
-        return Err(format!(
-            "{}: transport checksum was right and is wrong after the rewrite",
-            stat.name()
-        ));
+    if in_headers_ok && l4_checksum_state(input) == Some(true) && l4_checksum_state(output) == Some(false) {
+        return Err(format!("{}: transport checksum was right and is wrong after the rewrite", stat.name()));
     }
     // Encapsulated by this node: the outer source is the node, the inner source the sender.
     if matches!(stat, Stat::EncapVxlan | Stat::EncapIpip) {
         if addr_at(output, outer + 12) != NODE {
-            return Err(format!(
-                "{}: outer source {:?} is not the node",
-                stat.name(),
-                addr_at(output, outer + 12)
-            ));
+            return Err(format!("{}: outer source {:?} is not the node", stat.name(), addr_at(output, outer + 12)));
         }
-        if program == PROG_FROM_WORKLOAD
-            && out_chain
-                .get(1)
-                .is_none_or(|&inner| addr_at(output, inner + 12) != POD_A)
-        {
+        if program == PROG_FROM_WORKLOAD && out_chain.get(1).is_none_or(|&inner| addr_at(output, inner + 12) != POD_A) {
             return Err(format!("{}: the inner source is not pod A", stat.name()));
         }
     }
@@ -760,23 +619,8 @@ fn check(run: &Run) -> Result<(), String> {
 fn check_conntrack(entries: &[(FlowKey, NatFlow)]) -> Result<(), String> {
     let map: BTreeMap<FlowKey, NatFlow> = entries.iter().copied().collect();
     let same_flow = |a: &NatFlow, b: &NatFlow| {
-        (
-            a.pod_addr,
-            a.peer_addr,
-            a.nat_addr,
-            a.pod_port,
-            a.peer_port,
-            a.nat_port,
-            a.protocol,
-        ) == (
-            b.pod_addr,
-            b.peer_addr,
-            b.nat_addr,
-            b.pod_port,
-            b.peer_port,
-            b.nat_port,
-            b.protocol,
-        )
+        (a.pod_addr, a.peer_addr, a.nat_addr, a.pod_port, a.peer_port, a.nat_port, a.protocol)
+            == (b.pod_addr, b.peer_addr, b.nat_addr, b.pod_port, b.peer_port, b.nat_port, b.protocol)
     };
     for (key, flow) in &map {
         match key.direction {
@@ -792,22 +636,16 @@ fn check_conntrack(entries: &[(FlowKey, NatFlow)]) -> Result<(), String> {
                 match map.get(&twin) {
                     Some(other) if same_flow(flow, other) => {}
                     Some(other) => {
-                        return Err(format!(
-                            "entry {key:?}: its twin holds another flow {other:?}"
-                        ));
+                        return Err(format!("entry {key:?}: its twin holds another flow {other:?}"));
                     }
                     None => return Err(format!("entry {key:?} has no twin {twin:?}")),
                 }
                 let in_range = (NAT_PORTS.0..=NAT_PORTS.1).contains(&flow.nat_port);
                 if !in_range && flow.nat_port != flow.pod_port {
-                    return Err(format!(
-                        "flow {flow:?}: translated port outside {NAT_PORTS:?} and not the pod's"
-                    ));
+                    return Err(format!("flow {flow:?}: translated port outside {NAT_PORTS:?} and not the pod's"));
                 }
                 if flow.nat_addr != NODE {
-                    return Err(format!(
-                        "flow {flow:?} is translated to another address than the node's"
-                    ));
+                    return Err(format!("flow {flow:?} is translated to another address than the node's"));
                 }
             }
             FLOW_TO_POD => {
@@ -849,11 +687,7 @@ struct Fuzzer {
 
 impl Fuzzer {
     /// Runs `packet` through `program` and checks the output; returns the output and its counter.
-    fn run(
-        &mut self,
-        program: &'static str,
-        packet: &[u8],
-    ) -> Result<Option<(Vec<u8>, Stat)>, String> {
+    fn run(&mut self, program: &'static str, packet: &[u8]) -> Result<Option<(Vec<u8>, Stat)>, String> {
         if test_run_refuses(packet) {
             self.tally.refused += 1;
             return Ok(None);
@@ -872,9 +706,7 @@ impl Fuzzer {
         let stat = match moved.as_slice() {
             [(stat, 1)] => *stat,
             _ => {
-                return Err(format!(
-                    "{program}: counters moved {moved:?}, not exactly one by one"
-                ));
+                return Err(format!("{program}: counters moved {moved:?}, not exactly one by one"));
             }
         };
         *self.tally.stats.entry(stat.name()).or_default() += 1;
@@ -883,26 +715,10 @@ impl Fuzzer {
         }
         let total: u64 = self.last_stats.iter().sum();
         if total != self.tally.total {
-            return Err(format!(
-                "stats total {total} after {} packets",
-                self.tally.total
-            ));
+            return Err(format!("stats total {total} after {} packets", self.tally.total));
         }
-        check(&Run {
-            program,
-            input: packet,
-            verdict,
-            output: &output,
-            stat,
-            peers: &self.peers,
-        })
-        .map_err(|rule| {
-            format!(
-                "{program}: {rule}\n  in:  {}\n  out: {}",
-                hex(packet),
-                hex(&output)
-            )
-        })?;
+        check(&Run { program, input: packet, verdict, output: &output, stat, peers: &self.peers })
+            .map_err(|rule| format!("{program}: {rule}\n  in:  {}\n  out: {}", hex(packet), hex(&output)))?;
         Ok(Some((output, stat)))
     }
 
@@ -960,19 +776,11 @@ fn reply_to(sent: &[u8]) -> Option<Vec<u8>> {
     let (src, dst) = (addr_at(sent, ip + 16), addr_at(sent, ip + 12));
     let packet = Packet::eth(UPLINK_MAC, UPLINK_MAC);
     let reply = match sent[ip + 9] {
-        IPPROTO_UDP => packet
-            .ipv4(src, dst, IPPROTO_UDP)
-            .udp(be16(sent, l4 + 2), be16(sent, l4)),
-        IPPROTO_TCP => {
-            packet
-                .ipv4(src, dst, IPPROTO_TCP)
-                .tcp(be16(sent, l4 + 2), be16(sent, l4), 0x12)
+        IPPROTO_UDP => packet.ipv4(src, dst, IPPROTO_UDP).udp(be16(sent, l4 + 2), be16(sent, l4)),
+        IPPROTO_TCP => packet.ipv4(src, dst, IPPROTO_TCP).tcp(be16(sent, l4 + 2), be16(sent, l4), 0x12),
+        IPPROTO_ICMP => {
+            packet.ipv4(src, dst, IPPROTO_ICMP).icmp_echo(ICMP_ECHO_REPLY, be16(sent, l4 + 4), be16(sent, l4 + 6))
         }
-        IPPROTO_ICMP => packet.ipv4(src, dst, IPPROTO_ICMP).icmp_echo(
-            ICMP_ECHO_REPLY,
-            be16(sent, l4 + 4),
-            be16(sent, l4 + 6),
-        ),
         _ => return None,
     };
     Some(reply.payload(b"reply").finish())
@@ -983,9 +791,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn env_number(name: &str) -> Option<u64> {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
+    std::env::var(name).ok().and_then(|value| value.parse().ok())
 }
 
 #[test]
@@ -995,10 +801,7 @@ fn fuzzed_packets_keep_every_rule_in_every_program() {
     }
     // The generator's strategy types nest deeply; unoptimized, they need more than a test
     // thread's default stack.
-    let fuzz = std::thread::Builder::new()
-        .stack_size(256 << 20)
-        .spawn(fuzz_packets)
-        .unwrap();
+    let fuzz = std::thread::Builder::new().stack_size(256 << 20).spawn(fuzz_packets).unwrap();
     if let Err(panic) = fuzz.join() {
         std::panic::resume_unwind(panic);
     }
@@ -1009,30 +812,14 @@ fn fuzz_packets() {
     let seed = env_number("DATAPLANE_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
     let mut seed_bytes = [0u8; 32];
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    let config = Config {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters: 2_000,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new_with_rng(
-        config,
-        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
-    );
+    let config = Config { cases, failure_persistence: None, max_shrink_iters: 2_000, ..Config::default() };
+    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
 
     let node = Node::new("node-1");
     let peers = node.peers();
-    assert!(
-        peers.contains(&PEER) && !peers.contains(&STRANGER),
-        "fixture peers: {peers:?}"
-    );
+    assert!(peers.contains(&PEER) && !peers.contains(&STRANGER), "fixture peers: {peers:?}");
     let last_stats = node.stats();
-    let fuzzer = RefCell::new(Fuzzer {
-        node,
-        peers,
-        last_stats,
-        tally: Tally::default(),
-    });
+    let fuzzer = RefCell::new(Fuzzer { node, peers, last_stats, tally: Tally::default() });
     let ran = RefCell::new(0u32);
 
     let began = Instant::now();
@@ -1076,10 +863,6 @@ fn fuzz_packets() {
         Stat::DropSpoofedSource,
         Stat::ArpReplied,
     ] {
-        assert!(
-            fuzzer.tally.stats.get(stat.name()).is_some_and(|n| *n > 0),
-            "no packet reached {}",
-            stat.name()
-        );
+        assert!(fuzzer.tally.stats.get(stat.name()).is_some_and(|n| *n > 0), "no packet reached {}", stat.name());
     }
 }

@@ -10,10 +10,7 @@
 //!
 //! `DATAPLANE_FUZZ_CASES=N` runs more generated clusters. Needs no root.
 
-#![allow(
-    clippy::unwrap_used,
-    reason = "fixtures of a test: a failed unwrap is a failed test"
-)]
+#![allow(clippy::unwrap_used, reason = "fixtures of a test: a failed unwrap is a failed test")]
 
 use std::time::Instant;
 
@@ -36,17 +33,10 @@ const DEFAULT_SEED: u64 = 0x00da_7a91_a4e0_0002;
 const NODES: [&str; 2] = ["node-1", "node-2"];
 
 fn runner(cases: u32) -> TestRunner {
-    let cases = std::env::var("DATAPLANE_FUZZ_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(cases);
+    let cases = std::env::var("DATAPLANE_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(cases);
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&DEFAULT_SEED.to_le_bytes());
-    let config = Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    };
+    let config = Config { cases, failure_persistence: None, ..Config::default() };
     TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed))
 }
 
@@ -56,8 +46,7 @@ fn plans(text: &str) -> Result<Vec<(plan::Plan, Vec<Problem>)>, String> {
     NODES
         .iter()
         .map(|node| {
-            let (plan, mut plan_problems) =
-                plan::compute(&model, node).map_err(|e| format!("{e}"))?;
+            let (plan, mut plan_problems) = plan::compute(&model, node).map_err(|e| format!("{e}"))?;
             plan_problems.extend(problems.iter().cloned());
             Ok((plan, plan_problems))
         })
@@ -145,13 +134,8 @@ fn broken() -> impl Strategy<Value = Broken> {
         ]
         .prop_map(Broken::PoolBadMode),
         Just(Broken::PoolBothModes),
-        prop_oneof![
-            Just("10.0.0.0/8"),
-            Just("10.244.128.0/17"),
-            Just("10.244.1.0/24"),
-            Just("10.244.0.0/16")
-        ]
-        .prop_map(Broken::PoolOverlapping),
+        prop_oneof![Just("10.0.0.0/8"), Just("10.244.128.0/17"), Just("10.244.1.0/24"), Just("10.244.0.0/16")]
+            .prop_map(Broken::PoolOverlapping),
         prop_oneof![
             Just(json!(5)),
             Just(json!("spec")),
@@ -173,12 +157,8 @@ fn broken() -> impl Strategy<Value = Broken> {
         ]
         .prop_map(Broken::NodeBadAddress),
         not_a_mac().prop_map(Broken::NodeBadMac),
-        prop_oneof![
-            Just("10.100.0.13/33".to_owned()),
-            Just("node".to_owned()),
-            not_a_cidr()
-        ]
-        .prop_map(Broken::KubernetesNodeBadAnnotation),
+        prop_oneof![Just("10.100.0.13/33".to_owned()), Just("node".to_owned()), not_a_cidr()]
+            .prop_map(Broken::KubernetesNodeBadAnnotation),
         prop_oneof![
             Just(json!(["x"])),
             Just(json!([5])),
@@ -187,11 +167,7 @@ fn broken() -> impl Strategy<Value = Broken> {
             Just(json!(["10.244.1.9/33"]))
         ]
         .prop_map(Broken::WorkloadBadNetworks),
-        prop_oneof![
-            Just("0a:58".to_owned()),
-            Just("0a:58:0a:f4:01:xx".to_owned())
-        ]
-        .prop_map(Broken::WorkloadBadMac),
+        prop_oneof![Just("0a:58".to_owned()), Just("0a:58:0a:f4:01:xx".to_owned())].prop_map(Broken::WorkloadBadMac),
         Just(Broken::WorkloadSameInterface),
         Just(Broken::WorkloadSameAddress),
         prop_oneof![
@@ -208,13 +184,8 @@ fn broken() -> impl Strategy<Value = Broken> {
                 && !k.ends_with("List"))
         ]
         .prop_map(Broken::UnknownKind),
-        prop_oneof![
-            Just(json!([1, 2, 3])),
-            Just(json!("IPPool")),
-            Just(json!(42)),
-            Just(json!(true))
-        ]
-        .prop_map(Broken::NotAResource),
+        prop_oneof![Just(json!([1, 2, 3])), Just(json!("IPPool")), Just(json!(42)), Just(json!(true))]
+            .prop_map(Broken::NotAResource),
     ]
 }
 
@@ -243,65 +214,42 @@ fn render(broken: &Broken, slot: usize, document: usize) -> (Vec<Value>, Expecte
         nodes: &NODES,
     };
     // Workloads are planned only on their own node.
-    let on_node_1 = |expected: Expected| Expected {
-        nodes: &NODES[..1],
-        ..expected
-    };
+    let on_node_1 = |expected: Expected| Expected { nodes: &NODES[..1], ..expected };
     // Addresses of this slot that no valid resource uses: a block of the fixture's pool, and a
     // pool range of its own.
     let block = format!("10.244.{}.0/26", 10 + slot);
     let own_pool = format!("10.{}.0.0/16", 150 + slot);
     let name = format!("junk-{slot}");
     match broken {
-        Broken::PoolBadCidr(cidr) => (
-            vec![pool(&name, json!({"cidr": cidr}))],
-            expect("IPPool", &name, "spec.cidr"),
-        ),
-        Broken::PoolBadBlockSize(size) => (
-            vec![pool(&name, json!({"cidr": own_pool, "blockSize": size}))],
-            expect("IPPool", &name, "spec.blockSize"),
-        ),
-        Broken::PoolBadMode(mode) => (
-            vec![pool(&name, json!({"cidr": own_pool, "vxlanMode": mode}))],
-            expect("IPPool", &name, "spec.vxlanMode"),
-        ),
+        Broken::PoolBadCidr(cidr) => (vec![pool(&name, json!({"cidr": cidr}))], expect("IPPool", &name, "spec.cidr")),
+        Broken::PoolBadBlockSize(size) => {
+            (vec![pool(&name, json!({"cidr": own_pool, "blockSize": size}))], expect("IPPool", &name, "spec.blockSize"))
+        }
+        Broken::PoolBadMode(mode) => {
+            (vec![pool(&name, json!({"cidr": own_pool, "vxlanMode": mode}))], expect("IPPool", &name, "spec.vxlanMode"))
+        }
         Broken::PoolBothModes => (
-            vec![pool(
-                &name,
-                json!({"cidr": own_pool, "vxlanMode": "Always", "ipipMode": "CrossSubnet"}),
-            )],
+            vec![pool(&name, json!({"cidr": own_pool, "vxlanMode": "Always", "ipipMode": "CrossSubnet"}))],
             expect("IPPool", &name, "spec.vxlanMode"),
         ),
-        Broken::PoolOverlapping(cidr) => (
-            vec![pool(&name, json!({"cidr": cidr, "vxlanMode": "Always"}))],
-            expect("IPPool", &name, "spec.cidr"),
-        ),
-        Broken::PoolWrongShape(spec) => (
-            vec![pool(&name, spec.clone())],
-            expect("IPPool", &name, "spec.cidr"),
-        ),
-        Broken::BlockBadCidr(cidr) => (
-            vec![affinity(&name, cidr, "node-2")],
-            expect("BlockAffinity", &name, "spec.cidr"),
-        ),
+        Broken::PoolOverlapping(cidr) => {
+            (vec![pool(&name, json!({"cidr": cidr, "vxlanMode": "Always"}))], expect("IPPool", &name, "spec.cidr"))
+        }
+        Broken::PoolWrongShape(spec) => (vec![pool(&name, spec.clone())], expect("IPPool", &name, "spec.cidr")),
+        Broken::BlockBadCidr(cidr) => {
+            (vec![affinity(&name, cidr, "node-2")], expect("BlockAffinity", &name, "spec.cidr"))
+        }
         Broken::BlockOutsidePools => {
             let cidr = format!("10.{}.0.0/26", 150 + slot);
-            (
-                vec![affinity(&name, &cidr, "node-2")],
-                expect("BlockAffinity", &cidr, "spec.cidr"),
-            )
+            (vec![affinity(&name, &cidr, "node-2")], expect("BlockAffinity", &cidr, "spec.cidr"))
         }
         Broken::BlockTwoNodes => (
-            vec![
-                affinity(&format!("{name}-a"), &block, "node-1"),
-                affinity(&format!("{name}-b"), &block, "node-2"),
-            ],
+            vec![affinity(&format!("{name}-a"), &block, "node-1"), affinity(&format!("{name}-b"), &block, "node-2")],
             expect("BlockAffinity", &block, "spec.node"),
         ),
-        Broken::BlockUnknownNode => (
-            vec![affinity(&name, &block, &format!("{name}-node"))],
-            expect("BlockAffinity", &block, "spec.node"),
-        ),
+        Broken::BlockUnknownNode => {
+            (vec![affinity(&name, &block, &format!("{name}-node"))], expect("BlockAffinity", &block, "spec.node"))
+        }
         Broken::NodeWithoutAddress => {
             let node = json!({"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": name},
                               "spec": {"vxlanTunnelMACAddr": "66:d0:00:00:00:09"}});
@@ -323,25 +271,14 @@ fn render(broken: &Broken, slot: usize, document: usize) -> (Vec<Value>, Expecte
         Broken::KubernetesNodeBadAnnotation(addr) => {
             let node = json!({"apiVersion": "v1", "kind": "Node",
                               "metadata": {"name": name, "annotations": {"projectcalico.org/IPv4Address": addr}}});
-            (
-                vec![node],
-                expect(
-                    "Node",
-                    &name,
-                    "metadata.annotations[\"projectcalico.org/IPv4Address\"]",
-                ),
-            )
+            (vec![node], expect("Node", &name, "metadata.annotations[\"projectcalico.org/IPv4Address\"]"))
         }
         Broken::WorkloadBadNetworks(networks) => (
             vec![endpoint(
                 &name,
                 json!({"node": "node-1", "interfaceName": format!("calijunk{slot:07}"), "ipNetworks": networks}),
             )],
-            expect(
-                "WorkloadEndpoint",
-                &format!("default/{name}"),
-                "spec.ipNetworks",
-            ),
+            expect("WorkloadEndpoint", &format!("default/{name}"), "spec.ipNetworks"),
         ),
         Broken::WorkloadBadMac(mac) => (
             vec![endpoint(
@@ -355,22 +292,14 @@ fn render(broken: &Broken, slot: usize, document: usize) -> (Vec<Value>, Expecte
                 &name,
                 json!({"node": "node-1", "interfaceName": "calitesteda0001", "ipNetworks": [format!("10.244.1.{}/32", 10 + slot)]}),
             )],
-            on_node_1(expect(
-                "WorkloadEndpoint",
-                &format!("default/{name}"),
-                "spec.interfaceName",
-            )),
+            on_node_1(expect("WorkloadEndpoint", &format!("default/{name}"), "spec.interfaceName")),
         ),
         Broken::WorkloadSameAddress => (
             vec![endpoint(
                 &name,
                 json!({"node": "node-1", "interfaceName": format!("calijunk{slot:07}"), "ipNetworks": ["10.244.1.2/32"]}),
             )],
-            on_node_1(expect(
-                "WorkloadEndpoint",
-                &format!("default/{name}"),
-                "spec.ipNetworks",
-            )),
+            on_node_1(expect("WorkloadEndpoint", &format!("default/{name}"), "spec.ipNetworks")),
         ),
         Broken::UnknownKind(kind) => (
             vec![
@@ -378,10 +307,9 @@ fn render(broken: &Broken, slot: usize, document: usize) -> (Vec<Value>, Expecte
             ],
             expect(kind, &name, "kind"),
         ),
-        Broken::NotAResource(value) => (
-            vec![value.clone()],
-            expect("resource", &format!("document {document}"), "kind"),
-        ),
+        Broken::NotAResource(value) => {
+            (vec![value.clone()], expect("resource", &format!("document {document}"), "kind"))
+        }
     }
 }
 
@@ -419,27 +347,15 @@ fn broken_resources_are_reported_and_the_rest_is_planned_as_without_them() {
         resources.set(resources.get() + broken.len());
         let mixed = plans(&text).map_err(TestCaseError::fail)?;
         for ((plan, problems), (valid_plan, _)) in mixed.iter().zip(&valid) {
-            prop_assert_eq!(
-                plan,
-                valid_plan,
-                "a broken resource changed the plan of {}",
-                plan.node.name
-            );
-            for Expected {
-                kind,
-                name,
-                field,
-                nodes,
-            } in &expected
-            {
+            prop_assert_eq!(plan, valid_plan, "a broken resource changed the plan of {}", plan.node.name);
+            for Expected { kind, name, field, nodes } in &expected {
                 if !nodes.contains(&plan.node.name.as_str()) {
                     continue;
                 }
                 prop_assert!(
-                    problems.iter().any(|p| &p.kind == kind
-                        && &p.name == name
-                        && &p.field == field
-                        && !p.message.is_empty()),
+                    problems
+                        .iter()
+                        .any(|p| &p.kind == kind && &p.name == name && &p.field == field && !p.message.is_empty()),
                     "no problem names {} {} field {} on {}; problems: {:#?}",
                     kind,
                     name,
@@ -463,10 +379,7 @@ fn broken_resources_are_reported_and_the_rest_is_planned_as_without_them() {
 }
 
 fn runner_cases() -> u32 {
-    std::env::var("DATAPLANE_FUZZ_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(DEFAULT_CASES)
+    std::env::var("DATAPLANE_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(DEFAULT_CASES)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -509,9 +422,7 @@ fn scalar() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
-        any::<f64>()
-            .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
-            .prop_map(Value::from),
+        any::<f64>().prop_filter("JSON has no NaN or infinity", |f| f.is_finite()).prop_map(Value::from),
         prop_oneof![
             Just("10.244.0.0/16"),
             Just("10.244.7.0/26"),
@@ -541,16 +452,17 @@ fn random_value() -> impl Strategy<Value = Value> {
     scalar().prop_recursive(5, 48, 6, |inner| {
         prop_oneof![
             vec(inner.clone(), 0..4).prop_map(Value::Array),
-            vec((prop::sample::select(KEYS.as_slice()), inner), 0..6).prop_map(|fields| {
-                Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
-            }),
+            vec((prop::sample::select(KEYS.as_slice()), inner), 0..6)
+                .prop_map(|fields| { Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()) }),
         ]
     })
 }
 
 fn random_resource() -> impl Strategy<Value = Value> {
     (
-        prop::sample::select(["IPPool", "BlockAffinity", "IPAMBlock", "Node", "WorkloadEndpoint", "List", "IPPoolList"].as_slice()),
+        prop::sample::select(
+            ["IPPool", "BlockAffinity", "IPAMBlock", "Node", "WorkloadEndpoint", "List", "IPPoolList"].as_slice(),
+        ),
         prop_oneof![Just(json!("projectcalico.org/v3")), Just(json!("v1")), scalar()],
         random_value(),
         random_value(),
@@ -584,16 +496,9 @@ fn random_resources_never_panic_and_are_kept_or_reported() {
             let ipv6_block = resource["spec"]["cidr"] == json!("fd00::/64");
             let (model, problems) = file::parse(&serde_json::to_string(resource).unwrap())
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let kept =
-                model.pools.len() + model.nodes.len() + model.workloads.len() + model.blocks.len();
-            if matches!(kind, "IPPool" | "Node" | "WorkloadEndpoint")
-                || (kind == "BlockAffinity" && !ipv6_block)
-            {
-                prop_assert!(
-                    kept + problems.len() > 0,
-                    "{} was neither kept nor reported",
-                    resource
-                );
+            let kept = model.pools.len() + model.nodes.len() + model.workloads.len() + model.blocks.len();
+            if matches!(kind, "IPPool" | "Node" | "WorkloadEndpoint") || (kind == "BlockAffinity" && !ipv6_block) {
+                prop_assert!(kept + problems.len() > 0, "{} was neither kept nor reported", resource);
             }
             for problem in &problems {
                 prop_assert!(
@@ -628,25 +533,15 @@ fn unknown_fields_and_deep_values_in_unknown_fields_are_ignored() {
     let valid = plans(CLUSTER).unwrap();
     // Every resource gains unknown fields at every level, one of them nested 60 deep.
     let deep = format!("{}1{}", "[".repeat(60), "]".repeat(60));
-    let extra =
-        format!("futureField: {{a: [1, 2, {{b: c}}]}}\n  nested: {deep}\n  x-custom: !!str 5");
+    let extra = format!("futureField: {{a: [1, 2, {{b: c}}]}}\n  nested: {deep}\n  x-custom: !!str 5");
     let text = CLUSTER
-        .replace(
-            "metadata: {name:",
-            "extraTop: true\nmetadata: {labels: {a: b}, finalizers: [x], name:",
-        )
+        .replace("metadata: {name:", "extraTop: true\nmetadata: {labels: {a: b}, finalizers: [x], name:")
         .replace("spec:\n", &format!("spec:\n  {extra}\n"))
-        .replace(
-            "spec: {",
-            "spec: {unknownSpecField: [1, {deeper: [true]}], ",
-        );
+        .replace("spec: {", "spec: {unknownSpecField: [1, {deeper: [true]}], ");
     assert_ne!(text, CLUSTER);
     let mixed = plans(&text).unwrap();
     for ((plan, problems), (valid_plan, _)) in mixed.iter().zip(&valid) {
-        assert!(
-            problems.is_empty(),
-            "unknown fields are ignored, not reported: {problems:?}"
-        );
+        assert!(problems.is_empty(), "unknown fields are ignored, not reported: {problems:?}");
         assert_eq!(plan, valid_plan);
     }
 }
@@ -752,10 +647,7 @@ fn a_wrong_type_names_the_field_and_the_rest_is_applied() {
         for ((plan, problems), (valid_plan, _)) in mixed.iter().zip(&valid) {
             assert_eq!(plan, valid_plan, "{resource}");
             assert!(
-                problems
-                    .iter()
-                    .any(|p| (p.kind.as_str(), p.name.as_str(), p.field.as_str())
-                        == (kind, name, field)),
+                problems.iter().any(|p| (p.kind.as_str(), p.name.as_str(), p.field.as_str()) == (kind, name, field)),
                 "{resource}: expected {kind} {name} {field}, got {problems:#?}"
             );
         }
@@ -791,11 +683,7 @@ fn huge_block_lists_are_all_planned() {
     let began = Instant::now();
     let (model, problems) = file::parse(&text).unwrap();
     let parsed = began.elapsed();
-    assert!(
-        problems.is_empty(),
-        "{:?}",
-        &problems[..problems.len().min(5)]
-    );
+    assert!(problems.is_empty(), "{:?}", &problems[..problems.len().min(5)]);
     assert_eq!(model.blocks.len(), blocks);
     let (plan, problems) = plan::compute(&model, "node-1").unwrap();
     assert!(problems.is_empty());
@@ -818,20 +706,11 @@ fn huge_documents_are_read_without_trouble() {
     );
     let began = Instant::now();
     let mixed = plans(&text).unwrap();
-    eprintln!(
-        "a {} MB document parsed and planned in {:.1?} (debug build)",
-        text.len() / 1_000_000,
-        began.elapsed()
-    );
+    eprintln!("a {} MB document parsed and planned in {:.1?} (debug build)", text.len() / 1_000_000, began.elapsed());
     let valid = plans(CLUSTER).unwrap();
     for ((plan, problems), (valid_plan, _)) in mixed.iter().zip(&valid) {
         assert_eq!(plan, valid_plan);
         // The huge pool overlaps the fixture's and is reported by name, not swallowed.
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.name == "huge" && p.field == "spec.cidr"),
-            "{problems:?}"
-        );
+        assert!(problems.iter().any(|p| p.name == "huge" && p.field == "spec.cidr"), "{problems:?}");
     }
 }

@@ -100,7 +100,9 @@ fn a_tcp_stream_survives_agent_restarts_and_crashes() -> anyhow::Result<()> {
 
     // The stream ran across both: it ends normally, with data all along.
     let mut stream = stream;
-    let status = stream.wait_timeout(Duration::from_secs(30))?.with_context(|| format!("iperf3 did not finish:\n{}", stream.log()))?;
+    let status = stream
+        .wait_timeout(Duration::from_secs(30))?
+        .with_context(|| format!("iperf3 did not finish:\n{}", stream.log()))?;
     let report = stream.log();
     ensure!(status.success(), "iperf3 failed across the restarts:\n{report}");
     let json: Value = serde_json::from_str(&report).with_context(|| format!("iperf3 -J output:\n{report}"))?;

@@ -5,10 +5,7 @@
 //! a packet socket in a pod's namespace crafting the frames, and a capture where they would land.
 //! Needs root.
 
-#![allow(
-    clippy::unwrap_used,
-    reason = "fixtures of a test: a failed unwrap is a failed test"
-)]
+#![allow(clippy::unwrap_used, reason = "fixtures of a test: a failed unwrap is a failed test")]
 
 use std::{
     ffi::CString,
@@ -65,15 +62,9 @@ fn a_pod_cannot_send_tunnel_packets_with_a_node_address() {
     let node = Node::new("node-1");
     let mut drops = 0;
     for outer_src in [NODE, PEER] {
-        for packet in [
-            crafted_vxlan(POD_A_MAC, outer_src),
-            crafted_ipip(POD_A_MAC, outer_src),
-        ] {
+        for packet in [crafted_vxlan(POD_A_MAC, outer_src), crafted_ipip(POD_A_MAC, outer_src)] {
             let (verdict, _) = node.run(PROG_FROM_WORKLOAD, &packet);
-            assert_eq!(
-                verdict, TC_ACT_SHOT,
-                "a tunnel packet with source {outer_src:?} left pod A"
-            );
+            assert_eq!(verdict, TC_ACT_SHOT, "a tunnel packet with source {outer_src:?} left pod A");
             drops += 1;
             assert_eq!(node.stat(Stat::DropSpoofedSource), drops);
         }
@@ -83,10 +74,7 @@ fn a_pod_cannot_send_tunnel_packets_with_a_node_address() {
     let mut as_received = crafted_vxlan(UPLINK_MAC, NODE);
     as_received[ETH_HLEN + 16..ETH_HLEN + 20].copy_from_slice(&PEER);
     let (verdict, _) = receiver.run(PROG_FROM_UPLINK, &as_received);
-    assert_eq!(
-        (verdict, receiver.stat(Stat::DecapVxlan)),
-        (TC_ACT_REDIRECT, 1)
-    );
+    assert_eq!((verdict, receiver.stat(Stat::DecapVxlan)), (TC_ACT_REDIRECT, 1));
 }
 
 /// A pod in a natOutgoing pool that sends a tunnel packet with its own address to another node
@@ -103,10 +91,7 @@ fn a_pod_tunnel_packet_translated_to_its_node_address_is_not_decapsulated_as_the
     }
     let sender = Node::new("node-1");
     let receiver = Node::new("node-2");
-    for packet in [
-        crafted_vxlan(POD_A_MAC, POD_A),
-        crafted_ipip(POD_A_MAC, POD_A),
-    ] {
+    for packet in [crafted_vxlan(POD_A_MAC, POD_A), crafted_ipip(POD_A_MAC, POD_A)] {
         let (verdict, out) = sender.run(PROG_FROM_WORKLOAD, &packet);
         eprintln!(
             "sender: verdict {verdict}, snat_new {}, pass {}",
@@ -146,27 +131,16 @@ fn the_cluster_role_is_read_only() {
         assert!(!rules.is_empty());
         for rule in rules {
             for field in ["verbs", "resources", "apiGroups"] {
-                let values = rule[field]
-                    .as_sequence()
-                    .unwrap_or_else(|| panic!("{field} of {rule:?}"));
-                assert!(
-                    values.iter().all(|v| v.as_str() != Some("*")),
-                    "wildcard in {field}: {rule:?}"
-                );
+                let values = rule[field].as_sequence().unwrap_or_else(|| panic!("{field} of {rule:?}"));
+                assert!(values.iter().all(|v| v.as_str() != Some("*")), "wildcard in {field}: {rule:?}");
             }
             for verb in rule["verbs"].as_sequence().unwrap() {
                 let verb = verb.as_str().unwrap();
-                assert!(
-                    ["get", "list", "watch"].contains(&verb),
-                    "the role may {verb}: {rule:?}"
-                );
+                assert!(["get", "list", "watch"].contains(&verb), "the role may {verb}: {rule:?}");
             }
         }
     }
-    assert_eq!(
-        roles, 1,
-        "deploy/rbac.yaml should hold the agent's one ClusterRole"
-    );
+    assert_eq!(roles, 1, "deploy/rbac.yaml should hold the agent's one ClusterRole");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -190,11 +164,7 @@ impl RawSocket {
         let protocol = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2) call; the descriptor is owned at once.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
-        ensure!(
-            fd >= 0,
-            "socket(AF_PACKET): {}",
-            std::io::Error::last_os_error()
-        );
+        ensure!(fd >= 0, "socket(AF_PACKET): {}", std::io::Error::last_os_error());
         // SAFETY: fd is a fresh descriptor nobody else owns.
         let socket = RawSocket(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
         let name = CString::new(interface)?;
@@ -215,15 +185,8 @@ impl RawSocket {
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
             )
         };
-        ensure!(
-            rc == 0,
-            "bind to {interface}: {}",
-            std::io::Error::last_os_error()
-        );
-        let timeout = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 200_000,
-        };
+        ensure!(rc == 0, "bind to {interface}: {}", std::io::Error::last_os_error());
+        let timeout = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
         // SAFETY: a valid timeval for SO_RCVTIMEO.
         unsafe {
             libc::setsockopt(
@@ -241,11 +204,7 @@ impl RawSocket {
         use std::os::fd::AsRawFd as _;
         // SAFETY: frame is a valid buffer of its length.
         let sent = unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        ensure!(
-            sent == frame.len() as isize,
-            "send: {}",
-            std::io::Error::last_os_error()
-        );
+        ensure!(sent == frame.len() as isize, "send: {}", std::io::Error::last_os_error());
         Ok(())
     }
 
@@ -257,14 +216,7 @@ impl RawSocket {
         while std::time::Instant::now() < deadline {
             let mut buffer = vec![0u8; 2048];
             // SAFETY: buffer is valid for its length.
-            let got = unsafe {
-                libc::recv(
-                    self.0.as_raw_fd(),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
-                    0,
-                )
-            };
+            let got = unsafe { libc::recv(self.0.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
             if got > 0 {
                 buffer.truncate(got as usize);
                 frames.push(buffer);
@@ -282,16 +234,10 @@ fn in_netns<T: Send + 'static>(
     use std::os::fd::AsRawFd as _;
     let path = Path::new("/run/netns").join(netns);
     std::thread::spawn(move || {
-        let namespace =
-            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let namespace = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: setns on this thread only, with a namespace descriptor.
         let rc = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
-        ensure!(
-            rc == 0,
-            "setns {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
+        ensure!(rc == 0, "setns {}: {}", path.display(), std::io::Error::last_os_error());
         work()
     })
     .join()
@@ -301,10 +247,7 @@ fn in_netns<T: Send + 'static>(
 /// The MAC of `eth0` in `netns`.
 fn pod_mac(lab: &Lab, netns: &str) -> anyhow::Result<[u8; 6]> {
     let text = lab.exec_stdout(netns, &["ip", "-br", "link", "show", "eth0"])?;
-    let field = text
-        .split_whitespace()
-        .nth(2)
-        .with_context(|| format!("ip -br link: {text}"))?;
+    let field = text.split_whitespace().nth(2).with_context(|| format!("ip -br link: {text}"))?;
     let mut mac = [0u8; 6];
     for (byte, part) in mac.iter_mut().zip(field.split(':')) {
         *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC {field}"))?;
@@ -342,17 +285,8 @@ fn octets(addr: Ipv4Addr) -> [u8; 4] {
 fn check_private(dir: &Path, seen: &mut usize) -> anyhow::Result<()> {
     let meta = std::fs::symlink_metadata(dir).with_context(|| format!("stat {}", dir.display()))?;
     let mode = meta.permissions().mode() & 0o777;
-    ensure!(
-        meta.uid() == 0,
-        "{} belongs to uid {}",
-        dir.display(),
-        meta.uid()
-    );
-    ensure!(
-        mode & 0o077 == 0,
-        "{} has mode {mode:o}: group or others may read it",
-        dir.display()
-    );
+    ensure!(meta.uid() == 0, "{} belongs to uid {}", dir.display(), meta.uid());
+    ensure!(mode & 0o077 == 0, "{} has mode {mode:o}: group or others may read it", dir.display());
     *seen += 1;
     if meta.is_dir() {
         for entry in std::fs::read_dir(dir)? {
@@ -373,10 +307,8 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
     let model = dataplane_lab::load_model(&datastore)?;
     let lab = Lab::up(&model, LabOptions::default())?;
     let bin = agent_bin();
-    let options = dataplane_lab::AgentOptions {
-        args: vec!["--metrics-addr".into(), METRICS_PORT.into()],
-        ..Default::default()
-    };
+    let options =
+        dataplane_lab::AgentOptions { args: vec!["--metrics-addr".into(), METRICS_PORT.into()], ..Default::default() };
     let mut node1 = lab.start_agent_with("node-1", &bin, &datastore, &options)?;
     let mut node2 = lab.start_agent("node-2", &bin, &datastore)?;
     node1.wait_ready(Duration::from_secs(60))?;
@@ -391,18 +323,11 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
     let mut pins = 0;
     check_private(&lab.pin_path("node-1"), &mut pins)?;
     eprintln!("pin tree of node-1: {pins} entries, all root's and closed to group and others");
-    ensure!(
-        pins > 5,
-        "too few pins under {}: {pins}",
-        lab.pin_path("node-1").display()
-    );
+    ensure!(pins > 5, "too few pins under {}: {pins}", lab.pin_path("node-1").display());
 
     // Metrics given a bare port listen on loopback only.
     let listening = lab.exec_stdout(lab.node_netns("node-1")?, &["ss", "-Hltn"])?;
-    let on_port: Vec<&str> = listening
-        .lines()
-        .filter(|l| l.contains(&format!(":{METRICS_PORT} ")))
-        .collect();
+    let on_port: Vec<&str> = listening.lines().filter(|l| l.contains(&format!(":{METRICS_PORT} "))).collect();
     eprintln!("listening on {METRICS_PORT}: {on_port:?}");
     ensure!(
         on_port.len() == 1 && on_port[0].contains(&format!("127.0.0.1:{METRICS_PORT}")),
@@ -411,15 +336,11 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
 
     let web1_mac = pod_mac(&lab, &web1.netns)?;
     let cache1_mac = pod_mac(&lab, &cache1.netns)?;
-    let (web1_addr, cache1_addr, web2_addr) =
-        (octets(web1.addr), octets(cache1.addr), octets(web2.addr));
+    let (web1_addr, cache1_addr, web2_addr) = (octets(web1.addr), octets(cache1.addr), octets(web2.addr));
     let before = stats(&lab, "node-1")?;
     let in_web2 = lab.capture(&web2.netns, "eth0", &format!("udp port {PROBE_PORT}"))?;
-    let in_cache1 = lab.capture(
-        &cache1.netns,
-        "eth0",
-        &format!("ether proto {ETH_P_EXPERIMENTAL:#06x} or udp port {PROBE_PORT}"),
-    )?;
+    let in_cache1 =
+        lab.capture(&cache1.netns, "eth0", &format!("ether proto {ETH_P_EXPERIMENTAL:#06x} or udp port {PROBE_PORT}"))?;
 
     // From web-1: tunnel packets with node-1's and node-2's address as outer source, carrying a
     // packet "from cache-1" to web-2; an ARP request for cache-1's address and one for the
@@ -429,29 +350,19 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
         let inner = if ipip {
             outer.ipv4(outer_src, node2_addr, IPPROTO_IPIP)
         } else {
-            outer
-                .ipv4(outer_src, node2_addr, IPPROTO_UDP)
-                .udp(40000, CALICO_VXLAN_PORT)
-                .vxlan(CALICO_VXLAN_VNI, NODE_VTEP_MAC, PEER_VTEP_MAC)
+            outer.ipv4(outer_src, node2_addr, IPPROTO_UDP).udp(40000, CALICO_VXLAN_PORT).vxlan(
+                CALICO_VXLAN_VNI,
+                NODE_VTEP_MAC,
+                PEER_VTEP_MAC,
+            )
         };
-        inner
-            .ipv4(cache1_addr, web2_addr, IPPROTO_UDP)
-            .udp(5000, PROBE_PORT)
-            .payload(b"spoofed")
-            .finish()
+        inner.ipv4(cache1_addr, web2_addr, IPPROTO_UDP).udp(5000, PROBE_PORT).payload(b"spoofed").finish()
     };
-    let spoofed = [
-        tunnel(node1_addr, false),
-        tunnel(node2_addr, false),
-        tunnel(node1_addr, true),
-        tunnel(node2_addr, true),
-    ];
-    let arp_neighbour = Packet::eth(web1_mac, [0xff; 6])
-        .arp_request(web1_mac, web1_addr, cache1_addr)
-        .finish();
-    let arp_gateway = Packet::eth(web1_mac, [0xff; 6])
-        .arp_request(web1_mac, web1_addr, dataplane_common::net::GATEWAY_ADDR)
-        .finish();
+    let spoofed =
+        [tunnel(node1_addr, false), tunnel(node2_addr, false), tunnel(node1_addr, true), tunnel(node2_addr, true)];
+    let arp_neighbour = Packet::eth(web1_mac, [0xff; 6]).arp_request(web1_mac, web1_addr, cache1_addr).finish();
+    let arp_gateway =
+        Packet::eth(web1_mac, [0xff; 6]).arp_request(web1_mac, web1_addr, dataplane_common::net::GATEWAY_ADDR).finish();
     let mut to_neighbour_mac = Packet::eth(web1_mac, cache1_mac).payload(&[0x5a; 46]).bytes;
     to_neighbour_mac[12..14].copy_from_slice(&ETH_P_EXPERIMENTAL.to_be_bytes());
     let honest = Packet::eth(web1_mac, GATEWAY_MAC)
@@ -462,10 +373,8 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
     let spoofed_count = spoofed.len() as u64;
     // IPv4 frames cut inside the IPv4 header: BPF_PROG_TEST_RUN refuses them, a veth carries them.
     let honest_copy = honest.clone();
-    let cut: Vec<Vec<u8>> = [ETH_HLEN, ETH_HLEN + 1, ETH_HLEN + 12, ETH_HLEN + 19]
-        .iter()
-        .map(|&len| honest_copy[..len].to_vec())
-        .collect();
+    let cut: Vec<Vec<u8>> =
+        [ETH_HLEN, ETH_HLEN + 1, ETH_HLEN + 12, ETH_HLEN + 19].iter().map(|&len| honest_copy[..len].to_vec()).collect();
     let cut_count = cut.len() as u64;
     let arp_replies = in_netns(&web1.netns, move || {
         let socket = RawSocket::open("eth0")?;
@@ -492,8 +401,7 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
     let web2_saw = in_web2.stop()?;
     let cache1_saw = in_cache1.stop()?;
     let after = stats(&lab, "node-1")?;
-    let moved =
-        |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+    let moved = |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
 
     eprintln!("ARP replies to web-1 for: {arp_replies:?}");
     eprintln!("web-2 saw:\n{web2_saw}");
@@ -511,10 +419,7 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
         "the honest packet did not reach web-2:\n{web2_saw}"
     );
     // Nothing "from cache-1" reached web-2: every tunnel packet with a node's address stopped at web-1's interface.
-    ensure!(
-        !web2_saw.contains(&format!("{}.5000", cache1.addr)),
-        "a spoofed inner packet reached web-2:\n{web2_saw}"
-    );
+    ensure!(!web2_saw.contains(&format!("{}.5000", cache1.addr)), "a spoofed inner packet reached web-2:\n{web2_saw}");
     ensure!(
         moved("drop_spoofed_source") == spoofed_count,
         "expected {spoofed_count} spoofed drops on node-1, counted {}",
@@ -525,10 +430,7 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
         arp_replies.contains(&dataplane_common::net::GATEWAY_ADDR),
         "no ARP reply for the gateway: {arp_replies:?}"
     );
-    ensure!(
-        !arp_replies.contains(&cache1_addr),
-        "someone answered ARP for cache-1's address to web-1"
-    );
+    ensure!(!arp_replies.contains(&cache1_addr), "someone answered ARP for cache-1's address to web-1");
     ensure!(moved("arp_passed") >= 1 && moved("arp_replied") >= 1);
     // The cut frames were counted as malformed at web-1's interface.
     ensure!(
@@ -537,10 +439,7 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
         moved("drop_malformed")
     );
     // The frame to cache-1's MAC was not switched to it.
-    ensure!(
-        cache1_saw.trim().is_empty(),
-        "cache-1 received a frame from web-1:\n{cache1_saw}"
-    );
+    ensure!(cache1_saw.trim().is_empty(), "cache-1 received a frame from web-1:\n{cache1_saw}");
 
     node1.stop()?;
     node2.stop()?;

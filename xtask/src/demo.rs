@@ -21,13 +21,5 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let workspace = setup::workspace_root()?;
     let agent = agent.to_string_lossy().into_owned();
     let workspace = workspace.to_string_lossy().into_owned();
-    setup::run_lab_tool(&[
-        "demo",
-        "--agent",
-        &agent,
-        "--workspace",
-        &workspace,
-        "--datastore",
-        &options.datastore,
-    ])
+    setup::run_lab_tool(&["demo", "--agent", &agent, "--workspace", &workspace, "--datastore", &options.datastore])
 }

@@ -184,7 +184,10 @@ pub fn cargo() -> Command {
 pub fn run_lab_tool(args: &[&str]) -> anyhow::Result<()> {
     let root = workspace_root()?;
     let mut command = cargo();
-    command.current_dir(&root).args(["run", "--quiet", "-p", "dataplane-lab", "--bin", "dataplane-lab", "--"]).args(args);
+    command
+        .current_dir(&root)
+        .args(["run", "--quiet", "-p", "dataplane-lab", "--bin", "dataplane-lab", "--"])
+        .args(args);
     let shown = format!("cargo run -p dataplane-lab -- {}", args.join(" "));
     let status = command.status().with_context(|| format!("cannot start `{shown}`"))?;
     if !status.success() {

@@ -30,8 +30,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
-    FlowKey, FlowTimeouts, NatFlow, CONNTRACK_MAP, Ipv4Bytes, NodeConfig, Peer, Route, Workload, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK,
-    PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    FlowKey, FlowTimeouts, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAP, NODE_MAP, PEERS_MAP,
+    PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, ROUTES_MAP, STATS_MAP,
+    WORKLOADS_MAP,
 };
 use tracing::{info, warn};
 
@@ -141,8 +142,8 @@ pub struct BpfBackend {
 /// Reads the programs' aya-log ring buffer whenever it has records and writes them to the log
 /// crate, which the agent's tracing subscriber receives.
 fn forward_kernel_logs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let logger =
-        aya_log::EbpfLogger::init_with_logger(ebpf, KernelRecords).context("opening the kernel programs' log buffer")?;
+    let logger = aya_log::EbpfLogger::init_with_logger(ebpf, KernelRecords)
+        .context("opening the kernel programs' log buffer")?;
     // SAFETY: the logger owns the ring buffer's descriptor, which stays open (and the same) for
     // as long as the AsyncFd owns the logger.
     let mut readable =
@@ -274,8 +275,11 @@ impl BpfBackend {
 
         // Receiving VXLAN: the anchor's socket makes GRO merge it before from_uplink decapsulates.
         let anchor_wanted = vxlan_anchor::wanted(plan);
-        let anchor =
-            if anchor_wanted { self.anchor.ensure(plan.node.addr.addr(), desired.node.vxlan_port).await? } else { None };
+        let anchor = if anchor_wanted {
+            self.anchor.ensure(plan.node.addr.addr(), desired.node.vxlan_port).await?
+        } else {
+            None
+        };
 
         let mut wanted: BTreeMap<String, Attachment> = BTreeMap::new();
         let mut want = |interface: &str, ifindex: u32, direction: TcAttachType, program: &'static str| {
@@ -350,7 +354,8 @@ impl BpfBackend {
         }
         {
             let mut workloads: HashMap<&mut MapData, u32, Workload> = map_mut(&mut self.ebpf, WORKLOADS_MAP)?;
-            let programmed = workloads.iter().collect::<Result<BTreeMap<_, _>, _>>().context("reading the workloads map")?;
+            let programmed =
+                workloads.iter().collect::<Result<BTreeMap<_, _>, _>>().context("reading the workloads map")?;
             let changes = diff(&programmed, &desired.workloads);
             count(report, &changes);
             for (key, value) in changes.upserts {
@@ -396,15 +401,12 @@ impl BpfBackend {
     fn attach(&mut self, attachment: &Attachment) -> anyhow::Result<()> {
         let Attachment { interface, direction, program, .. } = attachment;
         let pin = self.pin_path.join(LINKS_DIR).join(link_pin_name(*direction, interface));
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(program)
-            .with_context(|| format!("program {program} missing"))?
-            .try_into()?;
+        let prog: &mut SchedClassifier =
+            self.ebpf.program_mut(program).with_context(|| format!("program {program} missing"))?.try_into()?;
         // A pin left by an earlier agent: swap our program into that link atomically.
         let adopted = if pin.exists() {
-            let pinned = PinnedLink::from_pin(&pin)
-                .with_context(|| format!("opening pinned link {}", pin.display()))?;
+            let pinned =
+                PinnedLink::from_pin(&pin).with_context(|| format!("opening pinned link {}", pin.display()))?;
             let link = SchedClassifierLink::try_from(FdLink::from(pinned))
                 .with_context(|| format!("{} is not a tcx link", pin.display()))?;
             match prog.attach_to_link(link) {

@@ -106,10 +106,7 @@ pub fn from_plan(
                     },
                 );
             }
-            None => missing.push(MissingInterface {
-                workload: workload.name.clone(),
-                interface: interface.clone(),
-            }),
+            None => missing.push(MissingInterface { workload: workload.name.clone(), interface: interface.clone() }),
         }
     }
 
@@ -264,10 +261,7 @@ mod tests {
         let (entries, missing) = from_plan(&plan(), UPLINK, |name| (name == "cali1").then_some(7), &BTreeMap::new());
         assert!(!entries.routes.contains_key(&(32, [10, 244, 1, 3])));
         assert_eq!(entries.workloads.len(), 1);
-        assert_eq!(
-            missing,
-            vec![MissingInterface { workload: "default/gone".into(), interface: "cali-gone".into() }]
-        );
+        assert_eq!(missing, vec![MissingInterface { workload: "default/gone".into(), interface: "cali-gone".into() }]);
     }
 
     #[test]

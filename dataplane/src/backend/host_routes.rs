@@ -14,8 +14,7 @@ use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use rtnetlink::{
     packet_route::route::{
-        RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
-        RouteProtocol, RouteType,
+        RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteType,
     },
     Handle, RouteMessageBuilder,
 };

@@ -50,15 +50,10 @@ pub fn peer_of(message: &LinkMessage) -> Option<VethPeer> {
 
 /// The Ethernet address (IFLA_ADDRESS) of a link message, if it has a six-byte one.
 pub fn address_of(message: &LinkMessage) -> Option<MacAddr> {
-    message
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            LinkAttribute::Address(bytes) => {
-                <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr)
-            }
-            _ => None,
-        })
+    message.attributes.iter().find_map(|attribute| match attribute {
+        LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
+        _ => None,
+    })
 }
 
 /// The MAC of the pod end of the veth whose host side has `host_ifindex`.
@@ -77,39 +72,19 @@ pub async fn peer_mac(handle: &Handle, host_ifindex: u32) -> anyhow::Result<MacA
         request
             .message_mut()
             .attributes
-            .push(LinkAttribute::Other(DefaultNla::new(
-                IFLA_TARGET_NETNSID,
-                nsid.to_ne_bytes().to_vec(),
-            )));
+            .push(LinkAttribute::Other(DefaultNla::new(IFLA_TARGET_NETNSID, nsid.to_ne_bytes().to_vec())));
     }
     let mut links = request.execute();
     let pod = links
         .try_next()
         .await
-        .with_context(|| {
-            format!(
-                "RTM_GETLINK of the peer, ifindex {} in nsid {:?}",
-                peer.index, peer.netnsid
-            )
-        })?
-        .with_context(|| {
-            format!(
-                "no answer for the peer, ifindex {} in nsid {:?}",
-                peer.index, peer.netnsid
-            )
-        })?;
+        .with_context(|| format!("RTM_GETLINK of the peer, ifindex {} in nsid {:?}", peer.index, peer.netnsid))?
+        .with_context(|| format!("no answer for the peer, ifindex {} in nsid {:?}", peer.index, peer.netnsid))?;
     let mac = address_of(&pod).with_context(|| {
-        format!(
-            "the peer (ifindex {} in nsid {:?}) has no Ethernet address",
-            peer.index, peer.netnsid
-        )
+        format!("the peer (ifindex {} in nsid {:?}) has no Ethernet address", peer.index, peer.netnsid)
     })?;
     if mac == MacAddr::default() {
-        bail!(
-            "the peer (ifindex {} in nsid {:?}) has the zero address",
-            peer.index,
-            peer.netnsid
-        );
+        bail!("the peer (ifindex {} in nsid {:?}) has the zero address", peer.index, peer.netnsid);
     }
     Ok(mac)
 }
@@ -127,14 +102,9 @@ pub struct PeerMacs {
 impl PeerMacs {
     /// Opens a netlink connection in the current network namespace (needs a tokio runtime).
     pub fn connect() -> anyhow::Result<Self> {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+        let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
         tokio::spawn(connection);
-        Ok(PeerMacs {
-            handle,
-            learned: BTreeMap::new(),
-            warned: BTreeSet::new(),
-        })
+        Ok(PeerMacs { handle, learned: BTreeMap::new(), warned: BTreeSet::new() })
     }
 
     /// The pod MACs of `wanted` (interface, host ifindex), by interface; a workload whose MAC
@@ -142,10 +112,8 @@ impl PeerMacs {
     /// time. Never fails: the fast path still delivers with a zero MAC.
     pub async fn learn(&mut self, wanted: &[(&str, u32)]) -> BTreeMap<String, MacAddr> {
         let keep: BTreeSet<(&str, u32)> = wanted.iter().copied().collect();
-        self.learned
-            .retain(|interface, (index, _)| keep.contains(&(interface.as_str(), *index)));
-        self.warned
-            .retain(|(interface, index)| keep.contains(&(interface.as_str(), *index)));
+        self.learned.retain(|interface, (index, _)| keep.contains(&(interface.as_str(), *index)));
+        self.warned.retain(|(interface, index)| keep.contains(&(interface.as_str(), *index)));
         let mut macs = BTreeMap::new();
         for &(interface, index) in wanted {
             if let Some((_, mac)) = self.learned.get(interface) {
@@ -185,10 +153,8 @@ impl PeerMacs {
 /// The pod MACs of `wanted` (interface, host ifindex), learned once with a private runtime (for
 /// `dataplane check`, which is not async); failures are left out and logged at debug.
 pub fn learn_once(wanted: &[(&str, u32)]) -> anyhow::Result<BTreeMap<String, MacAddr>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
         let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
         tokio::spawn(connection);
@@ -225,41 +191,20 @@ mod tests {
             LinkAttribute::LinkNetNsId(3),
             LinkAttribute::Address(vec![0xee; 6]),
         ]);
-        assert_eq!(
-            peer_of(&host),
-            Some(VethPeer {
-                index: 2,
-                netnsid: Some(3)
-            })
-        );
+        assert_eq!(peer_of(&host), Some(VethPeer { index: 2, netnsid: Some(3) }));
         // Both ends in this namespace: no nsid, the peer is asked for here.
-        assert_eq!(
-            peer_of(&link(vec![LinkAttribute::Link(9)])),
-            Some(VethPeer {
-                index: 9,
-                netnsid: None
-            })
-        );
+        assert_eq!(peer_of(&link(vec![LinkAttribute::Link(9)])), Some(VethPeer { index: 9, netnsid: None }));
         // Not a veth (or a dummy): nothing to learn from.
-        assert_eq!(
-            peer_of(&link(vec![LinkAttribute::IfName("dummy0".into())])),
-            None
-        );
+        assert_eq!(peer_of(&link(vec![LinkAttribute::IfName("dummy0".into())])), None);
         assert_eq!(peer_of(&link(vec![LinkAttribute::Link(0)])), None);
     }
 
     #[test]
     fn the_pod_side_answers_with_its_address() {
-        let pod = link(vec![
-            LinkAttribute::IfName("eth0".into()),
-            LinkAttribute::Address(vec![0x3a, 1, 2, 3, 4, 5]),
-        ]);
+        let pod = link(vec![LinkAttribute::IfName("eth0".into()), LinkAttribute::Address(vec![0x3a, 1, 2, 3, 4, 5])]);
         assert_eq!(address_of(&pod), Some(MacAddr([0x3a, 1, 2, 3, 4, 5])));
         // An IPIP or other non-Ethernet link has no six-byte address.
-        assert_eq!(
-            address_of(&link(vec![LinkAttribute::Address(vec![10, 0, 0, 1])])),
-            None
-        );
+        assert_eq!(address_of(&link(vec![LinkAttribute::Address(vec![10, 0, 0, 1])])), None);
         assert_eq!(address_of(&link(vec![])), None);
     }
 }

@@ -23,9 +23,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use etcd_client::{
-    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
-};
+use etcd_client::{Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions};
 use tokio::sync::watch;
 use tracing::{debug, error, info_span, warn, Instrument as _};
 
@@ -145,11 +143,8 @@ async fn session(
     link: &mut Link,
 ) -> anyhow::Result<()> {
     // "a, b" in ETCD_ENDPOINTS leaves a space before b.
-    let endpoints: Vec<&str> =
-        config.endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()).collect();
-    let client = timed(Client::connect(&endpoints, Some(options.clone())))
-        .await
-        .context("connecting to etcd")?;
+    let endpoints: Vec<&str> = config.endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()).collect();
+    let client = timed(Client::connect(&endpoints, Some(options.clone()))).await.context("connecting to etcd")?;
     loop {
         let started = Instant::now();
         let (mut cache, revision) = read_all(&client, prefix).await?;
@@ -226,8 +221,7 @@ async fn follow(
     let mut directories = keys::DIRECTORIES.iter().map(|directory| format!("{prefix}{directory}"));
     let first = directories.next().context("no directory to watch")?;
     let mut watcher = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
-    let mut stream =
-        timed(watcher.watch(first, Some(options()))).await.context("opening the etcd watch")?;
+    let mut stream = timed(watcher.watch(first, Some(options()))).await.context("opening the etcd watch")?;
     for directory in directories {
         stream.watch(directory, Some(options())).await.context("opening the etcd watch")?;
     }
@@ -246,14 +240,10 @@ async fn follow(
                 continue;
             }
         };
-        let response =
-            message.context("the etcd watch broke")?.context("etcd closed the watch stream")?;
-        if let Some(reason) = cancelled(
-            response.canceled(),
-            response.compact_revision(),
-            response.cancel_reason(),
-            from,
-        ) {
+        let response = message.context("the etcd watch broke")?.context("etcd closed the watch stream")?;
+        if let Some(reason) =
+            cancelled(response.canceled(), response.compact_revision(), response.cancel_reason(), from)
+        {
             return Ok(Followed::Resync(reason));
         }
         let mut changed = false;
@@ -292,9 +282,7 @@ fn cancelled(canceled: bool, compact_revision: i64, reason: &str, from: i64) -> 
 
 /// A request to etcd with [`REQUEST_TIMEOUT`]; the error tells what etcd (or the connection)
 /// said, down to the cause.
-async fn timed<T>(
-    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-) -> anyhow::Result<T> {
+async fn timed<T>(request: impl std::future::Future<Output = Result<T, etcd_client::Error>>) -> anyhow::Result<T> {
     match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(anyhow::anyhow!(describe(&error))),
@@ -307,12 +295,8 @@ async fn timed<T>(
 /// then each cause once, e.g. "tcp connect error: Connection refused (os error 111)".
 fn describe(error: &etcd_client::Error) -> String {
     let (mut text, mut cause): (String, Option<&(dyn std::error::Error + 'static)>) = match error {
-        etcd_client::Error::GRpcStatus(status) => {
-            (status.message().to_owned(), std::error::Error::source(status))
-        }
-        etcd_client::Error::TransportError(transport) => {
-            (error.to_string(), std::error::Error::source(transport))
-        }
+        etcd_client::Error::GRpcStatus(status) => (status.message().to_owned(), std::error::Error::source(status)),
+        etcd_client::Error::TransportError(transport) => (error.to_string(), std::error::Error::source(transport)),
         other => (other.to_string(), None),
     };
     while let Some(inner) = cause {
@@ -333,9 +317,7 @@ fn describe(error: &etcd_client::Error) -> String {
 /// The client's options from the settings: keepalives, and TLS when certificate files are given.
 fn connect_options(config: &EtcdConfig) -> anyhow::Result<ConnectOptions> {
     if config.endpoints.iter().all(|endpoint| endpoint.trim().is_empty()) {
-        bail!(
-            "no etcd endpoint: set --etcd-endpoints (ETCD_ENDPOINTS), e.g. http://127.0.0.1:2379"
-        );
+        bail!("no etcd endpoint: set --etcd-endpoints (ETCD_ENDPOINTS), e.g. http://127.0.0.1:2379");
     }
     let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
@@ -352,8 +334,7 @@ fn connect_options(config: &EtcdConfig) -> anyhow::Result<ConnectOptions> {
             options = options.with_tls(tls);
         }
         None => {
-            if let Some(secure) = config.endpoints.iter().find(|e| e.trim().starts_with("https://"))
-            {
+            if let Some(secure) = config.endpoints.iter().find(|e| e.trim().starts_with("https://")) {
                 bail!(
                     "the endpoint {secure} is https but no CA is set: give the CA that signed \
                      etcd's certificate with --etcd-ca-cert-file (ETCD_CA_CERT_FILE)"
@@ -402,8 +383,8 @@ fn read_pem(path: Option<&Path>, flag: &str, env: &str) -> anyhow::Result<Option
     let Some(path) = path else {
         return Ok(None);
     };
-    let text = std::fs::read(path)
-        .with_context(|| format!("cannot read {} given by {flag} ({env})", path.display()))?;
+    let text =
+        std::fs::read(path).with_context(|| format!("cannot read {} given by {flag} ({env})", path.display()))?;
     if !text.windows(11).any(|window| window == b"-----BEGIN ") {
         bail!("{} given by {flag} ({env}) is not a PEM file (no -----BEGIN line)", path.display());
     }
@@ -431,8 +412,7 @@ mod tests {
     }
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("dataplane-etcd-unit-{name}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("dataplane-etcd-unit-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         dir
     }
@@ -450,8 +430,7 @@ mod tests {
     fn certificate_errors_name_the_file_and_the_setting() {
         let dir = temp_dir("certs");
         let pem = dir.join("ca.pem");
-        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
-            .expect("write");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").expect("write");
         let not_pem = dir.join("junk.txt");
         std::fs::write(&not_pem, "hello").expect("write");
         let missing = dir.join("missing.pem");
@@ -493,8 +472,7 @@ mod tests {
     #[test]
     fn a_cancelled_watch_means_a_fresh_read() {
         assert_eq!(cancelled(false, 0, "", 12), None);
-        let compacted = cancelled(true, 40, "mvcc: required revision has been compacted", 12)
-            .expect("compacted");
+        let compacted = cancelled(true, 40, "mvcc: required revision has been compacted", 12).expect("compacted");
         assert!(compacted.contains("40") && compacted.contains("12"), "{compacted}");
         let other = cancelled(true, 0, "", 12).expect("cancelled");
         assert!(other.contains("no reason given"), "{other}");

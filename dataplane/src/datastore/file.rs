@@ -23,9 +23,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize as _;
 use serde_yaml::{Mapping, Value};
 
-use crate::model::{
-    AffinityState, Block, EncapMode, IpPool, MacAddr, Model, Node, Problem, Workload,
-};
+use crate::model::{AffinityState, Block, EncapMode, IpPool, MacAddr, Model, Node, Problem, Workload};
 
 /// Calico's default `blockSize` for IPv4 pools.
 const DEFAULT_BLOCK_SIZE: u8 = 26;
@@ -76,10 +74,9 @@ pub fn parse(text: &str) -> Result<(Model, Vec<Problem>), FileError> {
 
 /// Reads the file at `path` and parses it with [`parse`]; errors name the path.
 pub fn load(path: &Path) -> Result<(Model, Vec<Problem>), anyhow::Error> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the datastore file {}", path.display()))?;
-    let parsed = parse(&text)
-        .with_context(|| format!("cannot use the datastore file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the datastore file {}", path.display()))?;
+    let parsed = parse(&text).with_context(|| format!("cannot use the datastore file {}", path.display()))?;
     Ok(parsed)
 }
 
@@ -148,10 +145,7 @@ impl ModelBuilder {
                     "resource",
                     resource_name(resource, "", position),
                     "kind",
-                    format!(
-                        "expected a string, found {}; the resource is skipped",
-                        type_name(other)
-                    ),
+                    format!("expected a string, found {}; the resource is skipped", type_name(other)),
                 ));
                 return;
             }
@@ -174,9 +168,7 @@ impl ModelBuilder {
                 }
             }),
             "Node" => parse_node(&ctx, resource).map(|node| self.add_node(&ctx, node)),
-            "WorkloadEndpoint" => {
-                parse_workload(&ctx, resource).map(|workload| self.add_workload(&ctx, workload))
-            }
+            "WorkloadEndpoint" => parse_workload(&ctx, resource).map(|workload| self.add_workload(&ctx, workload)),
             _ => Err(ctx.problem(
                 "kind",
                 format!(
@@ -215,10 +207,7 @@ impl ModelBuilder {
                     kind,
                     resource_name(resource, kind, position),
                     "items",
-                    format!(
-                        "expected a list of resources, found {}; the list is skipped",
-                        type_name(other)
-                    ),
+                    format!("expected a list of resources, found {}; the list is skipped", type_name(other)),
                 ));
                 return;
             }
@@ -232,9 +221,7 @@ impl ModelBuilder {
                 (Value::Mapping(item_map), Some(item_kind)) if !item_map.contains_key("kind") => {
                     let mut filled = item_map.clone();
                     filled.insert(Value::from("kind"), Value::from(item_kind));
-                    if let (false, Some(api_version)) =
-                        (filled.contains_key("apiVersion"), map.get("apiVersion"))
-                    {
+                    if let (false, Some(api_version)) = (filled.contains_key("apiVersion"), map.get("apiVersion")) {
                         filled.insert(Value::from("apiVersion"), api_version.clone());
                     }
                     self.add(&Value::Mapping(filled), &item_position);
@@ -278,12 +265,7 @@ impl ModelBuilder {
             "spec.ipv4VXLANTunnelAddr",
             &mut conflicts,
         );
-        merge_field(
-            &mut existing.vxlan_tunnel_mac,
-            node.vxlan_tunnel_mac,
-            "spec.vxlanTunnelMACAddr",
-            &mut conflicts,
-        );
+        merge_field(&mut existing.vxlan_tunnel_mac, node.vxlan_tunnel_mac, "spec.vxlanTunnelMACAddr", &mut conflicts);
         merge_field(
             &mut existing.ipip_tunnel_addr,
             node.ipip_tunnel_addr,
@@ -315,8 +297,7 @@ impl ModelBuilder {
 }
 
 /// The kinds [`ModelBuilder::add`] reads, for messages.
-const KNOWN_KINDS: &str =
-    "IPPool, BlockAffinity, IPAMBlock, Node, WorkloadEndpoint and lists of them";
+const KNOWN_KINDS: &str = "IPPool, BlockAffinity, IPAMBlock, Node, WorkloadEndpoint and lists of them";
 
 /// Fills `existing` from `new` where it is empty; records a conflict where both are set and differ.
 fn merge_field<T: PartialEq + std::fmt::Display>(
@@ -327,9 +308,7 @@ fn merge_field<T: PartialEq + std::fmt::Display>(
 ) {
     match (existing.as_ref(), new) {
         (None, new) => *existing = new,
-        (Some(old), Some(new)) if *old != new => {
-            conflicts.push((field, old.to_string(), new.to_string()))
-        }
+        (Some(old), Some(new)) if *old != new => conflicts.push((field, old.to_string(), new.to_string())),
         _ => {}
     }
 }
@@ -391,28 +370,17 @@ fn type_name(value: &Value) -> &'static str {
 }
 
 /// An optional string field; an empty string counts as absent, as it does in Calico.
-fn optional_str<'v>(
-    ctx: &Ctx,
-    resource: &'v Value,
-    path: &str,
-) -> Result<Option<&'v str>, Problem> {
+fn optional_str<'v>(ctx: &Ctx, resource: &'v Value, path: &str) -> Result<Option<&'v str>, Problem> {
     match lookup(resource, path) {
         None => Ok(None),
         Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
         Some(Value::String(text)) => Ok(Some(text.trim())),
-        Some(other) => {
-            Err(ctx.problem(path, format!("expected a string, found {}", type_name(other))))
-        }
+        Some(other) => Err(ctx.problem(path, format!("expected a string, found {}", type_name(other)))),
     }
 }
 
 /// A required string field; `fix` says what to set when it is missing.
-fn required_str<'v>(
-    ctx: &Ctx,
-    resource: &'v Value,
-    path: &str,
-    fix: &str,
-) -> Result<&'v str, Problem> {
+fn required_str<'v>(ctx: &Ctx, resource: &'v Value, path: &str, fix: &str) -> Result<&'v str, Problem> {
     optional_str(ctx, resource, path)?.ok_or_else(|| ctx.problem(path, format!("missing: {fix}")))
 }
 
@@ -424,24 +392,15 @@ fn optional_bool(ctx: &Ctx, resource: &Value, path: &str) -> Result<Option<bool>
         Some(Value::Bool(value)) => Ok(Some(*value)),
         Some(Value::String(text)) if text.trim().eq_ignore_ascii_case("true") => Ok(Some(true)),
         Some(Value::String(text)) if text.trim().eq_ignore_ascii_case("false") => Ok(Some(false)),
-        Some(Value::String(text)) => {
-            Err(ctx.problem(path, format!("{text:?} is not a boolean: set true or false")))
-        }
-        Some(other) => {
-            Err(ctx.problem(path, format!("expected true or false, found {}", type_name(other))))
-        }
+        Some(Value::String(text)) => Err(ctx.problem(path, format!("{text:?} is not a boolean: set true or false"))),
+        Some(other) => Err(ctx.problem(path, format!("expected true or false, found {}", type_name(other)))),
     }
 }
 
 /// A CIDR such as `10.244.0.0/16` (IPv4 or IPv6).
 fn parse_cidr(ctx: &Ctx, field: &str, text: &str) -> Result<IpNet, Problem> {
     IpNet::from_str(text).map_err(|_| {
-        ctx.problem(
-            field,
-            format!(
-                "{text:?} is not a CIDR: write an address and a prefix length, e.g. 10.244.0.0/16"
-            ),
-        )
+        ctx.problem(field, format!("{text:?} is not a CIDR: write an address and a prefix length, e.g. 10.244.0.0/16"))
     })
 }
 
@@ -451,37 +410,24 @@ fn parse_ipv4_addr(ctx: &Ctx, field: &str, text: &str) -> Result<Ipv4Addr, Probl
     let address = text.split('/').next().unwrap_or(text);
     match IpAddr::from_str(address) {
         Ok(IpAddr::V4(address)) => Ok(address),
-        Ok(IpAddr::V6(_)) => {
-            Err(ctx.problem(field, format!("{text:?} is IPv6: write the IPv4 address")))
-        }
-        Err(_) => {
-            Err(ctx.problem(field, format!("{text:?} is not an IPv4 address (e.g. 10.244.1.0)")))
-        }
+        Ok(IpAddr::V6(_)) => Err(ctx.problem(field, format!("{text:?} is IPv6: write the IPv4 address"))),
+        Err(_) => Err(ctx.problem(field, format!("{text:?} is not an IPv4 address (e.g. 10.244.1.0)"))),
     }
 }
 
 /// A node's address with its subnet's prefix length (`10.0.0.1/24`); a bare address is a /32.
 fn parse_node_addr(ctx: &Ctx, field: &str, text: &str) -> Result<Ipv4Net, Problem> {
-    let wrong = || {
-        ctx.problem(
-            field,
-            format!("{text:?} is not an IPv4 address with its subnet, e.g. 10.0.0.1/24"),
-        )
-    };
+    let wrong = || ctx.problem(field, format!("{text:?} is not an IPv4 address with its subnet, e.g. 10.0.0.1/24"));
     if text.contains('/') {
         match IpNet::from_str(text) {
             Ok(IpNet::V4(net)) => Ok(net),
-            Ok(IpNet::V6(_)) => {
-                Err(ctx.problem(field, format!("{text:?} is IPv6: IPv6 is not supported yet")))
-            }
+            Ok(IpNet::V6(_)) => Err(ctx.problem(field, format!("{text:?} is IPv6: IPv6 is not supported yet"))),
             Err(_) => Err(wrong()),
         }
     } else {
         match IpAddr::from_str(text) {
             Ok(IpAddr::V4(address)) => Ok(Ipv4Net::from(address)),
-            Ok(IpAddr::V6(_)) => {
-                Err(ctx.problem(field, format!("{text:?} is IPv6: IPv6 is not supported yet")))
-            }
+            Ok(IpAddr::V6(_)) => Err(ctx.problem(field, format!("{text:?} is IPv6: IPv6 is not supported yet"))),
             Err(_) => Err(wrong()),
         }
     }
@@ -494,17 +440,14 @@ fn parse_mac(ctx: &Ctx, field: &str, text: &str) -> Result<MacAddr, Problem> {
 fn parse_encap_mode(ctx: &Ctx, resource: &Value, field: &str) -> Result<EncapMode, Problem> {
     match optional_str(ctx, resource, field)? {
         None => Ok(EncapMode::Never),
-        Some(text) => {
-            EncapMode::from_str(text).map_err(|error| ctx.problem(field, error.to_string()))
-        }
+        Some(text) => EncapMode::from_str(text).map_err(|error| ctx.problem(field, error.to_string())),
     }
 }
 
 /// An `IPPool`.
 fn parse_pool(ctx: &Ctx, resource: &Value) -> Result<IpPool, Problem> {
     let name = required_str(ctx, resource, "metadata.name", "give the pool a name")?;
-    let text =
-        required_str(ctx, resource, "spec.cidr", "set the pool's IPv4 range, e.g. 10.244.0.0/16")?;
+    let text = required_str(ctx, resource, "spec.cidr", "set the pool's IPv4 range, e.g. 10.244.0.0/16")?;
     // A pool written with host bits (10.244.1.5/16) means its network, as in Calico.
     let cidr = match parse_cidr(ctx, "spec.cidr", text)? {
         IpNet::V4(cidr) => cidr.trunc(),
@@ -520,17 +463,15 @@ fn parse_pool(ctx: &Ctx, resource: &Value) -> Result<IpPool, Problem> {
         Some(Value::Number(number)) => match number.as_u64().and_then(|n| u8::try_from(n).ok()) {
             Some(size) => size,
             None => {
-                return Err(ctx.problem(
-                    "spec.blockSize",
-                    format!("{number} is not a prefix length: use 26, Calico's default"),
-                ))
+                return Err(
+                    ctx.problem("spec.blockSize", format!("{number} is not a prefix length: use 26, Calico's default"))
+                )
             }
         },
         Some(other) => {
-            return Err(ctx.problem(
-                "spec.blockSize",
-                format!("expected a number such as 26, found {}", type_name(other)),
-            ))
+            return Err(
+                ctx.problem("spec.blockSize", format!("expected a number such as 26, found {}", type_name(other)))
+            )
         }
     };
     if block_size < cidr.prefix_len() || block_size > 32 {
@@ -557,8 +498,7 @@ fn parse_pool(ctx: &Ctx, resource: &Value) -> Result<IpPool, Problem> {
 /// A block's CIDR; `None` for an IPv6 block, skipped without a problem because its pool has
 /// already been reported as unsupported.
 fn parse_block_cidr(ctx: &Ctx, resource: &Value) -> Result<Option<Ipv4Net>, Problem> {
-    let text =
-        required_str(ctx, resource, "spec.cidr", "set the block's range, e.g. 10.244.1.0/26")?;
+    let text = required_str(ctx, resource, "spec.cidr", "set the block's range, e.g. 10.244.1.0/26")?;
     match parse_cidr(ctx, "spec.cidr", text)? {
         IpNet::V4(cidr) => Ok(Some(cidr.trunc())),
         IpNet::V6(_) => Ok(None),
@@ -571,16 +511,10 @@ fn parse_block_affinity(ctx: &Ctx, resource: &Value) -> Result<Option<Block>, Pr
     let Some(cidr) = parse_block_cidr(ctx, resource)? else {
         return Ok(None);
     };
-    let node = required_str(
-        ctx,
-        resource,
-        "spec.node",
-        "set the name of the node the block is affine to",
-    )?;
+    let node = required_str(ctx, resource, "spec.node", "set the name of the node the block is affine to")?;
     let state = match optional_str(ctx, resource, "spec.state")? {
         None => AffinityState::Confirmed,
-        Some(text) => AffinityState::from_str(text)
-            .map_err(|error| ctx.problem("spec.state", error.to_string()))?,
+        Some(text) => AffinityState::from_str(text).map_err(|error| ctx.problem("spec.state", error.to_string()))?,
     };
     let deleted = optional_bool(ctx, resource, "spec.deleted")?.unwrap_or(false);
     Ok(Some(Block { cidr, node: node.to_owned(), state, deleted }))
@@ -608,8 +542,7 @@ fn parse_ipam_block(ctx: &Ctx, resource: &Value) -> Result<Option<Block>, Proble
 /// A `Node`: Calico's (`projectcalico.org/v3`), or a Kubernetes Node (`apiVersion: v1`) whose
 /// annotations Calico fills in.
 fn parse_node(ctx: &Ctx, resource: &Value) -> Result<Node, Problem> {
-    let name =
-        required_str(ctx, resource, "metadata.name", "give the node its hostname")?.to_owned();
+    let name = required_str(ctx, resource, "metadata.name", "give the node its hostname")?.to_owned();
     if optional_str(ctx, resource, "apiVersion")? == Some("v1") {
         return parse_kubernetes_node(ctx, resource, name);
     }
@@ -620,8 +553,7 @@ fn parse_node(ctx: &Ctx, resource: &Value) -> Result<Node, Problem> {
         // Newer Calico also lists the node's addresses; CalicoNodeIP is the one it routes to
         // when BGP is off and spec.bgp is absent.
         for entry in addresses {
-            let is_node_ip =
-                matches!(lookup(entry, "type"), Some(Value::String(t)) if t == "CalicoNodeIP");
+            let is_node_ip = matches!(lookup(entry, "type"), Some(Value::String(t)) if t == "CalicoNodeIP");
             if let (true, Some(Value::String(text))) = (is_node_ip, lookup(entry, "address")) {
                 if let Ok(found) = parse_node_addr(ctx, "spec.addresses", text.trim()) {
                     addr = Some(found);
@@ -651,10 +583,7 @@ fn parse_kubernetes_node(ctx: &Ctx, resource: &Value, name: String) -> Result<No
         None => None,
         Some(Value::Mapping(annotations)) => Some(annotations),
         Some(other) => {
-            return Err(ctx.problem(
-                "metadata.annotations",
-                format!("expected a mapping, found {}", type_name(other)),
-            ))
+            return Err(ctx.problem("metadata.annotations", format!("expected a mapping, found {}", type_name(other))))
         }
     };
     // Returns the annotation's value and the field name to put in problems.
@@ -664,9 +593,7 @@ fn parse_kubernetes_node(ctx: &Ctx, resource: &Value, name: String) -> Result<No
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
             Some(Value::String(text)) => Ok(Some((text.trim().to_owned(), field))),
-            Some(other) => {
-                Err(ctx.problem(&field, format!("expected a string, found {}", type_name(other))))
-            }
+            Some(other) => Err(ctx.problem(&field, format!("expected a string, found {}", type_name(other)))),
         }
     };
     let addr = match annotation("projectcalico.org/IPv4Address")? {
@@ -693,8 +620,7 @@ fn parse_kubernetes_node(ctx: &Ctx, resource: &Value, name: String) -> Result<No
 fn parse_workload(ctx: &Ctx, resource: &Value) -> Result<Workload, Problem> {
     let namespace = optional_str(ctx, resource, "metadata.namespace")?.unwrap_or("default");
     let name = required_str(ctx, resource, "metadata.name", "give the endpoint a name")?;
-    let node =
-        required_str(ctx, resource, "spec.node", "set the name of the node the pod runs on")?;
+    let node = required_str(ctx, resource, "spec.node", "set the name of the node the pod runs on")?;
     let mut addrs = Vec::new();
     match lookup(resource, "spec.ipNetworks") {
         None => {}
@@ -703,10 +629,7 @@ fn parse_workload(ctx: &Ctx, resource: &Value) -> Result<Workload, Problem> {
                 let Value::String(text) = network else {
                     return Err(ctx.problem(
                         "spec.ipNetworks",
-                        format!(
-                            "expected addresses such as 10.244.1.2/32, found {}",
-                            type_name(network)
-                        ),
+                        format!("expected addresses such as 10.244.1.2/32, found {}", type_name(network)),
                     ));
                 };
                 let text = text.trim();
@@ -888,16 +811,10 @@ spec:
         assert_eq!(problems, vec![]);
         assert_eq!(model.pools.len(), 2);
         let p = &model.pools[0];
-        assert_eq!(
-            (p.block_size, p.vxlan_mode, p.ipip_mode),
-            (26, EncapMode::Never, EncapMode::Never)
-        );
+        assert_eq!((p.block_size, p.vxlan_mode, p.ipip_mode), (26, EncapMode::Never, EncapMode::Never));
         assert!(!p.nat_outgoing && !p.disabled);
         let q = &model.pools[1];
-        assert_eq!(
-            (q.block_size, q.vxlan_mode, q.ipip_mode),
-            (28, EncapMode::CrossSubnet, EncapMode::Never)
-        );
+        assert_eq!((q.block_size, q.vxlan_mode, q.ipip_mode), (28, EncapMode::CrossSubnet, EncapMode::Never));
         assert!(q.disabled);
     }
 
@@ -1153,8 +1070,7 @@ spec: {node: node-1, interfaceName: calib}
 
     #[test]
     fn bad_pool_cidr() {
-        let (model, problem) =
-            one_problem("kind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/33}\n");
+        let (model, problem) = one_problem("kind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/33}\n");
         assert!(model.pools.is_empty());
         assert_eq!(
             (problem.kind.as_str(), problem.name.as_str(), problem.field.as_str()),
@@ -1172,8 +1088,7 @@ spec: {node: node-1, interfaceName: calib}
 
     #[test]
     fn ipv6_pool_is_skipped() {
-        let (model, problem) =
-            one_problem("kind: IPPool\nmetadata: {name: v6}\nspec: {cidr: 'fd00:10:244::/64'}\n");
+        let (model, problem) = one_problem("kind: IPPool\nmetadata: {name: v6}\nspec: {cidr: 'fd00:10:244::/64'}\n");
         assert!(model.pools.is_empty());
         assert_eq!((problem.name.as_str(), problem.field.as_str()), ("v6", "spec.cidr"));
         assert!(problem.message.contains("IPv6 is not supported yet"), "{problem}");
@@ -1181,28 +1096,27 @@ spec: {node: node-1, interfaceName: calib}
 
     #[test]
     fn bad_block_size() {
-        for (size, expected) in
-            [("33", "between 16 and 32"), ("8", "between 16 and 32"), ("big", "expected a number")]
+        for (size, expected) in [("33", "between 16 and 32"), ("8", "between 16 and 32"), ("big", "expected a number")]
         {
-            let text = format!("kind: IPPool\nmetadata: {{name: p}}\nspec: {{cidr: 10.244.0.0/16, blockSize: {size}}}\n");
+            let text =
+                format!("kind: IPPool\nmetadata: {{name: p}}\nspec: {{cidr: 10.244.0.0/16, blockSize: {size}}}\n");
             let (model, problem) = one_problem(&text);
             assert!(model.pools.is_empty());
             assert_eq!(problem.field, "spec.blockSize");
             assert!(problem.message.contains(expected), "{size}: {problem}");
         }
         // The default 26 does not fit a /28 pool either.
-        let (_, problem) =
-            one_problem("kind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/28}\n");
+        let (_, problem) = one_problem("kind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/28}\n");
         assert_eq!(problem.field, "spec.blockSize");
     }
 
     #[test]
     fn bad_encap_mode_and_bool() {
-        let (_, problem) = one_problem("kind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/16, vxlanMode: Sometimes}\n");
+        let (_, problem) =
+            one_problem("kind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/16, vxlanMode: Sometimes}\n");
         assert_eq!(problem.field, "spec.vxlanMode");
-        let (_, problem) = one_problem(
-            "kind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/16, natOutgoing: 1}\n",
-        );
+        let (_, problem) =
+            one_problem("kind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/16, natOutgoing: 1}\n");
         assert_eq!(problem.field, "spec.natOutgoing");
     }
 
@@ -1216,35 +1130,27 @@ spec: {node: node-1, interfaceName: calib}
             (problem.kind.as_str(), problem.name.as_str(), problem.field.as_str()),
             ("Node", "n", "spec.vxlanTunnelMACAddr")
         );
-        let (model, problem) = one_problem(
-            "kind: WorkloadEndpoint\nmetadata: {name: w, namespace: ns}\nspec: {node: n, mac: nonsense}\n",
-        );
+        let (model, problem) =
+            one_problem("kind: WorkloadEndpoint\nmetadata: {name: w, namespace: ns}\nspec: {node: n, mac: nonsense}\n");
         assert!(model.workloads.is_empty());
         assert_eq!((problem.name.as_str(), problem.field.as_str()), ("ns/w", "spec.mac"));
         let (_, problem) = one_problem(
             "apiVersion: v1\nkind: Node\nmetadata:\n  name: k\n  annotations: {projectcalico.org/VXLANTunnelMACAddr: xx}\n",
         );
-        assert_eq!(
-            problem.field,
-            r#"metadata.annotations["projectcalico.org/VXLANTunnelMACAddr"]"#
-        );
+        assert_eq!(problem.field, r#"metadata.annotations["projectcalico.org/VXLANTunnelMACAddr"]"#);
     }
 
     #[test]
     fn bad_node_and_workload_addresses() {
-        let (_, problem) = one_problem(
-            "kind: Node\nmetadata: {name: n}\nspec: {bgp: {ipv4Address: 10.0.0.300/24}}\n",
-        );
+        let (_, problem) = one_problem("kind: Node\nmetadata: {name: n}\nspec: {bgp: {ipv4Address: 10.0.0.300/24}}\n");
         assert_eq!(problem.field, "spec.bgp.ipv4Address");
-        let (_, problem) =
-            one_problem("kind: Node\nmetadata: {name: n}\nspec: {ipv4VXLANTunnelAddr: vtep}\n");
+        let (_, problem) = one_problem("kind: Node\nmetadata: {name: n}\nspec: {ipv4VXLANTunnelAddr: vtep}\n");
         assert_eq!(problem.field, "spec.ipv4VXLANTunnelAddr");
-        let (_, problem) = one_problem("kind: WorkloadEndpoint\nmetadata: {name: w}\nspec: {node: n, ipNetworks: [10.244.1.x/32]}\n");
-        assert_eq!(
-            (problem.name.as_str(), problem.field.as_str()),
-            ("default/w", "spec.ipNetworks")
-        );
-        let (_, problem) = one_problem("kind: WorkloadEndpoint\nmetadata: {name: w}\nspec: {node: n, ipNetworks: 10.244.1.2/32}\n");
+        let (_, problem) =
+            one_problem("kind: WorkloadEndpoint\nmetadata: {name: w}\nspec: {node: n, ipNetworks: [10.244.1.x/32]}\n");
+        assert_eq!((problem.name.as_str(), problem.field.as_str()), ("default/w", "spec.ipNetworks"));
+        let (_, problem) =
+            one_problem("kind: WorkloadEndpoint\nmetadata: {name: w}\nspec: {node: n, ipNetworks: 10.244.1.2/32}\n");
         assert_eq!(problem.field, "spec.ipNetworks");
     }
 
@@ -1265,8 +1171,7 @@ spec: {node: node-1, interfaceName: calib}
     fn documents_without_kind_or_not_mappings() {
         let (model, problems) = parse_ok("metadata: {name: x}\n---\n- a\n- b\n---\nplain words\n");
         assert_eq!(model, Model::default());
-        let positions: Vec<(&str, &str)> =
-            problems.iter().map(|p| (p.name.as_str(), p.field.as_str())).collect();
+        let positions: Vec<(&str, &str)> = problems.iter().map(|p| (p.name.as_str(), p.field.as_str())).collect();
         assert_eq!(positions, [("x", "kind"), ("document 2", "kind"), ("document 3", "kind")]);
     }
 
@@ -1280,9 +1185,7 @@ spec: {node: node-1, interfaceName: calib}
             (problem.kind.as_str(), problem.name.as_str(), problem.field.as_str()),
             ("BlockAffinity", "a", "spec.node")
         );
-        let (_, problem) = one_problem(
-            "kind: WorkloadEndpoint\nmetadata: {name: w}\nspec: {interfaceName: calia}\n",
-        );
+        let (_, problem) = one_problem("kind: WorkloadEndpoint\nmetadata: {name: w}\nspec: {interfaceName: calia}\n");
         assert_eq!(problem.field, "spec.node");
     }
 
@@ -1326,8 +1229,7 @@ spec: {cidr: 10.244.6.0/26, node: n6, state: claimed}
                 ("n4", AffinityState::Confirmed, false),
             ]
         );
-        let fields: Vec<(&str, &str)> =
-            problems.iter().map(|p| (p.name.as_str(), p.field.as_str())).collect();
+        let fields: Vec<(&str, &str)> = problems.iter().map(|p| (p.name.as_str(), p.field.as_str())).collect();
         assert_eq!(fields, [("e", "spec.deleted"), ("f", "spec.state")]);
     }
 
@@ -1369,8 +1271,7 @@ spec: {cidr: 10.244.3.0/26, affinity: "host:"}
                 (net("10.244.2.0/26"), "n2", AffinityState::Confirmed),
             ]
         );
-        let fields: Vec<(&str, &str)> =
-            problems.iter().map(|p| (p.name.as_str(), p.field.as_str())).collect();
+        let fields: Vec<(&str, &str)> = problems.iter().map(|p| (p.name.as_str(), p.field.as_str())).collect();
         assert_eq!(fields, [("empty", "spec.affinity")]);
     }
 
@@ -1396,8 +1297,7 @@ spec: {node: n}
 "#,
         );
         assert_eq!((model.pools.len(), model.workloads.len()), (1, 1));
-        let names: Vec<(&str, &str)> =
-            problems.iter().map(|p| (p.kind.as_str(), p.name.as_str())).collect();
+        let names: Vec<(&str, &str)> = problems.iter().map(|p| (p.kind.as_str(), p.name.as_str())).collect();
         assert_eq!(names, [("IPPool", "p"), ("WorkloadEndpoint", "default/w")]);
     }
 
@@ -1433,15 +1333,10 @@ spec: {cidr: 10.244.1.0/26, node: n1, state: confirmed}
         assert_eq!(model.pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["good"]);
         assert_eq!(model.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["n1"]);
         assert_eq!(model.blocks.len(), 1);
-        let names: Vec<(&str, &str)> =
-            problems.iter().map(|p| (p.name.as_str(), p.field.as_str())).collect();
+        let names: Vec<(&str, &str)> = problems.iter().map(|p| (p.name.as_str(), p.field.as_str())).collect();
         assert_eq!(
             names,
-            [
-                ("broken", "spec.cidr"),
-                ("broken-node", "spec.vxlanTunnelMACAddr"),
-                ("document 4, items[2]", "kind")
-            ]
+            [("broken", "spec.cidr"), ("broken-node", "spec.vxlanTunnelMACAddr"), ("document 4, items[2]", "kind")]
         );
     }
 
@@ -1502,7 +1397,8 @@ spec: {cidr: 10.244.1.0/26, node: n1, state: confirmed}
 
     #[test]
     fn a_resource_with_an_empty_name_is_named_by_its_position() {
-        let text = "kind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/16}\n---\nkind: IPPool\nmetadata: {name: ''}\n";
+        let text =
+            "kind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/16}\n---\nkind: IPPool\nmetadata: {name: ''}\n";
         let (model, problem) = one_problem(text);
         assert_eq!(model.pools.len(), 1);
         assert_eq!((problem.name.as_str(), problem.field.as_str()), ("document 2", "metadata.name"));
@@ -1512,10 +1408,7 @@ spec: {cidr: 10.244.1.0/26, node: n1, state: confirmed}
     fn load_names_the_path() {
         let missing = Path::new("/nonexistent/dataplane-test/cluster.yaml");
         let error = load(missing).expect_err("the file does not exist");
-        assert!(
-            format!("{error:#}").contains("/nonexistent/dataplane-test/cluster.yaml"),
-            "{error:#}"
-        );
+        assert!(format!("{error:#}").contains("/nonexistent/dataplane-test/cluster.yaml"), "{error:#}");
 
         let dir = std::env::temp_dir().join(format!("dataplane-file-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");

@@ -70,10 +70,7 @@ const PAGE: u32 = 500;
 /// Returns when every receiver is gone, or at once (after logging why) when no configuration to
 /// reach the API server can be found.
 pub async fn watch(config: KubernetesConfig, snapshots: watch::Sender<Option<Snapshot>>, connection: Connection) {
-    let span = info_span!(
-        "kubernetes",
-        node = config.node.as_deref().unwrap_or("(all)")
-    );
+    let span = info_span!("kubernetes", node = config.node.as_deref().unwrap_or("(all)"));
     run(config, snapshots, connection).instrument(span).await
 }
 
@@ -100,11 +97,7 @@ async fn run(config: KubernetesConfig, snapshots: watch::Sender<Option<Snapshot>
             // The session worked for a while: this is a new outage, start the backoff over.
             backoff = BACKOFF_START;
         }
-        link.failed(
-            &error,
-            "check --kubeconfig (KUBECONFIG) or the pod's service account and its RBAC rules",
-            backoff,
-        );
+        link.failed(&error, "check --kubeconfig (KUBECONFIG) or the pod's service account and its RBAC rules", backoff);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = snapshots.closed() => return,
@@ -125,19 +118,11 @@ async fn client(config: &KubernetesConfig) -> anyhow::Result<Client> {
     let mut settings = match &config.kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path).with_context(|| {
-                format!(
-                    "cannot read the kubeconfig {} given by --kubeconfig (KUBECONFIG)",
-                    path.display()
-                )
+                format!("cannot read the kubeconfig {} given by --kubeconfig (KUBECONFIG)", path.display())
             })?;
-            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot use the kubeconfig {} given by --kubeconfig (KUBECONFIG)",
-                        path.display()
-                    )
-                })?
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default()).await.with_context(|| {
+                format!("cannot use the kubeconfig {} given by --kubeconfig (KUBECONFIG)", path.display())
+            })?
         }
         None => Config::infer().await.context(
             "no way to reach the Kubernetes API: not in a pod with a service account, and no \
@@ -169,11 +154,7 @@ fn field_selector(resource: &Resource, config: &KubernetesConfig) -> Option<Stri
 }
 
 /// Lists every object of a kind, page by page; returns them and the list's resourceVersion.
-async fn list(
-    client: &Client,
-    resource: &Resource,
-    config: &KubernetesConfig,
-) -> anyhow::Result<(Vec<Json>, String)> {
+async fn list(client: &Client, resource: &Resource, config: &KubernetesConfig) -> anyhow::Result<(Vec<Json>, String)> {
     let api = api(client, resource);
     let mut params = ListParams::default().limit(PAGE);
     if let Some(selector) = field_selector(resource, config) {
@@ -201,11 +182,7 @@ async fn list(
 
 /// One watch's events, tagged with its kind's index in [`RESOURCES`] and the number of the
 /// watch (a kind's watch is opened again and again); `None` marks its end.
-type Tagged = (
-    usize,
-    u64,
-    Option<Result<WatchEvent<DynamicObject>, kube::Error>>,
-);
+type Tagged = (usize, u64, Option<Result<WatchEvent<DynamicObject>, kube::Error>>);
 
 /// Opens the watch of `RESOURCES[index]` from `version`, numbered `number`.
 async fn open_watch(
@@ -225,12 +202,7 @@ async fn open_watch(
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}"))
         .and_then(|opened| opened.map_err(anyhow::Error::from))
-        .with_context(|| {
-            format!(
-                "watching {} from resourceVersion {version}",
-                resource.plural
-            )
-        })?;
+        .with_context(|| format!("watching {} from resourceVersion {version}", resource.plural))?;
     debug!(resource = resource.plural, version, "watching");
     Ok(stream
         .map(move |event| (index, number, Some(event)))
@@ -295,16 +267,12 @@ async fn session(
                 Applied::Changed => true,
                 Applied::Unchanged => false,
                 Applied::Gone(reason) => {
-                    warn!(
-                        resource = resource.plural,
-                        "{reason}; listing {} again", resource.plural
-                    );
+                    warn!(resource = resource.plural, "{reason}; listing {} again", resource.plural);
                     let (objects, version) = list(client, resource, config).await?;
                     cache.replace(resource, &objects);
                     versions[index] = version;
                     let number = current[index].number + 1;
-                    watches
-                        .push(open_watch(client, index, number, config, &versions[index]).await?);
+                    watches.push(open_watch(client, index, number, config, &versions[index]).await?);
                     current[index] = CurrentWatch::new(number, false);
                     true
                 }
@@ -352,12 +320,7 @@ struct CurrentWatch {
 
 impl CurrentWatch {
     fn new(number: u64, after_short: bool) -> Self {
-        CurrentWatch {
-            number,
-            opened: Instant::now(),
-            after_short,
-            broke: false,
-        }
+        CurrentWatch { number, opened: Instant::now(), after_short, broke: false }
     }
 }
 
@@ -373,12 +336,7 @@ enum Applied {
 }
 
 /// Applies one watch event to the cache and moves `version` on.
-fn apply(
-    cache: &mut Cache,
-    resource: &Resource,
-    event: WatchEvent<DynamicObject>,
-    version: &mut String,
-) -> Applied {
+fn apply(cache: &mut Cache, resource: &Resource, event: WatchEvent<DynamicObject>, version: &mut String) -> Applied {
     let mut remember = |object: &DynamicObject| {
         if let Some(seen) = &object.metadata.resource_version {
             version.clone_from(seen);
@@ -411,12 +369,7 @@ fn apply(
         }
         WatchEvent::Error(status) => {
             // Any other error ends the watch; it resumes from the last resourceVersion.
-            warn!(
-                resource = resource.plural,
-                code = status.code,
-                "the watch reported: {}",
-                status.message
-            );
+            warn!(resource = resource.plural, code = status.code, "the watch reported: {}", status.message);
             Applied::Unchanged
         }
     }
@@ -424,10 +377,8 @@ fn apply(
 
 /// Reads the whole cluster once (every kind listed, no watch), for one-shot commands.
 pub fn read_once(config: &KubernetesConfig) -> anyhow::Result<Snapshot> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
         let client = client(config).await?;
         let mut cache = Cache::new();
@@ -463,10 +414,7 @@ mod tests {
     /// The kinds as k8s-openapi describes the core ones, to check [`convert::NODES`] and
     /// [`convert::PODS`] against.
     fn core_kinds() -> [ApiResource; 2] {
-        [
-            ApiResource::erase::<Node>(&()),
-            ApiResource::erase::<Pod>(&()),
-        ]
+        [ApiResource::erase::<Node>(&()), ApiResource::erase::<Pod>(&())]
     }
 
     #[test]
@@ -475,12 +423,7 @@ mod tests {
         for (ours, theirs) in [(NODES, node), (PODS, pod)] {
             assert_eq!(
                 (ours.group, ours.version, ours.kind, ours.plural),
-                (
-                    &*theirs.group,
-                    &*theirs.version,
-                    &*theirs.kind,
-                    &*theirs.plural
-                )
+                (&*theirs.group, &*theirs.version, &*theirs.kind, &*theirs.plural)
             );
             assert_eq!(ours.api_version(), theirs.api_version);
         }
@@ -488,14 +431,8 @@ mod tests {
 
     #[test]
     fn only_this_nodes_pods_are_read() {
-        let config = KubernetesConfig {
-            node: Some("node-1".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            field_selector(&PODS, &config).as_deref(),
-            Some("spec.nodeName=node-1")
-        );
+        let config = KubernetesConfig { node: Some("node-1".into()), ..Default::default() };
+        assert_eq!(field_selector(&PODS, &config).as_deref(), Some("spec.nodeName=node-1"));
         assert_eq!(field_selector(&NODES, &config), None);
         assert_eq!(field_selector(&PODS, &KubernetesConfig::default()), None);
     }
@@ -514,59 +451,24 @@ mod tests {
             "spec": {"cidr": "10.244.0.0/16", "vxlanMode": "Always"}
         }));
         let pools = &convert::IP_POOLS;
-        assert_eq!(
-            apply(
-                &mut cache,
-                pools,
-                WatchEvent::Added(pool.clone()),
-                &mut version
-            ),
-            Applied::Changed
-        );
-        assert_eq!(
-            (version.as_str(), cache.snapshot().model.pools.len()),
-            ("11", 1)
-        );
+        assert_eq!(apply(&mut cache, pools, WatchEvent::Added(pool.clone()), &mut version), Applied::Changed);
+        assert_eq!((version.as_str(), cache.snapshot().model.pools.len()), ("11", 1));
         let bookmark = serde_json::from_value(serde_json::json!({
             "apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
             "metadata": {"resourceVersion": "15"}
         }))
         .expect("bookmark");
-        assert_eq!(
-            apply(
-                &mut cache,
-                pools,
-                WatchEvent::Bookmark(bookmark),
-                &mut version
-            ),
-            Applied::Unchanged
-        );
+        assert_eq!(apply(&mut cache, pools, WatchEvent::Bookmark(bookmark), &mut version), Applied::Unchanged);
         assert_eq!(version, "15");
         let mut deleted = pool;
         deleted.metadata.resource_version = Some("16".into());
-        assert_eq!(
-            apply(
-                &mut cache,
-                pools,
-                WatchEvent::Deleted(deleted),
-                &mut version
-            ),
-            Applied::Changed
-        );
-        assert_eq!(
-            (version.as_str(), cache.snapshot().model.pools.len()),
-            ("16", 0)
-        );
+        assert_eq!(apply(&mut cache, pools, WatchEvent::Deleted(deleted), &mut version), Applied::Changed);
+        assert_eq!((version.as_str(), cache.snapshot().model.pools.len()), ("16", 0));
         let gone: Status = serde_json::from_value(serde_json::json!({
             "status": "Failure", "message": "too old resource version: 16 (40)", "reason": "Expired", "code": 410
         }))
         .expect("status");
-        let Applied::Gone(reason) = apply(
-            &mut cache,
-            pools,
-            WatchEvent::Error(Box::new(gone)),
-            &mut version,
-        ) else {
+        let Applied::Gone(reason) = apply(&mut cache, pools, WatchEvent::Error(Box::new(gone)), &mut version) else {
             panic!("410 must ask for a list");
         };
         assert!(reason.contains("too old resource version"), "{reason}");
@@ -574,18 +476,11 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn an_unreadable_kubeconfig_ends_the_watch_and_names_the_file() {
-        let config = KubernetesConfig {
-            kubeconfig: Some(PathBuf::from("/nonexistent/kubeconfig")),
-            ..Default::default()
-        };
-        let Err(error) = client(&config).await else {
-            panic!("no such file, but a client")
-        };
+        let config =
+            KubernetesConfig { kubeconfig: Some(PathBuf::from("/nonexistent/kubeconfig")), ..Default::default() };
+        let Err(error) = client(&config).await else { panic!("no such file, but a client") };
         let text = format!("{error:#}");
-        assert!(
-            text.contains("/nonexistent/kubeconfig") && text.contains("KUBECONFIG"),
-            "{text}"
-        );
+        assert!(text.contains("/nonexistent/kubeconfig") && text.contains("KUBECONFIG"), "{text}");
         let (sender, receiver) = watch::channel(None);
         tokio::time::timeout(Duration::from_secs(5), super::watch(config, sender, Connection::default()))
             .await
@@ -596,18 +491,9 @@ mod tests {
     /// Every manifest in deploy/, read as the Kubernetes objects they are.
     fn manifests() -> Vec<(&'static str, serde_yaml::Value)> {
         let files = [
-            (
-                "deploy/daemonset.yaml",
-                include_str!("../../../deploy/daemonset.yaml"),
-            ),
-            (
-                "deploy/rbac.yaml",
-                include_str!("../../../deploy/rbac.yaml"),
-            ),
-            (
-                "deploy/daemonset-etcd.yaml",
-                include_str!("../../../deploy/daemonset-etcd.yaml"),
-            ),
+            ("deploy/daemonset.yaml", include_str!("../../../deploy/daemonset.yaml")),
+            ("deploy/rbac.yaml", include_str!("../../../deploy/rbac.yaml")),
+            ("deploy/daemonset-etcd.yaml", include_str!("../../../deploy/daemonset-etcd.yaml")),
         ];
         let mut documents = Vec::new();
         for (file, text) in files {
@@ -624,8 +510,7 @@ mod tests {
 
     /// A manifest's object as its k8s-openapi type.
     fn typed<T: serde::de::DeserializeOwned>(file: &str, kind: &str, json: Json) -> T {
-        serde_json::from_value(json)
-            .unwrap_or_else(|e| panic!("{file}: {kind} does not parse: {e}"))
+        serde_json::from_value(json).unwrap_or_else(|e| panic!("{file}: {kind} does not parse: {e}"))
     }
 
     #[test]
@@ -633,20 +518,14 @@ mod tests {
         let mut kinds = Vec::new();
         let mut role = None;
         for (file, document) in manifests() {
-            let kind = document["kind"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{file}: a document without kind"));
+            let kind = document["kind"].as_str().unwrap_or_else(|| panic!("{file}: a document without kind"));
             let json = serde_json::to_value(&document).expect("YAML as JSON");
             match kind {
                 "DaemonSet" => {
                     let daemonset: DaemonSet = typed(file, kind, json);
                     let spec = daemonset.spec.expect("a DaemonSet spec");
                     let pod = spec.template.spec.expect("a pod spec");
-                    assert_eq!(
-                        pod.service_account_name.as_deref(),
-                        Some("dataplane"),
-                        "{file}"
-                    );
+                    assert_eq!(pod.service_account_name.as_deref(), Some("dataplane"), "{file}");
                 }
                 "ServiceAccount" => {
                     typed::<ServiceAccount>(file, kind, json);
@@ -657,24 +536,14 @@ mod tests {
                     assert_eq!(binding.role_ref.kind, "ClusterRole");
                     assert_eq!(binding.role_ref.name, "dataplane");
                     let subjects = binding.subjects.unwrap_or_default();
-                    assert!(subjects
-                        .iter()
-                        .any(|s| s.kind == "ServiceAccount" && s.name == "dataplane"));
+                    assert!(subjects.iter().any(|s| s.kind == "ServiceAccount" && s.name == "dataplane"));
                 }
                 other => panic!("{file}: unexpected kind {other}"),
             }
             kinds.push(kind.to_owned());
         }
-        for wanted in [
-            "DaemonSet",
-            "ServiceAccount",
-            "ClusterRole",
-            "ClusterRoleBinding",
-        ] {
-            assert!(
-                kinds.iter().any(|k| k == wanted),
-                "no {wanted} in deploy/: {kinds:?}"
-            );
+        for wanted in ["DaemonSet", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"] {
+            assert!(kinds.iter().any(|k| k == wanted), "no {wanted} in deploy/: {kinds:?}");
         }
         let role = role.expect("a ClusterRole");
         // Every (group, resource) the rules grant, with the verbs.
@@ -682,15 +551,8 @@ mod tests {
         for rule in role.rules.unwrap_or_default() {
             let mut verbs = rule.verbs.clone();
             verbs.sort();
-            assert_eq!(
-                verbs,
-                ["get", "list", "watch"],
-                "the agent only reads: {rule:?}"
-            );
-            assert!(
-                rule.non_resource_urls.is_none() && rule.resource_names.is_none(),
-                "{rule:?}"
-            );
+            assert_eq!(verbs, ["get", "list", "watch"], "the agent only reads: {rule:?}");
+            assert!(rule.non_resource_urls.is_none() && rule.resource_names.is_none(), "{rule:?}");
             for group in rule.api_groups.unwrap_or_default() {
                 for resource in rule.resources.clone().unwrap_or_default() {
                     granted.push((group.clone(), resource));
@@ -698,14 +560,9 @@ mod tests {
             }
         }
         granted.sort();
-        let mut read: Vec<(String, String)> = RESOURCES
-            .iter()
-            .map(|r| (r.group.to_owned(), r.plural.to_owned()))
-            .collect();
+        let mut read: Vec<(String, String)> =
+            RESOURCES.iter().map(|r| (r.group.to_owned(), r.plural.to_owned())).collect();
         read.sort();
-        assert_eq!(
-            granted, read,
-            "deploy/rbac.yaml must grant exactly what the agent reads"
-        );
+        assert_eq!(granted, read, "deploy/rbac.yaml must grant exactly what the agent reads");
     }
 }

@@ -6,8 +6,8 @@
 
 pub mod etcd;
 pub mod file;
-pub mod watching;
 pub mod kubernetes;
+pub mod watching;
 
 use std::{
     fs,

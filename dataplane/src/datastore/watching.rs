@@ -127,9 +127,7 @@ impl Link {
             let down_ms = self.lost_at.map(|at| at.elapsed().as_millis() as u64);
             warn!(
                 attempts,
-                down_ms,
-                retry_in_ms,
-                "{source} is still unreachable: {error:#}; the last good state stays programmed"
+                down_ms, retry_in_ms, "{source} is still unreachable: {error:#}; the last good state stays programmed"
             );
         }
     }

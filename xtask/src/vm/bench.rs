@@ -176,7 +176,9 @@ fn diagnostics(cluster: &Cluster) -> String {
     let mut out = String::new();
     for node in super::cluster::NODES {
         let text = match cluster.ssh(node, &format!("bash -c '{STATE}'")) {
-            Ok(output) => format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+            Ok(output) => {
+                format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+            }
             Err(error) => format!("(cannot ask: {error:#})"),
         };
         let _ = writeln!(out, "--- {node}\n{}", text.trim_end());

@@ -79,10 +79,7 @@ fn resource(known: &Key, key: &str, value: &[u8]) -> Result<Json, Problem> {
         Json::Object(Map::new())
     } else {
         serde_json::from_slice(value).map_err(|error| {
-            problem(
-                "value",
-                format!("not JSON ({error}); the key is skipped: write the resource as JSON"),
-            )
+            problem("value", format!("not JSON ({error}); the key is skipped: write the resource as JSON"))
         })?
     };
     let Json::Object(mut object) = parsed else {
@@ -155,10 +152,7 @@ fn check_identity(
         }
         Some(Json::String(written)) if written == kind => {}
         Some(other) => {
-            return Err(problem(
-                "kind",
-                format!("the key holds {kind}s but the value is {other}; the key is skipped"),
-            ))
+            return Err(problem("kind", format!("the key holds {kind}s but the value is {other}; the key is skipped")))
         }
     }
     if matches!(object.get("apiVersion"), None | Some(Json::Null)) {
@@ -171,10 +165,7 @@ fn check_identity(
         Some(Json::Object(metadata)) => metadata,
         other => {
             let found = other.map_or("nothing", |other| json_type(other));
-            return Err(problem(
-                "metadata",
-                format!("expected an object, found {found}; the key is skipped"),
-            ));
+            return Err(problem("metadata", format!("expected an object, found {found}; the key is skipped")));
         }
     };
     let mut fields = vec![("name", name)];
@@ -327,13 +318,9 @@ impl Cache {
         // it carries the claim's state (pending, pendingDeletion). An allocation block whose
         // affinity names another node than an affinity key is kept, so that the plan reports the
         // block claimed by two nodes.
-        let affinities: HashSet<(Ipv4Net, &str)> =
-            model.blocks.iter().map(|b| (b.cidr, b.node.as_str())).collect();
-        let extra: Vec<Block> = allocations
-            .into_iter()
-            .filter(|b| !affinities.contains(&(b.cidr, b.node.as_str())))
-            .cloned()
-            .collect();
+        let affinities: HashSet<(Ipv4Net, &str)> = model.blocks.iter().map(|b| (b.cidr, b.node.as_str())).collect();
+        let extra: Vec<Block> =
+            allocations.into_iter().filter(|b| !affinities.contains(&(b.cidr, b.node.as_str()))).cloned().collect();
         model.blocks.extend(extra);
         Snapshot { model, problems }
     }
@@ -378,10 +365,7 @@ mod tests {
                 format!("{WEPS}default/node--1-k8s-web--1-eth0"),
                 r#"{"kind":"WorkloadEndpoint","apiVersion":"projectcalico.org/v3","metadata":{"name":"node--1-k8s-web--1-eth0","namespace":"default","labels":{"app":"web"}},"spec":{"orchestrator":"k8s","node":"node-1","pod":"web-1","endpoint":"eth0","ipNetworks":["10.244.1.2/32"],"profiles":["kns.default"],"interfaceName":"cali0761ccbeace","mac":"0a:58:0a:f4:01:02"}}"#,
             ),
-            (
-                format!("{HOST}node-1/ipv4/block/10.244.1.0-26"),
-                r#"{"state":"confirmed","deleted":false}"#,
-            ),
+            (format!("{HOST}node-1/ipv4/block/10.244.1.0-26"), r#"{"state":"confirmed","deleted":false}"#),
             (
                 format!("{ASSIGNMENT}10.244.1.0-26"),
                 r#"{"cidr":"10.244.1.0/26","affinity":"host:node-1","strictAffinity":false,"allocations":[0,1,null],"unallocated":[2],"attributes":[{"handle_id":"vxlan-tunnel-addr-node-1","secondary":null},{"handle_id":"k8s-pod-network.abc","secondary":null}],"deleted":false}"#,
@@ -442,14 +426,8 @@ mod tests {
     #[test]
     fn affinity_state_and_deleted_decide_routing() {
         let snapshot = cache(&[
-            (
-                format!("{HOST}n1/ipv4/block/10.244.1.0-26"),
-                r#"{"state":"pending","deleted":false}"#,
-            ),
-            (
-                format!("{HOST}n2/ipv4/block/10.244.2.0-26"),
-                r#"{"state":"confirmed","deleted":true}"#,
-            ),
+            (format!("{HOST}n1/ipv4/block/10.244.1.0-26"), r#"{"state":"pending","deleted":false}"#),
+            (format!("{HOST}n2/ipv4/block/10.244.2.0-26"), r#"{"state":"confirmed","deleted":true}"#),
             (format!("{HOST}n3/ipv4/block/10.244.3.0-26"), r#"{"state":"pendingDeletion"}"#),
             // Old Calico: an empty value.
             (format!("{HOST}n4/ipv4/block/10.244.4.0-26"), ""),
@@ -458,8 +436,7 @@ mod tests {
         ])
         .snapshot();
         assert_eq!(snapshot.problems, vec![]);
-        let routes: Vec<(&str, bool)> =
-            snapshot.model.blocks.iter().map(|b| (b.node.as_str(), b.routes())).collect();
+        let routes: Vec<(&str, bool)> = snapshot.model.blocks.iter().map(|b| (b.node.as_str(), b.routes())).collect();
         assert_eq!(routes, [("n1", false), ("n2", false), ("n3", false), ("n4", true)]);
     }
 
@@ -467,10 +444,7 @@ mod tests {
     fn a_block_claimed_by_two_nodes_reaches_the_plan() {
         let snapshot = cache(&[
             (format!("{HOST}n1/ipv4/block/10.244.1.0-26"), r#"{"state":"confirmed"}"#),
-            (
-                format!("{ASSIGNMENT}10.244.1.0-26"),
-                r#"{"cidr":"10.244.1.0/26","affinity":"host:n2"}"#,
-            ),
+            (format!("{ASSIGNMENT}10.244.1.0-26"), r#"{"cidr":"10.244.1.0/26","affinity":"host:n2"}"#),
         ])
         .snapshot();
         let owners: Vec<&str> = snapshot.model.blocks.iter().map(|b| b.node.as_str()).collect();
@@ -487,28 +461,19 @@ mod tests {
             (format!("{NODES}node-2"), r#"{"spec":{"vxlanTunnelMACAddr":"66:d0"}}"#),
             (format!("{NODES}node-3"), r#"{"metadata":{"name":"node-4"},"spec":{}}"#),
             (format!("{NODES}node-5"), r#"{"kind":"IPPool","spec":{}}"#),
-            (
-                format!("{WEPS}default/w"),
-                r#"{"spec":{"node":"node-1","ipNetworks":["10.244.1.x/32"]}}"#,
-            ),
+            (format!("{WEPS}default/w"), r#"{"spec":{"node":"node-1","ipNetworks":["10.244.1.x/32"]}}"#),
             (format!("{HOST}node-1/ipv4/block/10.244.9.0-26"), r#"{"state":"claimed"}"#),
             (format!("{HOST}node-1/ipv4/block/10.244.8.0-26"), r#"{"deleted":"maybe"}"#),
             (format!("{HOST}node-1/ipv4/block/10.244.7.0-xx"), r#"{"state":"confirmed"}"#),
-            (
-                format!("{ASSIGNMENT}10.244.3.0-26"),
-                r#"{"cidr":"10.244.4.0/26","affinity":"host:n"}"#,
-            ),
+            (format!("{ASSIGNMENT}10.244.3.0-26"), r#"{"cidr":"10.244.4.0/26","affinity":"host:n"}"#),
             (format!("{ASSIGNMENT}10.244.5.0-26"), r#"{"affinity":"host:"}"#),
         ];
         pairs.extend(broken.iter().cloned());
         let snapshot = cache(&pairs).snapshot();
         let good = cache(&cluster()).snapshot();
         assert_eq!(snapshot.model, good.model, "the broken keys add nothing, the rest stays");
-        let seen: Vec<(&str, &str, &str)> = snapshot
-            .problems
-            .iter()
-            .map(|p| (p.kind.as_str(), p.name.as_str(), p.field.as_str()))
-            .collect();
+        let seen: Vec<(&str, &str, &str)> =
+            snapshot.problems.iter().map(|p| (p.kind.as_str(), p.name.as_str(), p.field.as_str())).collect();
         let expected = [
             ("IPAMBlock", "/calico/ipam/v2/assignment/ipv4/block/10.244.3.0-26", "cidr"),
             ("IPAMBlock", "/calico/ipam/v2/assignment/ipv4/block/10.244.5.0-26", "affinity"),
@@ -518,11 +483,7 @@ mod tests {
             ("IPPool", "/calico/resources/v3/projectcalico.org/ippools/a-list", "value"),
             ("IPPool", "/calico/resources/v3/projectcalico.org/ippools/bad-cidr", "spec.cidr"),
             ("IPPool", "/calico/resources/v3/projectcalico.org/ippools/not-json", "value"),
-            (
-                "Node",
-                "/calico/resources/v3/projectcalico.org/nodes/node-2",
-                "spec.vxlanTunnelMACAddr",
-            ),
+            ("Node", "/calico/resources/v3/projectcalico.org/nodes/node-2", "spec.vxlanTunnelMACAddr"),
             ("Node", "/calico/resources/v3/projectcalico.org/nodes/node-3", "metadata.name"),
             ("Node", "/calico/resources/v3/projectcalico.org/nodes/node-5", "kind"),
             (
@@ -556,13 +517,8 @@ mod tests {
         let key = format!("{HOST}node-2/ipv4/block/10.244.2.0-26");
         assert!(cache.put(key.as_bytes(), br#"{"state":"pending","deleted":false}"#));
         let pending = cache.snapshot();
-        let node_2: Vec<bool> = pending
-            .model
-            .blocks
-            .iter()
-            .filter(|b| b.node == "node-2")
-            .map(|b| b.routes())
-            .collect();
+        let node_2: Vec<bool> =
+            pending.model.blocks.iter().filter(|b| b.node == "node-2").map(|b| b.routes()).collect();
         assert_eq!(node_2, [false], "the pending affinity key overrides the allocation block");
         assert!(cache.delete(key.as_bytes()));
         assert!(!cache.delete(key.as_bytes()));

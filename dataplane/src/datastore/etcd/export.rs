@@ -66,10 +66,7 @@ pub fn keys(model: &Model, prefix: &str) -> anyhow::Result<BTreeMap<String, Stri
                 "disabled": pool.disabled,
             },
         });
-        out.insert(
-            format!("{resources}/ippools/{}", pool.name),
-            value.to_string(),
-        );
+        out.insert(format!("{resources}/ippools/{}", pool.name), value.to_string());
     }
 
     for node in &model.nodes {
@@ -96,10 +93,7 @@ pub fn keys(model: &Model, prefix: &str) -> anyhow::Result<BTreeMap<String, Stri
             "metadata": {"name": node.name},
             "spec": spec,
         });
-        out.insert(
-            format!("{resources}/nodes/{}", node.name),
-            value.to_string(),
-        );
+        out.insert(format!("{resources}/nodes/{}", node.name), value.to_string());
     }
 
     for workload in &model.workloads {
@@ -119,10 +113,7 @@ pub fn keys(model: &Model, prefix: &str) -> anyhow::Result<BTreeMap<String, Stri
             "spec": spec,
         });
         out.insert(
-            format!(
-                "{resources}/workloadendpoints/{}/{}",
-                workload.namespace, workload.name
-            ),
+            format!("{resources}/workloadendpoints/{}/{}", workload.namespace, workload.name),
             value.to_string(),
         );
     }
@@ -133,10 +124,7 @@ pub fn keys(model: &Model, prefix: &str) -> anyhow::Result<BTreeMap<String, Stri
     for block in &model.blocks {
         let name = keys::format_block(&block.cidr);
         let value = json!({"state": affinity_state(block.state), "deleted": block.deleted});
-        out.insert(
-            format!("{prefix}/ipam/v2/host/{}/ipv4/block/{name}", block.node),
-            value.to_string(),
-        );
+        out.insert(format!("{prefix}/ipam/v2/host/{}/ipv4/block/{name}", block.node), value.to_string());
         if block.cidr.prefix_len() < LARGEST_BLOCK_PREFIX {
             bail!(
                 "the block {} of node {} is larger than Calico's largest block (/{LARGEST_BLOCK_PREFIX}): \
@@ -145,9 +133,7 @@ pub fn keys(model: &Model, prefix: &str) -> anyhow::Result<BTreeMap<String, Stri
                 block.node
             );
         }
-        blocks
-            .entry(block.cidr)
-            .or_insert_with(|| Allocations::new(block.cidr, &block.node));
+        blocks.entry(block.cidr).or_insert_with(|| Allocations::new(block.cidr, &block.node));
     }
     for node in &model.nodes {
         let handle = format!("vxlan-tunnel-addr-{}", node.name);
@@ -176,10 +162,7 @@ pub fn keys(model: &Model, prefix: &str) -> anyhow::Result<BTreeMap<String, Stri
     }
     for (cidr, block) in blocks {
         out.insert(
-            format!(
-                "{prefix}/ipam/v2/assignment/ipv4/block/{}",
-                keys::format_block(&cidr)
-            ),
+            format!("{prefix}/ipam/v2/assignment/ipv4/block/{}", keys::format_block(&cidr)),
             block.to_json().to_string(),
         );
     }
@@ -219,11 +202,7 @@ impl Allocations {
 
     /// The allocation block as Calico stores it.
     fn to_json(&self) -> Json {
-        let allocations: Vec<Json> = self
-            .allocations
-            .iter()
-            .map(|slot| slot.map_or(Json::Null, Json::from))
-            .collect();
+        let allocations: Vec<Json> = self.allocations.iter().map(|slot| slot.map_or(Json::Null, Json::from)).collect();
         let unallocated: Vec<usize> = self
             .allocations
             .iter()
@@ -245,12 +224,7 @@ impl Allocations {
 
 /// Records `addr` as allocated to `handle` in the block that holds it; an address in no block of
 /// the model is not recorded (Calico would not have handed it out from IPAM either).
-fn allocate(
-    blocks: &mut BTreeMap<Ipv4Net, Allocations>,
-    addr: Ipv4Addr,
-    handle: &str,
-    secondary: Json,
-) {
+fn allocate(blocks: &mut BTreeMap<Ipv4Net, Allocations>, addr: Ipv4Addr, handle: &str, secondary: Json) {
     let Some(block) = blocks.values_mut().find(|block| block.cidr.contains(&addr)) else {
         return;
     };
@@ -258,9 +232,7 @@ fn allocate(
     let next = block.attributes.len();
     let index = *block.handles.entry(handle.to_owned()).or_insert(next);
     if index == next {
-        block
-            .attributes
-            .push(json!({"handle_id": handle, "secondary": secondary}));
+        block.attributes.push(json!({"handle_id": handle, "secondary": secondary}));
     }
     if let Some(slot) = block.allocations.get_mut(ordinal) {
         *slot = Some(index);
@@ -269,31 +241,16 @@ fn allocate(
 
 /// Puts `keys` into etcd: in one transaction when there are at most [`MAX_TXN_OPS`], otherwise
 /// in consecutive transactions of that many.
-pub async fn write(
-    config: &EtcdConfig,
-    keys: &BTreeMap<String, String>,
-) -> anyhow::Result<Written> {
+pub async fn write(config: &EtcdConfig, keys: &BTreeMap<String, String>) -> anyhow::Result<Written> {
     let options = connect_options(config)?;
-    let endpoints: Vec<&str> = config
-        .endpoints
-        .iter()
-        .map(|e| e.trim())
-        .filter(|e| !e.is_empty())
-        .collect();
+    let endpoints: Vec<&str> = config.endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()).collect();
     let mut client = timed(Client::connect(&endpoints, Some(options)))
         .await
         .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
     let entries: Vec<(&String, &String)> = keys.iter().collect();
-    let mut written = Written {
-        keys: 0,
-        transactions: 0,
-        revision: 0,
-    };
+    let mut written = Written { keys: 0, transactions: 0, revision: 0 };
     for chunk in entries.chunks(MAX_TXN_OPS) {
-        let ops: Vec<TxnOp> = chunk
-            .iter()
-            .map(|(key, value)| TxnOp::put(key.as_str(), value.as_str(), None))
-            .collect();
+        let ops: Vec<TxnOp> = chunk.iter().map(|(key, value)| TxnOp::put(key.as_str(), value.as_str(), None)).collect();
         let response = timed(client.txn(Txn::new().and_then(ops)))
             .await
             .with_context(|| format!("writing {} keys to etcd in one transaction", chunk.len()))?;
@@ -309,19 +266,12 @@ pub async fn write(
 
 /// Reads a Calico YAML file and writes it into etcd. Refuses a file with problems, listing them,
 /// so that nothing half-read reaches the cluster.
-pub async fn export_file(
-    config: &EtcdConfig,
-    path: &std::path::Path,
-) -> anyhow::Result<(Model, Written)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let (model, problems) = crate::datastore::file::parse(&text)
-        .with_context(|| format!("parsing {}", path.display()))?;
+pub async fn export_file(config: &EtcdConfig, path: &std::path::Path) -> anyhow::Result<(Model, Written)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (model, problems) =
+        crate::datastore::file::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
     if !problems.is_empty() {
-        let list: Vec<String> = problems
-            .iter()
-            .map(|problem| format!("  {problem}"))
-            .collect();
+        let list: Vec<String> = problems.iter().map(|problem| format!("  {problem}")).collect();
         bail!(
             "{} has {} problem(s); nothing was written, fix them first:\n{}",
             path.display(),
@@ -346,9 +296,7 @@ mod tests {
         model.pools.sort_by(|a, b| a.name.cmp(&b.name));
         model.nodes.sort_by(|a, b| a.name.cmp(&b.name));
         model.workloads.sort_by_key(|w| w.full_name());
-        model
-            .blocks
-            .sort_by(|a, b| (a.cidr, &a.node).cmp(&(b.cidr, &b.node)));
+        model.blocks.sort_by(|a, b| (a.cidr, &a.node).cmp(&(b.cidr, &b.node)));
         model
     }
 
@@ -378,28 +326,21 @@ mod tests {
             ]
         );
         let affinity: Json =
-            serde_json::from_str(&keys["/calico/ipam/v2/host/node-1/ipv4/block/10.244.1.0-26"])
-                .unwrap();
+            serde_json::from_str(&keys["/calico/ipam/v2/host/node-1/ipv4/block/10.244.1.0-26"]).unwrap();
         assert_eq!(affinity, json!({"state": "confirmed", "deleted": false}));
 
-        let pool: Json = serde_json::from_str(
-            &keys["/calico/resources/v3/projectcalico.org/ippools/default-ipv4-ippool"],
-        )
-        .unwrap();
+        let pool: Json =
+            serde_json::from_str(&keys["/calico/resources/v3/projectcalico.org/ippools/default-ipv4-ippool"]).unwrap();
         assert_eq!(pool["spec"]["vxlanMode"], "Always");
         assert_eq!(pool["spec"]["natOutgoing"], true);
         assert_eq!(pool["spec"]["blockSize"], 26);
 
-        let node: Json =
-            serde_json::from_str(&keys["/calico/resources/v3/projectcalico.org/nodes/node-2"])
-                .unwrap();
+        let node: Json = serde_json::from_str(&keys["/calico/resources/v3/projectcalico.org/nodes/node-2"]).unwrap();
         assert_eq!(node["spec"]["bgp"]["ipv4Address"], "10.100.0.12/24");
         assert_eq!(node["spec"]["vxlanTunnelMACAddr"], "66:d0:00:00:00:02");
 
         // Block 10.244.1.0/26: the VTEP at ordinal 0, web-1 at 2, cache-1 at 3.
-        let block: Json =
-            serde_json::from_str(&keys["/calico/ipam/v2/assignment/ipv4/block/10.244.1.0-26"])
-                .unwrap();
+        let block: Json = serde_json::from_str(&keys["/calico/ipam/v2/assignment/ipv4/block/10.244.1.0-26"]).unwrap();
         assert_eq!(block["cidr"], "10.244.1.0/26");
         assert_eq!(block["affinity"], "host:node-1");
         let allocations = block["allocations"].as_array().unwrap();
@@ -423,10 +364,7 @@ mod tests {
         let model = example();
         let mut cache = Cache::new("/calico");
         for (key, value) in keys(&model, "/calico").expect("keys") {
-            assert!(
-                cache.put(key.as_bytes(), value.as_bytes()),
-                "{key} is not read back"
-            );
+            assert!(cache.put(key.as_bytes(), value.as_bytes()), "{key} is not read back");
         }
         let snapshot = cache.snapshot();
         assert!(snapshot.problems.is_empty(), "{:#?}", snapshot.problems);
@@ -447,18 +385,9 @@ mod tests {
         let snapshot = cache.snapshot();
         assert!(snapshot.problems.is_empty(), "{:#?}", snapshot.problems);
         assert_eq!(sorted(&snapshot.model), sorted(&model));
-        let block: Json =
-            serde_json::from_str(&keys["/calico/ipam/v2/assignment/ipv4/block/10.244.1.0-26"])
-                .unwrap();
-        assert_eq!(
-            block["allocations"][1],
-            json!(1),
-            "the IPIP address is allocated"
-        );
-        assert_eq!(
-            block["attributes"][1]["handle_id"],
-            "ipip-tunnel-addr-node-1"
-        );
+        let block: Json = serde_json::from_str(&keys["/calico/ipam/v2/assignment/ipv4/block/10.244.1.0-26"]).unwrap();
+        assert_eq!(block["allocations"][1], json!(1), "the IPIP address is allocated");
+        assert_eq!(block["attributes"][1]["handle_id"], "ipip-tunnel-addr-node-1");
     }
 
     #[test]

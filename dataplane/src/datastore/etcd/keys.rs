@@ -105,24 +105,19 @@ pub fn parse(prefix: &str, key: &str) -> Parsed {
     };
     let parts: Vec<&str> = rest.split('/').collect();
     match parts.as_slice() {
-        ["resources", "v3", "projectcalico.org", "ippools", tail @ ..] => {
-            single_name("IPPool", "ippools/<name>", tail).map_or_else(
+        ["resources", "v3", "projectcalico.org", "ippools", tail @ ..] => single_name("IPPool", "ippools/<name>", tail)
+            .map_or_else(
                 |message| Parsed::Malformed { kind: "IPPool", message },
                 |name| Parsed::Known(Key::Pool { name }),
-            )
-        }
-        ["resources", "v3", "projectcalico.org", "nodes", tail @ ..] => {
-            single_name("Node", "nodes/<name>", tail).map_or_else(
+            ),
+        ["resources", "v3", "projectcalico.org", "nodes", tail @ ..] => single_name("Node", "nodes/<name>", tail)
+            .map_or_else(
                 |message| Parsed::Malformed { kind: "Node", message },
                 |name| Parsed::Known(Key::Node { name }),
-            )
-        }
+            ),
         ["resources", "v3", "projectcalico.org", "workloadendpoints", tail @ ..] => match tail {
             [namespace, name] if valid_name(namespace) && valid_name(name) => {
-                Parsed::Known(Key::Workload {
-                    namespace: (*namespace).to_owned(),
-                    name: (*name).to_owned(),
-                })
+                Parsed::Known(Key::Workload { namespace: (*namespace).to_owned(), name: (*name).to_owned() })
             }
             _ => Parsed::Malformed {
                 kind: "WorkloadEndpoint",
@@ -139,8 +134,7 @@ pub fn parse(prefix: &str, key: &str) -> Parsed {
             [node, "ipv6", ..] if valid_name(node) => Parsed::Ignored,
             _ => Parsed::Malformed {
                 kind: "BlockAffinity",
-                message: "expected ipam/v2/host/<node>/ipv4/block/<a.b.c.d>-<prefix length>"
-                    .to_owned(),
+                message: "expected ipam/v2/host/<node>/ipv4/block/<a.b.c.d>-<prefix length>".to_owned(),
             },
         },
         ["ipam", "v2", "assignment", tail @ ..] => match tail {
@@ -151,8 +145,7 @@ pub fn parse(prefix: &str, key: &str) -> Parsed {
             ["ipv6", ..] => Parsed::Ignored,
             _ => Parsed::Malformed {
                 kind: "IPAMBlock",
-                message: "expected ipam/v2/assignment/ipv4/block/<a.b.c.d>-<prefix length>"
-                    .to_owned(),
+                message: "expected ipam/v2/assignment/ipv4/block/<a.b.c.d>-<prefix length>".to_owned(),
             },
         },
         _ => Parsed::Ignored,
@@ -244,16 +237,10 @@ mod tests {
             known("/calico/resources/v3/projectcalico.org/ippools/default-ipv4-ippool"),
             Key::Pool { name: "default-ipv4-ippool".into() }
         );
-        assert_eq!(
-            known("/calico/resources/v3/projectcalico.org/nodes/k8s01"),
-            Key::Node { name: "k8s01".into() }
-        );
+        assert_eq!(known("/calico/resources/v3/projectcalico.org/nodes/k8s01"), Key::Node { name: "k8s01".into() });
         assert_eq!(
             known("/calico/resources/v3/projectcalico.org/workloadendpoints/kube-system/k8s01-k8s-coredns--1-eth0"),
-            Key::Workload {
-                namespace: "kube-system".into(),
-                name: "k8s01-k8s-coredns--1-eth0".into()
-            }
+            Key::Workload { namespace: "kube-system".into(), name: "k8s01-k8s-coredns--1-eth0".into() }
         );
         // The keys of the seed: `etcdctl get / --prefix --keys-only | grep calico`.
         assert_eq!(
@@ -303,15 +290,7 @@ mod tests {
     fn blocks_parse_strictly() {
         assert_eq!(parse_block("10.244.1.0-26"), Ok(net("10.244.1.0/26")));
         assert_eq!(parse_block("0.0.0.0-0"), Ok(net("0.0.0.0/0")));
-        for bad in [
-            "10.244.1.0-33",
-            "10.244.1.0-+6",
-            "10.244.1.0-",
-            "10.244.1-26",
-            "10.244.1.0/26",
-            "",
-            "-",
-        ] {
+        for bad in ["10.244.1.0-33", "10.244.1.0-+6", "10.244.1.0-", "10.244.1-26", "10.244.1.0/26", "", "-"] {
             assert!(parse_block(bad).is_err(), "{bad}");
         }
         let message = parse_block("10.244.1.5-26").expect_err("host bits");
@@ -328,10 +307,7 @@ mod tests {
             parse("/clusters/a", "/clusters/a/resources/v3/projectcalico.org/nodes/n"),
             Parsed::Known(Key::Node { name: "n".into() })
         );
-        assert_eq!(
-            parse("", "/resources/v3/projectcalico.org/nodes/n"),
-            Parsed::Known(Key::Node { name: "n".into() })
-        );
+        assert_eq!(parse("", "/resources/v3/projectcalico.org/nodes/n"), Parsed::Known(Key::Node { name: "n".into() }));
         assert_eq!(range_end(b"/calico/"), b"/calico0".to_vec());
         assert_eq!(range_end(b"a\xff"), b"b".to_vec());
         assert_eq!(range_end(b"\xff"), vec![0]);

@@ -47,13 +47,8 @@ impl Resource {
 pub const CALICO_GROUP: &str = "crd.projectcalico.org";
 
 /// Calico's IP pools.
-pub const IP_POOLS: Resource = Resource {
-    group: CALICO_GROUP,
-    version: "v1",
-    kind: "IPPool",
-    plural: "ippools",
-    namespaced: false,
-};
+pub const IP_POOLS: Resource =
+    Resource { group: CALICO_GROUP, version: "v1", kind: "IPPool", plural: "ippools", namespaced: false };
 /// Which node claims which block.
 pub const BLOCK_AFFINITIES: Resource = Resource {
     group: CALICO_GROUP,
@@ -63,29 +58,12 @@ pub const BLOCK_AFFINITIES: Resource = Resource {
     namespaced: false,
 };
 /// Calico's allocation blocks.
-pub const IPAM_BLOCKS: Resource = Resource {
-    group: CALICO_GROUP,
-    version: "v1",
-    kind: "IPAMBlock",
-    plural: "ipamblocks",
-    namespaced: false,
-};
+pub const IPAM_BLOCKS: Resource =
+    Resource { group: CALICO_GROUP, version: "v1", kind: "IPAMBlock", plural: "ipamblocks", namespaced: false };
 /// Kubernetes Nodes, with Calico's annotations.
-pub const NODES: Resource = Resource {
-    group: "",
-    version: "v1",
-    kind: "Node",
-    plural: "nodes",
-    namespaced: false,
-};
+pub const NODES: Resource = Resource { group: "", version: "v1", kind: "Node", plural: "nodes", namespaced: false };
 /// Pods: the workloads.
-pub const PODS: Resource = Resource {
-    group: "",
-    version: "v1",
-    kind: "Pod",
-    plural: "pods",
-    namespaced: true,
-};
+pub const PODS: Resource = Resource { group: "", version: "v1", kind: "Pod", plural: "pods", namespaced: true };
 
 /// Everything the agent reads (list and watch), in the order it reads them. The RBAC rules in
 /// deploy/rbac.yaml grant exactly these.
@@ -100,9 +78,7 @@ pub const ANNOTATION_POD_IP: &str = "cni.projectcalico.org/podIP";
 /// The host-side interface Calico's CNI plugin gives a pod: `cali` and the first 11 hex digits
 /// of sha1("<namespace>.<pod>") (libcalico-go's `VethNameForWorkload`).
 pub fn interface_name(namespace: &str, pod: &str) -> String {
-    let digest = sha1_smol::Sha1::from(format!("{namespace}.{pod}"))
-        .digest()
-        .to_string();
+    let digest = sha1_smol::Sha1::from(format!("{namespace}.{pod}")).digest().to_string();
     format!("cali{}", &digest[..11])
 }
 
@@ -137,10 +113,7 @@ pub fn convert(resource: &Resource, object: &Json) -> Converted {
     let mut object = object.clone();
     let Some(map) = object.as_object_mut() else {
         let problem = Problem::new(resource.kind, name, "", "not a JSON object; skipped");
-        return Converted {
-            resource: None,
-            problems: vec![problem],
-        };
+        return Converted { resource: None, problems: vec![problem] };
     };
     // Items of a list from the API server leave out their kind and apiVersion.
     map.insert("kind".into(), Json::from(resource.kind));
@@ -148,31 +121,17 @@ pub fn convert(resource: &Resource, object: &Json) -> Converted {
     let shaped = if *resource == PODS {
         match workload_endpoint(&name, &object) {
             Ok(Some(endpoint)) => endpoint,
-            Ok(None) => {
-                return Converted {
-                    resource: None,
-                    problems: Vec::new(),
-                }
-            }
-            Err(problem) => {
-                return Converted {
-                    resource: None,
-                    problems: vec![problem],
-                }
-            }
+            Ok(None) => return Converted { resource: None, problems: Vec::new() },
+            Err(problem) => return Converted { resource: None, problems: vec![problem] },
         }
     } else {
         object
     };
     match serde_yaml::to_value(&shaped) {
-        Ok(value) => Converted {
-            resource: Some(value),
-            problems: Vec::new(),
-        },
-        Err(error) => Converted {
-            resource: None,
-            problems: vec![Problem::new(resource.kind, name, "", error.to_string())],
-        },
+        Ok(value) => Converted { resource: Some(value), problems: Vec::new() },
+        Err(error) => {
+            Converted { resource: None, problems: vec![Problem::new(resource.kind, name, "", error.to_string())] }
+        }
     }
 }
 
@@ -181,10 +140,7 @@ pub fn convert(resource: &Resource, object: &Json) -> Converted {
 /// `namespace/pod`, for problems.
 fn workload_endpoint(name: &str, pod: &Json) -> Result<Option<Json>, Problem> {
     let text = |pointer: &str| pod.pointer(pointer).and_then(Json::as_str).unwrap_or("");
-    let annotation = |key: &str| {
-        pod.pointer("/metadata/annotations")
-            .and_then(|a| a.get(key)?.as_str())
-    };
+    let annotation = |key: &str| pod.pointer("/metadata/annotations").and_then(|a| a.get(key)?.as_str());
     let namespace = match text("/metadata/namespace") {
         "" => "default",
         namespace => namespace,
@@ -197,8 +153,7 @@ fn workload_endpoint(name: &str, pod: &Json) -> Result<Option<Json>, Problem> {
     // As libcalico-go's IsFinished: a finished pod's IPs are back in the pool; a pod being
     // deleted whose podIP annotation Calico CNI emptied has lost its network.
     let finished = matches!(text("/status/phase"), "Failed" | "Succeeded" | "Completed");
-    let torn_down = pod.pointer("/metadata/deletionTimestamp").is_some()
-        && annotation(ANNOTATION_POD_IP) == Some("");
+    let torn_down = pod.pointer("/metadata/deletionTimestamp").is_some() && annotation(ANNOTATION_POD_IP) == Some("");
     if finished || torn_down {
         return Ok(None);
     }
@@ -248,30 +203,19 @@ fn pod_ips(pod: &Json) -> Vec<(String, &str)> {
         let found: Vec<(String, &str)> = ips
             .iter()
             .enumerate()
-            .filter_map(|(i, entry)| {
-                Some((format!("status.podIPs[{i}].ip"), entry.get("ip")?.as_str()?))
-            })
+            .filter_map(|(i, entry)| Some((format!("status.podIPs[{i}].ip"), entry.get("ip")?.as_str()?)))
             .filter(|(_, ip)| !ip.is_empty())
             .collect();
         if !found.is_empty() {
             return found;
         }
     }
-    if let Some(ip) = pod
-        .pointer("/status/podIP")
-        .and_then(Json::as_str)
-        .filter(|ip| !ip.is_empty())
-    {
+    if let Some(ip) = pod.pointer("/status/podIP").and_then(Json::as_str).filter(|ip| !ip.is_empty()) {
         return vec![("status.podIP".to_owned(), ip)];
     }
-    let annotations = pod
-        .pointer("/metadata/annotations")
-        .and_then(Json::as_object);
+    let annotations = pod.pointer("/metadata/annotations").and_then(Json::as_object);
     for key in [ANNOTATION_POD_IPS, ANNOTATION_POD_IP] {
-        if let Some(value) = annotations
-            .and_then(|a| a.get(key)?.as_str())
-            .filter(|v| !v.is_empty())
-        {
+        if let Some(value) = annotations.and_then(|a| a.get(key)?.as_str()).filter(|v| !v.is_empty()) {
             let field = format!("metadata.annotations[{key:?}]");
             return value.split(',').map(|ip| (field.clone(), ip)).collect();
         }
@@ -307,8 +251,7 @@ impl Cache {
             // The API server always names objects; an unnamed one has nothing to key it by.
             return;
         };
-        self.objects
-            .insert((*resource, key), convert(resource, object));
+        self.objects.insert((*resource, key), convert(resource, object));
     }
 
     /// An object was deleted. Returns whether it was cached.
@@ -366,10 +309,7 @@ mod tests {
 
     #[test]
     fn endpoint_names_double_the_dashes() {
-        assert_eq!(
-            workload_endpoint_name("node-1", "web-1"),
-            "node--1-k8s-web--1-eth0"
-        );
+        assert_eq!(workload_endpoint_name("node-1", "web-1"), "node--1-k8s-web--1-eth0");
         assert_eq!(workload_endpoint_name("n", "p"), "n-k8s-p-eth0");
     }
 
@@ -409,11 +349,7 @@ mod tests {
             cache.put(&PODS, object);
         }
         let snapshot = cache.snapshot();
-        assert!(
-            snapshot.model.workloads.is_empty(),
-            "{:#?}",
-            snapshot.model.workloads
-        );
+        assert!(snapshot.model.workloads.is_empty(), "{:#?}", snapshot.model.workloads);
         assert!(snapshot.problems.is_empty(), "{:#?}", snapshot.problems);
     }
 
@@ -426,10 +362,7 @@ mod tests {
         cache.put(&PODS, &early);
         let snapshot = cache.snapshot();
         assert_eq!(snapshot.model.workloads.len(), 1);
-        assert_eq!(
-            snapshot.model.workloads[0].addrs,
-            vec!["10.244.1.7/32".parse().expect("net")]
-        );
+        assert_eq!(snapshot.model.workloads[0].addrs, vec!["10.244.1.7/32".parse().expect("net")]);
     }
 
     #[test]
@@ -439,13 +372,8 @@ mod tests {
         cache.put(&PODS, &pod("default", "broken", "node-1", "10.244.1.300"));
         let snapshot = cache.snapshot();
         assert_eq!(snapshot.model.workloads.len(), 1);
-        let [problem] = &snapshot.problems[..] else {
-            panic!("{:#?}", snapshot.problems)
-        };
-        assert_eq!(
-            (problem.kind.as_str(), problem.name.as_str()),
-            ("Pod", "default/broken")
-        );
+        let [problem] = &snapshot.problems[..] else { panic!("{:#?}", snapshot.problems) };
+        assert_eq!((problem.kind.as_str(), problem.name.as_str()), ("Pod", "default/broken"));
         assert_eq!(problem.field, "status.podIPs[0].ip");
     }
 
@@ -485,25 +413,15 @@ mod tests {
             .iter()
             .any(|b| b.node == "node-3" && b.state == AffinityState::Pending && !b.routes()));
         assert_eq!(snapshot.model.nodes.len(), 1);
-        assert_eq!(
-            snapshot.model.nodes[0].vxlan_tunnel_mac,
-            Some(MacAddr([0x66, 0xd0, 0, 0, 0, 1]))
-        );
-        let mut named: Vec<(&str, &str, &str)> = snapshot
-            .problems
-            .iter()
-            .map(|p| (p.kind.as_str(), p.name.as_str(), p.field.as_str()))
-            .collect();
+        assert_eq!(snapshot.model.nodes[0].vxlan_tunnel_mac, Some(MacAddr([0x66, 0xd0, 0, 0, 0, 1])));
+        let mut named: Vec<(&str, &str, &str)> =
+            snapshot.problems.iter().map(|p| (p.kind.as_str(), p.name.as_str(), p.field.as_str())).collect();
         named.sort();
         assert_eq!(
             named,
             vec![
                 ("BlockAffinity", "bad", "spec.cidr"),
-                (
-                    "Node",
-                    "node-2",
-                    "metadata.annotations[\"projectcalico.org/VXLANTunnelMACAddr\"]"
-                ),
+                ("Node", "node-2", "metadata.annotations[\"projectcalico.org/VXLANTunnelMACAddr\"]"),
             ]
         );
         // A deletion takes the object out; a fresh list replaces the kind's objects.

@@ -52,8 +52,7 @@ pub struct ControlCost {
 /// The generated cluster: the example's text plus a pool, `nodes` nodes and their blocks; with
 /// `extra`, one more block for the first generated node.
 fn generated_cluster(example: &str, blocks: usize, extra: bool) -> String {
-    let mut out =
-        String::with_capacity(example.len() + blocks * 220 + blocks / BLOCKS_PER_NODE * 420);
+    let mut out = String::with_capacity(example.len() + blocks * 220 + blocks / BLOCKS_PER_NODE * 420);
     out.push_str(example);
     out.push_str(
         "\n---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: bench-pool}\n\
@@ -105,11 +104,7 @@ fn dotted(addr: u32) -> String {
 /// The `key=value` field of a log line, as a number.
 fn field(line: &str, key: &str) -> Option<u64> {
     let start = line.find(&format!("{key}="))? + key.len() + 1;
-    line[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+    line[start..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 /// The "fast path programmed" lines of `log`: (routes, elapsed_ms).
@@ -125,21 +120,14 @@ fn peak_kib(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix("VmHWM:")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+        .find_map(|l| l.strip_prefix("VmHWM:")?.split_whitespace().next()?.parse().ok())
         .with_context(|| format!("no VmHWM in {path}"))
 }
 
 /// Measures each N of `counts`.
 pub fn run(workspace: &Path, agent: &Path, counts: &[usize]) -> anyhow::Result<Vec<ControlCost>> {
     let example_path = workspace.join("examples/two-nodes.yaml");
-    let example = fs::read_to_string(&example_path)
-        .with_context(|| format!("reading {}", example_path.display()))?;
+    let example = fs::read_to_string(&example_path).with_context(|| format!("reading {}", example_path.display()))?;
     let model = dataplane_lab::load_model(&example_path)?;
     let mut results = Vec::new();
     for &blocks in counts {
@@ -154,10 +142,7 @@ pub fn run(workspace: &Path, agent: &Path, counts: &[usize]) -> anyhow::Result<V
         agent.wait_ready(timeout)?;
         let program_seconds = started.elapsed().as_secs_f64();
         let Some(&(routes, program_reconcile_ms)) = programmed_lines(&agent.log()).first() else {
-            bail!(
-                "no `{PROGRAMMED}` line with routes and elapsed_ms in the agent's log:\n{}",
-                agent.log()
-            );
+            bail!("no `{PROGRAMMED}` line with routes and elapsed_ms in the agent's log:\n{}", agent.log());
         };
 
         // One more block: written beside the file and renamed over it, so the poll never sees half.
@@ -167,17 +152,11 @@ pub fn run(workspace: &Path, agent: &Path, counts: &[usize]) -> anyhow::Result<V
         let started = Instant::now();
         fs::rename(&staging, &file).with_context(|| format!("renaming {}", staging.display()))?;
         let converge_reconcile_ms = loop {
-            if let Some(&(_, ms)) = programmed_lines(&agent.log())
-                .iter()
-                .find(|(r, _)| *r == routes + 1)
-            {
+            if let Some(&(_, ms)) = programmed_lines(&agent.log()).iter().find(|(r, _)| *r == routes + 1) {
                 break ms;
             }
             if started.elapsed() > timeout {
-                bail!(
-                    "the agent did not program the added block within {timeout:?}:\n{}",
-                    agent.log()
-                );
+                bail!("the agent did not program the added block within {timeout:?}:\n{}", agent.log());
             }
             std::thread::sleep(Duration::from_millis(10));
         };
@@ -216,9 +195,8 @@ mod tests {
     fn generated_cluster_parses_into_the_blocks_and_nodes_asked_for() {
         let example = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\n\
                        spec: {cidr: 10.244.0.0/16, blockSize: 26, vxlanMode: Always}\n";
-        let (model, problems) =
-            dataplane::datastore::file::parse(&generated_cluster(example, 25, true))
-                .expect("the generated cluster parses");
+        let (model, problems) = dataplane::datastore::file::parse(&generated_cluster(example, 25, true))
+            .expect("the generated cluster parses");
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(model.nodes.len(), 3);
         assert_eq!(model.blocks.len(), 26);

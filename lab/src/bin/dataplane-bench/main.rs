@@ -33,10 +33,7 @@ use crate::{report::Results, stats::loadavg};
 
 /// Options of `dataplane-bench`.
 #[derive(Parser)]
-#[command(
-    name = "dataplane-bench",
-    about = "Per-packet cost, LPM and control-plane scale, and lab throughput"
-)]
+#[command(name = "dataplane-bench", about = "Per-packet cost, LPM and control-plane scale, and lab throughput")]
 struct Options {
     /// The agent binary to run in the labs.
     #[arg(long)]
@@ -51,11 +48,7 @@ struct Options {
     #[arg(long)]
     quick: bool,
     /// The parts to run, comma-separated: packet, lpm, control, throughput.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "packet,lpm,control,throughput"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "packet,lpm,control,throughput")]
     parts: Vec<Part>,
 }
 
@@ -75,10 +68,7 @@ fn main() -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let load_before = loadavg();
-    let dir = options
-        .workspace
-        .join("results")
-        .join(stats::utc_timestamp());
+    let dir = options.workspace.join("results").join(stats::utc_timestamp());
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let quick = options.quick;
     let mut results = Results::default();
@@ -86,15 +76,9 @@ fn main() -> anyhow::Result<()> {
 
     if run(Part::Packet) {
         let effort = if quick {
-            packet::Effort {
-                rounds: 5,
-                calls: 2000,
-            }
+            packet::Effort { rounds: 5, calls: 2000 }
         } else {
-            packet::Effort {
-                rounds: 11,
-                calls: 10_000,
-            }
+            packet::Effort { rounds: 11, calls: 10_000 }
         };
         println!(
             "==> Per-packet cost: every decision path at 64 and 1500 bytes beside the empty TC program, \
@@ -108,59 +92,30 @@ fn main() -> anyhow::Result<()> {
         write(&results, &dir, &options, started, &load_before)?;
     }
     if run(Part::Lpm) {
-        let counts: &[usize] = if quick {
-            &[10, 1_000, 10_000, 100_000]
-        } else {
-            &[10, 1_000, 10_000, 100_000, 1_000_000]
-        };
-        let effort = if quick {
-            packet::Effort {
-                rounds: 5,
-                calls: 2000,
-            }
-        } else {
-            packet::Effort {
-                rounds: 9,
-                calls: 10_000,
-            }
-        };
+        let counts: &[usize] =
+            if quick { &[10, 1_000, 10_000, 100_000] } else { &[10, 1_000, 10_000, 100_000, 1_000_000] };
+        let effort =
+            if quick { packet::Effort { rounds: 5, calls: 2000 } } else { packet::Effort { rounds: 9, calls: 10_000 } };
         println!("==> LPM scale: VXLAN encap with {counts:?} extra prefixes in the routes map");
         results.lpm = packet::lpm_scale(counts, effort)?;
         println!("\n{}", report::lpm_table(&results.lpm));
         write(&results, &dir, &options, started, &load_before)?;
     }
     if run(Part::Control) {
-        let counts: &[usize] = if quick {
-            &[100, 1_000, 10_000]
-        } else {
-            &[100, 1_000, 10_000, 100_000]
-        };
+        let counts: &[usize] = if quick { &[100, 1_000, 10_000] } else { &[100, 1_000, 10_000, 100_000] };
         let agent = &options.agent;
-        println!(
-            "==> Control plane: the agent ({}) programming {counts:?} blocks, then one change",
-            agent.display()
-        );
+        println!("==> Control plane: the agent ({}) programming {counts:?} blocks, then one change", agent.display());
         results.control = control::run(&options.workspace, agent, counts)?;
-        results.control_build = if options.agent_release {
-            "release"
-        } else {
-            "debug"
-        };
+        results.control_build = if options.agent_release { "release" } else { "debug" };
         println!("\n{}", report::control_table(&results.control));
         write(&results, &dir, &options, started, &load_before)?;
     }
     if run(Part::Throughput) {
         let effort = if quick {
             // Three short runs: one run alone is at the mercy of whatever else the machine does.
-            throughput::Effort {
-                seconds: 2,
-                repetitions: 3,
-            }
+            throughput::Effort { seconds: 2, repetitions: 3 }
         } else {
-            throughput::Effort {
-                seconds: 5,
-                repetitions: 5,
-            }
+            throughput::Effort { seconds: 5, repetitions: 5 }
         };
         results.throughput = Some(throughput::run(&options.workspace, &options.agent, effort)?);
         if let Some(t) = &results.throughput {
@@ -168,27 +123,16 @@ fn main() -> anyhow::Result<()> {
         }
         write(&results, &dir, &options, started, &load_before)?;
     }
-    println!(
-        "==> Done in {:.0} s; results in {}",
-        started.elapsed().as_secs_f64(),
-        dir.display()
-    );
+    println!("==> Done in {:.0} s; results in {}", started.elapsed().as_secs_f64(), dir.display());
     Ok(())
 }
 
 /// Writes report.md and the charts into `dir`.
-fn write(
-    results: &Results,
-    dir: &Path,
-    options: &Options,
-    started: Instant,
-    load_before: &str,
-) -> anyhow::Result<()> {
+fn write(results: &Results, dir: &Path, options: &Options, started: Instant, load_before: &str) -> anyhow::Result<()> {
     let charts = report::charts(results, dir)?;
     let header = header(options, started, load_before);
     let file = dir.join("report.md");
-    fs::write(&file, report::markdown(results, &header))
-        .with_context(|| format!("writing {}", file.display()))?;
+    fs::write(&file, report::markdown(results, &header)).with_context(|| format!("writing {}", file.display()))?;
     println!("    written: {} and {}", file.display(), charts.join(", "));
     Ok(())
 }
@@ -199,11 +143,7 @@ fn header(options: &Options, started: Instant, load_before: &str) -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.strip_prefix("model name")?
-                    .split_once(':')
-                    .map(|(_, m)| m.trim().to_owned())
-            })
+            t.lines().find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_owned()))
         })
         .unwrap_or_else(|| "?".to_owned());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());

@@ -27,11 +27,8 @@ use aya::{
     programs::tc::SchedClassifier,
 };
 use dataplane_common::{
-    net::{
-        CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, GATEWAY_ADDR, GATEWAY_MAC, IPPROTO_IPIP, IPPROTO_UDP,
-    },
-    FlowKey, Ipv4Bytes, NatFlow, Route, Stat, CONNTRACK_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD,
-    ROUTES_MAP,
+    net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, GATEWAY_ADDR, GATEWAY_MAC, IPPROTO_IPIP, IPPROTO_UDP},
+    FlowKey, Ipv4Bytes, NatFlow, Route, Stat, CONNTRACK_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, ROUTES_MAP,
 };
 use dataplane_tests::{
     packet::{fixture::*, Packet},
@@ -143,12 +140,9 @@ impl EmptyProgram {
         attr.put_u64(8, instructions.as_ptr() as u64);
         attr.put_u64(16, license.as_ptr() as u64);
         attr.put_name(48, b"bench_empty");
-        let fd = bpf(BPF_PROG_LOAD, &mut attr)
-            .context("loading the empty TC program (BPF_PROG_LOAD)")?;
+        let fd = bpf(BPF_PROG_LOAD, &mut attr).context("loading the empty TC program (BPF_PROG_LOAD)")?;
         // SAFETY: BPF_PROG_LOAD returned a new file descriptor that nothing else owns.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-        })
+        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd as i32) } })
     }
 }
 
@@ -170,12 +164,7 @@ impl Attr {
         self.0[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
     }
     fn get_u32(&self, offset: usize) -> u32 {
-        u32::from_ne_bytes([
-            self.0[offset],
-            self.0[offset + 1],
-            self.0[offset + 2],
-            self.0[offset + 3],
-        ])
+        u32::from_ne_bytes([self.0[offset], self.0[offset + 1], self.0[offset + 2], self.0[offset + 3]])
     }
     fn put_name(&mut self, offset: usize, name: &[u8]) {
         self.0[offset..offset + name.len()].copy_from_slice(name);
@@ -185,8 +174,7 @@ impl Attr {
 fn bpf(command: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, zero-padded bpf_attr of the size passed, and every pointer in it
     // points to memory that outlives the call.
-    let result =
-        unsafe { libc::syscall(libc::SYS_bpf, command, attr.0.as_mut_ptr(), attr.0.len()) };
+    let result = unsafe { libc::syscall(libc::SYS_bpf, command, attr.0.as_mut_ptr(), attr.0.len()) };
     if result < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -195,12 +183,7 @@ fn bpf(command: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
 }
 
 /// One `BPF_PROG_TEST_RUN` call: the verdict and the kernel's time per run, in ns.
-fn test_run(
-    program: BorrowedFd<'_>,
-    packet: &[u8],
-    out: &mut [u8],
-    repeat: u32,
-) -> io::Result<(u32, u32)> {
+fn test_run(program: BorrowedFd<'_>, packet: &[u8], out: &mut [u8], repeat: u32) -> io::Result<(u32, u32)> {
     let mut attr = Attr::default();
     attr.put_u32(0, program.as_raw_fd() as u32);
     attr.put_u32(8, packet.len() as u32);
@@ -220,10 +203,7 @@ fn program_fd<'a>(node: &'a Node, name: &str) -> anyhow::Result<BorrowedFd<'a>> 
         .with_context(|| format!("no program {name}"))?
         .try_into()
         .with_context(|| format!("{name} is not a classifier"))?;
-    Ok(program
-        .fd()
-        .with_context(|| format!("{name} is not loaded"))?
-        .as_fd())
+    Ok(program.fd().with_context(|| format!("{name} is not loaded"))?.as_fd())
 }
 
 /// Mean ns per run over `calls` calls of `packet(call)`; every verdict must be `verdict`.
@@ -253,20 +233,12 @@ fn sized(frame: usize, build: impl Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
 
 /// A UDP packet from pod A to `dst`, as it leaves the pod.
 fn from_pod_a(dst: [u8; 4], src_port: u16, payload: &[u8]) -> Vec<u8> {
-    Packet::eth(POD_A_MAC, GATEWAY_MAC)
-        .ipv4(POD_A, dst, IPPROTO_UDP)
-        .udp(src_port, 5201)
-        .payload(payload)
-        .finish()
+    Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, dst, IPPROTO_UDP).udp(src_port, 5201).payload(payload).finish()
 }
 
 /// A UDP reply from the external host to this node's `port`, as it arrives on the uplink.
 fn from_external(port: u16, payload: &[u8]) -> Vec<u8> {
-    Packet::eth(UPLINK_MAC, UPLINK_MAC)
-        .ipv4(EXTERNAL, NODE, IPPROTO_UDP)
-        .udp(DNS, port)
-        .payload(payload)
-        .finish()
+    Packet::eth(UPLINK_MAC, UPLINK_MAC).ipv4(EXTERNAL, NODE, IPPROTO_UDP).udp(DNS, port).payload(payload).finish()
 }
 
 /// A UDP packet from the remote pod to pod A, in VXLAN from the peer node.
@@ -293,11 +265,7 @@ fn ipip_from_peer(payload: &[u8]) -> Vec<u8> {
 
 /// A UDP packet from pod A to the external host from `port`.
 fn to_external(port: u16, payload: &[u8]) -> Vec<u8> {
-    Packet::eth(POD_A_MAC, GATEWAY_MAC)
-        .ipv4(POD_A, EXTERNAL, IPPROTO_UDP)
-        .udp(port, DNS)
-        .payload(payload)
-        .finish()
+    Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_A, EXTERNAL, IPPROTO_UDP).udp(port, DNS).payload(payload).finish()
 }
 
 /// Which fixture node a case runs on.
@@ -330,76 +298,24 @@ fn cases() -> Vec<Case> {
     for size in [SMALL, LARGE] {
         let tunnel = |max: usize| if size == LARGE { max } else { size };
         let mut add = |path, fixture, program, packet: Vec<u8>, verdict, stat, new_flow| {
-            cases.push(Case {
-                path,
-                fixture,
-                program,
-                size,
-                packet,
-                verdict,
-                stat,
-                new_flow,
-                rounds: Vec::new(),
-            });
+            cases.push(Case { path, fixture, program, size, packet, verdict, stat, new_flow, rounds: Vec::new() });
         };
         let w = PROG_FROM_WORKLOAD;
         let u = PROG_FROM_UPLINK;
         use Fixture::{Ipip, Vxlan};
         let local = sized(size, |p| from_pod_a(POD_B, 40000, p));
-        add(
-            "local delivery",
-            Vxlan,
-            w,
-            local,
-            TC_ACT_REDIRECT,
-            Stat::DeliveredLocal,
-            false,
-        );
-        let encap = sized(tunnel(VXLAN_MAX_FRAME), |p| {
-            from_pod_a(REMOTE_POD, 40000, p)
-        });
-        add(
-            "VXLAN encap",
-            Vxlan,
-            w,
-            encap,
-            TC_ACT_REDIRECT,
-            Stat::EncapVxlan,
-            false,
-        );
+        add("local delivery", Vxlan, w, local, TC_ACT_REDIRECT, Stat::DeliveredLocal, false);
+        let encap = sized(tunnel(VXLAN_MAX_FRAME), |p| from_pod_a(REMOTE_POD, 40000, p));
+        add("VXLAN encap", Vxlan, w, encap, TC_ACT_REDIRECT, Stat::EncapVxlan, false);
         let encap = sized(tunnel(IPIP_MAX_FRAME), |p| from_pod_a(REMOTE_POD, 40000, p));
-        add(
-            "IPIP encap",
-            Ipip,
-            w,
-            encap,
-            TC_ACT_REDIRECT,
-            Stat::EncapIpip,
-            false,
-        );
+        add("IPIP encap", Ipip, w, encap, TC_ACT_REDIRECT, Stat::EncapIpip, false);
         // Decap: the inner frame is the size class (a 64-byte outer frame cannot hold a packet).
         let inner = tunnel(VXLAN_MAX_FRAME).saturating_sub(14 + 20 + 8);
         let decap = sized(inner + 50 + 14 + 20 + 8, vxlan_from_peer);
-        add(
-            "VXLAN decap",
-            Vxlan,
-            u,
-            decap,
-            TC_ACT_REDIRECT,
-            Stat::DecapVxlan,
-            false,
-        );
+        add("VXLAN decap", Vxlan, u, decap, TC_ACT_REDIRECT, Stat::DecapVxlan, false);
         let inner = tunnel(IPIP_MAX_FRAME).saturating_sub(14 + 20 + 8);
         let decap = sized(inner + 20 + 14 + 20 + 8, ipip_from_peer);
-        add(
-            "IPIP decap",
-            Ipip,
-            u,
-            decap,
-            TC_ACT_REDIRECT,
-            Stat::DecapIpip,
-            false,
-        );
+        add("IPIP decap", Ipip, u, decap, TC_ACT_REDIRECT, Stat::DecapIpip, false);
         add(
             "SNAT new flow",
             Vxlan,
@@ -410,77 +326,28 @@ fn cases() -> Vec<Case> {
             true,
         );
         let established = sized(size, |p| to_external(ESTABLISHED_PORT, p));
-        add(
-            "SNAT established",
-            Vxlan,
-            w,
-            established,
-            TC_ACT_REDIRECT,
-            Stat::SnatEstablished,
-            false,
-        );
+        add("SNAT established", Vxlan, w, established, TC_ACT_REDIRECT, Stat::SnatEstablished, false);
         let reply = sized(size, |p| from_external(ESTABLISHED_PORT, p));
-        add(
-            "reverse NAT",
-            Vxlan,
-            u,
-            reply,
-            TC_ACT_REDIRECT,
-            Stat::ReverseNat,
-            false,
-        );
+        add("reverse NAT", Vxlan, u, reply, TC_ACT_REDIRECT, Stat::ReverseNat, false);
         if size == SMALL {
-            let arp = Packet::eth(POD_A_MAC, [0xff; 6])
-                .arp_request(POD_A_MAC, POD_A, GATEWAY_ADDR)
-                .finish();
+            let arp = Packet::eth(POD_A_MAC, [0xff; 6]).arp_request(POD_A_MAC, POD_A, GATEWAY_ADDR).finish();
             let arp = sized(size, |p| [arp.as_slice(), p].concat());
-            add(
-                "ARP reply",
-                Vxlan,
-                w,
-                arp,
-                TC_ACT_REDIRECT,
-                Stat::ArpReplied,
-                false,
-            );
+            add("ARP reply", Vxlan, w, arp, TC_ACT_REDIRECT, Stat::ArpReplied, false);
         }
         let spoofed = sized(size, |p| {
-            Packet::eth(POD_A_MAC, GATEWAY_MAC)
-                .ipv4(POD_B, REMOTE_POD, IPPROTO_UDP)
-                .udp(1, 2)
-                .payload(p)
-                .finish()
+            Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_B, REMOTE_POD, IPPROTO_UDP).udp(1, 2).payload(p).finish()
         });
-        add(
-            "spoofed drop",
-            Vxlan,
-            w,
-            spoofed,
-            TC_ACT_SHOT,
-            Stat::DropSpoofedSource,
-            false,
-        );
+        add("spoofed drop", Vxlan, w, spoofed, TC_ACT_SHOT, Stat::DropSpoofedSource, false);
         // Traffic for the node itself (no tunnel, no flow) arriving on the uplink.
         let host = sized(size, |p| from_external(6000, p));
-        add(
-            "pass to stack",
-            Vxlan,
-            u,
-            host,
-            TC_ACT_OK,
-            Stat::PassToStack,
-            false,
-        );
+        add("pass to stack", Vxlan, u, host, TC_ACT_OK, Stat::PassToStack, false);
     }
     cases
 }
 
 /// Deletes the conntrack entries of the "SNAT new flow" calls, keeping the established flow.
 fn forget_new_flows(node: &mut Node) -> anyhow::Result<()> {
-    let map = node
-        .ebpf
-        .map_mut(CONNTRACK_MAP)
-        .context("no conntrack map")?;
+    let map = node.ebpf.map_mut(CONNTRACK_MAP).context("no conntrack map")?;
     let mut conntrack: HashMap<_, FlowKey, NatFlow> = HashMap::try_from(map)?;
     let stale: Vec<FlowKey> = conntrack
         .iter()
@@ -489,9 +356,7 @@ fn forget_new_flows(node: &mut Node) -> anyhow::Result<()> {
         .map(|(key, _)| key)
         .collect();
     for key in &stale {
-        conntrack
-            .remove(key)
-            .context("deleting a conntrack entry")?;
+        conntrack.remove(key).context("deleting a conntrack entry")?;
     }
     Ok(())
 }
@@ -502,10 +367,7 @@ pub fn decision_paths(effort: Effort) -> anyhow::Result<Vec<PathCost>> {
     let mut vxlan = Node::new("node-1");
     let ipip = Node::with_cluster(
         "node-1",
-        &CLUSTER.replace(
-            "vxlanMode: Always, ipipMode: Never",
-            "vxlanMode: Never, ipipMode: Always",
-        ),
+        &CLUSTER.replace("vxlanMode: Always, ipipMode: Never", "vxlanMode: Never, ipipMode: Always"),
     );
     ensure!(
         effort.calls <= usize::from(u16::MAX - NEW_FLOW_PORTS),
@@ -515,27 +377,17 @@ pub fn decision_paths(effort: Effort) -> anyhow::Result<Vec<PathCost>> {
     // The established flow of "SNAT established" and "reverse NAT".
     let first = to_external(ESTABLISHED_PORT, b"open");
     let (verdict, _) = vxlan.run(PROG_FROM_WORKLOAD, &first);
-    ensure!(
-        verdict == TC_ACT_REDIRECT,
-        "opening the NAT flow: verdict {verdict}"
-    );
+    ensure!(verdict == TC_ACT_REDIRECT, "opening the NAT flow: verdict {verdict}");
 
     let mut cases = cases();
-    let mut empty_rounds: Vec<(usize, Vec<f64>)> =
-        cases.iter().map(|c| (c.packet.len(), Vec::new())).collect();
-    let before: Vec<u64> = cases
-        .iter()
-        .map(|c| node_of(c.fixture, &vxlan, &ipip).stat(c.stat))
-        .collect();
+    let mut empty_rounds: Vec<(usize, Vec<f64>)> = cases.iter().map(|c| (c.packet.len(), Vec::new())).collect();
+    let before: Vec<u64> = cases.iter().map(|c| node_of(c.fixture, &vxlan, &ipip).stat(c.stat)).collect();
     for round in 1..=effort.rounds {
         let started = Instant::now();
         for (case, empty_round) in cases.iter_mut().zip(&mut empty_rounds) {
             // The baseline on a frame of the same length, right before the case.
             let packet = &case.packet;
-            let ns = mean_ns(empty.fd.as_fd(), effort.calls, TC_ACT_OK, |_| {
-                packet.clone()
-            })
-            .context("empty program")?;
+            let ns = mean_ns(empty.fd.as_fd(), effort.calls, TC_ACT_OK, |_| packet.clone()).context("empty program")?;
             empty_round.1.push(ns);
             let node = node_of(case.fixture, &vxlan, &ipip);
             let fd = program_fd(node, case.program)?;
@@ -617,36 +469,26 @@ pub fn repeat_probe() -> anyhow::Result<RepeatProbe> {
     let mut out = vec![0; small.len() + OUT_HEADROOM];
     let mut loops = Vec::new();
     for _ in 0..5 {
-        let (_, ns) = test_run(empty.fd.as_fd(), &small, &mut out, LOOP_REPEAT)
-            .context("empty program loop")?;
+        let (_, ns) = test_run(empty.fd.as_fd(), &small, &mut out, LOOP_REPEAT).context("empty program loop")?;
         loops.push(f64::from(ns));
     }
     let empty_single_ns = mean_ns(empty.fd.as_fd(), 10_000, TC_ACT_OK, |_| small.clone())?;
     // Spoofed drop and pass to stack do not touch the packet, so a loop reruns the same path;
     // the counters prove it.
     let mut warm_loops = Vec::new();
-    for case in cases().into_iter().filter(|c| {
-        c.size == SMALL && matches!(c.stat, Stat::DropSpoofedSource | Stat::PassToStack)
-    }) {
+    for case in
+        cases().into_iter().filter(|c| c.size == SMALL && matches!(c.stat, Stat::DropSpoofedSource | Stat::PassToStack))
+    {
         let fd = program_fd(&node, case.program)?;
         let before = node.stat(case.stat);
         let mut runs = Vec::new();
         for _ in 0..5 {
-            let (verdict, ns) =
-                test_run(fd, &case.packet, &mut out, LOOP_REPEAT).context("warm loop")?;
-            ensure!(
-                verdict == case.verdict,
-                "{}: verdict {verdict} in a loop",
-                case.path
-            );
+            let (verdict, ns) = test_run(fd, &case.packet, &mut out, LOOP_REPEAT).context("warm loop")?;
+            ensure!(verdict == case.verdict, "{}: verdict {verdict} in a loop", case.path);
             runs.push(f64::from(ns));
         }
         let grown = node.stat(case.stat) - before;
-        ensure!(
-            grown == 5 * u64::from(LOOP_REPEAT),
-            "{}: {grown} runs counted in the loop",
-            case.path
-        );
+        ensure!(grown == 5 * u64::from(LOOP_REPEAT), "{}: {grown} runs counted in the loop", case.path);
         warm_loops.push((case.path, median(&runs)));
     }
     Ok(RepeatProbe {
@@ -690,25 +532,17 @@ pub fn lpm_scale(counts: &[usize], effort: Effort) -> anyhow::Result<Vec<LpmCost
     for &count in counts {
         let mut node = Node::new("node-1");
         let (len, prefixes) = generated_prefixes(count);
-        ensure!(
-            prefixes.len() == count,
-            "only {} prefixes fit for {count}",
-            prefixes.len()
-        );
+        ensure!(prefixes.len() == count, "only {} prefixes fit for {count}", prefixes.len());
         let started = Instant::now();
         {
             let map = node.ebpf.map_mut(ROUTES_MAP).context("no routes map")?;
             let mut routes: LpmTrie<_, Ipv4Bytes, Route> = LpmTrie::try_from(map)?;
             // Every generated prefix routes like the fixture's remote block: to node-2 in VXLAN.
-            let remote_block = routes
-                .get(&Key::new(26, [10, 244, 2, 0]), 0)
-                .context("the fixture's remote block")?;
+            let remote_block = routes.get(&Key::new(26, [10, 244, 2, 0]), 0).context("the fixture's remote block")?;
             for addr in &prefixes {
                 routes
                     .insert(&Key::new(u32::from(len), *addr), remote_block, 0)
-                    .with_context(|| {
-                        format!("inserting prefix {} of {count}", routes_len_hint(addr, len))
-                    })?;
+                    .with_context(|| format!("inserting prefix {} of {count}", routes_len_hint(addr, len)))?;
             }
         }
         let insert_seconds = started.elapsed().as_secs_f64();
@@ -716,12 +550,8 @@ pub fn lpm_scale(counts: &[usize], effort: Effort) -> anyhow::Result<Vec<LpmCost
         let before = node.stat(Stat::EncapVxlan);
         let (mut runs, mut empty_runs) = (Vec::new(), Vec::new());
         for _ in 0..effort.rounds {
-            empty_runs.push(mean_ns(empty.fd.as_fd(), effort.calls, TC_ACT_OK, |_| {
-                packet.clone()
-            })?);
-            runs.push(mean_ns(fd, effort.calls, TC_ACT_REDIRECT, |_| {
-                packet.clone()
-            })?);
+            empty_runs.push(mean_ns(empty.fd.as_fd(), effort.calls, TC_ACT_OK, |_| packet.clone())?);
+            runs.push(mean_ns(fd, effort.calls, TC_ACT_REDIRECT, |_| packet.clone())?);
         }
         let grown = node.stat(Stat::EncapVxlan) - before;
         ensure!(

@@ -33,15 +33,8 @@ pub struct Results {
 pub fn paths_table(paths: &[PathCost]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "| decision path | program | frame (B) | ns/packet | empty (ns) | / empty | above empty (ns) | frame (B) | ns/packet | empty (ns) | / empty | above empty (ns) |");
-    let _ = writeln!(
-        out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
-    let names: Vec<&str> = paths
-        .iter()
-        .filter(|p| p.size == SMALL)
-        .map(|p| p.path)
-        .collect();
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let names: Vec<&str> = paths.iter().filter(|p| p.size == SMALL).map(|p| p.path).collect();
     let cells = |cost: Option<&PathCost>| match cost {
         Some(c) => format!(
             "{} | {:.0} | {:.0} | **{:.2}** | {:.0}",
@@ -57,12 +50,7 @@ pub fn paths_table(paths: &[PathCost]) -> String {
         let small = paths.iter().find(|p| p.path == name && p.size == SMALL);
         let large = paths.iter().find(|p| p.path == name && p.size == LARGE);
         let program = small.map_or("", |p| p.program);
-        let _ = writeln!(
-            out,
-            "| {name} | {program} | {} | {} |",
-            cells(small),
-            cells(large)
-        );
+        let _ = writeln!(out, "| {name} | {program} | {} | {} |", cells(small), cells(large));
     }
     out
 }
@@ -124,26 +112,21 @@ pub fn throughput_tables(t: &Throughput) -> String {
         t.effort.repetitions, t.effort.seconds
     );
     let _ = writeln!(out, "| path | TCP 1 stream (Gbit/s) | / plain | / kernel vxlan | TCP 4 streams (Gbit/s) | / plain | / kernel vxlan | UDP 64 B (Mpps) | / plain | / kernel vxlan | cores per Gbit/s (TCP 1) |");
-    let _ = writeln!(
-        out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for path in &t.pod_to_pod {
         let mut row = format!("| {} ", path.name);
         for test in Test::ALL {
             let value = path.median(test);
-            let vs = |other: Option<&PathResult>| {
-                other.map_or(f64::NAN, |o| ratio(value, o.median(test)))
-            };
+            let vs = |other: Option<&PathResult>| other.map_or(f64::NAN, |o| ratio(value, o.median(test)));
             let _ = write!(row, "| {value:.3} | {:.2} | {:.2} ", vs(plain), vs(kernel));
         }
         let _ = writeln!(out, "{row}| {} |", cpu_cell(path));
     }
+    let _ = writeln!(out, "\nPod to the external host (web-1 -> 192.0.2.10, natOutgoing), same runs:\n");
     let _ = writeln!(
         out,
-        "\nPod to the external host (web-1 -> 192.0.2.10, natOutgoing), same runs:\n"
+        "| path | TCP 1 stream (Gbit/s) | TCP 4 streams (Gbit/s) | UDP 64 B (Mpps) | cores per Gbit/s (TCP 1) |"
     );
-    let _ = writeln!(out, "| path | TCP 1 stream (Gbit/s) | TCP 4 streams (Gbit/s) | UDP 64 B (Mpps) | cores per Gbit/s (TCP 1) |");
     let _ = writeln!(out, "|---|---:|---:|---:|---:|");
     for path in &t.snat {
         let _ = writeln!(
@@ -181,12 +164,8 @@ pub fn throughput_tables(t: &Throughput) -> String {
 /// busy through every run, the figure only says how fast the path was.
 fn cpu_cell(path: &PathResult) -> String {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let saturated = path
-        .samples
-        .iter()
-        .filter(|(t, _)| *t == Test::Tcp1)
-        .flat_map(|(_, s)| s)
-        .all(|s| s.cores >= 0.95 * cpus);
+    let saturated =
+        path.samples.iter().filter(|(t, _)| *t == Test::Tcp1).flat_map(|(_, s)| s).all(|s| s.cores >= 0.95 * cpus);
     if saturated {
         format!("n/a ({cpus:.0} cores busy)")
     } else {
@@ -203,11 +182,7 @@ pub fn markdown(results: &Results, header: &str) -> String {
         let _ = writeln!(out, "Small frames left, full frames right; ratio to the empty TC program measured on a frame of the same length in the same rounds. Chart: `packet.svg`.\n");
         out.push_str(&paths_table(&results.paths));
         if let Some(probe) = &results.repeat_probe {
-            let others: Vec<String> = probe
-                .others
-                .iter()
-                .map(|(n, c)| format!("{n} {c}"))
-                .collect();
+            let others: Vec<String> = probe.others.iter().map(|(n, c)| format!("{n} {c}")).collect();
             let _ = writeln!(
                 out,
                 "\nWhy `repeat = 1`: one call of the VXLAN encap path with `repeat = {}` counted encap_vxlan {} and {}: the kernel reruns the program on the skb it already rewrote.",
@@ -236,7 +211,10 @@ pub fn markdown(results: &Results, header: &str) -> String {
         out.push('\n');
     }
     if !results.lpm.is_empty() {
-        let _ = writeln!(out, "## LPM scale: VXLAN encap (64-byte frame) with more prefixes in the routes map\n\nChart: `lpm.svg`.\n");
+        let _ = writeln!(
+            out,
+            "## LPM scale: VXLAN encap (64-byte frame) with more prefixes in the routes map\n\nChart: `lpm.svg`.\n"
+        );
         out.push_str(&lpm_table(&results.lpm));
         out.push('\n');
     }
@@ -250,10 +228,7 @@ pub fn markdown(results: &Results, header: &str) -> String {
         out.push('\n');
     }
     if let Some(t) = &results.throughput {
-        let _ = writeln!(
-            out,
-            "## Throughput in the lab (iperf3)\n\nChart: `throughput.svg`.\n"
-        );
+        let _ = writeln!(out, "## Throughput in the lab (iperf3)\n\nChart: `throughput.svg`.\n");
         out.push_str(&throughput_tables(t));
     }
     out
@@ -290,13 +265,7 @@ fn bars(
     values: &[f64],
     color: RGBColor,
 ) -> anyhow::Result<()> {
-    let max = values
-        .iter()
-        .copied()
-        .filter(|v| v.is_finite())
-        .fold(0.0, f64::max)
-        .max(1e-9)
-        * 1.15;
+    let max = values.iter().copied().filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-9) * 1.15;
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 18))
         .margin(10)
@@ -310,9 +279,7 @@ fn bars(
         .x_desc(unit)
         .y_labels(labels.len())
         .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
-                labels.get(*i).cloned().unwrap_or_default()
-            }
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => labels.get(*i).cloned().unwrap_or_default(),
             SegmentValue::Last => String::new(),
         })
         .draw()
@@ -322,12 +289,7 @@ fn bars(
             Histogram::horizontal(&chart)
                 .style(color.filled())
                 .margin(4)
-                .data(
-                    values
-                        .iter()
-                        .enumerate()
-                        .map(|(i, v)| (i, if v.is_finite() { *v } else { 0.0 })),
-                ),
+                .data(values.iter().enumerate().map(|(i, v)| (i, if v.is_finite() { *v } else { 0.0 }))),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
@@ -358,10 +320,7 @@ fn lpm_chart(lpm: &[LpmCost], file: &Path) -> anyhow::Result<()> {
     let max_n = lpm.iter().map(|c| c.prefixes).max().unwrap_or(10) as f64 * 2.0;
     let max_ns = lpm.iter().map(|c| c.ns.max(c.empty_ns)).fold(0.0, f64::max) * 1.2 + 1.0;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "VXLAN encap, 64-byte frame, vs prefixes in the routes map",
-            ("sans-serif", 18),
-        )
+        .caption("VXLAN encap, 64-byte frame, vs prefixes in the routes map", ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -375,14 +334,8 @@ fn lpm_chart(lpm: &[LpmCost], file: &Path) -> anyhow::Result<()> {
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let encap: Vec<(f64, f64)> = lpm.iter().map(|c| (c.prefixes as f64, c.ns)).collect();
-    let empty: Vec<(f64, f64)> = lpm
-        .iter()
-        .map(|c| (c.prefixes as f64, c.empty_ns))
-        .collect();
-    for (points, color, name) in [
-        (encap, BLUE, "VXLAN encap"),
-        (empty, BLACK, "empty TC program"),
-    ] {
+    let empty: Vec<(f64, f64)> = lpm.iter().map(|c| (c.prefixes as f64, c.empty_ns)).collect();
+    for (points, color, name) in [(encap, BLUE, "VXLAN encap"), (empty, BLACK, "empty TC program")] {
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -410,39 +363,20 @@ fn control_chart(control: &[ControlCost], file: &Path) -> anyhow::Result<()> {
     let series_time = [
         (
             "program from empty (s)",
-            control
-                .iter()
-                .map(|c| (c.blocks as f64, c.program_seconds))
-                .collect::<Vec<_>>(),
+            control.iter().map(|c| (c.blocks as f64, c.program_seconds)).collect::<Vec<_>>(),
             BLUE,
         ),
-        (
-            "converge after one change (s)",
-            control
-                .iter()
-                .map(|c| (c.blocks as f64, c.converge_seconds))
-                .collect(),
-            RED,
-        ),
+        ("converge after one change (s)", control.iter().map(|c| (c.blocks as f64, c.converge_seconds)).collect(), RED),
     ];
     let series_memory = [(
         "agent peak RSS (MiB)",
-        control
-            .iter()
-            .map(|c| (c.blocks as f64, c.peak_kib as f64 / 1024.0))
-            .collect::<Vec<_>>(),
+        control.iter().map(|c| (c.blocks as f64, c.peak_kib as f64 / 1024.0)).collect::<Vec<_>>(),
         GREEN,
     )];
-    for (area, caption, series) in [
-        (&left, "Agent time vs blocks", &series_time[..]),
-        (&right, "Agent peak memory vs blocks", &series_memory[..]),
-    ] {
-        let max_y = series
-            .iter()
-            .flat_map(|(_, p, _)| p.iter().map(|(_, y)| *y))
-            .fold(0.0, f64::max)
-            * 1.2
-            + 0.1;
+    for (area, caption, series) in
+        [(&left, "Agent time vs blocks", &series_time[..]), (&right, "Agent peak memory vs blocks", &series_memory[..])]
+    {
+        let max_y = series.iter().flat_map(|(_, p, _)| p.iter().map(|(_, y)| *y)).fold(0.0, f64::max) * 1.2 + 0.1;
         let mut chart = ChartBuilder::on(area)
             .caption(caption, ("sans-serif", 18))
             .margin(10)
@@ -485,17 +419,9 @@ fn throughput_chart(t: &Throughput, file: &Path) -> anyhow::Result<()> {
     let areas = root.split_evenly((1, 3));
     let all: Vec<&PathResult> = t.pod_to_pod.iter().chain(&t.snat).collect();
     let labels: Vec<String> = all.iter().map(|p| p.name.to_owned()).collect();
-    for (area, (test, color)) in areas.iter().zip([
-        (Test::Tcp1, BLUE),
-        (Test::Tcp4, MAGENTA),
-        (Test::Udp64, RED),
-    ]) {
+    for (area, (test, color)) in areas.iter().zip([(Test::Tcp1, BLUE), (Test::Tcp4, MAGENTA), (Test::Udp64, RED)]) {
         let values: Vec<f64> = all.iter().map(|p| p.median(test)).collect();
-        let unit = if test == Test::Udp64 {
-            "Mpps"
-        } else {
-            "Gbit/s"
-        };
+        let unit = if test == Test::Udp64 { "Mpps" } else { "Gbit/s" };
         bars(area, test.title(), unit, &labels, &values, color)?;
     }
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -38,11 +38,7 @@ pub fn loadavg() -> String {
 pub fn cpu_ticks() -> Option<(u64, u64)> {
     let text = fs::read_to_string("/proc/stat").ok()?;
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|w| w.parse().ok())
-        .collect();
+    let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect();
     // user nice system idle iowait irq softirq steal (guest fields are inside user and nice).
     let total: u64 = fields.iter().take(8).sum();
     let idle = fields.get(3)? + fields.get(4)?;
@@ -63,9 +59,7 @@ pub fn utc_readable() -> String {
 
 /// Year, month, day, hour, minute and second of the current UTC time.
 fn utc_now() -> (u64, u64, u64, u64, u64, u64) {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rest) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days);
     (year, month, day, rest / 3600, rest % 3600 / 60, rest % 60)

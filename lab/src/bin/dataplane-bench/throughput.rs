@@ -95,24 +95,14 @@ impl PathResult {
         self.samples
             .iter()
             .find(|(t, _)| *t == test)
-            .map_or(0.0, |(_, s)| {
-                median(&s.iter().map(|s| s.value).collect::<Vec<_>>())
-            })
+            .map_or(0.0, |(_, s)| median(&s.iter().map(|s| s.value).collect::<Vec<_>>()))
     }
 
     /// Median cores busy per Gbit/s of `test`.
     pub fn cores_per_gbit(&self, test: Test) -> f64 {
-        self.samples
-            .iter()
-            .find(|(t, _)| *t == test)
-            .map_or(f64::NAN, |(_, s)| {
-                median(
-                    &s.iter()
-                        .filter(|s| s.gbits > 0.0)
-                        .map(|s| s.cores / s.gbits)
-                        .collect::<Vec<_>>(),
-                )
-            })
+        self.samples.iter().find(|(t, _)| *t == test).map_or(f64::NAN, |(_, s)| {
+            median(&s.iter().filter(|s| s.gbits > 0.0).map(|s| s.cores / s.gbits).collect::<Vec<_>>())
+        })
     }
 }
 
@@ -156,47 +146,23 @@ pub fn run(workspace: &Path, agent: &Path, effort: Effort) -> anyhow::Result<Thr
     println!("==> Bringing up seven labs (each path its own)");
     let mut paths = Vec::new();
     let how = "one agent per node (tc programs, VXLAN in BPF)";
-    paths.push(agent_path(
-        "BPF VXLAN",
-        how,
-        &vxlan_yaml,
-        agent,
-        Target::Pod,
-    )?);
+    paths.push(agent_path("BPF VXLAN", how, &vxlan_yaml, agent, Target::Pod)?);
     let how = "one agent per node (tc programs, IP-in-IP in BPF)";
     paths.push(agent_path("BPF IPIP", how, &ipip_yaml, agent, Target::Pod)?);
     let how = "one agent per node (tc programs, no encapsulation)";
-    paths.push(agent_path(
-        "BPF Never",
-        how,
-        &never_yaml,
-        agent,
-        Target::Pod,
-    )?);
+    paths.push(agent_path("BPF Never", how, &never_yaml, agent, Target::Pod)?);
     paths.push(kernel_vxlan_path(&vxlan)?);
     paths.push(plain_path(&vxlan, None)?);
     let how = "one agent per node, natOutgoing in BPF (web-1 -> external host)";
-    paths.push(agent_path(
-        "BPF SNAT",
-        how,
-        &vxlan_yaml,
-        agent,
-        Target::External,
-    )?);
+    paths.push(agent_path("BPF SNAT", how, &vxlan_yaml, agent, Target::External)?);
     paths.push(plain_path(&vxlan, Some(Masquerade))?);
     for path in &paths {
-        println!(
-            "  {:<16} lab {}: {}",
-            path.name,
-            path.lab.prefix(),
-            path.how
-        );
+        println!("  {:<16} lab {}: {}", path.name, path.lab.prefix(), path.how);
     }
 
     // Warm-up: the first stream of a fresh path pays for neighbour resolution and cold caches.
     for path in &paths {
-        iperf(path, Test::Tcp1, 1)
-            .with_context(|| format!("warm-up stream through the {} path", path.name))?;
+        iperf(path, Test::Tcp1, 1).with_context(|| format!("warm-up stream through the {} path", path.name))?;
     }
     let before_bpf = bpf_encap_count(&paths[0], agent)?;
     let before_kernel = vxlan_device_tx(&paths[3])?;
@@ -210,11 +176,7 @@ pub fn run(workspace: &Path, agent: &Path, effort: Effort) -> anyhow::Result<Thr
             for path in &mut paths {
                 let sample = iperf(path, test, effort.seconds)
                     .with_context(|| format!("{test:?} through the {} path", path.name))?;
-                let unit = if test == Test::Udp64 {
-                    "Mpps"
-                } else {
-                    "Gbit/s"
-                };
+                let unit = if test == Test::Udp64 { "Mpps" } else { "Gbit/s" };
                 println!(
                     "  run {repetition}: {:<16} {:<24} {:7.3} {unit:<6} ({:.2} cores busy)",
                     path.name,
@@ -232,34 +194,16 @@ pub fn run(workspace: &Path, agent: &Path, effort: Effort) -> anyhow::Result<Thr
 
     // The paths were what they claim: the fast path encapsulated, the kernel's device sent.
     let bpf_encapsulated = bpf_encap_count(&paths[0], agent)?.saturating_sub(before_bpf);
-    ensure!(
-        bpf_encapsulated > 0,
-        "the BPF path's encap_vxlan counter did not grow: the fast path carried nothing"
-    );
+    ensure!(bpf_encapsulated > 0, "the BPF path's encap_vxlan counter did not grow: the fast path carried nothing");
     let kernel_sent = vxlan_device_tx(&paths[3])?.saturating_sub(before_kernel);
-    ensure!(
-        kernel_sent > 0,
-        "vxlan.calico sent no packets on the kernel path"
-    );
+    ensure!(kernel_sent > 0, "vxlan.calico sent no packets on the kernel path");
 
-    let results: Vec<PathResult> = paths
-        .iter()
-        .map(|p| PathResult {
-            name: p.name,
-            how: p.how.clone(),
-            samples: p.samples.clone(),
-        })
-        .collect();
+    let results: Vec<PathResult> =
+        paths.iter().map(|p| PathResult { name: p.name, how: p.how.clone(), samples: p.samples.clone() }).collect();
     // Tear the labs down before returning: nothing else should be left running.
     drop(paths);
     let (pod_to_pod, snat) = results.split_at(5);
-    Ok(Throughput {
-        pod_to_pod: pod_to_pod.to_vec(),
-        snat: snat.to_vec(),
-        bpf_encapsulated,
-        kernel_sent,
-        effort,
-    })
+    Ok(Throughput { pod_to_pod: pod_to_pod.to_vec(), snat: snat.to_vec(), bpf_encapsulated, kernel_sent, effort })
 }
 
 /// Where a path's client sends.
@@ -298,8 +242,7 @@ fn kernel_vxlan_path(model: &dataplane::model::Model) -> anyhow::Result<PathUnde
     for node in lab.nodes().map(|n| n.name.clone()).collect::<Vec<_>>() {
         kernel_calico::configure_kernel_vxlan(&lab, model, &node)?;
     }
-    let how = "no agent; vxlan.calico, routes via VTEP onlink, permanent neigh + FDB, proxy_arp"
-        .to_owned();
+    let how = "no agent; vxlan.calico, routes via VTEP onlink, permanent neigh + FDB, proxy_arp".to_owned();
     PathUnderTest::ready("kernel vxlan", how, lab, Vec::new(), Target::Pod)
 }
 
@@ -317,77 +260,42 @@ const NFT_MASQUERADE: &str = "table ip dataplane_bench {
 ";
 
 /// Plain routing on both nodes, no agent, no encapsulation; with `masquerade`, the SNAT baseline.
-fn plain_path(
-    model: &dataplane::model::Model,
-    masquerade: Option<Masquerade>,
-) -> anyhow::Result<PathUnderTest> {
+fn plain_path(model: &dataplane::model::Model, masquerade: Option<Masquerade>) -> anyhow::Result<PathUnderTest> {
     let lab = Lab::up(model, LabOptions::default())?;
     for node in lab.nodes().map(|n| n.name.clone()).collect::<Vec<_>>() {
         kernel_calico::configure_kernel_plain(&lab, model, &node)?;
     }
     if masquerade.is_none() {
-        let how =
-            "no agent; <block> via <peer node> dev eth0, proxy_arp (no encapsulation)".to_owned();
+        let how = "no agent; <block> via <peer node> dev eth0, proxy_arp (no encapsulation)".to_owned();
         return PathUnderTest::ready("plain routing", how, lab, Vec::new(), Target::Pod);
     }
     let client_node = lab.pod(CLIENT)?.node.clone();
     let netns = lab.node_netns(&client_node)?.to_owned();
     let rules = lab.dir().join("masquerade.nft");
-    std::fs::write(&rules, NFT_MASQUERADE)
-        .with_context(|| format!("writing {}", rules.display()))?;
+    std::fs::write(&rules, NFT_MASQUERADE).with_context(|| format!("writing {}", rules.display()))?;
     let rules_arg = rules.to_string_lossy();
-    lab.exec(&netns, &["nft", "-f", &rules_arg])
-        .context("loading the nftables masquerade rule")?;
-    let how = "no agent; plain routing + nftables `masquerade` for 10.244.0.0/16 leaving the pool"
-        .to_owned();
+    lab.exec(&netns, &["nft", "-f", &rules_arg]).context("loading the nftables masquerade rule")?;
+    let how = "no agent; plain routing + nftables `masquerade` for 10.244.0.0/16 leaving the pool".to_owned();
     PathUnderTest::ready("nft masquerade", how, lab, Vec::new(), Target::External)
 }
 
 impl PathUnderTest {
     /// Checks that the client reaches its target and starts the iperf3 server there.
-    fn ready(
-        name: &'static str,
-        how: String,
-        lab: Lab,
-        agents: Vec<Agent>,
-        target: Target,
-    ) -> anyhow::Result<Self> {
+    fn ready(name: &'static str, how: String, lab: Lab, agents: Vec<Agent>, target: Target) -> anyhow::Result<Self> {
         let client = lab.pod(CLIENT)?.clone();
         let (server_netns, to) = match target {
             Target::Pod => {
                 let server = lab.pod(SERVER)?;
-                ensure!(
-                    client.node != server.node,
-                    "{CLIENT} and {SERVER} must run on different nodes"
-                );
+                ensure!(client.node != server.node, "{CLIENT} and {SERVER} must run on different nodes");
                 (server.netns.clone(), server.addr.to_string())
             }
-            Target::External => (
-                lab.external().netns.clone(),
-                lab.external().addr.to_string(),
-            ),
+            Target::External => (lab.external().netns.clone(), lab.external().addr.to_string()),
         };
-        lab.exec(
-            &client.netns,
-            &["ping", "-c", "2", "-i", "0.2", "-W", "2", &to],
-        )
-        .with_context(|| format!("{CLIENT} cannot reach {to} through the {name} path"))?;
-        let mut server = lab.spawn(
-            &server_netns,
-            &["iperf3", "-s", "--forceflush"],
-            "iperf3-server",
-        )?;
+        lab.exec(&client.netns, &["ping", "-c", "2", "-i", "0.2", "-W", "2", &to])
+            .with_context(|| format!("{CLIENT} cannot reach {to} through the {name} path"))?;
+        let mut server = lab.spawn(&server_netns, &["iperf3", "-s", "--forceflush"], "iperf3-server")?;
         server.wait_for_log("Server listening", Duration::from_secs(10))?;
-        Ok(PathUnderTest {
-            name,
-            how,
-            _server: server,
-            _agents: agents,
-            client,
-            target: to,
-            samples: Vec::new(),
-            lab,
-        })
+        Ok(PathUnderTest { name, how, _server: server, _agents: agents, client, target: to, samples: Vec::new(), lab })
     }
 }
 
@@ -395,18 +303,8 @@ impl PathUnderTest {
 fn iperf(path: &PathUnderTest, test: Test, seconds: u32) -> anyhow::Result<Sample> {
     let time = seconds.to_string();
     let limit = (seconds + 30).to_string();
-    let mut argv = vec![
-        "timeout",
-        &limit,
-        "iperf3",
-        "-c",
-        &path.target,
-        "-t",
-        &time,
-        "-J",
-        "--connect-timeout",
-        "3000",
-    ];
+    let mut argv =
+        vec!["timeout", &limit, "iperf3", "-c", &path.target, "-t", &time, "-J", "--connect-timeout", "3000"];
     match test {
         Test::Tcp1 => {}
         Test::Tcp4 => argv.extend(["-P", "4"]),
@@ -417,8 +315,8 @@ fn iperf(path: &PathUnderTest, test: Test, seconds: u32) -> anyhow::Result<Sampl
 
     let cpu_after = cpu_ticks();
     let text = String::from_utf8_lossy(&output.stdout);
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("iperf3's -J output does not parse:\n{text}"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("iperf3's -J output does not parse:\n{text}"))?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let cores = match (cpu_before, cpu_after) {
         (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
@@ -431,32 +329,20 @@ fn iperf(path: &PathUnderTest, test: Test, seconds: u32) -> anyhow::Result<Sampl
         Test::Tcp1 | Test::Tcp4 => {
             let bits = end["sum_received"]["bits_per_second"]
                 .as_f64()
-                .with_context(|| {
-                    format!("no end.sum_received.bits_per_second in iperf3's output:\n{text}")
-                })?;
-            Ok(Sample {
-                value: bits / 1e9,
-                gbits: bits / 1e9,
-                cores,
-            })
+                .with_context(|| format!("no end.sum_received.bits_per_second in iperf3's output:\n{text}"))?;
+            Ok(Sample { value: bits / 1e9, gbits: bits / 1e9, cores })
         }
         Test::Udp64 => {
             let sum = &end["sum"];
-            let (Some(packets), Some(lost), Some(secs)) = (
-                sum["packets"].as_f64(),
-                sum["lost_packets"].as_f64(),
-                sum["seconds"].as_f64(),
-            ) else {
+            let (Some(packets), Some(lost), Some(secs)) =
+                (sum["packets"].as_f64(), sum["lost_packets"].as_f64(), sum["seconds"].as_f64())
+            else {
                 bail!("no end.sum.packets/lost_packets/seconds in iperf3's UDP output:\n{text}");
             };
             ensure!(secs > 0.0, "iperf3 ran for 0 s");
             let pps = (packets - lost).max(0.0) / secs;
             // 64 bytes on the wire per packet, as the frame sizes of the per-packet tables.
-            Ok(Sample {
-                value: pps / 1e6,
-                gbits: pps * 64.0 * 8.0 / 1e9,
-                cores,
-            })
+            Ok(Sample { value: pps / 1e6, gbits: pps * 64.0 * 8.0 / 1e9, cores })
         }
     }
 }

@@ -131,20 +131,11 @@ fn steps(lab: &Lab, bin: &Path, datastore: &Path, kind: DatastoreKind) -> anyhow
             heading(&format!("Exporting {EXAMPLE} into etcd in Calico's layout"));
             let bin_arg = bin.to_string_lossy();
             let file_arg = datastore.to_string_lossy();
-            let export = [
-                &*bin_arg,
-                "datastore",
-                "export",
-                "--to",
-                "etcdv3",
-                &*file_arg,
-                "--etcd-endpoints",
-                &endpoint,
-            ];
+            let export =
+                [&*bin_arg, "datastore", "export", "--to", "etcdv3", &*file_arg, "--etcd-endpoints", &endpoint];
             show(lab, lab.fabric_netns(), &export).context("exporting the cluster into etcd")?;
-            let etcdctl = find_binary("etcdctl").context(
-                "etcdctl is not installed: `cargo xtask setup` installs Debian's etcd-client",
-            )?;
+            let etcdctl = find_binary("etcdctl")
+                .context("etcdctl is not installed: `cargo xtask setup` installs Debian's etcd-client")?;
             let etcdctl = etcdctl.to_string_lossy();
             let endpoints = format!("--endpoints={endpoint}");
             let list = [&*etcdctl, &*endpoints, "get", "--prefix", "/calico", "--keys-only"];
@@ -189,12 +180,10 @@ fn steps(lab: &Lab, bin: &Path, datastore: &Path, kind: DatastoreKind) -> anyhow
     let client_addr = client.addr.to_string();
 
     heading(&format!("ping {CLIENT} -> {SERVER} (node {} -> node {})", client.node, server.node));
-    show(lab, &client.netns, &["ping", "-c", "3", "-W", "2", &server_addr])
-        .with_context(|| agent_logs(&agents))?;
+    show(lab, &client.netns, &["ping", "-c", "3", "-W", "2", &server_addr]).with_context(|| agent_logs(&agents))?;
 
     heading(&format!("ping {SERVER} -> {CLIENT}"));
-    show(lab, &server.netns, &["ping", "-c", "3", "-W", "2", &client_addr])
-        .with_context(|| agent_logs(&agents))?;
+    show(lab, &server.netns, &["ping", "-c", "3", "-W", "2", &client_addr]).with_context(|| agent_logs(&agents))?;
 
     heading(&format!("iperf3: TCP for 5 s from {CLIENT} to {SERVER}"));
     let iperf_server = ["iperf3", "-s", "-1", "--forceflush"];
@@ -336,8 +325,8 @@ fn find_binary(name: &str) -> Option<PathBuf> {
 /// Starts etcd in the fabric namespace listening on `endpoint` (the nodes' gateway, which both
 /// nodes reach over their eth0) with its data in the lab's directory, and waits until it answers.
 fn start_etcd(lab: &Lab, endpoint: &str) -> anyhow::Result<ChildHandle> {
-    let etcd = find_binary("etcd")
-        .context("etcd is not installed: `cargo xtask setup` installs Debian's etcd-server")?;
+    let etcd =
+        find_binary("etcd").context("etcd is not installed: `cargo xtask setup` installs Debian's etcd-server")?;
     let etcdctl = find_binary("etcdctl")
         .context("etcdctl is not installed: `cargo xtask setup` installs Debian's etcd-client")?;
     heading(&format!("Starting etcd in the fabric namespace on {endpoint}"));
