@@ -1683,10 +1683,59 @@ fn check_programmed(
     report.checked.map_entries = 1 + expected.routes.len() + expected.workloads.len() + expected.peers.len();
     report.findings.extend(diff_maps(&expected, &observed, &covered, names));
 
+    let anchor = interfaces.get(ANCHOR_DEVICE).map(|_| interface_is_up(ANCHOR_DEVICE).unwrap_or(false));
+    report.findings.extend(check_anchor(vxlan_anchor::wanted(plan), anchor));
+
     let links = expected_links(plan, uplink, interfaces);
     let observed_links = observe_links(&options.pin_path, &links, interfaces);
     report.checked.links = links.len();
     report.findings.extend(check_links(&links, &observed_links, interfaces, &options.pin_path.join(LINKS_DIR)));
+}
+
+/// The VXLAN GRO anchor when the node receives VXLAN: `anchor` is None without the device, else
+/// whether it is up (its UDP socket, which GRO needs, exists only while it is).
+pub fn check_anchor(wanted: bool, anchor: Option<bool>) -> Option<Finding> {
+    let problem = match (wanted, anchor) {
+        (false, _) | (true, Some(true)) => return None,
+        (true, None) => "missing",
+        (true, Some(false)) => "down",
+    };
+    Some(Finding {
+        check: "tunnel",
+        object: format!("device {ANCHOR_DEVICE}"),
+        problem: format!(
+            "the VXLAN GRO anchor is {problem}: VXLAN from peers still reaches the pods, but without receive GRO \
+             (every segment alone, so slower)"
+        ),
+        fix: "load the vxlan module (`modprobe vxlan`) and free the VXLAN port on the node's address: another VXLAN \
+              device may hold it (`ip -d link show type vxlan`); the agent retries at every reconcile"
+            .to_owned(),
+    })
+}
+
+/// Whether the interface `name` of this network namespace is up (SIOCGIFFLAGS).
+fn interface_is_up(name: &str) -> std::io::Result<bool> {
+    // SAFETY: a plain socket call; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+        *slot = byte as libc::c_char;
+    }
+    // SAFETY: `request` is a valid ifreq with a NUL-terminated name; the kernel fills ifru_flags.
+    let result = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: `fd` is ours and closed once.
+    unsafe { libc::close(fd) };
+    if result < 0 {
+        return Err(error);
+    }
+    // SAFETY: SIOCGIFFLAGS succeeded, so the union holds the flags.
+    let flags = unsafe { request.ifr_ifru.ifru_flags };
+    Ok(flags & libc::IFF_UP as libc::c_short != 0)
 }
 
 /// The report for a person: one block per finding with its fix, or one line saying all is well.
@@ -2063,6 +2112,24 @@ mod tests {
         );
         let observed = healthy_links(&expected);
         assert_eq!(check_links(&expected, &observed, &interfaces, Path::new("/pins/links")), vec![]);
+    }
+
+    #[test]
+    fn a_missing_or_down_vxlan_anchor_is_a_tunnel_finding_only_where_vxlan_is_received() {
+        assert!(check_anchor(false, None).is_none(), "no VXLAN: no anchor wanted");
+        assert!(check_anchor(false, Some(false)).is_none());
+        assert!(check_anchor(true, Some(true)).is_none(), "present and up");
+        let missing = check_anchor(true, None).unwrap();
+        assert_eq!((missing.check, missing.object.as_str()), ("tunnel", "device vxlan.dataplane"));
+        assert!(missing.problem.contains("is missing") && missing.fix.contains("modprobe vxlan"), "{missing:?}");
+        assert!(check_anchor(true, Some(false)).unwrap().problem.contains("is down"));
+    }
+
+    #[test]
+    fn loopback_answers_and_an_unknown_interface_is_an_error() {
+        // Every network namespace has lo (up or down); no namespace has this name.
+        assert!(interface_is_up("lo").is_ok());
+        assert!(interface_is_up("no-such-if0").is_err());
     }
 
     #[test]

@@ -175,6 +175,15 @@ fn run(cluster: &mut Cluster) -> anyhow::Result<()> {
     ensure!(!flags(&anchor).contains(&"UP".to_owned()), "{ANCHOR} is up although another device holds the port");
     let (web1, web2) = (cluster.lab.pod(WEB_1)?, cluster.lab.pod(WEB_2)?);
     ensure!(cluster.lab.ping_ok(web1, web2.addr, 5)?, "no ping web-1 -> web-2 while the anchor cannot be up");
+    // `dataplane check` says so, with the fix.
+    let check = cluster.check_output("node-2")?;
+    ensure!(!check.status.success(), "`dataplane check` passed with the anchor down");
+    let text = String::from_utf8_lossy(&check.stdout);
+    ensure!(
+        text.contains("[tunnel] device vxlan.dataplane: the VXLAN GRO anchor is down")
+            && text.contains("modprobe vxlan"),
+        "`dataplane check` did not name the anchor that is down:\n{text}"
+    );
     Ok(())
 }
 
@@ -240,13 +249,18 @@ impl Cluster {
         Ok(Some(json[0].clone()))
     }
 
-    /// `dataplane check` of `node`, which must pass; its text.
-    fn check(&self, node: &str) -> anyhow::Result<String> {
+    /// `dataplane check` of `node`, pass or fail.
+    fn check_output(&self, node: &str) -> anyhow::Result<std::process::Output> {
         let bin = self.bin.to_string_lossy();
         let datastore = format!("file:{}", self.datastore.display());
         let pin_path = self.lab.pin_path(node).to_string_lossy().into_owned();
         let argv = [&*bin, "check", "--datastore", &datastore, "--node", node, "--pin-path", &pin_path];
-        let output = self.lab.exec_status(self.lab.node_netns(node)?, &argv)?;
+        self.lab.exec_status(self.lab.node_netns(node)?, &argv)
+    }
+
+    /// `dataplane check` of `node`, which must pass; its text.
+    fn check(&self, node: &str) -> anyhow::Result<String> {
+        let output = self.check_output(node)?;
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         ensure!(
             output.status.success(),
