@@ -87,9 +87,11 @@ async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
         Ok(backend) => {
             info!(pin_path = %options.pin_path.display(), "kernel programs loaded");
             // A netlink run before this one may have left vxlan.calico: the fast path does not use
-            // it, and two VXLAN endpoints on one node would only confuse whoever debugs it.
-            if let Err(error) = remove_netlink_device().await {
-                warn!("could not remove the netlink fallback's {}: {error:#}", netlink::VXLAN_DEVICE);
+            // it, and its socket holds the VXLAN port that the fast path's GRO anchor needs.
+            match remove_other_backends_device(OtherBackendsDevice::NetlinkVxlan).await {
+                Ok(true) => info!(device = netlink::VXLAN_DEVICE, "removed the netlink fallback's device"),
+                Ok(false) => {}
+                Err(error) => warn!("could not remove the netlink fallback's {}: {error:#}", netlink::VXLAN_DEVICE),
             }
             // Nor does it use the fallback's masquerade rule, which would translate in the kernel
             // what the fast path translates itself.
@@ -114,7 +116,10 @@ async fn start_netlink(options: &RunOptions) -> anyhow::Result<Backend> {
     let mut removed = bpf::cleanup(&options.pin_path)
         .with_context(|| format!("removing the fast path pinned under {}", options.pin_path.display()))?;
     // The fast path's VXLAN GRO anchor holds the VXLAN port that vxlan.calico needs.
-    if remove_anchor().await.context("removing the fast path's VXLAN GRO anchor")? {
+    if remove_other_backends_device(OtherBackendsDevice::FastPathAnchor)
+        .await
+        .context("removing the fast path's VXLAN GRO anchor")?
+    {
         removed += 1;
     }
     if removed > 0 {
@@ -127,25 +132,26 @@ async fn start_netlink(options: &RunOptions) -> anyhow::Result<Backend> {
     Ok(Backend::Netlink(NetlinkBackend::connect()?))
 }
 
-/// Removes the fast path's VXLAN GRO anchor if there is one; returns whether it did.
-async fn remove_anchor() -> anyhow::Result<bool> {
-    let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-    let connection = tokio::spawn(connection);
-    let removed = vxlan_anchor::remove(&handle).await;
-    connection.abort();
-    removed
+/// A device one backend keeps and the other must not leave in place.
+#[derive(Clone, Copy, Debug)]
+enum OtherBackendsDevice {
+    /// The netlink fallback's `vxlan.calico`: the fast path does not use it.
+    NetlinkVxlan,
+    /// The fast path's VXLAN GRO anchor: it holds the VXLAN port that `vxlan.calico` needs.
+    FastPathAnchor,
 }
 
-/// Removes `vxlan.calico` if the netlink backend made it.
-async fn remove_netlink_device() -> anyhow::Result<()> {
+/// Removes `device` if the other backend made it (over a netlink connection of its own: the
+/// chosen backend has none yet); returns whether it did.
+async fn remove_other_backends_device(device: OtherBackendsDevice) -> anyhow::Result<bool> {
     let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
     let connection = tokio::spawn(connection);
-    let removed = netlink::remove_owned_device(&handle, netlink::VXLAN_DEVICE).await;
+    let removed = match device {
+        OtherBackendsDevice::NetlinkVxlan => netlink::remove_owned_device(&handle, netlink::VXLAN_DEVICE).await,
+        OtherBackendsDevice::FastPathAnchor => vxlan_anchor::remove(&handle).await,
+    };
     connection.abort();
-    if removed? {
-        info!(device = netlink::VXLAN_DEVICE, "removed the netlink fallback's device");
-    }
-    Ok(())
+    removed
 }
 
 /// Where the cluster's resources come from.

@@ -1641,10 +1641,7 @@ fn check_programmed(
     };
     // Workloads without a MAC in the datastore (Kubernetes): the agent learned each pod's MAC
     // from its veth, so learn it here too and expect that one.
-    let unknown: Vec<(&str, u32)> = entries::without_mac(plan)
-        .into_iter()
-        .filter_map(|interface| interfaces.get(interface).map(|index| (interface, *index)))
-        .collect();
+    let unknown = entries::without_mac(plan, |name| interfaces.get(name).copied());
     let learned = if unknown.is_empty() {
         BTreeMap::new()
     } else {
@@ -1700,17 +1697,16 @@ pub fn check_anchor(wanted: bool, anchor: Option<bool>) -> Option<Finding> {
         (true, None) => "missing",
         (true, Some(false)) => "down",
     };
-    Some(Finding {
-        check: "tunnel",
-        object: format!("device {ANCHOR_DEVICE}"),
-        problem: format!(
+    Some(Finding::new(
+        "tunnel",
+        format!("device {ANCHOR_DEVICE}"),
+        format!(
             "the VXLAN GRO anchor is {problem}: VXLAN from peers still reaches the pods, but without receive GRO \
              (every segment alone, so slower)"
         ),
-        fix: "load the vxlan module (`modprobe vxlan`) and free the VXLAN port on the node's address: another VXLAN \
-              device may hold it (`ip -d link show type vxlan`); the agent retries at every reconcile"
-            .to_owned(),
-    })
+        "load the vxlan module (`modprobe vxlan`) and free the VXLAN port on the node's address: another VXLAN \
+         device may hold it (`ip -d link show type vxlan`); the agent retries at every reconcile",
+    ))
 }
 
 /// Whether the interface `name` of this network namespace is up (SIOCGIFFLAGS).

@@ -438,7 +438,8 @@ fn plan_workloads(model: &Model, pools: &[&IpPool], this_node: &str, plan: &mut 
 /// reported where they are routed).
 fn plan_peers(model: &Model, pools: &[&IpPool], this_node: &str, local_addr: &Ipv4Net, plan: &mut Plan) {
     for peer in model.nodes.iter().filter(|n| n.name != this_node) {
-        let Some(peer_addr) = peer.addr else {
+        // A node at this node's own address is no peer (and not in cluster_nodes either).
+        let Some(peer_addr) = peer.addr.filter(|addr| addr.addr() != local_addr.addr()) else {
             continue;
         };
         let mut planned = PlannedPeer::default();
@@ -565,6 +566,8 @@ mod tests {
             assert_eq!((route.pool.as_deref(), route.nat_outgoing), (Some("p"), true));
         }
         assert_eq!(plan.peers, BTreeMap::from([(ip("10.0.0.2"), PlannedPeer { vxlan: true, ipip: false })]));
+        // The fast path's peers map is built from cluster_nodes alone: every peer must be in it.
+        assert!(plan.peers.keys().all(|peer| plan.cluster_nodes.contains(peer)), "{:?}", plan.cluster_nodes);
         assert!(plan.workloads.is_empty());
     }
 

@@ -253,11 +253,7 @@ impl BpfBackend {
             .with_context(|| format!("uplink interface {uplink:?} does not exist in this network namespace"))?;
         let uplink_mtu = sys::mtu(uplink)?;
         // The datastore may have no pod MACs (Kubernetes): learn those from the pods' veths.
-        let unknown: Vec<(&str, u32)> = entries::without_mac(plan)
-            .into_iter()
-            .filter_map(|interface| sys::ifindex(interface).map(|index| (interface, index)))
-            .collect();
-        let learned = self.peer_macs.learn(&unknown).await;
+        let learned = self.peer_macs.learn(&entries::without_mac(plan, sys::ifindex)).await;
         let (mut desired, missing) = entries::from_plan(
             plan,
             entries::Uplink { ifindex: uplink_ifindex, mtu: uplink_mtu, nat_ports },

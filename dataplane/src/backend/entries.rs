@@ -51,13 +51,14 @@ pub struct MissingInterface {
     pub interface: String,
 }
 
-/// The interfaces of the plan's workloads that have no MAC from the datastore (Calico's
-/// Kubernetes datastore stores none): the backend learns theirs from the kernel.
-pub fn without_mac(plan: &Plan) -> Vec<&str> {
+/// The interfaces (with ifindex) of the plan's workloads that have no MAC from the datastore
+/// (Calico's Kubernetes datastore stores none) and exist on this node: the backend learns
+/// theirs from the kernel. `ifindex` resolves interface names, as for [`from_plan`].
+pub fn without_mac(plan: &Plan, ifindex: impl Fn(&str) -> Option<u32>) -> Vec<(&str, u32)> {
     plan.workloads
         .iter()
         .filter(|(_, workload)| workload.mac.is_none())
-        .map(|(interface, _)| interface.as_str())
+        .filter_map(|(interface, _)| ifindex(interface).map(|index| (interface.as_str(), index)))
         .collect()
 }
 
@@ -145,8 +146,9 @@ pub fn from_plan(
         entries.routes.insert((u32::from(prefix.prefix_len()), prefix.network().octets()), route);
     }
 
-    // Tunnel packets of either kind from every node of the cluster (see Plan::cluster_nodes).
-    for addr in plan.cluster_nodes.iter().chain(plan.peers.keys()) {
+    // Tunnel packets of either kind from every node of the cluster (see Plan::cluster_nodes,
+    // which holds every peer too).
+    for addr in &plan.cluster_nodes {
         entries.peers.insert(addr.octets(), Peer { flags: peer_flags::VXLAN | peer_flags::IPIP });
     }
     (entries, missing)
@@ -277,7 +279,8 @@ mod tests {
     #[test]
     fn a_learned_mac_fills_the_workload_and_its_route() {
         let mut plan = plan();
-        assert_eq!(without_mac(&plan), vec!["cali-gone", "cali1"]);
+        assert_eq!(without_mac(&plan, |_| Some(1)), vec![("cali-gone", 1), ("cali1", 1)]);
+        assert_eq!(without_mac(&plan, |name| (name == "cali1").then_some(7)), vec![("cali1", 7)], "only existing ones");
         let learned_mac = MacAddr([0x3a, 0x11, 0x22, 0x33, 0x44, 0x55]);
         let learned = BTreeMap::from([("cali1".to_owned(), learned_mac)]);
         let (entries, _) = from_plan(&plan, UPLINK, |name| (name == "cali1").then_some(7), &learned);
@@ -292,7 +295,7 @@ mod tests {
         if let Some(route) = plan.routes.get_mut(&"10.244.1.2/32".parse().unwrap()) {
             route.target = RouteTarget::LocalWorkload { interface: "cali1".into(), mac: Some(datastore) };
         }
-        assert_eq!(without_mac(&plan), vec!["cali-gone"]);
+        assert_eq!(without_mac(&plan, |_| Some(1)), vec![("cali-gone", 1)]);
         let (entries, _) = from_plan(&plan, UPLINK, |name| (name == "cali1").then_some(7), &learned);
         assert_eq!(entries.workloads[&7].mac, datastore.0);
         assert_eq!(entries.routes[&(32, [10, 244, 1, 2])].mac, datastore.0);
