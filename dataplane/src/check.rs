@@ -43,8 +43,9 @@ use rtnetlink::{
 use crate::{
     agent::{Datastore, Mode},
     backend::{
-        bpf::link_pin_name,
+        bpf::{link_pin_name, LINKS_DIR},
         clsact::{self, Filter},
+        diff::{diff, Changes},
         entries::{self, MapEntries, RouteKey},
         netlink::{self, Intent, RouteIntent, IPIP_DEVICE, RTPROT_DATAPLANE, VXLAN_DEVICE, VXLAN_VNI},
         nftables, veth,
@@ -55,9 +56,6 @@ use crate::{
     plan::{self, Encap, Plan, RouteTarget},
     routes, sys,
 };
-
-/// Subdirectory of the pin path with one pinned link per attached hook (as the agent pins them).
-pub const LINKS_DIR: &str = "links";
 
 /// What the agent tells its users to do when a map or a link is not as the datastore says: the
 /// agent rewrites both on start and on every resync.
@@ -510,9 +508,9 @@ enum Difference<'a, V> {
 }
 
 /// One finding per key of `want` that `have` lacks or holds differently (in key order), then one
-/// per key of `have` that `want` lacks. Keys for which `skip` holds are not compared; `object`
-/// names the entry and `say` words the difference.
-fn entry_findings<K: Ord, V: PartialEq>(
+/// per key of `have` that `want` lacks: the agent's own [`diff`], in words. Keys for which `skip`
+/// holds are not compared; `object` names the entry and `say` words the difference.
+fn entry_findings<K: Ord + Clone, V: PartialEq + Clone>(
     want: &BTreeMap<K, V>,
     have: &BTreeMap<K, V>,
     skip: impl Fn(&K) -> bool,
@@ -520,18 +518,18 @@ fn entry_findings<K: Ord, V: PartialEq>(
     say: impl Fn(&K, Difference<'_, V>) -> String,
 ) -> Vec<Finding> {
     let finding = |key: &K, difference| Finding::new("maps", object(key), say(key, difference), FIX_AGENT);
+    let Changes { upserts, removals } = diff(have, want);
     let mut findings = Vec::new();
-    for (key, wanted) in want.iter().filter(|(key, _)| !skip(key)) {
-        match have.get(key) {
-            None => findings.push(finding(key, Difference::Missing { want: wanted })),
-            Some(held) if held != wanted => {
-                findings.push(finding(key, Difference::Differs { have: held, want: wanted }))
-            }
-            Some(_) => {}
-        }
+    for (key, wanted) in upserts.iter().filter(|(key, _)| !skip(key)) {
+        findings.push(match have.get(key) {
+            None => finding(key, Difference::Missing { want: wanted }),
+            Some(held) => finding(key, Difference::Differs { have: held, want: wanted }),
+        });
     }
-    for (key, held) in have.iter().filter(|(key, _)| !skip(key) && !want.contains_key(key)) {
-        findings.push(finding(key, Difference::Extra { have: held }));
+    for key in removals.iter().filter(|key| !skip(key)) {
+        if let Some(held) = have.get(key) {
+            findings.push(finding(key, Difference::Extra { have: held }));
+        }
     }
     findings
 }

@@ -102,7 +102,7 @@ pub const MAPS: [&str; 6] = [ROUTES_MAP, WORKLOADS_MAP, PEERS_MAP, NODE_MAP, STA
 const PROGRAMS: [&str; 5] = [PROG_FROM_WORKLOAD, PROG_TO_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK, PROG_VXLAN_ANCHOR];
 
 /// Subdirectory of the pin path holding one pinned link per attached interface.
-const LINKS_DIR: &str = "links";
+pub const LINKS_DIR: &str = "links";
 
 /// What one reconcile changed.
 #[derive(Debug, Default)]
