@@ -1640,22 +1640,12 @@ fn check_programmed(
     // Workloads without a MAC in the datastore (Kubernetes): the agent learned each pod's MAC
     // from its veth, so learn it here too and expect that one.
     let unknown = entries::without_mac(plan, |name| interfaces.get(name).copied());
-    let learned = if unknown.is_empty() {
+    let learned = veth::learn_once(&unknown).unwrap_or_else(|error| {
+        tracing::warn!(error = %format!("{error:#}"), "check: cannot learn the pods' MACs; expecting none");
         BTreeMap::new()
-    } else {
-        veth::learn_once(&unknown).unwrap_or_else(|error| {
-            tracing::warn!(error = %format!("{error:#}"), "check: cannot learn the pods' MACs; expecting none");
-            BTreeMap::new()
-        })
-    };
+    });
     for (interface, mac) in &learned {
         let workload = plan.workloads.get(interface).map(|w| w.name.clone()).unwrap_or_default();
-        tracing::info!(
-            workload,
-            interface = interface.as_str(),
-            mac = %mac,
-            "check: the datastore has no MAC for this workload; expecting the one of its veth's pod side"
-        );
         report.checked.learned_macs.insert(workload, mac.to_string());
     }
     let (mut expected, _missing) = entries::from_plan(

@@ -150,27 +150,15 @@ impl PeerMacs {
     }
 }
 
-/// The pod MACs of `wanted` (interface, host ifindex), learned once with a private runtime (for
-/// `dataplane check`, which is not async); failures are left out and logged at debug.
+/// The pod MACs of `wanted` (interface, host ifindex), learned once by [`PeerMacs::learn`] on a
+/// private runtime (for `dataplane check`, which is not async).
 pub fn learn_once(wanted: &[(&str, u32)]) -> anyhow::Result<BTreeMap<String, MacAddr>> {
+    if wanted.is_empty() {
+        return Ok(BTreeMap::new());
+    }
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(async {
-        let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-        tokio::spawn(connection);
-        let mut macs = BTreeMap::new();
-        for &(interface, index) in wanted {
-            match peer_mac(&handle, index).await {
-                Ok(mac) => {
-                    macs.insert(interface.to_owned(), mac);
-                }
-                Err(error) => {
-                    debug!(interface, ifindex = index, error = %format!("{error:#}"), "cannot learn the pod's MAC")
-                }
-            }
-        }
-        Ok(macs)
-    })
+    runtime.block_on(async { Ok(PeerMacs::connect()?.learn(wanted).await) })
 }
 
 #[cfg(test)]
