@@ -72,16 +72,13 @@ pub enum KernelLog {
     All,
 }
 
-/// The values of aya-log's `AYA_LOG_LEVEL` global for [`KernelLog`] (aya_log::Level numbering:
-/// debug 4, trace 5).
-static KERNEL_LOG_LEVELS: [u8; 3] = [0, aya_log::Level::Debug as u8, aya_log::Level::Trace as u8];
-
 impl KernelLog {
+    /// The value of aya-log's `AYA_LOG_LEVEL` global (aya_log::Level numbering: debug 4, trace 5).
     fn level(self) -> &'static u8 {
         match self {
-            KernelLog::Off => &KERNEL_LOG_LEVELS[0],
-            KernelLog::Drops => &KERNEL_LOG_LEVELS[1],
-            KernelLog::All => &KERNEL_LOG_LEVELS[2],
+            KernelLog::Off => &0,
+            KernelLog::Drops => &(aya_log::Level::Debug as u8),
+            KernelLog::All => &(aya_log::Level::Trace as u8),
         }
     }
 }
