@@ -978,4 +978,22 @@ mod tests {
         // res_id of the batch markers names the nf_tables subsystem, big-endian.
         assert_eq!(&parsed[0].payload[2..4], &NFNL_SUBSYS_NFTABLES.to_be_bytes());
     }
+
+    #[test]
+    fn an_error_message_carries_its_errno_and_an_ack_zero() {
+        // nlmsghdr then nlmsgerr's code (the echoed request is left out: it is not read).
+        let error = |seq: u32, code: i32| {
+            let mut bytes = 20u32.to_ne_bytes().to_vec();
+            bytes.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+            bytes.extend_from_slice(&0u16.to_ne_bytes());
+            bytes.extend_from_slice(&seq.to_ne_bytes());
+            bytes.extend_from_slice(&0u32.to_ne_bytes());
+            bytes.extend_from_slice(&code.to_ne_bytes());
+            bytes
+        };
+        let bytes = [error(7, -libc::ENOENT), error(8, 0)].concat();
+        let parsed = messages(&bytes).expect("well-formed");
+        let codes: Vec<_> = parsed.iter().map(|m| (m.kind, m.seq, m.error_code())).collect();
+        assert_eq!(codes, [(NLMSG_ERROR, 7, -libc::ENOENT), (NLMSG_ERROR, 8, 0)]);
+    }
 }
