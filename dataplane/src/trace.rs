@@ -1879,7 +1879,7 @@ pub fn text(report: &TraceReport) -> String {
         Fragment::Later => out.push_str("        later fragment (offset > 0)\n"),
     }
     let hook = if matches!(report.entry, Entry::Host | Entry::IntoPod { .. }) { "egress" } else { "ingress" };
-    out.push_str(&format!("program: {} (tcx {hook} of {})\n", p.program, report.interface));
+    out.push_str(&format!("program: {} (TC {hook} of {})\n", p.program, report.interface));
     for note in &report.notes {
         out.push_str(&format!("note: {note}\n"));
     }
