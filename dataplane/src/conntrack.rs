@@ -88,7 +88,8 @@ pub fn translations(entries: impl IntoIterator<Item = (FlowKey, NatFlow)>, now_n
     out
 }
 
-fn protocol_name(protocol: u8) -> String {
+/// An IP protocol's name (`tcp`, `udp`, `icmp`), or its number.
+pub fn protocol_name(protocol: u8) -> String {
     match protocol {
         IPPROTO_TCP => "tcp".into(),
         IPPROTO_UDP => "udp".into(),

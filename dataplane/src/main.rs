@@ -390,6 +390,9 @@ fn main() -> anyhow::Result<()> {
                 backend::host_routes::RTPROT_DATAPLANE,
                 report.devices
             );
+            if report.nat_table {
+                println!("removed the natOutgoing table (table ip {})", backend::nftables::TABLE);
+            }
             Ok(())
         }
         Command::Ipam { command: IpamCommand::Show { show_blocks, datastore, output } } => {

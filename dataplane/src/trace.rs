@@ -442,13 +442,14 @@ fn serialize_flow<S: serde::Serializer>(key: &Option<FlowKey>, serializer: S) ->
 
 /// A conntrack key for a person: `proto src:port -> dst:port`.
 fn describe_flow(key: &FlowKey) -> String {
-    let proto = match key.protocol {
-        IPPROTO_TCP => "tcp".to_owned(),
-        IPPROTO_UDP => "udp".to_owned(),
-        IPPROTO_ICMP => "icmp".to_owned(),
-        other => format!("proto {other}"),
-    };
-    format!("{proto} {}:{} -> {}:{}", Ipv4Addr::from(key.src), key.src_port, Ipv4Addr::from(key.dst), key.dst_port)
+    format!(
+        "{} {}:{} -> {}:{}",
+        crate::conntrack::protocol_name(key.protocol),
+        Ipv4Addr::from(key.src),
+        key.src_port,
+        Ipv4Addr::from(key.dst),
+        key.dst_port
+    )
 }
 
 fn serialize_stat<S: serde::Serializer>(stat: &Stat, serializer: S) -> Result<S::Ok, S::Error> {
@@ -1878,7 +1879,7 @@ pub fn text(report: &TraceReport) -> String {
         Fragment::Later => out.push_str("        later fragment (offset > 0)\n"),
     }
     let hook = if matches!(report.entry, Entry::Host | Entry::IntoPod { .. }) { "egress" } else { "ingress" };
-    out.push_str(&format!("program: {} (tcx {hook} of {})\n", p.program, report.interface));
+    out.push_str(&format!("program: {} (TC {hook} of {})\n", p.program, report.interface));
     for note in &report.notes {
         out.push_str(&format!("note: {note}\n"));
     }

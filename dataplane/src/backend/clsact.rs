@@ -121,6 +121,17 @@ fn filter_info(priority: u16) -> u32 {
     (u32::from(priority) << 16) | u32::from(ETH_P_ALL.to_be())
 }
 
+/// Our filter's slot on a hook of `ifindex` (parent, priority, handle, kind `bpf`): what both
+/// attaching and removing it name.
+fn our_filter(ifindex: u32, direction: TcAttachType) -> TcMessage {
+    let mut message = TcMessage::with_index(ifindex as i32);
+    message.header.parent = parent(direction);
+    message.header.handle = FILTER_HANDLE.into();
+    message.header.info = filter_info(FILTER_PRIORITY);
+    message.attributes.push(TcAttribute::Kind(KIND_BPF.to_owned()));
+    message
+}
+
 /// The name of a hook, as tc spells it.
 pub fn hook_name(direction: TcAttachType) -> &'static str {
     match direction {
@@ -197,21 +208,17 @@ pub fn attach(
     let hook = hook_name(direction);
     ensure_qdisc(ifindex).with_context(|| format!("preparing {interface} for TC filters"))?;
     let existing = filters(ifindex, direction).with_context(|| format!("listing the {hook} filters of {interface}"))?;
-    let flags = match step(&existing) {
-        Step::Create => NLM_F_CREATE | NLM_F_EXCL,
+    let (flags, replaced) = match step(&existing) {
+        Step::Create => (NLM_F_CREATE | NLM_F_EXCL, false),
         // Without NLM_F_EXCL the kernel changes the existing filter: cls_bpf swaps the program.
-        Step::Replace => NLM_F_CREATE,
+        Step::Replace => (NLM_F_CREATE, true),
         Step::Occupied(whose) => bail!(
             "the {hook} hook of {interface} has a {whose} at priority {FILTER_PRIORITY} handle {FILTER_HANDLE:#x}, \
              where the agent puts its own: remove it (tc filter del dev {interface} {hook} pref {FILTER_PRIORITY} \
              handle {FILTER_HANDLE:#x} bpf) or free that slot"
         ),
     };
-    let mut message = TcMessage::with_index(ifindex as i32);
-    message.header.parent = parent(direction);
-    message.header.handle = FILTER_HANDLE.into();
-    message.header.info = filter_info(FILTER_PRIORITY);
-    message.attributes.push(TcAttribute::Kind(KIND_BPF.to_owned()));
+    let mut message = our_filter(ifindex, direction);
     message.attributes.push(TcAttribute::Options(vec![
         TcOption::Bpf(TcFilterBpfOption::ProgFd(program_fd.as_raw_fd() as u32)),
         TcOption::Bpf(TcFilterBpfOption::ProgName(filter_name(program))),
@@ -219,7 +226,7 @@ pub fn attach(
     ]));
     request(RouteNetlinkMessage::NewTrafficFilter(message), flags)
         .with_context(|| format!("attaching {program} as a {hook} filter of {interface}"))?;
-    Ok(flags == NLM_F_CREATE)
+    Ok(replaced)
 }
 
 /// Removes our filter from a hook of `ifindex`, if it has one. Returns whether it did.
@@ -229,12 +236,7 @@ pub fn detach(ifindex: u32, direction: TcAttachType) -> anyhow::Result<bool> {
     if !existing.iter().any(Filter::is_ours) {
         return Ok(false);
     }
-    let mut message = TcMessage::with_index(ifindex as i32);
-    message.header.parent = parent(direction);
-    message.header.handle = FILTER_HANDLE.into();
-    message.header.info = filter_info(FILTER_PRIORITY);
-    message.attributes.push(TcAttribute::Kind(KIND_BPF.to_owned()));
-    match request(RouteNetlinkMessage::DelTrafficFilter(message), 0) {
+    match request(RouteNetlinkMessage::DelTrafficFilter(our_filter(ifindex, direction)), 0) {
         Ok(_) => Ok(true),
         // Gone meanwhile (its interface was deleted).
         Err(error) if matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) => Ok(false),

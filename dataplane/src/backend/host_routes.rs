@@ -76,9 +76,7 @@ pub struct HostRoutes {
 impl HostRoutes {
     /// Opens a netlink connection in the current network namespace (needs a tokio runtime).
     pub fn connect() -> anyhow::Result<Self> {
-        let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-        tokio::spawn(connection);
-        Ok(HostRoutes { handle })
+        Ok(HostRoutes { handle: super::netlink::connect()? })
     }
 
     /// The gateway the kernel would use towards `addr` (`ip route get`), or `addr` if on-link.

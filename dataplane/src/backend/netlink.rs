@@ -478,7 +478,7 @@ impl NetlinkBackend {
     ) -> anyhow::Result<u32> {
         let mut existing = link_by_name(&self.handle, VXLAN_DEVICE).await?.map(|m| LinkState::parse(&m));
         if let Some(link) = &existing {
-            let same = link.kind.as_deref() == Some("vxlan")
+            let same = link.is_vxlan()
                 && link.vni == Some(VXLAN_VNI)
                 && link.port == Some(VXLAN_PORT)
                 && link.local == Some(vxlan.local)
@@ -843,8 +843,9 @@ pub async fn remove_owned_device(handle: &Handle, name: &str) -> anyhow::Result<
     Ok(true)
 }
 
-/// A netlink connection in the current network namespace.
-fn connect() -> anyhow::Result<Handle> {
+/// An rtnetlink connection in the current network namespace, its task spawned on the current
+/// tokio runtime.
+pub fn connect() -> anyhow::Result<Handle> {
     let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
     tokio::spawn(connection);
     Ok(handle)
@@ -881,24 +882,39 @@ async fn main_table_routes(handle: &Handle) -> anyhow::Result<Vec<RouteMessage>>
     Ok(routes)
 }
 
-/// A device's settings as this backend compares them.
-#[derive(Debug, Default)]
-struct LinkState {
-    index: u32,
-    kind: Option<String>,
-    vni: Option<u32>,
-    port: Option<u16>,
-    local: Option<Ipv4Addr>,
-    lower: Option<u32>,
-    learning: Option<bool>,
-    mtu: Option<u32>,
-    mac: Option<Vec<u8>>,
-    alias: Option<String>,
-    up: bool,
+/// A device's settings as the agent compares them (this backend's devices, and the fast path's
+/// VXLAN GRO anchor).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkState {
+    /// Its ifindex.
+    pub index: u32,
+    /// Its link kind (`vxlan`, `ipip`, ...).
+    pub kind: Option<String>,
+    /// vxlan: the VNI.
+    pub vni: Option<u32>,
+    /// vxlan: the UDP destination port.
+    pub port: Option<u16>,
+    /// vxlan: the local address.
+    pub local: Option<Ipv4Addr>,
+    /// vxlan: the lower device's ifindex.
+    pub lower: Option<u32>,
+    /// vxlan: whether it learns FDB entries from what it receives.
+    pub learning: Option<bool>,
+    /// vxlan: external mode (collect_metadata), as the fast path's GRO anchor runs.
+    pub external: bool,
+    /// Its MTU.
+    pub mtu: Option<u32>,
+    /// Its link-layer address.
+    pub mac: Option<Vec<u8>>,
+    /// Its alias (ours marks the devices the agent made).
+    pub alias: Option<String>,
+    /// Whether it is administratively up.
+    pub up: bool,
 }
 
 impl LinkState {
-    fn parse(message: &LinkMessage) -> Self {
+    /// Reads a link message from the kernel.
+    pub fn parse(message: &LinkMessage) -> Self {
         let mut state = LinkState {
             index: message.header.index,
             up: message.header.flags.contains(LinkFlags::Up),
@@ -926,6 +942,7 @@ impl LinkState {
                                         InfoVxlan::Local(local) => state.local = Some(*local),
                                         InfoVxlan::Link(lower) => state.lower = Some(*lower),
                                         InfoVxlan::Learning(learning) => state.learning = Some(*learning),
+                                        InfoVxlan::CollectMetadata(on) => state.external = *on,
                                         _ => {}
                                     }
                                 }
@@ -938,6 +955,11 @@ impl LinkState {
             }
         }
         state
+    }
+
+    /// Whether it is a vxlan device.
+    pub fn is_vxlan(&self) -> bool {
+        self.kind.as_deref() == Some("vxlan")
     }
 }
 

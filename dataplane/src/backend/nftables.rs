@@ -301,6 +301,8 @@ const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 const NLA_F_NESTED: u16 = 0x8000;
+/// An attribute's type without its NLA_F_NESTED and NLA_F_NET_BYTEORDER flags.
+const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
@@ -386,6 +388,16 @@ impl Attrs {
     }
 }
 
+/// Names one of our sets: the start of a set element message or dump filter.
+fn our_set(set: &str) -> Attrs {
+    Attrs::default().string(NFTA_SET_ELEM_LIST_TABLE, TABLE).string(NFTA_SET_ELEM_LIST_SET, set)
+}
+
+/// Names our chain: the start of a rule message or dump filter.
+fn our_chain() -> Attrs {
+    Attrs::default().string(NFTA_RULE_TABLE, TABLE).string(NFTA_RULE_CHAIN, CHAIN)
+}
+
 /// One nf_tables expression: `NFTA_LIST_ELEM { NFTA_EXPR_NAME, NFTA_EXPR_DATA }`.
 fn expression(name: &str, data: Attrs) -> Attrs {
     Attrs::default().string(NFTA_EXPR_NAME, name).nested(NFTA_EXPR_DATA, data)
@@ -422,11 +434,7 @@ fn masquerade_rule() -> Attrs {
     let mut comment = vec![NFTNL_UDATA_RULE_COMMENT, (RULE_COMMENT.len() + 1) as u8];
     comment.extend_from_slice(RULE_COMMENT.as_bytes());
     comment.push(0);
-    Attrs::default()
-        .string(NFTA_RULE_TABLE, TABLE)
-        .string(NFTA_RULE_CHAIN, CHAIN)
-        .nested(NFTA_RULE_EXPRESSIONS, expressions)
-        .bytes(NFTA_RULE_USERDATA, &comment)
+    our_chain().nested(NFTA_RULE_EXPRESSIONS, expressions).bytes(NFTA_RULE_USERDATA, &comment)
 }
 
 fn element_list(set: &str, elements: &BTreeSet<Element>) -> Attrs {
@@ -439,10 +447,7 @@ fn element_list(set: &str, elements: &BTreeSet<Element>) -> Attrs {
         }
         list = list.nested(NFTA_LIST_ELEM, attrs);
     }
-    Attrs::default()
-        .string(NFTA_SET_ELEM_LIST_TABLE, TABLE)
-        .string(NFTA_SET_ELEM_LIST_SET, set)
-        .nested(NFTA_SET_ELEM_LIST_ELEMENTS, list)
+    our_set(set).nested(NFTA_SET_ELEM_LIST_ELEMENTS, list)
 }
 
 /// The message type, flags and body of one change.
@@ -465,11 +470,7 @@ fn change_message(change: &Change) -> (u16, u16, Attrs) {
                 .be32(NFTA_SET_ID, if *name == MASQ_POOLS_SET { 1 } else { 2 }),
         ),
         // A DELSETELEM without elements flushes the set.
-        Change::FlushSet(name) => (
-            NFT_MSG_DELSETELEM,
-            0,
-            Attrs::default().string(NFTA_SET_ELEM_LIST_TABLE, TABLE).string(NFTA_SET_ELEM_LIST_SET, name),
-        ),
+        Change::FlushSet(name) => (NFT_MSG_DELSETELEM, 0, our_set(name)),
         Change::AddElements(name, elements) => (NFT_MSG_NEWSETELEM, create, element_list(name, elements)),
         Change::AddChain => (
             NFT_MSG_NEWCHAIN,
@@ -487,9 +488,7 @@ fn change_message(change: &Change) -> (u16, u16, Attrs) {
                 .string(NFTA_CHAIN_TYPE, "nat"),
         ),
         // A DELRULE without a handle flushes the chain.
-        Change::FlushChain => {
-            (NFT_MSG_DELRULE, 0, Attrs::default().string(NFTA_RULE_TABLE, TABLE).string(NFTA_RULE_CHAIN, CHAIN))
-        }
+        Change::FlushChain => (NFT_MSG_DELRULE, 0, our_chain()),
         Change::AddRule => (NFT_MSG_NEWRULE, create | NLM_F_APPEND, masquerade_rule()),
     }
 }
@@ -533,6 +532,13 @@ struct Message<'b> {
     payload: &'b [u8],
 }
 
+impl Message<'_> {
+    /// The (negative) errno of an NLMSG_ERROR message; 0 is an acknowledgement.
+    fn error_code(&self) -> i32 {
+        self.payload.get(..4).and_then(|code| code.try_into().ok()).map_or(0, i32::from_ne_bytes)
+    }
+}
+
 fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
 }
@@ -564,7 +570,7 @@ fn attributes(mut bytes: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
     while bytes.len() >= 4 {
         let len = u16_at(bytes, 0).unwrap_or(0) as usize;
-        let kind = u16_at(bytes, 2).unwrap_or(0) & !NLA_F_NESTED & 0x7fff;
+        let kind = u16_at(bytes, 2).unwrap_or(0) & NLA_TYPE_MASK;
         if len < 4 || len > bytes.len() {
             break;
         }
@@ -682,7 +688,7 @@ impl NfSocket {
                 match reply.kind {
                     NLMSG_DONE => return Ok(bodies),
                     NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes(reply.payload.get(..4).unwrap_or(&[0; 4]).try_into()?);
+                        let code = reply.error_code();
                         if code == 0 || code == -libc::ENOENT {
                             return Ok(bodies);
                         }
@@ -715,14 +721,13 @@ impl NfSocket {
             .filter_map(|body| string(attribute(&attributes(body), NFTA_SET_NAME)).map(str::to_owned))
             .collect();
         for set in sets {
-            let filter = Attrs::default().string(NFTA_SET_ELEM_LIST_TABLE, TABLE).string(NFTA_SET_ELEM_LIST_SET, &set);
-            let elements = self.dump(NFT_MSG_GETSETELEM, filter)?.iter().flat_map(|b| parse_elements(b)).collect();
+            let elements =
+                self.dump(NFT_MSG_GETSETELEM, our_set(&set))?.iter().flat_map(|b| parse_elements(b)).collect();
             observed.sets.insert(set, elements);
         }
         if observed.chain {
-            let filter = Attrs::default().string(NFTA_RULE_TABLE, TABLE).string(NFTA_RULE_CHAIN, CHAIN);
             observed.rules = self
-                .dump(NFT_MSG_GETRULE, filter)?
+                .dump(NFT_MSG_GETRULE, our_chain())?
                 .iter()
                 .filter(|body| is_ours(body, NFTA_RULE_TABLE))
                 .map(|body| attribute(&attributes(body), NFTA_RULE_USERDATA).and_then(rule_comment))
@@ -743,7 +748,7 @@ impl NfSocket {
                 if reply.kind != NLMSG_ERROR || !pending.remove(&reply.seq) {
                     continue;
                 }
-                let code = i32::from_ne_bytes(reply.payload.get(..4).unwrap_or(&[0; 4]).try_into()?);
+                let code = reply.error_code();
                 if code != 0 {
                     let change = &changes[(reply.seq - first - 1) as usize];
                     errors.push(format!("{change:?}: {}", std::io::Error::from_raw_os_error(-code)));
@@ -972,5 +977,23 @@ mod tests {
         );
         // res_id of the batch markers names the nf_tables subsystem, big-endian.
         assert_eq!(&parsed[0].payload[2..4], &NFNL_SUBSYS_NFTABLES.to_be_bytes());
+    }
+
+    #[test]
+    fn an_error_message_carries_its_errno_and_an_ack_zero() {
+        // nlmsghdr then nlmsgerr's code (the echoed request is left out: it is not read).
+        let error = |seq: u32, code: i32| {
+            let mut bytes = 20u32.to_ne_bytes().to_vec();
+            bytes.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+            bytes.extend_from_slice(&0u16.to_ne_bytes());
+            bytes.extend_from_slice(&seq.to_ne_bytes());
+            bytes.extend_from_slice(&0u32.to_ne_bytes());
+            bytes.extend_from_slice(&code.to_ne_bytes());
+            bytes
+        };
+        let bytes = [error(7, -libc::ENOENT), error(8, 0)].concat();
+        let parsed = messages(&bytes).expect("well-formed");
+        let codes: Vec<_> = parsed.iter().map(|m| (m.kind, m.seq, m.error_code())).collect();
+        assert_eq!(codes, [(NLMSG_ERROR, 7, -libc::ENOENT), (NLMSG_ERROR, 8, 0)]);
     }
 }
