@@ -88,7 +88,7 @@ async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
             info!(pin_path = %options.pin_path.display(), "kernel programs loaded");
             // A netlink run before this one may have left vxlan.calico: the fast path does not use
             // it, and its socket holds the VXLAN port that the fast path's GRO anchor needs.
-            match remove_other_backends_device(OtherBackendsDevice::NetlinkVxlan).await {
+            match remove_other_backends_device(netlink::VXLAN_DEVICE, netlink::DEVICE_ALIAS).await {
                 Ok(true) => info!(device = netlink::VXLAN_DEVICE, "removed the netlink fallback's device"),
                 Ok(false) => {}
                 Err(error) => warn!("could not remove the netlink fallback's {}: {error:#}", netlink::VXLAN_DEVICE),
@@ -116,7 +116,7 @@ async fn start_netlink(options: &RunOptions) -> anyhow::Result<Backend> {
     let mut removed = bpf::cleanup(&options.pin_path)
         .with_context(|| format!("removing the fast path pinned under {}", options.pin_path.display()))?;
     // The fast path's VXLAN GRO anchor holds the VXLAN port that vxlan.calico needs.
-    if remove_other_backends_device(OtherBackendsDevice::FastPathAnchor)
+    if remove_other_backends_device(vxlan_anchor::ANCHOR_DEVICE, vxlan_anchor::ANCHOR_ALIAS)
         .await
         .context("removing the fast path's VXLAN GRO anchor")?
     {
@@ -132,26 +132,10 @@ async fn start_netlink(options: &RunOptions) -> anyhow::Result<Backend> {
     Ok(Backend::Netlink(NetlinkBackend::connect()?))
 }
 
-/// A device one backend keeps and the other must not leave in place.
-#[derive(Clone, Copy, Debug)]
-enum OtherBackendsDevice {
-    /// The netlink fallback's `vxlan.calico`: the fast path does not use it.
-    NetlinkVxlan,
-    /// The fast path's VXLAN GRO anchor: it holds the VXLAN port that `vxlan.calico` needs.
-    FastPathAnchor,
-}
-
-/// Removes `device` if the other backend made it (over a netlink connection of its own: the
-/// chosen backend has none yet); returns whether it did.
-async fn remove_other_backends_device(device: OtherBackendsDevice) -> anyhow::Result<bool> {
-    let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-    let connection = tokio::spawn(connection);
-    let removed = match device {
-        OtherBackendsDevice::NetlinkVxlan => netlink::remove_owned_device(&handle, netlink::VXLAN_DEVICE).await,
-        OtherBackendsDevice::FastPathAnchor => vxlan_anchor::remove(&handle).await,
-    };
-    connection.abort();
-    removed
+/// Removes the device `name` if the other backend made it (it carries that backend's `alias`),
+/// over a netlink connection of its own: the chosen backend has none yet. Returns whether it did.
+async fn remove_other_backends_device(name: &str, alias: &str) -> anyhow::Result<bool> {
+    netlink::remove_owned_device(&netlink::connect()?, name, alias).await
 }
 
 /// Where the cluster's resources come from.

@@ -1338,8 +1338,7 @@ pub fn observe_fallback(interfaces: &BTreeMap<String, u32>) -> anyhow::Result<Ob
     let device_index = interfaces.get(VXLAN_DEVICE).copied();
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?.block_on(
         async move {
-            let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-            tokio::spawn(connection);
+            let handle = netlink::connect()?;
             let mut observed = ObservedFallback::default();
             match nftables::observe() {
                 Ok(nat) => observed.nat = nat,

@@ -224,15 +224,17 @@ impl BpfBackend {
             program.load().with_context(|| format!("verifying program {name}"))?;
         }
         crate::sys::create_private_dir(&pin_path.join(LINKS_DIR))?;
+        // One netlink connection for the routes, the pods' MACs and the anchor.
+        let handle = super::netlink::connect()?;
         Ok(BpfBackend {
             ebpf,
             pin_path: pin_path.to_owned(),
             method,
             attached: BTreeMap::new(),
             took_over: false,
-            host_routes: HostRoutes::connect()?,
-            peer_macs: PeerMacs::connect()?,
-            anchor: VxlanAnchor::connect()?,
+            host_routes: HostRoutes::new(handle.clone()),
+            peer_macs: PeerMacs::new(handle.clone()),
+            anchor: VxlanAnchor::new(handle),
         })
     }
 

@@ -74,9 +74,9 @@ pub struct HostRoutes {
 }
 
 impl HostRoutes {
-    /// Opens a netlink connection in the current network namespace (needs a tokio runtime).
-    pub fn connect() -> anyhow::Result<Self> {
-        Ok(HostRoutes { handle: super::netlink::connect()? })
+    /// Reads and writes over `handle`'s netlink connection.
+    pub fn new(handle: Handle) -> Self {
+        HostRoutes { handle }
     }
 
     /// The gateway the kernel would use towards `addr` (`ip route get`), or `addr` if on-link.

@@ -374,7 +374,7 @@ impl NetlinkBackend {
         self.sync_routes(&intent, uplink_index, vxlan_index, ipip_index, &mut report).await?;
 
         // No pool tunnels with VXLAN any more: the device goes, with its neighbours and FDB.
-        if intent.vxlan.is_none() && remove_owned_device(&self.handle, VXLAN_DEVICE).await? {
+        if intent.vxlan.is_none() && remove_owned_device(&self.handle, VXLAN_DEVICE, DEVICE_ALIAS).await? {
             info!(device = VXLAN_DEVICE, "removed: no pool uses VXLAN towards this node any more");
             report.removed += 1;
         }
@@ -798,7 +798,7 @@ pub async fn cleanup() -> anyhow::Result<Cleanup> {
         removed.routes += 1;
     }
     for device in [VXLAN_DEVICE, IPIP_DEVICE] {
-        if remove_owned_device(&handle, device).await? {
+        if remove_owned_device(&handle, device, DEVICE_ALIAS).await? {
             removed.devices += 1;
         }
     }
@@ -823,14 +823,15 @@ pub fn cleanup_blocking() -> anyhow::Result<Cleanup> {
         .block_on(cleanup())
 }
 
-/// Removes the device `name` if it carries our alias (an IPIP fallback device cannot be deleted:
-/// it is only brought down). Returns whether it did.
-pub async fn remove_owned_device(handle: &Handle, name: &str) -> anyhow::Result<bool> {
+/// Removes the device `name` if it carries `alias`, the mark of the agent's devices
+/// ([`DEVICE_ALIAS`] for the fallback's; an IPIP fallback device cannot be deleted: it is only
+/// brought down). Returns whether it did.
+pub async fn remove_owned_device(handle: &Handle, name: &str, alias: &str) -> anyhow::Result<bool> {
     let Some(message) = link_by_name(handle, name).await? else {
         return Ok(false);
     };
     let link = LinkState::parse(&message);
-    if link.alias.as_deref() != Some(DEVICE_ALIAS) {
+    if link.alias.as_deref() != Some(alias) {
         return Ok(false);
     }
     if name == IPIP_DEVICE {

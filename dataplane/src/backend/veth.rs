@@ -100,11 +100,9 @@ pub struct PeerMacs {
 }
 
 impl PeerMacs {
-    /// Opens a netlink connection in the current network namespace (needs a tokio runtime).
-    pub fn connect() -> anyhow::Result<Self> {
-        let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-        tokio::spawn(connection);
-        Ok(PeerMacs { handle, learned: BTreeMap::new(), warned: BTreeSet::new() })
+    /// Learns over `handle`'s netlink connection.
+    pub fn new(handle: Handle) -> Self {
+        PeerMacs { handle, learned: BTreeMap::new(), warned: BTreeSet::new() }
     }
 
     /// The pod MACs of `wanted` (interface, host ifindex), by interface; a workload whose MAC
@@ -158,7 +156,7 @@ pub fn learn_once(wanted: &[(&str, u32)]) -> anyhow::Result<BTreeMap<String, Mac
     }
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(async { Ok(PeerMacs::connect()?.learn(wanted).await) })
+    runtime.block_on(async { Ok(PeerMacs::new(super::netlink::connect()?).learn(wanted).await) })
 }
 
 #[cfg(test)]

@@ -12,13 +12,10 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
-use rtnetlink::{
-    packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
-    Handle, LinkUnspec, LinkVxlan,
-};
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 use tracing::{info, warn};
 
-use super::netlink::link_by_name;
+use super::netlink::{link_by_name, remove_owned_device, LinkState};
 use crate::plan::Plan;
 
 /// The anchor device's name (not `vxlan.calico`, which the netlink fallback owns).
@@ -32,60 +29,14 @@ pub fn wanted(plan: &Plan) -> bool {
     plan.peers.values().any(|peer| peer.vxlan)
 }
 
-/// The anchor's settings as read back from the kernel.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct AnchorState {
-    index: u32,
-    vxlan: bool,
-    external: bool,
-    port: Option<u16>,
-    local: Option<Ipv4Addr>,
-    alias: Option<String>,
-    up: bool,
+/// Whether `link` is our anchor (it carries [`ANCHOR_ALIAS`]).
+fn ours(link: &LinkState) -> bool {
+    link.alias.as_deref() == Some(ANCHOR_ALIAS)
 }
 
-impl AnchorState {
-    fn parse(message: &LinkMessage) -> Self {
-        let mut state = AnchorState {
-            index: message.header.index,
-            up: message.header.flags.contains(LinkFlags::Up),
-            ..Default::default()
-        };
-        for attribute in &message.attributes {
-            match attribute {
-                LinkAttribute::IfAlias(alias) => state.alias = Some(alias.clone()),
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        match info {
-                            LinkInfo::Kind(InfoKind::Vxlan) => state.vxlan = true,
-                            LinkInfo::Data(InfoData::Vxlan(items)) => {
-                                for item in items {
-                                    match item {
-                                        InfoVxlan::CollectMetadata(on) => state.external = *on,
-                                        InfoVxlan::Port(port) => state.port = Some(*port),
-                                        InfoVxlan::Local(local) => state.local = Some(*local),
-                                        _ => {}
-                                    }
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        state
-    }
-
-    /// Whether it is our anchor with these settings (up or not).
-    fn matches(&self, local: Ipv4Addr, port: u16) -> bool {
-        self.vxlan && self.external && self.port == Some(port) && self.local == Some(local) && self.ours()
-    }
-
-    fn ours(&self) -> bool {
-        self.alias.as_deref() == Some(ANCHOR_ALIAS)
-    }
+/// Whether `link` is our anchor in external mode on `local`:`port` (up or not).
+fn matches(link: &LinkState, local: Ipv4Addr, port: u16) -> bool {
+    link.is_vxlan() && link.external && link.port == Some(port) && link.local == Some(local) && ours(link)
 }
 
 /// Keeps the anchor device as the plan wants it, over its own netlink connection.
@@ -97,11 +48,9 @@ pub struct VxlanAnchor {
 }
 
 impl VxlanAnchor {
-    /// Opens a netlink connection in the current network namespace (needs a tokio runtime).
-    pub fn connect() -> anyhow::Result<Self> {
-        let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-        tokio::spawn(connection);
-        Ok(VxlanAnchor { handle, warned: false })
+    /// Keeps the anchor over `handle`'s netlink connection.
+    pub fn new(handle: Handle) -> Self {
+        VxlanAnchor { handle, warned: false }
     }
 
     /// Makes the anchor exist in external mode on `local`:`port`; returns its ifindex and whether
@@ -111,8 +60,8 @@ impl VxlanAnchor {
     /// once the program that drops what it decapsulates is attached.
     pub async fn ensure(&mut self, local: Ipv4Addr, port: u16) -> anyhow::Result<Option<(u32, bool)>> {
         if let Some(existing) = link_by_name(&self.handle, ANCHOR_DEVICE).await? {
-            let state = AnchorState::parse(&existing);
-            if !state.ours() {
+            let state = LinkState::parse(&existing);
+            if !ours(&state) {
                 if !self.warned {
                     warn!(
                         device = ANCHOR_DEVICE,
@@ -123,7 +72,7 @@ impl VxlanAnchor {
                 }
                 return Ok(None);
             }
-            if state.matches(local, port) {
+            if matches(&state, local, port) {
                 return Ok(Some((state.index, state.up)));
             }
             info!(device = ANCHOR_DEVICE, ?state, "settings differ from the plan; making it anew");
@@ -194,16 +143,11 @@ impl VxlanAnchor {
 
 /// Removes the anchor device if it carries [`ANCHOR_ALIAS`]; returns whether it did.
 pub async fn remove(handle: &Handle) -> anyhow::Result<bool> {
-    let Some(message) = link_by_name(handle, ANCHOR_DEVICE).await? else {
-        return Ok(false);
-    };
-    let state = AnchorState::parse(&message);
-    if !state.ours() {
-        return Ok(false);
+    let removed = remove_owned_device(handle, ANCHOR_DEVICE, ANCHOR_ALIAS).await?;
+    if removed {
+        info!(device = ANCHOR_DEVICE, "removed the VXLAN GRO anchor");
     }
-    handle.link().del(state.index).execute().await.with_context(|| format!("deleting {ANCHOR_DEVICE}"))?;
-    info!(device = ANCHOR_DEVICE, "removed the VXLAN GRO anchor");
-    Ok(true)
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -235,18 +179,19 @@ mod tests {
     #[test]
     fn only_our_external_device_on_the_port_and_address_matches() {
         let local: Ipv4Addr = "10.0.0.1".parse().unwrap();
-        let ours = AnchorState {
-            vxlan: true,
+        let anchor = LinkState {
+            kind: Some("vxlan".into()),
             external: true,
             port: Some(4789),
             local: Some(local),
             alias: Some(ANCHOR_ALIAS.into()),
             ..Default::default()
         };
-        assert!(ours.matches(local, 4789));
-        assert!(!ours.matches(local, 8472));
-        assert!(!ours.matches("10.0.0.9".parse().unwrap(), 4789));
-        assert!(!AnchorState { external: false, ..ours.clone() }.matches(local, 4789));
-        assert!(!AnchorState { alias: None, ..ours.clone() }.matches(local, 4789));
+        assert!(matches(&anchor, local, 4789));
+        assert!(!matches(&anchor, local, 8472));
+        assert!(!matches(&anchor, "10.0.0.9".parse().unwrap(), 4789));
+        assert!(!matches(&LinkState { external: false, ..anchor.clone() }, local, 4789));
+        assert!(!matches(&LinkState { alias: None, ..anchor.clone() }, local, 4789));
+        assert!(!matches(&LinkState { kind: Some("ipip".into()), ..anchor.clone() }, local, 4789));
     }
 }
