@@ -999,32 +999,6 @@ pub fn observe_maps(pin_path: &Path) -> ObservedMaps {
     }
 }
 
-/// Every interface of this network namespace, by name.
-pub fn interfaces() -> anyhow::Result<BTreeMap<String, u32>> {
-    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
-    let head = unsafe { libc::if_nameindex() };
-    if head.is_null() {
-        return Err(std::io::Error::last_os_error()).context("listing interfaces (if_nameindex)");
-    }
-    let mut found = BTreeMap::new();
-    let mut cursor = head;
-    loop {
-        // SAFETY: `cursor` stays within the array, which ends with a zero entry.
-        let entry = unsafe { &*cursor };
-        if entry.if_index == 0 || entry.if_name.is_null() {
-            break;
-        }
-        // SAFETY: if_name is a NUL-terminated string owned by the array.
-        let name = unsafe { std::ffi::CStr::from_ptr(entry.if_name) };
-        found.insert(name.to_string_lossy().into_owned(), entry.if_index);
-        // SAFETY: the terminating entry has not been reached, so the next one exists.
-        cursor = unsafe { cursor.add(1) };
-    }
-    // SAFETY: `head` came from if_nameindex and is freed once.
-    unsafe { libc::if_freenameindex(head) };
-    Ok(found)
-}
-
 /// The pins under `<pin path>/links`, the programs and clsact filters on the hook of every
 /// expected link, and our filters on any other hook of `interfaces`.
 pub fn observe_links(
@@ -1519,7 +1493,7 @@ pub fn run(options: &CheckOptions) -> anyhow::Result<Report> {
         "check: pools, blocks and tunnel addresses checked; the plan computed"
     );
 
-    let interfaces = interfaces()?;
+    let interfaces = sys::interfaces()?;
     let names: BTreeMap<u32, String> = interfaces.iter().map(|(name, index)| (*index, name.clone())).collect();
     let host_routes = match fs::read_to_string("/proc/net/route") {
         Ok(text) => parse_proc_net_route(&text),
@@ -1667,7 +1641,7 @@ fn check_programmed(
     report.checked.map_entries = 1 + expected.routes.len() + expected.workloads.len() + expected.peers.len();
     report.findings.extend(diff_maps(&expected, &observed, &covered, names));
 
-    let anchor = interfaces.get(ANCHOR_DEVICE).map(|_| interface_is_up(ANCHOR_DEVICE).unwrap_or(false));
+    let anchor = interfaces.get(ANCHOR_DEVICE).map(|_| sys::is_up(ANCHOR_DEVICE).unwrap_or(false));
     report.findings.extend(check_anchor(vxlan_anchor::wanted(plan), anchor));
 
     let links = expected_links(plan, uplink, interfaces);
@@ -1694,31 +1668,6 @@ pub fn check_anchor(wanted: bool, anchor: Option<bool>) -> Option<Finding> {
         "load the vxlan module (`modprobe vxlan`) and free the VXLAN port on the node's address: another VXLAN \
          device may hold it (`ip -d link show type vxlan`); the agent retries at every reconcile",
     ))
-}
-
-/// Whether the interface `name` of this network namespace is up (SIOCGIFFLAGS).
-fn interface_is_up(name: &str) -> std::io::Result<bool> {
-    // SAFETY: a plain socket call; the descriptor is closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: ifreq is plain data; zeroed is a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
-        *slot = byte as libc::c_char;
-    }
-    // SAFETY: `request` is a valid ifreq with a NUL-terminated name; the kernel fills ifru_flags.
-    let result = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request) };
-    let error = std::io::Error::last_os_error();
-    // SAFETY: `fd` is ours and closed once.
-    unsafe { libc::close(fd) };
-    if result < 0 {
-        return Err(error);
-    }
-    // SAFETY: SIOCGIFFLAGS succeeded, so the union holds the flags.
-    let flags = unsafe { request.ifr_ifru.ifru_flags };
-    Ok(flags & libc::IFF_UP as libc::c_short != 0)
 }
 
 /// The report for a person: one block per finding with its fix, or one line saying all is well.
@@ -2106,13 +2055,6 @@ mod tests {
         assert_eq!((missing.check, missing.object.as_str()), ("tunnel", "device vxlan.dataplane"));
         assert!(missing.problem.contains("is missing") && missing.fix.contains("modprobe vxlan"), "{missing:?}");
         assert!(check_anchor(true, Some(false)).unwrap().problem.contains("is down"));
-    }
-
-    #[test]
-    fn loopback_answers_and_an_unknown_interface_is_an_error() {
-        // Every network namespace has lo (up or down); no namespace has this name.
-        assert!(interface_is_up("lo").is_ok());
-        assert!(interface_is_up("no-such-if0").is_err());
     }
 
     #[test]

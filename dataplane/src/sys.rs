@@ -1,6 +1,7 @@
 //! Thin wrappers over the system calls the agent needs: interfaces, addresses, bpffs.
 
 use std::{
+    collections::BTreeMap,
     ffi::{CStr, CString},
     fs,
     net::Ipv4Addr,
@@ -17,34 +18,75 @@ pub fn ifindex(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// Every interface of this network namespace, by name.
+pub fn interfaces() -> anyhow::Result<BTreeMap<String, u32>> {
+    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
+    let head = unsafe { libc::if_nameindex() };
+    if head.is_null() {
+        return Err(std::io::Error::last_os_error()).context("listing interfaces (if_nameindex)");
+    }
+    let mut found = BTreeMap::new();
+    let mut cursor = head;
+    loop {
+        // SAFETY: `cursor` stays within the array, which ends with a zero entry.
+        let entry = unsafe { &*cursor };
+        if entry.if_index == 0 || entry.if_name.is_null() {
+            break;
+        }
+        // SAFETY: if_name is a NUL-terminated string owned by the array.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.if_name) };
+        found.insert(name.to_string_lossy().into_owned(), entry.if_index);
+        // SAFETY: the terminating entry has not been reached, so the next one exists.
+        cursor = unsafe { cursor.add(1) };
+    }
+    // SAFETY: `head` came from if_nameindex and is freed once.
+    unsafe { libc::if_freenameindex(head) };
+    Ok(found)
+}
+
 /// The MTU of interface `name` in this network namespace (`SIOCGIFMTU`; /sys/class/net would
 /// show the namespace sysfs was mounted in, not ours).
 pub fn mtu(name: &str) -> anyhow::Result<u32> {
+    let request = interface_request(name, libc::SIOCGIFMTU, "SIOCGIFMTU")?;
+    // SAFETY: SIOCGIFMTU filled the MTU member of the union.
+    let mtu = unsafe { request.ifr_ifru.ifru_mtu };
+    u32::try_from(mtu).with_context(|| format!("{name} reports MTU {mtu}"))
+}
+
+/// Whether interface `name` of this network namespace is up (`SIOCGIFFLAGS`).
+pub fn is_up(name: &str) -> anyhow::Result<bool> {
+    let request = interface_request(name, libc::SIOCGIFFLAGS, "SIOCGIFFLAGS")?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = unsafe { request.ifr_ifru.ifru_flags };
+    Ok(flags & libc::IFF_UP as libc::c_short != 0)
+}
+
+/// Runs the interface ioctl `request` (called `what` in errors) for `name` on a datagram socket
+/// of this network namespace; returns the ifreq the kernel filled.
+fn interface_request(name: &str, request: libc::Ioctl, what: &str) -> anyhow::Result<libc::ifreq> {
     // SAFETY: ifreq is plain old data; all zeroes is a valid (empty) request.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let mut ifreq: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();
-    if bytes.len() >= request.ifr_name.len() {
+    if bytes.len() >= ifreq.ifr_name.len() {
         bail!("interface name {name:?} is too long");
     }
-    for (slot, byte) in request.ifr_name.iter_mut().zip(bytes) {
+    for (slot, byte) in ifreq.ifr_name.iter_mut().zip(bytes) {
         *slot = *byte as libc::c_char;
     }
     // SAFETY: a plain datagram socket, closed below.
     let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if socket < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket for SIOCGIFMTU");
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("socket for {what}"));
     }
-    // SAFETY: `request` is a valid ifreq with a NUL-terminated name; the kernel fills ifru_mtu.
-    let rc = unsafe { libc::ioctl(socket, libc::SIOCGIFMTU, &mut request) };
+    // SAFETY: `ifreq` is a valid ifreq with a NUL-terminated name; the kernel fills its union.
+    let rc = unsafe { libc::ioctl(socket, request, &mut ifreq) };
     let error = std::io::Error::last_os_error();
     // SAFETY: `socket` is ours and closed once.
     unsafe { libc::close(socket) };
     if rc != 0 {
-        return Err(error).with_context(|| format!("reading the MTU of {name}"));
+        return Err(error).with_context(|| format!("{what} of {name}"));
     }
-    // SAFETY: SIOCGIFMTU filled the MTU member of the union.
-    let mtu = unsafe { request.ifr_ifru.ifru_mtu };
-    u32::try_from(mtu).with_context(|| format!("{name} reports MTU {mtu}"))
+    Ok(ifreq)
 }
 
 /// The name of the interface that holds `addr`, if any.
@@ -154,5 +196,14 @@ mod tests {
         create_private_dir(&pins).expect("exists already");
         assert_eq!(mode(&pins), 0o700, "an existing directory is tightened");
         let _ = fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn loopback_answers_and_unknown_or_overlong_names_are_errors() {
+        // Every network namespace has lo (up or down, with an MTU); no namespace has this name.
+        assert!(is_up("lo").is_ok());
+        assert!(mtu("lo").expect("lo has an MTU") > 0);
+        assert!(is_up("no-such-if0").is_err());
+        assert!(mtu("a-name-longer-than-ifnamsiz").unwrap_err().to_string().contains("too long"));
     }
 }

@@ -1778,7 +1778,7 @@ fn monotonic_ns() -> u64 {
 /// Traces the packet on this node (run it in the node's network namespace).
 pub fn run(options: &TraceOptions) -> anyhow::Result<TraceReport> {
     let state = read_state(&options.pin_path)?;
-    let interfaces = check::interfaces()?;
+    let interfaces = crate::sys::interfaces()?;
     let name_of = |index: u32| {
         interfaces
             .iter()

@@ -45,7 +45,6 @@ use super::{
     vxlan_anchor::{self, VxlanAnchor, ANCHOR_DEVICE},
 };
 use crate::{
-    check,
     plan::{Plan, RouteTarget},
     probe::AttachMethod,
     sys,
@@ -459,7 +458,7 @@ impl BpfBackend {
         let mut removed = 0;
         if !self.took_over {
             let keep: Vec<(u32, TcAttachType)> = wanted.values().map(|a| (a.ifindex, a.direction)).collect();
-            let interfaces = check::interfaces()?;
+            let interfaces = sys::interfaces()?;
             removed += clsact::detach_all_except(interfaces.values().copied(), &keep)?;
             let dir = self.pin_path.join(LINKS_DIR);
             for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
@@ -489,7 +488,7 @@ impl BpfBackend {
         let mut removed = 0;
         if !self.took_over {
             // Filters on wanted hooks went when their links were attached; these are the rest.
-            let interfaces = check::interfaces()?;
+            let interfaces = sys::interfaces()?;
             removed += clsact::detach_all_except(interfaces.values().copied(), &[])?;
         }
         for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
@@ -541,7 +540,7 @@ fn remove_pin(path: &Path) -> anyhow::Result<()> {
 /// this network namespace, and under `pin_path` the links (which detaches the programs) and
 /// maps. Returns how many filters and pins were removed.
 pub fn cleanup(pin_path: &Path) -> anyhow::Result<usize> {
-    let interfaces = check::interfaces()?;
+    let interfaces = sys::interfaces()?;
     let mut removed =
         clsact::detach_all_except(interfaces.values().copied(), &[]).context("removing the agent's TC filters")?;
     if !pin_path.exists() {
