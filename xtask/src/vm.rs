@@ -462,43 +462,33 @@ fn report(
     seconds: u32,
 ) -> String {
     let mut out = String::from("# VM bench: three Debian 12 VMs (kernel 6.1), pod to pod across VMs\n\n");
-    if emulated() {
-        out.push_str(
-            "**The VMs ran under QEMU's emulation (TCG, no usable KVM on this host).** The figures show that each \
-             path works and what it costs relative to the kernel baseline measured in the same VMs in the same run; \
-             they are not the speed of any path on real hardware.\n\n",
-        );
-    }
+    // `vm up` always runs the VMs with libvirt's driver qemu (TCG): /dev/kvm on these machines
+    // cannot run a stock kernel.
+    out.push_str(
+        "**The VMs ran under QEMU's emulation (TCG, no usable KVM on this host).** The figures show that each \
+         path works and what it costs relative to the kernel baseline measured in the same VMs in the same run; \
+         they are not the speed of any path on real hardware.\n\n",
+    );
     out.push_str(&format!(
         "From node-1's pod: 5 pings to each of node-2's and node-3's pods; iperf3 to node-2's pod, TCP and UDP \
          (64-byte datagrams, unlimited rate), {seconds} s each. Ratios (x base) against the first row.\n\n"
     ));
     out.push_str(&bench::table(rows));
     if !failures.is_empty() {
-        out.push_str("\nFailed:\n");
-        for failure in failures {
-            out.push_str(&format!("- {failure}\n"));
-        }
+        bullets(&mut out, "Failed", failures);
     }
-    out.push_str("\nProbe and fallback checks:\n");
-    for check in checks {
-        out.push_str(&format!("- {check}\n"));
-    }
-    out.push_str("\nAgent start-up per path and node:\n");
-    for line in startup {
-        out.push_str(&format!("- {line}\n"));
-    }
-    out.push_str("\nTimings:\n");
-    for timing in timings {
-        out.push_str(&format!("- {timing}\n"));
-    }
+    bullets(&mut out, "Probe and fallback checks", checks);
+    bullets(&mut out, "Agent start-up per path and node", startup);
+    bullets(&mut out, "Timings", timings);
     out
 }
 
-/// Whether KVM is unusable here, so libvirt runs QEMU's TCG (the driver `vm up` chooses).
-fn emulated() -> bool {
-    // `vm up` always uses driver qemu (TCG): /dev/kvm on these machines cannot run a stock kernel.
-    true
+/// A heading line and one Markdown bullet per item.
+fn bullets(out: &mut String, heading: &str, items: &[String]) {
+    out.push_str(&format!("\n{heading}:\n"));
+    for item in items {
+        out.push_str(&format!("- {item}\n"));
+    }
 }
 
 /// The current UTC time as YYYYMMDDTHHMMSSZ.
@@ -534,6 +524,17 @@ mod tests {
         assert_eq!(attach_method(guest), Some("clsact"));
         assert_eq!(attach_method(&strip_ansi("\u{1b}[2mx\u{1b}[0m attach=tcx")), Some("tcx"));
         assert_eq!(attach_method("--mode netlink: programming kernel routes"), None);
+    }
+
+    #[test]
+    fn the_report_lists_failures_only_when_there_are_some() {
+        let lines = |text: &str| vec![text.to_owned()];
+        let ok = report(&lines("probe ok"), &[], &[], &lines("node-1 ready"), &lines("whole bench: 1 s"), 5);
+        assert!(!ok.contains("Failed:"), "{ok}");
+        assert!(ok.contains("\nProbe and fallback checks:\n- probe ok\n"), "{ok}");
+        assert!(ok.contains("\nTimings:\n- whole bench: 1 s\n"), "{ok}");
+        let failed = report(&[], &[], &lines("fast path VXLAN: no ping"), &[], &[], 5);
+        assert!(failed.contains("\nFailed:\n- fast path VXLAN: no ping\n"), "{failed}");
     }
 
     #[test]
