@@ -162,14 +162,9 @@ impl Node {
     }
 }
 
-/// True (and says why) when not root: the caller returns and the test passes as skipped.
+/// [`crate::skip_unless_root`] for the BPF_PROG_TEST_RUN tests.
 pub fn skip_unless_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
-    }
-    !root
+    crate::skip_unless_root("this BPF_PROG_TEST_RUN test")
 }
 
 impl Node {

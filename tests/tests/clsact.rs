@@ -59,8 +59,7 @@ struct Cluster {
 impl Cluster {
     /// Builds the lab of the two-node example; None (after saying why) when not root.
     fn up(test: &str) -> anyhow::Result<Option<Cluster>> {
-        if !dataplane_lab::is_root() {
-            eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+        if dataplane_tests::skip_unless_root(test) {
             return Ok(None);
         }
         let bin = agent_bin();

@@ -969,8 +969,7 @@ impl EtcdCluster {
 #[test]
 fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     let test = "agents_run_from_etcd_on_the_two_node_lab";
-    if !dataplane_lab::is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+    if dataplane_tests::skip_unless_root(test) {
         return Ok(());
     }
     let (Some(etcd_bin), Some(etcdctl)) = (find_binary("etcd"), find_binary("etcdctl")) else {
@@ -1191,8 +1190,7 @@ fn iperf_intervals(log: &str) -> Vec<f64> {
 #[test]
 fn an_iperf3_stream_survives_etcd_down_for_30_s() -> anyhow::Result<()> {
     let test = "an_iperf3_stream_survives_etcd_down_for_30_s";
-    if !dataplane_lab::is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+    if dataplane_tests::skip_unless_root(test) {
         return Ok(());
     }
     let (Some(etcd_bin), Some(etcdctl)) = (find_binary("etcd"), find_binary("etcdctl")) else {

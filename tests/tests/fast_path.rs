@@ -263,8 +263,7 @@ impl Cluster {
     /// Brings up the mode's example with one ready agent per node, running the mode's
     /// dataplane; `None` when not root.
     fn up(mode: &Mode) -> anyhow::Result<Option<Cluster>> {
-        if !dataplane_lab::is_root() {
-            eprintln!("SKIPPED {}: needs root (network namespaces, eBPF); run `cargo xtask test` as root", mode.name);
+        if dataplane_tests::skip_unless_root(mode.name) {
             return Ok(None);
         }
         let root = workspace_root();

@@ -49,8 +49,7 @@ const NODE_1_ADDR: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 11);
 
 /// Skips (returns false) when not root; checks the agent binary exists.
 fn can_run(test: &str) -> anyhow::Result<bool> {
-    if !dataplane_lab::is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+    if dataplane_tests::skip_unless_root(test) {
         return Ok(false);
     }
     let bin = agent_bin();

@@ -31,8 +31,7 @@ struct Cluster {
 impl Cluster {
     /// Brings up the example cluster and one ready agent per node; `None` when not root.
     fn up(test: &str) -> anyhow::Result<Option<Cluster>> {
-        if !dataplane_lab::is_root() {
-            eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+        if dataplane_tests::skip_unless_root(test) {
             return Ok(None);
         }
         let root = workspace_root();

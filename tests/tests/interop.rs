@@ -29,8 +29,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
 fn bpf_node_and_kernel_vxlan_node_interoperate() -> anyhow::Result<()> {
-    if !dataplane_lab::is_root() {
-        eprintln!("SKIPPED interop: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+    if dataplane_tests::skip_unless_root("bpf_node_and_kernel_vxlan_node_interoperate") {
         return Ok(());
     }
     let root = workspace_root();

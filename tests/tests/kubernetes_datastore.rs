@@ -372,8 +372,7 @@ fn eth0_mac(lab: &Lab, pod: &dataplane_lab::LabPod) -> anyhow::Result<String> {
 #[test]
 fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()> {
     let test = "agents_run_from_the_kubernetes_api_on_the_two_node_lab";
-    if !dataplane_lab::is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+    if dataplane_tests::skip_unless_root(test) {
         return Ok(());
     }
     let bin = agent_bin();

@@ -88,8 +88,7 @@ fn wait_for_sample(netns: &str, name: &str, value: f64) -> anyhow::Result<String
 
 #[test]
 fn metrics_follow_the_traffic_and_health_reports_the_reconcile() -> anyhow::Result<()> {
-    if !dataplane_lab::is_root() {
-        eprintln!("SKIPPED: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+    if dataplane_tests::skip_unless_root("metrics_follow_the_traffic_and_health_reports_the_reconcile") {
         return Ok(());
     }
     let root = workspace_root();

@@ -72,8 +72,7 @@ impl Cluster {
     /// Builds the lab for the cluster in `yaml` (Calico resources) and writes `yaml` as the
     /// agents' datastore; no agent runs yet. `None` when not root.
     fn up(test: &str, yaml: &str, dataplane: Dataplane) -> anyhow::Result<Option<Cluster>> {
-        if !dataplane_lab::is_root() {
-            eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+        if dataplane_tests::skip_unless_root(test) {
             return Ok(None);
         }
         let bin = agent_bin();

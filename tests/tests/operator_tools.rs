@@ -78,8 +78,7 @@ impl Cluster {
 
     /// The example cluster with agents in `mode` (`bpf` or `netlink`); `None` when not root.
     fn up_with_mode(test: &str, mode: &'static str) -> anyhow::Result<Option<Cluster>> {
-        if !dataplane_lab::is_root() {
-            eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+        if dataplane_tests::skip_unless_root(test) {
             return Ok(None);
         }
         let bin = dataplane_bin();

@@ -380,8 +380,8 @@ fn ping(lab: &Lab, from: &LabPod, to: &LabPod) -> anyhow::Result<bool> {
 
 #[test]
 fn the_fast_path_follows_nodes_blocks_pools_and_modes_as_the_datastore_changes() -> anyhow::Result<()> {
-    if !dataplane_lab::is_root() {
-        eprintln!("SKIPPED: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+    if dataplane_tests::skip_unless_root("the_fast_path_follows_nodes_blocks_pools_and_modes_as_the_datastore_changes")
+    {
         return Ok(());
     }
     let began = Instant::now();

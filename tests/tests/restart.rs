@@ -35,8 +35,7 @@ fn agent_argv(lab: &Lab, node: &str, bin: &Path, datastore: &Path) -> Vec<String
 
 #[test]
 fn a_tcp_stream_survives_agent_restarts_and_crashes() -> anyhow::Result<()> {
-    if !dataplane_lab::is_root() {
-        eprintln!("SKIPPED: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+    if dataplane_tests::skip_unless_root("a_tcp_stream_survives_agent_restarts_and_crashes") {
         return Ok(());
     }
     let datastore = workspace_root().join(EXAMPLE);

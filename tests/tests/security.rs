@@ -299,8 +299,9 @@ fn check_private(dir: &Path, seen: &mut usize) -> anyhow::Result<()> {
 #[test]
 fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps_its_state_private(
 ) -> anyhow::Result<()> {
-    if !dataplane_lab::is_root() {
-        eprintln!("SKIPPED: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+    if dataplane_tests::skip_unless_root(
+        "a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps_its_state_private",
+    ) {
         return Ok(());
     }
     let datastore = workspace_root().join(EXAMPLE);
@@ -454,8 +455,7 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
 /// drops it at web-1's interface (drop_tunnel_from_workload).
 #[test]
 fn an_unprivileged_pod_cannot_inject_vxlan_through_natoutgoing() -> anyhow::Result<()> {
-    if !dataplane_lab::is_root() {
-        eprintln!("SKIPPED: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+    if dataplane_tests::skip_unless_root("an_unprivileged_pod_cannot_inject_vxlan_through_natoutgoing") {
         return Ok(());
     }
     let datastore = workspace_root().join(EXAMPLE);

@@ -48,8 +48,7 @@ const MERGED_BYTES: f64 = 3.0 * 1450.0;
 #[test]
 fn vxlan_receive_gro_merges_with_the_anchor() -> anyhow::Result<()> {
     let test = "vxlan_receive_gro_merges_with_the_anchor";
-    if !dataplane_lab::is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+    if dataplane_tests::skip_unless_root(test) {
         return Ok(());
     }
     let bin = agent_bin();

@@ -60,8 +60,7 @@ fn programmed_mac(agent: &Agent, pod: &LabPod) -> anyhow::Result<String> {
 #[test]
 fn pod_macs_are_learned_from_the_veths_and_a_failure_is_reported_once() -> anyhow::Result<()> {
     let test = "pod_macs_are_learned_from_the_veths_and_a_failure_is_reported_once";
-    if !dataplane_lab::is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+    if dataplane_tests::skip_unless_root(test) {
         return Ok(());
     }
     let bin = agent_bin();
