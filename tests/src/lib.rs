@@ -40,19 +40,22 @@ spec:
   pod: nat-3
 ";
 
-/// Whether `test` must be skipped because this process is not root (network namespaces, eBPF and
-/// BPF_PROG_TEST_RUN need it): it says so, and the caller returns. Under CI (`CI` set, as
-/// `.ci/run` runs) a missing root fails the test instead, so that the suite can never pass by
-/// skipping what it exists to test.
+/// Skips `test` because of `why` (something this machine lacks): it says so, and the caller
+/// returns. Under CI (`CI` set, as `.ci/run` runs) that is a failure instead: `cargo xtask setup`
+/// provides everything the suite needs, so the suite can never pass by skipping what it exists
+/// to test.
+pub fn skip(test: &str, why: &str) {
+    assert!(std::env::var_os("CI").is_none(), "{test} {why}, and under CI it must run, not be skipped");
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// Whether `test` must be skipped because this process is not root (network namespaces, eBPF
+/// and BPF_PROG_TEST_RUN need it); see [`skip`].
 pub fn skip_unless_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         return false;
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs root (network namespaces, eBPF), and under CI it must run, not be skipped"
-    );
-    eprintln!("SKIPPED {test}: needs root (network namespaces, eBPF); run `cargo xtask test` as root");
+    skip(test, "needs root (network namespaces, eBPF); run `cargo xtask test` as root");
     true
 }

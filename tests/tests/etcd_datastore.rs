@@ -224,7 +224,7 @@ impl EtcdServer {
     /// Starts a server that requires client certificates (generated here with openssl).
     fn start_tls(test: &str) -> anyhow::Result<Option<EtcdServer>> {
         if find_binary("openssl").is_none() {
-            eprintln!("SKIPPED {test}: needs the openssl command to make certificates");
+            dataplane_tests::skip(test, "needs the openssl command to make certificates (`cargo xtask setup`)");
             return Ok(None);
         }
         Self::start_with(test, true)
@@ -232,9 +232,10 @@ impl EtcdServer {
 
     fn start_with(test: &str, tls: bool) -> anyhow::Result<Option<EtcdServer>> {
         let (Some(etcd), Some(etcdctl)) = (find_binary("etcd"), find_binary("etcdctl")) else {
-            eprintln!(
-                "SKIPPED {test}: needs the etcd and etcdctl binaries (Debian's etcd-server and \
-                 etcd-client; `cargo xtask setup` installs them)"
+            dataplane_tests::skip(
+                test,
+                "needs the etcd and etcdctl binaries (Debian's etcd-server and etcd-client; `cargo xtask setup` \
+                 installs them)",
             );
             return Ok(None);
         };
@@ -973,7 +974,7 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
         return Ok(());
     }
     let (Some(etcd_bin), Some(etcdctl)) = (find_binary("etcd"), find_binary("etcdctl")) else {
-        eprintln!("SKIPPED {test}: needs the etcd and etcdctl binaries (`cargo xtask setup`)");
+        dataplane_tests::skip(test, "needs the etcd and etcdctl binaries (`cargo xtask setup`)");
         return Ok(());
     };
     let bin = agent_bin();
@@ -1194,7 +1195,7 @@ fn an_iperf3_stream_survives_etcd_down_for_30_s() -> anyhow::Result<()> {
         return Ok(());
     }
     let (Some(etcd_bin), Some(etcdctl)) = (find_binary("etcd"), find_binary("etcdctl")) else {
-        eprintln!("SKIPPED {test}: needs the etcd and etcdctl binaries (`cargo xtask setup`)");
+        dataplane_tests::skip(test, "needs the etcd and etcdctl binaries (`cargo xtask setup`)");
         return Ok(());
     };
     let bin = agent_bin();

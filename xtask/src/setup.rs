@@ -54,6 +54,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("procps", "ps, sysctl"),
     ("etcd-server", "a real etcd for the etcdv3 datastore tests"),
     ("etcd-client", "etcdctl"),
+    ("openssl", "certificates for the etcd TLS tests"),
     ("protobuf-compiler", "protoc for etcd's gRPC client"),
     ("psmisc", "fuser, killall"),
 ];
