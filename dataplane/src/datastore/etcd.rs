@@ -30,7 +30,7 @@ use tracing::{debug, error, info_span, warn, Instrument as _};
 use self::convert::Cache;
 pub use super::watching::{WatchThread, BACKOFF_CAP, BACKOFF_START, MAX_DELAY, QUIET};
 use super::{
-    watching::{log_problems, publish, sleep_until, Link},
+    watching::{log_problems, publish, sleep_until, Link, Retry},
     Connection, Snapshot,
 };
 
@@ -96,32 +96,22 @@ async fn run(config: EtcdConfig, snapshots: watch::Sender<Option<Snapshot>>, con
     };
     let prefix = keys::normalize_prefix(&config.prefix);
     let mut link = Link::new("etcd", connection);
-    let mut backoff = BACKOFF_START;
+    // etcd with --client-cert-auth closes a TLS connection without a client certificate after
+    // the handshake, which the client only reports as a closed connection.
+    let hint = (config.ca_cert_file.is_some() && config.cert_file.is_none()).then_some(
+        "if etcd requires client certificates, set --etcd-cert-file and --etcd-key-file \
+         (ETCD_CERT_FILE, ETCD_KEY_FILE)",
+    );
+    let mut retry = Retry::default();
     loop {
         let ended = tokio::select! {
             ended = session(&config, &options, &prefix, &snapshots, &mut link) => ended,
             _ = snapshots.closed() => return,
         };
-        let error = match ended {
-            Ok(()) => return,
-            Err(error) => error,
-        };
-        if link.connected {
-            // The session worked for a while: this is a new outage, start the backoff over.
-            backoff = BACKOFF_START;
+        let Err(error) = ended else { return };
+        if !retry.after(&mut link, &error, hint.unwrap_or_default(), &snapshots).await {
+            return;
         }
-        // etcd with --client-cert-auth closes a TLS connection without a client certificate
-        // after the handshake, which the client only reports as a closed connection.
-        let hint = (config.ca_cert_file.is_some() && config.cert_file.is_none()).then_some(
-            "if etcd requires client certificates, set --etcd-cert-file and --etcd-key-file \
-             (ETCD_CERT_FILE, ETCD_KEY_FILE)",
-        );
-        link.failed(&error, hint.unwrap_or_default(), backoff);
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = snapshots.closed() => return,
-        }
-        backoff = (backoff * 2).min(BACKOFF_CAP);
     }
 }
 

@@ -36,7 +36,7 @@ use tracing::{debug, error, info_span, warn, Instrument as _};
 use self::convert::{Cache, Resource, PODS, RESOURCES};
 pub use super::watching::{WatchThread, BACKOFF_CAP, BACKOFF_START, MAX_DELAY, QUIET};
 use super::{
-    watching::{log_problems, publish, sleep_until, Link},
+    watching::{log_problems, publish, sleep_until, Link, Retry},
     Connection, Snapshot,
 };
 
@@ -83,26 +83,17 @@ async fn run(config: KubernetesConfig, snapshots: watch::Sender<Option<Snapshot>
         }
     };
     let mut link = Link::new("the Kubernetes API", connection);
-    let mut backoff = BACKOFF_START;
+    let hint = "check --kubeconfig (KUBECONFIG) or the pod's service account and its RBAC rules";
+    let mut retry = Retry::default();
     loop {
         let ended = tokio::select! {
             ended = session(&client, &config, &snapshots, &mut link) => ended,
             _ = snapshots.closed() => return,
         };
-        let error = match ended {
-            Ok(()) => return,
-            Err(error) => error,
-        };
-        if link.connected {
-            // The session worked for a while: this is a new outage, start the backoff over.
-            backoff = BACKOFF_START;
+        let Err(error) = ended else { return };
+        if !retry.after(&mut link, &error, hint, &snapshots).await {
+            return;
         }
-        link.failed(&error, "check --kubeconfig (KUBECONFIG) or the pod's service account and its RBAC rules", backoff);
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = snapshots.closed() => return,
-        }
-        backoff = (backoff * 2).min(BACKOFF_CAP);
     }
 }
 

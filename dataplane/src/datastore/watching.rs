@@ -23,6 +23,42 @@ pub const BACKOFF_START: Duration = Duration::from_millis(200);
 /// Retries back off up to this.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
+/// The wait between a failed session with the datastore and the next: it doubles up to
+/// [`BACKOFF_CAP`] and starts over after a session that had connected.
+pub struct Retry {
+    backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { backoff: BACKOFF_START }
+    }
+}
+
+impl Retry {
+    /// Reports the session's `error` on `link` (with `hint`, what to look at) and waits the
+    /// backoff; false when nobody listens to `snapshots` any more.
+    pub async fn after(
+        &mut self,
+        link: &mut Link,
+        error: &anyhow::Error,
+        hint: &str,
+        snapshots: &watch::Sender<Option<Snapshot>>,
+    ) -> bool {
+        if link.connected {
+            // The session worked for a while: this is a new outage, start the backoff over.
+            self.backoff = BACKOFF_START;
+        }
+        link.failed(error, hint, self.backoff);
+        tokio::select! {
+            _ = tokio::time::sleep(self.backoff) => {}
+            _ = snapshots.closed() => return false,
+        }
+        self.backoff = (self.backoff * 2).min(BACKOFF_CAP);
+        true
+    }
+}
+
 /// Sends `snapshot` if it differs from the last one sent. Returns false when nobody listens any
 /// more. `source` names the datastore in the log ("etcd", "the Kubernetes API").
 pub fn publish(
