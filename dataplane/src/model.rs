@@ -211,6 +211,17 @@ pub struct Model {
 }
 
 impl Model {
+    /// The same model with every list in a fixed order: datastores list resources in their own
+    /// orders, and this compares what they mean.
+    pub fn sorted(&self) -> Model {
+        let mut model = self.clone();
+        model.pools.sort_by(|a, b| a.name.cmp(&b.name));
+        model.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        model.workloads.sort_by_key(|w| w.full_name());
+        model.blocks.sort_by(|a, b| (a.cidr, &a.node).cmp(&(b.cidr, &b.node)));
+        model
+    }
+
     /// The node called `name`, if the datastore has it.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)

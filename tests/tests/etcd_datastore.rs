@@ -157,16 +157,6 @@ fn calico_keys(model: &Model) -> Vec<(String, String)> {
     keys
 }
 
-/// A model with every list in a fixed order, to compare models from different datastores.
-fn sorted(model: &Model) -> Model {
-    let mut model = model.clone();
-    model.pools.sort_by(|a, b| a.name.cmp(&b.name));
-    model.nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    model.workloads.sort_by_key(|w| w.full_name());
-    model.blocks.sort_by(|a, b| (a.cidr, &a.node).cmp(&(b.cidr, &b.node)));
-    model
-}
-
 /// A binary on PATH (or in /usr/bin, where Debian puts etcd).
 fn find_binary(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -548,7 +538,7 @@ fn example_in_etcd(test: &str) -> anyhow::Result<Option<(EtcdServer, WatchThread
     let model = example_model()?;
     server.put_all(&calico_keys(&model))?;
     let watch = etcd::watch_thread(server.config())?;
-    wait_for(&watch, "the example cluster", CHANGE_TIMEOUT, |s| sorted(&s.model) == sorted(&model))
+    wait_for(&watch, "the example cluster", CHANGE_TIMEOUT, |s| s.model.sorted() == model.sorted())
         .with_context(|| format!("etcd log:\n{}", server.log()))?;
     Ok(Some((server, watch, model)))
 }
@@ -584,7 +574,7 @@ fn the_example_cluster_reads_the_same_from_etcd_as_from_the_file() -> anyhow::Re
         state: dataplane::model::AffinityState::Confirmed,
         deleted: false,
     });
-    assert_eq!(sorted(&snapshot.model), sorted(&expected));
+    assert_eq!(snapshot.model.sorted(), expected.sorted());
     // And the plan is the same as from the file: the dataplane cannot tell the datastores apart.
     let (from_etcd, _) = dataplane::plan::compute(&snapshot.model, "node-1")?;
     let (from_file, _) = dataplane::plan::compute(&expected, "node-1")?;
@@ -690,7 +680,7 @@ fn broken_values_are_problems_and_the_rest_is_applied() -> anyhow::Result<()> {
         server.put(key, value)?;
     }
     let (snapshot, _) = wait_for(&watch, "four problems", CHANGE_TIMEOUT, |s| s.problems.len() == 4)?;
-    assert_eq!(sorted(&snapshot.model), sorted(&model), "the rest of the cluster stays");
+    assert_eq!(snapshot.model.sorted(), model.sorted(), "the rest of the cluster stays");
     let mut seen: Vec<(String, String)> = snapshot.problems.iter().map(|p| (p.name.clone(), p.field.clone())).collect();
     seen.sort();
     let mut expected: Vec<(String, String)> = vec![
@@ -770,7 +760,7 @@ fn snapshots_resume_after_etcd_restarts() -> anyhow::Result<()> {
         "etcd answered {answered:?} after its restart; the re-read snapshot came {:?} after the restart",
         restarted.elapsed()
     );
-    assert_eq!(sorted(&snapshot.model), sorted(&model));
+    assert_eq!(snapshot.model.sorted(), model.sorted());
     ensure!(watch.connection().is_up(), "etcd answered again, yet the watch says it is down");
     // And the watch goes on.
     server.put(&affinity_key("node-1", "10.244.5.0-26"), r#"{"state":"confirmed","deleted":false}"#)?;
@@ -787,7 +777,7 @@ fn tls_with_client_certificates() -> anyhow::Result<()> {
     server.put_all(&calico_keys(&model))?;
     let watch = etcd::watch_thread(server.config())?;
     let (snapshot, _) = wait_for(&watch, "the cluster over TLS", CHANGE_TIMEOUT, |_| true)?;
-    assert_eq!(sorted(&snapshot.model), sorted(&model));
+    assert_eq!(snapshot.model.sorted(), model.sorted());
     drop(watch);
 
     // Without the client certificate etcd refuses the connection: nothing arrives.
@@ -1129,7 +1119,7 @@ fn the_exported_example_reads_back_as_the_file() -> anyhow::Result<()> {
     let watch = etcd::watch_thread(server.config())?;
     let (snapshot, _) = wait_for(&watch, "a first snapshot", CHANGE_TIMEOUT, |_| true)?;
     ensure!(snapshot.problems.is_empty(), "problems: {:#?}", snapshot.problems);
-    assert_eq!(sorted(&snapshot.model), sorted(&model));
+    assert_eq!(snapshot.model.sorted(), model.sorted());
     // calicoctl's view of the addresses in use: the VTEP and two pods in node-1's block.
     let block = server.etcdctl(&["get", "--print-value-only", &assignment_key("10.244.1.0-26")])?;
     let block: Value = serde_json::from_str(block.trim()).context("the allocation block")?;

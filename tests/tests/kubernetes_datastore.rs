@@ -63,16 +63,6 @@ fn example_model() -> anyhow::Result<Model> {
     Ok(model)
 }
 
-/// A model with every list in a fixed order, to compare models from different datastores.
-fn sorted(model: &Model) -> Model {
-    let mut model = model.clone();
-    model.pools.sort_by(|a, b| a.name.cmp(&b.name));
-    model.nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    model.workloads.sort_by_key(|w| w.full_name());
-    model.blocks.sort_by(|a, b| (a.cidr, &a.node).cmp(&(b.cidr, &b.node)));
-    model
-}
-
 /// A watch of `api`, for all pods (`node` None) or one node's.
 fn start_watch(api: &KubeApi, node: Option<&str>) -> anyhow::Result<WatchThread> {
     kubernetes::watch_thread(KubernetesConfig { kubeconfig: Some(api.kubeconfig()?), node: node.map(str::to_owned) })
@@ -88,7 +78,7 @@ fn example_served(test: &str, node: Option<&str>) -> anyhow::Result<(KubeApi, Wa
     }
     let watch = start_watch(&api, node)?;
     let (snapshot, took) =
-        wait_for(&watch, "the example cluster", CHANGE_TIMEOUT, |s| sorted(&s.model) == sorted(&model))?;
+        wait_for(&watch, "the example cluster", CHANGE_TIMEOUT, |s| s.model.sorted() == model.sorted())?;
     eprintln!("{test}: first snapshot {took:?} after the watch started");
     ensure!(snapshot.problems.is_empty(), "problems: {:#?}", snapshot.problems);
     Ok((api, watch, model))
@@ -111,7 +101,7 @@ fn lists_of(api: &KubeApi, kind: &str) -> Vec<String> {
 fn the_example_cluster_reads_the_same_from_the_kubernetes_api_as_from_the_file() -> anyhow::Result<()> {
     let (api, _watch, model) = example_served("reads_the_example", None)?;
     // The plan is the same as from the file: the dataplane cannot tell the datastores apart.
-    let (snapshot_model, file_model) = (sorted(&model), sorted(&example_model()?));
+    let (snapshot_model, file_model) = (model.sorted(), example_model()?.sorted());
     assert_eq!(snapshot_model, file_model);
     for node in ["node-1", "node-2"] {
         let (from_api, _) = dataplane::plan::compute(&snapshot_model, node)?;

@@ -56,6 +56,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("etcd-client", "etcdctl"),
     ("openssl", "certificates for the etcd TLS tests"),
     ("protobuf-compiler", "protoc for etcd's gRPC client"),
+    ("libprotobuf-dev", "the well-known google/protobuf/*.proto files etcd's gRPC client imports"),
     ("psmisc", "fuser, killall"),
 ];
 

@@ -291,15 +291,6 @@ mod tests {
 
     const EXAMPLE: &str = include_str!("../../../../examples/two-nodes.yaml");
 
-    fn sorted(model: &Model) -> Model {
-        let mut model = model.clone();
-        model.pools.sort_by(|a, b| a.name.cmp(&b.name));
-        model.nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        model.workloads.sort_by_key(|w| w.full_name());
-        model.blocks.sort_by(|a, b| (a.cidr, &a.node).cmp(&(b.cidr, &b.node)));
-        model
-    }
-
     fn example() -> Model {
         let (model, problems) = crate::datastore::file::parse(EXAMPLE).expect("the example parses");
         assert!(problems.is_empty(), "{problems:#?}");
@@ -368,7 +359,7 @@ mod tests {
         }
         let snapshot = cache.snapshot();
         assert!(snapshot.problems.is_empty(), "{:#?}", snapshot.problems);
-        assert_eq!(sorted(&snapshot.model), sorted(&model));
+        assert_eq!(snapshot.model.sorted(), model.sorted());
     }
 
     #[test]
@@ -384,7 +375,7 @@ mod tests {
         }
         let snapshot = cache.snapshot();
         assert!(snapshot.problems.is_empty(), "{:#?}", snapshot.problems);
-        assert_eq!(sorted(&snapshot.model), sorted(&model));
+        assert_eq!(snapshot.model.sorted(), model.sorted());
         let block: Json = serde_json::from_str(&keys["/calico/ipam/v2/assignment/ipv4/block/10.244.1.0-26"]).unwrap();
         assert_eq!(block["allocations"][1], json!(1), "the IPIP address is allocated");
         assert_eq!(block["attributes"][1]["handle_id"], "ipip-tunnel-addr-node-1");
