@@ -54,10 +54,13 @@ pub const IPIP_ENCAP_LEN: usize = IPV4_HLEN;
 pub const VXLAN_SRC_PORT_MIN: u16 = 32768;
 /// One past the highest UDP source port of VXLAN packets.
 pub const VXLAN_SRC_PORT_MAX: u16 = 61000;
-/// MTU Calico gives pods in VXLAN pools (1500 less the 50 bytes of VXLAN).
-pub const VXLAN_MTU: u32 = 1450;
-/// MTU Calico gives pods in IPIP pools (1500 less the 20 bytes of the outer header).
-pub const IPIP_MTU: u32 = 1480;
+/// The largest inner packet a tunnel with `encap_len` bytes of headers carries over an uplink
+/// of `uplink_mtu` (Calico's 1450 for VXLAN and 1480 for IPIP on a 1500-byte uplink): what the
+/// kernel programs check a packet against, the netlink fallback gives its tunnel devices and the
+/// host's routes to remote blocks carry. The one definition of a tunnel's MTU.
+pub const fn tunnel_mtu(uplink_mtu: u32, encap_len: usize) -> u32 {
+    uplink_mtu.saturating_sub(encap_len as u32)
+}
 
 /// ICMP type "destination unreachable".
 pub const ICMP_DEST_UNREACH: u8 = 3;

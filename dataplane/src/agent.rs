@@ -55,8 +55,74 @@ enum Backend {
     Netlink(NetlinkBackend),
 }
 
+/// A mistake in the agent's settings, found before anything is programmed: the flag, what is
+/// wrong with it, and the fix. It stops the agent in every mode: `--mode auto` falls back to
+/// netlink for what the kernel lacks, never to hide a configuration error.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} {problem}: {fix}")]
+pub struct ConfigError {
+    /// The flag (or setting) at fault, as the operator typed it.
+    pub flag: &'static str,
+    /// What is wrong with its value.
+    pub problem: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+/// Checks the settings that need no datastore, before anything is touched: the pin path must be
+/// on the bpffs (also in `--mode netlink`, which removes an earlier fast path pinned there), a
+/// named uplink must exist, the datastore's settings must be usable. `interface_exists` answers
+/// for this network namespace.
+pub fn check_settings(options: &RunOptions, interface_exists: impl Fn(&str) -> bool) -> Result<(), ConfigError> {
+    let pin_path = &options.pin_path;
+    let escapes = pin_path.components().any(|c| c == std::path::Component::ParentDir);
+    if !pin_path.starts_with(sys::BPFFS_ROOT) || escapes {
+        return Err(ConfigError {
+            flag: "--pin-path",
+            problem: format!("{} is not under {} (the bpffs)", pin_path.display(), sys::BPFFS_ROOT),
+            fix: format!(
+                "pins must live on a bpffs to outlive the agent; give a directory under {}, e.g. the default {DEFAULT_PIN_PATH}",
+                sys::BPFFS_ROOT
+            ),
+        });
+    }
+    if let Some(uplink) = &options.uplink {
+        if !interface_exists(uplink) {
+            return Err(ConfigError {
+                flag: "--uplink",
+                problem: format!("{uplink:?} is not an interface of this network namespace"),
+                fix: "name the node's interface that holds its address (`ip -br addr` lists them), or leave                       --uplink out to find it from the node's address"
+                    .to_owned(),
+            });
+        }
+    }
+    if let Datastore::File(path) = &options.datastore {
+        if path.is_dir() {
+            return Err(ConfigError {
+                flag: "--datastore",
+                problem: format!("file:{} is a directory", path.display()),
+                fix: "name the YAML file of Calico resources in it, e.g. file:/etc/calico/cluster.yaml".to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `error` from loading the kernel programs is the kernel refusing them (a map type, a
+/// BTF feature or a program the verifier rejects): only then may `--mode auto` fall back. Decided
+/// on aya's error types in the cause chain, not on messages.
+pub fn kernel_refused(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.is::<aya::EbpfError>()
+            || cause.is::<aya::programs::ProgramError>()
+            || cause.is::<aya::maps::MapError>()
+            || cause.is::<aya::BtfError>()
+    })
+}
+
 /// Picks and starts the backend `options.mode` asks for; `--mode auto` falls back to netlink,
-/// saying why, when the probe finds a feature missing or the programs fail to load.
+/// saying why, when the probe finds a feature missing or the kernel refuses the programs; any
+/// other failure (a pin path it cannot use, no root) stops the agent.
 async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
     if options.mode == Mode::Netlink {
         info!("--mode netlink: programming kernel routes, devices and neighbours over netlink");
@@ -102,7 +168,7 @@ async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
             }
             Ok(Backend::Bpf(backend))
         }
-        Err(error) if options.mode == Mode::Auto => {
+        Err(error) if options.mode == Mode::Auto && kernel_refused(&error) => {
             warn!("falling back to the netlink dataplane: the kernel programs did not load: {error:#}");
             start_netlink(options).await
         }
@@ -200,9 +266,19 @@ const CONNTRACK_SWEEP: Duration = Duration::from_secs(10);
 
 /// Runs the agent until SIGTERM or SIGINT; the pinned fast path stays in place after it exits.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    check_settings(&options, |name| sys::ifindex(name).is_some())?;
     match &options.datastore {
-        Datastore::Etcdv3 => options.etcd.check()?,
-        Datastore::Kubernetes(config) => datastore::kubernetes::check(config).await?,
+        Datastore::Etcdv3 => options.etcd.check().map_err(|error| ConfigError {
+            flag: "--datastore etcdv3",
+            problem: format!("cannot use its settings: {error:#}"),
+            fix: "fix the --etcd-* options (ETCD_* variables) named above".to_owned(),
+        })?,
+        Datastore::Kubernetes(config) => datastore::kubernetes::check(config).await.map_err(|error| ConfigError {
+            flag: "--datastore kubernetes",
+            problem: format!("cannot use its settings: {error:#}"),
+            fix: "give a usable kubeconfig with --kubeconfig (KUBECONFIG), or run in a pod with a service account"
+                .to_owned(),
+        })?,
         Datastore::File(_) => {}
     }
     let mut backend = select_backend(&options).await?;
@@ -379,6 +455,53 @@ mod tests {
     fn parses_file_datastore() {
         assert_eq!("file:/tmp/c.yaml".parse(), Ok(Datastore::File(PathBuf::from("/tmp/c.yaml"))));
         assert_eq!("kubernetes".parse(), Ok(Datastore::Kubernetes(Default::default())));
+    }
+
+    fn options(pin_path: &str, uplink: Option<&str>) -> RunOptions {
+        RunOptions {
+            datastore: Datastore::File(PathBuf::from("/etc/calico/cluster.yaml")),
+            node: "node-1".to_owned(),
+            uplink: uplink.map(str::to_owned),
+            pin_path: PathBuf::from(pin_path),
+            mode: Mode::Auto,
+            resync: Duration::from_secs(30),
+            nat_ports: (20000, 29999),
+            conntrack_timeouts: Default::default(),
+            conntrack_max: None,
+            metrics_addr: None,
+            etcd: Default::default(),
+            kernel_log: Default::default(),
+        }
+    }
+
+    #[test]
+    fn settings_errors_name_the_flag_and_the_fix() {
+        let exists = |name: &str| name == "eth0";
+        assert!(check_settings(&options(DEFAULT_PIN_PATH, Some("eth0")), exists).is_ok());
+        assert!(check_settings(&options("/sys/fs/bpf/dpl-1/node-1", None), exists).is_ok());
+        for pin in ["/tmp/pins", "sys/fs/bpf/x", "/sys/fs/bpfx", "/sys/fs/bpf/../../tmp/x"] {
+            let error = check_settings(&options(pin, None), exists).expect_err(pin);
+            assert_eq!(error.flag, "--pin-path", "{pin}");
+            let text = error.to_string();
+            assert!(text.starts_with("--pin-path ") && text.contains(DEFAULT_PIN_PATH), "{text}");
+        }
+        let error = check_settings(&options(DEFAULT_PIN_PATH, Some("eht0")), exists).expect_err("typo");
+        assert_eq!(error.flag, "--uplink");
+        assert!(error.to_string().contains("\"eht0\" is not an interface"), "{error}");
+        let mut directory = options(DEFAULT_PIN_PATH, None);
+        directory.datastore = Datastore::File(std::env::temp_dir());
+        assert_eq!(check_settings(&directory, exists).expect_err("a directory").flag, "--datastore");
+    }
+
+    #[test]
+    fn only_the_kernel_refusing_the_programs_counts_as_lacking() {
+        let verifier = anyhow::Error::new(aya::programs::ProgramError::NotLoaded).context("verifying program x");
+        assert!(kernel_refused(&verifier.context("loading")), "aya's errors under context");
+        let config = anyhow::Error::new(ConfigError { flag: "--pin-path", problem: "p".into(), fix: "f".into() });
+        assert!(!kernel_refused(&config));
+        let io =
+            anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied)).context("mounting bpffs");
+        assert!(!kernel_refused(&io), "no root is not a missing kernel feature");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `dataplane`: the agent and its command line.
 
-use std::{io::IsTerminal as _, net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{io::IsTerminal as _, net::Ipv4Addr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -22,6 +22,10 @@ struct Cli {
     /// RUST_LOG sets what is logged (default info).
     #[arg(long, global = true, value_enum, env = "LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// On an error, print where in the code it arose (a backtrace) after the error and its causes.
+    /// RUST_LIB_BACKTRACE=1 does the same; RUST_BACKTRACE alone does not (it is for panics).
+    #[arg(long, global = true)]
+    backtrace: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -312,8 +316,41 @@ impl DatastoreArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// Whether an error is printed with its backtrace: `--backtrace` or RUST_LIB_BACKTRACE=1, never
+/// RUST_BACKTRACE alone, which users' shells often set for panics.
+fn wants_backtrace(flag: bool, lib_backtrace: Option<&str>) -> bool {
+    flag || lib_backtrace.is_some_and(|value| value != "0")
+}
+
+/// How a failed command reports: the error and its causes on one line, as `Error: a: b: c`,
+/// then the backtrace only when asked for.
+fn error_report(error: &anyhow::Error, backtrace: bool) -> String {
+    if backtrace {
+        format!("Error: {error:?}")
+    } else {
+        format!("Error: {error:#}")
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let backtrace = wants_backtrace(cli.backtrace, std::env::var("RUST_LIB_BACKTRACE").ok().as_deref());
+    // anyhow captures a backtrace when RUST_LIB_BACKTRACE (else RUST_BACKTRACE) says so: capture
+    // exactly when it will be printed.
+    // Set before any other thread exists (no runtime, no logger yet), so nothing reads the
+    // environment meanwhile.
+    std::env::set_var("RUST_LIB_BACKTRACE", if backtrace { "1" } else { "0" });
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{}", error_report(&error, backtrace));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the command `cli` names.
+fn run(cli: Cli) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
@@ -549,6 +586,19 @@ mod tests {
         .expect("a bare port is accepted");
         let Command::Run { metrics_addr, .. } = cli.command else { panic!("not run") };
         assert_eq!(metrics_addr, Some("127.0.0.1:9091".parse().expect("address")));
+    }
+
+    #[test]
+    fn errors_print_their_causes_and_a_backtrace_only_when_asked() {
+        assert!(!wants_backtrace(false, None), "RUST_BACKTRACE alone is for panics");
+        assert!(!wants_backtrace(false, Some("0")));
+        assert!(wants_backtrace(false, Some("1")));
+        assert!(wants_backtrace(true, None));
+        let error = anyhow::anyhow!("no such file").context("reading /x").context("starting");
+        assert_eq!(error_report(&error, false), "Error: starting: reading /x: no such file");
+        assert!(error_report(&error, true).contains("Caused by:"), "{}", error_report(&error, true));
+        let cli = Cli::try_parse_from(["dataplane", "routes", "--backtrace"]).expect("a global flag");
+        assert!(cli.backtrace);
     }
 
     /// The DaemonSets in deploy/ must start the agent with arguments this CLI accepts: the

@@ -325,7 +325,9 @@ impl BpfBackend {
                 slot.insert(self.host_routes.next_hop(peer).await?);
             }
         }
-        let routes = host_routes::desired(plan, uplink_ifindex, |peer| next_hops.get(&peer).copied().unwrap_or(peer));
+        let routes = host_routes::desired(plan, uplink_ifindex, uplink_mtu, |peer| {
+            next_hops.get(&peer).copied().unwrap_or(peer)
+        });
         let (written, removed) = self.host_routes.apply(&routes).await?;
         report.written += written;
         report.removed += removed;

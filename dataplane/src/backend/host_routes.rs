@@ -2,14 +2,14 @@
 //!
 //! Pods' packets never reach these routes (the TC programs redirect them first), but the host's
 //! own sockets need them: `blackhole <local block>`, and `<remote block> via <next hop> dev
-//! <uplink> onlink` with the tunnel's MTU, so host packets to remote pods leave by the uplink,
+//! <uplink> onlink` with the tunnel's MTU over this uplink, so host packets to remote pods leave by the uplink,
 //! where `to_uplink` encapsulates them. Routes are tagged with our own protocol number, so a
 //! resync lists exactly ours and touches nothing else in the table.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::Context as _;
-use dataplane_common::net::{IPIP_MTU, VXLAN_MTU};
+use dataplane_common::net::{tunnel_mtu, IPIP_ENCAP_LEN, VXLAN_ENCAP_LEN};
 use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use rtnetlink::{
@@ -41,11 +41,22 @@ pub enum HostRoute {
     },
 }
 
-/// The routes the plan needs; `next_hop` gives the gateway towards a node's address (the node
-/// itself when it is on-link).
+/// The MTU of a route to a block reached with `encap` over an uplink of `uplink_mtu`: the
+/// tunnel's, as the kernel programs and the netlink fallback's devices have it; none unencapsulated.
+pub fn route_mtu(encap: &Encap, uplink_mtu: u32) -> Option<u32> {
+    match encap {
+        Encap::None => None,
+        Encap::Vxlan { .. } => Some(tunnel_mtu(uplink_mtu, VXLAN_ENCAP_LEN)),
+        Encap::Ipip => Some(tunnel_mtu(uplink_mtu, IPIP_ENCAP_LEN)),
+    }
+}
+
+/// The routes the plan needs over the uplink (`uplink_ifindex`, `uplink_mtu`); `next_hop` gives
+/// the gateway towards a node's address (the node itself when it is on-link).
 pub fn desired(
     plan: &Plan,
     uplink_ifindex: u32,
+    uplink_mtu: u32,
     next_hop: impl Fn(Ipv4Addr) -> Ipv4Addr,
 ) -> BTreeMap<Ipv4Net, HostRoute> {
     let mut routes = BTreeMap::new();
@@ -55,11 +66,7 @@ pub fn desired(
             RouteTarget::RemoteBlock { node_addr, encap, .. } => HostRoute::Via {
                 gateway: next_hop(*node_addr),
                 ifindex: uplink_ifindex,
-                mtu: match encap {
-                    Encap::None => None,
-                    Encap::Vxlan { .. } => Some(VXLAN_MTU),
-                    Encap::Ipip => Some(IPIP_MTU),
-                },
+                mtu: route_mtu(encap, uplink_mtu),
             },
             RouteTarget::LocalWorkload { .. } | RouteTarget::Pool => continue,
         };
@@ -196,13 +203,37 @@ mod tests {
     fn local_blocks_are_blackholed_and_remote_blocks_go_via_the_uplink_with_the_tunnel_mtu() {
         let (model, _) = file::parse(include_str!("../../../examples/two-nodes.yaml")).unwrap();
         let (plan, _) = plan::compute(&model, "node-1").unwrap();
-        let routes = desired(&plan, 2, |addr| addr);
+        let routes = desired(&plan, 2, 1500, |addr| addr);
         assert_eq!(routes[&"10.244.1.0/26".parse().unwrap()], HostRoute::Blackhole);
         assert_eq!(
             routes[&"10.244.2.0/26".parse().unwrap()],
-            HostRoute::Via { gateway: Ipv4Addr::new(10, 100, 0, 12), ifindex: 2, mtu: Some(VXLAN_MTU) }
+            HostRoute::Via { gateway: Ipv4Addr::new(10, 100, 0, 12), ifindex: 2, mtu: Some(1450) },
+            "Calico's VXLAN MTU on a 1500-byte uplink"
         );
         assert_eq!(routes.len(), 2, "no routes for workloads or pools: {routes:?}");
+    }
+
+    /// The host's routes follow the uplink's MTU as the kernel programs do: a jumbo-frame uplink
+    /// and a cloud's 1460-byte one.
+    #[test]
+    fn the_route_mtu_is_the_uplinks_less_the_tunnel() {
+        let (model, _) = file::parse(include_str!("../../../examples/two-nodes.yaml")).unwrap();
+        let (plan, _) = plan::compute(&model, "node-1").unwrap();
+        let block = "10.244.2.0/26".parse().unwrap();
+        for (uplink_mtu, vxlan) in [(9000, 8950), (1460, 1410)] {
+            let routes = desired(&plan, 2, uplink_mtu, |addr| addr);
+            assert!(
+                matches!(routes[&block], HostRoute::Via { mtu: Some(m), .. } if m == vxlan),
+                "{uplink_mtu}: {routes:?}"
+            );
+        }
+        assert_eq!(route_mtu(&Encap::Ipip, 9000), Some(8980));
+        assert_eq!(route_mtu(&Encap::Ipip, 1460), Some(1440));
+        assert_eq!(route_mtu(&Encap::None, 9000), None, "unencapsulated routes take the uplink's own");
+        // The kernel programs' check: an inner packet of exactly the route's MTU fits the uplink.
+        let RouteTarget::RemoteBlock { encap, .. } = &plan.routes[&block].target else { panic!("not remote") };
+        assert!(matches!(encap, Encap::Vxlan { .. }));
+        assert_eq!(route_mtu(encap, 1460).map(|m| m as usize + VXLAN_ENCAP_LEN), Some(1460));
     }
 
     #[test]
@@ -210,7 +241,7 @@ mod tests {
         let (model, _) = file::parse(include_str!("../../../examples/two-nodes.yaml")).unwrap();
         let (plan, _) = plan::compute(&model, "node-1").unwrap();
         let gateway = Ipv4Addr::new(10, 100, 0, 254);
-        let routes = desired(&plan, 2, |_| gateway);
+        let routes = desired(&plan, 2, 1500, |_| gateway);
         assert!(matches!(routes[&"10.244.2.0/26".parse().unwrap()], HostRoute::Via { gateway: g, .. } if g == gateway));
     }
 

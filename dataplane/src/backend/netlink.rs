@@ -31,6 +31,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use dataplane_common::net::{tunnel_mtu, IPIP_ENCAP_LEN, VXLAN_ENCAP_LEN};
 use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use rtnetlink::{
@@ -65,12 +66,8 @@ pub const VXLAN_DEVICE: &str = "vxlan.calico";
 pub const VXLAN_VNI: u32 = 4096;
 /// The IANA VXLAN port, which Calico uses.
 pub const VXLAN_PORT: u16 = 4789;
-/// Bytes VXLAN adds to a packet (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8).
-pub const VXLAN_OVERHEAD: u32 = 50;
 /// The kernel's IP-in-IP fallback device, which Calico uses.
 pub const IPIP_DEVICE: &str = "tunl0";
-/// Bytes IP-in-IP adds to a packet (the outer IPv4 header).
-pub const IPIP_OVERHEAD: u32 = 20;
 /// The alias (`ip link show` prints it) that marks a device this backend made or adopted, so
 /// that `cleanup` removes it and nothing else.
 pub const DEVICE_ALIAS: &str = "dataplane netlink fallback";
@@ -334,7 +331,7 @@ impl NetlinkBackend {
         // the first packet a route sends must find its neighbour.
         let vxlan_index = match &intent.vxlan {
             Some(vxlan) => {
-                let mtu = uplink_mtu.saturating_sub(VXLAN_OVERHEAD);
+                let mtu = tunnel_mtu(uplink_mtu, VXLAN_ENCAP_LEN);
                 let index = self.ensure_vxlan(vxlan, uplink_index, mtu, &mut report).await?;
                 self.sync_addresses(VXLAN_DEVICE, index, &BTreeSet::from([vxlan.addr]), &mut report).await?;
                 self.sync_neighbours(index, &intent.neighbours, &mut report).await?;
@@ -344,7 +341,7 @@ impl NetlinkBackend {
             None => None,
         };
         let ipip_index = match intent.ipip {
-            Some(addr) => self.ensure_ipip(addr, uplink_mtu.saturating_sub(IPIP_OVERHEAD), &mut report).await?,
+            Some(addr) => self.ensure_ipip(addr, tunnel_mtu(uplink_mtu, IPIP_ENCAP_LEN), &mut report).await?,
             None => None,
         };
         // Each IPIP pool is named once, with the kernel's own answer.

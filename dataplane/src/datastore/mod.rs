@@ -6,21 +6,16 @@
 
 pub mod etcd;
 pub mod file;
+pub mod file_watch;
 pub mod kubernetes;
 pub mod watching;
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    time::{Duration, SystemTime},
+use std::sync::{
+    atomic::{AtomicBool, AtomicU64, Ordering},
+    Arc, Mutex,
 };
 
-use tokio::sync::watch;
-use tracing::error;
+pub use file_watch::watch_file;
 
 use crate::model::{Model, Problem};
 
@@ -43,18 +38,39 @@ pub struct Connection(Arc<ConnectionState>);
 struct ConnectionState {
     up: AtomicBool,
     losses: AtomicU64,
+    /// Why it is down, when the watcher said.
+    reason: Mutex<Option<String>>,
 }
 
 impl Connection {
     /// A read (or a whole watch start-up) succeeded.
     pub fn up(&self) {
         self.0.up.store(true, Ordering::Relaxed);
+        self.set_reason(None);
     }
 
     /// The datastore could not be read; counts a loss when it was up.
     pub fn down(&self) {
         if self.0.up.swap(false, Ordering::Relaxed) {
             self.0.losses.fetch_add(1, Ordering::Relaxed);
+        }
+        self.set_reason(None);
+    }
+
+    /// [`Connection::down`], saying why (for `/healthz`).
+    pub fn fail(&self, reason: String) {
+        self.down();
+        self.set_reason(Some(reason));
+    }
+
+    /// Why the datastore is down, if the watcher said.
+    pub fn reason(&self) -> Option<String> {
+        self.0.reason.lock().ok().and_then(|reason| reason.clone())
+    }
+
+    fn set_reason(&self, reason: Option<String>) {
+        if let Ok(mut slot) = self.0.reason.lock() {
+            *slot = reason;
         }
     }
 
@@ -67,45 +83,6 @@ impl Connection {
     pub fn losses(&self) -> u64 {
         self.0.losses.load(Ordering::Relaxed)
     }
-}
-
-/// How often the file datastore checks its file for changes.
-pub const FILE_POLL: Duration = Duration::from_secs(1);
-
-/// Watches a YAML file: sends a snapshot at start and after every change (modification time or
-/// length). An unreadable file is reported, `connection` marked down, and the previous snapshot
-/// stays.
-pub async fn watch_file(path: PathBuf, snapshots: watch::Sender<Option<Snapshot>>, connection: Connection) {
-    let mut poll = tokio::time::interval(FILE_POLL);
-    let mut seen = None;
-    loop {
-        poll.tick().await;
-        let stamp = file_stamp(&path);
-        if stamp == seen {
-            continue;
-        }
-        seen = stamp;
-        match file::load(&path) {
-            Ok((model, problems)) => {
-                connection.up();
-                if snapshots.send(Some(Snapshot { model, problems })).is_err() {
-                    return;
-                }
-            }
-            Err(error) => {
-                connection.down();
-                error!("datastore file unusable, keeping the last good state: {error:#}");
-            }
-        }
-    }
-}
-
-/// What tells us a file changed: modification time and length.
-type FileStamp = (SystemTime, u64);
-
-fn file_stamp(path: &Path) -> Option<FileStamp> {
-    let meta = fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
 }
 
 #[cfg(test)]
@@ -125,7 +102,10 @@ mod tests {
         connection.down();
         assert_eq!((connection.is_up(), connection.losses()), (false, 1));
         connection.up();
-        connection.down();
+        connection.fail("file missing".to_owned());
         assert_eq!(connection.losses(), 2);
+        assert_eq!(connection.reason().as_deref(), Some("file missing"));
+        connection.up();
+        assert_eq!(connection.reason(), None, "up clears the reason");
     }
 }
