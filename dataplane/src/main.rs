@@ -80,7 +80,8 @@ enum Command {
         /// (first start, or after `dataplane cleanup`); an adopted map keeps its size.
         #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
         conntrack_max: Option<u32>,
-        /// Serve Prometheus metrics on /metrics and a health check on /healthz at this address:
+        /// Serve Prometheus metrics on /metrics, readiness on /healthz (200 while a good state is
+        /// programmed; the body says the datastore's state) and liveness on /livez at this address:
         /// a bare port (9091) means loopback only (127.0.0.1:9091); name an address to expose
         /// it (0.0.0.0:9091). Off when not given.
         #[arg(long, env = "METRICS_ADDR", value_parser = parse_metrics_addr)]
@@ -635,6 +636,9 @@ mod tests {
             }
             assert_eq!(pin_path, PathBuf::from(DEFAULT_PIN_PATH), "{file}");
             assert_eq!(metrics_addr.map(|a| a.port()), Some(9091), "{file}: the probes use port 9091");
+            // A datastore that is down must not restart the pod: liveness is not the health check.
+            assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez", "{file}");
+            assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz", "{file}");
         }
     }
 }

@@ -1,6 +1,6 @@
-//! Prometheus metrics and the health endpoint (`--metrics-addr`).
+//! Prometheus metrics and the health endpoints (`--metrics-addr`).
 //!
-//! A deliberately small HTTP/1.1 responder: two GET paths, one response each, connection closed.
+//! A deliberately small HTTP/1.1 responder: three GET paths, one response each, connection closed.
 //! Counters come straight from the pinned maps at scrape time, so they are right even across
 //! agent restarts; the agent's own counters (reconciles, errors, durations) live in [`Agent`].
 
@@ -144,11 +144,36 @@ pub fn occupancy(pin_path: &Path) -> anyhow::Result<Occupancy> {
     })
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until the task is dropped; `datastore` is the
+/// `/healthz` (readiness): 200 while the kernel holds a good state (the last reconcile
+/// succeeded), 503 before the first one and after a failed one. The body says the datastore's
+/// state either way; a datastore that is down does not fail it, since the last good state keeps
+/// carrying traffic. Liveness is `/livez`: a restart would bring back neither a missing file nor
+/// an unreachable API server, so a pod that waits for its datastore must not be restarted.
+pub fn healthz(agent: &Agent, datastore_reason: Option<&str>) -> (&'static str, String) {
+    let datastore = datastore_line(agent, datastore_reason);
+    if agent.last_reconcile_ok {
+        ("200 OK", format!("ok\n{datastore}"))
+    } else if agent.reconciles == 0 && agent.reconcile_errors == 0 {
+        ("503 Service Unavailable", format!("nothing programmed yet: no reconcile has run\n{datastore}"))
+    } else {
+        ("503 Service Unavailable", format!("the last reconcile failed (the agent's log says why)\n{datastore}"))
+    }
+}
+
+/// One line on the datastore's state, for the health endpoints.
+fn datastore_line(agent: &Agent, reason: Option<&str>) -> String {
+    match (agent.datastore_up, reason) {
+        (true, _) => "datastore up\n".to_owned(),
+        (false, Some(reason)) => format!("datastore down: {reason}\n"),
+        (false, None) => "datastore down (not read yet, or lost: the agent's log says why)\n".to_owned(),
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/livez` on `addr` until the task is dropped; `datastore` is the
 /// watcher's view of its connection.
 pub async fn serve(addr: SocketAddr, pin_path: PathBuf, agent: Shared, datastore: Connection) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr).await.with_context(|| format!("listening on --metrics-addr {addr}"))?;
-    info!(%addr, "serving /metrics and /healthz");
+    info!(%addr, "serving /metrics, /healthz and /livez");
     loop {
         let (mut stream, _) = match listener.accept().await {
             Ok(connection) => connection,
@@ -171,9 +196,9 @@ pub async fn serve(addr: SocketAddr, pin_path: PathBuf, agent: Shared, datastore
                 let occupancy = occupancy(&pin_path).unwrap_or_default();
                 ("200 OK", render(&snapshot, &counters, &occupancy))
             }
-            "/healthz" if snapshot.last_reconcile_ok => ("200 OK", "ok\n".to_owned()),
-            "/healthz" => ("503 Service Unavailable", "the last reconcile failed or none has run yet\n".to_owned()),
-            _ => ("404 Not Found", "try /metrics or /healthz\n".to_owned()),
+            "/healthz" => healthz(&snapshot, datastore.reason().as_deref()),
+            "/livez" => ("200 OK", format!("alive\n{}", datastore_line(&snapshot, datastore.reason().as_deref()))),
+            _ => ("404 Not Found", "try /metrics, /healthz or /livez\n".to_owned()),
         };
         let response = format!(
             "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -188,6 +213,25 @@ mod tests {
     use dataplane_common::Stat;
 
     use super::*;
+
+    #[test]
+    fn healthz_follows_the_programmed_state_and_shows_the_datastore() {
+        let missing = "datastore file /x.yaml does not exist";
+        let waiting = Agent::default();
+        let (status, body) = healthz(&waiting, Some(missing));
+        assert!(status.starts_with("503") && body.contains("no reconcile has run"), "{status} {body}");
+        assert!(body.contains(&format!("datastore down: {missing}")), "{body}");
+        // The file was deleted after a good reconcile: the state it left carries traffic.
+        let kept = Agent { reconciles: 1, last_reconcile_ok: true, datastore_losses: 1, ..Agent::default() };
+        let (status, body) = healthz(&kept, Some(missing));
+        assert_eq!(status, "200 OK");
+        assert_eq!(body, format!("ok\ndatastore down: {missing}\n"));
+        let up = Agent { datastore_up: true, ..kept.clone() };
+        assert_eq!(healthz(&up, None), ("200 OK", "ok\ndatastore up\n".to_owned()));
+        let failed = Agent { reconcile_errors: 1, last_reconcile_ok: false, ..up };
+        let (status, body) = healthz(&failed, None);
+        assert!(status.starts_with("503") && body.contains("the last reconcile failed"), "{status} {body}");
+    }
 
     #[test]
     fn renders_decisions_drops_occupancy_and_agent_counters() {
