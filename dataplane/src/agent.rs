@@ -91,7 +91,8 @@ pub fn check_settings(options: &RunOptions, interface_exists: impl Fn(&str) -> b
             return Err(ConfigError {
                 flag: "--uplink",
                 problem: format!("{uplink:?} is not an interface of this network namespace"),
-                fix: "name the node's interface that holds its address (`ip -br addr` lists them), or leave                       --uplink out to find it from the node's address"
+                fix: "name the node's interface that holds its address (`ip -br addr` lists them), or leave \
+                      --uplink out to find it from the node's address"
                     .to_owned(),
             });
         }
@@ -149,7 +150,13 @@ async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
     }
     let method = probe::attach_method(&features);
     info!(features = features.len(), attach = %method, "kernel probe: every fast-path feature present");
-    match BpfBackend::load(&options.pin_path, method, options.kernel_log, options.conntrack_max) {
+    // Loading and verifying takes a while: off the runtime's thread, so the datastore watcher and
+    // the metrics endpoint run meanwhile.
+    let (pin_path, log, conntrack_max) = (options.pin_path.clone(), options.kernel_log, options.conntrack_max);
+    let loaded = tokio::task::spawn_blocking(move || BpfBackend::load(&pin_path, method, log, conntrack_max))
+        .await
+        .context("loading the kernel programs")?;
+    match loaded {
         Ok(backend) => {
             info!(pin_path = %options.pin_path.display(), "kernel programs loaded");
             // A netlink run before this one may have left vxlan.calico: the fast path does not use
@@ -281,8 +288,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         })?,
         Datastore::File(_) => {}
     }
-    let mut backend = select_backend(&options).await?;
-
     let agent_metrics = metrics::Shared::default();
     let connection = datastore::Connection::default();
     let metrics_server = options.metrics_addr.map(|addr| {
@@ -300,6 +305,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Datastore::Etcdv3 => tokio::spawn(datastore::etcd::watch(options.etcd.clone(), sender, connection)),
         Datastore::Kubernetes(config) => tokio::spawn(datastore::kubernetes::watch(config.clone(), sender, connection)),
     };
+    // The watcher reads (and reports a missing file) while the programs load; its snapshot waits
+    // in the channel.
+    let mut backend = select_backend(&options).await?;
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut resync = tokio::time::interval(options.resync);
@@ -488,6 +496,7 @@ mod tests {
         let error = check_settings(&options(DEFAULT_PIN_PATH, Some("eht0")), exists).expect_err("typo");
         assert_eq!(error.flag, "--uplink");
         assert!(error.to_string().contains("\"eht0\" is not an interface"), "{error}");
+        assert!(!error.to_string().contains("  "), "one line of prose: {error}");
         let mut directory = options(DEFAULT_PIN_PATH, None);
         directory.datastore = Datastore::File(std::env::temp_dir());
         assert_eq!(check_settings(&directory, exists).expect_err("a directory").flag, "--datastore");

@@ -451,7 +451,7 @@ impl Lab {
     }
 
     /// [`Lab::spawn`] with extra environment variables.
-    fn spawn_with_env(
+    pub fn spawn_with_env(
         &self,
         netns: &str,
         argv: &[&str],
@@ -643,26 +643,36 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A UDP socket bound to `port` (all addresses) inside the namespace `netns`, with `read_timeout`
-/// on its receives. A helper thread enters the namespace (setns changes only the calling thread)
-/// and makes the socket; a socket belongs to the namespace it was made in, so the caller can use
-/// it from its own thread.
-pub fn udp_socket_in(netns: &str, port: u16, read_timeout: Option<Duration>) -> anyhow::Result<std::net::UdpSocket> {
+/// Runs `work` on a helper thread that entered the network namespace `netns` (setns changes only
+/// the calling thread) and returns its result: sockets made there belong to that namespace, and
+/// per-namespace queries (interfaces, tcx hooks) answer for it.
+pub fn in_netns<T: Send + 'static>(
+    netns: &str,
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
     use std::os::fd::AsRawFd as _;
     let path = cmd::netns_path(netns);
-    let maker = std::thread::spawn(move || -> anyhow::Result<std::net::UdpSocket> {
+    let worker = std::thread::spawn(move || -> anyhow::Result<T> {
         let handle = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
         // SAFETY: setns(2) on a valid descriptor; it moves only this short-lived thread.
         let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
         if rc != 0 {
             bail!("setns({path}): {}", std::io::Error::last_os_error());
         }
-        let socket = std::net::UdpSocket::bind(std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-            .with_context(|| format!("binding UDP port {port} in {path}"))?;
-        socket.set_read_timeout(read_timeout).with_context(|| format!("setting a read timeout in {path}"))?;
-        Ok(socket)
+        work().with_context(|| format!("in {path}"))
     });
-    maker.join().map_err(|_| anyhow::anyhow!("the thread entering {netns} panicked"))?
+    worker.join().map_err(|_| anyhow::anyhow!("the thread entering {netns} panicked"))?
+}
+
+/// A UDP socket bound to `port` (all addresses) inside the namespace `netns`, with `read_timeout`
+/// on its receives; the caller can use it from its own thread.
+pub fn udp_socket_in(netns: &str, port: u16, read_timeout: Option<Duration>) -> anyhow::Result<std::net::UdpSocket> {
+    in_netns(netns, move || {
+        let socket = std::net::UdpSocket::bind(std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+            .with_context(|| format!("binding UDP port {port}"))?;
+        socket.set_read_timeout(read_timeout).context("setting a read timeout")?;
+        Ok(socket)
+    })
 }
 
 /// Mounts bpffs at /sys/fs/bpf unless one is mounted there already.

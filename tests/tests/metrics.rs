@@ -71,7 +71,7 @@ fn check_json_log(log: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scrapes until `name` reads `value` (the file datastore polls once a second); returns that body.
+/// Scrapes until `name` reads `value` (the file datastore reads a change when inotify reports it); returns that body.
 fn wait_for_sample(netns: &str, name: &str, value: f64) -> anyhow::Result<String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {

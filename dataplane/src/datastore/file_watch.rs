@@ -522,4 +522,41 @@ mod tests {
         task.abort();
         let _ = fs::remove_dir_all(&dir);
     }
+
+    /// A directory that does not exist is reported as such, then watched once it appears; one
+    /// deleted under the watcher is reported and watched again when it is back.
+    #[tokio::test]
+    async fn a_missing_directory_is_reported_and_watched_once_it_appears() {
+        let dir = std::env::temp_dir().join(format!("dataplane-file-watch-dir-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join(FILE);
+        let (sender, mut snapshots) = watch::channel(None);
+        let connection = Connection::default();
+        let task = tokio::spawn(watch_file(path.clone(), sender, connection.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let reason = connection.reason().unwrap_or_default();
+        assert!(reason.contains(&format!("the directory {} ", dir.display())), "{reason}");
+        assert!(reason.contains("does not exist"), "{reason}");
+
+        let yaml =
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p\nspec:\n  cidr: 10.244.0.0/16\n";
+        fs::create_dir_all(&dir).expect("dir");
+        fs::write(&path, yaml).expect("write");
+        let wait = DIRECTORY_RETRY + Duration::from_secs(2);
+        tokio::time::timeout(wait, snapshots.changed()).await.expect("read once the directory exists").expect("open");
+        assert!(connection.is_up());
+
+        fs::remove_dir_all(&dir).expect("remove the directory");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while connection.is_up() {
+            assert!(Instant::now() < deadline, "the deleted directory was not seen");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        fs::create_dir_all(&dir).expect("dir again");
+        fs::write(&path, yaml).expect("write again");
+        tokio::time::timeout(wait, snapshots.changed()).await.expect("watched again").expect("open");
+        assert!(connection.is_up());
+        task.abort();
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
