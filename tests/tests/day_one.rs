@@ -1,7 +1,7 @@
 //! "Day one": a mistyped flag or a missing file says so, with real agents in the lab.
 //!
 //! - A datastore file that does not exist yet is reported at once, and programmed the moment it
-//!   is written; deleted later, it is reported while the last good state keeps pods talking
+//!   is written (on a 9000-byte uplink, whose MTU the host's routes follow); deleted later, it is reported while the last good state keeps pods talking
 //!   across nodes, and the health endpoint and the metric say the datastore is down.
 //! - A pin path off the bpffs and an uplink that does not exist stop the agent in `--mode auto`
 //!   (no fallback to netlink), naming the flag, printing no backtrace although RUST_BACKTRACE is
@@ -102,6 +102,9 @@ fn a_missing_file_is_reported_programmed_when_it_appears_and_a_deleted_one_keeps
     let datastore = lab.dir().join("datastore.yaml");
     let pin_path = lab.pin_path("node-1");
     let (store_arg, pin_arg) = (format!("file:{}", datastore.display()), pin_path.to_string_lossy().into_owned());
+    // A jumbo-frame uplink: the host's routes to remote blocks must follow it, as the programs do.
+    let uplink = lab.node("node-1")?.uplink.clone();
+    lab.exec(lab.node_netns("node-1")?, &["ip", "link", "set", "dev", &uplink, "mtu", "9000"])?;
     let args = ["run", "--datastore", &store_arg, "--node", "node-1", "--pin-path", &pin_arg];
     let mut agent = start(&lab, &[&args[..], &["--metrics-addr", METRICS_ADDR]].concat(), "agent-node-1")?;
 
@@ -119,6 +122,11 @@ fn a_missing_file_is_reported_programmed_when_it_appears_and_a_deleted_one_keeps
     .with_context(|| agent.log())?;
     println!("programmed {took:?} after the file appeared");
     agent.wait_for_log(AGENT_READY, LOAD_TIMEOUT)?;
+    let host_routes = lab.exec_stdout(lab.node_netns("node-1")?, &["ip", "route", "show", "proto", "200"])?;
+    ensure!(
+        host_routes.lines().any(|r| r.starts_with("10.244.2.0/26 via ") && r.contains(" mtu 8950")),
+        "the route to node-2's block does not carry the uplink's 9000 less VXLAN's 50:\n{host_routes}"
+    );
 
     let mut node_2 = lab.start_agent("node-2", &agent_bin(), &example)?;
     node_2.wait_ready(LOAD_TIMEOUT)?;

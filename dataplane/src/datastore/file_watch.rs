@@ -179,6 +179,8 @@ struct Watcher {
     reporter: Reporter,
     /// The stamp of the contents last sent.
     loaded: Option<Stamp>,
+    /// Whether a snapshot was ever sent (a last good state exists).
+    sent: bool,
 }
 
 /// Whether the watcher goes on: false when the agent no longer listens.
@@ -207,18 +209,20 @@ impl Watcher {
                     info!(path = %self.path.display(), "datastore file usable again");
                 }
                 self.loaded = stamp;
+                self.sent = true;
                 self.connection.up();
                 self.snapshots.send(Some(Snapshot { model, problems })).is_ok()
             }
             Ok(Err(error)) => {
                 self.loaded = None;
+                let kept = if self.sent { "keeping the last good state" } else { "nothing programmed yet" };
                 let what = match error.downcast_ref::<io::Error>().map(io::Error::kind) {
                     Some(io::ErrorKind::NotFound) => format!(
-                        "datastore file {} does not exist (deleted, or not written yet): keeping the last good \
-                         state; it is read the moment it appears",
+                        "datastore file {} does not exist (deleted, or not written yet): {kept}; it is read the \
+                         moment it appears",
                         self.path.display()
                     ),
-                    _ => format!("datastore file unusable, keeping the last good state: {error:#}"),
+                    _ => format!("datastore file unusable, {kept}: {error:#}"),
                 };
                 self.trouble(what);
                 true
@@ -350,8 +354,16 @@ pub async fn watch_file(path: PathBuf, snapshots: watch::Sender<Option<Snapshot>
             return;
         }
     };
-    let mut watcher =
-        Watcher { path, dir, name, snapshots, connection, reporter: Reporter::new(REPORT_EVERY), loaded: None };
+    let mut watcher = Watcher {
+        path,
+        dir,
+        name,
+        snapshots,
+        connection,
+        reporter: Reporter::new(REPORT_EVERY),
+        loaded: None,
+        sent: false,
+    };
     let inotify = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(io::Error::from).and_then(
         |inotify| {
             // SAFETY: the Descriptor owns the inotify fd, which stays open and the same until the
