@@ -664,6 +664,24 @@ pub fn in_netns<T: Send + 'static>(
     worker.join().map_err(|_| anyhow::anyhow!("the thread entering {netns} panicked"))?
 }
 
+/// GET `path` from the HTTP server at `addr` inside `netns` (an agent's metrics endpoint, which
+/// listens on the node's loopback): the status and the body.
+pub fn http_get(netns: &str, addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let (addr, request) = (addr.to_owned(), format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+    let text = in_netns(netns, move || {
+        let mut stream = std::net::TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(request.as_bytes())?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    })?;
+    let status = text.split_whitespace().nth(1).and_then(|code| code.parse().ok());
+    let status = status.with_context(|| format!("no HTTP status in the answer: {text:?}"))?;
+    Ok((status, text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()))
+}
+
 /// A UDP socket bound to `port` (all addresses) inside the namespace `netns`, with `read_timeout`
 /// on its receives; the caller can use it from its own thread.
 pub fn udp_socket_in(netns: &str, port: u16, read_timeout: Option<Duration>) -> anyhow::Result<std::net::UdpSocket> {

@@ -12,8 +12,6 @@
 //! the tests print why they are skipped and pass.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
@@ -21,7 +19,7 @@ use std::{
 
 use anyhow::{ensure, Context as _};
 use aya::programs::{SchedClassifier, TcAttachType};
-use dataplane_lab::{in_netns, ChildHandle, Lab, LabOptions, AGENT_READY};
+use dataplane_lab::{http_get, in_netns, ChildHandle, Lab, LabOptions, AGENT_READY};
 use dataplane_tests::{agent_bin, workspace_root};
 
 /// The example cluster: node-1 and node-2, one VXLAN pool, web-1 on node-1 and web-2 on node-2.
@@ -61,18 +59,7 @@ fn start(lab: &Lab, args: &[&str], log_name: &str) -> anyhow::Result<ChildHandle
 
 /// GET `path` from node-1's agent: (status, body).
 fn get(lab: &Lab, path: &str) -> anyhow::Result<(u16, String)> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-    let text = in_netns(lab.node_netns("node-1")?, move || {
-        let mut stream = TcpStream::connect(METRICS_ADDR).with_context(|| format!("connecting to {METRICS_ADDR}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(request.as_bytes())?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text)?;
-        Ok(text)
-    })?;
-    let status = text.split_whitespace().nth(1).and_then(|code| code.parse().ok());
-    let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    Ok((status.with_context(|| format!("no HTTP status in {text:?}"))?, body))
+    http_get(lab.node_netns("node-1")?, METRICS_ADDR, path)
 }
 
 /// Polls `what` every 10 ms until it holds or `deadline` passes; returns how long it took.

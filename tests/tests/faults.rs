@@ -21,10 +21,8 @@ use dataplane_tests::{
     workspace_root, NAT_3,
 };
 use std::{
-    fs::{self, File},
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
-    os::fd::AsRawFd as _,
+    fs,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
@@ -329,23 +327,7 @@ fn a_flood_of_new_flows_fills_conntrack_and_the_port_range_and_old_flows_keep_pa
 
 /// GET `path` from an agent's metrics endpoint at `addr` inside `netns`; returns the body.
 fn metrics_get(netns: &str, addr: &str, path: &str) -> anyhow::Result<String> {
-    let ns_path = dataplane_lab::cmd::netns_path(netns);
-    let (addr, path) = (addr.to_owned(), path.to_owned());
-    let worker = thread::spawn(move || -> anyhow::Result<String> {
-        let handle = File::open(&ns_path).with_context(|| format!("opening {ns_path}"))?;
-        // SAFETY: setns(2) on a valid descriptor; it moves only this short-lived thread.
-        if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns({ns_path}): {}", std::io::Error::last_os_error());
-        }
-        let mut stream = TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text)?;
-        Ok(text)
-    });
-    let text = worker.join().map_err(|_| anyhow::anyhow!("the thread entering {netns} panicked"))??;
-    Ok(text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+    Ok(dataplane_lab::http_get(netns, addr, path)?.1)
 }
 
 /// The value of sample `name` in a Prometheus text body.

@@ -3,14 +3,7 @@
 //! the datastore's connection state follows the datastore (here a file replaced with garbage).
 
 use dataplane_tests::workspace_root;
-use std::{
-    fs::File,
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    os::fd::AsRawFd as _,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{ensure, Context as _};
 use dataplane_lab::{Lab, LabOptions};
@@ -20,32 +13,9 @@ const EXAMPLE: &str = "examples/two-nodes.yaml";
 /// Where node-1's agent serves metrics, inside node-1's namespace.
 const METRICS_ADDR: &str = "127.0.0.1:9091";
 
-/// GET `path` from the agent, from inside `netns` (the agent listens on the node's loopback): the
-/// request runs on a thread that entered the namespace.
+/// GET `path` from the agent, from inside `netns` (the agent listens on the node's loopback).
 fn get(netns: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let ns_path = dataplane_lab::cmd::netns_path(netns);
-    let path = path.to_owned();
-    let worker = std::thread::spawn(move || -> anyhow::Result<String> {
-        let handle = File::open(&ns_path).with_context(|| format!("opening {ns_path}"))?;
-        // SAFETY: setns(2) on a valid descriptor; it moves only this short-lived thread.
-        if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            anyhow::bail!("setns({ns_path}): {}", std::io::Error::last_os_error());
-        }
-        let mut stream = TcpStream::connect(METRICS_ADDR).with_context(|| format!("connecting to {METRICS_ADDR}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text)?;
-        Ok(text)
-    });
-    let text = worker.join().map_err(|_| anyhow::anyhow!("the thread entering {netns} panicked"))??;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("no HTTP status in the answer: {text:?}"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    Ok((status, body))
+    dataplane_lab::http_get(netns, METRICS_ADDR, path)
 }
 
 /// The value of the sample `name` (with its labels) in a Prometheus text body.
