@@ -55,9 +55,9 @@ pub const VXLAN_SRC_PORT_MIN: u16 = 32768;
 /// One past the highest UDP source port of VXLAN packets.
 pub const VXLAN_SRC_PORT_MAX: u16 = 61000;
 /// The largest inner packet a tunnel with `encap_len` bytes of headers carries over an uplink
-/// of `uplink_mtu` (Calico's 1450 for VXLAN and 1480 for IPIP on a 1500-byte uplink): what the
-/// kernel programs check a packet against, the netlink fallback gives its tunnel devices and the
-/// host's routes to remote blocks carry. The one definition of a tunnel's MTU.
+/// of `uplink_mtu` (Calico's 1450 for VXLAN and 1480 for IPIP on a 1500-byte uplink): the MTU the
+/// netlink fallback gives its tunnel devices and the host's routes to remote blocks carry, and the
+/// bound the kernel programs' `len + encap_len <= uplink_mtu` check sets. One definition for both.
 pub const fn tunnel_mtu(uplink_mtu: u32, encap_len: usize) -> u32 {
     uplink_mtu.saturating_sub(encap_len as u32)
 }
