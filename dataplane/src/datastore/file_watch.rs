@@ -20,7 +20,7 @@ use std::{
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tokio::{io::unix::AsyncFd, sync::watch};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{file, Connection, Snapshot};
 
@@ -177,7 +177,7 @@ struct Watcher {
     snapshots: watch::Sender<Option<Snapshot>>,
     connection: Connection,
     reporter: Reporter,
-    /// The stamp of the contents last sent.
+    /// The stamp of the contents last read, usable or not (None: nothing there to read).
     loaded: Option<Stamp>,
     /// Whether a snapshot was ever sent (a last good state exists).
     sent: bool,
@@ -187,6 +187,19 @@ struct Watcher {
 type Continue = bool;
 
 impl Watcher {
+    /// The watcher of `path`; None (reported) when the path names no file.
+    fn new(path: PathBuf, snapshots: watch::Sender<Option<Snapshot>>, connection: Connection) -> Option<Self> {
+        let path = std::path::absolute(&path).unwrap_or(path);
+        let Some((dir, name)) = path.parent().zip(path.file_name()) else {
+            error!("--datastore file:{} names no file: the datastore stays down", path.display());
+            connection.fail(format!("--datastore file:{} names no file", path.display()));
+            return None;
+        };
+        let (dir, name) = (dir.to_owned(), PathBuf::from(name));
+        let reporter = Reporter::new(REPORT_EVERY);
+        Some(Watcher { path, dir, name, snapshots, connection, reporter, loaded: None, sent: false })
+    }
+
     /// Logs `what` (throttled by the reporter) and marks the datastore down.
     fn trouble(&mut self, what: String) {
         if self.reporter.trouble(&what, Instant::now()) {
@@ -198,23 +211,20 @@ impl Watcher {
     /// Reads and parses the file off the runtime's thread; sends the snapshot or reports why not.
     async fn read(&mut self) -> Continue {
         let path = self.path.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let before = stamp(&path);
-            file::load(&path).map(|parsed| (parsed, before))
-        })
-        .await;
-        match read {
-            Ok(Ok(((model, problems), stamp))) => {
+        let read = tokio::task::spawn_blocking(move || (stamp(&path), file::load(&path))).await;
+        if let Ok((stamp, _)) = &read {
+            self.loaded = *stamp;
+        }
+        match read.map(|(_, loaded)| loaded) {
+            Ok(Ok((model, problems))) => {
                 if self.reporter.cleared() {
                     info!(path = %self.path.display(), "datastore file usable again");
                 }
-                self.loaded = stamp;
                 self.sent = true;
                 self.connection.up();
                 self.snapshots.send(Some(Snapshot { model, problems })).is_ok()
             }
             Ok(Err(error)) => {
-                self.loaded = None;
                 let kept = if self.sent { "keeping the last good state" } else { "nothing programmed yet" };
                 let what = match error.downcast_ref::<io::Error>().map(io::Error::kind) {
                     Some(io::ErrorKind::NotFound) => format!(
@@ -264,21 +274,39 @@ impl Watcher {
         }
     }
 
-    /// Watches the directory until it is missing or unwatchable; the error says why, for the log.
-    async fn watch_directory(&mut self, inotify: &AsyncFd<Descriptor>) -> Result<Continue, String> {
+    /// Without a watch: looks at the file every [`DIRECTORY_RETRY`] for `period`, reading it when
+    /// what its path leads to changed; at the start also when it is in trouble or was never read,
+    /// which reports it (again, when due).
+    async fn poll(&mut self, period: Duration) -> Continue {
+        let look = self.reporter.troubled() || !self.sent || stamp(&self.path) != self.loaded;
+        if look && !self.read().await {
+            return false;
+        }
+        let end = Instant::now() + period;
+        while Instant::now() < end {
+            tokio::time::sleep(DIRECTORY_RETRY).await;
+            if stamp(&self.path) != self.loaded && !self.read().await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Watches the directory until it is missing or unwatchable.
+    async fn watch_directory(&mut self, inotify: &AsyncFd<Descriptor>) -> Result<Continue, Unwatched> {
         let wd = inotify.get_ref().0.add_watch(&self.dir, watch_mask()).map_err(|errno| match errno {
-            nix::errno::Errno::ENOENT => format!(
+            nix::errno::Errno::ENOENT => Unwatched::Missing(format!(
                 "the directory {} of --datastore file:{} does not exist: keeping the last good state; the \
                  file is read as soon as the directory and the file appear",
                 self.dir.display(),
                 self.path.display()
-            ),
-            errno => format!(
+            )),
+            errno => Unwatched::Refused(format!(
                 "cannot watch the directory {} of --datastore file:{}: {}",
                 self.dir.display(),
                 self.path.display(),
                 io::Error::from(errno)
-            ),
+            )),
         })?;
         // The file may have changed while the directory was not watched.
         if !self.read().await {
@@ -293,7 +321,10 @@ impl Watcher {
                     Ok(events) => {
                         decide(events.iter().map(|(mask, entry)| (*mask, entry.as_deref())), self.name.as_os_str())
                     }
-                    Err(error) => return Err(format!("reading inotify events on {}: {error}", self.dir.display())),
+                    Err(error) => {
+                        let _ = inotify.get_ref().0.rm_watch(wd);
+                        return Err(Unwatched::Refused(format!("reading inotify events on {}: {error}", self.dir.display())));
+                    }
                 },
                 _ = recheck.tick() => Action::ReadIfChanged,
             };
@@ -307,6 +338,14 @@ impl Watcher {
             }
         }
     }
+}
+
+/// Why the directory is not watched.
+enum Unwatched {
+    /// It does not exist: the datastore is down until it and the file appear.
+    Missing(String),
+    /// inotify refused (out of instances or watches, no permission): the file is polled meanwhile.
+    Refused(String),
 }
 
 /// The next batch of events of watch `wd`: everything readable now, so that a burst (create,
@@ -345,25 +384,7 @@ async fn read_events(
 /// file or directory that is missing or unusable is reported at once and every
 /// [`REPORT_EVERY`], `connection` is marked down, and the previous snapshot stays.
 pub async fn watch_file(path: PathBuf, snapshots: watch::Sender<Option<Snapshot>>, connection: Connection) {
-    let path = std::path::absolute(&path).unwrap_or(path);
-    let (dir, name) = match (path.parent(), path.file_name()) {
-        (Some(dir), Some(name)) => (dir.to_owned(), PathBuf::from(name)),
-        _ => {
-            error!("--datastore file:{} names no file: the datastore stays down", path.display());
-            connection.fail(format!("--datastore file:{} names no file", path.display()));
-            return;
-        }
-    };
-    let mut watcher = Watcher {
-        path,
-        dir,
-        name,
-        snapshots,
-        connection,
-        reporter: Reporter::new(REPORT_EVERY),
-        loaded: None,
-        sent: false,
-    };
+    let Some(mut watcher) = Watcher::new(path, snapshots, connection) else { return };
     let inotify = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(io::Error::from).and_then(
         |inotify| {
             // SAFETY: the Descriptor owns the inotify fd, which stays open and the same until the
@@ -372,21 +393,32 @@ pub async fn watch_file(path: PathBuf, snapshots: watch::Sender<Option<Snapshot>
                 .map_err(|error| io::Error::other(error.to_string()))
         },
     ) {
-        Ok(inotify) => inotify,
+        Ok(inotify) => Some(inotify),
         Err(error) => {
-            let what = format!("cannot start inotify to watch {}: {error}", watcher.path.display());
-            error!("{what}; the datastore stays down");
-            watcher.connection.fail(what);
-            return;
+            warn!("cannot start inotify ({error}): the datastore file is looked at every {DIRECTORY_RETRY:?} instead");
+            None
         }
     };
+    let mut refused = Reporter::new(REPORT_EVERY);
     loop {
-        match watcher.watch_directory(&inotify).await {
+        let watched = match &inotify {
+            Some(inotify) => watcher.watch_directory(inotify).await,
+            None => Err(Unwatched::Refused("inotify is unavailable".to_owned())),
+        };
+        match watched {
             Ok(true) => {}
             Ok(false) => return,
-            Err(what) => {
+            Err(Unwatched::Missing(what)) => {
                 watcher.trouble(what);
                 tokio::time::sleep(DIRECTORY_RETRY).await;
+            }
+            Err(Unwatched::Refused(what)) => {
+                if refused.trouble(&what, Instant::now()) {
+                    warn!("{what}: looking at the file every {DIRECTORY_RETRY:?} instead until it can be watched");
+                }
+                if !watcher.poll(RECHECK).await {
+                    return;
+                }
             }
         }
         if watcher.snapshots.is_closed() {
@@ -532,6 +564,32 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(2), snapshots.changed()).await.expect("rename seen").expect("open");
         assert_eq!(names(&mut snapshots), ["pool-c"]);
         task.abort();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Without inotify the file is looked at every second: read when it appears or changes, and
+    /// not again while it stays the same.
+    #[tokio::test]
+    async fn without_a_watch_the_file_is_polled() {
+        let dir = std::env::temp_dir().join(format!("dataplane-file-poll-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(FILE);
+        let (sender, mut snapshots) = watch::channel(None);
+        let connection = Connection::default();
+        let mut watcher = Watcher::new(path.clone(), sender, connection.clone()).expect("names a file");
+        let task = tokio::spawn(async move { watcher.poll(Duration::from_secs(4)).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(connection.reason().is_some_and(|r| r.contains("does not exist")), "{:?}", connection.reason());
+        let yaml =
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p\nspec:\n  cidr: 10.244.0.0/16\n";
+        fs::write(&path, yaml).expect("write");
+        let wait = DIRECTORY_RETRY + Duration::from_secs(1);
+        tokio::time::timeout(wait, snapshots.changed()).await.expect("read when it appears").expect("open");
+        assert!(connection.is_up());
+        let unchanged = tokio::time::timeout(wait, snapshots.changed()).await;
+        assert!(unchanged.is_err(), "read again although the file stayed the same");
+        assert!(task.await.expect("poll ran"), "the receiver is still there");
         let _ = fs::remove_dir_all(&dir);
     }
 
