@@ -278,7 +278,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Datastore::Etcdv3 => options.etcd.check().map_err(|error| ConfigError {
             flag: "--datastore etcdv3",
             problem: format!("cannot use its settings: {error:#}"),
-            fix: "fix the --etcd-* options (ETCD_* variables) named above".to_owned(),
+            fix: "correct the --etcd-* option (ETCD_* variable) it names".to_owned(),
         })?,
         Datastore::Kubernetes(config) => datastore::kubernetes::check(config).await.map_err(|error| ConfigError {
             flag: "--datastore kubernetes",
