@@ -639,6 +639,55 @@ mod tests {
             // A datastore that is down must not restart the pod: liveness is not the health check.
             assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez", "{file}");
             assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz", "{file}");
+            for probe in ["livenessProbe", "readinessProbe"] {
+                assert_eq!(container[probe]["httpGet"]["port"], 9091, "{file}: {probe} must ask the metrics port");
+            }
         }
+    }
+
+    /// Every object in deploy/ is what the Kubernetes API's own schema (the k8s-openapi types)
+    /// makes of it: read as its type and written back, it is unchanged. k8s-openapi ignores a
+    /// field it does not know, so a misspelt or misplaced field (which the API server would drop
+    /// or refuse) shows as a difference here.
+    #[test]
+    fn every_object_in_deploy_survives_the_api_schema_unchanged() {
+        use k8s_openapi::api::{
+            apps::v1::DaemonSet,
+            core::v1::ServiceAccount,
+            rbac::v1::{ClusterRole, ClusterRoleBinding},
+        };
+        fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+            file: &str,
+            json: &serde_json::Value,
+        ) -> serde_json::Value {
+            let typed: T = serde_json::from_value(json.clone()).unwrap_or_else(|e| panic!("{file}: {e}"));
+            serde_json::to_value(typed).expect("a k8s-openapi object serialises")
+        }
+        let files = [
+            ("deploy/daemonset.yaml", include_str!("../../deploy/daemonset.yaml")),
+            ("deploy/daemonset-etcd.yaml", include_str!("../../deploy/daemonset-etcd.yaml")),
+            ("deploy/rbac.yaml", include_str!("../../deploy/rbac.yaml")),
+        ];
+        let mut objects = 0;
+        for (file, text) in files {
+            for document in serde_yaml::Deserializer::from_str(text) {
+                let yaml = <serde_yaml::Value as serde::Deserialize>::deserialize(document)
+                    .unwrap_or_else(|e| panic!("{file} is not YAML: {e}"));
+                if yaml.is_null() {
+                    continue;
+                }
+                let json = serde_json::to_value(&yaml).expect("YAML as JSON");
+                let back = match json["kind"].as_str() {
+                    Some("DaemonSet") => round_trip::<DaemonSet>(file, &json),
+                    Some("ServiceAccount") => round_trip::<ServiceAccount>(file, &json),
+                    Some("ClusterRole") => round_trip::<ClusterRole>(file, &json),
+                    Some("ClusterRoleBinding") => round_trip::<ClusterRoleBinding>(file, &json),
+                    other => panic!("{file}: kind {other:?} has no schema check here; add its k8s-openapi type"),
+                };
+                assert_eq!(back, json, "{file}: {} has fields the API schema does not know", json["kind"]);
+                objects += 1;
+            }
+        }
+        assert_eq!(objects, 5, "deploy/ holds two DaemonSets and rbac.yaml's three objects");
     }
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod image;
 mod lab;
 mod setup;
 mod test;
@@ -24,6 +25,8 @@ enum Command {
     Build(setup::BuildOptions),
     /// Run the whole test suite, unit tests and root/netns integration tests.
     Test(test::Options),
+    /// The agent's container image from Debian's packages (OCI layout in target/image/oci).
+    Image(image::Options),
     /// Bring up a two-node lab, carry traffic through the fast path, tear it down.
     Demo(demo::Options),
     /// TCP throughput pod to pod: BPF fast path vs kernel vxlan vs plain routing.
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup(options) => setup::run(&options),
         Command::Build(options) => setup::build(&options),
         Command::Test(options) => test::run(&options),
+        Command::Image(options) => image::run(&options),
         Command::Demo(options) => demo::run(&options),
         Command::Bench(options) => bench::run(&options),
         Command::Lab { command } => lab::run(command),

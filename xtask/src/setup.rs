@@ -323,9 +323,14 @@ fn check(verbose: bool) -> anyhow::Result<Report> {
 
 /// The Debian packages of [`PACKAGES`] that are not installed.
 fn missing_packages() -> anyhow::Result<Vec<&'static str>> {
+    missing_of(PACKAGES)
+}
+
+/// The Debian packages of `packages` that are not installed.
+fn missing_of(packages: &[(&'static str, &str)]) -> anyhow::Result<Vec<&'static str>> {
     let output = Command::new("dpkg-query")
         .args(["--show", "--showformat=${Package}\t${db:Status-Abbrev}\n"])
-        .args(PACKAGES.iter().map(|(package, _)| package))
+        .args(packages.iter().map(|(package, _)| package))
         .stdin(Stdio::null())
         .output();
     let output = match output {
@@ -338,7 +343,7 @@ fn missing_packages() -> anyhow::Result<Vec<&'static str>> {
     // dpkg-query exits 1 and complains on stderr about packages it has never heard of; those are
     // simply missing from its output.
     let installed = installed_packages(&String::from_utf8_lossy(&output.stdout));
-    Ok(PACKAGES
+    Ok(packages
         .iter()
         .map(|(package, _)| *package)
         .filter(|package| !installed.iter().any(|name| name == package))
@@ -533,6 +538,27 @@ fn install(report: &Report) -> anyhow::Result<()> {
         after.linker_summary()
     ));
     Ok(())
+}
+
+/// Installs whatever of `packages` (Debian packages a command needs beyond [`PACKAGES`], each with
+/// why) is missing, saying what and why; needs root only when something is missing.
+pub fn ensure_packages(packages: &[(&'static str, &str)]) -> anyhow::Result<()> {
+    let missing = missing_of(packages)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for (package, why) in packages.iter().filter(|(package, _)| missing.contains(package)) {
+        say(&format!("will install {package}: {why}"));
+    }
+    if !is_root() {
+        bail!(
+            "Debian packages missing: {}; installing them needs root, and this runs as uid {}:\n  apt-get update && {}",
+            missing.join(" "),
+            euid(),
+            apt_install_line(&missing)
+        );
+    }
+    install_packages(&missing)
 }
 
 /// Fails, naming the packages and the command to install them, when Debian packages are missing
