@@ -37,7 +37,8 @@ pub const VXLAN_PORT: u16 = 4789;
 /// MTU of `vxlan.calico`: the uplink's 1500 minus 50 bytes of VXLAN overhead.
 pub const VXLAN_DEVICE_MTU: u32 = 1450;
 
-/// Configures node `node` of `lab` as Calico's VXLAN mode does with kernel features only.
+/// Configures node `node` of `lab` as Calico's VXLAN mode does with kernel features only; run
+/// again, it restores that configuration (an existing `vxlan.calico` is kept, the rest replaced).
 ///
 /// Remote blocks that the pool's mode reaches without encapsulation (Never, or CrossSubnet
 /// towards a peer on this node's subnet) are routed `via <peer> dev eth0`, as Calico does; a
@@ -58,28 +59,33 @@ pub fn configure_kernel_vxlan(lab: &Lab, model: &Model, node: &str) -> anyhow::R
     let vni = VXLAN_VNI.to_string();
     let port = VXLAN_PORT.to_string();
     let uplink = setup.uplink.clone();
+    // Run again on a node that has the device (handing a node back to Calico, as calico-node
+    // does when it starts), everything below is a replace and the device is kept as it is.
+    let exists = lab.exec_status(&setup.netns, &["ip", "link", "show", VXLAN_DEVICE])?.status.success();
     // nolearning: Calico programs every FDB entry itself and never floods to learn.
-    setup.run(&[
-        "ip",
-        "link",
-        "add",
-        VXLAN_DEVICE,
-        "type",
-        "vxlan",
-        "id",
-        &vni,
-        "dstport",
-        &port,
-        "local",
-        &local,
-        "dev",
-        &uplink,
-        "nolearning",
-    ])?;
+    if !exists {
+        setup.run(&[
+            "ip",
+            "link",
+            "add",
+            VXLAN_DEVICE,
+            "type",
+            "vxlan",
+            "id",
+            &vni,
+            "dstport",
+            &port,
+            "local",
+            &local,
+            "dev",
+            &uplink,
+            "nolearning",
+        ])?;
+    }
     let mac = vtep_mac.to_string();
     let mtu = VXLAN_DEVICE_MTU.to_string();
     setup.run(&["ip", "link", "set", VXLAN_DEVICE, "address", &mac, "mtu", &mtu])?;
-    setup.run(&["ip", "addr", "add", &format!("{vtep_addr}/32"), "dev", VXLAN_DEVICE])?;
+    setup.run(&["ip", "addr", "replace", &format!("{vtep_addr}/32"), "dev", VXLAN_DEVICE])?;
     setup.run(&["ip", "link", "set", VXLAN_DEVICE, "up"])?;
 
     for (prefix, route) in &plan.routes {
