@@ -77,6 +77,9 @@ fn a_calico_kernel_node_is_taken_over_and_handed_back_under_traffic() -> anyhow:
     // restores its configuration, `dataplane cleanup` removes the programs, pins and routes.
     let began = Instant::now();
     agent.stop()?;
+    let agent_log = agent.log();
+    let warnings: Vec<&str> = agent_log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+    eprintln!("the agent's warnings on Calico's node: {warnings:#?}");
     kernel_calico::configure_kernel_vxlan(&lab, &model, NODE)?;
     let pin_path = lab.pin_path(NODE);
     let pin_arg = pin_path.to_string_lossy();
