@@ -104,25 +104,21 @@ fn run_steps(options: &Options, steps: &mut Steps) -> anyhow::Result<()> {
     private_mount_namespace()?;
     let host = Host::find()?;
 
-    steps.run("host packages", "the check's own prerequisites: debootstrap", || ensure_host_packages())?;
+    steps.run("host packages", "the check's own prerequisites: debootstrap", ensure_host_packages)?;
     let key = base_key(&debootstrap_version()?);
     let base = steps.run("base", &format!("Debian {SUITE} {VARIANT} + {}", names(BASE_INCLUDE).join(" ")), || {
         ensure_base(cache, &key, options.no_cache)
     })?;
     let root = cache.join("root");
-    steps.run("root", &format!("a fresh copy of the base at {}", root.display()), || {
-        make_root(&base, &root, &host)
-    })?;
+    steps.run("root", &format!("a fresh copy of the base at {}", root.display()), || make_root(&base, &root, &host))?;
     let mounts = mounts(&host);
-    let mounted = steps.run("mounts", "/proc /sys /dev; the host's rustup, source tree and CA bundle (read-only)", || {
-        Mounted::mount(&root, &mounts)
-    })?;
-    steps.run(
-        "setup",
-        "cargo xtask setup, inside the root",
-        || in_root(&root, &["cargo", "xtask", "setup"]),
-    )
-    .context("`cargo xtask setup` failed in the clean root; its output is above")?;
+    let mounted =
+        steps.run("mounts", "/proc /sys /dev; the host's rustup, source tree and CA bundle (read-only)", || {
+            Mounted::mount(&root, &mounts)
+        })?;
+    steps
+        .run("setup", "cargo xtask setup, inside the root", || in_root(&root, &["cargo", "xtask", "setup"]))
+        .context("`cargo xtask setup` failed in the clean root; its output is above")?;
     steps
         .run("build", "cargo xtask build (cargo build -p dataplane and the eBPF object), inside the root", || {
             in_root(&root, &["cargo", "xtask", "build"])
@@ -149,7 +145,12 @@ struct Steps {
 
 impl Steps {
     /// Runs one step, saying what it does and how long it took; a failure names the step.
-    fn run<T>(&mut self, name: &'static str, what: &str, body: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    fn run<T>(
+        &mut self,
+        name: &'static str,
+        what: &str,
+        body: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         say(&format!("==> {name}: {what}"));
         let started = Instant::now();
         let result = body();
@@ -166,7 +167,11 @@ impl Steps {
 
     /// "base 3 s, root 12 s, ..." in the order they ran.
     fn summary(&self) -> String {
-        self.done.iter().map(|(name, took)| format!("{name} {:.0} s", took.as_secs_f64())).collect::<Vec<_>>().join(", ")
+        self.done
+            .iter()
+            .map(|(name, took)| format!("{name} {:.0} s", took.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -198,7 +203,10 @@ impl Host {
             env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from).join(".rustup")
         });
         if !rustup_home.join("toolchains").is_dir() {
-            bail!("no rustup toolchains in {}: the check mounts the host's rustup into the root", rustup_home.display());
+            bail!(
+                "no rustup toolchains in {}: the check mounts the host's rustup into the root",
+                rustup_home.display()
+            );
         }
         let rustup_bin = env::split_paths(&env::var_os("PATH").unwrap_or_default())
             .chain([setup::cargo_home().join("bin")])
@@ -299,7 +307,11 @@ fn ensure_base(cache: &Path, key: &str, fresh: bool) -> anyhow::Result<PathBuf> 
         let name = entry.file_name().to_string_lossy().into_owned();
         let current = name == format!("base-{key}") || name == format!("base-{key}.done");
         if name.starts_with("base-") && (!current || fresh) {
-            say(&format!("    removing {} ({})", entry.path().display(), if fresh { "--no-cache" } else { "stale key" }));
+            say(&format!(
+                "    removing {} ({})",
+                entry.path().display(),
+                if fresh { "--no-cache" } else { "stale key" }
+            ));
             remove_tree(&entry.path())?;
         }
     }
@@ -466,7 +478,8 @@ fn remove_tree(path: &Path) -> anyhow::Result<()> {
         bail!("not removing {}: still mounted under it: {}", path.display(), under.join(" "));
     }
     if path.is_dir() {
-        let status = Command::new("rm").arg("-rf").arg("--one-file-system").arg(path).status().context("cannot run rm")?;
+        let status =
+            Command::new("rm").arg("-rf").arg("--one-file-system").arg(path).status().context("cannot run rm")?;
         if !status.success() {
             bail!("rm -rf {} failed ({status})", path.display());
         }
@@ -593,7 +606,9 @@ fn chroot_command_line(root: &Path, command: &[&str]) -> Vec<String> {
     line.extend(["-C".to_owned(), ROOT_SOURCE.to_owned()]);
     line.extend([
         "HOME=/root".to_owned(),
-        format!("PATH={ROOT_CARGO_HOME}/bin:{ROOT_RUSTUP_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        format!(
+            "PATH={ROOT_CARGO_HOME}/bin:{ROOT_RUSTUP_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        ),
         format!("RUSTUP_HOME={ROOT_RUSTUP_HOME}"),
         format!("CARGO_HOME={ROOT_CARGO_HOME}"),
         format!("CARGO_TARGET_DIR={ROOT_TARGET}"),
@@ -629,7 +644,8 @@ fn in_root(root: &Path, command: &[&str]) -> anyhow::Result<()> {
     let status = child.wait().context("waiting for chroot")?;
     let errors = reader.join().unwrap_or_default();
     if !status.success() {
-        let quoted = if errors.is_empty() { String::new() } else { format!("; first errors:\n  {}", errors.join("\n  ")) };
+        let quoted =
+            if errors.is_empty() { String::new() } else { format!("; first errors:\n  {}", errors.join("\n  ")) };
         bail!("`{}` exited with {status} in the clean root{quoted}", command.join(" "));
     }
     Ok(())
