@@ -90,7 +90,13 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             say(&format!("PASS: the project builds with only what `cargo xtask setup` installs ({})", secs(started)));
             Ok(())
         }
-        Err(error) => Err(error.context(format!("the clean-room check failed after {}", secs(started)))),
+        Err(error) => {
+            let root = Path::new(CACHE).join("root");
+            if root.exists() {
+                say(&format!("the root is left at {} to look into; the next run removes it", root.display()));
+            }
+            Err(error.context(format!("the clean-room check failed after {}", secs(started))))
+        }
     }
 }
 
@@ -636,7 +642,7 @@ fn in_root(root: &Path, command: &[&str]) -> anyhow::Result<()> {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("{line}");
             if is_error_line(&line) && errors.len() < 8 {
-                errors.push(line);
+                errors.push(shorten(&line, 300));
             }
         }
         errors
@@ -649,6 +655,14 @@ fn in_root(root: &Path, command: &[&str]) -> anyhow::Result<()> {
         bail!("`{}` exited with {status} in the clean root{quoted}", command.join(" "));
     }
     Ok(())
+}
+
+/// `line` cut to at most `max` characters (protoc's errors come as one line of several KB).
+fn shorten(line: &str, max: usize) -> String {
+    match line.char_indices().nth(max) {
+        Some((at, _)) => format!("{} ...", &line[..at]),
+        None => line.to_owned(),
+    }
 }
 
 /// Whether a line of build output states an error worth quoting in the failure.
@@ -757,5 +771,7 @@ mod tests {
         assert!(is_error_line("error: failed to run custom build command for `etcd-client v0.17.0`"));
         assert!(is_error_line("  google/protobuf/descriptor.proto: File not found."));
         assert!(!is_error_line("   Compiling etcd-client v0.17.0"));
+        assert_eq!(shorten("abcdef", 3), "abc ...");
+        assert_eq!(shorten("abc", 3), "abc");
     }
 }
