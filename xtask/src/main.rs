@@ -1,6 +1,7 @@
-//! `cargo xtask`: the project's one entry point for setup, build, test, demo, lab and bench.
+//! `cargo xtask`: the project's one entry point for setup, build, test, clean-room, demo, lab and bench.
 
 mod bench;
+mod cleanroom;
 mod demo;
 mod image;
 mod lab;
@@ -27,6 +28,8 @@ enum Command {
     Test(test::Options),
     /// The agent's container image from Debian's packages (OCI layout in target/image/oci).
     Image(image::Options),
+    /// Build the project in a fresh Debian bookworm root holding only what `setup` installs.
+    CleanRoom(cleanroom::Options),
     /// Bring up a two-node lab, carry traffic through the fast path, tear it down.
     Demo(demo::Options),
     /// TCP throughput pod to pod: BPF fast path vs kernel vxlan vs plain routing.
@@ -50,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Build(options) => setup::build(&options),
         Command::Test(options) => test::run(&options),
         Command::Image(options) => image::run(&options),
+        Command::CleanRoom(options) => cleanroom::run(&options),
         Command::Demo(options) => demo::run(&options),
         Command::Bench(options) => bench::run(&options),
         Command::Lab { command } => lab::run(command),

@@ -39,7 +39,7 @@ pub struct BuildOptions {
 }
 
 /// Debian packages the project needs, each with why.
-const PACKAGES: &[(&str, &str)] = &[
+pub(crate) const PACKAGES: &[(&str, &str)] = &[
     ("llvm-22-dev", "bpf-linker links LLVM 22"),
     ("libpolly-22-dev", "bpf-linker links LLVM 22 (llvm-config lists Polly)"),
     ("bpftool", "map dumps"),
@@ -323,14 +323,20 @@ fn check(verbose: bool) -> anyhow::Result<Report> {
 
 /// The Debian packages of [`PACKAGES`] that are not installed.
 fn missing_packages() -> anyhow::Result<Vec<&'static str>> {
-    missing_of(PACKAGES)
+    let names: Vec<&'static str> = PACKAGES.iter().map(|(package, _)| *package).collect();
+    missing_of(&names, None)
 }
 
-/// The Debian packages of `packages` that are not installed.
-fn missing_of(packages: &[(&'static str, &str)]) -> anyhow::Result<Vec<&'static str>> {
-    let output = Command::new("dpkg-query")
+/// The packages of `names` that are not installed, according to the dpkg database of this
+/// machine or, with `admindir`, of another root (`dpkg-query --admindir`).
+pub(crate) fn missing_of<'a>(names: &[&'a str], admindir: Option<&Path>) -> anyhow::Result<Vec<&'a str>> {
+    let mut command = Command::new("dpkg-query");
+    if let Some(admindir) = admindir {
+        command.arg(format!("--admindir={}", admindir.display()));
+    }
+    let output = command
         .args(["--show", "--showformat=${Package}\t${db:Status-Abbrev}\n"])
-        .args(packages.iter().map(|(package, _)| package))
+        .args(names)
         .stdin(Stdio::null())
         .output();
     let output = match output {
@@ -343,11 +349,7 @@ fn missing_of(packages: &[(&'static str, &str)]) -> anyhow::Result<Vec<&'static 
     // dpkg-query exits 1 and complains on stderr about packages it has never heard of; those are
     // simply missing from its output.
     let installed = installed_packages(&String::from_utf8_lossy(&output.stdout));
-    Ok(packages
-        .iter()
-        .map(|(package, _)| *package)
-        .filter(|package| !installed.iter().any(|name| name == package))
-        .collect())
+    Ok(names.iter().copied().filter(|package| !installed.iter().any(|name| name == package)).collect())
 }
 
 /// Parses `dpkg-query --showformat='${Package}\t${db:Status-Abbrev}\n'`: the names of the
@@ -480,7 +482,7 @@ fn llvm_from_crates2(json: &str) -> Option<u32> {
 }
 
 /// `$CARGO_HOME`, else `~/.cargo`.
-fn cargo_home() -> PathBuf {
+pub(crate) fn cargo_home() -> PathBuf {
     env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
@@ -543,7 +545,8 @@ fn install(report: &Report) -> anyhow::Result<()> {
 /// Installs whatever of `packages` (Debian packages a command needs beyond [`PACKAGES`], each with
 /// why) is missing, saying what and why; needs root only when something is missing.
 pub fn ensure_packages(packages: &[(&'static str, &str)]) -> anyhow::Result<()> {
-    let missing = missing_of(packages)?;
+    let names: Vec<&'static str> = packages.iter().map(|(package, _)| *package).collect();
+    let missing = missing_of(&names, None)?;
     if missing.is_empty() {
         return Ok(());
     }
@@ -587,7 +590,7 @@ fn apt_install_line(missing: &[&str]) -> String {
 }
 
 /// `apt-get update` once, then `apt-get install` the missing packages.
-fn install_packages(missing: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn install_packages(missing: &[&str]) -> anyhow::Result<()> {
     refuse_unless_root_can_install()?;
     let install_line = apt_install_line(missing);
     say(&format!("installing Debian packages: {} (on a fresh machine, about a minute)", missing.join(" ")));
@@ -659,7 +662,7 @@ fn install_linker(why: &str) -> anyhow::Result<()> {
 
 /// Runs one installation step with inherited output and no stdin, printing it first; on failure
 /// says which step failed and what to do.
-fn run_step(command: &mut Command, shown: &str, fix: &str) -> anyhow::Result<()> {
+pub(crate) fn run_step(command: &mut Command, shown: &str, fix: &str) -> anyhow::Result<()> {
     say(&format!("$ {shown}"));
     let started = Instant::now();
     let status = command.stdin(Stdio::null()).status().with_context(|| format!("cannot start `{shown}`; {fix}"))?;
@@ -675,7 +678,7 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     euid() == 0
 }
 

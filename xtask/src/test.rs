@@ -1,8 +1,9 @@
 //! `cargo xtask test`: the whole suite.
 //!
 //! Stages, in order: prerequisites (`setup::ensure`), the agent's build, the unit tests (no root),
-//! and the integration tests (root, network namespaces, real traffic), which find the agent through
-//! `DATAPLANE_BIN`. Output streams as it comes; a summary line per stage closes the run.
+//! the integration tests (root, network namespaces, real traffic), which find the agent through
+//! `DATAPLANE_BIN`, and with `--clean-room` (as CI runs it) the clean-room check. Output streams as
+//! it comes; a summary line per stage closes the run.
 
 use std::{
     fmt,
@@ -23,6 +24,10 @@ pub struct Options {
     /// Run only the integration tests whose name contains NAME (passed to the test harness).
     #[arg(long, value_name = "NAME")]
     pub filter: Option<String>,
+    /// Also build the project in a fresh Debian root holding only what `cargo xtask setup`
+    /// installs (`cargo xtask clean-room`; CI runs it, see .ci/run).
+    #[arg(long)]
+    pub clean_room: bool,
 }
 
 /// Packages whose tests need neither root nor the built agent.
@@ -123,6 +128,18 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         });
     } else {
         skip(&mut stages, "integration tests", blocked);
+    }
+
+    // The clean room: independent of the stages above (it builds everything again in its own
+    // root), so it runs even when they failed. A child process, because it moves itself into a
+    // mount namespace of its own.
+    if options.clean_room {
+        stage(&mut stages, "clean room", "cargo xtask clean-room", || {
+            let exe = std::env::current_exe().map_err(|error| anyhow::anyhow!("cannot find this xtask: {error}"))?;
+            run_streaming(std::process::Command::new(exe).arg("clean-room"), "cargo xtask clean-room")
+        });
+    } else {
+        skip(&mut stages, "clean room", "no --clean-room");
     }
 
     // Summary.

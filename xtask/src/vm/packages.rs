@@ -16,6 +16,7 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use super::say;
+use crate::setup;
 
 /// Packages installed from bookworm-backports, each with why.
 const BACKPORTS: &[(&str, &str)] = &[("qemu-system-x86", "the VMs (TCG here, KVM where the CPU has VMX/SVM)")];
@@ -45,7 +46,7 @@ const BACKPORTS_SOURCE: &str =
 pub fn ensure(cache: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let all: Vec<&str> = BACKPORTS.iter().chain(PACKAGES).map(|(name, _)| *name).collect();
-    let missing = missing(&all)?;
+    let missing = setup::missing_of(&all, None)?;
     if missing.is_empty() {
         say(&format!("VM prerequisites present: {} ({:.1} s)", all.join(" "), started.elapsed().as_secs_f64()));
         return Ok(());
@@ -70,18 +71,23 @@ pub fn ensure(cache: &Path) -> anyhow::Result<()> {
             .stdin(Stdio::null());
         command
     };
-    step(apt(&["update"]), "apt-get update (with bookworm-backports)")?;
+    let fix = "check that Debian's mirrors are reachable and that no other apt runs";
+    setup::run_step(&mut apt(&["update"]), "apt-get update (with bookworm-backports)", fix)?;
     let backports: Vec<&str> = BACKPORTS.iter().map(|(n, _)| *n).filter(|n| missing.contains(n)).collect();
     if !backports.is_empty() {
         let mut args = vec!["install", "-y", "--no-install-recommends", "-t", "bookworm-backports"];
         args.extend(&backports);
-        step(apt(&args), &format!("apt-get install -t bookworm-backports {}", backports.join(" ")))?;
+        setup::run_step(
+            &mut apt(&args),
+            &format!("apt-get install -t bookworm-backports {}", backports.join(" ")),
+            fix,
+        )?;
     }
     let rest: Vec<&str> = PACKAGES.iter().map(|(n, _)| *n).filter(|n| missing.contains(n)).collect();
     if !rest.is_empty() {
         let mut args = vec!["install", "-y", "--no-install-recommends"];
         args.extend(&rest);
-        step(apt(&args), &format!("apt-get install {}", rest.join(" ")))?;
+        setup::run_step(&mut apt(&args), &format!("apt-get install {}", rest.join(" ")), fix)?;
     }
     say(&format!("VM prerequisites installed in {:.0} s", started.elapsed().as_secs_f64()));
     Ok(())
@@ -105,47 +111,4 @@ fn apt_sources(cache: &Path) -> anyhow::Result<std::path::PathBuf> {
     fs::write(&backports, format!("{BACKPORTS_SOURCE}\n"))
         .with_context(|| format!("writing {}", backports.display()))?;
     Ok(parts)
-}
-
-/// The packages of `names` that dpkg does not have installed.
-fn missing<'a>(names: &[&'a str]) -> anyhow::Result<Vec<&'a str>> {
-    let output = Command::new("dpkg-query")
-        .args(["-W", "-f", "${Package}\t${db:Status-Abbrev}\n"])
-        .args(names)
-        .stderr(Stdio::null())
-        .output()
-        .context("cannot run dpkg-query (is this a Debian machine?)")?;
-    let installed = installed(&String::from_utf8_lossy(&output.stdout));
-    Ok(names.iter().copied().filter(|n| !installed.iter().any(|i| i == n)).collect())
-}
-
-/// Package names that `dpkg-query -f '${Package}\t${db:Status-Abbrev}'` shows installed ("ii").
-fn installed(output: &str) -> Vec<String> {
-    output
-        .lines()
-        .filter_map(|line| line.split_once('\t'))
-        .filter(|(_, status)| status.starts_with("ii"))
-        .map(|(name, _)| name.split(':').next().unwrap_or(name).to_owned())
-        .collect()
-}
-
-/// Runs one install step, output inherited; fails naming it.
-fn step(mut command: Command, shown: &str) -> anyhow::Result<()> {
-    say(&format!("$ {shown}"));
-    let status = command.status().with_context(|| format!("cannot start `{shown}`"))?;
-    if !status.success() {
-        bail!("`{shown}` failed ({status}): check that Debian's mirrors are reachable and no other apt runs");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_fully_installed_packages_count() {
-        let output = "vagrant\tii \nqemu-system-x86\trc \nlibvirt-clients:amd64\tii \ndebootstrap\tun \n";
-        assert_eq!(installed(output), ["vagrant", "libvirt-clients"]);
-    }
 }
