@@ -42,6 +42,9 @@ pub struct Agent {
     pub datastore_up: bool,
     /// Times the datastore went from readable to unreadable.
     pub datastore_losses: u64,
+    /// Whole reads of the maps and of the route table by the backend (at start, after a failed
+    /// write, on the slow resync; none per change).
+    pub kernel_dumps: u64,
 }
 
 /// The agent's counters, shared between the reconcile loop and the HTTP server.
@@ -84,7 +87,7 @@ pub fn render(agent: &Agent, counters: &[stats::Counter], occupancy: &Occupancy)
     ] {
         let _ = writeln!(out, "dataplane_map_entries{{map=\"{map}\"}} {entries}");
     }
-    let gauges: [(&str, &str, &str, f64); 7] = [
+    let gauges: [(&str, &str, &str, f64); 8] = [
         ("dataplane_reconciles_total", "counter", "Reconciles that completed.", agent.reconciles as f64),
         ("dataplane_reconcile_errors_total", "counter", "Reconciles that failed.", agent.reconcile_errors as f64),
         (
@@ -116,6 +119,12 @@ pub fn render(agent: &Agent, counters: &[stats::Counter], occupancy: &Occupancy)
             "counter",
             "Times the datastore went from readable to unreadable.",
             agent.datastore_losses as f64,
+        ),
+        (
+            "dataplane_kernel_dumps_total",
+            "counter",
+            "Whole reads of the maps and the route table (at start, after a failed write, on the slow resync; none per change).",
+            agent.kernel_dumps as f64,
         ),
     ];
     for (name, kind, help, value) in gauges {
@@ -197,6 +206,7 @@ mod tests {
             last_reconcile_ok: true,
             datastore_up: false,
             datastore_losses: 2,
+            kernel_dumps: 4,
             ..Agent::default()
         };
         let counters = [
@@ -209,6 +219,7 @@ mod tests {
         assert!(text.contains("dataplane_drops_total{reason=\"spoofed_source\"} 2"), "{text}");
         assert!(text.contains("dataplane_map_entries{map=\"routes\"} 5"), "{text}");
         assert!(text.contains("dataplane_reconciles_total 3"), "{text}");
+        assert!(text.contains("dataplane_kernel_dumps_total 4"), "{text}");
         assert!(text.contains("dataplane_reconcile_errors_total 1"), "{text}");
         assert!(text.contains("dataplane_last_reconcile_ok 1"), "{text}");
         assert!(text.contains("dataplane_datastore_up 0"), "{text}");

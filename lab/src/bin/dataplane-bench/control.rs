@@ -109,6 +109,9 @@ pub struct ControlCost {
     pub program_reconcile_ms: u64,
     /// The first reconcile's map writes (the line's maps_ms), where the agent reports it.
     pub program_maps_ms: Option<u64>,
+    /// Seconds from the agent's start to the maps holding every route: the programmed line's
+    /// time less what the reconcile did after the maps (attachments, host routes).
+    pub maps_ready_seconds: Option<f64>,
     /// Milliseconds from the put to the entry in the map, by kind.
     pub events: BTreeMap<EventKind, Vec<f64>>,
     /// Seconds from the burst's first put to its last block in the map.
@@ -492,7 +495,7 @@ fn event(
             let expect = expected_route(
                 base,
                 &[gen_node(owner, &cluster.generations)],
-                &[block.clone()],
+                std::slice::from_ref(&block),
                 route_key(&block.cidr),
             )?;
             let puts = keys_of(&only_blocks(vec![block.clone()]))?;
@@ -524,8 +527,12 @@ fn event(
             let old_keys = keys_of(&only_blocks(vec![old]))?;
             let puts = keys_of(&only_blocks(vec![new.clone()]))?;
             let deletes: Vec<String> = old_keys.into_keys().filter(|key| !puts.contains_key(key)).collect();
-            let expect =
-                expected_route(base, &[gen_node(to, &cluster.generations)], &[new.clone()], route_key(&new.cidr))?;
+            let expect = expected_route(
+                base,
+                &[gen_node(to, &cluster.generations)],
+                std::slice::from_ref(&new),
+                route_key(&new.cidr),
+            )?;
             cluster.model.blocks[position] = new.clone();
             cluster.owners.insert(index, to);
             let started = Instant::now();
@@ -542,7 +549,7 @@ fn event(
             for block in &owned {
                 expect.push((
                     route_key(&block.cidr),
-                    expected_route(base, &[node.clone()], &owned, route_key(&block.cidr))?,
+                    expected_route(base, std::slice::from_ref(&node), &owned, route_key(&block.cidr))?,
                 ));
             }
             let puts = keys_of(&Model { nodes: vec![node.clone()], ..Model::default() })?;
@@ -669,9 +676,11 @@ fn measure(lab: &Lab, base: &Model, agent: &Path, blocks: usize) -> anyhow::Resu
     ensure!(routes == expected_routes, "the first reconcile has {routes} routes, want {expected_routes}: {line}");
     let program_reconcile_ms = field(&line, "elapsed_ms").context("no elapsed_ms= in the programmed line")?;
     let program_maps_ms = field(&line, "maps_ms");
+    let maps_ready_seconds =
+        program_maps_ms.map(|maps| program_seconds - program_reconcile_ms.saturating_sub(maps) as f64 / 1e3);
     println!(
         "  programmed from empty in {program_seconds:.2} s (reconcile {program_reconcile_ms} ms{})",
-        program_maps_ms.map(|ms| format!(", maps {ms} ms")).unwrap_or_default()
+        maps_ready_seconds.map(|s| format!(", every route in the maps after {s:.2} s")).unwrap_or_default()
     );
     let mut cluster = Cluster {
         owners: (0..blocks).map(|index| (index, index / scale::BLOCKS_PER_NODE)).collect(),
@@ -713,7 +722,7 @@ fn measure(lab: &Lab, base: &Model, agent: &Path, blocks: usize) -> anyhow::Resu
     let last_put = Instant::now();
     let (block, owner) = last.context("an empty burst")?;
     let node = scale::node(owner, scale::vtep_mac(owner, cluster.generations.get(&owner).copied().unwrap_or(0)));
-    let expect = expected_route(&small, &[node], &[block.clone()], route_key(&block.cidr))?;
+    let expect = expected_route(&small, &[node], std::slice::from_ref(&block), route_key(&block.cidr))?;
     wait_for(&pinned, &Expect::Routes(vec![(route_key(&block.cidr), expect)]), first_put, "the burst", &agent)?;
     let burst_seconds = first_put.elapsed().as_secs_f64();
     let burst_after_last_put_ms = last_put.elapsed().as_secs_f64() * 1e3;
@@ -740,6 +749,7 @@ fn measure(lab: &Lab, base: &Model, agent: &Path, blocks: usize) -> anyhow::Resu
         program_seconds,
         program_reconcile_ms,
         program_maps_ms,
+        maps_ready_seconds,
         events,
         burst_seconds,
         burst_after_last_put_ms,
@@ -802,7 +812,9 @@ mod tests {
         });
         let node = scale::node(3, scale::vtep_mac(3, 0));
         let block = scale::block(7, 3);
-        let route = expected_route(&base, &[node.clone()], &[block.clone()], route_key(&block.cidr)).expect("a route");
+        let route =
+            expected_route(&base, std::slice::from_ref(&node), std::slice::from_ref(&block), route_key(&block.cidr))
+                .expect("a route");
         assert_eq!(route.node_addr, node.addr.expect("an address").addr().octets());
         // Without the block a lookup of its prefix finds the pool's entry.
         let pool = expected_route(&base, &[], &[], route_key(&block.cidr)).expect("the pool's route");
