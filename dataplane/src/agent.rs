@@ -237,7 +237,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             .min()
             .unwrap_or(1);
     let mut sweep = tokio::time::interval(CONNTRACK_SWEEP.min(Duration::from_secs(u64::from(shortest).max(2) / 2)));
+    // When the snapshot being reconciled reached the agent; None for a resync.
+    let mut woke: Option<Instant>;
     loop {
+        woke = None;
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -255,6 +258,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 if changed.is_err() {
                     bail!("the datastore watcher stopped");
                 }
+                woke = Some(Instant::now());
             }
             _ = resync.tick() => {
                 // The slow resync: the backend reads the kernel's state again instead of trusting
@@ -273,6 +277,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 agent.last_reconcile_ok = result.is_ok();
                 if let Backend::Bpf(backend) = &backend {
                     agent.kernel_dumps = backend.dumps();
+                }
+                if let (Ok(()), Some(woke)) = (&result, woke) {
+                    agent.change_to_programmed.observe(woke.elapsed().as_secs_f64());
                 }
                 match &result {
                     Ok(()) => {
