@@ -48,6 +48,8 @@ pub enum Mode {
 pub const NETLINK_READY: &str = "netlink dataplane programmed";
 
 /// The backend the agent drives.
+// One value for the agent's whole life, never moved in a loop: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     /// Maps and TC programs.
     Bpf(BpfBackend),
@@ -319,7 +321,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             .min()
             .unwrap_or(1);
     let mut sweep = tokio::time::interval(CONNTRACK_SWEEP.min(Duration::from_secs(u64::from(shortest).max(2) / 2)));
+    // When the snapshot being reconciled reached the agent; None for a resync.
+    let mut woke: Option<Instant>;
     loop {
+        woke = None;
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -337,8 +342,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 if changed.is_err() {
                     bail!("the datastore watcher stopped");
                 }
+                woke = Some(Instant::now());
             }
-            _ = resync.tick() => {}
+            _ = resync.tick() => {
+                // The slow resync: the backend reads the kernel's state again instead of trusting
+                // what it wrote, and repairs whatever else changed it.
+                if let Backend::Bpf(backend) = &mut backend {
+                    backend.forget();
+                }
+            }
         }
         let snapshot = snapshots.borrow_and_update().clone();
         if let Some(snapshot) = snapshot {
@@ -347,6 +359,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             let result = reconcile(&mut backend, &options, &snapshot).instrument(span).await;
             if let Ok(mut agent) = agent_metrics.lock() {
                 agent.last_reconcile_ok = result.is_ok();
+                if let Backend::Bpf(backend) = &backend {
+                    agent.kernel_dumps = backend.dumps();
+                }
+                if let (Ok(()), Some(woke)) = (&result, woke) {
+                    agent.change_to_programmed.observe(woke.elapsed().as_secs_f64());
+                }
                 match &result {
                     Ok(()) => {
                         let seconds = started.elapsed().as_secs_f64();
@@ -428,6 +446,7 @@ async fn reconcile(backend: &mut Backend, options: &RunOptions, snapshot: &Snaps
         attached = report.attached,
         detached = report.detached,
         missing_interfaces = report.missing.len(),
+        maps_ms = report.maps_done.map_or(0, |done| done.duration_since(started).as_millis() as u64),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "fast path programmed"
     );

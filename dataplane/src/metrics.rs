@@ -42,6 +42,51 @@ pub struct Agent {
     pub datastore_up: bool,
     /// Times the datastore went from readable to unreadable.
     pub datastore_losses: u64,
+    /// Whole reads of the maps and of the route table by the backend (at start, after a failed
+    /// write, on the slow resync; none per change).
+    pub kernel_dumps: u64,
+    /// Seconds from a new snapshot reaching the agent to the dataplane programmed from it.
+    pub change_to_programmed: Histogram,
+}
+
+/// Upper bounds (seconds) of [`Histogram`]'s buckets: a change is programmed in milliseconds on a
+/// small cluster and may take seconds on a very large one.
+pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// A Prometheus histogram of durations over [`LATENCY_BUCKETS`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Histogram {
+    /// Observations at most each bucket's bound (not cumulative).
+    pub buckets: [u64; LATENCY_BUCKETS.len()],
+    /// Observations.
+    pub count: u64,
+    /// Their sum, seconds.
+    pub sum: f64,
+}
+
+impl Histogram {
+    /// Counts one duration.
+    pub fn observe(&mut self, seconds: f64) {
+        if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[bucket] += 1;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    /// The histogram in the text format, as `name`, with cumulative buckets.
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut below = 0;
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(self.buckets) {
+            below += count;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {below}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
 }
 
 /// The agent's counters, shared between the reconcile loop and the HTTP server.
@@ -84,7 +129,7 @@ pub fn render(agent: &Agent, counters: &[stats::Counter], occupancy: &Occupancy)
     ] {
         let _ = writeln!(out, "dataplane_map_entries{{map=\"{map}\"}} {entries}");
     }
-    let gauges: [(&str, &str, &str, f64); 7] = [
+    let gauges: [(&str, &str, &str, f64); 8] = [
         ("dataplane_reconciles_total", "counter", "Reconciles that completed.", agent.reconciles as f64),
         ("dataplane_reconcile_errors_total", "counter", "Reconciles that failed.", agent.reconcile_errors as f64),
         (
@@ -117,12 +162,23 @@ pub fn render(agent: &Agent, counters: &[stats::Counter], occupancy: &Occupancy)
             "Times the datastore went from readable to unreadable.",
             agent.datastore_losses as f64,
         ),
+        (
+            "dataplane_kernel_dumps_total",
+            "counter",
+            "Whole reads of the maps and the route table (at start, after a failed write, on the slow resync; none per change).",
+            agent.kernel_dumps as f64,
+        ),
     ];
     for (name, kind, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         let _ = writeln!(out, "{name} {value}");
     }
+    agent.change_to_programmed.render(
+        &mut out,
+        "dataplane_change_to_programmed_seconds",
+        "Seconds from a new datastore snapshot reaching the agent to the dataplane programmed from it.",
+    );
     out
 }
 
@@ -241,6 +297,7 @@ mod tests {
             last_reconcile_ok: true,
             datastore_up: false,
             datastore_losses: 2,
+            kernel_dumps: 4,
             ..Agent::default()
         };
         let counters = [
@@ -253,14 +310,38 @@ mod tests {
         assert!(text.contains("dataplane_drops_total{reason=\"spoofed_source\"} 2"), "{text}");
         assert!(text.contains("dataplane_map_entries{map=\"routes\"} 5"), "{text}");
         assert!(text.contains("dataplane_reconciles_total 3"), "{text}");
+        assert!(text.contains("dataplane_kernel_dumps_total 4"), "{text}");
+        assert!(text.contains("dataplane_change_to_programmed_seconds_count 0"), "{text}");
         assert!(text.contains("dataplane_reconcile_errors_total 1"), "{text}");
         assert!(text.contains("dataplane_last_reconcile_ok 1"), "{text}");
         assert!(text.contains("dataplane_datastore_up 0"), "{text}");
         assert!(text.contains("dataplane_datastore_losses_total 2"), "{text}");
-        // Every sample line belongs to a declared metric.
+        // Every sample line belongs to a declared metric (a histogram's samples to their family).
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap_or_default();
-            assert!(text.contains(&format!("# TYPE {name} ")), "{name} has no TYPE line");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| text.contains(&format!("# TYPE {base} histogram")))
+                .unwrap_or(name);
+            assert!(text.contains(&format!("# TYPE {family} ")), "{name} has no TYPE line");
         }
+    }
+
+    #[test]
+    fn the_latency_histogram_counts_cumulatively_and_everything_in_inf() {
+        let mut histogram = Histogram::default();
+        for seconds in [0.0005, 0.003, 0.003, 0.2, 60.0] {
+            histogram.observe(seconds);
+        }
+        let mut text = String::new();
+        histogram.render(&mut text, "x_seconds", "help");
+        assert!(text.contains("# TYPE x_seconds histogram"), "{text}");
+        assert!(text.contains("x_seconds_bucket{le=\"0.001\"} 1\n"), "{text}");
+        assert!(text.contains("x_seconds_bucket{le=\"0.005\"} 3\n"), "{text}");
+        assert!(text.contains("x_seconds_bucket{le=\"0.25\"} 4\n"), "{text}");
+        assert!(text.contains("x_seconds_bucket{le=\"10\"} 4\n"), "{text}");
+        assert!(text.contains("x_seconds_bucket{le=\"+Inf\"} 5\n"), "{text}");
+        assert!(text.contains("x_seconds_count 5\n"), "{text}");
     }
 }

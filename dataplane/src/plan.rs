@@ -306,20 +306,34 @@ fn plan_blocks(
     plan: &mut Plan,
     problems: &mut Vec<Problem>,
 ) {
-    // Block -> every node it is affine to; the same affinity listed twice is one.
-    let mut owners: BTreeMap<Ipv4Net, BTreeSet<&str>> = BTreeMap::new();
+    // Block -> the node it is affine to, and every other node it is affine to too (a set made
+    // only for a block claimed twice: a cluster has hundreds of thousands of blocks, each planned
+    // on every change). The same affinity listed twice is one.
+    let mut owners: BTreeMap<Ipv4Net, (&str, Option<BTreeSet<&str>>)> = BTreeMap::new();
     for block in model.blocks.iter().filter(|b| b.routes()) {
-        owners.entry(block.cidr.trunc()).or_default().insert(block.node.as_str());
+        let node = block.node.as_str();
+        match owners.entry(block.cidr.trunc()) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert((node, None));
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => {
+                let (first, others) = slot.get_mut();
+                if *first != node {
+                    others.get_or_insert_with(|| BTreeSet::from([*first])).insert(node);
+                }
+            }
+        }
     }
-    for (cidr, block_nodes) in owners {
-        let block_name = cidr.to_string();
-        let owner = match block_nodes.iter().collect::<Vec<_>>().as_slice() {
-            [owner] => **owner,
-            many => {
-                let names: Vec<&str> = many.iter().map(|n| **n).collect();
+    for (cidr, (owner, others)) in owners {
+        // Only problems name the block: formatting it for each of 100k blocks costs.
+        let block_name = || cidr.to_string();
+        let owner = match others {
+            None => owner,
+            Some(many) => {
+                let names: Vec<&str> = many.into_iter().collect();
                 problems.push(Problem::new(
                     "BlockAffinity",
-                    block_name,
+                    block_name(),
                     "spec.node",
                     format!(
                         "the block is affine to several nodes ({}), so it is not routed at all: a block \
@@ -333,7 +347,7 @@ fn plan_blocks(
         let Some(pool) = pool_of(pools, &cidr) else {
             problems.push(Problem::new(
                 "BlockAffinity",
-                block_name,
+                block_name(),
                 "spec.cidr",
                 format!(
                     "the block (affine to {owner}) lies in no valid IP pool, so it is not routed: add the \
@@ -349,7 +363,7 @@ fn plan_blocks(
         let Some(peer) = nodes.get(owner) else {
             problems.push(Problem::new(
                 "BlockAffinity",
-                block_name,
+                block_name(),
                 "spec.node",
                 format!(
                     "the block is affine to {owner:?}, which is not in the datastore, so it is not routed: \

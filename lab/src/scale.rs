@@ -8,7 +8,10 @@
 //! the first address of its first block as VTEP; workload `i` takes the third address of block
 //! `i`.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+use dataplane::model::{AffinityState, Block, EncapMode, IpPool, MacAddr, Model, Node, Workload};
+use ipnet::Ipv4Net;
 
 /// Blocks each generated node owns.
 pub const BLOCKS_PER_NODE: usize = 10;
@@ -62,6 +65,69 @@ pub fn cluster(example: &str, blocks: usize, workloads: usize) -> String {
     out
 }
 
+/// `base` plus the same pool, nodes, blocks and workloads as [`cluster`], built as typed
+/// resources (no YAML on the way): what the etcd benchmark writes into etcd and plans against.
+pub fn model(base: &Model, blocks: usize, workloads: usize) -> Model {
+    let workloads = workloads.min(blocks);
+    let mut model = base.clone();
+    model.pools.push(IpPool {
+        name: "scale-pool".into(),
+        cidr: POOL_CIDR.parse().unwrap_or_else(|_| Ipv4Net::default()),
+        block_size: 28,
+        vxlan_mode: EncapMode::Always,
+        ipip_mode: EncapMode::Never,
+        nat_outgoing: false,
+        disabled: false,
+    });
+    model.nodes.extend((0..blocks.div_ceil(BLOCKS_PER_NODE)).map(|n| node(n, vtep_mac(n, 0))));
+    model.blocks.extend((0..blocks).map(|index| block(index, index / BLOCKS_PER_NODE)));
+    model.workloads.extend((0..workloads).map(|index| {
+        let addr = block_addr(index) + 2;
+        Workload {
+            namespace: "scale".into(),
+            name: format!("scale-{}-k8s-pod--{index}-eth0", index / BLOCKS_PER_NODE),
+            node: node_name(index / BLOCKS_PER_NODE),
+            addrs: vec![Ipv4Net::from(Ipv4Addr::from(addr))],
+            interface: format!("cali{index:011x}"),
+            mac: Some(MacAddr([0x0a, 0x58, (addr >> 24) as u8, (addr >> 16) as u8, (addr >> 8) as u8, addr as u8])),
+        }
+    }));
+    model
+}
+
+/// The name of generated node `n`.
+pub fn node_name(n: usize) -> String {
+    format!("scale-{n}")
+}
+
+/// Generated node `n` with VTEP MAC `mac`: address `10.101.0.0 + n + 1`, VTEP the first address
+/// of its first block.
+pub fn node(n: usize, mac: MacAddr) -> Node {
+    Node {
+        name: node_name(n),
+        addr: Ipv4Net::new(Ipv4Addr::from(0x0a65_0000 + n as u32 + 1), 16).ok(),
+        vxlan_tunnel_addr: Some(Ipv4Addr::from(block_addr(n * BLOCKS_PER_NODE))),
+        vxlan_tunnel_mac: Some(mac),
+        ipip_tunnel_addr: None,
+    }
+}
+
+/// The VTEP MAC of generated node `n` after `generation` changes: `66:d2:<generation>:<n>`.
+pub fn vtep_mac(n: usize, generation: u8) -> MacAddr {
+    let [_, a, b, c] = (n as u32).to_be_bytes();
+    MacAddr([0x66, 0xd2, generation, a, b, c])
+}
+
+/// The `index`th /28 block of the generated pool, confirmed for generated node `node`.
+pub fn block(index: usize, node: usize) -> Block {
+    Block { cidr: block_cidr(index), node: node_name(node), state: AffinityState::Confirmed, deleted: false }
+}
+
+/// The `index`th /28 of the generated pool.
+pub fn block_cidr(index: usize) -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::from(block_addr(index)), 28).unwrap_or_default()
+}
+
 /// The `index`th /28 block of the generated pool.
 fn block_addr(index: usize) -> u32 {
     0x6440_0000 + (index as u32) * 16
@@ -95,5 +161,12 @@ mod tests {
         assert_eq!(model.workloads.len(), 12);
         let plan = dataplane::plan::compute(&model, "scale-0").expect("plans").0;
         assert_eq!(plan.workloads.len(), 10, "scale-0 holds workloads 0-9");
+    }
+
+    #[test]
+    fn the_typed_generator_builds_what_the_yaml_generator_writes() {
+        let (base, _) = dataplane::datastore::file::parse(SMALL).expect("parses");
+        let (from_yaml, _) = dataplane::datastore::file::parse(&cluster(SMALL, 25, 12)).expect("parses");
+        assert_eq!(model(&base, 25, 12).sorted(), from_yaml.sorted());
     }
 }

@@ -108,6 +108,14 @@ fn metrics_follow_the_traffic_and_health_reports_the_reconcile() -> anyhow::Resu
     ensure!(sample(&before, "dataplane_last_reconcile_ok") == Some(1.0), "last reconcile:\n{before}");
     ensure!(sample(&before, "dataplane_datastore_up") == Some(1.0), "datastore state:\n{before}");
     ensure!(sample(&before, "dataplane_datastore_losses_total") == Some(0.0), "datastore losses:\n{before}");
+    // The maps and the route table were read once, to adopt them; changes are written from what
+    // the agent remembers, without reading them again.
+    ensure!(sample(&before, "dataplane_kernel_dumps_total") == Some(2.0), "kernel dumps:\n{before}");
+    // The first snapshot was programmed, so the change latency histogram has counted it.
+    ensure!(
+        sample(&before, "dataplane_change_to_programmed_seconds_count").is_some_and(|n| n >= 1.0),
+        "change to programmed:\n{before}"
+    );
 
     let web1 = lab.pod("default/web-1")?;
     let web2 = lab.pod("default/web-2")?.addr.to_string();

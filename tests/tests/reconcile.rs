@@ -480,3 +480,45 @@ fn the_fast_path_follows_nodes_blocks_pools_and_modes_as_the_datastore_changes()
     eprintln!("reconcile test took {:?}", began.elapsed());
     Ok(())
 }
+
+/// The agent writes each change from what it remembers writing, without reading the kernel
+/// again; what changes behind its back (a routes map entry removed, a host route deleted) is
+/// repaired by the slow resync, which reads the maps and the route table afresh.
+#[test]
+fn the_slow_resync_repairs_what_changed_behind_the_agents_back() -> anyhow::Result<()> {
+    if dataplane_tests::skip_unless_root("the_slow_resync_repairs_what_changed_behind_the_agents_back") {
+        return Ok(());
+    }
+    use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
+    use dataplane_common::{Ipv4Bytes, Route, ROUTES_MAP};
+
+    let example = dataplane_tests::workspace_root().join("examples/two-nodes.yaml");
+    let lab = Lab::up(&dataplane_lab::load_model(&example)?, LabOptions::default())?;
+    let options =
+        dataplane_lab::AgentOptions { args: vec!["--resync-interval".into(), "1".into()], ..Default::default() };
+    let mut agent = lab.start_agent_with("node-1", &agent_bin(), &example, &options)?;
+    agent.wait_ready(Duration::from_secs(60))?;
+    let netns = lab.node_netns("node-1")?.to_owned();
+    let pinned = MapData::from_pin(lab.pin_path("node-1").join(ROUTES_MAP)).context("opening the routes map")?;
+    let mut routes: LpmTrie<MapData, Ipv4Bytes, Route> = LpmTrie::try_from(Map::LpmTrie(pinned))?;
+    // node-2's block, in the map and as a host route.
+    let key = Key::new(26, [10, 244, 2, 0]);
+    let entry = routes.get(&key, 0).context("node-2's block is not in the routes map")?;
+    let proto = RTPROT_DATAPLANE.to_string();
+    let host_route = |lab: &Lab| lab.exec_stdout(&netns, &["ip", "route", "show", "10.244.2.0/26", "proto", &proto]);
+    ensure!(!host_route(&lab)?.trim().is_empty(), "no host route for node-2's block");
+
+    routes.remove(&key).context("removing node-2's block behind the agent's back")?;
+    lab.exec(&netns, &["ip", "route", "del", "10.244.2.0/26", "proto", &proto])?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let back = routes.get(&key, 0).ok() == Some(entry) && !host_route(&lab)?.trim().is_empty();
+        if back {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the resync did not restore node-2's block within 15 s:\n{}", agent.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    agent.stop()?;
+    Ok(())
+}

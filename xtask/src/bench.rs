@@ -21,6 +21,10 @@ pub struct Options {
     /// Only these parts, comma-separated: packet, lpm, control, throughput (default: all).
     #[arg(long)]
     parts: Option<String>,
+    /// The control part's cluster sizes in blocks, comma-separated (default 1000,10000,100000;
+    /// with --quick 1000,10000), e.g. 1000,10000,100000,1000000.
+    #[arg(long)]
+    control_blocks: Option<String>,
 }
 
 /// Runs the benchmark.
@@ -42,6 +46,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     if let Some(parts) = &options.parts {
         args.extend(["--parts", parts]);
+    }
+    if let Some(blocks) = &options.control_blocks {
+        args.extend(["--control-blocks", blocks]);
     }
     // A debug build of the bench itself is enough: the kernel, iperf3 and the agent do the work
     // being measured.

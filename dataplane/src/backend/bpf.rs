@@ -114,6 +114,18 @@ pub struct ApplyReport {
     pub detached: usize,
     /// Workloads left out because their interface does not exist yet.
     pub missing: Vec<entries::MissingInterface>,
+    /// When the maps held the plan (before attachments and host routes).
+    pub maps_done: Option<std::time::Instant>,
+}
+
+/// What this process last wrote to (or read from) the maps: the next apply writes only what
+/// differs from it, without reading the kernel.
+#[derive(Debug, Default)]
+struct Programmed {
+    node: Option<NodeConfig>,
+    routes: BTreeMap<RouteKey, Route>,
+    workloads: BTreeMap<u32, Workload>,
+    peers: BTreeMap<Ipv4Bytes, Peer>,
 }
 
 /// The loaded programs and pinned maps of one node.
@@ -133,6 +145,11 @@ pub struct BpfBackend {
     peer_macs: PeerMacs,
     /// The VXLAN GRO anchor device, kept while the plan has the node receive VXLAN.
     anchor: VxlanAnchor,
+    /// The maps as this process last wrote them; None: read them from the kernel first (at
+    /// start, to adopt the pins; after a failed write; after [`BpfBackend::forget`]).
+    programmed: Option<Box<Programmed>>,
+    /// How many times the maps have been read whole from the kernel.
+    map_dumps: u64,
 }
 
 /// Reads the programs' aya-log ring buffer whenever it has records and writes them to the log
@@ -234,7 +251,21 @@ impl BpfBackend {
             host_routes: HostRoutes::new(handle.clone()),
             peer_macs: PeerMacs::new(handle.clone()),
             anchor: VxlanAnchor::new(handle),
+            programmed: None,
+            map_dumps: 0,
         })
+    }
+
+    /// Drops what this process remembers of the kernel's state: the next apply reads the maps
+    /// and the host routes again and repairs whatever else changed them (the slow resync).
+    pub fn forget(&mut self) {
+        self.programmed = None;
+        self.host_routes.forget();
+    }
+
+    /// Whole reads of the maps and of the route table so far (none in steady state).
+    pub fn dumps(&self) -> u64 {
+        self.map_dumps + self.host_routes.dumps()
     }
 
     /// Makes the kernel match `plan`: attaches programs to the uplink and to every workload
@@ -266,6 +297,7 @@ impl BpfBackend {
 
         // Maps first: a program attached to a new interface must find its workload entry.
         self.write_maps(&desired, &mut report)?;
+        report.maps_done = Some(std::time::Instant::now());
 
         // Receiving VXLAN: the anchor's socket makes GRO merge it before from_uplink decapsulates.
         let anchor_wanted = vxlan_anchor::wanted(plan);
@@ -340,55 +372,75 @@ impl BpfBackend {
         crate::conntrack::sweep(&mut map, timeouts)
     }
 
+    /// Every entry of the maps, as the kernel holds them.
+    fn read_maps(&mut self) -> anyhow::Result<Programmed> {
+        self.map_dumps += 1;
+        let node: Array<&mut MapData, NodeConfig> = map_mut(&mut self.ebpf, NODE_MAP)?;
+        let node = node.get(&0, 0).ok();
+        let workloads: HashMap<&mut MapData, u32, Workload> = map_mut(&mut self.ebpf, WORKLOADS_MAP)?;
+        let workloads = workloads.iter().collect::<Result<_, _>>().context("reading the workloads map")?;
+        let peers: HashMap<&mut MapData, Ipv4Bytes, Peer> = map_mut(&mut self.ebpf, PEERS_MAP)?;
+        let peers = peers.iter().collect::<Result<_, _>>().context("reading the peers map")?;
+        let routes: LpmTrie<&mut MapData, Ipv4Bytes, Route> = map_mut(&mut self.ebpf, ROUTES_MAP)?;
+        let routes = routes
+            .iter()
+            .map(|entry| entry.map(|(key, value)| ((key.prefix_len(), key.data()), value)))
+            .collect::<Result<_, _>>()
+            .context("reading the routes map")?;
+        Ok(Programmed { node, routes, workloads, peers })
+    }
+
+    /// Writes the entries that differ from what this process last wrote (the kernel's maps are
+    /// read only when that is not known); on an error the next call reads them again.
     fn write_maps(&mut self, desired: &MapEntries, report: &mut ApplyReport) -> anyhow::Result<()> {
-        {
+        let mut programmed = match self.programmed.take() {
+            Some(programmed) => programmed,
+            None => Box::new(self.read_maps()?),
+        };
+        if programmed.node != Some(desired.node) {
             let mut node: Array<&mut MapData, NodeConfig> = map_mut(&mut self.ebpf, NODE_MAP)?;
-            if node.get(&0, 0).ok() != Some(desired.node) {
-                node.set(0, desired.node, 0).context("writing the node map")?;
-                report.written += 1;
-            }
+            node.set(0, desired.node, 0).context("writing the node map")?;
+            programmed.node = Some(desired.node);
+            report.written += 1;
         }
         {
-            let mut workloads: HashMap<&mut MapData, u32, Workload> = map_mut(&mut self.ebpf, WORKLOADS_MAP)?;
-            let programmed =
-                workloads.iter().collect::<Result<BTreeMap<_, _>, _>>().context("reading the workloads map")?;
-            let changes = diff(&programmed, &desired.workloads);
-            count(report, &changes);
-            for (key, value) in changes.upserts {
-                workloads.insert(key, value, 0).context("writing the workloads map")?;
-            }
-            for key in changes.removals {
-                workloads.remove(&key).context("removing from the workloads map")?;
-            }
+            let mut map: HashMap<&mut MapData, u32, Workload> = map_mut(&mut self.ebpf, WORKLOADS_MAP)?;
+            sync(
+                &mut map,
+                &mut programmed.workloads,
+                &desired.workloads,
+                report,
+                |map, key, value| map.insert(key, value, 0).context("writing the workloads map"),
+                |map, key| map.remove(key).context("removing from the workloads map"),
+            )?;
         }
         {
-            let mut peers: HashMap<&mut MapData, Ipv4Bytes, Peer> = map_mut(&mut self.ebpf, PEERS_MAP)?;
-            let programmed = peers.iter().collect::<Result<BTreeMap<_, _>, _>>().context("reading the peers map")?;
-            let changes = diff(&programmed, &desired.peers);
-            count(report, &changes);
-            for (key, value) in changes.upserts {
-                peers.insert(key, value, 0).context("writing the peers map")?;
-            }
-            for key in changes.removals {
-                peers.remove(&key).context("removing from the peers map")?;
-            }
+            let mut map: HashMap<&mut MapData, Ipv4Bytes, Peer> = map_mut(&mut self.ebpf, PEERS_MAP)?;
+            sync(
+                &mut map,
+                &mut programmed.peers,
+                &desired.peers,
+                report,
+                |map, key, value| map.insert(key, value, 0).context("writing the peers map"),
+                |map, key| map.remove(key).context("removing from the peers map"),
+            )?;
         }
         {
-            let mut routes: LpmTrie<&mut MapData, Ipv4Bytes, Route> = map_mut(&mut self.ebpf, ROUTES_MAP)?;
-            let programmed = routes
-                .iter()
-                .map(|entry| entry.map(|(key, value)| ((key.prefix_len(), key.data()), value)))
-                .collect::<Result<BTreeMap<RouteKey, Route>, _>>()
-                .context("reading the routes map")?;
-            let changes = diff(&programmed, &desired.routes);
-            count(report, &changes);
-            for ((prefix_len, addr), value) in changes.upserts {
-                routes.insert(&Key::new(prefix_len, addr), value, 0).context("writing the routes map")?;
-            }
-            for (prefix_len, addr) in changes.removals {
-                routes.remove(&Key::new(prefix_len, addr)).context("removing from the routes map")?;
-            }
+            let mut map: LpmTrie<&mut MapData, Ipv4Bytes, Route> = map_mut(&mut self.ebpf, ROUTES_MAP)?;
+            sync(
+                &mut map,
+                &mut programmed.routes,
+                &desired.routes,
+                report,
+                |map, (prefix_len, addr), value| {
+                    map.insert(&Key::new(*prefix_len, *addr), value, 0).context("writing the routes map")
+                },
+                |map, (prefix_len, addr)| {
+                    map.remove(&Key::new(*prefix_len, *addr)).context("removing from the routes map")
+                },
+            )?;
         }
+        self.programmed = Some(programmed);
         Ok(())
     }
 
@@ -517,9 +569,28 @@ pub fn link_pin_name(direction: TcAttachType, interface: &str) -> String {
     format!("{hook}_{}", interface.replace('%', "%25").replace('.', "%2e"))
 }
 
-fn count<K, V>(report: &mut ApplyReport, changes: &Changes<K, V>) {
-    report.written += changes.upserts.len();
-    report.removed += changes.removals.len();
+/// Makes one map hold `desired`, given that it holds `programmed`: writes and removes only the
+/// entries that differ, keeping `programmed` equal to the map after each write that succeeded.
+fn sync<M, K: Ord + Clone, V: PartialEq + Clone>(
+    map: &mut M,
+    programmed: &mut BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    report: &mut ApplyReport,
+    insert: impl Fn(&mut M, &K, &V) -> anyhow::Result<()>,
+    remove: impl Fn(&mut M, &K) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let Changes { upserts, removals } = diff(programmed, desired);
+    for (key, value) in upserts {
+        insert(map, &key, &value)?;
+        programmed.insert(key, value);
+        report.written += 1;
+    }
+    for key in removals {
+        remove(map, &key)?;
+        programmed.remove(&key);
+        report.removed += 1;
+    }
+    Ok(())
 }
 
 fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<T>
@@ -568,4 +639,66 @@ pub fn cleanup(pin_path: &Path) -> anyhow::Result<usize> {
         fs::remove_dir(pin_path).with_context(|| format!("removing {}", pin_path.display()))?;
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A map that refuses to write the key `refuse`.
+    fn write(map: &mut BTreeMap<u32, u32>, key: &u32, value: &u32, refuse: u32) -> anyhow::Result<()> {
+        if *key == refuse {
+            bail!("refused");
+        }
+        map.insert(*key, *value);
+        Ok(())
+    }
+
+    #[test]
+    fn sync_writes_only_the_difference_and_tracks_what_the_map_holds() {
+        let mut kernel = BTreeMap::from([(1, 10), (2, 20), (3, 30)]);
+        let mut programmed = kernel.clone();
+        let desired = BTreeMap::from([(1, 10), (2, 21), (4, 40)]);
+        let mut report = ApplyReport::default();
+        sync(
+            &mut kernel,
+            &mut programmed,
+            &desired,
+            &mut report,
+            |m, k, v| write(m, k, v, 0),
+            |m, k| {
+                m.remove(k);
+                Ok(())
+            },
+        )
+        .expect("syncs");
+        assert_eq!((report.written, report.removed), (2, 1), "one change, one addition, one removal");
+        assert_eq!(kernel, desired);
+        assert_eq!(programmed, desired);
+
+        // Nothing to do the second time: no write at all.
+        let mut report = ApplyReport::default();
+        sync(
+            &mut kernel,
+            &mut programmed,
+            &desired,
+            &mut report,
+            |_, _, _| bail!("no write expected"),
+            |_, _| bail!("no removal expected"),
+        )
+        .expect("nothing to write");
+        assert_eq!((report.written, report.removed), (0, 0));
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_tracking_equal_to_what_was_written() {
+        let mut kernel = BTreeMap::new();
+        let mut programmed = BTreeMap::new();
+        let desired = BTreeMap::from([(1, 10), (2, 20), (3, 30)]);
+        let mut report = ApplyReport::default();
+        let result =
+            sync(&mut kernel, &mut programmed, &desired, &mut report, |m, k, v| write(m, k, v, 2), |_, _| Ok(()));
+        assert!(result.is_err());
+        assert_eq!(programmed, kernel, "the tracking holds exactly what reached the map");
+    }
 }

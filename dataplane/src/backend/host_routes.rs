@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::Context as _;
 use dataplane_common::net::{tunnel_mtu, IPIP_ENCAP_LEN, VXLAN_ENCAP_LEN};
-use futures::TryStreamExt as _;
+use futures::{stream, StreamExt as _, TryStreamExt as _};
 use ipnet::Ipv4Net;
 use rtnetlink::{
     packet_route::route::{
@@ -21,6 +21,9 @@ use rtnetlink::{
 
 use super::diff::{diff, Changes};
 use crate::plan::{Encap, Plan, RouteTarget};
+
+/// Route requests sent before the first answer is awaited.
+const IN_FLIGHT: usize = 64;
 
 /// The routing protocol number that marks routes this agent owns (`ip route show proto 200`).
 pub const RTPROT_DATAPLANE: u8 = 200;
@@ -76,19 +79,46 @@ pub fn desired(
 }
 
 /// Reads and writes this agent's routes in the main table over rtnetlink.
+///
+/// It remembers what it wrote, so a change costs one route message and no dump: the table is
+/// read only the first time, after a failed write and after [`HostRoutes::forget`] (the agent's
+/// slow resync). The next hop towards each peer is remembered the same way.
 pub struct HostRoutes {
     handle: Handle,
+    /// Our routes as this process last wrote or read them; None: read the table first.
+    programmed: Option<BTreeMap<Ipv4Net, HostRoute>>,
+    /// `ip route get` answers by peer address.
+    next_hops: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// Route dumps done (table reads), for the metrics.
+    dumps: u64,
 }
 
 impl HostRoutes {
     /// Reads and writes over `handle`'s netlink connection.
     pub fn new(handle: Handle) -> Self {
-        HostRoutes { handle }
+        HostRoutes { handle, programmed: None, next_hops: BTreeMap::new(), dumps: 0 }
     }
 
-    /// The gateway the kernel would use towards `addr` (`ip route get`), or `addr` if on-link.
-    pub async fn next_hop(&self, addr: Ipv4Addr) -> anyhow::Result<Ipv4Addr> {
-        next_hop(&self.handle, addr).await
+    /// Drops what is remembered: the next apply reads the table and asks the next hops again.
+    pub fn forget(&mut self) {
+        self.programmed = None;
+        self.next_hops.clear();
+    }
+
+    /// How many times the table has been read.
+    pub fn dumps(&self) -> u64 {
+        self.dumps
+    }
+
+    /// The gateway the kernel would use towards `addr` (`ip route get`), or `addr` if on-link;
+    /// asked once per address until [`HostRoutes::forget`].
+    pub async fn next_hop(&mut self, addr: Ipv4Addr) -> anyhow::Result<Ipv4Addr> {
+        if let Some(gateway) = self.next_hops.get(&addr) {
+            return Ok(*gateway);
+        }
+        let gateway = next_hop(&self.handle, addr).await?;
+        self.next_hops.insert(addr, gateway);
+        Ok(gateway)
     }
 
     /// The routes this agent installed earlier.
@@ -109,29 +139,54 @@ impl HostRoutes {
         Ok(routes)
     }
 
-    /// Makes our routes equal to `desired`; returns (written, removed).
-    pub async fn apply(&self, desired: &BTreeMap<Ipv4Net, HostRoute>) -> anyhow::Result<(usize, usize)> {
-        let programmed = self.programmed().await?;
+    /// Makes our routes equal to `desired`; returns (written, removed). A failed write makes the
+    /// next call read the table again.
+    pub async fn apply(&mut self, desired: &BTreeMap<Ipv4Net, HostRoute>) -> anyhow::Result<(usize, usize)> {
+        let mut programmed = match self.programmed.take() {
+            Some(programmed) => programmed,
+            None => {
+                self.dumps += 1;
+                self.programmed().await?
+            }
+        };
         let Changes { upserts, removals } = diff(&programmed, desired);
         let counts = (upserts.len(), removals.len());
-        for (prefix, route) in upserts {
-            self.handle
-                .route()
-                .add(message(prefix, route))
-                .replace()
-                .execute()
-                .await
-                .with_context(|| format!("installing route {prefix} ({route:?})"))?;
+        // Many requests in flight on the one connection, answered in any order: a start with
+        // 100k blocks is not 100k round trips. On an error `programmed` is dropped, so the next
+        // apply reads what the kernel holds.
+        let handle = &self.handle;
+        stream::iter(upserts.iter().copied())
+            .map(|(prefix, route)| async move {
+                handle
+                    .route()
+                    .add(message(prefix, route))
+                    .replace()
+                    .execute()
+                    .await
+                    .with_context(|| format!("installing route {prefix} ({route:?})"))
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        programmed.extend(upserts);
+        let removed: Vec<(Ipv4Net, HostRoute)> =
+            removals.iter().filter_map(|prefix| programmed.get(prefix).map(|route| (*prefix, *route))).collect();
+        stream::iter(removed)
+            .map(|(prefix, route)| async move {
+                handle
+                    .route()
+                    .del(message(prefix, route))
+                    .execute()
+                    .await
+                    .with_context(|| format!("removing route {prefix}"))
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        for prefix in &removals {
+            programmed.remove(prefix);
         }
-        for prefix in removals {
-            let route = programmed[&prefix];
-            self.handle
-                .route()
-                .del(message(prefix, route))
-                .execute()
-                .await
-                .with_context(|| format!("removing route {prefix}"))?;
-        }
+        self.programmed = Some(programmed);
         Ok(counts)
     }
 }

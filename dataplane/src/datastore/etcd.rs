@@ -30,9 +30,10 @@ use tracing::{debug, error, info_span, warn, Instrument as _};
 use self::convert::Cache;
 pub use super::watching::{WatchThread, BACKOFF_CAP, BACKOFF_START, MAX_DELAY, QUIET};
 use super::{
-    watching::{log_problems, publish, sleep_until, Link, Retry},
+    watching::{log_problems, sleep_until, Link, Retry},
     Connection, Snapshot,
 };
+use crate::model::Problem;
 
 /// How to reach etcd, with Calico's own settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,8 +68,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// forever; a ping unanswered for `KEEPALIVE_TIMEOUT` ends the connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Keys per page of the initial read: a whole cluster in one response would pass gRPC's limit.
-const PAGE: i64 = 500;
+/// Keys per page of the initial read: a whole cluster in one response would pass gRPC's limit,
+/// and each page is a round trip (2,000 allocation blocks of a few KiB stay far below
+/// [`MAX_MESSAGE`]).
+const PAGE: i64 = 2000;
 /// Largest response accepted (gRPC's default is 4 MiB); etcd caps one value at 1.5 MiB, and a
 /// page of 500 workload endpoints or a watch response of a large transaction can be bigger.
 const MAX_MESSAGE: usize = 64 << 20;
@@ -140,14 +143,15 @@ async fn session(
         let (mut cache, revision) = read_all(&client, prefix).await?;
         link.read(cache.len(), started.elapsed());
         debug!(revision, "read at this revision; watching from the next");
-        let mut last = cache.snapshot();
-        log_problems(&last, "etcd");
+        let first = cache.snapshot();
+        log_problems(&first, "etcd");
+        let mut problems = first.problems.clone();
         // Sent even when equal to what the agent has: after a reconnect or a compaction the
         // agent resyncs the dataplane from the fresh read.
-        if snapshots.send(Some(last.clone())).is_err() {
+        if snapshots.send(Some(first)).is_err() {
             return Ok(());
         }
-        match follow(&client, prefix, &mut cache, revision, snapshots, &mut last).await? {
+        match follow(&client, prefix, &mut cache, revision, snapshots, &mut problems).await? {
             Followed::Resync(reason) => warn!("{reason}; reading every key again"),
             Followed::Closed => return Ok(()),
         }
@@ -197,14 +201,16 @@ async fn read_all(client: &Client, prefix: &str) -> anyhow::Result<(Cache, i64)>
     Ok((cache, revision))
 }
 
-/// Follows the watch from `revision + 1`, applying changes to `cache` and sending snapshots.
+/// Follows the watch from `revision + 1`, applying changes to `cache` and sending a snapshot
+/// after each burst that changed a key's meaning (the cache tells, so a large cluster's snapshot
+/// is not compared with the last one sent); `problems` are those of the last snapshot sent.
 async fn follow(
     client: &Client,
     prefix: &str,
     cache: &mut Cache,
     revision: i64,
     snapshots: &watch::Sender<Option<Snapshot>>,
-    last: &mut Snapshot,
+    problems: &mut Vec<Problem>,
 ) -> anyhow::Result<Followed> {
     let from = revision + 1;
     let options = || WatchOptions::new().with_prefix().with_start_revision(from);
@@ -224,7 +230,17 @@ async fn follow(
             message = stream.message() => message,
             _ = sleep_until(deadline), if deadline.is_some() => {
                 let first = pending.take().map(|(first, _)| first);
-                if !publish(cache.snapshot(), snapshots, last, first, "etcd") {
+                let snapshot = cache.snapshot();
+                if snapshot.problems != *problems {
+                    log_problems(&snapshot, "etcd");
+                    problems.clone_from(&snapshot.problems);
+                }
+                debug!(
+                    blocks = snapshot.model.blocks.len(),
+                    since_change_ms = first.map(|at| at.elapsed().as_millis() as u64),
+                    "snapshot sent"
+                );
+                if snapshots.send(Some(snapshot)).is_err() {
                     return Ok(Followed::Closed);
                 }
                 continue;

@@ -13,8 +13,10 @@ use tracing::{debug, error, info, warn};
 
 use super::{Connection, Snapshot};
 
-/// A burst of changes is sent once it has been quiet this long...
-pub const QUIET: Duration = Duration::from_millis(20);
+/// A burst of changes is sent once it has been quiet this long (a few ms: every millisecond
+/// here is a millisecond before a new pod is reachable, and the writes of one burst, a
+/// transaction or a controller's batch, arrive closer together than this)...
+pub const QUIET: Duration = Duration::from_millis(3);
 /// ...or this long after its first change, whichever comes first, so that a long stream of
 /// writes (a calicoctl import, a rollout of many pods) still reaches the dataplane every 100 ms.
 pub const MAX_DELAY: Duration = Duration::from_millis(100);

@@ -19,7 +19,7 @@ use serde_json::{Map, Value as Json};
 use super::keys::{self, Key, Parsed};
 use crate::{
     datastore::{file::ModelBuilder, Snapshot},
-    model::{Block, IpPool, Model, Node, Problem, Workload},
+    model::{AffinityState, Block, IpPool, Model, Node, Problem, Workload},
 };
 
 /// What one key contributes to the model.
@@ -62,10 +62,86 @@ pub fn convert(parsed: &Parsed, key: &str, value: &[u8]) -> Option<Entry> {
                 format!("the key's name does not parse ({message}); the key is skipped"),
             )],
         }),
-        Parsed::Known(known) => Some(match resource(known, key, value) {
+        Parsed::Known(known) => Some(typed_ipam(known, value).unwrap_or_else(|| match resource(known, key, value) {
             Ok(resource) => build(known, key, &resource),
             Err(problem) => Entry { item: Item::Nothing, problems: vec![problem] },
-        }),
+        })),
+    }
+}
+
+/// A field that was written, even as `null` (serde's `Option` reads null as absent).
+fn written<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Json>, D::Error> {
+    <Json as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+/// The fields of an IPAM value the dataplane reads; serde skips the rest (an allocation block's
+/// allocations and attributes) without building them.
+#[derive(serde::Deserialize)]
+struct IpamValue {
+    #[serde(default, deserialize_with = "written")]
+    state: Option<Json>,
+    #[serde(default, deserialize_with = "written")]
+    deleted: Option<Json>,
+    #[serde(default, deserialize_with = "written")]
+    cidr: Option<Json>,
+    #[serde(default, deserialize_with = "written")]
+    affinity: Option<Json>,
+}
+
+/// The IPAM keys, two of every three keys of a cluster, decoded straight into a block when their
+/// values are well formed: the same block the general path below makes, without a resource
+/// built and read as YAML. `None` for anything else (a value that is not JSON, a field of the
+/// wrong type or value), which the general path reports, naming the field.
+fn typed_ipam(known: &Key, value: &[u8]) -> Option<Entry> {
+    // serde would also read a list as the struct's fields in order: only objects are values.
+    let trimmed = value.trim_ascii();
+    if !trimmed.is_empty() && !trimmed.starts_with(b"{") {
+        return None;
+    }
+    let bare = |item| Some(Entry { item, problems: Vec::new() });
+    let deleted = |field: &Option<Json>| match field {
+        None => Some(false),
+        Some(Json::Bool(deleted)) => Some(*deleted),
+        Some(_) => None,
+    };
+    match known {
+        Key::Affinity { node, cidr } => {
+            // Old Calico versions wrote affinity keys with an empty value: confirmed.
+            let fields: IpamValue = if trimmed.is_empty() {
+                IpamValue { state: None, deleted: None, cidr: None, affinity: None }
+            } else {
+                serde_json::from_slice(value).ok()?
+            };
+            let state = match &fields.state {
+                None => AffinityState::Confirmed,
+                Some(Json::String(text)) if !text.trim().is_empty() => text.parse().ok()?,
+                Some(_) => return None,
+            };
+            let block = Block { cidr: cidr.trunc(), node: node.clone(), state, deleted: deleted(&fields.deleted)? };
+            bare(Item::Affinity(block))
+        }
+        Key::Allocation { cidr } => {
+            let fields: IpamValue = serde_json::from_slice(value).ok()?;
+            match &fields.cidr {
+                None => {}
+                Some(Json::String(text)) if text.trim().parse::<Ipv4Net>().ok()?.trunc() == cidr.trunc() => {}
+                Some(_) => return None,
+            }
+            let node = match &fields.affinity {
+                None => return bare(Item::Nothing),
+                Some(Json::String(text)) if text.trim().is_empty() => return bare(Item::Nothing),
+                Some(Json::String(text)) => match text.trim().strip_prefix("host:") {
+                    None => return bare(Item::Nothing),
+                    Some("") => return None,
+                    Some(node) => node.to_owned(),
+                },
+                Some(_) => return None,
+            };
+            let block =
+                Block { cidr: cidr.trunc(), node, state: AffinityState::Confirmed, deleted: deleted(&fields.deleted)? };
+            bare(Item::Allocation(block))
+        }
+        Key::Pool { .. } | Key::Node { .. } | Key::Workload { .. } => None,
     }
 }
 
@@ -273,21 +349,23 @@ impl Cache {
         self.entries.len()
     }
 
-    /// A key was written. Returns whether it is one of the dataplane's keys (and so whether the
-    /// snapshot may have changed).
+    /// A key was written. Returns whether it changed what one of the dataplane's keys means
+    /// (and so whether the snapshot may have changed): a new pod's address in an allocation
+    /// block does not.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> bool {
         let Ok(key) = std::str::from_utf8(key) else {
             // Calico's keys are text; a binary key is nobody's resource.
             return false;
         };
         let parsed = keys::parse(&self.prefix, key);
-        match convert(&parsed, key, value) {
-            Some(entry) => {
-                self.entries.insert(key.to_owned(), entry);
-                true
-            }
-            None => false,
+        let Some(entry) = convert(&parsed, key, value) else {
+            return false;
+        };
+        if self.entries.get(key) == Some(&entry) {
+            return false;
         }
+        self.entries.insert(key.to_owned(), entry);
+        true
     }
 
     /// A key was deleted. Returns whether it was one of the dataplane's keys.
@@ -379,6 +457,58 @@ mod tests {
             (format!("{PREFIX}/ipam/v2/handle/k8s-pod-network.abc"), r#"{"block":{}}"#),
             (format!("{PREFIX}/resources/v3/projectcalico.org/profiles/kns.default"), "{}"),
         ]
+    }
+
+    /// The general path alone, for comparing with the typed one.
+    fn general(known: &Key, key: &str, value: &[u8]) -> Entry {
+        match resource(known, key, value) {
+            Ok(resource) => build(known, key, &resource),
+            Err(problem) => Entry { item: Item::Nothing, problems: vec![problem] },
+        }
+    }
+
+    #[test]
+    fn the_typed_ipam_path_makes_what_the_general_path_makes_or_leaves_the_value_to_it() {
+        let affinity = Key::Affinity { node: "node-1".into(), cidr: net("10.244.1.0/26") };
+        let allocation = Key::Allocation { cidr: net("10.244.1.0/26") };
+        let values: &[&str] = &[
+            "",
+            "{}",
+            r#"{"state":"confirmed","deleted":false}"#,
+            r#"{"state":"pending","deleted":false}"#,
+            r#"{"state":"pendingDeletion"}"#,
+            r#"{"state":"confirmed","deleted":true}"#,
+            r#"{"state":"claimed"}"#,
+            r#"{"state":null}"#,
+            r#"{"state":7}"#,
+            r#"{"deleted":"false"}"#,
+            r#"{"deleted":null}"#,
+            r#"{"cidr":"10.244.1.0/26","affinity":"host:node-2","allocations":[0,null],"deleted":false}"#,
+            r#"{"cidr":"10.244.1.0/26","affinity":"host:"}"#,
+            r#"{"cidr":"10.244.9.0/26","affinity":"host:node-2"}"#,
+            r#"{"cidr":"nonsense","affinity":"host:node-2"}"#,
+            r#"{"affinity":"virtual:x"}"#,
+            r#"{"affinity":7}"#,
+            r#"{"affinity":null}"#,
+            r#"{"affinity":"host:node-3","deleted":true}"#,
+            "[1, 2]",
+            "not json",
+        ];
+        let mut typed = 0;
+        for known in [&affinity, &allocation] {
+            let key = "/calico/ipam/key";
+            for value in values {
+                if let Some(entry) = typed_ipam(known, value.as_bytes()) {
+                    typed += 1;
+                    assert_eq!(entry, general(known, key, value.as_bytes()), "{known:?} {value}");
+                }
+            }
+        }
+        assert!(typed >= 10, "the common shapes take the typed path ({typed})");
+        assert!(
+            typed_ipam(&affinity, br#"{"state":"claimed"}"#).is_none(),
+            "a bad state is the general path's to report"
+        );
     }
 
     #[test]

@@ -225,9 +225,14 @@ impl Allocations {
 /// Records `addr` as allocated to `handle` in the block that holds it; an address in no block of
 /// the model is not recorded (Calico would not have handed it out from IPAM either).
 fn allocate(blocks: &mut BTreeMap<Ipv4Net, Allocations>, addr: Ipv4Addr, handle: &str, secondary: Json) {
-    let Some(block) = blocks.values_mut().find(|block| block.cidr.contains(&addr)) else {
+    // Blocks do not overlap: the one holding `addr`, if any, is the last that starts at or
+    // before it (a lookup, not a scan: a cluster has hundreds of thousands of blocks).
+    let Some((_, block)) = blocks.range_mut(..=Ipv4Net::from(addr)).next_back() else {
         return;
     };
+    if !block.cidr.contains(&addr) {
+        return;
+    }
     let ordinal = (u32::from(addr) - u32::from(block.cidr.network())) as usize;
     let next = block.attributes.len();
     let index = *block.handles.entry(handle.to_owned()).or_insert(next);

@@ -4,8 +4,8 @@
 //! 1. `packet`: per-packet cost of every decision path with BPF_PROG_TEST_RUN, beside an empty TC
 //!    program ([`packet`]).
 //! 2. `lpm`: the VXLAN encap path's cost as the routes map grows to a million prefixes.
-//! 3. `control`: the agent programming N blocks from an empty start, converging after one change,
-//!    and its peak memory ([`control`]).
+//! 3. `control`: the agent on a real etcd programming N blocks from an empty start, one change
+//!    and a burst from the etcd put to the pinned map, and its peak memory ([`control`]).
 //! 4. `throughput`: iperf3 in network-namespace labs through the fast path and its baselines
 //!    ([`throughput`]).
 //!
@@ -47,6 +47,10 @@ struct Options {
     /// A quick look: fewer rounds, shorter streams, smaller N.
     #[arg(long)]
     quick: bool,
+    /// Blocks of the control-plane part, comma-separated (default 1000,10000,100000; --quick
+    /// 1000,10000); 1000000 fits too, in a longer run.
+    #[arg(long, value_delimiter = ',')]
+    control_blocks: Vec<usize>,
     /// The parts to run, comma-separated: packet, lpm, control, throughput.
     #[arg(long, value_delimiter = ',', default_value = "packet,lpm,control,throughput")]
     parts: Vec<Part>,
@@ -102,9 +106,18 @@ fn main() -> anyhow::Result<()> {
         write(&results, &dir, &options, started, &load_before)?;
     }
     if run(Part::Control) {
-        let counts: &[usize] = if quick { &[100, 1_000, 10_000] } else { &[100, 1_000, 10_000, 100_000] };
+        let counts: &[usize] = if !options.control_blocks.is_empty() {
+            &options.control_blocks
+        } else if quick {
+            &[1_000, 10_000]
+        } else {
+            &[1_000, 10_000, 100_000]
+        };
         let agent = &options.agent;
-        println!("==> Control plane: the agent ({}) programming {counts:?} blocks, then one change", agent.display());
+        println!(
+            "==> Control plane: the agent ({}) on etcd with {counts:?} blocks: from empty, one change, a burst",
+            agent.display()
+        );
         results.control = control::run(&options.workspace, agent, counts)?;
         results.control_build = if options.agent_release { "release" } else { "debug" };
         println!("\n{}", report::control_table(&results.control));

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use plotters::prelude::*;
 
 use crate::{
-    control::ControlCost,
+    control::{quantile, ControlCost},
     packet::{LpmCost, PathCost, RepeatProbe, LARGE, SMALL},
     stats::ratio,
     throughput::{PathResult, Test, Throughput, CLIENT, SERVER},
@@ -77,24 +77,63 @@ pub fn lpm_table(lpm: &[LpmCost]) -> String {
     out
 }
 
-/// The control plane table.
+/// The control plane tables: from empty, the burst and memory per N; then each kind of change.
 pub fn control_table(control: &[ControlCost]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "| blocks | nodes | YAML (MB) | routes | program from empty (s) | its reconcile (ms) | converge after one change (s) | its reconcile (ms) | agent peak RSS (MiB) |");
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "| blocks | nodes | etcd keys | routes | program from empty (s) | of which to every route in the maps (s) | its reconcile (ms) | maps done in it (ms) | burst of 1,000 puts to the last in the map (s) | after the last put (ms) | agent peak RSS (MiB) |");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for c in control {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.1} | {} | {:.2} | {} | {:.2} | {} | {:.1} |",
+            "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {:.2} | {:.0} | {:.1} |",
             c.blocks,
             c.nodes,
-            c.file_bytes as f64 / 1e6,
+            c.keys,
             c.routes,
             c.program_seconds,
+            c.maps_ready_seconds.map_or("—".to_owned(), |s| format!("{s:.2}")),
             c.program_reconcile_ms,
-            c.converge_seconds,
-            c.converge_reconcile_ms,
+            c.program_maps_ms.map_or("—".to_owned(), |ms| ms.to_string()),
+            c.burst_seconds,
+            c.burst_after_last_put_ms,
             c.peak_kib as f64 / 1024.0
+        );
+    }
+    if let (Some(first), Some(last)) = (control.first(), control.last()) {
+        if last.blocks > first.blocks {
+            let slope = (last.peak_kib as f64 - first.peak_kib as f64) * 1024.0 / (last.blocks - first.blocks) as f64;
+            let _ = writeln!(
+                out,
+                "\nPeak RSS per block from {} to {} blocks: {slope:.0} bytes.",
+                first.blocks, last.blocks
+            );
+        }
+    }
+    let _ = writeln!(out, "\nOne change, from just before the etcd request to the entry in the pinned map (ms):\n");
+    let _ = writeln!(out, "| blocks | change | events | p50 | p99 | max |");
+    let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|");
+    for c in control {
+        for (kind, samples) in &c.events {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.1} | {:.1} | {:.1} |",
+                c.blocks,
+                kind.name(),
+                samples.len(),
+                quantile(samples, 0.5),
+                quantile(samples, 0.99),
+                quantile(samples, 1.0)
+            );
+        }
+        let all: Vec<f64> = c.events.values().flatten().copied().collect();
+        let _ = writeln!(
+            out,
+            "| {} | **every kind** | {} | {:.1} | **{:.1}** | {:.1} |",
+            c.blocks,
+            all.len(),
+            quantile(&all, 0.5),
+            quantile(&all, 0.99),
+            quantile(&all, 1.0)
         );
     }
     out
@@ -221,7 +260,7 @@ pub fn markdown(results: &Results, header: &str) -> String {
     if !results.control.is_empty() {
         let _ = writeln!(
             out,
-            "## Control plane: N blocks from an empty start, then one change\n\nThe agent's {} build. Chart: `control.svg`.\n",
+            "## Control plane (etcd): N blocks from an empty start, one change, a burst\n\nThe agent's {} build. Chart: `control.svg`.\n",
             results.control_build
         );
         out.push_str(&control_table(&results.control));
@@ -360,13 +399,14 @@ fn control_chart(control: &[ControlCost], file: &Path) -> anyhow::Result<()> {
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (left, right) = root.split_horizontally(600);
     let max_n = control.iter().map(|c| c.blocks).max().unwrap_or(10) as f64 * 2.0;
+    let p99 = |c: &ControlCost| quantile(&c.events.values().flatten().copied().collect::<Vec<_>>(), 0.99) / 1e3;
     let series_time = [
         (
             "program from empty (s)",
             control.iter().map(|c| (c.blocks as f64, c.program_seconds)).collect::<Vec<_>>(),
             BLUE,
         ),
-        ("converge after one change (s)", control.iter().map(|c| (c.blocks as f64, c.converge_seconds)).collect(), RED),
+        ("one change, p99 (s)", control.iter().map(|c| (c.blocks as f64, p99(c))).collect(), RED),
     ];
     let series_memory = [(
         "agent peak RSS (MiB)",
