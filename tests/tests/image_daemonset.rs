@@ -118,7 +118,10 @@ fn build_and_load_image() -> anyhow::Result<String> {
     let started = Instant::now();
     let output = Command::new(&cargo)
         .current_dir(&root)
-        .args(["xtask", "image"])
+        // The agent the suite runs (the debug build under `cargo xtask test`): a release build
+        // would cost CI minutes and test the same manifest, mounts and restart.
+        .args(["xtask", "image", "--agent"])
+        .arg(dataplane_tests::agent_bin())
         .output()
         .context("cannot run `cargo xtask image`")?;
     let stdout = String::from_utf8_lossy(&output.stdout);

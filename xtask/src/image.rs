@@ -34,6 +34,10 @@ pub struct Options {
     /// Rebuild the cached base root file system too.
     #[arg(long)]
     pub rebuild_base: bool,
+    /// Put this agent binary in the image instead of building the release agent (the image test
+    /// passes the debug agent the suite already built, to spare CI a release build).
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<PathBuf>,
 }
 
 /// The image's repository: what the manifests in deploy/ reference, with [`tag`].
@@ -112,15 +116,15 @@ pub struct Built {
 /// `cargo xtask image`: builds the image and prints its digest, size and contents.
 pub fn run(options: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
-    let built = build(options.rebuild_base)?;
+    let built = build(options.rebuild_base, options.agent.as_deref())?;
     say(&format!("built {} in {:.0} s: {}", reference(), started.elapsed().as_secs_f64(), built.digest));
     say(&format!("OCI layout at {}", built.layout.display()));
     say(&format!("load it: podman pull oci:{}:{}", built.layout.display(), tag()));
     Ok(())
 }
 
-/// Builds the image (prerequisites, release agent, cached base, layer, layout).
-pub fn build(rebuild_base: bool) -> anyhow::Result<Built> {
+/// Builds the image (prerequisites, the release agent or `agent`, cached base, layer, layout).
+pub fn build(rebuild_base: bool, agent: Option<&Path>) -> anyhow::Result<Built> {
     check_manifests(&setup::workspace_root()?)?;
     setup::ensure()?;
     setup::ensure_packages(HOST_PACKAGES)?;
@@ -128,7 +132,11 @@ pub fn build(rebuild_base: bool) -> anyhow::Result<Built> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("cargo xtask image needs root: debootstrap chroots and creates files of other owners");
     }
-    let agent = setup::build_agent(true)?;
+    let agent = match agent {
+        Some(agent) if agent.is_file() => agent.to_path_buf(),
+        Some(agent) => bail!("--agent {}: no such file; build it first (cargo xtask build)", agent.display()),
+        None => setup::build_agent(true)?,
+    };
     let out = setup::workspace_root()?.join("target/image");
     let base = base_rootfs(&out, rebuild_base)?;
     let layout = out.join("oci");
