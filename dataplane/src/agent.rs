@@ -49,8 +49,8 @@ pub const NETLINK_READY: &str = "netlink dataplane programmed";
 
 /// The backend the agent drives.
 enum Backend {
-    /// Maps and TC programs.
-    Bpf(BpfBackend),
+    /// Maps, TC and XDP programs (boxed: it is much larger than the other).
+    Bpf(Box<BpfBackend>),
     /// Kernel routes, devices and neighbours.
     Netlink(NetlinkBackend),
 }
@@ -100,7 +100,7 @@ async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
                 Ok(false) => {}
                 Err(error) => warn!("could not remove the netlink fallback's natOutgoing table: {error:#}"),
             }
-            Ok(Backend::Bpf(backend))
+            Ok(Backend::Bpf(Box::new(backend)))
         }
         Err(error) if options.mode == Mode::Auto => {
             warn!("falling back to the netlink dataplane: the kernel programs did not load: {error:#}");
@@ -343,6 +343,7 @@ async fn reconcile(backend: &mut Backend, options: &RunOptions, snapshot: &Snaps
         removed = report.removed,
         attached = report.attached,
         detached = report.detached,
+        xdp = %backend.xdp_mode(),
         missing_interfaces = report.missing.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "fast path programmed"
