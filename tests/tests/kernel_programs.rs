@@ -549,3 +549,26 @@ fn xdp_passes_everything_else_unchanged() {
         assert_eq!(total, 2, "{what}: one count per program run");
     }
 }
+
+/// Each inner flow keeps its own outer UDP source port, as with the kernel's vxlan device: the
+/// underlay's ECMP and RSS spread flows by it. The same flow always gets the same port.
+#[test]
+fn each_inner_flow_gets_its_own_vxlan_source_port() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let port_of = |src_port: u16| {
+        let packet = Packet::eth(POD_A_MAC, GATEWAY_MAC)
+            .ipv4(POD_A, REMOTE_POD, IPPROTO_UDP)
+            .udp(src_port, 5201)
+            .payload(b"one of many flows")
+            .finish();
+        let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &packet);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        be16(&out, ETH_HLEN + 20)
+    };
+    let ports: std::collections::BTreeSet<u16> = (40000..40016).map(port_of).collect();
+    assert!(ports.len() >= 12, "16 inner flows got only {} outer source ports: {ports:?}", ports.len());
+    assert_eq!(port_of(40003), port_of(40003), "one flow, one port");
+}
