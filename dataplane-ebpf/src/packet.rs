@@ -123,9 +123,23 @@ pub struct ArpEthIpv4 {
     pub tpa: Ipv4Bytes,
 }
 
+/// Past this offset a read always takes the helper: a bound the verifier needs to accept a
+/// variable offset into the packet (every header the programs read lies well inside it).
+const DIRECT_READ_LIMIT: usize = 512;
+
 /// Reads a `T` at `offset`; a packet too short for it is malformed.
+///
+/// Straight from the linear area between `data` and `data_end` when the bytes are there (headers
+/// nearly always are), else through `bpf_skb_load_bytes`, which also reaches paged data: the same
+/// bytes either way, the direct read without a helper call and a copy.
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Stat> {
+    let start = ctx.data();
+    if offset < DIRECT_READ_LIMIT && start + offset + core::mem::size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the span lies inside the linear packet data (checked just above, as the verifier
+        // demands); headers have no alignment in a frame, hence the unaligned read.
+        return Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+    }
     ctx.load::<T>(offset).map_err(|_| Stat::DropMalformed)
 }
 

@@ -698,6 +698,18 @@ pub fn xdp_paths(rounds: usize) -> anyhow::Result<Vec<XdpCost>> {
     Ok(results)
 }
 
+/// Each program's size as the kernel holds it: (name, translated bytes, JIT-compiled bytes).
+/// A BPF instruction is 8 bytes (16 for a 64-bit load), so the first is a bound on the work of a path.
+pub fn program_sizes() -> anyhow::Result<Vec<(&'static str, u32, u32)>> {
+    let node = Node::new("node-1");
+    let mut sizes = Vec::new();
+    for name in [PROG_FROM_WORKLOAD, PROG_FROM_UPLINK, dataplane_common::PROG_TO_UPLINK, PROG_XDP_UPLINK] {
+        let info = node.ebpf.program(name).with_context(|| format!("no program {name}"))?.info()?;
+        sizes.push((name, info.size_translated().unwrap_or(0), info.size_jitted()));
+    }
+    Ok(sizes)
+}
+
 /// A non-peer VXLAN flood dropped at XDP and at TC, in frames per second on one core.
 #[derive(Clone, Debug)]
 pub struct FloodRate {
