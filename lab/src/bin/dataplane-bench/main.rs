@@ -91,7 +91,10 @@ fn main() -> anyhow::Result<()> {
         println!("\n{}", report::paths_table(&results.paths));
         println!("==> The uplink's XDP program beside the empty XDP program; a non-peer VXLAN flood at XDP and at TC");
         for (name, translated, jitted) in packet::program_sizes()? {
-            println!("  {name}: {} instructions ({translated} bytes) translated, {jitted} bytes JIT-compiled", translated / 8);
+            println!(
+                "  {name}: {} instructions ({translated} bytes) translated, {jitted} bytes JIT-compiled",
+                translated / 8
+            );
         }
         results.xdp = packet::xdp_paths(effort.rounds)?;
         let frames = if quick { 200_000 } else { 1_000_000 };

@@ -726,6 +726,9 @@ pub struct FloodRate {
     /// Median frames per second of an XDP program that drops everything at once: the generator's
     /// own ceiling.
     pub ceiling_pps: f64,
+    /// Median over the rounds of the round's XDP rate over its TC rate (the two run back to back,
+    /// so a busy neighbour slows both alike).
+    pub ratio: f64,
 }
 
 /// A network namespace of the bench's own, deleted on drop.
@@ -780,7 +783,7 @@ pub fn non_peer_flood(frames: u32, rounds: usize) -> anyhow::Result<FloodRate> {
         let packet = sized(114, vxlan_from_stranger);
         let xdp = xdp_fd(&node)?;
         let before = node.stat(Stat::DropUnknownPeer);
-        let (mut xdp_rates, mut tc_rates, mut ceiling) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut xdp_rates, mut tc_rates, mut ceiling, mut ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             let took = live_frames(drop_all.fd.as_fd(), &packet, ifindex, frames).context("live frames, drop all")?;
             ceiling.push(f64::from(frames) / took.as_secs_f64());
@@ -788,6 +791,7 @@ pub fn non_peer_flood(frames: u32, rounds: usize) -> anyhow::Result<FloodRate> {
             xdp_rates.push(f64::from(frames) / took.as_secs_f64());
             let took = live_frames(empty.fd.as_fd(), &packet, ifindex, frames).context("live frames to from_uplink")?;
             tc_rates.push(f64::from(frames) / took.as_secs_f64());
+            ratios.push(xdp_rates[xdp_rates.len() - 1] / tc_rates[tc_rates.len() - 1]);
         }
         // Every frame was dropped as a non-peer's: once by XDP, once by TC.
         let grown = node.stat(Stat::DropUnknownPeer) - before;
@@ -800,6 +804,7 @@ pub fn non_peer_flood(frames: u32, rounds: usize) -> anyhow::Result<FloodRate> {
             xdp_pps: median(&xdp_rates),
             tc_pps: median(&tc_rates),
             ceiling_pps: median(&ceiling),
+            ratio: median(&ratios),
         })
     });
     let rate = measure.join().map_err(|_| anyhow::anyhow!("the flood thread panicked"))??;
@@ -810,7 +815,7 @@ pub fn non_peer_flood(frames: u32, rounds: usize) -> anyhow::Result<FloodRate> {
         rate.rounds,
         rate.xdp_pps / 1e6,
         rate.tc_pps / 1e6,
-        rate.xdp_pps / rate.tc_pps,
+        rate.ratio,
         rate.ceiling_pps / 1e6
     );
     drop(netns);

@@ -57,13 +57,14 @@ pub fn xdp_tables(xdp: &[XdpCost], flood: Option<&FloodRate>) -> String {
     if let Some(f) = flood {
         let _ = writeln!(
             out,
-            "\nNon-peer VXLAN flood ({}-byte frames, live frames, one core, median of {} rounds of {} frames): dropped at XDP {:.2} Mpps, at TC {:.2} Mpps: **{:.1}x**.",
+            "\nNon-peer VXLAN flood ({}-byte frames, live frames, one core, median of {} rounds of {} frames): dropped at XDP {:.2} Mpps, at TC {:.2} Mpps; XDP / TC, median of the rounds' ratios: **{:.1}x**. An XDP program that drops everything at once (the generator's ceiling): {:.2} Mpps.",
             f.frame,
             f.rounds,
             f.frames,
             f.xdp_pps / 1e6,
             f.tc_pps / 1e6,
-            f.xdp_pps / f.tc_pps
+            f.ratio,
+            f.ceiling_pps / 1e6
         );
     }
     out
