@@ -82,8 +82,9 @@ async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
         }
     }
     let method = probe::attach_method(&features);
-    info!(features = features.len(), attach = %method, "kernel probe: every fast-path feature present");
-    match BpfBackend::load(&options.pin_path, method, options.kernel_log, options.conntrack_max) {
+    let xdp = probe::xdp_allowed(&features);
+    info!(features = features.len(), attach = %method, xdp, "kernel probe: every fast-path feature present");
+    match BpfBackend::load(&options.pin_path, method, xdp, options.kernel_log, options.conntrack_max) {
         Ok(backend) => {
             info!(pin_path = %options.pin_path.display(), "kernel programs loaded");
             // A netlink run before this one may have left vxlan.calico: the fast path does not use

@@ -185,12 +185,13 @@ struct Attachment {
 
 impl BpfBackend {
     /// Loads the programs, creating or adopting the pinned maps under `pin_path`; `method` says
-    /// how they will attach; with kernel logs on, their records are forwarded to the agent's log
+    /// how they will attach, `xdp_allowed` whether the uplink gets its XDP program; with kernel logs on, their records are forwarded to the agent's log
     /// (target `dataplane::kernel`). `conntrack_max` sizes the conntrack map when it is created
     /// (None: the object's CONNTRACK_MAX_ENTRIES); a pinned map keeps the size it was made with.
     pub fn load(
         pin_path: &Path,
         method: AttachMethod,
+        xdp_allowed: bool,
         log: KernelLog,
         conntrack_max: Option<u32>,
     ) -> anyhow::Result<Self> {
@@ -232,7 +233,9 @@ impl BpfBackend {
             .with_context(|| format!("program {PROG_XDP_UPLINK} missing from the object"))?
             .try_into()
             .with_context(|| format!("program {PROG_XDP_UPLINK} is not an XDP program"))?;
-        if let Err(error) = xdp.load() {
+        if !xdp_allowed {
+            warn!(xdp = %XdpMode::None, "the probe reports no XDP: from_uplink alone refuses tunnel packets");
+        } else if let Err(error) = xdp.load() {
             warn!(program = PROG_XDP_UPLINK, xdp = %XdpMode::None, error = %error, "the kernel refuses the XDP program; the TC programs do its work");
         }
         crate::sys::create_private_dir(&pin_path.join(LINKS_DIR))?;

@@ -2,6 +2,10 @@
 //! generically (SKB mode) otherwise, through a bpf_link pinned beside the TC links, so that it
 //! outlives the agent and the next agent swaps its own program into it (BPF_LINK_UPDATE).
 //!
+//! A veth uplink gets generic XDP although veth has native XDP: native XDP on a veth makes the
+//! kernel take GSO from the veth's peer (every TCP segment then crosses one by one), which cut
+//! pod-to-pod TCP to a quarter in the lab (BENCHMARKS.md).
+//!
 //! XDP is an addition: without it (a kernel or driver that refuses both modes) the TC program
 //! `from_uplink` refuses the same packets, one skb later.
 
@@ -19,7 +23,7 @@ use aya::{
 };
 use dataplane_common::PROG_XDP_UPLINK;
 use rtnetlink::packet_route::{
-    link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp, XdpAttached},
     RouteNetlinkMessage,
 };
 use tracing::{info, warn};
@@ -62,15 +66,43 @@ pub fn parse_pin_name(name: &str) -> Option<String> {
     name.strip_prefix(PIN_PREFIX).map(super::bpf::unescape_pin_name)
 }
 
-/// The XDP program the kernel has on `ifindex` (IFLA_XDP): how it runs and its id; None when
-/// there is none.
-pub fn observe(ifindex: u32) -> anyhow::Result<Option<(XdpMode, u32)>> {
+/// The link message of `ifindex` (RTM_GETLINK).
+fn get_link(ifindex: u32) -> anyhow::Result<Vec<LinkMessage>> {
     let mut message = LinkMessage::default();
     message.header.index = ifindex;
     let replies = clsact::rtnetlink_request(RouteNetlinkMessage::GetLink(message), 0)
-        .with_context(|| format!("reading the XDP state of interface {ifindex} (RTM_GETLINK)"))?;
-    for reply in replies {
-        let RouteNetlinkMessage::NewLink(link) = reply else { continue };
+        .with_context(|| format!("reading interface {ifindex} (RTM_GETLINK)"))?;
+    Ok(replies
+        .into_iter()
+        .filter_map(|reply| match reply {
+            RouteNetlinkMessage::NewLink(link) => Some(link),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Whether `ifindex` is a veth.
+fn is_veth(ifindex: u32) -> anyhow::Result<bool> {
+    Ok(get_link(ifindex)?.iter().flat_map(|link| &link.attributes).any(|attribute| {
+        matches!(attribute, LinkAttribute::LinkInfo(infos)
+            if infos.iter().any(|info| matches!(info, LinkInfo::Kind(InfoKind::Veth))))
+    }))
+}
+
+/// The modes to try on an interface, in order: native, then generic; generic alone on a veth
+/// (see the module's comment).
+fn modes(veth: bool) -> &'static [(XdpMode, AyaXdpMode)] {
+    if veth {
+        &[(XdpMode::Generic, AyaXdpMode::Skb)]
+    } else {
+        &[(XdpMode::Native, AyaXdpMode::Driver), (XdpMode::Generic, AyaXdpMode::Skb)]
+    }
+}
+
+/// The XDP program the kernel has on `ifindex` (IFLA_XDP): how it runs and its id; None when
+/// there is none.
+pub fn observe(ifindex: u32) -> anyhow::Result<Option<(XdpMode, u32)>> {
+    for link in get_link(ifindex)? {
         for attribute in &link.attributes {
             let LinkAttribute::Xdp(xdp) = attribute else { continue };
             let mode = xdp.iter().find_map(|a| match a {
@@ -123,7 +155,8 @@ pub fn attach(ebpf: &mut Ebpf, links_dir: &Path, interface: &str, ifindex: u32) 
         }
     }
     let mut refusals = Vec::new();
-    for (mode, flags) in [(XdpMode::Native, AyaXdpMode::Driver), (XdpMode::Generic, AyaXdpMode::Skb)] {
+    let veth = is_veth(ifindex)?;
+    for &(mode, flags) in modes(veth) {
         let id = match prog.attach_to_if_index(ifindex, flags) {
             Ok(id) => id,
             Err(error) => {
@@ -140,7 +173,7 @@ pub fn attach(ebpf: &mut Ebpf, links_dir: &Path, interface: &str, ifindex: u32) 
             )
         })?;
         link.pin(&pin).with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
-        info!(%interface, program = PROG_XDP_UPLINK, xdp = %mode, adopted = false, "attached");
+        info!(%interface, program = PROG_XDP_UPLINK, xdp = %mode, veth, adopted = false, "attached");
         return Ok(mode);
     }
     warn!(
@@ -179,5 +212,11 @@ mod tests {
         assert_eq!(XdpMode::Native.to_string(), "native");
         assert_eq!(XdpMode::Generic.to_string(), "generic");
         assert_eq!(XdpMode::None.to_string(), "none");
+    }
+
+    #[test]
+    fn a_veth_gets_generic_xdp_and_any_other_device_native_first() {
+        assert_eq!(modes(true).iter().map(|(m, _)| *m).collect::<Vec<_>>(), [XdpMode::Generic]);
+        assert_eq!(modes(false).iter().map(|(m, _)| *m).collect::<Vec<_>>(), [XdpMode::Native, XdpMode::Generic]);
     }
 }
