@@ -82,8 +82,8 @@ async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
         }
     }
     let method = probe::attach_method(&features);
-    let xdp = probe::xdp_allowed(&features);
-    info!(features = features.len(), attach = %method, xdp, "kernel probe: every fast-path feature present");
+    let xdp = if probe::xdp_allowed(&features) { options.xdp } else { crate::backend::xdp::XdpChoice::Off };
+    info!(features = features.len(), attach = %method, ?xdp, "kernel probe: every fast-path feature present");
     match BpfBackend::load(&options.pin_path, method, xdp, options.kernel_log, options.conntrack_max) {
         Ok(backend) => {
             info!(pin_path = %options.pin_path.display(), "kernel programs loaded");
@@ -194,6 +194,8 @@ pub struct RunOptions {
     pub etcd: datastore::etcd::EtcdConfig,
     /// What the kernel programs log.
     pub kernel_log: bpf::KernelLog,
+    /// XDP on the uplink.
+    pub xdp: crate::backend::xdp::XdpChoice,
 }
 
 /// How often expired natOutgoing flows are deleted from the conntrack map.

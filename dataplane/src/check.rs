@@ -50,7 +50,7 @@ use crate::{
         netlink::{self, Intent, RouteIntent, IPIP_DEVICE, RTPROT_DATAPLANE, VXLAN_DEVICE, VXLAN_VNI},
         nftables, veth,
         vxlan_anchor::{self, ANCHOR_DEVICE},
-        xdp::{self, XdpMode},
+        xdp::{self, XdpChoice, XdpMode},
     },
     datastore::etcd::EtcdConfig,
     model::{MacAddr, Model, Problem},
@@ -883,11 +883,13 @@ pub fn check_links(
     findings
 }
 
-/// Compares the uplink's XDP program with its pinned link: `pins` as [`ObservedLinks::pins`]
-/// holds them (the XDP ones are `xdp_<interface>`), `kernel` is what the kernel reports on the
-/// uplink (mode and program id, None without XDP).
+/// Compares the uplink's XDP program with its pinned link: `expected` says whether the agent
+/// attaches one by default (`--xdp auto`: not on a veth) — a pinned one is checked either way;
+/// `pins` as [`ObservedLinks::pins`] holds them (the XDP ones are `xdp_<interface>`), `kernel` is
+/// what the kernel reports on the uplink (mode and program id, None without XDP).
 pub fn check_xdp(
     uplink: &str,
+    expected: bool,
     pins: &BTreeMap<String, Result<u32, String>>,
     kernel: &Result<Option<(XdpMode, u32)>, String>,
     links_dir: &Path,
@@ -899,6 +901,7 @@ pub fn check_xdp(
     let restart = "restart the agent (`dataplane run`): it attaches the XDP program natively or generically and pins \
                    its link at start (its \"fast path programmed\" line says xdp=native|generic|none)";
     let problem = match (pins.get(&pin), kernel) {
+        (None, Ok(_)) if !expected => None,
         (_, Err(error)) => Some(format!("the XDP state of {uplink} cannot be read: {error}")),
         (None, Ok(None)) => Some(format!(
             "not attached: {uplink} has no XDP program and no link is pinned at {}: tunnel packets from non-peers \
@@ -1704,11 +1707,16 @@ fn check_programmed(
 
     let links = expected_links(plan, uplink, interfaces);
     let observed_links = observe_links(&options.pin_path, &links, interfaces);
-    report.checked.links = links.len() + 1;
     let links_dir = options.pin_path.join(LINKS_DIR);
     report.findings.extend(check_links(&links, &observed_links, interfaces, &links_dir));
+    // The agent's default (`--xdp auto`) attaches XDP to any uplink but a veth; one pinned by an
+    // agent told otherwise is checked too.
+    let veth = xdp::is_veth(uplink_ifindex).unwrap_or(false);
+    let xdp_expected = !xdp::modes(XdpChoice::Auto, veth).is_empty();
+    let xdp_pinned = observed_links.pins.contains_key(&xdp::pin_name(uplink));
+    report.checked.links = links.len() + usize::from(xdp_expected || xdp_pinned);
     let kernel_xdp = xdp::observe(uplink_ifindex).map_err(|e| format!("{e:#}"));
-    report.findings.extend(check_xdp(uplink, &observed_links.pins, &kernel_xdp, &links_dir));
+    report.findings.extend(check_xdp(uplink, xdp_expected, &observed_links.pins, &kernel_xdp, &links_dir));
 }
 
 /// The VXLAN GRO anchor when the node receives VXLAN: `anchor` is None without the device, else
@@ -2172,23 +2180,23 @@ mod tests {
         let mut pins = BTreeMap::new();
         pins.insert("ingress_eth0".to_owned(), Ok(5));
         pins.insert(xdp::pin_name("eth0"), Ok(9));
-        assert_eq!(check_xdp("eth0", &pins, &Ok(Some((XdpMode::Native, 9))), dir), vec![]);
-        assert_eq!(check_xdp("eth0", &pins, &Ok(Some((XdpMode::Generic, 9))), dir), vec![]);
-        let other = check_xdp("eth0", &pins, &Ok(Some((XdpMode::Native, 10))), dir);
+        assert_eq!(check_xdp("eth0", true, &pins, &Ok(Some((XdpMode::Native, 9))), dir), vec![]);
+        assert_eq!(check_xdp("eth0", true, &pins, &Ok(Some((XdpMode::Generic, 9))), dir), vec![]);
+        let other = check_xdp("eth0", true, &pins, &Ok(Some((XdpMode::Native, 10))), dir);
         assert!(other[0].problem.contains("runs program id 9, but eth0 runs XDP program id 10"), "{other:?}");
-        let detached = check_xdp("eth0", &pins, &Ok(None), dir);
+        let detached = check_xdp("eth0", true, &pins, &Ok(None), dir);
         assert!(detached[0].problem.contains("runs no XDP program"), "{detached:?}");
         pins.remove(&xdp::pin_name("eth0"));
-        let missing = check_xdp("eth0", &pins, &Ok(None), dir);
+        let missing = check_xdp("eth0", true, &pins, &Ok(None), dir);
         assert_eq!(objects(&missing), vec!["xdp_uplink XDP of eth0"]);
         assert!(missing[0].problem.contains("not attached") && missing[0].fix.contains("restart the agent"));
-        assert!(check_xdp("eth0", &pins, &Ok(Some((XdpMode::Native, 3))), dir)[0]
+        assert!(check_xdp("eth0", true, &pins, &Ok(Some((XdpMode::Native, 3))), dir)[0]
             .problem
             .contains("no link is pinned"));
         // A pin for another interface, and the stray-link check of the TC links leaves XDP pins alone.
         pins.insert(xdp::pin_name("eth0"), Ok(9));
         pins.insert(xdp::pin_name("eth1"), Ok(4));
-        let stale = check_xdp("eth0", &pins, &Ok(Some((XdpMode::Native, 9))), dir);
+        let stale = check_xdp("eth0", true, &pins, &Ok(Some((XdpMode::Native, 9))), dir);
         assert_eq!(objects(&stale), vec!["link xdp_eth1"]);
         assert!(stale[0].fix.contains("rm /pins/links/xdp_eth1"));
         let observed = ObservedLinks { pins, ..Default::default() };

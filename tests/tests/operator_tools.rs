@@ -254,10 +254,10 @@ fn check_is_silent_on_a_healthy_cluster_and_names_each_break_with_its_fix() -> a
             "check on healthy {node} exited {code}:\n{text}\n{}",
             cluster.logs()
         );
-        // The programs of the uplink and of each pod were looked at, both hooks, the VXLAN GRO
-        // anchor's ingress (the example's pool is VXLAN) and the uplink's XDP.
+        // The programs of the uplink and of each pod were looked at, both hooks, and the VXLAN GRO
+        // anchor's ingress (the example's pool is VXLAN).
         let links = report["checked"]["links"].as_u64().unwrap_or(0);
-        let expected_links = if node == "node-1" { 8 } else { 6 };
+        let expected_links = if node == "node-1" { 7 } else { 5 };
         ensure!(links == expected_links, "{node}: checked {links} links, expected {expected_links}: {report:#}");
     }
 
@@ -271,10 +271,6 @@ fn check_is_silent_on_a_healthy_cluster_and_names_each_break_with_its_fix() -> a
     // 2. A program detached: its link's pin removed, which releases the link.
     let cache_link = pins.join("links").join(format!("ingress_{CACHE_1_IFACE}"));
     fs::remove_file(&cache_link).with_context(|| format!("removing {}", cache_link.display()))?;
-    // 2b. The uplink's XDP link unpinned: the XDP program goes with it.
-    let uplink = cluster.lab.node("node-1")?.uplink.clone();
-    let xdp_link = pins.join("links").join(format!("xdp_{uplink}"));
-    fs::remove_file(&xdp_link).with_context(|| format!("removing {}", xdp_link.display()))?;
     // 3. The route to node-2's block deleted from the routes map (LPM key: prefix length, address).
     let routes_pin = pins.join("routes_v1").to_string_lossy().into_owned();
     dataplane_lab::cmd::run(&[
@@ -309,15 +305,10 @@ fn check_is_silent_on_a_healthy_cluster_and_names_each_break_with_its_fix() -> a
         text_of(&link["problem"]).contains("not attached") && text_of(&link["fix"]).contains("restart the agent"),
         "link finding: {link:#}"
     );
-    let xdp = finding(&report, "programs", &format!("xdp_uplink XDP of {uplink}"))?;
-    ensure!(
-        text_of(&xdp["problem"]).contains("not attached") && text_of(&xdp["fix"]).contains("restart the agent"),
-        "XDP finding: {xdp:#}"
-    );
     let block = finding(&report, "routes", &format!("block {NODE_2_BLOCK} of node node-2"))?;
     ensure!(text_of(&block["problem"]).contains("no route"), "block finding: {block:#}");
     // Each break once: the map diff does not repeat the block's route.
-    ensure!(findings(&report).len() == 4, "expected exactly four findings:\n{text}");
+    ensure!(findings(&report).len() == 3, "expected exactly three findings:\n{text}");
     for needle in ["[workloads]", "[programs]", "[routes]", "fix: ip route replace"] {
         ensure!(text.contains(needle), "the text report lacks {needle:?}:\n{text}");
     }
@@ -677,18 +668,7 @@ fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<(
             "trace {}: counters {}\n{run}",
             case.args.join(" "),
             inject["counters"]
-        ); // From the uplink, the XDP program decides first: it drops what only the tunnel decision
-           // refuses, with the same counter, and passes the rest; its own run agrees.
-        if case.args.contains(&"uplink") {
-            let xdp = &report["xdp"];
-            let drops = matches!(case.counter, "drop_unknown_peer" | "drop_wrong_vni" | "drop_tunnel_fragment");
-            let counter = if drops { case.counter } else { "xdp_passed" };
-            ensure!(
-                xdp["drops"] == drops && xdp["stat"] == counter && xdp["inject"][1][counter] == 1,
-                "trace {}: XDP {xdp}\n{run}",
-                case.args.join(" ")
-            );
-        }
+        );
     }
     eprintln!("trace table on node-1:\n{table}");
     // The flow remembered on the way into the pod is named (and --inject found it in the map).

@@ -82,9 +82,9 @@ fn run(cluster: &mut Cluster) -> anyhow::Result<()> {
         anchor["ifalias"].as_str().is_some_and(|a| a.contains("dataplane")),
         "{ANCHOR} has no alias of ours: {anchor:#}"
     );
-    // The uplink's two hooks and its XDP, two per pod, and the anchor's ingress.
+    // The uplink's two hooks, two per pod, and the anchor's ingress.
     let pods = cluster.lab.pods().filter(|p| p.node == "node-2").count();
-    let links = format!("checked {} program links", 3 + 2 * pods + 1);
+    let links = format!("checked {} program links", 2 + 2 * pods + 1);
     let check = cluster.check("node-2")?;
     ensure!(check.contains(&links), "`dataplane check` did not check the anchor's program ({links}):\n{check}");
 

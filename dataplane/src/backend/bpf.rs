@@ -43,7 +43,7 @@ use super::{
     host_routes::{self, HostRoutes},
     veth::PeerMacs,
     vxlan_anchor::{self, VxlanAnchor, ANCHOR_DEVICE},
-    xdp::{self, XdpMode},
+    xdp::{self, XdpChoice, XdpMode},
 };
 use crate::{
     plan::{Plan, RouteTarget},
@@ -136,6 +136,8 @@ pub struct BpfBackend {
     anchor: VxlanAnchor,
     /// The uplink ifindex the XDP program was attached to (or found unattachable on), and how.
     xdp: Option<(u32, XdpMode)>,
+    /// How the XDP program may be attached.
+    xdp_choice: XdpChoice,
 }
 
 /// Reads the programs' aya-log ring buffer whenever it has records and writes them to the log
@@ -185,13 +187,13 @@ struct Attachment {
 
 impl BpfBackend {
     /// Loads the programs, creating or adopting the pinned maps under `pin_path`; `method` says
-    /// how they will attach, `xdp_allowed` whether the uplink gets its XDP program; with kernel logs on, their records are forwarded to the agent's log
+    /// how they will attach, `xdp_choice` how the uplink gets its XDP program; with kernel logs on, their records are forwarded to the agent's log
     /// (target `dataplane::kernel`). `conntrack_max` sizes the conntrack map when it is created
     /// (None: the object's CONNTRACK_MAX_ENTRIES); a pinned map keeps the size it was made with.
     pub fn load(
         pin_path: &Path,
         method: AttachMethod,
-        xdp_allowed: bool,
+        xdp_choice: XdpChoice,
         log: KernelLog,
         conntrack_max: Option<u32>,
     ) -> anyhow::Result<Self> {
@@ -233,8 +235,8 @@ impl BpfBackend {
             .with_context(|| format!("program {PROG_XDP_UPLINK} missing from the object"))?
             .try_into()
             .with_context(|| format!("program {PROG_XDP_UPLINK} is not an XDP program"))?;
-        if !xdp_allowed {
-            warn!(xdp = %XdpMode::None, "the probe reports no XDP: from_uplink alone refuses tunnel packets");
+        if xdp_choice == XdpChoice::Off {
+            info!(xdp = %XdpMode::None, "XDP off (--xdp off, or the probe reports none): from_uplink alone refuses tunnel packets");
         } else if let Err(error) = xdp.load() {
             warn!(program = PROG_XDP_UPLINK, xdp = %XdpMode::None, error = %error, "the kernel refuses the XDP program; the TC programs do its work");
         }
@@ -251,6 +253,7 @@ impl BpfBackend {
             peer_macs: PeerMacs::new(handle.clone()),
             anchor: VxlanAnchor::new(handle),
             xdp: None,
+            xdp_choice,
         })
     }
 
@@ -320,7 +323,8 @@ impl BpfBackend {
         }
         // XDP on the uplink, by a pinned link whichever way the TC programs attach.
         if self.xdp.map(|(ifindex, _)| ifindex) != Some(uplink_ifindex) {
-            let mode = xdp::attach(&mut self.ebpf, &self.pin_path.join(LINKS_DIR), uplink, uplink_ifindex)?;
+            let links = self.pin_path.join(LINKS_DIR);
+            let mode = xdp::attach(&mut self.ebpf, &links, uplink, uplink_ifindex, self.xdp_choice)?;
             self.xdp = Some((uplink_ifindex, mode));
             if mode != XdpMode::None {
                 report.attached += 1;

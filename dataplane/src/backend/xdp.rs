@@ -2,9 +2,10 @@
 //! generically (SKB mode) otherwise, through a bpf_link pinned beside the TC links, so that it
 //! outlives the agent and the next agent swaps its own program into it (BPF_LINK_UPDATE).
 //!
-//! A veth uplink gets generic XDP although veth has native XDP: native XDP on a veth makes the
+//! A veth uplink gets no XDP unless asked (`--xdp native|generic`): native XDP on a veth makes the
 //! kernel take GSO from the veth's peer (every TCP segment then crosses one by one), which cut
-//! pod-to-pod TCP to a quarter in the lab (BENCHMARKS.md).
+//! pod-to-pod TCP to a quarter in the lab, and generic XDP copies every GSO packet and left the
+//! VXLAN GRO anchor nothing to merge (BENCHMARKS.md).
 //!
 //! XDP is an addition: without it (a kernel or driver that refuses both modes) the TC program
 //! `from_uplink` refuses the same packets, one skb later.
@@ -52,6 +53,20 @@ impl fmt::Display for XdpMode {
     }
 }
 
+/// How the agent attaches the XDP program (`dataplane run --xdp`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpChoice {
+    /// Native where the driver has it, else generic; none on a veth.
+    #[default]
+    Auto,
+    /// Native only.
+    Native,
+    /// Generic (SKB mode) only.
+    Generic,
+    /// No XDP program.
+    Off,
+}
+
 /// Prefix of the pin name of an XDP link in the links directory.
 const PIN_PREFIX: &str = "xdp_";
 
@@ -82,20 +97,22 @@ fn get_link(ifindex: u32) -> anyhow::Result<Vec<LinkMessage>> {
 }
 
 /// Whether `ifindex` is a veth.
-fn is_veth(ifindex: u32) -> anyhow::Result<bool> {
+pub fn is_veth(ifindex: u32) -> anyhow::Result<bool> {
     Ok(get_link(ifindex)?.iter().flat_map(|link| &link.attributes).any(|attribute| {
         matches!(attribute, LinkAttribute::LinkInfo(infos)
             if infos.iter().any(|info| matches!(info, LinkInfo::Kind(InfoKind::Veth))))
     }))
 }
 
-/// The modes to try on an interface, in order: native, then generic; generic alone on a veth
-/// (see the module's comment).
-fn modes(veth: bool) -> &'static [(XdpMode, AyaXdpMode)] {
-    if veth {
-        &[(XdpMode::Generic, AyaXdpMode::Skb)]
-    } else {
-        &[(XdpMode::Native, AyaXdpMode::Driver), (XdpMode::Generic, AyaXdpMode::Skb)]
+/// The modes to try on an interface, in order: native, then generic, as `choice` says; none on
+/// a veth unless asked (see the module's comment).
+pub fn modes(choice: XdpChoice, veth: bool) -> &'static [(XdpMode, AyaXdpMode)] {
+    match choice {
+        XdpChoice::Auto if veth => &[],
+        XdpChoice::Auto => &[(XdpMode::Native, AyaXdpMode::Driver), (XdpMode::Generic, AyaXdpMode::Skb)],
+        XdpChoice::Native => &[(XdpMode::Native, AyaXdpMode::Driver)],
+        XdpChoice::Generic => &[(XdpMode::Generic, AyaXdpMode::Skb)],
+        XdpChoice::Off => &[],
     }
 }
 
@@ -125,7 +142,13 @@ pub fn observe(ifindex: u32) -> anyhow::Result<Option<(XdpMode, u32)>> {
 /// Attaches `xdp_uplink` to `interface`, adopting the link an earlier agent pinned in `links_dir`
 /// when there is one; natively if the driver can, else generically. A kernel or driver that
 /// refuses both gets [`XdpMode::None`] and a warning: the TC programs keep doing the work.
-pub fn attach(ebpf: &mut Ebpf, links_dir: &Path, interface: &str, ifindex: u32) -> anyhow::Result<XdpMode> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    links_dir: &Path,
+    interface: &str,
+    ifindex: u32,
+    choice: XdpChoice,
+) -> anyhow::Result<XdpMode> {
     let pin = links_dir.join(pin_name(interface));
     let prog: &mut Xdp = ebpf
         .program_mut(PROG_XDP_UPLINK)
@@ -138,6 +161,14 @@ pub fn attach(ebpf: &mut Ebpf, links_dir: &Path, interface: &str, ifindex: u32) 
     }
     if !KernelVersion::current().is_ok_and(|version| version >= KernelVersion::new(5, 9, 0)) {
         warn!(%interface, xdp = %XdpMode::None, "no XDP links before Linux 5.9: from_uplink alone refuses the tunnel packets");
+        return Ok(XdpMode::None);
+    }
+    let veth = is_veth(ifindex)?;
+    if modes(choice, veth).is_empty() {
+        if choice == XdpChoice::Auto {
+            info!(%interface, xdp = %XdpMode::None, "a veth uplink gets no XDP unless --xdp native|generic asks: native takes GSO from its peer, generic defeats the VXLAN GRO anchor");
+        }
+        // A link an earlier agent pinned goes with the stale-link sweep.
         return Ok(XdpMode::None);
     }
     if pin.exists() {
@@ -155,8 +186,7 @@ pub fn attach(ebpf: &mut Ebpf, links_dir: &Path, interface: &str, ifindex: u32) 
         }
     }
     let mut refusals = Vec::new();
-    let veth = is_veth(ifindex)?;
-    for &(mode, flags) in modes(veth) {
+    for &(mode, flags) in modes(choice, veth) {
         let id = match prog.attach_to_if_index(ifindex, flags) {
             Ok(id) => id,
             Err(error) => {
@@ -215,8 +245,12 @@ mod tests {
     }
 
     #[test]
-    fn a_veth_gets_generic_xdp_and_any_other_device_native_first() {
-        assert_eq!(modes(true).iter().map(|(m, _)| *m).collect::<Vec<_>>(), [XdpMode::Generic]);
-        assert_eq!(modes(false).iter().map(|(m, _)| *m).collect::<Vec<_>>(), [XdpMode::Native, XdpMode::Generic]);
+    fn auto_is_native_then_generic_and_nothing_on_a_veth() {
+        let names = |choice, veth| modes(choice, veth).iter().map(|(m, _)| *m).collect::<Vec<_>>();
+        assert_eq!(names(XdpChoice::Auto, false), [XdpMode::Native, XdpMode::Generic]);
+        assert_eq!(names(XdpChoice::Auto, true), []);
+        assert_eq!(names(XdpChoice::Native, true), [XdpMode::Native]);
+        assert_eq!(names(XdpChoice::Generic, false), [XdpMode::Generic]);
+        assert_eq!(names(XdpChoice::Off, false), []);
     }
 }
