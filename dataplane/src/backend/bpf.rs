@@ -187,8 +187,8 @@ struct Attachment {
 
 impl BpfBackend {
     /// Loads the programs, creating or adopting the pinned maps under `pin_path`; `method` says
-    /// how they will attach, `xdp_choice` how the uplink gets its XDP program; with kernel logs on, their records are forwarded to the agent's log
-    /// (target `dataplane::kernel`). `conntrack_max` sizes the conntrack map when it is created
+    /// how they will attach, `xdp_choice` how the uplink gets its XDP program; with kernel logs
+    /// on, their records are forwarded to the agent's log (target `dataplane::kernel`). `conntrack_max` sizes the conntrack map when it is created
     /// (None: the object's CONNTRACK_MAX_ENTRIES); a pinned map keeps the size it was made with.
     pub fn load(
         pin_path: &Path,
@@ -324,7 +324,14 @@ impl BpfBackend {
         // XDP on the uplink, by a pinned link whichever way the TC programs attach.
         if self.xdp.map(|(ifindex, _)| ifindex) != Some(uplink_ifindex) {
             let links = self.pin_path.join(LINKS_DIR);
-            let mode = xdp::attach(&mut self.ebpf, &links, uplink, uplink_ifindex, self.xdp_choice)?;
+            // XDP only adds an earlier drop: a failure here leaves the TC path, which does the same.
+            let mode = match xdp::attach(&mut self.ebpf, &links, uplink, uplink_ifindex, self.xdp_choice) {
+                Ok(mode) => mode,
+                Err(error) => {
+                    warn!(interface = %uplink, xdp = %XdpMode::None, "attaching XDP failed: {error:#}");
+                    XdpMode::None
+                }
+            };
             self.xdp = Some((uplink_ifindex, mode));
             if mode != XdpMode::None {
                 report.attached += 1;
