@@ -46,6 +46,9 @@ pub const PROG_TO_UPLINK: &str = "to_uplink";
 /// Name of the program attached to TC ingress of the VXLAN GRO anchor device: it drops and
 /// counts whatever that device decapsulated.
 pub const PROG_VXLAN_ANCHOR: &str = "vxlan_anchor";
+/// Name of the XDP program of the node's uplink: it drops the tunnel packets `from_uplink` would
+/// refuse before an skb exists, and passes everything else to the TC programs untouched.
+pub const PROG_XDP_UPLINK: &str = "xdp_uplink";
 
 /// What a destination prefix is, from this node's point of view ([`Route::kind`]).
 pub mod route_kind {

@@ -40,6 +40,9 @@ pub enum Stat {
     ReverseNat = 12,
     /// Leaving by the uplink untouched: not the host's traffic to a tunnelled block.
     EgressUnchanged = 13,
+    /// Seen first by the uplink's XDP program and handed on to the TC programs: not a tunnel
+    /// packet it refuses (those are counted by their drop reason).
+    XdpPassed = 14,
 
     /// Too short or malformed headers (truncated Ethernet, IPv4 IHL < 5, bad lengths).
     DropMalformed = DROP_BASE,
@@ -81,7 +84,7 @@ pub enum Stat {
 
 impl Stat {
     /// Every slot in use, in slot order.
-    pub const ALL: [Stat; 31] = [
+    pub const ALL: [Stat; 32] = [
         Stat::DeliveredLocal,
         Stat::EncapVxlan,
         Stat::EncapIpip,
@@ -96,6 +99,7 @@ impl Stat {
         Stat::SnatEstablished,
         Stat::ReverseNat,
         Stat::EgressUnchanged,
+        Stat::XdpPassed,
         Stat::DropMalformed,
         Stat::DropSpoofedSource,
         Stat::DropUnknownWorkload,
@@ -142,6 +146,7 @@ impl Stat {
             Stat::SnatEstablished => "snat_established",
             Stat::ReverseNat => "reverse_nat",
             Stat::EgressUnchanged => "egress_unchanged",
+            Stat::XdpPassed => "xdp_passed",
             Stat::DropMalformed => "drop_malformed",
             Stat::DropSpoofedSource => "drop_spoofed_source",
             Stat::DropUnknownWorkload => "drop_unknown_workload",

@@ -14,14 +14,25 @@ mod packet;
 mod route;
 mod tunnel;
 mod uplink;
+mod uplink_xdp;
 mod verdict;
 mod vxlan;
 mod workload;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
-use dataplane_common::{
-    Stat, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR,
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
+use dataplane_common::{
+    Stat, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK,
+};
+
+/// XDP of the node's uplink: drops the tunnel packets `from_uplink` would refuse before an skb
+/// exists, and passes everything else on to it.
+#[xdp]
+pub fn xdp_uplink(ctx: XdpContext) -> u32 {
+    verdict::finish_xdp(&ctx, PROG_XDP_UPLINK, uplink_xdp::xdp_uplink(&ctx))
+}
 
 /// TC ingress of every workload interface (`caliXXXXXXXXXXX`): traffic leaving a pod.
 #[classifier]

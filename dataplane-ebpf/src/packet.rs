@@ -1,11 +1,12 @@
 //! Header layouts and the only place the programs read or write packet bytes.
 //!
-//! Every access goes through `bpf_skb_load_bytes`/`bpf_skb_store_bytes` (via [`TcContext`]),
-//! which the kernel bounds-checks against the packet, linear or not: a read past the end fails
+//! The TC programs go through `bpf_skb_load_bytes`/`bpf_skb_store_bytes` (via [`TcContext`]),
+//! which the kernel bounds-checks against the packet, linear or not; the XDP program reads its
+//! (linear) frame directly between `data` and `data_end`. Either way a read past the end fails
 //! and the caller turns that into a counted drop. Multi-byte fields are kept as byte arrays in
 //! network order so no field is ever read with the wrong endianness or alignment.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use dataplane_common::{net::ETH_ALEN, Ipv4Bytes, MacBytes, Stat};
 
 /// An Ethernet header.
@@ -122,9 +123,23 @@ pub struct ArpEthIpv4 {
     pub tpa: Ipv4Bytes,
 }
 
+/// Past this offset a read always takes the helper: a bound the verifier needs to accept a
+/// variable offset into the packet (every header the programs read lies well inside it).
+const DIRECT_READ_LIMIT: usize = 512;
+
 /// Reads a `T` at `offset`; a packet too short for it is malformed.
+///
+/// Straight from the linear area between `data` and `data_end` when the bytes are there (headers
+/// nearly always are), else through `bpf_skb_load_bytes`, which also reaches paged data: the same
+/// bytes either way, the direct read without a helper call and a copy.
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Stat> {
+    let start = ctx.data();
+    if offset < DIRECT_READ_LIMIT && start + offset + core::mem::size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the span lies inside the linear packet data (checked just above, as the verifier
+        // demands); headers have no alignment in a frame, hence the unaligned read.
+        return Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+    }
     ctx.load::<T>(offset).map_err(|_| Stat::DropMalformed)
 }
 
@@ -132,4 +147,43 @@ pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Stat> {
 #[inline(always)]
 pub fn write<T: Copy>(ctx: &TcContext, offset: usize, value: &T) -> Result<(), Stat> {
     ctx.store(offset, value, 0).map_err(|_| Stat::DropPacketAccess)
+}
+
+/// Read access to a frame, so that a decision (`tunnel::classify`) is written once for the TC
+/// and the XDP programs.
+pub trait Frame {
+    /// Reads a `T` at `offset`; a frame too short for it is malformed.
+    fn read_at<T: Copy>(&self, offset: usize) -> Result<T, Stat>;
+    /// The frame's length in bytes, from the Ethernet header on.
+    fn frame_len(&self) -> usize;
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn read_at<T: Copy>(&self, offset: usize) -> Result<T, Stat> {
+        read(self, offset)
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.len() as usize
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn read_at<T: Copy>(&self, offset: usize) -> Result<T, Stat> {
+        let start = self.data();
+        if start + offset + core::mem::size_of::<T>() > self.data_end() {
+            return Err(Stat::DropMalformed);
+        }
+        // SAFETY: the span lies inside the frame (checked just above, as the verifier demands);
+        // headers have no alignment in a frame, hence the unaligned read.
+        Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.data_end() - self.data()
+    }
 }

@@ -1,13 +1,109 @@
-//! What VXLAN and IP-in-IP share on the receive side: accepting only known peers, and removing
-//! the tunnel headers.
+//! What VXLAN and IP-in-IP share on the receive side: which arrivals are acceptable tunnel
+//! packets (one decision for `from_uplink` and `xdp_uplink`), and removing the tunnel headers.
 
 use aya_ebpf::{
     bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO},
     programs::TcContext,
 };
-use dataplane_common::{Ipv4Bytes, Stat};
+use dataplane_common::{
+    net::{ETH_P_IP, IPPROTO_IPIP, IPPROTO_UDP, IPV4_FRAG_OFFSET_MASK, IPV4_IHL_MIN, IPV4_MF, VXLAN_FLAG_VNI},
+    peer_flags, Ipv4Bytes, NodeConfig, Stat,
+};
 
-use crate::maps::PEERS;
+use crate::{
+    ipip,
+    maps::PEERS,
+    packet::{EthHdr, Frame, Ipv4Hdr, UdpHdr, VxlanHdr},
+    route::IP_OFFSET,
+    vxlan,
+};
+
+/// What arrived on the uplink, as far as the tunnels are concerned.
+pub enum Arrival {
+    /// Not for the programs: the kernel's (not IPv4, not to this node, options, a later fragment).
+    Pass,
+    /// IPv4 to this node that is no tunnel packet (with this outer header): a reply to a
+    /// translated flow, or the host's own traffic.
+    ToNode(Ipv4Hdr),
+    /// An acceptable VXLAN packet from a peer, with its inner IPv4 header.
+    Vxlan(Ipv4Hdr),
+    /// An acceptable IP-in-IP packet from a peer, with its inner IPv4 header.
+    Ipip(Ipv4Hdr),
+}
+
+/// Classifies an uplink arrival; `Err` is the reason to refuse it: a tunnel packet from a
+/// non-peer, with a wrong VNI, a fragment, or malformed or cut-short headers (also a UDP
+/// header cut short). Both uplink programs decide with this, so XDP drops exactly what TC would.
+#[inline(always)]
+pub fn classify<F: Frame>(frame: &F, node: &NodeConfig) -> Result<Arrival, Stat> {
+    let Ok(eth) = frame.read_at::<EthHdr>(0) else {
+        return Ok(Arrival::Pass);
+    };
+    if eth.ether_type() != ETH_P_IP {
+        return Ok(Arrival::Pass);
+    }
+    let Ok(outer) = frame.read_at::<Ipv4Hdr>(IP_OFFSET) else {
+        return Ok(Arrival::Pass);
+    };
+    // We never send tunnel packets with options; the kernel judges anything else.
+    if outer.version() != 4 || outer.ihl() != IPV4_IHL_MIN || outer.dst != node.addr {
+        return Ok(Arrival::Pass);
+    }
+    let frag = outer.frag_off();
+    // A later fragment carries no transport header to recognise a tunnel by.
+    if frag & IPV4_FRAG_OFFSET_MASK != 0 {
+        return Ok(Arrival::Pass);
+    }
+    let is_fragment = frag & IPV4_MF != 0;
+    match outer.protocol {
+        IPPROTO_UDP => {
+            let udp: UdpHdr = frame.read_at(vxlan::UDP_OFFSET)?;
+            if u16::from_be_bytes(udp.dst_port) != node.vxlan_port {
+                return Ok(Arrival::ToNode(outer));
+            }
+            if is_fragment {
+                return Err(Stat::DropTunnelFragment);
+            }
+            check_peer(outer.src, peer_flags::VXLAN)?;
+            let header: VxlanHdr = frame.read_at(vxlan::VXLAN_OFFSET)?;
+            if header.flags & VXLAN_FLAG_VNI == 0 || header.vni != vxlan::vni_bytes(node.vni) {
+                return Err(Stat::DropWrongVni);
+            }
+            let inner_eth: EthHdr = frame.read_at(vxlan::INNER_ETH_OFFSET)?;
+            if inner_eth.ether_type() != ETH_P_IP {
+                return Err(Stat::DropMalformed);
+            }
+            let inner = inner_ipv4(frame, vxlan::INNER_IP_OFFSET)?;
+            Ok(Arrival::Vxlan(inner))
+        }
+        IPPROTO_IPIP => {
+            if is_fragment {
+                return Err(Stat::DropTunnelFragment);
+            }
+            check_peer(outer.src, peer_flags::IPIP)?;
+            let inner = inner_ipv4(frame, ipip::INNER_IP_OFFSET)?;
+            Ok(Arrival::Ipip(inner))
+        }
+        _ => Ok(Arrival::ToNode(outer)),
+    }
+}
+
+/// The inner IPv4 header at `offset`, which must fit what arrived (its header inside its length,
+/// its length inside the frame): the stack would drop a cut-short one anyway, and it is no
+/// decapsulation to count.
+#[inline(always)]
+fn inner_ipv4<F: Frame>(frame: &F, offset: usize) -> Result<Ipv4Hdr, Stat> {
+    let inner: Ipv4Hdr = frame.read_at(offset)?;
+    if inner.version() != 4 || inner.ihl() < IPV4_IHL_MIN {
+        return Err(Stat::DropMalformed);
+    }
+    let inner_len = usize::from(u16::from_be_bytes(inner.tot_len));
+    let available = frame.frame_len().saturating_sub(offset);
+    if usize::from(inner.ihl()) * 4 > inner_len || inner_len > available {
+        return Err(Stat::DropMalformed);
+    }
+    Ok(inner)
+}
 
 /// Accepts tunnel packets only from a peer node that may send this kind (`peer_flags`).
 #[inline(always)]

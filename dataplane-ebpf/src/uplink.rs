@@ -3,15 +3,15 @@
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use dataplane_common::{
-    net::{ETH_P_IP, IPPROTO_IPIP, IPPROTO_UDP, IPV4_FRAG_OFFSET_MASK, IPV4_IHL_MIN, IPV4_MF, VXLAN_FLAG_VNI},
-    peer_flags, route_flags, route_kind, NodeConfig, Stat,
+    net::{ETH_P_IP, IPV4_IHL_MIN},
+    route_flags, route_kind, Stat,
 };
 
 use crate::{
     ipip, nat,
-    packet::{read, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr},
+    packet::{read, EthHdr, Ipv4Hdr},
     route::{self, IP_OFFSET},
-    tunnel,
+    tunnel::{self, Arrival},
     verdict::{Outcome, Verdict},
     vxlan,
 };
@@ -19,90 +19,23 @@ use crate::{
 /// Decapsulates VXLAN and IP-in-IP addressed to this node from its peers.
 #[inline(always)]
 pub fn from_uplink(ctx: &TcContext) -> Outcome {
-    let Ok(eth) = read::<EthHdr>(ctx, 0) else {
-        return Ok(Verdict::pass());
-    };
-    if eth.ether_type() != ETH_P_IP {
-        return Ok(Verdict::pass());
-    }
-    let Ok(outer) = read::<Ipv4Hdr>(ctx, IP_OFFSET) else {
-        return Ok(Verdict::pass());
-    };
     // Without a configuration the agent has not started: leave the host's traffic alone.
     let Ok(node) = route::node_config() else {
         return Ok(Verdict::pass());
     };
-    // We never send tunnel packets with options; the kernel judges anything else.
-    if outer.version() != 4 || outer.ihl() != IPV4_IHL_MIN || outer.dst != node.addr {
-        return Ok(Verdict::pass());
-    }
-    let frag = outer.frag_off();
-    // A later fragment carries no transport header to recognise a tunnel by.
-    if frag & IPV4_FRAG_OFFSET_MASK != 0 {
-        return Ok(Verdict::pass());
-    }
-    let is_fragment = frag & IPV4_MF != 0;
-    match outer.protocol {
-        IPPROTO_UDP => {
-            let udp: UdpHdr = read(ctx, vxlan::UDP_OFFSET)?;
-            if u16::from_be_bytes(udp.dst_port) == node.vxlan_port {
-                return from_vxlan(ctx, &node, &outer, is_fragment);
-            }
-            nat::inbound(ctx, &node, &outer)
-        }
-        IPPROTO_IPIP => from_ipip(ctx, &outer, is_fragment),
+    match tunnel::classify(ctx, &node)? {
+        Arrival::Pass => Ok(Verdict::pass()),
         // Replies to pods' translated flows, or the host's own traffic.
-        _ => nat::inbound(ctx, &node, &outer),
+        Arrival::ToNode(outer) => nat::inbound(ctx, &node, &outer),
+        Arrival::Vxlan(inner) => deliver(ctx, inner, Stat::DecapVxlan, vxlan::decap),
+        Arrival::Ipip(inner) => deliver(ctx, inner, Stat::DecapIpip, ipip::decap),
     }
 }
 
+/// Decapsulates and delivers the inner packet (checked by `tunnel::classify`): into the pod it
+/// is for, or to the kernel.
 #[inline(always)]
-fn from_vxlan(ctx: &TcContext, node: &NodeConfig, outer: &Ipv4Hdr, is_fragment: bool) -> Outcome {
-    if is_fragment {
-        return Err(Stat::DropTunnelFragment);
-    }
-    tunnel::check_peer(outer.src, peer_flags::VXLAN)?;
-    let header: VxlanHdr = read(ctx, vxlan::VXLAN_OFFSET)?;
-    if header.flags & VXLAN_FLAG_VNI == 0 || header.vni != vxlan::vni_bytes(node.vni) {
-        return Err(Stat::DropWrongVni);
-    }
-    let inner_eth: EthHdr = read(ctx, vxlan::INNER_ETH_OFFSET)?;
-    if inner_eth.ether_type() != ETH_P_IP {
-        return Err(Stat::DropMalformed);
-    }
-    let inner: Ipv4Hdr = read(ctx, vxlan::INNER_IP_OFFSET)?;
-    deliver(ctx, inner, vxlan::INNER_IP_OFFSET, Stat::DecapVxlan, vxlan::decap)
-}
-
-#[inline(always)]
-fn from_ipip(ctx: &TcContext, outer: &Ipv4Hdr, is_fragment: bool) -> Outcome {
-    if is_fragment {
-        return Err(Stat::DropTunnelFragment);
-    }
-    tunnel::check_peer(outer.src, peer_flags::IPIP)?;
-    let inner: Ipv4Hdr = read(ctx, ipip::INNER_IP_OFFSET)?;
-    deliver(ctx, inner, ipip::INNER_IP_OFFSET, Stat::DecapIpip, ipip::decap)
-}
-
-/// Decapsulates and delivers the inner packet: into the pod it is for, or to the kernel.
-#[inline(always)]
-fn deliver(
-    ctx: &TcContext,
-    mut inner: Ipv4Hdr,
-    inner_offset: usize,
-    stat: Stat,
-    decap: fn(&TcContext) -> Result<(), Stat>,
-) -> Outcome {
-    if inner.version() != 4 || inner.ihl() < IPV4_IHL_MIN {
-        return Err(Stat::DropMalformed);
-    }
-    // The inner packet must fit what arrived (its header inside its length, its length inside the
-    // frame): the stack would drop a cut-short one anyway, and it is no decapsulation to count.
-    let inner_len = usize::from(u16::from_be_bytes(inner.tot_len));
-    let available = (ctx.len() as usize).saturating_sub(inner_offset);
-    if usize::from(inner.ihl()) * 4 > inner_len || inner_len > available {
-        return Err(Stat::DropMalformed);
-    }
+fn deliver(ctx: &TcContext, mut inner: Ipv4Hdr, stat: Stat, decap: fn(&TcContext) -> Result<(), Stat>) -> Outcome {
     let route = route::lookup(inner.dst);
     if let Some(route) = route {
         if route.kind == route_kind::LOCAL_BLOCK {

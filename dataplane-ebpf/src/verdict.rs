@@ -2,8 +2,11 @@
 //! the agent turns kernel logs on, logged).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    programs::TcContext,
+    bindings::{
+        xdp_action::{XDP_DROP, XDP_PASS},
+        TC_ACT_OK, TC_ACT_SHOT,
+    },
+    programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::{debug, trace};
 use dataplane_common::Stat;
@@ -45,9 +48,35 @@ pub fn finish(ctx: &TcContext, program: &'static str, outcome: Outcome) -> i32 {
             (TC_ACT_SHOT as i32, reason)
         }
     };
+    count(stat);
+    action
+}
+
+/// [`finish`] for the XDP program: counts and logs the same way, returns `XDP_PASS` for a
+/// packet handed on and `XDP_DROP` for a refused one.
+#[inline(always)]
+pub fn finish_xdp(ctx: &XdpContext, program: &'static str, outcome: Result<Stat, Stat>) -> u32 {
+    // SAFETY: reading a field of this program's own xdp_md context.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let (action, stat) = match outcome {
+        Ok(stat) => {
+            trace!(ctx, "{}: {} (ifindex {})", program, stat.name(), ifindex);
+            (XDP_PASS, stat)
+        }
+        Err(reason) => {
+            debug!(ctx, "{}: {} (ifindex {})", program, reason.name(), ifindex);
+            (XDP_DROP, reason)
+        }
+    };
+    count(stat);
+    action
+}
+
+/// One more in `stat`'s slot of the stats map.
+#[inline(always)]
+fn count(stat: Stat) {
     if let Some(counter) = STATS.get_ptr_mut(stat.index()) {
         // SAFETY: a per-CPU slot is only touched by this CPU, and programs do not nest on it.
         unsafe { *counter += 1 };
     }
-    action
 }

@@ -58,17 +58,19 @@ pub fn vni_bytes(vni: u32) -> [u8; 3] {
 #[inline(always)]
 pub fn encap(ctx: &TcContext, node: &NodeConfig, route: &Route, inner: &Ipv4Hdr) -> Result<(), Stat> {
     let inner_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
+    // Spread flows over source ports as the kernel does, so the underlay's ECMP and RSS see them:
+    // the hash of the inner flow, taken before the room is added (after it, the flow dissector
+    // would read the not yet written outer header, the same for every flow).
+    // SAFETY: a BPF helper call on this program's own skb.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let port_range = u32::from(VXLAN_SRC_PORT_MAX - VXLAN_SRC_PORT_MIN);
+    let src_port = VXLAN_SRC_PORT_MIN + (hash % port_range) as u16;
+
     let flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64
         | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
         | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
         | ((ETH_HLEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT);
     ctx.adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(|_| Stat::DropAdjustRoomFailed)?;
-
-    // Spread flows over source ports as the kernel does, so the underlay's ECMP and RSS see them.
-    // SAFETY: a BPF helper call on this program's own skb.
-    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
-    let port_range = u32::from(VXLAN_SRC_PORT_MAX - VXLAN_SRC_PORT_MIN);
-    let src_port = VXLAN_SRC_PORT_MIN + (hash % port_range) as u16;
 
     // Outer IPv4 total length: everything VXLAN adds plus the inner IPv4 packet.
     let outer_len = inner_len + VXLAN_ENCAP_LEN;

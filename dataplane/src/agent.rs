@@ -48,11 +48,9 @@ pub enum Mode {
 pub const NETLINK_READY: &str = "netlink dataplane programmed";
 
 /// The backend the agent drives.
-// One value for the agent's whole life, never moved in a loop: its size does not matter.
-#[allow(clippy::large_enum_variant)]
 enum Backend {
-    /// Maps and TC programs.
-    Bpf(BpfBackend),
+    /// Maps, TC and XDP programs (boxed: it is much larger than the other).
+    Bpf(Box<BpfBackend>),
     /// Kernel routes, devices and neighbours.
     Netlink(NetlinkBackend),
 }
@@ -151,11 +149,12 @@ async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
         }
     }
     let method = probe::attach_method(&features);
-    info!(features = features.len(), attach = %method, "kernel probe: every fast-path feature present");
+    let xdp = if probe::xdp_allowed(&features) { options.xdp } else { crate::backend::xdp::XdpChoice::Off };
+    info!(features = features.len(), attach = %method, ?xdp, "kernel probe: every fast-path feature present");
     // Loading and verifying takes a while: off the runtime's thread, so the datastore watcher and
     // the metrics endpoint run meanwhile.
     let (pin_path, log, conntrack_max) = (options.pin_path.clone(), options.kernel_log, options.conntrack_max);
-    let loaded = tokio::task::spawn_blocking(move || BpfBackend::load(&pin_path, method, log, conntrack_max))
+    let loaded = tokio::task::spawn_blocking(move || BpfBackend::load(&pin_path, method, xdp, log, conntrack_max))
         .await
         .context("loading the kernel programs")?;
     match loaded {
@@ -175,7 +174,7 @@ async fn select_backend(options: &RunOptions) -> anyhow::Result<Backend> {
                 Ok(false) => {}
                 Err(error) => warn!("could not remove the netlink fallback's natOutgoing table: {error:#}"),
             }
-            Ok(Backend::Bpf(backend))
+            Ok(Backend::Bpf(Box::new(backend)))
         }
         Err(error) if options.mode == Mode::Auto && kernel_refused(&error) => {
             warn!("falling back to the netlink dataplane: the kernel programs did not load: {error:#}");
@@ -268,6 +267,8 @@ pub struct RunOptions {
     pub etcd: datastore::etcd::EtcdConfig,
     /// What the kernel programs log.
     pub kernel_log: bpf::KernelLog,
+    /// XDP on the uplink.
+    pub xdp: crate::backend::xdp::XdpChoice,
 }
 
 /// How often expired natOutgoing flows are deleted from the conntrack map.
@@ -445,6 +446,7 @@ async fn reconcile(backend: &mut Backend, options: &RunOptions, snapshot: &Snaps
         removed = report.removed,
         attached = report.attached,
         detached = report.detached,
+        xdp = %backend.xdp_mode(),
         missing_interfaces = report.missing.len(),
         maps_ms = report.maps_done.map_or(0, |done| done.duration_since(started).as_millis() as u64),
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -498,6 +500,7 @@ mod tests {
             metrics_addr: None,
             etcd: Default::default(),
             kernel_log: Default::default(),
+            xdp: crate::backend::xdp::XdpChoice::Auto,
         }
     }
 

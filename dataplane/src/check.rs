@@ -24,7 +24,7 @@ use aya::{
 use dataplane_common::{
     route_flags, route_kind, workload_flags, FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload,
     CONNTRACK_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
-    PROG_VXLAN_ANCHOR, ROUTES_MAP, WORKLOADS_MAP,
+    PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK, ROUTES_MAP, WORKLOADS_MAP,
 };
 use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
@@ -50,6 +50,7 @@ use crate::{
         netlink::{self, Intent, RouteIntent, IPIP_DEVICE, RTPROT_DATAPLANE, VXLAN_DEVICE, VXLAN_VNI},
         nftables, veth,
         vxlan_anchor::{self, ANCHOR_DEVICE},
+        xdp::{self, XdpChoice, XdpMode},
     },
     datastore::etcd::EtcdConfig,
     model::{MacAddr, Model, Problem},
@@ -699,7 +700,7 @@ pub fn parse_link_pin_name(name: &str) -> Option<(Hook, String)> {
         return None;
     };
     // Undo the escaping in the opposite order: %2e first, then %25.
-    Some((hook, escaped.replace("%2e", ".").replace("%25", "%")))
+    Some((hook, crate::backend::bpf::unescape_pin_name(escaped)))
 }
 
 /// A program attached to a tcx hook: its id and name.
@@ -834,7 +835,8 @@ pub fn check_links(
             ));
         }
     }
-    for pin in observed.pins.keys().filter(|pin| !expected.contains_key(*pin)) {
+    // XDP links are judged by `check_xdp`.
+    for pin in observed.pins.keys().filter(|pin| !expected.contains_key(*pin) && xdp::parse_pin_name(pin).is_none()) {
         let pin_path = links_dir.join(pin);
         let (object, problem) = match parse_link_pin_name(pin) {
             Some((hook, interface)) if !interfaces.contains_key(&interface) => (
@@ -877,6 +879,65 @@ pub fn check_links(
                 clsact::FILTER_HANDLE
             ),
         ));
+    }
+    findings
+}
+
+/// Compares the uplink's XDP program with its pinned link: `expected` says whether the agent
+/// attaches one by default (`--xdp auto`: not on a veth) — a pinned one is checked either way;
+/// `pins` as [`ObservedLinks::pins`] holds them (the XDP ones are `xdp_<interface>`), `kernel` is
+/// what the kernel reports on the uplink (mode and program id, None without XDP).
+pub fn check_xdp(
+    uplink: &str,
+    expected: bool,
+    pins: &BTreeMap<String, Result<u32, String>>,
+    kernel: &Result<Option<(XdpMode, u32)>, String>,
+    links_dir: &Path,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let object = format!("{PROG_XDP_UPLINK} XDP of {uplink}");
+    let pin = xdp::pin_name(uplink);
+    let pin_path = links_dir.join(&pin);
+    let restart = "restart the agent (`dataplane run`): it attaches the XDP program natively or generically and pins \
+                   its link at start (its \"fast path programmed\" line says xdp=native|generic|none)";
+    let problem = match (pins.get(&pin), kernel) {
+        (None, Ok(_)) if !expected => None,
+        (_, Err(error)) => Some(format!("the XDP state of {uplink} cannot be read: {error}")),
+        (None, Ok(None)) => Some(format!(
+            "not attached: {uplink} has no XDP program and no link is pinned at {}: tunnel packets from non-peers \
+             each cost an skb before from_uplink drops them",
+            pin_path.display()
+        )),
+        (None, Ok(Some((mode, id)))) => Some(format!(
+            "{uplink} runs XDP program id {id} ({mode}), but no link is pinned at {}: another tool's program, or \
+             one that goes away with the process that holds it",
+            pin_path.display()
+        )),
+        (Some(Err(error)), _) => Some(format!("the pinned link {} cannot be read: {error}", pin_path.display())),
+        (Some(Ok(_)), Ok(None)) => Some(format!(
+            "a link is pinned at {} but {uplink} runs no XDP program (the interface was re-created?)",
+            pin_path.display()
+        )),
+        (Some(Ok(pinned)), Ok(Some((_, id)))) if pinned != id => {
+            Some(format!("the pinned link runs program id {pinned}, but {uplink} runs XDP program id {id}"))
+        }
+        (Some(Ok(_)), Ok(Some(_))) => None,
+    };
+    if let Some(problem) = problem {
+        findings.push(Finding::new("programs", object, problem, restart));
+    }
+    for (other, interface) in pins.keys().filter_map(|p| xdp::parse_pin_name(p).map(|i| (p, i))) {
+        if interface != uplink {
+            findings.push(Finding::new(
+                "programs",
+                format!("link {other}"),
+                format!("an XDP link is pinned for {interface}, which is not the uplink {uplink}"),
+                format!(
+                    "restart the agent with the right --uplink, or remove the pin: rm {}",
+                    links_dir.join(other).display()
+                ),
+            ));
+        }
     }
     findings
 }
@@ -1646,8 +1707,16 @@ fn check_programmed(
 
     let links = expected_links(plan, uplink, interfaces);
     let observed_links = observe_links(&options.pin_path, &links, interfaces);
-    report.checked.links = links.len();
-    report.findings.extend(check_links(&links, &observed_links, interfaces, &options.pin_path.join(LINKS_DIR)));
+    let links_dir = options.pin_path.join(LINKS_DIR);
+    report.findings.extend(check_links(&links, &observed_links, interfaces, &links_dir));
+    // The agent's default (`--xdp auto`) attaches XDP to any uplink but a veth; one pinned by an
+    // agent told otherwise is checked too.
+    let veth = xdp::is_veth(uplink_ifindex).unwrap_or(false);
+    let xdp_expected = !xdp::modes(XdpChoice::Auto, veth).is_empty();
+    let xdp_pinned = observed_links.pins.contains_key(&xdp::pin_name(uplink));
+    report.checked.links = links.len() + usize::from(xdp_expected || xdp_pinned);
+    let kernel_xdp = xdp::observe(uplink_ifindex).map_err(|e| format!("{e:#}"));
+    report.findings.extend(check_xdp(uplink, xdp_expected, &observed_links.pins, &kernel_xdp, &links_dir));
 }
 
 /// The VXLAN GRO anchor when the node receives VXLAN: `anchor` is None without the device, else
@@ -2103,6 +2172,35 @@ mod tests {
         assert!(
             findings[2].problem.contains("stale") && findings[2].fix.contains("rm /pins/links/ingress_caligone0000001")
         );
+    }
+
+    #[test]
+    fn the_uplinks_xdp_link_is_expected_pinned_and_running_its_program() {
+        let dir = Path::new("/pins/links");
+        let mut pins = BTreeMap::new();
+        pins.insert("ingress_eth0".to_owned(), Ok(5));
+        pins.insert(xdp::pin_name("eth0"), Ok(9));
+        assert_eq!(check_xdp("eth0", true, &pins, &Ok(Some((XdpMode::Native, 9))), dir), vec![]);
+        assert_eq!(check_xdp("eth0", true, &pins, &Ok(Some((XdpMode::Generic, 9))), dir), vec![]);
+        let other = check_xdp("eth0", true, &pins, &Ok(Some((XdpMode::Native, 10))), dir);
+        assert!(other[0].problem.contains("runs program id 9, but eth0 runs XDP program id 10"), "{other:?}");
+        let detached = check_xdp("eth0", true, &pins, &Ok(None), dir);
+        assert!(detached[0].problem.contains("runs no XDP program"), "{detached:?}");
+        pins.remove(&xdp::pin_name("eth0"));
+        let missing = check_xdp("eth0", true, &pins, &Ok(None), dir);
+        assert_eq!(objects(&missing), vec!["xdp_uplink XDP of eth0"]);
+        assert!(missing[0].problem.contains("not attached") && missing[0].fix.contains("restart the agent"));
+        assert!(check_xdp("eth0", true, &pins, &Ok(Some((XdpMode::Native, 3))), dir)[0]
+            .problem
+            .contains("no link is pinned"));
+        // A pin for another interface, and the stray-link check of the TC links leaves XDP pins alone.
+        pins.insert(xdp::pin_name("eth0"), Ok(9));
+        pins.insert(xdp::pin_name("eth1"), Ok(4));
+        let stale = check_xdp("eth0", true, &pins, &Ok(Some((XdpMode::Native, 9))), dir);
+        assert_eq!(objects(&stale), vec!["link xdp_eth1"]);
+        assert!(stale[0].fix.contains("rm /pins/links/xdp_eth1"));
+        let observed = ObservedLinks { pins, ..Default::default() };
+        assert_eq!(check_links(&BTreeMap::new(), &observed, &BTreeMap::new(), dir).len(), 1, "only ingress_eth0");
     }
 
     /// What a node attached through clsact shows: no pins, no tcx (the query fails as on 6.1),

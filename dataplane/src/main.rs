@@ -93,6 +93,11 @@ enum Command {
         /// drop with its reason, or every packet's decision.
         #[arg(long, value_enum, default_value_t = backend::bpf::KernelLog::Off)]
         kernel_log: backend::bpf::KernelLog,
+        /// XDP on the uplink, to drop refused tunnel packets before an skb exists: auto is native
+        /// where the driver has it, else generic, and none on a veth (native XDP there takes GSO
+        /// from its peer and generic defeats the VXLAN GRO anchor); or force native, generic, off.
+        #[arg(long, value_enum, default_value_t = backend::xdp::XdpChoice::Auto)]
+        xdp: backend::xdp::XdpChoice,
     },
     /// Print the routes map: every prefix, what it does, encapsulation, natOutgoing, peer node.
     Routes {
@@ -372,6 +377,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             conntrack_max,
             metrics_addr,
             kernel_log,
+            xdp,
         } => {
             let options = RunOptions {
                 datastore: datastore.datastore(Some(&node)),
@@ -386,6 +392,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 conntrack_max,
                 metrics_addr,
                 kernel_log,
+                xdp,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -41,6 +41,15 @@ pub struct Feature {
 /// The name of the tcx feature, which picks the [`AttachMethod`].
 pub const TCX: &str = "tcx (Linux 6.6+)";
 
+/// The name of the XDP feature: without it the uplink gets no XDP program.
+pub const XDP: &str = "program type xdp";
+
+/// Whether the uplink's XDP program may be attached: the probe found XDP (and [`DISABLE_ENV`]
+/// does not hide it).
+pub fn xdp_allowed(features: &[Feature]) -> bool {
+    features.iter().any(|f| f.name == XDP && f.present)
+}
+
 /// How the TC programs are attached to their hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMethod {
@@ -118,6 +127,14 @@ pub fn probe_kernel() -> Vec<Feature> {
         let present = is_helper_supported(ProgramType::SchedClassifier, helper).unwrap_or(false);
         features.push(Feature { name, present, needed_for, disabled: false, required: true });
     }
+    features.push(Feature {
+        name: XDP,
+        present: is_program_supported(ProgramType::Xdp).unwrap_or(false),
+        needed_for:
+            "dropping refused tunnel packets on the uplink before an skb exists (without it: from_uplink alone)",
+        disabled: false,
+        required: false,
+    });
     features.push(Feature {
         name: TCX,
         present: has_tcx(),
@@ -229,6 +246,16 @@ mod tests {
         // Without tcx the fast path still runs: nothing required is missing.
         assert_eq!(missing(&features), None);
         assert_eq!(AttachMethod::Clsact.to_string(), "clsact");
+    }
+
+    #[test]
+    fn xdp_is_optional_and_can_be_switched_off() {
+        let mut features = all_present();
+        features.push(Feature { name: XDP, present: true, needed_for: "x", disabled: false, required: false });
+        assert!(xdp_allowed(&features));
+        assert_eq!(disable(&mut features, "xdp"), Vec::<String>::new());
+        assert!(!xdp_allowed(&features));
+        assert_eq!(missing(&features), None, "the fast path runs without XDP");
     }
 
     #[test]

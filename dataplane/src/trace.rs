@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::Path};
 use anyhow::{bail, Context as _};
 use aya::{
     maps::{HashMap, PerCpuArray},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use dataplane_common::{
     net::{
@@ -30,13 +30,18 @@ use dataplane_common::{
     },
     peer_flags, route_flags, route_kind, workload_flags, FlowKey, FlowTimeouts, Ipv4Bytes, MacBytes, NatFlow,
     NodeConfig, Peer, Route, Stat, Workload, CONNTRACK_MAP, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_TO_POD, NODE_MAP,
-    PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, ROUTES_MAP, STATS_MAP,
-    WORKLOADS_MAP,
+    PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_XDP_UPLINK, ROUTES_MAP,
+    STATS_MAP, WORKLOADS_MAP,
 };
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::{backend::entries::RouteKey, check, model::MacAddr, routes};
+use crate::{
+    backend::{entries::RouteKey, xdp::XdpMode},
+    check,
+    model::MacAddr,
+    routes,
+};
 
 /// TC action: let the packet continue.
 pub const TC_ACT_OK: u32 = 0;
@@ -1754,6 +1759,8 @@ pub struct TraceReport {
     pub prediction: Prediction,
     /// What the program did, with `--inject`.
     pub inject: Option<Injected>,
+    /// `--from uplink` with an XDP program on the uplink: what it decides first.
+    pub xdp: Option<XdpTrace>,
 }
 
 /// The live state under `pin_path`; a missing node map is left empty (the programs then drop).
@@ -1849,7 +1856,7 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<TraceReport> {
         }
     };
     let prediction = predict(&probe, &entry, &state);
-    let inject = if options.inject {
+    let mut inject = if options.inject {
         if ifindex == 0 {
             bail!("{NODE_MAP} names no uplink: the packet has no interface to arrive on");
         }
@@ -1859,7 +1866,103 @@ pub fn run(options: &TraceOptions) -> anyhow::Result<TraceReport> {
     } else {
         None
     };
-    Ok(TraceReport { probe, entry, interface: name_of(ifindex), notes, prediction, inject })
+    let mut xdp = None;
+    if matches!(entry, Entry::Uplink { .. }) && ifindex != 0 {
+        match crate::backend::xdp::observe(ifindex) {
+            Ok(Some((mode, _))) => {
+                let (drops, stat) = xdp_decision(&prediction);
+                let mut trace = XdpTrace { mode, drops, stat, inject: None };
+                if options.inject {
+                    let packet = build_packet(&probe, &entry, &state);
+                    let (code, counters) = inject_xdp(&options.pin_path, &packet)?;
+                    let expected = if drops { XDP_DROP } else { XDP_PASS };
+                    let moved: Vec<&str> = counters.keys().copied().collect();
+                    if let Some(injected) = inject.as_mut() {
+                        if code != expected {
+                            injected
+                                .mismatches
+                                .push(format!("{PROG_XDP_UPLINK}: code {expected} expected, it returned {code}"));
+                        }
+                        if moved != [stat.name()] {
+                            injected.mismatches.push(format!(
+                                "{PROG_XDP_UPLINK}: counter {} expected, the run moved {moved:?}",
+                                stat.name()
+                            ));
+                        }
+                    }
+                    trace.inject = Some((code, counters));
+                }
+                xdp = Some(trace);
+            }
+            Ok(None) => notes.push(format!("no XDP program on the uplink: {} decides alone", prediction.program)),
+            Err(error) => notes.push(format!("the uplink's XDP state cannot be read ({error:#})")),
+        }
+    }
+    Ok(TraceReport { probe, entry, interface: name_of(ifindex), notes, prediction, inject, xdp })
+}
+
+/// What the uplink's XDP program decides before `from_uplink` sees the packet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct XdpTrace {
+    /// How it runs on the uplink.
+    #[serde(serialize_with = "serialize_display")]
+    pub mode: XdpMode,
+    /// Whether it drops the packet (else it passes it on unchanged).
+    pub drops: bool,
+    /// The counter it moves: the drop reason, or `xdp_passed`.
+    #[serde(serialize_with = "serialize_stat")]
+    pub stat: Stat,
+    /// With `--inject`: the XDP program's return code and the counters its run moved.
+    pub inject: Option<(u32, BTreeMap<&'static str, u64>)>,
+}
+
+fn serialize_display<S: serde::Serializer, T: fmt::Display>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&value.to_string())
+}
+
+/// XDP's return codes (`enum xdp_action`).
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+/// `xdp_uplink`: it refuses what `tunnel::classify` refuses, which `from_uplink` drops with the
+/// same reason (a tunnel fragment, a non-peer, a wrong VNI; malformed headers, which a trace's
+/// packets never have), and passes everything else on. Returns whether it drops, and its counter.
+pub fn xdp_decision(prediction: &Prediction) -> (bool, Stat) {
+    match prediction.stat {
+        stat @ (Stat::DropTunnelFragment | Stat::DropUnknownPeer | Stat::DropWrongVni) => (true, stat),
+        _ => (false, Stat::XdpPassed),
+    }
+}
+
+/// Runs `packet` through `xdp_uplink` with the live routes, peers and node maps and a fresh
+/// stats map; returns its return code and the counters it moved.
+pub fn inject_xdp(pin_path: &Path, packet: &[u8]) -> anyhow::Result<(u32, BTreeMap<&'static str, u64>)> {
+    let mut loader = crate::backend::bpf::loader(crate::backend::bpf::KernelLog::Off);
+    for name in [ROUTES_MAP, PEERS_MAP, NODE_MAP] {
+        loader.map_pin_path(name, pin_path.join(name));
+    }
+    let mut ebpf =
+        loader.load(crate::backend::bpf::object()).context("loading the kernel programs with the pinned maps")?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROG_XDP_UPLINK)
+        .with_context(|| format!("program {PROG_XDP_UPLINK} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("program {PROG_XDP_UPLINK} is not an XDP program"))?;
+    prog.load().with_context(|| format!("verifying program {PROG_XDP_UPLINK}"))?;
+    let result = prog
+        .test_run(TestRunOptions { data_in: Some(packet), ..Default::default() })
+        .with_context(|| format!("BPF_PROG_TEST_RUN of {PROG_XDP_UPLINK}"))?;
+    let map = ebpf.map(STATS_MAP).context("the object has no stats map")?;
+    let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map).context("the stats map has an unexpected layout")?;
+    let mut counters = BTreeMap::new();
+    for stat in Stat::ALL {
+        let total: u64 =
+            stats.get(&stat.index(), 0).with_context(|| format!("reading counter {}", stat.name()))?.iter().sum();
+        if total > 0 {
+            counters.insert(stat.name(), total);
+        }
+    }
+    Ok((result.return_value, counters))
 }
 
 /// The report for a person.
@@ -1879,6 +1982,23 @@ pub fn text(report: &TraceReport) -> String {
         Fragment::Later => out.push_str("        later fragment (offset > 0)\n"),
     }
     let hook = if matches!(report.entry, Entry::Host | Entry::IntoPod { .. }) { "egress" } else { "ingress" };
+    if let Some(xdp) = &report.xdp {
+        let what = if xdp.drops {
+            format!("drops it before an skb exists ({}); {} below never sees it", xdp.stat.name(), p.program)
+        } else {
+            format!("passes it on unchanged ({}) to {}", xdp.stat.name(), p.program)
+        };
+        out.push_str(&format!("xdp: {PROG_XDP_UPLINK} ({} XDP of {}) {what}\n", xdp.mode, report.interface));
+        if let Some((code, counters)) = &xdp.inject {
+            let counters: Vec<String> = counters.iter().map(|(name, n)| format!("{name} +{n}")).collect();
+            let action = match *code {
+                XDP_DROP => "drop".to_owned(),
+                XDP_PASS => "pass".to_owned(),
+                other => format!("code {other}"),
+            };
+            out.push_str(&format!("  xdp inject: {action}, counters: {}\n", counters.join(", ")));
+        }
+    }
     out.push_str(&format!("program: {} (TC {hook} of {})\n", p.program, report.interface));
     for note in &report.notes {
         out.push_str(&format!("note: {note}\n"));

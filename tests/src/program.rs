@@ -7,13 +7,14 @@
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
-    programs::{tc::SchedClassifier, TestRun, TestRunOptions},
+    programs::{tc::SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use dataplane::{backend::entries, datastore::file, plan};
 use dataplane_common::{
     FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Stat, Workload, CONNTRACK_MAP, NODE_MAP, PEERS_MAP,
-    PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP,
+    WORKLOADS_MAP,
 };
 
 /// TC verdict: let the packet continue.
@@ -22,6 +23,10 @@ pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 /// TC verdict: redirected by a helper.
 pub const TC_ACT_REDIRECT: u32 = 7;
+/// XDP verdict: drop (`XDP_DROP`).
+pub const XDP_DROP: u32 = 1;
+/// XDP verdict: on to the stack (`XDP_PASS`).
+pub const XDP_PASS: u32 = 2;
 
 /// Interface of the tested workload: BPF_PROG_TEST_RUN runs skbs on the loopback (ifindex 1).
 pub const TESTED_IFINDEX: u32 = 1;
@@ -127,6 +132,8 @@ impl Node {
                 ebpf.program_mut(program).expect("program exists").try_into().expect("classifier");
             program.load().expect("the verifier accepts the program");
         }
+        let xdp: &mut Xdp = ebpf.program_mut(PROG_XDP_UPLINK).expect("program exists").try_into().expect("XDP");
+        xdp.load().expect("the verifier accepts the XDP program");
         let mut node: Array<_, NodeConfig> = Array::try_from(ebpf.map_mut(NODE_MAP).unwrap()).unwrap();
         node.set(0, desired.node, 0).unwrap();
         let mut routes: LpmTrie<_, Ipv4Bytes, Route> = LpmTrie::try_from(ebpf.map_mut(ROUTES_MAP).unwrap()).unwrap();
@@ -151,6 +158,17 @@ impl Node {
         let result = program
             .test_run(TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() })
             .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    /// Runs the uplink's XDP program on `packet`; returns the XDP verdict and the output frame.
+    pub fn run_xdp(&self, packet: &[u8]) -> (u32, Vec<u8>) {
+        let program: &Xdp = self.ebpf.program(PROG_XDP_UPLINK).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = program
+            .test_run(TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() })
+            .expect("BPF_PROG_TEST_RUN of the XDP program");
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
     }

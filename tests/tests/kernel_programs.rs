@@ -12,7 +12,7 @@ use dataplane_common::{
 use dataplane_tests::{
     packet::{be16, fixture::*, ipv4_checksum, set_ipv4_checksum, Packet},
     program::CLUSTER,
-    program::{skip_unless_root, Node, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    program::{skip_unless_root, Node, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
 };
 
 /// A UDP packet from pod A to `dst`, as it leaves the pod.
@@ -449,4 +449,126 @@ fn host_traffic_to_a_remote_block_is_encapsulated_on_the_uplink_egress() {
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(again, out);
     assert_eq!(node.stat(Stat::EgressUnchanged), 1);
+}
+
+/// Each tunnel packet `from_uplink` refuses: XDP drops it first, with the same counter.
+#[test]
+fn xdp_drops_every_tunnel_packet_from_uplink_refuses_with_its_reason() {
+    if skip_unless_root() {
+        return;
+    }
+    let vxlan = vxlan_to_node(PEER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A);
+    let mut fragment = vxlan.clone();
+    fragment[20] |= 0x20;
+    set_ipv4_checksum(&mut fragment, ETH_HLEN);
+    let mut no_vni_flag = vxlan.clone();
+    no_vni_flag[ETH_HLEN + 20 + 8] = 0;
+    let mut inner_not_ipv4 = vxlan.clone();
+    inner_not_ipv4[ETH_HLEN + 20 + 8 + 8 + 12] = 0x86;
+    let mut inner_too_long = vxlan.clone();
+    let inner = ETH_HLEN + VXLAN_ENCAP_LEN;
+    inner_too_long[inner + 2..inner + 4].copy_from_slice(&2000u16.to_be_bytes());
+    let ipip_stranger = Packet::eth(UPLINK_MAC, UPLINK_MAC)
+        .ipv4(STRANGER, NODE, 4)
+        .ipv4(REMOTE_POD, POD_A, IPPROTO_UDP)
+        .udp(1, 2)
+        .finish();
+    let cases: [(&str, Vec<u8>, Stat, bool); 9] = [
+        (
+            "VXLAN from a non-peer",
+            vxlan_to_node(STRANGER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A),
+            Stat::DropUnknownPeer,
+            false,
+        ),
+        ("VXLAN with another VNI", vxlan_to_node(PEER, 4097, REMOTE_POD, POD_A), Stat::DropWrongVni, false),
+        ("VXLAN without the VNI flag", no_vni_flag, Stat::DropWrongVni, false),
+        ("a first fragment of VXLAN", fragment, Stat::DropTunnelFragment, false),
+        ("VXLAN cut inside its VXLAN header", vxlan[..ETH_HLEN + 20 + 8 + 4].to_vec(), Stat::DropMalformed, false),
+        ("VXLAN cut inside its inner IPv4 header", vxlan[..inner + 10].to_vec(), Stat::DropMalformed, false),
+        ("VXLAN carrying no IPv4", inner_not_ipv4, Stat::DropMalformed, false),
+        ("VXLAN whose inner length overruns the frame", inner_too_long, Stat::DropMalformed, false),
+        ("IPIP from a non-peer", ipip_stranger, Stat::DropUnknownPeer, true),
+    ];
+    for (what, packet, reason, ipip) in cases {
+        let node = if ipip { Node::with_cluster("node-1", &ipip_cluster()) } else { Node::new("node-1") };
+        let (verdict, _) = node.run_xdp(&packet);
+        assert_eq!(verdict, XDP_DROP, "{what}");
+        let counted: Vec<(Stat, u64)> = Stat::ALL.iter().copied().zip(node.stats()).filter(|(_, n)| *n > 0).collect();
+        assert_eq!(counted, vec![(reason, 1)], "{what}");
+        // The TC program refuses it for the same reason.
+        let (verdict, _) = node.run(PROG_FROM_UPLINK, &packet);
+        assert_eq!((verdict, node.stat(reason)), (TC_ACT_SHOT, 2), "{what}");
+    }
+}
+
+/// What XDP does not refuse goes on unchanged, counted once as passed: a peer's tunnel packets
+/// (decapsulated by TC after it), the host's own traffic, ARP and a later fragment.
+#[test]
+fn xdp_passes_everything_else_unchanged() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut later = vxlan_to_node(STRANGER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A);
+    later[20] = 0x00;
+    later[21] = 0x10;
+    set_ipv4_checksum(&mut later, ETH_HLEN);
+    let cases: [(&str, Vec<u8>, Stat); 5] = [
+        ("a peer's VXLAN", vxlan_to_node(PEER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A), Stat::DecapVxlan),
+        (
+            "UDP to the node itself",
+            Packet::eth(UPLINK_MAC, UPLINK_MAC)
+                .ipv4(STRANGER, NODE, IPPROTO_UDP)
+                .udp(53, 5353)
+                .payload(b"dns")
+                .finish(),
+            Stat::PassToStack,
+        ),
+        (
+            "a stranger's VXLAN to another address",
+            Packet::eth(UPLINK_MAC, UPLINK_MAC)
+                .ipv4(STRANGER, EXTERNAL, IPPROTO_UDP)
+                .udp(50000, CALICO_VXLAN_PORT)
+                .vxlan(CALICO_VXLAN_VNI, PEER_VTEP_MAC, NODE_VTEP_MAC)
+                .ipv4(REMOTE_POD, POD_A, IPPROTO_UDP)
+                .udp(1, 2)
+                .finish(),
+            Stat::PassToStack,
+        ),
+        ("a later fragment of a stranger's VXLAN", later, Stat::PassToStack),
+        ("ARP", Packet::eth(UPLINK_MAC, [0xff; 6]).arp_request(UPLINK_MAC, PEER, NODE).finish(), Stat::PassToStack),
+    ];
+    for (what, packet, tc_stat) in cases {
+        let node = Node::new("node-1");
+        let (verdict, out) = node.run_xdp(&packet);
+        assert_eq!(verdict, XDP_PASS, "{what}");
+        assert_eq!(out, packet, "{what}: XDP changes nothing");
+        assert_eq!(node.stat(Stat::XdpPassed), 1, "{what}");
+        let (_, _) = node.run(PROG_FROM_UPLINK, &packet);
+        assert_eq!(node.stat(tc_stat), 1, "{what}: TC decides as without XDP");
+        let total: u64 = node.stats().iter().sum();
+        assert_eq!(total, 2, "{what}: one count per program run");
+    }
+}
+
+/// Each inner flow keeps its own outer UDP source port, as with the kernel's vxlan device: the
+/// underlay's ECMP and RSS spread flows by it. The same flow always gets the same port.
+#[test]
+fn each_inner_flow_gets_its_own_vxlan_source_port() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("node-1");
+    let port_of = |src_port: u16| {
+        let packet = Packet::eth(POD_A_MAC, GATEWAY_MAC)
+            .ipv4(POD_A, REMOTE_POD, IPPROTO_UDP)
+            .udp(src_port, 5201)
+            .payload(b"one of many flows")
+            .finish();
+        let (verdict, out) = node.run(PROG_FROM_WORKLOAD, &packet);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        be16(&out, ETH_HLEN + 20)
+    };
+    let ports: std::collections::BTreeSet<u16> = (40000..40016).map(port_of).collect();
+    assert!(ports.len() >= 12, "16 inner flows got only {} outer source ports: {ports:?}", ports.len());
+    assert_eq!(port_of(40003), port_of(40003), "one flow, one port");
 }

@@ -5,7 +5,8 @@
 //! stranger) and random ones, then mutates them: truncation at every layer and anywhere, bit
 //! flips, wrong versions, IHLs and lengths, fragments, IP options, bad checksums, random VNIs.
 //! Every case runs through one program of one node whose maps persist across cases (conntrack
-//! fills up as it would), and every output is checked against the rules in [`check`].
+//! fills up as it would), and every output is checked against the rules in [`check`]. What
+//! `from_uplink` gets, the uplink's XDP program gets first, held to [`check_xdp`].
 //!
 //! The seed is fixed so a failure reproduces; `DATAPLANE_FUZZ_CASES=N` runs longer and
 //! `DATAPLANE_FUZZ_SEED=N` explores elsewhere. Needs root (CAP_BPF).
@@ -20,11 +21,11 @@ use dataplane_common::{
         ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, UDP_HLEN, VXLAN_HLEN,
     },
     FlowKey, NatFlow, Stat, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_TO_POD, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD,
-    PROG_TO_UPLINK, PROG_TO_WORKLOAD,
+    PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_XDP_UPLINK,
 };
 use dataplane_tests::{
     packet::{fixture::*, ipv4_checksum, Packet},
-    program::{skip_unless_root, Node, NAT_PORTS, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    program::{skip_unless_root, Node, NAT_PORTS, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
 };
 use proptest::{
     collection::vec,
@@ -614,6 +615,20 @@ fn check(run: &Run) -> Result<(), String> {
     Ok(())
 }
 
+/// XDP drops only what `from_uplink` drops, for the same reason; and what only the tunnel
+/// decision refuses (a non-peer, a wrong VNI, a tunnel fragment), it always drops.
+fn check_xdp(xdp_drop: Option<Stat>, tc_verdict: u32, tc_stat: Stat) -> Result<(), String> {
+    match xdp_drop {
+        Some(reason) if tc_verdict != TC_ACT_SHOT || tc_stat != reason => {
+            Err(format!("dropped ({}) what from_uplink decides otherwise ({})", reason.name(), tc_stat.name()))
+        }
+        None if matches!(tc_stat, Stat::DropUnknownPeer | Stat::DropWrongVni | Stat::DropTunnelFragment) => {
+            Err(format!("passed what from_uplink refuses ({})", tc_stat.name()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Every translated flow has both its entries, each keyed as its flow says, with a translated
 /// port from the range or the pod's own; flows opened towards a pod are keyed by the pod's side.
 fn check_conntrack(entries: &[(FlowKey, NatFlow)]) -> Result<(), String> {
@@ -675,6 +690,9 @@ struct Tally {
     /// Tunnel packets from a peer whose inner IPv4 header is cut, decapsulated and handed to the
     /// kernel as they are (it drops them) instead of being counted as malformed.
     cut_inner_passed: u64,
+    /// Runs of the XDP program, and how many it dropped.
+    xdp_runs: u64,
+    xdp_drops: u64,
 }
 
 /// One node, its counters as last read, and the tally.
@@ -692,7 +710,44 @@ impl Fuzzer {
             self.tally.refused += 1;
             return Ok(None);
         }
+        // The uplink's XDP program sees the packet first; the TC program still runs on it, so
+        // that what XDP drops is compared with what TC decides.
+        let xdp = if program == PROG_FROM_UPLINK { Some(self.run_xdp(packet)?) } else { None };
         let (verdict, output) = self.node.run(program, packet);
+        let stat = self.counted(program)?;
+        if let Some(xdp) = xdp {
+            check_xdp(xdp, verdict, stat)
+                .map_err(|rule| format!("{PROG_XDP_UPLINK}: {rule}\n  in:  {}", hex(packet)))?;
+        }
+        *self.tally.stats.entry(stat.name()).or_default() += 1;
+        if matches!(stat, Stat::DecapVxlan | Stat::DecapIpip) && announces_a_cut_header(packet) {
+            self.tally.cut_inner_passed += 1;
+        }
+        check(&Run { program, input: packet, verdict, output: &output, stat, peers: &self.peers })
+            .map_err(|rule| format!("{program}: {rule}\n  in:  {}\n  out: {}", hex(packet), hex(&output)))?;
+        Ok(Some((output, stat)))
+    }
+
+    /// Runs `packet` through the XDP program: it never changes a packet, and counts each run once.
+    /// Returns the counter it moved if it dropped the packet (None: passed).
+    fn run_xdp(&mut self, packet: &[u8]) -> Result<Option<Stat>, String> {
+        let (verdict, output) = self.node.run_xdp(packet);
+        let stat = self.counted(PROG_XDP_UPLINK)?;
+        self.tally.xdp_runs += 1;
+        let fail = |rule: String| format!("{PROG_XDP_UPLINK}: {rule}\n  in:  {}", hex(packet));
+        match verdict {
+            XDP_PASS if stat == Stat::XdpPassed && output == packet => Ok(None),
+            XDP_PASS => Err(fail(format!("passed counted as {}, or changed", stat.name()))),
+            XDP_DROP if stat.is_drop() => {
+                self.tally.xdp_drops += 1;
+                Ok(Some(stat))
+            }
+            other => Err(fail(format!("verdict {other} counted as {}", stat.name()))),
+        }
+    }
+
+    /// The one counter the last run of `program` moved, by exactly one; the tally of runs.
+    fn counted(&mut self, program: &'static str) -> Result<Stat, String> {
         let stats = self.node.stats();
         let moved: Vec<(Stat, u64)> = Stat::ALL
             .iter()
@@ -709,17 +764,11 @@ impl Fuzzer {
                 return Err(format!("{program}: counters moved {moved:?}, not exactly one by one"));
             }
         };
-        *self.tally.stats.entry(stat.name()).or_default() += 1;
-        if matches!(stat, Stat::DecapVxlan | Stat::DecapIpip) && announces_a_cut_header(packet) {
-            self.tally.cut_inner_passed += 1;
-        }
         let total: u64 = self.last_stats.iter().sum();
         if total != self.tally.total {
-            return Err(format!("stats total {total} after {} packets", self.tally.total));
+            return Err(format!("stats total {total} after {} program runs", self.tally.total));
         }
-        check(&Run { program, input: packet, verdict, output: &output, stat, peers: &self.peers })
-            .map_err(|rule| format!("{program}: {rule}\n  in:  {}\n  out: {}", hex(packet), hex(&output)))?;
-        Ok(Some((output, stat)))
+        Ok(stat)
     }
 
     /// A case: the packet, and for a translated flow the reply from outside (and a damaged copy).
@@ -847,10 +896,12 @@ fn fuzz_packets() {
         fuzzer.tally.refused,
         fuzzer.tally.cut_inner_passed
     );
+    eprintln!("{PROG_XDP_UPLINK}: {} runs, {} dropped", fuzzer.tally.xdp_runs, fuzzer.tally.xdp_drops);
     if let Err(failure) = result {
         panic!("{failure}\n(reproduce with DATAPLANE_FUZZ_SEED={seed})");
     }
     check_conntrack(&conntrack).unwrap();
+    assert!(fuzzer.tally.xdp_drops > 0 && fuzzer.tally.xdp_drops < fuzzer.tally.xdp_runs, "XDP both drops and passes");
     // The generator reaches the paths it is meant to reach; a fuzzer stuck on drops proves little.
     for stat in [
         Stat::EncapVxlan,

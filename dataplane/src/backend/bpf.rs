@@ -25,14 +25,14 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
-        LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp,
     },
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
     FlowKey, FlowTimeouts, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAP, NODE_MAP, PEERS_MAP,
-    PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, ROUTES_MAP, STATS_MAP,
-    WORKLOADS_MAP,
+    PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK,
+    ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 use tracing::{info, warn};
 
@@ -43,6 +43,7 @@ use super::{
     host_routes::{self, HostRoutes},
     veth::PeerMacs,
     vxlan_anchor::{self, VxlanAnchor, ANCHOR_DEVICE},
+    xdp::{self, XdpChoice, XdpMode},
 };
 use crate::{
     plan::{Plan, RouteTarget},
@@ -150,6 +151,10 @@ pub struct BpfBackend {
     programmed: Option<Box<Programmed>>,
     /// How many times the maps have been read whole from the kernel.
     map_dumps: u64,
+    /// The uplink ifindex the XDP program was attached to (or found unattachable on), and how.
+    xdp: Option<(u32, XdpMode)>,
+    /// How the XDP program may be attached.
+    xdp_choice: XdpChoice,
 }
 
 /// Reads the programs' aya-log ring buffer whenever it has records and writes them to the log
@@ -199,12 +204,13 @@ struct Attachment {
 
 impl BpfBackend {
     /// Loads the programs, creating or adopting the pinned maps under `pin_path`; `method` says
-    /// how they will attach; with kernel logs on, their records are forwarded to the agent's log
-    /// (target `dataplane::kernel`). `conntrack_max` sizes the conntrack map when it is created
+    /// how they will attach, `xdp_choice` how the uplink gets its XDP program; with kernel logs
+    /// on, their records are forwarded to the agent's log (target `dataplane::kernel`). `conntrack_max` sizes the conntrack map when it is created
     /// (None: the object's CONNTRACK_MAX_ENTRIES); a pinned map keeps the size it was made with.
     pub fn load(
         pin_path: &Path,
         method: AttachMethod,
+        xdp_choice: XdpChoice,
         log: KernelLog,
         conntrack_max: Option<u32>,
     ) -> anyhow::Result<Self> {
@@ -239,6 +245,18 @@ impl BpfBackend {
                 .with_context(|| format!("program {name} is not a TC classifier"))?;
             program.load().with_context(|| format!("verifying program {name}"))?;
         }
+        // XDP only adds an earlier drop of what from_uplink refuses: a kernel that cannot load it
+        // keeps the TC path (said once, here).
+        let xdp: &mut Xdp = ebpf
+            .program_mut(PROG_XDP_UPLINK)
+            .with_context(|| format!("program {PROG_XDP_UPLINK} missing from the object"))?
+            .try_into()
+            .with_context(|| format!("program {PROG_XDP_UPLINK} is not an XDP program"))?;
+        if xdp_choice == XdpChoice::Off {
+            info!(xdp = %XdpMode::None, "XDP off (--xdp off, or the probe reports none): from_uplink alone refuses tunnel packets");
+        } else if let Err(error) = xdp.load() {
+            warn!(program = PROG_XDP_UPLINK, xdp = %XdpMode::None, error = %error, "the kernel refuses the XDP program; the TC programs do its work");
+        }
         crate::sys::create_private_dir(&pin_path.join(LINKS_DIR))?;
         // One netlink connection for the routes, the pods' MACs and the anchor.
         let handle = super::netlink::connect()?;
@@ -253,6 +271,8 @@ impl BpfBackend {
             anchor: VxlanAnchor::new(handle),
             programmed: None,
             map_dumps: 0,
+            xdp: None,
+            xdp_choice,
         })
     }
 
@@ -333,9 +353,26 @@ impl BpfBackend {
                 report.attached += 1;
             }
         }
+        // XDP on the uplink, by a pinned link whichever way the TC programs attach.
+        if self.xdp.map(|(ifindex, _)| ifindex) != Some(uplink_ifindex) {
+            let links = self.pin_path.join(LINKS_DIR);
+            // XDP only adds an earlier drop: a failure here leaves the TC path, which does the same.
+            let mode = match xdp::attach(&mut self.ebpf, &links, uplink, uplink_ifindex, self.xdp_choice) {
+                Ok(mode) => mode,
+                Err(error) => {
+                    warn!(interface = %uplink, xdp = %XdpMode::None, "attaching XDP failed: {error:#}");
+                    XdpMode::None
+                }
+            };
+            self.xdp = Some((uplink_ifindex, mode));
+            if mode != XdpMode::None {
+                report.attached += 1;
+            }
+        }
+        let xdp_pin = self.xdp.filter(|(_, mode)| *mode != XdpMode::None).map(|_| xdp::pin_name(uplink));
         report.detached = match self.method {
-            AttachMethod::Tcx => self.remove_stale_links(&wanted.keys().cloned().collect())?,
-            AttachMethod::Clsact => self.remove_stale_filters(&wanted)?,
+            AttachMethod::Tcx => self.remove_stale_links(&wanted.keys().cloned().chain(xdp_pin.clone()).collect())?,
+            AttachMethod::Clsact => self.remove_stale_filters(&wanted, xdp_pin.as_deref())?,
         };
         self.took_over = true;
         match anchor {
@@ -364,6 +401,11 @@ impl BpfBackend {
         report.written += written;
         report.removed += removed;
         Ok(report)
+    }
+
+    /// How the XDP program runs on the uplink (`none` before the first apply).
+    pub fn xdp_mode(&self) -> XdpMode {
+        self.xdp.map_or(XdpMode::None, |(_, mode)| mode)
     }
 
     /// Deletes expired natOutgoing flows (the kernel also ignores them; this frees the space).
@@ -508,7 +550,11 @@ impl BpfBackend {
     /// Removes our filters no longer wanted. The first time, that is every filter of ours in the
     /// network namespace outside `wanted`, and every pinned tcx link (an earlier agent's); then,
     /// the hooks this agent attached that left the plan.
-    fn remove_stale_filters(&mut self, wanted: &BTreeMap<String, Attachment>) -> anyhow::Result<usize> {
+    fn remove_stale_filters(
+        &mut self,
+        wanted: &BTreeMap<String, Attachment>,
+        xdp_pin: Option<&str>,
+    ) -> anyhow::Result<usize> {
         let mut removed = 0;
         if !self.took_over {
             let keep: Vec<(u32, TcAttachType)> = wanted.values().map(|a| (a.ifindex, a.direction)).collect();
@@ -517,6 +563,10 @@ impl BpfBackend {
             let dir = self.pin_path.join(LINKS_DIR);
             for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
                 let entry = entry?;
+                // The XDP link is pinned whichever way the TC programs attach.
+                if xdp_pin.is_some_and(|pin| entry.file_name() == pin) {
+                    continue;
+                }
                 remove_pin(&entry.path())?;
                 info!(link = %entry.file_name().to_string_lossy(), "detached an earlier agent's tcx link");
                 removed += 1;
@@ -566,7 +616,18 @@ pub fn link_pin_name(direction: TcAttachType, interface: &str) -> String {
         TcAttachType::Egress => "egress",
         _ => "ingress",
     };
-    format!("{hook}_{}", interface.replace('%', "%25").replace('.', "%2e"))
+    format!("{hook}_{}", escape_pin_name(interface))
+}
+
+/// An interface name as a pin name may hold it: bpffs refuses dots, so dots (and `%`) are
+/// %-escaped.
+pub fn escape_pin_name(interface: &str) -> String {
+    interface.replace('%', "%25").replace('.', "%2e")
+}
+
+/// The interface name of [`escape_pin_name`]'s result (%2e first, then %25).
+pub fn unescape_pin_name(escaped: &str) -> String {
+    escaped.replace("%2e", ".").replace("%25", "%")
 }
 
 /// Makes one map hold `desired`, given that it holds `programmed`: writes and removes only the
@@ -601,7 +662,7 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
 }
 
-fn remove_pin(path: &Path) -> anyhow::Result<()> {
+pub(super) fn remove_pin(path: &Path) -> anyhow::Result<()> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -265,6 +265,18 @@ pub fn detach_all_except(
 /// Sends one rtnetlink request and collects the traffic-control messages of its reply; fails
 /// with the kernel's error (as an `io::Error` carrying the errno).
 fn request(message: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<TcMessage>> {
+    Ok(rtnetlink_request(message, flags)?
+        .into_iter()
+        .filter_map(|reply| match reply {
+            RouteNetlinkMessage::NewTrafficFilter(tc) | RouteNetlinkMessage::NewQueueDiscipline(tc) => Some(tc),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Sends one rtnetlink request synchronously and collects the messages of its reply; fails with
+/// the kernel's error (as an `io::Error` carrying the errno).
+pub(super) fn rtnetlink_request(message: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
@@ -294,9 +306,7 @@ fn request(message: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<TcMessage
                         Some(_) => Err(error.to_io()),
                     }
                 }
-                NetlinkPayload::InnerMessage(
-                    RouteNetlinkMessage::NewTrafficFilter(tc) | RouteNetlinkMessage::NewQueueDiscipline(tc),
-                ) => replies.push(tc),
+                NetlinkPayload::InnerMessage(message) => replies.push(message),
                 _ => {}
             }
             if length == 0 {

@@ -10,3 +10,4 @@ pub mod netlink;
 pub mod nftables;
 pub mod veth;
 pub mod vxlan_anchor;
+pub mod xdp;

@@ -2,7 +2,8 @@
 //! one run, in four parts, each printed as it runs:
 //!
 //! 1. `packet`: per-packet cost of every decision path with BPF_PROG_TEST_RUN, beside an empty TC
-//!    program ([`packet`]).
+//!    program, and of the uplink's XDP program beside an empty XDP program, with a non-peer VXLAN
+//!    flood dropped at XDP and at TC ([`packet`]).
 //! 2. `lpm`: the VXLAN encap path's cost as the routes map grows to a million prefixes.
 //! 3. `control`: the agent on a real etcd programming N blocks from an empty start, one change
 //!    and a burst from the etcd put to the pinned map, and its peak memory ([`control`]).
@@ -89,10 +90,20 @@ fn main() -> anyhow::Result<()> {
              {} rounds x {} BPF_PROG_TEST_RUN calls",
             effort.rounds, effort.calls
         );
-        println!("    (no XDP program exists in the project yet: TC programs only)");
         results.repeat_probe = Some(packet::repeat_probe()?);
         results.paths = packet::decision_paths(effort)?;
         println!("\n{}", report::paths_table(&results.paths));
+        println!("==> The uplink's XDP program beside the empty XDP program; a non-peer VXLAN flood at XDP and at TC");
+        for (name, translated, jitted) in packet::program_sizes()? {
+            println!(
+                "  {name}: {} instructions ({translated} bytes) translated, {jitted} bytes JIT-compiled",
+                translated / 8
+            );
+        }
+        results.xdp = packet::xdp_paths(effort.rounds)?;
+        let frames = if quick { 200_000 } else { 1_000_000 };
+        results.flood = Some(packet::non_peer_flood(frames, effort.rounds)?);
+        println!("\n{}", report::xdp_tables(&results.xdp, results.flood.as_ref()));
         write(&results, &dir, &options, started, &load_before)?;
     }
     if run(Part::Lpm) {

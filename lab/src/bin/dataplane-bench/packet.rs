@@ -14,6 +14,10 @@
 //!
 //! Every case checks that it took the path it is named after: the verdict of every call, and the
 //! path's stats counter grown by exactly the number of calls.
+//!
+//! The uplink's XDP program is measured beside an empty XDP program ([`xdp_paths`]; it never
+//! rewrites a packet, so one call with a large `repeat` is valid), and a flood of VXLAN from a
+//! non-peer is dropped at XDP and at TC in frames per second on one core ([`non_peer_flood`]).
 
 use std::{
     io,
@@ -24,11 +28,12 @@ use std::{
 use anyhow::{ensure, Context as _};
 use aya::{
     maps::{lpm_trie::Key, HashMap, LpmTrie},
-    programs::tc::SchedClassifier,
+    programs::{tc::SchedClassifier, TcAttachType, Xdp},
 };
 use dataplane_common::{
     net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, GATEWAY_ADDR, GATEWAY_MAC, IPPROTO_IPIP, IPPROTO_UDP},
-    FlowKey, Ipv4Bytes, NatFlow, Route, Stat, CONNTRACK_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, ROUTES_MAP,
+    FlowKey, Ipv4Bytes, NatFlow, Route, Stat, CONNTRACK_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_XDP_UPLINK,
+    ROUTES_MAP,
 };
 use dataplane_tests::{
     packet::{fixture::*, Packet},
@@ -41,6 +46,17 @@ use crate::stats::median;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+/// `XDP_PASS`, the empty XDP program's verdict.
+const XDP_PASS: u32 = 2;
+/// `XDP_DROP`.
+const XDP_DROP: u32 = 1;
+/// BPF_PROG_TEST_RUN's flag that turns an XDP test run into a packet generator: every run is a
+/// fresh frame from a page pool, whose verdict the kernel carries out (a passed frame becomes an
+/// skb received on the context's interface; a dropped one goes back to the pool).
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+/// `repeat` of one call of the XDP per-packet cost.
+const XDP_REPEAT: u32 = 100_000;
 /// Room for what a program adds to a packet (the biggest is VXLAN's 50 bytes).
 const OUT_HEADROOM: usize = 256;
 /// UDP port of the external service in the NAT cases.
@@ -128,19 +144,28 @@ pub struct EmptyProgram {
 impl EmptyProgram {
     /// Loads the empty classifier with the `bpf` syscall.
     pub fn load() -> anyhow::Result<Self> {
-        // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm TC_ACT_OK; then BPF_JMP | BPF_EXIT.
+        Self::load_raw(BPF_PROG_TYPE_SCHED_CLS, TC_ACT_OK, b"bench_empty").context("the empty TC program")
+    }
+
+    /// Loads the empty XDP program, `r0 = XDP_PASS; exit`: the XDP baseline.
+    pub fn load_xdp() -> anyhow::Result<Self> {
+        Self::load_raw(BPF_PROG_TYPE_XDP, XDP_PASS, b"bench_empty_xdp").context("the empty XDP program")
+    }
+
+    fn load_raw(program_type: u32, verdict: u32, name: &[u8]) -> anyhow::Result<Self> {
+        // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm verdict; then BPF_JMP | BPF_EXIT.
         let mut instructions = [0u8; 16];
         instructions[0] = 0xb7;
-        instructions[4..8].copy_from_slice(&(TC_ACT_OK as i32).to_ne_bytes());
+        instructions[4..8].copy_from_slice(&(verdict as i32).to_ne_bytes());
         instructions[8] = 0x95;
         let license = c"GPL";
         let mut attr = Attr::default();
-        attr.put_u32(0, BPF_PROG_TYPE_SCHED_CLS);
+        attr.put_u32(0, program_type);
         attr.put_u32(4, 2);
         attr.put_u64(8, instructions.as_ptr() as u64);
         attr.put_u64(16, license.as_ptr() as u64);
-        attr.put_name(48, b"bench_empty");
-        let fd = bpf(BPF_PROG_LOAD, &mut attr).context("loading the empty TC program (BPF_PROG_LOAD)")?;
+        attr.put_name(48, name);
+        let fd = bpf(BPF_PROG_LOAD, &mut attr).context("BPF_PROG_LOAD")?;
         // SAFETY: BPF_PROG_LOAD returned a new file descriptor that nothing else owns.
         Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd as i32) } })
     }
@@ -195,6 +220,37 @@ fn test_run(program: BorrowedFd<'_>, packet: &[u8], out: &mut [u8], repeat: u32)
     Ok((attr.get_u32(4), attr.get_u32(36)))
 }
 
+/// One live-frames `BPF_PROG_TEST_RUN` call of an XDP program: `frames` frames of `packet`
+/// arriving on `ifindex`. Returns the wall time of the call.
+fn live_frames(program: BorrowedFd<'_>, packet: &[u8], ifindex: u32, frames: u32) -> io::Result<std::time::Duration> {
+    // struct xdp_md: data, data_end (the frame's length), data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    let mut ctx = [0u32; 6];
+    ctx[1] = packet.len() as u32;
+    ctx[3] = ifindex;
+    let mut attr = Attr::default();
+    attr.put_u32(0, program.as_raw_fd() as u32);
+    attr.put_u32(8, packet.len() as u32);
+    attr.put_u64(16, packet.as_ptr() as u64);
+    attr.put_u32(32, frames);
+    attr.put_u32(40, std::mem::size_of_val(&ctx) as u32);
+    attr.put_u64(48, ctx.as_ptr() as u64);
+    attr.put_u32(64, BPF_F_TEST_XDP_LIVE_FRAMES);
+    let started = Instant::now();
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(started.elapsed())
+}
+
+/// The XDP program of `node`, as a file descriptor to test-run.
+fn xdp_fd(node: &Node) -> anyhow::Result<BorrowedFd<'_>> {
+    let program: &Xdp = node
+        .ebpf
+        .program(PROG_XDP_UPLINK)
+        .with_context(|| format!("no program {PROG_XDP_UPLINK}"))?
+        .try_into()
+        .with_context(|| format!("{PROG_XDP_UPLINK} is not an XDP program"))?;
+    Ok(program.fd().with_context(|| format!("{PROG_XDP_UPLINK} is not loaded"))?.as_fd())
+}
+
 /// The program `name` of `node`, as a file descriptor to test-run.
 fn program_fd<'a>(node: &'a Node, name: &str) -> anyhow::Result<BorrowedFd<'a>> {
     let program: &SchedClassifier = node
@@ -245,6 +301,18 @@ fn from_external(port: u16, payload: &[u8]) -> Vec<u8> {
 fn vxlan_from_peer(payload: &[u8]) -> Vec<u8> {
     Packet::eth(UPLINK_MAC, UPLINK_MAC)
         .ipv4(PEER, NODE, IPPROTO_UDP)
+        .udp(50000, CALICO_VXLAN_PORT)
+        .vxlan(CALICO_VXLAN_VNI, PEER_VTEP_MAC, NODE_VTEP_MAC)
+        .ipv4(REMOTE_POD, POD_A, IPPROTO_UDP)
+        .udp(5201, 40000)
+        .payload(payload)
+        .finish()
+}
+
+/// The same from a node that is no peer.
+fn vxlan_from_stranger(payload: &[u8]) -> Vec<u8> {
+    Packet::eth(UPLINK_MAC, UPLINK_MAC)
+        .ipv4(STRANGER, NODE, IPPROTO_UDP)
         .udp(50000, CALICO_VXLAN_PORT)
         .vxlan(CALICO_VXLAN_VNI, PEER_VTEP_MAC, NODE_VTEP_MAC)
         .ipv4(REMOTE_POD, POD_A, IPPROTO_UDP)
@@ -572,6 +640,186 @@ pub fn lpm_scale(counts: &[usize], effort: Effort) -> anyhow::Result<Vec<LpmCost
         results.push(cost);
     }
     Ok(results)
+}
+
+/// The per-packet cost of one XDP decision (or of the TC program on the same frame, for
+/// comparison), beside its empty program in the same rounds; each round one call of
+/// [`XDP_REPEAT`] runs (valid: neither program changes the packet).
+#[derive(Clone, Debug)]
+pub struct XdpCost {
+    /// What the packet is and what the program decides.
+    pub path: &'static str,
+    /// The program.
+    pub program: &'static str,
+    /// The frame, in bytes.
+    pub frame: usize,
+    /// Median ns per run.
+    pub ns: f64,
+    /// The empty program of the same type (XDP or TC), same frame, same rounds.
+    pub empty_ns: f64,
+}
+
+/// Measures the uplink's XDP program on what it passes and what it drops beside the empty XDP
+/// program, and `from_uplink` on the same non-peer VXLAN beside the empty TC program.
+pub fn xdp_paths(rounds: usize) -> anyhow::Result<Vec<XdpCost>> {
+    let node = Node::new("node-1");
+    let empty_xdp = EmptyProgram::load_xdp()?;
+    let empty_tc = EmptyProgram::load()?;
+    let xdp = xdp_fd(&node)?;
+    let tc = program_fd(&node, PROG_FROM_UPLINK)?;
+    let stranger = sized(114, vxlan_from_stranger);
+    type XdpCase = (&'static str, bool, Vec<u8>, u32, Stat);
+    let cases: Vec<XdpCase> = vec![
+        ("pass: a peer's VXLAN", true, sized(114, vxlan_from_peer), XDP_PASS, Stat::XdpPassed),
+        ("pass: not a tunnel packet", true, sized(SMALL, |p| from_external(6000, p)), XDP_PASS, Stat::XdpPassed),
+        ("drop: VXLAN from a non-peer", true, stranger.clone(), XDP_DROP, Stat::DropUnknownPeer),
+        ("drop at TC: the same VXLAN from a non-peer", false, stranger, TC_ACT_SHOT, Stat::DropUnknownPeer),
+    ];
+    let mut results = Vec::new();
+    for (path, is_xdp, packet, verdict, stat) in cases {
+        let (program, empty) = if is_xdp { (xdp, empty_xdp.fd.as_fd()) } else { (tc, empty_tc.fd.as_fd()) };
+        let mut out = vec![0u8; packet.len() + OUT_HEADROOM];
+        let before = node.stat(stat);
+        let (mut runs, mut empty_runs) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let (_, ns) = test_run(empty, &packet, &mut out, XDP_REPEAT).context("empty program loop")?;
+            empty_runs.push(f64::from(ns));
+            let (got, ns) = test_run(program, &packet, &mut out, XDP_REPEAT).with_context(|| path.to_owned())?;
+            ensure!(got == verdict, "{path}: verdict {got}, expected {verdict}");
+            runs.push(f64::from(ns));
+        }
+        let grown = node.stat(stat) - before;
+        ensure!(grown == rounds as u64 * u64::from(XDP_REPEAT), "{path}: {stat:?} grew by {grown}");
+        let program = if is_xdp { PROG_XDP_UPLINK } else { PROG_FROM_UPLINK };
+        let cost = XdpCost { path, program, frame: packet.len(), ns: median(&runs), empty_ns: median(&empty_runs) };
+        println!("  {path}: {:.1} ns per run, empty {:.1} ns", cost.ns, cost.empty_ns);
+        results.push(cost);
+    }
+    Ok(results)
+}
+
+/// Each program's size as the kernel holds it: (name, translated bytes, JIT-compiled bytes).
+/// A BPF instruction is 8 bytes (16 for a 64-bit load), so the first is a bound on the work of a path.
+pub fn program_sizes() -> anyhow::Result<Vec<(&'static str, u32, u32)>> {
+    let node = Node::new("node-1");
+    let mut sizes = Vec::new();
+    for name in [PROG_FROM_WORKLOAD, PROG_FROM_UPLINK, dataplane_common::PROG_TO_UPLINK, PROG_XDP_UPLINK] {
+        let info = node.ebpf.program(name).with_context(|| format!("no program {name}"))?.info()?;
+        sizes.push((name, info.size_translated().unwrap_or(0), info.size_jitted()));
+    }
+    Ok(sizes)
+}
+
+/// A non-peer VXLAN flood dropped at XDP and at TC, in frames per second on one core.
+#[derive(Clone, Debug)]
+pub struct FloodRate {
+    /// Frames per live-frames call.
+    pub frames: u32,
+    /// Rounds (each one call of each).
+    pub rounds: usize,
+    /// The frame, in bytes.
+    pub frame: usize,
+    /// Median frames per second dropped by `xdp_uplink`.
+    pub xdp_pps: f64,
+    /// Median frames per second dropped by `from_uplink` (passed by the empty XDP program).
+    pub tc_pps: f64,
+    /// Median frames per second of an XDP program that drops everything at once: the generator's
+    /// own ceiling.
+    pub ceiling_pps: f64,
+    /// Median over the rounds of the round's XDP rate over its TC rate (the two run back to back,
+    /// so a busy neighbour slows both alike).
+    pub ratio: f64,
+}
+
+/// A network namespace of the bench's own, deleted on drop.
+struct BenchNetns(String);
+
+impl Drop for BenchNetns {
+    fn drop(&mut self) {
+        let _ = dataplane_lab::cmd::run(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+/// Generates a flood of VXLAN from a non-peer with BPF_PROG_TEST_RUN's live frames on one core,
+/// arriving on a veth in a namespace of its own whose TC ingress runs `from_uplink`: once through
+/// `xdp_uplink` (which drops each frame before an skb exists), once through the empty XDP program
+/// (each frame becomes an skb, received on the veth, dropped by `from_uplink`). Same generator,
+/// same frames, same maps; the difference is the skb and the stack up to TC.
+pub fn non_peer_flood(frames: u32, rounds: usize) -> anyhow::Result<FloodRate> {
+    let netns = BenchNetns(format!("dpl-bench-{:x}", std::process::id()));
+    dataplane_lab::cmd::run(&["ip", "netns", "add", &netns.0])?;
+    dataplane_lab::cmd::run(&[
+        "ip", "-n", &netns.0, "link", "add", "bench0", "type", "veth", "peer", "name", "bench1",
+    ])?;
+    for device in ["bench0", "bench1"] {
+        dataplane_lab::cmd::run(&["ip", "-n", &netns.0, "link", "set", device, "up"])?;
+    }
+    let path = dataplane_lab::cmd::netns_path(&netns.0);
+    let measure = std::thread::spawn(move || -> anyhow::Result<FloodRate> {
+        use std::os::fd::AsRawFd as _;
+        let handle = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: setns(2) on a valid descriptor; it moves only this thread.
+        if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!("setns({path}): {}", io::Error::last_os_error());
+        }
+        // One core: the generator, the programs and the stack all run on the calling CPU.
+        // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c"bench0".as_ptr()) };
+        ensure!(ifindex != 0, "bench0 missing in the bench namespace");
+        let mut node = Node::new("node-1");
+        {
+            let tc: &mut SchedClassifier =
+                node.ebpf.program_mut(PROG_FROM_UPLINK).context("no from_uplink")?.try_into()?;
+            tc.attach("bench0", TcAttachType::Ingress).context("attaching from_uplink to bench0")?;
+        }
+        let empty = EmptyProgram::load_xdp()?;
+        let drop_all = EmptyProgram::load_raw(BPF_PROG_TYPE_XDP, XDP_DROP, b"bench_xdp_drop")?;
+        let packet = sized(114, vxlan_from_stranger);
+        let xdp = xdp_fd(&node)?;
+        let before = node.stat(Stat::DropUnknownPeer);
+        let (mut xdp_rates, mut tc_rates, mut ceiling, mut ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let took = live_frames(drop_all.fd.as_fd(), &packet, ifindex, frames).context("live frames, drop all")?;
+            ceiling.push(f64::from(frames) / took.as_secs_f64());
+            let took = live_frames(xdp, &packet, ifindex, frames).context("live frames through xdp_uplink")?;
+            xdp_rates.push(f64::from(frames) / took.as_secs_f64());
+            let took = live_frames(empty.fd.as_fd(), &packet, ifindex, frames).context("live frames to from_uplink")?;
+            tc_rates.push(f64::from(frames) / took.as_secs_f64());
+            ratios.push(xdp_rates[xdp_rates.len() - 1] / tc_rates[tc_rates.len() - 1]);
+        }
+        // Every frame was dropped as a non-peer's: once by XDP, once by TC.
+        let grown = node.stat(Stat::DropUnknownPeer) - before;
+        let expected = 2 * rounds as u64 * u64::from(frames);
+        ensure!(grown == expected, "drop_unknown_peer grew by {grown}, expected {expected}");
+        Ok(FloodRate {
+            frames,
+            rounds,
+            frame: packet.len(),
+            xdp_pps: median(&xdp_rates),
+            tc_pps: median(&tc_rates),
+            ceiling_pps: median(&ceiling),
+            ratio: median(&ratios),
+        })
+    });
+    let rate = measure.join().map_err(|_| anyhow::anyhow!("the flood thread panicked"))??;
+    println!(
+        "  non-peer VXLAN flood, {} frames x {} rounds: XDP drops {:.2} Mpps, TC drops {:.2} Mpps ({:.1}x); \
+         a drop-everything XDP program {:.2} Mpps",
+        rate.frames,
+        rate.rounds,
+        rate.xdp_pps / 1e6,
+        rate.tc_pps / 1e6,
+        rate.ratio,
+        rate.ceiling_pps / 1e6
+    );
+    drop(netns);
+    Ok(rate)
 }
 
 fn routes_len_hint(addr: &[u8; 4], len: u8) -> String {

@@ -7,7 +7,7 @@ use plotters::prelude::*;
 
 use crate::{
     control::{quantile, ControlCost},
-    packet::{LpmCost, PathCost, RepeatProbe, LARGE, SMALL},
+    packet::{FloodRate, LpmCost, PathCost, RepeatProbe, XdpCost, LARGE, SMALL},
     stats::ratio,
     throughput::{PathResult, Test, Throughput, CLIENT, SERVER},
 };
@@ -27,6 +27,47 @@ pub struct Results {
     pub control_build: &'static str,
     /// Lab throughput.
     pub throughput: Option<Throughput>,
+    /// The uplink's XDP program per packet.
+    pub xdp: Vec<XdpCost>,
+    /// The non-peer VXLAN flood at XDP and at TC.
+    pub flood: Option<FloodRate>,
+}
+
+/// The XDP per-packet table and the flood's rates.
+pub fn xdp_tables(xdp: &[XdpCost], flood: Option<&FloodRate>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| packet and decision | program | frame (B) | ns/packet | empty (ns) | / empty | above empty (ns) |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+    for c in xdp {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1} | {:.1} | **{:.2}** | {:.1} |",
+            c.path,
+            c.program,
+            c.frame,
+            c.ns,
+            c.empty_ns,
+            ratio(c.ns, c.empty_ns),
+            c.ns - c.empty_ns
+        );
+    }
+    if let Some(f) = flood {
+        let _ = writeln!(
+            out,
+            "\nNon-peer VXLAN flood ({}-byte frames, live frames, one core, median of {} rounds of {} frames): dropped at XDP {:.2} Mpps, at TC {:.2} Mpps; XDP / TC, median of the rounds' ratios: **{:.1}x**. An XDP program that drops everything at once (the generator's ceiling): {:.2} Mpps.",
+            f.frame,
+            f.rounds,
+            f.frames,
+            f.xdp_pps / 1e6,
+            f.tc_pps / 1e6,
+            f.ratio,
+            f.ceiling_pps / 1e6
+        );
+    }
+    out
 }
 
 /// The per-packet table.
@@ -247,6 +288,12 @@ pub fn markdown(results: &Results, header: &str) -> String {
                 );
             }
         }
+        out.push('\n');
+    }
+    if !results.xdp.is_empty() {
+        let _ = writeln!(out, "## The uplink's XDP program\n");
+        let _ = writeln!(out, "Per packet: one call of `repeat = 100000` per round (neither program changes the packet), beside the empty program of the same type on the same frame. Flood: BPF_PROG_TEST_RUN live frames on a veth whose TC ingress runs from_uplink, through xdp_uplink (dropped at XDP) and through the empty XDP program (each frame becomes an skb that from_uplink drops).\n");
+        out.push_str(&xdp_tables(&results.xdp, results.flood.as_ref()));
         out.push('\n');
     }
     if !results.lpm.is_empty() {
