@@ -36,7 +36,6 @@ const SUITE: &str = "bookworm";
 /// debootstrap's smallest variant: the Essential packages and apt.
 const VARIANT: &str = "minbase";
 /// The mirror debootstrap fetches the base from (later apt runs use the host's sources).
-const MIRROR: &str = "http://deb.debian.org/debian";
 /// What a machine needs before `cargo xtask setup` can run at all, since setup is itself a Rust
 /// program that cargo links: rustup's own prerequisites. (cargo's HTTPS also needs CA
 /// certificates: the host's bundle is mounted, see [`ROOT_CA_BUNDLE`].)
@@ -110,7 +109,8 @@ fn run_steps(options: &Options, steps: &mut Steps) -> anyhow::Result<()> {
     private_mount_namespace()?;
     let host = Host::find()?;
 
-    steps.run("host packages", "the check's own prerequisites: debootstrap", || setup::ensure_packages(HOST_PACKAGES))?;
+    steps
+        .run("host packages", "the check's own prerequisites: debootstrap", || setup::ensure_packages(HOST_PACKAGES))?;
     let key = base_key(&debootstrap_version()?);
     let base = steps.run("base", &format!("Debian {SUITE} {VARIANT} + {}", names(BASE_INCLUDE).join(" ")), || {
         ensure_base(cache, &key, options.no_cache)
@@ -290,7 +290,7 @@ fn debootstrap_args(dir: &Path) -> Vec<String> {
         format!("--include={}", names(BASE_INCLUDE).join(",")),
         SUITE.to_owned(),
         dir.display().to_string(),
-        MIRROR.to_owned(),
+        setup::DEBIAN_MIRROR.to_owned(),
     ]
 }
 
@@ -320,23 +320,7 @@ fn ensure_base(cache: &Path, key: &str, fresh: bool) -> anyhow::Result<PathBuf> 
     let log = cache.join("debootstrap.log");
     let args = debootstrap_args(&partial);
     say(&format!("    $ debootstrap {}  (log: {}; about 1-2 minutes)", args.join(" "), log.display()));
-    let log_file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let status = Command::new("debootstrap")
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file)
-        .status()
-        .context("cannot run debootstrap")?;
-    if !status.success() {
-        let text = fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
-        bail!(
-            "debootstrap failed ({status}): is {MIRROR} reachable? Its log ({}) ends:\n{}",
-            log.display(),
-            tail.join("\n")
-        );
-    }
+    setup::debootstrap(&args, &[], &log)?;
     fs::rename(&partial, &base).with_context(|| format!("renaming {} to {}", partial.display(), base.display()))?;
     fs::write(&stamp, key).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(base)

@@ -18,7 +18,6 @@ use std::{
     io::{self, Write},
     os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::Instant,
 };
 
@@ -46,7 +45,6 @@ pub const IMAGE_NAME: &str = "ghcr.io/dataplane/dataplane";
 pub const AGENT_PATH: &str = "usr/local/bin/dataplane";
 /// Debian's suite the image is made of, and where its packages come from.
 const SUITE: &str = "bookworm";
-const MIRROR: &str = "http://deb.debian.org/debian";
 /// Packages beyond minbase, each with why: the tools an operator runs in the pod.
 const ROOTFS_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip: routes, neighbours, links as the agent programmed them"),
@@ -187,8 +185,9 @@ fn check_manifests(root: &Path) -> anyhow::Result<()> {
 fn base_recipe() -> String {
     let packages: Vec<&str> = ROOTFS_PACKAGES.iter().map(|(name, _)| *name).collect();
     format!(
-        "debootstrap --variant=minbase --include={} {SUITE} {MIRROR}; strip {}; recipe {BASE_RECIPE_VERSION}",
+        "debootstrap --variant=minbase --include={} {SUITE} {}; strip {}; recipe {BASE_RECIPE_VERSION}",
         packages.join(","),
+        setup::DEBIAN_MIRROR,
         STRIPPED.join(",")
     )
 }
@@ -215,27 +214,14 @@ fn base_rootfs(out: &Path, rebuild: bool) -> anyhow::Result<PathBuf> {
     let packages: Vec<&str> = ROOTFS_PACKAGES.iter().map(|(name, _)| *name).collect();
     say(&format!("debootstrap {SUITE} minbase + {} (about 2-4 minutes; cached afterwards)", packages.join(" ")));
     let log = out.join("debootstrap.log");
-    let log_file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let status = Command::new("debootstrap")
-        .args(["--variant=minbase", &format!("--include={}", packages.join(","))])
-        .arg(SUITE)
-        .arg(&scratch)
-        .arg(MIRROR)
-        .env("SOURCE_DATE_EPOCH", EPOCH.to_string())
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().context("duplicating the log's descriptor")?)
-        .stderr(log_file)
-        .status()
-        .context("cannot run debootstrap")?;
-    if !status.success() {
-        let text = fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
-        bail!(
-            "debootstrap failed ({status}); check that {MIRROR} is reachable. Last lines of {}:\n{}",
-            log.display(),
-            tail.join("\n")
-        );
-    }
+    let args = [
+        "--variant=minbase".to_owned(),
+        format!("--include={}", packages.join(",")),
+        SUITE.to_owned(),
+        scratch.display().to_string(),
+        setup::DEBIAN_MIRROR.to_owned(),
+    ];
+    setup::debootstrap(&args, &[("SOURCE_DATE_EPOCH", EPOCH.to_string())], &log)?;
     for path in STRIPPED {
         let path = scratch.join(path);
         match fs::symlink_metadata(&path) {
@@ -493,6 +479,8 @@ fn say(line: &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::process::Command;
+
     use super::*;
 
     #[test]

@@ -564,6 +564,32 @@ pub fn ensure_packages(packages: &[(&'static str, &str)]) -> anyhow::Result<()> 
     install_packages(&missing)
 }
 
+/// Debian's mirror of the project's root file systems (the clean room's and the image's).
+pub(crate) const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// Runs `debootstrap ARGS` with `env`, its output in `log`; on failure quotes the log's last lines.
+pub(crate) fn debootstrap(args: &[String], env: &[(&str, String)], log: &Path) -> anyhow::Result<()> {
+    let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let status = Command::new("debootstrap")
+        .args(args)
+        .envs(env.iter().map(|(name, value)| (name, value)))
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().context("duplicating the log's descriptor")?)
+        .stderr(log_file)
+        .status()
+        .context("cannot run debootstrap")?;
+    if !status.success() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        bail!(
+            "debootstrap failed ({status}): is {DEBIAN_MIRROR} reachable? Last lines of {}:\n{}",
+            log.display(),
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        );
+    }
+    Ok(())
+}
+
 /// Fails, naming the packages and the command to install them, when Debian packages are missing
 /// and this does not run as root. Runs before every other check, so that it is the first thing a
 /// non-root user reads.
