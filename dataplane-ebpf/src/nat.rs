@@ -200,8 +200,10 @@ pub fn outbound(ctx: &TcContext, node: &NodeConfig, ip: &mut Ipv4Hdr, new_flows:
         _ => return Ok(Verdict::pass()),
     };
     rewrite(ctx, &t, ip.src, flow.nat_addr, t.src_port_offset, flow.pod_port, flow.nat_port)?;
+    ip.check = csum::update(ip.check, &ip.src, &flow.nat_addr);
     ip.src = flow.nat_addr;
-    route::decrement_ttl(ctx, IP_OFFSET, ip)?;
+    route::forward(ip)?;
+    write(ctx, IP_OFFSET, ip)?;
     route::to_uplink(node, stat)
 }
 
@@ -238,8 +240,10 @@ pub fn inbound(ctx: &TcContext, node: &NodeConfig, ip: &Ipv4Hdr) -> Outcome {
     }
     rewrite(ctx, &t, ip.dst, reverse.pod_addr, t.dst_port_offset, reverse.nat_port, reverse.pod_port)?;
     let mut ip = *ip;
+    ip.check = csum::update(ip.check, &ip.dst, &reverse.pod_addr);
     ip.dst = reverse.pod_addr;
-    route::decrement_ttl(ctx, IP_OFFSET, &mut ip)?;
+    route::forward(&mut ip)?;
+    write(ctx, IP_OFFSET, &ip)?;
     route::to_workload(ctx, &route, Stat::ReverseNat)
 }
 
@@ -308,7 +312,9 @@ fn icmp_error_inbound(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome {
     write(ctx, port_offset, &new_port)?;
 
     let mut outer = *ip;
+    outer.check = csum::update(outer.check, &outer.dst, &reverse.pod_addr);
     outer.dst = reverse.pod_addr;
-    route::decrement_ttl(ctx, IP_OFFSET, &mut outer)?;
+    route::forward(&mut outer)?;
+    write(ctx, IP_OFFSET, &outer)?;
     route::to_workload(ctx, &route, Stat::ReverseNat)
 }
