@@ -187,10 +187,10 @@ pub fn outbound(ctx: &TcContext, node: &NodeConfig, ip: &mut Ipv4Hdr, new_flows:
         return Ok(Verdict::pass());
     };
     let now = conntrack::now();
-    let (flow, stat) = match conntrack::lookup(&t.flow.key(FLOW_OUTBOUND)) {
-        Some(flow) if !conntrack::expired(&flow, now, node) && flow.nat_addr == node.addr => {
-            conntrack::touch(&flow, t.flow.tcp_flags, false, now);
-            (flow, Stat::SnatEstablished)
+    let (flow, stat) = match conntrack::live(&t.flow.key(FLOW_OUTBOUND), now, node) {
+        Some(entry) if entry.nat_addr == node.addr => {
+            conntrack::touch(entry, t.flow.tcp_flags, false, now);
+            (*entry, Stat::SnatEstablished)
         }
         _ if new_flows && opens_flow(&t) && !conntrack::opened_towards_pod(&t.flow, node, now) => {
             (conntrack::create(ctx, &t.flow, node, now)?, Stat::SnatNew)
@@ -228,9 +228,9 @@ pub fn inbound(ctx: &TcContext, node: &NodeConfig, ip: &Ipv4Hdr) -> Outcome {
     };
     // Age and state live on the outbound entry.
     let now = conntrack::now();
-    match conntrack::lookup(&conntrack::outbound_key(&reverse)) {
-        Some(flow) if !conntrack::expired(&flow, now, node) => conntrack::touch(&flow, t.flow.tcp_flags, true, now),
-        _ => return Ok(Verdict::pass()),
+    match conntrack::live(&conntrack::outbound_key(&reverse), now, node) {
+        Some(entry) => conntrack::touch(entry, t.flow.tcp_flags, true, now),
+        None => return Ok(Verdict::pass()),
     }
     let Some(route) = route::lookup(reverse.pod_addr) else {
         return Ok(Verdict::pass());
