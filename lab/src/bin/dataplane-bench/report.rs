@@ -283,7 +283,10 @@ pub fn markdown(results: &Results, header: &str) -> String {
         let _ = writeln!(out, "Small frames left, full frames right; ratio to the empty TC program measured on a frame of the same length in the same rounds. Chart: `packet.svg`.\n");
         out.push_str(&paths_table(&results.paths));
         if results.paths.iter().any(|p| p.baseline_ns.is_some()) {
-            let _ = writeln!(out, "\nThe same paths on the baseline build (`--baseline-object`), measured in the same rounds:\n");
+            let _ = writeln!(
+                out,
+                "\nThe same paths on the baseline build (`--baseline-object`), measured in the same rounds:\n"
+            );
             out.push_str(&baseline_table(&results.paths));
         }
         if let Some(probe) = &results.repeat_probe {
