@@ -54,6 +54,36 @@ pub const IPIP_ENCAP_LEN: usize = IPV4_HLEN;
 pub const VXLAN_SRC_PORT_MIN: u16 = 32768;
 /// One past the highest UDP source port of VXLAN packets.
 pub const VXLAN_SRC_PORT_MAX: u16 = 61000;
+/// Seed of [`flow_hash`], so that its value differs from a plain mix of the addresses.
+pub const FLOW_HASH_SEED: u32 = 0x9e37_79b9;
+
+/// A hash of an inner flow (addresses, the transport ports as the four bytes that follow the
+/// IPv4 header, protocol) for the VXLAN source port when the stack has not hashed the packet: a
+/// few multiplies, where the kernel's flow dissector (`bpf_get_hash_recalc`) parses the whole
+/// packet again. Each input word goes through murmur3's 32-bit finaliser, so that flows that
+/// differ in one port spread over the whole range.
+pub const fn flow_hash(src: [u8; 4], dst: [u8; 4], ports: [u8; 4], protocol: u8) -> u32 {
+    let mut hash = mix32(u32::from_ne_bytes(src) ^ FLOW_HASH_SEED);
+    hash = mix32(hash ^ u32::from_ne_bytes(dst));
+    mix32(hash ^ u32::from_ne_bytes(ports) ^ protocol as u32)
+}
+
+/// murmur3's 32-bit finaliser: every input bit moves about half of the output bits.
+const fn mix32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x85eb_ca6b);
+    x ^= x >> 13;
+    x = x.wrapping_mul(0xc2b2_ae35);
+    x ^ (x >> 16)
+}
+
+/// The VXLAN UDP source port of a flow with `hash`, in `VXLAN_SRC_PORT_MIN..VXLAN_SRC_PORT_MAX`:
+/// scaled by a multiply and a shift as the kernel's `udp_flow_src_port` does (no division).
+pub const fn vxlan_src_port(hash: u32) -> u16 {
+    let range = (VXLAN_SRC_PORT_MAX - VXLAN_SRC_PORT_MIN) as u64;
+    VXLAN_SRC_PORT_MIN + ((hash as u64 * range) >> 32) as u16
+}
+
 /// The largest inner packet a tunnel with `encap_len` bytes of headers carries over an uplink
 /// of `uplink_mtu` (Calico's 1450 for VXLAN and 1480 for IPIP on a 1500-byte uplink): the MTU the
 /// netlink fallback gives its tunnel devices and the host's routes to remote blocks carry, and the
@@ -114,3 +144,42 @@ pub const ARP_ETH_IPV4_LEN: usize = 28;
 pub const GATEWAY_ADDR: [u8; 4] = [169, 254, 1, 1];
 /// The MAC of every workload interface on the host side, and of the gateway.
 pub const GATEWAY_MAC: [u8; ETH_ALEN] = [0xee; ETH_ALEN];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vxlan_source_ports_stay_in_the_kernels_range() {
+        for hash in [0, 1, u32::MAX / 2, u32::MAX - 1, u32::MAX] {
+            let port = vxlan_src_port(hash);
+            assert!((VXLAN_SRC_PORT_MIN..VXLAN_SRC_PORT_MAX).contains(&port), "hash {hash:#x} -> port {port}");
+        }
+        assert_eq!(vxlan_src_port(0), VXLAN_SRC_PORT_MIN);
+        assert_eq!(vxlan_src_port(u32::MAX), VXLAN_SRC_PORT_MAX - 1);
+    }
+
+    #[test]
+    fn flows_that_differ_in_one_field_get_their_own_source_port() {
+        let (src, dst) = ([10, 244, 1, 2], [10, 244, 2, 2]);
+        let port = |src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, protocol: u8| {
+            let sport = sport.to_be_bytes();
+            let dport = dport.to_be_bytes();
+            vxlan_src_port(flow_hash(src, dst, [sport[0], sport[1], dport[0], dport[1]], protocol))
+        };
+        // The same flow, the same port: the underlay keeps its packets in order.
+        assert_eq!(port(src, dst, 40000, 5201, IPPROTO_TCP), port(src, dst, 40000, 5201, IPPROTO_TCP));
+        let mut ports = [0u16; 64];
+        for (i, slot) in ports.iter_mut().enumerate() {
+            *slot = port(src, dst, 40000 + i as u16, 5201, IPPROTO_TCP);
+        }
+        ports.sort_unstable();
+        let distinct = 1 + ports.windows(2).filter(|pair| pair[0] != pair[1]).count();
+        assert!(distinct >= 62, "64 source ports gave {distinct} outer ports");
+        let base = port(src, dst, 40000, 5201, IPPROTO_TCP);
+        assert_ne!(base, port(src, dst, 40000, 5202, IPPROTO_TCP), "destination port");
+        assert_ne!(base, port(src, [10, 244, 2, 3], 40000, 5201, IPPROTO_TCP), "destination address");
+        assert_ne!(base, port([10, 244, 1, 3], dst, 40000, 5201, IPPROTO_TCP), "source address");
+        assert_ne!(base, port(src, dst, 40000, 5201, IPPROTO_UDP), "protocol");
+    }
+}

@@ -90,12 +90,23 @@ pub fn lookup(key: &FlowKey) -> Option<NatFlow> {
     CONNTRACK.get_ptr(key).map(|flow| unsafe { *flow })
 }
 
-/// Records a packet of `flow` on its outbound entry: age, and the state the TCP flags imply.
+/// The entry under `key` in place, if it is there and has not outlived its timeout: the one
+/// lookup both for the check and for [`touch`].
 #[inline(always)]
-pub fn touch(flow: &NatFlow, tcp_flags: u8, is_reply: bool, now: u64) {
-    let Some(entry) = CONNTRACK.get_ptr_mut(&outbound_key(flow)) else { return };
-    // SAFETY: the pointer comes from a successful lookup; racing CPUs only race on a timestamp.
+pub fn live(key: &FlowKey, now: u64, node: &NodeConfig) -> Option<&'static mut NatFlow> {
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: the pointer comes from a successful lookup and stays valid for the program's run
+    // (map values are freed after an RCU grace period); racing CPUs only race on a timestamp.
     let entry = unsafe { &mut *entry };
+    if expired(entry, now, node) {
+        return None;
+    }
+    Some(entry)
+}
+
+/// Records a packet on a flow's outbound `entry`: age, and the state the TCP flags imply.
+#[inline(always)]
+pub fn touch(entry: &mut NatFlow, tcp_flags: u8, is_reply: bool, now: u64) {
     entry.last_seen_ns = now;
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         entry.state = flow_state::CLOSING;

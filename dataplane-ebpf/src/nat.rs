@@ -187,10 +187,10 @@ pub fn outbound(ctx: &TcContext, node: &NodeConfig, ip: &mut Ipv4Hdr, new_flows:
         return Ok(Verdict::pass());
     };
     let now = conntrack::now();
-    let (flow, stat) = match conntrack::lookup(&t.flow.key(FLOW_OUTBOUND)) {
-        Some(flow) if !conntrack::expired(&flow, now, node) && flow.nat_addr == node.addr => {
-            conntrack::touch(&flow, t.flow.tcp_flags, false, now);
-            (flow, Stat::SnatEstablished)
+    let (flow, stat) = match conntrack::live(&t.flow.key(FLOW_OUTBOUND), now, node) {
+        Some(entry) if entry.nat_addr == node.addr => {
+            conntrack::touch(entry, t.flow.tcp_flags, false, now);
+            (*entry, Stat::SnatEstablished)
         }
         _ if new_flows && opens_flow(&t) && !conntrack::opened_towards_pod(&t.flow, node, now) => {
             (conntrack::create(ctx, &t.flow, node, now)?, Stat::SnatNew)
@@ -200,8 +200,10 @@ pub fn outbound(ctx: &TcContext, node: &NodeConfig, ip: &mut Ipv4Hdr, new_flows:
         _ => return Ok(Verdict::pass()),
     };
     rewrite(ctx, &t, ip.src, flow.nat_addr, t.src_port_offset, flow.pod_port, flow.nat_port)?;
+    ip.check = csum::update(ip.check, &ip.src, &flow.nat_addr);
     ip.src = flow.nat_addr;
-    route::decrement_ttl(ctx, IP_OFFSET, ip)?;
+    route::forward(ip)?;
+    write(ctx, IP_OFFSET, ip)?;
     route::to_uplink(node, stat)
 }
 
@@ -226,9 +228,9 @@ pub fn inbound(ctx: &TcContext, node: &NodeConfig, ip: &Ipv4Hdr) -> Outcome {
     };
     // Age and state live on the outbound entry.
     let now = conntrack::now();
-    match conntrack::lookup(&conntrack::outbound_key(&reverse)) {
-        Some(flow) if !conntrack::expired(&flow, now, node) => conntrack::touch(&flow, t.flow.tcp_flags, true, now),
-        _ => return Ok(Verdict::pass()),
+    match conntrack::live(&conntrack::outbound_key(&reverse), now, node) {
+        Some(entry) => conntrack::touch(entry, t.flow.tcp_flags, true, now),
+        None => return Ok(Verdict::pass()),
     }
     let Some(route) = route::lookup(reverse.pod_addr) else {
         return Ok(Verdict::pass());
@@ -238,8 +240,10 @@ pub fn inbound(ctx: &TcContext, node: &NodeConfig, ip: &Ipv4Hdr) -> Outcome {
     }
     rewrite(ctx, &t, ip.dst, reverse.pod_addr, t.dst_port_offset, reverse.nat_port, reverse.pod_port)?;
     let mut ip = *ip;
+    ip.check = csum::update(ip.check, &ip.dst, &reverse.pod_addr);
     ip.dst = reverse.pod_addr;
-    route::decrement_ttl(ctx, IP_OFFSET, &mut ip)?;
+    route::forward(&mut ip)?;
+    write(ctx, IP_OFFSET, &ip)?;
     route::to_workload(ctx, &route, Stat::ReverseNat)
 }
 
@@ -308,7 +312,9 @@ fn icmp_error_inbound(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome {
     write(ctx, port_offset, &new_port)?;
 
     let mut outer = *ip;
+    outer.check = csum::update(outer.check, &outer.dst, &reverse.pod_addr);
     outer.dst = reverse.pod_addr;
-    route::decrement_ttl(ctx, IP_OFFSET, &mut outer)?;
+    route::forward(&mut outer)?;
+    write(ctx, IP_OFFSET, &outer)?;
     route::to_workload(ctx, &route, Stat::ReverseNat)
 }

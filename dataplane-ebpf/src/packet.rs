@@ -1,9 +1,10 @@
 //! Header layouts and the only place the programs read or write packet bytes.
 //!
-//! The TC programs go through `bpf_skb_load_bytes`/`bpf_skb_store_bytes` (via [`TcContext`]),
-//! which the kernel bounds-checks against the packet, linear or not; the XDP program reads its
-//! (linear) frame directly between `data` and `data_end`. Either way a read past the end fails
-//! and the caller turns that into a counted drop. Multi-byte fields are kept as byte arrays in
+//! The TC programs read and write the linear packet data between `data` and `data_end` directly
+//! where the bytes are there (headers nearly always are), and go through
+//! `bpf_skb_load_bytes`/`bpf_skb_store_bytes` (via [`TcContext`]) otherwise, which reach paged
+//! data too; the XDP program reads its (linear) frame directly. Either way an access past the end
+//! fails and the caller turns that into a counted drop. Multi-byte fields are kept as byte arrays in
 //! network order so no field is ever read with the wrong endianness or alignment.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
@@ -123,9 +124,9 @@ pub struct ArpEthIpv4 {
     pub tpa: Ipv4Bytes,
 }
 
-/// Past this offset a read always takes the helper: a bound the verifier needs to accept a
+/// Past this offset a read or write always takes the helper: a bound the verifier needs to accept a
 /// variable offset into the packet (every header the programs read lies well inside it).
-const DIRECT_READ_LIMIT: usize = 512;
+const DIRECT_ACCESS_LIMIT: usize = 512;
 
 /// Reads a `T` at `offset`; a packet too short for it is malformed.
 ///
@@ -135,7 +136,7 @@ const DIRECT_READ_LIMIT: usize = 512;
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Stat> {
     let start = ctx.data();
-    if offset < DIRECT_READ_LIMIT && start + offset + core::mem::size_of::<T>() <= ctx.data_end() {
+    if offset < DIRECT_ACCESS_LIMIT && start + offset + core::mem::size_of::<T>() <= ctx.data_end() {
         // SAFETY: the span lies inside the linear packet data (checked just above, as the verifier
         // demands); headers have no alignment in a frame, hence the unaligned read.
         return Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
@@ -143,9 +144,21 @@ pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Stat> {
     ctx.load::<T>(offset).map_err(|_| Stat::DropMalformed)
 }
 
-/// Writes `value` at `offset` (the offset was validated by an earlier read of the same span).
+/// Writes `value` at `offset`: straight into the linear data when the span is there, else through
+/// `bpf_skb_store_bytes`. A helper call costs about as much as a map lookup here (the bench's
+/// probes), and a packet's path writes two or three headers.
+///
+/// Direct writes are safe on a cloned skb: for a program that writes packet data, the verifier
+/// adds a prologue that makes the head private first (`bpf_unclone_prologue`).
 #[inline(always)]
 pub fn write<T: Copy>(ctx: &TcContext, offset: usize, value: &T) -> Result<(), Stat> {
+    let start = ctx.data();
+    if offset < DIRECT_ACCESS_LIMIT && start + offset + core::mem::size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the span lies inside the linear packet data (checked just above, as the verifier
+        // demands); headers have no alignment in a frame, hence the unaligned write.
+        unsafe { core::ptr::write_unaligned((start + offset) as *mut T, *value) };
+        return Ok(());
+    }
     ctx.store(offset, value, 0).map_err(|_| Stat::DropPacketAccess)
 }
 

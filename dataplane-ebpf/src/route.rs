@@ -37,16 +37,35 @@ pub fn node_config() -> Result<NodeConfig, Stat> {
     }
 }
 
-/// Decrements the TTL of the IPv4 header at `offset` as a router does, and rewrites its checksum.
+/// Decrements the TTL of `ip` as a router does, updating its checksum incrementally; the caller
+/// writes the header (or [`decrement_ttl`] writes the changed bytes).
 #[inline(always)]
-pub fn decrement_ttl(ctx: &TcContext, offset: usize, ip: &mut Ipv4Hdr) -> Result<(), Stat> {
+pub fn forward(ip: &mut Ipv4Hdr) -> Result<(), Stat> {
     if ip.ttl <= 1 {
         return Err(Stat::DropTtlExceeded);
     }
+    // TTL and protocol share one 16-bit word of the checksum.
+    let before = [ip.ttl, ip.protocol];
     ip.ttl -= 1;
-    ip.check = [0; 2];
-    ip.check = csum::ipv4_header(ip);
-    write(ctx, offset, ip)
+    ip.check = csum::update(ip.check, &before, &[ip.ttl, ip.protocol]);
+    Ok(())
+}
+
+/// TTL, protocol and header checksum: the four bytes of an IPv4 header a router changes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TtlToCheck {
+    ttl: u8,
+    protocol: u8,
+    check: [u8; 2],
+}
+
+/// [`forward`] for the IPv4 header at `offset`, writing only the bytes that change.
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext, offset: usize, ip: &mut Ipv4Hdr) -> Result<(), Stat> {
+    forward(ip)?;
+    let changed = TtlToCheck { ttl: ip.ttl, protocol: ip.protocol, check: ip.check };
+    write(ctx, offset + core::mem::offset_of!(Ipv4Hdr, ttl), &changed)
 }
 
 /// Delivers the (plain IPv4) packet into the local workload of `route`: straight into the pod's

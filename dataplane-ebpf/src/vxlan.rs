@@ -9,20 +9,20 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
     },
-    helpers::bpf_get_hash_recalc,
     programs::TcContext,
 };
 use dataplane_common::{
     net::{
-        DEFAULT_TTL, ETH_HLEN, ETH_P_IP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_VNI,
-        VXLAN_SRC_PORT_MAX, VXLAN_SRC_PORT_MIN,
+        flow_hash, vxlan_src_port, DEFAULT_TTL, ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAG_OFFSET_MASK,
+        IPV4_HLEN, IPV4_MF, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_VNI,
     },
     NodeConfig, Route, Stat,
 };
 
 use crate::{
     csum,
-    packet::{write, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr},
+    packet::{read, write, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr},
+    route::IP_OFFSET,
 };
 
 /// Offset of the UDP header of a VXLAN packet.
@@ -58,13 +58,9 @@ pub fn vni_bytes(vni: u32) -> [u8; 3] {
 #[inline(always)]
 pub fn encap(ctx: &TcContext, node: &NodeConfig, route: &Route, inner: &Ipv4Hdr) -> Result<(), Stat> {
     let inner_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
-    // Spread flows over source ports as the kernel does, so the underlay's ECMP and RSS see them:
-    // the hash of the inner flow, taken before the room is added (after it, the flow dissector
-    // would read the not yet written outer header, the same for every flow).
-    // SAFETY: a BPF helper call on this program's own skb.
-    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
-    let port_range = u32::from(VXLAN_SRC_PORT_MAX - VXLAN_SRC_PORT_MIN);
-    let src_port = VXLAN_SRC_PORT_MIN + (hash % port_range) as u16;
+    // Spread flows over source ports as the kernel does, so the underlay's ECMP and RSS see them;
+    // taken before the room is added, while the inner headers are still where they were read.
+    let src_port = vxlan_src_port(flow_hash_of(ctx, inner));
 
     let flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64
         | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
@@ -99,6 +95,28 @@ pub fn encap(ctx: &TcContext, node: &NodeConfig, route: &Route, inner: &Ipv4Hdr)
     };
     outer.ip.check = csum::ipv4_header(&outer.ip);
     write(ctx, ETH_HLEN, &outer)
+}
+
+/// The hash of the packet's flow: the one the stack gave the skb when it has one (a local TCP
+/// socket's, as the kernel's vxlan device would use), else [`flow_hash`] of the inner header read
+/// already and the four port bytes after it. Not `bpf_get_hash_recalc`: it runs the whole flow
+/// dissector again, and was the costliest step of the encapsulation. (Both callers encapsulate
+/// only IHL-5 packets, so the ports follow the 20-byte header.)
+#[inline(always)]
+fn flow_hash_of(ctx: &TcContext, inner: &Ipv4Hdr) -> u32 {
+    // SAFETY: reading a field of this program's own __sk_buff context.
+    let stack_hash = unsafe { (*ctx.skb.skb).hash };
+    if stack_hash != 0 {
+        return stack_hash;
+    }
+    // Fragments are hashed by their addresses only, as the flow dissector does, so that every
+    // fragment of a datagram takes the same path.
+    let fragment = inner.frag_off() & (IPV4_MF | IPV4_FRAG_OFFSET_MASK) != 0;
+    let ports = match inner.protocol {
+        IPPROTO_TCP | IPPROTO_UDP if !fragment => read::<[u8; 4]>(ctx, IP_OFFSET + IPV4_HLEN).unwrap_or([0; 4]),
+        _ => [0; 4],
+    };
+    flow_hash(inner.src, inner.dst, ports, inner.protocol)
 }
 
 /// Removes the outer IPv4, UDP, VXLAN and inner Ethernet headers, keeping the outer Ethernet

@@ -101,15 +101,21 @@ impl Node {
 
     /// `name`'s programs with maps filled from `cluster` (Calico YAML).
     pub fn with_cluster(name: &str, cluster: &str) -> Self {
-        Self::build(name, cluster, None)
+        Self::build(name, cluster, None, dataplane::backend::bpf::object())
+    }
+
+    /// [`Node::with_cluster`] with another build of the kernel programs (the bench's baseline
+    /// object: the same maps, filled the same way).
+    pub fn with_object(name: &str, cluster: &str, object: &[u8]) -> Self {
+        Self::build(name, cluster, None, object)
     }
 
     /// `name`'s programs with a conntrack map of only `entries` entries, to fill it quickly.
     pub fn with_conntrack_capacity(name: &str, entries: u32) -> Self {
-        Self::build(name, CLUSTER, Some(entries))
+        Self::build(name, CLUSTER, Some(entries), dataplane::backend::bpf::object())
     }
 
-    fn build(name: &str, cluster: &str, conntrack_capacity: Option<u32>) -> Self {
+    fn build(name: &str, cluster: &str, conntrack_capacity: Option<u32>, object: &[u8]) -> Self {
         let (model, problems) = file::parse(cluster).expect("fixture parses");
         assert!(problems.is_empty(), "{problems:?}");
         let (plan, problems) = plan::compute(&model, name).expect("fixture plans");
@@ -126,7 +132,7 @@ impl Node {
         if let Some(entries) = conntrack_capacity {
             loader.map_max_entries(CONNTRACK_MAP, entries);
         }
-        let mut ebpf = loader.load(dataplane::backend::bpf::object()).expect("object loads");
+        let mut ebpf = loader.load(object).expect("object loads");
         for program in [PROG_FROM_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK, PROG_TO_WORKLOAD] {
             let program: &mut SchedClassifier =
                 ebpf.program_mut(program).expect("program exists").try_into().expect("classifier");

@@ -571,4 +571,10 @@ fn each_inner_flow_gets_its_own_vxlan_source_port() {
     let ports: std::collections::BTreeSet<u16> = (40000..40016).map(port_of).collect();
     assert!(ports.len() >= 12, "16 inner flows got only {} outer source ports: {ports:?}", ports.len());
     assert_eq!(port_of(40003), port_of(40003), "one flow, one port");
+    // A test run's skb carries no socket hash, so the port is the inner 5-tuple's flow_hash: the
+    // one definition in dataplane-common that the program uses.
+    let (sport, dport) = (40003u16.to_be_bytes(), 5201u16.to_be_bytes());
+    let hash =
+        dataplane_common::net::flow_hash(POD_A, REMOTE_POD, [sport[0], sport[1], dport[0], dport[1]], IPPROTO_UDP);
+    assert_eq!(port_of(40003), dataplane_common::net::vxlan_src_port(hash), "the port of the inner flow's hash");
 }

@@ -25,6 +25,11 @@ pub struct Options {
     /// with --quick 1000,10000), e.g. 1000,10000,100000,1000000.
     #[arg(long)]
     control_blocks: Option<String>,
+    /// Another build of the kernel programs (an object file, e.g. main's
+    /// `target/debug/build/dataplane-*/out/dataplane`), timed in the packet part's rounds beside
+    /// this build: before/after ratios from one run.
+    #[arg(long)]
+    baseline_object: Option<String>,
 }
 
 /// Runs the benchmark.
@@ -49,6 +54,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     if let Some(blocks) = &options.control_blocks {
         args.extend(["--control-blocks", blocks]);
+    }
+    if let Some(object) = &options.baseline_object {
+        args.extend(["--baseline-object", object]);
     }
     // A debug build of the bench itself is enough: the kernel, iperf3 and the agent do the work
     // being measured.

@@ -52,6 +52,11 @@ struct Options {
     /// 1000,10000); 1000000 fits too, in a longer run.
     #[arg(long, value_delimiter = ',')]
     control_blocks: Vec<usize>,
+    /// Another build of the kernel programs (an object file, e.g. main's
+    /// `target/debug/build/dataplane-*/out/dataplane`), measured in the packet part's rounds beside
+    /// this one: before/after ratios from one run.
+    #[arg(long)]
+    baseline_object: Option<PathBuf>,
     /// The parts to run, comma-separated: packet, lpm, control, throughput.
     #[arg(long, value_delimiter = ',', default_value = "packet,lpm,control,throughput")]
     parts: Vec<Part>,
@@ -91,8 +96,16 @@ fn main() -> anyhow::Result<()> {
             effort.rounds, effort.calls
         );
         results.repeat_probe = Some(packet::repeat_probe()?);
-        results.paths = packet::decision_paths(effort)?;
+        let baseline = match &options.baseline_object {
+            Some(path) => Some(fs::read(path).with_context(|| format!("reading {}", path.display()))?),
+            None => None,
+        };
+        results.paths = packet::decision_paths(effort, baseline.as_deref())?;
         println!("\n{}", report::paths_table(&results.paths));
+        if let Some(path) = &options.baseline_object {
+            println!("Beside the baseline build {} (same rounds):\n", path.display());
+            println!("{}", report::baseline_table(&results.paths));
+        }
         println!("==> The uplink's XDP program beside the empty XDP program; a non-peer VXLAN flood at XDP and at TC");
         for (name, translated, jitted) in packet::program_sizes()? {
             println!(

@@ -98,6 +98,8 @@ pub struct PathCost {
     pub ns: f64,
     /// The empty program's median at the same frame size, same rounds.
     pub empty_ns: f64,
+    /// The baseline build's median (`--baseline-object`), same rounds.
+    pub baseline_ns: Option<f64>,
 }
 
 /// The cost of the VXLAN encap path with `prefixes` extra routes in the routes map.
@@ -357,7 +359,6 @@ struct Case {
     stat: Stat,
     /// Every call a new flow: pod source port NEW_FLOW_PORTS + call.
     new_flow: bool,
-    rounds: Vec<f64>,
 }
 
 /// Every decision path at both sizes (ARP only at 64: an ARP request is 42 bytes, padded).
@@ -366,7 +367,7 @@ fn cases() -> Vec<Case> {
     for size in [SMALL, LARGE] {
         let tunnel = |max: usize| if size == LARGE { max } else { size };
         let mut add = |path, fixture, program, packet: Vec<u8>, verdict, stat, new_flow| {
-            cases.push(Case { path, fixture, program, size, packet, verdict, stat, new_flow, rounds: Vec::new() });
+            cases.push(Case { path, fixture, program, size, packet, verdict, stat, new_flow });
         };
         let w = PROG_FROM_WORKLOAD;
         let u = PROG_FROM_UPLINK;
@@ -429,49 +430,77 @@ fn forget_new_flows(node: &mut Node) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Measures every decision path at 64 and 1500 bytes beside the empty program.
-pub fn decision_paths(effort: Effort) -> anyhow::Result<Vec<PathCost>> {
+/// One build of the kernel programs on both fixture nodes.
+struct Build {
+    vxlan: Node,
+    ipip: Node,
+}
+
+impl Build {
+    /// Both fixture nodes with `object`'s programs, and the established NAT flow opened.
+    fn load(object: &[u8]) -> anyhow::Result<Self> {
+        let vxlan = Node::with_object("node-1", CLUSTER, object);
+        let ipip = Node::with_object(
+            "node-1",
+            &CLUSTER.replace("vxlanMode: Always, ipipMode: Never", "vxlanMode: Never, ipipMode: Always"),
+            object,
+        );
+        // The established flow of "SNAT established" and "reverse NAT".
+        let first = to_external(ESTABLISHED_PORT, b"open");
+        let (verdict, _) = vxlan.run(PROG_FROM_WORKLOAD, &first);
+        ensure!(verdict == TC_ACT_REDIRECT, "opening the NAT flow: verdict {verdict}");
+        Ok(Self { vxlan, ipip })
+    }
+
+    fn node(&self, fixture: Fixture) -> &Node {
+        node_of(fixture, &self.vxlan, &self.ipip)
+    }
+}
+
+/// Measures every decision path at 64 and 1500 bytes beside the empty program; with a
+/// `baseline` object (another build of the programs, e.g. main's), each case runs on it too,
+/// in the same rounds, right after this build's.
+pub fn decision_paths(effort: Effort, baseline: Option<&[u8]>) -> anyhow::Result<Vec<PathCost>> {
     let empty = EmptyProgram::load()?;
-    let mut vxlan = Node::new("node-1");
-    let ipip = Node::with_cluster(
-        "node-1",
-        &CLUSTER.replace("vxlanMode: Always, ipipMode: Never", "vxlanMode: Never, ipipMode: Always"),
-    );
+    let mut builds = vec![Build::load(dataplane::backend::bpf::object())?];
+    if let Some(object) = baseline {
+        builds.push(Build::load(object).context("the baseline object")?);
+    }
     ensure!(
         effort.calls <= usize::from(u16::MAX - NEW_FLOW_PORTS),
         "at most {} calls per round: one pod port per new flow",
         u16::MAX - NEW_FLOW_PORTS
     );
-    // The established flow of "SNAT established" and "reverse NAT".
-    let first = to_external(ESTABLISHED_PORT, b"open");
-    let (verdict, _) = vxlan.run(PROG_FROM_WORKLOAD, &first);
-    ensure!(verdict == TC_ACT_REDIRECT, "opening the NAT flow: verdict {verdict}");
 
     let mut cases = cases();
     let mut empty_rounds: Vec<(usize, Vec<f64>)> = cases.iter().map(|c| (c.packet.len(), Vec::new())).collect();
-    let before: Vec<u64> = cases.iter().map(|c| node_of(c.fixture, &vxlan, &ipip).stat(c.stat)).collect();
+    // Rounds per build of every case: [this build, baseline].
+    let mut build_rounds: Vec<Vec<Vec<f64>>> = cases.iter().map(|_| vec![Vec::new(); builds.len()]).collect();
+    let before: Vec<Vec<u64>> =
+        builds.iter().map(|b| cases.iter().map(|c| b.node(c.fixture).stat(c.stat)).collect()).collect();
     for round in 1..=effort.rounds {
         let started = Instant::now();
-        for (case, empty_round) in cases.iter_mut().zip(&mut empty_rounds) {
+        for ((case, empty_round), rounds) in cases.iter_mut().zip(&mut empty_rounds).zip(&mut build_rounds) {
             // The baseline on a frame of the same length, right before the case.
             let packet = &case.packet;
             let ns = mean_ns(empty.fd.as_fd(), effort.calls, TC_ACT_OK, |_| packet.clone()).context("empty program")?;
             empty_round.1.push(ns);
-            let node = node_of(case.fixture, &vxlan, &ipip);
-            let fd = program_fd(node, case.program)?;
-            let ns = if case.new_flow {
-                let size = case.size;
-                mean_ns(fd, effort.calls, case.verdict, |call| {
-                    sized(size, |p| to_external(NEW_FLOW_PORTS + call as u16, p))
-                })
-            } else {
-                mean_ns(fd, effort.calls, case.verdict, |_| packet.clone())
-            }
-            .with_context(|| format!("{} ({} bytes)", case.path, case.size))?;
-            case.rounds.push(ns);
-            if case.new_flow {
-                // The next calls from these ports must be new flows again.
-                forget_new_flows(&mut vxlan)?;
+            for (build, build_rounds) in builds.iter_mut().zip(rounds.iter_mut()) {
+                let fd = program_fd(build.node(case.fixture), case.program)?;
+                let ns = if case.new_flow {
+                    let size = case.size;
+                    mean_ns(fd, effort.calls, case.verdict, |call| {
+                        sized(size, |p| to_external(NEW_FLOW_PORTS + call as u16, p))
+                    })
+                } else {
+                    mean_ns(fd, effort.calls, case.verdict, |_| packet.clone())
+                }
+                .with_context(|| format!("{} ({} bytes)", case.path, case.size))?;
+                build_rounds.push(ns);
+                if case.new_flow {
+                    // The next calls from these ports must be new flows again.
+                    forget_new_flows(&mut build.vxlan)?;
+                }
             }
         }
         println!(
@@ -481,32 +510,35 @@ pub fn decision_paths(effort: Effort) -> anyhow::Result<Vec<PathCost>> {
             started.elapsed().as_secs_f64()
         );
     }
-    // Every call took the path it is named after.
-    for (case, before) in cases.iter().zip(&before) {
-        let node = node_of(case.fixture, &vxlan, &ipip);
-        let grown = node.stat(case.stat) - before;
-        let expected: u64 = cases
-            .iter()
-            .filter(|c| c.stat == case.stat && c.fixture == case.fixture)
-            .map(|_| (effort.rounds * effort.calls) as u64)
-            .sum();
-        ensure!(
-            grown == expected,
-            "{}: counter {:?} grew by {grown}, expected {expected}: a call took another path",
-            case.path,
-            case.stat
-        );
+    // Every call took the path it is named after, in every build.
+    for (build, before) in builds.iter().zip(&before) {
+        for (case, before) in cases.iter().zip(before) {
+            let grown = build.node(case.fixture).stat(case.stat) - before;
+            let expected: u64 = cases
+                .iter()
+                .filter(|c| c.stat == case.stat && c.fixture == case.fixture)
+                .map(|_| (effort.rounds * effort.calls) as u64)
+                .sum();
+            ensure!(
+                grown == expected,
+                "{}: counter {:?} grew by {grown}, expected {expected}: a call took another path",
+                case.path,
+                case.stat
+            );
+        }
     }
     Ok(cases
-        .into_iter()
+        .iter()
         .zip(empty_rounds)
-        .map(|(case, (_, empty))| PathCost {
+        .zip(build_rounds)
+        .map(|((case, (_, empty)), rounds)| PathCost {
             path: case.path,
             program: case.program,
             frame: case.packet.len(),
             size: case.size,
-            ns: median(&case.rounds),
+            ns: median(&rounds[0]),
             empty_ns: median(&empty),
+            baseline_ns: rounds.get(1).map(|r| median(r)),
         })
         .collect())
 }

@@ -96,6 +96,27 @@ pub fn paths_table(paths: &[PathCost]) -> String {
     out
 }
 
+/// Every decision path on this build beside the baseline build of the same rounds
+/// (`--baseline-object`), as ratios to the empty program and to each other.
+pub fn baseline_table(paths: &[PathCost]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "| decision path | frame (B) | baseline / empty | this / empty | this / baseline |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    for c in paths {
+        let Some(baseline) = c.baseline_ns else { continue };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2} | **{:.2}** | {:.2} |",
+            c.path,
+            c.frame,
+            ratio(baseline, c.empty_ns),
+            ratio(c.ns, c.empty_ns),
+            ratio(c.ns, baseline)
+        );
+    }
+    out
+}
+
 /// The LPM scale table.
 pub fn lpm_table(lpm: &[LpmCost]) -> String {
     let mut out = String::new();
@@ -261,6 +282,13 @@ pub fn markdown(results: &Results, header: &str) -> String {
         let _ = writeln!(out, "## Per-packet cost (BPF_PROG_TEST_RUN)\n");
         let _ = writeln!(out, "Small frames left, full frames right; ratio to the empty TC program measured on a frame of the same length in the same rounds. Chart: `packet.svg`.\n");
         out.push_str(&paths_table(&results.paths));
+        if results.paths.iter().any(|p| p.baseline_ns.is_some()) {
+            let _ = writeln!(
+                out,
+                "\nThe same paths on the baseline build (`--baseline-object`), measured in the same rounds:\n"
+            );
+            out.push_str(&baseline_table(&results.paths));
+        }
         if let Some(probe) = &results.repeat_probe {
             let others: Vec<String> = probe.others.iter().map(|(n, c)| format!("{n} {c}")).collect();
             let _ = writeln!(
