@@ -30,10 +30,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
+    monitor::{MONITOR_COUNTS_MAP, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP},
     FlowKey, FlowTimeouts, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAP, NODE_MAP, PEERS_MAP,
     PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK,
     ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
-    monitor::{MONITOR_COUNTS_MAP, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP},
 };
 use tracing::{info, warn};
 
