@@ -26,6 +26,11 @@ pub const MONITOR_COUNT_SLOTS: u32 = 2;
 /// this, so the deadline passes only when the reader is gone.
 pub const MONITOR_LEASE_NS: u64 = 3_000_000_000;
 
+/// Load-time global of the programs (a `u8`): 1, the object's value, keeps the monitor's hook at
+/// their exit; 0 leaves it out (the verifier removes the code the constant decides). The bench
+/// loads the programs both ways to measure what the hook costs without a reader.
+pub const MONITOR_HOOK_GLOBAL: &str = "MONITOR_HOOK";
+
 /// Bytes of the packet copied into an event: enough for Ethernet, IPv4, UDP and VXLAN outside and
 /// Ethernet, IPv4 and the ports inside (92 bytes without IP options).
 pub const MONITOR_CAPTURE_BYTES: usize = 128;

@@ -2,7 +2,8 @@
 //! ring buffer, with the packet's first bytes, while a reader holds the lease.
 //!
 //! Without a reader the cost is one array read and a compare at the programs' exit (the lease's
-//! deadline is 0 once a reader leaves); a killed reader's lease runs out and the cost with it.
+//! deadline is 0 once a reader leaves); a killed reader's lease runs out, and the first packet
+//! after that sets the deadline to 0 again.
 
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
@@ -12,6 +13,7 @@ use aya_ebpf::{
         generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     },
     programs::{TcContext, XdpContext},
+    Global,
 };
 use dataplane_common::{
     monitor::{lease_flags, MonitorCount, MONITOR_CAPTURE_BYTES},
@@ -20,20 +22,37 @@ use dataplane_common::{
 
 use crate::maps::{MONITOR_COUNTS, MONITOR_EVENTS, MONITOR_LEASE};
 
+/// Whether the programs carry the hook at all (`dataplane_common::monitor::MONITOR_HOOK_GLOBAL`);
+/// only the bench's baseline turns it off.
+#[unsafe(no_mangle)]
+static MONITOR_HOOK: Global<u8> = Global::new(1);
+
 /// The time of the decision if the reader wants it: a lease runs, and it asks for every decision
 /// or this one is a drop.
 #[inline(always)]
 fn wanted(stat: Stat) -> Option<u64> {
-    let lease = MONITOR_LEASE.get_ptr(0)?;
+    if MONITOR_HOOK.load() == 0 {
+        return None;
+    }
+    let slot = MONITOR_LEASE.get_ptr_mut(0)?;
     // SAFETY: the pointer comes from a successful lookup of an array slot and is read at once.
-    let lease = unsafe { *lease };
+    let lease = unsafe { *slot };
     // Checked before the clock is read, so that no reader costs no helper call.
     if lease.until_ns == 0 || (!stat.is_drop() && lease.flags & lease_flags::ALL_DECISIONS == 0) {
         return None;
     }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    (now <= lease.until_ns).then_some(now)
+    if now > lease.until_ns {
+        // The reader was killed (one that stops clears its lease): forget the lease, so that the
+        // packets after this one do not read the clock either. A reader renews its lease long
+        // before it runs out, so this never erases a live one (at worst a reader that stalled
+        // past its lease loses events until its next renewal).
+        // SAFETY: the slot is this map's own value; a torn write cannot happen to an aligned u64.
+        unsafe { (*slot).until_ns = 0 };
+        return None;
+    }
+    Some(now)
 }
 
 /// How many of a packet's `len` bytes an event carries, in a form the verifier can bound to

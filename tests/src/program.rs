@@ -101,15 +101,21 @@ impl Node {
 
     /// `name`'s programs with maps filled from `cluster` (Calico YAML).
     pub fn with_cluster(name: &str, cluster: &str) -> Self {
-        Self::build(name, cluster, None)
+        Self::build(name, cluster, None, true)
+    }
+
+    /// `name`'s programs without the `dataplane monitor` hook at their exit: the baseline of
+    /// what the hook costs when no reader holds the lease.
+    pub fn without_monitor_hook(name: &str) -> Self {
+        Self::build(name, CLUSTER, None, false)
     }
 
     /// `name`'s programs with a conntrack map of only `entries` entries, to fill it quickly.
     pub fn with_conntrack_capacity(name: &str, entries: u32) -> Self {
-        Self::build(name, CLUSTER, Some(entries))
+        Self::build(name, CLUSTER, Some(entries), true)
     }
 
-    fn build(name: &str, cluster: &str, conntrack_capacity: Option<u32>) -> Self {
+    fn build(name: &str, cluster: &str, conntrack_capacity: Option<u32>, monitor_hook: bool) -> Self {
         let (model, problems) = file::parse(cluster).expect("fixture parses");
         assert!(problems.is_empty(), "{problems:?}");
         let (plan, problems) = plan::compute(&model, name).expect("fixture plans");
@@ -125,6 +131,9 @@ impl Node {
         let mut loader = dataplane::backend::bpf::loader(dataplane::backend::bpf::KernelLog::Off);
         if let Some(entries) = conntrack_capacity {
             loader.map_max_entries(CONNTRACK_MAP, entries);
+        }
+        if !monitor_hook {
+            loader.override_global(dataplane_common::monitor::MONITOR_HOOK_GLOBAL, &0u8, true);
         }
         let mut ebpf = loader.load(dataplane::backend::bpf::object()).expect("object loads");
         for program in [PROG_FROM_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK, PROG_TO_WORKLOAD] {

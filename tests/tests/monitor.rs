@@ -305,5 +305,7 @@ fn monitor_shows_drops_with_their_addresses_filters_them_and_costs_nothing_once_
     let after = emitted(&cluster.pins())?;
     ensure!(spoofed >= 3, "only {spoofed} spoofed drops counted:\n{}", cluster.logs());
     ensure!(after == before, "the programs emitted {} events after the lease ran out", after - before);
+    // The first packet past the deadline made the programs forget the lease: no clock reads after it.
+    ensure!(monitor::lease(&cluster.pins())?.until_ns == 0, "the programs kept the dead reader's lease");
     Ok(())
 }
