@@ -131,25 +131,29 @@ pub fn monitor_paths(rounds: usize) -> anyhow::Result<Vec<MonitorCost>> {
         } else {
             &[Lease::NoHook, Lease::None, Lease::Drops, Lease::All]
         };
-        for &lease in leases_here {
-            let loaded = if lease == Lease::NoHook { &bare } else { &node };
-            let program = if is_xdp { xdp_fd(loaded)? } else { program_fd(loaded, program_name)? };
-            let mut out = vec![0u8; packet.len() + OUT_HEADROOM];
-            let (emitted_before, lost_before) = (count(MonitorCount::Emitted)?, count(MonitorCount::Lost)?);
-            let (mut runs, mut empty_runs) = (Vec::new(), Vec::new());
-            for _ in 0..rounds {
+        // Per lease: runs, the empty program's runs, events emitted and lost. The leases take turns
+        // within each round, so that a busy neighbour slows them alike.
+        let mut measured: Vec<(Vec<f64>, Vec<f64>, u64, u64)> = vec![Default::default(); leases_here.len()];
+        let mut out = vec![0u8; packet.len() + OUT_HEADROOM];
+        for _ in 0..rounds {
+            for (&lease, (runs, empty_runs, emitted, lost)) in leases_here.iter().zip(&mut measured) {
+                let loaded = if lease == Lease::NoHook { &bare } else { &node };
+                let program = if is_xdp { xdp_fd(loaded)? } else { program_fd(loaded, program_name)? };
                 // Every call, since the programs forget a lease that ran out at its first packet.
                 leases.set(0, lease.value(), 0)?;
+                let (emitted_before, lost_before) = (count(MonitorCount::Emitted)?, count(MonitorCount::Lost)?);
                 let (_, ns) = test_run(empty, &packet, &mut out, MONITOR_REPEAT).context("empty program loop")?;
                 empty_runs.push(f64::from(ns));
                 let (got, ns) =
                     test_run(program, &packet, &mut out, MONITOR_REPEAT).with_context(|| path.to_owned())?;
                 ensure!(got == verdict, "{path} ({}): verdict {got}, expected {verdict}", lease.describe());
                 runs.push(f64::from(ns));
+                *emitted += count(MonitorCount::Emitted)? - emitted_before;
+                *lost += count(MonitorCount::Lost)? - lost_before;
                 while ring.next().is_some() {}
             }
-            let emitted = count(MonitorCount::Emitted)? - emitted_before;
-            let lost = count(MonitorCount::Lost)? - lost_before;
+        }
+        for (&lease, (runs, empty_runs, emitted, lost)) in leases_here.iter().zip(measured) {
             let expected = if lease.emits(drop) { rounds as u64 * u64::from(MONITOR_REPEAT) } else { 0 };
             ensure!(
                 emitted == expected && lost == 0,
