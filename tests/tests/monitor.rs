@@ -35,6 +35,7 @@ const INNER_DST: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 struct Cluster {
     agents: Vec<Agent>,
     bin: PathBuf,
+    datastore: PathBuf,
     lab: Lab,
 }
 
@@ -54,7 +55,7 @@ impl Cluster {
         for agent in &mut agents {
             agent.wait_ready(READY_TIMEOUT)?;
         }
-        Ok(Some(Cluster { agents, bin, lab }))
+        Ok(Some(Cluster { agents, bin, datastore, lab }))
     }
 
     fn pins(&self) -> PathBuf {
@@ -175,7 +176,7 @@ fn emitted(pins: &Path) -> anyhow::Result<u64> {
 #[test]
 fn monitor_shows_drops_with_their_addresses_filters_them_and_costs_nothing_once_its_reader_is_gone(
 ) -> anyhow::Result<()> {
-    let Some(cluster) =
+    let Some(mut cluster) =
         Cluster::up("monitor_shows_drops_with_their_addresses_filters_them_and_costs_nothing_once_its_reader_is_gone")?
     else {
         return Ok(());
@@ -186,6 +187,7 @@ fn monitor_shows_drops_with_their_addresses_filters_them_and_costs_nothing_once_
     lab.exec(&web1.netns, &["ip", "addr", "add", &format!("{SPOOFED}/32"), "dev", "eth0"])?;
     let stranger = lab.external().addr.to_string();
     let node_1 = lab.node("node-1")?.addr.addr().to_string();
+    let node_2 = lab.node("node-2")?.addr.addr().to_string();
 
     // 1. Every drop, as JSON: each of the three shows within a second, addresses and reason.
     let mut reader = cluster.monitor(&["-o", "json"], "monitor-json")?;
@@ -307,5 +309,43 @@ fn monitor_shows_drops_with_their_addresses_filters_them_and_costs_nothing_once_
     ensure!(after == before, "the programs emitted {} events after the lease ran out", after - before);
     // The first packet past the deadline made the programs forget the lease: no clock reads after it.
     ensure!(monitor::lease(&cluster.pins())?.until_ns == 0, "the programs kept the dead reader's lease");
+
+    // 4. --all: decisions too, e.g. web-1's ping to web-2 encapsulated towards node-2 (shown as the
+    // program left it: the VXLAN outer header to node-2, the ping inside).
+    let mut everything = cluster.monitor(&["--all", "-o", "json", "--addr", &web2.addr.to_string()], "monitor-all")?;
+    let sent = Instant::now();
+    ensure!(lab.ping_ok(&web1, web2.addr, 3)?, "web-1 cannot ping web-2");
+    wait_for_event(&everything, sent, |e| {
+        e["type"] == "decision"
+            && e["reason"] == "encap_vxlan"
+            && e["tunnel"] == "vxlan"
+            && e["packet"]["dst"] == node_2.as_str()
+            && e["inner"]["src"] == web1.addr.to_string().as_str()
+            && e["inner"]["dst"] == web2.addr.to_string().as_str()
+    })?;
+    everything.terminate(Duration::from_secs(5))?;
+
+    // 5. The monitor's maps are pins like the others: a restarted agent adopts them (the counters
+    // keep counting), and `dataplane cleanup` removes them.
+    let emitted_before_restart = emitted(&cluster.pins())?;
+    cluster.agents[0].stop()?;
+    let agent = cluster.lab.start_agent("node-1", &cluster.bin, &cluster.datastore)?;
+    cluster.agents[0] = agent;
+    cluster.agents[0].wait_ready(READY_TIMEOUT)?;
+    ensure!(
+        emitted(&cluster.pins())? == emitted_before_restart,
+        "the restarted agent did not adopt the monitor's counters"
+    );
+    let mut watcher = cluster.monitor(&["-o", "json"], "monitor-after-restart")?;
+    let sent = Instant::now();
+    cluster.send_to_blackhole("default/web-1", BLACKHOLED)?;
+    wait_for_event(&watcher, sent, |e| e["reason"] == "drop_blackhole")?;
+    watcher.terminate(Duration::from_secs(5))?;
+    cluster.agents[0].stop()?;
+    let pins = cluster.pins();
+    cluster.lab.exec(cluster.lab.node_netns("node-1")?, &[&bin, "cleanup", "--pin-path", &pins.to_string_lossy()])?;
+    for map in ["monitor_events_v1", "monitor_lease_v1", "monitor_counts_v1"] {
+        ensure!(!pins.join(map).exists(), "`dataplane cleanup` left {}/{map}", pins.display());
+    }
     Ok(())
 }
