@@ -37,7 +37,7 @@ fn wanted(stat: Stat) -> Option<u64> {
     let slot = MONITOR_LEASE.get_ptr_mut(0)?;
     // SAFETY: the pointer comes from a successful lookup of an array slot and is read at once.
     let lease = unsafe { *slot };
-    // Checked before the clock is read, so that no reader costs no helper call.
+    // Decided before the clock is read: without a reader, no helper is called at all.
     if lease.until_ns == 0 || (!stat.is_drop() && lease.flags & lease_flags::ALL_DECISIONS == 0) {
         return None;
     }
