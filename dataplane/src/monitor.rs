@@ -476,7 +476,8 @@ fn report_lost(out: &mut impl Write, json: bool, now: u64, total: u64) -> anyhow
     Ok(())
 }
 
-/// Decodes one ring buffer record; None for a record of another size (another version's layout).
+/// Decodes one ring buffer record; None for a record of another size or a reason this agent does
+/// not know (programs of another version).
 fn parse(
     bytes: &[u8],
     wall_offset_ns: u64,
