@@ -7,8 +7,10 @@
 #![deny(missing_docs)]
 
 pub mod maps;
+pub mod monitor;
 pub mod net;
 pub mod stats;
 
 pub use maps::*;
+pub use monitor::{MonitorEvent, MonitorLease, Program};
 pub use stats::{Stat, STAT_COUNT};

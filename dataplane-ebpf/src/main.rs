@@ -9,6 +9,7 @@ mod csum;
 mod icmp;
 mod ipip;
 mod maps;
+mod monitor;
 mod nat;
 mod packet;
 mod route;
@@ -23,39 +24,37 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use dataplane_common::{
-    Stat, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK,
-};
+use dataplane_common::{Program, Stat};
 
 /// XDP of the node's uplink: drops the tunnel packets `from_uplink` would refuse before an skb
 /// exists, and passes everything else on to it.
 #[xdp]
 pub fn xdp_uplink(ctx: XdpContext) -> u32 {
-    verdict::finish_xdp(&ctx, PROG_XDP_UPLINK, uplink_xdp::xdp_uplink(&ctx))
+    verdict::finish_xdp(&ctx, Program::XdpUplink, uplink_xdp::xdp_uplink(&ctx))
 }
 
 /// TC ingress of every workload interface (`caliXXXXXXXXXXX`): traffic leaving a pod.
 #[classifier]
 pub fn from_workload(ctx: TcContext) -> i32 {
-    verdict::finish(&ctx, PROG_FROM_WORKLOAD, workload::from_workload(&ctx))
+    verdict::finish(&ctx, Program::FromWorkload, workload::from_workload(&ctx))
 }
 
 /// TC ingress of the node's uplink: tunnel traffic from peer nodes.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
-    verdict::finish(&ctx, PROG_FROM_UPLINK, uplink::from_uplink(&ctx))
+    verdict::finish(&ctx, Program::FromUplink, uplink::from_uplink(&ctx))
 }
 
 /// TC egress of every workload interface: what the node's stack sends into a pod.
 #[classifier]
 pub fn to_workload(ctx: TcContext) -> i32 {
-    verdict::finish(&ctx, PROG_TO_WORKLOAD, uplink::to_workload(&ctx))
+    verdict::finish(&ctx, Program::ToWorkload, uplink::to_workload(&ctx))
 }
 
 /// TC egress of the node's uplink: the host's own traffic to pods on other nodes.
 #[classifier]
 pub fn to_uplink(ctx: TcContext) -> i32 {
-    verdict::finish(&ctx, PROG_TO_UPLINK, uplink::to_uplink(&ctx))
+    verdict::finish(&ctx, Program::ToUplink, uplink::to_uplink(&ctx))
 }
 
 /// TC ingress of the VXLAN GRO anchor device (`vxlan.dataplane`). The device exists only so that
@@ -63,7 +62,7 @@ pub fn to_uplink(ctx: TcContext) -> i32 {
 /// decapsulates itself came past `from_uplink` (through another interface) and is dropped.
 #[classifier]
 pub fn vxlan_anchor(ctx: TcContext) -> i32 {
-    verdict::finish(&ctx, PROG_VXLAN_ANCHOR, Err(Stat::DropVxlanSocket))
+    verdict::finish(&ctx, Program::VxlanAnchor, Err(Stat::DropVxlanSocket))
 }
 
 #[cfg(not(test))]

@@ -3,12 +3,13 @@
 //! Names, keys and values come from `dataplane-common`; the agent pins and fills them.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use dataplane_common::{
-    FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAX_ENTRIES, PEERS_MAX_ENTRIES,
-    ROUTES_MAX_ENTRIES, STAT_COUNT, WORKLOADS_MAX_ENTRIES,
+    monitor::{MONITOR_COUNT_SLOTS, MONITOR_EVENTS_BYTES},
+    FlowKey, Ipv4Bytes, MonitorEvent, MonitorLease, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAX_ENTRIES,
+    PEERS_MAX_ENTRIES, ROUTES_MAX_ENTRIES, STAT_COUNT, WORKLOADS_MAX_ENTRIES,
 };
 
 /// Destination prefix -> [`Route`] (`dataplane_common::ROUTES_MAP`).
@@ -34,3 +35,15 @@ pub static STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new()
 /// Both directions of every translated flow -> [`NatFlow`] (`dataplane_common::CONNTRACK_MAP`).
 #[btf_map(name = "conntrack_v1")]
 pub static CONNTRACK: HashMap<FlowKey, NatFlow, { CONNTRACK_MAX_ENTRIES as usize }> = HashMap::new();
+
+/// Events for `dataplane monitor` (`dataplane_common::monitor::MONITOR_EVENTS_MAP`).
+#[btf_map(name = "monitor_events_v1")]
+pub static MONITOR_EVENTS: RingBuf<MonitorEvent, { MONITOR_EVENTS_BYTES as usize }> = RingBuf::new();
+
+/// Slot 0: the monitor's reader lease (`dataplane_common::monitor::MONITOR_LEASE_MAP`).
+#[btf_map(name = "monitor_lease_v1")]
+pub static MONITOR_LEASE: Array<MonitorLease, 1> = Array::new();
+
+/// Per-CPU counters of events emitted and lost (`dataplane_common::monitor::MONITOR_COUNTS_MAP`).
+#[btf_map(name = "monitor_counts_v1")]
+pub static MONITOR_COUNTS: PerCpuArray<u64, { MONITOR_COUNT_SLOTS as usize }> = PerCpuArray::new();

@@ -1,5 +1,5 @@
 //! What a program decided, and the one place where decisions and drops are counted (and, when
-//! the agent turns kernel logs on, logged).
+//! the agent turns kernel logs on, logged; when `dataplane monitor` reads, emitted).
 
 use aya_ebpf::{
     bindings::{
@@ -9,9 +9,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::{debug, trace};
-use dataplane_common::Stat;
+use dataplane_common::{Program, Stat};
 
-use crate::maps::STATS;
+use crate::{maps::STATS, monitor};
 
 /// A decision: the TC action to return and the stats slot that counts it.
 #[derive(Clone, Copy)]
@@ -35,40 +35,42 @@ pub type Outcome = Result<Verdict, Stat>;
 /// Counts the outcome in the stats map, logs it (drops at debug, decisions at trace; both off
 /// unless the agent raised AYA_LOG_LEVEL) and returns the TC action: the programs' only exit.
 #[inline(always)]
-pub fn finish(ctx: &TcContext, program: &'static str, outcome: Outcome) -> i32 {
+pub fn finish(ctx: &TcContext, program: Program, outcome: Outcome) -> i32 {
     // SAFETY: reading a field of this program's own __sk_buff context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let (action, stat) = match outcome {
         Ok(verdict) => {
-            trace!(ctx, "{}: {} (ifindex {})", program, verdict.stat.name(), ifindex);
+            trace!(ctx, "{}: {} (ifindex {})", program.name(), verdict.stat.name(), ifindex);
             (verdict.action, verdict.stat)
         }
         Err(reason) => {
-            debug!(ctx, "{}: {} (ifindex {})", program, reason.name(), ifindex);
+            debug!(ctx, "{}: {} (ifindex {})", program.name(), reason.name(), ifindex);
             (TC_ACT_SHOT as i32, reason)
         }
     };
     count(stat);
+    monitor::tc(ctx, program, stat, ifindex);
     action
 }
 
 /// [`finish`] for the XDP program: counts and logs the same way, returns `XDP_PASS` for a
 /// packet handed on and `XDP_DROP` for a refused one.
 #[inline(always)]
-pub fn finish_xdp(ctx: &XdpContext, program: &'static str, outcome: Result<Stat, Stat>) -> u32 {
+pub fn finish_xdp(ctx: &XdpContext, program: Program, outcome: Result<Stat, Stat>) -> u32 {
     // SAFETY: reading a field of this program's own xdp_md context.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let (action, stat) = match outcome {
         Ok(stat) => {
-            trace!(ctx, "{}: {} (ifindex {})", program, stat.name(), ifindex);
+            trace!(ctx, "{}: {} (ifindex {})", program.name(), stat.name(), ifindex);
             (XDP_PASS, stat)
         }
         Err(reason) => {
-            debug!(ctx, "{}: {} (ifindex {})", program, reason.name(), ifindex);
+            debug!(ctx, "{}: {} (ifindex {})", program.name(), reason.name(), ifindex);
             (XDP_DROP, reason)
         }
     };
     count(stat);
+    monitor::xdp(ctx, program, stat, ifindex);
     action
 }
 

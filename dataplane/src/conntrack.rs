@@ -111,7 +111,7 @@ pub fn read(pin_path: &Path) -> anyhow::Result<Vec<Translation>> {
 }
 
 /// The clock the kernel programs stamp flows with (`bpf_ktime_get_ns`).
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `now` is a valid timespec for the call to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };

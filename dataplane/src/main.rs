@@ -39,6 +39,15 @@ enum LogFormat {
     Json,
 }
 
+/// How `dataplane monitor` prints.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MonitorFormat {
+    /// One line per event for a person.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// How inspection commands print.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Output {
@@ -116,6 +125,34 @@ enum Command {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
+    },
+    /// Stream the fast path's drops (or, with --all, every decision) as they happen: time,
+    /// interface, program, reason, addresses and ports, inside tunnels too. Ctrl-C stops it.
+    Monitor {
+        /// Directory of the pinned maps.
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        /// Every decision, not only drops (costs the programs more while it runs).
+        #[arg(long)]
+        all: bool,
+        /// Only packets of this pod: namespace/name, name (namespace default) or its address.
+        #[arg(long, value_name = "POD")]
+        pod: Vec<String>,
+        /// Only this reason, as `dataplane stats` names it (e.g. drop_spoofed_source).
+        #[arg(long, value_name = "REASON")]
+        reason: Vec<String>,
+        /// Only packets carrying this address (source or destination, outside or inside a tunnel).
+        #[arg(long, value_name = "ADDR")]
+        addr: Vec<Ipv4Addr>,
+        /// Text for a person, or one JSON object per line.
+        #[arg(short = 'o', long, value_enum, default_value_t = MonitorFormat::Text)]
+        output: MonitorFormat,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<f64>,
     },
     /// List the live natOutgoing translations: protocol, pod, translated port, peer, state, age.
     #[command(visible_alias = "nat")]
@@ -407,6 +444,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
             }
             Ok(())
+        }
+        Command::Monitor { pin_path, all, pod, reason, addr, output, count, duration } => {
+            let duration = match duration {
+                Some(seconds) => Some(
+                    Duration::try_from_secs_f64(seconds)
+                        .map_err(|_| anyhow::anyhow!("--duration {seconds}: not a number of seconds"))?,
+                ),
+                None => None,
+            };
+            let options = dataplane::monitor::Options {
+                pin_path,
+                all,
+                filter: dataplane::monitor::Filter { pods: pod, reasons: reason, addrs: addr },
+                json: output == MonitorFormat::Json,
+                count,
+                duration,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the monitor's runtime")?;
+            runtime.block_on(dataplane::monitor::run(&options, &mut std::io::stdout().lock()))
         }
         Command::Stats { pin_path, output } => {
             let counters = dataplane::stats::read(&pin_path)?;

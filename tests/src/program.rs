@@ -101,21 +101,27 @@ impl Node {
 
     /// `name`'s programs with maps filled from `cluster` (Calico YAML).
     pub fn with_cluster(name: &str, cluster: &str) -> Self {
-        Self::build(name, cluster, None, dataplane::backend::bpf::object())
+        Self::build(name, cluster, None, dataplane::backend::bpf::object(), true)
     }
 
     /// [`Node::with_cluster`] with another build of the kernel programs (the bench's baseline
     /// object: the same maps, filled the same way).
     pub fn with_object(name: &str, cluster: &str, object: &[u8]) -> Self {
-        Self::build(name, cluster, None, object)
+        Self::build(name, cluster, None, object, true)
+    }
+
+    /// `name`'s programs without the `dataplane monitor` hook at their exit: the baseline of
+    /// what the hook costs when no reader holds the lease.
+    pub fn without_monitor_hook(name: &str) -> Self {
+        Self::build(name, CLUSTER, None, dataplane::backend::bpf::object(), false)
     }
 
     /// `name`'s programs with a conntrack map of only `entries` entries, to fill it quickly.
     pub fn with_conntrack_capacity(name: &str, entries: u32) -> Self {
-        Self::build(name, CLUSTER, Some(entries), dataplane::backend::bpf::object())
+        Self::build(name, CLUSTER, Some(entries), dataplane::backend::bpf::object(), true)
     }
 
-    fn build(name: &str, cluster: &str, conntrack_capacity: Option<u32>, object: &[u8]) -> Self {
+    fn build(name: &str, cluster: &str, conntrack_capacity: Option<u32>, object: &[u8], monitor_hook: bool) -> Self {
         let (model, problems) = file::parse(cluster).expect("fixture parses");
         assert!(problems.is_empty(), "{problems:?}");
         let (plan, problems) = plan::compute(&model, name).expect("fixture plans");
@@ -131,6 +137,9 @@ impl Node {
         let mut loader = dataplane::backend::bpf::loader(dataplane::backend::bpf::KernelLog::Off);
         if let Some(entries) = conntrack_capacity {
             loader.map_max_entries(CONNTRACK_MAP, entries);
+        }
+        if !monitor_hook {
+            loader.override_global(dataplane_common::monitor::MONITOR_HOOK_GLOBAL, &0u8, true);
         }
         let mut ebpf = loader.load(object).expect("object loads");
         for program in [PROG_FROM_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK, PROG_TO_WORKLOAD] {

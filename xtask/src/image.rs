@@ -18,6 +18,7 @@ use std::{
     io::{self, Write},
     os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
+    process::Command,
     time::Instant,
 };
 
@@ -91,6 +92,7 @@ const HOST_PACKAGES: &[(&str, &str)] = &[
     // crun 1.8 refuses this machine's hybrid cgroup hierarchy (cgroup v1 plus a cgroup2 with a
     // controller); runc runs the containers.
     ("runc", "podman's OCI runtime here"),
+    ("binutils", "strip: the agent goes into the image without its debug info"),
 ];
 
 /// The image's tag: the agent's version.
@@ -136,10 +138,30 @@ pub fn build(rebuild_base: bool, agent: Option<&Path>) -> anyhow::Result<Built> 
         None => setup::build_agent(true)?,
     };
     let out = setup::workspace_root()?.join("target/image");
+    let agent = stripped(&agent, &out)?;
     let base = base_rootfs(&out, rebuild_base)?;
     let layout = out.join("oci");
     let built = write_layout(&layout, &base, &agent)?;
     Ok(built)
+}
+
+/// A copy of `agent` in `out` without its debug info (DWARF is most of a Rust binary; the symbols
+/// stay, so `--backtrace` still names functions). `strip` writes the same bytes for the same
+/// input, so the image stays reproducible.
+fn stripped(agent: &Path, out: &Path) -> anyhow::Result<PathBuf> {
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let copy = out.join("dataplane.stripped");
+    let status = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&copy)
+        .arg(agent)
+        .status()
+        .context("running strip (binutils)")?;
+    if !status.success() {
+        bail!("strip --strip-debug {} failed ({status})", agent.display());
+    }
+    Ok(copy)
 }
 
 /// Fails unless every container of every DaemonSet in deploy/ runs this image ([`reference`])

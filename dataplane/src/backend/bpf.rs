@@ -30,6 +30,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
+    monitor::{MONITOR_COUNTS_MAP, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP},
     FlowKey, FlowTimeouts, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAP, NODE_MAP, PEERS_MAP,
     PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK,
     ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
@@ -93,7 +94,17 @@ pub fn loader(log: KernelLog) -> EbpfLoader<'static> {
 }
 
 /// Every map the programs use; each is pinned as `<pin path>/<name>`.
-pub const MAPS: [&str; 6] = [ROUTES_MAP, WORKLOADS_MAP, PEERS_MAP, NODE_MAP, STATS_MAP, CONNTRACK_MAP];
+pub const MAPS: [&str; 9] = [
+    ROUTES_MAP,
+    WORKLOADS_MAP,
+    PEERS_MAP,
+    NODE_MAP,
+    STATS_MAP,
+    CONNTRACK_MAP,
+    MONITOR_EVENTS_MAP,
+    MONITOR_LEASE_MAP,
+    MONITOR_COUNTS_MAP,
+];
 
 /// Every program the agent loads.
 const PROGRAMS: [&str; 5] = [PROG_FROM_WORKLOAD, PROG_TO_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK, PROG_VXLAN_ANCHOR];

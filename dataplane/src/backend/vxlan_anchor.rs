@@ -12,7 +12,9 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
-use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
+use dataplane_common::net::CALICO_VXLAN_PORT;
+use futures::TryStreamExt as _;
+use rtnetlink::{packet_route::link::LinkAttribute, Handle, LinkUnspec, LinkVxlan};
 use tracing::{info, warn};
 
 use super::netlink::{link_by_name, remove_owned_device, LinkState};
@@ -42,15 +44,17 @@ fn matches(link: &LinkState, local: Ipv4Addr, port: u16) -> bool {
 /// Keeps the anchor device as the plan wants it, over its own netlink connection.
 pub struct VxlanAnchor {
     handle: Handle,
-    /// Whether the agent has warned that it cannot have the device: it retries every reconcile
+    /// Whether the agent has said that it cannot have the device: it retries every reconcile
     /// (a device in the way may go), but says so once.
     warned: bool,
+    /// The VXLAN port the anchor is for (the last `ensure`'s).
+    port: u16,
 }
 
 impl VxlanAnchor {
     /// Keeps the anchor over `handle`'s netlink connection.
     pub fn new(handle: Handle) -> Self {
-        VxlanAnchor { handle, warned: false }
+        VxlanAnchor { handle, warned: false, port: CALICO_VXLAN_PORT }
     }
 
     /// Makes the anchor exist in external mode on `local`:`port`; returns its ifindex and whether
@@ -59,6 +63,7 @@ impl VxlanAnchor {
     /// down: its socket opens when it goes up ([`VxlanAnchor::set_up`]), which the caller does
     /// once the program that drops what it decapsulates is attached.
     pub async fn ensure(&mut self, local: Ipv4Addr, port: u16) -> anyhow::Result<Option<(u32, bool)>> {
+        self.port = port;
         if let Some(existing) = link_by_name(&self.handle, ANCHOR_DEVICE).await? {
             let state = LinkState::parse(&existing);
             if !ours(&state) {
@@ -88,7 +93,7 @@ impl VxlanAnchor {
         let message =
             LinkVxlan::new(ANCHOR_DEVICE, 0).collect_metadata(true).port(port).local(local).learning(false).build();
         if let Err(error) = self.handle.link().add(message).execute().await {
-            self.warn_once(&error);
+            self.say_once(&error).await;
             return Ok(None);
         }
         let created = link_by_name(&self.handle, ANCHOR_DEVICE)
@@ -116,23 +121,53 @@ impl VxlanAnchor {
                 true
             }
             Err(error) => {
-                self.warn_once(&error);
+                self.say_once(&error).await;
                 false
             }
         }
     }
 
-    fn warn_once(&mut self, error: &rtnetlink::Error) {
-        if !self.warned {
-            warn!(
-                device = ANCHOR_DEVICE,
-                %error,
-                "cannot have the VXLAN GRO anchor (no vxlan module, or another VXLAN device holds the port): \
-                 VXLAN is received without GRO, one wire packet at a time, which costs throughput between \
-                 VMs; retrying at every reconcile"
-            );
-            self.warned = true;
+    /// Says once why the node has no anchor. When another VXLAN device that is up holds the port
+    /// (Calico's `vxlan.calico` on a node its own dataplane configured), that device's socket is
+    /// what keeps the anchor's from opening, and it gives the port GRO just the same: no loss.
+    async fn say_once(&mut self, error: &rtnetlink::Error) {
+        if self.warned {
+            return;
         }
+        self.warned = true;
+        match self.other_socket_on(self.port).await {
+            Some(holder) => info!(
+                device = ANCHOR_DEVICE,
+                holder = %holder,
+                port = self.port,
+                %error,
+                "no VXLAN GRO anchor needed while another VXLAN device holds the port: its socket GRO-merges \
+                 VXLAN before from_uplink as the anchor's would; retrying at every reconcile in case it goes"
+            ),
+            None => warn!(
+                device = ANCHOR_DEVICE,
+                port = self.port,
+                %error,
+                "cannot have the VXLAN GRO anchor (no vxlan module?): VXLAN is received without GRO, one wire \
+                 packet at a time, which costs throughput between VMs; retrying at every reconcile"
+            ),
+        }
+    }
+
+    /// The name of a VXLAN device other than the anchor that is up on `port`, if any.
+    async fn other_socket_on(&self, port: u16) -> Option<String> {
+        let mut links = self.handle.link().get().execute();
+        while let Ok(Some(message)) = links.try_next().await {
+            let state = LinkState::parse(&message);
+            if state.is_vxlan() && state.up && state.port == Some(port) && !ours(&state) {
+                let name = message.attributes.iter().find_map(|attribute| match attribute {
+                    LinkAttribute::IfName(name) => Some(name.clone()),
+                    _ => None,
+                });
+                return Some(name.unwrap_or_else(|| format!("ifindex {}", state.index)));
+            }
+        }
+        None
     }
 
     /// Removes the anchor if it is ours; returns whether it did.

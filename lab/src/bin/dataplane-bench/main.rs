@@ -3,7 +3,8 @@
 //!
 //! 1. `packet`: per-packet cost of every decision path with BPF_PROG_TEST_RUN, beside an empty TC
 //!    program, and of the uplink's XDP program beside an empty XDP program, with a non-peer VXLAN
-//!    flood dropped at XDP and at TC ([`packet`]).
+//!    flood dropped at XDP and at TC ([`packet`]), and what `dataplane monitor` costs them with
+//!    and without a reader ([`monitor`]).
 //! 2. `lpm`: the VXLAN encap path's cost as the routes map grows to a million prefixes.
 //! 3. `control`: the agent on a real etcd programming N blocks from an empty start, one change
 //!    and a burst from the etcd put to the pinned map, and its peak memory ([`control`]).
@@ -16,6 +17,7 @@
 //! figures of the ones before it.
 
 mod control;
+mod monitor;
 mod packet;
 mod report;
 mod stats;
@@ -114,6 +116,10 @@ fn main() -> anyhow::Result<()> {
             );
         }
         results.xdp = packet::xdp_paths(effort.rounds)?;
+        println!("==> What `dataplane monitor` costs per packet: no reader, a lease that ran out, a reader");
+        // A call of 4096 runs takes well under a millisecond: many rounds for a steady median.
+        results.monitor = monitor::monitor_paths(effort.rounds * 20)?;
+        println!("\n{}", monitor::monitor_table(&results.monitor));
         let frames = if quick { 200_000 } else { 1_000_000 };
         results.flood = Some(packet::non_peer_flood(frames, effort.rounds)?);
         println!("\n{}", report::xdp_tables(&results.xdp, results.flood.as_ref()));

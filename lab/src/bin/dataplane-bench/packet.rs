@@ -48,9 +48,9 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 /// `XDP_PASS`, the empty XDP program's verdict.
-const XDP_PASS: u32 = 2;
+pub(crate) const XDP_PASS: u32 = 2;
 /// `XDP_DROP`.
-const XDP_DROP: u32 = 1;
+pub(crate) const XDP_DROP: u32 = 1;
 /// BPF_PROG_TEST_RUN's flag that turns an XDP test run into a packet generator: every run is a
 /// fresh frame from a page pool, whose verdict the kernel carries out (a passed frame becomes an
 /// skb received on the context's interface; a dropped one goes back to the pool).
@@ -58,7 +58,7 @@ const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 /// `repeat` of one call of the XDP per-packet cost.
 const XDP_REPEAT: u32 = 100_000;
 /// Room for what a program adds to a packet (the biggest is VXLAN's 50 bytes).
-const OUT_HEADROOM: usize = 256;
+pub(crate) const OUT_HEADROOM: usize = 256;
 /// UDP port of the external service in the NAT cases.
 const DNS: u16 = 53;
 /// The pod's source port of the established NAT flow; new flows use ports from [`NEW_FLOW_PORTS`].
@@ -140,7 +140,7 @@ pub const LOOP_REPEAT: u32 = 1_000_000;
 
 /// A program loaded from two raw instructions, `r0 = TC_ACT_OK; exit`: the baseline.
 pub struct EmptyProgram {
-    fd: OwnedFd,
+    pub(crate) fd: OwnedFd,
 }
 
 impl EmptyProgram {
@@ -210,7 +210,7 @@ fn bpf(command: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
 }
 
 /// One `BPF_PROG_TEST_RUN` call: the verdict and the kernel's time per run, in ns.
-fn test_run(program: BorrowedFd<'_>, packet: &[u8], out: &mut [u8], repeat: u32) -> io::Result<(u32, u32)> {
+pub(crate) fn test_run(program: BorrowedFd<'_>, packet: &[u8], out: &mut [u8], repeat: u32) -> io::Result<(u32, u32)> {
     let mut attr = Attr::default();
     attr.put_u32(0, program.as_raw_fd() as u32);
     attr.put_u32(8, packet.len() as u32);
@@ -243,7 +243,7 @@ fn live_frames(program: BorrowedFd<'_>, packet: &[u8], ifindex: u32, frames: u32
 }
 
 /// The XDP program of `node`, as a file descriptor to test-run.
-fn xdp_fd(node: &Node) -> anyhow::Result<BorrowedFd<'_>> {
+pub(crate) fn xdp_fd(node: &Node) -> anyhow::Result<BorrowedFd<'_>> {
     let program: &Xdp = node
         .ebpf
         .program(PROG_XDP_UPLINK)
@@ -254,7 +254,7 @@ fn xdp_fd(node: &Node) -> anyhow::Result<BorrowedFd<'_>> {
 }
 
 /// The program `name` of `node`, as a file descriptor to test-run.
-fn program_fd<'a>(node: &'a Node, name: &str) -> anyhow::Result<BorrowedFd<'a>> {
+pub(crate) fn program_fd<'a>(node: &'a Node, name: &str) -> anyhow::Result<BorrowedFd<'a>> {
     let program: &SchedClassifier = node
         .ebpf
         .program(name)
@@ -284,7 +284,7 @@ fn mean_ns(
 }
 
 /// A packet built around `payload`, padded so that the frame is `frame` bytes long.
-fn sized(frame: usize, build: impl Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
+pub(crate) fn sized(frame: usize, build: impl Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
     let headers = build(&[]).len();
     build(&vec![0x5a; frame.saturating_sub(headers)])
 }
@@ -295,7 +295,7 @@ fn from_pod_a(dst: [u8; 4], src_port: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A UDP reply from the external host to this node's `port`, as it arrives on the uplink.
-fn from_external(port: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn from_external(port: u16, payload: &[u8]) -> Vec<u8> {
     Packet::eth(UPLINK_MAC, UPLINK_MAC).ipv4(EXTERNAL, NODE, IPPROTO_UDP).udp(DNS, port).payload(payload).finish()
 }
 
@@ -312,7 +312,7 @@ fn vxlan_from_peer(payload: &[u8]) -> Vec<u8> {
 }
 
 /// The same from a node that is no peer.
-fn vxlan_from_stranger(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn vxlan_from_stranger(payload: &[u8]) -> Vec<u8> {
     Packet::eth(UPLINK_MAC, UPLINK_MAC)
         .ipv4(STRANGER, NODE, IPPROTO_UDP)
         .udp(50000, CALICO_VXLAN_PORT)

@@ -31,6 +31,8 @@ pub struct Results {
     pub xdp: Vec<XdpCost>,
     /// The non-peer VXLAN flood at XDP and at TC.
     pub flood: Option<FloodRate>,
+    /// What `dataplane monitor` costs per packet, with and without a reader.
+    pub monitor: Vec<crate::monitor::MonitorCost>,
 }
 
 /// The XDP per-packet table and the flood's rates.
@@ -322,6 +324,12 @@ pub fn markdown(results: &Results, header: &str) -> String {
         let _ = writeln!(out, "## The uplink's XDP program\n");
         let _ = writeln!(out, "Per packet: one call of `repeat = 100000` per round (neither program changes the packet), beside the empty program of the same type on the same frame. Flood: BPF_PROG_TEST_RUN live frames on a veth whose TC ingress runs from_uplink, through xdp_uplink (dropped at XDP) and through the empty XDP program (each frame becomes an skb that from_uplink drops).\n");
         out.push_str(&xdp_tables(&results.xdp, results.flood.as_ref()));
+        out.push('\n');
+    }
+    if !results.monitor.is_empty() {
+        let _ = writeln!(out, "## What `dataplane monitor` costs per packet\n");
+        let _ = writeln!(out, "The same packets with no reader, with a lease that ran out (a killed reader) and while a reader holds the lease; one call of `repeat = 4096` per round, the events ring buffer drained between calls, every emitted event counted.\n");
+        out.push_str(&crate::monitor::monitor_table(&results.monitor));
         out.push('\n');
     }
     if !results.lpm.is_empty() {
