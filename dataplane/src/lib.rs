@@ -10,6 +10,7 @@ pub mod datastore;
 pub mod ipam;
 pub mod metrics;
 pub mod model;
+pub mod pinned;
 pub mod plan;
 pub mod probe;
 pub mod routes;

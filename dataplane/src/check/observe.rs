@@ -3,14 +3,7 @@
 use std::{collections::BTreeMap, fs, net::Ipv4Addr, path::Path};
 
 use anyhow::Context as _;
-use aya::{
-    maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData},
-    programs::{links::FdLink, links::PinnedLink, SchedClassifier},
-};
-use dataplane_common::{
-    FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAP, NODE_MAP, PEERS_MAP, ROUTES_MAP,
-    WORKLOADS_MAP,
-};
+use aya::programs::{links::FdLink, links::PinnedLink, SchedClassifier};
 use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 
@@ -28,11 +21,11 @@ use crate::{
     backend::{
         bpf::{link_pin_name, LINKS_DIR},
         clsact::{self, Filter},
-        entries::RouteKey,
         netlink::{self, RTPROT_DATAPLANE, VXLAN_DEVICE},
         nftables,
     },
     model::MacAddr,
+    pinned::PinnedMaps,
     sys,
 };
 
@@ -68,61 +61,16 @@ pub fn parse_proc_net_route(text: &str) -> Vec<KernelRoute> {
     routes
 }
 
-pub(super) fn open_pinned(pin_path: &Path, name: &str) -> anyhow::Result<MapData> {
-    let path = pin_path.join(name);
-    MapData::from_pin(&path).with_context(|| {
-        format!("opening {}: is an agent running with --pin-path {}?", path.display(), pin_path.display())
-    })
-}
-
-/// The pinned node map's single value.
-pub fn read_node_map(pin_path: &Path) -> anyhow::Result<NodeConfig> {
-    let map: Array<MapData, NodeConfig> = Array::try_from(Map::Array(open_pinned(pin_path, NODE_MAP)?))
-        .context("the node map has an unexpected layout")?;
-    map.get(&0, 0).context("reading the node map")
-}
-
-/// Every entry of the pinned routes map.
-pub fn read_routes_map(pin_path: &Path) -> anyhow::Result<BTreeMap<RouteKey, Route>> {
-    let trie: LpmTrie<MapData, Ipv4Bytes, Route> = LpmTrie::try_from(Map::LpmTrie(open_pinned(pin_path, ROUTES_MAP)?))
-        .context("the routes map has an unexpected layout")?;
-    trie.iter()
-        .map(|entry| entry.map(|(key, route)| ((key.prefix_len(), key.data()), route)))
-        .collect::<Result<_, _>>()
-        .context("reading the routes map")
-}
-
-/// Every entry of the pinned workloads map.
-pub fn read_workloads_map(pin_path: &Path) -> anyhow::Result<BTreeMap<u32, Workload>> {
-    let map: HashMap<MapData, u32, Workload> = HashMap::try_from(Map::HashMap(open_pinned(pin_path, WORKLOADS_MAP)?))
-        .context("the workloads map has an unexpected layout")?;
-    map.iter().collect::<Result<_, _>>().context("reading the workloads map")
-}
-
-/// Every entry of the pinned peers map.
-pub fn read_peers_map(pin_path: &Path) -> anyhow::Result<BTreeMap<Ipv4Bytes, Peer>> {
-    let map: HashMap<MapData, Ipv4Bytes, Peer> = HashMap::try_from(Map::HashMap(open_pinned(pin_path, PEERS_MAP)?))
-        .context("the peers map has an unexpected layout")?;
-    map.iter().collect::<Result<_, _>>().context("reading the peers map")
-}
-
-/// Every entry of the pinned conntrack map.
-pub fn read_conntrack_map(pin_path: &Path) -> anyhow::Result<BTreeMap<FlowKey, NatFlow>> {
-    let map: HashMap<MapData, FlowKey, NatFlow> =
-        HashMap::try_from(Map::HashMap(open_pinned(pin_path, CONNTRACK_MAP)?))
-            .context("the conntrack map has an unexpected layout")?;
-    map.iter().collect::<Result<_, _>>().context("reading the conntrack map")
-}
-
 /// Every pinned map the checks compare, each read on its own so one bad map does not hide the
 /// others.
 pub fn observe_maps(pin_path: &Path) -> ObservedMaps {
     let text = |error: anyhow::Error| format!("{error:#}");
+    let maps = PinnedMaps::at(pin_path);
     ObservedMaps {
-        node: read_node_map(pin_path).map_err(text),
-        routes: read_routes_map(pin_path).map_err(text),
-        workloads: read_workloads_map(pin_path).map_err(text),
-        peers: read_peers_map(pin_path).map_err(text),
+        node: maps.read_node().map_err(text),
+        routes: maps.read_routes().map_err(text),
+        workloads: maps.read_workloads().map_err(text),
+        peers: maps.read_peers().map_err(text),
     }
 }
 

@@ -6,13 +6,14 @@ use anyhow::{bail, Context as _};
 use aya::{
     maps::{HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+    Ebpf,
 };
 use dataplane_common::{
-    FlowKey, NatFlow, Stat, CONNTRACK_MAP, NODE_MAP, PEERS_MAP, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    FlowKey, NatFlow, CONNTRACK_MAP, NODE_MAP, PEERS_MAP, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 use serde::Serialize;
 
-use crate::check;
+use crate::pinned::{counters, PinnedMaps};
 
 use super::*;
 
@@ -107,7 +108,7 @@ pub fn inject(
     let mut ebpf = loader.load(object).context("loading the kernel programs with the pinned maps")?;
 
     // The flows the live table holds, so an established flow is recognised, in a map of our own.
-    let flows = match check::read_conntrack_map(pin_path) {
+    let flows = match PinnedMaps::at(pin_path).read_conntrack() {
         Ok(flows) => flows,
         Err(_) if !pin_path.join(CONNTRACK_MAP).exists() => BTreeMap::new(),
         Err(error) => return Err(error),
@@ -139,16 +140,7 @@ pub fn inject(
         .with_context(|| format!("BPF_PROG_TEST_RUN of {program} on ifindex {ifindex}"))?;
     out.truncate(result.data_size_out as usize);
 
-    let map = ebpf.map(STATS_MAP).context("the object has no stats map")?;
-    let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map).context("the stats map has an unexpected layout")?;
-    let mut counters = BTreeMap::new();
-    for stat in Stat::ALL {
-        let total: u64 =
-            stats.get(&stat.index(), 0).with_context(|| format!("reading counter {}", stat.name()))?.iter().sum();
-        if total > 0 {
-            counters.insert(stat.name(), total);
-        }
-    }
+    let counters = moved_counters(&ebpf)?;
     let output = parse_headers(&out, vxlan_port);
     let mut mismatches = compare(prediction, result.return_value, &counters, output.as_ref());
     if let Some(key) = &prediction.remembers {
@@ -168,10 +160,6 @@ pub fn inject(
     })
 }
 
-/// XDP's return codes (`enum xdp_action`).
-pub(super) const XDP_DROP: u32 = 1;
-pub(super) const XDP_PASS: u32 = 2;
-
 /// Runs `packet` through `xdp_uplink` with the live routes, peers and node maps and a fresh
 /// stats map; returns its return code and the counters it moved.
 pub fn inject_xdp(pin_path: &Path, packet: &[u8]) -> anyhow::Result<(u32, BTreeMap<&'static str, u64>)> {
@@ -190,15 +178,18 @@ pub fn inject_xdp(pin_path: &Path, packet: &[u8]) -> anyhow::Result<(u32, BTreeM
     let result = prog
         .test_run(TestRunOptions { data_in: Some(packet), ..Default::default() })
         .with_context(|| format!("BPF_PROG_TEST_RUN of {PROG_XDP_UPLINK}"))?;
+    let counters = moved_counters(&ebpf)?;
+    Ok((result.return_value, counters))
+}
+
+/// The counters a test run moved, by name: the run's program has a fresh stats map of its own,
+/// so every non-zero slot is the run's doing.
+fn moved_counters(ebpf: &Ebpf) -> anyhow::Result<BTreeMap<&'static str, u64>> {
     let map = ebpf.map(STATS_MAP).context("the object has no stats map")?;
     let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map).context("the stats map has an unexpected layout")?;
-    let mut counters = BTreeMap::new();
-    for stat in Stat::ALL {
-        let total: u64 =
-            stats.get(&stat.index(), 0).with_context(|| format!("reading counter {}", stat.name()))?.iter().sum();
-        if total > 0 {
-            counters.insert(stat.name(), total);
-        }
-    }
-    Ok((result.return_value, counters))
+    Ok(counters(&stats)?
+        .into_iter()
+        .filter(|(_, total)| *total > 0)
+        .map(|(stat, total)| (stat.name(), total))
+        .collect())
 }

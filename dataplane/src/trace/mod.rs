@@ -26,10 +26,13 @@ mod tests;
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::Path};
 
 use anyhow::{bail, Context as _};
-use dataplane_common::{Stat, NODE_MAP, PROG_XDP_UPLINK, WORKLOADS_MAP};
+use dataplane_common::{
+    net::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
+    Stat, NODE_MAP, PROG_XDP_UPLINK, WORKLOADS_MAP,
+};
 use serde::Serialize;
 
-use crate::{backend::xdp::XdpMode, check};
+use crate::{backend::xdp::XdpMode, pinned::PinnedMaps};
 
 pub use inject::*;
 pub use packet::*;
@@ -88,12 +91,13 @@ pub struct TraceReport {
 
 /// The live state under `pin_path`; a missing node map is left empty (the programs then drop).
 pub fn read_state(pin_path: &Path) -> anyhow::Result<State> {
+    let maps = PinnedMaps::at(pin_path);
     Ok(State {
-        node: check::read_node_map(pin_path).ok(),
-        routes: check::read_routes_map(pin_path)?,
-        workloads: check::read_workloads_map(pin_path)?,
-        peers: check::read_peers_map(pin_path)?,
-        conntrack: check::read_conntrack_map(pin_path).unwrap_or_default(),
+        node: maps.read_node().ok(),
+        routes: maps.read_routes()?,
+        workloads: maps.read_workloads()?,
+        peers: maps.read_peers()?,
+        conntrack: maps.read_conntrack().unwrap_or_default(),
         now_ns: monotonic_ns(),
     })
 }

@@ -17,15 +17,6 @@ use crate::{backend::entries::RouteKey, check, model::MacAddr, routes};
 
 use super::*;
 
-/// TC action: let the packet continue.
-pub const TC_ACT_OK: u32 = 0;
-
-/// TC action: drop.
-pub const TC_ACT_SHOT: u32 = 2;
-
-/// TC action: redirected by a helper.
-pub const TC_ACT_REDIRECT: u32 = 7;
-
 /// Where the packet enters, resolved to what the program sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Entry {

@@ -41,6 +41,7 @@ use dataplane::{
     check,
     datastore::etcd::{export, EtcdConfig},
     model::{Block, Model, Workload as ModelWorkload},
+    pinned::PinnedMaps,
     plan,
 };
 use dataplane_common::{Ipv4Bytes, Route, Workload, ROUTES_MAP, WORKLOADS_MAP};
@@ -379,11 +380,11 @@ fn verify(lab: &Lab, model: &Model, pin_path: &Path, phase: &str) -> anyhow::Res
     let uplink = *interfaces.get(uplink_name).with_context(|| format!("no uplink {uplink_name} in {netns}"))?;
     let want = planned_entries(model, &interfaces, uplink)?;
     let mut wrong = Vec::new();
-    let routes = check::read_routes_map(pin_path)?;
+    let routes = PinnedMaps::at(pin_path).read_routes()?;
     wrong.extend(differences(&want.routes, &routes).into_iter().map(|d| format!("routes map: {d}")));
-    let workloads = check::read_workloads_map(pin_path)?;
+    let workloads = PinnedMaps::at(pin_path).read_workloads()?;
     wrong.extend(differences(&want.workloads, &workloads).into_iter().map(|d| format!("workloads map: {d}")));
-    let peers = check::read_peers_map(pin_path)?;
+    let peers = PinnedMaps::at(pin_path).read_peers()?;
     wrong.extend(differences(&want.peers, &peers).into_iter().map(|d| format!("peers map: {d}")));
 
     let (plan, _) = plan::compute(model, NODE)?;
@@ -394,8 +395,13 @@ fn verify(lab: &Lab, model: &Model, pin_path: &Path, phase: &str) -> anyhow::Res
     let link = lab.exec_stdout(netns, &["ip", "-j", "link", "show", "dev", uplink_name])?;
     let link: serde_json::Value = serde_json::from_str(&link).context("ip -j link show")?;
     let uplink_mtu = link[0]["mtu"].as_u64().and_then(|m| u32::try_from(m).ok()).context("the uplink's MTU")?;
-    let want_host =
-        host_routes::desired(&plan, uplink, uplink_mtu, |peer| if subnet.contains(&peer) { peer } else { gateway.unwrap_or(peer) });
+    let want_host = host_routes::desired(&plan, uplink, uplink_mtu, |peer| {
+        if subnet.contains(&peer) {
+            peer
+        } else {
+            gateway.unwrap_or(peer)
+        }
+    });
     let have_host = kernel_host_routes(lab, netns, &interfaces)?;
     wrong.extend(differences(&want_host, &have_host).into_iter().map(|d| format!("proto 200 routes: {d}")));
     ensure!(
