@@ -30,7 +30,9 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use dataplane_common::{CONNTRACK_MAP, ROUTES_MAP};
-use dataplane_lab::{udp_socket_in, Agent, AgentOptions, ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
+use dataplane_lab::{
+    iperf, udp_socket_in, wait_until, Agent, AgentOptions, ChildHandle, Lab, LabOptions, LabPod, AGENT_READY,
+};
 use serde_json::Value;
 
 /// How long an agent may take to program its node (generous: the machine may be loaded).
@@ -191,23 +193,9 @@ fn stream_never_stalled(mut client: ChildHandle, seconds: u32) -> anyhow::Result
         .with_context(|| format!("iperf3 did not finish:\n{}", client.log()))?;
     let report = client.log();
     ensure!(status.success(), "iperf3 failed:\n{report}");
-    let json: Value = serde_json::from_str(&report).with_context(|| format!("iperf3 -J output:\n{report}"))?;
-    let intervals = json["intervals"].as_array().context("iperf3 report has no intervals")?;
-    let per_second: Vec<f64> =
-        intervals.iter().map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9).collect();
-    ensure!(
-        per_second.len() >= seconds as usize,
-        "iperf3 reported {} of {seconds} seconds:\n{report}",
-        per_second.len()
-    );
-    // A stall is a second without data; any real flow through the fast path carries far more
-    // than 1 Mbit/s even on a loaded machine.
-    ensure!(
-        per_second.iter().all(|gbps| *gbps > 0.001),
-        "a second of the stream carried (almost) nothing: {per_second:.3?}"
-    );
-    ensure!(json["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0) > 0, "nothing received:\n{report}");
-    Ok(per_second)
+    let stream = iperf::parse(&report)?;
+    iperf::ensure_never_stalled(&stream, seconds as usize).with_context(|| format!("iperf3 report:\n{report}"))?;
+    Ok(stream.per_second)
 }
 
 /// The conntrack table of the flood test: small so that a few dozen flows fill it.
@@ -333,16 +321,6 @@ fn metrics_get(netns: &str, addr: &str, path: &str) -> anyhow::Result<String> {
 /// The value of sample `name` in a Prometheus text body.
 fn sample(body: &str, name: &str) -> Option<f64> {
     body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Polls until `check` holds, up to `timeout`; `what` names it in the error.
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !check()? {
-        ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        thread::sleep(Duration::from_millis(200));
-    }
-    Ok(())
 }
 
 /// The routes= field of the agent's last "fast path programmed" line.
