@@ -27,7 +27,7 @@ use std::{
     fs,
     net::Ipv4Addr,
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -45,7 +45,7 @@ use dataplane::{
     plan,
 };
 use dataplane_common::{Ipv4Bytes, Route, Workload, ROUTES_MAP, WORKLOADS_MAP};
-use dataplane_lab::{scale, ChildHandle, Lab, LabOptions};
+use dataplane_lab::{etcd, scale, ChildHandle, Lab, LabOptions};
 use etcd_client::{Client, Txn, TxnOp};
 use ipnet::Ipv4Net;
 
@@ -154,47 +154,12 @@ fn enter_netns(netns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `name` from the PATH or /usr/bin.
-fn find_binary(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Starts etcd in the fabric namespace on `endpoint` with its data in the lab's directory.
+/// Starts etcd in the fabric namespace on `endpoint` with its data in the lab's directory, and
+/// waits until it answers.
 fn start_etcd(lab: &Lab, endpoint: &str) -> anyhow::Result<ChildHandle> {
-    let etcd =
-        find_binary("etcd").context("etcd is not installed: `cargo xtask setup` installs Debian's etcd-server")?;
-    let data = lab.dir().join("etcd-data");
-    let data = data.to_string_lossy();
-    let bin = etcd.to_string_lossy();
-    let peer = "http://127.0.0.1:2380";
-    let cluster = format!("bench={peer}");
-    let argv = [
-        &*bin,
-        "--name",
-        "bench",
-        "--data-dir",
-        &data,
-        "--listen-client-urls",
-        endpoint,
-        "--advertise-client-urls",
-        endpoint,
-        "--listen-peer-urls",
-        peer,
-        "--initial-advertise-peer-urls",
-        peer,
-        "--initial-cluster",
-        &cluster,
-        // 8 GiB: the million-block cluster and its history fit.
-        "--quota-backend-bytes",
-        "8589934592",
-    ];
-    lab.spawn(lab.fabric_netns(), &argv, "etcd")
+    // 8 GiB: the million-block cluster and its history fit.
+    let argv = etcd::command(lab, "bench", endpoint, &["--quota-backend-bytes", "8589934592"])?;
+    Ok(etcd::start(lab, &argv, endpoint)?.0)
 }
 
 /// The bench's own connection to etcd, on the thread that entered the fabric namespace.
