@@ -1,14 +1,25 @@
 //! iperf3 in the lab: one reading of its JSON report (`iperf3 -J`) and one rule for a stream
 //! that stalled, for every test that runs traffic across a change.
 
+use std::time::Duration;
+
 use anyhow::{ensure, Context as _};
 use serde_json::Value;
+
+use crate::process::ChildHandle;
 
 /// A second of a stream below this many Gbit/s counts as a stall. Any flow the lab carries,
 /// through the fast path or the kernel's own, moves far more than 1 Mbit/s even on a loaded
 /// machine, while a broken path moves nothing: the floor tells the two apart without asking
 /// for a throughput the machine may not have.
 pub const STALL_FLOOR_GBPS: f64 = 0.001;
+
+/// Waits until an iperf3 server (`iperf3 -s --forceflush`, text output) reports its first
+/// second of received data: the stream is up and carrying, so a test can start changing things.
+pub fn wait_for_first_second(server: &mut ChildHandle, timeout: Duration) -> anyhow::Result<()> {
+    // Every interval line of the text report ends in a rate ("... 9.41 Gbits/sec").
+    server.wait_for_log("bits/sec", timeout).context("the iperf3 stream carried no data")
+}
 
 /// What an iperf3 client reported.
 #[derive(Clone, Debug, PartialEq)]

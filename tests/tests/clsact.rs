@@ -261,8 +261,8 @@ impl Stream {
         let addr = server.addr.to_string();
         let argv = ["iperf3", "-c", &addr, "-t", STREAM_SECONDS, "-J", "--connect-timeout", "3000"];
         let client = lab.spawn(&client.netns, &argv, "iperf3-client")?;
-        // Let it connect and carry a second of data before anything changes.
-        thread::sleep(Duration::from_secs(1));
+        // It carries data before anything changes.
+        iperf::wait_for_first_second(&mut listener, Duration::from_secs(10))?;
         Ok(Stream { _server: listener, client })
     }
 

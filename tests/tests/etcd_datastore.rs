@@ -9,7 +9,12 @@
 //! The last test runs the real agent on the two-node lab with `--datastore etcdv3`; it needs root
 //! and the agent binary, like the first light tests.
 
-use dataplane_tests::{agent_bin, watch::wait_for, workspace_root};
+use dataplane_tests::{
+    agent_bin,
+    certs::{make_certs, Certs},
+    watch::wait_for,
+    workspace_root,
+};
 use std::{
     fs,
     net::{Ipv4Addr, TcpListener},
@@ -176,16 +181,6 @@ fn free_port() -> anyhow::Result<u16> {
         }
     }
     bail!("no free port on 127.0.0.1 between 20000 and 32767")
-}
-
-/// Files of a TLS setup generated with openssl: a CA, etcd's certificate for 127.0.0.1, a client
-/// certificate.
-struct Certs {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
 }
 
 /// A real etcd server on 127.0.0.1; killed and its directory removed when dropped.
@@ -425,98 +420,6 @@ impl Drop for EtcdServer {
         self.kill();
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
-fn make_certs(dir: &Path) -> anyhow::Result<Certs> {
-    let certs = Certs {
-        ca: dir.join("ca.pem"),
-        server_cert: dir.join("server.pem"),
-        server_key: dir.join("server-key.pem"),
-        client_cert: dir.join("client.pem"),
-        client_key: dir.join("client-key.pem"),
-    };
-    let ca_key = dir.join("ca-key.pem");
-    let openssl = |args: &[&str]| -> anyhow::Result<()> {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output()
-            .context("running openssl")?;
-        ensure!(
-            output.status.success(),
-            "openssl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
-    };
-    let path = |p: &Path| p.to_string_lossy().into_owned();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &path(&ca_key),
-        "-out",
-        &path(&certs.ca),
-        "-days",
-        "2",
-        "-subj",
-        "/CN=dataplane test CA",
-    ])?;
-    for (cert, key, name, usage) in [
-        (&certs.server_cert, &certs.server_key, "etcd", "serverAuth"),
-        (&certs.client_cert, &certs.client_key, "calico-node", "clientAuth"),
-    ] {
-        let csr = dir.join(format!("{name}.csr"));
-        let ext = dir.join(format!("{name}.ext"));
-        fs::write(
-            &ext,
-            format!(
-                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\n\
-                 basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
-            ),
-        )
-        .context("writing the certificate extensions")?;
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &path(key),
-            "-out",
-            &path(&csr),
-            "-subj",
-            &format!("/CN={name}"),
-        ])?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &path(&csr),
-            "-CA",
-            &path(&certs.ca),
-            "-CAkey",
-            &path(&ca_key),
-            "-CAcreateserial",
-            "-out",
-            &path(cert),
-            "-days",
-            "2",
-            "-extfile",
-            &path(&ext),
-        ])?;
-    }
-    Ok(certs)
 }
 
 fn has_block(snapshot: &Snapshot, cidr: &str, node: &str) -> bool {
@@ -856,6 +759,33 @@ struct EtcdCluster {
 }
 
 impl EtcdCluster {
+    /// The example's lab with etcd running in it, no agents yet; with the model and the agent
+    /// binary. `None` (after saying why) when not root or without etcd.
+    fn up(test: &str) -> anyhow::Result<Option<(EtcdCluster, Model, PathBuf)>> {
+        if dataplane_tests::skip_unless_root(test) {
+            return Ok(None);
+        }
+        let (Some(_), Some(etcdctl)) = (lab_etcd::find_binary("etcd"), lab_etcd::find_binary("etcdctl")) else {
+            dataplane_tests::skip(test, "needs the etcd and etcdctl binaries (`cargo xtask setup`)");
+            return Ok(None);
+        };
+        let bin = agent_bin();
+        ensure!(
+            bin.exists(),
+            "agent binary {} does not exist: build it with `cargo build -p dataplane`",
+            bin.display()
+        );
+        let model = example_model()?;
+        let lab = Lab::up(&model, LabOptions::default())?;
+        // etcd listens in the fabric namespace on the gateway of the nodes' subnet: both agents
+        // reach it from their node's namespace over eth0, as calico-node reaches etcd in a cluster.
+        let gateway = lab.node("node-1")?.gateway;
+        let endpoint = format!("http://{gateway}:2379");
+        let mut cluster = EtcdCluster { agents: Vec::new(), etcd: None, lab, etcdctl, endpoint };
+        cluster.start_etcd()?;
+        Ok(Some((cluster, model, bin)))
+    }
+
     /// Starts (or restarts, on the same data) etcd in the fabric namespace.
     fn start_etcd(&mut self) -> anyhow::Result<()> {
         let argv = lab_etcd::command(&self.lab, "lab", &self.endpoint, &[])?;
@@ -927,23 +857,9 @@ impl EtcdCluster {
 #[test]
 fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     let test = "agents_run_from_etcd_on_the_two_node_lab";
-    if dataplane_tests::skip_unless_root(test) {
-        return Ok(());
-    }
-    let (Some(_), Some(etcdctl)) = (lab_etcd::find_binary("etcd"), lab_etcd::find_binary("etcdctl")) else {
-        dataplane_tests::skip(test, "needs the etcd and etcdctl binaries (`cargo xtask setup`)");
+    let Some((mut cluster, model, bin)) = EtcdCluster::up(test)? else {
         return Ok(());
     };
-    let bin = agent_bin();
-    ensure!(bin.exists(), "agent binary {} does not exist: build it with `cargo build -p dataplane`", bin.display());
-    let model = example_model()?;
-    let lab = Lab::up(&model, LabOptions::default())?;
-    // etcd listens in the fabric namespace on the gateway of the nodes' subnet: both agents reach
-    // it from their node's namespace over eth0, as calico-node reaches etcd in a cluster.
-    let gateway = lab.node("node-1")?.gateway;
-    let mut cluster =
-        EtcdCluster { agents: Vec::new(), etcd: None, lab, etcdctl, endpoint: format!("http://{gateway}:2379") };
-    cluster.start_etcd()?;
     for (key, value) in calico_keys(&model) {
         cluster.put(&key, &value)?;
     }
@@ -1013,16 +929,16 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     if let Some(mut etcd) = cluster.etcd.take() {
         etcd.terminate(Duration::from_secs(5))?;
     }
-    thread::sleep(Duration::from_secs(2));
-    ensure!(cluster.lab.ping_ok(&web1, web2.addr, 3)?, "traffic stopped with etcd\n{}", cluster.logs());
+    // Within 2 s of the stop, each agent says it lost etcd.
+    let stopped = Instant::now();
     for agent in &cluster.agents {
-        ensure!(
-            agent.log().contains("lost the connection to etcd"),
-            "{} did not say it lost etcd:\n{}",
-            agent.name(),
-            agent.log()
-        );
+        let what = format!("{} saying it lost etcd", agent.name());
+        wait_until(&what, Duration::from_secs(2).saturating_sub(stopped.elapsed()), || {
+            Ok(agent.log().contains("lost the connection to etcd"))
+        })
+        .with_context(|| agent.log())?;
     }
+    ensure!(cluster.lab.ping_ok(&web1, web2.addr, 3)?, "traffic stopped with etcd\n{}", cluster.logs());
     let restarted = Instant::now();
     cluster.start_etcd()?;
     for (agent, before) in cluster.agents.iter().zip(before) {
@@ -1111,21 +1027,9 @@ fn a_file_with_problems_is_not_exported() -> anyhow::Result<()> {
 #[test]
 fn an_iperf3_stream_survives_etcd_down_for_30_s() -> anyhow::Result<()> {
     let test = "an_iperf3_stream_survives_etcd_down_for_30_s";
-    if dataplane_tests::skip_unless_root(test) {
-        return Ok(());
-    }
-    let (Some(_), Some(etcdctl)) = (lab_etcd::find_binary("etcd"), lab_etcd::find_binary("etcdctl")) else {
-        dataplane_tests::skip(test, "needs the etcd and etcdctl binaries (`cargo xtask setup`)");
+    let Some((mut cluster, _, bin)) = EtcdCluster::up(test)? else {
         return Ok(());
     };
-    let bin = agent_bin();
-    ensure!(bin.exists(), "agent binary {} does not exist: build it with `cargo build -p dataplane`", bin.display());
-    let model = example_model()?;
-    let lab = Lab::up(&model, LabOptions::default())?;
-    let gateway = lab.node("node-1")?.gateway;
-    let mut cluster =
-        EtcdCluster { agents: Vec::new(), etcd: None, lab, etcdctl, endpoint: format!("http://{gateway}:2379") };
-    cluster.start_etcd()?;
     // The cluster goes in as a user moves it from the file: with `dataplane datastore export`.
     let bin_text = bin.to_string_lossy().into_owned();
     let example = workspace_root().join(EXAMPLE);
@@ -1149,7 +1053,7 @@ fn an_iperf3_stream_survives_etcd_down_for_30_s() -> anyhow::Result<()> {
         "iperf3-client",
     )?;
     // The stream carries data before etcd goes: the server reports its first second.
-    server.wait_for_log("bits/sec", Duration::from_secs(10))?;
+    iperf::wait_for_first_second(&mut server, Duration::from_secs(10))?;
 
     // etcd down for 30 s, as the issue asks.
     let before: Vec<usize> = cluster.agents.iter().map(ChildHandle::programmed).collect();

@@ -165,7 +165,7 @@ fn exchange(
 
 /// Starts `iperf3 -s -1` in `server_netns` and a client of `seconds` in `client`'s namespace
 /// towards `server_addr`, at most `bitrate` (iperf3's `-b`, e.g. `200M`; `0` is unlimited);
-/// returns (server, client) once the client runs.
+/// returns (server, client) once the stream carries data.
 fn iperf3_stream(
     lab: &Lab,
     server_netns: &str,
@@ -182,6 +182,7 @@ fn iperf3_stream(
         &["iperf3", "-c", &addr, "-t", &time, "-b", bitrate, "-J", "--connect-timeout", "5000"],
         "iperf3-client",
     )?;
+    iperf::wait_for_first_second(&mut server, Duration::from_secs(20))?;
     Ok((server, client))
 }
 
@@ -237,7 +238,6 @@ fn a_flood_of_new_flows_fills_conntrack_and_the_port_range_and_old_flows_keep_pa
     ensure!(*seen.ip() == NODE_1_ADDR, "nat-1:7000 arrived as {seen}, not from {NODE_1_ADDR}");
     let (_iperf_server, stream) =
         iperf3_stream(&lab, &external.netns, external.addr, &nat1, FLOOD_STREAM_SECONDS, STREAM_BITRATE)?;
-    thread::sleep(Duration::from_secs(2));
 
     // Port range: nat-1 and nat-3 send from the same five ports; nat-1's keep their ports,
     // nat-3's collide, two take the range's ports and three find it exhausted.
@@ -365,7 +365,6 @@ fn a_garbage_datastore_keeps_the_last_good_state_under_an_iperf3_stream() -> any
     let web1 = lab.pod("default/web-1")?.clone();
     let web2 = lab.pod("default/web-2")?.clone();
     let (_server, stream) = iperf3_stream(&lab, &web2.netns, web2.addr, &web1, GARBAGE_STREAM_SECONDS, STREAM_BITRATE)?;
-    thread::sleep(Duration::from_secs(2));
 
     // Garbage: the agent says so in its log and its metrics, and keeps what it programmed.
     let broke = Instant::now();
@@ -537,7 +536,6 @@ fn an_iperf3_stream_survives_the_kubernetes_api_gone_for_a_minute() -> anyhow::R
     let web1 = lab.pod("default/web-1")?.clone();
     let web2 = lab.pod("default/web-2")?.clone();
     let (_server, stream) = iperf3_stream(&lab, &web2.netns, web2.addr, &web1, OUTAGE_STREAM_SECONDS, OUTAGE_BITRATE)?;
-    thread::sleep(Duration::from_secs(3));
 
     // Gone: each agent says it lost the API and keeps what it programmed.
     let programmed_before: Vec<usize> = agents.iter().map(|a| a.log().matches(AGENT_READY).count()).collect();

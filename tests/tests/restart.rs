@@ -62,7 +62,7 @@ fn a_tcp_stream_survives_agent_restarts_and_crashes() -> anyhow::Result<()> {
         &["iperf3", "-c", &server_addr, "-t", STREAM_SECONDS, "-J", "--connect-timeout", "3000"],
         "iperf3-client",
     )?;
-    std::thread::sleep(Duration::from_secs(1));
+    iperf::wait_for_first_second(&mut iperf_server, Duration::from_secs(10))?;
 
     // A clean restart of node-1's agent: SIGTERM, then a new agent adopts the pins.
     let began = Instant::now();
