@@ -23,6 +23,16 @@ pub fn read(bin: &Path, pin_path: &Path) -> anyhow::Result<BTreeMap<String, u64>
     Ok(counters)
 }
 
+/// One counter (a decision or a drop reason) of the agent pinned at `pin_path`; an error names
+/// the counters there are when `name` is not one of them.
+pub fn one(bin: &Path, pin_path: &Path, name: &str) -> anyhow::Result<u64> {
+    let counters = read(bin, pin_path)?;
+    counters
+        .get(name)
+        .copied()
+        .with_context(|| format!("`dataplane stats -o json` has no counter {name}: {counters:?}"))
+}
+
 /// How much counter `name` grew between two readings (a counter missing from both is 0).
 pub fn growth(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str) -> u64 {
     let read = |counters: &BTreeMap<String, u64>| counters.get(name).copied().unwrap_or(0);

@@ -31,7 +31,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 use dataplane_common::{CONNTRACK_MAP, ROUTES_MAP};
 use dataplane_lab::{
-    iperf, udp_socket_in, wait_until, Agent, AgentOptions, ChildHandle, Lab, LabOptions, LabPod, AGENT_READY,
+    counters, iperf, udp_socket_in, wait_until, Agent, AgentOptions, ChildHandle, Lab, LabOptions, LabPod, AGENT_READY,
 };
 use serde_json::Value;
 
@@ -93,23 +93,9 @@ fn memory_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no {field} in {path}"))
 }
 
-/// Runs `dataplane <args> --pin-path <node's pins> -o json` and parses its output.
-fn dataplane_json(lab: &Lab, node: &str, args: &[&str]) -> anyhow::Result<Value> {
-    let bin = agent_bin().to_string_lossy().into_owned();
-    let pin_path = lab.pin_path(node).to_string_lossy().into_owned();
-    let mut argv = vec![bin.as_str()];
-    argv.extend(args);
-    argv.extend(["--pin-path", &pin_path, "-o", "json"]);
-    let output = dataplane_lab::cmd::run(&argv)?;
-    serde_json::from_slice(&output.stdout)
-        .with_context(|| format!("`{}` did not print JSON", dataplane_lab::cmd::display(&argv)))
-}
-
 /// One counter of `dataplane stats` on `node` (a decision or a drop reason).
 fn stat(lab: &Lab, node: &str, name: &str) -> anyhow::Result<u64> {
-    let stats = dataplane_json(lab, node, &["stats"])?;
-    let value = stats["decisions"].get(name).or_else(|| stats["drops"].get(name));
-    value.and_then(Value::as_u64).with_context(|| format!("`dataplane stats -o json` has no counter {name}: {stats}"))
+    counters::one(&agent_bin(), &lab.pin_path(node), name)
 }
 
 /// The pinned map `name` of `node` as bpftool sees it: (max_entries, entries now).

@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use dataplane::backend::nftables;
-use dataplane_lab::{udp_socket_in, Agent, AgentMode, AgentOptions, ChildHandle, Lab, LabOptions, LabPod};
+use dataplane_lab::{counters, udp_socket_in, Agent, AgentMode, AgentOptions, ChildHandle, Lab, LabOptions, LabPod};
 use serde_json::Value;
 
 /// The example cluster with two pools, one with natOutgoing and one without.
@@ -147,11 +147,7 @@ impl Cluster {
 
     /// One counter of `dataplane stats -o json` on `node` (a decision or a drop reason).
     fn stat(&self, node: &str, name: &str) -> anyhow::Result<u64> {
-        let stats = self.dataplane_json(node, &["stats"])?;
-        let value = stats["decisions"].get(name).or_else(|| stats["drops"].get(name));
-        value
-            .and_then(Value::as_u64)
-            .with_context(|| format!("`dataplane stats -o json` has no counter {name}: {stats}"))
+        counters::one(&self.bin, &self.lab.pin_path(node), name)
     }
 }
 
