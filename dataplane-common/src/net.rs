@@ -103,6 +103,19 @@ pub const NAT_PORT_MIN: u16 = 20000;
 /// Default last port of the SNAT range.
 pub const NAT_PORT_MAX: u16 = 29999;
 
+// The programs' return codes, as the kernel reads them and BPF_PROG_TEST_RUN reports them. The
+// kernel programs take theirs from aya's bindings; userspace compares against these.
+/// TC verdict: let the packet continue (`TC_ACT_OK`).
+pub const TC_ACT_OK: u32 = 0;
+/// TC verdict: drop (`TC_ACT_SHOT`).
+pub const TC_ACT_SHOT: u32 = 2;
+/// TC verdict: redirected by a helper (`TC_ACT_REDIRECT`).
+pub const TC_ACT_REDIRECT: u32 = 7;
+/// XDP verdict: drop (`XDP_DROP` of `enum xdp_action`).
+pub const XDP_DROP: u32 = 1;
+/// XDP verdict: on to the stack (`XDP_PASS` of `enum xdp_action`).
+pub const XDP_PASS: u32 = 2;
+
 /// ARP hardware type of Ethernet.
 pub const ARPHRD_ETHER: u16 = 1;
 /// ARP opcode of a request.
@@ -116,16 +129,3 @@ pub const ARP_ETH_IPV4_LEN: usize = 28;
 pub const GATEWAY_ADDR: [u8; 4] = [169, 254, 1, 1];
 /// The MAC of every workload interface on the host side, and of the gateway.
 pub const GATEWAY_MAC: [u8; ETH_ALEN] = [0xee; ETH_ALEN];
-
-// The programs' return codes, as the kernel reads them and BPF_PROG_TEST_RUN reports them. The
-// kernel programs take theirs from aya's bindings; userspace compares against these.
-/// TC verdict: let the packet continue (`TC_ACT_OK`).
-pub const TC_ACT_OK: u32 = 0;
-/// TC verdict: drop (`TC_ACT_SHOT`).
-pub const TC_ACT_SHOT: u32 = 2;
-/// TC verdict: redirected by a helper (`TC_ACT_REDIRECT`).
-pub const TC_ACT_REDIRECT: u32 = 7;
-/// XDP verdict: drop (`XDP_DROP` of `enum xdp_action`).
-pub const XDP_DROP: u32 = 1;
-/// XDP verdict: on to the stack (`XDP_PASS` of `enum xdp_action`).
-pub const XDP_PASS: u32 = 2;
