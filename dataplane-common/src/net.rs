@@ -46,6 +46,8 @@ pub const VXLAN_FLAG_VNI: u8 = 0x08;
 pub const CALICO_VXLAN_PORT: u16 = 4789;
 /// Calico's VXLAN network identifier (FelixConfiguration `vxlanVNI`).
 pub const CALICO_VXLAN_VNI: u32 = 4096;
+/// Calico's VXLAN device, which the netlink fallback creates and a Calico node already has.
+pub const CALICO_VXLAN_DEVICE: &str = "vxlan.calico";
 /// Bytes VXLAN adds in front of the inner IPv4 header: outer IPv4, UDP, VXLAN, inner Ethernet.
 pub const VXLAN_ENCAP_LEN: usize = IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN;
 /// Bytes IP-in-IP adds: one outer IPv4 header.
@@ -130,6 +132,19 @@ pub const ICMP_ECHO_ID_OFFSET: usize = 4;
 pub const NAT_PORT_MIN: u16 = 20000;
 /// Default last port of the SNAT range.
 pub const NAT_PORT_MAX: u16 = 29999;
+
+// The programs' return codes, as the kernel reads them and BPF_PROG_TEST_RUN reports them. The
+// kernel programs take theirs from aya's bindings; userspace compares against these.
+/// TC verdict: let the packet continue (`TC_ACT_OK`).
+pub const TC_ACT_OK: u32 = 0;
+/// TC verdict: drop (`TC_ACT_SHOT`).
+pub const TC_ACT_SHOT: u32 = 2;
+/// TC verdict: redirected by a helper (`TC_ACT_REDIRECT`).
+pub const TC_ACT_REDIRECT: u32 = 7;
+/// XDP verdict: drop (`XDP_DROP` of `enum xdp_action`).
+pub const XDP_DROP: u32 = 1;
+/// XDP verdict: on to the stack (`XDP_PASS` of `enum xdp_action`).
+pub const XDP_PASS: u32 = 2;
 
 /// ARP hardware type of Ethernet.
 pub const ARPHRD_ETHER: u16 = 1;

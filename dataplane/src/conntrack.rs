@@ -3,13 +3,15 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, MapData};
 use dataplane_common::{
     flow_state,
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    FlowKey, FlowTimeouts, NatFlow, CONNTRACK_MAP, FLOW_OUTBOUND, FLOW_TO_POD,
+    FlowKey, FlowTimeouts, NatFlow, FLOW_OUTBOUND, FLOW_TO_POD,
 };
 use serde::Serialize;
+
+use crate::pinned::PinnedMaps;
 
 /// One translated flow as an operator reads it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -100,13 +102,7 @@ pub fn protocol_name(protocol: u8) -> String {
 
 /// Reads the pinned conntrack map under `pin_path`.
 pub fn read(pin_path: &Path) -> anyhow::Result<Vec<Translation>> {
-    let path = pin_path.join(CONNTRACK_MAP);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!("opening {}: is an agent running with --pin-path {}?", path.display(), pin_path.display())
-    })?;
-    let map: HashMap<MapData, FlowKey, NatFlow> =
-        HashMap::try_from(Map::HashMap(data)).context("the conntrack map has an unexpected layout")?;
-    let entries = map.iter().collect::<Result<Vec<_>, _>>().context("reading the conntrack map")?;
+    let entries = PinnedMaps::at(pin_path).read_conntrack()?;
     Ok(translations(entries, monotonic_ns()))
 }
 

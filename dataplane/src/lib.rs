@@ -11,6 +11,7 @@ pub mod ipam;
 pub mod metrics;
 pub mod model;
 pub mod monitor;
+pub mod pinned;
 pub mod plan;
 pub mod probe;
 pub mod routes;

@@ -13,17 +13,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, LpmTrie, Map, MapData};
-use dataplane_common::{
-    FlowKey, Ipv4Bytes, NatFlow, Peer, Route, Workload, CONNTRACK_MAP, PEERS_MAP, ROUTES_MAP, WORKLOADS_MAP,
-};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpListener,
 };
 use tracing::{info, warn};
 
-use crate::{datastore::Connection, stats};
+use crate::{datastore::Connection, pinned::PinnedMaps, stats};
 
 /// What the agent itself counts.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -184,19 +180,12 @@ pub fn render(agent: &Agent, counters: &[stats::Counter], occupancy: &Occupancy)
 
 /// Counts the entries of the pinned maps under `pin_path`.
 pub fn occupancy(pin_path: &Path) -> anyhow::Result<Occupancy> {
-    let open = |name: &str| {
-        let path = pin_path.join(name);
-        MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
-    };
-    let routes: LpmTrie<MapData, Ipv4Bytes, Route> = LpmTrie::try_from(Map::LpmTrie(open(ROUTES_MAP)?))?;
-    let workloads: HashMap<MapData, u32, Workload> = HashMap::try_from(Map::HashMap(open(WORKLOADS_MAP)?))?;
-    let peers: HashMap<MapData, Ipv4Bytes, Peer> = HashMap::try_from(Map::HashMap(open(PEERS_MAP)?))?;
-    let conntrack: HashMap<MapData, FlowKey, NatFlow> = HashMap::try_from(Map::HashMap(open(CONNTRACK_MAP)?))?;
+    let maps = PinnedMaps::at(pin_path);
     Ok(Occupancy {
-        routes: routes.keys().count(),
-        workloads: workloads.keys().count(),
-        peers: peers.keys().count(),
-        conntrack: conntrack.keys().count(),
+        routes: maps.routes()?.keys().count(),
+        workloads: maps.workloads()?.keys().count(),
+        peers: maps.peers()?.keys().count(),
+        conntrack: maps.conntrack()?.keys().count(),
     })
 }
 

@@ -3,12 +3,11 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::Context as _;
-use aya::maps::{lpm_trie::LpmTrie, Map, MapData};
-use dataplane_common::{route_flags, route_kind, Ipv4Bytes, Route, ROUTES_MAP};
+use dataplane_common::{route_flags, route_kind, Route};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::model::MacAddr;
+use crate::{model::MacAddr, pinned::PinnedMaps};
 
 /// One entry of the routes map, in words.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -66,12 +65,7 @@ pub fn describe(prefix: Ipv4Net, route: &Route) -> RouteRow {
 
 /// Reads the pinned routes map under `pin_path`, most specific prefixes last within a network.
 pub fn read(pin_path: &Path) -> anyhow::Result<Vec<RouteRow>> {
-    let path = pin_path.join(ROUTES_MAP);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!("opening {}: is an agent running with --pin-path {}?", path.display(), pin_path.display())
-    })?;
-    let trie: LpmTrie<MapData, Ipv4Bytes, Route> =
-        LpmTrie::try_from(Map::LpmTrie(data)).context("the routes map has an unexpected layout")?;
+    let trie = PinnedMaps::at(pin_path).routes()?;
     let mut rows = Vec::new();
     for entry in trie.iter() {
         let (key, route) = entry.context("reading the routes map")?;

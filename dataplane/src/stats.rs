@@ -2,9 +2,9 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use anyhow::Context as _;
-use aya::maps::{Map, MapData, PerCpuArray};
-use dataplane_common::{Stat, STATS_MAP};
+use dataplane_common::Stat;
+
+use crate::pinned::PinnedMaps;
 
 /// One counter: its slot and the packets it counted on all CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,19 +17,8 @@ pub struct Counter {
 
 /// Reads every named counter from the pinned stats map under `pin_path`.
 pub fn read(pin_path: &Path) -> anyhow::Result<Vec<Counter>> {
-    let path = pin_path.join(STATS_MAP);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!("opening {}: is an agent running with --pin-path {}?", path.display(), pin_path.display())
-    })?;
-    let stats: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(Map::PerCpuArray(data)).context("the stats map has an unexpected layout")?;
-    Stat::ALL
-        .iter()
-        .map(|stat| {
-            let per_cpu = stats.get(&stat.index(), 0).with_context(|| format!("reading counter {}", stat.name()))?;
-            Ok(Counter { stat: *stat, packets: per_cpu.iter().sum() })
-        })
-        .collect()
+    let counters = PinnedMaps::at(pin_path).read_counters()?;
+    Ok(counters.into_iter().map(|(stat, packets)| Counter { stat, packets }).collect())
 }
 
 /// The counters as an aligned table: decisions first, then drops with their reasons.

@@ -25,17 +25,14 @@ use dataplane::{
     model::{MacAddr, Model},
     plan::{self, Encap, Plan, RouteTarget},
 };
+use dataplane_common::net::{tunnel_mtu, CALICO_VXLAN_DEVICE, CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, VXLAN_ENCAP_LEN};
 
 use crate::Lab;
 
 /// Calico's VXLAN device name.
-pub const VXLAN_DEVICE: &str = "vxlan.calico";
-/// Calico's VXLAN network identifier.
-pub const VXLAN_VNI: u32 = 4096;
-/// The IANA VXLAN port, which Calico uses.
-pub const VXLAN_PORT: u16 = 4789;
-/// MTU of `vxlan.calico`: the uplink's 1500 minus 50 bytes of VXLAN overhead.
-pub const VXLAN_DEVICE_MTU: u32 = 1450;
+pub const VXLAN_DEVICE: &str = CALICO_VXLAN_DEVICE;
+/// MTU of `vxlan.calico` on the lab's 1500-byte uplinks: 1500 less VXLAN's overhead.
+pub const VXLAN_DEVICE_MTU: u32 = tunnel_mtu(1500, VXLAN_ENCAP_LEN);
 
 /// Configures node `node` of `lab` as Calico's VXLAN mode does with kernel features only; run
 /// again, it restores that configuration (an existing `vxlan.calico` is kept, the rest replaced).
@@ -56,8 +53,8 @@ pub fn configure_kernel_vxlan(lab: &Lab, model: &Model, node: &str) -> anyhow::R
         format!("node {node} has no VTEP MAC (spec.vxlanTunnelMACAddr): Calico's VXLAN mode needs one")
     })?;
     let local = plan.node.addr.addr().to_string();
-    let vni = VXLAN_VNI.to_string();
-    let port = VXLAN_PORT.to_string();
+    let vni = CALICO_VXLAN_VNI.to_string();
+    let port = CALICO_VXLAN_PORT.to_string();
     let uplink = setup.uplink.clone();
     // Run again on a node that has the device (handing a node back to Calico, as calico-node
     // does when it starts), everything below is a replace and the device is kept as it is.

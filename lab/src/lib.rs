@@ -20,6 +20,9 @@
 #![deny(missing_docs)]
 
 pub mod cmd;
+pub mod counters;
+pub mod etcd;
+pub mod iperf;
 pub mod kernel_calico;
 pub mod process;
 pub mod scale;
@@ -438,6 +441,27 @@ impl Lab {
         Ok(false)
     }
 
+    /// `ping -c 3` from `netns` to `to`, up to three tries half a second apart (a node resolves
+    /// its neighbour on the first packet): passes when all three replies come from `to` itself,
+    /// and returns ping's output; fails with every try's output.
+    pub fn ping(&self, netns: &str, to: std::net::Ipv4Addr) -> anyhow::Result<String> {
+        let to = to.to_string();
+        let argv = ["ping", "-c", "3", "-i", "0.2", "-W", "2", &to];
+        let from_to = format!("bytes from {to}: ");
+        let mut tries = Vec::new();
+        for _ in 0..3 {
+            let output = self.exec_status(netns, &argv)?;
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let replies = stdout.lines().filter(|l| l.contains(&from_to) && !l.contains("DIFFERENT ADDRESS")).count();
+            if output.status.success() && replies == 3 {
+                return Ok(stdout);
+            }
+            tries.push(format!("{}\n{stdout}{}", output.status, String::from_utf8_lossy(&output.stderr)));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        anyhow::bail!("`{}` never got 3 replies from {to}:\n{}", self.command_line(netns, &argv), tries.join("\n"))
+    }
+
     /// Runs `argv` in `netns` and returns its stdout; fails unless it exits with 0.
     pub fn exec_stdout(&self, netns: &str, argv: &[&str]) -> anyhow::Result<String> {
         let output = self.exec(netns, argv)?;
@@ -812,4 +836,19 @@ pub fn down_all_with(mut report: impl FnMut(&str)) -> anyhow::Result<usize> {
         bail!("removed {removed} things but could not remove:\n  {}", problems.join("\n  "));
     }
     Ok(removed)
+}
+
+/// Polls `check` every 200 ms until it holds, up to `timeout`; `what` names the awaited state
+/// in the error. Tests wait on a condition with it instead of sleeping a fixed time.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check()? {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
 }

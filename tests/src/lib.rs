@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests in `tests/`, which need root and network namespaces.
 #![deny(missing_docs)]
 
+pub mod certs;
 pub mod kube_api;
 pub mod kube_example;
 pub mod packet;

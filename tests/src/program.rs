@@ -17,16 +17,7 @@ use dataplane_common::{
     WORKLOADS_MAP,
 };
 
-/// TC verdict: let the packet continue.
-pub const TC_ACT_OK: u32 = 0;
-/// TC verdict: drop.
-pub const TC_ACT_SHOT: u32 = 2;
-/// TC verdict: redirected by a helper.
-pub const TC_ACT_REDIRECT: u32 = 7;
-/// XDP verdict: drop (`XDP_DROP`).
-pub const XDP_DROP: u32 = 1;
-/// XDP verdict: on to the stack (`XDP_PASS`).
-pub const XDP_PASS: u32 = 2;
+pub use dataplane_common::net::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS};
 
 /// Interface of the tested workload: BPF_PROG_TEST_RUN runs skbs on the loopback (ifindex 1).
 pub const TESTED_IFINDEX: u32 = 1;

@@ -31,7 +31,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use aya::programs::{SchedClassifier, TcAttachType};
-use dataplane_lab::{ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
+use dataplane_lab::{iperf, ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
 use serde_json::Value;
 
 /// Pool 10.244.0.0/16 vxlanMode Always; node-1 (web-1, cache-1) and node-2 (web-2).
@@ -261,8 +261,8 @@ impl Stream {
         let addr = server.addr.to_string();
         let argv = ["iperf3", "-c", &addr, "-t", STREAM_SECONDS, "-J", "--connect-timeout", "3000"];
         let client = lab.spawn(&client.netns, &argv, "iperf3-client")?;
-        // Let it connect and carry a second of data before anything changes.
-        thread::sleep(Duration::from_secs(1));
+        // It carries data before anything changes.
+        iperf::wait_for_first_second(&mut listener, Duration::from_secs(10))?;
         Ok(Stream { _server: listener, client })
     }
 
@@ -275,17 +275,9 @@ impl Stream {
             .with_context(|| format!("iperf3 did not finish:\n{}", self.client.log()))?;
         let report = self.client.log();
         ensure!(status.success(), "iperf3 failed:\n{report}");
-        let json: Value = serde_json::from_str(&report).with_context(|| format!("iperf3 -J output:\n{report}"))?;
-        let intervals = json["intervals"].as_array().context("iperf3 report has no intervals")?;
-        let per_second: Vec<f64> =
-            intervals.iter().map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9).collect();
-        ensure!(
-            per_second.len() >= 5 && per_second.iter().all(|gbps| *gbps > 0.1),
-            "some second of the stream carried (almost) nothing: {per_second:.2?}"
-        );
-        let received = json["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
-        ensure!(received > 0, "nothing received:\n{report}");
-        Ok(per_second)
+        let stream = iperf::parse(&report)?;
+        iperf::ensure_never_stalled(&stream, 5).with_context(|| format!("iperf3 report:\n{report}"))?;
+        Ok(stream.per_second)
     }
 }
 

@@ -29,7 +29,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use dataplane_lab::{Agent, AgentMode, AgentOptions, ChildHandle, Lab, LabOptions};
+use dataplane_lab::{counters, Agent, AgentMode, AgentOptions, ChildHandle, Lab, LabOptions};
 use serde_json::Value;
 
 /// How long an agent may take to program its node.
@@ -296,31 +296,10 @@ impl Cluster {
         text
     }
 
-    /// The counters of node `node`'s fast path (`dataplane stats -o json`), decisions and drops
-    /// in one map.
-    fn stats(&self, node: &str) -> anyhow::Result<BTreeMap<String, u64>> {
-        let pin = self.lab.pin_path(node);
-        let bin = self.bin.to_string_lossy();
-        let pin_arg = pin.to_string_lossy();
-        let output = dataplane_lab::cmd::run(&[&*bin, "stats", "--pin-path", &pin_arg, "-o", "json"])?;
-        let json: Value =
-            serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` did not print JSON")?;
-        let mut counters = BTreeMap::new();
-        for section in ["decisions", "drops"] {
-            let map =
-                json[section].as_object().with_context(|| format!("stats JSON has no {section:?} object: {json}"))?;
-            for (name, value) in map {
-                let packets = value.as_u64().with_context(|| format!("counter {name} is not a number: {value}"))?;
-                counters.insert(name.clone(), packets);
-            }
-        }
-        Ok(counters)
-    }
-
     /// Ping, a TCP stream and a UDP stream from `from` to `to`.
     fn reach(&self, servers: &Servers, from: &Endpoint, to: &Endpoint) -> anyhow::Result<()> {
         let what = format!("{} -> {}", from.label, to.label);
-        ping(&self.lab, &from.netns, to.addr).with_context(|| format!("ping {what}"))?;
+        self.lab.ping(&from.netns, to.addr).with_context(|| format!("ping {what}"))?;
         servers.ready(&to.netns)?;
         let tcp = iperf(&self.lab, &from.netns, to.addr, false).with_context(|| format!("TCP {what}"))?;
         ensure!(tcp.sent > 0 && tcp.received > 0, "TCP {what} moved no bytes: {tcp:?}");
@@ -352,7 +331,7 @@ impl Cluster {
 
         // Every kind of packet a crossing could become, so that the wrong kind shows too.
         let capture = lab.capture(lab.fabric_netns(), bridge, "icmp or udp port 4789 or ip proto 4")?;
-        let pinged = ping(lab, &from.netns, to.addr);
+        let pinged = lab.ping(&from.netns, to.addr);
         let text = capture.stop()?;
         pinged.with_context(|| format!("ping {} -> {} during the capture", from.label, to.label))?;
         let after = self.counters(&from.node)?;
@@ -393,9 +372,9 @@ impl Cluster {
         }
 
         if self.dataplane == Dataplane::Netlink {
-            return self.check_kernel_path(from, to, wire, growth(&before, &after, VXLAN_TX));
+            return self.check_kernel_path(from, to, wire, counters::growth(&before, &after, VXLAN_TX));
         }
-        let grew = |name: &str| growth(&before, &after, name);
+        let grew = |name: &str| counters::growth(&before, &after, name);
         ensure!(
             grew(wire.counter()) >= 3,
             "node {}'s {} grew by {} during 3 pings {} -> {} (expected >= 3)\nbefore: {before:?}\nafter: {after:?}",
@@ -427,7 +406,7 @@ impl Cluster {
     /// 0 without the device).
     fn counters(&self, node: &str) -> anyhow::Result<BTreeMap<String, u64>> {
         match self.dataplane {
-            Dataplane::FastPath => self.stats(node),
+            Dataplane::FastPath => counters::read(&self.bin, &self.lab.pin_path(node)),
             Dataplane::Netlink => {
                 let netns = self.lab.node_netns(node)?;
                 let output = self.lab.exec_status(netns, &["ip", "-j", "-s", "link", "show", "dev", VXLAN_DEVICE])?;
@@ -521,10 +500,10 @@ impl Cluster {
         }
 
         // From a pod on the same node: from_workload drops it.
-        let before = self.stats(&pod.node)?;
+        let before = counters::read(&self.bin, &self.lab.pin_path(&pod.node))?;
         dropped(&pod.netns, &pod.label)?;
-        let after = self.stats(&pod.node)?;
-        let grew = growth(&before, &after, "drop_blackhole");
+        let after = counters::read(&self.bin, &self.lab.pin_path(&pod.node))?;
+        let grew = counters::growth(&before, &after, "drop_blackhole");
         ensure!(
             grew >= 2,
             "node {}'s drop_blackhole grew by {grew} after 2 pings from {} to {unused}",
@@ -536,10 +515,10 @@ impl Cluster {
         // encapsulated (a plain packet is the kernel's blackhole route's to drop).
         for crossing in mode.crossings {
             let remote = Endpoint::pod(lab, crossing.to)?;
-            let before = self.stats(&pod.node)?;
+            let before = counters::read(&self.bin, &self.lab.pin_path(&pod.node))?;
             dropped(&remote.netns, &remote.label)?;
-            let after = self.stats(&pod.node)?;
-            let grew = growth(&before, &after, "drop_blackhole");
+            let after = counters::read(&self.bin, &self.lab.pin_path(&pod.node))?;
+            let grew = counters::growth(&before, &after, "drop_blackhole");
             if crossing.wire != Wire::Plain {
                 ensure!(
                     grew >= 2,
@@ -567,12 +546,6 @@ impl Cluster {
         ensure!(routes.contains("10.244.1.0/26"), "node {} has no `blackhole 10.244.1.0/26`: {routes:?}", host.name);
         Ok(())
     }
-}
-
-/// How much counter `name` grew between two readings (a counter missing from both is 0).
-fn growth(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str) -> u64 {
-    let read = |counters: &BTreeMap<String, u64>| counters.get(name).copied().unwrap_or(0);
-    read(after).saturating_sub(read(before))
 }
 
 /// Something traffic goes to or from: a pod or a node's own namespace.
@@ -693,25 +666,4 @@ fn parse_iperf(report: &Value, udp: bool) -> anyhow::Result<IperfResult> {
             lost_percent: 0.0,
         })
     }
-}
-
-/// `ping -c 3` from `netns` to `to` until all three replies come back from `to` itself, up to
-/// three tries: a first try may lose a packet while a neighbour is resolved. A reply from another
-/// address (ping says "DIFFERENT ADDRESS!", e.g. after a wrong NAT) is no reply.
-fn ping(lab: &Lab, netns: &str, to: Ipv4Addr) -> anyhow::Result<String> {
-    let to = to.to_string();
-    let argv = ["ping", "-c", "3", "-i", "0.2", "-W", "2", &to];
-    let from_to = format!("bytes from {to}: ");
-    let mut tries = Vec::new();
-    for _ in 0..3 {
-        let output = lab.exec_status(netns, &argv)?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let replies = stdout.lines().filter(|l| l.contains(&from_to) && !l.contains("DIFFERENT ADDRESS")).count();
-        if output.status.success() && replies == 3 {
-            return Ok(stdout);
-        }
-        tries.push(format!("{}\n{stdout}{}", output.status, String::from_utf8_lossy(&output.stderr)));
-        thread::sleep(Duration::from_millis(500));
-    }
-    bail!("`{}` never got 3 replies:\n{}", lab.command_line(netns, &argv), tries.join("\n"))
 }

@@ -30,7 +30,9 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use dataplane_common::{CONNTRACK_MAP, ROUTES_MAP};
-use dataplane_lab::{udp_socket_in, Agent, AgentOptions, ChildHandle, Lab, LabOptions, LabPod, AGENT_READY};
+use dataplane_lab::{
+    counters, iperf, udp_socket_in, wait_until, Agent, AgentOptions, ChildHandle, Lab, LabOptions, LabPod, AGENT_READY,
+};
 use serde_json::Value;
 
 /// How long an agent may take to program its node (generous: the machine may be loaded).
@@ -91,23 +93,9 @@ fn memory_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no {field} in {path}"))
 }
 
-/// Runs `dataplane <args> --pin-path <node's pins> -o json` and parses its output.
-fn dataplane_json(lab: &Lab, node: &str, args: &[&str]) -> anyhow::Result<Value> {
-    let bin = agent_bin().to_string_lossy().into_owned();
-    let pin_path = lab.pin_path(node).to_string_lossy().into_owned();
-    let mut argv = vec![bin.as_str()];
-    argv.extend(args);
-    argv.extend(["--pin-path", &pin_path, "-o", "json"]);
-    let output = dataplane_lab::cmd::run(&argv)?;
-    serde_json::from_slice(&output.stdout)
-        .with_context(|| format!("`{}` did not print JSON", dataplane_lab::cmd::display(&argv)))
-}
-
 /// One counter of `dataplane stats` on `node` (a decision or a drop reason).
 fn stat(lab: &Lab, node: &str, name: &str) -> anyhow::Result<u64> {
-    let stats = dataplane_json(lab, node, &["stats"])?;
-    let value = stats["decisions"].get(name).or_else(|| stats["drops"].get(name));
-    value.and_then(Value::as_u64).with_context(|| format!("`dataplane stats -o json` has no counter {name}: {stats}"))
+    counters::one(&agent_bin(), &lab.pin_path(node), name)
 }
 
 /// The pinned map `name` of `node` as bpftool sees it: (max_entries, entries now).
@@ -163,7 +151,7 @@ fn exchange(
 
 /// Starts `iperf3 -s -1` in `server_netns` and a client of `seconds` in `client`'s namespace
 /// towards `server_addr`, at most `bitrate` (iperf3's `-b`, e.g. `200M`; `0` is unlimited);
-/// returns (server, client) once the client runs.
+/// returns (server, client) once the stream carries data.
 fn iperf3_stream(
     lab: &Lab,
     server_netns: &str,
@@ -180,6 +168,7 @@ fn iperf3_stream(
         &["iperf3", "-c", &addr, "-t", &time, "-b", bitrate, "-J", "--connect-timeout", "5000"],
         "iperf3-client",
     )?;
+    iperf::wait_for_first_second(&mut server, Duration::from_secs(20))?;
     Ok((server, client))
 }
 
@@ -191,23 +180,9 @@ fn stream_never_stalled(mut client: ChildHandle, seconds: u32) -> anyhow::Result
         .with_context(|| format!("iperf3 did not finish:\n{}", client.log()))?;
     let report = client.log();
     ensure!(status.success(), "iperf3 failed:\n{report}");
-    let json: Value = serde_json::from_str(&report).with_context(|| format!("iperf3 -J output:\n{report}"))?;
-    let intervals = json["intervals"].as_array().context("iperf3 report has no intervals")?;
-    let per_second: Vec<f64> =
-        intervals.iter().map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9).collect();
-    ensure!(
-        per_second.len() >= seconds as usize,
-        "iperf3 reported {} of {seconds} seconds:\n{report}",
-        per_second.len()
-    );
-    // A stall is a second without data; any real flow through the fast path carries far more
-    // than 1 Mbit/s even on a loaded machine.
-    ensure!(
-        per_second.iter().all(|gbps| *gbps > 0.001),
-        "a second of the stream carried (almost) nothing: {per_second:.3?}"
-    );
-    ensure!(json["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0) > 0, "nothing received:\n{report}");
-    Ok(per_second)
+    let stream = iperf::parse(&report)?;
+    iperf::ensure_never_stalled(&stream, seconds as usize).with_context(|| format!("iperf3 report:\n{report}"))?;
+    Ok(stream.per_second)
 }
 
 /// The conntrack table of the flood test: small so that a few dozen flows fill it.
@@ -249,7 +224,6 @@ fn a_flood_of_new_flows_fills_conntrack_and_the_port_range_and_old_flows_keep_pa
     ensure!(*seen.ip() == NODE_1_ADDR, "nat-1:7000 arrived as {seen}, not from {NODE_1_ADDR}");
     let (_iperf_server, stream) =
         iperf3_stream(&lab, &external.netns, external.addr, &nat1, FLOOD_STREAM_SECONDS, STREAM_BITRATE)?;
-    thread::sleep(Duration::from_secs(2));
 
     // Port range: nat-1 and nat-3 send from the same five ports; nat-1's keep their ports,
     // nat-3's collide, two take the range's ports and three find it exhausted.
@@ -335,16 +309,6 @@ fn sample(body: &str, name: &str) -> Option<f64> {
     body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// Polls until `check` holds, up to `timeout`; `what` names it in the error.
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !check()? {
-        ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        thread::sleep(Duration::from_millis(200));
-    }
-    Ok(())
-}
-
 /// The routes= field of the agent's last "fast path programmed" line.
 fn last_routes(log: &str) -> Option<u64> {
     let line = log.lines().rfind(|line| line.contains(AGENT_READY))?;
@@ -387,7 +351,6 @@ fn a_garbage_datastore_keeps_the_last_good_state_under_an_iperf3_stream() -> any
     let web1 = lab.pod("default/web-1")?.clone();
     let web2 = lab.pod("default/web-2")?.clone();
     let (_server, stream) = iperf3_stream(&lab, &web2.netns, web2.addr, &web1, GARBAGE_STREAM_SECONDS, STREAM_BITRATE)?;
-    thread::sleep(Duration::from_secs(2));
 
     // Garbage: the agent says so in its log and its metrics, and keeps what it programmed.
     let broke = Instant::now();
@@ -559,7 +522,6 @@ fn an_iperf3_stream_survives_the_kubernetes_api_gone_for_a_minute() -> anyhow::R
     let web1 = lab.pod("default/web-1")?.clone();
     let web2 = lab.pod("default/web-2")?.clone();
     let (_server, stream) = iperf3_stream(&lab, &web2.netns, web2.addr, &web1, OUTAGE_STREAM_SECONDS, OUTAGE_BITRATE)?;
-    thread::sleep(Duration::from_secs(3));
 
     // Gone: each agent says it lost the API and keeps what it programmed.
     let programmed_before: Vec<usize> = agents.iter().map(|a| a.log().matches(AGENT_READY).count()).collect();

@@ -6,10 +6,10 @@
 //! Without root the tests print why they are skipped and pass.
 
 use dataplane_tests::{agent_bin, workspace_root};
-use std::{net::Ipv4Addr, path::PathBuf, thread, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
-use anyhow::{bail, ensure, Context as _};
-use dataplane_lab::{Agent, Lab, LabOptions, LabPod};
+use anyhow::{ensure, Context as _};
+use dataplane_lab::{Agent, Lab, LabOptions};
 use serde_json::Value;
 
 /// The example cluster: pool 10.244.0.0/16 vxlanMode Always, node-1 and node-2 on 10.100.0.0/24.
@@ -60,24 +60,6 @@ impl Cluster {
     }
 }
 
-/// `ping -c 3 -W 2` from `from` to `to` until all three replies come back, up to three tries:
-/// the first try may lose a packet while the pod resolves its gateway.
-fn ping(lab: &Lab, from: &LabPod, to: Ipv4Addr) -> anyhow::Result<String> {
-    let to = to.to_string();
-    let argv = ["ping", "-c", "3", "-W", "2", &to];
-    let mut tries = Vec::new();
-    for _ in 0..3 {
-        let output = lab.exec_status(&from.netns, &argv)?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.success() && stdout.contains(" 3 received") {
-            return Ok(stdout);
-        }
-        tries.push(format!("{}\n{stdout}{}", output.status, String::from_utf8_lossy(&output.stderr)));
-        thread::sleep(Duration::from_millis(500));
-    }
-    bail!("`{}` from {} never got 3 replies:\n{}", lab.command_line(&from.netns, &argv), from.key, tries.join("\n"))
-}
-
 /// Every object in a JSON document, depth first.
 fn objects(value: &Value) -> Vec<&serde_json::Map<String, Value>> {
     let mut found = Vec::new();
@@ -109,8 +91,8 @@ fn first_light() -> anyhow::Result<()> {
     ensure!(web1.node != web2.node, "{WEB_1} and {WEB_2} must run on different nodes");
 
     // Pod to pod across nodes, both ways.
-    ping(lab, web1, web2.addr).with_context(|| cluster.logs())?;
-    ping(lab, web2, web1.addr).with_context(|| cluster.logs())?;
+    lab.ping(&web1.netns, web2.addr).with_context(|| cluster.logs())?;
+    lab.ping(&web2.netns, web1.addr).with_context(|| cluster.logs())?;
 
     // A TCP stream: iperf3 for 3 s, which must move bytes.
     let mut server = lab.spawn(&web2.netns, &["iperf3", "-s", "-1", "--forceflush"], "iperf3-server")?;
@@ -187,7 +169,7 @@ fn pinned_fast_path_outlives_the_agent_until_cleanup() -> anyhow::Result<()> {
     };
     let web1 = cluster.lab.pod(WEB_1)?.clone();
     let web2 = cluster.lab.pod(WEB_2)?.clone();
-    ping(&cluster.lab, &web1, web2.addr).with_context(|| cluster.logs())?;
+    cluster.lab.ping(&web1.netns, web2.addr).with_context(|| cluster.logs())?;
 
     // SIGTERM: the agents exit and leave their pins, which keep the programs attached.
     for agent in &mut cluster.agents {
@@ -195,8 +177,8 @@ fn pinned_fast_path_outlives_the_agent_until_cleanup() -> anyhow::Result<()> {
         let routes = agent.pin_path().join("routes_v1");
         ensure!(routes.exists(), "agent of {} left no {} after SIGTERM", agent.node(), routes.display());
     }
-    ping(&cluster.lab, &web1, web2.addr).context("traffic stopped with the agents")?;
-    ping(&cluster.lab, &web2, web1.addr).context("traffic stopped with the agents")?;
+    cluster.lab.ping(&web1.netns, web2.addr).context("traffic stopped with the agents")?;
+    cluster.lab.ping(&web2.netns, web1.addr).context("traffic stopped with the agents")?;
 
     // `dataplane cleanup` removes the pins: the programs go, and with them the only path.
     let bin = cluster.bin.to_string_lossy().into_owned();

@@ -9,10 +9,10 @@
 //! passes.
 
 use dataplane_tests::{agent_bin, workspace_root};
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, thread, time::Duration};
+use std::{path::Path, time::Duration};
 
-use anyhow::{bail, ensure, Context as _};
-use dataplane_lab::{kernel_calico, Lab, LabOptions, LabPod};
+use anyhow::{ensure, Context as _};
+use dataplane_lab::{counters, kernel_calico, Lab, LabOptions, LabPod};
 use serde_json::Value;
 
 /// The example cluster: pool 10.244.0.0/16 vxlanMode Always, node-1 and node-2 on 10.100.0.0/24.
@@ -61,13 +61,13 @@ fn check(lab: &Lab, bin: &Path) -> anyhow::Result<()> {
     );
     ensure!(!lab.pin_path(KERNEL_NODE).exists(), "{KERNEL_NODE} has pins: an agent ran there");
 
-    let before = stats(lab, bin)?;
+    let before = counters::read(bin, &lab.pin_path(BPF_NODE))?;
     let bridge = lab.fabric_bridge(BPF_NODE)?;
     let capture = lab.capture(lab.fabric_netns(), bridge, "udp port 4789")?;
-    let pinged = ping(lab, bpf_pod, kernel_pod.addr).and_then(|_| ping(lab, kernel_pod, bpf_pod.addr));
+    let pinged = lab.ping(&bpf_pod.netns, kernel_pod.addr).and_then(|_| lab.ping(&kernel_pod.netns, bpf_pod.addr));
     let text = capture.stop()?;
     pinged?;
-    let after = stats(lab, bin)?;
+    let after = counters::read(bin, &lab.pin_path(BPF_NODE))?;
 
     // Both directions crossed as VXLAN with Calico's VNI: the fast path's towards the kernel
     // node's VTEP, and the kernel's vxlan.calico towards node-1.
@@ -82,7 +82,7 @@ fn check(lab: &Lab, bin: &Path) -> anyhow::Result<()> {
     }
     // node-1's fast path did the work on its side.
     for counter in ["encap_vxlan", "decap_vxlan"] {
-        let grew = growth(&before, &after, counter);
+        let grew = counters::growth(&before, &after, counter);
         ensure!(grew >= 3, "{BPF_NODE}'s {counter} grew by {grew} during the pings (expected >= 3)");
     }
 
@@ -112,47 +112,4 @@ fn tcp_stream(lab: &Lab, client: &LabPod, server: &LabPod) -> anyhow::Result<u64
         server.key
     );
     Ok(received)
-}
-
-/// node-1's counters (`dataplane stats -o json`), decisions and drops in one map.
-fn stats(lab: &Lab, bin: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
-    let pin = lab.pin_path(BPF_NODE);
-    let bin = bin.to_string_lossy();
-    let pin_arg = pin.to_string_lossy();
-    let output = dataplane_lab::cmd::run(&[&*bin, "stats", "--pin-path", &pin_arg, "-o", "json"])?;
-    let json: Value = serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` did not print JSON")?;
-    let mut counters = BTreeMap::new();
-    for section in ["decisions", "drops"] {
-        let map = json[section].as_object().with_context(|| format!("stats JSON has no {section:?} object: {json}"))?;
-        for (name, value) in map {
-            counters.insert(name.clone(), value.as_u64().with_context(|| format!("counter {name}: {value}"))?);
-        }
-    }
-    Ok(counters)
-}
-
-/// How much counter `name` grew between two readings.
-fn growth(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str) -> u64 {
-    let read = |counters: &BTreeMap<String, u64>| counters.get(name).copied().unwrap_or(0);
-    read(after).saturating_sub(read(before))
-}
-
-/// `ping -c 3` from `from` to `to` until all three replies come back from `to` itself, up to
-/// three tries (the kernel node resolves the pod's neighbour on the first packet).
-fn ping(lab: &Lab, from: &LabPod, to: Ipv4Addr) -> anyhow::Result<()> {
-    let to = to.to_string();
-    let argv = ["ping", "-c", "3", "-i", "0.2", "-W", "2", &to];
-    let from_to = format!("bytes from {to}: ");
-    let mut tries = Vec::new();
-    for _ in 0..3 {
-        let output = lab.exec_status(&from.netns, &argv)?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let replies = stdout.lines().filter(|l| l.contains(&from_to) && !l.contains("DIFFERENT ADDRESS")).count();
-        if output.status.success() && replies == 3 {
-            return Ok(());
-        }
-        tries.push(format!("{}\n{stdout}{}", output.status, String::from_utf8_lossy(&output.stderr)));
-        thread::sleep(Duration::from_millis(500));
-    }
-    bail!("`{}` from {} never got 3 replies:\n{}", lab.command_line(&from.netns, &argv), from.key, tries.join("\n"))
 }

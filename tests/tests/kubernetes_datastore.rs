@@ -470,7 +470,7 @@ fn agents_run_from_the_kubernetes_api_on_the_two_node_lab() -> anyhow::Result<()
             pod.node,
             route["mac"]
         );
-        let workloads = dataplane::check::read_workloads_map(&pin)?;
+        let workloads = dataplane::pinned::PinnedMaps::at(&pin).read_workloads()?;
         let entry = workloads
             .values()
             .find(|w| std::net::Ipv4Addr::from(w.addr) == pod.addr)

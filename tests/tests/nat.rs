@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use dataplane::backend::nftables;
-use dataplane_lab::{udp_socket_in, Agent, AgentMode, AgentOptions, ChildHandle, Lab, LabOptions, LabPod};
+use dataplane_lab::{counters, udp_socket_in, Agent, AgentMode, AgentOptions, ChildHandle, Lab, LabOptions, LabPod};
 use serde_json::Value;
 
 /// The example cluster with two pools, one with natOutgoing and one without.
@@ -147,11 +147,7 @@ impl Cluster {
 
     /// One counter of `dataplane stats -o json` on `node` (a decision or a drop reason).
     fn stat(&self, node: &str, name: &str) -> anyhow::Result<u64> {
-        let stats = self.dataplane_json(node, &["stats"])?;
-        let value = stats["decisions"].get(name).or_else(|| stats["drops"].get(name));
-        value
-            .and_then(Value::as_u64)
-            .with_context(|| format!("`dataplane stats -o json` has no counter {name}: {stats}"))
+        counters::one(&self.bin, &self.lab.pin_path(node), name)
     }
 }
 
@@ -159,24 +155,6 @@ impl Cluster {
 fn example_yaml() -> anyhow::Result<String> {
     let path = workspace_root().join(EXAMPLE);
     fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
-}
-
-/// `ping -c 3 -W 2` from `from` to `to` until all three replies come back, up to three tries:
-/// the first try may lose a packet while the pod resolves its gateway.
-fn ping(lab: &Lab, from: &LabPod, to: Ipv4Addr) -> anyhow::Result<()> {
-    let to = to.to_string();
-    let argv = ["ping", "-c", "3", "-W", "2", &to];
-    let mut tries = Vec::new();
-    for _ in 0..3 {
-        let output = lab.exec_status(&from.netns, &argv)?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.success() && stdout.contains(" 3 received") {
-            return Ok(());
-        }
-        tries.push(format!("{}\n{stdout}{}", output.status, String::from_utf8_lossy(&output.stderr)));
-        thread::sleep(Duration::from_millis(500));
-    }
-    bail!("`{}` from {} never got 3 replies:\n{}", lab.command_line(&from.netns, &argv), from.key, tries.join("\n"))
 }
 
 /// tcpdump keeping only the first `SNAPLEN` bytes of each packet: enough for the outer and the
@@ -388,7 +366,7 @@ fn external_host_sees_only_the_node(cluster: &Cluster) -> anyhow::Result<()> {
     let capture = HeaderCapture::start(lab, &external.netns, EXTERNAL_IFACE, "ip", "capture-ext-nat")?;
 
     // ICMP echo.
-    ping(lab, nat1, external.addr).with_context(|| cluster.logs())?;
+    lab.ping(&nat1.netns, external.addr).with_context(|| cluster.logs())?;
     cluster.check_translated("icmp", nat1.addr)?;
 
     // TCP both ways of data, then UDP, against iperf3 on the external host.
@@ -534,7 +512,7 @@ fn pod_to_pod_is_untranslated(cluster: &Cluster) -> anyhow::Result<()> {
     let local = HeaderCapture::start(lab, &nat1.netns, "eth0", "icmp", "capture-nat-1")?;
 
     // Same pool, across nodes: ping and a TCP stream.
-    ping(lab, nat1, nat2.addr).with_context(|| cluster.logs())?;
+    lab.ping(&nat1.netns, nat2.addr).with_context(|| cluster.logs())?;
     let mut server = lab.spawn(&nat2.netns, &["iperf3", "-s", "-1", "--forceflush"], "iperf3-server")?;
     server.wait_for_log("Server listening", Duration::from_secs(10))?;
     let nat2_addr = nat2.addr.to_string();
@@ -545,9 +523,9 @@ fn pod_to_pod_is_untranslated(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(received > 0, "iperf3 {NAT_1} -> {NAT_2} moved no bytes");
     drop(server);
     // Across pools and across nodes, both ways.
-    ping(lab, plain1, nat2.addr).with_context(|| cluster.logs())?;
+    lab.ping(&plain1.netns, nat2.addr).with_context(|| cluster.logs())?;
     // Across pools on one node.
-    ping(lab, plain1, nat1.addr).with_context(|| cluster.logs())?;
+    lab.ping(&plain1.netns, nat1.addr).with_context(|| cluster.logs())?;
 
     let fabric_text = fabric.stop()?;
     let local_text = local.stop()?;

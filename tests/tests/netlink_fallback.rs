@@ -20,7 +20,6 @@
 use dataplane_tests::{agent_bin, workspace_root};
 use std::{
     fs,
-    net::Ipv4Addr,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     thread,
@@ -119,24 +118,6 @@ fn agent_options(mode: AgentMode, args: &[&str], env: &[&str]) -> AgentOptions {
     }
 }
 
-/// `ping -c 3 -W 2` from `from` to `to` until all three replies come back, up to three tries:
-/// the first try may lose a packet while the pod resolves its gateway.
-fn ping(lab: &Lab, from: &LabPod, to: Ipv4Addr) -> anyhow::Result<()> {
-    let to = to.to_string();
-    let argv = ["ping", "-c", "3", "-W", "2", &to];
-    let mut tries = Vec::new();
-    for _ in 0..3 {
-        let output = lab.exec_status(&from.netns, &argv)?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.success() && stdout.contains(" 3 received") {
-            return Ok(());
-        }
-        tries.push(format!("{}\n{stdout}{}", output.status, String::from_utf8_lossy(&output.stderr)));
-        thread::sleep(Duration::from_millis(500));
-    }
-    bail!("`{}` from {} never got 3 replies:\n{}", lab.command_line(&from.netns, &argv), from.key, tries.join("\n"))
-}
-
 /// A 2 s iperf3 TCP stream from `client` to `server` (reversed with `reverse`); returns the bytes
 /// received, which must be more than zero.
 fn iperf3(lab: &Lab, client: &LabPod, server: &LabPod, reverse: bool) -> anyhow::Result<u64> {
@@ -161,8 +142,8 @@ fn iperf3(lab: &Lab, client: &LabPod, server: &LabPod, reverse: bool) -> anyhow:
 fn traffic_both_ways(cluster: &Cluster, a: &str, b: &str) -> anyhow::Result<()> {
     let lab = &cluster.lab;
     let (a, b) = (lab.pod(a)?, lab.pod(b)?);
-    ping(lab, a, b.addr).with_context(|| cluster.logs())?;
-    ping(lab, b, a.addr).with_context(|| cluster.logs())?;
+    lab.ping(&a.netns, b.addr).with_context(|| cluster.logs())?;
+    lab.ping(&b.netns, a.addr).with_context(|| cluster.logs())?;
     iperf3(lab, a, b, false).with_context(|| cluster.logs())?;
     iperf3(lab, a, b, true).with_context(|| cluster.logs())?;
     Ok(())
@@ -398,8 +379,8 @@ fn auto_falls_back_when_the_probe_finds_a_feature_missing() -> anyhow::Result<()
     }
     let lab = &cluster.lab;
     let (web1, web2) = (lab.pod(WEB_1)?, lab.pod(WEB_2)?);
-    ping(lab, web1, web2.addr).with_context(|| cluster.logs())?;
-    ping(lab, web2, web1.addr).with_context(|| cluster.logs())?;
+    lab.ping(&web1.netns, web2.addr).with_context(|| cluster.logs())?;
+    lab.ping(&web2.netns, web1.addr).with_context(|| cluster.logs())?;
     for node in ["node-1", "node-2"] {
         let link = cluster.on(node, &["ip", "-d", "link", "show", "vxlan.calico"])?;
         ensure!(link.contains("vxlan id 4096"), "{node}: no vxlan.calico after the fallback:\n{link}");
@@ -439,8 +420,8 @@ fn ipip_pool_without_the_ipip_module_is_reported_and_the_rest_is_programmed() ->
     check_proxy_arp(&cluster, "node-1")?;
     let lab = &cluster.lab;
     let (web1, cache1) = (lab.pod(WEB_1)?, lab.pod(CACHE_1)?);
-    ping(lab, web1, cache1.addr).with_context(|| cluster.logs())?;
-    ping(lab, cache1, web1.addr).with_context(|| cluster.logs())?;
+    lab.ping(&web1.netns, cache1.addr).with_context(|| cluster.logs())?;
+    lab.ping(&cache1.netns, web1.addr).with_context(|| cluster.logs())?;
     Ok(())
 }
 

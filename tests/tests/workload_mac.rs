@@ -49,7 +49,7 @@ fn eth0_mac(lab: &Lab, pod: &LabPod) -> anyhow::Result<String> {
 
 /// The MAC the workloads map of `agent` holds for `pod`.
 fn programmed_mac(agent: &Agent, pod: &LabPod) -> anyhow::Result<String> {
-    let workloads = dataplane::check::read_workloads_map(agent.pin_path())?;
+    let workloads = dataplane::pinned::PinnedMaps::at(agent.pin_path()).read_workloads()?;
     let entry = workloads
         .values()
         .find(|w| std::net::Ipv4Addr::from(w.addr) == pod.addr)

@@ -27,7 +27,7 @@ use std::{
     fs,
     net::Ipv4Addr,
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -41,10 +41,11 @@ use dataplane::{
     check,
     datastore::etcd::{export, EtcdConfig},
     model::{Block, Model, Workload as ModelWorkload},
+    pinned::PinnedMaps,
     plan,
 };
 use dataplane_common::{Ipv4Bytes, Route, Workload, ROUTES_MAP, WORKLOADS_MAP};
-use dataplane_lab::{scale, ChildHandle, Lab, LabOptions};
+use dataplane_lab::{etcd, scale, ChildHandle, Lab, LabOptions};
 use etcd_client::{Client, Txn, TxnOp};
 use ipnet::Ipv4Net;
 
@@ -153,47 +154,12 @@ fn enter_netns(netns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `name` from the PATH or /usr/bin.
-fn find_binary(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Starts etcd in the fabric namespace on `endpoint` with its data in the lab's directory.
+/// Starts etcd in the fabric namespace on `endpoint` with its data in the lab's directory, and
+/// waits until it answers.
 fn start_etcd(lab: &Lab, endpoint: &str) -> anyhow::Result<ChildHandle> {
-    let etcd =
-        find_binary("etcd").context("etcd is not installed: `cargo xtask setup` installs Debian's etcd-server")?;
-    let data = lab.dir().join("etcd-data");
-    let data = data.to_string_lossy();
-    let bin = etcd.to_string_lossy();
-    let peer = "http://127.0.0.1:2380";
-    let cluster = format!("bench={peer}");
-    let argv = [
-        &*bin,
-        "--name",
-        "bench",
-        "--data-dir",
-        &data,
-        "--listen-client-urls",
-        endpoint,
-        "--advertise-client-urls",
-        endpoint,
-        "--listen-peer-urls",
-        peer,
-        "--initial-advertise-peer-urls",
-        peer,
-        "--initial-cluster",
-        &cluster,
-        // 8 GiB: the million-block cluster and its history fit.
-        "--quota-backend-bytes",
-        "8589934592",
-    ];
-    lab.spawn(lab.fabric_netns(), &argv, "etcd")
+    // 8 GiB: the million-block cluster and its history fit.
+    let argv = etcd::command(lab, "bench", endpoint, &["--quota-backend-bytes", "8589934592"])?;
+    Ok(etcd::start(lab, &argv, endpoint)?.0)
 }
 
 /// The bench's own connection to etcd, on the thread that entered the fabric namespace.
@@ -379,11 +345,11 @@ fn verify(lab: &Lab, model: &Model, pin_path: &Path, phase: &str) -> anyhow::Res
     let uplink = *interfaces.get(uplink_name).with_context(|| format!("no uplink {uplink_name} in {netns}"))?;
     let want = planned_entries(model, &interfaces, uplink)?;
     let mut wrong = Vec::new();
-    let routes = check::read_routes_map(pin_path)?;
+    let routes = PinnedMaps::at(pin_path).read_routes()?;
     wrong.extend(differences(&want.routes, &routes).into_iter().map(|d| format!("routes map: {d}")));
-    let workloads = check::read_workloads_map(pin_path)?;
+    let workloads = PinnedMaps::at(pin_path).read_workloads()?;
     wrong.extend(differences(&want.workloads, &workloads).into_iter().map(|d| format!("workloads map: {d}")));
-    let peers = check::read_peers_map(pin_path)?;
+    let peers = PinnedMaps::at(pin_path).read_peers()?;
     wrong.extend(differences(&want.peers, &peers).into_iter().map(|d| format!("peers map: {d}")));
 
     let (plan, _) = plan::compute(model, NODE)?;
@@ -394,8 +360,13 @@ fn verify(lab: &Lab, model: &Model, pin_path: &Path, phase: &str) -> anyhow::Res
     let link = lab.exec_stdout(netns, &["ip", "-j", "link", "show", "dev", uplink_name])?;
     let link: serde_json::Value = serde_json::from_str(&link).context("ip -j link show")?;
     let uplink_mtu = link[0]["mtu"].as_u64().and_then(|m| u32::try_from(m).ok()).context("the uplink's MTU")?;
-    let want_host =
-        host_routes::desired(&plan, uplink, uplink_mtu, |peer| if subnet.contains(&peer) { peer } else { gateway.unwrap_or(peer) });
+    let want_host = host_routes::desired(&plan, uplink, uplink_mtu, |peer| {
+        if subnet.contains(&peer) {
+            peer
+        } else {
+            gateway.unwrap_or(peer)
+        }
+    });
     let have_host = kernel_host_routes(lab, netns, &interfaces)?;
     wrong.extend(differences(&want_host, &have_host).into_iter().map(|d| format!("proto 200 routes: {d}")));
     ensure!(

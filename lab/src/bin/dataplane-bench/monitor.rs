@@ -18,6 +18,7 @@ use dataplane_common::{
     net::{GATEWAY_MAC, IPPROTO_UDP},
     MonitorEvent, MonitorLease, PROG_FROM_WORKLOAD, PROG_XDP_UPLINK,
 };
+use dataplane_common::net::{XDP_DROP, XDP_PASS};
 use dataplane_tests::{
     packet::{fixture::*, Packet},
     program::{monotonic_ns, Node, TC_ACT_SHOT},
@@ -26,7 +27,6 @@ use dataplane_tests::{
 use crate::{
     packet::{
         from_external, program_fd, sized, test_run, vxlan_from_stranger, xdp_fd, EmptyProgram, OUT_HEADROOM, SMALL,
-        XDP_DROP, XDP_PASS,
     },
     stats::{median, ratio},
 };

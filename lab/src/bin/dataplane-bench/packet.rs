@@ -31,7 +31,9 @@ use aya::{
     programs::{tc::SchedClassifier, TcAttachType, Xdp},
 };
 use dataplane_common::{
-    net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, GATEWAY_ADDR, GATEWAY_MAC, IPPROTO_IPIP, IPPROTO_UDP},
+    net::{
+        CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, GATEWAY_ADDR, GATEWAY_MAC, IPPROTO_IPIP, IPPROTO_UDP, XDP_DROP, XDP_PASS,
+    },
     FlowKey, Ipv4Bytes, NatFlow, Route, Stat, CONNTRACK_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_XDP_UPLINK,
     ROUTES_MAP,
 };
@@ -47,10 +49,6 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_PROG_TYPE_XDP: u32 = 6;
-/// `XDP_PASS`, the empty XDP program's verdict.
-pub(crate) const XDP_PASS: u32 = 2;
-/// `XDP_DROP`.
-pub(crate) const XDP_DROP: u32 = 1;
 /// BPF_PROG_TEST_RUN's flag that turns an XDP test run into a packet generator: every run is a
 /// fresh frame from a page pool, whose verdict the kernel carries out (a passed frame becomes an
 /// skb received on the context's interface; a dropped one goes back to the pool).

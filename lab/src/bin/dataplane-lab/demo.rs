@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use dataplane_lab::{Agent, ChildHandle, Lab, LabOptions, AGENT_READY};
+use dataplane_lab::{etcd, Agent, ChildHandle, Lab, LabOptions, AGENT_READY};
 
 /// Where the demo's agents read the cluster.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -134,7 +134,7 @@ fn steps(lab: &Lab, bin: &Path, datastore: &Path, kind: DatastoreKind) -> anyhow
             let export =
                 [&*bin_arg, "datastore", "export", "--to", "etcdv3", &*file_arg, "--etcd-endpoints", &endpoint];
             show(lab, lab.fabric_netns(), &export).context("exporting the cluster into etcd")?;
-            let etcdctl = find_binary("etcdctl")
+            let etcdctl = etcd::find_binary("etcdctl")
                 .context("etcdctl is not installed: `cargo xtask setup` installs Debian's etcd-client")?;
             let etcdctl = etcdctl.to_string_lossy();
             let endpoints = format!("--endpoints={endpoint}");
@@ -313,64 +313,15 @@ impl DemoAgent {
     }
 }
 
-/// A binary on PATH (or in /usr/bin, where Debian puts etcd).
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
 /// Starts etcd in the fabric namespace listening on `endpoint` (the nodes' gateway, which both
-/// nodes reach over their eth0) with its data in the lab's directory, and waits until it answers.
+/// nodes reach over their eth0), showing its command line, and waits until it answers.
 fn start_etcd(lab: &Lab, endpoint: &str) -> anyhow::Result<ChildHandle> {
-    let etcd =
-        find_binary("etcd").context("etcd is not installed: `cargo xtask setup` installs Debian's etcd-server")?;
-    let etcdctl = find_binary("etcdctl")
-        .context("etcdctl is not installed: `cargo xtask setup` installs Debian's etcd-client")?;
     heading(&format!("Starting etcd in the fabric namespace on {endpoint}"));
-    let data = lab.dir().join("etcd-data");
-    let data = data.to_string_lossy();
-    let bin = etcd.to_string_lossy();
-    let peer = "http://127.0.0.1:2380";
-    let cluster = format!("demo={peer}");
-    let argv = [
-        &*bin,
-        "--name",
-        "demo",
-        "--data-dir",
-        &data,
-        "--listen-client-urls",
-        endpoint,
-        "--advertise-client-urls",
-        endpoint,
-        "--listen-peer-urls",
-        peer,
-        "--initial-advertise-peer-urls",
-        peer,
-        "--initial-cluster",
-        &cluster,
-    ];
-    println!("$ {} &", lab.command_line(lab.fabric_netns(), &argv));
-    let mut process = lab.spawn(lab.fabric_netns(), &argv, "etcd")?;
-    let etcdctl = etcdctl.to_string_lossy();
-    let endpoints = format!("--endpoints={endpoint}");
-    let health = [&*etcdctl, &*endpoints, "--command-timeout=1s", "endpoint", "health"];
-    let started = std::time::Instant::now();
-    loop {
-        if lab.exec_status(lab.fabric_netns(), &health)?.status.success() {
-            break;
-        }
-        if let Some(status) = process.try_exit()? {
-            bail!("etcd exited with {status}:\n{}", process.log());
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            bail!("etcd did not answer within 20 s:\n{}", process.log());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    println!("  etcd answers after {:?}", started.elapsed());
+    let argv = etcd::command(lab, "demo", endpoint, &[])?;
+    let shown: Vec<&str> = argv.iter().map(String::as_str).collect();
+    println!("$ {} &", lab.command_line(lab.fabric_netns(), &shown));
+    let (process, took) = etcd::start(lab, &argv, endpoint)?;
+    println!("  etcd answers after {took:?}");
     Ok(process)
 }
 
