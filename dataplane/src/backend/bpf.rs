@@ -38,7 +38,7 @@ use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
 use super::{
-    clsact,
+    batch, clsact,
     diff::{diff, diff_keys, Changes},
     entries::{self, MapEntries, RouteKey},
     host_routes::{self, HostRoutes},
@@ -157,6 +157,8 @@ pub struct BpfBackend {
     xdp: Option<(u32, XdpMode)>,
     /// How the XDP program may be attached.
     xdp_choice: XdpChoice,
+    /// Maps (by name) whose batch updates the kernel refused: written one entry at a time.
+    no_batches: BTreeSet<&'static str>,
 }
 
 /// Reads the programs' aya-log ring buffer whenever it has records and writes them to the log
@@ -275,6 +277,7 @@ impl BpfBackend {
             map_dumps: 0,
             xdp: None,
             xdp_choice,
+            no_batches: BTreeSet::new(),
         })
     }
 
@@ -493,6 +496,14 @@ impl BpfBackend {
                 |map, key| map.remove(key).context("removing from the workloads map"),
             )?;
         }
+        let upserts = upserts_of(&programmed.peers, &desired.peers, peer_keys.as_ref());
+        let written = self.write_batch(PEERS_MAP, &upserts, |key| *key);
+        programmed.peers.extend(upserts.into_iter().take(written));
+        report.written += written;
+        let upserts = upserts_of(&programmed.routes, &desired.routes, route_keys.as_ref());
+        let written = self.write_batch(ROUTES_MAP, &upserts, |(prefix_len, addr)| Key::new(*prefix_len, *addr));
+        programmed.routes.extend(upserts.into_iter().take(written));
+        report.written += written;
         {
             let mut map: HashMap<&mut MapData, Ipv4Bytes, Peer> = map_mut(&mut self.ebpf, PEERS_MAP)?;
             sync(
@@ -523,6 +534,39 @@ impl BpfBackend {
         }
         self.programmed = Some(programmed);
         Ok(())
+    }
+
+    /// Writes `upserts` into the map `name` with batched updates when there are enough of them
+    /// to pay and the kernel has them for this map; returns how many it wrote, in order (the
+    /// caller writes the rest one at a time). The first refusal is remembered and said once.
+    fn write_batch<K: Clone, V: aya::Pod, B: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        upserts: &[(K, V)],
+        map_key: impl Fn(&K) -> B,
+    ) -> usize {
+        if upserts.len() < BATCH_MIN || self.no_batches.contains(name) {
+            return 0;
+        }
+        let Some(map) = self.ebpf.map(name) else { return 0 };
+        let data = match map {
+            aya::maps::Map::LpmTrie(data) | aya::maps::Map::HashMap(data) => data,
+            _ => return 0,
+        };
+        let keys: Vec<B> = upserts.iter().map(|(key, _)| map_key(key)).collect();
+        let values: Vec<V> = upserts.iter().map(|(_, value)| *value).collect();
+        match batch::update(data.fd().as_fd(), &keys, &values) {
+            Ok(()) => upserts.len(),
+            Err(batch::BatchError::Unsupported) => {
+                info!(map = name, "this kernel has no batch update for the map: writing its entries one by one");
+                self.no_batches.insert(name);
+                0
+            }
+            Err(batch::BatchError::Failed { written, error }) => {
+                warn!(map = name, written, %error, "batch update failed; writing the rest one by one");
+                written
+            }
+        }
     }
 
     /// Attaches a program to a TC hook of an interface, adopting (and atomically updating) a
@@ -695,6 +739,22 @@ fn sync<M, K: Ord + Clone, V: PartialEq + Clone>(
         report.removed += 1;
     }
     Ok(())
+}
+
+/// Fewer entries than this are written one by one: a batch saves system calls, not work.
+const BATCH_MIN: usize = 64;
+
+/// The entries of `desired` (within `keys`, when given) that `programmed` lacks or holds with
+/// another value.
+fn upserts_of<K: Ord + Clone, V: PartialEq + Clone>(
+    programmed: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    keys: Option<&BTreeSet<K>>,
+) -> Vec<(K, V)> {
+    match keys {
+        Some(keys) => diff_keys(programmed, desired, keys).upserts,
+        None => diff(programmed, desired).upserts,
+    }
 }
 
 fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<T>
