@@ -55,8 +55,9 @@ struct Store {
     nodes: BTreeMap<String, Node>,
     /// Workloads on this node only (the plan reads no other), by `namespace/name`.
     workloads: BTreeMap<String, Workload>,
-    /// Block -> node -> that node's affinity to it.
-    affinities: BTreeMap<Ipv4Net, BTreeMap<String, Block>>,
+    /// Block -> the nodes' affinities to it, sorted by node, one per node (nearly always one: a
+    /// list, where a map per block would cost a node of eleven slots each).
+    affinities: BTreeMap<Ipv4Net, Vec<Block>>,
     /// Block -> its allocation block's affinity.
     allocations: BTreeMap<Ipv4Net, Block>,
     /// Node -> the blocks an affinity or an allocation block gives it.
@@ -71,14 +72,10 @@ impl Store {
     /// (pending, pendingDeletion) then decides, as in the datastores' snapshots.
     fn owners(&self, cidr: &Ipv4Net) -> Vec<&str> {
         let affinities = self.affinities.get(cidr);
-        let mut owners: Vec<&str> = affinities
-            .into_iter()
-            .flat_map(|by_node| by_node.values())
-            .filter(|block| block.routes())
-            .map(|block| block.node.as_str())
-            .collect();
+        let mut owners: Vec<&str> =
+            affinities.into_iter().flatten().filter(|block| block.routes()).map(|block| block.node.as_str()).collect();
         if let Some(allocation) = self.allocations.get(cidr) {
-            let shadowed = affinities.is_some_and(|by_node| by_node.contains_key(&allocation.node));
+            let shadowed = affinities.is_some_and(|by_node| by_node.iter().any(|b| b.node == allocation.node));
             if allocation.routes() && !shadowed {
                 if let Err(at) = owners.binary_search(&allocation.node.as_str()) {
                     owners.insert(at, allocation.node.as_str());
@@ -90,7 +87,7 @@ impl Store {
 
     /// Whether some affinity or the allocation block of `cidr` names `node`.
     fn names(&self, cidr: &Ipv4Net, node: &str) -> bool {
-        self.affinities.get(cidr).is_some_and(|by_node| by_node.contains_key(node))
+        self.affinities.get(cidr).is_some_and(|by_node| by_node.iter().any(|b| b.node == node))
             || self.allocations.get(cidr).is_some_and(|block| block.node == node)
     }
 
@@ -117,12 +114,17 @@ impl Store {
         let cidr = block.cidr.trunc();
         let node = block.node.clone();
         let by_node = self.affinities.entry(cidr).or_default();
-        let keep = match by_node.get(&node) {
-            Some(old) if merge => block.routes() || !old.routes(),
-            _ => true,
-        };
-        if keep {
-            by_node.insert(node.clone(), Block { cidr, ..block });
+        match by_node.binary_search_by(|b| b.node.cmp(&node)) {
+            Ok(at) => {
+                if !merge || block.routes() || !by_node[at].routes() {
+                    by_node[at] = Block { cidr, ..block };
+                }
+            }
+            Err(at) => {
+                // Exactly one slot for the usual single affinity, not the four a push reserves.
+                by_node.reserve_exact(1);
+                by_node.insert(at, Block { cidr, ..block });
+            }
         }
         self.index_block(cidr, &node);
         cidr
@@ -131,7 +133,7 @@ impl Store {
     fn remove_affinity(&mut self, cidr: Ipv4Net, node: &str) {
         let cidr = cidr.trunc();
         if let Some(by_node) = self.affinities.get_mut(&cidr) {
-            by_node.remove(node);
+            by_node.retain(|b| b.node != node);
             if by_node.is_empty() {
                 self.affinities.remove(&cidr);
             }
@@ -277,12 +279,14 @@ impl Planner {
     /// are the only ones a plan reads): what the oracle plans.
     pub fn model(&self) -> Model {
         let store = &self.store;
-        let mut blocks: Vec<Block> = store.affinities.values().flat_map(|by_node| by_node.values().cloned()).collect();
+        let mut blocks: Vec<Block> = store.affinities.values().flatten().cloned().collect();
         blocks.extend(
             store
                 .allocations
                 .values()
-                .filter(|block| !store.affinities.get(&block.cidr).is_some_and(|by| by.contains_key(&block.node)))
+                .filter(|block| {
+                    !store.affinities.get(&block.cidr).is_some_and(|by| by.iter().any(|b| b.node == block.node))
+                })
                 .cloned(),
         );
         Model {
