@@ -25,12 +25,13 @@ use crate::{
 /// What one key contributes to the model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Item {
-    /// An IP pool.
-    Pool(IpPool),
+    /// An IP pool (boxed, as the node and the workload: two of every three keys are blocks, and
+    /// every cached key is as large as the largest variant).
+    Pool(Box<IpPool>),
     /// A node.
-    Node(Node),
+    Node(Box<Node>),
     /// A workload endpoint.
-    Workload(Workload),
+    Workload(Box<Workload>),
     /// A block from a host affinity key.
     Affinity(Block),
     /// A block from an allocation block's `affinity`; used where no affinity key names the same
@@ -310,9 +311,9 @@ fn build(known: &Key, key: &str, resource: &Json) -> Entry {
         })
         .collect();
     let item = match known {
-        Key::Pool { .. } => model.pools.pop().map(Item::Pool),
-        Key::Node { .. } => model.nodes.pop().map(Item::Node),
-        Key::Workload { .. } => model.workloads.pop().map(Item::Workload),
+        Key::Pool { .. } => model.pools.pop().map(|pool| Item::Pool(Box::new(pool))),
+        Key::Node { .. } => model.nodes.pop().map(|node| Item::Node(Box::new(node))),
+        Key::Workload { .. } => model.workloads.pop().map(|workload| Item::Workload(Box::new(workload))),
         Key::Affinity { .. } => model.blocks.pop().map(Item::Affinity),
         Key::Allocation { .. } => model.blocks.pop().map(Item::Allocation),
     };
@@ -377,9 +378,9 @@ fn deltas_between(old: Option<&Item>, new: Option<&Item>, out: &mut Vec<Delta>) 
         }
     }
     match new {
-        Some(Item::Pool(pool)) => out.push(Delta::UpsertPool(pool.clone())),
-        Some(Item::Node(node)) => out.push(Delta::UpsertNode(node.clone())),
-        Some(Item::Workload(workload)) => out.push(Delta::UpsertWorkload(workload.clone())),
+        Some(Item::Pool(pool)) => out.push(Delta::UpsertPool((**pool).clone())),
+        Some(Item::Node(node)) => out.push(Delta::UpsertNode((**node).clone())),
+        Some(Item::Workload(workload)) => out.push(Delta::UpsertWorkload((**workload).clone())),
         Some(Item::Affinity(block)) => out.push(Delta::UpsertAffinity(block.clone())),
         Some(Item::Allocation(block)) => out.push(Delta::UpsertAllocation(block.clone())),
         Some(Item::Nothing) | None => {}
@@ -411,9 +412,9 @@ impl Cache {
         for entry in self.entries.values() {
             problems.extend(entry.problems.iter().cloned());
             match &entry.item {
-                Item::Pool(pool) => model.pools.push(pool.clone()),
-                Item::Node(node) => model.nodes.push(node.clone()),
-                Item::Workload(workload) => model.workloads.push(workload.clone()),
+                Item::Pool(pool) => model.pools.push((**pool).clone()),
+                Item::Node(node) => model.nodes.push((**node).clone()),
+                Item::Workload(workload) => model.workloads.push((**workload).clone()),
                 Item::Affinity(block) => model.blocks.push(block.clone()),
                 Item::Allocation(block) => allocations.push(block.clone()),
                 Item::Nothing => {}
@@ -472,9 +473,9 @@ impl Cache {
         for entry in self.entries.values() {
             problems.extend(entry.problems.iter().cloned());
             match &entry.item {
-                Item::Pool(pool) => model.pools.push(pool.clone()),
-                Item::Node(node) => model.nodes.push(node.clone()),
-                Item::Workload(workload) => model.workloads.push(workload.clone()),
+                Item::Pool(pool) => model.pools.push((**pool).clone()),
+                Item::Node(node) => model.nodes.push((**node).clone()),
+                Item::Workload(workload) => model.workloads.push((**workload).clone()),
                 Item::Affinity(block) => model.blocks.push(block.clone()),
                 Item::Allocation(block) => allocations.push(block),
                 Item::Nothing => {}
