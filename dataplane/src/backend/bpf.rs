@@ -409,15 +409,13 @@ impl BpfBackend {
             Some(within) => Box::new(within.routes.iter().filter_map(|prefix| plan.routes.get_key_value(prefix))),
         };
         let planned: Vec<(&Ipv4Net, &PlannedRoute)> = planned.collect();
-        let mut next_hops = BTreeMap::new();
-        for peer in planned.iter().filter_map(|(_, r)| match &r.target {
-            RouteTarget::RemoteBlock { node_addr, .. } => Some(*node_addr),
-            _ => None,
-        }) {
-            if let std::collections::btree_map::Entry::Vacant(slot) = next_hops.entry(peer) {
-                slot.insert(self.host_routes.next_hop(peer).await?);
-            }
-        }
+        let next_hops = self
+            .host_routes
+            .next_hops(planned.iter().filter_map(|(_, r)| match &r.target {
+                RouteTarget::RemoteBlock { node_addr, .. } => Some(*node_addr),
+                _ => None,
+            }))
+            .await?;
         let next_hop = |peer| next_hops.get(&peer).copied().unwrap_or(peer);
         let routes: BTreeMap<Ipv4Net, host_routes::HostRoute> = planned
             .iter()

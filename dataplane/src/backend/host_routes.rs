@@ -130,15 +130,23 @@ impl HostRoutes {
         self.dumps
     }
 
-    /// The gateway the kernel would use towards `addr` (`ip route get`), or `addr` if on-link;
-    /// asked once per address until [`HostRoutes::forget`].
-    pub async fn next_hop(&mut self, addr: Ipv4Addr) -> anyhow::Result<Ipv4Addr> {
-        if let Some(gateway) = self.next_hops.get(&addr) {
-            return Ok(*gateway);
-        }
-        let gateway = next_hop(&self.handle, addr).await?;
-        self.next_hops.insert(addr, gateway);
-        Ok(gateway)
+    /// The gateways towards `addrs` (`ip route get`, or the address itself when on-link), remembered until [`HostRoutes::forget`], asking the kernel about the
+    /// unknown ones [`IN_FLIGHT`] at a time: from empty, or after the slow resync forgot them,
+    /// a cluster of 10k nodes is 10k questions, not 10k round trips one after the other.
+    pub async fn next_hops(
+        &mut self,
+        addrs: impl IntoIterator<Item = Ipv4Addr>,
+    ) -> anyhow::Result<BTreeMap<Ipv4Addr, Ipv4Addr>> {
+        let wanted: BTreeSet<Ipv4Addr> = addrs.into_iter().collect();
+        let unknown: Vec<Ipv4Addr> = wanted.iter().filter(|addr| !self.next_hops.contains_key(addr)).copied().collect();
+        let handle = &self.handle;
+        let found: Vec<(Ipv4Addr, Ipv4Addr)> = stream::iter(unknown)
+            .map(|addr| async move { next_hop(handle, addr).await.map(|gateway| (addr, gateway)) })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect()
+            .await?;
+        self.next_hops.extend(found);
+        Ok(wanted.into_iter().filter_map(|addr| self.next_hops.get(&addr).map(|gateway| (addr, *gateway))).collect())
     }
 
     /// The routes this agent installed earlier.
