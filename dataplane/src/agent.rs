@@ -1,7 +1,8 @@
 //! `dataplane run`: the watch-and-converge loop.
 //!
-//! datastore -> model -> plan -> backend, on start, whenever the datastore changes, and on a
-//! periodic resync. A failed read keeps the last good state in the kernel.
+//! datastore -> deltas -> incremental plan -> backend, on start, whenever the datastore changes
+//! (only what a change touched is planned and written), and on a periodic resync (everything is
+//! compared with what the kernel holds). A failed read keeps the last good state in the kernel.
 
 use std::{
     path::PathBuf,

@@ -1,8 +1,10 @@
 //! Datastores turn outside formats (Calico YAML, Kubernetes objects, etcd keys) into the model.
 //!
-//! Each datastore runs as a task that sends a complete [`Snapshot`] of the cluster whenever it
-//! changes; the agent keeps only the latest one and reconciles from it. A datastore that cannot
-//! be read sends nothing, so the last good snapshot stays programmed.
+//! Each datastore runs as a task. The file and Kubernetes watchers send a complete [`Snapshot`]
+//! of the cluster whenever it changes (the agent plans each as a [`Delta::Replace`]); the etcd
+//! watcher sends the agent typed [`Delta`]s, one whole read as a `Replace` and then each burst's
+//! changes. A datastore that cannot be read sends nothing, so the last good state stays
+//! programmed.
 
 pub mod etcd;
 pub mod file;
