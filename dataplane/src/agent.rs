@@ -1,7 +1,8 @@
 //! `dataplane run`: the watch-and-converge loop.
 //!
-//! datastore -> model -> plan -> backend, on start, whenever the datastore changes, and on a
-//! periodic resync. A failed read keeps the last good state in the kernel.
+//! datastore -> deltas -> incremental plan -> backend, on start, whenever the datastore changes
+//! (only what a change touched is planned and written), and on a periodic resync (everything is
+//! compared with what the kernel holds). A failed read keeps the last good state in the kernel.
 
 use std::{
     path::PathBuf,
@@ -11,7 +12,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::watch,
+    sync::{mpsc, watch},
 };
 use tracing::{error, info, info_span, warn, Instrument as _};
 
@@ -21,9 +22,46 @@ use crate::{
         netlink::{self, NetlinkBackend},
         nftables, vxlan_anchor,
     },
-    datastore::{self, Snapshot},
-    metrics, plan, probe, sys,
+    datastore::{self, Delta, Snapshot},
+    incremental::{Changes, Planner},
+    metrics,
+    model::Problem,
+    probe, sys,
 };
+
+/// What the agent reads the cluster from: whole snapshots (the file and Kubernetes datastores,
+/// each one a [`Delta::Replace`]) or deltas (etcd).
+enum Feed {
+    Snapshots(watch::Receiver<Option<Snapshot>>),
+    Deltas(mpsc::UnboundedReceiver<Vec<Delta>>),
+}
+
+impl Feed {
+    /// The next changes, and how many batches they were (the queue the agent found); None
+    /// when the watcher stopped. Cancel-safe: nothing is taken before it is returned.
+    async fn next(&mut self) -> Option<(Vec<Delta>, usize)> {
+        match self {
+            Feed::Snapshots(snapshots) => loop {
+                snapshots.changed().await.ok()?;
+                let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
+                for problem in &snapshot.problems {
+                    warn!("skipped: {problem}");
+                }
+                return Some((vec![Delta::Replace { model: snapshot.model, allocations: Vec::new() }], 1));
+            },
+            Feed::Deltas(deltas) => {
+                let mut batch = deltas.recv().await?;
+                // Whatever queued meanwhile is planned in the same reconcile.
+                let mut batches = 1;
+                while let Ok(more) = deltas.try_recv() {
+                    batch.extend(more);
+                    batches += 1;
+                }
+                Some((batch, batches))
+            }
+        }
+    }
+}
 
 /// Default directory of the pinned maps and links.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/dataplane";
@@ -302,12 +340,28 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         })
     });
 
-    let (sender, mut snapshots) = watch::channel(None);
-    let watcher = match &options.datastore {
-        Datastore::File(path) => tokio::spawn(datastore::watch_file(path.clone(), sender, connection)),
-        Datastore::Etcdv3 => tokio::spawn(datastore::etcd::watch(options.etcd.clone(), sender, connection)),
-        Datastore::Kubernetes(config) => tokio::spawn(datastore::kubernetes::watch(config.clone(), sender, connection)),
+    let (sender, snapshots) = watch::channel(None);
+    let (watcher, mut feed) = match &options.datastore {
+        Datastore::File(path) => {
+            (tokio::spawn(datastore::watch_file(path.clone(), sender, connection)), Feed::Snapshots(snapshots))
+        }
+        Datastore::Etcdv3 => {
+            let (deltas, receiver) = mpsc::unbounded_channel();
+            (
+                tokio::spawn(datastore::etcd::watch_deltas(options.etcd.clone(), deltas, connection)),
+                Feed::Deltas(receiver),
+            )
+        }
+        Datastore::Kubernetes(config) => {
+            (tokio::spawn(datastore::kubernetes::watch(config.clone(), sender, connection)), Feed::Snapshots(snapshots))
+        }
     };
+    let mut planner = Planner::new(&options.node);
+    // Nothing read yet: nothing to program.
+    let mut read = false;
+    // What the plan changed since the last successful apply; `everything` after a failure.
+    let mut pending = Changes { everything: true, ..Changes::default() };
+    let mut reported: Vec<Problem> = Vec::new();
     // The watcher reads (and reports a missing file) while the programs load; its snapshot waits
     // in the channel.
     let mut backend = select_backend(&options).await?;
@@ -339,11 +393,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 }
                 continue;
             }
-            changed = snapshots.changed() => {
-                if changed.is_err() {
+            batch = feed.next() => {
+                let Some((deltas, batches)) = batch else {
                     bail!("the datastore watcher stopped");
-                }
+                };
                 woke = Some(Instant::now());
+                read = true;
+                for delta in deltas {
+                    planner.apply(delta, &mut pending);
+                }
+                if let Ok(mut agent) = agent_metrics.lock() {
+                    agent.queued_batches = batches as u64;
+                }
             }
             _ = resync.tick() => {
                 // The slow resync: the backend reads the kernel's state again instead of trusting
@@ -351,13 +412,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 if let Backend::Bpf(backend) = &mut backend {
                     backend.forget();
                 }
+                pending.everything = true;
             }
         }
-        let snapshot = snapshots.borrow_and_update().clone();
-        if let Some(snapshot) = snapshot {
+        if read {
+            report_problems(&planner, &mut reported);
             let span = info_span!("reconcile", node = %options.node);
             let started = Instant::now();
-            let result = reconcile(&mut backend, &options, &snapshot).instrument(span).await;
+            let result = reconcile(&mut backend, &options, &planner, &pending).instrument(span).await;
+            pending = Changes { everything: result.is_err(), ..Changes::default() };
             if let Ok(mut agent) = agent_metrics.lock() {
                 agent.last_reconcile_ok = result.is_ok();
                 if let Backend::Bpf(backend) = &backend {
@@ -392,16 +455,28 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One pass of model -> plan -> backend.
-async fn reconcile(backend: &mut Backend, options: &RunOptions, snapshot: &Snapshot) -> anyhow::Result<()> {
-    let started = Instant::now();
-    for problem in &snapshot.problems {
-        warn!("skipped: {problem}");
+/// Logs the problems of the plan that were not logged the last time (`reported`).
+fn report_problems(planner: &Planner, reported: &mut Vec<Problem>) {
+    let problems = planner.problems();
+    if problems == *reported {
+        return;
     }
-    let (plan, problems) = plan::compute(&snapshot.model, &options.node)?;
-    for problem in &problems {
+    let before: std::collections::HashSet<&Problem> = reported.iter().collect();
+    for problem in problems.iter().filter(|problem| !before.contains(problem)) {
         warn!("not planned: {problem}");
     }
+    *reported = problems;
+}
+
+/// One pass of plan -> backend, writing what `changes` touched (everything when it says so).
+async fn reconcile(
+    backend: &mut Backend,
+    options: &RunOptions,
+    planner: &Planner,
+    changes: &Changes,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let plan = planner.plan().map_err(|error| anyhow::anyhow!("{error}"))?;
     let uplink = match &options.uplink {
         Some(uplink) => uplink.clone(),
         None => sys::interface_with_address(plan.node.addr.addr())?.with_context(|| {
@@ -415,7 +490,8 @@ async fn reconcile(backend: &mut Backend, options: &RunOptions, snapshot: &Snaps
     let backend = match backend {
         Backend::Bpf(backend) => backend,
         Backend::Netlink(backend) => {
-            let report = backend.apply(&plan, &snapshot.model, &uplink).await?;
+            // The fallback reads the model too (its devices): not the path this scales.
+            let report = backend.apply(plan, &planner.model(), &uplink).await?;
             for problem in &report.problems {
                 warn!("not programmed: {problem}");
             }
@@ -436,7 +512,7 @@ async fn reconcile(backend: &mut Backend, options: &RunOptions, snapshot: &Snaps
             return Ok(());
         }
     };
-    let report = backend.apply(&plan, &uplink, options.nat_ports, options.conntrack_timeouts).await?;
+    let report = backend.apply(plan, Some(changes), &uplink, options.nat_ports, options.conntrack_timeouts).await?;
     info!(
         %uplink,
         routes = plan.routes.len(),

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod check;
 pub mod conntrack;
 pub mod datastore;
+pub mod incremental;
 pub mod ipam;
 pub mod metrics;
 pub mod model;

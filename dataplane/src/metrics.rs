@@ -43,6 +43,9 @@ pub struct Agent {
     pub kernel_dumps: u64,
     /// Seconds from a new snapshot reaching the agent to the dataplane programmed from it.
     pub change_to_programmed: Histogram,
+    /// Batches of changes the agent found queued when it last took changes from the watcher
+    /// (1: it keeps up; more: they waited for a reconcile).
+    pub queued_batches: u64,
 }
 
 /// Upper bounds (seconds) of [`Histogram`]'s buckets: a change is programmed in milliseconds on a
@@ -125,7 +128,7 @@ pub fn render(agent: &Agent, counters: &[stats::Counter], occupancy: &Occupancy)
     ] {
         let _ = writeln!(out, "dataplane_map_entries{{map=\"{map}\"}} {entries}");
     }
-    let gauges: [(&str, &str, &str, f64); 8] = [
+    let gauges: [(&str, &str, &str, f64); 9] = [
         ("dataplane_reconciles_total", "counter", "Reconciles that completed.", agent.reconciles as f64),
         ("dataplane_reconcile_errors_total", "counter", "Reconciles that failed.", agent.reconcile_errors as f64),
         (
@@ -163,6 +166,12 @@ pub fn render(agent: &Agent, counters: &[stats::Counter], occupancy: &Occupancy)
             "counter",
             "Whole reads of the maps and the route table (at start, after a failed write, on the slow resync; none per change).",
             agent.kernel_dumps as f64,
+        ),
+        (
+            "dataplane_datastore_queue_depth",
+            "gauge",
+            "Batches of datastore changes found queued when the agent last took changes (1 when it keeps up).",
+            agent.queued_batches as f64,
         ),
     ];
     for (name, kind, help, value) in gauges {
@@ -287,6 +296,7 @@ mod tests {
             datastore_up: false,
             datastore_losses: 2,
             kernel_dumps: 4,
+            queued_batches: 2,
             ..Agent::default()
         };
         let counters = [
@@ -300,6 +310,7 @@ mod tests {
         assert!(text.contains("dataplane_map_entries{map=\"routes\"} 5"), "{text}");
         assert!(text.contains("dataplane_reconciles_total 3"), "{text}");
         assert!(text.contains("dataplane_kernel_dumps_total 4"), "{text}");
+        assert!(text.contains("dataplane_datastore_queue_depth 2"), "{text}");
         assert!(text.contains("dataplane_change_to_programmed_seconds_count 0"), "{text}");
         assert!(text.contains("dataplane_reconcile_errors_total 1"), "{text}");
         assert!(text.contains("dataplane_last_reconcile_ok 1"), "{text}");

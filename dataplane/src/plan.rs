@@ -10,7 +10,7 @@ use std::{
 
 use ipnet::Ipv4Net;
 
-use crate::model::{EncapMode, IpPool, MacAddr, Model, Node, Problem};
+use crate::model::{EncapMode, IpPool, MacAddr, Model, Node, Problem, Workload};
 
 /// How packets reach the node that owns a remote block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -146,7 +146,7 @@ pub fn compute(model: &Model, node: &str) -> Result<(Plan, Vec<Problem>), PlanEr
         workloads: BTreeMap::new(),
     };
 
-    let pools = valid_pools(model, &mut problems);
+    let pools = valid_pools(&model.pools, &mut problems);
     for pool in &pools {
         plan.routes.insert(pool.cidr.trunc(), route_in(Some(pool), RouteTarget::Pool));
     }
@@ -157,7 +157,7 @@ pub fn compute(model: &Model, node: &str) -> Result<(Plan, Vec<Problem>), PlanEr
         nodes.entry(other.name.as_str()).or_insert(other);
     }
     plan_blocks(model, &pools, &nodes, node, &local_addr, &mut plan, &mut problems);
-    plan_workloads(model, &pools, node, &mut plan, &mut problems);
+    plan_workloads(&model.workloads, &pools, node, &mut plan.routes, &mut plan.workloads, &mut problems);
     plan_peers(model, &pools, node, &local_addr, &mut plan);
     plan.cluster_nodes = model
         .nodes
@@ -259,9 +259,12 @@ fn both_modes_problem(pool: &IpPool) -> Problem {
 /// The pools that can be used, in the model's order: a pool with both encapsulations on is
 /// invalid in Calico, and a pool overlapping an earlier one is ambiguous (which natOutgoing,
 /// which encapsulation?), so both are reported and skipped.
-fn valid_pools<'m>(model: &'m Model, problems: &mut Vec<Problem>) -> Vec<&'m IpPool> {
+pub(crate) fn valid_pools<'m>(
+    all: impl IntoIterator<Item = &'m IpPool>,
+    problems: &mut Vec<Problem>,
+) -> Vec<&'m IpPool> {
     let mut pools: Vec<&IpPool> = Vec::new();
-    for pool in &model.pools {
+    for pool in all {
         if pool.vxlan_mode != EncapMode::Never && pool.ipip_mode != EncapMode::Never {
             problems.push(both_modes_problem(pool));
             continue;
@@ -286,12 +289,12 @@ fn valid_pools<'m>(model: &'m Model, problems: &mut Vec<Problem>) -> Vec<&'m IpP
 }
 
 /// The valid pool containing `prefix`, if any.
-fn pool_of<'p>(pools: &[&'p IpPool], prefix: &Ipv4Net) -> Option<&'p IpPool> {
+pub(crate) fn pool_of<'p>(pools: &[&'p IpPool], prefix: &Ipv4Net) -> Option<&'p IpPool> {
     pools.iter().copied().find(|pool| pool.cidr.contains(prefix))
 }
 
 /// A route to `target` carrying the attributes of `pool`.
-fn route_in(pool: Option<&IpPool>, target: RouteTarget) -> PlannedRoute {
+pub(crate) fn route_in(pool: Option<&IpPool>, target: RouteTarget) -> PlannedRoute {
     PlannedRoute { target, pool: pool.map(|p| p.name.clone()), nat_outgoing: pool.is_some_and(|p| p.nat_outgoing) }
 }
 
@@ -325,77 +328,102 @@ fn plan_blocks(
         }
     }
     for (cidr, (owner, others)) in owners {
-        // Only problems name the block: formatting it for each of 100k blocks costs.
-        let block_name = || cidr.to_string();
-        let owner = match others {
-            None => owner,
-            Some(many) => {
-                let names: Vec<&str> = many.into_iter().collect();
-                problems.push(Problem::new(
-                    "BlockAffinity",
-                    block_name(),
-                    "spec.node",
-                    format!(
-                        "the block is affine to several nodes ({}), so it is not routed at all: a block \
-                         belongs to one node, delete the wrong affinities",
-                        names.join(", ")
-                    ),
-                ));
-                continue;
+        let many: Vec<&str>;
+        let owners: &[&str] = match &others {
+            None => std::slice::from_ref(&owner),
+            Some(set) => {
+                many = set.iter().copied().collect();
+                &many
             }
         };
-        let Some(pool) = pool_of(pools, &cidr) else {
-            problems.push(Problem::new(
-                "BlockAffinity",
-                block_name(),
-                "spec.cidr",
-                format!(
-                    "the block (affine to {owner}) lies in no valid IP pool, so it is not routed: add the \
-                     pool it was carved from, or delete the affinity"
-                ),
-            ));
-            continue;
-        };
-        if owner == this_node {
-            plan.routes.insert(cidr, route_in(Some(pool), RouteTarget::LocalBlock));
-            continue;
-        }
-        let Some(peer) = nodes.get(owner) else {
-            problems.push(Problem::new(
-                "BlockAffinity",
-                block_name(),
-                "spec.node",
-                format!(
-                    "the block is affine to {owner:?}, which is not in the datastore, so it is not routed: \
-                     add the Node or delete the affinity"
-                ),
-            ));
-            continue;
-        };
-        let Some(peer_addr) = peer.addr else {
-            // Worded without the block, so that a node owning many blocks is reported once.
-            problems.push(Problem::new(
-                "Node",
-                owner,
-                "spec.bgp.ipv4Address",
-                "the node owns blocks but has no address, so they are not routed: set \
-                 spec.bgp.ipv4Address (e.g. 10.0.0.2/24)",
-            ));
-            continue;
-        };
-        match encap_between(pool, local_addr, peer) {
-            Ok(encap) => {
-                let target = RouteTarget::RemoteBlock { node: owner.to_owned(), node_addr: peer_addr.addr(), encap };
-                plan.routes.insert(cidr, route_in(Some(pool), target));
+        match block_route(cidr, owners, pools, |name| nodes.get(name).copied(), this_node, local_addr) {
+            Ok(route) => {
+                plan.routes.insert(cidr, route);
             }
             Err(problem) => problems.push(problem),
         }
     }
 }
 
+/// The route of one block that some routing affinities claim: `owners` are the nodes they name,
+/// sorted and without repeats; `node` finds a node by name. A problem instead when the block is
+/// claimed twice, lies in no valid pool, or its owner cannot be reached. The whole-model
+/// [`compute`] and the incremental planner both decide a block here.
+pub(crate) fn block_route<'n>(
+    cidr: Ipv4Net,
+    owners: &[&str],
+    pools: &[&IpPool],
+    node: impl Fn(&str) -> Option<&'n Node>,
+    this_node: &str,
+    local_addr: &Ipv4Net,
+) -> Result<PlannedRoute, Problem> {
+    // Only problems name the block: formatting it for each of 100k blocks costs.
+    let block_name = || cidr.to_string();
+    let owner = match owners {
+        [owner] => *owner,
+        _ => {
+            return Err(Problem::new(
+                "BlockAffinity",
+                block_name(),
+                "spec.node",
+                format!(
+                    "the block is affine to several nodes ({}), so it is not routed at all: a block \
+                     belongs to one node, delete the wrong affinities",
+                    owners.join(", ")
+                ),
+            ));
+        }
+    };
+    let Some(pool) = pool_of(pools, &cidr) else {
+        return Err(Problem::new(
+            "BlockAffinity",
+            block_name(),
+            "spec.cidr",
+            format!(
+                "the block (affine to {owner}) lies in no valid IP pool, so it is not routed: add the \
+                 pool it was carved from, or delete the affinity"
+            ),
+        ));
+    };
+    if owner == this_node {
+        return Ok(route_in(Some(pool), RouteTarget::LocalBlock));
+    }
+    let Some(peer) = node(owner) else {
+        return Err(Problem::new(
+            "BlockAffinity",
+            block_name(),
+            "spec.node",
+            format!(
+                "the block is affine to {owner:?}, which is not in the datastore, so it is not routed: \
+                 add the Node or delete the affinity"
+            ),
+        ));
+    };
+    let Some(peer_addr) = peer.addr else {
+        // Worded without the block, so that a node owning many blocks is reported once.
+        return Err(Problem::new(
+            "Node",
+            owner,
+            "spec.bgp.ipv4Address",
+            "the node owns blocks but has no address, so they are not routed: set \
+             spec.bgp.ipv4Address (e.g. 10.0.0.2/24)",
+        ));
+    };
+    let encap = encap_between(pool, local_addr, peer)?;
+    let target = RouteTarget::RemoteBlock { node: owner.to_owned(), node_addr: peer_addr.addr(), encap };
+    Ok(route_in(Some(pool), target))
+}
+
 /// The workloads on this node: a /32 route to each one's interface, and its entry by interface.
-fn plan_workloads(model: &Model, pools: &[&IpPool], this_node: &str, plan: &mut Plan, problems: &mut Vec<Problem>) {
-    for workload in model.workloads.iter().filter(|w| w.node == this_node) {
+pub(crate) fn plan_workloads<'w>(
+    workloads: impl IntoIterator<Item = &'w Workload>,
+    pools: &[&IpPool],
+    this_node: &str,
+    routes: &mut BTreeMap<Ipv4Net, PlannedRoute>,
+    planned: &mut BTreeMap<String, PlannedWorkload>,
+    problems: &mut Vec<Problem>,
+) {
+    for workload in workloads.into_iter().filter(|w| w.node == this_node) {
         let name = workload.full_name();
         let Some(first) = workload.addrs.first() else {
             problems.push(Problem::new(
@@ -417,7 +445,7 @@ fn plan_workloads(model: &Model, pools: &[&IpPool], this_node: &str, plan: &mut 
             ));
             continue;
         }
-        if let Some(other) = plan.workloads.get(&workload.interface) {
+        if let Some(other) = planned.get(&workload.interface) {
             problems.push(Problem::new(
                 "WorkloadEndpoint",
                 name,
@@ -432,7 +460,7 @@ fn plan_workloads(model: &Model, pools: &[&IpPool], this_node: &str, plan: &mut 
         }
         let addr = first.addr();
         let host = Ipv4Net::from(addr);
-        if let Some(other) = plan.workloads.values().find(|w| w.addr == addr) {
+        if let Some(other) = planned.values().find(|w| w.addr == addr) {
             problems.push(Problem::new(
                 "WorkloadEndpoint",
                 name,
@@ -442,8 +470,8 @@ fn plan_workloads(model: &Model, pools: &[&IpPool], this_node: &str, plan: &mut 
             continue;
         }
         let target = RouteTarget::LocalWorkload { interface: workload.interface.clone(), mac: workload.mac };
-        plan.routes.insert(host, route_in(pool_of(pools, &host), target));
-        plan.workloads.insert(workload.interface.clone(), PlannedWorkload { name, addr, mac: workload.mac });
+        routes.insert(host, route_in(pool_of(pools, &host), target));
+        planned.insert(workload.interface.clone(), PlannedWorkload { name, addr, mac: workload.mac });
     }
 }
 
@@ -456,14 +484,7 @@ fn plan_peers(model: &Model, pools: &[&IpPool], this_node: &str, local_addr: &Ip
         let Some(peer_addr) = peer.addr.filter(|addr| addr.addr() != local_addr.addr()) else {
             continue;
         };
-        let mut planned = PlannedPeer::default();
-        for pool in pools {
-            match tunnel_towards(pool, local_addr, peer_addr.addr()) {
-                Ok(Tunnel::Vxlan) => planned.vxlan = true,
-                Ok(Tunnel::Ipip) => planned.ipip = true,
-                Ok(Tunnel::None) | Err(_) => {}
-            }
-        }
+        let planned = peer_towards(pools, local_addr, peer_addr.addr());
         if planned.vxlan || planned.ipip {
             let entry = plan.peers.entry(peer_addr.addr()).or_default();
             entry.vxlan |= planned.vxlan;
@@ -472,10 +493,23 @@ fn plan_peers(model: &Model, pools: &[&IpPool], this_node: &str, local_addr: &Ip
     }
 }
 
+/// The tunnels the valid `pools` run between this node (at `local`) and a peer at `peer`.
+pub(crate) fn peer_towards(pools: &[&IpPool], local: &Ipv4Net, peer: Ipv4Addr) -> PlannedPeer {
+    let mut planned = PlannedPeer::default();
+    for pool in pools {
+        match tunnel_towards(pool, local, peer) {
+            Ok(Tunnel::Vxlan) => planned.vxlan = true,
+            Ok(Tunnel::Ipip) => planned.ipip = true,
+            Ok(Tunnel::None) | Err(_) => {}
+        }
+    }
+    planned
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AffinityState, Block, Workload};
+    use crate::model::{AffinityState, Block};
 
     fn net(text: &str) -> Ipv4Net {
         text.parse().expect("test CIDR")

@@ -35,11 +35,12 @@ use dataplane_common::{
     PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK,
     ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
+use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
 use super::{
-    clsact,
-    diff::{diff, Changes},
+    batch, clsact,
+    diff::{diff, diff_keys, Changes},
     entries::{self, MapEntries, RouteKey},
     host_routes::{self, HostRoutes},
     veth::PeerMacs,
@@ -47,7 +48,8 @@ use super::{
     xdp::{self, XdpChoice, XdpMode},
 };
 use crate::{
-    plan::{Plan, RouteTarget},
+    incremental::Changes as PlanChanges,
+    plan::{Plan, PlannedRoute, RouteTarget},
     probe::AttachMethod,
     sys,
 };
@@ -166,6 +168,8 @@ pub struct BpfBackend {
     xdp: Option<(u32, XdpMode)>,
     /// How the XDP program may be attached.
     xdp_choice: XdpChoice,
+    /// Maps (by name) whose batch updates the kernel refused: written one entry at a time.
+    no_batches: BTreeSet<&'static str>,
 }
 
 /// Reads the programs' aya-log ring buffer whenever it has records and writes them to the log
@@ -284,6 +288,7 @@ impl BpfBackend {
             map_dumps: 0,
             xdp: None,
             xdp_choice,
+            no_batches: BTreeSet::new(),
         })
     }
 
@@ -300,10 +305,14 @@ impl BpfBackend {
     }
 
     /// Makes the kernel match `plan`: attaches programs to the uplink and to every workload
-    /// interface, then writes the map entries that differ and removes stale ones.
+    /// interface, then writes the map entries that differ and removes stale ones. With `touched`
+    /// (what the incremental planner changed since the last apply), only those routes, peers and
+    /// host routes are compared and written, unless this process does not know what the kernel
+    /// holds (first apply, after a failed write, after [`BpfBackend::forget`]).
     pub async fn apply(
         &mut self,
         plan: &Plan,
+        touched: Option<&PlanChanges>,
         uplink: &str,
         nat_ports: (u16, u16),
         timeouts: FlowTimeouts,
@@ -312,13 +321,23 @@ impl BpfBackend {
         let uplink_ifindex = sys::ifindex(uplink)
             .with_context(|| format!("uplink interface {uplink:?} does not exist in this network namespace"))?;
         let uplink_mtu = sys::mtu(uplink)?;
+        let known = self.programmed.as_ref().is_some_and(|programmed| {
+            programmed.node.is_some_and(|node| node.uplink_ifindex == uplink_ifindex && node.uplink_mtu == uplink_mtu)
+        }) && self.host_routes.knows_table();
+        let within = touched.filter(|changes| known && !changes.everything).map(|changes| {
+            let mut routes = changes.routes.clone();
+            // A workload's /32 waits for its interface: look again at every apply.
+            routes.extend(plan.workloads.values().map(|workload| Ipv4Net::from(workload.addr)));
+            entries::Within { routes, peers: changes.nodes.clone() }
+        });
         // The datastore may have no pod MACs (Kubernetes): learn those from the pods' veths.
         let learned = self.peer_macs.learn(&entries::without_mac(plan, sys::ifindex)).await;
-        let (mut desired, missing) = entries::from_plan(
+        let (mut desired, missing) = entries::from_plan_within(
             plan,
             entries::Uplink { ifindex: uplink_ifindex, mtu: uplink_mtu, nat_ports },
             sys::ifindex,
             &learned,
+            within.as_ref(),
         );
         desired.node.timeouts = timeouts;
         for gap in &missing {
@@ -327,7 +346,7 @@ impl BpfBackend {
         report.missing = missing;
 
         // Maps first: a program attached to a new interface must find its workload entry.
-        self.write_maps(&desired, &mut report)?;
+        self.write_maps(&desired, within.as_ref(), &mut report)?;
         report.maps_done = Some(std::time::Instant::now());
 
         // Receiving VXLAN: the anchor's socket makes GRO merge it before from_uplink decapsulates.
@@ -396,19 +415,26 @@ impl BpfBackend {
         }
 
         // The host's own traffic to blocks: kernel routes that lead it to the uplink.
-        let mut next_hops = BTreeMap::new();
-        for peer in plan.routes.values().filter_map(|r| match &r.target {
-            RouteTarget::RemoteBlock { node_addr, .. } => Some(*node_addr),
-            _ => None,
-        }) {
-            if let std::collections::btree_map::Entry::Vacant(slot) = next_hops.entry(peer) {
-                slot.insert(self.host_routes.next_hop(peer).await?);
-            }
-        }
-        let routes = host_routes::desired(plan, uplink_ifindex, uplink_mtu, |peer| {
-            next_hops.get(&peer).copied().unwrap_or(peer)
-        });
-        let (written, removed) = self.host_routes.apply(&routes).await?;
+        let planned: Box<dyn Iterator<Item = (&Ipv4Net, &PlannedRoute)>> = match &within {
+            None => Box::new(plan.routes.iter()),
+            Some(within) => Box::new(within.routes.iter().filter_map(|prefix| plan.routes.get_key_value(prefix))),
+        };
+        let planned: Vec<(&Ipv4Net, &PlannedRoute)> = planned.collect();
+        let next_hops = self
+            .host_routes
+            .next_hops(planned.iter().filter_map(|(_, r)| match &r.target {
+                RouteTarget::RemoteBlock { node_addr, .. } => Some(*node_addr),
+                _ => None,
+            }))
+            .await?;
+        let next_hop = |peer| next_hops.get(&peer).copied().unwrap_or(peer);
+        let routes: BTreeMap<Ipv4Net, host_routes::HostRoute> = planned
+            .iter()
+            .filter_map(|(prefix, route)| {
+                host_routes::host_route(route, uplink_ifindex, uplink_mtu, next_hop).map(|route| (**prefix, route))
+            })
+            .collect();
+        let (written, removed) = self.host_routes.apply(&routes, within.as_ref().map(|w| &w.routes)).await?;
         report.written += written;
         report.removed += removed;
         Ok(report)
@@ -445,7 +471,18 @@ impl BpfBackend {
 
     /// Writes the entries that differ from what this process last wrote (the kernel's maps are
     /// read only when that is not known); on an error the next call reads them again.
-    fn write_maps(&mut self, desired: &MapEntries, report: &mut ApplyReport) -> anyhow::Result<()> {
+    fn write_maps(
+        &mut self,
+        desired: &MapEntries,
+        within: Option<&entries::Within>,
+        report: &mut ApplyReport,
+    ) -> anyhow::Result<()> {
+        // What a change touched, as map keys; None: every key.
+        let route_keys: Option<BTreeSet<RouteKey>> = within.map(|within| {
+            within.routes.iter().map(|prefix| (u32::from(prefix.prefix_len()), prefix.network().octets())).collect()
+        });
+        let peer_keys: Option<BTreeSet<Ipv4Bytes>> =
+            within.map(|within| within.peers.iter().map(|addr| addr.octets()).collect());
         let mut programmed = match self.programmed.take() {
             Some(programmed) => programmed,
             None => Box::new(self.read_maps()?),
@@ -462,17 +499,27 @@ impl BpfBackend {
                 &mut map,
                 &mut programmed.workloads,
                 &desired.workloads,
+                None,
                 report,
                 |map, key, value| map.insert(key, value, 0).context("writing the workloads map"),
                 |map, key| map.remove(key).context("removing from the workloads map"),
             )?;
         }
+        let upserts = upserts_of(&programmed.peers, &desired.peers, peer_keys.as_ref());
+        let written = self.write_batch(PEERS_MAP, &upserts, |key| *key);
+        programmed.peers.extend(upserts.into_iter().take(written));
+        report.written += written;
+        let upserts = upserts_of(&programmed.routes, &desired.routes, route_keys.as_ref());
+        let written = self.write_batch(ROUTES_MAP, &upserts, |(prefix_len, addr)| Key::new(*prefix_len, *addr));
+        programmed.routes.extend(upserts.into_iter().take(written));
+        report.written += written;
         {
             let mut map: HashMap<&mut MapData, Ipv4Bytes, Peer> = map_mut(&mut self.ebpf, PEERS_MAP)?;
             sync(
                 &mut map,
                 &mut programmed.peers,
                 &desired.peers,
+                peer_keys.as_ref(),
                 report,
                 |map, key, value| map.insert(key, value, 0).context("writing the peers map"),
                 |map, key| map.remove(key).context("removing from the peers map"),
@@ -484,6 +531,7 @@ impl BpfBackend {
                 &mut map,
                 &mut programmed.routes,
                 &desired.routes,
+                route_keys.as_ref(),
                 report,
                 |map, (prefix_len, addr), value| {
                     map.insert(&Key::new(*prefix_len, *addr), value, 0).context("writing the routes map")
@@ -495,6 +543,39 @@ impl BpfBackend {
         }
         self.programmed = Some(programmed);
         Ok(())
+    }
+
+    /// Writes `upserts` into the map `name` with batched updates when there are enough of them
+    /// to pay and the kernel has them for this map; returns how many it wrote, in order (the
+    /// caller writes the rest one at a time). The first refusal is remembered and said once.
+    fn write_batch<K: Clone, V: aya::Pod, B: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        upserts: &[(K, V)],
+        map_key: impl Fn(&K) -> B,
+    ) -> usize {
+        if upserts.len() < BATCH_MIN || self.no_batches.contains(name) {
+            return 0;
+        }
+        let Some(map) = self.ebpf.map(name) else { return 0 };
+        let data = match map {
+            aya::maps::Map::LpmTrie(data) | aya::maps::Map::HashMap(data) => data,
+            _ => return 0,
+        };
+        let keys: Vec<B> = upserts.iter().map(|(key, _)| map_key(key)).collect();
+        let values: Vec<V> = upserts.iter().map(|(_, value)| *value).collect();
+        match batch::update(data.fd().as_fd(), &keys, &values) {
+            Ok(()) => upserts.len(),
+            Err(batch::BatchError::Unsupported) => {
+                info!(map = name, "this kernel has no batch update for the map: writing its entries one by one");
+                self.no_batches.insert(name);
+                0
+            }
+            Err(batch::BatchError::Failed { written, error }) => {
+                warn!(map = name, written, %error, "batch update failed; writing the rest one by one");
+                written
+            }
+        }
     }
 
     /// Attaches a program to a TC hook of an interface, adopting (and atomically updating) a
@@ -647,11 +728,15 @@ fn sync<M, K: Ord + Clone, V: PartialEq + Clone>(
     map: &mut M,
     programmed: &mut BTreeMap<K, V>,
     desired: &BTreeMap<K, V>,
+    within: Option<&BTreeSet<K>>,
     report: &mut ApplyReport,
     insert: impl Fn(&mut M, &K, &V) -> anyhow::Result<()>,
     remove: impl Fn(&mut M, &K) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let Changes { upserts, removals } = diff(programmed, desired);
+    let Changes { upserts, removals } = match within {
+        Some(keys) => diff_keys(programmed, desired, keys),
+        None => diff(programmed, desired),
+    };
     for (key, value) in upserts {
         insert(map, &key, &value)?;
         programmed.insert(key, value);
@@ -663,6 +748,22 @@ fn sync<M, K: Ord + Clone, V: PartialEq + Clone>(
         report.removed += 1;
     }
     Ok(())
+}
+
+/// Fewer entries than this are written one by one: a batch saves system calls, not work.
+const BATCH_MIN: usize = 64;
+
+/// The entries of `desired` (within `keys`, when given) that `programmed` lacks or holds with
+/// another value.
+fn upserts_of<K: Ord + Clone, V: PartialEq + Clone>(
+    programmed: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    keys: Option<&BTreeSet<K>>,
+) -> Vec<(K, V)> {
+    match keys {
+        Some(keys) => diff_keys(programmed, desired, keys).upserts,
+        None => diff(programmed, desired).upserts,
+    }
 }
 
 fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<T>
@@ -736,6 +837,7 @@ mod tests {
             &mut kernel,
             &mut programmed,
             &desired,
+            None,
             &mut report,
             |m, k, v| write(m, k, v, 0),
             |m, k| {
@@ -754,12 +856,30 @@ mod tests {
             &mut kernel,
             &mut programmed,
             &desired,
+            None,
             &mut report,
             |_, _, _| bail!("no write expected"),
             |_, _| bail!("no removal expected"),
         )
         .expect("nothing to write");
         assert_eq!((report.written, report.removed), (0, 0));
+
+        // Within a change's keys, the rest is not even compared: 2 and 4 stay as they are.
+        let wanted = BTreeMap::from([(1, 11), (4, 99)]);
+        let mut report = ApplyReport::default();
+        sync(
+            &mut kernel,
+            &mut programmed,
+            &wanted,
+            Some(&BTreeSet::from([1, 3])),
+            &mut report,
+            |m, k, v| write(m, k, v, 0),
+            |_, _| bail!("no removal expected"),
+        )
+        .expect("syncs the keys");
+        assert_eq!((report.written, report.removed), (1, 0));
+        assert_eq!(kernel, BTreeMap::from([(1, 11), (2, 21), (4, 40)]));
+        assert_eq!(programmed, kernel);
     }
 
     #[test]
@@ -769,7 +889,7 @@ mod tests {
         let desired = BTreeMap::from([(1, 10), (2, 20), (3, 30)]);
         let mut report = ApplyReport::default();
         let result =
-            sync(&mut kernel, &mut programmed, &desired, &mut report, |m, k, v| write(m, k, v, 2), |_, _| Ok(()));
+            sync(&mut kernel, &mut programmed, &desired, None, &mut report, |m, k, v| write(m, k, v, 2), |_, _| Ok(()));
         assert!(result.is_err());
         assert_eq!(programmed, kernel, "the tracking holds exactly what reached the map");
     }

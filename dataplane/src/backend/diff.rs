@@ -32,6 +32,23 @@ pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(
     Changes { upserts, removals }
 }
 
+/// [`diff`] restricted to `keys`: what a change touched, with nothing else compared.
+pub fn diff_keys<K: Ord + Clone, V: PartialEq + Clone>(
+    programmed: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    keys: &std::collections::BTreeSet<K>,
+) -> Changes<K, V> {
+    let upserts = keys
+        .iter()
+        .filter_map(|key| {
+            desired.get(key).filter(|value| programmed.get(key) != Some(*value)).map(|v| (key.clone(), v.clone()))
+        })
+        .collect();
+    let removals =
+        keys.iter().filter(|key| !desired.contains_key(*key) && programmed.contains_key(*key)).cloned().collect();
+    Changes { upserts, removals }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +66,15 @@ mod tests {
         let changes = diff(&programmed, &desired);
         assert_eq!(changes.upserts, vec![(2, "B"), (4, "d")]);
         assert_eq!(changes.removals, vec![3]);
+    }
+
+    #[test]
+    fn a_diff_of_keys_looks_at_nothing_else() {
+        let programmed = BTreeMap::from([(1, "a"), (2, "b"), (3, "c"), (9, "z")]);
+        let desired = BTreeMap::from([(1, "A"), (2, "b"), (4, "d"), (8, "y")]);
+        let changes = diff_keys(&programmed, &desired, &[1, 2, 3, 4, 5].into());
+        assert_eq!(changes.upserts, vec![(1, "A"), (4, "d")]);
+        assert_eq!(changes.removals, vec![3], "9 and 8 are outside the keys");
     }
 
     #[test]

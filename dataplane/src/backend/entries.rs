@@ -2,17 +2,21 @@
 //!
 //! Pure apart from the interface-index lookup it is given, so the translation is unit-tested.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use dataplane_common::{
     net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI},
     peer_flags, route_flags, route_kind, workload_flags, FlowTimeouts, Ipv4Bytes, MacBytes, NodeConfig, Peer, Route,
     Workload,
 };
+use ipnet::Ipv4Net;
 
 use crate::{
     model::MacAddr,
-    plan::{Encap, Plan, RouteTarget},
+    plan::{Encap, Plan, PlannedRoute, RouteTarget},
 };
 
 /// A routes map key: prefix length and network-order address.
@@ -69,6 +73,15 @@ pub fn workload_mac(datastore: Option<MacAddr>, learned: Option<MacAddr>) -> Mac
     datastore.or(learned).map(|m| m.0).unwrap_or_default()
 }
 
+/// The keys a change touched: only these routes and peers are translated and compared.
+#[derive(Debug, Default)]
+pub struct Within {
+    /// Route prefixes.
+    pub routes: BTreeSet<Ipv4Net>,
+    /// Node addresses (peer entries).
+    pub peers: BTreeSet<Ipv4Addr>,
+}
+
 /// Translates `plan` into map entries; `ifindex` resolves interface names on this node and
 /// `learned` holds the MACs learned for workloads the datastore gives none (by interface).
 pub fn from_plan(
@@ -76,6 +89,18 @@ pub fn from_plan(
     uplink: Uplink,
     ifindex: impl Fn(&str) -> Option<u32>,
     learned: &BTreeMap<String, MacAddr>,
+) -> (MapEntries, Vec<MissingInterface>) {
+    from_plan_within(plan, uplink, ifindex, learned, None)
+}
+
+/// [`from_plan`], with the routes and peers only `within` the keys a change touched (all of
+/// them when `None`); the node and the workloads (a handful) are always whole.
+pub fn from_plan_within(
+    plan: &Plan,
+    uplink: Uplink,
+    ifindex: impl Fn(&str) -> Option<u32>,
+    learned: &BTreeMap<String, MacAddr>,
+    within: Option<&Within>,
 ) -> (MapEntries, Vec<MissingInterface>) {
     let mut entries = MapEntries {
         node: NodeConfig {
@@ -111,7 +136,11 @@ pub fn from_plan(
         }
     }
 
-    for (prefix, planned) in &plan.routes {
+    let routes: Box<dyn Iterator<Item = (&Ipv4Net, &PlannedRoute)>> = match within {
+        None => Box::new(plan.routes.iter()),
+        Some(within) => Box::new(within.routes.iter().filter_map(|prefix| plan.routes.get_key_value(prefix))),
+    };
+    for (prefix, planned) in routes {
         let mut route = Route::default();
         if planned.pool.is_some() {
             route.flags |= route_flags::IN_POOL;
@@ -148,7 +177,11 @@ pub fn from_plan(
 
     // Tunnel packets of either kind from every node of the cluster (see Plan::cluster_nodes,
     // which holds every peer too).
-    for addr in &plan.cluster_nodes {
+    let peers: Box<dyn Iterator<Item = &Ipv4Addr>> = match within {
+        None => Box::new(plan.cluster_nodes.iter()),
+        Some(within) => Box::new(within.peers.iter().filter(|addr| plan.cluster_nodes.contains(*addr))),
+    };
+    for addr in peers {
         entries.peers.insert(addr.octets(), Peer { flags: peer_flags::VXLAN | peer_flags::IPIP });
     }
     (entries, missing)

@@ -6,7 +6,10 @@
 //! where `to_uplink` encapsulates them. Routes are tagged with our own protocol number, so a
 //! resync lists exactly ours and touches nothing else in the table.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use anyhow::Context as _;
 use dataplane_common::net::{tunnel_mtu, IPIP_ENCAP_LEN, VXLAN_ENCAP_LEN};
@@ -19,8 +22,8 @@ use rtnetlink::{
     Handle, RouteMessageBuilder,
 };
 
-use super::diff::{diff, Changes};
-use crate::plan::{Encap, Plan, RouteTarget};
+use super::diff::{diff, diff_keys, Changes};
+use crate::plan::{Encap, Plan, PlannedRoute, RouteTarget};
 
 /// Route requests sent before the first answer is awaited.
 const IN_FLIGHT: usize = 64;
@@ -62,20 +65,31 @@ pub fn desired(
     uplink_mtu: u32,
     next_hop: impl Fn(Ipv4Addr) -> Ipv4Addr,
 ) -> BTreeMap<Ipv4Net, HostRoute> {
-    let mut routes = BTreeMap::new();
-    for (prefix, planned) in &plan.routes {
-        let route = match &planned.target {
-            RouteTarget::LocalBlock => HostRoute::Blackhole,
-            RouteTarget::RemoteBlock { node_addr, encap, .. } => HostRoute::Via {
-                gateway: next_hop(*node_addr),
-                ifindex: uplink_ifindex,
-                mtu: route_mtu(encap, uplink_mtu),
-            },
-            RouteTarget::LocalWorkload { .. } | RouteTarget::Pool => continue,
-        };
-        routes.insert(*prefix, route);
+    plan.routes
+        .iter()
+        .filter_map(|(prefix, planned)| {
+            host_route(planned, uplink_ifindex, uplink_mtu, &next_hop).map(|route| (*prefix, route))
+        })
+        .collect()
+}
+
+/// The host route one planned route needs, if any (blocks only: a pod's /32 and a pool are the
+/// fast path's business).
+pub fn host_route(
+    planned: &PlannedRoute,
+    uplink_ifindex: u32,
+    uplink_mtu: u32,
+    next_hop: impl Fn(Ipv4Addr) -> Ipv4Addr,
+) -> Option<HostRoute> {
+    match &planned.target {
+        RouteTarget::LocalBlock => Some(HostRoute::Blackhole),
+        RouteTarget::RemoteBlock { node_addr, encap, .. } => Some(HostRoute::Via {
+            gateway: next_hop(*node_addr),
+            ifindex: uplink_ifindex,
+            mtu: route_mtu(encap, uplink_mtu),
+        }),
+        RouteTarget::LocalWorkload { .. } | RouteTarget::Pool => None,
     }
-    routes
 }
 
 /// Reads and writes this agent's routes in the main table over rtnetlink.
@@ -105,20 +119,34 @@ impl HostRoutes {
         self.next_hops.clear();
     }
 
+    /// Whether this process knows what the table holds (else the next apply reads it, and must
+    /// be given every desired route).
+    pub fn knows_table(&self) -> bool {
+        self.programmed.is_some()
+    }
+
     /// How many times the table has been read.
     pub fn dumps(&self) -> u64 {
         self.dumps
     }
 
-    /// The gateway the kernel would use towards `addr` (`ip route get`), or `addr` if on-link;
-    /// asked once per address until [`HostRoutes::forget`].
-    pub async fn next_hop(&mut self, addr: Ipv4Addr) -> anyhow::Result<Ipv4Addr> {
-        if let Some(gateway) = self.next_hops.get(&addr) {
-            return Ok(*gateway);
-        }
-        let gateway = next_hop(&self.handle, addr).await?;
-        self.next_hops.insert(addr, gateway);
-        Ok(gateway)
+    /// The gateways towards `addrs` (`ip route get`, or the address itself when on-link), remembered until [`HostRoutes::forget`], asking the kernel about the
+    /// unknown ones [`IN_FLIGHT`] at a time: from empty, or after the slow resync forgot them,
+    /// a cluster of 10k nodes is 10k questions, not 10k round trips one after the other.
+    pub async fn next_hops(
+        &mut self,
+        addrs: impl IntoIterator<Item = Ipv4Addr>,
+    ) -> anyhow::Result<BTreeMap<Ipv4Addr, Ipv4Addr>> {
+        let wanted: BTreeSet<Ipv4Addr> = addrs.into_iter().collect();
+        let unknown: Vec<Ipv4Addr> = wanted.iter().filter(|addr| !self.next_hops.contains_key(addr)).copied().collect();
+        let handle = &self.handle;
+        let found: Vec<(Ipv4Addr, Ipv4Addr)> = stream::iter(unknown)
+            .map(|addr| async move { next_hop(handle, addr).await.map(|gateway| (addr, gateway)) })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect()
+            .await?;
+        self.next_hops.extend(found);
+        Ok(wanted.into_iter().filter_map(|addr| self.next_hops.get(&addr).map(|gateway| (addr, *gateway))).collect())
     }
 
     /// The routes this agent installed earlier.
@@ -139,17 +167,25 @@ impl HostRoutes {
         Ok(routes)
     }
 
-    /// Makes our routes equal to `desired`; returns (written, removed). A failed write makes the
-    /// next call read the table again.
-    pub async fn apply(&mut self, desired: &BTreeMap<Ipv4Net, HostRoute>) -> anyhow::Result<(usize, usize)> {
-        let mut programmed = match self.programmed.take() {
-            Some(programmed) => programmed,
+    /// Makes our routes equal to `desired`, or, `within` a change's prefixes, only those; returns
+    /// (written, removed). A failed write makes the next call read the table again.
+    pub async fn apply(
+        &mut self,
+        desired: &BTreeMap<Ipv4Net, HostRoute>,
+        within: Option<&BTreeSet<Ipv4Net>>,
+    ) -> anyhow::Result<(usize, usize)> {
+        let (mut programmed, within) = match self.programmed.take() {
+            Some(programmed) => (programmed, within),
             None => {
                 self.dumps += 1;
-                self.programmed().await?
+                // A table just read is compared whole.
+                (self.programmed().await?, None)
             }
         };
-        let Changes { upserts, removals } = diff(&programmed, desired);
+        let Changes { upserts, removals } = match within {
+            Some(keys) => diff_keys(&programmed, desired, keys),
+            None => diff(&programmed, desired),
+        };
         let counts = (upserts.len(), removals.len());
         // Many requests in flight on the one connection, answered in any order: a start with
         // 100k blocks is not 100k round trips. On an error `programmed` is dropped, so the next

@@ -1,6 +1,7 @@
 //! Backends apply a plan to the kernel: the BPF fast path (maps and TC programs), or, later,
 //! netlink routes where the kernel cannot run the programs.
 
+pub mod batch;
 pub mod bpf;
 pub mod clsact;
 pub mod diff;

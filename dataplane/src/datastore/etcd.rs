@@ -24,14 +24,14 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use etcd_client::{Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info_span, warn, Instrument as _};
 
 use self::convert::Cache;
 pub use super::watching::{WatchThread, BACKOFF_CAP, BACKOFF_START, MAX_DELAY, QUIET};
 use super::{
     watching::{log_problems, sleep_until, Link, Retry},
-    Connection, Snapshot,
+    Connection, Delta, Snapshot,
 };
 use crate::model::Problem;
 
@@ -76,20 +76,89 @@ const PAGE: i64 = 2000;
 /// page of 500 workload endpoints or a watch response of a large transaction can be bigger.
 const MAX_MESSAGE: usize = 64 << 20;
 
+/// Where a session sends what it read.
+enum Outlet {
+    /// The whole cluster after every burst of changes (tools and tests).
+    Snapshots(watch::Sender<Option<Snapshot>>),
+    /// A whole read as one [`Delta::Replace`], then each burst's deltas (the agent): a change
+    /// costs what it touches, not a snapshot of the cluster.
+    Deltas(mpsc::UnboundedSender<Vec<Delta>>),
+}
+
+impl Outlet {
+    /// Sends the whole cache after a read, keeping its `problems`; false when nobody listens
+    /// any more.
+    fn whole(&self, cache: &mut Cache, problems: &mut Vec<Problem>) -> bool {
+        match self {
+            Outlet::Snapshots(snapshots) => {
+                let snapshot = cache.snapshot();
+                log_problems(&snapshot, "etcd");
+                problems.clone_from(&snapshot.problems);
+                snapshots.send(Some(snapshot)).is_ok()
+            }
+            Outlet::Deltas(deltas) => {
+                cache.record_deltas();
+                // The whole read replaces everything: what was recorded before it is in it.
+                cache.take_deltas();
+                let (replace, problems) = cache.replace();
+                log_problems(&Snapshot { model: Default::default(), problems }, "etcd");
+                deltas.send(vec![replace]).is_ok()
+            }
+        }
+    }
+
+    /// Sends a burst's changes; `problems` are those of the last snapshot sent. False when
+    /// nobody listens any more.
+    fn burst(&self, cache: &mut Cache, problems: &mut Vec<Problem>) -> bool {
+        match self {
+            Outlet::Snapshots(snapshots) => {
+                let snapshot = cache.snapshot();
+                if snapshot.problems != *problems {
+                    log_problems(&snapshot, "etcd");
+                    problems.clone_from(&snapshot.problems);
+                }
+                snapshots.send(Some(snapshot)).is_ok()
+            }
+            // The cache logged each changed key's new problems as it read it.
+            Outlet::Deltas(deltas) => {
+                let batch = cache.take_deltas();
+                batch.is_empty() || deltas.send(batch).is_ok()
+            }
+        }
+    }
+
+    async fn closed(&self) {
+        match self {
+            Outlet::Snapshots(snapshots) => snapshots.closed().await,
+            Outlet::Deltas(deltas) => deltas.closed().await,
+        }
+    }
+}
+
 /// Reads the cluster from etcd and sends a snapshot on every change.
 ///
 /// Returns when every receiver is gone, or at once (after logging why) when the settings are
 /// unusable: a missing certificate file, no endpoints.
 pub async fn watch(config: EtcdConfig, snapshots: watch::Sender<Option<Snapshot>>, connection: Connection) {
+    watch_to(config, Outlet::Snapshots(snapshots), connection).await
+}
+
+/// Reads the cluster from etcd and sends it as deltas: a [`Delta::Replace`] after every whole
+/// read (start, reconnect, compaction), then the deltas of every burst of changes, in order.
+pub async fn watch_deltas(config: EtcdConfig, deltas: mpsc::UnboundedSender<Vec<Delta>>, connection: Connection) {
+    watch_to(config, Outlet::Deltas(deltas), connection).await
+}
+
+async fn watch_to(config: EtcdConfig, outlet: Outlet, connection: Connection) {
     let span = info_span!(
         "etcd",
         endpoints = %config.endpoints.join(","),
         prefix = %keys::normalize_prefix(&config.prefix)
     );
-    run(config, snapshots, connection).instrument(span).await
+    run(config, outlet, connection).instrument(span).await
 }
 
-async fn run(config: EtcdConfig, snapshots: watch::Sender<Option<Snapshot>>, connection: Connection) {
+async fn run(config: EtcdConfig, snapshots: Outlet, connection: Connection) {
     let options = match connect_options(&config) {
         Ok(options) => options,
         Err(error) => {
@@ -112,7 +181,7 @@ async fn run(config: EtcdConfig, snapshots: watch::Sender<Option<Snapshot>>, con
             _ = snapshots.closed() => return,
         };
         let Err(error) = ended else { return };
-        if !retry.after(&mut link, &error, hint.unwrap_or_default(), &snapshots).await {
+        if !retry.after(&mut link, &error, hint.unwrap_or_default(), snapshots.closed()).await {
             return;
         }
     }
@@ -132,7 +201,7 @@ async fn session(
     config: &EtcdConfig,
     options: &ConnectOptions,
     prefix: &str,
-    snapshots: &watch::Sender<Option<Snapshot>>,
+    snapshots: &Outlet,
     link: &mut Link,
 ) -> anyhow::Result<()> {
     // "a, b" in ETCD_ENDPOINTS leaves a space before b.
@@ -143,12 +212,10 @@ async fn session(
         let (mut cache, revision) = read_all(&client, prefix).await?;
         link.read(cache.len(), started.elapsed());
         debug!(revision, "read at this revision; watching from the next");
-        let first = cache.snapshot();
-        log_problems(&first, "etcd");
-        let mut problems = first.problems.clone();
         // Sent even when equal to what the agent has: after a reconnect or a compaction the
         // agent resyncs the dataplane from the fresh read.
-        if snapshots.send(Some(first)).is_err() {
+        let mut problems = Vec::new();
+        if !snapshots.whole(&mut cache, &mut problems) {
             return Ok(());
         }
         match follow(&client, prefix, &mut cache, revision, snapshots, &mut problems).await? {
@@ -209,7 +276,7 @@ async fn follow(
     prefix: &str,
     cache: &mut Cache,
     revision: i64,
-    snapshots: &watch::Sender<Option<Snapshot>>,
+    snapshots: &Outlet,
     problems: &mut Vec<Problem>,
 ) -> anyhow::Result<Followed> {
     let from = revision + 1;
@@ -230,19 +297,10 @@ async fn follow(
             message = stream.message() => message,
             _ = sleep_until(deadline), if deadline.is_some() => {
                 let first = pending.take().map(|(first, _)| first);
-                let snapshot = cache.snapshot();
-                if snapshot.problems != *problems {
-                    log_problems(&snapshot, "etcd");
-                    problems.clone_from(&snapshot.problems);
-                }
-                debug!(
-                    blocks = snapshot.model.blocks.len(),
-                    since_change_ms = first.map(|at| at.elapsed().as_millis() as u64),
-                    "snapshot sent"
-                );
-                if snapshots.send(Some(snapshot)).is_err() {
+                if !snapshots.burst(cache, problems) {
                     return Ok(Followed::Closed);
                 }
+                debug!(since_change_ms = first.map(|at| at.elapsed().as_millis() as u64), "changes sent");
                 continue;
             }
         };

@@ -91,7 +91,7 @@ async fn run(config: KubernetesConfig, snapshots: watch::Sender<Option<Snapshot>
             _ = snapshots.closed() => return,
         };
         let Err(error) = ended else { return };
-        if !retry.after(&mut link, &error, hint, &snapshots).await {
+        if !retry.after(&mut link, &error, hint, snapshots.closed()).await {
             return;
         }
     }

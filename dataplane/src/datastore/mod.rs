@@ -1,8 +1,10 @@
 //! Datastores turn outside formats (Calico YAML, Kubernetes objects, etcd keys) into the model.
 //!
-//! Each datastore runs as a task that sends a complete [`Snapshot`] of the cluster whenever it
-//! changes; the agent keeps only the latest one and reconciles from it. A datastore that cannot
-//! be read sends nothing, so the last good snapshot stays programmed.
+//! Each datastore runs as a task. The file and Kubernetes watchers send a complete [`Snapshot`]
+//! of the cluster whenever it changes (the agent plans each as a [`Delta::Replace`]); the etcd
+//! watcher sends the agent typed [`Delta`]s, one whole read as a `Replace` and then each burst's
+//! changes. A datastore that cannot be read sends nothing, so the last good state stays
+//! programmed.
 
 pub mod etcd;
 pub mod file;
@@ -17,7 +19,50 @@ use std::sync::{
 
 pub use file_watch::watch_file;
 
-use crate::model::{Model, Problem};
+use ipnet::Ipv4Net;
+
+use crate::model::{Block, IpPool, Model, Node, Problem, Workload};
+
+/// One change of the cluster, as a watcher decoded it: the unit the incremental planner
+/// ([`crate::incremental::Planner`]) consumes, so that a change costs what it touches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delta {
+    /// An IP pool was created or changed.
+    UpsertPool(IpPool),
+    /// The IP pool of this name is gone.
+    RemovePool(String),
+    /// A node was created or changed.
+    UpsertNode(Node),
+    /// The node of this name is gone.
+    RemoveNode(String),
+    /// A workload endpoint was created or changed.
+    UpsertWorkload(Workload),
+    /// The workload endpoint `namespace/name` is gone.
+    RemoveWorkload(String),
+    /// A block affinity (`BlockAffinity`, or an etcd host key) was created or changed.
+    UpsertAffinity(Block),
+    /// The affinity of this block to this node is gone.
+    RemoveAffinity {
+        /// The block.
+        cidr: Ipv4Net,
+        /// The node it was affine to.
+        node: String,
+    },
+    /// An allocation block's affinity (`IPAMBlock`, or an etcd assignment key) was written.
+    UpsertAllocation(Block),
+    /// The allocation block of this CIDR is gone, or names no host any more.
+    RemoveAllocation(Ipv4Net),
+    /// Everything, after a whole read (start, reconnect, compaction, a file re-read, a
+    /// Kubernetes relist): the planner plans it whole and the backends diff every key.
+    Replace {
+        /// Pools, nodes, workloads, and the blocks of the affinities.
+        model: Model,
+        /// The allocation blocks' affinities, kept apart so that a later
+        /// [`Delta::RemoveAllocation`] finds them (the file and Kubernetes datastores merge
+        /// theirs into `model.blocks` and send none here).
+        allocations: Vec<Block>,
+    },
+}
 
 /// The whole cluster as one datastore read it at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -39,13 +39,13 @@ impl Default for Retry {
 
 impl Retry {
     /// Reports the session's `error` on `link` (with `hint`, what to look at) and waits the
-    /// backoff; false when nobody listens to `snapshots` any more.
+    /// backoff; false when `closed` (nobody listens any more) ends first.
     pub async fn after(
         &mut self,
         link: &mut Link,
         error: &anyhow::Error,
         hint: &str,
-        snapshots: &watch::Sender<Option<Snapshot>>,
+        closed: impl std::future::Future<Output = ()>,
     ) -> bool {
         if link.connected {
             // The session worked for a while: this is a new outage, start the backoff over.
@@ -54,7 +54,7 @@ impl Retry {
         link.failed(error, hint, self.backoff);
         tokio::select! {
             _ = tokio::time::sleep(self.backoff) => {}
-            _ = snapshots.closed() => return false,
+            _ = closed => return false,
         }
         self.backoff = (self.backoff * 2).min(BACKOFF_CAP);
         true

@@ -18,19 +18,20 @@ use serde_json::{Map, Value as Json};
 
 use super::keys::{self, Key, Parsed};
 use crate::{
-    datastore::{file::ModelBuilder, Snapshot},
+    datastore::{file::ModelBuilder, Delta, Snapshot},
     model::{AffinityState, Block, IpPool, Model, Node, Problem, Workload},
 };
 
 /// What one key contributes to the model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Item {
-    /// An IP pool.
-    Pool(IpPool),
+    /// An IP pool (boxed, as the node and the workload: two of every three keys are blocks, and
+    /// every cached key is as large as the largest variant).
+    Pool(Box<IpPool>),
     /// A node.
-    Node(Node),
+    Node(Box<Node>),
     /// A workload endpoint.
-    Workload(Workload),
+    Workload(Box<Workload>),
     /// A block from a host affinity key.
     Affinity(Block),
     /// A block from an allocation block's `affinity`; used where no affinity key names the same
@@ -310,9 +311,9 @@ fn build(known: &Key, key: &str, resource: &Json) -> Entry {
         })
         .collect();
     let item = match known {
-        Key::Pool { .. } => model.pools.pop().map(Item::Pool),
-        Key::Node { .. } => model.nodes.pop().map(Item::Node),
-        Key::Workload { .. } => model.workloads.pop().map(Item::Workload),
+        Key::Pool { .. } => model.pools.pop().map(|pool| Item::Pool(Box::new(pool))),
+        Key::Node { .. } => model.nodes.pop().map(|node| Item::Node(Box::new(node))),
+        Key::Workload { .. } => model.workloads.pop().map(|workload| Item::Workload(Box::new(workload))),
         Key::Affinity { .. } => model.blocks.pop().map(Item::Affinity),
         Key::Allocation { .. } => model.blocks.pop().map(Item::Allocation),
     };
@@ -336,12 +337,90 @@ fn json_type(value: &Json) -> &'static str {
 pub struct Cache {
     prefix: String,
     entries: BTreeMap<String, Entry>,
+    /// The changes since the last [`Cache::take_deltas`], when the watcher sends deltas.
+    deltas: Option<Vec<Delta>>,
+}
+
+/// What a resource is known by in the model, so that a key whose value changes its meaning
+/// removes what the old value added.
+#[derive(PartialEq, Eq)]
+enum Identity {
+    Pool(String),
+    Node(String),
+    Workload(String),
+    Affinity(Ipv4Net, String),
+    Allocation(Ipv4Net),
+}
+
+fn identity(item: &Item) -> Option<Identity> {
+    match item {
+        Item::Pool(pool) => Some(Identity::Pool(pool.name.clone())),
+        Item::Node(node) => Some(Identity::Node(node.name.clone())),
+        Item::Workload(workload) => Some(Identity::Workload(workload.full_name())),
+        Item::Affinity(block) => Some(Identity::Affinity(block.cidr, block.node.clone())),
+        Item::Allocation(block) => Some(Identity::Allocation(block.cidr)),
+        Item::Nothing => None,
+    }
+}
+
+/// The deltas that turn what `old` added to the model into what `new` adds.
+fn deltas_between(old: Option<&Item>, new: Option<&Item>, out: &mut Vec<Delta>) {
+    let new_identity = new.and_then(identity);
+    if let Some(old_identity) = old.and_then(identity) {
+        if new_identity.as_ref() != Some(&old_identity) {
+            out.push(match old_identity {
+                Identity::Pool(name) => Delta::RemovePool(name),
+                Identity::Node(name) => Delta::RemoveNode(name),
+                Identity::Workload(name) => Delta::RemoveWorkload(name),
+                Identity::Affinity(cidr, node) => Delta::RemoveAffinity { cidr, node },
+                Identity::Allocation(cidr) => Delta::RemoveAllocation(cidr),
+            });
+        }
+    }
+    match new {
+        Some(Item::Pool(pool)) => out.push(Delta::UpsertPool((**pool).clone())),
+        Some(Item::Node(node)) => out.push(Delta::UpsertNode((**node).clone())),
+        Some(Item::Workload(workload)) => out.push(Delta::UpsertWorkload((**workload).clone())),
+        Some(Item::Affinity(block)) => out.push(Delta::UpsertAffinity(block.clone())),
+        Some(Item::Allocation(block)) => out.push(Delta::UpsertAllocation(block.clone())),
+        Some(Item::Nothing) | None => {}
+    }
 }
 
 impl Cache {
     /// An empty cache for keys under `prefix` (normalized, see [`keys::normalize_prefix`]).
     pub fn new(prefix: &str) -> Self {
-        Cache { prefix: prefix.to_owned(), entries: BTreeMap::new() }
+        Cache { prefix: prefix.to_owned(), entries: BTreeMap::new(), deltas: None }
+    }
+
+    /// From now on, every change is also kept as a [`Delta`] until [`Cache::take_deltas`].
+    pub fn record_deltas(&mut self) {
+        self.deltas.get_or_insert_with(Vec::new);
+    }
+
+    /// The deltas recorded since the last call.
+    pub fn take_deltas(&mut self) -> Vec<Delta> {
+        self.deltas.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// The whole cluster as one [`Delta::Replace`], with the allocation blocks apart, and the
+    /// problems of every key.
+    pub fn replace(&self) -> (Delta, Vec<Problem>) {
+        let mut model = Model::default();
+        let mut allocations = Vec::new();
+        let mut problems = Vec::new();
+        for entry in self.entries.values() {
+            problems.extend(entry.problems.iter().cloned());
+            match &entry.item {
+                Item::Pool(pool) => model.pools.push((**pool).clone()),
+                Item::Node(node) => model.nodes.push((**node).clone()),
+                Item::Workload(workload) => model.workloads.push((**workload).clone()),
+                Item::Affinity(block) => model.blocks.push(block.clone()),
+                Item::Allocation(block) => allocations.push(block.clone()),
+                Item::Nothing => {}
+            }
+        }
+        (Delta::Replace { model, allocations }, problems)
     }
 
     /// How many keys the dataplane reads from.
@@ -364,16 +443,26 @@ impl Cache {
         if self.entries.get(key) == Some(&entry) {
             return false;
         }
+        if let Some(deltas) = &mut self.deltas {
+            let old = self.entries.get(key);
+            for problem in entry.problems.iter().filter(|p| !old.is_some_and(|old| old.problems.contains(p))) {
+                tracing::warn!("etcd: skipped: {problem}");
+            }
+            deltas_between(old.map(|old| &old.item), Some(&entry.item), deltas);
+        }
         self.entries.insert(key.to_owned(), entry);
         true
     }
 
     /// A key was deleted. Returns whether it was one of the dataplane's keys.
     pub fn delete(&mut self, key: &[u8]) -> bool {
-        match std::str::from_utf8(key) {
-            Ok(key) => self.entries.remove(key).is_some(),
-            Err(_) => false,
+        let Some(old) = std::str::from_utf8(key).ok().and_then(|key| self.entries.remove(key)) else {
+            return false;
+        };
+        if let Some(deltas) = &mut self.deltas {
+            deltas_between(Some(&old.item), None, deltas);
         }
+        true
     }
 
     /// The whole cluster as the cached keys describe it, in key order.
@@ -384,9 +473,9 @@ impl Cache {
         for entry in self.entries.values() {
             problems.extend(entry.problems.iter().cloned());
             match &entry.item {
-                Item::Pool(pool) => model.pools.push(pool.clone()),
-                Item::Node(node) => model.nodes.push(node.clone()),
-                Item::Workload(workload) => model.workloads.push(workload.clone()),
+                Item::Pool(pool) => model.pools.push((**pool).clone()),
+                Item::Node(node) => model.nodes.push((**node).clone()),
+                Item::Workload(workload) => model.workloads.push((**workload).clone()),
                 Item::Affinity(block) => model.blocks.push(block.clone()),
                 Item::Allocation(block) => allocations.push(block),
                 Item::Nothing => {}
@@ -655,6 +744,44 @@ mod tests {
         assert_eq!(cache.snapshot(), cache_of_cluster_snapshot());
         assert!(!cache.put(b"/calico/felix/v2/status", b"{}"));
         assert!(!cache.put(b"\xff\xfe", b"{}"));
+    }
+
+    /// The deltas of a cache, applied to a planner after its whole read, give the planner the
+    /// model the cache's snapshot holds, change after change.
+    #[test]
+    fn deltas_follow_the_keys_as_the_snapshot_does() {
+        use crate::incremental::{Changes, Planner};
+        let mut cache = cache(&cluster());
+        cache.record_deltas();
+        let mut planner = Planner::new("node-1");
+        let (replace, _) = cache.replace();
+        planner.apply(replace, &mut Changes::default());
+        let same = |cache: &Cache, planner: &Planner| {
+            let mut expected = cache.snapshot().model;
+            expected.workloads.retain(|w| w.node == "node-1");
+            assert_eq!(planner.model().sorted(), expected.sorted());
+        };
+        same(&cache, &planner);
+        let affinity = format!("{HOST}node-2/ipv4/block/10.244.2.0-26");
+        let allocation = format!("{ASSIGNMENT}10.244.7.0-26");
+        let steps: [(&str, Option<&[u8]>); 6] = [
+            (&affinity, Some(br#"{"state":"pending","deleted":false}"#)),
+            (&allocation, Some(br#"{"cidr":"10.244.7.0/26","affinity":"host:node-2"}"#)),
+            (&allocation, Some(br#"{"cidr":"10.244.7.0/26","affinity":"host:node-1"}"#)),
+            (&affinity, None),
+            (&allocation, Some(br#"{"cidr":"10.244.7.0/26"}"#)),
+            (&allocation, None),
+        ];
+        for (key, value) in steps {
+            match value {
+                Some(value) => cache.put(key.as_bytes(), value),
+                None => cache.delete(key.as_bytes()),
+            };
+            for delta in cache.take_deltas() {
+                planner.apply(delta, &mut Changes::default());
+            }
+            same(&cache, &planner);
+        }
     }
 
     fn cache_of_cluster_snapshot() -> Snapshot {
