@@ -135,7 +135,7 @@ impl VxlanAnchor {
             return;
         }
         self.warned = true;
-        match self.other_socket_on(self.port).await {
+        match other_vxlan_up_on(&self.handle, self.port).await {
             Some(holder) => info!(
                 device = ANCHOR_DEVICE,
                 holder = %holder,
@@ -154,26 +154,28 @@ impl VxlanAnchor {
         }
     }
 
-    /// The name of a VXLAN device other than the anchor that is up on `port`, if any.
-    async fn other_socket_on(&self, port: u16) -> Option<String> {
-        let mut links = self.handle.link().get().execute();
-        while let Ok(Some(message)) = links.try_next().await {
-            let state = LinkState::parse(&message);
-            if state.is_vxlan() && state.up && state.port == Some(port) && !ours(&state) {
-                let name = message.attributes.iter().find_map(|attribute| match attribute {
-                    LinkAttribute::IfName(name) => Some(name.clone()),
-                    _ => None,
-                });
-                return Some(name.unwrap_or_else(|| format!("ifindex {}", state.index)));
-            }
-        }
-        None
-    }
-
     /// Removes the anchor if it is ours; returns whether it did.
     pub async fn remove(&self) -> anyhow::Result<bool> {
         remove(&self.handle).await
     }
+}
+
+/// The name of a VXLAN device other than the anchor that is up on `port`, if any: its socket
+/// GRO-merges VXLAN to the port as the anchor's would (Calico's `vxlan.calico` on a node being
+/// taken over).
+pub async fn other_vxlan_up_on(handle: &Handle, port: u16) -> Option<String> {
+    let mut links = handle.link().get().execute();
+    while let Ok(Some(message)) = links.try_next().await {
+        let state = LinkState::parse(&message);
+        if state.is_vxlan() && state.up && state.port == Some(port) && !ours(&state) {
+            let name = message.attributes.iter().find_map(|attribute| match attribute {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            });
+            return Some(name.unwrap_or_else(|| format!("ifindex {}", state.index)));
+        }
+    }
+    None
 }
 
 /// Removes the anchor device if it carries [`ANCHOR_ALIAS`]; returns whether it did.

@@ -333,8 +333,12 @@ pub fn check_xdp(
 }
 
 /// The VXLAN GRO anchor when the node receives VXLAN: `anchor` is None without the device, else
-/// whether it is up (its UDP socket, which GRO needs, exists only while it is).
-pub fn check_anchor(wanted: bool, anchor: Option<bool>) -> Option<Finding> {
+/// whether it is up (its UDP socket, which GRO needs, exists only while it is). `holder`, another
+/// VXLAN device up on the port (Calico's `vxlan.calico`), gives the same GRO: no finding then.
+pub fn check_anchor(wanted: bool, anchor: Option<bool>, holder: Option<&str>) -> Option<Finding> {
+    if holder.is_some() {
+        return None;
+    }
     let problem = match (wanted, anchor) {
         (false, _) | (true, Some(true)) => return None,
         (true, None) => "missing",

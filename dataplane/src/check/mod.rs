@@ -260,7 +260,10 @@ fn check_programmed(
     report.findings.extend(diff_maps(&expected, &observed, &covered, names));
 
     let anchor = interfaces.get(ANCHOR_DEVICE).map(|_| sys::is_up(ANCHOR_DEVICE).unwrap_or(false));
-    report.findings.extend(check_anchor(vxlan_anchor::wanted(plan), anchor));
+    let wanted = vxlan_anchor::wanted(plan);
+    // Only asked when the anchor is wanted and not up: a device holding the port is why it is not.
+    let holder = if wanted && anchor != Some(true) { observe_gro_holder(expected.node.vxlan_port) } else { None };
+    report.findings.extend(check_anchor(wanted, anchor, holder.as_deref()));
 
     let links = expected_links(plan, uplink, interfaces);
     let observed_links = observe_links(&options.pin_path, &links, interfaces);

@@ -22,7 +22,7 @@ use crate::{
         bpf::{link_pin_name, LINKS_DIR},
         clsact::{self, Filter},
         netlink::{self, RTPROT_DATAPLANE, VXLAN_DEVICE},
-        nftables,
+        nftables, vxlan_anchor,
     },
     model::MacAddr,
     pinned::PinnedMaps,
@@ -179,6 +179,16 @@ impl ObservedFallback {
     pub fn present(&self) -> bool {
         self.device.is_some() || self.ours > 0 || self.nat.table
     }
+}
+
+/// Another VXLAN device up on `port`, whose socket gives GRO in the anchor's stead (the agent's
+/// own test, `vxlan_anchor::other_vxlan_up_on`); None when there is none or netlink cannot say.
+pub fn observe_gro_holder(port: u16) -> Option<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    runtime.block_on(async move {
+        let handle = netlink::connect().ok()?;
+        vxlan_anchor::other_vxlan_up_on(&handle, port).await
+    })
 }
 
 /// Reads `vxlan.calico`, its neighbours and FDB, and the main table over rtnetlink.
