@@ -14,19 +14,22 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData};
 use dataplane_common::{
-    monitor::{lease_flags, MonitorCount, MONITOR_COUNTS_MAP, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP, MONITOR_LEASE_NS},
+    monitor::{lease_flags, MonitorCount, MONITOR_LEASE_NS},
     net::{
         CALICO_VXLAN_PORT, ETH_HLEN, ETH_P_IP, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAG_OFFSET_MASK, UDP_HLEN,
         VXLAN_HLEN,
     },
-    MonitorEvent, MonitorLease, NodeConfig, Program, Stat, Workload, NODE_MAP, WORKLOADS_MAP,
+    MonitorEvent, MonitorLease, Program, Stat,
 };
 use serde_json::json;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
-use crate::conntrack::{monotonic_ns, protocol_name};
+use crate::{
+    conntrack::{monotonic_ns, protocol_name},
+    pinned::PinnedMaps,
+};
 
 /// How often the reader renews its lease and looks at the lost-events counter: well inside
 /// `MONITOR_LEASE_NS`, so a live reader's lease never runs out.
@@ -118,10 +121,7 @@ fn resolve_pod(pod: &str, pin_path: &Path) -> anyhow::Result<Pod> {
     let ifindex = crate::sys::ifindex(&interface).with_context(|| {
         format!("--pod {pod}: no interface {interface} on this node (a pod on another node is filtered by its address)")
     })?;
-    let path = pin_path.join(WORKLOADS_MAP);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let workloads: HashMap<MapData, u32, Workload> =
-        HashMap::try_from(Map::HashMap(data)).context("the workloads map has an unexpected layout")?;
+    let workloads = PinnedMaps::at(pin_path).workloads()?;
     let workload = workloads
         .get(&ifindex, 0)
         .with_context(|| format!("--pod {pod}: interface {interface} is not in the agent's workloads map"))?;
@@ -341,12 +341,7 @@ fn civil_date(days: i64) -> (i64, u32, u32) {
 
 /// The monitor's counters under `pin_path`: events emitted and lost, summed over CPUs.
 pub fn counts(pin_path: &Path) -> anyhow::Result<(u64, u64)> {
-    let path = pin_path.join(MONITOR_COUNTS_MAP);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!("opening {}: is an agent running with --pin-path {}?", path.display(), pin_path.display())
-    })?;
-    let counts: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(Map::PerCpuArray(data)).context("the monitor's counters map has an unexpected layout")?;
+    let counts = PinnedMaps::at(pin_path).monitor_counts()?;
     let read = |slot: MonitorCount| -> anyhow::Result<u64> {
         Ok(counts.get(&slot.index(), 0).context("reading the monitor's counters")?.iter().sum())
     };
@@ -355,15 +350,7 @@ pub fn counts(pin_path: &Path) -> anyhow::Result<(u64, u64)> {
 
 /// The lease map under `pin_path`.
 fn lease_map(pin_path: &Path) -> anyhow::Result<Array<MapData, MonitorLease>> {
-    let path = pin_path.join(MONITOR_LEASE_MAP);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!(
-            "opening {}: is an agent of this version running with --pin-path {}?",
-            path.display(),
-            pin_path.display()
-        )
-    })?;
-    Array::try_from(Map::Array(data)).context("the monitor's lease map has an unexpected layout")
+    PinnedMaps::at(pin_path).monitor_lease()
 }
 
 /// The lease as it is now under `pin_path` (for tests and `monitor`'s refusal of a second reader).
@@ -387,10 +374,7 @@ pub async fn run(options: &Options, out: &mut impl Write) -> anyhow::Result<()> 
             MONITOR_LEASE_NS / 1_000_000
         );
     }
-    let path = pin_path.join(MONITOR_EVENTS_MAP);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let ring: RingBuf<MapData> =
-        RingBuf::try_from(Map::RingBuf(data)).context("the monitor's events map is not a ring buffer")?;
+    let ring = PinnedMaps::at(pin_path).monitor_events()?;
     // SAFETY: the ring buffer owns its file descriptor and keeps it open, unreplaced, for as long
     // as the AsyncFd that owns the ring buffer exists.
     let mut ring = unsafe { AsyncFd::register(ring) }.context("watching the events ring buffer")?;
@@ -504,9 +488,7 @@ fn parse(
 /// The node's VXLAN port from the node map (the agent's --vxlan-port), or Calico's.
 fn node_vxlan_port(pin_path: &Path) -> u16 {
     let read = || -> Option<u16> {
-        let data = MapData::from_pin(pin_path.join(NODE_MAP)).ok()?;
-        let node: Array<MapData, NodeConfig> = Array::try_from(Map::Array(data)).ok()?;
-        let config = node.get(&0, 0).ok()?;
+        let config = PinnedMaps::at(pin_path).read_node().ok()?;
         (config.vxlan_port != 0).then_some(config.vxlan_port)
     };
     read().unwrap_or(CALICO_VXLAN_PORT)

@@ -12,10 +12,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
 use dataplane_common::{
-    FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Stat, Workload, CONNTRACK_MAP, NODE_MAP, PEERS_MAP,
-    ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    monitor::{MONITOR_COUNTS_MAP, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP},
+    FlowKey, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Route, Stat, Workload, CONNTRACK_MAP, NODE_MAP,
+    PEERS_MAP, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 
 use crate::backend::entries::RouteKey;
@@ -68,6 +69,24 @@ impl PinnedMaps {
     /// The per-CPU stats map: one slot per decision and drop reason.
     pub fn stats(&self) -> anyhow::Result<PerCpuArray<MapData, u64>> {
         PerCpuArray::try_from(Map::PerCpuArray(self.open(STATS_MAP)?)).context("the stats map has an unexpected layout")
+    }
+
+    /// `dataplane monitor`'s events ring buffer.
+    pub fn monitor_events(&self) -> anyhow::Result<RingBuf<MapData>> {
+        RingBuf::try_from(Map::RingBuf(self.open(MONITOR_EVENTS_MAP)?))
+            .context("the monitor's events map is not a ring buffer")
+    }
+
+    /// `dataplane monitor`'s lease: whether, and until when, the programs emit events.
+    pub fn monitor_lease(&self) -> anyhow::Result<Array<MapData, MonitorLease>> {
+        Array::try_from(Map::Array(self.open(MONITOR_LEASE_MAP)?))
+            .context("the monitor's lease map has an unexpected layout")
+    }
+
+    /// `dataplane monitor`'s per-CPU counters: events emitted and lost.
+    pub fn monitor_counts(&self) -> anyhow::Result<PerCpuArray<MapData, u64>> {
+        PerCpuArray::try_from(Map::PerCpuArray(self.open(MONITOR_COUNTS_MAP)?))
+            .context("the monitor's counters map has an unexpected layout")
     }
 
     /// The node map's single value.

@@ -31,7 +31,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use dataplane_common::net::{tunnel_mtu, IPIP_ENCAP_LEN, VXLAN_ENCAP_LEN};
+use dataplane_common::net::{
+    tunnel_mtu, CALICO_VXLAN_DEVICE, CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, IPIP_ENCAP_LEN, VXLAN_ENCAP_LEN,
+};
 use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use rtnetlink::{
@@ -60,12 +62,12 @@ use crate::{
     sys,
 };
 
-/// Calico's VXLAN device.
-pub const VXLAN_DEVICE: &str = "vxlan.calico";
+/// Calico's VXLAN device (defined once in dataplane-common).
+pub const VXLAN_DEVICE: &str = CALICO_VXLAN_DEVICE;
 /// Calico's VXLAN network identifier.
-pub const VXLAN_VNI: u32 = 4096;
+pub const VXLAN_VNI: u32 = CALICO_VXLAN_VNI;
 /// The IANA VXLAN port, which Calico uses.
-pub const VXLAN_PORT: u16 = 4789;
+pub const VXLAN_PORT: u16 = CALICO_VXLAN_PORT;
 /// The kernel's IP-in-IP fallback device, which Calico uses.
 pub const IPIP_DEVICE: &str = "tunl0";
 /// The alias (`ip link show` prints it) that marks a device this backend made or adopted, so
