@@ -24,7 +24,7 @@ use ipnet::Ipv4Net;
 use crate::{
     datastore::Delta,
     model::{Block, IpPool, Model, Node, Problem, Workload},
-    plan::{self, NodePlan, Plan, PlanError, PlannedRoute, RouteTarget},
+    plan::{self, Plan, PlanError, PlannedRoute, RouteTarget},
 };
 
 /// The plan keys one or more deltas changed.
@@ -398,18 +398,7 @@ impl Planner {
             self.derived = Err(PlanError::NodeWithoutAddress(self.node.clone()));
             return;
         };
-        let plan = Plan {
-            node: NodePlan {
-                name: this.name.clone(),
-                addr: local_addr,
-                vtep_mac: this.vxlan_tunnel_mac,
-                vtep_addr: this.vxlan_tunnel_addr,
-            },
-            routes: BTreeMap::new(),
-            peers: BTreeMap::new(),
-            cluster_nodes: BTreeSet::new(),
-            workloads: BTreeMap::new(),
-        };
+        let plan = Plan::empty_for(this, local_addr);
         // Dropped first: at 100k blocks, two plans at once would double the peak.
         self.derived = Err(PlanError::UnknownNode(self.node.clone()));
         let mut derived = Derived {

@@ -113,6 +113,25 @@ pub struct Plan {
     pub workloads: BTreeMap<String, PlannedWorkload>,
 }
 
+impl Plan {
+    /// The plan of `node` (whose address is `addr`) before any route, peer or workload: one
+    /// description of this node for `compute` and the incremental planner alike.
+    pub fn empty_for(node: &Node, addr: Ipv4Net) -> Plan {
+        Plan {
+            node: NodePlan {
+                name: node.name.clone(),
+                addr,
+                vtep_mac: node.vxlan_tunnel_mac,
+                vtep_addr: node.vxlan_tunnel_addr,
+            },
+            routes: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            cluster_nodes: BTreeSet::new(),
+            workloads: BTreeMap::new(),
+        }
+    }
+}
+
 /// Why no plan can be made for this node at all.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -133,18 +152,7 @@ pub fn compute(model: &Model, node: &str) -> Result<(Plan, Vec<Problem>), PlanEr
     let this = model.node(node).ok_or_else(|| PlanError::UnknownNode(node.to_owned()))?;
     let local_addr = this.addr.ok_or_else(|| PlanError::NodeWithoutAddress(node.to_owned()))?;
     let mut problems = Vec::new();
-    let mut plan = Plan {
-        node: NodePlan {
-            name: this.name.clone(),
-            addr: local_addr,
-            vtep_mac: this.vxlan_tunnel_mac,
-            vtep_addr: this.vxlan_tunnel_addr,
-        },
-        routes: BTreeMap::new(),
-        peers: BTreeMap::new(),
-        cluster_nodes: BTreeSet::new(),
-        workloads: BTreeMap::new(),
-    };
+    let mut plan = Plan::empty_for(this, local_addr);
 
     let pools = valid_pools(&model.pools, &mut problems);
     for pool in &pools {

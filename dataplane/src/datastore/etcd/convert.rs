@@ -406,6 +406,13 @@ impl Cache {
     /// The whole cluster as one [`Delta::Replace`], with the allocation blocks apart, and the
     /// problems of every key.
     pub fn replace(&self) -> (Delta, Vec<Problem>) {
+        let (model, allocations, problems) = self.collect();
+        (Delta::Replace { model, allocations }, problems)
+    }
+
+    /// Every cached key's resource in key order: the model without the allocation blocks, the
+    /// allocation blocks apart, and every key's problems.
+    fn collect(&self) -> (Model, Vec<Block>, Vec<Problem>) {
         let mut model = Model::default();
         let mut allocations = Vec::new();
         let mut problems = Vec::new();
@@ -420,7 +427,7 @@ impl Cache {
                 Item::Nothing => {}
             }
         }
-        (Delta::Replace { model, allocations }, problems)
+        (model, allocations, problems)
     }
 
     /// How many keys the dataplane reads from.
@@ -467,27 +474,14 @@ impl Cache {
 
     /// The whole cluster as the cached keys describe it, in key order.
     pub fn snapshot(&self) -> Snapshot {
-        let mut model = Model::default();
-        let mut problems = Vec::new();
-        let mut allocations = Vec::new();
-        for entry in self.entries.values() {
-            problems.extend(entry.problems.iter().cloned());
-            match &entry.item {
-                Item::Pool(pool) => model.pools.push((**pool).clone()),
-                Item::Node(node) => model.nodes.push((**node).clone()),
-                Item::Workload(workload) => model.workloads.push((**workload).clone()),
-                Item::Affinity(block) => model.blocks.push(block.clone()),
-                Item::Allocation(block) => allocations.push(block),
-                Item::Nothing => {}
-            }
-        }
+        let (mut model, allocations, problems) = self.collect();
         // As ModelBuilder::finish: an affinity key for the same block and node wins, because only
         // it carries the claim's state (pending, pendingDeletion). An allocation block whose
         // affinity names another node than an affinity key is kept, so that the plan reports the
         // block claimed by two nodes.
         let affinities: HashSet<(Ipv4Net, &str)> = model.blocks.iter().map(|b| (b.cidr, b.node.as_str())).collect();
         let extra: Vec<Block> =
-            allocations.into_iter().filter(|b| !affinities.contains(&(b.cidr, b.node.as_str()))).cloned().collect();
+            allocations.into_iter().filter(|b| !affinities.contains(&(b.cidr, b.node.as_str()))).collect();
         model.blocks.extend(extra);
         Snapshot { model, problems }
     }
