@@ -18,7 +18,7 @@ pub struct Options {
     /// A quick look (under 10 minutes): fewer rounds, three 2-second streams, N up to 10k.
     #[arg(long)]
     quick: bool,
-    /// Only these parts, comma-separated: packet, lpm, control, throughput (default: all).
+    /// Only these parts, comma-separated: packet, flood, lpm, control, throughput (default: all).
     #[arg(long)]
     parts: Option<String>,
     /// The control part's cluster sizes in blocks, comma-separated (default 1000,10000,100000;
