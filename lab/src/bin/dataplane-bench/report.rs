@@ -215,8 +215,8 @@ pub fn throughput_tables(t: &Throughput) -> String {
         "Pod to pod ({CLIENT} on node-1 -> {SERVER} on node-2), median of {} run(s) of {} s; ratios of the median to plain routing (the ceiling) and to the kernel's vxlan device path.\n",
         t.effort.repetitions, t.effort.seconds
     );
-    let _ = writeln!(out, "| path | TCP 1 stream (Gbit/s) | / plain | / kernel vxlan | TCP 4 streams (Gbit/s) | / plain | / kernel vxlan | UDP 64 B (Mpps) | / plain | / kernel vxlan | cores per Gbit/s (TCP 1) |");
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "| path | TCP 1 stream (Gbit/s) | / plain | / kernel vxlan | TCP 4 streams (Gbit/s) | / plain | / kernel vxlan | UDP 64 B (Mpps) | / plain | / kernel vxlan | CPU-s per Gbit (TCP 1) | / plain | / kernel vxlan |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for path in &t.pod_to_pod {
         let mut row = format!("| {} ", path.name);
         for test in Test::ALL {
@@ -224,12 +224,14 @@ pub fn throughput_tables(t: &Throughput) -> String {
             let vs = |other: Option<&PathResult>| other.map_or(f64::NAN, |o| ratio(value, o.median(test)));
             let _ = write!(row, "| {value:.3} | {:.2} | {:.2} ", vs(plain), vs(kernel));
         }
-        let _ = writeln!(out, "{row}| {} |", cpu_cell(path));
+        let cpu = path.cores_per_gbit(Test::Tcp1);
+        let cpu_vs = |other: Option<&PathResult>| other.map_or(f64::NAN, |o| ratio(cpu, o.cores_per_gbit(Test::Tcp1)));
+        let _ = writeln!(out, "{row}| {} | {:.2} | {:.2} |", cpu_cell(path), cpu_vs(plain), cpu_vs(kernel));
     }
     let _ = writeln!(out, "\nPod to the external host (web-1 -> 192.0.2.10, natOutgoing), same runs:\n");
     let _ = writeln!(
         out,
-        "| path | TCP 1 stream (Gbit/s) | TCP 4 streams (Gbit/s) | UDP 64 B (Mpps) | cores per Gbit/s (TCP 1) |"
+        "| path | TCP 1 stream (Gbit/s) | TCP 4 streams (Gbit/s) | UDP 64 B (Mpps) | CPU-s per Gbit (TCP 1) |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|");
     for path in &t.snat {
@@ -264,8 +266,9 @@ pub fn throughput_tables(t: &Throughput) -> String {
     out
 }
 
-/// Cores busy per Gbit/s of one TCP stream, or why it cannot be told: when the whole machine was
-/// busy through every run, the figure only says how fast the path was.
+/// CPU-seconds per Gbit of one TCP stream (cores busy per Gbit/s), or why it cannot be told: when
+/// the measured processes kept every core busy through every run, the figure only says how fast
+/// the path was.
 fn cpu_cell(path: &PathResult) -> String {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let saturated =
@@ -273,7 +276,7 @@ fn cpu_cell(path: &PathResult) -> String {
     if saturated {
         format!("n/a ({cpus:.0} cores busy)")
     } else {
-        format!("{:.2}", path.cores_per_gbit(Test::Tcp1))
+        format!("{:.3}", path.cores_per_gbit(Test::Tcp1))
     }
 }
 

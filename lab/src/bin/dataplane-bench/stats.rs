@@ -33,16 +33,28 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|| "?".to_owned())
 }
 
-/// CPU time of the whole machine from /proc/stat's `cpu` line: (busy, total) in clock ticks.
-/// Busy is everything but idle and iowait.
-pub fn cpu_ticks() -> Option<(u64, u64)> {
-    let text = fs::read_to_string("/proc/stat").ok()?;
-    let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal (guest fields are inside user and nice).
-    let total: u64 = fields.iter().take(8).sum();
-    let idle = fields.get(3)? + fields.get(4)?;
-    Some((total - idle, total))
+/// Nanoseconds on a CPU of every thread of process `pid` (/proc/PID/task/*/schedstat); without
+/// IRQ time accounting that includes the softirq work the kernel did while they ran.
+pub fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let text = fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        total += text.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Some(total)
+}
+
+/// CPU time (user and system) of every child and grandchild this process has waited for, in ns.
+pub fn children_cpu_ns() -> Option<u64> {
+    // SAFETY: an all-zero rusage is valid, and getrusage(2) fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid rusage for the duration of the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return None;
+    }
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    Some(ns(usage.ru_utime) + ns(usage.ru_stime))
 }
 
 /// The current UTC time as `YYYYMMDDTHHMMSSZ`, for file names.

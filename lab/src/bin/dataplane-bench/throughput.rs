@@ -14,15 +14,18 @@
 //! it); the plain path keeps 1450 (the same segments as the VXLAN paths it is the ceiling of).
 //! Tests: one TCP stream, four TCP streams (`-P 4`), and UDP with 18-byte payloads (64-byte
 //! frames on the wire with the FCS) at full speed, whose figure is the packets per second the
-//! receiver got. CPU: the whole machine's busy time from /proc/stat over the run, as cores busy,
-//! divided by Gbit/s (the machine is shared, so other work lands in it too).
+//! receiver got. CPU: the iperf3 client's and server's own CPU time over the run (the client's
+//! from getrusage of the reaped children, the server's from its threads' schedstat), as cores
+//! busy, divided by Gbit/s. This kernel has no IRQ time accounting, so the softirq work done in
+//! their context (the veth receive side, the programs, GRO, the stack) is in it; work deferred to
+//! ksoftirqd is not. The machine's own busy time would count the other work on a shared machine.
 
 use std::{path::Path, time::Duration};
 
 use anyhow::{bail, ensure, Context as _};
 use dataplane_lab::{kernel_calico, Agent, ChildHandle, Lab, LabOptions, LabPod};
 
-use crate::stats::{cpu_ticks, median};
+use crate::stats::{children_cpu_ns, median, process_cpu_ns};
 
 /// The client pod (on node-1) and the server pod (on node-2).
 pub const CLIENT: &str = "default/web-1";
@@ -74,7 +77,8 @@ pub struct Sample {
     pub value: f64,
     /// Gbit/s carried (for CPU per Gbit/s; UDP counts its bits too).
     pub gbits: f64,
-    /// Cores busy over the run, the whole machine.
+    /// Cores the iperf3 client and server kept busy over the run (with the softirq work the
+    /// kernel did in their context: the veths' receive side, the programs, the stack).
     pub cores: f64,
 }
 
@@ -126,7 +130,7 @@ pub struct Throughput {
 struct PathUnderTest {
     name: &'static str,
     how: String,
-    _server: ChildHandle,
+    server: ChildHandle,
     _agents: Vec<Agent>,
     client: LabPod,
     /// Where the client sends: the server pod or the external host.
@@ -295,7 +299,7 @@ impl PathUnderTest {
             .with_context(|| format!("{CLIENT} cannot reach {to} through the {name} path"))?;
         let mut server = lab.spawn(&server_netns, &["iperf3", "-s", "--forceflush"], "iperf3-server")?;
         server.wait_for_log("Server listening", Duration::from_secs(10))?;
-        Ok(PathUnderTest { name, how, _server: server, _agents: agents, client, target: to, samples: Vec::new(), lab })
+        Ok(PathUnderTest { name, how, server, _agents: agents, client, target: to, samples: Vec::new(), lab })
     }
 }
 
@@ -310,17 +314,19 @@ fn iperf(path: &PathUnderTest, test: Test, seconds: u32) -> anyhow::Result<Sampl
         Test::Tcp4 => argv.extend(["-P", "4"]),
         Test::Udp64 => argv.extend(["-u", "-l", UDP_PAYLOAD, "-b", "0"]),
     }
-    let cpu_before = cpu_ticks();
+    let (client_before, server_before) = (children_cpu_ns(), process_cpu_ns(path.server.pid()));
+    let started = std::time::Instant::now();
     let output = path.lab.exec(&path.client.netns, &argv)?;
-
-    let cpu_after = cpu_ticks();
+    let wall = started.elapsed().as_secs_f64();
+    let (client_after, server_after) = (children_cpu_ns(), process_cpu_ns(path.server.pid()));
     let text = String::from_utf8_lossy(&output.stdout);
     let json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("iperf3's -J output does not parse:\n{text}"))?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let cores = match (cpu_before, cpu_after) {
-        (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
-            (busy1 - busy0) as f64 / (total1 - total0) as f64 * cpus
+    // The client (reaped by the run, so in the children's times) and the server: their own CPU
+    // time, not the machine's, which other work on a shared machine fills too.
+    let cores = match (client_before, client_after, server_before, server_after) {
+        (Some(c0), Some(c1), Some(s0), Some(s1)) if wall > 0.0 => {
+            (c1.saturating_sub(c0) + s1.saturating_sub(s0)) as f64 / 1e9 / wall
         }
         _ => f64::NAN,
     };
