@@ -154,10 +154,30 @@ impl EmptyProgram {
         instructions[0] = 0xb7;
         instructions[4..8].copy_from_slice(&(verdict as i32).to_ne_bytes());
         instructions[8] = 0x95;
+        Self::load_instructions(program_type, &instructions, name)
+    }
+
+    /// An XDP program that redirects every frame to `ifindex` (`bpf_redirect(ifindex, 0)`): on a
+    /// veth, the frame reaches the peer of `ifindex` as an XDP frame, with no skb.
+    fn load_xdp_redirect(ifindex: u32) -> anyhow::Result<Self> {
+        // r1 = ifindex; r2 = 0; call bpf_redirect (helper 23); exit.
+        let mut instructions = [0u8; 32];
+        instructions[0] = 0xb7;
+        instructions[1] = 0x01;
+        instructions[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+        instructions[8] = 0xb7;
+        instructions[9] = 0x02;
+        instructions[16] = 0x85;
+        instructions[20..24].copy_from_slice(&23u32.to_ne_bytes());
+        instructions[24] = 0x95;
+        Self::load_instructions(BPF_PROG_TYPE_XDP, &instructions, b"bench_xdp_redir").context("the redirecting XDP program")
+    }
+
+    fn load_instructions(program_type: u32, instructions: &[u8], name: &[u8]) -> anyhow::Result<Self> {
         let license = c"GPL";
         let mut attr = Attr::default();
         attr.put_u32(0, program_type);
-        attr.put_u32(4, 2);
+        attr.put_u32(4, (instructions.len() / 8) as u32);
         attr.put_u64(8, instructions.as_ptr() as u64);
         attr.put_u64(16, license.as_ptr() as u64);
         attr.put_name(48, name);
@@ -786,6 +806,16 @@ fn napi_thread(device: &str) -> anyhow::Result<u32> {
     anyhow::bail!("no NAPI thread {prefix}* (threaded NAPI on {device} did not start)")
 }
 
+/// Keeps thread `tid` on `cpu`.
+fn pin_thread(tid: u32, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for that thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid as i32, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// Nanoseconds a thread has spent on a CPU (the first field of /proc/PID/schedstat).
 fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/schedstat");
@@ -851,24 +881,27 @@ fn send_frames(ifindex: u32, packet: &[u8], frames: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Floods a veth in a namespace of its own with VXLAN from a non-peer, sent through an AF_PACKET
-/// socket on the peer end; the veth's TC ingress runs `from_uplink`, its XDP link runs either
-/// `xdp_uplink` (which drops each frame at once) or the empty XDP program (each frame goes on
-/// through GRO and the stack to TC, where `from_uplink` drops it). Threaded NAPI puts the whole
-/// receive side of the veth in one kernel thread, so its CPU time divided into the frames dropped
-/// is the rate one core sustains. On a veth the skb exists before XDP runs (the sender built it,
-/// and veth copies it into an XDP buffer), so this is XDP's saving where it saves least: the stack
-/// from GRO to TC, not the skb. (BPF_PROG_TEST_RUN's live frames, a generator without skbs that
-/// this replaced, answers EPERM on this machine's kernel even for a program that only drops.)
+/// Floods the uplink of a node in a namespace of its own with VXLAN from a non-peer. An AF_PACKET
+/// socket sends into a first veth pair, whose far end (the relay) redirects every frame in XDP to
+/// a second pair: the receiving end there gets XDP frames with no skb, as from a NIC's DMA. Its TC
+/// ingress runs `from_uplink`, its XDP link either `xdp_uplink` (which drops each frame at once)
+/// or the empty XDP program (each frame becomes an skb and goes through GRO and the stack to TC,
+/// where `from_uplink` drops it). Threaded NAPI puts the receiver's whole receive side in one
+/// kernel thread, so its CPU time divided into the frames dropped is the rate one core sustains.
+/// (BPF_PROG_TEST_RUN's live frames, the generator this replaced, answers EPERM on this machine's
+/// kernel even for a program that only drops.)
 pub fn non_peer_flood(frames: u32, rounds: usize) -> anyhow::Result<FloodRate> {
     let tag = std::process::id() & 0xff_ffff;
     let netns = BenchNetns(format!("dpl-bench-{tag:x}"));
-    let (receiver, sender) = (format!("fr{tag:x}"), format!("fs{tag:x}"));
+    // sender -> relay (XDP: redirect to forward) ; forward -> receiver (xdp_uplink or empty, TC).
+    let [sender, relay, forward, receiver] = ["fs", "fa", "fc", "fr"].map(|p| format!("{p}{tag:x}"));
     dataplane_lab::cmd::run(&["ip", "netns", "add", &netns.0])?;
-    // No IPv6 on the pair: its neighbour discovery would reach xdp_uplink beside the flood.
+    // No IPv6 on the pairs: its neighbour discovery would reach xdp_uplink beside the flood.
     dataplane_lab::cmd::run(&["ip", "netns", "exec", &netns.0, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
-    dataplane_lab::cmd::run(&["ip", "-n", &netns.0, "link", "add", &receiver, "type", "veth", "peer", "name", &sender])?;
-    for device in [&receiver, &sender] {
+    for (end, peer) in [(&sender, &relay), (&forward, &receiver)] {
+        dataplane_lab::cmd::run(&["ip", "-n", &netns.0, "link", "add", end, "type", "veth", "peer", "name", peer])?;
+    }
+    for device in [&sender, &relay, &forward, &receiver] {
         dataplane_lab::cmd::run(&["ip", "-n", &netns.0, "link", "set", device, "up"])?;
     }
     let path = dataplane_lab::cmd::netns_path(&netns.0);
@@ -894,6 +927,7 @@ pub fn non_peer_flood(frames: u32, rounds: usize) -> anyhow::Result<FloodRate> {
             Ok(ifindex)
         };
         let (rx_ifindex, tx_ifindex) = (ifindex_of(&receiver)?, ifindex_of(&sender)?);
+        let (relay_ifindex, forward_ifindex) = (ifindex_of(&relay)?, ifindex_of(&forward)?);
         let mut node = Node::new("node-1");
         {
             let tc: &mut SchedClassifier =
@@ -903,19 +937,23 @@ pub fn non_peer_flood(frames: u32, rounds: usize) -> anyhow::Result<FloodRate> {
         let empty = EmptyProgram::load_xdp()?;
         let xdp = xdp_fd(&node)?;
         let link = xdp_link(empty.fd.as_fd(), rx_ifindex).context("attaching the empty XDP program")?;
-        // An XDP program gives the veth a NAPI context; threaded, it runs in a thread of its own.
+        // The relay turns the sender's skbs into XDP frames for the receiver, as a NIC's DMA would.
+        let redirect = EmptyProgram::load_xdp_redirect(forward_ifindex)?;
+        let _relay_link = xdp_link(redirect.fd.as_fd(), relay_ifindex).context("attaching the relay's XDP program")?;
+        // An XDP program gives a veth a NAPI context; threaded, it runs in a thread of its own:
+        // the relay's and the receiver's work land in separate threads.
         // (`ip netns exec` for the namespace's own /sys: this thread's view of /sys is the host's.)
-        dataplane_lab::cmd::run(&[
-            "ip", "netns", "exec", &netns_name, "sh", "-c", &format!("echo 1 > /sys/class/net/{receiver}/threaded"),
-        ])?;
-        let napi = napi_thread(&receiver)?;
-        // The receiver on the other core than the sender.
-        // SAFETY: a zeroed cpu_set_t with one CPU set, for the NAPI thread.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(1, &mut set);
-            libc::sched_setaffinity(napi as i32, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        for device in [&relay, &receiver] {
+            dataplane_lab::cmd::run(&[
+                "ip", "netns", "exec", &netns_name, "sh", "-c", &format!("echo 1 > /sys/class/net/{device}/threaded"),
+            ])?;
         }
+        let napi = napi_thread(&receiver)?;
+        // The receiver shares the sender's core and the relay has the other: the receiver then
+        // runs when the sender yields, on a full ring, in whole NAPI batches (a receiver with a
+        // core of its own would wake for every few frames, and its CPU time would be wake-ups).
+        pin_thread(napi, 0);
+        pin_thread(napi_thread(&relay)?, 1);
         let packet = sized(114, vxlan_from_stranger);
         // One flood through the XDP program now on the link: frames dropped per CPU-second.
         let flood = |node: &Node| -> anyhow::Result<(u64, f64)> {
