@@ -16,6 +16,7 @@ pub mod pinned;
 pub mod plan;
 pub mod probe;
 pub mod routes;
+pub mod rtnl;
 pub mod stats;
 pub mod sys;
 pub mod trace;
