@@ -205,7 +205,8 @@ impl Stream {
         let report = self.client.log();
         ensure!(status.success(), "iperf3 failed:\n{report}");
         let stream = iperf::parse(&report)?;
-        iperf::ensure_never_stalled(&stream, 5).with_context(|| format!("iperf3 report:\n{report}"))?;
+        iperf::ensure_never_below(&stream, 5, iperf::UNTHROTTLED_FLOOR_GBPS)
+            .with_context(|| format!("iperf3 report:\n{report}"))?;
         Ok(stream.per_second)
     }
 }
