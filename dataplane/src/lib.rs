@@ -7,6 +7,8 @@ pub mod backend;
 pub mod check;
 pub mod conntrack;
 pub mod datastore;
+#[cfg(test)]
+mod fixtures;
 pub mod incremental;
 pub mod ipam;
 pub mod metrics;

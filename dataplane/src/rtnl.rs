@@ -349,18 +349,7 @@ pub async fn next_hop(handle: &Handle, addr: Ipv4Addr) -> anyhow::Result<Ipv4Add
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn net(text: &str) -> Ipv4Net {
-        text.parse().expect("test CIDR")
-    }
-
-    fn ip(text: &str) -> Ipv4Addr {
-        text.parse().expect("test address")
-    }
-
-    fn mac(text: &str) -> MacAddr {
-        text.parse().expect("test MAC")
-    }
+    use crate::fixtures::{ip, mac, net};
 
     #[test]
     fn route_messages_read_back_as_the_same_route() {

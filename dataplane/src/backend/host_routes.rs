@@ -253,11 +253,11 @@ mod tests {
     use rtnetlink::packet_route::route::RouteAttribute;
 
     use super::*;
-    use crate::{datastore::file, plan};
+    use crate::{fixtures::two_nodes, plan};
 
     #[test]
     fn local_blocks_are_blackholed_and_remote_blocks_go_via_the_uplink_with_the_tunnel_mtu() {
-        let (model, _) = file::parse(include_str!("../../../examples/two-nodes.yaml")).unwrap();
+        let model = two_nodes();
         let (plan, _) = plan::compute(&model, "node-1").unwrap();
         let routes = desired(&plan, 2, 1500, |addr| addr);
         assert_eq!(routes[&"10.244.1.0/26".parse().unwrap()], HostRoute::Blackhole);
@@ -273,7 +273,7 @@ mod tests {
     /// and a cloud's 1460-byte one.
     #[test]
     fn the_route_mtu_is_the_uplinks_less_the_tunnel() {
-        let (model, _) = file::parse(include_str!("../../../examples/two-nodes.yaml")).unwrap();
+        let model = two_nodes();
         let (plan, _) = plan::compute(&model, "node-1").unwrap();
         let block = "10.244.2.0/26".parse().unwrap();
         for (uplink_mtu, vxlan) in [(9000, 8950), (1460, 1410)] {
@@ -294,7 +294,7 @@ mod tests {
 
     #[test]
     fn an_off_link_peer_is_reached_through_the_gateway() {
-        let (model, _) = file::parse(include_str!("../../../examples/two-nodes.yaml")).unwrap();
+        let model = two_nodes();
         let (plan, _) = plan::compute(&model, "node-1").unwrap();
         let gateway = Ipv4Addr::new(10, 100, 0, 254);
         let routes = desired(&plan, 2, 1500, |_| gateway);

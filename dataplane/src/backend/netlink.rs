@@ -850,21 +850,10 @@ mod tests {
     use super::*;
     use crate::{
         datastore::file,
+        fixtures::{ip, mac, net},
         model::EncapMode,
         plan::{self, PlannedRoute},
     };
-
-    fn net(text: &str) -> Ipv4Net {
-        text.parse().expect("test CIDR")
-    }
-
-    fn ip(text: &str) -> Ipv4Addr {
-        text.parse().expect("test address")
-    }
-
-    fn mac(text: &str) -> MacAddr {
-        text.parse().expect("test MAC")
-    }
 
     fn example(yaml: &str, node: &str) -> (Model, Plan) {
         let (model, problems) = file::parse(yaml).expect("example YAML");

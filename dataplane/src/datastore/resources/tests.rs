@@ -1,15 +1,10 @@
 //! The decoder's tests: seed resources as users print them, and each way a resource can be wrong.
 
 use super::*;
-use crate::datastore::file::parse;
-
-fn net(text: &str) -> Ipv4Net {
-    text.parse().expect("test CIDR")
-}
-
-fn mac(text: &str) -> MacAddr {
-    text.parse().expect("test MAC")
-}
+use crate::{
+    datastore::file::parse,
+    fixtures::{mac, net},
+};
 
 fn parse_ok(text: &str) -> (Model, Vec<Problem>) {
     parse(text).expect("test input is YAML")
