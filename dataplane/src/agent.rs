@@ -247,7 +247,7 @@ async fn start_netlink(options: &RunOptions) -> anyhow::Result<Backend> {
 /// Removes the device `name` if the other backend made it (it carries that backend's `alias`),
 /// over a netlink connection of its own: the chosen backend has none yet. Returns whether it did.
 async fn remove_other_backends_device(name: &str, alias: &str) -> anyhow::Result<bool> {
-    netlink::remove_owned_device(&netlink::connect()?, name, alias).await
+    crate::rtnl::remove_owned_device(&crate::rtnl::connect()?, name, alias).await
 }
 
 /// Where the cluster's resources come from.

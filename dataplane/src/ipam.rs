@@ -228,22 +228,14 @@ pub fn json(pools: &[PoolUsage], show_blocks: bool) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AffinityState, Block, EncapMode, IpPool, Node, Workload};
+    use crate::{
+        fixtures::{self, net},
+        model::{AffinityState, Block, IpPool, Node, Workload},
+    };
 
-    fn net(text: &str) -> Ipv4Net {
-        text.parse().expect("test CIDR")
-    }
-
+    /// The pools of these tests have natOutgoing, as the example's.
     fn pool(name: &str, cidr: &str, block_size: u8) -> IpPool {
-        IpPool {
-            name: name.into(),
-            cidr: net(cidr),
-            block_size,
-            vxlan_mode: EncapMode::Always,
-            ipip_mode: EncapMode::Never,
-            nat_outgoing: true,
-            disabled: false,
-        }
+        IpPool { nat_outgoing: true, ..fixtures::pool(name, cidr, block_size) }
     }
 
     fn block(cidr: &str, node: &str) -> Block {

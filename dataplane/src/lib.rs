@@ -7,6 +7,8 @@ pub mod backend;
 pub mod check;
 pub mod conntrack;
 pub mod datastore;
+#[cfg(test)]
+mod fixtures;
 pub mod incremental;
 pub mod ipam;
 pub mod metrics;
@@ -16,6 +18,7 @@ pub mod pinned;
 pub mod plan;
 pub mod probe;
 pub mod routes;
+pub mod rtnl;
 pub mod stats;
 pub mod sys;
 pub mod trace;

@@ -11,8 +11,14 @@ use crate::process::ChildHandle;
 /// A second of a stream below this many Gbit/s counts as a stall. Any flow the lab carries,
 /// through the fast path or the kernel's own, moves far more than 1 Mbit/s even on a loaded
 /// machine, while a broken path moves nothing: the floor tells the two apart without asking
-/// for a throughput the machine may not have.
+/// for a throughput the machine may not have. For throttled streams (`iperf3 -b`), where a
+/// higher floor would be above the stream's own rate.
 pub const STALL_FLOOR_GBPS: f64 = 0.001;
+
+/// The floor for an unthrottled stream across a change (an agent restart, a filter swapped in
+/// place): a second that loses most of its rate to the change is a regression even when it is not
+/// a full stall, and the lab's veths carry far more than this on a loaded machine.
+pub const UNTHROTTLED_FLOOR_GBPS: f64 = 0.1;
 
 /// Waits until an iperf3 server (`iperf3 -s --forceflush`, text output) reports its first
 /// second of received data: the stream is up and carrying, so a test can start changing things.
@@ -48,11 +54,18 @@ pub fn parse(report: &str) -> anyhow::Result<Report> {
 /// Checks that the stream lasted at least `seconds` intervals, that none of them stalled (see
 /// [`STALL_FLOOR_GBPS`]) and that the receiver got data.
 pub fn ensure_never_stalled(report: &Report, seconds: usize) -> anyhow::Result<()> {
+    ensure_never_below(report, seconds, STALL_FLOOR_GBPS)
+}
+
+/// Checks that the stream lasted at least `seconds` intervals, that every one of them carried more
+/// than `floor_gbps` ([`STALL_FLOOR_GBPS`] for throttled streams, [`UNTHROTTLED_FLOOR_GBPS`]
+/// otherwise) and that the receiver got data.
+pub fn ensure_never_below(report: &Report, seconds: usize, floor_gbps: f64) -> anyhow::Result<()> {
     let per_second = &report.per_second;
     ensure!(per_second.len() >= seconds, "iperf3 reported {} of {seconds} seconds: {per_second:.3?}", per_second.len());
     ensure!(
-        per_second.iter().all(|gbps| *gbps > STALL_FLOOR_GBPS),
-        "a second of the stream carried (almost) nothing: {per_second:.3?}"
+        per_second.iter().all(|gbps| *gbps > floor_gbps),
+        "a second of the stream carried {floor_gbps} Gbit/s or less: {per_second:.3?}"
     );
     ensure!(report.received_bytes > 0, "nothing received");
     Ok(())
@@ -81,5 +94,8 @@ mod tests {
         let empty = parse(&report(&[9.5, 8.0], 0)).expect("parses");
         assert!(ensure_never_stalled(&empty, 2).is_err(), "nothing received");
         assert!(parse("not json").is_err());
+        let slowed = parse(&report(&[9.5, 0.05, 8.0], 1000)).expect("parses");
+        assert!(ensure_never_stalled(&slowed, 3).is_ok(), "0.05 Gbit/s is no stall");
+        assert!(ensure_never_below(&slowed, 3, UNTHROTTLED_FLOOR_GBPS).is_err(), "but is below the unthrottled floor");
     }
 }

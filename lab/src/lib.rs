@@ -19,6 +19,7 @@
 //! namespace and removes `/sys/fs/bpf/<prefix>`, also when a test panics.
 #![deny(missing_docs)]
 
+pub mod cluster;
 pub mod cmd;
 pub mod counters;
 pub mod etcd;
@@ -48,6 +49,7 @@ use anyhow::{bail, Context as _};
 use dataplane::model::Model;
 use ipnet::Ipv4Net;
 
+pub use cluster::Cluster;
 use process::{send_signal, Registry};
 pub use process::{Agent, Capture, ChildHandle, AGENT_READY};
 pub use topology::Topology;

@@ -157,11 +157,7 @@ impl Packet {
 
 /// The RFC 1071 checksum of an IPv4 header (with its check field included).
 pub fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    dataplane::trace::checksum(header)
 }
 
 /// Reads a big-endian u16 at `offset`.
@@ -190,16 +186,9 @@ pub fn l4_checksum(bytes: &[u8], ip: usize) -> Option<u16> {
         return None;
     }
     segment[field..field + 2].copy_from_slice(&[0, 0]);
-    let mut data = Vec::new();
-    if protocol != IPPROTO_ICMP {
-        data.extend_from_slice(&bytes[ip + 12..ip + 20]);
-        data.extend_from_slice(&[0, protocol]);
-        data.extend_from_slice(&(segment.len() as u16).to_be_bytes());
-    }
-    data.extend_from_slice(&segment);
-    let sum = ipv4_checksum(&data);
-    // UDP sends a computed 0 as 0xffff (0 means "no checksum").
-    Some(if protocol == IPPROTO_UDP && sum == 0 { 0xffff } else { sum })
+    let src = bytes.get(ip + 12..ip + 16)?.try_into().ok()?;
+    let dst = bytes.get(ip + 16..ip + 20)?.try_into().ok()?;
+    Some(dataplane::trace::transport_checksum(src, dst, protocol, &segment))
 }
 
 /// Whether the transport checksum of the IPv4 packet at `ip` is right.

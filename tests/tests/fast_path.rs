@@ -19,21 +19,17 @@
 //! path shows is checked instead: `vxlan.calico` with VNI 4096 and its TX counter for a VXLAN
 //! crossing, the route via the peer on the uplink and no `vxlan.calico` for a plain one.
 
-use dataplane_tests::{agent_bin, workspace_root};
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
-    path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context as _};
-use dataplane_lab::{counters, Agent, AgentMode, AgentOptions, ChildHandle, Lab, LabOptions};
+use dataplane_lab::{counters, AgentMode, AgentOptions, ChildHandle, Cluster, Lab};
 use serde_json::Value;
 
-/// How long an agent may take to program its node.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one iperf3 client may run, start to end, before it is considered stuck.
 const IPERF_TIMEOUT_S: &str = "20";
 /// Seconds each iperf3 stream runs.
@@ -191,9 +187,14 @@ fn vxlan_cross_subnet() -> anyhow::Result<()> {
 /// Everything one mode must carry, in one lab.
 fn run_mode(mode: &Mode) -> anyhow::Result<()> {
     let started = Instant::now();
-    let Some(cluster) = Cluster::up(mode)? else {
+    let Some(mut cluster) = Cluster::up_or_skip(mode.name, mode.example)? else {
         return Ok(());
     };
+    let options = match mode.dataplane {
+        Dataplane::FastPath => AgentOptions::default(),
+        Dataplane::Netlink => AgentOptions::mode(AgentMode::Netlink),
+    };
+    cluster.start_all(&options)?;
     let result = check_mode(&cluster, mode);
     eprintln!("{}: {:.1} s", mode.name, started.elapsed().as_secs_f64());
     result.with_context(|| cluster.logs())
@@ -216,13 +217,13 @@ fn check_mode(cluster: &Cluster, mode: &Mode) -> anyhow::Result<()> {
     // Pod to pod on one node, both ways.
     let (a, b) = (Endpoint::pod(lab, mode.same_node.0)?, Endpoint::pod(lab, mode.same_node.1)?);
     ensure!(a.node == b.node, "{} and {} must run on the same node", a.label, b.label);
-    note(cluster.reach(&servers, &a, &b));
-    note(cluster.reach(&servers, &b, &a));
+    note(reach(cluster, &servers, &a, &b));
+    note(reach(cluster, &servers, &b, &a));
 
     // Host to local pod and local pod to host.
     let host = Endpoint::node(lab, &a.node)?;
-    note(cluster.reach(&servers, &host, &a));
-    note(cluster.reach(&servers, &a, &host));
+    note(reach(cluster, &servers, &host, &a));
+    note(reach(cluster, &servers, &a, &host));
 
     for crossing in mode.crossings {
         let from = Endpoint::pod(lab, crossing.from)?;
@@ -232,320 +233,281 @@ fn check_mode(cluster: &Cluster, mode: &Mode) -> anyhow::Result<()> {
         let to_host = Endpoint::node(lab, &to.node)?;
 
         // The wire and the counters first, while only this crossing's ping runs.
-        note(cluster.check_wire(&from, &to, crossing.wire));
+        note(check_wire(cluster, mode.dataplane, &from, &to, crossing.wire));
 
         // Pod to pod across nodes, both ways.
-        note(cluster.reach(&servers, &from, &to));
-        note(cluster.reach(&servers, &to, &from));
+        note(reach(cluster, &servers, &from, &to));
+        note(reach(cluster, &servers, &to, &from));
         // Host to remote pod, and remote pod to host.
-        note(cluster.reach(&servers, &from_host, &to));
-        note(cluster.reach(&servers, &to, &from_host));
+        note(reach(cluster, &servers, &from_host, &to));
+        note(reach(cluster, &servers, &to, &from_host));
         // Pod to another node's address.
-        note(cluster.reach(&servers, &from, &to_host));
+        note(reach(cluster, &servers, &from, &to_host));
     }
 
-    note(cluster.check_blackhole(mode, &a));
+    note(check_blackhole(cluster, mode, &a));
     if !failures.is_empty() {
         bail!("{} of the checks failed:\n\n{}", failures.len(), failures.join("\n\n"));
     }
     Ok(())
 }
 
-/// The lab and its agents. Fields drop in order: the agents stop before the lab is torn down.
-struct Cluster {
-    agents: Vec<Agent>,
-    bin: PathBuf,
-    dataplane: Dataplane,
-    lab: Lab,
+/// Ping, a TCP stream and a UDP stream from `from` to `to`.
+fn reach(cluster: &Cluster, servers: &Servers, from: &Endpoint, to: &Endpoint) -> anyhow::Result<()> {
+    let what = format!("{} -> {}", from.label, to.label);
+    cluster.lab.ping(&from.netns, to.addr).with_context(|| format!("ping {what}"))?;
+    servers.ready(&to.netns)?;
+    let tcp = iperf(&cluster.lab, &from.netns, to.addr, false).with_context(|| format!("TCP {what}"))?;
+    ensure!(tcp.sent > 0 && tcp.received > 0, "TCP {what} moved no bytes: {tcp:?}");
+    let udp = iperf(&cluster.lab, &from.netns, to.addr, true).with_context(|| format!("UDP {what}"))?;
+    ensure!(udp.sent > 0 && udp.received > 0, "UDP {what} moved no bytes: {udp:?}");
+    ensure!(
+        udp.lost_percent < UDP_MAX_LOSS,
+        "UDP {what} lost {:.2}% (at most {UDP_MAX_LOSS}%): {udp:?}",
+        udp.lost_percent
+    );
+    eprintln!(
+        "{what}: ping ok, TCP {:.2} Gbit/s, UDP {:.0} Mbit/s with {:.2}% loss",
+        tcp.bits_per_second / 1e9,
+        udp.bits_per_second / 1e6,
+        udp.lost_percent
+    );
+    Ok(())
 }
 
-impl Cluster {
-    /// Brings up the mode's example with one ready agent per node, running the mode's
-    /// dataplane; `None` when not root.
-    fn up(mode: &Mode) -> anyhow::Result<Option<Cluster>> {
-        if dataplane_tests::skip_unless_root(mode.name) {
-            return Ok(None);
-        }
-        let root = workspace_root();
-        let bin = agent_bin();
-        let datastore = root.join(mode.example);
-        let model = dataplane_lab::load_model(&datastore)?;
-        let lab = Lab::up(&model, LabOptions::default())?;
-        let mut cluster = Cluster { agents: Vec::new(), bin, dataplane: mode.dataplane, lab };
-        let options = match mode.dataplane {
-            Dataplane::FastPath => AgentOptions::default(),
-            Dataplane::Netlink => AgentOptions::mode(AgentMode::Netlink),
-        };
-        let nodes: Vec<String> = cluster.lab.nodes().map(|n| n.name.clone()).collect();
-        for node in &nodes {
-            let agent = cluster.lab.start_agent_with(node, &cluster.bin, &datastore, &options)?;
-            cluster.agents.push(agent);
-        }
-        for agent in &mut cluster.agents {
-            agent.wait_ready(READY_TIMEOUT)?;
-        }
-        Ok(Some(cluster))
-    }
+/// Captures on the sending node's fabric bridge while `from` pings `to` and checks what the
+/// packets look like there, and that the sending node counted the right decision (the fast
+/// path's counters, or in netlink mode the kernel's device and route).
+fn check_wire(
+    cluster: &Cluster,
+    dataplane: Dataplane,
+    from: &Endpoint,
+    to: &Endpoint,
+    wire: Wire,
+) -> anyhow::Result<()> {
+    let lab = &cluster.lab;
+    let from_addr = lab.node(&from.node)?.addr.addr();
+    let to_addr = lab.node(&to.node)?.addr.addr();
+    let bridge = lab.fabric_bridge(&from.node)?;
+    let before = counters(cluster, dataplane, &from.node)?;
 
-    /// The agents' logs, to explain a failure.
-    fn logs(&self) -> String {
-        let mut text = format!("lab {} (logs in {}); agent logs:", self.lab.prefix(), self.lab.dir().display());
-        for agent in &self.agents {
-            text.push_str(&format!("\n--- agent of {} ---\n{}", agent.node(), agent.log().trim_end()));
-        }
-        text
-    }
+    // Every kind of packet a crossing could become, so that the wrong kind shows too.
+    let capture = lab.capture(lab.fabric_netns(), bridge, "icmp or udp port 4789 or ip proto 4")?;
+    let pinged = lab.ping(&from.netns, to.addr);
+    let text = capture.stop()?;
+    pinged.with_context(|| format!("ping {} -> {} during the capture", from.label, to.label))?;
+    let after = counters(cluster, dataplane, &from.node)?;
 
-    /// Ping, a TCP stream and a UDP stream from `from` to `to`.
-    fn reach(&self, servers: &Servers, from: &Endpoint, to: &Endpoint) -> anyhow::Result<()> {
-        let what = format!("{} -> {}", from.label, to.label);
-        self.lab.ping(&from.netns, to.addr).with_context(|| format!("ping {what}"))?;
-        servers.ready(&to.netns)?;
-        let tcp = iperf(&self.lab, &from.netns, to.addr, false).with_context(|| format!("TCP {what}"))?;
-        ensure!(tcp.sent > 0 && tcp.received > 0, "TCP {what} moved no bytes: {tcp:?}");
-        let udp = iperf(&self.lab, &from.netns, to.addr, true).with_context(|| format!("UDP {what}"))?;
-        ensure!(udp.sent > 0 && udp.received > 0, "UDP {what} moved no bytes: {udp:?}");
-        ensure!(
-            udp.lost_percent < UDP_MAX_LOSS,
-            "UDP {what} lost {:.2}% (at most {UDP_MAX_LOSS}%): {udp:?}",
-            udp.lost_percent
-        );
-        eprintln!(
-            "{what}: ping ok, TCP {:.2} Gbit/s, UDP {:.0} Mbit/s with {:.2}% loss",
-            tcp.bits_per_second / 1e9,
-            udp.bits_per_second / 1e6,
-            udp.lost_percent
-        );
-        Ok(())
-    }
-
-    /// Captures on the sending node's fabric bridge while `from` pings `to` and checks what the
-    /// packets look like there, and that the sending node counted the right decision (the fast
-    /// path's counters, or in netlink mode the kernel's device and route).
-    fn check_wire(&self, from: &Endpoint, to: &Endpoint, wire: Wire) -> anyhow::Result<()> {
-        let lab = &self.lab;
-        let from_addr = lab.node(&from.node)?.addr.addr();
-        let to_addr = lab.node(&to.node)?.addr.addr();
-        let bridge = lab.fabric_bridge(&from.node)?;
-        let before = self.counters(&from.node)?;
-
-        // Every kind of packet a crossing could become, so that the wrong kind shows too.
-        let capture = lab.capture(lab.fabric_netns(), bridge, "icmp or udp port 4789 or ip proto 4")?;
-        let pinged = lab.ping(&from.netns, to.addr);
-        let text = capture.stop()?;
-        pinged.with_context(|| format!("ping {} -> {} during the capture", from.label, to.label))?;
-        let after = self.counters(&from.node)?;
-
-        let request = format!("{} > {}: ICMP echo request", from.addr, to.addr);
-        let reply = format!("{} > {}: ICMP echo reply", to.addr, from.addr);
-        let shown =
-            format!("capture on fabric bridge {bridge} ({} -> {}, expected {wire:?}):\n{text}", from.label, to.label);
-        ensure!(
-            text.contains(&request) && text.contains(&reply),
-            "no echo request and reply between the pods in the {shown}"
-        );
-        let vxlan = text.contains(": VXLAN");
-        let ipip = text.contains("proto IPIP (4)");
-        match wire {
-            Wire::Vxlan => {
-                ensure!(vxlan && text.contains("vni 4096"), "no VXLAN with vni 4096 in the {shown}");
-                let outer = format!("> {to_addr}.4789: VXLAN");
-                ensure!(
-                    text.contains(&outer) && text.contains(&format!("{from_addr}.")),
-                    "no VXLAN from {from_addr} to {to_addr}:4789 in the {shown}"
-                );
-                ensure!(!ipip, "IP-in-IP in the {shown}");
-            }
-            Wire::Ipip => {
-                ensure!(ipip, "no IP protocol 4 (IPIP) in the {shown}");
-                let outer = format!("{from_addr} > {to_addr}: IP ");
-                ensure!(
-                    text.contains(&outer),
-                    "no IPIP packet {from_addr} > {to_addr} carrying the pods' packets in the {shown}"
-                );
-                ensure!(!vxlan, "VXLAN in the {shown}");
-            }
-            Wire::Plain => {
-                // The filter matched the pods' ICMP itself: it crossed as it is.
-                ensure!(!vxlan && !ipip, "encapsulated packets in the {shown}");
-            }
-        }
-
-        if self.dataplane == Dataplane::Netlink {
-            return self.check_kernel_path(from, to, wire, counters::growth(&before, &after, VXLAN_TX));
-        }
-        let grew = |name: &str| counters::growth(&before, &after, name);
-        ensure!(
-            grew(wire.counter()) >= 3,
-            "node {}'s {} grew by {} during 3 pings {} -> {} (expected >= 3)\nbefore: {before:?}\nafter: {after:?}",
-            from.node,
-            wire.counter(),
-            grew(wire.counter()),
-            from.label,
-            to.label
-        );
-        for other in wire.other_counters() {
+    let request = format!("{} > {}: ICMP echo request", from.addr, to.addr);
+    let reply = format!("{} > {}: ICMP echo reply", to.addr, from.addr);
+    let shown =
+        format!("capture on fabric bridge {bridge} ({} -> {}, expected {wire:?}):\n{text}", from.label, to.label);
+    ensure!(
+        text.contains(&request) && text.contains(&reply),
+        "no echo request and reply between the pods in the {shown}"
+    );
+    let vxlan = text.contains(": VXLAN");
+    let ipip = text.contains("proto IPIP (4)");
+    match wire {
+        Wire::Vxlan => {
+            ensure!(vxlan && text.contains("vni 4096"), "no VXLAN with vni 4096 in the {shown}");
+            let outer = format!("> {to_addr}.4789: VXLAN");
             ensure!(
-                grew(other) == 0,
-                "node {}'s {other} grew by {} during a {wire:?} crossing",
-                from.node,
-                grew(other)
+                text.contains(&outer) && text.contains(&format!("{from_addr}.")),
+                "no VXLAN from {from_addr} to {to_addr}:4789 in the {shown}"
+            );
+            ensure!(!ipip, "IP-in-IP in the {shown}");
+        }
+        Wire::Ipip => {
+            ensure!(ipip, "no IP protocol 4 (IPIP) in the {shown}");
+            let outer = format!("{from_addr} > {to_addr}: IP ");
+            ensure!(
+                text.contains(&outer),
+                "no IPIP packet {from_addr} > {to_addr} carrying the pods' packets in the {shown}"
+            );
+            ensure!(!vxlan, "VXLAN in the {shown}");
+        }
+        Wire::Plain => {
+            // The filter matched the pods' ICMP itself: it crossed as it is.
+            ensure!(!vxlan && !ipip, "encapsulated packets in the {shown}");
+        }
+    }
+
+    if dataplane == Dataplane::Netlink {
+        return check_kernel_path(cluster, from, to, wire, counters::growth(&before, &after, VXLAN_TX));
+    }
+    let grew = |name: &str| counters::growth(&before, &after, name);
+    ensure!(
+        grew(wire.counter()) >= 3,
+        "node {}'s {} grew by {} during 3 pings {} -> {} (expected >= 3)\nbefore: {before:?}\nafter: {after:?}",
+        from.node,
+        wire.counter(),
+        grew(wire.counter()),
+        from.label,
+        to.label
+    );
+    for other in wire.other_counters() {
+        ensure!(grew(other) == 0, "node {}'s {other} grew by {} during a {wire:?} crossing", from.node, grew(other));
+    }
+    eprintln!(
+        "wire {} -> {}: {wire:?} on {bridge}, {} +{}",
+        from.label,
+        to.label,
+        wire.counter(),
+        grew(wire.counter())
+    );
+    Ok(())
+}
+
+/// The fast path's counters, or in netlink mode the packets `vxlan.calico` sent ([`VXLAN_TX`],
+/// 0 without the device).
+fn counters(cluster: &Cluster, dataplane: Dataplane, node: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    match dataplane {
+        Dataplane::FastPath => counters::read(cluster.bin(), &cluster.lab.pin_path(node)),
+        Dataplane::Netlink => {
+            let netns = cluster.lab.node_netns(node)?;
+            let output = cluster.lab.exec_status(netns, &["ip", "-j", "-s", "link", "show", "dev", VXLAN_DEVICE])?;
+            if !output.status.success() {
+                return Ok(BTreeMap::new());
+            }
+            let json: Value = serde_json::from_slice(&output.stdout).context("`ip -j -s link` printed no JSON")?;
+            let packets = json[0]["stats64"]["tx"]["packets"]
+                .as_u64()
+                .with_context(|| format!("no stats64.tx.packets for {VXLAN_DEVICE}: {json}"))?;
+            Ok(BTreeMap::from([(VXLAN_TX.to_owned(), packets)]))
+        }
+    }
+}
+
+/// What the netlink fallback's kernel path shows for a crossing from `from` to `to`: a VXLAN
+/// crossing leaves through `vxlan.calico` (VNI 4096, `tx_packets` grew by the pings, here
+/// `vxlan_tx`), a plain one through the uplink via the peer, with no `vxlan.calico` at all.
+fn check_kernel_path(
+    cluster: &Cluster,
+    from: &Endpoint,
+    to: &Endpoint,
+    wire: Wire,
+    vxlan_tx: u64,
+) -> anyhow::Result<()> {
+    let lab = &cluster.lab;
+    let netns = lab.node_netns(&from.node)?;
+    let to_addr = to.addr.to_string();
+    let route = lab.exec_stdout(netns, &["ip", "route", "get", &to_addr])?;
+    let device = lab.exec_status(netns, &["ip", "-d", "link", "show", "dev", VXLAN_DEVICE])?;
+    let device_text = String::from_utf8_lossy(&device.stdout).into_owned();
+    match wire {
+        Wire::Vxlan => {
+            ensure!(
+                route.contains(&format!("dev {VXLAN_DEVICE}")),
+                "node {}: {to_addr} not routed via {VXLAN_DEVICE}: {route}",
+                from.node
+            );
+            ensure!(
+                device_text.contains("vxlan id 4096"),
+                "node {}'s {VXLAN_DEVICE} is not VNI 4096: {device_text}",
+                from.node
+            );
+            ensure!(
+                vxlan_tx >= 3,
+                "node {}'s {VXLAN_DEVICE} sent {vxlan_tx} packets during 3 pings (expected >= 3)",
+                from.node
             );
         }
-        eprintln!(
-            "wire {} -> {}: {wire:?} on {bridge}, {} +{}",
-            from.label,
-            to.label,
-            wire.counter(),
-            grew(wire.counter())
-        );
-        Ok(())
-    }
-
-    /// The fast path's counters, or in netlink mode the packets `vxlan.calico` sent ([`VXLAN_TX`],
-    /// 0 without the device).
-    fn counters(&self, node: &str) -> anyhow::Result<BTreeMap<String, u64>> {
-        match self.dataplane {
-            Dataplane::FastPath => counters::read(&self.bin, &self.lab.pin_path(node)),
-            Dataplane::Netlink => {
-                let netns = self.lab.node_netns(node)?;
-                let output = self.lab.exec_status(netns, &["ip", "-j", "-s", "link", "show", "dev", VXLAN_DEVICE])?;
-                if !output.status.success() {
-                    return Ok(BTreeMap::new());
-                }
-                let json: Value = serde_json::from_slice(&output.stdout).context("`ip -j -s link` printed no JSON")?;
-                let packets = json[0]["stats64"]["tx"]["packets"]
-                    .as_u64()
-                    .with_context(|| format!("no stats64.tx.packets for {VXLAN_DEVICE}: {json}"))?;
-                Ok(BTreeMap::from([(VXLAN_TX.to_owned(), packets)]))
-            }
-        }
-    }
-
-    /// What the netlink fallback's kernel path shows for a crossing from `from` to `to`: a VXLAN
-    /// crossing leaves through `vxlan.calico` (VNI 4096, `tx_packets` grew by the pings, here
-    /// `vxlan_tx`), a plain one through the uplink via the peer, with no `vxlan.calico` at all.
-    fn check_kernel_path(&self, from: &Endpoint, to: &Endpoint, wire: Wire, vxlan_tx: u64) -> anyhow::Result<()> {
-        let lab = &self.lab;
-        let netns = lab.node_netns(&from.node)?;
-        let to_addr = to.addr.to_string();
-        let route = lab.exec_stdout(netns, &["ip", "route", "get", &to_addr])?;
-        let device = lab.exec_status(netns, &["ip", "-d", "link", "show", "dev", VXLAN_DEVICE])?;
-        let device_text = String::from_utf8_lossy(&device.stdout).into_owned();
-        match wire {
-            Wire::Vxlan => {
-                ensure!(
-                    route.contains(&format!("dev {VXLAN_DEVICE}")),
-                    "node {}: {to_addr} not routed via {VXLAN_DEVICE}: {route}",
-                    from.node
-                );
-                ensure!(
-                    device_text.contains("vxlan id 4096"),
-                    "node {}'s {VXLAN_DEVICE} is not VNI 4096: {device_text}",
-                    from.node
-                );
-                ensure!(
-                    vxlan_tx >= 3,
-                    "node {}'s {VXLAN_DEVICE} sent {vxlan_tx} packets during 3 pings (expected >= 3)",
-                    from.node
-                );
-            }
-            Wire::Plain => {
-                let peer = lab.node(&to.node)?.addr.addr();
-                let uplink = &lab.node(&from.node)?.uplink;
-                ensure!(
-                    route.contains(&format!("via {peer} dev {uplink}")),
-                    "node {}: {to_addr} not routed via {peer} dev {uplink}: {route}",
-                    from.node
-                );
-                ensure!(
-                    !device.status.success(),
-                    "node {} has {VXLAN_DEVICE} though no pool tunnels: {device_text}",
-                    from.node
-                );
-            }
-            Wire::Ipip => bail!("the netlink fallback cannot do IPIP on this kernel (no ipip module)"),
-        }
-        eprintln!("kernel path {} -> {}: {wire:?}, {}", from.label, to.label, route.trim());
-        Ok(())
-    }
-
-    /// Traffic to an address of `pod`'s block that no workload holds is dropped, from a local pod,
-    /// from a remote pod and from the host, and the fast path counts what it drops (in netlink
-    /// mode the kernel's `blackhole <block>` route drops it, uncounted).
-    fn check_blackhole(&self, mode: &Mode, pod: &Endpoint) -> anyhow::Result<()> {
-        let lab = &self.lab;
-        let unused = mode.unused.to_string();
-        ensure!(
-            lab.pods().all(|p| !p.addrs.contains(&mode.unused)),
-            "{unused} belongs to a pod: the test needs an unused address"
-        );
-        let dropped = |netns: &str, who: &str| -> anyhow::Result<()> {
-            let output = lab.exec_status(netns, &["ping", "-c", "2", "-i", "0.2", "-W", "1", &unused])?;
+        Wire::Plain => {
+            let peer = lab.node(&to.node)?.addr.addr();
+            let uplink = &lab.node(&from.node)?.uplink;
             ensure!(
-                !output.status.success(),
-                "{who} got a reply from {unused}, which no workload holds:\n{}",
-                String::from_utf8_lossy(&output.stdout)
+                route.contains(&format!("via {peer} dev {uplink}")),
+                "node {}: {to_addr} not routed via {peer} dev {uplink}: {route}",
+                from.node
             );
-            Ok(())
-        };
-
-        if self.dataplane == Dataplane::Netlink {
-            dropped(&pod.netns, &pod.label)?;
-            for crossing in mode.crossings {
-                let remote = Endpoint::pod(lab, crossing.to)?;
-                dropped(&remote.netns, &remote.label)?;
-            }
-            return self.check_blackhole_route(pod, &dropped);
+            ensure!(
+                !device.status.success(),
+                "node {} has {VXLAN_DEVICE} though no pool tunnels: {device_text}",
+                from.node
+            );
         }
+        Wire::Ipip => bail!("the netlink fallback cannot do IPIP on this kernel (no ipip module)"),
+    }
+    eprintln!("kernel path {} -> {}: {wire:?}, {}", from.label, to.label, route.trim());
+    Ok(())
+}
 
-        // From a pod on the same node: from_workload drops it.
-        let before = counters::read(&self.bin, &self.lab.pin_path(&pod.node))?;
+/// Traffic to an address of `pod`'s block that no workload holds is dropped, from a local pod,
+/// from a remote pod and from the host, and the fast path counts what it drops (in netlink
+/// mode the kernel's `blackhole <block>` route drops it, uncounted).
+fn check_blackhole(cluster: &Cluster, mode: &Mode, pod: &Endpoint) -> anyhow::Result<()> {
+    let lab = &cluster.lab;
+    let unused = mode.unused.to_string();
+    ensure!(
+        lab.pods().all(|p| !p.addrs.contains(&mode.unused)),
+        "{unused} belongs to a pod: the test needs an unused address"
+    );
+    let dropped = |netns: &str, who: &str| -> anyhow::Result<()> {
+        let output = lab.exec_status(netns, &["ping", "-c", "2", "-i", "0.2", "-W", "1", &unused])?;
+        ensure!(
+            !output.status.success(),
+            "{who} got a reply from {unused}, which no workload holds:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        Ok(())
+    };
+
+    if mode.dataplane == Dataplane::Netlink {
         dropped(&pod.netns, &pod.label)?;
-        let after = counters::read(&self.bin, &self.lab.pin_path(&pod.node))?;
-        let grew = counters::growth(&before, &after, "drop_blackhole");
-        ensure!(
-            grew >= 2,
-            "node {}'s drop_blackhole grew by {grew} after 2 pings from {} to {unused}",
-            pod.node,
-            pod.label
-        );
-
-        // From a pod on each other node: dropped on arrival, and counted when it came
-        // encapsulated (a plain packet is the kernel's blackhole route's to drop).
         for crossing in mode.crossings {
             let remote = Endpoint::pod(lab, crossing.to)?;
-            let before = counters::read(&self.bin, &self.lab.pin_path(&pod.node))?;
             dropped(&remote.netns, &remote.label)?;
-            let after = counters::read(&self.bin, &self.lab.pin_path(&pod.node))?;
-            let grew = counters::growth(&before, &after, "drop_blackhole");
-            if crossing.wire != Wire::Plain {
-                ensure!(
-                    grew >= 2,
-                    "node {}'s drop_blackhole grew by {grew} after 2 {:?} pings from {} to {unused}",
-                    pod.node,
-                    crossing.wire,
-                    remote.label
-                );
-            }
         }
-
-        self.check_blackhole_route(pod, &dropped)
+        return check_blackhole_route(cluster, pod, &dropped);
     }
 
-    /// From the host, traffic to the unused address meets the agent's kernel route
-    /// `blackhole <block>`.
-    fn check_blackhole_route(
-        &self,
-        pod: &Endpoint,
-        dropped: &dyn Fn(&str, &str) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        let host = self.lab.node(&pod.node)?;
-        dropped(&host.netns, &format!("node {}", host.name))?;
-        let routes = self.lab.exec_stdout(&host.netns, &["ip", "route", "show", "type", "blackhole"])?;
-        ensure!(routes.contains("10.244.1.0/26"), "node {} has no `blackhole 10.244.1.0/26`: {routes:?}", host.name);
-        Ok(())
+    // From a pod on the same node: from_workload drops it.
+    let before = counters::read(cluster.bin(), &cluster.lab.pin_path(&pod.node))?;
+    dropped(&pod.netns, &pod.label)?;
+    let after = counters::read(cluster.bin(), &cluster.lab.pin_path(&pod.node))?;
+    let grew = counters::growth(&before, &after, "drop_blackhole");
+    ensure!(
+        grew >= 2,
+        "node {}'s drop_blackhole grew by {grew} after 2 pings from {} to {unused}",
+        pod.node,
+        pod.label
+    );
+
+    // From a pod on each other node: dropped on arrival, and counted when it came
+    // encapsulated (a plain packet is the kernel's blackhole route's to drop).
+    for crossing in mode.crossings {
+        let remote = Endpoint::pod(lab, crossing.to)?;
+        let before = counters::read(cluster.bin(), &cluster.lab.pin_path(&pod.node))?;
+        dropped(&remote.netns, &remote.label)?;
+        let after = counters::read(cluster.bin(), &cluster.lab.pin_path(&pod.node))?;
+        let grew = counters::growth(&before, &after, "drop_blackhole");
+        if crossing.wire != Wire::Plain {
+            ensure!(
+                grew >= 2,
+                "node {}'s drop_blackhole grew by {grew} after 2 {:?} pings from {} to {unused}",
+                pod.node,
+                crossing.wire,
+                remote.label
+            );
+        }
     }
+
+    check_blackhole_route(cluster, pod, &dropped)
+}
+
+/// From the host, traffic to the unused address meets the agent's kernel route
+/// `blackhole <block>`.
+fn check_blackhole_route(
+    cluster: &Cluster,
+    pod: &Endpoint,
+    dropped: &dyn Fn(&str, &str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let host = cluster.lab.node(&pod.node)?;
+    dropped(&host.netns, &format!("node {}", host.name))?;
+    let routes = cluster.lab.exec_stdout(&host.netns, &["ip", "route", "show", "type", "blackhole"])?;
+    ensure!(routes.contains("10.244.1.0/26"), "node {} has no `blackhole 10.244.1.0/26`: {routes:?}", host.name);
+    Ok(())
 }
 
 /// Something traffic goes to or from: a pod or a node's own namespace.

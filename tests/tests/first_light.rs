@@ -5,11 +5,10 @@
 //! iperf3, tcpdump, ip and bpftool. The lab is torn down when the test ends, also on failure.
 //! Without root the tests print why they are skipped and pass.
 
-use dataplane_tests::{agent_bin, workspace_root};
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
-use dataplane_lab::{Agent, Lab, LabOptions};
+use dataplane_lab::{AgentOptions, Cluster};
 use serde_json::Value;
 
 /// The example cluster: pool 10.244.0.0/16 vxlanMode Always, node-1 and node-2 on 10.100.0.0/24.
@@ -18,46 +17,13 @@ const EXAMPLE: &str = "examples/two-nodes.yaml";
 const WEB_1: &str = "default/web-1";
 /// A pod on node-2.
 const WEB_2: &str = "default/web-2";
-/// How long an agent may take to program its node.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The lab and its agents. Fields drop in order: the agents stop before the lab is torn down.
-struct Cluster {
-    agents: Vec<Agent>,
-    bin: PathBuf,
-    lab: Lab,
-}
-
-impl Cluster {
-    /// Brings up the example cluster and one ready agent per node; `None` when not root.
-    fn up(test: &str) -> anyhow::Result<Option<Cluster>> {
-        if dataplane_tests::skip_unless_root(test) {
-            return Ok(None);
-        }
-        let root = workspace_root();
-        let bin = agent_bin();
-        let datastore = root.join(EXAMPLE);
-        let model = dataplane_lab::load_model(&datastore)?;
-        let lab = Lab::up(&model, LabOptions::default())?;
-        let mut cluster = Cluster { agents: Vec::new(), bin, lab };
-        for node in ["node-1", "node-2"] {
-            let agent = cluster.lab.start_agent(node, &cluster.bin, &datastore)?;
-            cluster.agents.push(agent);
-        }
-        for agent in &mut cluster.agents {
-            agent.wait_ready(READY_TIMEOUT)?;
-        }
-        Ok(Some(cluster))
-    }
-
-    /// The agents' logs, to explain a failure.
-    fn logs(&self) -> String {
-        let mut text = String::from("agent logs:");
-        for agent in &self.agents {
-            text.push_str(&format!("\n--- agent of {} ---\n{}", agent.node(), agent.log().trim_end()));
-        }
-        text
-    }
+/// The example's lab with a ready fast-path agent per node; `None` when not root.
+fn cluster(test: &str) -> anyhow::Result<Option<Cluster>> {
+    let Some(mut cluster) = Cluster::up_or_skip(test, EXAMPLE)? else {
+        return Ok(None);
+    };
+    cluster.start_all(&AgentOptions::default())?;
+    Ok(Some(cluster))
 }
 
 /// Every object in a JSON document, depth first.
@@ -82,7 +48,7 @@ fn objects(value: &Value) -> Vec<&serde_json::Map<String, Value>> {
 
 #[test]
 fn first_light() -> anyhow::Result<()> {
-    let Some(cluster) = Cluster::up("first_light")? else {
+    let Some(cluster) = cluster("first_light")? else {
         return Ok(());
     };
     let lab = &cluster.lab;
@@ -164,7 +130,7 @@ fn first_light() -> anyhow::Result<()> {
 
 #[test]
 fn pinned_fast_path_outlives_the_agent_until_cleanup() -> anyhow::Result<()> {
-    let Some(mut cluster) = Cluster::up("pinned_fast_path_outlives_the_agent_until_cleanup")? else {
+    let Some(mut cluster) = cluster("pinned_fast_path_outlives_the_agent_until_cleanup")? else {
         return Ok(());
     };
     let web1 = cluster.lab.pod(WEB_1)?.clone();
@@ -172,8 +138,8 @@ fn pinned_fast_path_outlives_the_agent_until_cleanup() -> anyhow::Result<()> {
     cluster.lab.ping(&web1.netns, web2.addr).with_context(|| cluster.logs())?;
 
     // SIGTERM: the agents exit and leave their pins, which keep the programs attached.
-    for agent in &mut cluster.agents {
-        agent.stop()?;
+    for node in cluster.node_names() {
+        let agent = cluster.stop(&node)?;
         let routes = agent.pin_path().join("routes_v1");
         ensure!(routes.exists(), "agent of {} left no {} after SIGTERM", agent.node(), routes.display());
     }
@@ -181,7 +147,7 @@ fn pinned_fast_path_outlives_the_agent_until_cleanup() -> anyhow::Result<()> {
     cluster.lab.ping(&web2.netns, web1.addr).context("traffic stopped with the agents")?;
 
     // `dataplane cleanup` removes the pins: the programs go, and with them the only path.
-    let bin = cluster.bin.to_string_lossy().into_owned();
+    let bin = cluster.bin().to_string_lossy().into_owned();
     for node in ["node-1", "node-2"] {
         let pin = cluster.lab.pin_path(node);
         let pin_arg = pin.to_string_lossy();

@@ -8,11 +8,10 @@
 //! encapsulates and decapsulates on node-1. Without root the test prints why it is skipped and
 //! passes.
 
-use dataplane_tests::{agent_bin, workspace_root};
 use std::{path::Path, time::Duration};
 
 use anyhow::{ensure, Context as _};
-use dataplane_lab::{counters, kernel_calico, Lab, LabOptions, LabPod};
+use dataplane_lab::{counters, kernel_calico, AgentOptions, Cluster, Lab, LabPod};
 use serde_json::Value;
 
 /// The example cluster: pool 10.244.0.0/16 vxlanMode Always, node-1 and node-2 on 10.100.0.0/24.
@@ -24,27 +23,17 @@ const KERNEL_NODE: &str = "node-2";
 /// A pod on each.
 const BPF_POD: &str = "default/web-1";
 const KERNEL_POD: &str = "default/web-2";
-/// How long the agent may take to program its node.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
 fn bpf_node_and_kernel_vxlan_node_interoperate() -> anyhow::Result<()> {
-    if dataplane_tests::skip_unless_root("bpf_node_and_kernel_vxlan_node_interoperate") {
+    let Some(mut cluster) = Cluster::up_or_skip("bpf_node_and_kernel_vxlan_node_interoperate", EXAMPLE)? else {
         return Ok(());
-    }
-    let root = workspace_root();
-    let bin = agent_bin();
-    let datastore = root.join(EXAMPLE);
-    let model = dataplane_lab::load_model(&datastore)?;
-    let lab = Lab::up(&model, LabOptions::default())?;
-
-    let commands = kernel_calico::configure_kernel_vxlan(&lab, &model, KERNEL_NODE)?;
+    };
+    let model = dataplane_lab::load_model(cluster.datastore())?;
+    let commands = kernel_calico::configure_kernel_vxlan(&cluster.lab, &model, KERNEL_NODE)?;
     eprintln!("{KERNEL_NODE} configured as Calico's kernel VXLAN mode:\n  {}", commands.join("\n  "));
-    let mut agent = lab.start_agent(BPF_NODE, &bin, &datastore)?;
-    agent.wait_ready(READY_TIMEOUT)?;
-
-    // The agent, declared after the lab, stops before the lab is torn down.
-    check(&lab, &bin).with_context(|| format!("agent of {BPF_NODE}:\n{}", agent.log()))
+    cluster.start(BPF_NODE, &AgentOptions::default())?;
+    check(&cluster.lab, cluster.bin()).with_context(|| cluster.logs())
 }
 
 fn check(lab: &Lab, bin: &Path) -> anyhow::Result<()> {

@@ -17,18 +17,17 @@
 //! Every test builds its own lab and runs the agents as separate processes. Without root the tests
 //! print why they are skipped and pass.
 
-use dataplane_tests::{agent_bin, workspace_root};
 use std::{
     fs,
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context as _};
 use dataplane::{agent::NETLINK_READY, backend::nftables};
-use dataplane_lab::{Agent, AgentMode, AgentOptions, Lab, LabOptions, LabPod};
+use dataplane_lab::{cluster::READY_TIMEOUT, AgentMode, AgentOptions, Cluster, Lab, LabPod};
 use serde_json::Value;
 
 /// Pool 10.244.0.0/16 vxlanMode Always; node-1 10.100.0.11 (VTEP 10.244.1.0 66:d0:00:00:00:01),
@@ -40,71 +39,6 @@ const IPIP: &str = "examples/ipip.yaml";
 const WEB_1: &str = "default/web-1";
 const CACHE_1: &str = "default/cache-1";
 const WEB_2: &str = "default/web-2";
-/// How long an agent may take to program its node.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The lab and its agents. Fields drop in order: the agents stop before the lab is torn down.
-struct Cluster {
-    agents: Vec<Agent>,
-    bin: PathBuf,
-    datastore: PathBuf,
-    lab: Lab,
-}
-
-impl Cluster {
-    /// Builds the lab of `example`; None (after saying why) when not root.
-    fn up(test: &str, example: &str) -> anyhow::Result<Option<Cluster>> {
-        if dataplane_tests::skip_unless_root(test) {
-            return Ok(None);
-        }
-        let root = workspace_root();
-        let bin = agent_bin();
-        ensure!(
-            bin.exists(),
-            "agent binary {} does not exist: build it with `cargo build -p dataplane`",
-            bin.display()
-        );
-        let datastore = root.join(example);
-        let model = dataplane_lab::load_model(&datastore)?;
-        let lab = Lab::up(&model, LabOptions::default())?;
-        Ok(Some(Cluster { agents: Vec::new(), bin, datastore, lab }))
-    }
-
-    /// Starts the agent of `node` in `mode` with extra `args` and `env` (`KEY=VALUE`) and waits
-    /// until it logs the mode's ready line.
-    fn start(&mut self, node: &str, mode: AgentMode, args: &[&str], env: &[&str]) -> anyhow::Result<()> {
-        let options = agent_options(mode, args, env);
-        let mut agent = self.lab.start_agent_with(node, &self.bin, &self.datastore, &options)?;
-        let waited = agent.wait_ready(READY_TIMEOUT);
-        self.agents.push(agent);
-        waited
-    }
-
-    /// The log of `node`'s agent.
-    fn log(&self, node: &str) -> String {
-        self.agents.iter().find(|a| a.node() == node).map(Agent::log).unwrap_or_default()
-    }
-
-    /// `node`'s agent.
-    fn agent(&mut self, node: &str) -> anyhow::Result<&mut Agent> {
-        self.agents.iter_mut().find(|a| a.node() == node).with_context(|| format!("no agent of {node}"))
-    }
-
-    /// Every agent's log, to explain a failure.
-    fn logs(&self) -> String {
-        let mut text = String::from("agent logs:");
-        for agent in &self.agents {
-            text.push_str(&format!("\n--- agent of {} ---\n{}", agent.node(), agent.log().trim_end()));
-        }
-        text
-    }
-
-    /// Runs `argv` in `node`'s namespace and returns its stdout.
-    fn on(&self, node: &str, argv: &[&str]) -> anyhow::Result<String> {
-        self.lab.exec_stdout(self.lab.node_netns(node)?, argv)
-    }
-}
-
 /// Agent options for `mode` with extra `args` and `env` (`KEY=VALUE`).
 fn agent_options(mode: AgentMode, args: &[&str], env: &[&str]) -> AgentOptions {
     AgentOptions {
@@ -234,7 +168,7 @@ fn check_proxy_arp(cluster: &Cluster, node: &str) -> anyhow::Result<()> {
 
 #[test]
 fn both_nodes_on_the_netlink_fallback() -> anyhow::Result<()> {
-    let Some(mut cluster) = Cluster::up("both_nodes_on_the_netlink_fallback", TWO_NODES)? else {
+    let Some(mut cluster) = Cluster::up_or_skip("both_nodes_on_the_netlink_fallback", TWO_NODES)? else {
         return Ok(());
     };
     // The CNI plugin's route to web-2 is gone: the agent must add its own.
@@ -244,7 +178,7 @@ fn both_nodes_on_the_netlink_fallback() -> anyhow::Result<()> {
 
     let started = Instant::now();
     for node in ["node-1", "node-2"] {
-        cluster.start(node, AgentMode::Netlink, &["--resync-interval", "1"], &[])?;
+        cluster.start(node, &agent_options(AgentMode::Netlink, &["--resync-interval", "1"], &[]))?;
     }
     eprintln!("both agents programmed their nodes in {:?}", started.elapsed());
 
@@ -301,24 +235,23 @@ fn both_nodes_on_the_netlink_fallback() -> anyhow::Result<()> {
 
 #[test]
 fn fast_path_node_and_netlink_node_interoperate() -> anyhow::Result<()> {
-    let Some(mut cluster) = Cluster::up("fast_path_node_and_netlink_node_interoperate", TWO_NODES)? else {
+    let Some(mut cluster) = Cluster::up_or_skip("fast_path_node_and_netlink_node_interoperate", TWO_NODES)? else {
         return Ok(());
     };
     // node-1 ran the fallback before: the fast path, starting, removes its vxlan.calico and its
     // natOutgoing table.
-    cluster.start("node-1", AgentMode::Netlink, &[], &[])?;
-    let (status, killed) = cluster.agent("node-1")?.process().terminate(Duration::from_secs(10))?;
+    cluster.start("node-1", &agent_options(AgentMode::Netlink, &[], &[]))?;
+    let (status, killed) = cluster.agent_mut("node-1")?.process().terminate(Duration::from_secs(10))?;
     ensure!(status.success() && !killed, "the netlink agent of node-1 did not stop cleanly: {status}");
     let node_1 = cluster.lab.node_netns("node-1")?.to_owned();
     ensure!(in_netns(&node_1, nftables::observe)?.table, "the fallback left no table ip {}", nftables::TABLE);
-    cluster.agents.clear();
-    cluster.start("node-1", AgentMode::Bpf, &[], &[])?;
+    cluster.start("node-1", &agent_options(AgentMode::Bpf, &[], &[]))?;
     ensure!(
         !in_netns(&node_1, nftables::observe)?.table,
         "table ip {} stayed after the fast path started on node-1",
         nftables::TABLE
     );
-    cluster.start("node-2", AgentMode::Netlink, &[], &[])?;
+    cluster.start("node-2", &agent_options(AgentMode::Netlink, &[], &[]))?;
 
     traffic_both_ways(&cluster, WEB_1, WEB_2)?;
 
@@ -346,14 +279,15 @@ fn fast_path_node_and_netlink_node_interoperate() -> anyhow::Result<()> {
 
 #[test]
 fn auto_falls_back_when_the_probe_finds_a_feature_missing() -> anyhow::Result<()> {
-    let Some(mut cluster) = Cluster::up("auto_falls_back_when_the_probe_finds_a_feature_missing", TWO_NODES)? else {
+    let Some(mut cluster) = Cluster::up_or_skip("auto_falls_back_when_the_probe_finds_a_feature_missing", TWO_NODES)?
+    else {
         return Ok(());
     };
     let disable = "DATAPLANE_PROBE_DISABLE=bpf_redirect_peer";
 
     // --mode bpf refuses, naming the feature.
     let options = agent_options(AgentMode::Bpf, &[], &[disable]);
-    let mut refused = cluster.lab.start_agent_with("node-1", &cluster.bin, &cluster.datastore, &options)?;
+    let mut refused = cluster.lab.start_agent_with("node-1", cluster.bin(), cluster.datastore(), &options)?;
     let status = refused.process().wait_timeout(READY_TIMEOUT)?;
     let stderr = refused.log();
     ensure!(
@@ -366,7 +300,7 @@ fn auto_falls_back_when_the_probe_finds_a_feature_missing() -> anyhow::Result<()
     );
 
     for node in ["node-1", "node-2"] {
-        cluster.start(node, AgentMode::AutoFallingBack, &[], &[disable])?;
+        cluster.start(node, &agent_options(AgentMode::AutoFallingBack, &[], &[disable]))?;
         let log = cluster.log(node);
         ensure!(
             log.contains("falling back to the netlink dataplane: this kernel lacks bpf_redirect_peer")
@@ -391,7 +325,7 @@ fn auto_falls_back_when_the_probe_finds_a_feature_missing() -> anyhow::Result<()
 #[test]
 fn ipip_pool_without_the_ipip_module_is_reported_and_the_rest_is_programmed() -> anyhow::Result<()> {
     let Some(mut cluster) =
-        Cluster::up("ipip_pool_without_the_ipip_module_is_reported_and_the_rest_is_programmed", IPIP)?
+        Cluster::up_or_skip("ipip_pool_without_the_ipip_module_is_reported_and_the_rest_is_programmed", IPIP)?
     else {
         return Ok(());
     };
@@ -399,7 +333,7 @@ fn ipip_pool_without_the_ipip_module_is_reported_and_the_rest_is_programmed() ->
         eprintln!("SKIPPED ipip_pool_without_the_ipip_module: this kernel has the ipip module");
         return Ok(());
     }
-    cluster.start("node-1", AgentMode::Netlink, &["--resync-interval", "1"], &[])?;
+    cluster.start("node-1", &agent_options(AgentMode::Netlink, &["--resync-interval", "1"], &[]))?;
     wait_reconciles(&cluster, "node-1", 2)?;
     let log = cluster.log("node-1");
     ensure!(
@@ -410,7 +344,7 @@ fn ipip_pool_without_the_ipip_module_is_reported_and_the_rest_is_programmed() ->
     if let Some(line) = log.lines().find(|line| line.contains("needs the ipip kernel module")) {
         eprintln!("node-1 says: {line}");
     }
-    ensure!(cluster.agent("node-1")?.process().try_exit()?.is_none(), "the agent exited:\n{log}");
+    ensure!(cluster.agent_mut("node-1")?.process().try_exit()?.is_none(), "the agent exited:\n{log}");
 
     // Everything else is programmed: the local block, the pods' routes and proxy ARP.
     let route = cluster.on("node-1", &["ip", "route", "show", "exact", "10.244.1.0/26"])?;
@@ -465,7 +399,7 @@ fn in_netns<T: Send + 'static>(
 /// Rewrites the datastore file and waits for the reconcile that follows.
 fn change(cluster: &Cluster, node: &str, yaml: &str) -> anyhow::Result<String> {
     let before = reconciles(&cluster.log(node)).len();
-    fs::write(&cluster.datastore, yaml).with_context(|| format!("writing {}", cluster.datastore.display()))?;
+    fs::write(cluster.datastore(), yaml).with_context(|| format!("writing {}", cluster.datastore().display()))?;
     wait_reconciles(cluster, node, before + 1)?;
     let log = cluster.log(node);
     Ok(reconciles(&log)[before].to_owned())
@@ -473,15 +407,14 @@ fn change(cluster: &Cluster, node: &str, yaml: &str) -> anyhow::Result<String> {
 
 #[test]
 fn changes_remove_exactly_what_went_and_cleanup_removes_the_rest() -> anyhow::Result<()> {
-    let Some(mut cluster) = Cluster::up("changes_remove_exactly_what_went_and_cleanup_removes_the_rest", TWO_NODES)?
+    let Some(mut cluster) =
+        Cluster::up_or_skip("changes_remove_exactly_what_went_and_cleanup_removes_the_rest", TWO_NODES)?
     else {
         return Ok(());
     };
     // A copy of the example that the test can change.
-    let original = fs::read_to_string(&cluster.datastore)?;
-    cluster.datastore = cluster.lab.dir().join("cluster.yaml");
-    fs::write(&cluster.datastore, &original)?;
-    cluster.start("node-1", AgentMode::Netlink, &[], &[])?;
+    let original = fs::read_to_string(cluster.datastore())?;
+    cluster.start("node-1", &agent_options(AgentMode::Netlink, &[], &[]))?;
     let neigh = |c: &Cluster| c.on("node-1", &["ip", "neigh", "show", "dev", "vxlan.calico"]);
     let fdb = |c: &Cluster| c.on("node-1", &["bridge", "fdb", "show", "dev", "vxlan.calico"]);
     let remote = |c: &Cluster| c.on("node-1", &["ip", "route", "show", "exact", "10.244.2.0/26"]);
@@ -516,16 +449,16 @@ fn changes_remove_exactly_what_went_and_cleanup_removes_the_rest() -> anyhow::Re
     ensure!(route.contains("via 10.244.2.0 dev vxlan.calico proto 200 onlink"), "VXLAN route not back:\n{route}");
 
     // Cleanup, after the agent stopped: no route of ours, no device; the CNI plugin's routes stay.
-    let (status, killed) = cluster.agent("node-1")?.process().terminate(Duration::from_secs(10))?;
+    let (status, killed) = cluster.agent_mut("node-1")?.process().terminate(Duration::from_secs(10))?;
     ensure!(status.success() && !killed, "the agent did not stop cleanly: {status}");
     let netns = cluster.lab.node_netns("node-1")?.to_owned();
 
     // A pool the stopped agent never saw: `dataplane check` finds the masquerade's pool set out
     // of step, naming what it holds and what it should.
     let with_pool = format!("{original}\n---\n{EXTRA_POOL}");
-    fs::write(&cluster.datastore, with_pool)?;
-    let datastore = format!("file:{}", cluster.datastore.display());
-    let bin = cluster.bin.to_string_lossy().into_owned();
+    fs::write(cluster.datastore(), with_pool)?;
+    let datastore = format!("file:{}", cluster.datastore().display());
+    let bin = cluster.bin().to_string_lossy().into_owned();
     let argv =
         [bin.as_str(), "check", "--datastore", &datastore, "--node", "node-1", "--mode", "netlink", "-o", "json"];
     let output = cluster.lab.exec_status(&netns, &argv)?;

@@ -8,24 +8,15 @@
 //! network namespace as an operator would. Without root the lab tests print why they are skipped
 //! and pass.
 
-use dataplane_tests::workspace_root;
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Output,
-    thread,
-    time::Duration,
-};
+use dataplane_tests::{agent_bin, workspace_root};
+use std::{fs, path::Path, process::Output, thread, time::Duration};
 
 use anyhow::{bail, ensure, Context as _};
-use dataplane::agent::NETLINK_READY;
-use dataplane_lab::{udp_socket_in, ChildHandle, Lab, LabOptions, AGENT_READY};
+use dataplane_lab::{udp_socket_in, AgentMode, AgentOptions, Cluster};
 use serde_json::Value;
 
 /// The example cluster.
 const EXAMPLE: &str = "examples/two-nodes.yaml";
-/// How long an agent may take to program its node.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// web-1 on node-1, its interface and its host route.
 const WEB_1: &str = "10.244.1.2";
 const WEB_1_IFACE: &str = "cali0761ccbeace";
@@ -37,14 +28,6 @@ const WEB_2: &str = "10.244.2.2";
 const NODE_2_BLOCK: &str = "10.244.2.0/26";
 const NODE_1_ADDR: &str = "10.100.0.11";
 const NODE_2_ADDR: &str = "10.100.0.12";
-
-/// The binary: $DATAPLANE_BIN, else target/debug/dataplane.
-fn dataplane_bin() -> PathBuf {
-    match std::env::var_os("DATAPLANE_BIN") {
-        Some(bin) => PathBuf::from(bin),
-        None => workspace_root().join("target/debug/dataplane"),
-    }
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -59,133 +42,53 @@ fn describe(argv: &str, output: &Output) -> String {
     )
 }
 
-/// The lab, its agents (by node) and a datastore copy a test may edit. Fields drop in order: the
-/// agents stop before the lab is torn down.
-struct Cluster {
-    agents: Vec<(String, ChildHandle)>,
-    bin: PathBuf,
-    datastore: PathBuf,
-    /// The agents' `--mode`: `bpf` or `netlink`.
-    mode: &'static str,
-    lab: Lab,
+/// The example's lab with a ready agent per node in `mode`; `None` when not root.
+fn cluster(test: &str, mode: AgentMode) -> anyhow::Result<Option<Cluster>> {
+    let Some(mut cluster) = Cluster::up_or_skip(test, EXAMPLE)? else {
+        return Ok(None);
+    };
+    cluster.start_all(&AgentOptions::mode(mode))?;
+    Ok(Some(cluster))
 }
 
-impl Cluster {
-    /// Brings up the example cluster with a ready fast-path agent per node; `None` when not root.
-    fn up(test: &str) -> anyhow::Result<Option<Cluster>> {
-        Self::up_with_mode(test, "bpf")
-    }
+/// Runs `dataplane <args>` in `node`'s namespace, whatever its exit status.
+fn dataplane(cluster: &Cluster, node: &str, args: &[&str]) -> anyhow::Result<(String, Output)> {
+    let bin = cluster.bin().to_string_lossy().into_owned();
+    let mut argv = vec![bin.as_str()];
+    argv.extend(args);
+    let netns = cluster.lab.node_netns(node)?;
+    let line = cluster.lab.command_line(netns, &argv);
+    Ok((line, cluster.lab.exec_status(netns, &argv)?))
+}
+/// `dataplane check` on `node` against `datastore`: exit code, text report and JSON report.
+fn check_with(cluster: &Cluster, node: &str, datastore: &Path) -> anyhow::Result<(i32, String, Value)> {
+    let datastore = format!("file:{}", datastore.display());
+    let pin_path = cluster.lab.pin_path(node).to_string_lossy().into_owned();
+    let args = ["check", "--datastore", &datastore, "--node", node, "--pin-path", &pin_path];
+    let (line, text) = dataplane(cluster, node, &args)?;
+    let mut with_json = args.to_vec();
+    with_json.extend(["-o", "json"]);
+    let (json_line, json) = dataplane(cluster, node, &with_json)?;
+    let code = text.status.code().with_context(|| describe(&line, &text))?;
+    ensure!(code == 0 || code == 1, "{}", describe(&line, &text));
+    ensure!(json.status.code() == Some(code), "text and JSON disagree:\n{}", describe(&json_line, &json));
+    let report: Value = serde_json::from_slice(&json.stdout).with_context(|| describe(&json_line, &json))?;
+    Ok((code, stdout(&text), report))
+}
 
-    /// The example cluster with agents in `mode` (`bpf` or `netlink`); `None` when not root.
-    fn up_with_mode(test: &str, mode: &'static str) -> anyhow::Result<Option<Cluster>> {
-        if dataplane_tests::skip_unless_root(test) {
-            return Ok(None);
-        }
-        let bin = dataplane_bin();
-        ensure!(bin.exists(), "{} does not exist: build it with `cargo build -p dataplane`", bin.display());
-        let example = workspace_root().join(EXAMPLE);
-        let model = dataplane_lab::load_model(&example)?;
-        let lab = Lab::up(&model, LabOptions::default())?;
-        let datastore = lab.dir().join("datastore.yaml");
-        fs::copy(&example, &datastore)
-            .with_context(|| format!("copying {} to {}", example.display(), datastore.display()))?;
-        let mut cluster = Cluster { agents: Vec::new(), bin, datastore, mode, lab };
-        for node in ["node-1", "node-2"] {
-            cluster.start_agent(node)?;
-        }
-        Ok(Some(cluster))
-    }
+fn check(cluster: &Cluster, node: &str) -> anyhow::Result<(i32, String, Value)> {
+    check_with(cluster, node, cluster.datastore())
+}
 
-    /// Starts `node`'s agent as `Lab::start_agent` does (same pin path), in the cluster's mode,
-    /// and waits until it has programmed the node.
-    fn start_agent(&mut self, node: &str) -> anyhow::Result<()> {
-        let bin = self.bin.to_string_lossy().into_owned();
-        let datastore = format!("file:{}", self.datastore.display());
-        let pin_path = self.lab.pin_path(node).to_string_lossy().into_owned();
-        let argv = [
-            bin.as_str(),
-            "run",
-            "--datastore",
-            &datastore,
-            "--node",
-            node,
-            "--pin-path",
-            &pin_path,
-            "--mode",
-            self.mode,
-        ];
-        let netns = self.lab.node_netns(node)?.to_owned();
-        let mut agent = self.lab.spawn(&netns, &argv, &format!("agent-{node}"))?;
-        let ready = if self.mode == "netlink" { NETLINK_READY } else { AGENT_READY };
-        let waited = agent.wait_for_log(ready, READY_TIMEOUT);
-        self.agents.push((node.to_owned(), agent));
-        waited.with_context(|| format!("the agent of {node} is not ready\n{}", self.logs()))
-    }
-
-    /// Stops the agent of `node` with SIGTERM; what it programmed stays (pins, or the netlink
-    /// fallback's routes and device), and nothing repairs what a test breaks.
-    fn stop_agent(&mut self, node: &str) -> anyhow::Result<()> {
-        let index = self.agents.iter().position(|(n, _)| n == node).with_context(|| format!("no agent for {node}"))?;
-        let (_, mut agent) = self.agents.remove(index);
-        let (status, killed) = agent.terminate(Duration::from_secs(10))?;
-        ensure!(!killed && status.success(), "the agent of {node} did not stop cleanly ({status}):\n{}", agent.log());
-        Ok(())
-    }
-
-    /// Runs `dataplane <args>` in `node`'s namespace, whatever its exit status.
-    fn dataplane(&self, node: &str, args: &[&str]) -> anyhow::Result<(String, Output)> {
-        let bin = self.bin.to_string_lossy().into_owned();
-        let mut argv = vec![bin.as_str()];
-        argv.extend(args);
-        let netns = self.lab.node_netns(node)?;
-        let line = self.lab.command_line(netns, &argv);
-        Ok((line, self.lab.exec_status(netns, &argv)?))
-    }
-
-    /// Runs a command in `node`'s namespace; it must succeed.
-    fn on_node(&self, node: &str, argv: &[&str]) -> anyhow::Result<String> {
-        self.lab.exec_stdout(self.lab.node_netns(node)?, argv)
-    }
-
-    /// `dataplane check` on `node` against `datastore`: exit code, text report and JSON report.
-    fn check_with(&self, node: &str, datastore: &Path) -> anyhow::Result<(i32, String, Value)> {
-        let datastore = format!("file:{}", datastore.display());
-        let pin_path = self.lab.pin_path(node).to_string_lossy().into_owned();
-        let args = ["check", "--datastore", &datastore, "--node", node, "--pin-path", &pin_path];
-        let (line, text) = self.dataplane(node, &args)?;
-        let mut with_json = args.to_vec();
-        with_json.extend(["-o", "json"]);
-        let (json_line, json) = self.dataplane(node, &with_json)?;
-        let code = text.status.code().with_context(|| describe(&line, &text))?;
-        ensure!(code == 0 || code == 1, "{}", describe(&line, &text));
-        ensure!(json.status.code() == Some(code), "text and JSON disagree:\n{}", describe(&json_line, &json));
-        let report: Value = serde_json::from_slice(&json.stdout).with_context(|| describe(&json_line, &json))?;
-        Ok((code, stdout(&text), report))
-    }
-
-    fn check(&self, node: &str) -> anyhow::Result<(i32, String, Value)> {
-        self.check_with(node, &self.datastore)
-    }
-
-    /// `dataplane trace <args> -o json` on `node`: exit code and report.
-    fn trace(&self, node: &str, args: &[&str]) -> anyhow::Result<(i32, Value, String)> {
-        let pin_path = self.lab.pin_path(node).to_string_lossy().into_owned();
-        let mut argv = vec!["trace"];
-        argv.extend(args);
-        argv.extend(["--pin-path", &pin_path, "-o", "json"]);
-        let (line, output) = self.dataplane(node, &argv)?;
-        let report: Value = serde_json::from_slice(&output.stdout).with_context(|| describe(&line, &output))?;
-        Ok((output.status.code().unwrap_or(-1), report, describe(&line, &output)))
-    }
-
-    /// The agents' logs, to explain a failure.
-    fn logs(&self) -> String {
-        let mut text = String::from("agent logs:");
-        for (node, agent) in &self.agents {
-            text.push_str(&format!("\n--- agent of {node} ---\n{}", agent.log().trim_end()));
-        }
-        text
-    }
+/// `dataplane trace <args> -o json` on `node`: exit code and report.
+fn trace(cluster: &Cluster, node: &str, args: &[&str]) -> anyhow::Result<(i32, Value, String)> {
+    let pin_path = cluster.lab.pin_path(node).to_string_lossy().into_owned();
+    let mut argv = vec!["trace"];
+    argv.extend(args);
+    argv.extend(["--pin-path", &pin_path, "-o", "json"]);
+    let (line, output) = dataplane(cluster, node, &argv)?;
+    let report: Value = serde_json::from_slice(&output.stdout).with_context(|| describe(&line, &output))?;
+    Ok((output.status.code().unwrap_or(-1), report, describe(&line, &output)))
 }
 
 /// The findings of a JSON check report.
@@ -207,7 +110,7 @@ fn text_of(value: &Value) -> &str {
 
 #[test]
 fn ipam_show_prints_calicoctls_table_for_the_example() -> anyhow::Result<()> {
-    let bin = dataplane_bin();
+    let bin = agent_bin();
     if !bin.exists() {
         bail!("{} does not exist: build it with `cargo build -p dataplane`", bin.display());
     }
@@ -243,12 +146,13 @@ fn ipam_show_prints_calicoctls_table_for_the_example() -> anyhow::Result<()> {
 
 #[test]
 fn check_is_silent_on_a_healthy_cluster_and_names_each_break_with_its_fix() -> anyhow::Result<()> {
-    let Some(mut cluster) = Cluster::up("check_is_silent_on_a_healthy_cluster_and_names_each_break_with_its_fix")?
+    let Some(mut cluster) =
+        cluster("check_is_silent_on_a_healthy_cluster_and_names_each_break_with_its_fix", AgentMode::Bpf)?
     else {
         return Ok(());
     };
     for node in ["node-1", "node-2"] {
-        let (code, text, report) = cluster.check(node)?;
+        let (code, text, report) = check(&cluster, node)?;
         ensure!(
             code == 0 && findings(&report).is_empty() && text.contains("no problems found"),
             "check on healthy {node} exited {code}:\n{text}\n{}",
@@ -262,12 +166,12 @@ fn check_is_silent_on_a_healthy_cluster_and_names_each_break_with_its_fix() -> a
     }
 
     // Nothing may repair what is broken below while check looks at it.
-    cluster.stop_agent("node-1")?;
+    cluster.stop("node-1")?;
     let pins = cluster.lab.pin_path("node-1");
 
     // 1. The pod's host route is gone (what the CNI plugin adds).
     let host_route = format!("{WEB_1}/32");
-    cluster.on_node("node-1", &["ip", "route", "del", &host_route, "dev", WEB_1_IFACE])?;
+    cluster.on("node-1", &["ip", "route", "del", &host_route, "dev", WEB_1_IFACE])?;
     // 2. A program detached: its link's pin removed, which releases the link.
     let cache_link = pins.join("links").join(format!("ingress_{CACHE_1_IFACE}"));
     fs::remove_file(&cache_link).with_context(|| format!("removing {}", cache_link.display()))?;
@@ -290,7 +194,7 @@ fn check_is_silent_on_a_healthy_cluster_and_names_each_break_with_its_fix() -> a
         "0",
     ])?;
 
-    let (code, text, report) = cluster.check("node-1")?;
+    let (code, text, report) = check(&cluster, "node-1")?;
     eprintln!("dataplane check on the broken node-1:\n{text}");
     ensure!(code == 1, "check exited {code} on a broken node:\n{text}");
     let route = finding(&report, "workloads", WEB_1_ENDPOINT)?;
@@ -314,20 +218,20 @@ fn check_is_silent_on_a_healthy_cluster_and_names_each_break_with_its_fix() -> a
     }
 
     // The fixes the findings name: the route back, and the agent restarted.
-    cluster.on_node("node-1", &["ip", "route", "add", &host_route, "dev", WEB_1_IFACE, "scope", "link"])?;
-    cluster.start_agent("node-1")?;
-    let (code, text, _) = cluster.check("node-1")?;
+    cluster.on("node-1", &["ip", "route", "add", &host_route, "dev", WEB_1_IFACE, "scope", "link"])?;
+    cluster.start("node-1", &AgentOptions::mode(AgentMode::Bpf))?;
+    let (code, text, _) = check(&cluster, "node-1")?;
     ensure!(code == 0, "check after the fixes exited {code}:\n{text}\n{}", cluster.logs());
 
     // 4. The maps differ from the datastore: the agent programmed one state, the datastore now
     // says node-2's block belongs to node-1 and node-2 has another VTEP MAC.
-    cluster.stop_agent("node-1")?;
-    let yaml = fs::read_to_string(&cluster.datastore)?;
+    cluster.stop("node-1")?;
+    let yaml = fs::read_to_string(cluster.datastore())?;
     let edited = yaml.replace("vxlanTunnelMACAddr: 66:d0:00:00:00:02", "vxlanTunnelMACAddr: 66:d0:00:00:00:99");
     ensure!(edited != yaml, "the example's node-2 VTEP MAC moved: update this test");
     let changed = cluster.lab.dir().join("changed.yaml");
     fs::write(&changed, edited)?;
-    let (code, text, report) = cluster.check_with("node-1", &changed)?;
+    let (code, text, report) = check_with(&cluster, "node-1", &changed)?;
     ensure!(code == 1, "check against a changed datastore exited {code}:\n{text}");
     let mac = finding(&report, "routes", &format!("block {NODE_2_BLOCK} of node node-2"))?;
     ensure!(
@@ -342,14 +246,16 @@ fn check_is_silent_on_a_healthy_cluster_and_names_each_break_with_its_fix() -> a
 
 #[test]
 fn check_reports_datastore_problems_stale_links_and_missing_interfaces() -> anyhow::Result<()> {
-    let Some(mut cluster) = Cluster::up("check_reports_datastore_problems_stale_links_and_missing_interfaces")? else {
+    let Some(mut cluster) =
+        cluster("check_reports_datastore_problems_stale_links_and_missing_interfaces", AgentMode::Bpf)?
+    else {
         return Ok(());
     };
-    cluster.stop_agent("node-1")?;
+    cluster.stop("node-1")?;
 
     // A datastore with overlapping pools, a block outside every pool and a VTEP address outside
     // node-1's blocks; the rest as the agents run it.
-    let yaml = fs::read_to_string(&cluster.datastore)?;
+    let yaml = fs::read_to_string(cluster.datastore())?;
     let mut broken = yaml.replace("ipv4VXLANTunnelAddr: 10.244.1.0", "ipv4VXLANTunnelAddr: 10.244.9.1");
     ensure!(broken != yaml, "the example's node-1 VTEP address moved: update this test");
     broken.push_str(
@@ -367,7 +273,7 @@ spec: {cidr: 10.99.0.0/26, node: node-2, state: confirmed, deleted: \"false\"}
     );
     let path = cluster.lab.dir().join("broken.yaml");
     fs::write(&path, broken)?;
-    let (code, text, report) = cluster.check_with("node-1", &path)?;
+    let (code, text, report) = check_with(&cluster, "node-1", &path)?;
     eprintln!("dataplane check against a broken datastore:\n{text}");
     ensure!(code == 1, "check exited {code}:\n{text}");
     let pool = finding(&report, "pools", "IPPool overlapping")?;
@@ -387,8 +293,8 @@ spec: {cidr: 10.99.0.0/26, node: node-2, state: confirmed, deleted: \"false\"}
     ensure!(findings(&report).len() == 3, "expected exactly three findings:\n{text}");
 
     // A pod's interface disappears: the interface, its link and its map entries are named.
-    cluster.on_node("node-1", &["ip", "link", "del", WEB_1_IFACE])?;
-    let (code, text, report) = cluster.check("node-1")?;
+    cluster.on("node-1", &["ip", "link", "del", WEB_1_IFACE])?;
+    let (code, text, report) = check(&cluster, "node-1")?;
     eprintln!("dataplane check after {WEB_1_IFACE} was deleted:\n{text}");
     ensure!(code == 1, "check exited {code}:\n{text}");
     let gone = finding(&report, "workloads", WEB_1_ENDPOINT)?;
@@ -406,13 +312,13 @@ spec: {cidr: 10.99.0.0/26, node: node-2, state: confirmed, deleted: \"false\"}
 #[test]
 fn check_knows_the_netlink_fallback_its_device_neighbours_and_routes() -> anyhow::Result<()> {
     let Some(mut cluster) =
-        Cluster::up_with_mode("check_knows_the_netlink_fallback_its_device_neighbours_and_routes", "netlink")?
+        cluster("check_knows_the_netlink_fallback_its_device_neighbours_and_routes", AgentMode::Netlink)?
     else {
         return Ok(());
     };
     // --mode auto finds the fallback (no pinned maps, but vxlan.calico and the agent's routes).
     for node in ["node-1", "node-2"] {
-        let (code, text, _) = cluster.check(node)?;
+        let (code, text, _) = check(&cluster, node)?;
         ensure!(
             code == 0 && text.contains("no problems found"),
             "check on healthy {node} (netlink):\n{text}\n{}",
@@ -420,11 +326,11 @@ fn check_knows_the_netlink_fallback_its_device_neighbours_and_routes() -> anyhow
         );
     }
 
-    cluster.stop_agent("node-1")?;
+    cluster.stop("node-1")?;
     // The page's checks, broken: the device down, the peer's VTEP neighbour with a wrong MAC,
     // and the route to node-2's block gone.
-    cluster.on_node("node-1", &["ip", "link", "set", "vxlan.calico", "down"])?;
-    cluster.on_node(
+    cluster.on("node-1", &["ip", "link", "set", "vxlan.calico", "down"])?;
+    cluster.on(
         "node-1",
         &[
             "ip",
@@ -440,8 +346,8 @@ fn check_knows_the_netlink_fallback_its_device_neighbours_and_routes() -> anyhow
         ],
     )?;
     // (Setting the device down already took its routes; delete in case a kernel keeps them.)
-    let _ = cluster.on_node("node-1", &["ip", "route", "del", NODE_2_BLOCK]);
-    let (code, text, report) = cluster.check("node-1")?;
+    let _ = cluster.on("node-1", &["ip", "route", "del", NODE_2_BLOCK]);
+    let (code, text, report) = check(&cluster, "node-1")?;
     eprintln!("dataplane check on the broken netlink node-1:\n{text}");
     ensure!(code == 1, "check exited {code}:\n{text}");
     let device = finding(&report, "fallback", "device vxlan.calico")?;
@@ -463,14 +369,15 @@ fn check_knows_the_netlink_fallback_its_device_neighbours_and_routes() -> anyhow
     for finding in findings(&report) {
         let fix = text_of(&finding["fix"]);
         ensure!(fix.starts_with("ip ") || fix.starts_with("bridge "), "not a command: {fix}");
-        cluster.on_node("node-1", &fix.split_whitespace().collect::<Vec<_>>())?;
+        cluster.on("node-1", &fix.split_whitespace().collect::<Vec<_>>())?;
     }
-    let (code, text, _) = cluster.check("node-1")?;
+    let (code, text, _) = check(&cluster, "node-1")?;
     ensure!(code == 0, "check after applying the fixes exited {code}:\n{text}");
     // And forcing --mode bpf on this node says the fast path is not there.
     let pins = cluster.lab.pin_path("node-1").to_string_lossy().into_owned();
-    let datastore = format!("file:{}", cluster.datastore.display());
-    let (line, output) = cluster.dataplane(
+    let datastore = format!("file:{}", cluster.datastore().display());
+    let (line, output) = dataplane(
+        &cluster,
         "node-1",
         &["check", "--datastore", &datastore, "--node", "node-1", "--pin-path", &pins, "--mode", "bpf"],
     )?;
@@ -491,12 +398,12 @@ struct Case {
 
 #[test]
 fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<()> {
-    let Some(cluster) = Cluster::up("trace_predicts_from_the_live_maps_and_the_kernel_agrees")? else {
+    let Some(cluster) = cluster("trace_predicts_from_the_live_maps_and_the_kernel_agrees", AgentMode::Bpf)? else {
         return Ok(());
     };
 
     // The example: pod to pod across nodes is VXLAN to node-2.
-    let (code, report, run) = cluster.trace("node-1", &[WEB_1, WEB_2, "--proto", "tcp", "--dport", "80"])?;
+    let (code, report, run) = trace(&cluster, "node-1", &[WEB_1, WEB_2, "--proto", "tcp", "--dport", "80"])?;
     ensure!(code == 0, "{run}");
     let prediction = &report["prediction"];
     let tunnel = &prediction["output"]["tunnel"];
@@ -509,7 +416,8 @@ fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<(
             && tunnel["vni"] == 4096,
         "prediction: {prediction:#}"
     );
-    let (_, text) = cluster.dataplane(
+    let (_, text) = dataplane(
+        &cluster,
         "node-1",
         &[
             "trace",
@@ -537,7 +445,7 @@ fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<(
     let external = cluster.lab.external().addr.to_string();
     let socket = udp_socket_in(&web1.netns, 40000, None)?;
     let pins = cluster.lab.pin_path("node-1").to_string_lossy().into_owned();
-    let bin = cluster.bin.to_string_lossy().into_owned();
+    let bin = cluster.bin().to_string_lossy().into_owned();
     let mut flows = Value::Null;
     let mut nat_port = None;
     // The first datagram may wait for the pod's ARP of its gateway: send until the flow shows.
@@ -640,7 +548,7 @@ fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<(
     for case in &cases {
         let mut args = case.args.to_vec();
         args.push("--inject");
-        let (code, report, run) = cluster.trace("node-1", &args)?;
+        let (code, report, run) = trace(&cluster, "node-1", &args)?;
         let prediction = &report["prediction"];
         let inject = &report["inject"];
         table.push_str(&format!(
@@ -672,12 +580,13 @@ fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<(
     }
     eprintln!("trace table on node-1:\n{table}");
     // The flow remembered on the way into the pod is named (and --inject found it in the map).
-    let (_, report, run) = cluster.trace("node-1", &[NODE_2_ADDR, WEB_1, "--from", "into-pod", "--inject"])?;
+    let (_, report, run) = trace(&cluster, "node-1", &[NODE_2_ADDR, WEB_1, "--from", "into-pod", "--inject"])?;
     let remembered = format!("tcp {WEB_1}:80 -> {NODE_2_ADDR}:33333");
     ensure!(report["prediction"]["remembers"] == remembered.as_str(), "into-pod trace:\n{run}");
 
     // The reply to web-1's real flow, arriving from the external host, goes back to web-1.
-    let (code, report, run) = cluster.trace(
+    let (code, report, run) = trace(
+        &cluster,
         "node-1",
         &[
             "192.0.2.10",
@@ -703,7 +612,7 @@ fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<(
     );
 
     // The spoofed source, as a person reads it.
-    let (_, text) = cluster.dataplane("node-1", &["trace", "10.244.1.99", WEB_2, "--inject", "--pin-path", &pins])?;
+    let (_, text) = dataplane(&cluster, "node-1", &["trace", "10.244.1.99", WEB_2, "--inject", "--pin-path", &pins])?;
     let text = stdout(&text);
     eprintln!("dataplane trace 10.244.1.99 {WEB_2} --inject on node-1:\n{text}");
     ensure!(
@@ -713,7 +622,7 @@ fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<(
 
     // The natOutgoing example: SNAT to the node's address, confirmed by the kernel.
     let (code, report, run) =
-        cluster.trace("node-1", &[WEB_1, "192.0.2.10", "--proto", "tcp", "--dport", "443", "--inject"])?;
+        trace(&cluster, "node-1", &[WEB_1, "192.0.2.10", "--proto", "tcp", "--dport", "443", "--inject"])?;
     ensure!(
         code == 0
             && report["prediction"]["output"]["src"] == NODE_1_ADDR

@@ -28,18 +28,16 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{ensure, Context as _};
 use dataplane::backend::host_routes::RTPROT_DATAPLANE;
-use dataplane_lab::{Agent, Lab, LabOptions, LabPod};
+use dataplane_lab::{AgentOptions, Cluster, Lab, LabPod};
 use serde_json::Value;
 
-/// How long an agent may take to program its node.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an agent may take to reconcile after a change.
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(20);
 /// What an agent logs after each reconcile of the fast path.
@@ -216,139 +214,112 @@ fn expected_kernel_routes(state: &State) -> BTreeSet<(String, String, String)> {
 /// `elapsed_ms`.
 type Timings = BTreeMap<String, (Duration, Option<u64>)>;
 
-/// The lab, its agents and the datastore file. Fields drop in order: agents before the lab.
-struct Cluster {
-    agents: BTreeMap<String, Agent>,
-    bin: PathBuf,
-    datastore: PathBuf,
-    lab: Lab,
+fn programmed(cluster: &Cluster, node: &str) -> usize {
+    cluster.agent(node).map_or(0, |a| a.log().matches(PROGRAMMED).count())
 }
 
-impl Cluster {
-    fn start(&mut self, node: &str) -> anyhow::Result<()> {
-        let mut agent = self.lab.start_agent(node, &self.bin, &self.datastore)?;
-        let ready = agent.wait_ready(READY_TIMEOUT);
-        let log = agent.log();
-        self.agents.insert(node.to_owned(), agent);
-        ready.with_context(|| format!("agent of {node} is not ready:\n{log}"))
-    }
+/// The `elapsed_ms` of `node`'s `index`th reconcile (counting from 0): the reconcile's own time.
+fn reconcile_ms(cluster: &Cluster, node: &str, index: usize) -> Option<u64> {
+    let log = cluster.agent(node)?.log();
+    let line = log.lines().filter(|l| l.contains(PROGRAMMED)).nth(index)?.to_owned();
+    line.split_whitespace().find_map(|w| w.strip_prefix("elapsed_ms=")?.parse().ok())
+}
 
-    fn programmed(&self, node: &str) -> usize {
-        self.agents.get(node).map_or(0, |a| a.log().matches(PROGRAMMED).count())
-    }
-
-    /// The `elapsed_ms` of `node`'s `index`th reconcile (counting from 0): the reconcile's own time.
-    fn reconcile_ms(&self, node: &str, index: usize) -> Option<u64> {
-        let log = self.agents.get(node)?.log();
-        let line = log.lines().filter(|l| l.contains(PROGRAMMED)).nth(index)?.to_owned();
-        line.split_whitespace().find_map(|w| w.strip_prefix("elapsed_ms=")?.parse().ok())
-    }
-
-    /// Writes `state` (atomically: the agents poll the file) and waits until every running agent
-    /// has reconciled once more. Returns, per agent, the time from the write to its "fast path
-    /// programmed" (which includes up to a second of the file datastore's polling) and the
-    /// reconcile's own time as it logs it.
-    fn change(&self, state: &State) -> anyhow::Result<Timings> {
-        let before: BTreeMap<String, usize> = self.agents.keys().map(|n| (n.clone(), self.programmed(n))).collect();
-        write_atomically(&self.datastore, &cluster_yaml(state))?;
-        let written = Instant::now();
-        let mut took = BTreeMap::new();
-        while took.len() < before.len() {
-            for (node, count) in &before {
-                if !took.contains_key(node) && self.programmed(node) > *count {
-                    took.insert(node.clone(), (written.elapsed(), self.reconcile_ms(node, *count)));
-                }
+/// Writes `state` (atomically: the agents poll the file) and waits until every running agent
+/// has reconciled once more. Returns, per agent, the time from the write to its "fast path
+/// programmed" (which includes up to a second of the file datastore's polling) and the
+/// reconcile's own time as it logs it.
+fn change(cluster: &Cluster, state: &State) -> anyhow::Result<Timings> {
+    let before: BTreeMap<String, usize> =
+        cluster.agents().map(|a| (a.node().to_owned(), programmed(cluster, a.node()))).collect();
+    write_atomically(cluster.datastore(), &cluster_yaml(state))?;
+    let written = Instant::now();
+    let mut took = BTreeMap::new();
+    while took.len() < before.len() {
+        for (node, count) in &before {
+            if !took.contains_key(node) && programmed(cluster, node) > *count {
+                took.insert(node.clone(), (written.elapsed(), reconcile_ms(cluster, node, *count)));
             }
-            ensure!(
-                written.elapsed() < RECONCILE_TIMEOUT,
-                "not every agent reconciled within {RECONCILE_TIMEOUT:?} of the change to {state:?}: {took:?}\n{}",
-                self.logs()
-            );
-            thread::sleep(Duration::from_millis(10));
         }
-        Ok(took)
-    }
-
-    fn logs(&self) -> String {
-        let mut text = String::from("agent logs:");
-        for (node, agent) in &self.agents {
-            text.push_str(&format!("\n--- agent of {node} ---\n{}", agent.log().trim_end()));
-        }
-        text
-    }
-
-    /// Checks node-1's routes map and kernel routes against `state`.
-    fn expect_programmed(&self, state: &State) -> anyhow::Result<()> {
-        let bin = self.bin.to_string_lossy();
-        let pins = self.lab.pin_path("node-1");
-        let output = dataplane_lab::cmd::run(&[&*bin, "routes", "--pin-path", &pins.to_string_lossy(), "-o", "json"])?;
-        let json: Value =
-            serde_json::from_slice(&output.stdout).context("`dataplane routes -o json` did not print JSON")?;
-        let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
-        let routes: BTreeSet<(String, String, String, String)> = json
-            .as_array()
-            .context("`dataplane routes -o json` is not a list")?
-            .iter()
-            .map(|r| (text(&r["prefix"]), text(&r["kind"]), text(&r["encap"]), text(&r["node_addr"])))
-            .collect();
-        let expected = expected_routes(state);
         ensure!(
-            routes == expected,
-            "node-1's routes map after the change to {state:?}:\n  stale: {:?}\n  missing: {:?}",
-            routes.difference(&expected).collect::<Vec<_>>(),
-            expected.difference(&routes).collect::<Vec<_>>()
+            written.elapsed() < RECONCILE_TIMEOUT,
+            "not every agent reconciled within {RECONCILE_TIMEOUT:?} of the change to {state:?}: {took:?}\n{}",
+            cluster.logs()
         );
-
-        let protocol = RTPROT_DATAPLANE.to_string();
-        let shown = self.lab.exec_stdout(
-            self.lab.node_netns("node-1")?,
-            &["ip", "-j", "route", "show", "table", "main", "proto", &protocol],
-        )?;
-        let json: Value = serde_json::from_str(&shown).context("ip -j route did not print JSON")?;
-        let kernel: BTreeSet<(String, String, String)> = json
-            .as_array()
-            .context("ip -j route is not a list")?
-            .iter()
-            .map(|r| {
-                let kind = r["type"].as_str().unwrap_or("unicast").to_owned();
-                (text(&r["dst"]), kind, text(&r["gateway"]))
-            })
-            .collect();
-        let expected = expected_kernel_routes(state);
-        ensure!(
-            kernel == expected,
-            "node-1's kernel routes of protocol {protocol} after the change to {state:?}:\n  stale: {:?}\n  missing: {:?}",
-            kernel.difference(&expected).collect::<Vec<_>>(),
-            expected.difference(&kernel).collect::<Vec<_>>()
-        );
-        Ok(())
+        thread::sleep(Duration::from_millis(10));
     }
+    Ok(took)
+}
+/// Checks node-1's routes map and kernel routes against `state`.
+fn expect_programmed(cluster: &Cluster, state: &State) -> anyhow::Result<()> {
+    let bin = cluster.bin().to_string_lossy();
+    let pins = cluster.lab.pin_path("node-1");
+    let output = dataplane_lab::cmd::run(&[&*bin, "routes", "--pin-path", &pins.to_string_lossy(), "-o", "json"])?;
+    let json: Value =
+        serde_json::from_slice(&output.stdout).context("`dataplane routes -o json` did not print JSON")?;
+    let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    let routes: BTreeSet<(String, String, String, String)> = json
+        .as_array()
+        .context("`dataplane routes -o json` is not a list")?
+        .iter()
+        .map(|r| (text(&r["prefix"]), text(&r["kind"]), text(&r["encap"]), text(&r["node_addr"])))
+        .collect();
+    let expected = expected_routes(state);
+    ensure!(
+        routes == expected,
+        "node-1's routes map after the change to {state:?}:\n  stale: {:?}\n  missing: {:?}",
+        routes.difference(&expected).collect::<Vec<_>>(),
+        expected.difference(&routes).collect::<Vec<_>>()
+    );
 
-    /// One decision counter of node-1's fast path.
-    fn counter(&self, name: &str) -> anyhow::Result<u64> {
-        let bin = self.bin.to_string_lossy();
-        let pins = self.lab.pin_path("node-1");
-        let output = dataplane_lab::cmd::run(&[&*bin, "stats", "--pin-path", &pins.to_string_lossy(), "-o", "json"])?;
-        let json: Value =
-            serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` did not print JSON")?;
-        json["decisions"][name].as_u64().with_context(|| format!("no decision counter {name}: {json}"))
-    }
+    let protocol = RTPROT_DATAPLANE.to_string();
+    let shown = cluster.lab.exec_stdout(
+        cluster.lab.node_netns("node-1")?,
+        &["ip", "-j", "route", "show", "table", "main", "proto", &protocol],
+    )?;
+    let json: Value = serde_json::from_str(&shown).context("ip -j route did not print JSON")?;
+    let kernel: BTreeSet<(String, String, String)> = json
+        .as_array()
+        .context("ip -j route is not a list")?
+        .iter()
+        .map(|r| {
+            let kind = r["type"].as_str().unwrap_or("unicast").to_owned();
+            (text(&r["dst"]), kind, text(&r["gateway"]))
+        })
+        .collect();
+    let expected = expected_kernel_routes(state);
+    ensure!(
+        kernel == expected,
+        "node-1's kernel routes of protocol {protocol} after the change to {state:?}:\n  stale: {:?}\n  missing: {:?}",
+        kernel.difference(&expected).collect::<Vec<_>>(),
+        expected.difference(&kernel).collect::<Vec<_>>()
+    );
+    Ok(())
+}
 
-    /// Whether `from` gets replies from `to`: `reach` says whether it must.
-    fn expect_ping(&self, from: &str, to: &str, reach: bool) -> anyhow::Result<()> {
-        let (from, to) = (self.lab.pod(from)?, self.lab.pod(to)?);
-        let replied = ping(&self.lab, from, to)?;
-        ensure!(
-            replied == reach,
-            "{} {} {} ({})\n{}",
-            from.key,
-            if reach { "cannot reach" } else { "still reaches" },
-            to.key,
-            to.addr,
-            self.logs()
-        );
-        Ok(())
-    }
+/// One decision counter of node-1's fast path.
+fn counter(cluster: &Cluster, name: &str) -> anyhow::Result<u64> {
+    let bin = cluster.bin().to_string_lossy();
+    let pins = cluster.lab.pin_path("node-1");
+    let output = dataplane_lab::cmd::run(&[&*bin, "stats", "--pin-path", &pins.to_string_lossy(), "-o", "json"])?;
+    let json: Value = serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` did not print JSON")?;
+    json["decisions"][name].as_u64().with_context(|| format!("no decision counter {name}: {json}"))
+}
+
+/// Whether `from` gets replies from `to`: `reach` says whether it must.
+fn expect_ping(cluster: &Cluster, from: &str, to: &str, reach: bool) -> anyhow::Result<()> {
+    let (from, to) = (cluster.lab.pod(from)?, cluster.lab.pod(to)?);
+    let replied = ping(&cluster.lab, from, to)?;
+    ensure!(
+        replied == reach,
+        "{} {} {} ({})\n{}",
+        from.key,
+        if reach { "cannot reach" } else { "still reaches" },
+        to.key,
+        to.addr,
+        cluster.logs()
+    );
+    Ok(())
 }
 
 /// The sequence numbers of the echo replies in a ping log.
@@ -391,28 +362,26 @@ fn the_fast_path_follows_nodes_blocks_pools_and_modes_as_the_datastore_changes()
     let full = State { node_3: true, block_2_node: 2, pool_db: true, encap: Encap::Vxlan };
     let staging = std::env::temp_dir().join(format!("dpl-reconcile-{}.yaml", std::process::id()));
     fs::write(&staging, cluster_yaml(&full))?;
-    let model = dataplane_lab::load_model(&staging);
+    let model = Cluster::up(&staging, &bin);
     let _ = fs::remove_file(&staging);
-    let lab = Lab::up(&model?, LabOptions::default())?;
-    let datastore = lab.dir().join("cluster.yaml");
-    let mut cluster = Cluster { agents: BTreeMap::new(), bin, datastore, lab };
+    let mut cluster = model?;
 
     let mut state = State { node_3: false, ..full };
-    write_atomically(&cluster.datastore, &cluster_yaml(&state))?;
-    cluster.start("node-1")?;
-    cluster.start("node-2")?;
-    cluster.expect_programmed(&state)?;
-    cluster.expect_ping("default/web-1", "default/web-2", true)?;
-    cluster.expect_ping("default/web-1", "default/db-2", true)?;
-    cluster.expect_ping("default/web-1", "default/web-3", false)?;
+    write_atomically(cluster.datastore(), &cluster_yaml(&state))?;
+    cluster.start("node-1", &AgentOptions::default())?;
+    cluster.start("node-2", &AgentOptions::default())?;
+    expect_programmed(&cluster, &state)?;
+    expect_ping(&cluster, "default/web-1", "default/web-2", true)?;
+    expect_ping(&cluster, "default/web-1", "default/db-2", true)?;
+    expect_ping(&cluster, "default/web-1", "default/web-3", false)?;
     let mut timings: Vec<(&str, Timings)> = Vec::new();
 
     // 1. node-3 and its block join; its agent starts once the datastore has it.
     state.node_3 = true;
-    timings.push(("add node-3 and its block", cluster.change(&state)?));
-    cluster.start("node-3")?;
-    cluster.expect_programmed(&state)?;
-    cluster.expect_ping("default/web-1", "default/web-3", true)?;
+    timings.push(("add node-3 and its block", change(&cluster, &state)?));
+    cluster.start("node-3", &AgentOptions::default())?;
+    expect_programmed(&cluster, &state)?;
+    expect_ping(&cluster, "default/web-1", "default/web-3", true)?;
 
     // A ping that runs across the remaining changes, web-1 to web-3 (which stays reachable).
     let web3 = cluster.lab.pod("default/web-3")?.addr.to_string();
@@ -430,28 +399,28 @@ fn the_fast_path_follows_nodes_blocks_pools_and_modes_as_the_datastore_changes()
 
     // 2. The block of node-2 moves to node-3; web-2 (still on node-2) is cut off.
     state.block_2_node = 3;
-    timings.push(("move 10.244.2.0/26 to node-3", cluster.change(&state)?));
-    cluster.expect_programmed(&state)?;
-    cluster.expect_ping("default/web-1", "default/web-2", false)?;
-    cluster.expect_ping("default/web-1", "default/web-3", true)?;
+    timings.push(("move 10.244.2.0/26 to node-3", change(&cluster, &state)?));
+    expect_programmed(&cluster, &state)?;
+    expect_ping(&cluster, "default/web-1", "default/web-2", false)?;
+    expect_ping(&cluster, "default/web-1", "default/web-3", true)?;
     count_loss(&steady.log());
 
     // 3. The db pool goes: its block's route goes with it.
     state.pool_db = false;
-    timings.push(("remove pool 10.245.0.0/16", cluster.change(&state)?));
-    cluster.expect_programmed(&state)?;
-    cluster.expect_ping("default/web-1", "default/db-2", false)?;
+    timings.push(("remove pool 10.245.0.0/16", change(&cluster, &state)?));
+    expect_programmed(&cluster, &state)?;
+    expect_ping(&cluster, "default/web-1", "default/db-2", false)?;
     count_loss(&steady.log());
 
     // 4 and 5. The pool's mode: VXLAN -> IPIP -> Never; node-1 counts the new kind of crossing.
     for encap in [Encap::Ipip, Encap::Never] {
         state.encap = encap;
         let label = if encap == Encap::Ipip { "pool VXLAN -> IPIP" } else { "pool IPIP -> Never" };
-        timings.push((label, cluster.change(&state)?));
-        cluster.expect_programmed(&state)?;
-        let before = cluster.counter(encap.counter())?;
-        cluster.expect_ping("default/web-1", "default/web-3", true)?;
-        let after = cluster.counter(encap.counter())?;
+        timings.push((label, change(&cluster, &state)?));
+        expect_programmed(&cluster, &state)?;
+        let before = counter(&cluster, encap.counter())?;
+        expect_ping(&cluster, "default/web-1", "default/web-3", true)?;
+        let after = counter(&cluster, encap.counter())?;
         ensure!(after > before, "node-1's {} did not move in mode {encap:?}: {before} -> {after}", encap.counter());
         count_loss(&steady.log());
     }
@@ -486,18 +455,17 @@ fn the_fast_path_follows_nodes_blocks_pools_and_modes_as_the_datastore_changes()
 /// repaired by the slow resync, which reads the maps and the route table afresh.
 #[test]
 fn the_slow_resync_repairs_what_changed_behind_the_agents_back() -> anyhow::Result<()> {
-    if dataplane_tests::skip_unless_root("the_slow_resync_repairs_what_changed_behind_the_agents_back") {
+    let Some(mut cluster) =
+        Cluster::up_or_skip("the_slow_resync_repairs_what_changed_behind_the_agents_back", "examples/two-nodes.yaml")?
+    else {
         return Ok(());
-    }
+    };
     use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
     use dataplane_common::{Ipv4Bytes, Route, ROUTES_MAP};
 
-    let example = dataplane_tests::workspace_root().join("examples/two-nodes.yaml");
-    let lab = Lab::up(&dataplane_lab::load_model(&example)?, LabOptions::default())?;
-    let options =
-        dataplane_lab::AgentOptions { args: vec!["--resync-interval".into(), "1".into()], ..Default::default() };
-    let mut agent = lab.start_agent_with("node-1", &agent_bin(), &example, &options)?;
-    agent.wait_ready(Duration::from_secs(60))?;
+    let options = AgentOptions { args: vec!["--resync-interval".into(), "1".into()], ..Default::default() };
+    cluster.start("node-1", &options)?;
+    let lab = &cluster.lab;
     let netns = lab.node_netns("node-1")?.to_owned();
     let pinned = MapData::from_pin(lab.pin_path("node-1").join(ROUTES_MAP)).context("opening the routes map")?;
     let mut routes: LpmTrie<MapData, Ipv4Bytes, Route> = LpmTrie::try_from(Map::LpmTrie(pinned))?;
@@ -506,19 +474,23 @@ fn the_slow_resync_repairs_what_changed_behind_the_agents_back() -> anyhow::Resu
     let entry = routes.get(&key, 0).context("node-2's block is not in the routes map")?;
     let proto = RTPROT_DATAPLANE.to_string();
     let host_route = |lab: &Lab| lab.exec_stdout(&netns, &["ip", "route", "show", "10.244.2.0/26", "proto", &proto]);
-    ensure!(!host_route(&lab)?.trim().is_empty(), "no host route for node-2's block");
+    ensure!(!host_route(lab)?.trim().is_empty(), "no host route for node-2's block");
 
     routes.remove(&key).context("removing node-2's block behind the agent's back")?;
     lab.exec(&netns, &["ip", "route", "del", "10.244.2.0/26", "proto", &proto])?;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let back = routes.get(&key, 0).ok() == Some(entry) && !host_route(&lab)?.trim().is_empty();
+        let back = routes.get(&key, 0).ok() == Some(entry) && !host_route(lab)?.trim().is_empty();
         if back {
             break;
         }
-        ensure!(Instant::now() < deadline, "the resync did not restore node-2's block within 15 s:\n{}", agent.log());
+        ensure!(
+            Instant::now() < deadline,
+            "the resync did not restore node-2's block within 15 s:\n{}",
+            cluster.log("node-1")
+        );
         thread::sleep(Duration::from_millis(100));
     }
-    agent.stop()?;
+    cluster.stop("node-1")?;
     Ok(())
 }

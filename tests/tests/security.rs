@@ -20,7 +20,7 @@ use dataplane_common::{
     net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, ETH_HLEN, GATEWAY_MAC, IPPROTO_IPIP, IPPROTO_UDP},
     Stat, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD,
 };
-use dataplane_lab::{Lab, LabOptions, LabPod};
+use dataplane_lab::{AgentOptions, Cluster, Lab, LabPod};
 use dataplane_tests::{
     agent_bin,
     packet::{fixture::*, Packet},
@@ -299,21 +299,17 @@ fn check_private(dir: &Path, seen: &mut usize) -> anyhow::Result<()> {
 #[test]
 fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps_its_state_private(
 ) -> anyhow::Result<()> {
-    if dataplane_tests::skip_unless_root(
+    let Some(mut cluster) = Cluster::up_or_skip(
         "a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps_its_state_private",
-    ) {
+        EXAMPLE,
+    )?
+    else {
         return Ok(());
-    }
-    let datastore = workspace_root().join(EXAMPLE);
-    let model = dataplane_lab::load_model(&datastore)?;
-    let lab = Lab::up(&model, LabOptions::default())?;
-    let bin = agent_bin();
-    let options =
-        dataplane_lab::AgentOptions { args: vec!["--metrics-addr".into(), METRICS_PORT.into()], ..Default::default() };
-    let mut node1 = lab.start_agent_with("node-1", &bin, &datastore, &options)?;
-    let mut node2 = lab.start_agent("node-2", &bin, &datastore)?;
-    node1.wait_ready(Duration::from_secs(60))?;
-    node2.wait_ready(Duration::from_secs(60))?;
+    };
+    let options = AgentOptions { args: vec!["--metrics-addr".into(), METRICS_PORT.into()], ..Default::default() };
+    cluster.start("node-1", &options)?;
+    cluster.start("node-2", &AgentOptions::default())?;
+    let lab = &cluster.lab;
     let web1: LabPod = lab.pod("default/web-1")?.clone();
     let cache1: LabPod = lab.pod("default/cache-1")?.clone();
     let web2: LabPod = lab.pod("default/web-2")?.clone();
@@ -335,10 +331,10 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
         "--metrics-addr {METRICS_PORT} should listen on 127.0.0.1 only:\n{listening}"
     );
 
-    let web1_mac = pod_mac(&lab, &web1.netns)?;
-    let cache1_mac = pod_mac(&lab, &cache1.netns)?;
+    let web1_mac = pod_mac(lab, &web1.netns)?;
+    let cache1_mac = pod_mac(lab, &cache1.netns)?;
     let (web1_addr, cache1_addr, web2_addr) = (octets(web1.addr), octets(cache1.addr), octets(web2.addr));
-    let before = stats(&lab, "node-1")?;
+    let before = stats(lab, "node-1")?;
     let in_web2 = lab.capture(&web2.netns, "eth0", &format!("udp port {PROBE_PORT}"))?;
     let in_cache1 =
         lab.capture(&cache1.netns, "eth0", &format!("ether proto {ETH_P_EXPERIMENTAL:#06x} or udp port {PROBE_PORT}"))?;
@@ -401,7 +397,7 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
     std::thread::sleep(Duration::from_millis(500));
     let web2_saw = in_web2.stop()?;
     let cache1_saw = in_cache1.stop()?;
-    let after = stats(&lab, "node-1")?;
+    let after = stats(lab, "node-1")?;
     let moved = |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
 
     eprintln!("ARP replies to web-1 for: {arp_replies:?}");
@@ -442,8 +438,8 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
     // The frame to cache-1's MAC was not switched to it.
     ensure!(cache1_saw.trim().is_empty(), "cache-1 received a frame from web-1:\n{cache1_saw}");
 
-    node1.stop()?;
-    node2.stop()?;
+    cluster.stop("node-1")?;
+    cluster.stop("node-2")?;
     Ok(())
 }
 
@@ -455,17 +451,13 @@ fn a_pod_cannot_spoof_a_node_or_reach_a_neighbour_at_layer_2_and_the_agent_keeps
 /// drops it at web-1's interface (drop_tunnel_from_workload).
 #[test]
 fn an_unprivileged_pod_cannot_inject_vxlan_through_natoutgoing() -> anyhow::Result<()> {
-    if dataplane_tests::skip_unless_root("an_unprivileged_pod_cannot_inject_vxlan_through_natoutgoing") {
+    let Some(mut cluster) =
+        Cluster::up_or_skip("an_unprivileged_pod_cannot_inject_vxlan_through_natoutgoing", EXAMPLE)?
+    else {
         return Ok(());
-    }
-    let datastore = workspace_root().join(EXAMPLE);
-    let model = dataplane_lab::load_model(&datastore)?;
-    let lab = Lab::up(&model, LabOptions::default())?;
-    let bin = agent_bin();
-    let mut node1 = lab.start_agent("node-1", &bin, &datastore)?;
-    let mut node2 = lab.start_agent("node-2", &bin, &datastore)?;
-    node1.wait_ready(Duration::from_secs(60))?;
-    node2.wait_ready(Duration::from_secs(60))?;
+    };
+    cluster.start_all(&AgentOptions::default())?;
+    let lab = &cluster.lab;
     let web1 = lab.pod("default/web-1")?.clone();
     let cache1 = lab.pod("default/cache-1")?.clone();
     let web2 = lab.pod("default/web-2")?.clone();
@@ -491,8 +483,8 @@ fn an_unprivileged_pod_cannot_inject_vxlan_through_natoutgoing() -> anyhow::Resu
     std::thread::sleep(Duration::from_millis(500));
     let web2_saw = in_web2.stop()?;
     eprintln!("web-2 saw:\n{web2_saw}");
-    node1.stop()?;
-    node2.stop()?;
+    cluster.stop("node-1")?;
+    cluster.stop("node-2")?;
     ensure!(
         !web2_saw.contains(&format!("{}.5000 > {}.{PROBE_PORT}", cache1.addr, web2.addr)),
         "web-2 received a packet \"from cache-1\" that web-1 injected through node-2's VXLAN port:\n{web2_saw}"

@@ -11,8 +11,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _};
-use dataplane_lab::{kernel_calico, Lab, LabOptions};
-use dataplane_tests::{agent_bin, workspace_root};
+use dataplane_lab::{iperf, kernel_calico, AgentOptions, Cluster, Lab};
 use serde_json::Value;
 
 /// The example cluster: VXLAN between node-1 and node-2.
@@ -20,27 +19,26 @@ const EXAMPLE: &str = "examples/two-nodes.yaml";
 /// The node that is taken over and handed back; node-2 stays Calico's throughout.
 const NODE: &str = "node-1";
 const PEER: &str = "node-2";
-/// How long the agent may take to program its node.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Length of the stream and of the ping (one every 50 ms) across both switches.
 const STREAM_SECONDS: u64 = 12;
 const PING_INTERVAL: &str = "0.05";
 
 #[test]
 fn a_calico_kernel_node_is_taken_over_and_handed_back_under_traffic() -> anyhow::Result<()> {
-    if dataplane_tests::skip_unless_root("a_calico_kernel_node_is_taken_over_and_handed_back_under_traffic") {
+    let Some(mut cluster) =
+        Cluster::up_or_skip("a_calico_kernel_node_is_taken_over_and_handed_back_under_traffic", EXAMPLE)?
+    else {
         return Ok(());
-    }
-    let datastore = workspace_root().join(EXAMPLE);
-    let bin = agent_bin();
-    let model = dataplane_lab::load_model(&datastore)?;
-    let lab = Lab::up(&model, LabOptions::default())?;
+    };
+    let bin = cluster.bin().to_owned();
+    let model = dataplane_lab::load_model(cluster.datastore())?;
+    let lab = &cluster.lab;
     for node in [NODE, PEER] {
-        kernel_calico::configure_kernel_vxlan(&lab, &model, node)?;
+        kernel_calico::configure_kernel_vxlan(lab, &model, node)?;
     }
     let netns = lab.node_netns(NODE)?.to_owned();
     let block_route = |lab: &Lab| lab.exec_stdout(&netns, &["ip", "route", "show", "10.244.2.0/26"]);
-    let calico_route = block_route(&lab)?;
+    let calico_route = block_route(lab)?;
     ensure!(calico_route.contains(kernel_calico::VXLAN_DEVICE), "Calico's route is not set up: {calico_route}");
     ensure!(!lab.pin_path(NODE).exists(), "{NODE} has pins before the takeover: an agent ran there");
 
@@ -62,22 +60,22 @@ fn a_calico_kernel_node_is_taken_over_and_handed_back_under_traffic() -> anyhow:
 
     // Calico -> this dataplane: the agent starts on the node as Calico left it.
     let began = Instant::now();
-    let mut agent = lab.start_agent(NODE, &bin, &datastore)?;
-    agent.wait_ready(READY_TIMEOUT)?;
+    cluster.start(NODE, &AgentOptions::default())?;
     let took_over = began.elapsed();
+    let lab = &cluster.lab;
     ensure!(lab.pin_path(NODE).exists(), "the agent pinned nothing: it did not take the node over");
     // While the agent holds the node, its programs carry the traffic (not Calico's vxlan.calico,
     // which still exists and holds UDP 4789).
-    let before = encapsulated(&lab, &bin)?;
+    let before = encapsulated(lab, &bin)?;
     thread::sleep(Duration::from_secs(4));
-    let during = encapsulated(&lab, &bin)?.saturating_sub(before);
+    let during = encapsulated(lab, &bin)?.saturating_sub(before);
     ensure!(during > 1000, "the fast path encapsulated {during} packets in 4 s of the stream: it did not take over");
 
     // This dataplane -> Calico: the agent stops (its pinned programs keep the traffic), calico-node
     // restores its configuration, `dataplane cleanup` removes the programs, pins and routes.
     let began = Instant::now();
-    agent.stop()?;
-    let agent_log = agent.log();
+    let agent_log = cluster.stop(NODE)?.log();
+    let lab = &cluster.lab;
     let warnings: Vec<&str> = agent_log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
     eprintln!("the agent's warnings on Calico's node: {warnings:#?}");
     // vxlan.calico holds UDP 4789, so the GRO anchor cannot open its socket; vxlan.calico's own
@@ -88,13 +86,13 @@ fn a_calico_kernel_node_is_taken_over_and_handed_back_under_traffic() -> anyhow:
             && !warnings.iter().any(|line| line.contains("GRO")),
         "the agent misjudged GRO on Calico's node:\n{agent_log}"
     );
-    kernel_calico::configure_kernel_vxlan(&lab, &model, NODE)?;
+    kernel_calico::configure_kernel_vxlan(lab, &model, NODE)?;
     let pin_path = lab.pin_path(NODE);
     let pin_arg = pin_path.to_string_lossy();
     let bin_arg = bin.to_string_lossy();
     let cleanup = lab.exec_stdout(&netns, &[&bin_arg, "cleanup", "--pin-path", &pin_arg])?;
     let handed_back = began.elapsed();
-    let route = block_route(&lab)?;
+    let route = block_route(lab)?;
     ensure!(
         route.contains(kernel_calico::VXLAN_DEVICE),
         "after the hand-back the block's route is not Calico's: {route:?} (was {calico_route:?}); cleanup said:\n{cleanup}"
@@ -107,13 +105,8 @@ fn a_calico_kernel_node_is_taken_over_and_handed_back_under_traffic() -> anyhow:
         .with_context(|| format!("iperf3 did not finish:\n{}", stream.log()))?;
     let report = stream.log();
     ensure!(finished.success(), "iperf3 failed across the takeover:\n{report}");
-    let json: Value = serde_json::from_str(&report).with_context(|| format!("iperf3 -J output:\n{report}"))?;
-    let per_second: Vec<f64> = json["intervals"]
-        .as_array()
-        .context("iperf3 report has no intervals")?
-        .iter()
-        .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9)
-        .collect();
+    let stream = iperf::parse(&report)?;
+    let per_second = &stream.per_second;
     ping.wait_timeout(Duration::from_secs(STREAM_SECONDS + 20))?.context("ping did not finish")?;
     let pings = ping.log();
     let summary = pings.lines().find(|l| l.contains("packet loss")).unwrap_or("no summary").to_owned();
@@ -123,10 +116,8 @@ fn a_calico_kernel_node_is_taken_over_and_handed_back_under_traffic() -> anyhow:
         cleanup.trim()
     );
     ensure!(summary.contains(&format!("{count} received, 0% packet loss")), "pings were lost: {summary}");
-    ensure!(
-        per_second.len() as u64 >= STREAM_SECONDS && per_second.iter().all(|gbps| *gbps > 0.1),
-        "some second of the stream carried (almost) nothing across the takeover and hand-back: {per_second:.2?}"
-    );
+    iperf::ensure_never_below(&stream, STREAM_SECONDS as usize, iperf::UNTHROTTLED_FLOOR_GBPS)
+        .context("the stream across the takeover and hand-back")?;
     Ok(())
 }
 

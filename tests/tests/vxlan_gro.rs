@@ -25,11 +25,10 @@
 //!
 //! Without root the test prints why it is skipped and passes.
 
-use dataplane_tests::{agent_bin, workspace_root};
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{ensure, Context as _};
-use dataplane_lab::{Agent, AgentMode, AgentOptions, Lab, LabOptions};
+use dataplane_lab::{AgentMode, AgentOptions, Cluster, Lab};
 use serde_json::Value;
 
 /// Pool 10.244.0.0/16 vxlanMode Always; node-1 (web-1, cache-1) and node-2 (web-2).
@@ -38,8 +37,6 @@ const WEB_1: &str = "default/web-1";
 const WEB_2: &str = "default/web-2";
 /// The anchor device the BPF backend keeps while the node receives VXLAN.
 const ANCHOR: &str = "vxlan.dataplane";
-/// How long an agent may take to program its node.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Length of each measured stream.
 const STREAM_SECONDS: &str = "3";
 /// The line between merged and unmerged: three segments of a 1450-byte pod MTU.
@@ -48,27 +45,21 @@ const MERGED_BYTES: f64 = 3.0 * 1450.0;
 #[test]
 fn vxlan_receive_gro_merges_with_the_anchor() -> anyhow::Result<()> {
     let test = "vxlan_receive_gro_merges_with_the_anchor";
-    if dataplane_tests::skip_unless_root(test) {
+    let Some(mut cluster) = Cluster::up_or_skip(test, TWO_NODES)? else {
         return Ok(());
-    }
-    let bin = agent_bin();
-    ensure!(bin.exists(), "agent binary {} does not exist: build it with `cargo build -p dataplane`", bin.display());
-    let datastore = workspace_root().join(TWO_NODES);
-    let model = dataplane_lab::load_model(&datastore)?;
-    let lab = Lab::up(&model, LabOptions::default())?;
-    let mut cluster = Cluster { agents: BTreeMap::new(), bin, datastore, lab };
+    };
     let result = run(&mut cluster);
     // The lab (namespaces, pins, processes) goes when `cluster` drops, failing or not.
     result.with_context(|| cluster.logs())
 }
 
 fn run(cluster: &mut Cluster) -> anyhow::Result<()> {
-    cluster.start("node-1")?;
-    cluster.start("node-2")?;
+    cluster.start("node-1", &AgentOptions::default())?;
+    cluster.start("node-2", &AgentOptions::default())?;
     let node2 = cluster.lab.node("node-2")?.clone();
 
     // The anchor as the agent made it.
-    let anchor = cluster.anchor("node-2")?.context("node-2's agent made no vxlan.dataplane")?;
+    let anchor = anchor_link(cluster, "node-2")?.context("node-2's agent made no vxlan.dataplane")?;
     let info = &anchor["linkinfo"];
     ensure!(info["info_kind"] == "vxlan", "{ANCHOR} is not a vxlan device: {anchor:#}");
     ensure!(info["info_data"]["external"] == true, "{ANCHOR} is not in external mode: {anchor:#}");
@@ -85,19 +76,19 @@ fn run(cluster: &mut Cluster) -> anyhow::Result<()> {
     // The uplink's two hooks, two per pod, and the anchor's ingress.
     let pods = cluster.lab.pods().filter(|p| p.node == "node-2").count();
     let links = format!("checked {} program links", 2 + 2 * pods + 1);
-    let check = cluster.check("node-2")?;
+    let check = check_text(cluster, "node-2")?;
     ensure!(check.contains(&links), "`dataplane check` did not check the anchor's program ({links}):\n{check}");
 
     // A segmenting wire: node-1 sends one MTU at a time, node-2 receives through NAPI GRO.
     let node1_netns = cluster.lab.node_netns("node-1")?.to_owned();
     cluster.lab.exec(&node1_netns, &["ethtool", "-K", "eth0", "tso", "off", "gso", "off"])?;
-    let fabric_end = cluster.fabric_end("node-2")?;
+    let fabric_end = fabric_end(cluster, "node-2")?;
     cluster.lab.exec(cluster.lab.fabric_netns(), &["ethtool", "-K", &fabric_end, "tso", "off", "gso", "off"])?;
     cluster.lab.exec(&node2.netns, &["ethtool", "-K", "eth0", "gro", "on"])?;
 
-    let before = cluster.stats("node-2")?;
-    let merged = cluster.stream()?;
-    let after = cluster.stats("node-2")?;
+    let before = stats(cluster, "node-2")?;
+    let merged = stream(cluster)?;
+    let after = stats(cluster, "node-2")?;
     let decapsulated = growth(&before, &after, "decap_vxlan");
     eprintln!(
         "with the anchor: {} bytes in {} segments, {:.0} bytes each; decap_vxlan +{decapsulated}",
@@ -115,7 +106,7 @@ fn run(cluster: &mut Cluster) -> anyhow::Result<()> {
     // Control: the same wire and fast path without the anchor.
     cluster.stop("node-2")?;
     cluster.lab.exec(&node2.netns, &["ip", "link", "del", ANCHOR])?;
-    let unmerged = cluster.stream()?;
+    let unmerged = stream(cluster)?;
     eprintln!(
         "without the anchor: {} bytes in {} segments, {:.0} bytes each",
         unmerged.bytes,
@@ -130,13 +121,13 @@ fn run(cluster: &mut Cluster) -> anyhow::Result<()> {
     );
 
     // A new agent makes it again; VXLAN past from_uplink is dropped by the anchor's program.
-    cluster.start("node-2")?;
-    ensure!(cluster.anchor("node-2")?.is_some(), "the new agent of node-2 made no {ANCHOR}");
-    let before = cluster.stats("node-2")?;
-    cluster.send_vxlan_over_loopback(&node2.netns, &node2.addr.addr().to_string())?;
+    cluster.start("node-2", &AgentOptions::default())?;
+    ensure!(anchor_link(cluster, "node-2")?.is_some(), "the new agent of node-2 made no {ANCHOR}");
+    let before = stats(cluster, "node-2")?;
+    send_vxlan_over_loopback(cluster, &node2.netns, &node2.addr.addr().to_string())?;
     let mut dropped = 0;
     for _ in 0..20 {
-        dropped = growth(&before, &cluster.stats("node-2")?, "drop_vxlan_socket");
+        dropped = growth(&before, &stats(cluster, "node-2")?, "drop_vxlan_socket");
         if dropped > 0 {
             break;
         }
@@ -147,16 +138,16 @@ fn run(cluster: &mut Cluster) -> anyhow::Result<()> {
     // Cleanup removes it.
     cluster.stop("node-2")?;
     let pin_path = cluster.lab.pin_path("node-2").to_string_lossy().into_owned();
-    let bin = cluster.bin.to_string_lossy().into_owned();
+    let bin = cluster.bin().to_string_lossy().into_owned();
     cluster.lab.exec(&node2.netns, &[&bin, "cleanup", "--pin-path", &pin_path])?;
-    ensure!(cluster.anchor("node-2")?.is_none(), "`dataplane cleanup` left {ANCHOR} in place");
+    ensure!(anchor_link(cluster, "node-2")?.is_none(), "`dataplane cleanup` left {ANCHOR} in place");
 
     // The netlink fallback taking over removes it: its vxlan.calico needs the port.
-    cluster.start("node-2")?;
-    ensure!(cluster.anchor("node-2")?.is_some(), "the fast path on node-2 made no {ANCHOR} after the cleanup");
+    cluster.start("node-2", &AgentOptions::default())?;
+    ensure!(anchor_link(cluster, "node-2")?.is_some(), "the fast path on node-2 made no {ANCHOR} after the cleanup");
     cluster.stop("node-2")?;
-    cluster.start_with("node-2", &AgentOptions::mode(AgentMode::Netlink))?;
-    ensure!(cluster.anchor("node-2")?.is_none(), "the netlink fallback on node-2 left {ANCHOR} in place");
+    cluster.start("node-2", &AgentOptions::mode(AgentMode::Netlink))?;
+    ensure!(anchor_link(cluster, "node-2")?.is_none(), "the netlink fallback on node-2 left {ANCHOR} in place");
     let calico = cluster.lab.exec_stdout(&node2.netns, &["ip", "-d", "link", "show", "vxlan.calico"])?;
     ensure!(calico.contains("vxlan id 4096"), "no vxlan.calico after the netlink fallback took over:\n{calico}");
 
@@ -167,8 +158,8 @@ fn run(cluster: &mut Cluster) -> anyhow::Result<()> {
     let held = ["ip", "link", "add", "held", "type", "vxlan", "id", "42", "dstport", "4789"];
     cluster.lab.exec(&node2.netns, &held)?;
     cluster.lab.exec(&node2.netns, &["ip", "link", "set", "held", "up"])?;
-    cluster.start("node-2")?;
-    let log = cluster.agents.get("node-2").map(Agent::log).unwrap_or_default();
+    cluster.start("node-2", &AgentOptions::default())?;
+    let log = cluster.log("node-2");
     // ... and that the device holding the port gives GRO in the anchor's stead (its socket merges
     // VXLAN to the port whatever the device), which is no loss: no warning.
     ensure!(
@@ -177,12 +168,12 @@ fn run(cluster: &mut Cluster) -> anyhow::Result<()> {
             && !log.contains("cannot have the VXLAN GRO anchor"),
         "node-2's agent did not say which device holds the port:\n{log}"
     );
-    let anchor = cluster.anchor("node-2")?.context("no vxlan.dataplane left down")?;
+    let anchor = anchor_link(cluster, "node-2")?.context("no vxlan.dataplane left down")?;
     ensure!(!flags(&anchor).contains(&"UP".to_owned()), "{ANCHOR} is up although another device holds the port");
     let (web1, web2) = (cluster.lab.pod(WEB_1)?, cluster.lab.pod(WEB_2)?);
     ensure!(cluster.lab.ping_ok(web1, web2.addr, 5)?, "no ping web-1 -> web-2 while the anchor cannot be up");
     // `dataplane check` finds nothing to fix: the device holding the port gives the GRO.
-    let check = cluster.check("node-2")?;
+    let check = check_text(cluster, "node-2")?;
     ensure!(
         !check.contains("the VXLAN GRO anchor is"),
         "`dataplane check` reported the anchor although `held` gives GRO on the port:\n{check}"
@@ -190,7 +181,7 @@ fn run(cluster: &mut Cluster) -> anyhow::Result<()> {
     // Once the holder is gone and the anchor is still down (the agent retries only at its next
     // reconcile), the anchor that is down is named, with the fix.
     cluster.lab.exec(&node2.netns, &["ip", "link", "del", "held"])?;
-    let check = cluster.check_output("node-2")?;
+    let check = check_output(cluster, "node-2")?;
     let text = String::from_utf8_lossy(&check.stdout);
     ensure!(
         !check.status.success()
@@ -199,14 +190,6 @@ fn run(cluster: &mut Cluster) -> anyhow::Result<()> {
         "`dataplane check` did not name the anchor that is down:\n{text}"
     );
     Ok(())
-}
-
-/// The lab and its agents. Fields drop in order: the agents stop before the lab is torn down.
-struct Cluster {
-    agents: BTreeMap<String, Agent>,
-    bin: PathBuf,
-    datastore: PathBuf,
-    lab: Lab,
 }
 
 /// What web-2 received during one stream.
@@ -224,131 +207,100 @@ impl Received {
     }
 }
 
-impl Cluster {
-    /// Starts the fast path's agent of `node` and waits until it has programmed the node.
-    fn start(&mut self, node: &str) -> anyhow::Result<()> {
-        self.start_with(node, &AgentOptions::default())
+/// The helpers below read and drive the cluster as this test needs.
+/// `ip -d -j link show vxlan.dataplane` in `node`'s namespace, or None without the device.
+fn anchor_link(cluster: &Cluster, node: &str) -> anyhow::Result<Option<Value>> {
+    let output = cluster.lab.exec_status(cluster.lab.node_netns(node)?, &["ip", "-d", "-j", "link", "show", ANCHOR])?;
+    if !output.status.success() {
+        return Ok(None);
     }
+    let json: Value = serde_json::from_slice(&output.stdout).context("`ip -j link show` printed no JSON")?;
+    Ok(Some(json[0].clone()))
+}
 
-    /// Starts the agent of `node` with `options` and waits until it has programmed the node.
-    fn start_with(&mut self, node: &str, options: &AgentOptions) -> anyhow::Result<()> {
-        let mut agent = self.lab.start_agent_with(node, &self.bin, &self.datastore, options)?;
-        let ready = agent.wait_ready(READY_TIMEOUT);
-        self.agents.insert(node.to_owned(), agent);
-        ready
-    }
+/// `dataplane check` of `node`, pass or fail.
+fn check_output(cluster: &Cluster, node: &str) -> anyhow::Result<std::process::Output> {
+    let bin = cluster.bin().to_string_lossy();
+    let datastore = format!("file:{}", cluster.datastore().display());
+    let pin_path = cluster.lab.pin_path(node).to_string_lossy().into_owned();
+    let argv = [&*bin, "check", "--datastore", &datastore, "--node", node, "--pin-path", &pin_path];
+    cluster.lab.exec_status(cluster.lab.node_netns(node)?, &argv)
+}
 
-    /// Stops the agent of `node` (SIGTERM: the pinned fast path stays).
-    fn stop(&mut self, node: &str) -> anyhow::Result<()> {
-        let mut agent = self.agents.remove(node).with_context(|| format!("no agent runs for {node}"))?;
-        agent.stop()?;
-        Ok(())
-    }
+/// `dataplane check` of `node`, which must pass; its text.
+fn check_text(cluster: &Cluster, node: &str) -> anyhow::Result<String> {
+    let output = check_output(cluster, node)?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    ensure!(
+        output.status.success(),
+        "`dataplane check` of {node} failed:\n{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(text)
+}
 
-    fn logs(&self) -> String {
-        let mut text = format!("lab {} (logs in {}); agent logs:", self.lab.prefix(), self.lab.dir().display());
-        for agent in self.agents.values() {
-            text.push_str(&format!("\n--- agent of {} ---\n{}", agent.node(), agent.log().trim_end()));
+/// The fabric's end of `node`'s uplink veth (the interface whose index node's eth0 names as
+/// its link).
+fn fabric_end(cluster: &Cluster, node: &str) -> anyhow::Result<String> {
+    let uplink = cluster.lab.exec_stdout(cluster.lab.node_netns(node)?, &["ip", "-j", "link", "show", "eth0"])?;
+    let uplink: Value = serde_json::from_str(&uplink).context("`ip -j link show eth0` printed no JSON")?;
+    let peer = uplink[0]["link_index"].as_u64().with_context(|| format!("eth0 of {node} names no peer: {uplink}"))?;
+    let fabric = cluster.lab.exec_stdout(cluster.lab.fabric_netns(), &["ip", "-j", "link", "show"])?;
+    let fabric: Value = serde_json::from_str(&fabric).context("`ip -j link show` printed no JSON")?;
+    fabric
+        .as_array()
+        .and_then(|links| links.iter().find(|l| l["ifindex"].as_u64() == Some(peer)))
+        .and_then(|l| l["ifname"].as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("no interface {peer} in the fabric namespace: {fabric}"))
+}
+
+/// The counters of `node`'s fast path (`dataplane stats -o json`), decisions and drops.
+fn stats(cluster: &Cluster, node: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    let bin = cluster.bin().to_string_lossy();
+    let pin_path = cluster.lab.pin_path(node).to_string_lossy().into_owned();
+    let output = dataplane_lab::cmd::run(&[&*bin, "stats", "--pin-path", &pin_path, "-o", "json"])?;
+    let json: Value = serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` printed no JSON")?;
+    let mut counters = BTreeMap::new();
+    for section in ["decisions", "drops"] {
+        for (name, value) in json[section].as_object().with_context(|| format!("no {section:?} in {json}"))? {
+            counters.insert(name.clone(), value.as_u64().with_context(|| format!("{name} is not a number"))?);
         }
-        text
     }
+    Ok(counters)
+}
 
-    /// `ip -d -j link show vxlan.dataplane` in `node`'s namespace, or None without the device.
-    fn anchor(&self, node: &str) -> anyhow::Result<Option<Value>> {
-        let output = self.lab.exec_status(self.lab.node_netns(node)?, &["ip", "-d", "-j", "link", "show", ANCHOR])?;
-        if !output.status.success() {
-            return Ok(None);
-        }
-        let json: Value = serde_json::from_slice(&output.stdout).context("`ip -j link show` printed no JSON")?;
-        Ok(Some(json[0].clone()))
-    }
+/// An iperf3 stream web-1 -> web-2; what web-2 received.
+fn stream(cluster: &Cluster) -> anyhow::Result<Received> {
+    let web1 = cluster.lab.pod(WEB_1)?;
+    let web2 = cluster.lab.pod(WEB_2)?;
+    let mut server = cluster.lab.spawn(&web2.netns, &["iperf3", "-s", "-1", "--forceflush"], "iperf3-server")?;
+    server.wait_for_log("Server listening", Duration::from_secs(10))?;
+    let segments_before = in_segments(&cluster.lab, &web2.netns)?;
+    let addr = web2.addr.to_string();
+    let argv = ["iperf3", "-c", &addr, "-t", STREAM_SECONDS, "-J", "--connect-timeout", "3000"];
+    let output = cluster.lab.exec(&web1.netns, &argv)?;
+    let segments = in_segments(&cluster.lab, &web2.netns)? - segments_before;
+    let report: Value = serde_json::from_slice(&output.stdout).context("iperf3 -J printed no JSON")?;
+    let bytes = report["end"]["sum_received"]["bytes"]
+        .as_u64()
+        .with_context(|| format!("no end.sum_received.bytes in {report}"))?;
+    ensure!(bytes > 0, "the stream moved nothing: {report}");
+    Ok(Received { bytes, segments })
+}
 
-    /// `dataplane check` of `node`, pass or fail.
-    fn check_output(&self, node: &str) -> anyhow::Result<std::process::Output> {
-        let bin = self.bin.to_string_lossy();
-        let datastore = format!("file:{}", self.datastore.display());
-        let pin_path = self.lab.pin_path(node).to_string_lossy().into_owned();
-        let argv = [&*bin, "check", "--datastore", &datastore, "--node", node, "--pin-path", &pin_path];
-        self.lab.exec_status(self.lab.node_netns(node)?, &argv)
-    }
-
-    /// `dataplane check` of `node`, which must pass; its text.
-    fn check(&self, node: &str) -> anyhow::Result<String> {
-        let output = self.check_output(node)?;
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        ensure!(
-            output.status.success(),
-            "`dataplane check` of {node} failed:\n{text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(text)
-    }
-
-    /// The fabric's end of `node`'s uplink veth (the interface whose index node's eth0 names as
-    /// its link).
-    fn fabric_end(&self, node: &str) -> anyhow::Result<String> {
-        let uplink = self.lab.exec_stdout(self.lab.node_netns(node)?, &["ip", "-j", "link", "show", "eth0"])?;
-        let uplink: Value = serde_json::from_str(&uplink).context("`ip -j link show eth0` printed no JSON")?;
-        let peer =
-            uplink[0]["link_index"].as_u64().with_context(|| format!("eth0 of {node} names no peer: {uplink}"))?;
-        let fabric = self.lab.exec_stdout(self.lab.fabric_netns(), &["ip", "-j", "link", "show"])?;
-        let fabric: Value = serde_json::from_str(&fabric).context("`ip -j link show` printed no JSON")?;
-        fabric
-            .as_array()
-            .and_then(|links| links.iter().find(|l| l["ifindex"].as_u64() == Some(peer)))
-            .and_then(|l| l["ifname"].as_str())
-            .map(str::to_owned)
-            .with_context(|| format!("no interface {peer} in the fabric namespace: {fabric}"))
-    }
-
-    /// The counters of `node`'s fast path (`dataplane stats -o json`), decisions and drops.
-    fn stats(&self, node: &str) -> anyhow::Result<BTreeMap<String, u64>> {
-        let bin = self.bin.to_string_lossy();
-        let pin_path = self.lab.pin_path(node).to_string_lossy().into_owned();
-        let output = dataplane_lab::cmd::run(&[&*bin, "stats", "--pin-path", &pin_path, "-o", "json"])?;
-        let json: Value =
-            serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` printed no JSON")?;
-        let mut counters = BTreeMap::new();
-        for section in ["decisions", "drops"] {
-            for (name, value) in json[section].as_object().with_context(|| format!("no {section:?} in {json}"))? {
-                counters.insert(name.clone(), value.as_u64().with_context(|| format!("{name} is not a number"))?);
-            }
-        }
-        Ok(counters)
-    }
-
-    /// An iperf3 stream web-1 -> web-2; what web-2 received.
-    fn stream(&self) -> anyhow::Result<Received> {
-        let web1 = self.lab.pod(WEB_1)?;
-        let web2 = self.lab.pod(WEB_2)?;
-        let mut server = self.lab.spawn(&web2.netns, &["iperf3", "-s", "-1", "--forceflush"], "iperf3-server")?;
-        server.wait_for_log("Server listening", Duration::from_secs(10))?;
-        let segments_before = in_segments(&self.lab, &web2.netns)?;
-        let addr = web2.addr.to_string();
-        let argv = ["iperf3", "-c", &addr, "-t", STREAM_SECONDS, "-J", "--connect-timeout", "3000"];
-        let output = self.lab.exec(&web1.netns, &argv)?;
-        let segments = in_segments(&self.lab, &web2.netns)? - segments_before;
-        let report: Value = serde_json::from_slice(&output.stdout).context("iperf3 -J printed no JSON")?;
-        let bytes = report["end"]["sum_received"]["bytes"]
-            .as_u64()
-            .with_context(|| format!("no end.sum_received.bytes in {report}"))?;
-        ensure!(bytes > 0, "the stream moved nothing: {report}");
-        Ok(Received { bytes, segments })
-    }
-
-    /// Sends one VXLAN datagram (VNI 4096, an inner IPv4 frame) from `netns` to `addr`:4789; to
-    /// the node's own address it goes over loopback, where no fast-path program runs.
-    fn send_vxlan_over_loopback(&self, netns: &str, addr: &str) -> anyhow::Result<()> {
-        let vxlan = r"\x08\x00\x00\x00\x00\x10\x00\x00";
-        let ethernet = r"\x0a\x58\x0a\xf4\x02\x02\x0a\x58\x0a\xf4\x01\x02\x08\x00";
-        let ipv4 = r"\x45\x00\x00\x14\x00\x00\x40\x00\x40\xfd\x00\x00\x0a\xf4\x01\x02\x0a\xf4\x02\x02";
-        // Through a file: bash's printf writes at every NUL byte, and each write is a datagram.
-        let script = format!(
-            "f=$(mktemp) && printf '{vxlan}{ethernet}{ipv4}' >\"$f\" && cat \"$f\" >/dev/udp/{addr}/4789; s=$?; rm -f \"$f\"; exit $s"
-        );
-        self.lab.exec(netns, &["bash", "-c", &script])?;
-        Ok(())
-    }
+/// Sends one VXLAN datagram (VNI 4096, an inner IPv4 frame) from `netns` to `addr`:4789; to
+/// the node's own address it goes over loopback, where no fast-path program runs.
+fn send_vxlan_over_loopback(cluster: &Cluster, netns: &str, addr: &str) -> anyhow::Result<()> {
+    let vxlan = r"\x08\x00\x00\x00\x00\x10\x00\x00";
+    let ethernet = r"\x0a\x58\x0a\xf4\x02\x02\x0a\x58\x0a\xf4\x01\x02\x08\x00";
+    let ipv4 = r"\x45\x00\x00\x14\x00\x00\x40\x00\x40\xfd\x00\x00\x0a\xf4\x01\x02\x0a\xf4\x02\x02";
+    // Through a file: bash's printf writes at every NUL byte, and each write is a datagram.
+    let script = format!(
+        "f=$(mktemp) && printf '{vxlan}{ethernet}{ipv4}' >\"$f\" && cat \"$f\" >/dev/udp/{addr}/4789; s=$?; rm -f \"$f\"; exit $s"
+    );
+    cluster.lab.exec(netns, &["bash", "-c", &script])?;
+    Ok(())
 }
 
 /// TcpInSegs of `netns` (`/proc/net/snmp`, what `nstat` reads).

@@ -9,16 +9,14 @@
 //! Needs root and the agent binary.
 
 use std::{
-    fs,
-    path::PathBuf,
-    thread,
+    fs, thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{ensure, Context as _};
 use dataplane::model::MacAddr;
-use dataplane_lab::{Agent, AgentOptions, Lab, LabOptions, LabPod};
-use dataplane_tests::{agent_bin, workspace_root};
+use dataplane_lab::{Agent, AgentOptions, Cluster, Lab, LabPod};
+use dataplane_tests::workspace_root;
 use serde_json::Value;
 
 /// The example cluster; its WorkloadEndpoints carry MACs, which the test removes.
@@ -27,15 +25,6 @@ const EXAMPLE: &str = "examples/two-nodes.yaml";
 const CANNOT_LEARN: &str = "cannot learn the pod's MAC";
 /// The line the agent logs when it has learned one.
 const LEARNED: &str = "learned the pod's MAC from its veth";
-
-/// A file removed when dropped, also when the test fails.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
 
 /// The MAC of `pod`'s eth0, as `ip` prints it.
 fn eth0_mac(lab: &Lab, pod: &LabPod) -> anyhow::Result<String> {
@@ -60,20 +49,18 @@ fn programmed_mac(agent: &Agent, pod: &LabPod) -> anyhow::Result<String> {
 #[test]
 fn pod_macs_are_learned_from_the_veths_and_a_failure_is_reported_once() -> anyhow::Result<()> {
     let test = "pod_macs_are_learned_from_the_veths_and_a_failure_is_reported_once";
-    if dataplane_tests::skip_unless_root(test) {
+    let Some(mut cluster) = Cluster::up_or_skip(test, EXAMPLE)? else {
         return Ok(());
-    }
-    let bin = agent_bin();
+    };
     let example = workspace_root().join(EXAMPLE);
-    let lab = Lab::up(&dataplane_lab::load_model(&example)?, LabOptions::default())?;
+    let lab = &cluster.lab;
 
     // The cluster as the Kubernetes datastore reads it: no WorkloadEndpoint has a MAC.
     let text = fs::read_to_string(&example).with_context(|| format!("reading {}", example.display()))?;
     let without_macs: String =
         text.lines().filter(|line| !line.starts_with("  mac: ")).map(|line| format!("{line}\n")).collect();
     ensure!(without_macs.len() < text.len(), "{EXAMPLE} has no WorkloadEndpoint MACs to remove");
-    let datastore = TempFile(std::env::temp_dir().join(format!("{}-no-macs.yaml", lab.prefix())));
-    fs::write(&datastore.0, without_macs)?;
+    fs::write(cluster.datastore(), without_macs)?;
 
     // cache-1's host interface becomes a bridge (the dummy driver may be missing): no peer, so no MAC to learn.
     let cache1 = lab.pod("default/cache-1")?.clone();
@@ -84,13 +71,14 @@ fn pod_macs_are_learned_from_the_veths_and_a_failure_is_reported_once() -> anyho
 
     // A resync every second: several applies follow the first one within the test.
     let options = AgentOptions { args: vec!["--resync-interval".into(), "1".into()], ..AgentOptions::default() };
-    let mut agents = Vec::new();
     for node in ["node-1", "node-2"] {
-        let mut agent = lab.start_agent_with(node, &bin, &datastore.0, &options)?;
-        agent.wait_ready(Duration::from_secs(60))?;
-        agents.push(agent);
+        cluster.start(node, &options)?;
     }
-    let (node1, node2) = (&agents[0], &agents[1]);
+    let lab = &cluster.lab;
+    let (node1, node2) = (
+        cluster.agent("node-1").context("no agent of node-1")?,
+        cluster.agent("node-2").context("no agent of node-2")?,
+    );
     let web1 = lab.pod("default/web-1")?.clone();
     let web2 = lab.pod("default/web-2")?.clone();
 
@@ -113,12 +101,12 @@ fn pod_macs_are_learned_from_the_veths_and_a_failure_is_reported_once() -> anyho
     ensure!(learned == 1, "web-1's MAC learned {learned} times, want once:\n{log}");
 
     // The maps: web-1 with its eth0 MAC, cache-1 with none; web-2 on node-2 with its own.
-    ensure!(programmed_mac(node1, &web1)? == eth0_mac(&lab, &web1)?, "web-1:\n{log}");
+    ensure!(programmed_mac(node1, &web1)? == eth0_mac(lab, &web1)?, "web-1:\n{log}");
     ensure!(programmed_mac(node1, &cache1)? == MacAddr::default().to_string(), "cache-1:\n{log}");
-    ensure!(programmed_mac(node2, &web2)? == eth0_mac(&lab, &web2)?, "web-2:\n{}", node2.log());
+    ensure!(programmed_mac(node2, &web2)? == eth0_mac(lab, &web2)?, "web-2:\n{}", node2.log());
 
     // Real traffic: web-2's pings arrive in web-1 addressed to web-1's eth0.
-    let mac = eth0_mac(&lab, &web1)?;
+    let mac = eth0_mac(lab, &web1)?;
     let capture = lab.capture(&web1.netns, "eth0", &format!("icmp and dst host {}", web1.addr))?;
     let pcap = capture.pcap_path().to_string_lossy().into_owned();
     let pinged = lab.ping_ok(&web2, web1.addr, 5);

@@ -274,7 +274,7 @@ impl BpfBackend {
         }
         crate::sys::create_private_dir(&pin_path.join(LINKS_DIR))?;
         // One netlink connection for the routes, the pods' MACs and the anchor.
-        let handle = super::netlink::connect()?;
+        let handle = crate::rtnl::connect()?;
         Ok(BpfBackend {
             ebpf,
             pin_path: pin_path.to_owned(),

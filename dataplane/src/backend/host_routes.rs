@@ -16,20 +16,19 @@ use dataplane_common::net::{tunnel_mtu, IPIP_ENCAP_LEN, VXLAN_ENCAP_LEN};
 use futures::{stream, StreamExt as _, TryStreamExt as _};
 use ipnet::Ipv4Net;
 use rtnetlink::{
-    packet_route::route::{
-        RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteType,
-    },
-    Handle, RouteMessageBuilder,
+    packet_route::route::{RouteMessage, RouteProtocol},
+    Handle,
 };
 
 use super::diff::{diff, diff_keys, Changes};
-use crate::plan::{Encap, Plan, PlannedRoute, RouteTarget};
+pub use crate::rtnl::RTPROT_DATAPLANE;
+use crate::{
+    plan::{Encap, Plan, PlannedRoute, RouteTarget},
+    rtnl::{self, KernelRoute},
+};
 
 /// Route requests sent before the first answer is awaited.
 const IN_FLIGHT: usize = 64;
-
-/// The routing protocol number that marks routes this agent owns (`ip route show proto 200`).
-pub const RTPROT_DATAPLANE: u8 = 200;
 
 /// One kernel route for a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -141,7 +140,7 @@ impl HostRoutes {
         let unknown: Vec<Ipv4Addr> = wanted.iter().filter(|addr| !self.next_hops.contains_key(addr)).copied().collect();
         let handle = &self.handle;
         let found: Vec<(Ipv4Addr, Ipv4Addr)> = stream::iter(unknown)
-            .map(|addr| async move { next_hop(handle, addr).await.map(|gateway| (addr, gateway)) })
+            .map(|addr| async move { rtnl::next_hop(handle, addr).await.map(|gateway| (addr, gateway)) })
             .buffer_unordered(IN_FLIGHT)
             .try_collect()
             .await?;
@@ -151,13 +150,9 @@ impl HostRoutes {
 
     /// The routes this agent installed earlier.
     pub async fn programmed(&self) -> anyhow::Result<BTreeMap<Ipv4Net, HostRoute>> {
-        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let mut dump = self.handle.route().get(query).execute();
         let mut routes = BTreeMap::new();
-        while let Some(message) = dump.try_next().await.context("listing routes")? {
-            if message.header.protocol != RouteProtocol::Other(RTPROT_DATAPLANE)
-                || message.header.table != RouteHeader::RT_TABLE_MAIN
-            {
+        for message in rtnl::main_table_routes(&self.handle).await? {
+            if message.header.protocol != RouteProtocol::Other(RTPROT_DATAPLANE) {
                 continue;
             }
             if let Some((prefix, route)) = parse(&message) {
@@ -227,72 +222,42 @@ impl HostRoutes {
     }
 }
 
-/// The gateway the kernel would use towards `addr` (`ip route get`), or `addr` if on-link.
-pub async fn next_hop(handle: &Handle, addr: Ipv4Addr) -> anyhow::Result<Ipv4Addr> {
-    let query = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(addr, 32).build();
-    let mut replies = handle.route().get(query).execute();
-    while let Some(reply) = replies.try_next().await.with_context(|| format!("route get {addr}"))? {
-        for attribute in &reply.attributes {
-            if let RouteAttribute::Gateway(RouteAddress::Inet(gateway)) = attribute {
-                return Ok(*gateway);
-            }
+impl From<HostRoute> for KernelRoute {
+    /// A host route in the one route type: a `Via` is always `onlink`.
+    fn from(route: HostRoute) -> Self {
+        match route {
+            HostRoute::Blackhole => KernelRoute::Blackhole,
+            HostRoute::Via { gateway, ifindex, mtu } => KernelRoute::Via { gateway, ifindex, onlink: true, mtu },
         }
     }
-    Ok(addr)
 }
 
 /// The netlink message for one of our routes.
 fn message(prefix: Ipv4Net, route: HostRoute) -> RouteMessage {
-    let builder = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(prefix.network(), prefix.prefix_len())
-        .protocol(RouteProtocol::Other(RTPROT_DATAPLANE));
-    match route {
-        HostRoute::Blackhole => builder.kind(RouteType::BlackHole).build(),
-        HostRoute::Via { gateway, ifindex, mtu } => {
-            let mut message = builder.gateway(gateway).output_interface(ifindex).onlink().build();
-            if let Some(mtu) = mtu {
-                message.attributes.push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
-            }
-            message
-        }
-    }
+    rtnl::route_message(prefix, route.into())
 }
 
-/// Reads one of our routes back from a dump.
+/// Reads one of our routes back from a dump; None for a shape host routes never have.
 fn parse(message: &RouteMessage) -> Option<(Ipv4Net, HostRoute)> {
-    let mut destination = None;
-    let mut gateway = None;
-    let mut ifindex = None;
-    let mut mtu = None;
-    for attribute in &message.attributes {
-        match attribute {
-            RouteAttribute::Destination(RouteAddress::Inet(addr)) => destination = Some(*addr),
-            RouteAttribute::Gateway(RouteAddress::Inet(addr)) => gateway = Some(*addr),
-            RouteAttribute::Oif(index) => ifindex = Some(*index),
-            RouteAttribute::Metrics(metrics) => {
-                mtu = metrics.iter().find_map(|m| if let RouteMetric::Mtu(v) = m { Some(*v) } else { None })
-            }
-            _ => {}
-        }
-    }
-    let prefix = Ipv4Net::new(destination?, message.header.destination_prefix_length).ok()?;
-    let route = match message.header.kind {
-        RouteType::BlackHole => HostRoute::Blackhole,
-        RouteType::Unicast => HostRoute::Via { gateway: gateway?, ifindex: ifindex?, mtu },
-        _ => return None,
+    let prefix = rtnl::route_prefix(message)?;
+    let route = match rtnl::parse_route(message)? {
+        KernelRoute::Blackhole => HostRoute::Blackhole,
+        KernelRoute::Via { gateway, ifindex, mtu, .. } => HostRoute::Via { gateway, ifindex, mtu },
+        KernelRoute::Link { .. } => return None,
     };
-    let _ = RouteFlags::Onlink;
     Some((prefix, route))
 }
 
 #[cfg(test)]
 mod tests {
+    use rtnetlink::packet_route::route::RouteAttribute;
+
     use super::*;
-    use crate::{datastore::file, plan};
+    use crate::{fixtures::two_nodes, plan};
 
     #[test]
     fn local_blocks_are_blackholed_and_remote_blocks_go_via_the_uplink_with_the_tunnel_mtu() {
-        let (model, _) = file::parse(include_str!("../../../examples/two-nodes.yaml")).unwrap();
+        let model = two_nodes();
         let (plan, _) = plan::compute(&model, "node-1").unwrap();
         let routes = desired(&plan, 2, 1500, |addr| addr);
         assert_eq!(routes[&"10.244.1.0/26".parse().unwrap()], HostRoute::Blackhole);
@@ -308,7 +273,7 @@ mod tests {
     /// and a cloud's 1460-byte one.
     #[test]
     fn the_route_mtu_is_the_uplinks_less_the_tunnel() {
-        let (model, _) = file::parse(include_str!("../../../examples/two-nodes.yaml")).unwrap();
+        let model = two_nodes();
         let (plan, _) = plan::compute(&model, "node-1").unwrap();
         let block = "10.244.2.0/26".parse().unwrap();
         for (uplink_mtu, vxlan) in [(9000, 8950), (1460, 1410)] {
@@ -329,7 +294,7 @@ mod tests {
 
     #[test]
     fn an_off_link_peer_is_reached_through_the_gateway() {
-        let (model, _) = file::parse(include_str!("../../../examples/two-nodes.yaml")).unwrap();
+        let model = two_nodes();
         let (plan, _) = plan::compute(&model, "node-1").unwrap();
         let gateway = Ipv4Addr::new(10, 100, 0, 254);
         let routes = desired(&plan, 2, 1500, |_| gateway);

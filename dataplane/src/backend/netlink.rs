@@ -39,19 +39,14 @@ use ipnet::Ipv4Net;
 use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressMessage},
-        link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
-        route::{
-            RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
-            RouteScope, RouteType,
-        },
+        route::{RouteAttribute, RouteProtocol},
         AddressFamily,
     },
-    Handle, LinkIpIp, LinkUnspec, LinkVxlan, RouteMessageBuilder,
+    Handle, LinkIpIp, LinkUnspec, LinkVxlan,
 };
 use tracing::{info, warn};
 
-pub use super::host_routes::RTPROT_DATAPLANE;
 use super::{
     diff::{diff, Changes},
     nftables, vxlan_anchor,
@@ -59,6 +54,10 @@ use super::{
 use crate::{
     model::{MacAddr, Model, Problem},
     plan::{Encap, Plan, RouteTarget},
+    rtnl::{
+        self, errno, link_by_name, remove_owned_device, route_message, KernelRoute, LinkState, IPIP_DEVICE,
+        RTPROT_DATAPLANE,
+    },
     sys,
 };
 
@@ -68,8 +67,6 @@ pub const VXLAN_DEVICE: &str = CALICO_VXLAN_DEVICE;
 pub const VXLAN_VNI: u32 = CALICO_VXLAN_VNI;
 /// The IANA VXLAN port, which Calico uses.
 pub const VXLAN_PORT: u16 = CALICO_VXLAN_PORT;
-/// The kernel's IP-in-IP fallback device, which Calico uses.
-pub const IPIP_DEVICE: &str = "tunl0";
 /// The alias (`ip link show` prints it) that marks a device this backend made or adopted, so
 /// that `cleanup` removes it and nothing else.
 pub const DEVICE_ALIAS: &str = "dataplane netlink fallback";
@@ -250,29 +247,6 @@ fn own_vtep(plan: &Plan, problems: &mut Vec<Problem>) -> Option<VxlanIntent> {
     Some(VxlanIntent { local: node.addr.addr(), mac, addr })
 }
 
-/// One route of ours as the kernel holds it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KernelRoute {
-    /// `blackhole <prefix>`.
-    Blackhole,
-    /// `<prefix> via <gateway> dev <ifindex> [onlink] [mtu N]`.
-    Via {
-        /// The next hop.
-        gateway: Ipv4Addr,
-        /// The output interface.
-        ifindex: u32,
-        /// The `onlink` flag.
-        onlink: bool,
-        /// A route MTU (the BPF backend's host routes have one; ours do not).
-        mtu: Option<u32>,
-    },
-    /// `<prefix> dev <ifindex> scope link`.
-    Link {
-        /// The output interface.
-        ifindex: u32,
-    },
-}
-
 /// What one apply changed, and what it left out.
 #[derive(Debug, Default)]
 pub struct NetlinkReport {
@@ -300,18 +274,10 @@ pub struct NetlinkBackend {
     ipip: Option<IpipSupport>,
 }
 
-/// The errno of a netlink error, if it is one.
-fn errno(error: &rtnetlink::Error) -> Option<i32> {
-    match error {
-        rtnetlink::Error::NetlinkError(message) => message.code.map(|code| -code.get()),
-        _ => None,
-    }
-}
-
 impl NetlinkBackend {
     /// Opens a netlink connection in the current network namespace (needs a tokio runtime).
     pub fn connect() -> anyhow::Result<Self> {
-        Ok(NetlinkBackend { handle: connect()?, ipip: None })
+        Ok(NetlinkBackend { handle: rtnl::connect()?, ipip: None })
     }
 
     /// Makes the kernel match `plan`; the model gives the peers' VTEP addresses.
@@ -647,16 +613,7 @@ impl NetlinkBackend {
         wanted: &BTreeMap<Ipv4Addr, MacAddr>,
         report: &mut NetlinkReport,
     ) -> anyhow::Result<()> {
-        let mut dump = self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
-        let mut present = BTreeMap::new();
-        while let Some(message) = dump.try_next().await.context("listing neighbours")? {
-            if message.header.ifindex != index || message.header.state != NeighbourState::Permanent {
-                continue;
-            }
-            if let (Some(IpAddr::V4(addr)), Some(mac)) = (neighbour_ip(&message), neighbour_mac(&message)) {
-                present.insert(addr, mac);
-            }
-        }
+        let present = rtnl::permanent_neighbours(&self.handle, index).await?;
         let Changes { upserts, removals } = diff(&present, wanted);
         report.written += upserts.len();
         report.removed += removals.len();
@@ -695,16 +652,7 @@ impl NetlinkBackend {
         wanted: &BTreeMap<MacAddr, Ipv4Addr>,
         report: &mut NetlinkReport,
     ) -> anyhow::Result<()> {
-        let mut dump = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
-        let mut present = BTreeMap::new();
-        while let Some(message) = dump.try_next().await.context("listing FDB entries")? {
-            if message.header.ifindex != index {
-                continue;
-            }
-            if let (Some(IpAddr::V4(dst)), Some(mac)) = (neighbour_ip(&message), neighbour_mac(&message)) {
-                present.insert(mac, dst);
-            }
-        }
+        let present = rtnl::fdb_entries(&self.handle, index).await?;
         let Changes { upserts, removals } = diff(&present, wanted);
         report.written += upserts.len();
         report.removed += removals.len();
@@ -726,7 +674,7 @@ impl NetlinkBackend {
             info!(%mac, %dst, "removing FDB entry from {VXLAN_DEVICE}");
             self.handle
                 .neighbours()
-                .del(fdb_message(index, mac, dst))
+                .del(rtnl::fdb_message(index, mac, dst))
                 .execute()
                 .await
                 .with_context(|| format!("bridge fdb del {mac} dev {VXLAN_DEVICE} dst {dst}"))?;
@@ -742,10 +690,10 @@ impl NetlinkBackend {
     ) -> anyhow::Result<(BTreeMap<Ipv4Net, KernelRoute>, BTreeMap<Ipv4Net, Vec<Option<u32>>>)> {
         let mut ours = BTreeMap::new();
         let mut foreign: BTreeMap<Ipv4Net, Vec<Option<u32>>> = BTreeMap::new();
-        for message in main_table_routes(&self.handle).await? {
-            let Some(prefix) = route_prefix(&message) else { continue };
+        for message in rtnl::main_table_routes(&self.handle).await? {
+            let Some(prefix) = rtnl::route_prefix(&message) else { continue };
             if message.header.protocol == RouteProtocol::Other(RTPROT_DATAPLANE) {
-                if let Some(route) = parse_route(&message) {
+                if let Some(route) = rtnl::parse_route(&message) {
                     ours.insert(prefix, route);
                 }
             } else {
@@ -761,7 +709,7 @@ impl NetlinkBackend {
 
     /// The gateway the kernel would use towards `addr` (`ip route get`), or `addr` if on-link.
     async fn next_hop(&self, addr: Ipv4Addr) -> anyhow::Result<Ipv4Addr> {
-        super::host_routes::next_hop(&self.handle, addr).await
+        rtnl::next_hop(&self.handle, addr).await
     }
 }
 
@@ -781,13 +729,13 @@ pub struct Cleanup {
 /// `vxlan.calico` if it carries our alias, the fast path's `vxlan.dataplane`, and the natOutgoing table. Sysctls (forwarding, proxy ARP) are left as they are:
 /// nothing records what they were before. Needs a tokio runtime. For `dataplane cleanup`.
 pub async fn cleanup() -> anyhow::Result<Cleanup> {
-    let handle = connect()?;
+    let handle = rtnl::connect()?;
     let mut removed = Cleanup::default();
-    for message in main_table_routes(&handle).await? {
+    for message in rtnl::main_table_routes(&handle).await? {
         if message.header.protocol != RouteProtocol::Other(RTPROT_DATAPLANE) {
             continue;
         }
-        let prefix = route_prefix(&message);
+        let prefix = rtnl::route_prefix(&message);
         handle
             .route()
             .del(message)
@@ -797,7 +745,7 @@ pub async fn cleanup() -> anyhow::Result<Cleanup> {
         removed.routes += 1;
     }
     for device in [VXLAN_DEVICE, IPIP_DEVICE] {
-        if remove_owned_device(&handle, device, DEVICE_ALIAS).await? {
+        if rtnl::remove_owned_device(&handle, device, DEVICE_ALIAS).await? {
             removed.devices += 1;
         }
     }
@@ -820,241 +768,6 @@ pub fn cleanup_blocking() -> anyhow::Result<Cleanup> {
         .build()
         .context("starting an async runtime for the netlink cleanup")?
         .block_on(cleanup())
-}
-
-/// Removes the device `name` if it carries `alias`, the mark of the agent's devices
-/// ([`DEVICE_ALIAS`] for the fallback's; an IPIP fallback device cannot be deleted: it is only
-/// brought down). Returns whether it did.
-pub async fn remove_owned_device(handle: &Handle, name: &str, alias: &str) -> anyhow::Result<bool> {
-    let Some(message) = link_by_name(handle, name).await? else {
-        return Ok(false);
-    };
-    let link = LinkState::parse(&message);
-    if link.alias.as_deref() != Some(alias) {
-        return Ok(false);
-    }
-    if name == IPIP_DEVICE {
-        // tunl0 belongs to the ipip module and cannot be deleted: take it down and drop our mark.
-        let message = LinkUnspec::new_with_index(link.index).down().alias("").build();
-        handle.link().set(message).execute().await.with_context(|| format!("taking {name} down"))?;
-    } else {
-        handle.link().del(link.index).execute().await.with_context(|| format!("deleting {name}"))?;
-    }
-    Ok(true)
-}
-
-/// An rtnetlink connection in the current network namespace, its task spawned on the current
-/// tokio runtime.
-pub fn connect() -> anyhow::Result<Handle> {
-    let (connection, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-    tokio::spawn(connection);
-    Ok(handle)
-}
-
-/// The link called `name`, or None if there is no such device.
-pub(crate) async fn link_by_name(handle: &Handle, name: &str) -> anyhow::Result<Option<LinkMessage>> {
-    let mut replies = handle.link().get().match_name(name.to_owned()).execute();
-    match replies.try_next().await {
-        Ok(message) => Ok(message),
-        Err(error) if errno(&error) == Some(libc::ENODEV) => Ok(None),
-        Err(error) => Err(error).with_context(|| format!("looking up link {name}")),
-    }
-}
-
-/// Every IPv4 route of the main table.
-async fn main_table_routes(handle: &Handle) -> anyhow::Result<Vec<RouteMessage>> {
-    let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
-    let mut dump = handle.route().get(query).execute();
-    let mut routes = Vec::new();
-    while let Some(message) = dump.try_next().await.context("listing routes")? {
-        let table = message
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                RouteAttribute::Table(table) => Some(*table),
-                _ => None,
-            })
-            .unwrap_or(u32::from(message.header.table));
-        if table == u32::from(RouteHeader::RT_TABLE_MAIN) {
-            routes.push(message);
-        }
-    }
-    Ok(routes)
-}
-
-/// A device's settings as the agent compares them (this backend's devices, and the fast path's
-/// VXLAN GRO anchor).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LinkState {
-    /// Its ifindex.
-    pub index: u32,
-    /// Its link kind (`vxlan`, `ipip`, ...).
-    pub kind: Option<String>,
-    /// vxlan: the VNI.
-    pub vni: Option<u32>,
-    /// vxlan: the UDP destination port.
-    pub port: Option<u16>,
-    /// vxlan: the local address.
-    pub local: Option<Ipv4Addr>,
-    /// vxlan: the lower device's ifindex.
-    pub lower: Option<u32>,
-    /// vxlan: whether it learns FDB entries from what it receives.
-    pub learning: Option<bool>,
-    /// vxlan: external mode (collect_metadata), as the fast path's GRO anchor runs.
-    pub external: bool,
-    /// Its MTU.
-    pub mtu: Option<u32>,
-    /// Its link-layer address.
-    pub mac: Option<Vec<u8>>,
-    /// Its alias (ours marks the devices the agent made).
-    pub alias: Option<String>,
-    /// Whether it is administratively up.
-    pub up: bool,
-}
-
-impl LinkState {
-    /// Reads a link message from the kernel.
-    pub fn parse(message: &LinkMessage) -> Self {
-        let mut state = LinkState {
-            index: message.header.index,
-            up: message.header.flags.contains(LinkFlags::Up),
-            ..Default::default()
-        };
-        for attribute in &message.attributes {
-            match attribute {
-                LinkAttribute::Mtu(mtu) => state.mtu = Some(*mtu),
-                LinkAttribute::Address(mac) => state.mac = Some(mac.clone()),
-                LinkAttribute::IfAlias(alias) => state.alias = Some(alias.clone()),
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        match info {
-                            LinkInfo::Kind(kind) => {
-                                state.kind = Some(match kind {
-                                    InfoKind::Vxlan => "vxlan".to_owned(),
-                                    other => format!("{other:?}").to_lowercase(),
-                                })
-                            }
-                            LinkInfo::Data(InfoData::Vxlan(vxlan)) => {
-                                for item in vxlan {
-                                    match item {
-                                        InfoVxlan::Id(vni) => state.vni = Some(*vni),
-                                        InfoVxlan::Port(port) => state.port = Some(*port),
-                                        InfoVxlan::Local(local) => state.local = Some(*local),
-                                        InfoVxlan::Link(lower) => state.lower = Some(*lower),
-                                        InfoVxlan::Learning(learning) => state.learning = Some(*learning),
-                                        InfoVxlan::CollectMetadata(on) => state.external = *on,
-                                        _ => {}
-                                    }
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        state
-    }
-
-    /// Whether it is a vxlan device.
-    pub fn is_vxlan(&self) -> bool {
-        self.kind.as_deref() == Some("vxlan")
-    }
-}
-
-/// The prefix of a route message (0.0.0.0/0 for the default route).
-fn route_prefix(message: &RouteMessage) -> Option<Ipv4Net> {
-    let destination = message
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Destination(RouteAddress::Inet(addr)) => Some(*addr),
-            _ => None,
-        })
-        .unwrap_or(Ipv4Addr::UNSPECIFIED);
-    Ipv4Net::new(destination, message.header.destination_prefix_length).ok()
-}
-
-/// Reads one of our routes back from a dump; None for a shape we never make.
-fn parse_route(message: &RouteMessage) -> Option<KernelRoute> {
-    let mut gateway = None;
-    let mut ifindex = None;
-    let mut mtu = None;
-    for attribute in &message.attributes {
-        match attribute {
-            RouteAttribute::Gateway(RouteAddress::Inet(addr)) => gateway = Some(*addr),
-            RouteAttribute::Oif(index) => ifindex = Some(*index),
-            RouteAttribute::Metrics(metrics) => {
-                mtu = metrics.iter().find_map(|m| if let RouteMetric::Mtu(v) = m { Some(*v) } else { None })
-            }
-            _ => {}
-        }
-    }
-    match (message.header.kind, gateway) {
-        (RouteType::BlackHole, _) => Some(KernelRoute::Blackhole),
-        (RouteType::Unicast, Some(gateway)) => Some(KernelRoute::Via {
-            gateway,
-            ifindex: ifindex?,
-            onlink: message.header.flags.contains(RouteFlags::Onlink),
-            mtu,
-        }),
-        (RouteType::Unicast, None) if message.header.scope == RouteScope::Link => {
-            Some(KernelRoute::Link { ifindex: ifindex? })
-        }
-        _ => None,
-    }
-}
-
-/// The netlink message for one of our routes, tagged with our protocol (a delete with the
-/// protocol set only matches routes of that protocol).
-fn route_message(prefix: Ipv4Net, route: KernelRoute) -> RouteMessage {
-    let builder = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(prefix.network(), prefix.prefix_len())
-        .protocol(RouteProtocol::Other(RTPROT_DATAPLANE));
-    match route {
-        KernelRoute::Blackhole => builder.kind(RouteType::BlackHole).build(),
-        KernelRoute::Via { gateway, ifindex, onlink, mtu } => {
-            let builder = builder.gateway(gateway).output_interface(ifindex);
-            let mut message = if onlink { builder.onlink().build() } else { builder.build() };
-            if let Some(mtu) = mtu {
-                message.attributes.push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
-            }
-            message
-        }
-        KernelRoute::Link { ifindex } => builder.output_interface(ifindex).scope(RouteScope::Link).build(),
-    }
-}
-
-/// An FDB entry of `vxlan.calico`, for deleting it.
-fn fdb_message(index: u32, mac: MacAddr, dst: Ipv4Addr) -> NeighbourMessage {
-    let mut message = NeighbourMessage::default();
-    message.header.family = AddressFamily::Bridge;
-    message.header.ifindex = index;
-    message.header.flags = NeighbourFlags::Own;
-    message.header.state = NeighbourState::Permanent;
-    message.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
-    message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
-    message
-}
-
-/// The IPv4 destination of a neighbour or FDB entry. The parser only knows the address family of
-/// neighbours: an FDB entry (family bridge) carries its destination as raw bytes.
-fn neighbour_ip(message: &NeighbourMessage) -> Option<IpAddr> {
-    message.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)) => Some(IpAddr::V4(*addr)),
-        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
-            <[u8; 4]>::try_from(bytes.as_slice()).ok().map(|octets| IpAddr::V4(Ipv4Addr::from(octets)))
-        }
-        _ => None,
-    })
-}
-
-fn neighbour_mac(message: &NeighbourMessage) -> Option<MacAddr> {
-    message.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
-        _ => None,
-    })
 }
 
 /// natOutgoing in nf_tables (see [`super::nftables`]). A kernel without nf_tables NAT leaves the
@@ -1137,21 +850,10 @@ mod tests {
     use super::*;
     use crate::{
         datastore::file,
+        fixtures::{ip, mac, net},
         model::EncapMode,
         plan::{self, PlannedRoute},
     };
-
-    fn net(text: &str) -> Ipv4Net {
-        text.parse().expect("test CIDR")
-    }
-
-    fn ip(text: &str) -> Ipv4Addr {
-        text.parse().expect("test address")
-    }
-
-    fn mac(text: &str) -> MacAddr {
-        text.parse().expect("test MAC")
-    }
 
     fn example(yaml: &str, node: &str) -> (Model, Plan) {
         let (model, problems) = file::parse(yaml).expect("example YAML");
@@ -1285,37 +987,6 @@ mod tests {
         let intent = intent(&plan, &model);
         assert_eq!(intent.routes.get(&net("10.244.2.0/26")), Some(&RouteIntent::Direct { peer: ip("10.100.0.12") }));
         assert_eq!(intent.vxlan, None, "no peer tunnels, so no device");
-    }
-
-    #[test]
-    fn route_messages_read_back_as_the_same_route() {
-        let prefix = net("10.244.2.0/26");
-        for route in [
-            KernelRoute::Blackhole,
-            KernelRoute::Via { gateway: ip("10.244.2.0"), ifindex: 7, onlink: true, mtu: None },
-            KernelRoute::Via { gateway: ip("10.100.0.12"), ifindex: 2, onlink: true, mtu: Some(1450) },
-            KernelRoute::Link { ifindex: 9 },
-        ] {
-            let message = route_message(prefix, route);
-            assert_eq!(route_prefix(&message), Some(prefix));
-            assert_eq!(message.header.protocol, RouteProtocol::Other(RTPROT_DATAPLANE));
-            assert_eq!(parse_route(&message), Some(route), "{message:?}");
-        }
-    }
-
-    #[test]
-    fn fdb_messages_carry_mac_and_destination() {
-        let message = fdb_message(4, mac("66:d0:00:00:00:02"), ip("10.100.0.12"));
-        assert_eq!(neighbour_mac(&message), Some(mac("66:d0:00:00:00:02")));
-        assert_eq!(neighbour_ip(&message), Some(IpAddr::V4(ip("10.100.0.12"))));
-        assert_eq!(message.header.family, AddressFamily::Bridge);
-        // As a dump hands it over: the destination of a bridge-family entry is raw bytes.
-        let mut dumped = message.clone();
-        dumped.attributes = vec![
-            NeighbourAttribute::LinkLayerAddress(mac("66:d0:00:00:00:02").0.to_vec()),
-            NeighbourAttribute::Destination(NeighbourAddress::Other(vec![10, 100, 0, 12])),
-        ];
-        assert_eq!(neighbour_ip(&dumped), Some(IpAddr::V4(ip("10.100.0.12"))));
     }
 
     #[test]

@@ -156,7 +156,7 @@ pub fn learn_once(wanted: &[(&str, u32)]) -> anyhow::Result<BTreeMap<String, Mac
     }
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(async { Ok(PeerMacs::new(super::netlink::connect()?).learn(wanted).await) })
+    runtime.block_on(async { Ok(PeerMacs::new(crate::rtnl::connect()?).learn(wanted).await) })
 }
 
 #[cfg(test)]

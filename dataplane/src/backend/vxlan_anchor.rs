@@ -17,8 +17,10 @@ use futures::TryStreamExt as _;
 use rtnetlink::{packet_route::link::LinkAttribute, Handle, LinkUnspec, LinkVxlan};
 use tracing::{info, warn};
 
-use super::netlink::{link_by_name, remove_owned_device, LinkState};
-use crate::plan::Plan;
+use crate::{
+    plan::Plan,
+    rtnl::{link_by_name, remove_owned_device, LinkState},
+};
 
 /// The anchor device's name (not `vxlan.calico`, which the netlink fallback owns).
 pub const ANCHOR_DEVICE: &str = "vxlan.dataplane";

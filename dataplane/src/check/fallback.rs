@@ -4,10 +4,11 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use crate::{
     backend::{
-        netlink::{Intent, RouteIntent, IPIP_DEVICE, VXLAN_DEVICE, VXLAN_VNI},
+        netlink::{Intent, RouteIntent, VXLAN_DEVICE, VXLAN_VNI},
         nftables,
     },
     plan::{Plan, RouteTarget},
+    rtnl::IPIP_DEVICE,
 };
 
 use super::*;

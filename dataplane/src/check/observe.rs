@@ -7,25 +7,21 @@ use aya::programs::{links::FdLink, links::PinnedLink, SchedClassifier};
 use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 
-use rtnetlink::{
-    packet_route::{
-        link::{InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
-        route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType},
-        AddressFamily,
-    },
-    RouteMessageBuilder,
+use rtnetlink::packet_route::{
+    link::LinkMessage,
+    route::{RouteMessage, RouteProtocol},
 };
 
 use crate::{
     backend::{
         bpf::{link_pin_name, LINKS_DIR},
         clsact::{self, Filter},
-        netlink::{self, RTPROT_DATAPLANE, VXLAN_DEVICE},
+        netlink::VXLAN_DEVICE,
         nftables, vxlan_anchor,
     },
     model::MacAddr,
     pinned::PinnedMaps,
+    rtnl::{self, KernelRoute as RouteOfKernel, LinkState, RTPROT_DATAPLANE},
     sys,
 };
 
@@ -186,7 +182,7 @@ impl ObservedFallback {
 pub fn observe_gro_holder(port: u16) -> Option<String> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
     runtime.block_on(async move {
-        let handle = netlink::connect().ok()?;
+        let handle = rtnl::connect().ok()?;
         vxlan_anchor::other_vxlan_up_on(&handle, port).await
     })
 }
@@ -197,7 +193,7 @@ pub fn observe_fallback(interfaces: &BTreeMap<String, u32>) -> anyhow::Result<Ob
     let device_index = interfaces.get(VXLAN_DEVICE).copied();
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?.block_on(
         async move {
-            let handle = netlink::connect()?;
+            let handle = rtnl::connect()?;
             let mut observed = ObservedFallback::default();
             match nftables::observe() {
                 Ok(nat) => observed.nat = nat,
@@ -208,34 +204,10 @@ pub fn observe_fallback(interfaces: &BTreeMap<String, u32>) -> anyhow::Result<Ob
                 if let Some(message) = links.try_next().await.context("reading vxlan.calico")? {
                     observed.device = Some(parse_vxlan_device(&message));
                 }
-                let mut dump = handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
-                while let Some(message) = dump.try_next().await.context("listing neighbours")? {
-                    if message.header.ifindex == index && message.header.state == NeighbourState::Permanent {
-                        if let (Some(addr), Some(mac)) = (neighbour_ipv4(&message), neighbour_mac(&message)) {
-                            observed.neighbours.insert(addr, mac);
-                        }
-                    }
-                }
-                let mut dump = handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
-                while let Some(message) = dump.try_next().await.context("listing FDB entries")? {
-                    if message.header.ifindex == index {
-                        if let (Some(addr), Some(mac)) = (neighbour_ipv4(&message), neighbour_mac(&message)) {
-                            observed.fdb.insert(mac, addr);
-                        }
-                    }
-                }
+                observed.neighbours = rtnl::permanent_neighbours(&handle, index).await?;
+                observed.fdb = rtnl::fdb_entries(&handle, index).await?;
             }
-            let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
-            let mut dump = handle.route().get(query).execute();
-            while let Some(message) = dump.try_next().await.context("listing routes")? {
-                let table = message
-                    .attributes
-                    .iter()
-                    .find_map(|a| if let RouteAttribute::Table(table) = a { Some(*table) } else { None })
-                    .unwrap_or(u32::from(message.header.table));
-                if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
-                    continue;
-                }
+            for message in rtnl::main_table_routes(&handle).await? {
                 if message.header.protocol == RouteProtocol::Other(RTPROT_DATAPLANE) {
                     observed.ours += 1;
                 }
@@ -249,69 +221,29 @@ pub fn observe_fallback(interfaces: &BTreeMap<String, u32>) -> anyhow::Result<Ob
     )
 }
 
+/// The parts of `vxlan.calico` the check compares, from the one link parser.
 pub(super) fn parse_vxlan_device(message: &LinkMessage) -> VxlanDevice {
-    let mut device = VxlanDevice { up: message.header.flags.contains(LinkFlags::Up), ..VxlanDevice::default() };
-    for attribute in &message.attributes {
-        match attribute {
-            LinkAttribute::Address(bytes) => device.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
-            LinkAttribute::LinkInfo(infos) => {
-                for info in infos {
-                    if let LinkInfo::Data(InfoData::Vxlan(items)) = info {
-                        for item in items {
-                            match item {
-                                InfoVxlan::Id(vni) => device.vni = Some(*vni),
-                                InfoVxlan::Local(local) => device.local = Some(*local),
-                                _ => {}
-                            }
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
+    let link = LinkState::parse(message);
+    VxlanDevice {
+        up: link.up,
+        mac: link.mac.and_then(|bytes| <[u8; 6]>::try_from(bytes.as_slice()).ok()).map(MacAddr),
+        vni: link.vni,
+        local: link.local,
     }
-    device
 }
 
-/// The IPv4 destination of a neighbour or FDB entry (an FDB entry carries it as raw bytes).
-pub(super) fn neighbour_ipv4(message: &NeighbourMessage) -> Option<Ipv4Addr> {
-    message.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)) => Some(*addr),
-        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
-            <[u8; 4]>::try_from(bytes.as_slice()).ok().map(Ipv4Addr::from)
-        }
-        _ => None,
-    })
-}
-
-pub(super) fn neighbour_mac(message: &NeighbourMessage) -> Option<MacAddr> {
-    message.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
-        _ => None,
-    })
-}
-
+/// A route of the main table as the check compares it, from the one route parser: every shape the
+/// fallback does not write (a link-scope route, an unreachable one, ...) is `Other`.
 pub(super) fn parse_observed_route(
     message: &RouteMessage,
     names: &BTreeMap<u32, String>,
 ) -> Option<(Ipv4Net, ObservedRoute)> {
-    let mut destination = Ipv4Addr::UNSPECIFIED;
-    let mut gateway = None;
-    let mut oif = None;
-    for attribute in &message.attributes {
-        match attribute {
-            RouteAttribute::Destination(RouteAddress::Inet(addr)) => destination = *addr,
-            RouteAttribute::Gateway(RouteAddress::Inet(addr)) => gateway = Some(*addr),
-            RouteAttribute::Oif(index) => oif = Some(*index),
-            _ => {}
-        }
-    }
-    let prefix = Ipv4Net::new(destination, message.header.destination_prefix_length).ok()?;
-    let route = match (message.header.kind, gateway, oif) {
-        (RouteType::BlackHole, _, _) => ObservedRoute::Blackhole,
-        (RouteType::Unicast, Some(gateway), Some(index)) => ObservedRoute::Via {
+    let prefix = rtnl::route_prefix(message)?;
+    let route = match rtnl::parse_route(message) {
+        Some(RouteOfKernel::Blackhole) => ObservedRoute::Blackhole,
+        Some(RouteOfKernel::Via { gateway, ifindex, .. }) => ObservedRoute::Via {
             gateway,
-            interface: names.get(&index).cloned().unwrap_or_else(|| format!("ifindex {index}")),
+            interface: names.get(&ifindex).cloned().unwrap_or_else(|| format!("ifindex {ifindex}")),
         },
         _ => ObservedRoute::Other,
     };

@@ -10,7 +10,6 @@ use aya::programs::TcAttachType;
 use dataplane_common::{
     route_kind, workload_flags, Route, Workload, PROG_FROM_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR,
 };
-use ipnet::Ipv4Net;
 
 use crate::{
     backend::{
@@ -28,32 +27,9 @@ use crate::{
 
 use super::*;
 use crate::{
-    datastore::file,
-    model::{AffinityState, Block, EncapMode, IpPool, Node},
+    fixtures::{net, pool, two_nodes},
+    model::{AffinityState, Block, Node},
 };
-
-fn net(text: &str) -> Ipv4Net {
-    text.parse().expect("test CIDR")
-}
-
-fn example() -> Model {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/two-nodes.yaml");
-    let (model, problems) = file::load(&path).expect("example loads");
-    assert!(problems.is_empty(), "{problems:?}");
-    model
-}
-
-fn pool(name: &str, cidr: &str, block_size: u8) -> IpPool {
-    IpPool {
-        name: name.into(),
-        cidr: net(cidr),
-        block_size,
-        vxlan_mode: EncapMode::Always,
-        ipip_mode: EncapMode::Never,
-        nat_outgoing: false,
-        disabled: false,
-    }
-}
 
 fn objects(findings: &[Finding]) -> Vec<&str> {
     findings.iter().map(|f| f.object.as_str()).collect()
@@ -61,7 +37,7 @@ fn objects(findings: &[Finding]) -> Vec<&str> {
 
 /// The example's node-1 with its interfaces: uplink eth0 = 2, web-1 = 5, cache-1 = 6.
 fn node_1() -> (Model, Plan, BTreeMap<String, u32>, MapEntries) {
-    let model = example();
+    let model = two_nodes();
     let (plan, problems) = plan::compute(&model, "node-1").expect("plan");
     assert!(problems.is_empty());
     let interfaces = BTreeMap::from([
@@ -91,7 +67,7 @@ fn observed_from(entries: &MapEntries) -> ObservedMaps {
 
 #[test]
 fn the_example_cluster_has_no_model_problems() {
-    let model = example();
+    let model = two_nodes();
     assert_eq!(check_pools(&model), vec![]);
     assert_eq!(check_blocks(&model), vec![]);
     assert_eq!(check_tunnel_addresses(&model, "node-1"), vec![]);
@@ -100,7 +76,7 @@ fn the_example_cluster_has_no_model_problems() {
 
 #[test]
 fn overlapping_pools_name_the_later_pool_and_the_fix() {
-    let mut model = example();
+    let mut model = two_nodes();
     model.pools.push(pool("overlap", "10.244.128.0/17", 26));
     let findings = check_pools(&model);
     assert_eq!(objects(&findings), vec!["IPPool overlap"]);
@@ -110,7 +86,7 @@ fn overlapping_pools_name_the_later_pool_and_the_fix() {
 
 #[test]
 fn exhaustion_is_more_nodes_than_blocks() {
-    let mut model = example();
+    let mut model = two_nodes();
     // A /26 pool of /28 blocks has 4 blocks; the cluster has 2 nodes: fine. With 5: not.
     model.pools = vec![pool("small", "10.244.0.0/26", 28)];
     model.blocks.clear();
@@ -129,7 +105,7 @@ fn exhaustion_is_more_nodes_than_blocks() {
 
 #[test]
 fn a_full_pool_is_reported_even_with_enough_blocks_for_the_nodes() {
-    let mut model = example();
+    let mut model = two_nodes();
     model.pools = vec![pool("tiny", "10.244.1.0/25", 26)];
     model.blocks.retain(|b| b.cidr == net("10.244.1.0/26"));
     model.blocks.push(Block {
@@ -145,7 +121,7 @@ fn a_full_pool_is_reported_even_with_enough_blocks_for_the_nodes() {
 
 #[test]
 fn a_block_outside_every_pool_is_named_with_its_node() {
-    let mut model = example();
+    let mut model = two_nodes();
     model.blocks.push(Block {
         cidr: net("10.99.0.0/26"),
         node: "node-2".into(),
@@ -159,7 +135,7 @@ fn a_block_outside_every_pool_is_named_with_its_node() {
 
 #[test]
 fn a_tunnel_address_outside_the_nodes_blocks() {
-    let mut model = example();
+    let mut model = two_nodes();
     model.nodes[0].vxlan_tunnel_addr = Some(Ipv4Addr::new(10, 244, 2, 9));
     let findings = check_tunnel_addresses(&model, "node-1");
     assert_eq!(objects(&findings), vec!["Node node-1"]);
@@ -503,7 +479,7 @@ fn a_missing_filter_a_wrong_program_a_hook_attached_twice_and_a_stray_filter() {
 
 #[test]
 fn planner_problems_are_not_repeated_for_objects_already_reported() {
-    let mut model = example();
+    let mut model = two_nodes();
     model.pools.push(pool("overlap", "10.244.128.0/17", 26));
     model.blocks.push(Block {
         cidr: net("10.99.0.0/26"),

@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod file;
 pub mod file_watch;
 pub mod kubernetes;
+pub mod resources;
 pub mod watching;
 
 use std::sync::{

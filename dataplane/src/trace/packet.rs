@@ -36,8 +36,10 @@ pub(super) const UPLINK_PEER_MAC: MacBytes = [0x02, 0, 0, 0, 0, 0x02];
 
 pub(super) const UPLINK_OWN_MAC: MacBytes = [0x02, 0, 0, 0, 0, 0x01];
 
-/// The RFC 1071 checksum of `data` (an odd last byte padded with zero).
-pub(super) fn checksum(data: &[u8]) -> u16 {
+/// The RFC 1071 checksum of `data` (an odd last byte padded with zero): an IPv4 header's over
+/// the header, a segment's through [`transport_checksum`]. The one checksum of the probes and
+/// of the tests' packet builder.
+pub fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 =
         data.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)]))).sum();
     while sum > 0xffff {
@@ -121,18 +123,7 @@ pub fn ipv4_packet(probe: &Probe) -> Vec<u8> {
         Proto::Arp => return Vec::new(),
     };
     let protocol = probe.proto.number();
-    let mut summed = Vec::with_capacity(12 + l4.len());
-    if protocol != IPPROTO_ICMP {
-        summed.extend_from_slice(&probe.src.octets());
-        summed.extend_from_slice(&probe.dst.octets());
-        summed.extend_from_slice(&[0, protocol]);
-        summed.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-    }
-    summed.extend_from_slice(&l4);
-    let mut sum = checksum(&summed);
-    if protocol == IPPROTO_UDP && sum == 0 {
-        sum = 0xffff;
-    }
+    let sum = transport_checksum(probe.src.octets(), probe.dst.octets(), protocol, &l4);
     l4[checksum_at..checksum_at + 2].copy_from_slice(&sum.to_be_bytes());
     let mut packet = ipv4_header(Ipv4Fields {
         src: probe.src,
@@ -145,6 +136,26 @@ pub fn ipv4_packet(probe: &Probe) -> Vec<u8> {
     });
     packet.extend_from_slice(&l4);
     packet
+}
+
+/// The checksum of the TCP, UDP or ICMP `segment` of an IPv4 packet from `src` to `dst`, over
+/// the segment as given (its checksum field zeroed by the caller): TCP and UDP sum the
+/// pseudo-header too, and UDP sends a computed 0 as 0xffff (0 means "no checksum").
+pub fn transport_checksum(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> u16 {
+    let mut summed = Vec::with_capacity(12 + segment.len());
+    if protocol != IPPROTO_ICMP {
+        summed.extend_from_slice(&src);
+        summed.extend_from_slice(&dst);
+        summed.extend_from_slice(&[0, protocol]);
+        summed.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    }
+    summed.extend_from_slice(segment);
+    let sum = checksum(&summed);
+    if protocol == IPPROTO_UDP && sum == 0 {
+        0xffff
+    } else {
+        sum
+    }
 }
 
 /// An ARP request from `mac`/`probe.src` asking for `probe.dst`, broadcast.

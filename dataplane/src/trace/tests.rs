@@ -1,6 +1,6 @@
 //! Unit tests of the prediction, the packets and the report.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use dataplane_common::{
     net::{
@@ -12,7 +12,7 @@ use dataplane_common::{
 };
 
 use super::*;
-use crate::{backend::entries, datastore::file, plan};
+use crate::{backend::entries, plan};
 
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
@@ -23,8 +23,7 @@ const NODE_2: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 12);
 
 /// node-1 of the example as the agent programs it: web-1 on ifindex 5, cache-1 on 6, uplink 2.
 fn state() -> State {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/two-nodes.yaml");
-    let (model, _) = file::load(&path).expect("example loads");
+    let model = crate::fixtures::two_nodes();
     let (plan, _) = plan::compute(&model, "node-1").expect("plan");
     let ifindex = |name: &str| match name {
         "cali0761ccbeace" => Some(5),

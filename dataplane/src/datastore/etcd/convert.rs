@@ -18,7 +18,7 @@ use serde_json::{Map, Value as Json};
 
 use super::keys::{self, Key, Parsed};
 use crate::{
-    datastore::{file::ModelBuilder, Delta, Snapshot},
+    datastore::{resources::ModelBuilder, Delta, Snapshot},
     model::{AffinityState, Block, IpPool, Model, Node, Problem, Workload},
 };
 

@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, net::IpAddr, str::FromStr as _};
 use serde_json::{json, Value as Json};
 
 use crate::{
-    datastore::{file::ModelBuilder, Snapshot},
+    datastore::{resources::ModelBuilder, Snapshot},
     model::Problem,
 };
 
