@@ -1,8 +1,9 @@
 //! `dataplane run`: the watch-and-converge loop.
 //!
 //! datastore -> deltas -> incremental plan -> backend, on start, whenever the datastore changes
-//! (only what a change touched is planned and written), and on a periodic resync (everything is
-//! compared with what the kernel holds). A failed read keeps the last good state in the kernel.
+//! (only what a change touched is planned and written), and on a periodic resync (the kernel is
+//! read apart from the event loop, and only what differs from what the agent wrote is compared
+//! with the plan again). A failed read keeps the last good state in the kernel.
 
 use std::{
     path::PathBuf,
@@ -376,6 +377,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             .min()
             .unwrap_or(1);
     let mut sweep = tokio::time::interval(CONNTRACK_SWEEP.min(Duration::from_secs(u64::from(shortest).max(2) / 2)));
+    // The slow resync's read of the kernel, while it runs.
+    let mut kernel_read: Option<tokio::task::JoinHandle<anyhow::Result<bpf::KernelRead>>> = None;
     // When the snapshot being reconciled reached the agent; None for a resync.
     let mut woke: Option<Instant>;
     loop {
@@ -407,12 +410,47 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 }
             }
             _ = resync.tick() => {
-                // The slow resync: the backend reads the kernel's state again instead of trusting
-                // what it wrote, and repairs whatever else changed it.
-                if let Backend::Bpf(backend) = &mut backend {
-                    backend.forget();
+                // The slow resync: the kernel's state is read again instead of trusted, and
+                // whatever else changed it is repaired. The fast path's maps and routes are read
+                // in a task of their own, so no event waits behind a read of 100k entries.
+                match &backend {
+                    Backend::Bpf(backend) => {
+                        if kernel_read.is_none() {
+                            kernel_read = Some(tokio::spawn(backend.read_later()));
+                        }
+                        continue;
+                    }
+                    Backend::Netlink(_) => pending.everything = true,
                 }
-                pending.everything = true;
+            }
+            read_done = async {
+                match kernel_read.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                kernel_read = None;
+                let Backend::Bpf(backend) = &mut backend else { continue };
+                match read_done.map_err(anyhow::Error::from).and_then(|read| read) {
+                    Ok(read) => {
+                        let Some(drift) = backend.take_read(read) else { continue };
+                        warn!(
+                            routes = drift.routes.len(),
+                            peers = drift.nodes.len(),
+                            everything = drift.everything,
+                            "the kernel holds otherwise than this agent wrote: repairing"
+                        );
+                        pending.everything |= drift.everything;
+                        pending.routes.extend(drift.routes);
+                        pending.nodes.extend(drift.nodes);
+                    }
+                    Err(error) => {
+                        // Compared whole on the next apply, from a read on the event loop.
+                        warn!("the resync could not read the kernel in the background: {error:#}");
+                        backend.forget();
+                        pending.everything = true;
+                    }
+                }
             }
         }
         if read {
