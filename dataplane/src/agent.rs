@@ -381,8 +381,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut kernel_read: Option<tokio::task::JoinHandle<anyhow::Result<bpf::KernelRead>>> = None;
     // When the snapshot being reconciled reached the agent; None for a resync.
     let mut woke: Option<Instant>;
+    // How long the planner took over the deltas being reconciled (the log says, for profiling a
+    // whole read); None for a resync.
+    let mut planned: Option<Duration>;
     loop {
         woke = None;
+        planned = None;
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -405,6 +409,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 for delta in deltas {
                     planner.apply(delta, &mut pending);
                 }
+                planned = woke.map(|woke| woke.elapsed());
                 if let Ok(mut agent) = agent_metrics.lock() {
                     agent.queued_batches = batches as u64;
                 }
@@ -457,7 +462,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             report_problems(&planner, &mut reported);
             let span = info_span!("reconcile", node = %options.node);
             let started = Instant::now();
-            let result = reconcile(&mut backend, &options, &planner, &pending).instrument(span).await;
+            let result = reconcile(&mut backend, &options, &planner, &pending, planned).instrument(span).await;
             pending = Changes { everything: result.is_err(), ..Changes::default() };
             if let Ok(mut agent) = agent_metrics.lock() {
                 agent.last_reconcile_ok = result.is_ok();
@@ -512,6 +517,7 @@ async fn reconcile(
     options: &RunOptions,
     planner: &Planner,
     changes: &Changes,
+    planned: Option<Duration>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let plan = planner.plan().map_err(|error| anyhow::anyhow!("{error}"))?;
@@ -562,6 +568,7 @@ async fn reconcile(
         detached = report.detached,
         xdp = %backend.xdp_mode(),
         missing_interfaces = report.missing.len(),
+        plan_ms = planned.map_or(0, |planned| planned.as_millis() as u64),
         maps_ms = report.maps_done.map_or(0, |done| done.duration_since(started).as_millis() as u64),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "fast path programmed"
