@@ -53,6 +53,8 @@ use ipnet::Ipv4Net;
 
 /// The agent line that ends a reconcile of the fast path.
 const PROGRAMMED: &str = "fast path programmed";
+/// The agent's lines that time the steps of a start from empty, printed with the figures.
+const STEPS: [&str; 3] = ["read the cluster", "turned into one replace", PROGRAMMED];
 /// The node the agent runs on.
 const NODE: &str = "node-1";
 /// Calico's key prefix.
@@ -665,6 +667,10 @@ fn measure(lab: &Lab, base: &Model, agent: &Path, blocks: usize) -> anyhow::Resu
         std::thread::sleep(Duration::from_millis(5));
     };
     let program_seconds = started.elapsed().as_secs_f64();
+    // Where the start went: the agent's own lines for the etcd read, the replace and the reconcile.
+    for line in agent.log().lines().filter(|l| STEPS.iter().any(|step| l.contains(step))) {
+        println!("    agent: {}", line.split_once("INFO ").map_or(line, |(_, rest)| rest));
+    }
     let routes = field(&line, "routes").context("no routes= in the programmed line")?;
     ensure!(routes == expected_routes, "the first reconcile has {routes} routes, want {expected_routes}: {line}");
     let program_reconcile_ms = field(&line, "elapsed_ms").context("no elapsed_ms= in the programmed line")?;
