@@ -149,26 +149,14 @@ impl HostRoutes {
     }
 
     /// The slow resync's read of our routes and of the known peers' next hops, as a future that
-    /// borrows nothing. It runs on a blocking thread with a netlink socket and a runtime of its
-    /// own: a dump of 100k routes decoded on the agent's runtime, or answered on its socket,
-    /// would hold up the route messages of the events that arrive meanwhile.
+    /// borrows nothing: it runs in a task of its own while the agent keeps applying events.
     pub fn read_later(&self) -> impl std::future::Future<Output = anyhow::Result<TableRead>> + Send + 'static {
+        let handle = self.handle.clone();
         let peers: Vec<Ipv4Addr> = self.next_hops.keys().copied().collect();
         async move {
-            tokio::task::spawn_blocking(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .build()
-                    .context("a runtime for the resync's read of the route table")?;
-                runtime.block_on(async move {
-                    let handle = super::netlink::connect()?;
-                    let routes = table(&handle).await?;
-                    let next_hops = ask_next_hops(&handle, peers).await?.into_iter().collect();
-                    Ok(TableRead { routes, next_hops })
-                })
-            })
-            .await
-            .context("the resync's read of the route table stopped")?
+            let routes = table(&handle).await?;
+            let next_hops = ask_next_hops(&handle, peers).await?;
+            Ok(TableRead { routes, next_hops: next_hops.into_iter().collect() })
         }
     }
 

@@ -24,7 +24,6 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use etcd_client::{Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions};
-use futures::TryStreamExt as _;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
@@ -234,58 +233,42 @@ async fn session(
 
 /// Reads every key of the dataplane's directories at one revision; returns the keys and the
 /// revision.
-///
-/// The first page fixes the revision; then every directory is read page by page at it, the
-/// directories at once: while the cache converts one page, the next pages of the other
-/// directories are on their way, so etcd's work and ours overlap (at 100k blocks the host
-/// affinities and the allocation blocks are 100k keys each). Each page is converted as it
-/// arrives and dropped.
 async fn read_all(client: &Client, prefix: &str) -> anyhow::Result<(Cache, i64)> {
-    let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
     let mut cache = Cache::new(prefix);
-    // The store's revision, from a one-key read of the first directory; every page is read at
-    // it, so that the whole read is one consistent view.
-    let first = format!("{prefix}{}", keys::DIRECTORIES[0]);
-    let options = GetOptions::new().with_range(keys::range_end(first.as_bytes())).with_limit(1).with_keys_only();
-    let response = timed(kv.clone().get(first.clone(), Some(options)))
-        .await
-        .with_context(|| format!("reading {first} from etcd"))?;
-    let revision = response
-        .header()
-        .map(|header| header.revision())
-        .context("etcd's answer has no header with the store's revision")?;
-    let pages = keys::DIRECTORIES.iter().map(|directory| {
+    // 0 until the first response tells the store's revision; every later page is read at it, so
+    // that the whole read is one consistent view.
+    let mut revision = 0;
+    for directory in keys::DIRECTORIES {
         let directory = format!("{prefix}{directory}");
-        let start = Some(directory.clone().into_bytes());
-        Box::pin(futures::stream::try_unfold(
-            (kv.clone(), directory, start),
-            move |(mut kv, directory, start)| async move {
-                let Some(start) = start else { return Ok(None) };
-                let options = GetOptions::new()
-                    .with_range(keys::range_end(directory.as_bytes()))
-                    .with_limit(PAGE)
-                    .with_revision(revision);
-                let mut response = timed(kv.get(start, Some(options)))
-                    .await
-                    .with_context(|| format!("reading {directory} from etcd"))?;
-                // The next page starts just after the last key read.
-                let next = match response.kvs().last() {
-                    Some(last) if response.more() => {
-                        let mut next = last.key().to_vec();
-                        next.push(0);
-                        Some(next)
-                    }
-                    _ => None,
-                };
-                let page = response.take_kvs();
-                Ok::<_, anyhow::Error>(Some((page, (kv, directory, next))))
-            },
-        ))
-    });
-    let mut pages = futures::stream::select_all(pages);
-    while let Some(page) = pages.try_next().await? {
-        for pair in &page {
-            cache.put(pair.key(), pair.value());
+        let end = keys::range_end(directory.as_bytes());
+        let mut start = directory.clone().into_bytes();
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let response = timed(kv.get(start.clone(), Some(options)))
+                .await
+                .with_context(|| format!("reading {directory} from etcd"))?;
+            if revision == 0 {
+                revision = response
+                    .header()
+                    .map(|header| header.revision())
+                    .context("etcd's answer has no header with the store's revision")?;
+            }
+            for pair in response.kvs() {
+                cache.put(pair.key(), pair.value());
+            }
+            let Some(last) = response.kvs().last() else {
+                break;
+            };
+            if !response.more() {
+                break;
+            }
+            // The next page starts just after the last key read.
+            start = last.key().to_vec();
+            start.push(0);
         }
     }
     Ok((cache, revision))
