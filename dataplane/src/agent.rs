@@ -1,8 +1,9 @@
 //! `dataplane run`: the watch-and-converge loop.
 //!
 //! datastore -> deltas -> incremental plan -> backend, on start, whenever the datastore changes
-//! (only what a change touched is planned and written), and on a periodic resync (everything is
-//! compared with what the kernel holds). A failed read keeps the last good state in the kernel.
+//! (only what a change touched is planned and written), and on a periodic resync (the kernel is
+//! read apart from the event loop, and only what differs from what the agent wrote is compared
+//! with the plan again). A failed read keeps the last good state in the kernel.
 
 use std::{
     path::PathBuf,
@@ -376,10 +377,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             .min()
             .unwrap_or(1);
     let mut sweep = tokio::time::interval(CONNTRACK_SWEEP.min(Duration::from_secs(u64::from(shortest).max(2) / 2)));
+    // The slow resync's read of the kernel, while it runs.
+    let mut kernel_read: Option<tokio::task::JoinHandle<anyhow::Result<bpf::KernelRead>>> = None;
     // When the snapshot being reconciled reached the agent; None for a resync.
     let mut woke: Option<Instant>;
+    // How long the planner took over the deltas being reconciled (the log says, for profiling a
+    // whole read); None for a resync.
+    let mut planned: Option<Duration>;
     loop {
         woke = None;
+        planned = None;
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -402,24 +409,60 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 for delta in deltas {
                     planner.apply(delta, &mut pending);
                 }
+                planned = woke.map(|woke| woke.elapsed());
                 if let Ok(mut agent) = agent_metrics.lock() {
                     agent.queued_batches = batches as u64;
                 }
             }
             _ = resync.tick() => {
-                // The slow resync: the backend reads the kernel's state again instead of trusting
-                // what it wrote, and repairs whatever else changed it.
-                if let Backend::Bpf(backend) = &mut backend {
-                    backend.forget();
+                // The slow resync: the kernel's state is read again instead of trusted, and
+                // whatever else changed it is repaired. The fast path's maps and routes are read
+                // in a task of their own, so no event waits behind a read of 100k entries.
+                match &backend {
+                    Backend::Bpf(backend) => {
+                        if kernel_read.is_none() {
+                            kernel_read = Some(tokio::spawn(backend.read_later()));
+                        }
+                        continue;
+                    }
+                    Backend::Netlink(_) => pending.everything = true,
                 }
-                pending.everything = true;
+            }
+            read_done = async {
+                match kernel_read.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                kernel_read = None;
+                let Backend::Bpf(backend) = &mut backend else { continue };
+                match read_done.map_err(anyhow::Error::from).and_then(|read| read) {
+                    Ok(read) => {
+                        let Some(drift) = backend.take_read(read) else { continue };
+                        warn!(
+                            routes = drift.routes.len(),
+                            peers = drift.nodes.len(),
+                            everything = drift.everything,
+                            "the kernel holds otherwise than this agent wrote: repairing"
+                        );
+                        pending.everything |= drift.everything;
+                        pending.routes.extend(drift.routes);
+                        pending.nodes.extend(drift.nodes);
+                    }
+                    Err(error) => {
+                        // Compared whole on the next apply, from a read on the event loop.
+                        warn!("the resync could not read the kernel in the background: {error:#}");
+                        backend.forget();
+                        pending.everything = true;
+                    }
+                }
             }
         }
         if read {
             report_problems(&planner, &mut reported);
             let span = info_span!("reconcile", node = %options.node);
             let started = Instant::now();
-            let result = reconcile(&mut backend, &options, &planner, &pending).instrument(span).await;
+            let result = reconcile(&mut backend, &options, &planner, &pending, planned).instrument(span).await;
             pending = Changes { everything: result.is_err(), ..Changes::default() };
             if let Ok(mut agent) = agent_metrics.lock() {
                 agent.last_reconcile_ok = result.is_ok();
@@ -474,6 +517,7 @@ async fn reconcile(
     options: &RunOptions,
     planner: &Planner,
     changes: &Changes,
+    planned: Option<Duration>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let plan = planner.plan().map_err(|error| anyhow::anyhow!("{error}"))?;
@@ -524,6 +568,7 @@ async fn reconcile(
         detached = report.detached,
         xdp = %backend.xdp_mode(),
         missing_interfaces = report.missing.len(),
+        plan_ms = planned.map_or(0, |planned| planned.as_millis() as u64),
         maps_ms = report.maps_done.map_or(0, |done| done.duration_since(started).as_millis() as u64),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "fast path programmed"

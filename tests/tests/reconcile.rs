@@ -452,7 +452,8 @@ fn the_fast_path_follows_nodes_blocks_pools_and_modes_as_the_datastore_changes()
 
 /// The agent writes each change from what it remembers writing, without reading the kernel
 /// again; what changes behind its back (a routes map entry removed, a host route deleted) is
-/// repaired by the slow resync, which reads the maps and the route table afresh.
+/// repaired by the slow resync, which reads the maps and the route table afresh (a stray entry
+/// added behind its back is removed).
 #[test]
 fn the_slow_resync_repairs_what_changed_behind_the_agents_back() -> anyhow::Result<()> {
     let Some(mut cluster) =
@@ -478,15 +479,21 @@ fn the_slow_resync_repairs_what_changed_behind_the_agents_back() -> anyhow::Resu
 
     routes.remove(&key).context("removing node-2's block behind the agent's back")?;
     lab.exec(&netns, &["ip", "route", "del", "10.244.2.0/26", "proto", &proto])?;
+    // An entry the plan does not have: the resync (which reads the kernel apart from the event
+    // loop and repairs only the keys that differ) must remove it too.
+    let stray = Key::new(24, [10, 99, 0, 0]);
+    routes.insert(&stray, entry, 0).context("adding a stray entry behind the agent's back")?;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let back = routes.get(&key, 0).ok() == Some(entry) && !host_route(lab)?.trim().is_empty();
+        let back = routes.get(&key, 0).ok() == Some(entry)
+            && routes.get(&stray, 0).is_err()
+            && !host_route(lab)?.trim().is_empty();
         if back {
             break;
         }
         ensure!(
             Instant::now() < deadline,
-            "the resync did not restore node-2's block within 15 s:\n{}",
+            "the resync did not restore node-2's block and remove the stray entry within 15 s:\n{}",
             cluster.log("node-1")
         );
         thread::sleep(Duration::from_millis(100));

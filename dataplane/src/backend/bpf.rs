@@ -15,6 +15,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
+    net::Ipv4Addr,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
@@ -40,7 +41,7 @@ use tracing::{info, warn};
 
 use super::{
     batch, clsact,
-    diff::{diff, diff_keys, Changes},
+    diff::{diff, diff_keys, take_drift, Changes},
     entries::{self, MapEntries, RouteKey},
     host_routes::{self, HostRoutes},
     veth::PeerMacs,
@@ -49,6 +50,7 @@ use super::{
 };
 use crate::{
     incremental::Changes as PlanChanges,
+    pinned::PinnedMaps,
     plan::{Plan, PlannedRoute, RouteTarget},
     probe::AttachMethod,
     sys,
@@ -140,6 +142,24 @@ struct Programmed {
     routes: BTreeMap<RouteKey, Route>,
     workloads: BTreeMap<u32, Workload>,
     peers: BTreeMap<Ipv4Bytes, Peer>,
+}
+
+/// What the slow resync read from the kernel apart from the event loop.
+pub struct KernelRead {
+    maps: Programmed,
+    table: host_routes::TableRead,
+}
+
+/// Every entry of the pinned maps under `pin_path`, read through their pins (its own
+/// descriptors, so a blocking thread reads while the agent writes).
+fn read_pinned(pin_path: &Path) -> anyhow::Result<Programmed> {
+    let maps = PinnedMaps::at(pin_path);
+    Ok(Programmed {
+        node: maps.read_node().ok(),
+        routes: maps.read_routes()?,
+        workloads: maps.read_workloads()?,
+        peers: maps.read_peers()?,
+    })
 }
 
 /// The loaded programs and pinned maps of one node.
@@ -297,6 +317,55 @@ impl BpfBackend {
     pub fn forget(&mut self) {
         self.programmed = None;
         self.host_routes.forget();
+    }
+
+    /// The slow resync's read of the maps (through their pins, on a blocking thread) and of the
+    /// host routes, as a future that borrows nothing: the agent runs it in a task of its own and
+    /// keeps applying events meanwhile, then hands the result to [`BpfBackend::take_read`].
+    pub fn read_later(&self) -> impl std::future::Future<Output = anyhow::Result<KernelRead>> + Send + 'static {
+        let pin_path = self.pin_path.clone();
+        let table = self.host_routes.read_later();
+        async move {
+            let maps = tokio::task::spawn_blocking(move || read_pinned(&pin_path))
+                .await
+                .context("the resync's read of the maps stopped")??;
+            Ok(KernelRead { maps, table: table.await? })
+        }
+    }
+
+    /// Takes in a [`BpfBackend::read_later`] read: what the kernel holds otherwise than this
+    /// process wrote is taken as the kernel's, and returned as plan keys to compare again (the
+    /// next apply repairs them, within those keys); None when nothing drifted.
+    pub fn take_read(&mut self, read: KernelRead) -> Option<PlanChanges> {
+        self.map_dumps += 1;
+        let mut changes = PlanChanges::default();
+        // The node and workloads maps are compared whole at every apply: a drift there needs
+        // only an apply.
+        let mut drifted = false;
+        // Unknown yet (a failed write): the next apply reads the maps anyway.
+        if let Some(programmed) = self.programmed.as_mut() {
+            let Programmed { node, routes, workloads, peers } = read.maps;
+            if programmed.node != node {
+                programmed.node = node;
+                drifted = true;
+            }
+            drifted |= !take_drift(&mut programmed.workloads, workloads).is_empty();
+            for (prefix_len, addr) in take_drift(&mut programmed.routes, routes) {
+                match u8::try_from(prefix_len).ok().and_then(|len| Ipv4Net::new(Ipv4Addr::from(addr), len).ok()) {
+                    Some(prefix) => {
+                        changes.routes.insert(prefix);
+                    }
+                    // No prefix of ours: only a whole compare removes it.
+                    None => changes.everything = true,
+                }
+            }
+            changes.nodes.extend(take_drift(&mut programmed.peers, peers).into_iter().map(Ipv4Addr::from));
+        }
+        let (routes, moved) = self.host_routes.take_read(read.table);
+        changes.routes.extend(routes);
+        // A peer's next hop moved: every host route via it changes.
+        changes.everything |= moved;
+        (drifted || !changes.is_empty()).then_some(changes)
     }
 
     /// Whole reads of the maps and of the route table so far (none in steady state).

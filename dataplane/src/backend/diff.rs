@@ -49,9 +49,36 @@ pub fn diff_keys<K: Ord + Clone, V: PartialEq + Clone>(
     Changes { upserts, removals }
 }
 
+/// Takes `kernel` (a fresh read) as what the map holds and returns the keys where it differs from
+/// `programmed` (what this process wrote): the slow resync's drift, to be compared with the plan
+/// again. A key written while the read ran may show as drift too; comparing it again only
+/// rewrites it.
+pub fn take_drift<K: Ord + Clone, V: PartialEq + Clone>(
+    programmed: &mut BTreeMap<K, V>,
+    kernel: BTreeMap<K, V>,
+) -> Vec<K> {
+    let Changes { upserts, removals } = diff(programmed, &kernel);
+    let mut drifted = removals;
+    drifted.extend(upserts.into_iter().map(|(key, _)| key));
+    *programmed = kernel;
+    drifted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drift_is_every_key_the_kernel_holds_otherwise() {
+        let mut programmed = BTreeMap::from([(1, "a"), (2, "b"), (3, "c")]);
+        // 2 changed behind our back, 3 went, 4 appeared.
+        let kernel = BTreeMap::from([(1, "a"), (2, "x"), (4, "d")]);
+        let mut drifted = take_drift(&mut programmed, kernel.clone());
+        drifted.sort();
+        assert_eq!(drifted, vec![2, 3, 4]);
+        assert_eq!(programmed, kernel, "the tracking now holds what the kernel holds");
+        assert!(take_drift(&mut programmed, kernel).is_empty(), "no drift the second time");
+    }
 
     #[test]
     fn equal_maps_need_no_change() {

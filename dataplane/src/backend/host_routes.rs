@@ -20,7 +20,7 @@ use rtnetlink::{
     Handle,
 };
 
-use super::diff::{diff, diff_keys, Changes};
+use super::diff::{diff, diff_keys, take_drift, Changes};
 pub use crate::rtnl::RTPROT_DATAPLANE;
 use crate::{
     plan::{Encap, Plan, PlannedRoute, RouteTarget},
@@ -138,28 +138,40 @@ impl HostRoutes {
     ) -> anyhow::Result<BTreeMap<Ipv4Addr, Ipv4Addr>> {
         let wanted: BTreeSet<Ipv4Addr> = addrs.into_iter().collect();
         let unknown: Vec<Ipv4Addr> = wanted.iter().filter(|addr| !self.next_hops.contains_key(addr)).copied().collect();
-        let handle = &self.handle;
-        let found: Vec<(Ipv4Addr, Ipv4Addr)> = stream::iter(unknown)
-            .map(|addr| async move { rtnl::next_hop(handle, addr).await.map(|gateway| (addr, gateway)) })
-            .buffer_unordered(IN_FLIGHT)
-            .try_collect()
-            .await?;
-        self.next_hops.extend(found);
+        self.next_hops.extend(ask_next_hops(&self.handle, unknown).await?);
         Ok(wanted.into_iter().filter_map(|addr| self.next_hops.get(&addr).map(|gateway| (addr, *gateway))).collect())
     }
 
     /// The routes this agent installed earlier.
     pub async fn programmed(&self) -> anyhow::Result<BTreeMap<Ipv4Net, HostRoute>> {
-        let mut routes = BTreeMap::new();
-        for message in rtnl::main_table_routes(&self.handle).await? {
-            if message.header.protocol != RouteProtocol::Other(RTPROT_DATAPLANE) {
-                continue;
-            }
-            if let Some((prefix, route)) = parse(&message) {
-                routes.insert(prefix, route);
-            }
+        table(&self.handle).await
+    }
+
+    /// The slow resync's read of our routes and of the known peers' next hops, as a future that
+    /// borrows nothing: it runs in a task of its own while the agent keeps applying events.
+    pub fn read_later(&self) -> impl std::future::Future<Output = anyhow::Result<TableRead>> + Send + 'static {
+        let handle = self.handle.clone();
+        let peers: Vec<Ipv4Addr> = self.next_hops.keys().copied().collect();
+        async move {
+            let routes = table(&handle).await?;
+            let next_hops = ask_next_hops(&handle, peers).await?;
+            Ok(TableRead { routes, next_hops: next_hops.into_iter().collect() })
         }
-        Ok(routes)
+    }
+
+    /// Takes in a [`HostRoutes::read_later`] read: returns the prefixes whose route differs from
+    /// what this process wrote (to be compared with the plan again), and whether a peer's next
+    /// hop moved (then every route via it is stale).
+    pub fn take_read(&mut self, read: TableRead) -> (Vec<Ipv4Net>, bool) {
+        self.dumps += 1;
+        // Unknown yet (a failed write): the next apply reads the table anyway.
+        let drifted = match &mut self.programmed {
+            Some(programmed) => take_drift(programmed, read.routes),
+            None => Vec::new(),
+        };
+        let moved = read.next_hops.iter().any(|(peer, gateway)| self.next_hops.get(peer).is_some_and(|g| g != gateway));
+        self.next_hops.extend(read.next_hops);
+        (drifted, moved)
     }
 
     /// Makes our routes equal to `desired`, or, `within` a change's prefixes, only those; returns
@@ -235,6 +247,37 @@ impl From<HostRoute> for KernelRoute {
 /// The netlink message for one of our routes.
 fn message(prefix: Ipv4Net, route: HostRoute) -> RouteMessage {
     rtnl::route_message(prefix, route.into())
+}
+
+/// What the slow resync read of the route table, apart from the event loop.
+pub struct TableRead {
+    /// Our routes, as the table holds them.
+    routes: BTreeMap<Ipv4Net, HostRoute>,
+    /// The next hops of the peers known before the read.
+    next_hops: BTreeMap<Ipv4Addr, Ipv4Addr>,
+}
+
+/// Our routes in the main table (a dump of the IPv4 routes, ours picked by protocol).
+async fn table(handle: &Handle) -> anyhow::Result<BTreeMap<Ipv4Net, HostRoute>> {
+    let mut routes = BTreeMap::new();
+    for message in rtnl::main_table_routes(handle).await? {
+        if message.header.protocol != RouteProtocol::Other(RTPROT_DATAPLANE) {
+            continue;
+        }
+        if let Some((prefix, route)) = parse(&message) {
+            routes.insert(prefix, route);
+        }
+    }
+    Ok(routes)
+}
+
+/// The next hops towards `addrs`, [`IN_FLIGHT`] questions at a time.
+async fn ask_next_hops(handle: &Handle, addrs: Vec<Ipv4Addr>) -> anyhow::Result<Vec<(Ipv4Addr, Ipv4Addr)>> {
+    stream::iter(addrs)
+        .map(|addr| async move { rtnl::next_hop(handle, addr).await.map(|gateway| (addr, gateway)) })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 /// Reads one of our routes back from a dump; None for a shape host routes never have.

@@ -25,7 +25,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use etcd_client::{Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, error, info_span, warn, Instrument as _};
+use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
 use self::convert::Cache;
 pub use super::watching::{WatchThread, BACKOFF_CAP, BACKOFF_START, MAX_DELAY, QUIET};
@@ -100,7 +100,13 @@ impl Outlet {
                 cache.record_deltas();
                 // The whole read replaces everything: what was recorded before it is in it.
                 cache.take_deltas();
+                let started = Instant::now();
                 let (replace, problems) = cache.replace();
+                info!(
+                    keys = cache.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "the whole read turned into one replace"
+                );
                 log_problems(&Snapshot { model: Default::default(), problems }, "etcd");
                 deltas.send(vec![replace]).is_ok()
             }

@@ -21,6 +21,8 @@
 //! - After each phase the routes, workloads and peers maps and `ip route show proto 200` must
 //!   equal what `plan::compute` says for the cluster the bench wrote: the bench fails otherwise.
 //! - **Peak memory**: VmHWM of the agent at the end.
+//!
+//! The agent runs with a 10-s slow resync, so that the events meet resyncs.
 
 use std::{
     collections::BTreeMap,
@@ -51,6 +53,8 @@ use ipnet::Ipv4Net;
 
 /// The agent line that ends a reconcile of the fast path.
 const PROGRAMMED: &str = "fast path programmed";
+/// The agent's lines that time the steps of a start from empty, printed with the figures.
+const STEPS: [&str; 3] = ["read the cluster", "turned into one replace", PROGRAMMED];
 /// The node the agent runs on.
 const NODE: &str = "node-1";
 /// Calico's key prefix.
@@ -59,6 +63,10 @@ const PREFIX: &str = "/calico";
 const EVENTS: usize = 200;
 /// Puts of the burst.
 const BURST: usize = 1000;
+/// The agent's slow resync period: shorter than the change phase, so that its events meet
+/// resyncs (each one reads every map and route of the cluster) and their latency shows whether
+/// an event waits behind one.
+const RESYNC: Duration = Duration::from_secs(10);
 /// How long one change may take before the bench gives up on it.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -628,8 +636,21 @@ fn measure(lab: &Lab, base: &Model, agent: &Path, blocks: usize) -> anyhow::Resu
     let pin_path = lab.pin_path(NODE);
     let pin_arg = pin_path.to_string_lossy();
     let bin = agent.to_string_lossy();
-    let argv =
-        [&*bin, "run", "--datastore", "etcdv3", "--etcd-endpoints", &endpoint, "--node", NODE, "--pin-path", &pin_arg];
+    let resync = RESYNC.as_secs().to_string();
+    let argv = [
+        &*bin,
+        "run",
+        "--datastore",
+        "etcdv3",
+        "--etcd-endpoints",
+        &endpoint,
+        "--node",
+        NODE,
+        "--pin-path",
+        &pin_arg,
+        "--resync-interval",
+        &resync,
+    ];
     let expected_routes = plan::compute(&model, NODE)?.0.routes.len() as u64;
     let started = Instant::now();
     let mut agent = lab.spawn(lab.node_netns(NODE)?, &argv, "agent-node-1")?;
@@ -646,6 +667,10 @@ fn measure(lab: &Lab, base: &Model, agent: &Path, blocks: usize) -> anyhow::Resu
         std::thread::sleep(Duration::from_millis(5));
     };
     let program_seconds = started.elapsed().as_secs_f64();
+    // Where the start went: the agent's own lines for the etcd read, the replace and the reconcile.
+    for line in agent.log().lines().filter(|l| STEPS.iter().any(|step| l.contains(step))) {
+        println!("    agent: {}", line.split_once("INFO ").map_or(line, |(_, rest)| rest));
+    }
     let routes = field(&line, "routes").context("no routes= in the programmed line")?;
     ensure!(routes == expected_routes, "the first reconcile has {routes} routes, want {expected_routes}: {line}");
     let program_reconcile_ms = field(&line, "elapsed_ms").context("no elapsed_ms= in the programmed line")?;
