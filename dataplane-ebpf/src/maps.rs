@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     monitor::{MONITOR_COUNT_SLOTS, MONITOR_EVENTS_BYTES},
-    FlowKey, Ipv4Bytes, MonitorEvent, MonitorLease, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAX_ENTRIES,
+    FlowKey, Ipv4Bytes, MonitorEvent, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAX_ENTRIES,
     PEERS_MAX_ENTRIES, ROUTES_MAX_ENTRIES, STAT_COUNT, WORKLOADS_MAX_ENTRIES,
 };
 
@@ -39,10 +39,6 @@ pub static CONNTRACK: HashMap<FlowKey, NatFlow, { CONNTRACK_MAX_ENTRIES as usize
 /// Events for `dataplane monitor` (`dataplane_common::monitor::MONITOR_EVENTS_MAP`).
 #[btf_map(name = "monitor_events_v1")]
 pub static MONITOR_EVENTS: RingBuf<MonitorEvent, { MONITOR_EVENTS_BYTES as usize }> = RingBuf::new();
-
-/// Slot 0: the monitor's reader lease (`dataplane_common::monitor::MONITOR_LEASE_MAP`).
-#[btf_map(name = "monitor_lease_v1")]
-pub static MONITOR_LEASE: Array<MonitorLease, 1> = Array::new();
 
 /// Per-CPU counters of events emitted and lost (`dataplane_common::monitor::MONITOR_COUNTS_MAP`).
 #[btf_map(name = "monitor_counts_v1")]
