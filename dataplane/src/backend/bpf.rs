@@ -32,8 +32,8 @@ use aya::{
 use dataplane_common::{
     monitor::{MONITOR_COUNTS_MAP, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP, MONITOR_LEASE_MAP_V1, MONITOR_LEASE_SECTION},
     FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAP,
-    NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR,
-    PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
+    PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
@@ -96,13 +96,14 @@ pub fn loader(log: KernelLog) -> EbpfLoader<'static> {
 }
 
 /// Every map the programs use; each is pinned as `<pin path>/<name>`.
-pub const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 10] = [
     ROUTES_MAP,
     WORKLOADS_MAP,
     PEERS_MAP,
     NODE_MAP,
     STATS_MAP,
     CONNTRACK_MAP,
+    FRAGMENTS_MAP,
     MONITOR_EVENTS_MAP,
     MONITOR_LEASE_MAP,
     MONITOR_COUNTS_MAP,
