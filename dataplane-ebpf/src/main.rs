@@ -6,7 +6,6 @@
 mod arp;
 mod conntrack;
 mod csum;
-mod fragment;
 mod icmp;
 mod ipip;
 mod maps;
