@@ -438,16 +438,20 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 let Backend::Bpf(backend) = &mut backend else { continue };
                 match read_done.map_err(anyhow::Error::from).and_then(|read| read) {
                     Ok(read) => {
-                        let Some(drift) = backend.take_read(read) else { continue };
-                        warn!(
-                            routes = drift.routes.len(),
-                            peers = drift.nodes.len(),
-                            everything = drift.everything,
-                            "the kernel holds otherwise than this agent wrote: repairing"
-                        );
-                        pending.everything |= drift.everything;
-                        pending.routes.extend(drift.routes);
-                        pending.nodes.extend(drift.nodes);
+                        // Even with nothing drifted the resync ends in a reconcile: it retries what
+                        // an earlier one could not finish (a pod's MAC not learned yet, a workload
+                        // interface that appeared since), with no key to write.
+                        if let Some(drift) = backend.take_read(read) {
+                            warn!(
+                                routes = drift.routes.len(),
+                                peers = drift.nodes.len(),
+                                everything = drift.everything,
+                                "the kernel holds otherwise than this agent wrote: repairing"
+                            );
+                            pending.everything |= drift.everything;
+                            pending.routes.extend(drift.routes);
+                            pending.nodes.extend(drift.nodes);
+                        }
                     }
                     Err(error) => {
                         // Compared whole on the next apply, from a read on the event loop.
