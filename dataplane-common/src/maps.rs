@@ -351,6 +351,58 @@ impl NatFlow {
     }
 }
 
+/// Fragments of translated datagrams: (identification, addresses, protocol, direction) ->
+/// [`FragmentNat`], the address the first fragment was translated to, so that the later
+/// fragments (which carry no ports) get the same. An LRU hash: bounded, the oldest datagrams
+/// evicted first.
+pub const FRAGMENTS_MAP: &str = "fragments_v1";
+/// Datagrams in flight whose fragments the programs can translate at once.
+pub const FRAGMENTS_MAX_ENTRIES: u32 = 8192;
+/// How long after its first fragment a datagram's later fragments are still translated: the
+/// kernel's own reassembly timeout (`net.ipv4.ipfrag_time`, 30 s).
+pub const FRAGMENT_TIMEOUT_NS: u64 = 30 * flow_timeout::SECOND;
+
+/// The key of a fragmented datagram, as its fragments arrive (before translation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragmentKey {
+    /// Source address.
+    pub src: Ipv4Bytes,
+    /// Destination address.
+    pub dst: Ipv4Bytes,
+    /// The IPv4 identification (host order).
+    pub id: u16,
+    /// IP protocol.
+    pub protocol: u8,
+    /// [`FLOW_OUTBOUND`] (a pod's datagram, source translated) or [`FLOW_INBOUND`] (a reply,
+    /// destination translated).
+    pub direction: u8,
+}
+const _: () = assert!(size_of::<FragmentKey>() == 12);
+
+/// The translation a datagram's first fragment chose.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragmentNat {
+    /// The address written into the later fragments: the new source (outbound) or the pod's
+    /// address as the new destination (inbound).
+    pub addr: Ipv4Bytes,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+    /// When the first fragment passed (`bpf_ktime_get_ns` clock).
+    pub first_ns: u64,
+}
+const _: () = assert!(size_of::<FragmentNat>() == 16);
+
+impl FragmentNat {
+    /// Whether the datagram's later fragments may still come at `now_ns`.
+    pub const fn expired(&self, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.first_ns) > FRAGMENT_TIMEOUT_NS
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all of these are #[repr(C)] with only integer and byte-array fields and no implicit
@@ -362,4 +414,6 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::NatFlow {}
     unsafe impl aya::Pod for super::FlowTimeouts {}
+    unsafe impl aya::Pod for super::FragmentKey {}
+    unsafe impl aya::Pod for super::FragmentNat {}
 }

@@ -14,8 +14,26 @@ pub const MONITOR_EVENTS_MAP: &str = "monitor_events_v1";
 /// queued before the programs start counting lost ones.
 pub const MONITOR_EVENTS_BYTES: u32 = 1 << 20;
 
-/// One-slot array holding the reader's [`MonitorLease`].
-pub const MONITOR_LEASE_MAP: &str = "monitor_lease_v1";
+/// The reader's [`MonitorLease`], pinned under this name: the one-slot array that holds the
+/// programs' data section [`MONITOR_LEASE_SECTION`]. (v1 was a BTF array the programs looked up
+/// at every exit; v2 is read as plain memory, with no lookup.)
+pub const MONITOR_LEASE_MAP: &str = "monitor_lease_v2";
+
+/// The pin name of the lease before v2, removed when an agent starts and by cleanup.
+pub const MONITOR_LEASE_MAP_V1: &str = "monitor_lease_v1";
+
+/// The data section that holds the programs' lease, as a literal for `#[link_section]`.
+#[macro_export]
+macro_rules! monitor_lease_section {
+    () => {
+        ".bss.monitor"
+    };
+}
+
+/// The data section (and so the map aya makes of it) that holds the programs' lease: a global
+/// variable, which the programs read without a map lookup; the agent pins it as
+/// [`MONITOR_LEASE_MAP`], so a reader writes it as it would any one-slot array.
+pub const MONITOR_LEASE_SECTION: &str = monitor_lease_section!();
 
 /// Per-CPU array of `u64` counters of the monitor itself, one slot per [`MonitorCount`].
 pub const MONITOR_COUNTS_MAP: &str = "monitor_counts_v1";
@@ -45,6 +63,11 @@ pub enum MonitorCount {
     Lost = 1,
 }
 
+impl MonitorLease {
+    /// No reader: the programs emit nothing.
+    pub const NONE: MonitorLease = MonitorLease { until_ns: 0, reader_pid: 0, flags: 0 };
+}
+
 impl MonitorCount {
     /// The slot's index in the counters map.
     pub const fn index(self) -> u32 {
@@ -59,6 +82,7 @@ pub mod lease_flags {
 }
 
 /// The value of the lease map's one slot: while `until_ns` lies ahead, the programs emit events.
+/// It is the whole of [`MONITOR_LEASE_SECTION`], so its size is that map's value size.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]

@@ -43,6 +43,13 @@ pub enum Stat {
     /// Seen first by the uplink's XDP program and handed on to the TC programs: not a tunnel
     /// packet it refuses (those are counted by their drop reason).
     XdpPassed = 14,
+    /// A later fragment of a pod's translated datagram: given the source its first fragment got.
+    SnatFragment = 15,
+    /// A later fragment of a reply to a translated flow: given the pod's address, delivered.
+    ReverseNatFragment = 16,
+    /// A later fragment to this node of no translated datagram it knows: the host's own (or one
+    /// whose first fragment was not seen), handed to the kernel, which reassembles.
+    PassUntrackedFragment = 17,
 
     /// Too short or malformed headers (truncated Ethernet, IPv4 IHL < 5, bad lengths).
     DropMalformed = DROP_BASE,
@@ -72,7 +79,9 @@ pub enum Stat {
     DropNatPortsExhausted = DROP_BASE + 12,
     /// The conntrack table is full: the new flow cannot be tracked.
     DropConntrackFull = DROP_BASE + 13,
-    /// A later fragment from a natOutgoing pod: without ports it cannot be translated.
+    /// A later fragment from a natOutgoing pod whose first fragment was not seen (it came out of
+    /// order, or its entry expired or was evicted from a full fragments table): without ports it
+    /// cannot be translated, and untranslated it would leave with the pod's address.
     DropNatFragment = DROP_BASE + 14,
     /// A pod sent a VXLAN or IP-in-IP packet: translated to its node's address it would be taken
     /// for the node's own tunnel traffic by the others (Calico drops these too).
@@ -84,7 +93,7 @@ pub enum Stat {
 
 impl Stat {
     /// Every slot in use, in slot order.
-    pub const ALL: [Stat; 32] = [
+    pub const ALL: [Stat; 35] = [
         Stat::DeliveredLocal,
         Stat::EncapVxlan,
         Stat::EncapIpip,
@@ -100,6 +109,9 @@ impl Stat {
         Stat::ReverseNat,
         Stat::EgressUnchanged,
         Stat::XdpPassed,
+        Stat::SnatFragment,
+        Stat::ReverseNatFragment,
+        Stat::PassUntrackedFragment,
         Stat::DropMalformed,
         Stat::DropSpoofedSource,
         Stat::DropUnknownWorkload,
@@ -147,6 +159,9 @@ impl Stat {
             Stat::ReverseNat => "reverse_nat",
             Stat::EgressUnchanged => "egress_unchanged",
             Stat::XdpPassed => "xdp_passed",
+            Stat::SnatFragment => "snat_fragment",
+            Stat::ReverseNatFragment => "reverse_nat_fragment",
+            Stat::PassUntrackedFragment => "pass_untracked_fragment",
             Stat::DropMalformed => "drop_malformed",
             Stat::DropSpoofedSource => "drop_spoofed_source",
             Stat::DropUnknownWorkload => "drop_unknown_workload",

@@ -6,6 +6,7 @@
 mod arp;
 mod conntrack;
 mod csum;
+mod fragment;
 mod icmp;
 mod ipip;
 mod maps;

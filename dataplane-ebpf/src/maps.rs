@@ -3,13 +3,14 @@
 //! Names, keys and values come from `dataplane-common`; the agent pins and fills them.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use dataplane_common::{
     monitor::{MONITOR_COUNT_SLOTS, MONITOR_EVENTS_BYTES},
-    FlowKey, Ipv4Bytes, MonitorEvent, MonitorLease, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAX_ENTRIES,
-    PEERS_MAX_ENTRIES, ROUTES_MAX_ENTRIES, STAT_COUNT, WORKLOADS_MAX_ENTRIES,
+    FlowKey, FragmentKey, FragmentNat, Ipv4Bytes, MonitorEvent, NatFlow, NodeConfig, Peer, Route, Workload,
+    CONNTRACK_MAX_ENTRIES, FRAGMENTS_MAX_ENTRIES, PEERS_MAX_ENTRIES, ROUTES_MAX_ENTRIES, STAT_COUNT,
+    WORKLOADS_MAX_ENTRIES,
 };
 
 /// Destination prefix -> [`Route`] (`dataplane_common::ROUTES_MAP`).
@@ -36,13 +37,14 @@ pub static STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new()
 #[btf_map(name = "conntrack_v1")]
 pub static CONNTRACK: HashMap<FlowKey, NatFlow, { CONNTRACK_MAX_ENTRIES as usize }> = HashMap::new();
 
+/// Fragmented datagrams of translated flows -> the address their first fragment got
+/// (`dataplane_common::FRAGMENTS_MAP`).
+#[btf_map(name = "fragments_v1")]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentNat, { FRAGMENTS_MAX_ENTRIES as usize }> = LruHashMap::new();
+
 /// Events for `dataplane monitor` (`dataplane_common::monitor::MONITOR_EVENTS_MAP`).
 #[btf_map(name = "monitor_events_v1")]
 pub static MONITOR_EVENTS: RingBuf<MonitorEvent, { MONITOR_EVENTS_BYTES as usize }> = RingBuf::new();
-
-/// Slot 0: the monitor's reader lease (`dataplane_common::monitor::MONITOR_LEASE_MAP`).
-#[btf_map(name = "monitor_lease_v1")]
-pub static MONITOR_LEASE: Array<MonitorLease, 1> = Array::new();
 
 /// Per-CPU counters of events emitted and lost (`dataplane_common::monitor::MONITOR_COUNTS_MAP`).
 #[btf_map(name = "monitor_counts_v1")]

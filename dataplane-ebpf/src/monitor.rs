@@ -1,9 +1,10 @@
 //! Events for `dataplane monitor`: each decision the programs count is also written to the events
 //! ring buffer, with the packet's first bytes, while a reader holds the lease.
 //!
-//! Without a reader the cost is one array read and a compare at the programs' exit (the lease's
-//! deadline is 0 once a reader leaves); a killed reader's lease runs out, and the first packet
-//! after that sets the deadline to 0 again.
+//! Without a reader the cost is one load from a global variable and a compare at the programs'
+//! exit (the lease's deadline is 0 once a reader leaves): the lease lives in a data section of its
+//! own, which the verifier turns into a direct pointer, so no map lookup is made. A killed
+//! reader's lease runs out, and the first packet after that sets the deadline to 0 again.
 
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
@@ -17,15 +18,23 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     monitor::{lease_flags, MonitorCount, MONITOR_CAPTURE_BYTES},
-    Program, Stat,
+    monitor_lease_section, MonitorLease, Program, Stat,
 };
 
-use crate::maps::{MONITOR_COUNTS, MONITOR_EVENTS, MONITOR_LEASE};
+use crate::maps::{MONITOR_COUNTS, MONITOR_EVENTS};
 
 /// Whether the programs carry the hook at all (`dataplane_common::monitor::MONITOR_HOOK_GLOBAL`);
 /// only the bench's baseline turns it off.
 #[unsafe(no_mangle)]
 static MONITOR_HOOK: Global<u8> = Global::new(1);
+
+/// The reader's lease (`dataplane_common::monitor::MONITOR_LEASE_SECTION`, pinned by the agent as
+/// `MONITOR_LEASE_MAP`). A global rather than a map slot: reading it is one load, where a lookup
+/// cost a few nanoseconds on every packet. Read and written volatile only, since a reader in
+/// userspace changes it behind the compiler's back.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = monitor_lease_section!())]
+static mut MONITOR_LEASE: MonitorLease = MonitorLease::NONE;
 
 /// The time of the decision if the reader wants it: a lease runs, and it asks for every decision
 /// or this one is a drop.
@@ -34,22 +43,28 @@ fn wanted(stat: Stat) -> Option<u64> {
     if MONITOR_HOOK.load() == 0 {
         return None;
     }
-    let slot = MONITOR_LEASE.get_ptr_mut(0)?;
-    // SAFETY: the pointer comes from a successful lookup of an array slot and is read at once.
-    let lease = unsafe { *slot };
+    let lease = &raw mut MONITOR_LEASE;
+    // SAFETY: the global is this object's own, valid for its whole life; volatile, so that the
+    // compiler neither folds it to its initial value nor caches it.
+    let until_ns = unsafe { core::ptr::read_volatile(&raw const (*lease).until_ns) };
     // Decided before the clock is read: without a reader, no helper is called at all.
-    if lease.until_ns == 0 || (!stat.is_drop() && lease.flags & lease_flags::ALL_DECISIONS == 0) {
+    if until_ns == 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    let flags = unsafe { core::ptr::read_volatile(&raw const (*lease).flags) };
+    if !stat.is_drop() && flags & lease_flags::ALL_DECISIONS == 0 {
         return None;
     }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if now > lease.until_ns {
+    if now > until_ns {
         // The reader was killed (one that stops clears its lease): forget the lease, so that the
         // packets after this one do not read the clock either. A reader renews its lease long
         // before it runs out, so this never erases a live one (at worst a reader that stalled
         // past its lease loses events until its next renewal).
-        // SAFETY: the slot is this map's own value; a torn write cannot happen to an aligned u64.
-        unsafe { (*slot).until_ns = 0 };
+        // SAFETY: the global is this object's own; a torn write cannot happen to an aligned u64.
+        unsafe { core::ptr::write_volatile(&raw mut (*lease).until_ns, 0) };
         return None;
     }
     Some(now)

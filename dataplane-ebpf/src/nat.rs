@@ -17,12 +17,12 @@ use dataplane_common::{
         ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, IPV4_IHL_MIN,
         TCP_ACK, TCP_CSUM_OFFSET, TCP_FLAGS_OFFSET, TCP_SYN, UDP_CSUM_OFFSET,
     },
-    route_flags, route_kind, workload_flags, FlowKey, NodeConfig, Stat, Workload, FLOW_INBOUND, FLOW_OUTBOUND,
+    route_flags, route_kind, workload_flags, FlowKey, NodeConfig, Route, Stat, Workload, FLOW_INBOUND, FLOW_OUTBOUND,
 };
 
 use crate::{
     conntrack::{self, Flow},
-    csum,
+    csum, fragment,
     packet::{read, write, Ipv4Hdr},
     route::{self, IP_OFFSET},
     verdict::{Outcome, Verdict},
@@ -180,8 +180,8 @@ pub fn applies(workload: &Workload, ip: &Ipv4Hdr, node: &NodeConfig) -> bool {
 /// translated when `new_flows` (its pool has natOutgoing now), else it goes to the stack as is.
 #[inline(always)]
 pub fn outbound(ctx: &TcContext, node: &NodeConfig, ip: &mut Ipv4Hdr, new_flows: bool) -> Outcome {
-    if ip.frag_off() & IPV4_FRAG_OFFSET_MASK != 0 {
-        return if new_flows { Err(Stat::DropNatFragment) } else { Ok(Verdict::pass()) };
+    if fragment::is_later(ip) {
+        return outbound_later_fragment(ctx, node, ip, new_flows);
     }
     let Some(t) = transport(ctx, ip)? else {
         return Ok(Verdict::pass());
@@ -199,6 +199,9 @@ pub fn outbound(ctx: &TcContext, node: &NodeConfig, ip: &mut Ipv4Hdr, new_flows:
         // open one: it leaves as it is.
         _ => return Ok(Verdict::pass()),
     };
+    if fragment::is_first(ip) {
+        fragment::remember(ip, FLOW_OUTBOUND, flow.nat_addr, now);
+    }
     rewrite(ctx, &t, ip.src, flow.nat_addr, t.src_port_offset, flow.pod_port, flow.nat_port)?;
     ip.check = csum::update(ip.check, &ip.src, &flow.nat_addr);
     ip.src = flow.nat_addr;
@@ -207,12 +210,28 @@ pub fn outbound(ctx: &TcContext, node: &NodeConfig, ip: &mut Ipv4Hdr, new_flows:
     route::to_uplink(node, stat)
 }
 
+/// A later fragment of a pod's datagram: the source its first fragment got (the transport
+/// checksum, which covers the whole datagram, was fixed in the first fragment). One whose first
+/// fragment was not seen is dropped if it could belong to a translated flow (see
+/// `Stat::DropNatFragment`); from a pool without natOutgoing it goes to the stack as it is.
+#[inline(always)]
+fn outbound_later_fragment(ctx: &TcContext, node: &NodeConfig, ip: &mut Ipv4Hdr, new_flows: bool) -> Outcome {
+    let Some(nat_addr) = fragment::translation(ip, FLOW_OUTBOUND, conntrack::now()) else {
+        return if new_flows { Err(Stat::DropNatFragment) } else { Ok(Verdict::pass()) };
+    };
+    ip.check = csum::update(ip.check, &ip.src, &nat_addr);
+    ip.src = nat_addr;
+    route::forward(ip)?;
+    write(ctx, IP_OFFSET, ip)?;
+    route::to_uplink(node, Stat::SnatFragment)
+}
+
 /// Translates a reply to a tracked flow back to the pod and delivers it; packets of no tracked
 /// flow are the host's own and go to the stack.
 #[inline(always)]
 pub fn inbound(ctx: &TcContext, node: &NodeConfig, ip: &Ipv4Hdr) -> Outcome {
-    if ip.frag_off() & IPV4_FRAG_OFFSET_MASK != 0 {
-        return Ok(Verdict::pass());
+    if fragment::is_later(ip) {
+        return inbound_later_fragment(ctx, ip);
     }
     if ip.protocol == IPPROTO_ICMP {
         let kind: u8 = read(ctx, L4_OFFSET)?;
@@ -238,13 +257,41 @@ pub fn inbound(ctx: &TcContext, node: &NodeConfig, ip: &Ipv4Hdr) -> Outcome {
     if route.kind != route_kind::LOCAL_WORKLOAD {
         return Ok(Verdict::pass());
     }
+    if fragment::is_first(ip) {
+        fragment::remember(ip, FLOW_INBOUND, reverse.pod_addr, now);
+    }
     rewrite(ctx, &t, ip.dst, reverse.pod_addr, t.dst_port_offset, reverse.nat_port, reverse.pod_port)?;
+    deliver_to_pod(ctx, ip, reverse.pod_addr, &route, Stat::ReverseNat)
+}
+
+/// A later fragment of a reply: the pod's address its first fragment got, and into the pod. One
+/// of no datagram the table knows is the host's own (or its first fragment was not seen): the
+/// kernel reassembles it.
+#[inline(always)]
+fn inbound_later_fragment(ctx: &TcContext, ip: &Ipv4Hdr) -> Outcome {
+    let untracked = Verdict { stat: Stat::PassUntrackedFragment, ..Verdict::pass() };
+    let Some(pod_addr) = fragment::translation(ip, FLOW_INBOUND, conntrack::now()) else {
+        return Ok(untracked);
+    };
+    match route::lookup(pod_addr) {
+        Some(route) if route.kind == route_kind::LOCAL_WORKLOAD => {
+            deliver_to_pod(ctx, ip, pod_addr, &route, Stat::ReverseNatFragment)
+        }
+        // The pod left since the first fragment: the kernel has no use for the rest either.
+        _ => Ok(untracked),
+    }
+}
+
+/// Gives a reply the pod's address as its destination (the transport header, if any, is done)
+/// and delivers it into the pod.
+#[inline(always)]
+fn deliver_to_pod(ctx: &TcContext, ip: &Ipv4Hdr, pod_addr: [u8; 4], route: &Route, stat: Stat) -> Outcome {
     let mut ip = *ip;
-    ip.check = csum::update(ip.check, &ip.dst, &reverse.pod_addr);
-    ip.dst = reverse.pod_addr;
+    ip.check = csum::update(ip.check, &ip.dst, &pod_addr);
+    ip.dst = pod_addr;
     route::forward(&mut ip)?;
     write(ctx, IP_OFFSET, &ip)?;
-    route::to_workload(ctx, &route, Stat::ReverseNat)
+    route::to_workload(ctx, route, stat)
 }
 
 /// Offset of the IPv4 header an ICMP error quotes.

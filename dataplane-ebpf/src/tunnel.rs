@@ -20,7 +20,7 @@ use crate::{
 
 /// What arrived on the uplink, as far as the tunnels are concerned.
 pub enum Arrival {
-    /// Not for the programs: the kernel's (not IPv4, not to this node, options, a later fragment).
+    /// Not for the programs: the kernel's (not IPv4, not to this node, options).
     Pass,
     /// IPv4 to this node that is no tunnel packet (with this outer header): a reply to a
     /// translated flow, or the host's own traffic.
@@ -50,9 +50,10 @@ pub fn classify<F: Frame>(frame: &F, node: &NodeConfig) -> Result<Arrival, Stat>
         return Ok(Arrival::Pass);
     }
     let frag = outer.frag_off();
-    // A later fragment carries no transport header to recognise a tunnel by.
+    // A later fragment carries no transport header to recognise a tunnel by: for the node, where
+    // NAT knows it if its datagram's first fragment was a translated reply.
     if frag & IPV4_FRAG_OFFSET_MASK != 0 {
-        return Ok(Arrival::Pass);
+        return Ok(Arrival::ToNode(outer));
     }
     let is_fragment = frag & IPV4_MF != 0;
     match outer.protocol {

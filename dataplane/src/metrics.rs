@@ -102,6 +102,8 @@ pub struct Occupancy {
     pub peers: usize,
     /// Conntrack map entries (two per translated flow).
     pub conntrack: usize,
+    /// Fragmented datagrams tracked (at `FRAGMENTS_MAX_ENTRIES` the oldest are evicted).
+    pub fragments: usize,
 }
 
 /// Renders the metrics in the Prometheus text format.
@@ -125,6 +127,7 @@ pub fn render(agent: &Agent, counters: &[stats::Counter], occupancy: &Occupancy)
         ("workloads", occupancy.workloads),
         ("peers", occupancy.peers),
         ("conntrack", occupancy.conntrack),
+        ("fragments", occupancy.fragments),
     ] {
         let _ = writeln!(out, "dataplane_map_entries{{map=\"{map}\"}} {entries}");
     }
@@ -195,6 +198,8 @@ pub fn occupancy(pin_path: &Path) -> anyhow::Result<Occupancy> {
         workloads: maps.workloads()?.keys().count(),
         peers: maps.peers()?.keys().count(),
         conntrack: maps.conntrack()?.keys().count(),
+        // An agent of the version before fragments were tracked has no such map.
+        fragments: maps.fragments().map_or(0, |map| map.keys().count()),
     })
 }
 
@@ -303,7 +308,7 @@ mod tests {
             stats::Counter { stat: Stat::EncapVxlan, packets: 7 },
             stats::Counter { stat: Stat::DropSpoofedSource, packets: 2 },
         ];
-        let occupancy = Occupancy { routes: 5, workloads: 2, peers: 1, conntrack: 4 };
+        let occupancy = Occupancy { routes: 5, workloads: 2, peers: 1, conntrack: 4, fragments: 0 };
         let text = render(&agent, &counters, &occupancy);
         assert!(text.contains("dataplane_packets_total{decision=\"encap_vxlan\"} 7"), "{text}");
         assert!(text.contains("dataplane_drops_total{reason=\"spoofed_source\"} 2"), "{text}");

@@ -15,8 +15,8 @@ use anyhow::Context as _;
 use aya::maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
 use dataplane_common::{
     monitor::{MONITOR_COUNTS_MAP, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP},
-    FlowKey, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Route, Stat, Workload, CONNTRACK_MAP, NODE_MAP,
-    PEERS_MAP, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    FlowKey, FragmentKey, FragmentNat, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Route, Stat, Workload,
+    CONNTRACK_MAP, FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 
 use crate::backend::entries::RouteKey;
@@ -59,6 +59,12 @@ impl PinnedMaps {
     /// The conntrack map of SNATed flows.
     pub fn conntrack(&self) -> anyhow::Result<HashMap<MapData, FlowKey, NatFlow>> {
         HashMap::try_from(Map::HashMap(self.open(CONNTRACK_MAP)?)).context("the conntrack map has an unexpected layout")
+    }
+
+    /// The fragments map: the translation each fragmented datagram's first fragment got.
+    pub fn fragments(&self) -> anyhow::Result<HashMap<MapData, FragmentKey, FragmentNat>> {
+        HashMap::try_from(Map::LruHashMap(self.open(FRAGMENTS_MAP)?))
+            .context("the fragments map has an unexpected layout")
     }
 
     /// The node map: this node's configuration in its single slot.
@@ -116,6 +122,11 @@ impl PinnedMaps {
     /// Every entry of the conntrack map.
     pub fn read_conntrack(&self) -> anyhow::Result<BTreeMap<FlowKey, NatFlow>> {
         self.conntrack()?.iter().collect::<Result<_, _>>().context("reading the conntrack map")
+    }
+
+    /// Every entry of the fragments map.
+    pub fn read_fragments(&self) -> anyhow::Result<BTreeMap<FragmentKey, FragmentNat>> {
+        self.fragments()?.iter().collect::<Result<_, _>>().context("reading the fragments map")
     }
 
     /// Every counter of the stats map, summed over CPUs.

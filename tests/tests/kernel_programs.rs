@@ -413,7 +413,8 @@ fn ip_options_and_tunnel_fragments_are_never_rewritten() {
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(node.stat(Stat::DropTunnelFragment), 1);
 
-    // A later fragment (offset != 0) carries no UDP header: left to the kernel, unchanged.
+    // A later fragment (offset != 0) carries no UDP header: of no translated datagram, so left
+    // to the kernel, unchanged.
     let mut later = vxlan_to_node(PEER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A);
     later[20] = 0x00;
     later[21] = 0x10;
@@ -422,6 +423,7 @@ fn ip_options_and_tunnel_fragments_are_never_rewritten() {
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out, later);
     assert_eq!(node.stat(Stat::DecapVxlan), 0);
+    assert_eq!(node.stat(Stat::PassUntrackedFragment), 1);
 }
 
 #[test]
@@ -534,7 +536,7 @@ fn xdp_passes_everything_else_unchanged() {
                 .finish(),
             Stat::PassToStack,
         ),
-        ("a later fragment of a stranger's VXLAN", later, Stat::PassToStack),
+        ("a later fragment of a stranger's VXLAN", later, Stat::PassUntrackedFragment),
         ("ARP", Packet::eth(UPLINK_MAC, [0xff; 6]).arp_request(UPLINK_MAC, PEER, NODE).finish(), Stat::PassToStack),
     ];
     for (what, packet, tc_stat) in cases {

@@ -12,8 +12,12 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _};
-use dataplane::monitor;
-use dataplane_common::net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI};
+use dataplane::{monitor, pinned::PinnedMaps};
+use dataplane_common::{
+    monitor::{MONITOR_COUNTS_MAP, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP, MONITOR_LEASE_MAP_V1},
+    net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI},
+    MonitorLease,
+};
 use dataplane_lab::{Agent, ChildHandle, Lab, LabOptions};
 use dataplane_tests::{agent_bin, workspace_root};
 use serde_json::Value;
@@ -165,7 +169,12 @@ fn wait_for_event(child: &ChildHandle, sent: Instant, wanted: impl Fn(&Value) ->
 }
 
 fn kill(pid: u32) -> anyhow::Result<()> {
-    dataplane_lab::cmd::run(&["kill", "-KILL", &pid.to_string()])?;
+    signal(pid, "KILL")
+}
+
+/// Sends `pid` the signal `name` (KILL, STOP, CONT).
+fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    dataplane_lab::cmd::run(&["kill", &format!("-{name}"), &pid.to_string()])?;
     Ok(())
 }
 
@@ -271,7 +280,34 @@ fn monitor_shows_drops_with_their_addresses_filters_them_and_costs_nothing_once_
     let (status, _) = filtered.terminate(Duration::from_secs(5))?;
     ensure!(status.success(), "the filtered monitor exited with {status}:\n{}", filtered.log());
 
-    // 3. A killed reader: its lease outlives it for a while (events queue, and a flood past the
+    // 3. A live reader that falls behind (paused, as a slow terminal would leave it): the flood
+    // past the ring buffer's room is lost, and the reader says so, by exactly the kernel's count.
+    let behind = cluster.monitor(&["-o", "json", "--reason", "drop_unknown_peer"], "monitor-behind")?;
+    let (_, lost_before) = monitor::counts(&cluster.pins())?;
+    signal(behind.pid(), "STOP")?;
+    // Within the lease (renewed every second, for three): the programs still emit, into a full ring.
+    let flood = cluster.send_vxlan_from_a_stranger(20_000)?;
+    thread::sleep(Duration::from_millis(300));
+    signal(behind.pid(), "CONT")?;
+    let (_, lost_after) = monitor::counts(&cluster.pins())?;
+    let lost = lost_after - lost_before;
+    eprintln!("flood of {flood} under a paused reader: {lost} events lost");
+    ensure!(lost > 0, "a flood of {flood} drops into the ring of a paused reader lost no event");
+    let reported = || -> anyhow::Result<u64> {
+        let lines = json_lines(&behind)?;
+        Ok(lines.iter().filter(|e| e["type"] == "lost").filter_map(|e| e["lost"].as_u64()).sum())
+    };
+    wait_for(Duration::from_secs(5), || Ok(reported()? >= lost))
+        .with_context(|| format!("the reader did not report {lost} lost events; it printed {:?}", reported()))?;
+    let shown = json_lines(&behind)?.iter().filter(|e| e["reason"] == "drop_unknown_peer").count();
+    ensure!(reported()? == lost, "the reader reported {} lost, the kernel counted {lost}", reported()?);
+    ensure!(shown > 0, "the paused reader showed none of the events queued before the ring filled");
+    eprintln!("the reader showed {shown} events of the flood and reported {lost} lost");
+    let mut behind = behind;
+    let (status, _) = behind.terminate(Duration::from_secs(5))?;
+    ensure!(status.success(), "the paused-then-resumed monitor exited with {status}:\n{}", behind.log());
+
+    // 4. A killed reader: its lease outlives it for a while (events queue, and a flood past the
     // ring buffer's room is counted as lost), then runs out and the programs stop emitting.
     let mut victim = cluster.monitor(&[], "monitor-killed")?;
     kill(victim.pid())?;
@@ -310,7 +346,7 @@ fn monitor_shows_drops_with_their_addresses_filters_them_and_costs_nothing_once_
     // The first packet past the deadline made the programs forget the lease: no clock reads after it.
     ensure!(monitor::lease(&cluster.pins())?.until_ns == 0, "the programs kept the dead reader's lease");
 
-    // 4. --all: decisions too, e.g. web-1's ping to web-2 encapsulated towards node-2 (shown as the
+    // 5. --all: decisions too, e.g. web-1's ping to web-2 encapsulated towards node-2 (shown as the
     // program left it: the VXLAN outer header to node-2, the ping inside).
     let mut everything = cluster.monitor(&["--all", "-o", "json", "--addr", &web2.addr.to_string()], "monitor-all")?;
     let sent = Instant::now();
@@ -325,15 +361,24 @@ fn monitor_shows_drops_with_their_addresses_filters_them_and_costs_nothing_once_
     })?;
     everything.terminate(Duration::from_secs(5))?;
 
-    // 5. The monitor's maps are pins like the others: a restarted agent adopts them (the counters
+    // 6. The monitor's maps are pins like the others: a restarted agent adopts them (the counters
     // keep counting), and `dataplane cleanup` removes them.
+    // A reader's lease outlives the restart too (the lease is the programs' data section, which a
+    // load would reset): one written here, far ahead and by no live process, so no renewal or
+    // expiry can hide a reset.
+    let held =
+        MonitorLease { until_ns: dataplane::conntrack::monotonic_ns() + 3_600_000_000_000, reader_pid: 1, flags: 0 };
+    PinnedMaps::at(&cluster.pins()).monitor_lease()?.set(0, held, 0)?;
     let emitted_before_restart = emitted(&cluster.pins())?;
     cluster.agents[0].stop()?;
     let agent = cluster.lab.start_agent("node-1", &cluster.bin, &cluster.datastore)?;
     cluster.agents[0] = agent;
     cluster.agents[0].wait_ready(READY_TIMEOUT)?;
+    let after_restart = monitor::lease(&cluster.pins())?;
+    PinnedMaps::at(&cluster.pins()).monitor_lease()?.set(0, MonitorLease::NONE, 0)?;
+    ensure!(after_restart == held, "the restarted agent changed the reader's lease: {held:?} -> {after_restart:?}");
     ensure!(
-        emitted(&cluster.pins())? == emitted_before_restart,
+        emitted(&cluster.pins())? >= emitted_before_restart,
         "the restarted agent did not adopt the monitor's counters"
     );
     let mut watcher = cluster.monitor(&["-o", "json"], "monitor-after-restart")?;
@@ -344,7 +389,7 @@ fn monitor_shows_drops_with_their_addresses_filters_them_and_costs_nothing_once_
     cluster.agents[0].stop()?;
     let pins = cluster.pins();
     cluster.lab.exec(cluster.lab.node_netns("node-1")?, &[&bin, "cleanup", "--pin-path", &pins.to_string_lossy()])?;
-    for map in ["monitor_events_v1", "monitor_lease_v1", "monitor_counts_v1"] {
+    for map in [MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP, MONITOR_COUNTS_MAP, MONITOR_LEASE_MAP_V1] {
         ensure!(!pins.join(map).exists(), "`dataplane cleanup` left {}/{map}", pins.display());
     }
     Ok(())

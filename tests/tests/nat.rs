@@ -806,3 +806,90 @@ fn an_idle_udp_flow_disappears_after_its_timeout() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Sizes of the big datagrams: each crosses the 1,500-byte fabric in 3 and 11 fragments.
+const BIG_DATAGRAMS: [usize; 2] = [4_000, 16_000];
+/// Datagrams of each size, each way.
+const BIG_ROUNDS: u8 = 5;
+
+/// A datagram of `size` bytes that differs from round to round, so a stale one cannot pass.
+fn big_datagram(size: usize, round: u8) -> Vec<u8> {
+    (0..size).map(|i| (i as u8).wrapping_mul(7).wrapping_add(round)).collect()
+}
+
+/// Waits for one datagram on `socket`; says who sent what.
+fn receive_big(socket: &UdpSocket, whom: &str) -> anyhow::Result<(Vec<u8>, SocketAddrV4)> {
+    let mut buffer = vec![0u8; 65_536];
+    let (len, from) = socket.recv_from(&mut buffer).with_context(|| format!("{whom} received nothing"))?;
+    let std::net::SocketAddr::V4(from) = from else { bail!("an IPv6 sender: {from}") };
+    buffer.truncate(len);
+    Ok((buffer, from))
+}
+
+#[test]
+fn datagrams_bigger_than_the_mtu_cross_nat_outgoing_whole_both_ways() -> anyhow::Result<()> {
+    let test = "datagrams_bigger_than_the_mtu_cross_nat_outgoing_whole_both_ways";
+    let Some(mut cluster) = Cluster::up(test, &example_yaml()?, Dataplane::FastPath)? else {
+        return Ok(());
+    };
+    cluster.start_agent("node-1", &[])?;
+    let lab = &cluster.lab;
+    let nat1 = lab.pod(NAT_1)?;
+    let server = UdpServer::start(lab)?;
+    let pod = udp_socket_in(&nat1.netns, 7100, Some(UDP_WAIT))?;
+
+    // 1. The pod sends, the external host echoes each datagram to where it came from.
+    for size in BIG_DATAGRAMS {
+        for round in 0..BIG_ROUNDS {
+            let sent = big_datagram(size, round);
+            pod.send_to(&sent, server.addr).context("sending from the pod")?;
+            let (got, from) = receive_big(&server.socket, "the external host")
+                .with_context(|| format!("a {size}-byte datagram from {NAT_1}:\n{}", cluster.logs()))?;
+            ensure!(got == sent, "the external host got {} bytes, not the {size} sent", got.len());
+            ensure!(*from.ip() == NODE_1_ADDR, "a {size}-byte datagram arrived from {from}, not from node-1");
+            server.socket.send_to(&got, from).context("echoing from the external host")?;
+            let (back, from) = receive_big(&pod, NAT_1).with_context(|| format!("the {size}-byte echo"))?;
+            ensure!(back == sent, "{NAT_1} got {} bytes back, not its {size}", back.len());
+            ensure!(from == server.addr, "{NAT_1} got its echo from {from}, not from {}", server.addr);
+        }
+    }
+    eprintln!("{NAT_1} -> external: {} datagrams of each size echoed whole", BIG_ROUNDS);
+
+    // 2. The external host sends to the pod's translated flow, the pod echoes.
+    let (_, translated) = {
+        let probe = big_datagram(16, 0);
+        pod.send_to(&probe, server.addr)?;
+        receive_big(&server.socket, "the external host")?
+    };
+    for size in BIG_DATAGRAMS {
+        for round in 0..BIG_ROUNDS {
+            let sent = big_datagram(size, round.wrapping_add(100));
+            server.socket.send_to(&sent, translated).context("sending from the external host")?;
+            let (got, from) = receive_big(&pod, NAT_1)
+                .with_context(|| format!("a {size}-byte datagram to {translated}:\n{}", cluster.logs()))?;
+            ensure!(got == sent, "{NAT_1} got {} bytes, not the {size} sent", got.len());
+            ensure!(from == server.addr, "{NAT_1} got it from {from}");
+            pod.send_to(&got, from).context("echoing from the pod")?;
+            let (back, from) = receive_big(&server.socket, "the external host")?;
+            ensure!(back == sent, "the external host got {} bytes back, not its {size}", back.len());
+            ensure!(from == translated, "the echo came from {from}, not from the flow's {translated}");
+        }
+    }
+    eprintln!("external -> {NAT_1}'s translated flow {translated}: {BIG_ROUNDS} datagrams of each size echoed whole");
+
+    // Every fragment was translated by the fast path, none dropped.
+    let (snat, reverse, dropped) = (
+        cluster.stat("node-1", "snat_fragment")?,
+        cluster.stat("node-1", "reverse_nat_fragment")?,
+        cluster.stat("node-1", "drop_nat_fragment")?,
+    );
+    // Each way: 5 x (2 + 10) later fragments at least (the pod's MTU may cut them smaller).
+    let later = u64::from(BIG_ROUNDS) * 12 * 2;
+    ensure!(
+        snat >= later && reverse >= later,
+        "snat_fragment {snat}, reverse_nat_fragment {reverse}: fewer than {later}"
+    );
+    ensure!(dropped == 0, "drop_nat_fragment {dropped}");
+    eprintln!("snat_fragment {snat}, reverse_nat_fragment {reverse}, drop_nat_fragment 0");
+    Ok(())
+}

@@ -518,8 +518,8 @@ fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<(
         // IP options: the kernel's, from a pod and inside a tunnel.
         Case { args: &[WEB_1, WEB_2, "--ip-options"], counter: "pass_to_stack", action: "pass" },
         Case { args: &[WEB_2, WEB_1, "--from", "uplink", "--ip-options"], counter: "decap_vxlan", action: "pass" },
-        // Fragments: tunnel first fragments dropped, later ones the kernel's; natOutgoing cannot
-        // translate a later fragment of a new flow.
+        // Fragments: tunnel first fragments dropped, later ones (of no translated datagram) the
+        // kernel's; natOutgoing cannot translate a later fragment whose first it did not see.
         Case {
             args: &[WEB_2, WEB_1, "--from", "uplink", "--fragment", "first"],
             counter: "drop_tunnel_fragment",
@@ -527,7 +527,7 @@ fn trace_predicts_from_the_live_maps_and_the_kernel_agrees() -> anyhow::Result<(
         },
         Case {
             args: &[WEB_2, WEB_1, "--from", "uplink", "--fragment", "later"],
-            counter: "pass_to_stack",
+            counter: "pass_untracked_fragment",
             action: "pass",
         },
         Case {

@@ -31,10 +31,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
-    monitor::{MONITOR_COUNTS_MAP, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP},
-    FlowKey, FlowTimeouts, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAP, NODE_MAP, PEERS_MAP,
-    PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK,
-    ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    monitor::{MONITOR_COUNTS_MAP, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP, MONITOR_LEASE_MAP_V1, MONITOR_LEASE_SECTION},
+    FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAP,
+    FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
+    PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
@@ -98,17 +98,32 @@ pub fn loader(log: KernelLog) -> EbpfLoader<'static> {
 }
 
 /// Every map the programs use; each is pinned as `<pin path>/<name>`.
-pub const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 10] = [
     ROUTES_MAP,
     WORKLOADS_MAP,
     PEERS_MAP,
     NODE_MAP,
     STATS_MAP,
     CONNTRACK_MAP,
+    FRAGMENTS_MAP,
     MONITOR_EVENTS_MAP,
     MONITOR_LEASE_MAP,
     MONITOR_COUNTS_MAP,
 ];
+
+/// Pins of earlier versions that this version no longer uses: removed when the agent loads (the
+/// programs that still hold such a map keep it until they are swapped) and by cleanup.
+pub const RETIRED_MAPS: [&str; 1] = [MONITOR_LEASE_MAP_V1];
+
+/// The name aya gives the map pinned as `pin_name`: the map's own name, except for the lease,
+/// which is the programs' data section (`MONITOR_LEASE_SECTION`).
+pub fn object_map_name(pin_name: &str) -> &str {
+    if pin_name == MONITOR_LEASE_MAP {
+        MONITOR_LEASE_SECTION
+    } else {
+        pin_name
+    }
+}
 
 /// Every program the agent loads.
 const PROGRAMS: [&str; 5] = [PROG_FROM_WORKLOAD, PROG_TO_WORKLOAD, PROG_FROM_UPLINK, PROG_TO_UPLINK, PROG_VXLAN_ANCHOR];
@@ -256,8 +271,16 @@ impl BpfBackend {
         let map_paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|name| (*name, pin_path.join(name))).collect();
         let mut loader = loader(log);
         for (name, path) in &map_paths {
-            loader.map_pin_path(name, path.as_path());
+            loader.map_pin_path(object_map_name(name), path.as_path());
         }
+        // aya writes a data section's initial value (no reader) into its map, adopted or not: a
+        // reader's lease is read before and written back after, so a restart does not cut it.
+        let lease_pin = pin_path.join(MONITOR_LEASE_MAP);
+        let held_lease = if lease_pin.exists() {
+            crate::pinned::PinnedMaps::at(pin_path).monitor_lease().and_then(|map| Ok(map.get(&0, 0)?)).ok()
+        } else {
+            None
+        };
         if let Some(max_entries) = conntrack_max {
             // A map's size is fixed when it is created: an adopted pin keeps its own, and asking
             // aya for another would make it refuse the pin as incompatible.
@@ -269,6 +292,15 @@ impl BpfBackend {
             }
         }
         let mut ebpf = loader.load(OBJECT).context("loading the kernel programs (is this kernel 5.10+ with BTF?)")?;
+        if let Some(lease) = held_lease.filter(|lease| *lease != MonitorLease::NONE) {
+            let map = ebpf.map_mut(MONITOR_LEASE_SECTION).context("the object has no monitor lease")?;
+            aya::maps::Array::<_, MonitorLease>::try_from(map)
+                .and_then(|mut leases| leases.set(0, lease, 0))
+                .context("restoring the monitor's lease")?;
+        }
+        for name in RETIRED_MAPS {
+            remove_pin(&pin_path.join(name))?;
+        }
         if log != KernelLog::Off {
             forward_kernel_logs(&mut ebpf)?;
         }
@@ -869,7 +901,7 @@ pub fn cleanup(pin_path: &Path) -> anyhow::Result<usize> {
         }
         fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;
     }
-    for name in MAPS {
+    for name in MAPS.into_iter().chain(RETIRED_MAPS) {
         let path = pin_path.join(name);
         if path.exists() {
             remove_pin(&path)?;

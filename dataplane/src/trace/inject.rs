@@ -9,7 +9,8 @@ use aya::{
     Ebpf,
 };
 use dataplane_common::{
-    FlowKey, NatFlow, CONNTRACK_MAP, NODE_MAP, PEERS_MAP, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    FlowKey, FragmentKey, FragmentNat, NatFlow, CONNTRACK_MAP, FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, PROG_XDP_UPLINK,
+    ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 use serde::Serialize;
 
@@ -119,6 +120,17 @@ pub fn inject(
             HashMap::try_from(map).context("the conntrack map has an unexpected layout")?;
         for (key, flow) in &flows {
             conntrack.insert(key, flow, 0).context("copying the live conntrack table")?;
+        }
+    }
+
+    // The live fragments table too, so a later fragment of a translated datagram is recognised.
+    let fragments = PinnedMaps::at(pin_path).read_fragments().unwrap_or_default();
+    {
+        let map = ebpf.map_mut(FRAGMENTS_MAP).context("the object has no fragments map")?;
+        let mut table: HashMap<_, FragmentKey, FragmentNat> =
+            HashMap::try_from(map).context("the fragments map has an unexpected layout")?;
+        for (key, entry) in &fragments {
+            table.insert(key, entry, 0).context("copying the live fragments table")?;
         }
     }
 

@@ -98,6 +98,7 @@ pub fn read_state(pin_path: &Path) -> anyhow::Result<State> {
         workloads: maps.read_workloads()?,
         peers: maps.read_peers()?,
         conntrack: maps.read_conntrack().unwrap_or_default(),
+        fragments: maps.read_fragments().unwrap_or_default(),
         now_ns: monotonic_ns(),
     })
 }

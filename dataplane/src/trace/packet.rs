@@ -21,6 +21,10 @@ pub(super) const TCP_HLEN: usize = 20;
 /// The UDP source port of the VXLAN packets built for `--from uplink`.
 pub(super) const VXLAN_PROBE_SPORT: u16 = 50000;
 
+/// The IPv4 identification of every probe: with its addresses and protocol, the key of its
+/// datagram in the fragments map.
+pub(crate) const PROBE_IP_ID: u16 = 0x1234;
+
 /// The fragment offset of a `--fragment later` probe, in 8-byte units: where the second fragment
 /// of a 1500-byte packet starts.
 pub(super) const LATER_FRAGMENT_OFFSET: u16 = 1480 / 8;
@@ -66,7 +70,7 @@ pub(super) struct Ipv4Fields {
 pub(super) fn ipv4_header(fields: Ipv4Fields) -> Vec<u8> {
     let mut header = vec![0u8; IPV4_HLEN];
     header[2..4].copy_from_slice(&fields.total_len.to_be_bytes());
-    header[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+    header[4..6].copy_from_slice(&PROBE_IP_ID.to_be_bytes());
     header[6..8].copy_from_slice(&fields.frag_off.to_be_bytes());
     header[8] = fields.ttl;
     header[9] = fields.protocol;

@@ -4,11 +4,13 @@ use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 
 use dataplane_common::{
     net::{
-        DEFAULT_TTL, GATEWAY_ADDR, GATEWAY_MAC, IPIP_ENCAP_LEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, VXLAN_ENCAP_LEN,
+        DEFAULT_TTL, GATEWAY_ADDR, GATEWAY_MAC, IPIP_ENCAP_LEN, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP,
+        VXLAN_ENCAP_LEN,
     },
-    peer_flags, route_flags, route_kind, workload_flags, FlowKey, FlowTimeouts, Ipv4Bytes, NatFlow, NodeConfig, Peer,
-    Route, Stat, Workload, CONNTRACK_MAP, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_TO_POD, NODE_MAP, PEERS_MAP,
-    PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, ROUTES_MAP, WORKLOADS_MAP,
+    peer_flags, route_flags, route_kind, workload_flags, FlowKey, FlowTimeouts, FragmentKey, FragmentNat, Ipv4Bytes,
+    NatFlow, NodeConfig, Peer, Route, Stat, Workload, CONNTRACK_MAP, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_TO_POD,
+    FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
+    ROUTES_MAP, WORKLOADS_MAP,
 };
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -54,6 +56,8 @@ pub struct State {
     pub peers: BTreeMap<Ipv4Bytes, Peer>,
     /// `conntrack_v1`.
     pub conntrack: BTreeMap<FlowKey, NatFlow>,
+    /// `fragments_v1`: the translations of fragmented datagrams' first fragments.
+    pub fragments: BTreeMap<FragmentKey, FragmentNat>,
     /// Now on the clock the flows are stamped with (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
     pub now_ns: u64,
 }
@@ -532,11 +536,26 @@ impl Tracer<'_> {
     fn nat_outbound(&mut self, node: &NodeConfig, new_flows: bool) -> Outcome {
         let probe = self.probe;
         if probe.fragment == Fragment::Later {
+            let protocol = probe.proto.number();
+            if let Some(nat_addr) = self.fragment_translation(probe.src, probe.dst, protocol, FLOW_OUTBOUND) {
+                let ttl = self.decrement_ttl()?;
+                self.step(format!(
+                    "{FRAGMENTS_MAP}: its datagram's first fragment was translated: source {} -> {nat_addr}",
+                    probe.src
+                ));
+                let output = Headers { src: nat_addr, ..self.output(ttl) };
+                return Ok(Decision {
+                    action: Action::Redirect,
+                    stat: Stat::SnatFragment,
+                    target: Some(format!("out of the uplink (ifindex {}), next hop by FIB", node.uplink_ifindex)),
+                    output,
+                });
+            }
             if new_flows {
                 return Err(self.drop_because(
                     Stat::DropNatFragment,
-                    "a later fragment has no ports to translate by: dropped (natOutgoing needs whole packets or \
-                     first fragments)",
+                    "a later fragment of no datagram whose first fragment was translated ({FRAGMENTS_MAP}): no \
+                     ports to translate it by, and it must not leave with the pod's address: dropped",
                 ));
             }
             let output = self.output(probe.ttl);
@@ -666,12 +685,7 @@ impl Tracer<'_> {
             return self.pass(Stat::PassToStack, "IP options: the kernel judges it", output);
         }
         if probe.fragment == Fragment::Later {
-            let output = self.input_headers(tunnel, outer_src);
-            return self.pass(
-                Stat::PassToStack,
-                "a later fragment: no transport header to recognise a tunnel or a flow by; the kernel reassembles",
-                output,
-            );
+            return self.inbound_later_fragment(tunnel, outer_src);
         }
         match (tunnel, outer_src) {
             (Some(Tunnel::Vxlan), Some(from)) => {
@@ -791,6 +805,46 @@ impl Tracer<'_> {
         let output = Headers { dst: pod, dport: Some(reverse.pod_port), ..self.output(ttl) };
         self.step(format!("destination {} -> {pod}:{}", probe.dst, reverse.pod_port));
         Ok(self.deliver_to_workload(&route, Stat::ReverseNat, output))
+    }
+
+    /// `nat::inbound_later_fragment`: a later fragment to this node (no transport header to
+    /// recognise a tunnel or a flow by) takes the pod's address its datagram's first fragment got,
+    /// or goes to the kernel, which reassembles.
+    fn inbound_later_fragment(&mut self, tunnel: Option<Tunnel>, outer_src: Option<Ipv4Addr>) -> Outcome {
+        let probe = self.probe;
+        // A tunnel packet's fragments are keyed by its outer header.
+        let (src, dst, protocol) = match (tunnel, outer_src, self.state.node) {
+            (Some(Tunnel::Vxlan), Some(from), Some(node)) => (from, Ipv4Addr::from(node.addr), IPPROTO_UDP),
+            (Some(Tunnel::Ipip), Some(from), Some(node)) => (from, Ipv4Addr::from(node.addr), IPPROTO_IPIP),
+            _ => (probe.src, probe.dst, probe.proto.number()),
+        };
+        let untracked = self.input_headers(tunnel, outer_src);
+        let Some(pod) = self.fragment_translation(src, dst, protocol, FLOW_INBOUND) else {
+            return self.pass(
+                Stat::PassUntrackedFragment,
+                format!("a later fragment of no translated datagram in {FRAGMENTS_MAP}: the kernel reassembles it"),
+                untracked,
+            );
+        };
+        let Some(route) = self.route(pod).filter(|r| r.kind == route_kind::LOCAL_WORKLOAD) else {
+            return self.pass(
+                Stat::PassUntrackedFragment,
+                "its pod is no local workload any more: to the kernel",
+                untracked,
+            );
+        };
+        let ttl = self.decrement_ttl()?;
+        self.step(format!("{FRAGMENTS_MAP}: a later fragment of a translated reply: destination {dst} -> {pod}"));
+        let output = Headers { dst: pod, ..self.output(ttl) };
+        Ok(self.deliver_to_workload(&route, Stat::ReverseNatFragment, output))
+    }
+
+    /// `fragment::translation`: the address the first fragment of the probe's datagram (its
+    /// identification is [`PROBE_IP_ID`]) was translated to, unless it timed out.
+    fn fragment_translation(&self, src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, direction: u8) -> Option<Ipv4Addr> {
+        let key = FragmentKey { src: src.octets(), dst: dst.octets(), id: PROBE_IP_ID, protocol, direction };
+        let entry = self.state.fragments.get(&key).filter(|entry| !entry.expired(self.state.now_ns))?;
+        Some(Ipv4Addr::from(entry.addr))
     }
 
     // -- to_uplink ----------------------------------------------------------------------------

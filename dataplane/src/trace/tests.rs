@@ -4,11 +4,11 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use dataplane_common::{
     net::{
-        ETH_HLEN, ETH_P_ARP, GATEWAY_ADDR, GATEWAY_MAC, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_TCP, IPV4_HLEN,
-        IPV4_MF,
+        ETH_HLEN, ETH_P_ARP, GATEWAY_ADDR, GATEWAY_MAC, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_TCP, IPPROTO_UDP,
+        IPV4_HLEN, IPV4_MF,
     },
-    FlowKey, NatFlow, Stat, FLOW_OUTBOUND, FLOW_TO_POD, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK,
-    PROG_TO_WORKLOAD, WORKLOADS_MAP,
+    FlowKey, FragmentKey, FragmentNat, NatFlow, Stat, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_TO_POD, FRAGMENT_TIMEOUT_NS,
+    PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, WORKLOADS_MAP,
 };
 
 use super::*;
@@ -42,6 +42,7 @@ fn state() -> State {
         workloads: e.workloads,
         peers: e.peers,
         conntrack: BTreeMap::new(),
+        fragments: BTreeMap::new(),
         now_ns: 1_000_000_000_000,
     }
 }
@@ -380,7 +381,7 @@ fn fragments_tunnel_first_dropped_later_passed_nat_later_dropped() {
     let frame = build_packet(&first, &entry, &state);
     assert_eq!(u16::from_be_bytes([frame[ETH_HLEN + 6], frame[ETH_HLEN + 7]]), IPV4_MF, "the outer header");
     let later = Probe { fragment: Fragment::Later, ..first };
-    assert_eq!(predict(&later, &entry, &state).stat, Stat::PassToStack);
+    assert_eq!(predict(&later, &entry, &state).stat, Stat::PassUntrackedFragment);
     let ipip = Entry::Uplink { tunnel: Some(Tunnel::Ipip), outer_src: Some(NODE_2) };
     assert_eq!(predict(&first, &ipip, &state).stat, Stat::DropTunnelFragment);
 
@@ -392,6 +393,40 @@ fn fragments_tunnel_first_dropped_later_passed_nat_later_dropped() {
     // A big fragment has no DF: no "fragmentation needed", it is encapsulated.
     let big = Probe { fragment: Fragment::First, size: 1480, ..probe(POD_A, REMOTE, Proto::Tcp, Origin::Workload) };
     assert_eq!(predict(&big, &Entry::Workload { ifindex: 5 }, &state).stat, Stat::EncapVxlan);
+}
+
+#[test]
+fn later_fragments_of_translated_datagrams_take_their_first_fragments_address() {
+    let mut state = state();
+    let node = state.node.expect("node").addr;
+    let key = |src: Ipv4Addr, dst: Ipv4Addr, direction| FragmentKey {
+        src: src.octets(),
+        dst: dst.octets(),
+        id: PROBE_IP_ID,
+        protocol: IPPROTO_UDP,
+        direction,
+    };
+    let first_ns = state.now_ns - 1_000_000_000;
+    let out = Probe { fragment: Fragment::Later, ..probe(POD_A, EXTERNAL, Proto::Udp, Origin::Workload) };
+    state.fragments.insert(key(POD_A, EXTERNAL, FLOW_OUTBOUND), FragmentNat { addr: node, _pad: 0, first_ns });
+    let p = predict(&out, &Entry::Workload { ifindex: 5 }, &state);
+    assert_eq!((p.action, p.stat), (Action::Redirect, Stat::SnatFragment));
+    assert_eq!(p.output.expect("output").src, Ipv4Addr::from(node));
+
+    let node_addr = Ipv4Addr::from(node);
+    let back = Probe { fragment: Fragment::Later, ..probe(EXTERNAL, node_addr, Proto::Udp, Origin::Uplink) };
+    let plain = Entry::Uplink { tunnel: None, outer_src: None };
+    assert_eq!(predict(&back, &plain, &state).stat, Stat::PassUntrackedFragment, "no entry yet");
+    state
+        .fragments
+        .insert(key(EXTERNAL, node_addr, FLOW_INBOUND), FragmentNat { addr: POD_A.octets(), _pad: 0, first_ns });
+    let p = predict(&back, &plain, &state);
+    assert_eq!((p.action, p.stat, p.output.expect("output").dst), (Action::Redirect, Stat::ReverseNatFragment, POD_A));
+
+    // Past the kernel's reassembly timeout the entry counts for nothing.
+    state.now_ns += FRAGMENT_TIMEOUT_NS + 2_000_000_000;
+    assert_eq!(predict(&back, &plain, &state).stat, Stat::PassUntrackedFragment);
+    assert_eq!(predict(&out, &Entry::Workload { ifindex: 5 }, &state).stat, Stat::DropNatFragment);
 }
 
 #[test]

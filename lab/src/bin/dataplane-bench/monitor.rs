@@ -11,14 +11,14 @@ use std::{fmt::Write as _, os::fd::AsFd as _};
 
 use anyhow::{ensure, Context as _};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use dataplane_common::net::{XDP_DROP, XDP_PASS};
 use dataplane_common::{
     monitor::{
-        lease_flags, MonitorCount, MONITOR_COUNTS_MAP, MONITOR_EVENTS_BYTES, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP,
+        lease_flags, MonitorCount, MONITOR_COUNTS_MAP, MONITOR_EVENTS_BYTES, MONITOR_EVENTS_MAP, MONITOR_LEASE_SECTION,
     },
     net::{GATEWAY_MAC, IPPROTO_UDP},
     MonitorEvent, MonitorLease, PROG_FROM_WORKLOAD, PROG_XDP_UPLINK,
 };
-use dataplane_common::net::{XDP_DROP, XDP_PASS};
 use dataplane_tests::{
     packet::{fixture::*, Packet},
     program::{monotonic_ns, Node, TC_ACT_SHOT},
@@ -101,11 +101,11 @@ pub fn monitor_paths(rounds: usize) -> anyhow::Result<Vec<MonitorCost>> {
     let mut node = Node::new("node-1");
     let take = |node: &mut Node, name: &str| node.ebpf.take_map(name).with_context(|| format!("no map {name}"));
     let mut ring = RingBuf::try_from(take(&mut node, MONITOR_EVENTS_MAP)?)?;
-    let mut leases: Array<MapData, MonitorLease> = Array::try_from(take(&mut node, MONITOR_LEASE_MAP)?)?;
+    let mut leases: Array<MapData, MonitorLease> = Array::try_from(take(&mut node, MONITOR_LEASE_SECTION)?)?;
     let counts: PerCpuArray<MapData, u64> = PerCpuArray::try_from(take(&mut node, MONITOR_COUNTS_MAP)?)?;
     let mut bare = Node::without_monitor_hook("node-1");
     // A reader's lease in the hook-less programs' own maps: were the hook there, it would emit.
-    let mut bare_leases: Array<MapData, MonitorLease> = Array::try_from(take(&mut bare, MONITOR_LEASE_MAP)?)?;
+    let mut bare_leases: Array<MapData, MonitorLease> = Array::try_from(take(&mut bare, MONITOR_LEASE_SECTION)?)?;
     bare_leases.set(0, Lease::All.value(), 0)?;
     let bare_counts: PerCpuArray<MapData, u64> = PerCpuArray::try_from(take(&mut bare, MONITOR_COUNTS_MAP)?)?;
     let count = |slot: MonitorCount| -> anyhow::Result<u64> { Ok(counts.get(&slot.index(), 0)?.iter().sum()) };
