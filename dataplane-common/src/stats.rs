@@ -136,6 +136,11 @@ impl Stat {
         self as u32
     }
 
+    /// The stat in slot `index`, if any (the kernel's log records and monitor events carry slots).
+    pub fn from_index(index: u32) -> Option<Stat> {
+        Stat::ALL.iter().copied().find(|stat| stat.index() == index)
+    }
+
     /// Whether this slot counts dropped packets.
     pub const fn is_drop(self) -> bool {
         self.index() >= DROP_BASE

@@ -34,17 +34,22 @@ pub type Outcome = Result<Verdict, Stat>;
 
 /// Counts the outcome in the stats map, logs it (drops at debug, decisions at trace; both off
 /// unless the agent raised AYA_LOG_LEVEL) and returns the TC action: the programs' only exit.
+///
+/// The log record is three numbers, `<program> <stat> <ifindex>`, which the agent's log bridge
+/// (`backend::bpf::DecisionRecord`) turns into names. Why not the names here: the verifier loses
+/// the stat's constant value on its way into aya-log's writer and then walks every arm of
+/// `Stat::name()` with its own string copy, which took the programs past its 1M-instruction limit.
 #[inline(always)]
 pub fn finish(ctx: &TcContext, program: Program, outcome: Outcome) -> i32 {
     // SAFETY: reading a field of this program's own __sk_buff context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let (action, stat) = match outcome {
         Ok(verdict) => {
-            trace!(ctx, "{}: {} (ifindex {})", program.name(), verdict.stat.name(), ifindex);
+            trace!(ctx, "{} {} {}", program as u32, verdict.stat.index(), ifindex);
             (verdict.action, verdict.stat)
         }
         Err(reason) => {
-            debug!(ctx, "{}: {} (ifindex {})", program.name(), reason.name(), ifindex);
+            debug!(ctx, "{} {} {}", program as u32, reason.index(), ifindex);
             (TC_ACT_SHOT as i32, reason)
         }
     };
@@ -61,11 +66,11 @@ pub fn finish_xdp(ctx: &XdpContext, program: Program, outcome: Result<Stat, Stat
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let (action, stat) = match outcome {
         Ok(stat) => {
-            trace!(ctx, "{}: {} (ifindex {})", program.name(), stat.name(), ifindex);
+            trace!(ctx, "{} {} {}", program as u32, stat.index(), ifindex);
             (XDP_PASS, stat)
         }
         Err(reason) => {
-            debug!(ctx, "{}: {} (ifindex {})", program.name(), reason.name(), ifindex);
+            debug!(ctx, "{} {} {}", program as u32, reason.index(), ifindex);
             (XDP_DROP, reason)
         }
     };

@@ -472,7 +472,7 @@ fn parse(
         return None;
     }
     let raw: MonitorEvent = bytemuck::pod_read_unaligned(bytes);
-    let stat = Stat::ALL.iter().copied().find(|stat| stat.index() == raw.stat)?;
+    let stat = Stat::from_index(raw.stat)?;
     let captured = (raw.captured as usize).min(raw.header.len());
     Some(Event {
         time: UNIX_EPOCH + Duration::from_nanos(raw.time_ns.saturating_add(wall_offset_ns)),

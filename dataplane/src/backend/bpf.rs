@@ -238,10 +238,46 @@ impl log::Log for KernelRecords {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        info!(target: "dataplane::kernel", level = %record.level(), "{}", record.args());
+        let text = record.args().to_string();
+        match DecisionRecord::parse(&text) {
+            Some(decision) => info!(target: "dataplane::kernel", level = %record.level(), "{decision}"),
+            None => info!(target: "dataplane::kernel", level = %record.level(), "{text}"),
+        }
     }
 
     fn flush(&self) {}
+}
+
+/// A decision as `verdict::finish` logs it: `<program> <stat> <ifindex>`, three numbers, shown
+/// with the program's and the stat's names from dataplane-common.
+#[derive(Debug, PartialEq, Eq)]
+struct DecisionRecord {
+    program: dataplane_common::Program,
+    stat: dataplane_common::Stat,
+    ifindex: u32,
+}
+
+impl DecisionRecord {
+    /// The record in `text`, or None for any other line (which is forwarded as it is).
+    fn parse(text: &str) -> Option<DecisionRecord> {
+        let mut numbers = text.split(' ').map(|field| field.parse::<u32>().ok());
+        let (Some(Some(program)), Some(Some(stat)), Some(Some(ifindex)), None) =
+            (numbers.next(), numbers.next(), numbers.next(), numbers.next())
+        else {
+            return None;
+        };
+        Some(DecisionRecord {
+            program: dataplane_common::Program::from_index(program)?,
+            stat: dataplane_common::Stat::from_index(stat)?,
+            ifindex,
+        })
+    }
+}
+
+impl std::fmt::Display for DecisionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} (ifindex {})", self.program.name(), self.stat.name(), self.ifindex)
+    }
 }
 
 /// One program on one hook of one interface.
@@ -926,6 +962,16 @@ mod tests {
         }
         map.insert(*key, *value);
         Ok(())
+    }
+
+    #[test]
+    fn decision_records_are_shown_with_names_and_other_lines_pass_unchanged() {
+        let line = format!("{} {} 7", dataplane_common::Program::FromWorkload as u32, dataplane_common::Stat::DropBlackhole.index());
+        let decision = DecisionRecord::parse(&line).expect("a decision record");
+        assert_eq!(decision.to_string(), "from_workload: drop_blackhole (ifindex 7)");
+        for other in ["kernel logs on", "0 1", "0 1 2 3", "99 1 2", "0 31 2", "0 x 2", ""] {
+            assert_eq!(DecisionRecord::parse(other), None, "{other:?}");
+        }
     }
 
     #[test]
