@@ -214,7 +214,8 @@ fn monitor_shows_drops_with_their_addresses_filters_them_and_costs_nothing_once_
 
     // 2. Filters: a pod, a reason and an address together let through only web-1's packet to
     // BLACKHOLED; each other drop fails one of them and is emitted by the kernel all the same.
-    let mut filtered = start_monitor(&cluster, 
+    let mut filtered = start_monitor(
+        &cluster,
         &["--pod", "default/web-1", "--reason", "drop_blackhole", "--addr", &BLACKHOLED.to_string()],
         "monitor-filtered",
     )?;
@@ -311,7 +312,8 @@ fn monitor_shows_drops_with_their_addresses_filters_them_and_costs_nothing_once_
 
     // 5. --all: decisions too, e.g. web-1's ping to web-2 encapsulated towards node-2 (shown as the
     // program left it: the VXLAN outer header to node-2, the ping inside).
-    let mut everything = start_monitor(&cluster, &["--all", "-o", "json", "--addr", &web2.addr.to_string()], "monitor-all")?;
+    let mut everything =
+        start_monitor(&cluster, &["--all", "-o", "json", "--addr", &web2.addr.to_string()], "monitor-all")?;
     let sent = Instant::now();
     ensure!(lab.ping_ok(&web1, web2.addr, 3)?, "web-1 cannot ping web-2");
     wait_for_event(&everything, sent, |e| {
