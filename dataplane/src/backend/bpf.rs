@@ -966,7 +966,11 @@ mod tests {
 
     #[test]
     fn decision_records_are_shown_with_names_and_other_lines_pass_unchanged() {
-        let line = format!("{} {} 7", dataplane_common::Program::FromWorkload as u32, dataplane_common::Stat::DropBlackhole.index());
+        let line = format!(
+            "{} {} 7",
+            dataplane_common::Program::FromWorkload as u32,
+            dataplane_common::Stat::DropBlackhole.index()
+        );
         let decision = DecisionRecord::parse(&line).expect("a decision record");
         assert_eq!(decision.to_string(), "from_workload: drop_blackhole (ifindex 7)");
         for other in ["kernel logs on", "0 1", "0 1 2 3", "99 1 2", "0 31 2", "0 x 2", ""] {
