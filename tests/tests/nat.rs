@@ -26,7 +26,8 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use dataplane::backend::nftables;
+use dataplane::{backend::nftables, pinned::PinnedMaps};
+use dataplane_common::FRAGMENTS_MAX_ENTRIES;
 use dataplane_lab::{counters, udp_socket_in, AgentMode, AgentOptions, ChildHandle, Cluster, Lab, LabPod};
 use serde_json::Value;
 
@@ -850,5 +851,82 @@ fn datagrams_bigger_than_the_mtu_cross_nat_outgoing_whole_both_ways() -> anyhow:
     );
     ensure!(dropped == 0, "drop_nat_fragment {dropped}");
     eprintln!("snat_fragment {snat}, reverse_nat_fragment {reverse}, drop_nat_fragment 0");
+
+    // 3. A flood of first fragments that never complete (three times the table's room): the
+    // fragments table stays within its size, and big datagrams still cross whole both ways.
+    let flood = 3 * FRAGMENTS_MAX_ENTRIES as usize;
+    let sent = send_first_fragments(&nat1, FLOOD_TARGET, flood)?;
+    ensure!(sent == flood, "the pod sent {sent} of {flood} first fragments");
+    let pins = PinnedMaps::at(&cluster.lab.pin_path("node-1"));
+    let held = pins.fragments()?.keys().count();
+    ensure!(
+        held <= FRAGMENTS_MAX_ENTRIES as usize && held > FRAGMENTS_MAX_ENTRIES as usize / 2,
+        "after {flood} incomplete datagrams the fragments table holds {held} (room {FRAGMENTS_MAX_ENTRIES})"
+    );
+    eprintln!("{flood} incomplete datagrams: the fragments table holds {held} of {FRAGMENTS_MAX_ENTRIES}");
+    for size in BIG_DATAGRAMS {
+        let sent = big_datagram(size, 200);
+        pod.send_to(&sent, server.addr).context("sending from the pod after the flood")?;
+        let (got, from) = receive_big(&server.socket, "the external host")
+            .with_context(|| format!("a {size}-byte datagram after the flood:\n{}", cluster.logs()))?;
+        ensure!(got == sent && *from.ip() == NODE_1_ADDR, "after the flood: {} bytes from {from}", got.len());
+        server.socket.send_to(&got, from)?;
+        let (back, _) = receive_big(&pod, NAT_1).with_context(|| format!("the {size}-byte echo after the flood"))?;
+        ensure!(back == sent, "{NAT_1} got {} bytes back after the flood, not its {size}", back.len());
+    }
+    ensure!(stat(&cluster, "node-1", "drop_nat_fragment")? == 0, "the flood made later fragments drop");
+    eprintln!("after the flood: a datagram of each size echoed whole");
     Ok(())
+}
+
+/// An address of the external network that nobody holds: the flood goes there, so that no host's
+/// reassembly queue fills up with it (only node-1's fragments table is under test).
+const FLOOD_TARGET: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
+
+/// Sends `count` first fragments (MF set, offset 0, each with its own identification) of UDP
+/// datagrams from `pod` to `dst` through a raw socket: datagrams whose other fragments never come.
+fn send_first_fragments(pod: &LabPod, dst: Ipv4Addr, count: usize) -> anyhow::Result<usize> {
+    use dataplane_tests::packet::{fixture, set_ipv4_checksum, Packet};
+    let frame = Packet::eth(fixture::POD_A_MAC, fixture::UPLINK_MAC)
+        .ipv4(pod.addr.octets(), dst.octets(), libc::IPPROTO_UDP as u8)
+        .udp(7200, UDP_SERVER_PORT)
+        .payload(&[0x5a; 64])
+        .finish();
+    let template = frame[dataplane_common::net::ETH_HLEN..].to_vec();
+    dataplane_lab::in_netns(&pod.netns, move || {
+        // SAFETY: plain socket(2); the descriptor is owned below.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        ensure!(raw >= 0, "raw IPv4 socket: {}", std::io::Error::last_os_error());
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
+            sin_zero: [0; 8],
+        };
+        let mut sent = 0;
+        for id in 0..count {
+            let mut packet = template.clone();
+            // Identification (never 0, which the kernel would replace), then MF with offset 0.
+            packet[4..6].copy_from_slice(&((id % 0xffff) as u16 + 1).to_be_bytes());
+            packet[6..8].copy_from_slice(&0x2000u16.to_be_bytes());
+            set_ipv4_checksum(&mut packet, 0);
+            // SAFETY: the buffer and the address outlive the call; lengths are theirs.
+            let n = unsafe {
+                libc::sendto(
+                    socket.as_raw_fd(),
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if n == packet.len() as isize {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    })
 }
