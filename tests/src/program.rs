@@ -10,11 +10,11 @@ use aya::{
     programs::{tc::SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use dataplane::{backend::entries, datastore::file, plan};
+use dataplane::{backend::entries, datastore::file, plan, trace::State};
 use dataplane_common::{
-    FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Stat, Workload, CONNTRACK_MAP, NODE_MAP, PEERS_MAP,
-    PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP,
-    WORKLOADS_MAP,
+    FlowKey, FragmentKey, FragmentNat, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Stat, Workload, CONNTRACK_MAP,
+    FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
+    PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
 
 pub use dataplane_common::net::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS};
@@ -250,5 +250,33 @@ impl Node {
     pub fn peers(&self) -> Vec<Ipv4Bytes> {
         let map: HashMap<_, Ipv4Bytes, Peer> = HashMap::try_from(self.ebpf.map(PEERS_MAP).unwrap()).unwrap();
         map.keys().map(|key| key.unwrap()).collect()
+    }
+
+    /// Everything the programs read, as `dataplane trace` reads it from the pins: what its
+    /// prediction of the next packet starts from.
+    pub fn state(&self) -> State {
+        let node: Array<_, NodeConfig> = Array::try_from(self.ebpf.map(NODE_MAP).unwrap()).unwrap();
+        let routes: LpmTrie<_, Ipv4Bytes, Route> = LpmTrie::try_from(self.ebpf.map(ROUTES_MAP).unwrap()).unwrap();
+        let workloads: HashMap<_, u32, Workload> = HashMap::try_from(self.ebpf.map(WORKLOADS_MAP).unwrap()).unwrap();
+        let peers: HashMap<_, Ipv4Bytes, Peer> = HashMap::try_from(self.ebpf.map(PEERS_MAP).unwrap()).unwrap();
+        let conntrack: HashMap<_, FlowKey, NatFlow> = HashMap::try_from(self.ebpf.map(CONNTRACK_MAP).unwrap()).unwrap();
+        let fragments: HashMap<_, FragmentKey, FragmentNat> =
+            HashMap::try_from(self.ebpf.map(FRAGMENTS_MAP).unwrap()).unwrap();
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `now` is a valid timespec for the call to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        State {
+            node: node.get(&0, 0).ok(),
+            routes: routes
+                .iter()
+                .map(|entry| entry.map(|(key, route)| ((key.prefix_len(), key.data()), route)))
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            workloads: workloads.iter().collect::<Result<_, _>>().unwrap(),
+            peers: peers.iter().collect::<Result<_, _>>().unwrap(),
+            conntrack: conntrack.iter().collect::<Result<_, _>>().unwrap(),
+            fragments: fragments.iter().collect::<Result<_, _>>().unwrap(),
+            now_ns: (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64,
+        }
     }
 }
