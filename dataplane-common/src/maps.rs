@@ -23,6 +23,42 @@ pub const WORKLOADS_MAP: &str = "workloads_v1";
 /// Capacity of the workloads map.
 pub const WORKLOADS_MAX_ENTRIES: u32 = 16384;
 
+/// Array of workload slots: the workload behind an interface, found without hashing.
+/// Index: [`workload_slot`] of the host-side ifindex; value: [`WorkloadSlot`]. A cache of the
+/// workloads map written with it: when two interfaces share a slot the lower ifindex holds it and
+/// the other is found through the hash, so a slot is never the only record of a workload.
+pub const WORKLOAD_SLOTS_MAP: &str = "workload_slots_v1";
+/// Slots in the workload slots map: far more than the pods of a node, few enough that the slow
+/// resync reads them whole cheaply; a power of two, so that the slot of an ifindex is a mask.
+pub const WORKLOAD_SLOTS: u32 = 4096;
+const _: () = assert!(WORKLOAD_SLOTS.is_power_of_two());
+
+/// The slot of the interface `ifindex` in the workload slots map. Interface indexes grow with
+/// every veth a node creates, so they are folded into the array rather than bounded by it.
+pub const fn workload_slot(ifindex: u32) -> u32 {
+    ifindex & (WORKLOAD_SLOTS - 1)
+}
+
+/// The value of a workload slot: the workload, tagged with the whole ifindex it belongs to.
+/// A program uses the slot only when the tag equals its own interface's ifindex, so a slot of a
+/// colliding interface, or an empty one, never stands for another interface's pod.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct WorkloadSlot {
+    /// The host-side ifindex the slot holds; 0 (no interface has it) for an empty slot.
+    pub ifindex: u32,
+    /// The workload behind that interface, as in the workloads map.
+    pub workload: Workload,
+}
+const _: () = assert!(size_of::<WorkloadSlot>() == 16);
+
+impl WorkloadSlot {
+    /// An empty slot: what the agent writes where no workload is.
+    pub const EMPTY: WorkloadSlot =
+        WorkloadSlot { ifindex: 0, workload: Workload { addr: [0; 4], mac: [0; 6], flags: 0, _pad: 0 } };
+}
+
 /// Hash of the peer nodes from which tunnel packets are accepted.
 /// Key: the peer node's address (`Ipv4Bytes`); value: [`Peer`].
 pub const PEERS_MAP: &str = "peers_v1";
@@ -409,6 +445,7 @@ mod user {
     // padding (the size asserts above prove it), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::Route {}
     unsafe impl aya::Pod for super::Workload {}
+    unsafe impl aya::Pod for super::WorkloadSlot {}
     unsafe impl aya::Pod for super::Peer {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::FlowKey {}

@@ -32,9 +32,9 @@ use aya::{
 };
 use dataplane_common::{
     monitor::{MONITOR_COUNTS_MAP, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP, MONITOR_LEASE_MAP_V1, MONITOR_LEASE_SECTION},
-    FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAP,
-    FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
-    PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Route, Workload, WorkloadSlot,
+    CONNTRACK_MAP, FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK,
+    PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP, WORKLOAD_SLOTS_MAP,
 };
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
@@ -98,9 +98,10 @@ pub fn loader(log: KernelLog) -> EbpfLoader<'static> {
 }
 
 /// Every map the programs use; each is pinned as `<pin path>/<name>`.
-pub const MAPS: [&str; 10] = [
+pub const MAPS: [&str; 11] = [
     ROUTES_MAP,
     WORKLOADS_MAP,
+    WORKLOAD_SLOTS_MAP,
     PEERS_MAP,
     NODE_MAP,
     STATS_MAP,
@@ -156,6 +157,8 @@ struct Programmed {
     node: Option<NodeConfig>,
     routes: BTreeMap<RouteKey, Route>,
     workloads: BTreeMap<u32, Workload>,
+    /// The occupied workload slots, by slot index.
+    slots: BTreeMap<u32, WorkloadSlot>,
     peers: BTreeMap<Ipv4Bytes, Peer>,
 }
 
@@ -173,8 +176,31 @@ fn read_pinned(pin_path: &Path) -> anyhow::Result<Programmed> {
         node: maps.read_node().ok(),
         routes: maps.read_routes()?,
         workloads: maps.read_workloads()?,
+        slots: read_pinned_slots(pin_path)?,
         peers: maps.read_peers()?,
     })
+}
+
+/// The occupied slots of the workload slots map pinned under `pin_path`.
+fn read_pinned_slots(pin_path: &Path) -> anyhow::Result<BTreeMap<u32, WorkloadSlot>> {
+    let path = pin_path.join(WORKLOAD_SLOTS_MAP);
+    let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let map = Array::try_from(aya::maps::Map::Array(map)).context("the workload slots map has an unexpected layout")?;
+    read_slots(&map)
+}
+
+/// The occupied slots of a workload slots map.
+fn read_slots<T: std::borrow::Borrow<MapData>>(
+    map: &Array<T, WorkloadSlot>,
+) -> anyhow::Result<BTreeMap<u32, WorkloadSlot>> {
+    let mut slots = BTreeMap::new();
+    for (index, slot) in (0..).zip(map.iter()) {
+        let slot = slot.context("reading the workload slots map")?;
+        if slot != WorkloadSlot::EMPTY {
+            slots.insert(index, slot);
+        }
+    }
+    Ok(slots)
 }
 
 /// The loaded programs and pinned maps of one node.
@@ -412,12 +438,13 @@ impl BpfBackend {
         let mut drifted = false;
         // Unknown yet (a failed write): the next apply reads the maps anyway.
         if let Some(programmed) = self.programmed.as_mut() {
-            let Programmed { node, routes, workloads, peers } = read.maps;
+            let Programmed { node, routes, workloads, slots, peers } = read.maps;
             if programmed.node != node {
                 programmed.node = node;
                 drifted = true;
             }
             drifted |= !take_drift(&mut programmed.workloads, workloads).is_empty();
+            drifted |= !take_drift(&mut programmed.slots, slots).is_empty();
             for (prefix_len, addr) in take_drift(&mut programmed.routes, routes) {
                 match u8::try_from(prefix_len).ok().and_then(|len| Ipv4Net::new(Ipv4Addr::from(addr), len).ok()) {
                     Some(prefix) => {
@@ -595,6 +622,7 @@ impl BpfBackend {
         let node = node.get(&0, 0).ok();
         let workloads: HashMap<&mut MapData, u32, Workload> = map_mut(&mut self.ebpf, WORKLOADS_MAP)?;
         let workloads = workloads.iter().collect::<Result<_, _>>().context("reading the workloads map")?;
+        let slots = read_slots(&map_mut::<Array<&mut MapData, WorkloadSlot>>(&mut self.ebpf, WORKLOAD_SLOTS_MAP)?)?;
         let peers: HashMap<&mut MapData, Ipv4Bytes, Peer> = map_mut(&mut self.ebpf, PEERS_MAP)?;
         let peers = peers.iter().collect::<Result<_, _>>().context("reading the peers map")?;
         let routes: LpmTrie<&mut MapData, Ipv4Bytes, Route> = map_mut(&mut self.ebpf, ROUTES_MAP)?;
@@ -603,7 +631,7 @@ impl BpfBackend {
             .map(|entry| entry.map(|(key, value)| ((key.prefix_len(), key.data()), value)))
             .collect::<Result<_, _>>()
             .context("reading the routes map")?;
-        Ok(Programmed { node, routes, workloads, peers })
+        Ok(Programmed { node, routes, workloads, slots, peers })
     }
 
     /// Writes the entries that differ from what this process last wrote (the kernel's maps are
@@ -629,6 +657,20 @@ impl BpfBackend {
             node.set(0, desired.node, 0).context("writing the node map")?;
             programmed.node = Some(desired.node);
             report.written += 1;
+        }
+        {
+            // Slots before the hash: a removed workload's slot is emptied before its hash entry
+            // goes, so no slot ever outlives the record it caches.
+            let mut map: Array<&mut MapData, WorkloadSlot> = map_mut(&mut self.ebpf, WORKLOAD_SLOTS_MAP)?;
+            sync(
+                &mut map,
+                &mut programmed.slots,
+                &entries::workload_slots(&desired.workloads),
+                None,
+                report,
+                |map, index, slot| map.set(*index, slot, 0).context("writing the workload slots map"),
+                |map, index| map.set(*index, WorkloadSlot::EMPTY, 0).context("emptying a workload slot"),
+            )?;
         }
         {
             let mut map: HashMap<&mut MapData, u32, Workload> = map_mut(&mut self.ebpf, WORKLOADS_MAP)?;

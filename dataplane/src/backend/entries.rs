@@ -9,8 +9,8 @@ use std::{
 
 use dataplane_common::{
     net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI},
-    peer_flags, route_flags, route_kind, workload_flags, FlowTimeouts, Ipv4Bytes, MacBytes, NodeConfig, Peer, Route,
-    Workload,
+    peer_flags, route_flags, route_kind, workload_flags, workload_slot, FlowTimeouts, Ipv4Bytes, MacBytes, NodeConfig,
+    Peer, Route, Workload, WorkloadSlot,
 };
 use ipnet::Ipv4Net;
 
@@ -33,6 +33,18 @@ pub struct MapEntries {
     pub workloads: BTreeMap<u32, Workload>,
     /// The peers map.
     pub peers: BTreeMap<Ipv4Bytes, Peer>,
+}
+
+/// The workload slots map derived from the workloads map: the occupied slots by index. Where
+/// interfaces share a slot the lowest ifindex holds it (the others are found through the hash),
+/// so the choice depends only on the workloads, never on the order they were written in.
+pub fn workload_slots(workloads: &BTreeMap<u32, Workload>) -> BTreeMap<u32, WorkloadSlot> {
+    let mut slots = BTreeMap::new();
+    // Ascending ifindex: the first to claim a slot keeps it.
+    for (&ifindex, &workload) in workloads {
+        slots.entry(workload_slot(ifindex)).or_insert(WorkloadSlot { ifindex, workload });
+    }
+    slots
 }
 
 /// What the kernel programs need to know about this host beyond the plan.
@@ -332,5 +344,19 @@ mod tests {
         let (entries, _) = from_plan(&plan, UPLINK, |name| (name == "cali1").then_some(7), &learned);
         assert_eq!(entries.workloads[&7].mac, datastore.0);
         assert_eq!(entries.routes[&(32, [10, 244, 1, 2])].mac, datastore.0);
+    }
+
+    #[test]
+    fn interfaces_sharing_a_slot_leave_it_to_the_lowest_ifindex() {
+        let pod = |last: u8| Workload { addr: [10, 244, 1, last], mac: [0; 6], flags: 0, _pad: 0 };
+        let high = 7 + dataplane_common::WORKLOAD_SLOTS;
+        let workloads = BTreeMap::from([(high, pod(3)), (7, pod(2)), (9, pod(4))]);
+        let slots = workload_slots(&workloads);
+        assert_eq!(slots.len(), 2, "7 and {high} share one slot");
+        assert_eq!(slots[&7], WorkloadSlot { ifindex: 7, workload: pod(2) });
+        assert_eq!(slots[&9], WorkloadSlot { ifindex: 9, workload: pod(4) });
+        // When 7 goes, the slot passes to the interface that shared it.
+        let slots = workload_slots(&BTreeMap::from([(high, pod(3)), (9, pod(4))]));
+        assert_eq!(slots[&7], WorkloadSlot { ifindex: high, workload: pod(3) });
     }
 }
