@@ -59,6 +59,65 @@ impl WorkloadSlot {
         WorkloadSlot { ifindex: 0, workload: Workload { addr: [0; 4], mac: [0; 6], flags: 0, _pad: 0 } };
 }
 
+/// One-slot array holding the enabled IP pools' prefixes ([`Pools`]): whether an address is in a
+/// pool, told by a few masked compares instead of a lookup in the routes trie.
+pub const POOLS_MAP: &str = "pools_v1";
+/// Pools the pools map holds; a cluster with more has [`POOLS_TOO_MANY`] written and the
+/// programs ask the routes map instead.
+pub const POOLS_MAX: usize = 8;
+/// [`Pools::count`] when the cluster has more pools than [`POOLS_MAX`].
+pub const POOLS_TOO_MANY: u32 = u32::MAX;
+
+/// An IP pool's prefix as an address and a mask, both in network order, so that
+/// `addr & mask == network` compares the four bytes whatever the CPU's byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PoolPrefix {
+    /// The pool's network address.
+    pub network: Ipv4Bytes,
+    /// The pool's netmask.
+    pub mask: Ipv4Bytes,
+}
+const _: () = assert!(size_of::<PoolPrefix>() == 8);
+
+/// The value of the pools map: the enabled pools, the first `count` entries of `prefixes`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Pools {
+    /// How many of `prefixes` hold a pool (0: not written), or [`POOLS_TOO_MANY`].
+    pub count: u32,
+    /// The pools' prefixes; the rest are zero.
+    pub prefixes: [PoolPrefix; POOLS_MAX],
+}
+const _: () = assert!(size_of::<Pools>() == 4 + 8 * POOLS_MAX);
+
+impl Pools {
+    /// Whether `addr` lies in one of the pools; None when this cannot tell: too many pools, or
+    /// none written (before the agent's first write, or a cluster without pools, where the
+    /// routes map answers just as well).
+    #[inline(always)]
+    pub fn contain(&self, addr: Ipv4Bytes) -> Option<bool> {
+        if self.count == 0 || self.count > POOLS_MAX as u32 {
+            return None;
+        }
+        let addr = u32::from_ne_bytes(addr);
+        let mut i = 0;
+        while i < POOLS_MAX {
+            if i as u32 >= self.count {
+                break;
+            }
+            let prefix = self.prefixes[i];
+            if addr & u32::from_ne_bytes(prefix.mask) == u32::from_ne_bytes(prefix.network) {
+                return Some(true);
+            }
+            i += 1;
+        }
+        Some(false)
+    }
+}
+
 /// Hash of the peer nodes from which tunnel packets are accepted.
 /// Key: the peer node's address (`Ipv4Bytes`); value: [`Peer`].
 pub const PEERS_MAP: &str = "peers_v1";
@@ -446,6 +505,7 @@ mod user {
     unsafe impl aya::Pod for super::Route {}
     unsafe impl aya::Pod for super::Workload {}
     unsafe impl aya::Pod for super::WorkloadSlot {}
+    unsafe impl aya::Pod for super::Pools {}
     unsafe impl aya::Pod for super::Peer {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::FlowKey {}

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     monitor::{MONITOR_COUNT_SLOTS, MONITOR_EVENTS_BYTES},
-    FlowKey, FragmentKey, FragmentNat, Ipv4Bytes, MonitorEvent, NatFlow, NodeConfig, Peer, Route, Workload,
+    FlowKey, FragmentKey, FragmentNat, Ipv4Bytes, MonitorEvent, NatFlow, NodeConfig, Peer, Pools, Route, Workload,
     WorkloadSlot, CONNTRACK_MAX_ENTRIES, FRAGMENTS_MAX_ENTRIES, PEERS_MAX_ENTRIES, ROUTES_MAX_ENTRIES, STAT_COUNT,
     WORKLOADS_MAX_ENTRIES, WORKLOAD_SLOTS,
 };
@@ -29,6 +29,10 @@ pub static WORKLOAD_SLOTS_ARRAY: Array<WorkloadSlot, { WORKLOAD_SLOTS as usize }
 /// Peer node address -> [`Peer`] (`dataplane_common::PEERS_MAP`).
 #[btf_map(name = "peers_v1")]
 pub static PEERS: HashMap<Ipv4Bytes, Peer, { PEERS_MAX_ENTRIES as usize }> = HashMap::new();
+
+/// Slot 0: the enabled pools' prefixes (`dataplane_common::POOLS_MAP`).
+#[btf_map(name = "pools_v1")]
+pub static POOLS: Array<Pools, 1> = Array::new();
 
 /// Slot 0: this node's [`NodeConfig`] (`dataplane_common::NODE_MAP`).
 #[btf_map(name = "node_v1")]

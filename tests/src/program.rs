@@ -12,9 +12,9 @@ use aya::{
 };
 use dataplane::{backend::entries, datastore::file, plan};
 use dataplane_common::{
-    FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Stat, Workload, WorkloadSlot, CONNTRACK_MAP, NODE_MAP,
-    PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_XDP_UPLINK, ROUTES_MAP,
-    STATS_MAP, WORKLOADS_MAP, WORKLOAD_SLOTS_MAP,
+    FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Pools, Route, Stat, Workload, WorkloadSlot, CONNTRACK_MAP, NODE_MAP,
+    PEERS_MAP, POOLS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_XDP_UPLINK,
+    ROUTES_MAP, STATS_MAP, WORKLOADS_MAP, WORKLOAD_SLOTS_MAP,
 };
 
 pub use dataplane_common::net::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS};
@@ -151,6 +151,7 @@ impl Node {
             workloads.insert(*index, *workload, 0).unwrap();
         }
         write_slots(&mut ebpf, &desired.workloads);
+        write_pools(&mut ebpf, &desired.routes);
         let mut peers: HashMap<_, Ipv4Bytes, Peer> = HashMap::try_from(ebpf.map_mut(PEERS_MAP).unwrap()).unwrap();
         for (addr, peer) in &desired.peers {
             peers.insert(*addr, *peer, 0).unwrap();
@@ -212,6 +213,7 @@ impl Node {
             workloads.insert(*index, *workload, 0).unwrap();
         }
         write_slots(&mut self.ebpf, &desired.workloads);
+        write_pools(&mut self.ebpf, &desired.routes);
     }
 
     /// Writes `slot` at `index` of the workload slots map, as a stale or colliding slot would be.
@@ -243,6 +245,14 @@ fn write_slots(ebpf: &mut Ebpf, workloads: &std::collections::BTreeMap<u32, Work
     for (index, slot) in entries::workload_slots(workloads) {
         slots.set(index, slot, 0).unwrap();
     }
+}
+
+/// Writes the pools map from `routes` as the agent does; skipped, like [`write_slots`], for an
+/// object without the map.
+fn write_pools(ebpf: &mut Ebpf, routes: &std::collections::BTreeMap<entries::RouteKey, Route>) {
+    let Some(map) = ebpf.map_mut(POOLS_MAP) else { return };
+    let mut pools: Array<_, Pools> = Array::try_from(map).unwrap();
+    pools.set(0, entries::pools(routes), 0).unwrap();
 }
 
 /// Now on the clock the kernel programs stamp flows with (`bpf_ktime_get_ns`).

@@ -32,8 +32,8 @@ use aya::{
 };
 use dataplane_common::{
     monitor::{MONITOR_COUNTS_MAP, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP, MONITOR_LEASE_MAP_V1, MONITOR_LEASE_SECTION},
-    FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Route, Workload, WorkloadSlot,
-    CONNTRACK_MAP, FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK,
+    FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Pools, Route, Workload, WorkloadSlot,
+    CONNTRACK_MAP, FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, POOLS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK,
     PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP, WORKLOAD_SLOTS_MAP,
 };
 use ipnet::Ipv4Net;
@@ -98,8 +98,9 @@ pub fn loader(log: KernelLog) -> EbpfLoader<'static> {
 }
 
 /// Every map the programs use; each is pinned as `<pin path>/<name>`.
-pub const MAPS: [&str; 11] = [
+pub const MAPS: [&str; 12] = [
     ROUTES_MAP,
+    POOLS_MAP,
     WORKLOADS_MAP,
     WORKLOAD_SLOTS_MAP,
     PEERS_MAP,
@@ -159,6 +160,8 @@ struct Programmed {
     workloads: BTreeMap<u32, Workload>,
     /// The occupied workload slots, by slot index.
     slots: BTreeMap<u32, WorkloadSlot>,
+    /// The pools map's value.
+    pools: Option<Pools>,
     peers: BTreeMap<Ipv4Bytes, Peer>,
 }
 
@@ -177,6 +180,7 @@ fn read_pinned(pin_path: &Path) -> anyhow::Result<Programmed> {
         routes: maps.read_routes()?,
         workloads: maps.read_workloads()?,
         slots: read_pinned_slots(pin_path)?,
+        pools: read_pinned_pools(pin_path).ok(),
         peers: maps.read_peers()?,
     })
 }
@@ -187,6 +191,15 @@ fn read_pinned_slots(pin_path: &Path) -> anyhow::Result<BTreeMap<u32, WorkloadSl
     let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     let map = Array::try_from(aya::maps::Map::Array(map)).context("the workload slots map has an unexpected layout")?;
     read_slots(&map)
+}
+
+/// The value of the pools map pinned under `pin_path`.
+fn read_pinned_pools(pin_path: &Path) -> anyhow::Result<Pools> {
+    let path = pin_path.join(POOLS_MAP);
+    let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let map: Array<MapData, Pools> =
+        Array::try_from(aya::maps::Map::Array(map)).context("the pools map has an unexpected layout")?;
+    map.get(&0, 0).context("reading the pools map")
 }
 
 /// The occupied slots of a workload slots map.
@@ -438,9 +451,13 @@ impl BpfBackend {
         let mut drifted = false;
         // Unknown yet (a failed write): the next apply reads the maps anyway.
         if let Some(programmed) = self.programmed.as_mut() {
-            let Programmed { node, routes, workloads, slots, peers } = read.maps;
+            let Programmed { node, routes, workloads, slots, pools, peers } = read.maps;
             if programmed.node != node {
                 programmed.node = node;
+                drifted = true;
+            }
+            if programmed.pools != pools {
+                programmed.pools = pools;
                 drifted = true;
             }
             drifted |= !take_drift(&mut programmed.workloads, workloads).is_empty();
@@ -623,6 +640,8 @@ impl BpfBackend {
         let workloads: HashMap<&mut MapData, u32, Workload> = map_mut(&mut self.ebpf, WORKLOADS_MAP)?;
         let workloads = workloads.iter().collect::<Result<_, _>>().context("reading the workloads map")?;
         let slots = read_slots(&map_mut::<Array<&mut MapData, WorkloadSlot>>(&mut self.ebpf, WORKLOAD_SLOTS_MAP)?)?;
+        let pools: Array<&mut MapData, Pools> = map_mut(&mut self.ebpf, POOLS_MAP)?;
+        let pools = pools.get(&0, 0).ok();
         let peers: HashMap<&mut MapData, Ipv4Bytes, Peer> = map_mut(&mut self.ebpf, PEERS_MAP)?;
         let peers = peers.iter().collect::<Result<_, _>>().context("reading the peers map")?;
         let routes: LpmTrie<&mut MapData, Ipv4Bytes, Route> = map_mut(&mut self.ebpf, ROUTES_MAP)?;
@@ -631,7 +650,7 @@ impl BpfBackend {
             .map(|entry| entry.map(|(key, value)| ((key.prefix_len(), key.data()), value)))
             .collect::<Result<_, _>>()
             .context("reading the routes map")?;
-        Ok(Programmed { node, routes, workloads, slots, peers })
+        Ok(Programmed { node, routes, workloads, slots, pools, peers })
     }
 
     /// Writes the entries that differ from what this process last wrote (the kernel's maps are
@@ -719,6 +738,14 @@ impl BpfBackend {
                     map.remove(&Key::new(*prefix_len, *addr)).context("removing from the routes map")
                 },
             )?;
+        }
+        // After the routes, from all of them (a change writes only the routes it touched).
+        let pools = entries::pools(&programmed.routes);
+        if programmed.pools != Some(pools) {
+            let mut map: Array<&mut MapData, Pools> = map_mut(&mut self.ebpf, POOLS_MAP)?;
+            map.set(0, pools, 0).context("writing the pools map")?;
+            programmed.pools = Some(pools);
+            report.written += 1;
         }
         self.programmed = Some(programmed);
         Ok(())

@@ -10,7 +10,7 @@ use std::{
 use dataplane_common::{
     net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI},
     peer_flags, route_flags, route_kind, workload_flags, workload_slot, FlowTimeouts, Ipv4Bytes, MacBytes, NodeConfig,
-    Peer, Route, Workload, WorkloadSlot,
+    Peer, PoolPrefix, Pools, Route, Workload, WorkloadSlot, POOLS_MAX, POOLS_TOO_MANY,
 };
 use ipnet::Ipv4Net;
 
@@ -45,6 +45,22 @@ pub fn workload_slots(workloads: &BTreeMap<u32, Workload>) -> BTreeMap<u32, Work
         slots.entry(workload_slot(ifindex)).or_insert(WorkloadSlot { ifindex, workload });
     }
     slots
+}
+
+/// The pools map derived from the routes map: the prefixes of its pool routes, in key order, or
+/// [`POOLS_TOO_MANY`] when they do not fit (the programs then ask the routes map).
+pub fn pools(routes: &BTreeMap<RouteKey, Route>) -> Pools {
+    let mut pools = Pools::default();
+    for ((prefix_len, network), _) in routes.iter().filter(|(_, route)| route.kind == route_kind::POOL) {
+        let Some(prefix) = pools.prefixes.get_mut(pools.count as usize) else {
+            return Pools { count: POOLS_TOO_MANY, ..Pools::default() };
+        };
+        let mask = u32::MAX.checked_shl(32 - prefix_len).unwrap_or(0);
+        *prefix = PoolPrefix { network: *network, mask: mask.to_be_bytes() };
+        pools.count += 1;
+    }
+    debug_assert!(pools.count as usize <= POOLS_MAX);
+    pools
 }
 
 /// What the kernel programs need to know about this host beyond the plan.
@@ -358,5 +374,27 @@ mod tests {
         // When 7 goes, the slot passes to the interface that shared it.
         let slots = workload_slots(&BTreeMap::from([(high, pod(3)), (9, pod(4))]));
         assert_eq!(slots[&7], WorkloadSlot { ifindex: high, workload: pod(3) });
+    }
+
+    #[test]
+    fn the_pools_map_answers_as_the_routes_map_does() {
+        let mut plan = plan();
+        let pool = PlannedRoute { target: RouteTarget::Pool, pool: Some("default".into()), nat_outgoing: true };
+        plan.routes.insert("10.244.0.0/16".parse().unwrap(), pool);
+        let (entries, _) = from_plan(&plan, UPLINK, |_| Some(7), &BTreeMap::new());
+        let derived = pools(&entries.routes);
+        assert_eq!(derived.count, 1);
+        assert_eq!(derived.prefixes[0], PoolPrefix { network: [10, 244, 0, 0], mask: [255, 255, 0, 0] });
+        assert_eq!(derived.contain([10, 244, 2, 9]), Some(true));
+        assert_eq!(derived.contain([10, 245, 0, 1]), Some(false));
+        assert_eq!(derived.contain([10, 100, 0, 12]), Some(false), "a node's address is in no pool");
+
+        // More pools than the map holds: the programs ask the routes map.
+        let many: BTreeMap<RouteKey, Route> = (0..=POOLS_MAX as u8)
+            .map(|i| ((24, [10, i, 0, 0]), Route { kind: route_kind::POOL, ..Route::default() }))
+            .collect();
+        assert_eq!(pools(&many).count, POOLS_TOO_MANY);
+        assert_eq!(pools(&many).contain([10, 0, 0, 1]), None);
+        assert_eq!(pools(&BTreeMap::new()).contain([10, 0, 0, 1]), None, "nothing written: ask the routes map");
     }
 }
