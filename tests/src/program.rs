@@ -12,10 +12,11 @@ use aya::{
 };
 use dataplane::{backend::entries, datastore::file, plan};
 use dataplane_common::{
-    FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Pools, Route, Stat, Workload, WorkloadSlot, CONNTRACK_MAP, NODE_MAP,
-    PEERS_MAP, POOLS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_XDP_UPLINK,
-    ROUTES_MAP, STATS_MAP, WORKLOADS_MAP, WORKLOAD_SLOTS_MAP,
+    FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Stat, Workload, CONNTRACK_MAP, NODE_MAP, PEERS_MAP,
+    PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP,
+    WORKLOADS_MAP,
 };
+use dataplane_common::{Pools, WorkloadSlot, POOLS_MAP, WORKLOAD_SLOTS_MAP};
 
 pub use dataplane_common::net::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS};
 
