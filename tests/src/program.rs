@@ -16,6 +16,7 @@ use dataplane_common::{
     FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
     PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
+use dataplane_common::{Pools, WorkloadSlot, POOLS_MAP, WORKLOAD_SLOTS_MAP};
 
 pub use dataplane_common::net::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS};
 
@@ -150,6 +151,8 @@ impl Node {
         for (index, workload) in &desired.workloads {
             workloads.insert(*index, *workload, 0).unwrap();
         }
+        write_slots(&mut ebpf, &desired.workloads);
+        write_pools(&mut ebpf, &desired.routes);
         let mut peers: HashMap<_, Ipv4Bytes, Peer> = HashMap::try_from(ebpf.map_mut(PEERS_MAP).unwrap()).unwrap();
         for (addr, peer) in &desired.peers {
             peers.insert(*addr, *peer, 0).unwrap();
@@ -210,6 +213,15 @@ impl Node {
         for (index, workload) in &desired.workloads {
             workloads.insert(*index, *workload, 0).unwrap();
         }
+        write_slots(&mut self.ebpf, &desired.workloads);
+        write_pools(&mut self.ebpf, &desired.routes);
+    }
+
+    /// Writes `slot` at `index` of the workload slots map, as a stale or colliding slot would be.
+    pub fn set_workload_slot(&mut self, index: u32, slot: WorkloadSlot) {
+        let mut slots: Array<_, WorkloadSlot> =
+            Array::try_from(self.ebpf.map_mut(WORKLOAD_SLOTS_MAP).unwrap()).unwrap();
+        slots.set(index, slot, 0).unwrap();
     }
 
     /// Every conntrack entry.
@@ -224,6 +236,24 @@ impl Node {
             HashMap::try_from(self.ebpf.map_mut(CONNTRACK_MAP).unwrap()).unwrap();
         map.insert(key, flow, 0).unwrap();
     }
+}
+
+/// Fills the workload slots map from `workloads` as the agent does (every slot it derives).
+/// An object built before the slots existed (the bench's baseline) has no such map.
+fn write_slots(ebpf: &mut Ebpf, workloads: &std::collections::BTreeMap<u32, Workload>) {
+    let Some(map) = ebpf.map_mut(WORKLOAD_SLOTS_MAP) else { return };
+    let mut slots: Array<_, WorkloadSlot> = Array::try_from(map).unwrap();
+    for (index, slot) in entries::workload_slots(workloads) {
+        slots.set(index, slot, 0).unwrap();
+    }
+}
+
+/// Writes the pools map from `routes` as the agent does; skipped, like [`write_slots`], for an
+/// object without the map.
+fn write_pools(ebpf: &mut Ebpf, routes: &std::collections::BTreeMap<entries::RouteKey, Route>) {
+    let Some(map) = ebpf.map_mut(POOLS_MAP) else { return };
+    let mut pools: Array<_, Pools> = Array::try_from(map).unwrap();
+    pools.set(0, entries::pools(routes), 0).unwrap();
 }
 
 /// Now on the clock the kernel programs stamp flows with (`bpf_ktime_get_ns`).
