@@ -34,7 +34,9 @@ pub static NODE: Array<NodeConfig, 1> = Array::new();
 pub static STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();
 
 /// Both directions of every translated flow -> [`NatFlow`] (`dataplane_common::CONNTRACK_MAP`).
-#[btf_map(name = "conntrack_v1")]
+#[cfg_attr(not(feature = "previous-layout"), btf_map(name = "conntrack_v1"))]
+// The upgrade test's older agent (dataplane-common's `previous-layout`).
+#[cfg_attr(feature = "previous-layout", btf_map(name = "conntrack_v0"))]
 pub static CONNTRACK: HashMap<FlowKey, NatFlow, { CONNTRACK_MAX_ENTRIES as usize }> = HashMap::new();
 
 /// Fragmented datagrams of translated flows -> the address their first fragment got
