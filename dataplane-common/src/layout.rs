@@ -14,9 +14,9 @@ use crate::{
         MonitorEvent, MonitorLease, MONITOR_COUNTS_MAP, MONITOR_COUNT_SLOTS, MONITOR_EVENTS_BYTES, MONITOR_EVENTS_MAP,
         MONITOR_LEASE_MAP,
     },
-    FlowKey, FlowTimeouts, FragmentKey, FragmentNat, Ipv4Bytes, NodeConfig, Peer, Route, Workload,
-    CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, FRAGMENTS_MAP, FRAGMENTS_MAX_ENTRIES, NODE_MAP, PEERS_MAP, PEERS_MAX_ENTRIES,
-    ROUTES_MAP, ROUTES_MAX_ENTRIES, STATS_MAP, STAT_COUNT, WORKLOADS_MAP, WORKLOADS_MAX_ENTRIES,
+    FlowKey, FlowTimeouts, FragmentKey, FragmentNat, Ipv4Bytes, NodeConfig, Peer, Route, Workload, CONNTRACK_MAP,
+    CONNTRACK_MAX_ENTRIES, FRAGMENTS_MAP, FRAGMENTS_MAX_ENTRIES, NODE_MAP, PEERS_MAP, PEERS_MAX_ENTRIES, ROUTES_MAP,
+    ROUTES_MAX_ENTRIES, STATS_MAP, STAT_COUNT, WORKLOADS_MAP, WORKLOADS_MAX_ENTRIES,
 };
 
 /// One field of a map key or value: where it sits and what it holds.
@@ -310,7 +310,13 @@ pub const PINNED_MAPS: [PinnedMap; 10] = [
                 nat_port_max: u16,
                 timeouts: FlowTimeouts,
             }),
-            layout!(FlowTimeouts { tcp_new_s: u32, tcp_established_s: u32, tcp_closing_s: u32, udp_s: u32, icmp_s: u32 }),
+            layout!(FlowTimeouts {
+                tcp_new_s: u32,
+                tcp_established_s: u32,
+                tcp_closing_s: u32,
+                udp_s: u32,
+                icmp_s: u32
+            }),
         ],
     },
     PinnedMap {
@@ -390,12 +396,21 @@ mod tests {
     fn every_layout_describes_every_byte() {
         for map in &PINNED_MAPS {
             for layout in map.key.iter().chain(map.value) {
-                assert!(layout.is_complete(), "{}: the description of {} misses bytes or a field", map.name, layout.type_name);
+                assert!(
+                    layout.is_complete(),
+                    "{}: the description of {} misses bytes or a field",
+                    map.name,
+                    layout.type_name
+                );
             }
         }
         for (name, layouts) in PREVIOUS_LAYOUTS {
             for layout in layouts {
-                assert!(layout.is_complete(), "{name}: the description of {} misses bytes or a field", layout.type_name);
+                assert!(
+                    layout.is_complete(),
+                    "{name}: the description of {} misses bytes or a field",
+                    layout.type_name
+                );
             }
         }
     }

@@ -247,8 +247,12 @@ pub fn survey(pin_path: &Path) -> anyhow::Result<Upgrade> {
         }
     }
     if !newer.is_empty() {
-        return Err(Refusal { pin_path: pin_path.display().to_string(), newer: newer.join(", "), ours: ours.join(", ") }
-            .into());
+        return Err(Refusal {
+            pin_path: pin_path.display().to_string(),
+            newer: newer.join(", "),
+            ours: ours.join(", "),
+        }
+        .into());
     }
     Ok(upgrade)
 }
@@ -289,7 +293,9 @@ impl Upgrade {
         }
         for pin in &self.old_pins {
             match pin.carry {
-                Carry::Refill => info!(from = %pin.name, to = pin.current, "map rewritten from the plan before the swap"),
+                Carry::Refill => {
+                    info!(from = %pin.name, to = pin.current, "map rewritten from the plan before the swap")
+                }
                 Carry::Restart => info!(from = %pin.name, to = pin.current, "map starts empty in its new layout"),
                 Carry::Convert => {}
             }
@@ -310,7 +316,9 @@ impl Upgrade {
         match fs::remove_dir(self.pin_path.join(MARKER)) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error).with_context(|| format!("removing {}", self.pin_path.join(MARKER).display())),
+            Err(error) => {
+                return Err(error).with_context(|| format!("removing {}", self.pin_path.join(MARKER).display()))
+            }
         }
         if !self.old_pins.is_empty() {
             info!(removed = self.old_pins.len(), "upgrade done: the old pins are removed");
@@ -356,17 +364,15 @@ mod tests {
                     map.family(),
                     map.version() + 1
                 )),
-                None => wrong.push(format!(
-                    "{}: not in the ledger: record (\"{}\", {fingerprint:#018x})",
-                    map.name, map.name
-                )),
+                None => wrong
+                    .push(format!("{}: not in the ledger: record (\"{}\", {fingerprint:#018x})", map.name, map.name)),
             }
             // Every older version of a map whose state must survive has its conversion.
             if carry(map.family()) == Carry::Convert {
                 for (name, _) in LEDGER {
-                    if split_version(name).is_some_and(|(family, version)| {
-                        family == map.family() && version < map.version()
-                    }) && !CONVERSIONS.iter().any(|c| c.from == *name && c.to == map.name)
+                    if split_version(name)
+                        .is_some_and(|(family, version)| family == map.family() && version < map.version())
+                        && !CONVERSIONS.iter().any(|c| c.from == *name && c.to == map.name)
                     {
                         wrong.push(format!("{}: no conversion from {name}", map.name));
                     }
@@ -407,7 +413,10 @@ mod tests {
             upgrade.old_pins.iter().map(|pin| (pin.name.as_str(), pin.current, pin.carry)).collect();
         assert_eq!(
             found,
-            [("conntrack_v0", dataplane_common::CONNTRACK_MAP, Carry::Convert), ("monitor_lease_v1", "monitor_lease_v2", Carry::Restart)]
+            [
+                ("conntrack_v0", dataplane_common::CONNTRACK_MAP, Carry::Convert),
+                ("monitor_lease_v1", "monitor_lease_v2", Carry::Restart)
+            ]
         );
         assert!(!upgrade.resumed);
         fs::remove_dir_all(dir).expect("cleanup");
