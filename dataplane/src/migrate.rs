@@ -452,6 +452,46 @@ mod tests {
     }
 
     #[test]
+    fn the_object_declares_every_pinned_map_as_the_table_says() {
+        use aya_obj::generated::bpf_map_type;
+        use dataplane_common::layout::MapKind;
+        let object = crate::backend::bpf::object();
+        assert!(!object.is_empty(), "built with AYA_BUILD_SKIP: no object to check");
+        let object = aya_obj::Object::parse(object).expect("the embedded object parses");
+        for map in &PINNED_MAPS {
+            let name = crate::backend::bpf::object_map_name(map.name);
+            let Some(declared) = object.maps.get(name) else { panic!("{name} is not in the object") };
+            let kind = match map.kind {
+                MapKind::LpmTrie => bpf_map_type::BPF_MAP_TYPE_LPM_TRIE,
+                MapKind::Hash => bpf_map_type::BPF_MAP_TYPE_HASH,
+                MapKind::LruHash => bpf_map_type::BPF_MAP_TYPE_LRU_HASH,
+                MapKind::Array => bpf_map_type::BPF_MAP_TYPE_ARRAY,
+                MapKind::PerCpuArray => bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY,
+                MapKind::RingBuf => bpf_map_type::BPF_MAP_TYPE_RINGBUF,
+            } as u32;
+            let key = map.key.first().map_or(0, |layout| layout.size) as u32;
+            let value = map.value.first().map_or(0, |layout| layout.size) as u32;
+            // A ring buffer has no key or value in the kernel: its capacity is all there is.
+            let (key, value) = if map.kind == MapKind::RingBuf { (0, 0) } else { (key, value) };
+            assert_eq!(
+                (declared.map_type(), declared.key_size(), declared.value_size(), declared.max_entries()),
+                (kind, key, value, map.max_entries),
+                "{}: the object's (type, key size, value size, capacity) differ from dataplane-common's table",
+                map.name
+            );
+        }
+        // And the object pins nothing the table does not know (data sections and aya-log's
+        // buffers are not pinned).
+        for name in object.maps.keys() {
+            let pinned = PINNED_MAPS.iter().any(|map| crate::backend::bpf::object_map_name(map.name) == name);
+            assert!(
+                pinned || name.starts_with('.') || name.starts_with("AYA_"),
+                "{name} is in the object but not in PINNED_MAPS"
+            );
+        }
+    }
+
+    #[test]
     fn the_previous_conntrack_layout_is_what_the_ledger_recorded() {
         let (_, layouts) = dataplane_common::layout::PREVIOUS_LAYOUTS[0];
         let current = dataplane_common::pinned_map(dataplane_common::CONNTRACK_MAP).expect("conntrack is pinned");

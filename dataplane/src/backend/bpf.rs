@@ -31,10 +31,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
-    monitor::{MONITOR_COUNTS_MAP, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP, MONITOR_LEASE_MAP_V1, MONITOR_LEASE_SECTION},
+    monitor::{MONITOR_LEASE_MAP, MONITOR_LEASE_MAP_V1, MONITOR_LEASE_SECTION},
     FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAP,
-    FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
-    PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    NODE_MAP, PEERS_MAP, PINNED_MAPS, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
+    PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK, ROUTES_MAP, WORKLOADS_MAP,
 };
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
@@ -97,19 +97,17 @@ pub fn loader(log: KernelLog) -> EbpfLoader<'static> {
     loader
 }
 
-/// Every map the programs use; each is pinned as `<pin path>/<name>`.
-pub const MAPS: [&str; 10] = [
-    ROUTES_MAP,
-    WORKLOADS_MAP,
-    PEERS_MAP,
-    NODE_MAP,
-    STATS_MAP,
-    CONNTRACK_MAP,
-    FRAGMENTS_MAP,
-    MONITOR_EVENTS_MAP,
-    MONITOR_LEASE_MAP,
-    MONITOR_COUNTS_MAP,
-];
+/// Every map the programs use (dataplane-common's table of pins); each is pinned as
+/// `<pin path>/<name>`.
+pub const MAPS: [&str; PINNED_MAPS.len()] = {
+    let mut names = [""; PINNED_MAPS.len()];
+    let mut i = 0;
+    while i < PINNED_MAPS.len() {
+        names[i] = PINNED_MAPS[i].name;
+        i += 1;
+    }
+    names
+};
 
 /// Pins of earlier versions that this version no longer uses: removed when the agent loads (the
 /// programs that still hold such a map keep it until they are swapped) and by cleanup.
