@@ -350,6 +350,59 @@ mod tests {
         ("monitor_counts_v1", 0xa184_6bcd_93e2_e395),
     ];
 
+    /// The stats map's slots as released: which counter a slot holds is part of the pinned map's
+    /// layout, so a slot is never renumbered or reused (new counters take new slots).
+    const STAT_SLOTS: &[(&str, u32)] = &[
+        ("delivered_local", 0),
+        ("encap_vxlan", 1),
+        ("encap_ipip", 2),
+        ("decap_vxlan", 3),
+        ("decap_ipip", 4),
+        ("routed_plain", 5),
+        ("pass_to_stack", 6),
+        ("arp_replied", 7),
+        ("arp_passed", 8),
+        ("icmp_frag_needed", 9),
+        ("snat_new", 10),
+        ("snat_established", 11),
+        ("reverse_nat", 12),
+        ("egress_unchanged", 13),
+        ("xdp_passed", 14),
+        ("snat_fragment", 15),
+        ("reverse_nat_fragment", 16),
+        ("pass_untracked_fragment", 17),
+        ("drop_malformed", 32),
+        ("drop_spoofed_source", 33),
+        ("drop_unknown_workload", 34),
+        ("drop_unknown_peer", 35),
+        ("drop_wrong_vni", 36),
+        ("drop_blackhole", 37),
+        ("drop_ttl_exceeded", 38),
+        ("drop_adjust_room_failed", 39),
+        ("drop_packet_access", 40),
+        ("drop_redirect_failed", 41),
+        ("drop_no_node_config", 42),
+        ("drop_tunnel_fragment", 43),
+        ("drop_nat_ports_exhausted", 44),
+        ("drop_conntrack_full", 45),
+        ("drop_nat_fragment", 46),
+        ("drop_tunnel_from_workload", 47),
+        ("drop_vxlan_socket", 48),
+    ];
+
+    #[test]
+    fn stats_slots_are_only_ever_appended() {
+        for (name, index) in STAT_SLOTS {
+            let now = dataplane_common::Stat::from_index(*index).map(dataplane_common::Stat::name);
+            assert_eq!(
+                now,
+                Some(*name),
+                "stats_v1 slot {index} held {name}: renumbering a slot makes an upgraded agent read \
+                 the previous one's counters under the wrong names; append the counter instead"
+            );
+        }
+    }
+
     #[test]
     fn a_layout_change_comes_with_a_new_version_and_a_migration() {
         let mut wrong = Vec::new();
