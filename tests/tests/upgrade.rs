@@ -207,20 +207,31 @@ fn an_upgrade_across_a_layout_change_keeps_the_stream_and_every_translated_flow(
     let Some(cluster) = Cluster::up_or_skip(test, EXAMPLE)? else { return Ok(()) };
     let (previous, current) = (previous_bin()?, dataplane_tests::agent_bin());
     let mut node1 = start(&cluster, "node-1", &previous, &[])?;
-    let _node2 = start(&cluster, "node-2", &previous, &[])?;
+    let mut node2 = start(&cluster, "node-2", &previous, &[])?;
     let pin_path = cluster.lab.pin_path("node-1");
     let flows = Flows::open(&cluster, cluster.lab.pod(NAT_1)?)?;
     let before = flows.exchange("before")?;
     let old_entries = previous_conntrack(&pin_path)?;
     ensure!(old_entries.len() >= 2 * FLOWS as usize, "conntrack_v0 holds {} entries", old_entries.len());
 
-    let mut upgraded = None;
+    // Both nodes are upgraded, one after the other, while the stream crosses them.
+    let mut upgraded = Vec::new();
     let report = stream_across(&cluster, || {
         node1.stop()?;
-        upgraded = Some(start(&cluster, "node-1", &current, &[])?);
+        upgraded.push(start(&cluster, "node-1", &current, &[])?);
+        node2.stop()?;
+        upgraded.push(start(&cluster, "node-2", &current, &[])?);
         Ok(())
     })?;
-    let upgraded = upgraded.context("the current agent did not start")?;
+    let [upgraded, upgraded2] =
+        <[Agent; 2]>::try_from(upgraded).map_err(|_| anyhow::anyhow!("an agent did not start"))?;
+    ensure!(
+        upgraded2.log().contains("upgrade done"),
+        "node-2's agent did not finish the upgrade:\n{}",
+        upgraded2.log()
+    );
+    let names2 = pins(&cluster.lab.pin_path("node-2"))?;
+    ensure!(!names2.contains("conntrack_v0"), "node-2's pins after the upgrade: {names2:?}");
     let log = upgraded.log();
     eprintln!("stream across the upgrade (Gbit/s per second): {:.2?}", report.per_second);
     eprintln!(
