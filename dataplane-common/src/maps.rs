@@ -25,7 +25,11 @@ pub const WORKLOADS_MAX_ENTRIES: u32 = 16384;
 
 /// Hash of the peer nodes from which tunnel packets are accepted.
 /// Key: the peer node's address (`Ipv4Bytes`); value: [`Peer`].
+#[cfg(not(feature = "previous-layout"))]
 pub const PEERS_MAP: &str = "peers_v1";
+/// The peers map as the previous layout names it (the `previous-layout` build).
+#[cfg(feature = "previous-layout")]
+pub const PEERS_MAP: &str = previous::PEERS_MAP_V0;
 /// Capacity of the peers map.
 pub const PEERS_MAX_ENTRIES: u32 = 65536;
 
@@ -305,14 +309,20 @@ pub type NatFlow = previous::NatFlowV0;
 
 /// Layouts of earlier versions, kept so that the agent can migrate their pins.
 ///
-/// `conntrack_v0` is the layout the upgrade test's older agent runs with (a build with the
-/// `previous-layout` feature): the same fields as [`NatFlow`](super::NatFlow) with the timestamps
-/// last. No release shipped it; it exists so that a real migration with live flows is tested.
+/// `conntrack_v0` and `peers_v0` are what the upgrade test's older agent runs with (a build with
+/// the `previous-layout` feature): the conntrack value with the timestamps last, and the peers
+/// map under an older name. No release shipped them; they exist so that real migrations with
+/// live traffic are tested.
 pub mod previous {
     use super::Ipv4Bytes;
 
     /// The pin name of the conntrack map in the previous layout.
     pub const CONNTRACK_MAP_V0: &str = "conntrack_v0";
+
+    /// The pin name of the peers map before v1: the same layout under an older name, so that the
+    /// upgrade test also carries a map the agent owns, which it rewrites from the plan before
+    /// the swap (a peer missing at the swap would drop the tunnel traffic from that node).
+    pub const PEERS_MAP_V0: &str = "peers_v0";
 
     /// A conntrack value in the previous layout: the timestamps after the addresses.
     #[repr(C)]

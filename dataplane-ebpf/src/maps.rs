@@ -22,7 +22,9 @@ pub static ROUTES: LpmTrie<Ipv4Bytes, Route, { ROUTES_MAX_ENTRIES as usize }> = 
 pub static WORKLOADS: HashMap<u32, Workload, { WORKLOADS_MAX_ENTRIES as usize }> = HashMap::new();
 
 /// Peer node address -> [`Peer`] (`dataplane_common::PEERS_MAP`).
-#[btf_map(name = "peers_v1")]
+#[cfg_attr(not(feature = "previous-layout"), btf_map(name = "peers_v1"))]
+// The upgrade test's older agent (dataplane-common's `previous-layout`).
+#[cfg_attr(feature = "previous-layout", btf_map(name = "peers_v0"))]
 pub static PEERS: HashMap<Ipv4Bytes, Peer, { PEERS_MAX_ENTRIES as usize }> = HashMap::new();
 
 /// Slot 0: this node's [`NodeConfig`] (`dataplane_common::NODE_MAP`).

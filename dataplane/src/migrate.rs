@@ -278,7 +278,17 @@ impl Upgrade {
         }
         crate::sys::create_private_dir(&self.pin_path.join(MARKER))?;
         let abort_after = std::env::var(ABORT_AFTER_ENV).ok().and_then(|value| value.parse().ok());
-        self.convert(ebpf, abort_after)
+        self.convert(ebpf, abort_after)?;
+        for pin in &self.old_pins {
+            match pin.carry {
+                Carry::Refill => {
+                    info!(from = %pin.name, to = pin.current, "map is rewritten from the plan by the first apply, before the swap")
+                }
+                Carry::Restart => info!(from = %pin.name, to = pin.current, "map starts empty in its new layout"),
+                Carry::Convert => {}
+            }
+        }
+        Ok(())
     }
 
     /// Runs every conversion once.
@@ -290,15 +300,6 @@ impl Upgrade {
             let counts = (conversion.convert)(&self.pin_path.join(&pin.name), ebpf, abort_after)
                 .map_err(|error| anyhow::anyhow!("migrating {} to {}: {error:#}", pin.name, pin.current))?;
             info!(from = %pin.name, to = pin.current, copied = counts.copied, present = counts.present, "map migrated");
-        }
-        for pin in &self.old_pins {
-            match pin.carry {
-                Carry::Refill => {
-                    info!(from = %pin.name, to = pin.current, "map rewritten from the plan before the swap")
-                }
-                Carry::Restart => info!(from = %pin.name, to = pin.current, "map starts empty in its new layout"),
-                Carry::Convert => {}
-            }
         }
         Ok(())
     }
@@ -339,6 +340,9 @@ mod tests {
     const LEDGER: &[(&str, u64)] = &[
         ("routes_v1", 0x4248_a724_f5a8_0589),
         ("workloads_v1", 0x8323_41bd_fba5_d43e),
+        // The upgrade test's older agent: the layout of v1 under an older name (see
+        // dataplane_common::previous).
+        ("peers_v0", 0x615f_d9ca_bbbb_4cf6),
         ("peers_v1", 0x615f_d9ca_bbbb_4cf6),
         ("node_v1", 0x6f3a_b18d_fe5e_f1f8),
         ("stats_v1", 0x9d3a_3836_df2d_92b7),

@@ -2,7 +2,7 @@
 //!
 //! The older agent is this tree built with the `previous-layout` feature
 //! (`dataplane-previous-layout`): its conntrack map is `conntrack_v0`, the same flows in another
-//! field order. It runs the two-node lab of examples/nat.yaml with an iperf3 stream between the
+//! field order, and its peers map `peers_v0` (which the new agent rewrites from the plan). It runs the two-node lab of examples/nat.yaml with an iperf3 stream between the
 //! nodes' pods and UDP flows that node-1 translates (natOutgoing) to the external host; then:
 //! - the current agent replaces it: no second of the stream falls below the floor, every flow
 //!   keeps the port the external host saw, its conntrack entries are in `conntrack_v1` and the
@@ -24,7 +24,10 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 use aya::maps::{HashMap, Map, MapData};
 use dataplane::{migrate, pinned::PinnedMaps};
-use dataplane_common::{previous::NatFlowV0, FlowKey, CONNTRACK_MAP};
+use dataplane_common::{
+    previous::{NatFlowV0, PEERS_MAP_V0},
+    FlowKey, CONNTRACK_MAP,
+};
 use dataplane_lab::{iperf, udp_socket_in, Agent, AgentOptions, Cluster, LabPod};
 
 /// Two nodes; pool nat-pool (natOutgoing) with nat-1 on node-1 and nat-2 on node-2.
@@ -241,8 +244,14 @@ fn an_upgrade_across_a_layout_change_keeps_the_stream_and_every_translated_flow(
 
     ensure!(log.contains("map migrated"), "the current agent migrated nothing:\n{log}");
     ensure!(log.contains("upgrade done"), "the current agent did not finish the upgrade:\n{log}");
+    ensure!(log.contains("rewritten from the plan"), "the current agent rewrote no map it owns:\n{log}");
     let names = pins(&pin_path)?;
-    ensure!(!names.contains("conntrack_v0") && names.contains(CONNTRACK_MAP), "pins after the upgrade: {names:?}");
+    ensure!(
+        !names.contains("conntrack_v0") && names.contains(CONNTRACK_MAP) && !names.contains(PEERS_MAP_V0),
+        "pins after the upgrade: {names:?}"
+    );
+    let peers = PinnedMaps::at(&pin_path).read_peers()?;
+    ensure!(!peers.is_empty(), "{} is empty after the upgrade", dataplane_common::PEERS_MAP);
     ensure!(!names.contains(migrate::MARKER), "the upgrade's marker is left: {names:?}");
     ensure_carried(&old_entries, &pin_path)?;
     let after = flows.exchange("after")?;
