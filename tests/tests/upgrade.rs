@@ -60,7 +60,8 @@ fn previous_bin() -> anyhow::Result<PathBuf> {
     ensure!(
         bin.exists(),
         "the older agent {} does not exist: build it with `cargo build -p dataplane --bin \
-         dataplane-previous-layout --features previous-layout` (cargo xtask test does)",
+         dataplane-previous-layout --features previous-layout` (cargo xtask test does, unless its \
+         --filter leaves out every test with `upgrade` in its name)",
         bin.display()
     );
     Ok(bin)
@@ -261,8 +262,8 @@ fn an_upgrade_across_a_layout_change_keeps_the_stream_and_every_translated_flow(
 }
 
 #[test]
-fn a_crash_halfway_through_a_migration_resumes_and_a_downgrade_is_refused() -> anyhow::Result<()> {
-    let test = "a_crash_halfway_through_a_migration_resumes_and_a_downgrade_is_refused";
+fn an_upgrade_that_crashes_halfway_through_its_migration_resumes_and_a_downgrade_is_refused() -> anyhow::Result<()> {
+    let test = "an_upgrade_that_crashes_halfway_through_its_migration_resumes_and_a_downgrade_is_refused";
     let Some(cluster) = Cluster::up_or_skip(test, EXAMPLE)? else { return Ok(()) };
     let (previous, current) = (previous_bin()?, dataplane_tests::agent_bin());
     let mut node1 = start(&cluster, "node-1", &previous, &[])?;

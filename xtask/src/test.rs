@@ -75,9 +75,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     } else if ok {
         ok = stage(&mut stages, "build", "building the agent: cargo build -p dataplane", || {
             let built = setup::build_agent(false)?;
-            // The upgrade test's older agent (tests/tests/upgrade.rs); once built, a rebuild is a
-            // few seconds.
-            previous_agent = Some(setup::build_previous_layout_agent(&built)?);
+            // The upgrade tests' older agent (tests/tests/upgrade.rs, every test named
+            // `*upgrade*`): a second build of the agent, so only when those tests may run.
+            if options.filter.as_deref().is_none_or(|filter| filter.contains("upgrade")) {
+                previous_agent = Some(setup::build_previous_layout_agent(&built)?);
+            }
             agent = Some(built);
             Ok(())
         });
