@@ -20,8 +20,11 @@ fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?);
     let ebpf_dir = manifest_dir.join("../dataplane-ebpf");
     let ebpf_dir = ebpf_dir.to_str().context("the eBPF crate's path is not UTF-8")?;
+    // The upgrade test's older agent builds the programs with the previous map layouts too.
+    let features: &[&str] =
+        if env::var_os("CARGO_FEATURE_PREVIOUS_LAYOUT").is_some() { &["previous-layout"] } else { &[] };
     aya_build::build_ebpf(
-        [aya_build::Package { name: "dataplane-ebpf", root_dir: ebpf_dir, ..Default::default() }],
+        [aya_build::Package { name: "dataplane-ebpf", root_dir: ebpf_dir, features, ..Default::default() }],
         aya_build::Toolchain::default(),
     )
 }

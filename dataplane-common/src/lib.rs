@@ -6,11 +6,13 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod layout;
 pub mod maps;
 pub mod monitor;
 pub mod net;
 pub mod stats;
 
+pub use layout::{pinned_map, PinnedMap, PINNED_MAPS};
 pub use maps::*;
 pub use monitor::{MonitorEvent, MonitorLease, Program};
 pub use stats::{Stat, STAT_COUNT};

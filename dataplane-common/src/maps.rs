@@ -120,7 +120,11 @@ impl Pools {
 
 /// Hash of the peer nodes from which tunnel packets are accepted.
 /// Key: the peer node's address (`Ipv4Bytes`); value: [`Peer`].
+#[cfg(not(feature = "previous-layout"))]
 pub const PEERS_MAP: &str = "peers_v1";
+/// The peers map as the previous layout names it (the `previous-layout` build).
+#[cfg(feature = "previous-layout")]
+pub const PEERS_MAP: &str = previous::PEERS_MAP_V0;
 /// Capacity of the peers map.
 pub const PEERS_MAX_ENTRIES: u32 = 65536;
 
@@ -298,7 +302,11 @@ impl Default for FlowTimeouts {
 /// Hash of translated flows (natOutgoing), two entries per flow.
 /// Key: [`FlowKey`]; value: [`NatFlow`]. A plain hash, not LRU: when it is full new flows are
 /// refused and counted, and live flows are never evicted to make room.
+#[cfg(not(feature = "previous-layout"))]
 pub const CONNTRACK_MAP: &str = "conntrack_v1";
+/// The conntrack map as the previous layout names it (the `previous-layout` build).
+#[cfg(feature = "previous-layout")]
+pub const CONNTRACK_MAP: &str = previous::CONNTRACK_MAP_V0;
 /// Capacity of the conntrack map (entries; a flow takes two).
 pub const CONNTRACK_MAX_ENTRIES: u32 = 131072;
 
@@ -361,6 +369,7 @@ pub mod flow_timeout {
 }
 
 /// A conntrack value: the translation of one flow, stored under both of its keys.
+#[cfg(not(feature = "previous-layout"))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -389,6 +398,57 @@ pub struct NatFlow {
     pub _pad: [u8; 4],
 }
 const _: () = assert!(size_of::<NatFlow>() == 40);
+/// A conntrack value in the previous layout (the `previous-layout` build).
+#[cfg(feature = "previous-layout")]
+pub type NatFlow = previous::NatFlowV0;
+
+/// Layouts of earlier versions, kept so that the agent can migrate their pins.
+///
+/// `conntrack_v0` and `peers_v0` are what the upgrade test's older agent runs with (a build with
+/// the `previous-layout` feature): the conntrack value with the timestamps last, and the peers
+/// map under an older name. No release shipped them; they exist so that real migrations with
+/// live traffic are tested.
+pub mod previous {
+    use super::Ipv4Bytes;
+
+    /// The pin name of the conntrack map in the previous layout.
+    pub const CONNTRACK_MAP_V0: &str = "conntrack_v0";
+
+    /// The pin name of the peers map before v1: the same layout under an older name, so that the
+    /// upgrade test also carries a map the agent owns, which it rewrites from the plan before
+    /// the swap (a peer missing at the swap would drop the tunnel traffic from that node).
+    pub const PEERS_MAP_V0: &str = "peers_v0";
+
+    /// A conntrack value in the previous layout: the timestamps after the addresses.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+    pub struct NatFlowV0 {
+        /// The pod's address (the original source).
+        pub pod_addr: Ipv4Bytes,
+        /// The peer outside the pools.
+        pub peer_addr: Ipv4Bytes,
+        /// The address the pod is translated to (the node's).
+        pub nat_addr: Ipv4Bytes,
+        /// The pod's port (or ICMP echo identifier).
+        pub pod_port: u16,
+        /// The peer's port (0 for ICMP).
+        pub peer_port: u16,
+        /// The translated port (or identifier).
+        pub nat_port: u16,
+        /// IP protocol.
+        pub protocol: u8,
+        /// One of [`flow_state`](super::flow_state).
+        pub state: u8,
+        /// Explicit padding; always zero.
+        pub _pad: [u8; 4],
+        /// `bpf_ktime_get_ns` when the flow was created.
+        pub created_ns: u64,
+        /// `bpf_ktime_get_ns` of the last packet.
+        pub last_seen_ns: u64,
+    }
+    const _: () = assert!(core::mem::size_of::<NatFlowV0>() == 40);
+}
 
 impl NatFlow {
     /// The key of the pod's packets.
@@ -509,7 +569,9 @@ mod user {
     unsafe impl aya::Pod for super::Peer {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::FlowKey {}
+    #[cfg(not(feature = "previous-layout"))]
     unsafe impl aya::Pod for super::NatFlow {}
+    unsafe impl aya::Pod for super::previous::NatFlowV0 {}
     unsafe impl aya::Pod for super::FlowTimeouts {}
     unsafe impl aya::Pod for super::FragmentKey {}
     unsafe impl aya::Pod for super::FragmentNat {}

@@ -27,7 +27,9 @@ pub static WORKLOADS: HashMap<u32, Workload, { WORKLOADS_MAX_ENTRIES as usize }>
 pub static WORKLOAD_SLOTS_ARRAY: Array<WorkloadSlot, { WORKLOAD_SLOTS as usize }> = Array::new();
 
 /// Peer node address -> [`Peer`] (`dataplane_common::PEERS_MAP`).
-#[btf_map(name = "peers_v1")]
+#[cfg_attr(not(feature = "previous-layout"), btf_map(name = "peers_v1"))]
+// The upgrade test's older agent (dataplane-common's `previous-layout`).
+#[cfg_attr(feature = "previous-layout", btf_map(name = "peers_v0"))]
 pub static PEERS: HashMap<Ipv4Bytes, Peer, { PEERS_MAX_ENTRIES as usize }> = HashMap::new();
 
 /// Slot 0: the enabled pools' prefixes (`dataplane_common::POOLS_MAP`).
@@ -43,7 +45,9 @@ pub static NODE: Array<NodeConfig, 1> = Array::new();
 pub static STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();
 
 /// Both directions of every translated flow -> [`NatFlow`] (`dataplane_common::CONNTRACK_MAP`).
-#[btf_map(name = "conntrack_v1")]
+#[cfg_attr(not(feature = "previous-layout"), btf_map(name = "conntrack_v1"))]
+// The upgrade test's older agent (dataplane-common's `previous-layout`).
+#[cfg_attr(feature = "previous-layout", btf_map(name = "conntrack_v0"))]
 pub static CONNTRACK: HashMap<FlowKey, NatFlow, { CONNTRACK_MAX_ENTRIES as usize }> = HashMap::new();
 
 /// Fragmented datagrams of translated flows -> the address their first fragment got

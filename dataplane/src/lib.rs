@@ -12,6 +12,7 @@ mod fixtures;
 pub mod incremental;
 pub mod ipam;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod monitor;
 pub mod packet;

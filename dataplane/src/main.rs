@@ -374,7 +374,7 @@ fn error_report(error: &anyhow::Error, backtrace: bool) -> String {
     }
 }
 
-fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     let backtrace = wants_backtrace(cli.backtrace, std::env::var("RUST_LIB_BACKTRACE").ok().as_deref());
     // anyhow captures a backtrace when RUST_LIB_BACKTRACE (else RUST_BACKTRACE) says so: capture

@@ -154,6 +154,33 @@ pub fn build_agent(release: bool) -> anyhow::Result<PathBuf> {
 }
 
 /// Finds the `dataplane` binary's path in cargo's JSON messages.
+/// Builds the upgrade test's older agent: this tree with the conntrack map in its previous layout
+/// (`cargo build -p dataplane --bin dataplane-previous-layout --features previous-layout`), and
+/// returns the binary, beside `agent`.
+pub fn build_previous_layout_agent(agent: &Path) -> anyhow::Result<PathBuf> {
+    let shown = "cargo build -p dataplane --bin dataplane-previous-layout --features previous-layout";
+    println!("[build] building the upgrade test's older agent: {shown}");
+    let mut command = cargo();
+    command.current_dir(workspace_root()?).args([
+        "build",
+        "-p",
+        "dataplane",
+        "--bin",
+        "dataplane-previous-layout",
+        "--features",
+        "previous-layout",
+    ]);
+    let status = command.stdin(Stdio::null()).status().with_context(|| format!("cannot start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status}); its errors are above");
+    }
+    let binary = agent.with_file_name("dataplane-previous-layout");
+    if !binary.is_file() {
+        bail!("`{shown}` succeeded but {} does not exist", binary.display());
+    }
+    Ok(binary)
+}
+
 fn agent_from_messages(stdout: &str) -> Option<PathBuf> {
     stdout
         .lines()

@@ -69,11 +69,18 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     // would only repeat itself in the tests' build).
     let mut ok = stage(&mut stages, "setup", "checking (and installing) prerequisites", setup::ensure);
     let mut agent = None;
+    let mut previous_agent = None;
     if options.unit {
         skip(&mut stages, "build", "--unit");
     } else if ok {
         ok = stage(&mut stages, "build", "building the agent: cargo build -p dataplane", || {
-            agent = Some(setup::build_agent(false)?);
+            let built = setup::build_agent(false)?;
+            // The upgrade tests' older agent (tests/tests/upgrade.rs, every test named
+            // `*upgrade*`): a second build of the agent, so only when those tests may run.
+            if options.filter.as_deref().is_none_or(|filter| filter.contains("upgrade")) {
+                previous_agent = Some(setup::build_previous_layout_agent(&built)?);
+            }
+            agent = Some(built);
             Ok(())
         });
     } else {
@@ -113,14 +120,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
                 bail!("the integration tests create network namespaces and load eBPF programs: run as root, or use --unit");
             }
             let mut command = setup::cargo();
-            command.current_dir(setup::workspace_root()?).env("DATAPLANE_BIN", &agent).args([
-                "test",
-                "--no-fail-fast",
-                "-p",
-                INTEGRATION_PACKAGE,
-                "--",
-                "--test-threads=1",
-            ]);
+            command.current_dir(setup::workspace_root()?).env("DATAPLANE_BIN", &agent);
+            if let Some(previous) = &previous_agent {
+                command.env("DATAPLANE_PREVIOUS_BIN", previous);
+            }
+            command.args(["test", "--no-fail-fast", "-p", INTEGRATION_PACKAGE, "--", "--test-threads=1"]);
             if let Some(filter) = &options.filter {
                 command.arg(filter);
             }

@@ -31,10 +31,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
-    monitor::{MONITOR_COUNTS_MAP, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP, MONITOR_LEASE_MAP_V1, MONITOR_LEASE_SECTION},
+    monitor::{MONITOR_LEASE_MAP, MONITOR_LEASE_MAP_V1, MONITOR_LEASE_SECTION},
     FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Pools, Route, Workload, WorkloadSlot,
-    CONNTRACK_MAP, FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, POOLS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK,
-    PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP, WORKLOAD_SLOTS_MAP,
+    CONNTRACK_MAP, NODE_MAP, PEERS_MAP, PINNED_MAPS, POOLS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK,
+    PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK, ROUTES_MAP, WORKLOADS_MAP, WORKLOAD_SLOTS_MAP,
 };
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
@@ -97,21 +97,17 @@ pub fn loader(log: KernelLog) -> EbpfLoader<'static> {
     loader
 }
 
-/// Every map the programs use; each is pinned as `<pin path>/<name>`.
-pub const MAPS: [&str; 12] = [
-    ROUTES_MAP,
-    POOLS_MAP,
-    WORKLOADS_MAP,
-    WORKLOAD_SLOTS_MAP,
-    PEERS_MAP,
-    NODE_MAP,
-    STATS_MAP,
-    CONNTRACK_MAP,
-    FRAGMENTS_MAP,
-    MONITOR_EVENTS_MAP,
-    MONITOR_LEASE_MAP,
-    MONITOR_COUNTS_MAP,
-];
+/// Every map the programs use (dataplane-common's table of pins); each is pinned as
+/// `<pin path>/<name>`.
+pub const MAPS: [&str; PINNED_MAPS.len()] = {
+    let mut names = [""; PINNED_MAPS.len()];
+    let mut i = 0;
+    while i < PINNED_MAPS.len() {
+        names[i] = PINNED_MAPS[i].name;
+        i += 1;
+    }
+    names
+};
 
 /// Pins of earlier versions that this version no longer uses: removed when the agent loads (the
 /// programs that still hold such a map keep it until they are swapped) and by cleanup.
@@ -236,6 +232,8 @@ pub struct BpfBackend {
     /// The maps as this process last wrote them; None: read them from the kernel first (at
     /// start, to adopt the pins; after a failed write; after [`BpfBackend::forget`]).
     programmed: Option<Box<Programmed>>,
+    /// The older pins found at start, removed once this agent's programs are attached.
+    upgrade: crate::migrate::Upgrade,
     /// How many times the maps have been read whole from the kernel.
     map_dumps: u64,
     /// The uplink ifindex the XDP program was attached to (or found unattachable on), and how.
@@ -343,6 +341,9 @@ impl BpfBackend {
             bail!("this binary was built with AYA_BUILD_SKIP=1 and holds no kernel programs: rebuild without it");
         }
         sys::prepare_pin_path(pin_path)?;
+        // Before anything is loaded: pins of a newer agent stop us here with the node untouched,
+        // pins of an older one are carried over below.
+        let upgrade = crate::migrate::survey(pin_path)?;
         let map_paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|name| (*name, pin_path.join(name))).collect();
         let mut loader = loader(log);
         for (name, path) in &map_paths {
@@ -367,6 +368,8 @@ impl BpfBackend {
             }
         }
         let mut ebpf = loader.load(OBJECT).context("loading the kernel programs (is this kernel 5.10+ with BTF?)")?;
+        // The new maps exist now, beside the old pins the running programs still use.
+        upgrade.migrate(&mut ebpf)?;
         if let Some(lease) = held_lease.filter(|lease| *lease != MonitorLease::NONE) {
             let map = ebpf.map_mut(MONITOR_LEASE_SECTION).context("the object has no monitor lease")?;
             aya::maps::Array::<_, MonitorLease>::try_from(map)
@@ -416,6 +419,7 @@ impl BpfBackend {
             xdp: None,
             xdp_choice,
             no_batches: BTreeSet::new(),
+            upgrade,
         })
     }
 
@@ -586,6 +590,8 @@ impl BpfBackend {
             AttachMethod::Clsact => self.remove_stale_filters(&wanted, xdp_pin.as_deref())?,
         };
         self.took_over = true;
+        // Every hook runs this agent's programs: the old pins can go.
+        self.upgrade.finish(&mut self.ebpf).context("finishing the upgrade of the pinned maps")?;
         match anchor {
             // Up only now that its program drops whatever it would decapsulate.
             Some((index, false)) if self.anchor.set_up(index).await => report.written += 1,
@@ -980,7 +986,8 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
 }
 
-pub(super) fn remove_pin(path: &Path) -> anyhow::Result<()> {
+/// Removes the pin at `path`; one already gone is no error.
+pub(crate) fn remove_pin(path: &Path) -> anyhow::Result<()> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -1012,6 +1019,23 @@ pub fn cleanup(pin_path: &Path) -> anyhow::Result<usize> {
             remove_pin(&path)?;
             removed += 1;
         }
+    }
+    // Any other version of our maps (an unfinished upgrade's old pins, or a newer agent's), and
+    // the upgrade's marker.
+    for entry in fs::read_dir(pin_path).with_context(|| format!("listing {}", pin_path.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = dataplane_common::layout::split_version(&name)
+            .is_some_and(|(family, _)| dataplane_common::PINNED_MAPS.iter().any(|map| map.family() == family));
+        if ours && !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            remove_pin(&entry.path())?;
+            removed += 1;
+        }
+    }
+    match fs::remove_dir(pin_path.join(crate::migrate::MARKER)) {
+        Ok(()) => removed += 1,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).context("removing the upgrade's marker"),
     }
     // Leave a directory that still holds something we did not make.
     if fs::read_dir(pin_path).map(|mut d| d.next().is_none()).unwrap_or(false) {
