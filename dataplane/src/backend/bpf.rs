@@ -41,7 +41,7 @@ use tracing::{info, warn};
 
 use super::{
     batch, clsact,
-    diff::{diff, diff_keys, take_drift, Changes},
+    diff::{diff, diff_keys, drift, take_drift, Changes},
     entries::{self, MapEntries, RouteKey},
     host_routes::{self, HostRoutes},
     veth::PeerMacs,
@@ -151,7 +151,7 @@ pub struct ApplyReport {
 
 /// What this process last wrote to (or read from) the maps: the next apply writes only what
 /// differs from it, without reading the kernel.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Programmed {
     node: Option<NodeConfig>,
     routes: BTreeMap<RouteKey, Route>,
@@ -159,10 +159,29 @@ struct Programmed {
     peers: BTreeMap<Ipv4Bytes, Peer>,
 }
 
-/// What the slow resync read from the kernel apart from the event loop.
+/// What the slow resync found apart from the event loop: where the kernel holds otherwise than
+/// this process had written when the read started, and how long the parts took.
 pub struct KernelRead {
-    maps: Programmed,
+    /// The maps' drift; None when what this process wrote was not known when the read started.
+    maps: Option<MapDrift>,
     table: host_routes::TableRead,
+    /// Milliseconds copying what this process wrote, on the event loop, when the read started.
+    pub copy_ms: u64,
+    /// Milliseconds reading the maps and comparing them, on the blocking thread.
+    pub maps_ms: u64,
+    /// Milliseconds reading the route table and the peers' next hops and comparing the routes,
+    /// on the blocking thread.
+    pub table_ms: u64,
+}
+
+/// The map entries the kernel holds otherwise than this process wrote, with the kernel's value
+/// (None: absent).
+struct MapDrift {
+    /// The node map's value, when it differs.
+    node: Option<Option<NodeConfig>>,
+    workloads: Vec<(u32, Option<Workload>)>,
+    routes: Vec<(RouteKey, Option<Route>)>,
+    peers: Vec<(Ipv4Bytes, Option<Peer>)>,
 }
 
 /// Every entry of the pinned maps under `pin_path`, read through their pins (its own
@@ -175,6 +194,34 @@ fn read_pinned(pin_path: &Path) -> anyhow::Result<Programmed> {
         workloads: maps.read_workloads()?,
         peers: maps.read_peers()?,
     })
+}
+
+/// The slow resync's read, on a blocking thread: the maps under `pin_path` compared with
+/// `known` (what the agent had written when the read started), then the route table through
+/// `table`. The table is read over a netlink connection of this thread's own, so that a dump of
+/// 100k routes and a question per peer neither run on the event loop's thread nor queue the
+/// agent's own route writes behind them.
+fn read_apart(
+    pin_path: &Path,
+    known: Option<Box<Programmed>>,
+    table: host_routes::TableReader,
+) -> anyhow::Result<KernelRead> {
+    let started = std::time::Instant::now();
+    let kernel = read_pinned(pin_path)?;
+    let maps = known.map(|known| MapDrift {
+        node: (known.node != kernel.node).then_some(kernel.node),
+        workloads: drift(&known.workloads, kernel.workloads),
+        routes: drift(&known.routes, kernel.routes),
+        peers: drift(&known.peers, kernel.peers),
+    });
+    let maps_ms = started.elapsed().as_millis() as u64;
+    let started = std::time::Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("a runtime for the resync's read of the route table")?;
+    let table = runtime.block_on(async { table.read(&crate::rtnl::connect()?).await })?;
+    Ok(KernelRead { maps, table, copy_ms: 0, maps_ms, table_ms: started.elapsed().as_millis() as u64 })
 }
 
 /// The loaded programs and pinned maps of one node.
@@ -387,33 +434,39 @@ impl BpfBackend {
         self.host_routes.forget();
     }
 
-    /// The slow resync's read of the maps (through their pins, on a blocking thread) and of the
-    /// host routes, as a future that borrows nothing: the agent runs it in a task of its own and
-    /// keeps applying events meanwhile, then hands the result to [`BpfBackend::take_read`].
+    /// The slow resync's read of the maps (through their pins) and of the host routes, compared
+    /// on a blocking thread with a copy of what this process has written, taken now: a future
+    /// that borrows nothing, which the agent runs in a task of its own while it keeps applying
+    /// events, then hands the result to [`BpfBackend::take_read`].
     pub fn read_later(&self) -> impl std::future::Future<Output = anyhow::Result<KernelRead>> + Send + 'static {
+        let copied = std::time::Instant::now();
         let pin_path = self.pin_path.clone();
-        let table = self.host_routes.read_later();
+        let known = self.programmed.clone();
+        let table = self.host_routes.reader();
+        let copy_ms = copied.elapsed().as_millis() as u64;
         async move {
-            let maps = tokio::task::spawn_blocking(move || read_pinned(&pin_path))
+            let read = tokio::task::spawn_blocking(move || read_apart(&pin_path, known, table))
                 .await
-                .context("the resync's read of the maps stopped")??;
-            Ok(KernelRead { maps, table: table.await? })
+                .context("the resync's read of the kernel stopped")??;
+            Ok(KernelRead { copy_ms, ..read })
         }
     }
 
     /// Takes in a [`BpfBackend::read_later`] read: what the kernel holds otherwise than this
     /// process wrote is taken as the kernel's, and returned as plan keys to compare again (the
-    /// next apply repairs them, within those keys); None when nothing drifted.
+    /// next apply repairs them, within those keys); None when nothing drifted. Costs what
+    /// drifted: the compare ran apart.
     pub fn take_read(&mut self, read: KernelRead) -> Option<PlanChanges> {
         self.map_dumps += 1;
         let mut changes = PlanChanges::default();
         // The node and workloads maps are compared whole at every apply: a drift there needs
         // only an apply.
         let mut drifted = false;
-        // Unknown yet (a failed write): the next apply reads the maps anyway.
-        if let Some(programmed) = self.programmed.as_mut() {
-            let Programmed { node, routes, workloads, peers } = read.maps;
-            if programmed.node != node {
+        // Unknown (a failed write, before or since the read started): the next apply reads the
+        // maps anyway.
+        if let (Some(programmed), Some(maps)) = (self.programmed.as_mut(), read.maps) {
+            let MapDrift { node, workloads, routes, peers } = maps;
+            if let Some(node) = node {
                 programmed.node = node;
                 drifted = true;
             }
