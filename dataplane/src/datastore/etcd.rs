@@ -103,12 +103,10 @@ impl Outlet {
                 // The whole read replaces everything: what was recorded before it is in it.
                 cache.take_deltas();
                 let started = Instant::now();
-                let (replace, problems) = cache.replace();
-                info!(
-                    keys = cache.len(),
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "the whole read turned into one replace"
-                );
+                let keys = cache.len();
+                // The planner keeps the blocks: the cache gives them away rather than keep a copy.
+                let (replace, problems) = cache.take_replace();
+                info!(keys, took_ms = started.elapsed().as_millis() as u64, "the whole read turned into one replace");
                 log_problems(&Snapshot { model: Default::default(), problems }, "etcd");
                 deltas.send(vec![replace]).is_ok()
             }
