@@ -74,6 +74,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// and each page is a round trip (2,000 allocation blocks of a few KiB stay far below
 /// [`MAX_MESSAGE`]).
 const PAGE: i64 = 2000;
+/// Pages read ahead of their conversion at most: a slow conversion holds etcd's next pages back
+/// instead of keeping the whole cluster's raw keys in memory.
+const PAGES_AHEAD: usize = 2;
 /// Largest response accepted (gRPC's default is 4 MiB); etcd caps one value at 1.5 MiB, and a
 /// page of 500 workload endpoints or a watch response of a large transaction can be bigger.
 const MAX_MESSAGE: usize = 64 << 20;
@@ -238,11 +241,11 @@ async fn session(
 /// converts each page while the next is read.
 async fn read_all(client: &Client, prefix: &str) -> anyhow::Result<(Cache, i64)> {
     let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
-    let (pages_out, pages_in) = std::sync::mpsc::channel::<Vec<KeyValue>>();
+    let (pages_out, mut pages_in) = mpsc::channel::<Vec<KeyValue>>(PAGES_AHEAD);
     let mut cache = Cache::new(prefix);
     let converter = tokio::task::spawn_blocking(move || {
         let mut busy = Duration::ZERO;
-        for page in pages_in {
+        while let Some(page) = pages_in.blocking_recv() {
             let started = Instant::now();
             for pair in &page {
                 cache.put(pair.key(), pair.value());
@@ -287,7 +290,7 @@ async fn read_all(client: &Client, prefix: &str) -> anyhow::Result<(Cache, i64)>
                 next.push(0);
                 next
             });
-            if !page.is_empty() && pages_out.send(page).is_err() {
+            if !page.is_empty() && pages_out.send(page).await.is_err() {
                 bail!("the conversion of etcd's keys stopped");
             }
             match next {
