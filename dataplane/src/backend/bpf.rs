@@ -692,7 +692,7 @@ impl BpfBackend {
                 None,
                 report,
                 |map, key, value| map.insert(key, value, 0).context("writing the workloads map"),
-                |map, key| map.remove(key).context("removing from the workloads map"),
+                |map, key| already_gone(map.remove(key)).context("removing from the workloads map"),
             )?;
         }
         let upserts = upserts_of(&programmed.peers, &desired.peers, peer_keys.as_ref());
@@ -712,7 +712,7 @@ impl BpfBackend {
                 peer_keys.as_ref(),
                 report,
                 |map, key, value| map.insert(key, value, 0).context("writing the peers map"),
-                |map, key| map.remove(key).context("removing from the peers map"),
+                |map, key| already_gone(map.remove(key)).context("removing from the peers map"),
             )?;
         }
         {
@@ -727,7 +727,7 @@ impl BpfBackend {
                     map.insert(&Key::new(*prefix_len, *addr), value, 0).context("writing the routes map")
                 },
                 |map, (prefix_len, addr)| {
-                    map.remove(&Key::new(*prefix_len, *addr)).context("removing from the routes map")
+                    already_gone(map.remove(&Key::new(*prefix_len, *addr))).context("removing from the routes map")
                 },
             )?;
         }
@@ -956,6 +956,16 @@ fn upserts_of<K: Ord + Clone, V: PartialEq + Clone>(
     }
 }
 
+/// A removal whose entry is already gone did what it was for. The slow resync's read can still
+/// show a key that the agent removed after the read passed it; removing it again must not fail
+/// the reconcile (which would fall back to reading every map on the event loop).
+fn already_gone(removed: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match removed {
+        Err(aya::maps::MapError::SyscallError(error)) if error.io_error.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<T>
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
@@ -1080,6 +1090,19 @@ mod tests {
         assert_eq!((report.written, report.removed), (1, 0));
         assert_eq!(kernel, BTreeMap::from([(1, 11), (2, 21), (4, 40)]));
         assert_eq!(programmed, kernel);
+    }
+
+    #[test]
+    fn removing_an_entry_already_gone_succeeds_and_other_errors_stay() {
+        let syscall = |errno| {
+            Err(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_delete_elem",
+                io_error: io::Error::from_raw_os_error(errno),
+            }))
+        };
+        assert!(already_gone(syscall(libc::ENOENT)).is_ok());
+        assert!(already_gone(syscall(libc::EPERM)).is_err());
+        assert!(already_gone(Ok(())).is_ok());
     }
 
     #[test]

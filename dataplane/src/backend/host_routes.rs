@@ -211,12 +211,11 @@ impl HostRoutes {
             removals.iter().filter_map(|prefix| programmed.get(prefix).map(|route| (*prefix, *route))).collect();
         stream::iter(removed)
             .map(|(prefix, route)| async move {
-                handle
-                    .route()
-                    .del(message(prefix, route))
-                    .execute()
-                    .await
-                    .with_context(|| format!("removing route {prefix}"))
+                match handle.route().del(message(prefix, route)).execute().await {
+                    // Gone already (the resync's read can show a route removed since): done.
+                    Err(error) if rtnl::errno(&error) == Some(libc::ESRCH) => Ok(()),
+                    removed => removed.with_context(|| format!("removing route {prefix}")),
+                }
             })
             .buffer_unordered(IN_FLIGHT)
             .try_collect::<Vec<()>>()
