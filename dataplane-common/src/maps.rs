@@ -23,6 +23,101 @@ pub const WORKLOADS_MAP: &str = "workloads_v1";
 /// Capacity of the workloads map.
 pub const WORKLOADS_MAX_ENTRIES: u32 = 16384;
 
+/// Array of workload slots: the workload behind an interface, found without hashing.
+/// Index: [`workload_slot`] of the host-side ifindex; value: [`WorkloadSlot`]. A cache of the
+/// workloads map written with it: when two interfaces share a slot the lower ifindex holds it and
+/// the other is found through the hash, so a slot is never the only record of a workload.
+pub const WORKLOAD_SLOTS_MAP: &str = "workload_slots_v1";
+/// Slots in the workload slots map: far more than the pods of a node, few enough that the slow
+/// resync reads them whole cheaply; a power of two, so that the slot of an ifindex is a mask.
+pub const WORKLOAD_SLOTS: u32 = 4096;
+const _: () = assert!(WORKLOAD_SLOTS.is_power_of_two());
+
+/// The slot of the interface `ifindex` in the workload slots map. Interface indexes grow with
+/// every veth a node creates, so they are folded into the array rather than bounded by it.
+pub const fn workload_slot(ifindex: u32) -> u32 {
+    ifindex & (WORKLOAD_SLOTS - 1)
+}
+
+/// The value of a workload slot: the workload, tagged with the whole ifindex it belongs to.
+/// A program uses the slot only when the tag equals its own interface's ifindex, so a slot of a
+/// colliding interface, or an empty one, never stands for another interface's pod.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct WorkloadSlot {
+    /// The host-side ifindex the slot holds; 0 (no interface has it) for an empty slot.
+    pub ifindex: u32,
+    /// The workload behind that interface, as in the workloads map.
+    pub workload: Workload,
+}
+const _: () = assert!(size_of::<WorkloadSlot>() == 16);
+
+impl WorkloadSlot {
+    /// An empty slot: what the agent writes where no workload is.
+    pub const EMPTY: WorkloadSlot =
+        WorkloadSlot { ifindex: 0, workload: Workload { addr: [0; 4], mac: [0; 6], flags: 0, _pad: 0 } };
+}
+
+/// One-slot array holding the enabled IP pools' prefixes ([`Pools`]): whether an address is in a
+/// pool, told by a few masked compares instead of a lookup in the routes trie.
+pub const POOLS_MAP: &str = "pools_v1";
+/// Pools the pools map holds; a cluster with more has [`POOLS_TOO_MANY`] written and the
+/// programs ask the routes map instead.
+pub const POOLS_MAX: usize = 8;
+/// [`Pools::count`] when the cluster has more pools than [`POOLS_MAX`].
+pub const POOLS_TOO_MANY: u32 = u32::MAX;
+
+/// An IP pool's prefix as an address and a mask, both in network order, so that
+/// `addr & mask == network` compares the four bytes whatever the CPU's byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PoolPrefix {
+    /// The pool's network address.
+    pub network: Ipv4Bytes,
+    /// The pool's netmask.
+    pub mask: Ipv4Bytes,
+}
+const _: () = assert!(size_of::<PoolPrefix>() == 8);
+
+/// The value of the pools map: the enabled pools, the first `count` entries of `prefixes`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Pools {
+    /// How many of `prefixes` hold a pool (0: not written), or [`POOLS_TOO_MANY`].
+    pub count: u32,
+    /// The pools' prefixes; the rest are zero.
+    pub prefixes: [PoolPrefix; POOLS_MAX],
+}
+const _: () = assert!(size_of::<Pools>() == 4 + 8 * POOLS_MAX);
+
+impl Pools {
+    /// Whether `addr` lies in one of the pools; None when this cannot tell: too many pools, or
+    /// none written (before the agent's first write, or a cluster without pools, where the
+    /// routes map answers just as well).
+    #[inline(always)]
+    pub fn contain(&self, addr: Ipv4Bytes) -> Option<bool> {
+        if self.count == 0 || self.count > POOLS_MAX as u32 {
+            return None;
+        }
+        let addr = u32::from_ne_bytes(addr);
+        let mut i = 0;
+        while i < POOLS_MAX {
+            if i as u32 >= self.count {
+                break;
+            }
+            let prefix = self.prefixes[i];
+            if addr & u32::from_ne_bytes(prefix.mask) == u32::from_ne_bytes(prefix.network) {
+                return Some(true);
+            }
+            i += 1;
+        }
+        Some(false)
+    }
+}
+
 /// Hash of the peer nodes from which tunnel packets are accepted.
 /// Key: the peer node's address (`Ipv4Bytes`); value: [`Peer`].
 pub const PEERS_MAP: &str = "peers_v1";
@@ -409,6 +504,8 @@ mod user {
     // padding (the size asserts above prove it), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::Route {}
     unsafe impl aya::Pod for super::Workload {}
+    unsafe impl aya::Pod for super::WorkloadSlot {}
+    unsafe impl aya::Pod for super::Pools {}
     unsafe impl aya::Pod for super::Peer {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::FlowKey {}

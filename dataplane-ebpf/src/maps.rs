@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     monitor::{MONITOR_COUNT_SLOTS, MONITOR_EVENTS_BYTES},
-    FlowKey, FragmentKey, FragmentNat, Ipv4Bytes, MonitorEvent, NatFlow, NodeConfig, Peer, Route, Workload,
-    CONNTRACK_MAX_ENTRIES, FRAGMENTS_MAX_ENTRIES, PEERS_MAX_ENTRIES, ROUTES_MAX_ENTRIES, STAT_COUNT,
-    WORKLOADS_MAX_ENTRIES,
+    FlowKey, FragmentKey, FragmentNat, Ipv4Bytes, MonitorEvent, NatFlow, NodeConfig, Peer, Pools, Route, Workload,
+    WorkloadSlot, CONNTRACK_MAX_ENTRIES, FRAGMENTS_MAX_ENTRIES, PEERS_MAX_ENTRIES, ROUTES_MAX_ENTRIES, STAT_COUNT,
+    WORKLOADS_MAX_ENTRIES, WORKLOAD_SLOTS,
 };
 
 /// Destination prefix -> [`Route`] (`dataplane_common::ROUTES_MAP`).
@@ -21,9 +21,18 @@ pub static ROUTES: LpmTrie<Ipv4Bytes, Route, { ROUTES_MAX_ENTRIES as usize }> = 
 #[btf_map(name = "workloads_v1")]
 pub static WORKLOADS: HashMap<u32, Workload, { WORKLOADS_MAX_ENTRIES as usize }> = HashMap::new();
 
+/// [`dataplane_common::workload_slot`] of a host-side ifindex -> the [`WorkloadSlot`] there
+/// (`dataplane_common::WORKLOAD_SLOTS_MAP`): the workload without a hash lookup.
+#[btf_map(name = "workload_slots_v1")]
+pub static WORKLOAD_SLOTS_ARRAY: Array<WorkloadSlot, { WORKLOAD_SLOTS as usize }> = Array::new();
+
 /// Peer node address -> [`Peer`] (`dataplane_common::PEERS_MAP`).
 #[btf_map(name = "peers_v1")]
 pub static PEERS: HashMap<Ipv4Bytes, Peer, { PEERS_MAX_ENTRIES as usize }> = HashMap::new();
+
+/// Slot 0: the enabled pools' prefixes (`dataplane_common::POOLS_MAP`).
+#[btf_map(name = "pools_v1")]
+pub static POOLS: Array<Pools, 1> = Array::new();
 
 /// Slot 0: this node's [`NodeConfig`] (`dataplane_common::NODE_MAP`).
 #[btf_map(name = "node_v1")]

@@ -23,6 +23,7 @@ use dataplane_common::{
 use crate::{
     conntrack::{self, Flow},
     csum, fragment,
+    maps::POOLS,
     packet::{read, write, Ipv4Hdr},
     route::{self, IP_OFFSET},
     verdict::{Outcome, Verdict},
@@ -161,9 +162,13 @@ pub fn note_towards_pod(ctx: &TcContext, ip: &Ipv4Hdr) {
     }
 }
 
-/// Whether `addr` lies in an IP pool (any route with the in-pool flag covers it).
+/// Whether `addr` lies in an IP pool: a few compares against the pools map, or (with more pools
+/// than it holds) whether the route covering it has the in-pool flag, a second trie lookup.
 #[inline(always)]
 fn in_pool(addr: [u8; 4]) -> bool {
+    if let Some(answer) = POOLS.get(0).and_then(|pools| pools.contain(addr)) {
+        return answer;
+    }
     route::lookup(addr).is_some_and(|route| route.flags & route_flags::IN_POOL != 0)
 }
 

@@ -6,12 +6,12 @@ use dataplane_common::{
         CALICO_VXLAN_PORT, ETH_P_ARP, ETH_P_IP, IPIP_ENCAP_LEN, IPPROTO_IPIP, IPPROTO_UDP, IPV4_DF,
         IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, IPV4_IHL_MIN, VXLAN_ENCAP_LEN,
     },
-    route_flags, route_kind, NodeConfig, Route, Stat,
+    route_flags, route_kind, workload_slot, NodeConfig, Route, Stat, Workload,
 };
 
 use crate::{
     arp, icmp, ipip,
-    maps::WORKLOADS,
+    maps::{WORKLOADS, WORKLOAD_SLOTS_ARRAY},
     nat,
     packet::{read, EthHdr, Ipv4Hdr, UdpHdr},
     route::{self, IP_OFFSET},
@@ -37,11 +37,7 @@ pub fn from_workload(ctx: &TcContext) -> Outcome {
     if ip.version() != 4 || ip.ihl() < IPV4_IHL_MIN {
         return Err(Stat::DropMalformed);
     }
-    let workload = match WORKLOADS.get_ptr(&ifindex) {
-        // SAFETY: the pointer comes from a successful lookup and is read at once.
-        Some(workload) => unsafe { *workload },
-        None => return Err(Stat::DropUnknownWorkload),
-    };
+    let Some(workload) = workload_of(ifindex) else { return Err(Stat::DropUnknownWorkload) };
     if ip.src != workload.addr {
         return Err(Stat::DropSpoofedSource);
     }
@@ -73,6 +69,20 @@ pub fn from_workload(ctx: &TcContext) -> Outcome {
         route_kind::REMOTE_BLOCK => to_remote_node(ctx, ifindex, &route, &mut ip, &node?),
         _ => Ok(Verdict::pass()),
     }
+}
+
+/// The workload behind the interface `ifindex`: from its slot when the slot is tagged with this
+/// very ifindex (an array index, no hashing), else from the workloads hash.
+#[inline(always)]
+fn workload_of(ifindex: u32) -> Option<Workload> {
+    if let Some(slot) = WORKLOAD_SLOTS_ARRAY.get(workload_slot(ifindex)) {
+        // An empty slot is tagged 0: never a match, even for a context without a device.
+        if slot.ifindex == ifindex && ifindex != 0 {
+            return Some(slot.workload);
+        }
+    }
+    // SAFETY: the pointer comes from a successful lookup and is read at once.
+    WORKLOADS.get_ptr(&ifindex).map(|workload| unsafe { *workload })
 }
 
 /// Drops VXLAN and IP-in-IP sent by a pod: SNATed to the node's address, or routed plainly, a

@@ -572,7 +572,10 @@ fn replan_addr(store: &Store, this_node: &str, derived: &mut Derived, addr: Ipv4
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AffinityState, EncapMode, MacAddr};
+    use crate::{
+        fixtures::{self, net},
+        model::{AffinityState, EncapMode, MacAddr},
+    };
 
     /// A small deterministic generator (xorshift), so that a failing stream can be replayed
     /// from its seed.
@@ -619,10 +622,6 @@ mod tests {
     const ADDRS: [&str; 5] = ["10.0.0.1/24", "10.0.0.2/24", "10.0.1.3/24", "10.0.0.2/24", "10.0.1.5/24"];
     const WORKLOAD_ADDRS: [&str; 4] = ["10.244.0.2/32", "10.244.0.3/32", "10.245.0.3/32", "10.9.9.9/32"];
 
-    fn net(text: &str) -> Ipv4Net {
-        text.parse().expect("test CIDR")
-    }
-
     fn mode(random: &mut Random) -> EncapMode {
         random.pick(&[EncapMode::Never, EncapMode::Always, EncapMode::CrossSubnet])
     }
@@ -633,13 +632,10 @@ mod tests {
         // Now and then both modes: an invalid pool.
         let ipip = if random.chance(20) { mode(random) } else { EncapMode::Never };
         IpPool {
-            name: format!("pool-{}", random.below(4)),
-            cidr: net(POOL_CIDRS[index]),
-            block_size: 26,
             vxlan_mode: vxlan,
             ipip_mode: ipip,
             nat_outgoing: random.chance(50),
-            disabled: false,
+            ..fixtures::pool(&format!("pool-{}", random.below(4)), POOL_CIDRS[index], 26)
         }
     }
 
@@ -796,15 +792,7 @@ mod tests {
     #[test]
     fn a_change_touches_only_its_keys() {
         let mut model = Model::default();
-        model.pools.push(IpPool {
-            name: "default".into(),
-            cidr: net("10.244.0.0/16"),
-            block_size: 26,
-            vxlan_mode: EncapMode::Always,
-            ipip_mode: EncapMode::Never,
-            nat_outgoing: true,
-            disabled: false,
-        });
+        model.pools.push(IpPool { nat_outgoing: true, ..fixtures::pool("default", "10.244.0.0/16", 26) });
         for (index, name) in NODES.iter().enumerate() {
             model.nodes.push(Node {
                 name: (*name).into(),

@@ -14,6 +14,7 @@ pub mod ipam;
 pub mod metrics;
 pub mod model;
 pub mod monitor;
+pub mod packet;
 pub mod pinned;
 pub mod plan;
 pub mod probe;

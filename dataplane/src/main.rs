@@ -64,15 +64,8 @@ enum Command {
     Run {
         #[command(flatten)]
         datastore: DatastoreArgs,
-        /// This node's name, as in the datastore.
-        #[arg(long, env = "NODENAME")]
-        node: String,
-        /// The node's uplink interface [default: the one holding the node's address].
-        #[arg(long)]
-        uplink: Option<String>,
-        /// Directory for pinned maps and links (on a bpffs; mounted if missing).
-        #[arg(long, default_value = DEFAULT_PIN_PATH)]
-        pin_path: PathBuf,
+        #[command(flatten)]
+        on: NodeArgs,
         /// Backend: the BPF fast path, netlink routes, or the best the kernel supports.
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         mode: Mode,
@@ -110,21 +103,13 @@ enum Command {
     },
     /// Print the routes map: every prefix, what it does, encapsulation, natOutgoing, peer node.
     Routes {
-        /// Directory of the pinned maps.
-        #[arg(long, default_value = DEFAULT_PIN_PATH)]
-        pin_path: PathBuf,
-        /// Output format.
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[command(flatten)]
+        maps: MapsArgs,
     },
     /// Print the fast path's counters: every decision and every drop reason.
     Stats {
-        /// Directory of the pinned maps.
-        #[arg(long, default_value = DEFAULT_PIN_PATH)]
-        pin_path: PathBuf,
-        /// Output format.
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[command(flatten)]
+        maps: MapsArgs,
     },
     /// Stream the fast path's drops (or, with --all, every decision) as they happen: time,
     /// interface, program, reason, addresses and ports, inside tunnels too. Ctrl-C stops it.
@@ -157,12 +142,8 @@ enum Command {
     /// List the live natOutgoing translations: protocol, pod, translated port, peer, state, age.
     #[command(visible_alias = "nat")]
     Conntrack {
-        /// Directory of the pinned maps.
-        #[arg(long, default_value = DEFAULT_PIN_PATH)]
-        pin_path: PathBuf,
-        /// Output format.
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[command(flatten)]
+        maps: MapsArgs,
     },
     /// Remove everything the agent made: detaches the programs, frees the maps, deletes its routes.
     Cleanup {
@@ -184,15 +165,8 @@ enum Command {
     Check {
         #[command(flatten)]
         datastore: DatastoreArgs,
-        /// This node's name, as in the datastore.
-        #[arg(long, env = "NODENAME")]
-        node: String,
-        /// The node's uplink interface [default: the one holding the node's address].
-        #[arg(long)]
-        uplink: Option<String>,
-        /// Directory of the agent's pinned maps and links.
-        #[arg(long, default_value = DEFAULT_PIN_PATH)]
-        pin_path: PathBuf,
+        #[command(flatten)]
+        on: NodeArgs,
         /// The dataplane to check: the fast path (bpf), the netlink fallback, or whichever the
         /// node runs (auto: the fast path when its maps are pinned).
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
@@ -307,6 +281,31 @@ enum DatastoreCommand {
     },
 }
 
+/// Which node this is and where its agent keeps its state: the same for `run` and `check`.
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// This node's name, as in the datastore.
+    #[arg(long, env = "NODENAME")]
+    node: String,
+    /// The node's uplink interface [default: the one holding the node's address].
+    #[arg(long)]
+    uplink: Option<String>,
+    /// Directory of the agent's pinned maps and links (on a bpffs; `run` mounts it if missing).
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pin_path: PathBuf,
+}
+
+/// The pinned maps a printing command reads, and how it prints them.
+#[derive(clap::Args)]
+struct MapsArgs {
+    /// Directory of the pinned maps.
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pin_path: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
 /// Where the read-only commands find the cluster: the same settings as `run`.
 #[derive(clap::Args)]
 struct DatastoreArgs {
@@ -404,9 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run {
             datastore,
-            node,
-            uplink,
-            pin_path,
+            on: NodeArgs { node, uplink, pin_path },
             mode,
             resync_interval,
             nat_port_range,
@@ -437,7 +434,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the async runtime")?
                 .block_on(agent::run(options))
         }
-        Command::Routes { pin_path, output } => {
+        Command::Routes { maps: MapsArgs { pin_path, output } } => {
             let rows = dataplane::routes::read(&pin_path)?;
             match output {
                 Output::Table => print!("{}", dataplane::routes::table(&rows)),
@@ -467,7 +464,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the monitor's runtime")?;
             runtime.block_on(dataplane::monitor::run(&options, &mut std::io::stdout().lock()))
         }
-        Command::Stats { pin_path, output } => {
+        Command::Stats { maps: MapsArgs { pin_path, output } } => {
             let counters = dataplane::stats::read(&pin_path)?;
             match output {
                 Output::Table => print!("{}", dataplane::stats::table(&counters)),
@@ -475,7 +472,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Conntrack { pin_path, output } => {
+        Command::Conntrack { maps: MapsArgs { pin_path, output } } => {
             let translations = dataplane::conntrack::read(&pin_path)?;
             match output {
                 Output::Table => print!("{}", dataplane::conntrack::table(&translations)),
@@ -550,7 +547,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Check { datastore, node, uplink, pin_path, mode, output } => {
+        Command::Check { datastore, on: NodeArgs { node, uplink, pin_path }, mode, output } => {
             let options = check::CheckOptions {
                 datastore: datastore.datastore(Some(&node)),
                 etcd: datastore.etcd(),
@@ -689,7 +686,7 @@ mod tests {
             // NODENAME comes from the downward API in the pod.
             argv.push("--node=node-1".to_owned());
             let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{file}: {argv:?}: {e}"));
-            let Command::Run { datastore, node, pin_path, metrics_addr, .. } = cli.command else {
+            let Command::Run { datastore, on: NodeArgs { node, pin_path, .. }, metrics_addr, .. } = cli.command else {
                 panic!("{file} does not run `dataplane run`");
             };
             match (file, datastore.datastore(Some(&node))) {

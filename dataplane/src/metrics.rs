@@ -1,11 +1,13 @@
 //! Prometheus metrics and the health endpoints (`--metrics-addr`).
 //!
-//! A deliberately small HTTP/1.1 responder: three GET paths, one response each, connection closed.
-//! Counters come straight from the pinned maps at scrape time, so they are right even across
-//! agent restarts; the agent's own counters (reconciles, errors, durations) live in [`Agent`].
+//! The exposition is the Prometheus client's (`prometheus-client`): the text format 0.0.4, or
+//! OpenMetrics for a scraper that asks for it, over hyper's HTTP/1.1 server (keep-alive, HEAD,
+//! content length). Counters come straight from the pinned maps at scrape time, so they are right
+//! even across agent restarts; the agent's own counters (reconciles, errors, durations) live in
+//! [`Agent`].
 
 use std::{
-    fmt::Write as _,
+    convert::Infallible,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -13,11 +15,18 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
 };
-use tracing::{info, warn};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
 
 use crate::{datastore::Connection, pinned::PinnedMaps, stats};
 
@@ -72,20 +81,6 @@ impl Histogram {
         self.count += 1;
         self.sum += seconds;
     }
-
-    /// The histogram in the text format, as `name`, with cumulative buckets.
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut below = 0;
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(self.buckets) {
-            below += count;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {below}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
-    }
 }
 
 /// The agent's counters, shared between the reconcile loop and the HTTP server.
@@ -106,88 +101,165 @@ pub struct Occupancy {
     pub fragments: usize,
 }
 
+/// The exposition formats `/metrics` speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4 (what a scraper gets unless it asks for OpenMetrics).
+    Prometheus,
+    /// OpenMetrics text 1.0.0.
+    OpenMetrics,
+}
+
+impl Format {
+    /// What the scraper's `Accept` header asks for.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        match accept {
+            Some(accept) if accept.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    /// The response's `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
 /// Renders the metrics in the Prometheus text format.
 pub fn render(agent: &Agent, counters: &[stats::Counter], occupancy: &Occupancy) -> String {
+    render_as(Format::Prometheus, agent, counters, occupancy)
+}
+
+/// Renders the metrics in `format`.
+pub fn render_as(format: Format, agent: &Agent, counters: &[stats::Counter], occupancy: &Occupancy) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape {
+        agent: agent.clone(),
+        counters: counters.to_vec(),
+        occupancy: occupancy.clone(),
+    }));
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP dataplane_packets_total Packets by fast-path decision, summed over CPUs.");
-    let _ = writeln!(out, "# TYPE dataplane_packets_total counter");
-    for counter in counters.iter().filter(|c| !c.stat.is_drop()) {
-        let _ = writeln!(out, "dataplane_packets_total{{decision=\"{}\"}} {}", counter.stat.name(), counter.packets);
+    // Writing into a String cannot fail, and the collector's own encoding returns no error of its own.
+    let written = match format {
+        Format::Prometheus => prometheus_client::encoding::prometheus_text::encode(&mut out, &registry),
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
+    };
+    if written.is_err() {
+        warn!("encoding the metrics failed");
     }
-    let _ = writeln!(out, "# HELP dataplane_drops_total Packets dropped by the fast path, by reason.");
-    let _ = writeln!(out, "# TYPE dataplane_drops_total counter");
-    for counter in counters.iter().filter(|c| c.stat.is_drop()) {
-        let reason = counter.stat.name().trim_start_matches("drop_");
-        let _ = writeln!(out, "dataplane_drops_total{{reason=\"{reason}\"}} {}", counter.packets);
-    }
-    let _ = writeln!(out, "# HELP dataplane_map_entries Entries in each pinned map.");
-    let _ = writeln!(out, "# TYPE dataplane_map_entries gauge");
-    for (map, entries) in [
-        ("routes", occupancy.routes),
-        ("workloads", occupancy.workloads),
-        ("peers", occupancy.peers),
-        ("conntrack", occupancy.conntrack),
-        ("fragments", occupancy.fragments),
-    ] {
-        let _ = writeln!(out, "dataplane_map_entries{{map=\"{map}\"}} {entries}");
-    }
-    let gauges: [(&str, &str, &str, f64); 9] = [
-        ("dataplane_reconciles_total", "counter", "Reconciles that completed.", agent.reconciles as f64),
-        ("dataplane_reconcile_errors_total", "counter", "Reconciles that failed.", agent.reconcile_errors as f64),
-        (
-            "dataplane_reconcile_seconds_sum",
-            "counter",
-            "Seconds spent in completed reconciles.",
-            agent.reconcile_seconds_sum,
-        ),
-        (
-            "dataplane_last_reconcile_seconds",
-            "gauge",
-            "Duration of the last completed reconcile.",
-            agent.last_reconcile_seconds,
-        ),
-        (
-            "dataplane_last_reconcile_ok",
-            "gauge",
-            "1 if the last reconcile succeeded.",
-            f64::from(u8::from(agent.last_reconcile_ok)),
-        ),
-        (
-            "dataplane_datastore_up",
-            "gauge",
-            "1 if the datastore answered the last read; 0 while the last good state is kept without it.",
-            f64::from(u8::from(agent.datastore_up)),
-        ),
-        (
-            "dataplane_datastore_losses_total",
-            "counter",
-            "Times the datastore went from readable to unreadable.",
-            agent.datastore_losses as f64,
-        ),
-        (
-            "dataplane_kernel_dumps_total",
-            "counter",
-            "Whole reads of the maps and the route table (at start, after a failed write, on the slow resync; none per change).",
-            agent.kernel_dumps as f64,
-        ),
-        (
-            "dataplane_datastore_queue_depth",
-            "gauge",
-            "Batches of datastore changes found queued when the agent last took changes (1 when it keeps up).",
-            agent.queued_batches as f64,
-        ),
-    ];
-    for (name, kind, help, value) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {value}");
-    }
-    agent.change_to_programmed.render(
-        &mut out,
-        "dataplane_change_to_programmed_seconds",
-        "Seconds from a new datastore snapshot reaching the agent to the dataplane programmed from it.",
-    );
     out
+}
+
+/// One scrape's figures, read when the scrape came: the kernel's counters and the maps'
+/// occupancy from the pins, the agent's own counters from [`Agent`].
+#[derive(Debug)]
+struct Scrape {
+    agent: Agent,
+    counters: Vec<stats::Counter>,
+    occupancy: Occupancy,
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Counter names get their `_total` from the encoder.
+        let mut packets = encoder.encode_descriptor(
+            "dataplane_packets",
+            "Packets by fast-path decision, summed over CPUs.",
+            None,
+            MetricType::Counter,
+        )?;
+        for counter in self.counters.iter().filter(|c| !c.stat.is_drop()) {
+            ConstCounter::new(counter.packets).encode(packets.encode_family(&[("decision", counter.stat.name())])?)?;
+        }
+        let mut drops = encoder.encode_descriptor(
+            "dataplane_drops",
+            "Packets dropped by the fast path, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for counter in self.counters.iter().filter(|c| c.stat.is_drop()) {
+            let reason = counter.stat.name().trim_start_matches("drop_");
+            ConstCounter::new(counter.packets).encode(drops.encode_family(&[("reason", reason)])?)?;
+        }
+        let mut entries = encoder.encode_descriptor(
+            "dataplane_map_entries",
+            "Entries in each pinned map.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let occupancy = &self.occupancy;
+        for (map, count) in [
+            ("routes", occupancy.routes),
+            ("workloads", occupancy.workloads),
+            ("peers", occupancy.peers),
+            ("conntrack", occupancy.conntrack),
+            ("fragments", occupancy.fragments),
+        ] {
+            ConstGauge::new(i64::try_from(count).unwrap_or(i64::MAX))
+                .encode(entries.encode_family(&[("map", map)])?)?;
+        }
+
+        let agent = &self.agent;
+        let counters: [(&str, &str, u64); 4] = [
+            ("dataplane_reconciles", "Reconciles that completed.", agent.reconciles),
+            ("dataplane_reconcile_errors", "Reconciles that failed.", agent.reconcile_errors),
+            ("dataplane_datastore_losses", "Times the datastore went from readable to unreadable.", agent.datastore_losses),
+            (
+                "dataplane_kernel_dumps",
+                "Whole reads of the maps and the route table (at start, after a failed write, on the slow resync; none per change).",
+                agent.kernel_dumps,
+            ),
+        ];
+        for (name, help, value) in counters {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        let seconds: [(&str, &str, f64); 2] = [
+            // A running sum, kept under its name of old: as a counter the encoder would add `_total`.
+            (
+                "dataplane_reconcile_seconds_sum",
+                "Seconds spent in completed reconciles, summed.",
+                agent.reconcile_seconds_sum,
+            ),
+            (
+                "dataplane_last_reconcile_seconds",
+                "Duration of the last completed reconcile.",
+                agent.last_reconcile_seconds,
+            ),
+        ];
+        for (name, help, value) in seconds {
+            ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+        let states: [(&str, &str, i64); 3] = [
+            ("dataplane_last_reconcile_ok", "1 if the last reconcile succeeded.", i64::from(agent.last_reconcile_ok)),
+            (
+                "dataplane_datastore_up",
+                "1 if the datastore answered the last read; 0 while the last good state is kept without it.",
+                i64::from(agent.datastore_up),
+            ),
+            (
+                "dataplane_datastore_queue_depth",
+                "Batches of datastore changes found queued when the agent last took changes (1 when it keeps up).",
+                i64::try_from(agent.queued_batches).unwrap_or(i64::MAX),
+            ),
+        ];
+        for (name, help, value) in states {
+            ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+
+        let histogram = &agent.change_to_programmed;
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS.iter().copied().zip(histogram.buckets).collect();
+        encoder
+            .encode_descriptor(
+                "dataplane_change_to_programmed_seconds",
+                "Seconds from a new datastore snapshot reaching the agent to the dataplane programmed from it.",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(histogram.sum, histogram.count, &buckets, None)
+    }
 }
 
 /// Counts the entries of the pinned maps under `pin_path`.
@@ -208,14 +280,14 @@ pub fn occupancy(pin_path: &Path) -> anyhow::Result<Occupancy> {
 /// state either way; a datastore that is down does not fail it, since the last good state keeps
 /// carrying traffic. Liveness is `/livez`: a restart would bring back neither a missing file nor
 /// an unreachable API server, so a pod that waits for its datastore must not be restarted.
-pub fn healthz(agent: &Agent, datastore_reason: Option<&str>) -> (&'static str, String) {
+pub fn healthz(agent: &Agent, datastore_reason: Option<&str>) -> (StatusCode, String) {
     let datastore = datastore_line(agent, datastore_reason);
     if agent.last_reconcile_ok {
-        ("200 OK", format!("ok\n{datastore}"))
+        (StatusCode::OK, format!("ok\n{datastore}"))
     } else if agent.reconciles == 0 && agent.reconcile_errors == 0 {
-        ("503 Service Unavailable", format!("nothing programmed yet: no reconcile has run\n{datastore}"))
+        (StatusCode::SERVICE_UNAVAILABLE, format!("nothing programmed yet: no reconcile has run\n{datastore}"))
     } else {
-        ("503 Service Unavailable", format!("the last reconcile failed (the agent's log says why)\n{datastore}"))
+        (StatusCode::SERVICE_UNAVAILABLE, format!("the last reconcile failed (the agent's log says why)\n{datastore}"))
     }
 }
 
@@ -228,42 +300,86 @@ fn datastore_line(agent: &Agent, reason: Option<&str>) -> String {
     }
 }
 
+/// How long a client may take to send its request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the endpoints read: the pins, the agent's counters, the watcher's view of its datastore.
+struct Endpoints {
+    pin_path: PathBuf,
+    agent: Shared,
+    datastore: Connection,
+}
+
+impl Endpoints {
+    /// The answer to one request.
+    fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".to_owned());
+        }
+        let mut snapshot = self.agent.lock().map(|a| a.clone()).unwrap_or_default();
+        snapshot.datastore_up = self.datastore.is_up();
+        snapshot.datastore_losses = self.datastore.losses();
+        let reason = self.datastore.reason();
+        match request.uri().path() {
+            "/metrics" => {
+                let accept = request.headers().get(header::ACCEPT).and_then(|value| value.to_str().ok());
+                let format = Format::negotiate(accept);
+                let counters = stats::read(&self.pin_path).unwrap_or_default();
+                let occupancy = occupancy(&self.pin_path).unwrap_or_default();
+                let body = render_as(format, &snapshot, &counters, &occupancy);
+                respond(StatusCode::OK, format.content_type(), body)
+            }
+            "/healthz" => {
+                let (status, body) = healthz(&snapshot, reason.as_deref());
+                plain(status, body)
+            }
+            "/livez" => plain(StatusCode::OK, format!("alive\n{}", datastore_line(&snapshot, reason.as_deref()))),
+            _ => plain(StatusCode::NOT_FOUND, "try /metrics, /healthz or /livez\n".to_owned()),
+        }
+    }
+}
+
+/// A plain-text response.
+fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    response
+}
+
 /// Serves `/metrics`, `/healthz` and `/livez` on `addr` until the task is dropped; `datastore` is the
 /// watcher's view of its connection.
 pub async fn serve(addr: SocketAddr, pin_path: PathBuf, agent: Shared, datastore: Connection) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr).await.with_context(|| format!("listening on --metrics-addr {addr}"))?;
     info!(%addr, "serving /metrics, /healthz and /livez");
+    let endpoints = Arc::new(Endpoints { pin_path, agent, datastore });
     loop {
-        let (mut stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(connection) => connection,
             Err(error) => {
                 warn!(%error, "accepting a metrics connection");
                 continue;
             }
         };
-        let mut request = [0u8; 1024];
-        let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut request)).await;
-        let Ok(Ok(len)) = read else { continue };
-        let line = String::from_utf8_lossy(&request[..len]);
-        let path = line.split_whitespace().nth(1).unwrap_or("/");
-        let mut snapshot = agent.lock().map(|a| a.clone()).unwrap_or_default();
-        snapshot.datastore_up = datastore.is_up();
-        snapshot.datastore_losses = datastore.losses();
-        let (status, body) = match path {
-            "/metrics" => {
-                let counters = stats::read(&pin_path).unwrap_or_default();
-                let occupancy = occupancy(&pin_path).unwrap_or_default();
-                ("200 OK", render(&snapshot, &counters, &occupancy))
+        let endpoints = endpoints.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let response = endpoints.answer(&request);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                debug!(%peer, %error, "a metrics connection ended with an error");
             }
-            "/healthz" => healthz(&snapshot, datastore.reason().as_deref()),
-            "/livez" => ("200 OK", format!("alive\n{}", datastore_line(&snapshot, datastore.reason().as_deref()))),
-            _ => ("404 Not Found", "try /metrics, /healthz or /livez\n".to_owned()),
-        };
-        let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = stream.write_all(response.as_bytes()).await;
+        });
     }
 }
 
@@ -278,18 +394,21 @@ mod tests {
         let missing = "datastore file /x.yaml does not exist";
         let waiting = Agent::default();
         let (status, body) = healthz(&waiting, Some(missing));
-        assert!(status.starts_with("503") && body.contains("no reconcile has run"), "{status} {body}");
+        assert!(status == StatusCode::SERVICE_UNAVAILABLE && body.contains("no reconcile has run"), "{status} {body}");
         assert!(body.contains(&format!("datastore down: {missing}")), "{body}");
         // The file was deleted after a good reconcile: the state it left carries traffic.
         let kept = Agent { reconciles: 1, last_reconcile_ok: true, datastore_losses: 1, ..Agent::default() };
         let (status, body) = healthz(&kept, Some(missing));
-        assert_eq!(status, "200 OK");
+        assert_eq!(status, StatusCode::OK);
         assert_eq!(body, format!("ok\ndatastore down: {missing}\n"));
         let up = Agent { datastore_up: true, ..kept.clone() };
-        assert_eq!(healthz(&up, None), ("200 OK", "ok\ndatastore up\n".to_owned()));
+        assert_eq!(healthz(&up, None), (StatusCode::OK, "ok\ndatastore up\n".to_owned()));
         let failed = Agent { reconcile_errors: 1, last_reconcile_ok: false, ..up };
         let (status, body) = healthz(&failed, None);
-        assert!(status.starts_with("503") && body.contains("the last reconcile failed"), "{status} {body}");
+        assert!(
+            status == StatusCode::SERVICE_UNAVAILABLE && body.contains("the last reconcile failed"),
+            "{status} {body}"
+        );
     }
 
     #[test]
@@ -335,18 +454,36 @@ mod tests {
 
     #[test]
     fn the_latency_histogram_counts_cumulatively_and_everything_in_inf() {
-        let mut histogram = Histogram::default();
+        let mut agent = Agent::default();
         for seconds in [0.0005, 0.003, 0.003, 0.2, 60.0] {
-            histogram.observe(seconds);
+            agent.change_to_programmed.observe(seconds);
         }
-        let mut text = String::new();
-        histogram.render(&mut text, "x_seconds", "help");
-        assert!(text.contains("# TYPE x_seconds histogram"), "{text}");
-        assert!(text.contains("x_seconds_bucket{le=\"0.001\"} 1\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{le=\"0.005\"} 3\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{le=\"0.25\"} 4\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{le=\"10\"} 4\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{le=\"+Inf\"} 5\n"), "{text}");
-        assert!(text.contains("x_seconds_count 5\n"), "{text}");
+        let text = render(&agent, &[], &Occupancy::default());
+        let name = "dataplane_change_to_programmed_seconds";
+        assert!(text.contains(&format!("# TYPE {name} histogram")), "{text}");
+        assert!(text.contains(&format!("{name}_bucket{{le=\"0.001\"}} 1\n")), "{text}");
+        assert!(text.contains(&format!("{name}_bucket{{le=\"0.005\"}} 3\n")), "{text}");
+        assert!(text.contains(&format!("{name}_bucket{{le=\"0.25\"}} 4\n")), "{text}");
+        assert!(text.contains(&format!("{name}_bucket{{le=\"10\"}} 4\n")), "{text}");
+        assert!(text.contains(&format!("{name}_bucket{{le=\"+Inf\"}} 5\n")), "{text}");
+        assert!(text.contains(&format!("{name}_count 5\n")), "{text}");
+    }
+
+    #[test]
+    fn a_scraper_that_asks_for_openmetrics_gets_it_and_every_other_the_prometheus_text() {
+        assert_eq!(Format::negotiate(None), Format::Prometheus);
+        assert_eq!(Format::negotiate(Some("text/plain;version=0.0.4;q=0.3,*/*;q=0.2")), Format::Prometheus);
+        let prometheus_2 = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus_2)), Format::OpenMetrics);
+        let agent = Agent { reconciles: 2, ..Agent::default() };
+        let counters = [stats::Counter { stat: Stat::EncapVxlan, packets: 7 }];
+        let open = render_as(Format::OpenMetrics, &agent, &counters, &Occupancy::default());
+        assert!(open.ends_with("# EOF\n"), "{open}");
+        assert!(open.contains("# TYPE dataplane_packets counter"), "{open}");
+        assert!(open.contains("dataplane_packets_total{decision=\"encap_vxlan\"} 7"), "{open}");
+        assert!(open.contains("dataplane_reconciles_total 2"), "{open}");
+        let text = render(&agent, &counters, &Occupancy::default());
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(text.contains("# TYPE dataplane_packets_total counter"), "{text}");
     }
 }

@@ -694,7 +694,7 @@ pub fn in_netns<T: Send + 'static>(
 /// listens on the node's loopback): the status and the body.
 pub fn http_get(netns: &str, addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     use std::io::{Read as _, Write as _};
-    let (addr, request) = (addr.to_owned(), format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+    let (addr, request) = (addr.to_owned(), format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
     let text = in_netns(netns, move || {
         let mut stream = std::net::TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;

@@ -10,12 +10,13 @@ use aya::{
     programs::{tc::SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use dataplane::{backend::entries, datastore::file, plan};
+use dataplane::{backend::entries, datastore::file, plan, trace::State};
 use dataplane_common::{
-    FlowKey, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Stat, Workload, CONNTRACK_MAP, NODE_MAP, PEERS_MAP,
-    PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP,
-    WORKLOADS_MAP,
+    FlowKey, FragmentKey, FragmentNat, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Stat, Workload, CONNTRACK_MAP,
+    FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
+    PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
+use dataplane_common::{Pools, WorkloadSlot, POOLS_MAP, WORKLOAD_SLOTS_MAP};
 
 pub use dataplane_common::net::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS};
 
@@ -150,6 +151,8 @@ impl Node {
         for (index, workload) in &desired.workloads {
             workloads.insert(*index, *workload, 0).unwrap();
         }
+        write_slots(&mut ebpf, &desired.workloads);
+        write_pools(&mut ebpf, &desired.routes);
         let mut peers: HashMap<_, Ipv4Bytes, Peer> = HashMap::try_from(ebpf.map_mut(PEERS_MAP).unwrap()).unwrap();
         for (addr, peer) in &desired.peers {
             peers.insert(*addr, *peer, 0).unwrap();
@@ -210,6 +213,15 @@ impl Node {
         for (index, workload) in &desired.workloads {
             workloads.insert(*index, *workload, 0).unwrap();
         }
+        write_slots(&mut self.ebpf, &desired.workloads);
+        write_pools(&mut self.ebpf, &desired.routes);
+    }
+
+    /// Writes `slot` at `index` of the workload slots map, as a stale or colliding slot would be.
+    pub fn set_workload_slot(&mut self, index: u32, slot: WorkloadSlot) {
+        let mut slots: Array<_, WorkloadSlot> =
+            Array::try_from(self.ebpf.map_mut(WORKLOAD_SLOTS_MAP).unwrap()).unwrap();
+        slots.set(index, slot, 0).unwrap();
     }
 
     /// Every conntrack entry.
@@ -224,6 +236,24 @@ impl Node {
             HashMap::try_from(self.ebpf.map_mut(CONNTRACK_MAP).unwrap()).unwrap();
         map.insert(key, flow, 0).unwrap();
     }
+}
+
+/// Fills the workload slots map from `workloads` as the agent does (every slot it derives).
+/// An object built before the slots existed (the bench's baseline) has no such map.
+fn write_slots(ebpf: &mut Ebpf, workloads: &std::collections::BTreeMap<u32, Workload>) {
+    let Some(map) = ebpf.map_mut(WORKLOAD_SLOTS_MAP) else { return };
+    let mut slots: Array<_, WorkloadSlot> = Array::try_from(map).unwrap();
+    for (index, slot) in entries::workload_slots(workloads) {
+        slots.set(index, slot, 0).unwrap();
+    }
+}
+
+/// Writes the pools map from `routes` as the agent does; skipped, like [`write_slots`], for an
+/// object without the map.
+fn write_pools(ebpf: &mut Ebpf, routes: &std::collections::BTreeMap<entries::RouteKey, Route>) {
+    let Some(map) = ebpf.map_mut(POOLS_MAP) else { return };
+    let mut pools: Array<_, Pools> = Array::try_from(map).unwrap();
+    pools.set(0, entries::pools(routes), 0).unwrap();
 }
 
 /// Now on the clock the kernel programs stamp flows with (`bpf_ktime_get_ns`).
@@ -250,5 +280,33 @@ impl Node {
     pub fn peers(&self) -> Vec<Ipv4Bytes> {
         let map: HashMap<_, Ipv4Bytes, Peer> = HashMap::try_from(self.ebpf.map(PEERS_MAP).unwrap()).unwrap();
         map.keys().map(|key| key.unwrap()).collect()
+    }
+
+    /// Everything the programs read, as `dataplane trace` reads it from the pins: what its
+    /// prediction of the next packet starts from.
+    pub fn state(&self) -> State {
+        let node: Array<_, NodeConfig> = Array::try_from(self.ebpf.map(NODE_MAP).unwrap()).unwrap();
+        let routes: LpmTrie<_, Ipv4Bytes, Route> = LpmTrie::try_from(self.ebpf.map(ROUTES_MAP).unwrap()).unwrap();
+        let workloads: HashMap<_, u32, Workload> = HashMap::try_from(self.ebpf.map(WORKLOADS_MAP).unwrap()).unwrap();
+        let peers: HashMap<_, Ipv4Bytes, Peer> = HashMap::try_from(self.ebpf.map(PEERS_MAP).unwrap()).unwrap();
+        let conntrack: HashMap<_, FlowKey, NatFlow> = HashMap::try_from(self.ebpf.map(CONNTRACK_MAP).unwrap()).unwrap();
+        let fragments: HashMap<_, FragmentKey, FragmentNat> =
+            HashMap::try_from(self.ebpf.map(FRAGMENTS_MAP).unwrap()).unwrap();
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `now` is a valid timespec for the call to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        State {
+            node: node.get(&0, 0).ok(),
+            routes: routes
+                .iter()
+                .map(|entry| entry.map(|(key, route)| ((key.prefix_len(), key.data()), route)))
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            workloads: workloads.iter().collect::<Result<_, _>>().unwrap(),
+            peers: peers.iter().collect::<Result<_, _>>().unwrap(),
+            conntrack: conntrack.iter().collect::<Result<_, _>>().unwrap(),
+            fragments: fragments.iter().collect::<Result<_, _>>().unwrap(),
+            now_ns: (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64,
+        }
     }
 }

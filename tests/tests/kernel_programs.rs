@@ -7,12 +7,12 @@
 
 use dataplane_common::{
     net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, ETH_HLEN, GATEWAY_ADDR, GATEWAY_MAC, IPPROTO_UDP, VXLAN_ENCAP_LEN},
-    Stat, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD,
+    workload_slot, Stat, Workload, WorkloadSlot, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, WORKLOAD_SLOTS,
 };
 use dataplane_tests::{
     packet::{be16, fixture::*, ipv4_checksum, set_ipv4_checksum, Packet},
     program::CLUSTER,
-    program::{skip_unless_root, Node, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
+    program::{skip_unless_root, Node, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TESTED_IFINDEX, XDP_DROP, XDP_PASS},
 };
 
 /// A UDP packet from pod A to `dst`, as it leaves the pod.
@@ -186,6 +186,34 @@ fn spoofed_source_is_dropped() {
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(node.stat(Stat::DropSpoofedSource), 1);
     assert_eq!(node.stat(Stat::EncapVxlan), 0);
+}
+
+#[test]
+fn a_slot_tagged_with_another_interface_never_vouches_for_a_source() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut node = Node::new("node-1");
+    // The tested interface's slot, taken by an interface whose ifindex folds onto it (or left
+    // from one that is gone), holding pod B's address: pod A's interface must not inherit it.
+    let colliding = TESTED_IFINDEX + WORKLOAD_SLOTS;
+    let pod_b = Workload { addr: POD_B, mac: POD_B_MAC, flags: 0, _pad: 0 };
+    node.set_workload_slot(workload_slot(TESTED_IFINDEX), WorkloadSlot { ifindex: colliding, workload: pod_b });
+    let spoofed = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4(POD_B, REMOTE_POD, IPPROTO_UDP).udp(1, 2).finish();
+    let (verdict, _) = node.run(PROG_FROM_WORKLOAD, &spoofed);
+    assert_eq!(verdict, TC_ACT_SHOT, "pod B's address from pod A's interface");
+    assert_eq!(node.stat(Stat::DropSpoofedSource), 1);
+    // Pod A itself is still found, through the workloads hash.
+    let (verdict, _) = node.run(PROG_FROM_WORKLOAD, &from_pod_a(REMOTE_POD));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(node.stat(Stat::EncapVxlan), 1);
+
+    // An empty slot (tag 0) does not vouch for the empty address either.
+    node.set_workload_slot(workload_slot(TESTED_IFINDEX), WorkloadSlot::EMPTY);
+    let unspecified = Packet::eth(POD_A_MAC, GATEWAY_MAC).ipv4([0; 4], REMOTE_POD, IPPROTO_UDP).udp(1, 2).finish();
+    let (verdict, _) = node.run(PROG_FROM_WORKLOAD, &unspecified);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(node.stat(Stat::DropSpoofedSource), 2);
 }
 
 #[test]

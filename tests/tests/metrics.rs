@@ -18,6 +18,40 @@ fn get(netns: &str, path: &str) -> anyhow::Result<(u16, String)> {
     dataplane_lab::http_get(netns, METRICS_ADDR, path)
 }
 
+/// Two GETs of /metrics on one kept-alive connection, the second asking for OpenMetrics as
+/// Prometheus does: both answers, headers and body.
+fn two_requests_on_one_connection(netns: &str) -> anyhow::Result<(String, String)> {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    dataplane_lab::in_netns(netns, || {
+        let mut stream = std::net::TcpStream::connect(METRICS_ADDR).context("connecting to the agent")?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        // The first answer, read by its Content-Length: the connection stays open.
+        let mut first = String::new();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            ensure!(reader.read_line(&mut line)? > 0, "the agent closed the connection after:\n{first}");
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().context("a Content-Length that is no number")?;
+            }
+            first.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+        first.push_str(&String::from_utf8_lossy(&body));
+        let accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n")?;
+        let mut second = String::new();
+        reader.read_to_string(&mut second)?;
+        Ok((first, second))
+    })
+}
+
 /// The value of the sample `name` (with its labels) in a Prometheus text body.
 fn sample(body: &str, name: &str) -> Option<f64> {
     body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -116,6 +150,15 @@ fn metrics_follow_the_traffic_and_health_reports_the_reconcile() -> anyhow::Resu
         sample(&before, "dataplane_change_to_programmed_seconds_count").is_some_and(|n| n >= 1.0),
         "change to programmed:\n{before}"
     );
+
+    // A Prometheus server keeps its connection open and asks for OpenMetrics: both requests are
+    // answered on one connection, the second in OpenMetrics with the same samples.
+    let (first, second) = two_requests_on_one_connection(&netns)?;
+    ensure!(first.starts_with("HTTP/1.1 200") && first.contains("version=0.0.4"), "first answer:\n{first}");
+    ensure!(first.contains("dataplane_reconciles_total "), "first answer:\n{first}");
+    ensure!(second.starts_with("HTTP/1.1 200"), "second answer on the same connection:\n{second}");
+    ensure!(second.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{second}");
+    ensure!(second.contains(encap) && second.trim_end().ends_with("# EOF"), "OpenMetrics answer:\n{second}");
 
     let web1 = lab.pod("default/web-1")?;
     let web2 = lab.pod("default/web-2")?.addr.to_string();

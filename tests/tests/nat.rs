@@ -26,8 +26,9 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use dataplane::backend::nftables;
-use dataplane_lab::{counters, udp_socket_in, Agent, AgentMode, AgentOptions, ChildHandle, Lab, LabOptions, LabPod};
+use dataplane::{backend::nftables, pinned::PinnedMaps};
+use dataplane_common::FRAGMENTS_MAX_ENTRIES;
+use dataplane_lab::{counters, udp_socket_in, AgentMode, AgentOptions, ChildHandle, Cluster, Lab, LabPod};
 use serde_json::Value;
 
 /// The example cluster with two pools, one with natOutgoing and one without.
@@ -44,8 +45,6 @@ const NODE_1_ADDR: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 11);
 const EXTERNAL_IFACE: &str = "eth0";
 /// The UDP port the tests' own server listens on, on the external host.
 const UDP_SERVER_PORT: u16 = 9000;
-/// How long an agent may take to program its node.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a UDP datagram may take to arrive before it counts as lost.
 const UDP_WAIT: Duration = Duration::from_secs(2);
 
@@ -58,97 +57,65 @@ enum Dataplane {
     Netlink,
 }
 
-/// The lab and its agents. Fields drop in order: the agents stop before the lab is torn down.
-struct Cluster {
-    agents: Vec<Agent>,
-    bin: PathBuf,
-    dataplane: Dataplane,
-    /// The datastore the agents read: a copy in the lab's directory that a test may rewrite.
-    datastore: PathBuf,
-    lab: Lab,
+/// The lab of the cluster in `yaml` (Calico resources), which the agents read as their
+/// datastore; no agent runs yet. `None` when not root.
+fn up(test: &str, yaml: &str) -> anyhow::Result<Option<Cluster>> {
+    if dataplane_tests::skip_unless_root(test) {
+        return Ok(None);
+    }
+    // lab::Cluster copies a file into the lab's directory: the YAML goes through a staging file.
+    let staging = std::env::temp_dir().join(format!("dpl-nat-{}.yaml", std::process::id()));
+    fs::write(&staging, yaml).with_context(|| format!("writing {}", staging.display()))?;
+    let cluster = Cluster::up(&staging, &agent_bin());
+    let _ = fs::remove_file(&staging);
+    cluster.map(Some)
 }
 
-impl Cluster {
-    /// Builds the lab for the cluster in `yaml` (Calico resources) and writes `yaml` as the
-    /// agents' datastore; no agent runs yet. `None` when not root.
-    fn up(test: &str, yaml: &str, dataplane: Dataplane) -> anyhow::Result<Option<Cluster>> {
-        if dataplane_tests::skip_unless_root(test) {
-            return Ok(None);
-        }
-        let bin = agent_bin();
-        ensure!(
-            bin.exists(),
-            "agent binary {} does not exist: build it with `cargo build -p dataplane`",
-            bin.display()
-        );
-        let (model, problems) = dataplane::datastore::file::parse(yaml)?;
-        ensure!(problems.is_empty(), "the test cluster has resources the dataplane skips: {problems:?}");
-        let lab = Lab::up(&model, LabOptions::default())?;
-        let datastore = lab.dir().join("datastore.yaml");
-        fs::write(&datastore, yaml).with_context(|| format!("writing {}", datastore.display()))?;
-        Ok(Some(Cluster { agents: Vec::new(), bin, dataplane, datastore, lab }))
+/// The agents' options in `dataplane`, with `extra` arguments after the usual ones.
+fn agent_options(dataplane: Dataplane, extra: &[&str]) -> AgentOptions {
+    AgentOptions {
+        mode: (dataplane == Dataplane::Netlink).then_some(AgentMode::Netlink),
+        args: extra.iter().map(|a| (*a).to_owned()).collect(),
+        ..AgentOptions::default()
     }
+}
 
-    /// Starts the agent of `node` in the cluster's dataplane with `extra` arguments after the
-    /// usual ones, and waits until it has programmed its node.
-    fn start_agent(&mut self, node: &str, extra: &[&str]) -> anyhow::Result<()> {
-        let options = AgentOptions {
-            mode: (self.dataplane == Dataplane::Netlink).then_some(AgentMode::Netlink),
-            args: extra.iter().map(|a| (*a).to_owned()).collect(),
-            ..AgentOptions::default()
-        };
-        let mut agent = self.lab.start_agent_with(node, &self.bin, &self.datastore, &options)?;
-        let ready = agent.wait_ready(READY_TIMEOUT);
-        self.agents.push(agent);
-        ready
+/// On the fast path, `dataplane conntrack` on node-1 lists a `protocol` flow of `pod`
+/// translated to node-1. The netlink fallback's translations live in the kernel's own
+/// conntrack: there the captures on the external host judge alone.
+fn check_translated(cluster: &Cluster, dataplane: Dataplane, protocol: &str, pod: Ipv4Addr) -> anyhow::Result<()> {
+    if dataplane == Dataplane::Netlink {
+        return Ok(());
     }
+    let flows = flows_of(&conntrack(cluster, "node-1")?, pod);
+    ensure!(
+        flows.iter().any(|(proto, _, nat_addr, _)| proto == protocol && *nat_addr == NODE_1_ADDR.to_string()),
+        "no {protocol} flow of {pod} translated to {NODE_1_ADDR} in `dataplane conntrack`: {flows:?}"
+    );
+    Ok(())
+}
 
-    /// On the fast path, `dataplane conntrack` on node-1 lists a `protocol` flow of `pod`
-    /// translated to node-1. The netlink fallback's translations live in the kernel's own
-    /// conntrack: there the captures on the external host judge alone.
-    fn check_translated(&self, protocol: &str, pod: Ipv4Addr) -> anyhow::Result<()> {
-        if self.dataplane == Dataplane::Netlink {
-            return Ok(());
-        }
-        let flows = flows_of(&self.conntrack("node-1")?, pod);
-        ensure!(
-            flows.iter().any(|(proto, _, nat_addr, _)| proto == protocol && *nat_addr == NODE_1_ADDR.to_string()),
-            "no {protocol} flow of {pod} translated to {NODE_1_ADDR} in `dataplane conntrack`: {flows:?}"
-        );
-        Ok(())
-    }
+/// Runs `dataplane <args> --pin-path <node's pins> -o json` and parses its output.
+fn dataplane_json(cluster: &Cluster, node: &str, args: &[&str]) -> anyhow::Result<Value> {
+    let bin = cluster.bin().to_string_lossy().into_owned();
+    let pin_path = cluster.lab.pin_path(node).to_string_lossy().into_owned();
+    let mut argv = vec![bin.as_str()];
+    argv.extend(args);
+    argv.extend(["--pin-path", &pin_path, "-o", "json"]);
+    let output = dataplane_lab::cmd::run(&argv)?;
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("`{}` did not print JSON", dataplane_lab::cmd::display(&argv)))
+}
 
-    /// The agents' logs, to explain a failure.
-    fn logs(&self) -> String {
-        let mut text = String::from("agent logs:");
-        for agent in &self.agents {
-            text.push_str(&format!("\n--- agent of {} ---\n{}", agent.node(), agent.log().trim_end()));
-        }
-        text
-    }
+/// `dataplane conntrack -o json` on `node`: one object per translated flow.
+fn conntrack(cluster: &Cluster, node: &str) -> anyhow::Result<Vec<Value>> {
+    let list = dataplane_json(cluster, node, &["conntrack"])?;
+    list.as_array().cloned().context("`dataplane conntrack -o json` did not print a list")
+}
 
-    /// Runs `dataplane <args> --pin-path <node's pins> -o json` and parses its output.
-    fn dataplane_json(&self, node: &str, args: &[&str]) -> anyhow::Result<Value> {
-        let bin = self.bin.to_string_lossy().into_owned();
-        let pin_path = self.lab.pin_path(node).to_string_lossy().into_owned();
-        let mut argv = vec![bin.as_str()];
-        argv.extend(args);
-        argv.extend(["--pin-path", &pin_path, "-o", "json"]);
-        let output = dataplane_lab::cmd::run(&argv)?;
-        serde_json::from_slice(&output.stdout)
-            .with_context(|| format!("`{}` did not print JSON", dataplane_lab::cmd::display(&argv)))
-    }
-
-    /// `dataplane conntrack -o json` on `node`: one object per translated flow.
-    fn conntrack(&self, node: &str) -> anyhow::Result<Vec<Value>> {
-        let list = self.dataplane_json(node, &["conntrack"])?;
-        list.as_array().cloned().context("`dataplane conntrack -o json` did not print a list")
-    }
-
-    /// One counter of `dataplane stats -o json` on `node` (a decision or a drop reason).
-    fn stat(&self, node: &str, name: &str) -> anyhow::Result<u64> {
-        counters::one(&self.bin, &self.lab.pin_path(node), name)
-    }
+/// One counter of `dataplane stats -o json` on `node` (a decision or a drop reason).
+fn stat(cluster: &Cluster, node: &str, name: &str) -> anyhow::Result<u64> {
+    counters::one(cluster.bin(), &cluster.lab.pin_path(node), name)
 }
 
 /// The example cluster's YAML.
@@ -345,18 +312,18 @@ fn received_bytes(report: &Value) -> anyhow::Result<u64> {
 #[test]
 fn nat_outgoing_pod_reaches_the_external_host_as_its_node() -> anyhow::Result<()> {
     let test = "nat_outgoing_pod_reaches_the_external_host_as_its_node";
-    let Some(mut cluster) = Cluster::up(test, &example_yaml()?, Dataplane::FastPath)? else {
+    let Some(mut cluster) = up(test, &example_yaml()?)? else {
         return Ok(());
     };
     // Leaving the cluster involves only node-1.
-    cluster.start_agent("node-1", &[])?;
-    external_host_sees_only_the_node(&cluster)
+    cluster.start("node-1", &agent_options(Dataplane::FastPath, &[]))?;
+    external_host_sees_only_the_node(&cluster, Dataplane::FastPath)
 }
 
 /// nat-1 (natOutgoing) pings, streams TCP both ways and UDP to the external host, and gets an
 /// ICMP error back for a closed port; the external host sees only node-1's address. On the fast
 /// path its conntrack lists each translated flow and its counters grew.
-fn external_host_sees_only_the_node(cluster: &Cluster) -> anyhow::Result<()> {
+fn external_host_sees_only_the_node(cluster: &Cluster, dataplane: Dataplane) -> anyhow::Result<()> {
     let started = Instant::now();
     let lab = &cluster.lab;
     let nat1 = lab.pod(NAT_1)?;
@@ -367,7 +334,7 @@ fn external_host_sees_only_the_node(cluster: &Cluster) -> anyhow::Result<()> {
 
     // ICMP echo.
     lab.ping(&nat1.netns, external.addr).with_context(|| cluster.logs())?;
-    cluster.check_translated("icmp", nat1.addr)?;
+    check_translated(cluster, dataplane, "icmp", nat1.addr)?;
 
     // TCP both ways of data, then UDP, against iperf3 on the external host.
     let mut server = lab.spawn(&external.netns, &["iperf3", "-s", "--forceflush"], "iperf3-server")?;
@@ -380,7 +347,7 @@ fn external_host_sees_only_the_node(cluster: &Cluster) -> anyhow::Result<()> {
         eprintln!("iperf3 {what}: {received} bytes in 2 s ({:.2} Gbit/s)", received as f64 * 8.0 / 2e9);
     }
     // A TCP flow stays listed for 10 s after its FIN: look now.
-    cluster.check_translated("tcp", nat1.addr)?;
+    check_translated(cluster, dataplane, "tcp", nat1.addr)?;
 
     let report = iperf3(lab, nat1, &["-u", "-b", "50M"]).with_context(|| cluster.logs())?;
     let received = received_bytes(&report)?;
@@ -388,7 +355,7 @@ fn external_host_sees_only_the_node(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(received > 0 && lost < 5.0, "iperf3 udp: {received} bytes received, {lost}% lost");
     eprintln!("iperf3 udp pod->external at 50 Mbit/s: {received} bytes, {lost:.2}% lost");
     drop(server);
-    cluster.check_translated("udp", nat1.addr)?;
+    check_translated(cluster, dataplane, "udp", nat1.addr)?;
 
     // An ICMP error about a translated flow finds its way back: a datagram to a port where
     // nothing listens makes the external host answer "port unreachable" to node-1, which must
@@ -423,12 +390,12 @@ fn external_host_sees_only_the_node(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(leaks.is_empty(), "the external host's capture shows the pod's address {pod_addr}:\n{}", leaks.join("\n"));
     eprintln!("external capture: {} packets, all from {NODE_1_ADDR}", text.lines().count());
 
-    if cluster.dataplane == Dataplane::Netlink {
-        eprintln!("external host sees only the node ({:?}): {:?}", cluster.dataplane, started.elapsed());
+    if dataplane == Dataplane::Netlink {
+        eprintln!("external host sees only the node ({:?}): {:?}", dataplane, started.elapsed());
         return Ok(());
     }
-    let snat_new = cluster.stat("node-1", "snat_new")?;
-    let reverse_nat = cluster.stat("node-1", "reverse_nat")?;
+    let snat_new = stat(cluster, "node-1", "snat_new")?;
+    let reverse_nat = stat(cluster, "node-1", "reverse_nat")?;
     ensure!(snat_new > 0 && reverse_nat > 0, "stats: snat_new {snat_new}, reverse_nat {reverse_nat}");
     eprintln!("stats: snat_new {snat_new}, reverse_nat {reverse_nat}; test took {:?}", started.elapsed());
     Ok(())
@@ -437,20 +404,20 @@ fn external_host_sees_only_the_node(cluster: &Cluster) -> anyhow::Result<()> {
 #[test]
 fn pod_of_a_pool_without_nat_outgoing_is_not_translated() -> anyhow::Result<()> {
     let test = "pod_of_a_pool_without_nat_outgoing_is_not_translated";
-    let Some(mut cluster) = Cluster::up(test, &example_yaml()?, Dataplane::FastPath)? else {
+    let Some(mut cluster) = up(test, &example_yaml()?)? else {
         return Ok(());
     };
-    cluster.start_agent("node-1", &[])?;
-    pool_without_nat_outgoing_arrives_as_itself(&cluster)?;
+    cluster.start("node-1", &agent_options(Dataplane::FastPath, &[]))?;
+    pool_without_nat_outgoing_arrives_as_itself(&cluster, Dataplane::FastPath)?;
     // Nothing of a natOutgoing pool was sent in this lab.
-    let snat_new = cluster.stat("node-1", "snat_new")?;
+    let snat_new = stat(&cluster, "node-1", "snat_new")?;
     ensure!(snat_new == 0, "stats: snat_new is {snat_new} though no pod of a natOutgoing pool sent anything");
     Ok(())
 }
 
 /// plain-1 (a pool without natOutgoing) pings the external host, whose echo requests arrive
 /// with the pod's own address; the fast path tracks no flow of it.
-fn pool_without_nat_outgoing_arrives_as_itself(cluster: &Cluster) -> anyhow::Result<()> {
+fn pool_without_nat_outgoing_arrives_as_itself(cluster: &Cluster, dataplane: Dataplane) -> anyhow::Result<()> {
     let lab = &cluster.lab;
     let plain1 = lab.pod(PLAIN_1)?;
     let external = lab.external().clone();
@@ -473,8 +440,8 @@ fn pool_without_nat_outgoing_arrives_as_itself(cluster: &Cluster) -> anyhow::Res
     );
 
     eprintln!("{PLAIN_1}'s echo requests reached the external host from {}", plain1.addr);
-    if cluster.dataplane == Dataplane::FastPath {
-        let flows = flows_of(&cluster.conntrack("node-1")?, plain1.addr);
+    if dataplane == Dataplane::FastPath {
+        let flows = flows_of(&conntrack(cluster, "node-1")?, plain1.addr);
         ensure!(flows.is_empty(), "`dataplane conntrack` tracks {PLAIN_1}, whose pool has no natOutgoing: {flows:?}");
     }
     Ok(())
@@ -483,14 +450,14 @@ fn pool_without_nat_outgoing_arrives_as_itself(cluster: &Cluster) -> anyhow::Res
 #[test]
 fn pod_to_pod_across_pools_and_nodes_is_not_translated() -> anyhow::Result<()> {
     let test = "pod_to_pod_across_pools_and_nodes_is_not_translated";
-    let Some(mut cluster) = Cluster::up(test, &example_yaml()?, Dataplane::FastPath)? else {
+    let Some(mut cluster) = up(test, &example_yaml()?)? else {
         return Ok(());
     };
-    cluster.start_agent("node-1", &[])?;
-    cluster.start_agent("node-2", &[])?;
-    pod_to_pod_is_untranslated(&cluster)?;
+    cluster.start("node-1", &agent_options(Dataplane::FastPath, &[]))?;
+    cluster.start("node-2", &agent_options(Dataplane::FastPath, &[]))?;
+    pod_to_pod_is_untranslated(&cluster, Dataplane::FastPath)?;
     for node in ["node-1", "node-2"] {
-        let snat_new = cluster.stat(node, "snat_new")?;
+        let snat_new = stat(&cluster, node, "snat_new")?;
         ensure!(snat_new == 0, "stats on {node}: snat_new is {snat_new} after pod-to-pod traffic only");
     }
     Ok(())
@@ -499,7 +466,7 @@ fn pod_to_pod_across_pools_and_nodes_is_not_translated() -> anyhow::Result<()> {
 /// Pod to pod in one pool across nodes (ping, TCP), across pools and nodes, and across pools on
 /// one node: the VXLAN packets on the fabric and the packets inside nat-1 carry the pods' own
 /// addresses, and the fast path tracks none of it.
-fn pod_to_pod_is_untranslated(cluster: &Cluster) -> anyhow::Result<()> {
+fn pod_to_pod_is_untranslated(cluster: &Cluster, dataplane: Dataplane) -> anyhow::Result<()> {
     let lab = &cluster.lab;
     let nat1 = lab.pod(NAT_1)?;
     let plain1 = lab.pod(PLAIN_1)?;
@@ -553,9 +520,9 @@ fn pod_to_pod_is_untranslated(cluster: &Cluster) -> anyhow::Result<()> {
     }
 
     eprintln!("pod-to-pod untranslated on the fabric (VXLAN inner headers) and inside nat-1");
-    if cluster.dataplane == Dataplane::FastPath {
+    if dataplane == Dataplane::FastPath {
         for node in ["node-1", "node-2"] {
-            let flows = cluster.conntrack(node)?;
+            let flows = conntrack(cluster, node)?;
             ensure!(flows.is_empty(), "`dataplane conntrack` on {node} tracks pod-to-pod traffic: {flows:?}");
         }
     }
@@ -566,14 +533,14 @@ fn pod_to_pod_is_untranslated(cluster: &Cluster) -> anyhow::Result<()> {
 fn nat_outgoing_in_netlink_mode() -> anyhow::Result<()> {
     let started = Instant::now();
     let yaml = example_yaml()?;
-    let Some(mut cluster) = Cluster::up("nat_outgoing_in_netlink_mode", &yaml, Dataplane::Netlink)? else {
+    let Some(mut cluster) = up("nat_outgoing_in_netlink_mode", &yaml)? else {
         return Ok(());
     };
-    cluster.start_agent("node-1", &[])?;
-    cluster.start_agent("node-2", &[])?;
-    external_host_sees_only_the_node(&cluster)?;
-    pool_without_nat_outgoing_arrives_as_itself(&cluster)?;
-    pod_to_pod_is_untranslated(&cluster)?;
+    cluster.start("node-1", &agent_options(Dataplane::Netlink, &[]))?;
+    cluster.start("node-2", &agent_options(Dataplane::Netlink, &[]))?;
+    external_host_sees_only_the_node(&cluster, Dataplane::Netlink)?;
+    pool_without_nat_outgoing_arrives_as_itself(&cluster, Dataplane::Netlink)?;
+    pod_to_pod_is_untranslated(&cluster, Dataplane::Netlink)?;
 
     // natOutgoing off on the only pool that had it: the agent's table goes, and a new flow of
     // nat-1 arrives as the pod itself.
@@ -581,14 +548,14 @@ fn nat_outgoing_in_netlink_mode() -> anyhow::Result<()> {
     ensure!(nat_table_exists(&node_1)?, "node-1 has no table ip {} with natOutgoing on", nftables::TABLE);
     let nat1 = cluster.lab.pod(NAT_1)?.clone();
     let server = UdpServer::start(&cluster.lab)?;
-    rewrite_datastore(&mut cluster, &set_nat_outgoing(&yaml, "nat-pool", false)?)?;
+    rewrite_datastore(&cluster, &set_nat_outgoing(&yaml, "nat-pool", false)?)?;
     ensure!(!nat_table_exists(&node_1)?, "table ip {} stayed with no natOutgoing pool", nftables::TABLE);
     let flow = UdpFlow::open(&nat1, 6002)?;
     let seen = flow.exchange(&server, "untranslated", false)?.with_context(|| cluster.logs())?;
     ensure!(seen == SocketAddrV4::new(nat1.addr, 6002), "with natOutgoing off, {} arrived as {seen}", flow.name);
 
     // On again: the table is back and new flows are translated.
-    rewrite_datastore(&mut cluster, &yaml)?;
+    rewrite_datastore(&cluster, &yaml)?;
     ensure!(nat_table_exists(&node_1)?, "table ip {} did not come back", nftables::TABLE);
     let flow = UdpFlow::open(&nat1, 6003)?;
     let seen = flow.exchange(&server, "translated", true)?.with_context(|| cluster.logs())?;
@@ -613,15 +580,12 @@ fn nat_table_exists(netns: &str) -> anyhow::Result<bool> {
 
 #[test]
 fn turning_nat_outgoing_off_and_on_applies_to_new_flows_without_restart() -> anyhow::Result<()> {
-    let Some(mut cluster) = Cluster::up(
-        "turning_nat_outgoing_off_and_on_applies_to_new_flows_without_restart",
-        &example_yaml()?,
-        Dataplane::FastPath,
-    )?
+    let Some(mut cluster) =
+        up("turning_nat_outgoing_off_and_on_applies_to_new_flows_without_restart", &example_yaml()?)?
     else {
         return Ok(());
     };
-    cluster.start_agent("node-1", &[])?;
+    cluster.start("node-1", &agent_options(Dataplane::FastPath, &[]))?;
     let nat1 = cluster.lab.pod(NAT_1)?.clone();
     let server = UdpServer::start(&cluster.lab)?;
 
@@ -633,7 +597,7 @@ fn turning_nat_outgoing_off_and_on_applies_to_new_flows_without_restart() -> any
     // Off: the agent polls its file (about every second) and reprograms.
     let yaml = example_yaml()?;
     let off = set_nat_outgoing(&yaml, "nat-pool", false)?;
-    rewrite_datastore(&mut cluster, &off)?;
+    rewrite_datastore(&cluster, &off)?;
     let second = UdpFlow::open(&nat1, 6002)?;
     let seen = second.exchange(&server, "second", false)?.with_context(|| cluster.logs())?;
     ensure!(
@@ -650,7 +614,7 @@ fn turning_nat_outgoing_off_and_on_applies_to_new_flows_without_restart() -> any
     );
 
     // On again: new flows are translated again.
-    rewrite_datastore(&mut cluster, &yaml)?;
+    rewrite_datastore(&cluster, &yaml)?;
     let third = UdpFlow::open(&nat1, 6003)?;
     let seen = third.exchange(&server, "third", true)?.with_context(|| cluster.logs())?;
     ensure!(seen == SocketAddrV4::new(NODE_1_ADDR, 6003), "with natOutgoing back on, {} arrived as {seen}", third.name);
@@ -673,12 +637,12 @@ fn set_nat_outgoing(yaml: &str, pool: &str, on: bool) -> anyhow::Result<String> 
 
 /// Writes `yaml` over the agents' datastore and waits until every agent has programmed its node
 /// once more (a new ready line in its log).
-fn rewrite_datastore(cluster: &mut Cluster, yaml: &str) -> anyhow::Result<()> {
-    let before: Vec<usize> = cluster.agents.iter().map(|a| a.log().matches(a.ready_line()).count()).collect();
+fn rewrite_datastore(cluster: &Cluster, yaml: &str) -> anyhow::Result<()> {
+    let before: Vec<usize> = cluster.agents().map(|a| a.log().matches(a.ready_line()).count()).collect();
     let started = Instant::now();
-    fs::write(&cluster.datastore, yaml).with_context(|| format!("rewriting {}", cluster.datastore.display()))?;
+    fs::write(cluster.datastore(), yaml).with_context(|| format!("rewriting {}", cluster.datastore().display()))?;
     let deadline = started + Duration::from_secs(10);
-    for (agent, before) in cluster.agents.iter().zip(before) {
+    for (agent, before) in cluster.agents().zip(before) {
         while agent.log().matches(agent.ready_line()).count() <= before {
             ensure!(
                 Instant::now() < deadline,
@@ -698,12 +662,10 @@ fn colliding_flows_get_ports_from_a_small_range_until_it_is_exhausted() -> anyho
     // The example plus nat-3, a second pod of nat-pool on node-1: one pod cannot collide with
     // itself (its flows differ by their own ports), two pods using the same source port can.
     let yaml = format!("{}---\n{NAT_3}", example_yaml()?);
-    let Some(mut cluster) =
-        Cluster::up("colliding_flows_get_ports_from_a_small_range_until_it_is_exhausted", &yaml, Dataplane::FastPath)?
-    else {
+    let Some(mut cluster) = up("colliding_flows_get_ports_from_a_small_range_until_it_is_exhausted", &yaml)? else {
         return Ok(());
     };
-    cluster.start_agent("node-1", &["--nat-port-range", "40000-40001"])?;
+    cluster.start("node-1", &agent_options(Dataplane::FastPath, &["--nat-port-range", "40000-40001"]))?;
     let nat1 = cluster.lab.pod(NAT_1)?.clone();
     let nat3 = cluster.lab.pod("default/nat-3")?.clone();
     let server = UdpServer::start(&cluster.lab)?;
@@ -731,13 +693,13 @@ fn colliding_flows_get_ports_from_a_small_range_until_it_is_exhausted() -> anyho
     );
 
     // A third collision finds the range full: dropped and counted.
-    let exhausted_before = cluster.stat("node-1", "drop_nat_ports_exhausted")?;
+    let exhausted_before = stat(&cluster, "node-1", "drop_nat_ports_exhausted")?;
     let nat1_third = UdpFlow::open(&nat1, 5003)?;
     nat1_third.exchange(&server, "nat-1 third", true)?.context("nat-1:5003 (a free port) never arrived")?;
     let beyond = UdpFlow::open(&nat3, 5003)?;
     let seen = beyond.exchange(&server, "beyond the range", false)?;
     ensure!(seen.is_none(), "{} arrived as {seen:?} though the port range was exhausted", beyond.name);
-    let exhausted = cluster.stat("node-1", "drop_nat_ports_exhausted")?;
+    let exhausted = stat(&cluster, "node-1", "drop_nat_ports_exhausted")?;
     ensure!(exhausted > exhausted_before, "drop_nat_ports_exhausted did not count the flow beyond the range");
 
     // The earlier flows keep their translations and keep passing traffic both ways.
@@ -751,7 +713,7 @@ fn colliding_flows_get_ports_from_a_small_range_until_it_is_exhausted() -> anyho
     }
 
     // conntrack lists the same translations.
-    let conntrack = cluster.conntrack("node-1")?;
+    let conntrack = conntrack(&cluster, "node-1")?;
     let nat1_flows = flows_of(&conntrack, nat1.addr);
     let nat3_flows = flows_of(&conntrack, nat3.addr);
     for port in [5001, 5002, 5003] {
@@ -779,19 +741,17 @@ fn colliding_flows_get_ports_from_a_small_range_until_it_is_exhausted() -> anyho
 
 #[test]
 fn an_idle_udp_flow_disappears_after_its_timeout() -> anyhow::Result<()> {
-    let Some(mut cluster) =
-        Cluster::up("an_idle_udp_flow_disappears_after_its_timeout", &example_yaml()?, Dataplane::FastPath)?
-    else {
+    let Some(mut cluster) = up("an_idle_udp_flow_disappears_after_its_timeout", &example_yaml()?)? else {
         return Ok(());
     };
     // A short UDP timeout, so the test does not wait the default minute.
-    cluster.start_agent("node-1", &["--conntrack-timeouts", "udp=2"])?;
+    cluster.start("node-1", &agent_options(Dataplane::FastPath, &["--conntrack-timeouts", "udp=2"]))?;
     let nat1 = cluster.lab.pod(NAT_1)?.clone();
     let server = UdpServer::start(&cluster.lab)?;
     let flow = UdpFlow::open(&nat1, 7001)?;
     flow.exchange(&server, "before going idle", true)?.with_context(|| cluster.logs())?;
     let udp_flows = |cluster: &Cluster| -> anyhow::Result<usize> {
-        Ok(flows_of(&cluster.conntrack("node-1")?, nat1.addr).iter().filter(|f| f.0 == "udp" && f.1 == 7001).count())
+        Ok(flows_of(&conntrack(cluster, "node-1")?, nat1.addr).iter().filter(|f| f.0 == "udp" && f.1 == 7001).count())
     };
     ensure!(udp_flows(&cluster)? == 1, "the flow is not listed while live\n{}", cluster.logs());
     // Idle: the agent sweeps expired flows (every second with a 2 s timeout).
@@ -829,10 +789,10 @@ fn receive_big(socket: &UdpSocket, whom: &str) -> anyhow::Result<(Vec<u8>, Socke
 #[test]
 fn datagrams_bigger_than_the_mtu_cross_nat_outgoing_whole_both_ways() -> anyhow::Result<()> {
     let test = "datagrams_bigger_than_the_mtu_cross_nat_outgoing_whole_both_ways";
-    let Some(mut cluster) = Cluster::up(test, &example_yaml()?, Dataplane::FastPath)? else {
+    let Some(mut cluster) = up(test, &example_yaml()?)? else {
         return Ok(());
     };
-    cluster.start_agent("node-1", &[])?;
+    cluster.start("node-1", &agent_options(Dataplane::FastPath, &[]))?;
     let lab = &cluster.lab;
     let nat1 = lab.pod(NAT_1)?;
     let server = UdpServer::start(lab)?;
@@ -879,9 +839,9 @@ fn datagrams_bigger_than_the_mtu_cross_nat_outgoing_whole_both_ways() -> anyhow:
 
     // Every fragment was translated by the fast path, none dropped.
     let (snat, reverse, dropped) = (
-        cluster.stat("node-1", "snat_fragment")?,
-        cluster.stat("node-1", "reverse_nat_fragment")?,
-        cluster.stat("node-1", "drop_nat_fragment")?,
+        stat(&cluster, "node-1", "snat_fragment")?,
+        stat(&cluster, "node-1", "reverse_nat_fragment")?,
+        stat(&cluster, "node-1", "drop_nat_fragment")?,
     );
     // Each way: 5 x (2 + 10) later fragments at least (the pod's MTU may cut them smaller).
     let later = u64::from(BIG_ROUNDS) * 12 * 2;
@@ -891,5 +851,82 @@ fn datagrams_bigger_than_the_mtu_cross_nat_outgoing_whole_both_ways() -> anyhow:
     );
     ensure!(dropped == 0, "drop_nat_fragment {dropped}");
     eprintln!("snat_fragment {snat}, reverse_nat_fragment {reverse}, drop_nat_fragment 0");
+
+    // 3. A flood of first fragments that never complete (three times the table's room): the
+    // fragments table stays within its size, and big datagrams still cross whole both ways.
+    let flood = 3 * FRAGMENTS_MAX_ENTRIES as usize;
+    let sent = send_first_fragments(&nat1, FLOOD_TARGET, flood)?;
+    ensure!(sent == flood, "the pod sent {sent} of {flood} first fragments");
+    let pins = PinnedMaps::at(&cluster.lab.pin_path("node-1"));
+    let held = pins.fragments()?.keys().count();
+    ensure!(
+        held <= FRAGMENTS_MAX_ENTRIES as usize && held > FRAGMENTS_MAX_ENTRIES as usize / 2,
+        "after {flood} incomplete datagrams the fragments table holds {held} (room {FRAGMENTS_MAX_ENTRIES})"
+    );
+    eprintln!("{flood} incomplete datagrams: the fragments table holds {held} of {FRAGMENTS_MAX_ENTRIES}");
+    for size in BIG_DATAGRAMS {
+        let sent = big_datagram(size, 200);
+        pod.send_to(&sent, server.addr).context("sending from the pod after the flood")?;
+        let (got, from) = receive_big(&server.socket, "the external host")
+            .with_context(|| format!("a {size}-byte datagram after the flood:\n{}", cluster.logs()))?;
+        ensure!(got == sent && *from.ip() == NODE_1_ADDR, "after the flood: {} bytes from {from}", got.len());
+        server.socket.send_to(&got, from)?;
+        let (back, _) = receive_big(&pod, NAT_1).with_context(|| format!("the {size}-byte echo after the flood"))?;
+        ensure!(back == sent, "{NAT_1} got {} bytes back after the flood, not its {size}", back.len());
+    }
+    ensure!(stat(&cluster, "node-1", "drop_nat_fragment")? == 0, "the flood made later fragments drop");
+    eprintln!("after the flood: a datagram of each size echoed whole");
     Ok(())
+}
+
+/// An address of the external network that nobody holds: the flood goes there, so that no host's
+/// reassembly queue fills up with it (only node-1's fragments table is under test).
+const FLOOD_TARGET: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
+
+/// Sends `count` first fragments (MF set, offset 0, each with its own identification) of UDP
+/// datagrams from `pod` to `dst` through a raw socket: datagrams whose other fragments never come.
+fn send_first_fragments(pod: &LabPod, dst: Ipv4Addr, count: usize) -> anyhow::Result<usize> {
+    use dataplane_tests::packet::{fixture, set_ipv4_checksum, Packet};
+    let frame = Packet::eth(fixture::POD_A_MAC, fixture::UPLINK_MAC)
+        .ipv4(pod.addr.octets(), dst.octets(), libc::IPPROTO_UDP as u8)
+        .udp(7200, UDP_SERVER_PORT)
+        .payload(&[0x5a; 64])
+        .finish();
+    let template = frame[dataplane_common::net::ETH_HLEN..].to_vec();
+    dataplane_lab::in_netns(&pod.netns, move || {
+        // SAFETY: plain socket(2); the descriptor is owned below.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        ensure!(raw >= 0, "raw IPv4 socket: {}", std::io::Error::last_os_error());
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
+            sin_zero: [0; 8],
+        };
+        let mut sent = 0;
+        for id in 0..count {
+            let mut packet = template.clone();
+            // Identification (never 0, which the kernel would replace), then MF with offset 0.
+            packet[4..6].copy_from_slice(&((id % 0xffff) as u16 + 1).to_be_bytes());
+            packet[6..8].copy_from_slice(&0x2000u16.to_be_bytes());
+            set_ipv4_checksum(&mut packet, 0);
+            // SAFETY: the buffer and the address outlive the call; lengths are theirs.
+            let n = unsafe {
+                libc::sendto(
+                    socket.as_raw_fd(),
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if n == packet.len() as isize {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    })
 }

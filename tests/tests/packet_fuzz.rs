@@ -6,26 +6,35 @@
 //! flips, wrong versions, IHLs and lengths, fragments, IP options, bad checksums, random VNIs.
 //! Every case runs through one program of one node whose maps persist across cases (conntrack
 //! fills up as it would), and every output is checked against the rules in [`check`]. What
-//! `from_uplink` gets, the uplink's XDP program gets first, held to [`check_xdp`].
+//! `from_uplink` gets, the uplink's XDP program gets first, held to [`check_xdp`]. Every case
+//! `dataplane trace` can describe ([`probe_of`]: well-formed, whole or fragmented, tunnelled or
+//! not) is first predicted by trace from the node's maps as they are, and the program must take
+//! the decision, counter and (for XDP) the drop trace predicted: the mirror is held to the kernel
+//! on generated packets, not only on hand-picked ones.
 //!
 //! The seed is fixed so a failure reproduces; `DATAPLANE_FUZZ_CASES=N` runs longer and
 //! `DATAPLANE_FUZZ_SEED=N` explores elsewhere. Needs root (CAP_BPF).
 
 #![allow(clippy::unwrap_used, reason = "fixtures of a test: a failed unwrap is a failed test")]
 
-use std::{cell::RefCell, collections::BTreeMap, time::Instant};
+use std::{cell::RefCell, collections::BTreeMap, net::Ipv4Addr, time::Instant};
+
+use dataplane::trace::{predict, xdp_decision, Entry, Fragment, Origin, Probe, Proto, Tunnel};
 
 use dataplane_common::{
     net::{
         CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, ETH_HLEN, ETH_P_ARP, ETH_P_IP, GATEWAY_ADDR, GATEWAY_MAC, ICMP_ECHO_REPLY,
-        ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, UDP_HLEN, VXLAN_HLEN,
+        ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_DF, IPV4_FRAG_OFFSET_MASK,
+        IPV4_MF, TCP_FLAGS_OFFSET, TCP_SYN, UDP_HLEN, VXLAN_HLEN,
     },
     FlowKey, NatFlow, Stat, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_TO_POD, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD,
     PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_XDP_UPLINK,
 };
 use dataplane_tests::{
     packet::{fixture::*, ipv4_checksum, Packet},
-    program::{skip_unless_root, Node, NAT_PORTS, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
+    program::{
+        skip_unless_root, Node, NAT_PORTS, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TESTED_IFINDEX, XDP_DROP, XDP_PASS,
+    },
 };
 use proptest::{
     collection::vec,
@@ -677,6 +686,134 @@ fn check_conntrack(entries: &[(FlowKey, NatFlow)]) -> Result<(), String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The packets `dataplane trace` can describe.
+
+/// The IPv4 identification the packet builder and `dataplane trace` give every packet: trace
+/// finds a later fragment's datagram by it.
+const BUILDER_IP_ID: u16 = 0x1234;
+
+/// The packet as `dataplane trace` describes one, and where it enters: a well-formed IPv4 packet
+/// without options (in a well-formed VXLAN or IP-in-IP packet when it arrives on the uplink)
+/// with TCP, UDP or the ICMP echo its origin sends, whole (DF), a first fragment or a later one.
+/// None for everything else (malformed or mutated past what a probe says), which only the rules
+/// in [`check`] judge.
+fn probe_of(program: &str, frame: &[u8]) -> Option<(Probe, Entry)> {
+    if ether_type(frame)? != ETH_P_IP {
+        return None;
+    }
+    let outer = ETH_HLEN;
+    let fragment = whole_ipv4(frame, outer)?;
+    let (origin, entry) = match program {
+        PROG_FROM_WORKLOAD => (Origin::Workload, Entry::Workload { ifindex: TESTED_IFINDEX }),
+        PROG_TO_WORKLOAD => (Origin::IntoPod, Entry::IntoPod { ifindex: TESTED_IFINDEX }),
+        PROG_TO_UPLINK => (Origin::Host, Entry::Host),
+        _ => (Origin::Uplink, Entry::Uplink { tunnel: None, outer_src: None }),
+    };
+    let protocol = frame[outer + 9];
+    let outer_src = Ipv4Addr::from(addr_at(frame, outer + 12));
+    let after_outer = outer + 20;
+    // Trace's tunnel packets are addressed to this node; one to another address is not decapsulated.
+    let to_node = addr_at(frame, outer + 16) == NODE;
+    let tunnel = if origin != Origin::Uplink {
+        None
+    } else if (protocol == IPPROTO_IPIP || protocol == IPPROTO_UDP) && !to_node {
+        return None;
+    } else if protocol == IPPROTO_IPIP {
+        Some((Tunnel::Ipip, after_outer))
+    } else if protocol == IPPROTO_UDP
+        && frame.len() >= after_outer + UDP_HLEN
+        && be16(frame, after_outer + 2) == CALICO_VXLAN_PORT
+    {
+        let vxlan = after_outer + UDP_HLEN;
+        let vni = CALICO_VXLAN_VNI.to_be_bytes();
+        let header = [0x08, 0, 0, 0, vni[1], vni[2], vni[3], 0];
+        let udp_len_ok = usize::from(be16(frame, after_outer + 4)) == frame.len() - after_outer;
+        let inner_eth = vxlan + VXLAN_HLEN;
+        let shaped = frame.len() >= inner_eth + ETH_HLEN
+            && frame[vxlan..inner_eth] == header
+            && be16(frame, inner_eth + 12) == ETH_P_IP;
+        if !(udp_len_ok && shaped) {
+            return None;
+        }
+        Some((Tunnel::Vxlan, inner_eth + ETH_HLEN))
+    } else {
+        None
+    };
+    let (ip, probe_fragment) = match tunnel {
+        // The tunnel's outer packet may be the fragment; the packet inside is whole.
+        Some((_, inner)) => (inner, (whole_ipv4(frame, inner)? == Fragment::None).then_some(fragment)?),
+        None => (outer, fragment),
+    };
+    let protocol = frame[ip + 9];
+    let l4 = ip + 20;
+    let later = probe_fragment == Fragment::Later && tunnel.is_none();
+    let (proto, sport, dport) = match protocol {
+        _ if later => (proto_of(protocol)?, 0, 0),
+        // Trace's TCP probe is a SYN: what opens a flow.
+        IPPROTO_TCP if frame.len() >= l4 + 20 && frame[l4 + TCP_FLAGS_OFFSET] == TCP_SYN => {
+            (Proto::Tcp, be16(frame, l4), be16(frame, l4 + 2))
+        }
+        IPPROTO_UDP if frame.len() >= l4 + UDP_HLEN => (Proto::Udp, be16(frame, l4), be16(frame, l4 + 2)),
+        IPPROTO_ICMP if frame.len() >= l4 + 8 && frame[l4 + 1] == 0 => {
+            let id = be16(frame, l4 + 4);
+            match (frame[l4], origin) {
+                (ICMP_ECHO_REPLY, Origin::Uplink) if id != 0 => (Proto::Icmp, 0, id),
+                (ICMP_ECHO_REQUEST, Origin::Workload | Origin::Host | Origin::IntoPod) if id != 0 => {
+                    (Proto::Icmp, id, 0)
+                }
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    let probe = Probe {
+        src: Ipv4Addr::from(addr_at(frame, ip + 12)),
+        dst: Ipv4Addr::from(addr_at(frame, ip + 16)),
+        proto,
+        sport,
+        dport,
+        ttl: frame[ip + 8],
+        size: be16(frame, ip + 2),
+        fragment: probe_fragment,
+        options: false,
+    };
+    let entry = match (entry, tunnel) {
+        (Entry::Uplink { .. }, Some((tunnel, _))) => Entry::Uplink { tunnel: Some(tunnel), outer_src: Some(outer_src) },
+        (entry, _) => entry,
+    };
+    Some((probe, entry))
+}
+
+/// The transport protocol a probe names, for a later fragment (which carries no ports).
+fn proto_of(protocol: u8) -> Option<Proto> {
+    match protocol {
+        IPPROTO_TCP => Some(Proto::Tcp),
+        IPPROTO_UDP => Some(Proto::Udp),
+        IPPROTO_ICMP => Some(Proto::Icmp),
+        _ => None,
+    }
+}
+
+/// The IPv4 header at `ip`, if it is one trace builds: version 4, no options, a right checksum,
+/// a total length that is the rest of the frame, the builder's identification, and flags that say
+/// whole (DF), first fragment (MF) or later fragment (an offset, no DF).
+fn whole_ipv4(frame: &[u8], ip: usize) -> Option<Fragment> {
+    if frame.len() < ip + 20 || frame[ip] != 0x45 || !ipv4_header_ok(frame, ip) {
+        return None;
+    }
+    if usize::from(be16(frame, ip + 2)) != frame.len() - ip || be16(frame, ip + 4) != BUILDER_IP_ID {
+        return None;
+    }
+    let flags = be16(frame, ip + 6);
+    match (flags & IPV4_DF != 0, flags & IPV4_MF != 0, flags & IPV4_FRAG_OFFSET_MASK) {
+        (true, false, 0) => Some(Fragment::None),
+        (false, true, 0) => Some(Fragment::First),
+        (false, _, offset) if offset > 0 => Some(Fragment::Later),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The run.
 
 /// Counts of the run, printed at the end.
@@ -693,6 +830,9 @@ struct Tally {
     /// Runs of the XDP program, and how many it dropped.
     xdp_runs: u64,
     xdp_drops: u64,
+    /// Runs whose packet `dataplane trace` can describe, each predicted before it ran and
+    /// compared with the kernel's counter.
+    predicted: u64,
 }
 
 /// One node, its counters as last read, and the tally.
@@ -713,8 +853,34 @@ impl Fuzzer {
         // The uplink's XDP program sees the packet first; the TC program still runs on it, so
         // that what XDP drops is compared with what TC decides.
         let xdp = if program == PROG_FROM_UPLINK { Some(self.run_xdp(packet)?) } else { None };
+        // What `dataplane trace` predicts from the maps as they are before the run.
+        let prediction = probe_of(program, packet).map(|(probe, entry)| predict(&probe, &entry, &self.node.state()));
         let (verdict, output) = self.node.run(program, packet);
         let stat = self.counted(program)?;
+        if let Some(prediction) = prediction {
+            self.tally.predicted += 1;
+            if let Some(xdp) = xdp {
+                let (drops, reason) = xdp_decision(&prediction);
+                if xdp != drops.then_some(reason) {
+                    return Err(format!(
+                        "{PROG_XDP_UPLINK}: trace predicts {}, the program {}\n  in:  {}",
+                        if drops { format!("a drop, {}", reason.name()) } else { "a pass".to_owned() },
+                        xdp.map_or("passed".to_owned(), |stat| format!("dropped, {}", stat.name())),
+                        hex(packet)
+                    ));
+                }
+            }
+            if prediction.stat != stat || prediction.action.code() != verdict {
+                return Err(format!(
+                    "{program}: trace predicts {} ({:?}), the program returned {verdict} and counted {}\n  steps: {:?}\n  in:  {}",
+                    prediction.stat.name(),
+                    prediction.action,
+                    stat.name(),
+                    prediction.steps,
+                    hex(packet)
+                ));
+            }
+        }
         if let Some(xdp) = xdp {
             check_xdp(xdp, verdict, stat)
                 .map_err(|rule| format!("{PROG_XDP_UPLINK}: {rule}\n  in:  {}", hex(packet)))?;
@@ -897,11 +1063,14 @@ fn fuzz_packets() {
         fuzzer.tally.cut_inner_passed
     );
     eprintln!("{PROG_XDP_UPLINK}: {} runs, {} dropped", fuzzer.tally.xdp_runs, fuzzer.tally.xdp_drops);
+    eprintln!("runs predicted by `dataplane trace` first, all agreeing with the kernel: {}", fuzzer.tally.predicted);
     if let Err(failure) = result {
         panic!("{failure}\n(reproduce with DATAPLANE_FUZZ_SEED={seed})");
     }
     check_conntrack(&conntrack).unwrap();
     assert!(fuzzer.tally.xdp_drops > 0 && fuzzer.tally.xdp_drops < fuzzer.tally.xdp_runs, "XDP both drops and passes");
+    // A good share of the runs is one trace can describe, so its prediction is really held to the kernel.
+    assert!(fuzzer.tally.predicted * 10 > fuzzer.tally.total, "trace predicted only {} runs", fuzzer.tally.predicted);
     // The generator reaches the paths it is meant to reach; a fuzzer stuck on drops proves little.
     for stat in [
         Stat::EncapVxlan,

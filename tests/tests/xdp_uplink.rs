@@ -5,8 +5,6 @@
 //! cleanup` removes it. Needs root.
 
 use std::{
-    collections::BTreeMap,
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -17,92 +15,36 @@ use std::{
 
 use anyhow::{ensure, Context as _};
 use dataplane_common::net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI};
-use dataplane_lab::{Agent, AgentOptions, Lab, LabOptions};
-use dataplane_tests::{agent_bin, workspace_root};
+use dataplane_lab::{counters, AgentOptions, Cluster};
 use serde_json::Value;
 
 const EXAMPLE: &str = "examples/two-nodes.yaml";
 const WEB_1: &str = "default/web-1";
 const WEB_2: &str = "default/web-2";
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// VXLAN datagrams of the flood.
 const FLOOD: u64 = 20_000;
 
-/// The lab and its agents; the agents stop before the lab is torn down.
-struct Cluster {
-    agents: Vec<Agent>,
-    bin: PathBuf,
-    datastore: PathBuf,
-    lab: Lab,
+/// The agents' options: native XDP on the veth uplink.
+fn native_xdp() -> AgentOptions {
+    AgentOptions { args: vec!["--xdp".into(), "native".into()], ..AgentOptions::default() }
 }
 
-impl Cluster {
-    fn up(test: &str) -> anyhow::Result<Option<Cluster>> {
-        if dataplane_tests::skip_unless_root(test) {
-            return Ok(None);
-        }
-        let datastore = workspace_root().join(EXAMPLE);
-        let model = dataplane_lab::load_model(&datastore)?;
-        let lab = Lab::up(&model, LabOptions::default())?;
-        let mut cluster = Cluster { agents: Vec::new(), bin: agent_bin(), datastore, lab };
-        for node in ["node-1", "node-2"] {
-            let agent = cluster.start_agent(node)?;
-            cluster.agents.push(agent);
-        }
-        for agent in &mut cluster.agents {
-            agent.wait_ready(READY_TIMEOUT)?;
-        }
-        Ok(Some(cluster))
-    }
+/// `dataplane <args>` in `node`'s namespace: exit code and stdout.
+fn dataplane(cluster: &Cluster, node: &str, args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
+    let bin = cluster.bin().to_string_lossy();
+    let mut argv = vec![&*bin];
+    argv.extend(args);
+    let output = cluster.lab.exec_status(cluster.lab.node_netns(node)?, &argv)?;
+    Ok((output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned()))
+}
 
-    /// An agent for `node` with native XDP on its veth uplink.
-    fn start_agent(&self, node: &str) -> anyhow::Result<Agent> {
-        let options = AgentOptions { args: vec!["--xdp".into(), "native".into()], ..AgentOptions::default() };
-        self.lab.start_agent_with(node, &self.bin, &self.datastore, &options)
-    }
-
-    /// `dataplane <args>` in `node`'s namespace: exit code and stdout.
-    fn dataplane(&self, node: &str, args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
-        let bin = self.bin.to_string_lossy();
-        let mut argv = vec![&*bin];
-        argv.extend(args);
-        let output = self.lab.exec_status(self.lab.node_netns(node)?, &argv)?;
-        Ok((output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned()))
-    }
-
-    fn logs(&self) -> String {
-        let mut text = format!("lab {}; agent logs:", self.lab.prefix());
-        for agent in &self.agents {
-            text.push_str(&format!("\n--- agent of {} ---\n{}", agent.node(), agent.log().trim_end()));
-        }
-        text
-    }
-
-    /// The counters of `node`'s fast path (`dataplane stats -o json`).
-    fn stats(&self, node: &str) -> anyhow::Result<BTreeMap<String, u64>> {
-        let bin = self.bin.to_string_lossy();
-        let pin = self.lab.pin_path(node);
-        let pin_arg = pin.to_string_lossy();
-        let output = dataplane_lab::cmd::run(&[&*bin, "stats", "--pin-path", &pin_arg, "-o", "json"])?;
-        let json: Value =
-            serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` printed no JSON")?;
-        let mut counters = BTreeMap::new();
-        for section in ["decisions", "drops"] {
-            for (name, value) in json[section].as_object().with_context(|| format!("no {section} in {json}"))? {
-                counters.insert(name.clone(), value.as_u64().unwrap_or(0));
-            }
-        }
-        Ok(counters)
-    }
-
-    /// The XDP program on `node`'s uplink as `ip -d -j link` reports it: mode and program id.
-    fn xdp(&self, node: &str) -> anyhow::Result<Option<(u64, u64)>> {
-        let lab_node = self.lab.node(node)?;
-        let json = self.lab.exec_stdout(&lab_node.netns, &["ip", "-d", "-j", "link", "show", &lab_node.uplink])?;
-        let links: Value = serde_json::from_str(&json).context("`ip -j link` printed no JSON")?;
-        let xdp = &links[0]["xdp"];
-        Ok(xdp["mode"].as_u64().zip(xdp["prog"]["id"].as_u64()))
-    }
+/// The XDP program on `node`'s uplink as `ip -d -j link` reports it: mode and program id.
+fn xdp(cluster: &Cluster, node: &str) -> anyhow::Result<Option<(u64, u64)>> {
+    let lab_node = cluster.lab.node(node)?;
+    let json = cluster.lab.exec_stdout(&lab_node.netns, &["ip", "-d", "-j", "link", "show", &lab_node.uplink])?;
+    let links: Value = serde_json::from_str(&json).context("`ip -j link` printed no JSON")?;
+    let xdp = &links[0]["xdp"];
+    Ok(xdp["mode"].as_u64().zip(xdp["prog"]["id"].as_u64()))
 }
 
 /// `ip link`'s XDP mode number of native XDP (XDP_ATTACHED_DRV).
@@ -121,11 +63,13 @@ fn vxlan_payload() -> Vec<u8> {
 
 #[test]
 fn xdp_drops_a_non_peer_flood_while_pods_talk_and_survives_a_restart() -> anyhow::Result<()> {
-    let Some(mut cluster) = Cluster::up("xdp_drops_a_non_peer_flood_while_pods_talk_and_survives_a_restart")? else {
+    let test = "xdp_drops_a_non_peer_flood_while_pods_talk_and_survives_a_restart";
+    let Some(mut cluster) = Cluster::up_or_skip(test, EXAMPLE)? else {
         return Ok(());
     };
+    cluster.start_all(&native_xdp())?;
     let lab = &cluster.lab;
-    for agent in &cluster.agents {
+    for agent in cluster.agents() {
         let log = agent.log();
         ensure!(
             log.contains("xdp=native veth=true"),
@@ -133,19 +77,19 @@ fn xdp_drops_a_non_peer_flood_while_pods_talk_and_survives_a_restart() -> anyhow
             agent.node()
         );
     }
-    let (mode, first_id) = cluster.xdp("node-1")?.context("no XDP program on node-1's uplink")?;
+    let (mode, first_id) = xdp(&cluster, "node-1")?.context("no XDP program on node-1's uplink")?;
     ensure!(mode == XDP_ATTACHED_DRV, "node-1's uplink runs XDP in mode {mode}, not native (driver)");
 
     // `dataplane check` sees it healthy; `trace --inject` of a non-peer's VXLAN says XDP drops it
     // first, and the XDP program's own run agrees.
-    let datastore = format!("file:{}", cluster.datastore.display());
+    let datastore = format!("file:{}", cluster.datastore().display());
     let pins = cluster.lab.pin_path("node-1").to_string_lossy().into_owned();
     let check_args = ["check", "--datastore", datastore.as_str(), "--node", "node-1", "--pin-path", pins.as_str()];
-    let (code, text) = cluster.dataplane("node-1", &check_args)?;
+    let (code, text) = dataplane(&cluster, "node-1", &check_args)?;
     ensure!(code == Some(0) && text.contains("checked 8 program links"), "check on node-1:\n{text}");
     let trace_args = ["trace", "10.244.2.2", "10.244.1.2", "--from", "uplink", "--outer-src", "10.100.0.99"];
     let (_, text) =
-        cluster.dataplane("node-1", &[&trace_args[..], &["--inject", "--pin-path", pins.as_str()]].concat())?;
+        dataplane(&cluster, "node-1", &[&trace_args[..], &["--inject", "--pin-path", pins.as_str()]].concat())?;
     ensure!(
         text.contains("xdp: xdp_uplink (native XDP of eth0) drops it before an skb exists (drop_unknown_peer)")
             && text.contains("xdp inject: drop, counters: drop_unknown_peer +1")
@@ -158,7 +102,7 @@ fn xdp_drops_a_non_peer_flood_while_pods_talk_and_survives_a_restart() -> anyhow
     let web1 = lab.pod(WEB_1)?.clone();
     let web2 = lab.pod(WEB_2)?.clone();
     let node_1 = lab.node("node-1")?.addr.addr();
-    let before = cluster.stats("node-1")?;
+    let before = counters::read(cluster.bin(), &cluster.lab.pin_path("node-1"))?;
     let socket = dataplane_lab::udp_socket_in(&lab.external().netns, 0, None)?;
     let payload = vxlan_payload();
     let pinging = Arc::new(AtomicBool::new(true));
@@ -190,7 +134,7 @@ fn xdp_drops_a_non_peer_flood_while_pods_talk_and_survives_a_restart() -> anyhow
     ensure!(replies >= 3, "web-1's pings to web-2 during the flood: {pinged}\n{}", cluster.logs());
     ensure!(lab.ping_ok(&web1, web2.addr, 3)?, "web-1 cannot ping web-2 after the flood");
     thread::sleep(Duration::from_millis(200));
-    let after = cluster.stats("node-1")?;
+    let after = counters::read(cluster.bin(), &cluster.lab.pin_path("node-1"))?;
     let dropped = after["drop_unknown_peer"] - before["drop_unknown_peer"];
     eprintln!("flood: {sent} sent, {dropped} counted drop_unknown_peer");
     // The fabric may lose some of a flood; most of it arrives, and all that arrives is dropped at XDP.
@@ -202,44 +146,39 @@ fn xdp_drops_a_non_peer_flood_while_pods_talk_and_survives_a_restart() -> anyhow
     ensure!(after["decap_vxlan"] > before["decap_vxlan"], "no VXLAN from node-2 decapsulated: {after:?}");
 
     // A restarted agent adopts the pinned link: the program is swapped in, never detached.
-    let agent = &mut cluster.agents[0];
-    agent.stop()?;
-    ensure!(cluster.xdp("node-1")?.is_some(), "XDP left the uplink with the agent");
-    let agent = cluster.start_agent("node-1")?;
-    cluster.agents[0] = agent;
-    cluster.agents[0].wait_ready(READY_TIMEOUT)?;
-    let log = cluster.agents[0].log();
+    cluster.stop("node-1")?;
+    ensure!(xdp(&cluster, "node-1")?.is_some(), "XDP left the uplink with the agent");
+    cluster.start("node-1", &native_xdp())?;
+    let log = cluster.log("node-1");
     ensure!(
         log.lines().any(|l| l.contains("program=\"xdp_uplink\"") && l.contains("adopted=true")),
         "the restarted agent did not adopt the XDP link:\n{log}"
     );
-    let (_, second_id) = cluster.xdp("node-1")?.context("no XDP program after the restart")?;
+    let (_, second_id) = xdp(&cluster, "node-1")?.context("no XDP program after the restart")?;
     ensure!(second_id != first_id, "the restarted agent's program was not swapped in (still id {first_id})");
     ensure!(cluster.lab.ping_ok(&web1, web2.addr, 3)?, "web-1 cannot ping web-2 after the restart");
 
     // Its pin removed, the link goes with it (on a veth `check` expects no XDP unless pinned, so
     // it cannot tell; its findings for a missing link are unit-tested in check.rs).
-    cluster.agents[0].stop()?;
+    cluster.stop("node-1")?;
     let xdp_pin = cluster.lab.pin_path("node-1").join("links").join("xdp_eth0");
     std::fs::remove_file(&xdp_pin).with_context(|| format!("removing {}", xdp_pin.display()))?;
     // The kernel lets the link go after its pin's inode is freed (after an RCU grace period, then
     // from a workqueue): on a busy machine that takes a moment.
     let started = Instant::now();
-    while cluster.xdp("node-1")?.is_some() && started.elapsed() < Duration::from_secs(5) {
+    while xdp(&cluster, "node-1")?.is_some() && started.elapsed() < Duration::from_secs(5) {
         thread::sleep(Duration::from_millis(20));
     }
-    ensure!(cluster.xdp("node-1")?.is_none(), "XDP stayed on node-1's uplink 5 s after its pin went");
+    ensure!(xdp(&cluster, "node-1")?.is_none(), "XDP stayed on node-1's uplink 5 s after its pin went");
 
     // `dataplane cleanup` removes the XDP program with the rest.
-    let agent = cluster.start_agent("node-1")?;
-    cluster.agents[0] = agent;
-    cluster.agents[0].wait_ready(READY_TIMEOUT)?;
-    ensure!(cluster.xdp("node-1")?.is_some(), "the agent did not attach XDP again");
-    cluster.agents[0].stop()?;
+    cluster.start("node-1", &native_xdp())?;
+    ensure!(xdp(&cluster, "node-1")?.is_some(), "the agent did not attach XDP again");
+    cluster.stop("node-1")?;
     let pin = cluster.lab.pin_path("node-1");
     let netns = cluster.lab.node_netns("node-1")?;
-    let bin = cluster.bin.to_string_lossy().into_owned();
+    let bin = cluster.bin().to_string_lossy().into_owned();
     cluster.lab.exec(netns, &[&bin, "cleanup", "--pin-path", &pin.to_string_lossy()])?;
-    ensure!(cluster.xdp("node-1")?.is_none(), "`dataplane cleanup` left XDP on node-1's uplink");
+    ensure!(xdp(&cluster, "node-1")?.is_none(), "`dataplane cleanup` left XDP on node-1's uplink");
     Ok(())
 }

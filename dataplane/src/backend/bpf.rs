@@ -32,9 +32,9 @@ use aya::{
 };
 use dataplane_common::{
     monitor::{MONITOR_COUNTS_MAP, MONITOR_EVENTS_MAP, MONITOR_LEASE_MAP, MONITOR_LEASE_MAP_V1, MONITOR_LEASE_SECTION},
-    FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Route, Workload, CONNTRACK_MAP,
-    FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
-    PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
+    FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Pools, Route, Workload, WorkloadSlot,
+    CONNTRACK_MAP, FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, POOLS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK,
+    PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP, WORKLOAD_SLOTS_MAP,
 };
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
@@ -98,9 +98,11 @@ pub fn loader(log: KernelLog) -> EbpfLoader<'static> {
 }
 
 /// Every map the programs use; each is pinned as `<pin path>/<name>`.
-pub const MAPS: [&str; 10] = [
+pub const MAPS: [&str; 12] = [
     ROUTES_MAP,
+    POOLS_MAP,
     WORKLOADS_MAP,
+    WORKLOAD_SLOTS_MAP,
     PEERS_MAP,
     NODE_MAP,
     STATS_MAP,
@@ -156,6 +158,10 @@ struct Programmed {
     node: Option<NodeConfig>,
     routes: BTreeMap<RouteKey, Route>,
     workloads: BTreeMap<u32, Workload>,
+    /// The occupied workload slots, by slot index.
+    slots: BTreeMap<u32, WorkloadSlot>,
+    /// The pools map's value.
+    pools: Option<Pools>,
     peers: BTreeMap<Ipv4Bytes, Peer>,
 }
 
@@ -180,6 +186,10 @@ struct MapDrift {
     /// The node map's value, when it differs.
     node: Option<Option<NodeConfig>>,
     workloads: Vec<(u32, Option<Workload>)>,
+    /// The occupied workload slots that differ, by slot index.
+    slots: Vec<(u32, Option<WorkloadSlot>)>,
+    /// The pools map's value, when it differs.
+    pools: Option<Option<Pools>>,
     routes: Vec<(RouteKey, Option<Route>)>,
     peers: Vec<(Ipv4Bytes, Option<Peer>)>,
 }
@@ -192,6 +202,8 @@ fn read_pinned(pin_path: &Path) -> anyhow::Result<Programmed> {
         node: maps.read_node().ok(),
         routes: maps.read_routes()?,
         workloads: maps.read_workloads()?,
+        slots: read_pinned_slots(pin_path)?,
+        pools: read_pinned_pools(pin_path).ok(),
         peers: maps.read_peers()?,
     })
 }
@@ -211,6 +223,8 @@ fn read_apart(
     let maps = known.map(|known| MapDrift {
         node: (known.node != kernel.node).then_some(kernel.node),
         workloads: drift(&known.workloads, kernel.workloads),
+        slots: drift(&known.slots, kernel.slots),
+        pools: (known.pools != kernel.pools).then_some(kernel.pools),
         routes: drift(&known.routes, kernel.routes),
         peers: drift(&known.peers, kernel.peers),
     });
@@ -222,6 +236,37 @@ fn read_apart(
         .context("a runtime for the resync's read of the route table")?;
     let table = runtime.block_on(async { table.read(&crate::rtnl::connect()?).await })?;
     Ok(KernelRead { maps, table, copy_ms: 0, maps_ms, table_ms: started.elapsed().as_millis() as u64 })
+}
+
+/// The occupied slots of the workload slots map pinned under `pin_path`.
+fn read_pinned_slots(pin_path: &Path) -> anyhow::Result<BTreeMap<u32, WorkloadSlot>> {
+    let path = pin_path.join(WORKLOAD_SLOTS_MAP);
+    let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let map = Array::try_from(aya::maps::Map::Array(map)).context("the workload slots map has an unexpected layout")?;
+    read_slots(&map)
+}
+
+/// The value of the pools map pinned under `pin_path`.
+fn read_pinned_pools(pin_path: &Path) -> anyhow::Result<Pools> {
+    let path = pin_path.join(POOLS_MAP);
+    let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let map: Array<MapData, Pools> =
+        Array::try_from(aya::maps::Map::Array(map)).context("the pools map has an unexpected layout")?;
+    map.get(&0, 0).context("reading the pools map")
+}
+
+/// The occupied slots of a workload slots map.
+fn read_slots<T: std::borrow::Borrow<MapData>>(
+    map: &Array<T, WorkloadSlot>,
+) -> anyhow::Result<BTreeMap<u32, WorkloadSlot>> {
+    let mut slots = BTreeMap::new();
+    for (index, slot) in (0..).zip(map.iter()) {
+        let slot = slot.context("reading the workload slots map")?;
+        if slot != WorkloadSlot::EMPTY {
+            slots.insert(index, slot);
+        }
+    }
+    Ok(slots)
 }
 
 /// The loaded programs and pinned maps of one node.
@@ -465,12 +510,17 @@ impl BpfBackend {
         // Unknown (a failed write, before or since the read started): the next apply reads the
         // maps anyway.
         if let (Some(programmed), Some(maps)) = (self.programmed.as_mut(), read.maps) {
-            let MapDrift { node, workloads, routes, peers } = maps;
+            let MapDrift { node, workloads, slots, pools, routes, peers } = maps;
             if let Some(node) = node {
                 programmed.node = node;
                 drifted = true;
             }
+            if let Some(pools) = pools {
+                programmed.pools = pools;
+                drifted = true;
+            }
             drifted |= !take_drift(&mut programmed.workloads, workloads).is_empty();
+            drifted |= !take_drift(&mut programmed.slots, slots).is_empty();
             for (prefix_len, addr) in take_drift(&mut programmed.routes, routes) {
                 match u8::try_from(prefix_len).ok().and_then(|len| Ipv4Net::new(Ipv4Addr::from(addr), len).ok()) {
                     Some(prefix) => {
@@ -648,6 +698,9 @@ impl BpfBackend {
         let node = node.get(&0, 0).ok();
         let workloads: HashMap<&mut MapData, u32, Workload> = map_mut(&mut self.ebpf, WORKLOADS_MAP)?;
         let workloads = workloads.iter().collect::<Result<_, _>>().context("reading the workloads map")?;
+        let slots = read_slots(&map_mut::<Array<&mut MapData, WorkloadSlot>>(&mut self.ebpf, WORKLOAD_SLOTS_MAP)?)?;
+        let pools: Array<&mut MapData, Pools> = map_mut(&mut self.ebpf, POOLS_MAP)?;
+        let pools = pools.get(&0, 0).ok();
         let peers: HashMap<&mut MapData, Ipv4Bytes, Peer> = map_mut(&mut self.ebpf, PEERS_MAP)?;
         let peers = peers.iter().collect::<Result<_, _>>().context("reading the peers map")?;
         let routes: LpmTrie<&mut MapData, Ipv4Bytes, Route> = map_mut(&mut self.ebpf, ROUTES_MAP)?;
@@ -656,7 +709,7 @@ impl BpfBackend {
             .map(|entry| entry.map(|(key, value)| ((key.prefix_len(), key.data()), value)))
             .collect::<Result<_, _>>()
             .context("reading the routes map")?;
-        Ok(Programmed { node, routes, workloads, peers })
+        Ok(Programmed { node, routes, workloads, slots, pools, peers })
     }
 
     /// Writes the entries that differ from what this process last wrote (the kernel's maps are
@@ -682,6 +735,20 @@ impl BpfBackend {
             node.set(0, desired.node, 0).context("writing the node map")?;
             programmed.node = Some(desired.node);
             report.written += 1;
+        }
+        {
+            // Slots before the hash: a removed workload's slot is emptied before its hash entry
+            // goes, so no slot ever outlives the record it caches.
+            let mut map: Array<&mut MapData, WorkloadSlot> = map_mut(&mut self.ebpf, WORKLOAD_SLOTS_MAP)?;
+            sync(
+                &mut map,
+                &mut programmed.slots,
+                &entries::workload_slots(&desired.workloads),
+                None,
+                report,
+                |map, index, slot| map.set(*index, slot, 0).context("writing the workload slots map"),
+                |map, index| map.set(*index, WorkloadSlot::EMPTY, 0).context("emptying a workload slot"),
+            )?;
         }
         {
             let mut map: HashMap<&mut MapData, u32, Workload> = map_mut(&mut self.ebpf, WORKLOADS_MAP)?;
@@ -730,6 +797,14 @@ impl BpfBackend {
                     already_gone(map.remove(&Key::new(*prefix_len, *addr))).context("removing from the routes map")
                 },
             )?;
+        }
+        // After the routes, from all of them (a change writes only the routes it touched).
+        let pools = entries::pools(&programmed.routes);
+        if programmed.pools != Some(pools) {
+            let mut map: Array<&mut MapData, Pools> = map_mut(&mut self.ebpf, POOLS_MAP)?;
+            map.set(0, pools, 0).context("writing the pools map")?;
+            programmed.pools = Some(pools);
+            report.written += 1;
         }
         self.programmed = Some(programmed);
         Ok(())
@@ -1029,7 +1104,11 @@ mod tests {
 
     #[test]
     fn decision_records_are_shown_with_names_and_other_lines_pass_unchanged() {
-        let line = format!("{} {} 7", dataplane_common::Program::FromWorkload as u32, dataplane_common::Stat::DropBlackhole.index());
+        let line = format!(
+            "{} {} 7",
+            dataplane_common::Program::FromWorkload as u32,
+            dataplane_common::Stat::DropBlackhole.index()
+        );
         let decision = DecisionRecord::parse(&line).expect("a decision record");
         assert_eq!(decision.to_string(), "from_workload: drop_blackhole (ifindex 7)");
         for other in ["kernel logs on", "0 1", "0 1 2 3", "99 1 2", "0 31 2", "0 x 2", ""] {

@@ -9,8 +9,8 @@ use std::{
 
 use dataplane_common::{
     net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI},
-    peer_flags, route_flags, route_kind, workload_flags, FlowTimeouts, Ipv4Bytes, MacBytes, NodeConfig, Peer, Route,
-    Workload,
+    peer_flags, route_flags, route_kind, workload_flags, workload_slot, FlowTimeouts, Ipv4Bytes, MacBytes, NodeConfig,
+    Peer, PoolPrefix, Pools, Route, Workload, WorkloadSlot, POOLS_MAX, POOLS_TOO_MANY,
 };
 use ipnet::Ipv4Net;
 
@@ -33,6 +33,34 @@ pub struct MapEntries {
     pub workloads: BTreeMap<u32, Workload>,
     /// The peers map.
     pub peers: BTreeMap<Ipv4Bytes, Peer>,
+}
+
+/// The workload slots map derived from the workloads map: the occupied slots by index. Where
+/// interfaces share a slot the lowest ifindex holds it (the others are found through the hash),
+/// so the choice depends only on the workloads, never on the order they were written in.
+pub fn workload_slots(workloads: &BTreeMap<u32, Workload>) -> BTreeMap<u32, WorkloadSlot> {
+    let mut slots = BTreeMap::new();
+    // Ascending ifindex: the first to claim a slot keeps it.
+    for (&ifindex, &workload) in workloads {
+        slots.entry(workload_slot(ifindex)).or_insert(WorkloadSlot { ifindex, workload });
+    }
+    slots
+}
+
+/// The pools map derived from the routes map: the prefixes of its pool routes, in key order, or
+/// [`POOLS_TOO_MANY`] when they do not fit (the programs then ask the routes map).
+pub fn pools(routes: &BTreeMap<RouteKey, Route>) -> Pools {
+    let mut pools = Pools::default();
+    for ((prefix_len, network), _) in routes.iter().filter(|(_, route)| route.kind == route_kind::POOL) {
+        let Some(prefix) = pools.prefixes.get_mut(pools.count as usize) else {
+            return Pools { count: POOLS_TOO_MANY, ..Pools::default() };
+        };
+        let mask = u32::MAX.checked_shl(32 - prefix_len).unwrap_or(0);
+        *prefix = PoolPrefix { network: *network, mask: mask.to_be_bytes() };
+        pools.count += 1;
+    }
+    debug_assert!(pools.count as usize <= POOLS_MAX);
+    pools
 }
 
 /// What the kernel programs need to know about this host beyond the plan.
@@ -332,5 +360,41 @@ mod tests {
         let (entries, _) = from_plan(&plan, UPLINK, |name| (name == "cali1").then_some(7), &learned);
         assert_eq!(entries.workloads[&7].mac, datastore.0);
         assert_eq!(entries.routes[&(32, [10, 244, 1, 2])].mac, datastore.0);
+    }
+
+    #[test]
+    fn interfaces_sharing_a_slot_leave_it_to_the_lowest_ifindex() {
+        let pod = |last: u8| Workload { addr: [10, 244, 1, last], mac: [0; 6], flags: 0, _pad: 0 };
+        let high = 7 + dataplane_common::WORKLOAD_SLOTS;
+        let workloads = BTreeMap::from([(high, pod(3)), (7, pod(2)), (9, pod(4))]);
+        let slots = workload_slots(&workloads);
+        assert_eq!(slots.len(), 2, "7 and {high} share one slot");
+        assert_eq!(slots[&7], WorkloadSlot { ifindex: 7, workload: pod(2) });
+        assert_eq!(slots[&9], WorkloadSlot { ifindex: 9, workload: pod(4) });
+        // When 7 goes, the slot passes to the interface that shared it.
+        let slots = workload_slots(&BTreeMap::from([(high, pod(3)), (9, pod(4))]));
+        assert_eq!(slots[&7], WorkloadSlot { ifindex: high, workload: pod(3) });
+    }
+
+    #[test]
+    fn the_pools_map_answers_as_the_routes_map_does() {
+        let mut plan = plan();
+        let pool = PlannedRoute { target: RouteTarget::Pool, pool: Some("default".into()), nat_outgoing: true };
+        plan.routes.insert("10.244.0.0/16".parse().unwrap(), pool);
+        let (entries, _) = from_plan(&plan, UPLINK, |_| Some(7), &BTreeMap::new());
+        let derived = pools(&entries.routes);
+        assert_eq!(derived.count, 1);
+        assert_eq!(derived.prefixes[0], PoolPrefix { network: [10, 244, 0, 0], mask: [255, 255, 0, 0] });
+        assert_eq!(derived.contain([10, 244, 2, 9]), Some(true));
+        assert_eq!(derived.contain([10, 245, 0, 1]), Some(false));
+        assert_eq!(derived.contain([10, 100, 0, 12]), Some(false), "a node's address is in no pool");
+
+        // More pools than the map holds: the programs ask the routes map.
+        let many: BTreeMap<RouteKey, Route> = (0..=POOLS_MAX as u8)
+            .map(|i| ((24, [10, i, 0, 0]), Route { kind: route_kind::POOL, ..Route::default() }))
+            .collect();
+        assert_eq!(pools(&many).count, POOLS_TOO_MANY);
+        assert_eq!(pools(&many).contain([10, 0, 0, 1]), None);
+        assert_eq!(pools(&BTreeMap::new()).contain([10, 0, 0, 1]), None, "nothing written: ask the routes map");
     }
 }

@@ -4,14 +4,16 @@ use std::net::Ipv4Addr;
 
 use dataplane_common::{
     net::{
-        ARPHRD_ETHER, ARPOP_REQUEST, DEFAULT_TTL, ETH_ALEN, ETH_HLEN, ETH_P_ARP, ETH_P_IP, GATEWAY_MAC,
-        ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, TCP_SYN,
-        UDP_HLEN, VXLAN_FLAG_VNI, VXLAN_HLEN,
+        DEFAULT_TTL, ETH_ALEN, ETH_HLEN, ETH_P_IP, GATEWAY_MAC, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP,
+        IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, TCP_SYN, UDP_HLEN, VXLAN_HLEN,
     },
     MacBytes,
 };
 
-use crate::model::MacAddr;
+use crate::{
+    model::MacAddr,
+    packet::{Ipv4Header, Packet},
+};
 
 use super::*;
 
@@ -21,9 +23,9 @@ pub(super) const TCP_HLEN: usize = 20;
 /// The UDP source port of the VXLAN packets built for `--from uplink`.
 pub(super) const VXLAN_PROBE_SPORT: u16 = 50000;
 
-/// The IPv4 identification of every probe: with its addresses and protocol, the key of its
-/// datagram in the fragments map.
-pub(crate) const PROBE_IP_ID: u16 = 0x1234;
+/// The IPv4 identification of every probe (the packet builder's): with its addresses and
+/// protocol, the key of its datagram in the fragments map.
+pub(crate) const PROBE_IP_ID: u16 = crate::packet::IPV4_ID;
 
 /// The fragment offset of a `--fragment later` probe, in 8-byte units: where the second fragment
 /// of a 1500-byte packet starts.
@@ -32,160 +34,12 @@ pub(super) const LATER_FRAGMENT_OFFSET: u16 = 1480 / 8;
 /// The options word of an `--ip-options` probe: three NOPs and the end of the list.
 pub(super) const IP_OPTIONS_WORD: [u8; 4] = [1, 1, 1, 0];
 
-/// Bytes of an ARP request for IPv4 over Ethernet.
-pub(super) const ARP_LEN: usize = 28;
-
 /// MACs for the outer Ethernet header of packets from the uplink (the programs do not read them).
 pub(super) const UPLINK_PEER_MAC: MacBytes = [0x02, 0, 0, 0, 0, 0x02];
 
 pub(super) const UPLINK_OWN_MAC: MacBytes = [0x02, 0, 0, 0, 0, 0x01];
 
-/// The RFC 1071 checksum of `data` (an odd last byte padded with zero): an IPv4 header's over
-/// the header, a segment's through [`transport_checksum`]. The one checksum of the probes and
-/// of the tests' packet builder.
-pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 =
-        data.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// The fields of an IPv4 header that vary between the packets built here.
-#[derive(Clone, Copy)]
-pub(super) struct Ipv4Fields {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    protocol: u8,
-    ttl: u8,
-    total_len: u16,
-    /// Flags and fragment offset.
-    frag_off: u16,
-    /// With the options word (IHL 6).
-    options: bool,
-}
-
-/// An IPv4 header with its checksum (20 bytes, or 24 with the options word).
-pub(super) fn ipv4_header(fields: Ipv4Fields) -> Vec<u8> {
-    let mut header = vec![0u8; IPV4_HLEN];
-    header[2..4].copy_from_slice(&fields.total_len.to_be_bytes());
-    header[4..6].copy_from_slice(&PROBE_IP_ID.to_be_bytes());
-    header[6..8].copy_from_slice(&fields.frag_off.to_be_bytes());
-    header[8] = fields.ttl;
-    header[9] = fields.protocol;
-    header[12..16].copy_from_slice(&fields.src.octets());
-    header[16..20].copy_from_slice(&fields.dst.octets());
-    if fields.options {
-        header.extend_from_slice(&IP_OPTIONS_WORD);
-    }
-    // Version 4, and the header length in 32-bit words.
-    header[0] = 0x40 | (header.len() / 4) as u8;
-    let check = checksum(&header);
-    header[10..12].copy_from_slice(&check.to_be_bytes());
-    header
-}
-
-/// An outer header as a node sends it: whole, no options, DF, TTL 64, unless `frag_off` says
-/// it is a fragment.
-pub(super) fn outer_ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, total_len: u16, frag_off: u16) -> Vec<u8> {
-    ipv4_header(Ipv4Fields { src, dst, protocol, ttl: DEFAULT_TTL, total_len, frag_off, options: false })
-}
-
-/// The probe as an IPv4 packet: header (with options, fragment bits), transport header with its
-/// checksum, zero payload. (A later fragment carries the same bytes: the programs do not read
-/// them.)
-pub fn ipv4_packet(probe: &Probe) -> Vec<u8> {
-    let header_len = IPV4_HLEN + probe.options_len();
-    let total = usize::from(probe.size).max(header_len + probe.proto.header_len());
-    let mut l4 = vec![0u8; total - header_len];
-    let checksum_at = match probe.proto {
-        Proto::Tcp => {
-            l4[0..2].copy_from_slice(&probe.sport.to_be_bytes());
-            l4[2..4].copy_from_slice(&probe.dport.to_be_bytes());
-            l4[4..8].copy_from_slice(&1u32.to_be_bytes());
-            l4[12] = 0x50;
-            l4[13] = TCP_SYN;
-            l4[14..16].copy_from_slice(&0xffffu16.to_be_bytes());
-            16
-        }
-        Proto::Udp => {
-            l4[0..2].copy_from_slice(&probe.sport.to_be_bytes());
-            l4[2..4].copy_from_slice(&probe.dport.to_be_bytes());
-            l4[4..6].copy_from_slice(&((total - IPV4_HLEN) as u16).to_be_bytes());
-            6
-        }
-        Proto::Icmp => {
-            let kind = probe.icmp_type();
-            let id = if kind == ICMP_ECHO_REQUEST { probe.sport } else { probe.dport };
-            l4[0] = kind;
-            l4[4..6].copy_from_slice(&id.to_be_bytes());
-            l4[6..8].copy_from_slice(&1u16.to_be_bytes());
-            2
-        }
-        // Built by `arp_request`.
-        Proto::Arp => return Vec::new(),
-    };
-    let protocol = probe.proto.number();
-    let sum = transport_checksum(probe.src.octets(), probe.dst.octets(), protocol, &l4);
-    l4[checksum_at..checksum_at + 2].copy_from_slice(&sum.to_be_bytes());
-    let mut packet = ipv4_header(Ipv4Fields {
-        src: probe.src,
-        dst: probe.dst,
-        protocol,
-        ttl: probe.ttl,
-        total_len: total as u16,
-        frag_off: probe.frag_off(),
-        options: probe.options,
-    });
-    packet.extend_from_slice(&l4);
-    packet
-}
-
-/// The checksum of the TCP, UDP or ICMP `segment` of an IPv4 packet from `src` to `dst`, over
-/// the segment as given (its checksum field zeroed by the caller): TCP and UDP sum the
-/// pseudo-header too, and UDP sends a computed 0 as 0xffff (0 means "no checksum").
-pub fn transport_checksum(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> u16 {
-    let mut summed = Vec::with_capacity(12 + segment.len());
-    if protocol != IPPROTO_ICMP {
-        summed.extend_from_slice(&src);
-        summed.extend_from_slice(&dst);
-        summed.extend_from_slice(&[0, protocol]);
-        summed.extend_from_slice(&(segment.len() as u16).to_be_bytes());
-    }
-    summed.extend_from_slice(segment);
-    let sum = checksum(&summed);
-    if protocol == IPPROTO_UDP && sum == 0 {
-        0xffff
-    } else {
-        sum
-    }
-}
-
-/// An ARP request from `mac`/`probe.src` asking for `probe.dst`, broadcast.
-pub(super) fn arp_request(probe: &Probe, mac: MacBytes) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(ETH_HLEN + ARP_LEN);
-    frame.extend_from_slice(&[0xff; ETH_ALEN]);
-    frame.extend_from_slice(&mac);
-    frame.extend_from_slice(&ETH_P_ARP.to_be_bytes());
-    frame.extend_from_slice(&ARPHRD_ETHER.to_be_bytes());
-    frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
-    frame.extend_from_slice(&[ETH_ALEN as u8, 4]);
-    frame.extend_from_slice(&ARPOP_REQUEST.to_be_bytes());
-    frame.extend_from_slice(&mac);
-    frame.extend_from_slice(&probe.src.octets());
-    frame.extend_from_slice(&[0; ETH_ALEN]);
-    frame.extend_from_slice(&probe.dst.octets());
-    frame
-}
-
-pub(super) fn ethernet(dst: MacBytes, src: MacBytes) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(128);
-    frame.extend_from_slice(&dst);
-    frame.extend_from_slice(&src);
-    frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
-    frame
-}
+pub use crate::packet::{checksum, transport_checksum};
 
 pub(super) fn parse_mac(text: Option<&String>) -> MacBytes {
     text.and_then(|t| t.parse::<MacAddr>().ok()).map(|m| m.0).unwrap_or_default()
@@ -200,68 +54,68 @@ pub fn build_packet(probe: &Probe, entry: &Entry, state: &State) -> Vec<u8> {
             Entry::Workload { ifindex } => pod_mac(ifindex),
             _ => UPLINK_PEER_MAC,
         };
-        return arp_request(probe, mac);
+        return Packet::eth(mac, [0xff; ETH_ALEN]).arp_request(mac, probe.src.octets(), probe.dst.octets()).finish();
     }
-    // A tunnel packet is fragmented outside: the inner packet is whole.
-    let tunneled = matches!(entry, Entry::Uplink { tunnel: Some(_), outer_src: Some(_) });
-    let inner = if tunneled { ipv4_packet(&Probe { fragment: Fragment::None, ..*probe }) } else { ipv4_packet(probe) };
-    match *entry {
-        Entry::Workload { ifindex } => {
-            let mut frame = ethernet(GATEWAY_MAC, pod_mac(ifindex));
-            frame.extend_from_slice(&inner);
-            frame
-        }
+    let frame = match *entry {
+        Entry::Workload { ifindex } => Packet::eth(pod_mac(ifindex), GATEWAY_MAC),
         Entry::Uplink { tunnel: Some(kind), outer_src: Some(from) } => {
             let node = state.node.unwrap_or_default();
             let outer = outer_headers(kind, from, &node, &state.routes, probe.src);
-            let mut frame = ethernet(UPLINK_OWN_MAC, UPLINK_PEER_MAC);
+            let protocol = if kind == Tunnel::Vxlan { IPPROTO_UDP } else { IPPROTO_IPIP };
+            let frame = Packet::eth(UPLINK_PEER_MAC, UPLINK_OWN_MAC).ipv4_header(Ipv4Header {
+                src: outer.src.octets(),
+                dst: outer.dst.octets(),
+                protocol,
+                ttl: DEFAULT_TTL,
+                frag_off: probe.frag_off(),
+                options: &[],
+            });
             match kind {
-                Tunnel::Vxlan => {
-                    let total = IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN + inner.len();
-                    frame.extend_from_slice(&outer_ipv4_header(
-                        outer.src,
-                        outer.dst,
-                        IPPROTO_UDP,
-                        total as u16,
-                        probe.frag_off(),
-                    ));
-                    frame.extend_from_slice(&VXLAN_PROBE_SPORT.to_be_bytes());
-                    frame.extend_from_slice(&node.vxlan_port.to_be_bytes());
-                    frame.extend_from_slice(&((total - IPV4_HLEN) as u16).to_be_bytes());
-                    frame.extend_from_slice(&[0, 0]);
-                    let vni = node.vni.to_be_bytes();
-                    frame.extend_from_slice(&[VXLAN_FLAG_VNI, 0, 0, 0, vni[1], vni[2], vni[3], 0]);
-                    frame.extend_from_slice(&ethernet(
-                        parse_mac(outer.inner_dst_mac.as_ref()),
-                        parse_mac(outer.inner_src_mac.as_ref()),
-                    ));
-                }
-                Tunnel::Ipip => {
-                    let total = IPV4_HLEN + inner.len();
-                    frame.extend_from_slice(&outer_ipv4_header(
-                        outer.src,
-                        outer.dst,
-                        IPPROTO_IPIP,
-                        total as u16,
-                        probe.frag_off(),
-                    ));
-                }
+                Tunnel::Vxlan => frame.udp(VXLAN_PROBE_SPORT, node.vxlan_port).vxlan(
+                    node.vni,
+                    parse_mac(outer.inner_src_mac.as_ref()),
+                    parse_mac(outer.inner_dst_mac.as_ref()),
+                ),
+                Tunnel::Ipip => frame,
             }
-            frame.extend_from_slice(&inner);
-            frame
         }
-        Entry::Uplink { .. } | Entry::Host => {
-            let mut frame = ethernet(UPLINK_OWN_MAC, UPLINK_PEER_MAC);
-            frame.extend_from_slice(&inner);
-            frame
+        Entry::Uplink { .. } | Entry::Host => Packet::eth(UPLINK_PEER_MAC, UPLINK_OWN_MAC),
+        // The stack sends it from the gateway's MAC to the pod's.
+        Entry::IntoPod { ifindex } => Packet::eth(GATEWAY_MAC, pod_mac(ifindex)),
+    };
+    // A tunnel packet is fragmented outside: the inner packet is whole.
+    let tunneled = matches!(entry, Entry::Uplink { tunnel: Some(_), outer_src: Some(_) });
+    let inner = if tunneled { Probe { fragment: Fragment::None, ..*probe } } else { *probe };
+    with_probe(frame, &inner).finish()
+}
+
+/// `frame` carrying the probe's IPv4 packet: header (with options, fragment bits), transport
+/// header, zero payload up to the probe's size. (A later fragment carries the same bytes: the
+/// programs do not read them.)
+fn with_probe(frame: Packet, probe: &Probe) -> Packet {
+    let options: &[u8] = if probe.options { &IP_OPTIONS_WORD } else { &[] };
+    let header_len = IPV4_HLEN + options.len();
+    let total = usize::from(probe.size).max(header_len + probe.proto.header_len());
+    let frame = frame.ipv4_header(Ipv4Header {
+        src: probe.src.octets(),
+        dst: probe.dst.octets(),
+        protocol: probe.proto.number(),
+        ttl: probe.ttl,
+        frag_off: probe.frag_off(),
+        options,
+    });
+    let frame = match probe.proto {
+        Proto::Tcp => frame.tcp(probe.sport, probe.dport, TCP_SYN),
+        Proto::Udp => frame.udp(probe.sport, probe.dport),
+        Proto::Icmp => {
+            let kind = probe.icmp_type();
+            let id = if kind == ICMP_ECHO_REQUEST { probe.sport } else { probe.dport };
+            frame.icmp_echo(kind, id, 1)
         }
-        Entry::IntoPod { ifindex } => {
-            // The stack sends it from the gateway's MAC to the pod's.
-            let mut frame = ethernet(pod_mac(ifindex), GATEWAY_MAC);
-            frame.extend_from_slice(&inner);
-            frame
-        }
-    }
+        // Built by `build_packet`.
+        Proto::Arp => frame,
+    };
+    frame.payload(&vec![0; total - header_len - probe.proto.header_len()])
 }
 
 pub(super) fn be16(bytes: &[u8], at: usize) -> Option<u16> {

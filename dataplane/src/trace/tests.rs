@@ -349,7 +349,7 @@ fn arp_for_the_gateway_is_answered_and_other_arp_passed() {
     let state = state();
     let frame =
         build_packet(&probe(POD_A, gateway, Proto::Arp, Origin::Workload), &Entry::Workload { ifindex: 5 }, &state);
-    assert_eq!(frame.len(), ETH_HLEN + ARP_LEN);
+    assert_eq!(frame.len(), ETH_HLEN + dataplane_common::net::ARP_ETH_IPV4_LEN);
     assert_eq!(&frame[12..14], &ETH_P_ARP.to_be_bytes());
     assert_eq!(&frame[ETH_HLEN + 24..], &GATEWAY_ADDR);
 }

@@ -565,7 +565,10 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AffinityState, EncapMode, MacAddr};
+    use crate::{
+        fixtures::{self, ip, net},
+        model::{AffinityState, MacAddr},
+    };
 
     const PREFIX: &str = "/calico";
     const POOLS: &str = "/calico/resources/v3/projectcalico.org/ippools/";
@@ -573,10 +576,6 @@ mod tests {
     const WEPS: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints/";
     const HOST: &str = "/calico/ipam/v2/host/";
     const ASSIGNMENT: &str = "/calico/ipam/v2/assignment/ipv4/block/";
-
-    fn net(text: &str) -> Ipv4Net {
-        text.parse().expect("test CIDR")
-    }
 
     fn cache(pairs: &[(String, &str)]) -> Cache {
         let mut cache = Cache::new(PREFIX);
@@ -676,22 +675,14 @@ mod tests {
         let model = snapshot.model;
         assert_eq!(
             model.pools,
-            vec![IpPool {
-                name: "default-ipv4-ippool".into(),
-                cidr: net("10.244.0.0/16"),
-                block_size: 26,
-                vxlan_mode: EncapMode::Always,
-                ipip_mode: EncapMode::Never,
-                nat_outgoing: true,
-                disabled: false,
-            }]
+            vec![IpPool { nat_outgoing: true, ..fixtures::pool("default-ipv4-ippool", "10.244.0.0/16", 26) }]
         );
         assert_eq!(
             model.nodes,
             vec![Node {
                 name: "node-1".into(),
                 addr: Some(net("10.100.0.11/24")),
-                vxlan_tunnel_addr: Some("10.244.1.0".parse().expect("address")),
+                vxlan_tunnel_addr: Some(ip("10.244.1.0")),
                 vxlan_tunnel_mac: Some(MacAddr([0x66, 0xd0, 0, 0, 0, 1])),
                 ipip_tunnel_addr: None,
             }]

@@ -170,7 +170,8 @@ impl EmptyProgram {
         instructions[16] = 0x85;
         instructions[20..24].copy_from_slice(&23u32.to_ne_bytes());
         instructions[24] = 0x95;
-        Self::load_instructions(BPF_PROG_TYPE_XDP, &instructions, b"bench_xdp_redir").context("the redirecting XDP program")
+        Self::load_instructions(BPF_PROG_TYPE_XDP, &instructions, b"bench_xdp_redir")
+            .context("the redirecting XDP program")
     }
 
     fn load_instructions(program_type: u32, instructions: &[u8], name: &[u8]) -> anyhow::Result<Self> {
@@ -897,7 +898,15 @@ pub fn non_peer_flood(frames: u32, rounds: usize) -> anyhow::Result<FloodRate> {
     let [sender, relay, forward, receiver] = ["fs", "fa", "fc", "fr"].map(|p| format!("{p}{tag:x}"));
     dataplane_lab::cmd::run(&["ip", "netns", "add", &netns.0])?;
     // No IPv6 on the pairs: its neighbour discovery would reach xdp_uplink beside the flood.
-    dataplane_lab::cmd::run(&["ip", "netns", "exec", &netns.0, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
+    dataplane_lab::cmd::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &netns.0,
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.default.disable_ipv6=1",
+    ])?;
     for (end, peer) in [(&sender, &relay), (&forward, &receiver)] {
         dataplane_lab::cmd::run(&["ip", "-n", &netns.0, "link", "add", end, "type", "veth", "peer", "name", peer])?;
     }
@@ -932,7 +941,8 @@ pub fn non_peer_flood(frames: u32, rounds: usize) -> anyhow::Result<FloodRate> {
         {
             let tc: &mut SchedClassifier =
                 node.ebpf.program_mut(PROG_FROM_UPLINK).context("no from_uplink")?.try_into()?;
-            tc.attach(&receiver, TcAttachType::Ingress).with_context(|| format!("attaching from_uplink to {receiver}"))?;
+            tc.attach(&receiver, TcAttachType::Ingress)
+                .with_context(|| format!("attaching from_uplink to {receiver}"))?;
         }
         let empty = EmptyProgram::load_xdp()?;
         let xdp = xdp_fd(&node)?;
@@ -945,7 +955,13 @@ pub fn non_peer_flood(frames: u32, rounds: usize) -> anyhow::Result<FloodRate> {
         // (`ip netns exec` for the namespace's own /sys: this thread's view of /sys is the host's.)
         for device in [&relay, &receiver] {
             dataplane_lab::cmd::run(&[
-                "ip", "netns", "exec", &netns_name, "sh", "-c", &format!("echo 1 > /sys/class/net/{device}/threaded"),
+                "ip",
+                "netns",
+                "exec",
+                &netns_name,
+                "sh",
+                "-c",
+                &format!("echo 1 > /sys/class/net/{device}/threaded"),
             ])?;
         }
         let napi = napi_thread(&receiver)?;
