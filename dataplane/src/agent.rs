@@ -438,10 +438,20 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 let Backend::Bpf(backend) = &mut backend else { continue };
                 match read_done.map_err(anyhow::Error::from).and_then(|read| read) {
                     Ok(read) => {
+                        let (copy_ms, maps_ms, table_ms) = (read.copy_ms, read.maps_ms, read.table_ms);
+                        let taken = Instant::now();
                         // Even with nothing drifted the resync ends in a reconcile: it retries what
                         // an earlier one could not finish (a pod's MAC not learned yet, a workload
                         // interface that appeared since), with no key to write.
-                        if let Some(drift) = backend.take_read(read) {
+                        let drift = backend.take_read(read);
+                        info!(
+                            copy_ms,
+                            maps_ms,
+                            table_ms,
+                            take_ms = taken.elapsed().as_millis() as u64,
+                            "the resync read the kernel"
+                        );
+                        if let Some(drift) = drift {
                             warn!(
                                 routes = drift.routes.len(),
                                 peers = drift.nodes.len(),

@@ -106,9 +106,16 @@ pub async fn link_by_name(handle: &Handle, name: &str) -> anyhow::Result<Option<
 
 /// Every IPv4 route of the main table.
 pub async fn main_table_routes(handle: &Handle) -> anyhow::Result<Vec<RouteMessage>> {
+    let mut routes = Vec::new();
+    each_main_table_route(handle, |message| routes.push(message)).await?;
+    Ok(routes)
+}
+
+/// Hands every IPv4 route of the main table to `take` as the dump brings it, so that a reader
+/// of 100k routes keeps what it needs of each instead of every message.
+pub async fn each_main_table_route(handle: &Handle, mut take: impl FnMut(RouteMessage)) -> anyhow::Result<()> {
     let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
     let mut dump = handle.route().get(query).execute();
-    let mut routes = Vec::new();
     while let Some(message) = dump.try_next().await.context("listing routes")? {
         let table = message
             .attributes
@@ -119,10 +126,10 @@ pub async fn main_table_routes(handle: &Handle) -> anyhow::Result<Vec<RouteMessa
             })
             .unwrap_or(u32::from(message.header.table));
         if table == u32::from(RouteHeader::RT_TABLE_MAIN) {
-            routes.push(message);
+            take(message);
         }
     }
-    Ok(routes)
+    Ok(())
 }
 
 /// A device's settings as the agent compares them (this backend's devices, and the fast path's

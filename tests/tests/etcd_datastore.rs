@@ -705,9 +705,9 @@ fn a_large_cluster_is_read_in_pages_at_one_revision() -> anyhow::Result<()> {
     let Some(server) = EtcdServer::start("large_cluster")? else {
         return Ok(());
     };
-    // 2,000 blocks on 100 nodes, each with its affinity and its allocation block: 4,000 keys,
-    // read 500 to a page.
-    const BLOCKS: u32 = 2_000;
+    // 10,500 blocks on 100 nodes, each with its affinity and its allocation block: 21,000 keys,
+    // more than one page (10,000 keys) in each of the two directories.
+    const BLOCKS: u32 = 10_500;
     let mut keys = Vec::new();
     for index in 0..BLOCKS {
         let network = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + index * 64);

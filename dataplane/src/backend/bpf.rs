@@ -41,7 +41,7 @@ use tracing::{info, warn};
 
 use super::{
     batch, clsact,
-    diff::{diff, diff_keys, take_drift, Changes},
+    diff::{diff, diff_keys, drift, take_drift, Changes},
     entries::{self, MapEntries, RouteKey},
     host_routes::{self, HostRoutes},
     veth::PeerMacs,
@@ -149,7 +149,7 @@ pub struct ApplyReport {
 
 /// What this process last wrote to (or read from) the maps: the next apply writes only what
 /// differs from it, without reading the kernel.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Programmed {
     node: Option<NodeConfig>,
     routes: BTreeMap<RouteKey, Route>,
@@ -161,10 +161,33 @@ struct Programmed {
     peers: BTreeMap<Ipv4Bytes, Peer>,
 }
 
-/// What the slow resync read from the kernel apart from the event loop.
+/// What the slow resync found apart from the event loop: where the kernel holds otherwise than
+/// this process had written when the read started, and how long the parts took.
 pub struct KernelRead {
-    maps: Programmed,
+    /// The maps' drift; None when what this process wrote was not known when the read started.
+    maps: Option<MapDrift>,
     table: host_routes::TableRead,
+    /// Milliseconds copying what this process wrote, on the event loop, when the read started.
+    pub copy_ms: u64,
+    /// Milliseconds reading the maps and comparing them, on the blocking thread.
+    pub maps_ms: u64,
+    /// Milliseconds reading the route table and the peers' next hops and comparing the routes,
+    /// on the blocking thread.
+    pub table_ms: u64,
+}
+
+/// The map entries the kernel holds otherwise than this process wrote, with the kernel's value
+/// (None: absent).
+struct MapDrift {
+    /// The node map's value, when it differs.
+    node: Option<Option<NodeConfig>>,
+    workloads: Vec<(u32, Option<Workload>)>,
+    /// The occupied workload slots that differ, by slot index.
+    slots: Vec<(u32, Option<WorkloadSlot>)>,
+    /// The pools map's value, when it differs.
+    pools: Option<Option<Pools>>,
+    routes: Vec<(RouteKey, Option<Route>)>,
+    peers: Vec<(Ipv4Bytes, Option<Peer>)>,
 }
 
 /// Every entry of the pinned maps under `pin_path`, read through their pins (its own
@@ -179,6 +202,36 @@ fn read_pinned(pin_path: &Path) -> anyhow::Result<Programmed> {
         pools: read_pinned_pools(pin_path).ok(),
         peers: maps.read_peers()?,
     })
+}
+
+/// The slow resync's read, on a blocking thread: the maps under `pin_path` compared with
+/// `known` (what the agent had written when the read started), then the route table through
+/// `table`. The table is read over a netlink connection of this thread's own, so that a dump of
+/// 100k routes and a question per peer neither run on the event loop's thread nor queue the
+/// agent's own route writes behind them.
+fn read_apart(
+    pin_path: &Path,
+    known: Option<Box<Programmed>>,
+    table: host_routes::TableReader,
+) -> anyhow::Result<KernelRead> {
+    let started = std::time::Instant::now();
+    let kernel = read_pinned(pin_path)?;
+    let maps = known.map(|known| MapDrift {
+        node: (known.node != kernel.node).then_some(kernel.node),
+        workloads: drift(&known.workloads, kernel.workloads),
+        slots: drift(&known.slots, kernel.slots),
+        pools: (known.pools != kernel.pools).then_some(kernel.pools),
+        routes: drift(&known.routes, kernel.routes),
+        peers: drift(&known.peers, kernel.peers),
+    });
+    let maps_ms = started.elapsed().as_millis() as u64;
+    let started = std::time::Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("a runtime for the resync's read of the route table")?;
+    let table = runtime.block_on(async { table.read(&crate::rtnl::connect()?).await })?;
+    Ok(KernelRead { maps, table, copy_ms: 0, maps_ms, table_ms: started.elapsed().as_millis() as u64 })
 }
 
 /// The occupied slots of the workload slots map pinned under `pin_path`.
@@ -430,37 +483,43 @@ impl BpfBackend {
         self.host_routes.forget();
     }
 
-    /// The slow resync's read of the maps (through their pins, on a blocking thread) and of the
-    /// host routes, as a future that borrows nothing: the agent runs it in a task of its own and
-    /// keeps applying events meanwhile, then hands the result to [`BpfBackend::take_read`].
+    /// The slow resync's read of the maps (through their pins) and of the host routes, compared
+    /// on a blocking thread with a copy of what this process has written, taken now: a future
+    /// that borrows nothing, which the agent runs in a task of its own while it keeps applying
+    /// events, then hands the result to [`BpfBackend::take_read`].
     pub fn read_later(&self) -> impl std::future::Future<Output = anyhow::Result<KernelRead>> + Send + 'static {
+        let copied = std::time::Instant::now();
         let pin_path = self.pin_path.clone();
-        let table = self.host_routes.read_later();
+        let known = self.programmed.clone();
+        let table = self.host_routes.reader();
+        let copy_ms = copied.elapsed().as_millis() as u64;
         async move {
-            let maps = tokio::task::spawn_blocking(move || read_pinned(&pin_path))
+            let read = tokio::task::spawn_blocking(move || read_apart(&pin_path, known, table))
                 .await
-                .context("the resync's read of the maps stopped")??;
-            Ok(KernelRead { maps, table: table.await? })
+                .context("the resync's read of the kernel stopped")??;
+            Ok(KernelRead { copy_ms, ..read })
         }
     }
 
     /// Takes in a [`BpfBackend::read_later`] read: what the kernel holds otherwise than this
     /// process wrote is taken as the kernel's, and returned as plan keys to compare again (the
-    /// next apply repairs them, within those keys); None when nothing drifted.
+    /// next apply repairs them, within those keys); None when nothing drifted. Costs what
+    /// drifted: the compare ran apart.
     pub fn take_read(&mut self, read: KernelRead) -> Option<PlanChanges> {
         self.map_dumps += 1;
         let mut changes = PlanChanges::default();
         // The node and workloads maps are compared whole at every apply: a drift there needs
         // only an apply.
         let mut drifted = false;
-        // Unknown yet (a failed write): the next apply reads the maps anyway.
-        if let Some(programmed) = self.programmed.as_mut() {
-            let Programmed { node, routes, workloads, slots, pools, peers } = read.maps;
-            if programmed.node != node {
+        // Unknown (a failed write, before or since the read started): the next apply reads the
+        // maps anyway.
+        if let (Some(programmed), Some(maps)) = (self.programmed.as_mut(), read.maps) {
+            let MapDrift { node, workloads, slots, pools, routes, peers } = maps;
+            if let Some(node) = node {
                 programmed.node = node;
                 drifted = true;
             }
-            if programmed.pools != pools {
+            if let Some(pools) = pools {
                 programmed.pools = pools;
                 drifted = true;
             }
@@ -706,7 +765,7 @@ impl BpfBackend {
                 None,
                 report,
                 |map, key, value| map.insert(key, value, 0).context("writing the workloads map"),
-                |map, key| map.remove(key).context("removing from the workloads map"),
+                |map, key| already_gone(map.remove(key)).context("removing from the workloads map"),
             )?;
         }
         let upserts = upserts_of(&programmed.peers, &desired.peers, peer_keys.as_ref());
@@ -726,7 +785,7 @@ impl BpfBackend {
                 peer_keys.as_ref(),
                 report,
                 |map, key, value| map.insert(key, value, 0).context("writing the peers map"),
-                |map, key| map.remove(key).context("removing from the peers map"),
+                |map, key| already_gone(map.remove(key)).context("removing from the peers map"),
             )?;
         }
         {
@@ -741,7 +800,7 @@ impl BpfBackend {
                     map.insert(&Key::new(*prefix_len, *addr), value, 0).context("writing the routes map")
                 },
                 |map, (prefix_len, addr)| {
-                    map.remove(&Key::new(*prefix_len, *addr)).context("removing from the routes map")
+                    already_gone(map.remove(&Key::new(*prefix_len, *addr))).context("removing from the routes map")
                 },
             )?;
         }
@@ -978,6 +1037,16 @@ fn upserts_of<K: Ord + Clone, V: PartialEq + Clone>(
     }
 }
 
+/// A removal whose entry is already gone did what it was for. The slow resync's read can still
+/// show a key that the agent removed after the read passed it; removing it again must not fail
+/// the reconcile (which would fall back to reading every map on the event loop).
+fn already_gone(removed: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match removed {
+        Err(aya::maps::MapError::SyscallError(error)) if error.io_error.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<T>
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
@@ -1124,6 +1193,19 @@ mod tests {
         assert_eq!((report.written, report.removed), (1, 0));
         assert_eq!(kernel, BTreeMap::from([(1, 11), (2, 21), (4, 40)]));
         assert_eq!(programmed, kernel);
+    }
+
+    #[test]
+    fn removing_an_entry_already_gone_succeeds_and_other_errors_stay() {
+        let syscall = |errno| {
+            Err(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_delete_elem",
+                io_error: io::Error::from_raw_os_error(errno),
+            }))
+        };
+        assert!(already_gone(syscall(libc::ENOENT)).is_ok());
+        assert!(already_gone(syscall(libc::EPERM)).is_err());
+        assert!(already_gone(Ok(())).is_ok());
     }
 
     #[test]

@@ -49,19 +49,33 @@ pub fn diff_keys<K: Ord + Clone, V: PartialEq + Clone>(
     Changes { upserts, removals }
 }
 
-/// Takes `kernel` (a fresh read) as what the map holds and returns the keys where it differs from
-/// `programmed` (what this process wrote): the slow resync's drift, to be compared with the plan
-/// again. A key written while the read ran may show as drift too; comparing it again only
-/// rewrites it.
-pub fn take_drift<K: Ord + Clone, V: PartialEq + Clone>(
-    programmed: &mut BTreeMap<K, V>,
+/// The keys where `kernel` (a fresh read) holds otherwise than `known` (a copy of what this
+/// process had written when the read started), each with the kernel's value (None: absent): the
+/// slow resync's drift, computed apart from the event loop. A key the agent wrote while the read
+/// ran may show as drift too; comparing it with the plan again only rewrites it.
+pub fn drift<K: Ord + Clone, V: PartialEq + Clone>(
+    known: &BTreeMap<K, V>,
     kernel: BTreeMap<K, V>,
-) -> Vec<K> {
-    let Changes { upserts, removals } = diff(programmed, &kernel);
-    let mut drifted = removals;
-    drifted.extend(upserts.into_iter().map(|(key, _)| key));
-    *programmed = kernel;
+) -> Vec<(K, Option<V>)> {
+    let mut drifted: Vec<(K, Option<V>)> =
+        known.keys().filter(|key| !kernel.contains_key(*key)).map(|key| (key.clone(), None)).collect();
+    drifted.extend(kernel.into_iter().filter(|(key, value)| known.get(key) != Some(value)).map(|(k, v)| (k, Some(v))));
     drifted
+}
+
+/// Takes a [`drift`] into `programmed` (what the kernel holds at those keys is now what this
+/// process knows it holds) and returns the drifted keys, to be compared with the plan again.
+pub fn take_drift<K: Ord + Clone, V>(programmed: &mut BTreeMap<K, V>, drift: Vec<(K, Option<V>)>) -> Vec<K> {
+    drift
+        .into_iter()
+        .map(|(key, value)| {
+            match value {
+                Some(value) => programmed.insert(key.clone(), value),
+                None => programmed.remove(&key),
+            };
+            key
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -70,14 +84,20 @@ mod tests {
 
     #[test]
     fn drift_is_every_key_the_kernel_holds_otherwise() {
-        let mut programmed = BTreeMap::from([(1, "a"), (2, "b"), (3, "c")]);
+        let known = BTreeMap::from([(1, "a"), (2, "b"), (3, "c")]);
         // 2 changed behind our back, 3 went, 4 appeared.
         let kernel = BTreeMap::from([(1, "a"), (2, "x"), (4, "d")]);
-        let mut drifted = take_drift(&mut programmed, kernel.clone());
+        let mut found = drift(&known, kernel.clone());
+        found.sort();
+        assert_eq!(found, vec![(2, Some("x")), (3, None), (4, Some("d"))]);
+        let mut programmed = known.clone();
+        // Written by the agent after the read started: kept, as the drift does not name it.
+        programmed.insert(5, "e");
+        let mut drifted = take_drift(&mut programmed, found);
         drifted.sort();
         assert_eq!(drifted, vec![2, 3, 4]);
-        assert_eq!(programmed, kernel, "the tracking now holds what the kernel holds");
-        assert!(take_drift(&mut programmed, kernel).is_empty(), "no drift the second time");
+        assert_eq!(programmed, BTreeMap::from([(1, "a"), (2, "x"), (4, "d"), (5, "e")]));
+        assert!(drift(&kernel, kernel.clone()).is_empty(), "no drift the second time");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use rtnetlink::{
     Handle,
 };
 
-use super::diff::{diff, diff_keys, take_drift, Changes};
+use super::diff::{diff, diff_keys, drift, take_drift, Changes};
 pub use crate::rtnl::RTPROT_DATAPLANE;
 use crate::{
     plan::{Encap, Plan, PlannedRoute, RouteTarget},
@@ -147,27 +147,22 @@ impl HostRoutes {
         table(&self.handle).await
     }
 
-    /// The slow resync's read of our routes and of the known peers' next hops, as a future that
-    /// borrows nothing: it runs in a task of its own while the agent keeps applying events.
-    pub fn read_later(&self) -> impl std::future::Future<Output = anyhow::Result<TableRead>> + Send + 'static {
-        let handle = self.handle.clone();
-        let peers: Vec<Ipv4Addr> = self.next_hops.keys().copied().collect();
-        async move {
-            let routes = table(&handle).await?;
-            let next_hops = ask_next_hops(&handle, peers).await?;
-            Ok(TableRead { routes, next_hops: next_hops.into_iter().collect() })
-        }
+    /// What the slow resync's read of the table needs, taken now: a copy of the routes this
+    /// process wrote (to compare the table with, apart from the event loop) and the peers whose
+    /// next hops it knows. [`TableReader::read`] then runs on any runtime, over any connection.
+    pub fn reader(&self) -> TableReader {
+        TableReader { known: self.programmed.clone(), peers: self.next_hops.keys().copied().collect() }
     }
 
-    /// Takes in a [`HostRoutes::read_later`] read: returns the prefixes whose route differs from
+    /// Takes in a [`TableReader::read`] read: returns the prefixes whose route differs from
     /// what this process wrote (to be compared with the plan again), and whether a peer's next
     /// hop moved (then every route via it is stale).
     pub fn take_read(&mut self, read: TableRead) -> (Vec<Ipv4Net>, bool) {
         self.dumps += 1;
         // Unknown yet (a failed write): the next apply reads the table anyway.
-        let drifted = match &mut self.programmed {
-            Some(programmed) => take_drift(programmed, read.routes),
-            None => Vec::new(),
+        let drifted = match (&mut self.programmed, read.drift) {
+            (Some(programmed), Some(drift)) => take_drift(programmed, drift),
+            _ => Vec::new(),
         };
         let moved = read.next_hops.iter().any(|(peer, gateway)| self.next_hops.get(peer).is_some_and(|g| g != gateway));
         self.next_hops.extend(read.next_hops);
@@ -216,12 +211,11 @@ impl HostRoutes {
             removals.iter().filter_map(|prefix| programmed.get(prefix).map(|route| (*prefix, *route))).collect();
         stream::iter(removed)
             .map(|(prefix, route)| async move {
-                handle
-                    .route()
-                    .del(message(prefix, route))
-                    .execute()
-                    .await
-                    .with_context(|| format!("removing route {prefix}"))
+                match handle.route().del(message(prefix, route)).execute().await {
+                    // Gone already (the resync's read can show a route removed since): done.
+                    Err(error) if rtnl::errno(&error) == Some(libc::ESRCH) => Ok(()),
+                    removed => removed.with_context(|| format!("removing route {prefix}")),
+                }
             })
             .buffer_unordered(IN_FLIGHT)
             .try_collect::<Vec<()>>()
@@ -249,10 +243,30 @@ fn message(prefix: Ipv4Net, route: HostRoute) -> RouteMessage {
     rtnl::route_message(prefix, route.into())
 }
 
+/// The slow resync's read of the route table, to run apart from the event loop.
+pub struct TableReader {
+    /// Our routes as this process had written them when the read was asked for; None: unknown.
+    known: Option<BTreeMap<Ipv4Net, HostRoute>>,
+    /// The peers whose next hops this process knows.
+    peers: Vec<Ipv4Addr>,
+}
+
+impl TableReader {
+    /// Reads our routes and the peers' next hops over `handle` and compares the routes with
+    /// what this process had written.
+    pub async fn read(self, handle: &Handle) -> anyhow::Result<TableRead> {
+        let routes = table(handle).await?;
+        let drift = self.known.map(|known| drift(&known, routes));
+        let next_hops = ask_next_hops(handle, self.peers).await?;
+        Ok(TableRead { drift, next_hops: next_hops.into_iter().collect() })
+    }
+}
+
 /// What the slow resync read of the route table, apart from the event loop.
 pub struct TableRead {
-    /// Our routes, as the table holds them.
-    routes: BTreeMap<Ipv4Net, HostRoute>,
+    /// Our routes that the table holds otherwise than this process wrote, with the table's
+    /// route (None: absent); None when what it wrote was not known.
+    drift: Option<Vec<(Ipv4Net, Option<HostRoute>)>>,
     /// The next hops of the peers known before the read.
     next_hops: BTreeMap<Ipv4Addr, Ipv4Addr>,
 }
@@ -260,14 +274,14 @@ pub struct TableRead {
 /// Our routes in the main table (a dump of the IPv4 routes, ours picked by protocol).
 async fn table(handle: &Handle) -> anyhow::Result<BTreeMap<Ipv4Net, HostRoute>> {
     let mut routes = BTreeMap::new();
-    for message in rtnl::main_table_routes(handle).await? {
-        if message.header.protocol != RouteProtocol::Other(RTPROT_DATAPLANE) {
-            continue;
+    rtnl::each_main_table_route(handle, |message| {
+        if message.header.protocol == RouteProtocol::Other(RTPROT_DATAPLANE) {
+            if let Some((prefix, route)) = parse(&message) {
+                routes.insert(prefix, route);
+            }
         }
-        if let Some((prefix, route)) = parse(&message) {
-            routes.insert(prefix, route);
-        }
-    }
+    })
+    .await?;
     Ok(routes)
 }
 

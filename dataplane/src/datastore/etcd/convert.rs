@@ -339,6 +339,10 @@ pub struct Cache {
     entries: BTreeMap<String, Entry>,
     /// The changes since the last [`Cache::take_deltas`], when the watcher sends deltas.
     deltas: Option<Vec<Delta>>,
+    /// Whether [`Cache::take_replace`] gave the blocks away: the IPAM keys (two of every three
+    /// keys) are then no longer kept, and a change of one is sent as a delta of what the key
+    /// names, without comparing with its old value.
+    blocks_given: bool,
 }
 
 /// What a resource is known by in the model, so that a key whose value changes its meaning
@@ -390,7 +394,7 @@ fn deltas_between(old: Option<&Item>, new: Option<&Item>, out: &mut Vec<Delta>) 
 impl Cache {
     /// An empty cache for keys under `prefix` (normalized, see [`keys::normalize_prefix`]).
     pub fn new(prefix: &str) -> Self {
-        Cache { prefix: prefix.to_owned(), entries: BTreeMap::new(), deltas: None }
+        Cache { prefix: prefix.to_owned(), entries: BTreeMap::new(), deltas: None, blocks_given: false }
     }
 
     /// From now on, every change is also kept as a [`Delta`] until [`Cache::take_deltas`].
@@ -404,9 +408,38 @@ impl Cache {
     }
 
     /// The whole cluster as one [`Delta::Replace`], with the allocation blocks apart, and the
-    /// problems of every key.
-    pub fn replace(&self) -> (Delta, Vec<Problem>) {
-        let (model, allocations, problems) = self.collect();
+    /// problems of every key. The blocks are given away, not copied: the agent's planner keeps
+    /// the only copy of a cluster's blocks. From then on a put or delete of an IPAM key is
+    /// sent as the upsert or removal of what its key names (an unchanged value re-plans one
+    /// prefix, which writes nothing), and [`Cache::snapshot`] no longer holds the blocks.
+    pub fn take_replace(&mut self) -> (Delta, Vec<Problem>) {
+        let mut model = Model::default();
+        let mut allocations = Vec::new();
+        let mut problems = Vec::new();
+        let prefix = &self.prefix;
+        self.entries.retain(|key, entry| {
+            problems.extend(entry.problems.iter().cloned());
+            match std::mem::replace(&mut entry.item, Item::Nothing) {
+                Item::Affinity(block) => model.blocks.push(block),
+                Item::Allocation(block) => allocations.push(block),
+                item => {
+                    match &item {
+                        Item::Pool(pool) => model.pools.push((**pool).clone()),
+                        Item::Node(node) => model.nodes.push((**node).clone()),
+                        Item::Workload(workload) => model.workloads.push((**workload).clone()),
+                        _ => {}
+                    }
+                    entry.item = item;
+                    // An IPAM key that names nothing (a broken value) goes too.
+                    return !matches!(
+                        keys::parse(prefix, key),
+                        Parsed::Known(Key::Affinity { .. } | Key::Allocation { .. })
+                    );
+                }
+            }
+            false
+        });
+        self.blocks_given = true;
         (Delta::Replace { model, allocations }, problems)
     }
 
@@ -447,6 +480,15 @@ impl Cache {
         let Some(entry) = convert(&parsed, key, value) else {
             return false;
         };
+        if let Some(named) = self.given_block(&parsed) {
+            for problem in &entry.problems {
+                tracing::warn!("etcd: skipped: {problem}");
+            }
+            if let Some(deltas) = &mut self.deltas {
+                deltas_between(Some(&named), Some(&entry.item), deltas);
+            }
+            return true;
+        }
         if self.entries.get(key) == Some(&entry) {
             return false;
         }
@@ -463,13 +505,46 @@ impl Cache {
 
     /// A key was deleted. Returns whether it was one of the dataplane's keys.
     pub fn delete(&mut self, key: &[u8]) -> bool {
-        let Some(old) = std::str::from_utf8(key).ok().and_then(|key| self.entries.remove(key)) else {
+        let Ok(text) = std::str::from_utf8(key) else {
+            return false;
+        };
+        if let Some(named) = self.given_block(&keys::parse(&self.prefix, text)) {
+            if let Some(deltas) = &mut self.deltas {
+                deltas_between(Some(&named), None, deltas);
+            }
+            return true;
+        }
+        let Some(old) = self.entries.remove(text) else {
             return false;
         };
         if let Some(deltas) = &mut self.deltas {
             deltas_between(Some(&old.item), None, deltas);
         }
         true
+    }
+
+    /// What an IPAM key names, once the blocks were given away (see [`Cache::take_replace`]): the
+    /// item whose identity a change of the key replaces or removes. None for any other key.
+    fn given_block(&self, parsed: &Parsed) -> Option<Item> {
+        if !self.blocks_given {
+            return None;
+        }
+        match parsed {
+            // Only the identity counts (the block and, for an affinity, the node).
+            Parsed::Known(Key::Affinity { node, cidr }) => Some(Item::Affinity(Block {
+                cidr: cidr.trunc(),
+                node: node.clone(),
+                state: AffinityState::Confirmed,
+                deleted: false,
+            })),
+            Parsed::Known(Key::Allocation { cidr }) => Some(Item::Allocation(Block {
+                cidr: cidr.trunc(),
+                node: String::new(),
+                state: AffinityState::Confirmed,
+                deleted: false,
+            })),
+            _ => None,
+        }
     }
 
     /// The whole cluster as the cached keys describe it, in key order.
@@ -731,41 +806,55 @@ mod tests {
         assert!(!cache.put(b"\xff\xfe", b"{}"));
     }
 
-    /// The deltas of a cache, applied to a planner after its whole read, give the planner the
-    /// model the cache's snapshot holds, change after change.
+    /// The deltas of a cache, applied to a planner after its whole read (which took the blocks
+    /// away from it), give the planner the model that a cache keeping every key holds, change
+    /// after change.
     #[test]
     fn deltas_follow_the_keys_as_the_snapshot_does() {
         use crate::incremental::{Changes, Planner};
-        let mut cache = cache(&cluster());
+        let mut whole = cache(&cluster());
+        let mut cache = whole.clone();
         cache.record_deltas();
         let mut planner = Planner::new("node-1");
-        let (replace, _) = cache.replace();
+        let (replace, _) = cache.take_replace();
+        assert!(cache.len() < whole.len(), "the blocks went to the replace");
         planner.apply(replace, &mut Changes::default());
-        let same = |cache: &Cache, planner: &Planner| {
-            let mut expected = cache.snapshot().model;
+        let same = |whole: &Cache, planner: &Planner| {
+            let mut expected = whole.snapshot().model;
             expected.workloads.retain(|w| w.node == "node-1");
             assert_eq!(planner.model().sorted(), expected.sorted());
         };
-        same(&cache, &planner);
+        same(&whole, &planner);
         let affinity = format!("{HOST}node-2/ipv4/block/10.244.2.0-26");
         let allocation = format!("{ASSIGNMENT}10.244.7.0-26");
-        let steps: [(&str, Option<&[u8]>); 6] = [
+        let steps: [(&str, Option<&[u8]>); 9] = [
             (&affinity, Some(br#"{"state":"pending","deleted":false}"#)),
             (&allocation, Some(br#"{"cidr":"10.244.7.0/26","affinity":"host:node-2"}"#)),
+            // The same value again: nothing changes.
+            (&allocation, Some(br#"{"cidr":"10.244.7.0/26","affinity":"host:node-2"}"#)),
             (&allocation, Some(br#"{"cidr":"10.244.7.0/26","affinity":"host:node-1"}"#)),
+            // A broken value takes the block away.
+            (&affinity, Some(br#"{"state":7}"#)),
+            (&affinity, Some(br#"{"state":"confirmed"}"#)),
             (&affinity, None),
             (&allocation, Some(br#"{"cidr":"10.244.7.0/26"}"#)),
             (&allocation, None),
         ];
         for (key, value) in steps {
             match value {
-                Some(value) => cache.put(key.as_bytes(), value),
-                None => cache.delete(key.as_bytes()),
+                Some(value) => {
+                    whole.put(key.as_bytes(), value);
+                    cache.put(key.as_bytes(), value)
+                }
+                None => {
+                    whole.delete(key.as_bytes());
+                    cache.delete(key.as_bytes())
+                }
             };
             for delta in cache.take_deltas() {
                 planner.apply(delta, &mut Changes::default());
             }
-            same(&cache, &planner);
+            same(&whole, &planner);
         }
     }
 

@@ -48,13 +48,15 @@ use dataplane::{
 };
 use dataplane_common::{Ipv4Bytes, Route, Workload, ROUTES_MAP, WORKLOADS_MAP};
 use dataplane_lab::{etcd, scale, ChildHandle, Lab, LabOptions};
-use etcd_client::{Client, Txn, TxnOp};
+
+use crate::stats;
+use etcd_client::{Client, GetOptions, Txn, TxnOp};
 use ipnet::Ipv4Net;
 
 /// The agent line that ends a reconcile of the fast path.
 const PROGRAMMED: &str = "fast path programmed";
 /// The agent's lines that time the steps of a start from empty, printed with the figures.
-const STEPS: [&str; 3] = ["read the cluster", "turned into one replace", PROGRAMMED];
+const STEPS: [&str; 4] = ["read every key", "read the cluster", "turned into one replace", PROGRAMMED];
 /// The node the agent runs on.
 const NODE: &str = "node-1";
 /// Calico's key prefix.
@@ -67,6 +69,8 @@ const BURST: usize = 1000;
 /// resyncs (each one reads every map and route of the cluster) and their latency shows whether
 /// an event waits behind one.
 const RESYNC: Duration = Duration::from_secs(10);
+/// The slowest events named with the time of their put, to be found in the agent's log.
+const SLOWEST: usize = 5;
 /// How long one change may take before the bench gives up on it.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -123,6 +127,9 @@ pub struct ControlCost {
     pub maps_ready_seconds: Option<f64>,
     /// Milliseconds from the put to the entry in the map, by kind.
     pub events: BTreeMap<EventKind, Vec<f64>>,
+    /// Milliseconds from etcd's acknowledgement of the put (its commit) to the entry in the
+    /// map, every kind: the agent's share without etcd's commit.
+    pub after_ack: Vec<f64>,
     /// Seconds from the burst's first put to its last block in the map.
     pub burst_seconds: f64,
     /// Of which after the last put returned.
@@ -174,6 +181,8 @@ fn start_etcd(lab: &Lab, endpoint: &str) -> anyhow::Result<ChildHandle> {
 struct Etcd {
     runtime: tokio::runtime::Runtime,
     client: Client,
+    /// When etcd acknowledged the last transaction (committed it).
+    acked: Option<Instant>,
 }
 
 impl Etcd {
@@ -188,7 +197,7 @@ impl Etcd {
                 Ok::<_, etcd_client::Error>(client)
             });
             match attempt {
-                Ok(client) => return Ok(Etcd { runtime, client }),
+                Ok(client) => return Ok(Etcd { runtime, client, acked: None }),
                 Err(error) => {
                     if let Some(status) = etcd.try_exit()? {
                         bail!("etcd exited with {status}:\n{}", etcd.log());
@@ -202,14 +211,85 @@ impl Etcd {
         }
     }
 
+    /// Reads every key under `prefix` in pages of `page` keys, as the agent does but decoding
+    /// nothing: etcd's and the transport's share of the agent's read. Returns the keys and the
+    /// bytes of keys and values.
+    fn read_paged(&mut self, prefix: &str, page: i64) -> anyhow::Result<(usize, usize)> {
+        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+        let end = dataplane::datastore::etcd::keys::range_end(prefix.as_bytes());
+        self.runtime.block_on(async {
+            let (mut keys, mut bytes, mut revision) = (0, 0, 0);
+            let mut start = prefix.as_bytes().to_vec();
+            loop {
+                let mut options = GetOptions::new().with_range(end.clone()).with_limit(page);
+                if revision > 0 {
+                    options = options.with_revision(revision);
+                }
+                let response = kv.get(start.clone(), Some(options)).await.context("an etcd range read")?;
+                revision = response.header().map_or(revision, |header| header.revision());
+                keys += response.kvs().len();
+                bytes += response.kvs().iter().map(|pair| pair.key().len() + pair.value().len()).sum::<usize>();
+                match response.kvs().last() {
+                    Some(last) if response.more() => {
+                        start = last.key().to_vec();
+                        start.push(0);
+                    }
+                    _ => return Ok((keys, bytes)),
+                }
+            }
+        })
+    }
+
     /// Puts and deletes in one transaction.
     fn txn(&mut self, puts: &BTreeMap<String, String>, deletes: &[String]) -> anyhow::Result<()> {
         let mut ops: Vec<TxnOp> = deletes.iter().map(|key| TxnOp::delete(key.as_str(), None)).collect();
         ops.extend(puts.iter().map(|(key, value)| TxnOp::put(key.as_str(), value.as_str(), None)));
         let client = &mut self.client;
         self.runtime.block_on(client.txn(Txn::new().and_then(ops))).context("an etcd transaction")?;
+        self.acked = Some(Instant::now());
         Ok(())
     }
+}
+
+/// Largest range response the bench's client takes (a page of 10,000 allocation blocks).
+const MAX_MESSAGE: usize = 256 << 20;
+/// Page sizes of the bench's own range reads, to split etcd's time from the agent's decoding:
+/// the agent's page and a larger one.
+const PAGES: [i64; 2] = [2_000, 10_000];
+
+/// Seconds `etcdctl get --prefix PREFIX` takes with `flags` (its output thrown away), from this
+/// thread's network namespace.
+fn etcdctl_get(endpoint: &str, flags: &[&str]) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let status = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--command-timeout=300s", "get", "--prefix", &format!("{PREFIX}/")])
+        .args(flags)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running etcdctl")?;
+    ensure!(status.success(), "etcdctl get {flags:?} failed ({status})");
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Times etcd alone serving the cluster: etcdctl (the count, keys only, keys and values) and
+/// the bench's own paged range reads, printed beside the agent's read.
+fn etcd_alone(etcd: &mut Etcd, endpoint: &str) -> anyhow::Result<()> {
+    // etcdctl 3.4 has no --count-only: one key and the range's count in the JSON answer.
+    let count = etcdctl_get(endpoint, &["--limit=1", "--write-out=json"])?;
+    let keys = etcdctl_get(endpoint, &["--keys-only"])?;
+    let whole = etcdctl_get(endpoint, &[])?;
+    println!("    etcd alone: etcdctl get --prefix: the count (--limit=1) {count:.2} s, --keys-only {keys:.2} s, keys and values {whole:.2} s");
+    for page in PAGES {
+        let started = Instant::now();
+        let (keys, bytes) = etcd.read_paged(&format!("{PREFIX}/"), page)?;
+        println!(
+            "    etcd alone: range reads of {page} keys, no decoding: {keys} keys, {:.1} MiB in {:.2} s",
+            bytes as f64 / (1 << 20) as f64,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 /// Calico's keys for `model` (which holds only what the change writes).
@@ -591,8 +671,9 @@ fn field(line: &str, key: &str) -> Option<u64> {
     line[start..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
-/// Measures each N of `counts`.
-pub fn run(workspace: &Path, agent: &Path, counts: &[usize]) -> anyhow::Result<Vec<ControlCost>> {
+/// Measures each N of `counts`; the agent's log of each N is kept in `logs` as
+/// `control-agent-<N>.log`, to read beside the slowest events.
+pub fn run(workspace: &Path, agent: &Path, counts: &[usize], logs: &Path) -> anyhow::Result<Vec<ControlCost>> {
     let example_path = workspace.join("examples/two-nodes.yaml");
     let base = dataplane_lab::load_model(&example_path)?;
     let mut results = Vec::new();
@@ -603,7 +684,7 @@ pub fn run(workspace: &Path, agent: &Path, counts: &[usize]) -> anyhow::Result<V
             scope
                 .spawn(|| {
                     enter_netns(lab.fabric_netns())?;
-                    measure(&lab, &base, agent, blocks)
+                    measure(&lab, &base, agent, blocks, logs)
                 })
                 .join()
                 .map_err(|_| anyhow::anyhow!("the control-plane measurement panicked"))?
@@ -614,7 +695,7 @@ pub fn run(workspace: &Path, agent: &Path, counts: &[usize]) -> anyhow::Result<V
 }
 
 /// One N, in a lab that is up, on a thread in the fabric namespace.
-fn measure(lab: &Lab, base: &Model, agent: &Path, blocks: usize) -> anyhow::Result<ControlCost> {
+fn measure(lab: &Lab, base: &Model, agent: &Path, blocks: usize, logs: &Path) -> anyhow::Result<ControlCost> {
     let endpoint = format!("http://{}:2379", lab.node(NODE)?.gateway);
     let mut etcd_process = start_etcd(lab, &endpoint)?;
     let mut etcd = Etcd::connect(&endpoint, &mut etcd_process)?;
@@ -632,6 +713,8 @@ fn measure(lab: &Lab, base: &Model, agent: &Path, blocks: usize) -> anyhow::Resu
         written.transactions,
         started.elapsed().as_secs_f64()
     );
+
+    etcd_alone(&mut etcd, &endpoint)?;
 
     let pin_path = lab.pin_path(NODE);
     let pin_arg = pin_path.to_string_lossy();
@@ -694,15 +777,32 @@ fn measure(lab: &Lab, base: &Model, agent: &Path, blocks: usize) -> anyhow::Resu
     let pinned = Pinned::open(&pin_path)?;
     let mut random = Random(0x5eed_0000 + blocks as u64);
     let mut events: BTreeMap<EventKind, Vec<f64>> = BTreeMap::new();
+    // Every event with the wall-clock time of its put, to find the slowest in the agent's log.
+    let mut timeline: Vec<(f64, EventKind, String)> = Vec::new();
+    let mut after_ack: Vec<f64> = Vec::new();
+    // etcd's own share: from the request to its acknowledgement (the commit, its disk's fsync).
+    let mut commits: Vec<f64> = Vec::new();
     for n in 0..EVENTS {
         std::thread::sleep(Duration::from_millis(random.below(101) as u64));
         let kind = EventKind::ALL[n % EventKind::ALL.len()];
+        let at = stats::utc_precise();
         let (expect, put) = event(kind, &mut cluster, &small, &mut etcd, lab, &mut random)?;
         let took = wait_for(&pinned, &expect, put, kind.name(), &agent)?;
-        events.entry(kind).or_default().push(took.as_secs_f64() * 1e3);
+        let took_ms = took.as_secs_f64() * 1e3;
+        let acked = etcd.acked.map_or(Duration::ZERO, |acked| acked.saturating_duration_since(put));
+        after_ack.push(took.saturating_sub(acked).as_secs_f64() * 1e3);
+        commits.push(acked.as_secs_f64() * 1e3);
+        events.entry(kind).or_default().push(took_ms);
+        timeline.push((took_ms, kind, at));
     }
     for (kind, samples) in &events {
         println!("    {:<22} {}", kind.name(), summary(samples));
+    }
+    println!("    {:<22} {}", "etcd's commit", summary(&commits));
+    println!("    {:<22} {}", "after etcd's commit", summary(&after_ack));
+    timeline.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (took_ms, kind, at) in timeline.iter().take(SLOWEST) {
+        println!("      slow: {took_ms:.1} ms, {}, put at {at}", kind.name());
     }
     verify(lab, &cluster.model, &pin_path, "the events")?;
 
@@ -738,6 +838,11 @@ fn measure(lab: &Lab, base: &Model, agent: &Path, blocks: usize) -> anyhow::Resu
 
     let peak_kib = peak_kib(agent.pid())?;
     agent.terminate(Duration::from_secs(10))?;
+    let kept = logs.join(format!("control-agent-{blocks}.log"));
+    match fs::copy(agent.log_path(), &kept) {
+        Ok(_) => println!("    the agent's log: {}", kept.display()),
+        Err(error) => println!("    the agent's log could not be kept ({error})"),
+    }
     etcd_process.terminate(Duration::from_secs(10))?;
     println!("    agent peak RSS {:.1} MiB", peak_kib as f64 / 1024.0);
     Ok(ControlCost {
@@ -750,6 +855,7 @@ fn measure(lab: &Lab, base: &Model, agent: &Path, blocks: usize) -> anyhow::Resu
         program_maps_ms,
         maps_ready_seconds,
         events,
+        after_ack,
         burst_seconds,
         burst_after_last_put_ms,
         peak_kib,

@@ -154,7 +154,7 @@ fn main() -> anyhow::Result<()> {
             "==> Control plane: the agent ({}) on etcd with {counts:?} blocks: from empty, one change, a burst",
             agent.display()
         );
-        results.control = control::run(&options.workspace, agent, counts)?;
+        results.control = control::run(&options.workspace, agent, counts, &dir)?;
         results.control_build = if options.agent_release { "release" } else { "debug" };
         println!("\n{}", report::control_table(&results.control));
         write(&results, &dir, &options, started, &load_before)?;

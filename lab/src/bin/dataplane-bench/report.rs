@@ -200,6 +200,15 @@ pub fn control_table(control: &[ControlCost]) -> String {
             quantile(&all, 0.99),
             quantile(&all, 1.0)
         );
+        let _ = writeln!(
+            out,
+            "| {} | every kind, from etcd's commit | {} | {:.1} | {:.1} | {:.1} |",
+            c.blocks,
+            c.after_ack.len(),
+            quantile(&c.after_ack, 0.5),
+            quantile(&c.after_ack, 0.99),
+            quantile(&c.after_ack, 1.0)
+        );
     }
     out
 }

@@ -69,6 +69,13 @@ pub fn utc_readable() -> String {
     format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02} UTC")
 }
 
+/// The current UTC time of day as `HH:MM:SS.mmm`, as the agent's log lines show it.
+pub fn utc_precise() -> String {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let of_day = since.as_secs() % 86_400;
+    format!("{:02}:{:02}:{:02}.{:03}", of_day / 3600, of_day % 3600 / 60, of_day % 60, since.subsec_millis())
+}
+
 /// Year, month, day, hour, minute and second of the current UTC time.
 fn utc_now() -> (u64, u64, u64, u64, u64, u64) {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
