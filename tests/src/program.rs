@@ -292,9 +292,6 @@ impl Node {
         let conntrack: HashMap<_, FlowKey, NatFlow> = HashMap::try_from(self.ebpf.map(CONNTRACK_MAP).unwrap()).unwrap();
         let fragments: HashMap<_, FragmentKey, FragmentNat> =
             HashMap::try_from(self.ebpf.map(FRAGMENTS_MAP).unwrap()).unwrap();
-        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: `now` is a valid timespec for the call to fill.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
         State {
             node: node.get(&0, 0).ok(),
             routes: routes
@@ -306,7 +303,7 @@ impl Node {
             peers: peers.iter().collect::<Result<_, _>>().unwrap(),
             conntrack: conntrack.iter().collect::<Result<_, _>>().unwrap(),
             fragments: fragments.iter().collect::<Result<_, _>>().unwrap(),
-            now_ns: (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64,
+            now_ns: monotonic_ns(),
         }
     }
 }
