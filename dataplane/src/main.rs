@@ -263,21 +263,8 @@ enum DatastoreCommand {
         to: ExportTarget,
         /// The YAML file of Calico resources.
         file: PathBuf,
-        /// etcd client URLs, comma-separated.
-        #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
-        etcd_endpoints: Vec<String>,
-        /// CA certificate for etcd (PEM).
-        #[arg(long, env = "ETCD_CA_CERT_FILE")]
-        etcd_ca_cert_file: Option<PathBuf>,
-        /// Client certificate for etcd (PEM).
-        #[arg(long, env = "ETCD_CERT_FILE")]
-        etcd_cert_file: Option<PathBuf>,
-        /// Client key for etcd (PEM).
-        #[arg(long, env = "ETCD_KEY_FILE")]
-        etcd_key_file: Option<PathBuf>,
-        /// Prefix of Calico's keys in etcd.
-        #[arg(long, env = "ETCD_PREFIX", default_value = "/calico")]
-        etcd_prefix: String,
+        #[command(flatten)]
+        etcd: EtcdArgs,
     },
 }
 
@@ -317,6 +304,14 @@ struct DatastoreArgs {
     /// account].
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// etcd's settings (etcdv3 datastore).
+    #[command(flatten)]
+    etcd: EtcdArgs,
+}
+
+/// How to reach Calico's etcd: the same for every command that reads or writes it.
+#[derive(clap::Args)]
+struct EtcdArgs {
     /// etcd client URLs, comma-separated (etcdv3 datastore).
     #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     etcd_endpoints: Vec<String>,
@@ -334,6 +329,19 @@ struct DatastoreArgs {
     etcd_prefix: String,
 }
 
+impl EtcdArgs {
+    /// The client's settings.
+    fn config(&self) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: self.etcd_endpoints.clone(),
+            ca_cert_file: self.etcd_ca_cert_file.clone(),
+            cert_file: self.etcd_cert_file.clone(),
+            key_file: self.etcd_key_file.clone(),
+            prefix: self.etcd_prefix.clone(),
+        }
+    }
+}
+
 impl DatastoreArgs {
     /// The datastore with its settings; `node` limits the Kubernetes datastore to the pods
     /// scheduled on it (`None`: every pod, for cluster-wide commands).
@@ -348,13 +356,7 @@ impl DatastoreArgs {
     }
 
     fn etcd(&self) -> EtcdConfig {
-        EtcdConfig {
-            endpoints: self.etcd_endpoints.clone(),
-            ca_cert_file: self.etcd_ca_cert_file.clone(),
-            cert_file: self.etcd_cert_file.clone(),
-            key_file: self.etcd_key_file.clone(),
-            prefix: self.etcd_prefix.clone(),
-        }
+        self.etcd.config()
     }
 }
 
@@ -508,25 +510,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Datastore {
-            command:
-                DatastoreCommand::Export {
-                    to: ExportTarget::Etcdv3,
-                    file,
-                    etcd_endpoints,
-                    etcd_ca_cert_file,
-                    etcd_cert_file,
-                    etcd_key_file,
-                    etcd_prefix,
-                },
-        } => {
-            let config = EtcdConfig {
-                endpoints: etcd_endpoints,
-                ca_cert_file: etcd_ca_cert_file,
-                cert_file: etcd_cert_file,
-                key_file: etcd_key_file,
-                prefix: etcd_prefix,
-            };
+        Command::Datastore { command: DatastoreCommand::Export { to: ExportTarget::Etcdv3, file, etcd } } => {
+            let config = etcd.config();
             let (model, written) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

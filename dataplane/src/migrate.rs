@@ -204,55 +204,88 @@ pub struct Upgrade {
     pub resumed: bool,
 }
 
-/// Reads the pin path before anything is loaded: refuses a downgrade, finds an upgrade's old pins.
-pub fn survey(pin_path: &Path) -> anyhow::Result<Upgrade> {
-    let mut upgrade = Upgrade { pin_path: pin_path.to_owned(), ..Upgrade::default() };
+/// What a pin path holds, as the upgrade logic sees it: the pins' names and whether an upgrade's
+/// marker is there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PinListing {
+    /// The names of the pinned objects (not directories), sorted.
+    pub names: Vec<String>,
+    /// Whether the [`MARKER`] directory exists: an upgrade began and did not finish.
+    pub marker: bool,
+}
+
+/// Lists `pin_path`; a path that does not exist holds nothing.
+pub fn list_pins(pin_path: &Path) -> anyhow::Result<PinListing> {
+    let mut listing = PinListing::default();
     let entries = match fs::read_dir(pin_path) {
         Ok(entries) => entries,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(upgrade),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(listing),
         Err(error) => return Err(error).with_context(|| format!("listing {}", pin_path.display())),
     };
-    let mut names = Vec::new();
     for entry in entries {
         let entry = entry.with_context(|| format!("listing {}", pin_path.display()))?;
         if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-            if entry.file_name() == MARKER {
-                upgrade.resumed = true;
-            }
+            listing.marker |= entry.file_name() == MARKER;
             continue;
         }
-        names.push(entry.file_name().to_string_lossy().into_owned());
+        listing.names.push(entry.file_name().to_string_lossy().into_owned());
     }
-    names.sort();
-    let (mut newer, mut ours) = (Vec::new(), Vec::new());
+    listing.names.sort();
+    Ok(listing)
+}
+
+/// Pins of this agent's map families whose version is not this agent's: `(pin, this agent's
+/// name of the same map)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VersionSkew {
+    /// Pins of a newer agent, which this one cannot read.
+    pub newer: Vec<(String, &'static str)>,
+    /// Pins of an older agent, which this one migrates.
+    pub older: Vec<(String, &'static str)>,
+}
+
+/// Sorts the pins whose version differs from this agent's layouts ([`PINNED_MAPS`]); names of
+/// other families (links, the marker) are not maps of a layout and are left out.
+pub fn version_skew(names: &[String]) -> VersionSkew {
+    let mut skew = VersionSkew::default();
     for name in names {
-        let Some((family, version)) = split_version(&name) else { continue };
+        let Some((family, version)) = split_version(name) else { continue };
         let Some(current) = PINNED_MAPS.iter().find(|map| map.family() == family) else { continue };
         if version > current.version() {
-            newer.push(name);
-            ours.push(current.name);
+            skew.newer.push((name.clone(), current.name));
         } else if version < current.version() {
-            let carry = carry(family);
-            if carry == Carry::Convert && !CONVERSIONS.iter().any(|c| c.from == name && c.to == current.name) {
-                anyhow::bail!(
-                    "{} holds {name}, which this agent cannot convert to {}: no migration is known; \
-                     nothing was changed. Upgrade through a version that knows {name}, or remove the \
-                     fast path with `dataplane cleanup --pin-path {}` (translated flows are lost)",
-                    pin_path.display(),
-                    current.name,
-                    pin_path.display()
-                );
-            }
-            upgrade.old_pins.push(OldPin { name, current: current.name, carry });
+            skew.older.push((name.clone(), current.name));
         }
     }
-    if !newer.is_empty() {
+    skew
+}
+
+/// Reads the pin path before anything is loaded: refuses a downgrade, finds an upgrade's old pins.
+pub fn survey(pin_path: &Path) -> anyhow::Result<Upgrade> {
+    let listing = list_pins(pin_path)?;
+    let mut upgrade = Upgrade { pin_path: pin_path.to_owned(), resumed: listing.marker, ..Upgrade::default() };
+    let skew = version_skew(&listing.names);
+    if !skew.newer.is_empty() {
         return Err(Refusal {
             pin_path: pin_path.display().to_string(),
-            newer: newer.join(", "),
-            ours: ours.join(", "),
+            newer: skew.newer.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", "),
+            ours: skew.newer.iter().map(|(_, ours)| *ours).collect::<Vec<_>>().join(", "),
         }
         .into());
+    }
+    for (name, current) in skew.older {
+        let family = split_version(current).map_or(current, |(family, _)| family);
+        let carry = carry(family);
+        if carry == Carry::Convert && !CONVERSIONS.iter().any(|c| c.from == name && c.to == current) {
+            anyhow::bail!(
+                "{} holds {name}, which this agent cannot convert to {current}: no migration is known; \
+                 nothing was changed. Upgrade through a version that knows {name}, or remove the \
+                 fast path with `dataplane cleanup --pin-path {}` (translated flows are lost)",
+                pin_path.display(),
+                pin_path.display()
+            );
+        }
+        upgrade.old_pins.push(OldPin { name, current, carry });
     }
     Ok(upgrade)
 }

@@ -182,6 +182,20 @@ fn pins(pin_path: &Path) -> anyhow::Result<BTreeSet<String>> {
     Ok(names)
 }
 
+/// The `upgrade` findings of `bin check -o json` on node-1.
+fn upgrade_findings(cluster: &Cluster, bin: &Path, pin_path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let datastore = format!("file:{}", cluster.datastore().display());
+    let (bin, pin_path) = (bin.to_string_lossy(), pin_path.to_string_lossy());
+    let argv = [&*bin, "check", "--datastore", &datastore, "--node", "node-1", "--pin-path", &*pin_path, "-o", "json"];
+    let netns = cluster.lab.node_netns("node-1")?;
+    let output = cluster.lab.exec_status(netns, &argv)?;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
+        format!("{}: {}", cluster.lab.command_line(netns, &argv), String::from_utf8_lossy(&output.stderr))
+    })?;
+    let findings = report["findings"].as_array().cloned().unwrap_or_default();
+    Ok(findings.into_iter().filter(|f| f["check"] == "upgrade").collect())
+}
+
 /// Runs an iperf3 stream from nat-1 to nat-2 while `during` runs; checks every second of it.
 fn stream_across(cluster: &Cluster, during: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<iperf::Report> {
     let client = cluster.lab.pod(NAT_1)?.clone();
@@ -289,6 +303,15 @@ fn an_upgrade_that_crashes_halfway_through_its_migration_resumes_and_a_downgrade
     // The old programs still carry the node, with their own map.
     let during = flows.exchange("after the crash")?;
     ensure!(before == during, "after the crash the translations changed: {before:?} -> {during:?}");
+    // `dataplane check` tells the operator what happened and what to do.
+    let marker = pin_path.join(migrate::MARKER).display().to_string();
+    let upgrade = upgrade_findings(&cluster, &current, &pin_path)?;
+    ensure!(
+        upgrade.iter().any(
+            |f| f["object"] == marker.as_str() && f["problem"].as_str().is_some_and(|p| p.contains("conntrack_v0"))
+        ),
+        "check does not report the unfinished upgrade at {marker}: {upgrade:#?}"
+    );
 
     // The restart resumes.
     let resumed = start(&cluster, "node-1", &current, &[])?;
@@ -304,6 +327,8 @@ fn an_upgrade_that_crashes_halfway_through_its_migration_resumes_and_a_downgrade
         "after the resumed upgrade: {names:?}"
     );
     ensure_carried(&old_entries, &pin_path)?;
+    let upgrade = upgrade_findings(&cluster, &current, &pin_path)?;
+    ensure!(upgrade.is_empty(), "check still reports an upgrade after the resumed one finished: {upgrade:#?}");
     let after = flows.exchange("after the resumed upgrade")?;
     ensure!(before == after, "the translations changed across the resumed upgrade: {before:?} -> {after:?}");
 

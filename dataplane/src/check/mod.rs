@@ -18,6 +18,7 @@ mod observe;
 mod report;
 #[cfg(test)]
 mod tests;
+mod upgrade;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -50,6 +51,7 @@ pub use lint::*;
 pub use maps::*;
 pub use observe::*;
 pub use report::*;
+pub use upgrade::*;
 
 /// Settings of `dataplane check`.
 #[derive(Clone, Debug)]
@@ -221,6 +223,15 @@ fn check_programmed(
             return;
         }
     };
+    match crate::migrate::list_pins(&options.pin_path) {
+        Ok(listing) => report.findings.extend(check_upgrade(&options.pin_path, &listing)),
+        Err(error) => report.findings.push(Finding::new(
+            "upgrade",
+            options.pin_path.display().to_string(),
+            format!("{error:#}"),
+            "run the check as root, with the pin path of the node's agent (--pin-path)",
+        )),
+    }
     let observed = observe_maps(&options.pin_path);
     // The SNAT range and the timeouts are the agent's flags, not the datastore's: take what is
     // programmed.

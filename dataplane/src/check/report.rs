@@ -14,7 +14,7 @@ pub(super) const FIX_AGENT: &str =
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
     /// The check that found it: `programs`, `maps`, `routes`, `tunnel`, `pools`, `blocks`,
-    /// `workloads`, `node`, `datastore` or `plan`.
+    /// `workloads`, `node`, `upgrade`, `datastore` or `plan`.
     pub check: &'static str,
     /// The object, as an operator names it: `IPPool default`, `routes_v1 10.244.2.0/26`, ...
     pub object: String,

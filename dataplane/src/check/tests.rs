@@ -658,3 +658,42 @@ fn report_text_says_nothing_is_wrong_or_lists_each_fix() {
     assert!(printed.contains("[pools] IPPool x: overlaps\n    fix: change it"), "{printed}");
     assert_eq!(json(&report)["findings"][0]["object"], "IPPool x");
 }
+
+/// The pin listing of a node whose maps all have this version's layouts, with `extra` added.
+fn listing_with(extra: &[&str], marker: bool) -> crate::migrate::PinListing {
+    let mut names: Vec<String> = dataplane_common::PINNED_MAPS.iter().map(|map| map.name.to_owned()).collect();
+    names.extend(extra.iter().map(|name| (*name).to_owned()));
+    names.sort();
+    crate::migrate::PinListing { names, marker }
+}
+
+#[test]
+fn pins_of_this_version_raise_no_upgrade_finding() {
+    assert_eq!(check_upgrade(Path::new("/sys/fs/bpf/dataplane"), &listing_with(&[], false)), Vec::new());
+}
+
+#[test]
+fn an_unfinished_upgrade_names_the_old_pins_and_says_to_start_the_agent() {
+    let findings = check_upgrade(Path::new("/sys/fs/bpf/dataplane"), &listing_with(&["conntrack_v0"], true));
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert_eq!(findings[0].check, "upgrade");
+    assert_eq!(findings[0].object, "/sys/fs/bpf/dataplane/upgrading");
+    assert!(findings[0].problem.contains("did not finish") && findings[0].problem.contains("conntrack_v0"));
+    assert!(findings[0].fix.contains("resumes"));
+}
+
+#[test]
+fn pins_of_an_older_agent_without_a_marker_are_an_agent_not_yet_upgraded() {
+    let findings = check_upgrade(Path::new("/p"), &listing_with(&["peers_v0"], false));
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert_eq!(findings[0].object, "peers_v0");
+    assert!(findings[0].problem.contains("older layout") && findings[0].problem.contains("peers_v1"));
+}
+
+#[test]
+fn pins_of_a_newer_agent_are_reported_as_unreadable() {
+    let findings = check_upgrade(Path::new("/p"), &listing_with(&["routes_v2", "not_a_map"], false));
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert_eq!(findings[0].object, "routes_v2");
+    assert!(findings[0].problem.contains("newer agent"));
+}
