@@ -50,6 +50,12 @@ pub enum Stat {
     /// A later fragment to this node of no translated datagram it knows: the host's own (or one
     /// whose first fragment was not seen), handed to the kernel, which reassembles.
     PassUntrackedFragment = 17,
+    /// The first fragment of a peer's VXLAN packet (an underlay that fragments): handed to the
+    /// kernel, which reassembles the datagram for the VXLAN anchor's socket.
+    PassTunnelFragment = 18,
+    /// A peer's VXLAN packet the kernel reassembled and decapsulated (`vxlan.dataplane`), routed
+    /// by the anchor's program: into the pod it is for, or to the kernel.
+    DecapVxlanReassembled = 19,
 
     /// Too short or malformed headers (truncated Ethernet, IPv4 IHL < 5, bad lengths).
     DropMalformed = DROP_BASE,
@@ -73,7 +79,8 @@ pub enum Stat {
     DropRedirectFailed = DROP_BASE + 9,
     /// The agent has not written this node's configuration yet.
     DropNoNodeConfig = DROP_BASE + 10,
-    /// A fragment of a tunnel packet: the fast path only decapsulates whole packets.
+    /// The first fragment of an IP-in-IP packet: the fast path decapsulates whole packets only,
+    /// and no device of the node reassembles IP-in-IP for it (VXLAN's are passed to the kernel).
     DropTunnelFragment = DROP_BASE + 11,
     /// SNAT found no free port for a new flow: the original and every port of the range are taken.
     DropNatPortsExhausted = DROP_BASE + 12,
@@ -93,7 +100,7 @@ pub enum Stat {
 
 impl Stat {
     /// Every slot in use, in slot order.
-    pub const ALL: [Stat; 35] = [
+    pub const ALL: [Stat; 37] = [
         Stat::DeliveredLocal,
         Stat::EncapVxlan,
         Stat::EncapIpip,
@@ -112,6 +119,8 @@ impl Stat {
         Stat::SnatFragment,
         Stat::ReverseNatFragment,
         Stat::PassUntrackedFragment,
+        Stat::PassTunnelFragment,
+        Stat::DecapVxlanReassembled,
         Stat::DropMalformed,
         Stat::DropSpoofedSource,
         Stat::DropUnknownWorkload,
@@ -167,6 +176,8 @@ impl Stat {
             Stat::SnatFragment => "snat_fragment",
             Stat::ReverseNatFragment => "reverse_nat_fragment",
             Stat::PassUntrackedFragment => "pass_untracked_fragment",
+            Stat::PassTunnelFragment => "pass_tunnel_fragment",
+            Stat::DecapVxlanReassembled => "decap_vxlan_reassembled",
             Stat::DropMalformed => "drop_malformed",
             Stat::DropSpoofedSource => "drop_spoofed_source",
             Stat::DropUnknownWorkload => "drop_unknown_workload",

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod anchor;
 mod arp;
 mod conntrack;
 mod csum;
@@ -25,7 +26,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use dataplane_common::{Program, Stat};
+use dataplane_common::Program;
 
 /// XDP of the node's uplink: drops the tunnel packets `from_uplink` would refuse before an skb
 /// exists, and passes everything else on to it.
@@ -58,12 +59,13 @@ pub fn to_uplink(ctx: TcContext) -> i32 {
     verdict::finish(&ctx, Program::ToUplink, uplink::to_uplink(&ctx))
 }
 
-/// TC ingress of the VXLAN GRO anchor device (`vxlan.dataplane`). The device exists only so that
-/// its UDP socket lets GRO merge VXLAN packets before `from_uplink` decapsulates them; whatever it
-/// decapsulates itself came past `from_uplink` (through another interface) and is dropped.
+/// TC ingress of the VXLAN GRO anchor device (`vxlan.dataplane`). The device exists so that its
+/// UDP socket lets GRO merge VXLAN packets before `from_uplink` decapsulates them; what it
+/// decapsulates itself is a peer's datagram the underlay fragmented (delivered) or came past
+/// `from_uplink` (dropped).
 #[classifier]
 pub fn vxlan_anchor(ctx: TcContext) -> i32 {
-    verdict::finish(&ctx, Program::VxlanAnchor, Err(Stat::DropVxlanSocket))
+    verdict::finish(&ctx, Program::VxlanAnchor, anchor::vxlan_anchor(&ctx))
 }
 
 #[cfg(not(test))]

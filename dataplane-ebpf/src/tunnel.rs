@@ -29,10 +29,13 @@ pub enum Arrival {
     Vxlan(Ipv4Hdr),
     /// An acceptable IP-in-IP packet from a peer, with its inner IPv4 header.
     Ipip(Ipv4Hdr),
+    /// The first fragment of a peer's VXLAN packet: the kernel reassembles the datagram and
+    /// the VXLAN anchor's socket decapsulates it (its program delivers the inner packet).
+    VxlanFragment,
 }
 
 /// Classifies an uplink arrival; `Err` is the reason to refuse it: a tunnel packet from a
-/// non-peer, with a wrong VNI, a fragment, or malformed or cut-short headers (also a UDP
+/// non-peer, with a wrong VNI, an IP-in-IP fragment, or malformed or cut-short headers (also a UDP
 /// header cut short). Both uplink programs decide with this, so XDP drops exactly what TC would.
 #[inline(always)]
 pub fn classify<F: Frame>(frame: &F, node: &NodeConfig) -> Result<Arrival, Stat> {
@@ -62,10 +65,10 @@ pub fn classify<F: Frame>(frame: &F, node: &NodeConfig) -> Result<Arrival, Stat>
             if u16::from_be_bytes(udp.dst_port) != node.vxlan_port {
                 return Ok(Arrival::ToNode(outer));
             }
-            if is_fragment {
-                return Err(Stat::DropTunnelFragment);
-            }
             check_peer(outer.src, peer_flags::VXLAN)?;
+            if is_fragment {
+                return Ok(Arrival::VxlanFragment);
+            }
             let header: VxlanHdr = frame.read_at(vxlan::VXLAN_OFFSET)?;
             if header.flags & VXLAN_FLAG_VNI == 0 || header.vni != vxlan::vni_bytes(node.vni) {
                 return Err(Stat::DropWrongVni);
@@ -93,7 +96,7 @@ pub fn classify<F: Frame>(frame: &F, node: &NodeConfig) -> Result<Arrival, Stat>
 /// its length inside the frame): the stack would drop a cut-short one anyway, and it is no
 /// decapsulation to count.
 #[inline(always)]
-fn inner_ipv4<F: Frame>(frame: &F, offset: usize) -> Result<Ipv4Hdr, Stat> {
+pub fn inner_ipv4<F: Frame>(frame: &F, offset: usize) -> Result<Ipv4Hdr, Stat> {
     let inner: Ipv4Hdr = frame.read_at(offset)?;
     if inner.version() != 4 || inner.ihl() < IPV4_IHL_MIN {
         return Err(Stat::DropMalformed);

@@ -29,13 +29,14 @@ pub fn from_uplink(ctx: &TcContext) -> Outcome {
         Arrival::ToNode(outer) => nat::inbound(ctx, &node, &outer),
         Arrival::Vxlan(inner) => deliver(ctx, inner, Stat::DecapVxlan, vxlan::decap),
         Arrival::Ipip(inner) => deliver(ctx, inner, Stat::DecapIpip, ipip::decap),
+        Arrival::VxlanFragment => Ok(Verdict { stat: Stat::PassTunnelFragment, ..Verdict::pass() }),
     }
 }
 
 /// Decapsulates and delivers the inner packet (checked by `tunnel::classify`): into the pod it
 /// is for, or to the kernel.
 #[inline(always)]
-fn deliver(ctx: &TcContext, mut inner: Ipv4Hdr, stat: Stat, decap: fn(&TcContext) -> Result<(), Stat>) -> Outcome {
+pub fn deliver(ctx: &TcContext, mut inner: Ipv4Hdr, stat: Stat, decap: fn(&TcContext) -> Result<(), Stat>) -> Outcome {
     let route = route::lookup(inner.dst);
     if let Some(route) = route {
         if route.kind == route_kind::LOCAL_BLOCK {

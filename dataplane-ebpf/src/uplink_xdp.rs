@@ -1,7 +1,7 @@
 //! `xdp_uplink`: the uplink's first look at a packet, before the kernel builds an skb for it.
 //!
-//! It refuses the tunnel packets `from_uplink` would refuse (a non-peer, a wrong VNI, fragments,
-//! malformed or cut-short headers), with the same decision (`tunnel::classify`) and the same drop
+//! It refuses the tunnel packets `from_uplink` would refuse (a non-peer, a wrong VNI, IP-in-IP
+//! fragments, malformed or cut-short headers), with the same decision (`tunnel::classify`) and the same drop
 //! reasons, so a flood of them costs no skb; everything else goes on to the TC programs as it
 //! came, which decide as they did without XDP.
 

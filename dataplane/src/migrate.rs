@@ -410,6 +410,8 @@ mod tests {
         ("snat_fragment", 15),
         ("reverse_nat_fragment", 16),
         ("pass_untracked_fragment", 17),
+        ("pass_tunnel_fragment", 18),
+        ("decap_vxlan_reassembled", 19),
         ("drop_malformed", 32),
         ("drop_spoofed_source", 33),
         ("drop_unknown_workload", 34),

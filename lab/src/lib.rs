@@ -719,6 +719,44 @@ pub fn udp_socket_in(netns: &str, port: u16, read_timeout: Option<Duration>) -> 
     })
 }
 
+/// Sends each of `packets` (whole IPv4 packets, header included, as they are to leave) to `dst`
+/// through a raw socket in `netns`: the kernel adds only the link layer, so fragments and
+/// crafted headers go out as built. Returns how many were sent whole.
+pub fn send_raw_ipv4(netns: &str, dst: Ipv4Addr, packets: Vec<Vec<u8>>) -> anyhow::Result<usize> {
+    in_netns(netns, move || {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+        // SAFETY: plain socket(2); the descriptor is owned below. IPPROTO_RAW implies IP_HDRINCL.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        anyhow::ensure!(raw >= 0, "raw IPv4 socket: {}", std::io::Error::last_os_error());
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
+            sin_zero: [0; 8],
+        };
+        let mut sent = 0;
+        for packet in packets {
+            // SAFETY: the buffer and the address outlive the call; lengths are theirs.
+            let n = unsafe {
+                libc::sendto(
+                    socket.as_raw_fd(),
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if usize::try_from(n).is_ok_and(|n| n == packet.len()) {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    })
+}
+
 /// Mounts bpffs at /sys/fs/bpf unless one is mounted there already.
 pub fn ensure_bpffs() -> anyhow::Result<()> {
     // Labs built side by side in one process must not both mount: the second mount would hide the

@@ -759,6 +759,41 @@ struct EtcdCluster {
 }
 
 impl EtcdCluster {
+    /// Stops etcd and waits, at most `within` from the stop, for every agent to say it lost
+    /// etcd. Returns each agent's count of programmed lines before the stop, and when it stopped.
+    fn stop_etcd(&mut self, within: Duration) -> anyhow::Result<(Vec<usize>, Instant)> {
+        let before: Vec<usize> = self.agents.iter().map(ChildHandle::programmed).collect();
+        if let Some(mut etcd) = self.etcd.take() {
+            etcd.terminate(Duration::from_secs(5))?;
+        }
+        let stopped = Instant::now();
+        for agent in &self.agents {
+            let what = format!("{} saying it lost etcd", agent.name());
+            wait_until(&what, within.saturating_sub(stopped.elapsed()), || {
+                Ok(agent.log().contains("lost the connection to etcd"))
+            })
+            .with_context(|| agent.log())?;
+        }
+        Ok((before, stopped))
+    }
+
+    /// Waits for every agent to say it reconnected to etcd and then to program its node again
+    /// (`before`: each agent's count of programmed lines before the outage); how long each took
+    /// from `restarted`.
+    fn wait_resynced(&self, before: &[usize], restarted: Instant) -> anyhow::Result<Vec<Duration>> {
+        let mut took = Vec::new();
+        for (agent, &before) in self.agents.iter().zip(before) {
+            // The agent retries every 5 s at most after a long outage: wait for its reconnect (a
+            // periodic resync may log "programmed" before that).
+            wait_until(&format!("{} saying it reconnected", agent.name()), Duration::from_secs(20), || {
+                Ok(agent.log().contains("reconnected to etcd"))
+            })
+            .with_context(|| agent.log())?;
+            took.push(agent.wait_programmed(before, restarted, CHANGE_TIMEOUT)?);
+        }
+        Ok(took)
+    }
+
     /// The example's lab with etcd running in it, no agents yet; with the model and the agent
     /// binary. `None` (after saying why) when not root or without etcd.
     fn up(test: &str) -> anyhow::Result<Option<(EtcdCluster, Model, PathBuf)>> {
@@ -925,31 +960,12 @@ fn agents_run_from_etcd_on_the_two_node_lab() -> anyhow::Result<()> {
     );
 
     // etcd stops: the agents keep the fast path and say so; etcd back: they re-read and resync.
-    let before: Vec<usize> = cluster.agents.iter().map(ChildHandle::programmed).collect();
-    if let Some(mut etcd) = cluster.etcd.take() {
-        etcd.terminate(Duration::from_secs(5))?;
-    }
     // Within 2 s of the stop, each agent says it lost etcd.
-    let stopped = Instant::now();
-    for agent in &cluster.agents {
-        let what = format!("{} saying it lost etcd", agent.name());
-        wait_until(&what, Duration::from_secs(2).saturating_sub(stopped.elapsed()), || {
-            Ok(agent.log().contains("lost the connection to etcd"))
-        })
-        .with_context(|| agent.log())?;
-    }
+    let (before, _) = cluster.stop_etcd(Duration::from_secs(2))?;
     ensure!(cluster.lab.ping_ok(&web1, web2.addr, 3)?, "traffic stopped with etcd\n{}", cluster.logs());
     let restarted = Instant::now();
     cluster.start_etcd()?;
-    for (agent, before) in cluster.agents.iter().zip(before) {
-        // The agent retries every 5 s at most after a long outage: wait for its reconnect (a
-        // periodic resync may log "programmed" before that).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !agent.log().contains("reconnected to etcd") {
-            ensure!(Instant::now() < deadline, "{} did not say it reconnected:\n{}", agent.name(), agent.log());
-            thread::sleep(Duration::from_millis(200));
-        }
-        let took = agent.wait_programmed(before, restarted, CHANGE_TIMEOUT)?;
+    for (agent, took) in cluster.agents.iter().zip(cluster.wait_resynced(&before, restarted)?) {
         eprintln!("{} resynced {took:?} after etcd was restarted", agent.name());
     }
     ensure!(cluster.lab.ping_ok(&web1, web2.addr, 5)?, "no traffic after etcd came back\n{}", cluster.logs());
@@ -1056,18 +1072,7 @@ fn an_iperf3_stream_survives_etcd_down_for_30_s() -> anyhow::Result<()> {
     iperf::wait_for_first_second(&mut server, Duration::from_secs(10))?;
 
     // etcd down for 30 s, as the issue asks.
-    let before: Vec<usize> = cluster.agents.iter().map(ChildHandle::programmed).collect();
-    if let Some(mut etcd) = cluster.etcd.take() {
-        etcd.terminate(Duration::from_secs(5))?;
-    }
-    let stopped = Instant::now();
-    for agent in &cluster.agents {
-        let what = format!("{} saying it lost etcd", agent.name());
-        wait_until(&what, ETCD_OUTAGE.saturating_sub(stopped.elapsed()), || {
-            Ok(agent.log().contains("lost the connection to etcd"))
-        })
-        .with_context(|| agent.log())?;
-    }
+    let (before, stopped) = cluster.stop_etcd(ETCD_OUTAGE)?;
     // The outage itself is what is tested: etcd stays away for the whole of it.
     thread::sleep(ETCD_OUTAGE.saturating_sub(stopped.elapsed()));
     // Timed from the start of etcd: the agents may reconnect before `etcdctl endpoint health`
@@ -1075,15 +1080,7 @@ fn an_iperf3_stream_survives_etcd_down_for_30_s() -> anyhow::Result<()> {
     let restarted = Instant::now();
     let down = restarted.duration_since(stopped);
     cluster.start_etcd()?;
-    for (agent, before) in cluster.agents.iter().zip(before) {
-        // The agent retries every 5 s at most after a long outage: wait for its reconnect (a
-        // periodic resync may log "programmed" before that).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !agent.log().contains("reconnected to etcd") {
-            ensure!(Instant::now() < deadline, "{} did not say it reconnected:\n{}", agent.name(), agent.log());
-            thread::sleep(Duration::from_millis(200));
-        }
-        let took = agent.wait_programmed(before, restarted, CHANGE_TIMEOUT)?;
+    for (agent, took) in cluster.agents.iter().zip(cluster.wait_resynced(&before, restarted)?) {
         eprintln!("{} resynced {took:?} after etcd was started again (it was down {down:?})", agent.name());
     }
 

@@ -36,6 +36,18 @@ fn vxlan_to_node(outer_src: [u8; 4], vni: u32, inner_src: [u8; 4], inner_dst: [u
         .finish()
 }
 
+/// An IP-in-IP packet from `outer_src` to this node carrying remote pod -> pod A.
+fn ipip_to_node(outer_src: [u8; 4]) -> Vec<u8> {
+    Packet::eth(UPLINK_MAC, UPLINK_MAC).ipv4(outer_src, NODE, 4).ipv4(REMOTE_POD, POD_A, IPPROTO_UDP).udp(1, 2).finish()
+}
+
+/// `packet` with More Fragments set on its outer IPv4 header: the first fragment of a datagram.
+fn first_fragment(mut packet: Vec<u8>) -> Vec<u8> {
+    packet[ETH_HLEN + 6] |= 0x20;
+    set_ipv4_checksum(&mut packet, ETH_HLEN);
+    packet
+}
+
 #[test]
 fn arp_for_the_gateway_is_answered_with_the_gateway_mac() {
     if skip_unless_root() {
@@ -376,12 +388,7 @@ fn ipip_from_an_unknown_node_is_dropped() {
         return;
     }
     let node = Node::with_cluster("node-1", &ipip_cluster());
-    let packet = Packet::eth(UPLINK_MAC, UPLINK_MAC)
-        .ipv4(STRANGER, NODE, 4)
-        .ipv4(REMOTE_POD, POD_A, IPPROTO_UDP)
-        .udp(1, 2)
-        .finish();
-    let (verdict, _) = node.run(PROG_FROM_UPLINK, &packet);
+    let (verdict, _) = node.run(PROG_FROM_UPLINK, &ipip_to_node(STRANGER));
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(node.stat(Stat::DropUnknownPeer), 1);
 }
@@ -420,13 +427,21 @@ fn ip_options_and_tunnel_fragments_are_never_rewritten() {
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out, with_options);
 
-    // A first fragment of a VXLAN packet (MF set): dropped with its own reason.
-    let mut fragment = vxlan_to_node(PEER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A);
-    fragment[20] |= 0x20;
-    set_ipv4_checksum(&mut fragment, ETH_HLEN);
-    let (verdict, _) = node.run(PROG_FROM_UPLINK, &fragment);
-    assert_eq!(verdict, TC_ACT_SHOT);
-    assert_eq!(node.stat(Stat::DropTunnelFragment), 1);
+    // A first fragment of a peer's VXLAN packet (MF set): to the kernel unchanged, which
+    // reassembles it for the VXLAN anchor's socket.
+    let fragment = first_fragment(vxlan_to_node(PEER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A));
+    let (verdict, out) = node.run(PROG_FROM_UPLINK, &fragment);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, fragment);
+    assert_eq!(node.stat(Stat::PassTunnelFragment), 1);
+    // The same from a stranger: refused as any of its VXLAN.
+    let (verdict, _) =
+        node.run(PROG_FROM_UPLINK, &first_fragment(vxlan_to_node(STRANGER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A)));
+    assert_eq!((verdict, node.stat(Stat::DropUnknownPeer)), (TC_ACT_SHOT, 1));
+    // A first fragment of a peer's IP-in-IP: nothing reassembles IP-in-IP for the fast path.
+    let ipip = Node::with_cluster("node-1", &ipip_cluster());
+    let (verdict, _) = ipip.run(PROG_FROM_UPLINK, &first_fragment(ipip_to_node(PEER)));
+    assert_eq!((verdict, ipip.stat(Stat::DropTunnelFragment)), (TC_ACT_SHOT, 1));
 
     // A later fragment (offset != 0) carries no UDP header: of no translated datagram, so left
     // to the kernel, unchanged.
@@ -475,9 +490,6 @@ fn xdp_drops_every_tunnel_packet_from_uplink_refuses_with_its_reason() {
         return;
     }
     let vxlan = vxlan_to_node(PEER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A);
-    let mut fragment = vxlan.clone();
-    fragment[20] |= 0x20;
-    set_ipv4_checksum(&mut fragment, ETH_HLEN);
     let mut no_vni_flag = vxlan.clone();
     no_vni_flag[ETH_HLEN + 20 + 8] = 0;
     let mut inner_not_ipv4 = vxlan.clone();
@@ -485,12 +497,7 @@ fn xdp_drops_every_tunnel_packet_from_uplink_refuses_with_its_reason() {
     let mut inner_too_long = vxlan.clone();
     let inner = ETH_HLEN + VXLAN_ENCAP_LEN;
     inner_too_long[inner + 2..inner + 4].copy_from_slice(&2000u16.to_be_bytes());
-    let ipip_stranger = Packet::eth(UPLINK_MAC, UPLINK_MAC)
-        .ipv4(STRANGER, NODE, 4)
-        .ipv4(REMOTE_POD, POD_A, IPPROTO_UDP)
-        .udp(1, 2)
-        .finish();
-    let cases: [(&str, Vec<u8>, Stat, bool); 9] = [
+    let cases: [(&str, Vec<u8>, Stat, bool); 10] = [
         (
             "VXLAN from a non-peer",
             vxlan_to_node(STRANGER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A),
@@ -499,12 +506,18 @@ fn xdp_drops_every_tunnel_packet_from_uplink_refuses_with_its_reason() {
         ),
         ("VXLAN with another VNI", vxlan_to_node(PEER, 4097, REMOTE_POD, POD_A), Stat::DropWrongVni, false),
         ("VXLAN without the VNI flag", no_vni_flag, Stat::DropWrongVni, false),
-        ("a first fragment of VXLAN", fragment, Stat::DropTunnelFragment, false),
+        (
+            "a first fragment of a stranger's VXLAN",
+            first_fragment(vxlan_to_node(STRANGER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A)),
+            Stat::DropUnknownPeer,
+            false,
+        ),
+        ("a first fragment of a peer's IPIP", first_fragment(ipip_to_node(PEER)), Stat::DropTunnelFragment, true),
         ("VXLAN cut inside its VXLAN header", vxlan[..ETH_HLEN + 20 + 8 + 4].to_vec(), Stat::DropMalformed, false),
         ("VXLAN cut inside its inner IPv4 header", vxlan[..inner + 10].to_vec(), Stat::DropMalformed, false),
         ("VXLAN carrying no IPv4", inner_not_ipv4, Stat::DropMalformed, false),
         ("VXLAN whose inner length overruns the frame", inner_too_long, Stat::DropMalformed, false),
-        ("IPIP from a non-peer", ipip_stranger, Stat::DropUnknownPeer, true),
+        ("IPIP from a non-peer", ipip_to_node(STRANGER), Stat::DropUnknownPeer, true),
     ];
     for (what, packet, reason, ipip) in cases {
         let node = if ipip { Node::with_cluster("node-1", &ipip_cluster()) } else { Node::new("node-1") };
@@ -529,8 +542,13 @@ fn xdp_passes_everything_else_unchanged() {
     later[20] = 0x00;
     later[21] = 0x10;
     set_ipv4_checksum(&mut later, ETH_HLEN);
-    let cases: [(&str, Vec<u8>, Stat); 5] = [
+    let cases: [(&str, Vec<u8>, Stat); 6] = [
         ("a peer's VXLAN", vxlan_to_node(PEER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A), Stat::DecapVxlan),
+        (
+            "a first fragment of a peer's VXLAN",
+            first_fragment(vxlan_to_node(PEER, CALICO_VXLAN_VNI, REMOTE_POD, POD_A)),
+            Stat::PassTunnelFragment,
+        ),
         (
             "UDP to the node itself",
             Packet::eth(UPLINK_MAC, UPLINK_MAC)

@@ -893,40 +893,15 @@ fn send_first_fragments(pod: &LabPod, dst: Ipv4Addr, count: usize) -> anyhow::Re
         .payload(&[0x5a; 64])
         .finish();
     let template = frame[dataplane_common::net::ETH_HLEN..].to_vec();
-    dataplane_lab::in_netns(&pod.netns, move || {
-        // SAFETY: plain socket(2); the descriptor is owned below.
-        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        ensure!(raw >= 0, "raw IPv4 socket: {}", std::io::Error::last_os_error());
-        // SAFETY: `raw` is a fresh descriptor nothing else owns.
-        let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-        let to = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
-            sin_zero: [0; 8],
-        };
-        let mut sent = 0;
-        for id in 0..count {
+    let packets = (0..count)
+        .map(|id| {
             let mut packet = template.clone();
             // Identification (never 0, which the kernel would replace), then MF with offset 0.
             packet[4..6].copy_from_slice(&((id % 0xffff) as u16 + 1).to_be_bytes());
             packet[6..8].copy_from_slice(&0x2000u16.to_be_bytes());
             set_ipv4_checksum(&mut packet, 0);
-            // SAFETY: the buffer and the address outlive the call; lengths are theirs.
-            let n = unsafe {
-                libc::sendto(
-                    socket.as_raw_fd(),
-                    packet.as_ptr().cast(),
-                    packet.len(),
-                    0,
-                    (&to as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            };
-            if n == packet.len() as isize {
-                sent += 1;
-            }
-        }
-        Ok(sent)
-    })
+            packet
+        })
+        .collect();
+    dataplane_lab::send_raw_ipv4(&pod.netns, dst, packets)
 }

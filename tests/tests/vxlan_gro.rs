@@ -28,7 +28,10 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{ensure, Context as _};
-use dataplane_lab::{AgentMode, AgentOptions, Cluster, Lab};
+use dataplane_lab::{
+    counters::{self, growth},
+    AgentMode, AgentOptions, Cluster, Lab,
+};
 use serde_json::Value;
 
 /// Pool 10.244.0.0/16 vxlanMode Always; node-1 (web-1, cache-1) and node-2 (web-2).
@@ -51,6 +54,108 @@ fn vxlan_receive_gro_merges_with_the_anchor() -> anyhow::Result<()> {
     let result = run(&mut cluster);
     // The lab (namespaces, pins, processes) goes when `cluster` drops, failing or not.
     result.with_context(|| cluster.logs())
+}
+
+/// A peer's VXLAN datagram that the underlay fragmented (two IPv4 fragments of the outer UDP
+/// datagram, sent by node-1 through a raw socket) reaches web-2 whole: node-2's `from_uplink`
+/// passes the first fragment to the kernel (`pass_tunnel_fragment`) and the later one with it,
+/// the kernel reassembles the datagram for the anchor's socket, and the anchor's program delivers
+/// the inner packet into the pod (`decap_vxlan_reassembled`). The same fragments from an address
+/// that is no peer are refused at the first fragment (`drop_unknown_peer`) and nothing arrives.
+#[test]
+fn a_peers_vxlan_fragmented_by_the_underlay_is_reassembled_and_delivered() -> anyhow::Result<()> {
+    let test = "a_peers_vxlan_fragmented_by_the_underlay_is_reassembled_and_delivered";
+    let Some(mut cluster) = Cluster::up_or_skip(test, TWO_NODES)? else {
+        return Ok(());
+    };
+    cluster.start("node-1", &AgentOptions::default())?;
+    cluster.start("node-2", &AgentOptions::default())?;
+    let result = fragmented_vxlan(&cluster);
+    result.with_context(|| cluster.logs())
+}
+
+/// The inner UDP port web-2 listens on.
+const FRAGMENTED_PORT: u16 = 7300;
+/// The inner datagram's payload: its VXLAN packet does not fit one 1500-byte frame.
+const FRAGMENTED_PAYLOAD: usize = 2400;
+
+fn fragmented_vxlan(cluster: &Cluster) -> anyhow::Result<()> {
+    let (node1, node2) = (cluster.lab.node("node-1")?.clone(), cluster.lab.node("node-2")?.clone());
+    let (web1, web2) = (cluster.lab.pod(WEB_1)?.clone(), cluster.lab.pod(WEB_2)?.clone());
+    ensure!(anchor_link(cluster, "node-2")?.is_some(), "node-2's agent made no {ANCHOR}");
+    let socket = dataplane_lab::udp_socket_in(&web2.netns, FRAGMENTED_PORT, Some(Duration::from_secs(3)))?;
+    let payload: Vec<u8> = (0..FRAGMENTED_PAYLOAD).map(|i| (i % 251) as u8).collect();
+
+    // From node-1, a peer: the whole datagram arrives.
+    let before = stats(cluster, "node-2")?;
+    let fragments = vxlan_fragments(node1.addr.addr(), node2.addr.addr(), web1.addr, web2.addr, &payload, 0x4a11);
+    let sent = dataplane_lab::send_raw_ipv4(&node1.netns, node2.addr.addr(), fragments)?;
+    ensure!(sent == 2, "node-1 sent {sent} of the 2 fragments");
+    let mut buffer = vec![0u8; FRAGMENTED_PAYLOAD + 100];
+    let (n, from) = socket.recv_from(&mut buffer).context("web-2 received nothing from the fragmented VXLAN")?;
+    ensure!(buffer[..n] == payload[..], "web-2 received {n} bytes from {from}, not the {FRAGMENTED_PAYLOAD} sent");
+    ensure!(from.ip() == std::net::IpAddr::V4(web1.addr), "web-2's datagram came from {from}, not web-1");
+    let after = stats(cluster, "node-2")?;
+    for (counter, want) in [("pass_tunnel_fragment", 1), ("decap_vxlan_reassembled", 1), ("pass_untracked_fragment", 1)]
+    {
+        let grew = growth(&before, &after, counter);
+        ensure!(grew == want, "node-2's {counter} grew by {grew}, not {want}");
+    }
+
+    // The same from an address no node holds: refused at its first fragment, nothing arrives.
+    let stranger = std::net::Ipv4Addr::new(10, 100, 0, 99);
+    let before = after;
+    let fragments = vxlan_fragments(stranger, node2.addr.addr(), web1.addr, web2.addr, &payload, 0x4a12);
+    dataplane_lab::send_raw_ipv4(&node1.netns, node2.addr.addr(), fragments)?;
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    ensure!(socket.recv_from(&mut buffer).is_err(), "a stranger's fragmented VXLAN reached web-2");
+    let after = stats(cluster, "node-2")?;
+    ensure!(growth(&before, &after, "drop_unknown_peer") == 1, "the stranger's first fragment was not refused");
+    ensure!(growth(&before, &after, "decap_vxlan_reassembled") == 0, "the stranger's datagram was delivered");
+    Ok(())
+}
+
+/// The two IPv4 fragments (without link layer) of a VXLAN datagram from `outer_src` to
+/// `outer_dst` carrying `inner_src` -> `inner_dst`:[`FRAGMENTED_PORT`] UDP with `payload`; `id` is
+/// the outer identification. The outer UDP checksum is 0, as VXLAN senders leave it.
+fn vxlan_fragments(
+    outer_src: std::net::Ipv4Addr,
+    outer_dst: std::net::Ipv4Addr,
+    inner_src: std::net::Ipv4Addr,
+    inner_dst: std::net::Ipv4Addr,
+    payload: &[u8],
+    id: u16,
+) -> Vec<Vec<u8>> {
+    use dataplane_common::net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, ETH_HLEN, IPPROTO_UDP};
+    use dataplane_tests::packet::{set_ipv4_checksum, Packet};
+    // node-1's and node-2's VTEP MACs in examples/two-nodes.yaml.
+    let (node1_vtep, node2_vtep) = ([0x66, 0xd0, 0, 0, 0, 1], [0x66, 0xd0, 0, 0, 0, 2]);
+    let frame = Packet::eth([0; 6], [0; 6])
+        .ipv4(outer_src.octets(), outer_dst.octets(), IPPROTO_UDP)
+        .udp(50123, CALICO_VXLAN_PORT)
+        .vxlan(CALICO_VXLAN_VNI, node1_vtep, node2_vtep)
+        .ipv4(inner_src.octets(), inner_dst.octets(), IPPROTO_UDP)
+        .udp(40000, FRAGMENTED_PORT)
+        .payload(payload)
+        .finish();
+    let datagram = &frame[ETH_HLEN..];
+    let (header, mut body) = (datagram[..20].to_vec(), datagram[20..].to_vec());
+    body[6..8].copy_from_slice(&[0, 0]);
+    // The first fragment carries a multiple of 8 bytes of the outer payload.
+    let split = 1400;
+    let mut fragments = Vec::new();
+    for (offset, part, more) in [(0, &body[..split], true), (split, &body[split..], false)] {
+        let mut packet = header.clone();
+        packet.extend_from_slice(part);
+        let total = packet.len() as u16;
+        packet[2..4].copy_from_slice(&total.to_be_bytes());
+        packet[4..6].copy_from_slice(&id.to_be_bytes());
+        let flags_offset = (u16::from(more) << 13) | (offset / 8) as u16;
+        packet[6..8].copy_from_slice(&flags_offset.to_be_bytes());
+        set_ipv4_checksum(&mut packet, 0);
+        fragments.push(packet);
+    }
+    fragments
 }
 
 fn run(cluster: &mut Cluster) -> anyhow::Result<()> {
@@ -257,17 +362,7 @@ fn fabric_end(cluster: &Cluster, node: &str) -> anyhow::Result<String> {
 
 /// The counters of `node`'s fast path (`dataplane stats -o json`), decisions and drops.
 fn stats(cluster: &Cluster, node: &str) -> anyhow::Result<BTreeMap<String, u64>> {
-    let bin = cluster.bin().to_string_lossy();
-    let pin_path = cluster.lab.pin_path(node).to_string_lossy().into_owned();
-    let output = dataplane_lab::cmd::run(&[&*bin, "stats", "--pin-path", &pin_path, "-o", "json"])?;
-    let json: Value = serde_json::from_slice(&output.stdout).context("`dataplane stats -o json` printed no JSON")?;
-    let mut counters = BTreeMap::new();
-    for section in ["decisions", "drops"] {
-        for (name, value) in json[section].as_object().with_context(|| format!("no {section:?} in {json}"))? {
-            counters.insert(name.clone(), value.as_u64().with_context(|| format!("{name} is not a number"))?);
-        }
-    }
-    Ok(counters)
+    counters::read(cluster.bin(), &cluster.lab.pin_path(node))
 }
 
 /// An iperf3 stream web-1 -> web-2; what web-2 received.
@@ -323,8 +418,4 @@ fn flags(link: &Value) -> Vec<String> {
         .as_array()
         .map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
         .unwrap_or_default()
-}
-
-fn growth(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str) -> u64 {
-    after.get(name).copied().unwrap_or(0).saturating_sub(before.get(name).copied().unwrap_or(0))
 }

@@ -5,9 +5,10 @@
 //! when a UDP tunnel socket with a gro_receive callback is bound to the destination port. Without
 //! one, `from_uplink` decapsulates one wire packet at a time (1.3 KB each between VMs); with one,
 //! it decapsulates GRO-merged packets of tens of KB, as the kernel's own vxlan.calico receives.
-//! Every VXLAN packet to the node's address on the uplink is decided by `from_uplink` before the
-//! socket sees it; what reaches the device through another interface is dropped by the
-//! `vxlan_anchor` program on its ingress (counted as `drop_vxlan_socket`).
+//! Every whole VXLAN packet to the node's address on the uplink is decided by `from_uplink` before
+//! the socket sees it. The socket also reassembles a peer's VXLAN that the underlay fragmented
+//! (`from_uplink` passes those fragments): the `vxlan_anchor` program on the device's ingress
+//! delivers it; what reaches the device from anyone else is dropped (`drop_vxlan_socket`).
 
 use std::net::Ipv4Addr;
 

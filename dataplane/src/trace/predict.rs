@@ -690,8 +690,10 @@ impl Tracer<'_> {
         match (tunnel, outer_src) {
             (Some(Tunnel::Vxlan), Some(from)) => {
                 self.step(format!("VXLAN from {from} to udp/{} of this node", node.vxlan_port));
-                self.refuse_tunnel_fragment("VXLAN")?;
                 self.check_peer(from, peer_flags::VXLAN, "VXLAN")?;
+                if probe.fragment == Fragment::First {
+                    return self.pass_vxlan_fragment(tunnel, outer_src);
+                }
                 self.step(format!("VNI {} matches", node.vni));
                 self.deliver(Stat::DecapVxlan)
             }
@@ -705,8 +707,10 @@ impl Tracer<'_> {
                 // A plain UDP datagram to the VXLAN port is parsed as VXLAN: its (zero) payload
                 // has no VNI flag.
                 self.step(format!("UDP to the VXLAN port {} is taken for VXLAN", node.vxlan_port));
-                self.refuse_tunnel_fragment("VXLAN")?;
                 self.check_peer(probe.src, peer_flags::VXLAN, "VXLAN")?;
+                if probe.fragment == Fragment::First {
+                    return self.pass_vxlan_fragment(tunnel, outer_src);
+                }
                 Err(self.drop_because(Stat::DropWrongVni, "no VXLAN header with the VNI flag and this cluster's VNI"))
             }
             _ => self.nat_inbound(),
@@ -722,8 +726,8 @@ impl Tracer<'_> {
         self.probe.headers(tunnel)
     }
 
-    /// `uplink::from_vxlan`/`from_ipip`: the first fragment of a tunnel packet is dropped, since
-    /// decapsulating half a packet would deliver garbage.
+    /// `tunnel::classify`: the first fragment of an IP-in-IP packet is dropped, since
+    /// decapsulating half a packet would deliver garbage and no device reassembles it.
     fn refuse_tunnel_fragment(&mut self, kind: &str) -> Result<(), Stat> {
         if self.probe.fragment == Fragment::First {
             return Err(self.drop_because(
@@ -732,6 +736,19 @@ impl Tracer<'_> {
             ));
         }
         Ok(())
+    }
+
+    /// `tunnel::classify`: the first fragment of a peer's VXLAN packet goes to the kernel, which
+    /// reassembles the datagram for the VXLAN anchor's socket (its program delivers the inner
+    /// packet, `decap_vxlan_reassembled`).
+    fn pass_vxlan_fragment(&mut self, tunnel: Option<Tunnel>, outer_src: Option<Ipv4Addr>) -> Outcome {
+        let output = self.input_headers(tunnel, outer_src);
+        self.pass(
+            Stat::PassTunnelFragment,
+            "the first fragment of a peer's VXLAN packet (the fabric's MTU is too small for the tunnel): the kernel \
+             reassembles it, and the program of vxlan.dataplane delivers it",
+            output,
+        )
     }
 
     /// `tunnel::check_peer`.

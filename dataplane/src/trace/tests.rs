@@ -373,11 +373,14 @@ fn ip_options_are_left_to_the_kernel_after_anti_spoofing() {
 }
 
 #[test]
-fn fragments_tunnel_first_dropped_later_passed_nat_later_dropped() {
+fn fragments_tunnel_first_passed_or_dropped_later_passed_nat_later_dropped() {
     let state = state();
     let entry = Entry::Uplink { tunnel: Some(Tunnel::Vxlan), outer_src: Some(NODE_2) };
     let first = Probe { fragment: Fragment::First, ..probe(REMOTE, POD_A, Proto::Tcp, Origin::Uplink) };
-    assert_eq!(predict(&first, &entry, &state).stat, Stat::DropTunnelFragment);
+    let p = predict(&first, &entry, &state);
+    assert_eq!((p.action, p.stat), (Action::Pass, Stat::PassTunnelFragment));
+    let stranger = Entry::Uplink { tunnel: Some(Tunnel::Vxlan), outer_src: Some(Ipv4Addr::new(10, 100, 0, 99)) };
+    assert_eq!(predict(&first, &stranger, &state).stat, Stat::DropUnknownPeer, "the peer check comes first");
     let frame = build_packet(&first, &entry, &state);
     assert_eq!(u16::from_be_bytes([frame[ETH_HLEN + 6], frame[ETH_HLEN + 7]]), IPV4_MF, "the outer header");
     let later = Probe { fragment: Fragment::Later, ..first };
