@@ -855,7 +855,7 @@ fn datagrams_bigger_than_the_mtu_cross_nat_outgoing_whole_both_ways() -> anyhow:
     // 3. A flood of first fragments that never complete (three times the table's room): the
     // fragments table stays within its size, and big datagrams still cross whole both ways.
     let flood = 3 * FRAGMENTS_MAX_ENTRIES as usize;
-    let sent = send_first_fragments(&nat1, FLOOD_TARGET, flood)?;
+    let sent = send_first_fragments(nat1, FLOOD_TARGET, flood)?;
     ensure!(sent == flood, "the pod sent {sent} of {flood} first fragments");
     let pins = PinnedMaps::at(&cluster.lab.pin_path("node-1"));
     let held = pins.fragments()?.keys().count();
