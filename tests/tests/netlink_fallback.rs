@@ -105,14 +105,15 @@ fn wait_reconciles(cluster: &Cluster, node: &str, count: usize) -> anyhow::Resul
     Ok(())
 }
 
+/// examples/two-nodes.yaml's node-1: address, VTEP address, VTEP MAC, block.
+const NODE_1: (&str, &str, &str, &str) = ("10.100.0.11", "10.244.1.0", "66:d0:00:00:00:01", "10.244.1.0/26");
+/// examples/two-nodes.yaml's node-2: address, VTEP address, VTEP MAC, block.
+const NODE_2: (&str, &str, &str, &str) = ("10.100.0.12", "10.244.2.0", "66:d0:00:00:00:02", "10.244.2.0/26");
+
 /// What a node running the netlink fallback for examples/two-nodes.yaml must hold.
-fn check_vxlan_node(
-    cluster: &Cluster,
-    node: &str,
-    (addr, vtep, mac): (&str, &str, &str),
-    (peer_addr, peer_vtep, peer_mac): (&str, &str, &str),
-    (local_block, remote_block): (&str, &str),
-) -> anyhow::Result<()> {
+fn check_vxlan_node(cluster: &Cluster, node: &str) -> anyhow::Result<()> {
+    let (me, peer) = if node == "node-1" { (NODE_1, NODE_2) } else { (NODE_2, NODE_1) };
+    let ((addr, vtep, mac, local_block), (peer_addr, peer_vtep, peer_mac, remote_block)) = (me, peer);
     let link = cluster.on(node, &["ip", "-d", "link", "show", "vxlan.calico"])?;
     for needed in [
         "vxlan id 4096".to_owned(),
@@ -183,22 +184,8 @@ fn both_nodes_on_the_netlink_fallback() -> anyhow::Result<()> {
     eprintln!("both agents programmed their nodes in {:?}", started.elapsed());
 
     traffic_both_ways(&cluster, WEB_1, WEB_2)?;
-    check_vxlan_node(
-        &cluster,
-        "node-1",
-        ("10.100.0.11", "10.244.1.0", "66:d0:00:00:00:01"),
-        ("10.100.0.12", "10.244.2.0", "66:d0:00:00:00:02"),
-        ("10.244.1.0/26", "10.244.2.0/26"),
-    )
-    .with_context(|| cluster.logs())?;
-    check_vxlan_node(
-        &cluster,
-        "node-2",
-        ("10.100.0.12", "10.244.2.0", "66:d0:00:00:00:02"),
-        ("10.100.0.11", "10.244.1.0", "66:d0:00:00:00:01"),
-        ("10.244.2.0/26", "10.244.1.0/26"),
-    )
-    .with_context(|| cluster.logs())?;
+    check_vxlan_node(&cluster, "node-1").with_context(|| cluster.logs())?;
+    check_vxlan_node(&cluster, "node-2").with_context(|| cluster.logs())?;
     for node in ["node-1", "node-2"] {
         check_proxy_arp(&cluster, node)?;
         let forward = cluster.on(node, &["cat", "/proc/sys/net/ipv4/ip_forward"])?;
@@ -266,14 +253,7 @@ fn fast_path_node_and_netlink_node_interoperate() -> anyhow::Result<()> {
         devices.len() == 1 && devices[0].contains("vxlan.dataplane") && vxlan.contains("vxlan external"),
         "node-1 (fast path) has vxlan devices other than its external GRO anchor:\n{vxlan}"
     );
-    check_vxlan_node(
-        &cluster,
-        "node-2",
-        ("10.100.0.12", "10.244.2.0", "66:d0:00:00:00:02"),
-        ("10.100.0.11", "10.244.1.0", "66:d0:00:00:00:01"),
-        ("10.244.2.0/26", "10.244.1.0/26"),
-    )
-    .with_context(|| cluster.logs())?;
+    check_vxlan_node(&cluster, "node-2").with_context(|| cluster.logs())?;
     Ok(())
 }
 
