@@ -50,6 +50,18 @@ pub enum Stat {
     /// A later fragment to this node of no translated datagram it knows: the host's own (or one
     /// whose first fragment was not seen), handed to the kernel, which reassembles.
     PassUntrackedFragment = 17,
+    /// A pod's neighbour solicitation for its IPv6 gateway `fe80::ecee:eeff:feee:eeee`, answered.
+    NdpReplied = 18,
+    /// Neighbour discovery that is not a solicitation for the gateway (router solicitations, a
+    /// pod's duplicate address detection, advertisements): left to the kernel.
+    NdpPassed = 19,
+    /// IPv6 from a workload with no IPv6 address written: the kernel's, as before dual-stack.
+    PassIpv6NoAddress = 20,
+    /// IPv6 that never leaves the link (a link-local or unspecified source, a link-local or
+    /// multicast destination): the kernel's, which never forwards it.
+    PassIpv6LinkScope = 21,
+    /// IPv6 with a Hop-by-Hop options header, which every router must examine: the kernel's.
+    PassIpv6HopByHop = 22,
 
     /// Too short or malformed headers (truncated Ethernet, IPv4 IHL < 5, bad lengths).
     DropMalformed = DROP_BASE,
@@ -93,7 +105,7 @@ pub enum Stat {
 
 impl Stat {
     /// Every slot in use, in slot order.
-    pub const ALL: [Stat; 35] = [
+    pub const ALL: [Stat; 40] = [
         Stat::DeliveredLocal,
         Stat::EncapVxlan,
         Stat::EncapIpip,
@@ -112,6 +124,11 @@ impl Stat {
         Stat::SnatFragment,
         Stat::ReverseNatFragment,
         Stat::PassUntrackedFragment,
+        Stat::NdpReplied,
+        Stat::NdpPassed,
+        Stat::PassIpv6NoAddress,
+        Stat::PassIpv6LinkScope,
+        Stat::PassIpv6HopByHop,
         Stat::DropMalformed,
         Stat::DropSpoofedSource,
         Stat::DropUnknownWorkload,
@@ -167,6 +184,11 @@ impl Stat {
             Stat::SnatFragment => "snat_fragment",
             Stat::ReverseNatFragment => "reverse_nat_fragment",
             Stat::PassUntrackedFragment => "pass_untracked_fragment",
+            Stat::NdpReplied => "ndp_replied",
+            Stat::NdpPassed => "ndp_passed",
+            Stat::PassIpv6NoAddress => "pass_ipv6_no_address",
+            Stat::PassIpv6LinkScope => "pass_ipv6_link_scope",
+            Stat::PassIpv6HopByHop => "pass_ipv6_hop_by_hop",
             Stat::DropMalformed => "drop_malformed",
             Stat::DropSpoofedSource => "drop_spoofed_source",
             Stat::DropUnknownWorkload => "drop_unknown_workload",
@@ -190,3 +212,4 @@ impl Stat {
 
 const _: () = assert!((Stat::ALL.len() as u32) <= STAT_COUNT);
 const _: () = assert!((Stat::DropVxlanSocket as u32) < STAT_COUNT);
+const _: () = assert!((Stat::PassIpv6HopByHop as u32) < DROP_BASE);
