@@ -18,8 +18,9 @@ use dataplane_common::{
 };
 
 use crate::{
-    csum, ndp,
+    csum,
     maps::{ROUTES6, WORKLOADS6},
+    ndp,
     packet::{read, write, EthHdr},
     route,
     verdict::{Outcome, Verdict},
@@ -181,7 +182,8 @@ fn to_next_hop(node: &NodeConfig, next_hop: &Ipv6Bytes) -> Outcome {
         words[i] = u32::from_ne_bytes([next_hop[4 * i], next_hop[4 * i + 1], next_hop[4 * i + 2], next_hop[4 * i + 3]]);
         i += 1;
     }
-    let mut params = bpf_redir_neigh { nh_family: AF_INET6, __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: words } };
+    let mut params =
+        bpf_redir_neigh { nh_family: AF_INET6, __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: words } };
     // SAFETY: `params` lives on the stack for the duration of the call, with its true size.
     let action = unsafe {
         bpf_redirect_neigh(node.uplink_ifindex, &mut params, core::mem::size_of::<bpf_redir_neigh>() as i32, 0)

@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     monitor::{MONITOR_COUNT_SLOTS, MONITOR_EVENTS_BYTES},
-    FlowKey, FragmentKey, FragmentNat, Ipv4Bytes, Ipv6Bytes, MonitorEvent, NatFlow, NodeConfig, NodeConfig6, Peer, Pools,
-    Route, Route6, Workload, Workload6, WorkloadSlot, CONNTRACK_MAX_ENTRIES, ROUTES6_MAX_ENTRIES, FRAGMENTS_MAX_ENTRIES, PEERS_MAX_ENTRIES, ROUTES_MAX_ENTRIES, STAT_COUNT,
-    WORKLOADS_MAX_ENTRIES, WORKLOAD_SLOTS,
+    FlowKey, FragmentKey, FragmentNat, Ipv4Bytes, Ipv6Bytes, MonitorEvent, NatFlow, NodeConfig, NodeConfig6, Peer,
+    Pools, Route, Route6, Workload, Workload6, WorkloadSlot, CONNTRACK_MAX_ENTRIES, FRAGMENTS_MAX_ENTRIES,
+    PEERS_MAX_ENTRIES, ROUTES6_MAX_ENTRIES, ROUTES_MAX_ENTRIES, STAT_COUNT, WORKLOADS_MAX_ENTRIES, WORKLOAD_SLOTS,
 };
 
 /// Destination prefix -> [`Route`] (`dataplane_common::ROUTES_MAP`).
