@@ -109,7 +109,7 @@ pub fn from_workload(ctx: &TcContext, ifindex: u32) -> Outcome {
             to_workload(ctx, &route)
         }
         route_kind::LOCAL_BLOCK => Err(Stat::DropBlackhole),
-        route_kind::REMOTE_BLOCK => to_remote_node(ctx, &route),
+        route_kind::REMOTE_BLOCK => to_remote_node(ctx, &route, &ip),
         _ => Ok(Verdict::pass()),
     }
 }
@@ -162,13 +162,12 @@ fn to_workload(ctx: &TcContext, route: &Route6) -> Outcome {
 /// IPv6 is not in the fast path yet, and IP-in-IP is IPv4 only (Calico skips such IPv6 pools),
 /// so both are left to the kernel.
 #[inline(always)]
-fn to_remote_node(ctx: &TcContext, route: &Route6) -> Outcome {
+fn to_remote_node(ctx: &TcContext, route: &Route6, ip: &Ipv6Hdr) -> Outcome {
     if route.flags & (route_flags::ENCAP_VXLAN | route_flags::ENCAP_IPIP) != 0 {
         return Ok(Verdict::pass());
     }
     let node = route::node_config()?;
-    let ip: Ipv6Hdr = read(ctx, IPV6_OFFSET)?;
-    decrement_hop_limit(ctx, &ip)?;
+    decrement_hop_limit(ctx, ip)?;
     to_next_hop(&node, &route.node_addr)
 }
 
