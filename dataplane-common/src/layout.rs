@@ -14,10 +14,11 @@ use crate::{
         MonitorEvent, MonitorLease, MONITOR_COUNTS_MAP, MONITOR_COUNT_SLOTS, MONITOR_EVENTS_BYTES, MONITOR_EVENTS_MAP,
         MONITOR_LEASE_MAP,
     },
-    FlowKey, FlowTimeouts, FragmentKey, FragmentNat, Ipv4Bytes, NodeConfig, Peer, PoolPrefix, Pools, Route, Workload,
-    WorkloadSlot, CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, FRAGMENTS_MAP, FRAGMENTS_MAX_ENTRIES, NODE_MAP, PEERS_MAP,
-    PEERS_MAX_ENTRIES, POOLS_MAP, POOLS_MAX, ROUTES_MAP, ROUTES_MAX_ENTRIES, STATS_MAP, STAT_COUNT, WORKLOADS_MAP,
-    WORKLOADS_MAX_ENTRIES, WORKLOAD_SLOTS, WORKLOAD_SLOTS_MAP,
+    FlowKey, FlowTimeouts, FragmentKey, FragmentNat, Ipv4Bytes, Ipv6Bytes, NodeConfig, NodeConfig6, Peer, PoolPrefix,
+    Pools, Route, Route6, Workload, Workload6, WorkloadSlot, CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, FRAGMENTS_MAP,
+    FRAGMENTS_MAX_ENTRIES, NODE6_MAP, NODE_MAP, PEERS6_MAP, PEERS_MAP, PEERS_MAX_ENTRIES, POOLS_MAP, POOLS_MAX,
+    ROUTES6_MAP, ROUTES6_MAX_ENTRIES, ROUTES_MAP, ROUTES_MAX_ENTRIES, STATS_MAP, STAT_COUNT, WORKLOADS6_MAP,
+    WORKLOADS_MAP, WORKLOADS_MAX_ENTRIES, WORKLOAD_SLOTS, WORKLOAD_SLOTS_MAP,
 };
 
 /// One field of a map key or value: where it sits and what it holds.
@@ -225,6 +226,14 @@ struct LpmKeyV4 {
 }
 const _: () = assert!(size_of::<LpmKeyV4>() == 8);
 
+/// The key of the IPv6 routes trie, as [`LpmKeyV4`].
+#[repr(C)]
+struct LpmKeyV6 {
+    prefix_len: u32,
+    addr: Ipv6Bytes,
+}
+const _: () = assert!(size_of::<LpmKeyV6>() == 20);
+
 /// The previous layout of the conntrack value, kept to migrate its pins (see
 /// [`crate::maps::previous`]).
 const NAT_FLOW_V0: Layout = layout!(crate::maps::previous::NatFlowV0 {
@@ -265,7 +274,7 @@ const NAT_FLOW: Layout = NAT_FLOW_V0;
 
 /// Every map the programs use, as it is pinned: the one table the agent loads, adopts, migrates
 /// and cleans up from.
-pub const PINNED_MAPS: [PinnedMap; 12] = [
+pub const PINNED_MAPS: [PinnedMap; 16] = [
     PinnedMap {
         name: ROUTES_MAP,
         kind: MapKind::LpmTrie,
@@ -368,6 +377,41 @@ pub const PINNED_MAPS: [PinnedMap; 12] = [
         max_entries: FRAGMENTS_MAX_ENTRIES,
         key: &[layout!(FragmentKey { src: Ipv4Bytes, dst: Ipv4Bytes, id: u16, protocol: u8, direction: u8 })],
         value: &[layout!(FragmentNat { addr: Ipv4Bytes, _pad: u32, first_ns: u64 })],
+    },
+    PinnedMap {
+        name: ROUTES6_MAP,
+        kind: MapKind::LpmTrie,
+        max_entries: ROUTES6_MAX_ENTRIES,
+        key: &[layout!(LpmKeyV6 { prefix_len: u32, addr: Ipv6Bytes })],
+        value: &[layout!(Route6 {
+            kind: u32,
+            flags: u32,
+            ifindex: u32,
+            node_addr: Ipv6Bytes,
+            mac: crate::MacBytes,
+            _pad: [u8; 2],
+        })],
+    },
+    PinnedMap {
+        name: WORKLOADS6_MAP,
+        kind: MapKind::Hash,
+        max_entries: WORKLOADS_MAX_ENTRIES,
+        key: &[layout!(u32)],
+        value: &[layout!(Workload6 { addr: Ipv6Bytes, mac: crate::MacBytes, flags: u8, _pad: u8 })],
+    },
+    PinnedMap {
+        name: PEERS6_MAP,
+        kind: MapKind::Hash,
+        max_entries: PEERS_MAX_ENTRIES,
+        key: &[layout!(Ipv6Bytes)],
+        value: &[layout!(Peer { flags: u32 })],
+    },
+    PinnedMap {
+        name: NODE6_MAP,
+        kind: MapKind::Array,
+        max_entries: 1,
+        key: &[layout!(u32)],
+        value: &[layout!(NodeConfig6 { addr: Ipv6Bytes, vtep_mac: crate::MacBytes, _pad: [u8; 2] })],
     },
     PinnedMap {
         name: MONITOR_EVENTS_MAP,

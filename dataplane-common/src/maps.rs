@@ -10,6 +10,8 @@ use core::mem::size_of;
 pub type Ipv4Bytes = [u8; 4];
 /// A MAC address.
 pub type MacBytes = [u8; 6];
+/// An IPv6 address as it appears on the wire (network byte order).
+pub type Ipv6Bytes = [u8; 16];
 
 /// LPM trie of destination prefixes: workloads (/32), IPAM blocks, pools and nodes.
 /// Key: `Key<Ipv4Bytes>` (prefix length in bits, then the address); value: [`Route`].
@@ -299,6 +301,78 @@ impl Default for FlowTimeouts {
     }
 }
 
+/// LPM trie of IPv6 destination prefixes: workloads (/128), IPAM blocks, pools and nodes, with the
+/// same [`route_kind`]s and [`route_flags`] as the IPv4 routes: one set of decisions for both
+/// families. Key: `Key<Ipv6Bytes>`; value: [`Route6`].
+pub const ROUTES6_MAP: &str = "routes6_v1";
+/// Capacity of the IPv6 routes map (as the IPv4 one's).
+pub const ROUTES6_MAX_ENTRIES: u32 = ROUTES_MAX_ENTRIES;
+
+/// The value of an IPv6 routes map entry: [`Route`] with the owning node's IPv6 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Route6 {
+    /// One of [`route_kind`].
+    pub kind: u32,
+    /// Bits of [`route_flags`].
+    pub flags: u32,
+    /// Local workload: ifindex of its host-side interface. Otherwise 0.
+    pub ifindex: u32,
+    /// Remote block or host: the IPv6 address of the node that owns it (the tunnel's destination
+    /// over the IPv6 underlay, or the next hop in a Never pool).
+    pub node_addr: Ipv6Bytes,
+    /// Local workload: the pod's MAC. Remote VXLAN block: the owning node's IPv6 VTEP MAC.
+    pub mac: MacBytes,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<Route6>() == 36);
+
+/// Hash of this node's workload interfaces that have an IPv6 address, for anti-spoofing.
+/// Key: the host-side interface's ifindex (`u32`, as in the workloads map); value: [`Workload6`].
+/// A workload without an entry here has its IPv6 left to the kernel, as before dual-stack.
+pub const WORKLOADS6_MAP: &str = "workloads6_v1";
+
+/// The value of an IPv6 workloads map entry: the IPv6 side of the pod behind an interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Workload6 {
+    /// The pod's IPv6 address: the only global source address allowed from this interface.
+    pub addr: Ipv6Bytes,
+    /// The pod's MAC.
+    pub mac: MacBytes,
+    /// Bits of [`workload_flags`].
+    pub flags: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<Workload6>() == 24);
+
+/// Hash of the peer nodes from which tunnel packets over IPv6 are accepted.
+/// Key: the peer node's IPv6 address (`Ipv6Bytes`); value: [`Peer`].
+pub const PEERS6_MAP: &str = "peers6_v1";
+
+/// One-slot array holding this node's IPv6 settings ([`NodeConfig6`]); the rest (uplink, VNI,
+/// port, MTU) is in the node map.
+pub const NODE6_MAP: &str = "node6_v1";
+
+/// The single value of the IPv6 node map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NodeConfig6 {
+    /// This node's IPv6 address on its uplink: the source of tunnel packets over IPv6; all zero
+    /// while the node has none.
+    pub addr: Ipv6Bytes,
+    /// This node's IPv6 VTEP MAC (Calico's `vxlanTunnelMACAddrV6`): the inner source MAC.
+    pub vtep_mac: MacBytes,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<NodeConfig6>() == 24);
+
 /// Hash of translated flows (natOutgoing), two entries per flow.
 /// Key: [`FlowKey`]; value: [`NatFlow`]. A plain hash, not LRU: when it is full new flows are
 /// refused and counted, and live flows are never evicted to make room.
@@ -575,4 +649,7 @@ mod user {
     unsafe impl aya::Pod for super::FlowTimeouts {}
     unsafe impl aya::Pod for super::FragmentKey {}
     unsafe impl aya::Pod for super::FragmentNat {}
+    unsafe impl aya::Pod for super::Route6 {}
+    unsafe impl aya::Pod for super::Workload6 {}
+    unsafe impl aya::Pod for super::NodeConfig6 {}
 }

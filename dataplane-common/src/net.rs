@@ -155,6 +155,83 @@ pub const ARPOP_REPLY: u16 = 2;
 /// Length of an ARP packet for Ethernet and IPv4.
 pub const ARP_ETH_IPV4_LEN: usize = 28;
 
+/// EtherType of IPv6.
+pub const ETH_P_IPV6: u16 = 0x86dd;
+/// Address family of IPv6 (`AF_INET6`), as the kernel's helpers expect it.
+pub const AF_INET6: u32 = 10;
+/// Length of the fixed IPv6 header.
+pub const IPV6_HLEN: usize = 40;
+/// Length of an IPv6 address.
+pub const IPV6_ALEN: usize = 16;
+/// Length of an IPv6 fragment header.
+pub const IPV6_FRAG_HLEN: usize = 8;
+/// Extension headers other than the fragment header give their length in units of this many
+/// bytes, not counting the first unit (RFC 8200).
+pub const IPV6_EXT_LEN_UNIT: usize = 8;
+/// IPv6 next header: Hop-by-Hop options, which every router on the path must examine.
+pub const IPPROTO_HOPOPTS: u8 = 0;
+/// IPv6 next header: the routing header.
+pub const IPPROTO_ROUTING: u8 = 43;
+/// IPv6 next header: the fragment header.
+pub const IPPROTO_FRAGMENT: u8 = 44;
+/// IPv6 next header: ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// IPv6 next header: destination options.
+pub const IPPROTO_DSTOPTS: u8 = 60;
+/// Mask of the fragment offset in the host-order offset field of an IPv6 fragment header.
+pub const IPV6_FRAG_OFFSET_MASK: u16 = 0xfff8;
+/// The "more fragments" bit of the same field.
+pub const IPV6_FRAG_MORE: u16 = 0x0001;
+/// The smallest MTU every IPv6 link carries (RFC 8200).
+pub const IPV6_MIN_MTU: u32 = 1280;
+
+/// Length of an ICMPv6 header (type, code, checksum, four bytes of the message).
+pub const ICMPV6_HLEN: usize = 8;
+/// ICMPv6 type "packet too big" (RFC 4443): path-MTU discovery's answer.
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+/// ICMPv6 type "echo request".
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+/// ICMPv6 type "echo reply".
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+/// ICMPv6 (neighbour discovery) type "router solicitation"; the first NDP type.
+pub const ND_ROUTER_SOLICIT: u8 = 133;
+/// ICMPv6 (neighbour discovery) type "neighbour solicitation".
+pub const ND_NEIGHBOR_SOLICIT: u8 = 135;
+/// ICMPv6 (neighbour discovery) type "neighbour advertisement".
+pub const ND_NEIGHBOR_ADVERT: u8 = 136;
+/// ICMPv6 (neighbour discovery) type "redirect"; the last NDP type.
+pub const ND_REDIRECT: u8 = 137;
+/// The hop limit every neighbour discovery message carries, so that a receiver knows it was
+/// sent on the link (RFC 4861 7.1.1).
+pub const ND_HOP_LIMIT: u8 = 255;
+/// Length of a neighbour solicitation or advertisement without options: the ICMPv6 header
+/// (with the flags or the reserved word) and the target address.
+pub const ND_MSG_LEN: usize = ICMPV6_HLEN + IPV6_ALEN;
+/// NDP option "source link-layer address".
+pub const ND_OPT_SOURCE_LL_ADDR: u8 = 1;
+/// NDP option "target link-layer address".
+pub const ND_OPT_TARGET_LL_ADDR: u8 = 2;
+/// Length of a link-layer address option for Ethernet (in bytes; on the wire it says 1 unit).
+pub const ND_OPT_LL_ADDR_LEN: usize = 8;
+/// NDP options give their length in units of this many bytes.
+pub const ND_OPT_LEN_UNIT: usize = 8;
+/// Neighbour advertisement flag "router": the sender forwards packets.
+pub const ND_NA_FLAG_ROUTER: u8 = 0x80;
+/// Neighbour advertisement flag "solicited": the answer to a solicitation.
+pub const ND_NA_FLAG_SOLICITED: u8 = 0x40;
+/// Neighbour advertisement flag "override": replace a cached link-layer address.
+pub const ND_NA_FLAG_OVERRIDE: u8 = 0x20;
+
+/// The pods' IPv6 default gateway `fe80::ecee:eeff:feee:eeee`: the EUI-64 link-local address
+/// of the host side's `ee:ee:ee:ee:ee:ee`, answered by the neighbour discovery responder.
+pub const GATEWAY_ADDR_V6: [u8; IPV6_ALEN] =
+    [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0xec, 0xee, 0xee, 0xff, 0xfe, 0xee, 0xee, 0xee];
+/// Bytes VXLAN over IPv6 adds in front of the inner packet: outer IPv6, UDP, VXLAN, inner
+/// Ethernet (Calico's `vxlan-v6.calico` MTU is 1430 on a 1500-byte uplink).
+pub const VXLAN_V6_ENCAP_LEN: usize = IPV6_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN;
+/// Calico's IPv6 VXLAN device, which a Calico node running IPv6 VXLAN has.
+pub const CALICO_VXLAN_V6_DEVICE: &str = "vxlan-v6.calico";
+
 /// The pods' default gateway, answered by the ARP responder (Calico's link-local trick).
 pub const GATEWAY_ADDR: [u8; 4] = [169, 254, 1, 1];
 /// The MAC of every workload interface on the host side, and of the gateway.
@@ -196,5 +273,15 @@ mod tests {
         assert_ne!(base, port(src, [10, 244, 2, 3], 40000, 5201, IPPROTO_TCP), "destination address");
         assert_ne!(base, port([10, 244, 1, 3], dst, 40000, 5201, IPPROTO_TCP), "source address");
         assert_ne!(base, port(src, dst, 40000, 5201, IPPROTO_UDP), "protocol");
+    }
+
+    #[test]
+    fn the_ipv6_gateway_is_the_eui64_link_local_of_the_gateway_mac() {
+        // EUI-64: the MAC split in two around ff:fe, with the universal/local bit flipped.
+        let mac = GATEWAY_MAC;
+        let interface_id = [mac[0] ^ 0x02, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]];
+        assert_eq!(GATEWAY_ADDR_V6[..8], [0xfe, 0x80, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(GATEWAY_ADDR_V6[8..], interface_id);
+        assert_eq!(tunnel_mtu(1500, VXLAN_V6_ENCAP_LEN), 1430, "Calico's vxlan-v6.calico MTU");
     }
 }

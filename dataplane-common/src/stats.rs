@@ -56,6 +56,18 @@ pub enum Stat {
     /// A peer's VXLAN packet the kernel reassembled and decapsulated (`vxlan.dataplane`), routed
     /// by the anchor's program: into the pod it is for, or to the kernel.
     DecapVxlanReassembled = 19,
+    /// A pod's neighbour solicitation for its IPv6 gateway `fe80::ecee:eeff:feee:eeee`, answered.
+    NdpReplied = 20,
+    /// Neighbour discovery that is not a solicitation for the gateway (router solicitations, a
+    /// pod's duplicate address detection, advertisements): left to the kernel.
+    NdpPassed = 21,
+    /// IPv6 from a workload with no IPv6 address written: the kernel's, as before dual-stack.
+    PassIpv6NoAddress = 22,
+    /// IPv6 that never leaves the link (a link-local or unspecified source, a link-local or
+    /// multicast destination): the kernel's, which never forwards it.
+    PassIpv6LinkScope = 23,
+    /// IPv6 with a Hop-by-Hop options header, which every router must examine: the kernel's.
+    PassIpv6HopByHop = 24,
 
     /// Too short or malformed headers (truncated Ethernet, IPv4 IHL < 5, bad lengths).
     DropMalformed = DROP_BASE,
@@ -100,7 +112,7 @@ pub enum Stat {
 
 impl Stat {
     /// Every slot in use, in slot order.
-    pub const ALL: [Stat; 37] = [
+    pub const ALL: [Stat; 42] = [
         Stat::DeliveredLocal,
         Stat::EncapVxlan,
         Stat::EncapIpip,
@@ -121,6 +133,11 @@ impl Stat {
         Stat::PassUntrackedFragment,
         Stat::PassTunnelFragment,
         Stat::DecapVxlanReassembled,
+        Stat::NdpReplied,
+        Stat::NdpPassed,
+        Stat::PassIpv6NoAddress,
+        Stat::PassIpv6LinkScope,
+        Stat::PassIpv6HopByHop,
         Stat::DropMalformed,
         Stat::DropSpoofedSource,
         Stat::DropUnknownWorkload,
@@ -178,6 +195,11 @@ impl Stat {
             Stat::PassUntrackedFragment => "pass_untracked_fragment",
             Stat::PassTunnelFragment => "pass_tunnel_fragment",
             Stat::DecapVxlanReassembled => "decap_vxlan_reassembled",
+            Stat::NdpReplied => "ndp_replied",
+            Stat::NdpPassed => "ndp_passed",
+            Stat::PassIpv6NoAddress => "pass_ipv6_no_address",
+            Stat::PassIpv6LinkScope => "pass_ipv6_link_scope",
+            Stat::PassIpv6HopByHop => "pass_ipv6_hop_by_hop",
             Stat::DropMalformed => "drop_malformed",
             Stat::DropSpoofedSource => "drop_spoofed_source",
             Stat::DropUnknownWorkload => "drop_unknown_workload",
@@ -201,3 +223,4 @@ impl Stat {
 
 const _: () = assert!((Stat::ALL.len() as u32) <= STAT_COUNT);
 const _: () = assert!((Stat::DropVxlanSocket as u32) < STAT_COUNT);
+const _: () = assert!((Stat::PassIpv6HopByHop as u32) < DROP_BASE);

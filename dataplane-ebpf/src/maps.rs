@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     monitor::{MONITOR_COUNT_SLOTS, MONITOR_EVENTS_BYTES},
-    FlowKey, FragmentKey, FragmentNat, Ipv4Bytes, MonitorEvent, NatFlow, NodeConfig, Peer, Pools, Route, Workload,
-    WorkloadSlot, CONNTRACK_MAX_ENTRIES, FRAGMENTS_MAX_ENTRIES, PEERS_MAX_ENTRIES, ROUTES_MAX_ENTRIES, STAT_COUNT,
-    WORKLOADS_MAX_ENTRIES, WORKLOAD_SLOTS,
+    FlowKey, FragmentKey, FragmentNat, Ipv4Bytes, Ipv6Bytes, MonitorEvent, NatFlow, NodeConfig, NodeConfig6, Peer,
+    Pools, Route, Route6, Workload, Workload6, WorkloadSlot, CONNTRACK_MAX_ENTRIES, FRAGMENTS_MAX_ENTRIES,
+    PEERS_MAX_ENTRIES, ROUTES6_MAX_ENTRIES, ROUTES_MAX_ENTRIES, STAT_COUNT, WORKLOADS_MAX_ENTRIES, WORKLOAD_SLOTS,
 };
 
 /// Destination prefix -> [`Route`] (`dataplane_common::ROUTES_MAP`).
@@ -54,6 +54,23 @@ pub static CONNTRACK: HashMap<FlowKey, NatFlow, { CONNTRACK_MAX_ENTRIES as usize
 /// (`dataplane_common::FRAGMENTS_MAP`).
 #[btf_map(name = "fragments_v1")]
 pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentNat, { FRAGMENTS_MAX_ENTRIES as usize }> = LruHashMap::new();
+
+/// IPv6 destination prefix -> [`Route6`] (`dataplane_common::ROUTES6_MAP`).
+#[btf_map(name = "routes6_v1")]
+pub static ROUTES6: LpmTrie<Ipv6Bytes, Route6, { ROUTES6_MAX_ENTRIES as usize }> = LpmTrie::new();
+
+/// Host-side ifindex -> the IPv6 side of the [`Workload6`] behind it
+/// (`dataplane_common::WORKLOADS6_MAP`).
+#[btf_map(name = "workloads6_v1")]
+pub static WORKLOADS6: HashMap<u32, Workload6, { WORKLOADS_MAX_ENTRIES as usize }> = HashMap::new();
+
+/// Peer node IPv6 address -> [`Peer`] (`dataplane_common::PEERS6_MAP`).
+#[btf_map(name = "peers6_v1")]
+pub static PEERS6: HashMap<Ipv6Bytes, Peer, { PEERS_MAX_ENTRIES as usize }> = HashMap::new();
+
+/// Slot 0: this node's [`NodeConfig6`] (`dataplane_common::NODE6_MAP`).
+#[btf_map(name = "node6_v1")]
+pub static NODE6: Array<NodeConfig6, 1> = Array::new();
 
 /// Events for `dataplane monitor` (`dataplane_common::monitor::MONITOR_EVENTS_MAP`).
 #[btf_map(name = "monitor_events_v1")]

@@ -106,8 +106,9 @@ pub fn to_uplink(node: &NodeConfig, stat: Stat) -> Outcome {
 /// Offset of the IPv4 header in a plain (not encapsulated) frame.
 pub const IP_OFFSET: usize = ETH_HLEN;
 
+/// The outcome of a redirect helper's `action`: `stat` when it redirected, else a counted drop.
 #[inline(always)]
-fn redirected(action: i64, stat: Stat) -> Outcome {
+pub fn redirected(action: i64, stat: Stat) -> Outcome {
     if action == i64::from(TC_ACT_REDIRECT) {
         Ok(Verdict { action: action as i32, stat })
     } else {

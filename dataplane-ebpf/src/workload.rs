@@ -3,14 +3,14 @@
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{
     net::{
-        CALICO_VXLAN_PORT, ETH_P_ARP, ETH_P_IP, IPIP_ENCAP_LEN, IPPROTO_IPIP, IPPROTO_UDP, IPV4_DF,
+        CALICO_VXLAN_PORT, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPIP_ENCAP_LEN, IPPROTO_IPIP, IPPROTO_UDP, IPV4_DF,
         IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, IPV4_IHL_MIN, VXLAN_ENCAP_LEN,
     },
     route_flags, route_kind, workload_slot, NodeConfig, Route, Stat, Workload,
 };
 
 use crate::{
-    arp, icmp, ipip,
+    arp, icmp, ipip, ipv6,
     maps::{WORKLOADS, WORKLOAD_SLOTS_ARRAY},
     nat,
     packet::{read, EthHdr, Ipv4Hdr, UdpHdr},
@@ -29,7 +29,8 @@ pub fn from_workload(ctx: &TcContext) -> Outcome {
     match eth.ether_type() {
         ETH_P_ARP => return arp::answer_gateway(ctx, ifindex),
         ETH_P_IP => {}
-        // IPv6 and the rest are the kernel's business.
+        ETH_P_IPV6 => return ipv6::from_workload(ctx, ifindex),
+        // The rest is the kernel's business.
         _ => return Ok(Verdict::pass()),
     }
 

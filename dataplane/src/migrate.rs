@@ -60,7 +60,7 @@ pub enum Carry {
 /// How the map family `family` crosses a layout change.
 pub fn carry(family: &str) -> Carry {
     match family {
-        "routes" | "workloads" | "peers" | "node" => Carry::Refill,
+        "routes" | "workloads" | "peers" | "node" | "routes6" | "workloads6" | "peers6" | "node6" => Carry::Refill,
         "conntrack" | "fragments" => Carry::Convert,
         _ => Carry::Restart,
     }
@@ -387,6 +387,10 @@ mod tests {
         ("monitor_events_v1", 0xfd45_b496_9362_4496),
         ("monitor_lease_v2", 0x9377_a825_a928_d524),
         ("monitor_counts_v1", 0xa184_6bcd_93e2_e395),
+        ("routes6_v1", 0xbdbd_2339_53f1_0183),
+        ("workloads6_v1", 0x7e1c_d045_49ae_f53e),
+        ("peers6_v1", 0xd22c_1a01_ad2e_3bc8),
+        ("node6_v1", 0x9cac_2c5a_dbc8_1d8f),
     ];
 
     /// The stats map's slots as released: which counter a slot holds is part of the pinned map's
@@ -412,6 +416,11 @@ mod tests {
         ("pass_untracked_fragment", 17),
         ("pass_tunnel_fragment", 18),
         ("decap_vxlan_reassembled", 19),
+        ("ndp_replied", 20),
+        ("ndp_passed", 21),
+        ("pass_ipv6_no_address", 22),
+        ("pass_ipv6_link_scope", 23),
+        ("pass_ipv6_hop_by_hop", 24),
         ("drop_malformed", 32),
         ("drop_spoofed_source", 33),
         ("drop_unknown_workload", 34),

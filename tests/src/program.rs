@@ -12,6 +12,10 @@ use aya::{
 };
 use dataplane::{backend::entries, datastore::file, plan, trace::State};
 use dataplane_common::{
+    peer_flags, route_flags, route_kind, Ipv6Bytes, NodeConfig6, Route6, Workload6, NODE6_MAP, PEERS6_MAP, ROUTES6_MAP,
+    WORKLOADS6_MAP,
+};
+use dataplane_common::{
     FlowKey, FragmentKey, FragmentNat, Ipv4Bytes, NatFlow, NodeConfig, Peer, Route, Stat, Workload, CONNTRACK_MAP,
     FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
     PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
@@ -305,5 +309,126 @@ impl Node {
             fragments: fragments.iter().collect::<Result<_, _>>().unwrap(),
             now_ns: monotonic_ns(),
         }
+    }
+}
+
+/// The IPv6 side of [`CLUSTER`]: node-1 and node-2 with IPv6 addresses, a /48 pool carved into
+/// /122 blocks (Calico's default), pods A and B on node-1 and C on node-2. The plan does not
+/// produce IPv6 entries yet, so [`Node::write_ipv6_fixture`] writes these straight into the
+/// IPv6 maps.
+pub mod fixture6 {
+    /// An IPv6 address from its eight 16-bit groups, as it is written (`fd00:10:244:1::2`).
+    pub const fn addr(groups: [u16; 8]) -> [u8; 16] {
+        let mut bytes = [0u8; 16];
+        let mut i = 0;
+        while i < 8 {
+            let group = groups[i].to_be_bytes();
+            bytes[2 * i] = group[0];
+            bytes[2 * i + 1] = group[1];
+            i += 1;
+        }
+        bytes
+    }
+
+    /// The pool `fd00:10:244::/48`.
+    pub const POOL: [u8; 16] = addr([0xfd00, 0x10, 0x244, 0, 0, 0, 0, 0]);
+    /// The pool's prefix length.
+    pub const POOL_LEN: u32 = 48;
+    /// Calico's default IPv6 block size.
+    pub const BLOCK_LEN: u32 = 122;
+    /// node-1's block `fd00:10:244:1::/122`.
+    pub const LOCAL_BLOCK: [u8; 16] = addr([0xfd00, 0x10, 0x244, 1, 0, 0, 0, 0]);
+    /// node-2's block `fd00:10:244:2::/122`.
+    pub const REMOTE_BLOCK: [u8; 16] = addr([0xfd00, 0x10, 0x244, 2, 0, 0, 0, 0]);
+    /// Pod A on node-1 (on the tested interface).
+    pub const POD_A: [u8; 16] = addr([0xfd00, 0x10, 0x244, 1, 0, 0, 0, 2]);
+    /// Pod A's link-local address: the EUI-64 of its MAC `0a:58:0a:f4:01:02`.
+    pub const POD_A_LINK_LOCAL: [u8; 16] = addr([0xfe80, 0, 0, 0, 0x0858, 0x0aff, 0xfef4, 0x0102]);
+    /// Pod B on node-1.
+    pub const POD_B: [u8; 16] = addr([0xfd00, 0x10, 0x244, 1, 0, 0, 0, 3]);
+    /// An address of node-1's block without a workload.
+    pub const POD_NONE: [u8; 16] = addr([0xfd00, 0x10, 0x244, 1, 0, 0, 0, 0x32]);
+    /// Pod C on node-2.
+    pub const REMOTE_POD: [u8; 16] = addr([0xfd00, 0x10, 0x244, 2, 0, 0, 0, 2]);
+    /// node-1's IPv6 address.
+    pub const NODE: [u8; 16] = addr([0xfd00, 0x100, 0, 0, 0, 0, 0, 0x11]);
+    /// node-2's IPv6 address.
+    pub const PEER: [u8; 16] = addr([0xfd00, 0x100, 0, 0, 0, 0, 0, 0x12]);
+    /// An IPv6 address of no node of the cluster.
+    pub const STRANGER: [u8; 16] = addr([0xfd00, 0x100, 0, 0, 0, 0, 0, 0x99]);
+    /// An address outside every pool (the documentation prefix).
+    pub const EXTERNAL: [u8; 16] = addr([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10]);
+    /// The all-nodes multicast group.
+    pub const ALL_NODES: [u8; 16] = addr([0xff02, 0, 0, 0, 0, 0, 0, 1]);
+    /// The solicited-node multicast group of the gateway `fe80::ecee:eeff:feee:eeee`.
+    pub const GATEWAY_SOLICITED_NODE: [u8; 16] = addr([0xff02, 0, 0, 0, 0, 1, 0xffee, 0xeeee]);
+    /// node-1's IPv6 VTEP MAC.
+    pub const NODE_VTEP_MAC: [u8; 6] = [0x66, 0xd6, 0, 0, 0, 1];
+    /// node-2's IPv6 VTEP MAC.
+    pub const PEER_VTEP_MAC: [u8; 6] = [0x66, 0xd6, 0, 0, 0, 2];
+    /// Pod A's MAC (as in [`super::CLUSTER`]).
+    pub const POD_A_MAC: [u8; 6] = [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02];
+    /// Pod B's MAC (as in [`super::CLUSTER`]).
+    pub const POD_B_MAC: [u8; 6] = [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03];
+}
+
+impl Node {
+    /// node-1 of [`CLUSTER`] with the IPv6 side of [`fixture6`] written too: a dual-stack node.
+    pub fn dual_stack() -> Self {
+        let mut node = Node::new("node-1");
+        node.write_ipv6_fixture();
+        node
+    }
+
+    /// Writes node-1's IPv6 entries of [`fixture6`], as the agent will once the plan has them.
+    pub fn write_ipv6_fixture(&mut self) {
+        use fixture6::*;
+        let in_pool = route_flags::IN_POOL;
+        let workload = |ifindex, mac| Route6 {
+            kind: route_kind::LOCAL_WORKLOAD,
+            flags: in_pool,
+            ifindex,
+            mac,
+            ..Default::default()
+        };
+        self.set_route6(POOL_LEN, POOL, Route6 { kind: route_kind::POOL, flags: in_pool, ..Default::default() });
+        self.set_route6(
+            BLOCK_LEN,
+            LOCAL_BLOCK,
+            Route6 { kind: route_kind::LOCAL_BLOCK, flags: in_pool, ..Default::default() },
+        );
+        self.set_route6(128, POD_A, workload(TESTED_IFINDEX, POD_A_MAC));
+        self.set_route6(128, POD_B, workload(OTHER_IFINDEX, POD_B_MAC));
+        self.set_route6(
+            BLOCK_LEN,
+            REMOTE_BLOCK,
+            Route6 {
+                kind: route_kind::REMOTE_BLOCK,
+                flags: in_pool | route_flags::ENCAP_VXLAN,
+                node_addr: PEER,
+                mac: PEER_VTEP_MAC,
+                ..Default::default()
+            },
+        );
+        self.set_workload6(TESTED_IFINDEX, Workload6 { addr: POD_A, mac: POD_A_MAC, ..Default::default() });
+        self.set_workload6(OTHER_IFINDEX, Workload6 { addr: POD_B, mac: POD_B_MAC, ..Default::default() });
+        let mut peers: HashMap<_, Ipv6Bytes, Peer> = HashMap::try_from(self.ebpf.map_mut(PEERS6_MAP).unwrap()).unwrap();
+        peers.insert(PEER, Peer { flags: peer_flags::VXLAN }, 0).unwrap();
+        let mut node: Array<_, NodeConfig6> = Array::try_from(self.ebpf.map_mut(NODE6_MAP).unwrap()).unwrap();
+        node.set(0, NodeConfig6 { addr: NODE, vtep_mac: NODE_VTEP_MAC, _pad: [0; 2] }, 0).unwrap();
+    }
+
+    /// Writes the IPv6 route of `addr/prefix_len`.
+    pub fn set_route6(&mut self, prefix_len: u32, addr: Ipv6Bytes, route: Route6) {
+        let mut routes: LpmTrie<_, Ipv6Bytes, Route6> =
+            LpmTrie::try_from(self.ebpf.map_mut(ROUTES6_MAP).unwrap()).unwrap();
+        routes.insert(&Key::new(prefix_len, addr), route, 0).unwrap();
+    }
+
+    /// Writes the IPv6 side of the workload behind `ifindex`.
+    pub fn set_workload6(&mut self, ifindex: u32, workload: Workload6) {
+        let mut workloads: HashMap<_, u32, Workload6> =
+            HashMap::try_from(self.ebpf.map_mut(WORKLOADS6_MAP).unwrap()).unwrap();
+        workloads.insert(ifindex, workload, 0).unwrap();
     }
 }

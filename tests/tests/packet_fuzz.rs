@@ -12,6 +12,10 @@
 //! the decision, counter and (for XDP) the drop trace predicted: the mirror is held to the kernel
 //! on generated packets, not only on hand-picked ones.
 //!
+//! IPv6 frames from pods (extension headers, fragments, neighbour solicitations) go through the
+//! node's IPv6 maps (`program::fixture6`) and are held to [`check_ipv6`]: the same rules, in
+//! IPv6's words.
+//!
 //! The seed is fixed so a failure reproduces; `DATAPLANE_FUZZ_CASES=N` runs longer and
 //! `DATAPLANE_FUZZ_SEED=N` explores elsewhere. Needs root (CAP_BPF).
 
@@ -27,13 +31,19 @@ use dataplane_common::{
         ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_DF, IPV4_FRAG_OFFSET_MASK,
         IPV4_MF, TCP_FLAGS_OFFSET, TCP_SYN, UDP_HLEN, VXLAN_HLEN,
     },
+    net::{
+        ETH_P_IPV6, GATEWAY_ADDR_V6, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
+        IPPROTO_HOPOPTS, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPV6_HLEN, ND_HOP_LIMIT, ND_NEIGHBOR_ADVERT,
+        ND_NEIGHBOR_SOLICIT,
+    },
     FlowKey, NatFlow, Stat, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_TO_POD, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD,
     PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_XDP_UPLINK,
 };
 use dataplane_tests::{
-    packet::{fixture::*, ipv4_checksum, Packet},
+    packet::{fixture::*, ipv4_checksum, ipv6_transport, l4_checksum_v6_ok, Ipv6Header, Packet},
     program::{
-        skip_unless_root, Node, NAT_PORTS, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TESTED_IFINDEX, XDP_DROP, XDP_PASS,
+        fixture6, skip_unless_root, Node, NAT_PORTS, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TESTED_IFINDEX, XDP_DROP,
+        XDP_PASS,
     },
 };
 use proptest::{
@@ -96,12 +106,43 @@ enum Base {
         l4: L4,
         payload: usize,
     },
+    /// IPv6 from a pod (or wherever it is run): `ext` between the fixed header and `l4`.
+    Ipv6 {
+        src: [u8; 16],
+        dst: [u8; 16],
+        hop_limit: u8,
+        ext: Ext6,
+        l4: L4,
+        payload: usize,
+    },
+    /// A neighbour solicitation, mostly for the gateway.
+    Solicitation {
+        src: [u8; 16],
+        dst: [u8; 16],
+        target: [u8; 16],
+        hop_limit: u8,
+        source_mac: Option<[u8; 6]>,
+    },
     OtherEtherType {
         ether_type: u16,
         body: Vec<u8>,
     },
     Garbage {
         bytes: Vec<u8>,
+    },
+}
+
+/// The extension headers of a generated IPv6 packet.
+#[derive(Clone, Copy, Debug)]
+enum Ext6 {
+    None,
+    HopByHop,
+    DestinationOptions,
+    Routing,
+    /// A fragment header: offset (in eight-byte units, 0 for a first fragment) and "more".
+    Fragment {
+        offset: u16,
+        more: bool,
     },
 }
 
@@ -126,6 +167,18 @@ enum Mutation {
     UdpLength { header: usize, len: u16 },
     /// Bytes appended after the IPv4 packet (Ethernet padding, or junk).
     Trailer { bytes: Vec<u8> },
+    /// Set a field of the IPv6 header.
+    Ipv6Field(Ipv6Field),
+}
+
+/// One IPv6 header field to overwrite.
+#[derive(Clone, Debug)]
+enum Ipv6Field {
+    Version(u8),
+    PayloadLength(u16),
+    NextHeader(u8),
+    HopLimit(u8),
+    Source([u8; 16]),
 }
 
 /// One IPv4 header field to overwrite.
@@ -161,6 +214,26 @@ fn address() -> impl Strategy<Value = [u8; 4]> {
 /// Outer sources of tunnel packets: the peer most often, then non-peers.
 fn outer_source() -> impl Strategy<Value = [u8; 4]> {
     prop_oneof![3 => Just(PEER), 1 => Just(STRANGER), 1 => Just(NODE), 1 => Just(POD_A), 1 => any::<[u8; 4]>()]
+}
+
+/// IPv6 addresses that mean something to the fixture cluster, and random ones.
+fn address6() -> impl Strategy<Value = [u8; 16]> {
+    use fixture6::*;
+    prop_oneof![
+        3 => prop_oneof![Just(POD_A), Just(POD_B), Just(REMOTE_POD), Just(EXTERNAL)],
+        2 => prop_oneof![Just(NODE), Just(POD_NONE), Just(GATEWAY_ADDR_V6), Just(POD_A_LINK_LOCAL), Just(ALL_NODES)],
+        1 => any::<[u8; 16]>(),
+    ]
+}
+
+fn ext6() -> impl Strategy<Value = Ext6> {
+    prop_oneof![
+        6 => Just(Ext6::None),
+        1 => Just(Ext6::HopByHop),
+        1 => Just(Ext6::DestinationOptions),
+        1 => Just(Ext6::Routing),
+        2 => (prop_oneof![Just(0u16), 1u16..200], any::<bool>()).prop_map(|(offset, more)| Ext6::Fragment { offset, more }),
+    ]
 }
 
 fn l4() -> impl Strategy<Value = L4> {
@@ -215,6 +288,24 @@ fn base() -> impl Strategy<Value = Base> {
             }),
         2 => (outer_source(), prop_oneof![4 => Just(NODE), 1 => address()], address(), address(), l4(), payload_len())
             .prop_map(|(outer_src, outer_dst, src, dst, l4, payload)| Base::Ipip { outer_src, outer_dst, src, dst, l4, payload }),
+        // Pod A's own source most often, as for IPv4.
+        2 => (
+            prop_oneof![2 => Just(fixture6::POD_A), 1 => address6()],
+            address6(),
+            prop_oneof![4 => Just(64u8), 1 => Just(1), 1 => any::<u8>()],
+            ext6(),
+            l4(),
+            payload_len(),
+        )
+            .prop_map(|(src, dst, hop_limit, ext, l4, payload)| Base::Ipv6 { src, dst, hop_limit, ext, l4, payload }),
+        1 => (
+            prop_oneof![3 => Just(fixture6::POD_A_LINK_LOCAL), 1 => Just([0; 16]), 1 => address6()],
+            prop_oneof![Just(fixture6::GATEWAY_SOLICITED_NODE), Just(GATEWAY_ADDR_V6), address6()],
+            prop_oneof![4 => Just(GATEWAY_ADDR_V6), 1 => address6()],
+            prop_oneof![4 => Just(ND_HOP_LIMIT), 1 => any::<u8>()],
+            prop_oneof![Just(Some(POD_A_MAC)), Just(None)],
+        )
+            .prop_map(|(src, dst, target, hop_limit, source_mac)| Base::Solicitation { src, dst, target, hop_limit, source_mac }),
         1 => (prop_oneof![Just(0x86ddu16), Just(0x8100), Just(0x88cc), any::<u16>()], vec(any::<u8>(), 0..80))
             .prop_map(|(ether_type, body)| Base::OtherEtherType { ether_type, body }),
         1 => vec(any::<u8>(), 0..120).prop_map(|bytes| Base::Garbage { bytes }),
@@ -245,6 +336,18 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         1 => Just(Mutation::BadL4Checksum),
         1 => (0usize..2, any::<u16>()).prop_map(|(header, len)| Mutation::UdpLength { header, len }),
         1 => vec(any::<u8>(), 1..32).prop_map(|bytes| Mutation::Trailer { bytes }),
+        2 => ipv6_field().prop_map(Mutation::Ipv6Field),
+    ]
+}
+
+fn ipv6_field() -> impl Strategy<Value = Ipv6Field> {
+    prop_oneof![
+        (0u8..16).prop_map(Ipv6Field::Version),
+        prop_oneof![Just(0u16), any::<u16>()].prop_map(Ipv6Field::PayloadLength),
+        prop_oneof![Just(IPPROTO_HOPOPTS), Just(IPPROTO_FRAGMENT), Just(IPPROTO_ICMPV6), any::<u8>()]
+            .prop_map(Ipv6Field::NextHeader),
+        prop_oneof![Just(0u8), Just(1), Just(ND_HOP_LIMIT), any::<u8>()].prop_map(Ipv6Field::HopLimit),
+        address6().prop_map(Ipv6Field::Source),
     ]
 }
 
@@ -269,6 +372,47 @@ fn with_l4(packet: Packet, src: [u8; 4], dst: [u8; 4], l4: &L4, payload: usize) 
     .payload(&body)
 }
 
+fn with_l4_v6(packet: Packet, header: Ipv6Header, ext: Ext6, l4: &L4, payload: usize) -> Packet {
+    let body: Vec<u8> = (0..payload).map(|i| i as u8).collect();
+    let next_header = match *l4 {
+        L4::Udp { .. } => IPPROTO_UDP,
+        L4::Tcp { .. } => IPPROTO_TCP,
+        L4::IcmpEcho { .. } => IPPROTO_ICMPV6,
+        L4::Other { protocol } => protocol,
+    };
+    let first = match ext {
+        Ext6::None => next_header,
+        Ext6::HopByHop => IPPROTO_HOPOPTS,
+        Ext6::DestinationOptions => IPPROTO_DSTOPTS,
+        Ext6::Routing => IPPROTO_ROUTING,
+        Ext6::Fragment { .. } => IPPROTO_FRAGMENT,
+    };
+    let packet = packet.ipv6_header(Ipv6Header { next_header: first, ..header });
+    let packet = match ext {
+        Ext6::None => packet,
+        Ext6::HopByHop | Ext6::DestinationOptions => packet.ipv6_options(next_header),
+        Ext6::Routing => packet.ipv6_routing(next_header),
+        Ext6::Fragment { offset, more } => packet.ipv6_fragment(next_header, offset, more),
+    };
+    // A later fragment carries no transport header, only payload.
+    let packet = match (l4.clone(), ext) {
+        (_, Ext6::Fragment { offset, .. }) if offset > 0 => packet,
+        (L4::Udp { src_port, dst_port }, _) => packet.udp(src_port, dst_port),
+        (L4::Tcp { src_port, dst_port, flags }, _) => packet.tcp(src_port, dst_port, flags),
+        // The ICMPv4 echo types map onto ICMPv6's; others stay as generated.
+        (L4::IcmpEcho { kind, id, seq }, _) => {
+            let kind = match kind {
+                ICMP_ECHO_REQUEST => ICMPV6_ECHO_REQUEST,
+                ICMP_ECHO_REPLY => ICMPV6_ECHO_REPLY,
+                other => other,
+            };
+            packet.icmp_echo(kind, id, seq)
+        }
+        (L4::Other { .. }, _) => packet,
+    };
+    packet.payload(&body)
+}
+
 /// The valid packet of `base`, built with the packet builder.
 fn build(base: &Base) -> Vec<u8> {
     match base {
@@ -286,6 +430,15 @@ fn build(base: &Base) -> Vec<u8> {
         Base::Ipip { outer_src, outer_dst, src, dst, l4, payload } => {
             let outer = Packet::eth(UPLINK_MAC, UPLINK_MAC).ipv4(*outer_src, *outer_dst, IPPROTO_IPIP);
             with_l4(outer, *src, *dst, l4, *payload).finish()
+        }
+        Base::Ipv6 { src, dst, hop_limit, ext, l4, payload } => {
+            let header = Ipv6Header { src: *src, dst: *dst, next_header: 0, hop_limit: *hop_limit };
+            with_l4_v6(Packet::eth(POD_A_MAC, GATEWAY_MAC), header, *ext, l4, *payload).finish()
+        }
+        Base::Solicitation { src, dst, target, hop_limit, source_mac } => {
+            let header = Ipv6Header { src: *src, dst: *dst, next_header: IPPROTO_ICMPV6, hop_limit: *hop_limit };
+            let eth = Packet::eth(POD_A_MAC, [0x33, 0x33, 0xff, 0xee, 0xee, 0xee]);
+            eth.ipv6_header(header).neighbour_solicitation(*target, *source_mac).finish()
         }
         Base::OtherEtherType { ether_type, body } => {
             let mut bytes = Packet::eth(POD_A_MAC, GATEWAY_MAC).payload(body).bytes;
@@ -379,6 +532,19 @@ fn mutate(bytes: &mut Vec<u8>, mutation: &Mutation) {
             }
         }
         Mutation::Trailer { bytes: trailer } => bytes.extend_from_slice(trailer),
+        Mutation::Ipv6Field(field) => {
+            if ether_type(bytes) != Some(ETH_P_IPV6) || bytes.len() < IPV6_PAYLOAD {
+                return;
+            }
+            let ip = ETH_HLEN;
+            match field {
+                Ipv6Field::Version(v) => bytes[ip] = (v << 4) | (bytes[ip] & 0x0f),
+                Ipv6Field::PayloadLength(len) => bytes[ip + 4..ip + 6].copy_from_slice(&len.to_be_bytes()),
+                Ipv6Field::NextHeader(next) => bytes[ip + 6] = *next,
+                Ipv6Field::HopLimit(hop_limit) => bytes[ip + 7] = *hop_limit,
+                Ipv6Field::Source(src) => bytes[ip + 8..ip + 24].copy_from_slice(src),
+            }
+        }
     }
 }
 
@@ -450,9 +616,19 @@ fn announces_a_cut_header(bytes: &[u8]) -> bool {
     chain.len() < 3 && (next + 20 > bytes.len() || next + usize::from(bytes[next] & 0x0f) * 4 > bytes.len())
 }
 
-/// Layer boundaries of a packet, for truncation: Ethernet, each IPv4 header, transport headers.
+/// Offset of what follows the fixed IPv6 header.
+const IPV6_PAYLOAD: usize = ETH_HLEN + IPV6_HLEN;
+
+/// Layer boundaries of a packet, for truncation: Ethernet, each IPv4 header, the IPv6 header and
+/// the transport after its extension headers, transport headers.
 fn layer_boundaries(bytes: &[u8]) -> Vec<usize> {
     let mut layers = vec![0, ETH_HLEN];
+    if ether_type(bytes) == Some(ETH_P_IPV6) {
+        layers.extend([ETH_HLEN + 1, IPV6_PAYLOAD]);
+        if let Some((_, l4)) = ipv6_transport(bytes, ETH_HLEN) {
+            layers.extend([l4, l4 + 4, l4 + 8, l4 + 20]);
+        }
+    }
     for ip in ipv4_chain(bytes) {
         layers.push(ip + 1);
         layers.push(ip + 20);
@@ -558,6 +734,9 @@ fn check(run: &Run) -> Result<(), String> {
         return Err(format!("verdict {verdict} counted as {}", stat.name()));
     }
 
+    if ether_type(input) == Some(ETH_P_IPV6) {
+        return check_ipv6(run);
+    }
     let in_chain = ipv4_chain(input);
     // The outermost IPv4 source as a program reads it: at its fixed offset, whatever the header says.
     let ipv4_frame = ether_type(input) == Some(ETH_P_IP);
@@ -620,6 +799,97 @@ fn check(run: &Run) -> Result<(), String> {
         if program == PROG_FROM_WORKLOAD && out_chain.get(1).is_none_or(|&inner| addr_at(output, inner + 12) != POD_A) {
             return Err(format!("{}: the inner source is not pod A", stat.name()));
         }
+    }
+    Ok(())
+}
+
+/// The rules for an IPv6 frame: no spoofed source leaves a pod, what goes to the kernel goes
+/// unchanged, a delivery rewrites only the Ethernet header and the hop limit and only towards a
+/// pod of this node, an advertisement answers only a solicitation for the gateway and is valid,
+/// and every drop has its reason in the packet.
+fn check_ipv6(run: &Run) -> Result<(), String> {
+    use fixture6::*;
+    let Run { program, input, verdict, output, stat, .. } = *run;
+    let addr = |bytes: &[u8], at: usize| -> [u8; 16] { bytes[at..at + 16].try_into().unwrap() };
+    let (src, dst) = (addr(input, ETH_HLEN + 8), addr(input, ETH_HLEN + 24));
+    let hop_limit = input[ETH_HLEN + 7];
+    let well_formed = input[ETH_HLEN] >> 4 == 6 && usize::from(be16(input, ETH_HLEN + 4)) <= input.len() - IPV6_PAYLOAD;
+    if verdict == TC_ACT_OK && output != input {
+        return Err(format!("IPv6 handed to the kernel was rewritten ({})", stat.name()));
+    }
+    if program != PROG_FROM_WORKLOAD {
+        return if stat.is_drop() || verdict != TC_ACT_OK {
+            Err(format!("{program} took IPv6 ({}), which only from_workload routes", stat.name()))
+        } else {
+            Ok(())
+        };
+    }
+    match stat {
+        Stat::DeliveredLocal => {
+            let pod_mac = match dst {
+                POD_A => POD_A_MAC,
+                POD_B => POD_B_MAC,
+                _ => return Err(format!("delivered to {dst:02x?}, no pod of this node")),
+            };
+            if src != POD_A || !well_formed || hop_limit <= 1 {
+                return Err(format!(
+                    "delivered a packet from {src:02x?}, hop limit {hop_limit}, well-formed {well_formed}"
+                ));
+            }
+            let expected_eth = [&pod_mac[..], &GATEWAY_MAC[..], &ETH_P_IPV6.to_be_bytes()[..]].concat();
+            if output.len() != input.len()
+                || output[..ETH_HLEN] != expected_eth[..]
+                || output[ETH_HLEN..ETH_HLEN + 7] != input[ETH_HLEN..ETH_HLEN + 7]
+                || output[ETH_HLEN + 7] != hop_limit - 1
+                || output[ETH_HLEN + 8..] != input[ETH_HLEN + 8..]
+            {
+                return Err("a delivery changed more than the Ethernet header and the hop limit".to_owned());
+            }
+            let in_ok = ipv6_transport(input, ETH_HLEN).is_some() && l4_checksum_v6_ok(input, ETH_HLEN);
+            if in_ok && !l4_checksum_v6_ok(output, ETH_HLEN) {
+                return Err("the transport checksum was right and is wrong after the delivery".to_owned());
+            }
+        }
+        Stat::NdpReplied => {
+            let solicited = input[ETH_HLEN + 6] == IPPROTO_ICMPV6
+                && input.get(IPV6_PAYLOAD) == Some(&ND_NEIGHBOR_SOLICIT)
+                && input.len() >= IPV6_PAYLOAD + 24
+                && addr(input, IPV6_PAYLOAD + 8) == GATEWAY_ADDR_V6
+                && hop_limit == ND_HOP_LIMIT
+                && src != [0; 16];
+            if !solicited || !well_formed {
+                return Err("answered what is no valid solicitation for the gateway".to_owned());
+            }
+            let advertises = output.len() == IPV6_PAYLOAD + 32
+                && output[0..6] == input[6..12]
+                && output[ETH_HLEN + 7] == ND_HOP_LIMIT
+                && addr(output, ETH_HLEN + 8) == GATEWAY_ADDR_V6
+                && addr(output, ETH_HLEN + 24) == src
+                && output[IPV6_PAYLOAD] == ND_NEIGHBOR_ADVERT
+                && addr(output, IPV6_PAYLOAD + 8) == GATEWAY_ADDR_V6
+                && output[IPV6_PAYLOAD + 26..IPV6_PAYLOAD + 32] == GATEWAY_MAC
+                && l4_checksum_v6_ok(output, ETH_HLEN);
+            if !advertises {
+                return Err("the advertisement is not the gateway's, or its checksum is wrong".to_owned());
+            }
+        }
+        Stat::DropMalformed if well_formed => return Err("a well-formed IPv6 packet dropped as malformed".to_owned()),
+        Stat::DropSpoofedSource if src == POD_A => return Err("pod A's own source dropped as spoofed".to_owned()),
+        Stat::DropTtlExceeded if hop_limit > 1 => return Err(format!("hop limit {hop_limit} dropped as exceeded")),
+        Stat::DropBlackhole if dst[..15] != LOCAL_BLOCK[..15] || dst[15] >= 64 || dst == POD_A || dst == POD_B => {
+            return Err(format!("{dst:02x?} blackholed, not a free address of the local block"));
+        }
+        Stat::DropMalformed
+        | Stat::DropSpoofedSource
+        | Stat::DropTtlExceeded
+        | Stat::DropBlackhole
+        | Stat::DropAdjustRoomFailed => {}
+        stat if stat.is_drop() => return Err(format!("IPv6 dropped as {}, which no IPv6 rule gives", stat.name())),
+        _ => {}
+    }
+    // Whatever the fast path forwards carries pod A's own source.
+    if verdict == TC_ACT_REDIRECT && stat != Stat::NdpReplied && src != POD_A {
+        return Err(format!("from_workload forwarded IPv6 from {src:02x?}, not pod A ({})", stat.name()));
     }
     Ok(())
 }
@@ -833,6 +1103,8 @@ struct Tally {
     /// Runs whose packet `dataplane trace` can describe, each predicted before it ran and
     /// compared with the kernel's counter.
     predicted: u64,
+    /// Decisions on IPv6 frames from pods, by name.
+    ipv6_stats: BTreeMap<&'static str, u64>,
 }
 
 /// One node, its counters as last read, and the tally.
@@ -886,6 +1158,9 @@ impl Fuzzer {
                 .map_err(|rule| format!("{PROG_XDP_UPLINK}: {rule}\n  in:  {}", hex(packet)))?;
         }
         *self.tally.stats.entry(stat.name()).or_default() += 1;
+        if program == PROG_FROM_WORKLOAD && ether_type(packet) == Some(ETH_P_IPV6) {
+            *self.tally.ipv6_stats.entry(stat.name()).or_default() += 1;
+        }
         if matches!(stat, Stat::DecapVxlan | Stat::DecapIpip) && announces_a_cut_header(packet) {
             self.tally.cut_inner_passed += 1;
         }
@@ -1030,7 +1305,7 @@ fn fuzz_packets() {
     let config = Config { cases, failure_persistence: None, max_shrink_iters: 2_000, ..Config::default() };
     let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
 
-    let node = Node::new("node-1");
+    let node = Node::dual_stack();
     let peers = node.peers();
     assert!(peers.contains(&PEER) && !peers.contains(&STRANGER), "fixture peers: {peers:?}");
     let last_stats = node.stats();
@@ -1056,6 +1331,7 @@ fn fuzz_packets() {
         fuzzer.tally.total, fuzzer.tally.packets
     );
     eprintln!("decisions: {:?}", fuzzer.tally.stats);
+    eprintln!("decisions on IPv6 from pods: {:?}", fuzzer.tally.ipv6_stats);
     eprintln!(
         "conntrack entries at the end: {}; frames the test harness refuses, not run: {}; peers' tunnel packets with a cut inner header decapsulated and passed to the kernel: {}",
         conntrack.len(),
@@ -1084,5 +1360,19 @@ fn fuzz_packets() {
         Stat::ArpReplied,
     ] {
         assert!(fuzzer.tally.stats.get(stat.name()).is_some_and(|n| *n > 0), "no packet reached {}", stat.name());
+    }
+    for stat in [
+        Stat::DeliveredLocal,
+        Stat::NdpReplied,
+        Stat::NdpPassed,
+        Stat::PassToStack,
+        Stat::PassIpv6LinkScope,
+        Stat::PassIpv6HopByHop,
+        Stat::DropMalformed,
+        Stat::DropSpoofedSource,
+        Stat::DropBlackhole,
+    ] {
+        let reached = fuzzer.tally.ipv6_stats.get(stat.name()).is_some_and(|n| *n > 0);
+        assert!(reached, "no IPv6 packet from a pod reached {}", stat.name());
     }
 }
