@@ -33,7 +33,8 @@ use aya::{
 };
 use dataplane_common::{
     monitor::{MONITOR_LEASE_MAP, MONITOR_LEASE_MAP_V1, MONITOR_LEASE_SECTION},
-    FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Pools, Route, Workload, WorkloadSlot,
+    route_kind, FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Pools, Route, Workload,
+    WorkloadSlot,
     CONNTRACK_MAP, NODE_MAP, PEERS_MAP, PINNED_MAPS, POOLS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK,
     PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK, ROUTES_MAP, WORKLOADS_MAP, WORKLOAD_SLOTS_MAP,
 };
@@ -821,6 +822,17 @@ impl BpfBackend {
                 |map, key| already_gone(map.remove(key)).context("removing from the peers map"),
             )?;
         }
+        // The pools map derives from the pool routes: derived again only when a change touched
+        // one, not from every route at each event (100k routes walked per event otherwise).
+        let pools_touched = programmed.pools.is_none()
+            || route_keys.as_ref().is_none_or(|keys| {
+                keys.iter().any(|key| {
+                    [programmed.routes.get(key), desired.routes.get(key)]
+                        .into_iter()
+                        .flatten()
+                        .any(|route| route.kind == route_kind::POOL)
+                })
+            });
         {
             let mut map: LpmTrie<&mut MapData, Ipv4Bytes, Route> = map_mut(&mut self.ebpf, ROUTES_MAP)?;
             sync(
@@ -838,8 +850,8 @@ impl BpfBackend {
             )?;
         }
         // After the routes, from all of them (a change writes only the routes it touched).
-        let pools = entries::pools(&programmed.routes);
-        if programmed.pools != Some(pools) {
+        let pools = pools_touched.then(|| entries::pools(&programmed.routes));
+        if let Some(pools) = pools.filter(|pools| programmed.pools != Some(*pools)) {
             let mut map: Array<&mut MapData, Pools> = map_mut(&mut self.ebpf, POOLS_MAP)?;
             map.set(0, pools, 0).context("writing the pools map")?;
             programmed.pools = Some(pools);
