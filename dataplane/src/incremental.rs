@@ -83,6 +83,11 @@ impl Names {
     fn name(&self, id: NameId) -> &str {
         self.names.get(id as usize).map_or("", |name| name)
     }
+
+    /// The kept copy of `name`, if a block ever named it.
+    fn shared(&self, name: &str) -> Option<Arc<str>> {
+        self.ids.get_key_value(name).map(|(name, _)| Arc::clone(name))
+    }
 }
 
 /// One node's claim on a block (an affinity, or an allocation block's `affinity`), compact: the
@@ -282,6 +287,8 @@ struct Derived {
     plan: Plan,
     /// The usable pools, in name order.
     valid_pools: Vec<IpPool>,
+    /// The usable pools' names, one copy each for all the routes in them.
+    pool_names: Vec<Arc<str>>,
     pool_problems: Vec<Problem>,
     /// A block's problem, by block.
     block_problems: BTreeMap<Ipv4Net, Problem>,
@@ -466,6 +473,7 @@ impl Planner {
         let mut derived = Derived {
             plan,
             valid_pools: Vec::new(),
+            pool_names: Vec::new(),
             pool_problems: Vec::new(),
             block_problems: BTreeMap::new(),
             workload_routes: BTreeMap::new(),
@@ -544,6 +552,7 @@ impl Planner {
 fn set_valid_pools(store: &Store, derived: &mut Derived) {
     let mut problems = Vec::new();
     derived.valid_pools = plan::valid_pools(store.pools.values(), &mut problems).into_iter().cloned().collect();
+    derived.pool_names = derived.valid_pools.iter().map(|pool| plan::fresh(&pool.name)).collect();
     derived.pool_problems = problems;
 }
 
@@ -553,8 +562,19 @@ fn replan_prefix(store: &Store, this_node: &str, derived: &mut Derived, prefix: 
     let pools: Vec<&IpPool> = derived.valid_pools.iter().collect();
     let local_addr = derived.plan.node.addr;
     let owners = store.owners(&prefix);
-    let block = (!owners.is_empty())
-        .then(|| plan::block_route(prefix, &owners, &pools, |name| store.nodes.get(name), this_node, &local_addr));
+    let pool_names = &derived.pool_names;
+    // Every route shares the names the store and the pools keep.
+    let share = |name: &str| {
+        pool_names
+            .iter()
+            .find(|pool| &***pool == name)
+            .cloned()
+            .or_else(|| store.names.shared(name))
+            .unwrap_or_else(|| plan::fresh(name))
+    };
+    let block = (!owners.is_empty()).then(|| {
+        plan::block_route(prefix, &owners, &pools, |name| store.nodes.get(name), this_node, &local_addr, &share)
+    });
     let block = match block {
         Some(Ok(route)) => {
             derived.block_problems.remove(&prefix);
@@ -570,7 +590,7 @@ fn replan_prefix(store: &Store, this_node: &str, derived: &mut Derived, prefix: 
         }
     };
     let route = derived.workload_routes.get(&prefix).cloned().or(block).or_else(|| {
-        pools.iter().find(|pool| pool.cidr.trunc() == prefix).map(|pool| plan::route_in(Some(pool), RouteTarget::Pool))
+        pools.iter().find(|pool| pool.cidr.trunc() == prefix).map(|pool| plan::route_in(Some(pool), RouteTarget::Pool, &share))
     });
     let routes = &mut derived.plan.routes;
     if routes.get(&prefix) == route.as_ref() {
