@@ -17,13 +17,14 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use ipnet::Ipv4Net;
 
 use crate::{
     datastore::Delta,
-    model::{Block, IpPool, Model, Node, Problem, Workload},
+    model::{AffinityState, Block, IpPool, Model, Node, Problem, Workload},
     plan::{self, Plan, PlanError, PlannedRoute, RouteTarget},
 };
 
@@ -48,6 +49,63 @@ impl Changes {
     }
 }
 
+/// A node's name as the store's blocks keep it: an index into [`Names`], so that 100k blocks
+/// on 10k nodes hold 10k names, not 200k copies of them (an affinity and an allocation each).
+type NameId = u32;
+
+/// The node names blocks have named, each kept once.
+#[derive(Debug, Default)]
+struct Names {
+    ids: HashMap<Arc<str>, NameId>,
+    names: Vec<Arc<str>>,
+}
+
+impl Names {
+    /// The id of `name`, given one if it has none yet.
+    fn intern(&mut self, name: &str) -> NameId {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        // More than 4 billion distinct node names cannot be read from any datastore.
+        let id = NameId::try_from(self.names.len()).unwrap_or(NameId::MAX);
+        let name: Arc<str> = Arc::from(name);
+        self.names.push(Arc::clone(&name));
+        self.ids.insert(name, id);
+        id
+    }
+
+    /// The id of `name`, if a block ever named it.
+    fn id(&self, name: &str) -> Option<NameId> {
+        self.ids.get(name).copied()
+    }
+
+    /// The name of `id` (empty for an id this store never gave).
+    fn name(&self, id: NameId) -> &str {
+        self.names.get(id as usize).map_or("", |name| name)
+    }
+
+    /// The kept copy of `name`, if a block ever named it.
+    fn shared(&self, name: &str) -> Option<Arc<str>> {
+        self.ids.get_key_value(name).map(|(name, _)| Arc::clone(name))
+    }
+}
+
+/// One node's claim on a block (an affinity, or an allocation block's `affinity`), compact: the
+/// node by id, the state and the deleted flag, eight bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Claim {
+    node: NameId,
+    state: AffinityState,
+    deleted: bool,
+}
+
+impl Claim {
+    /// Whether the claim routes: confirmed and not deleted, as [`Block::routes`].
+    fn routes(&self) -> bool {
+        self.state == AffinityState::Confirmed && !self.deleted
+    }
+}
+
 /// The cluster by resource, with the indexes that find what a change touches.
 #[derive(Debug, Default)]
 struct Store {
@@ -55,109 +113,117 @@ struct Store {
     nodes: BTreeMap<String, Node>,
     /// Workloads on this node only (the plan reads no other), by `namespace/name`.
     workloads: BTreeMap<String, Workload>,
-    /// Block -> the nodes' affinities to it, sorted by node, one per node (nearly always one: a
-    /// list, where a map per block would cost a node of eleven slots each).
-    affinities: BTreeMap<Ipv4Net, Vec<Block>>,
+    /// The names the claims below refer to.
+    names: Names,
+    /// (Block, node) -> the node's affinity to the block: one entry per affinity, with no list
+    /// per block (nearly every block has exactly one).
+    affinities: BTreeMap<(Ipv4Net, NameId), Claim>,
     /// Block -> its allocation block's affinity.
-    allocations: BTreeMap<Ipv4Net, Block>,
+    allocations: BTreeMap<Ipv4Net, Claim>,
     /// Node -> the blocks an affinity or an allocation block gives it.
-    blocks_by_node: HashMap<String, BTreeSet<Ipv4Net>>,
+    blocks_by_node: HashMap<NameId, BTreeSet<Ipv4Net>>,
     /// Address -> the nodes at it.
     nodes_by_addr: BTreeMap<Ipv4Addr, BTreeSet<String>>,
 }
 
 impl Store {
+    /// The affinities to `cidr`, in the order of their nodes' ids.
+    fn affinities_of(&self, cidr: &Ipv4Net) -> impl Iterator<Item = &Claim> {
+        self.affinities.range((*cidr, NameId::MIN)..=(*cidr, NameId::MAX)).map(|(_, claim)| claim)
+    }
+
     /// The nodes claiming `cidr` through a routing affinity, sorted, without repeats: an
     /// allocation block counts only where no affinity key names the same node, whose state
     /// (pending, pendingDeletion) then decides, as in the datastores' snapshots.
     fn owners(&self, cidr: &Ipv4Net) -> Vec<&str> {
-        let affinities = self.affinities.get(cidr);
         let mut owners: Vec<&str> =
-            affinities.into_iter().flatten().filter(|block| block.routes()).map(|block| block.node.as_str()).collect();
+            self.affinities_of(cidr).filter(|claim| claim.routes()).map(|claim| self.names.name(claim.node)).collect();
         if let Some(allocation) = self.allocations.get(cidr) {
-            let shadowed = affinities.is_some_and(|by_node| by_node.iter().any(|b| b.node == allocation.node));
+            let shadowed = self.affinities.contains_key(&(*cidr, allocation.node));
             if allocation.routes() && !shadowed {
-                if let Err(at) = owners.binary_search(&allocation.node.as_str()) {
-                    owners.insert(at, allocation.node.as_str());
-                }
+                owners.push(self.names.name(allocation.node));
             }
         }
+        // Nearly always one: sorting costs nothing then.
+        owners.sort_unstable();
+        owners.dedup();
         owners
     }
 
     /// Whether some affinity or the allocation block of `cidr` names `node`.
-    fn names(&self, cidr: &Ipv4Net, node: &str) -> bool {
-        self.affinities.get(cidr).is_some_and(|by_node| by_node.iter().any(|b| b.node == node))
-            || self.allocations.get(cidr).is_some_and(|block| block.node == node)
+    fn names(&self, cidr: &Ipv4Net, node: NameId) -> bool {
+        self.affinities.contains_key(&(*cidr, node)) || self.allocations.get(cidr).is_some_and(|claim| claim.node == node)
     }
 
-    fn index_block(&mut self, cidr: Ipv4Net, node: &str) {
-        self.blocks_by_node.entry(node.to_owned()).or_default().insert(cidr);
+    fn index_block(&mut self, cidr: Ipv4Net, node: NameId) {
+        self.blocks_by_node.entry(node).or_default().insert(cidr);
     }
 
     /// Forgets that `node` has `cidr` unless an affinity or the allocation still says so.
-    fn unindex_block(&mut self, cidr: Ipv4Net, node: &str) {
+    fn unindex_block(&mut self, cidr: Ipv4Net, node: NameId) {
         if self.names(&cidr, node) {
             return;
         }
-        if let Some(blocks) = self.blocks_by_node.get_mut(node) {
+        if let Some(blocks) = self.blocks_by_node.get_mut(&node) {
             blocks.remove(&cidr);
             if blocks.is_empty() {
-                self.blocks_by_node.remove(node);
+                self.blocks_by_node.remove(&node);
             }
         }
+    }
+
+    /// The claim `block` makes, its node interned.
+    fn claim(&mut self, block: &Block) -> Claim {
+        Claim { node: self.names.intern(&block.node), state: block.state, deleted: block.deleted }
     }
 
     /// Stores an affinity; with `merge` (a whole read listing the same affinity twice) a copy
     /// that routes wins over one that does not, as in the whole-model plan.
     fn upsert_affinity(&mut self, block: Block, merge: bool) -> Ipv4Net {
         let cidr = block.cidr.trunc();
-        let node = block.node.clone();
-        let by_node = self.affinities.entry(cidr).or_default();
-        match by_node.binary_search_by(|b| b.node.cmp(&node)) {
-            Ok(at) => {
-                if !merge || block.routes() || !by_node[at].routes() {
-                    by_node[at] = Block { cidr, ..block };
-                }
-            }
-            Err(at) => {
-                // Exactly one slot for the usual single affinity, not the four a push reserves.
-                by_node.reserve_exact(1);
-                by_node.insert(at, Block { cidr, ..block });
-            }
+        let claim = self.claim(&block);
+        let slot = self.affinities.entry((cidr, claim.node)).or_insert(claim);
+        if !merge || claim.routes() || !slot.routes() {
+            *slot = claim;
         }
-        self.index_block(cidr, &node);
+        self.index_block(cidr, claim.node);
         cidr
     }
 
     fn remove_affinity(&mut self, cidr: Ipv4Net, node: &str) {
         let cidr = cidr.trunc();
-        if let Some(by_node) = self.affinities.get_mut(&cidr) {
-            by_node.retain(|b| b.node != node);
-            if by_node.is_empty() {
-                self.affinities.remove(&cidr);
-            }
-        }
+        let Some(node) = self.names.id(node) else { return };
+        self.affinities.remove(&(cidr, node));
         self.unindex_block(cidr, node);
     }
 
     fn upsert_allocation(&mut self, block: Block) -> Ipv4Net {
         let cidr = block.cidr.trunc();
-        let node = block.node.clone();
-        let old = self.allocations.insert(cidr, Block { cidr, ..block });
-        if let Some(old) = old.filter(|old| old.node != node) {
-            self.unindex_block(cidr, &old.node);
+        let claim = self.claim(&block);
+        let old = self.allocations.insert(cidr, claim);
+        if let Some(old) = old.filter(|old| old.node != claim.node) {
+            self.unindex_block(cidr, old.node);
         }
-        self.index_block(cidr, &node);
+        self.index_block(cidr, claim.node);
         cidr
     }
 
     fn remove_allocation(&mut self, cidr: Ipv4Net) -> Ipv4Net {
         let cidr = cidr.trunc();
         if let Some(old) = self.allocations.remove(&cidr) {
-            self.unindex_block(cidr, &old.node);
+            self.unindex_block(cidr, old.node);
         }
         cidr
+    }
+
+    /// The blocks `node` has through an affinity or an allocation block.
+    fn blocks_of(&self, node: &str) -> Option<&BTreeSet<Ipv4Net>> {
+        self.blocks_by_node.get(&self.names.id(node)?)
+    }
+
+    /// `claim` on `cidr` as the model's block.
+    fn block(&self, cidr: Ipv4Net, claim: &Claim) -> Block {
+        Block { cidr, node: self.names.name(claim.node).to_owned(), state: claim.state, deleted: claim.deleted }
     }
 
     /// Stores `node`; returns the address it had before, if any.
@@ -196,7 +262,7 @@ impl Store {
 
     /// Every block an affinity or an allocation names, in order.
     fn block_cidrs(&self) -> BTreeSet<Ipv4Net> {
-        self.affinities.keys().chain(self.allocations.keys()).copied().collect()
+        self.affinities.keys().map(|(cidr, _)| *cidr).chain(self.allocations.keys().copied()).collect()
     }
 
     /// The blocks whose address lies inside `range`, in order.
@@ -208,8 +274,8 @@ impl Store {
             return BTreeSet::new();
         };
         self.affinities
-            .range(low..=high)
-            .map(|(cidr, _)| *cidr)
+            .range((low, NameId::MIN)..=(high, NameId::MAX))
+            .map(|((cidr, _), _)| *cidr)
             .chain(self.allocations.range(low..=high).map(|(cidr, _)| *cidr))
             .collect()
     }
@@ -221,6 +287,8 @@ struct Derived {
     plan: Plan,
     /// The usable pools, in name order.
     valid_pools: Vec<IpPool>,
+    /// The usable pools' names, one copy each for all the routes in them.
+    pool_names: Vec<Arc<str>>,
     pool_problems: Vec<Problem>,
     /// A block's problem, by block.
     block_problems: BTreeMap<Ipv4Net, Problem>,
@@ -279,15 +347,16 @@ impl Planner {
     /// are the only ones a plan reads): what the oracle plans.
     pub fn model(&self) -> Model {
         let store = &self.store;
-        let mut blocks: Vec<Block> = store.affinities.values().flatten().cloned().collect();
+        let mut blocks: Vec<Block> =
+            store.affinities.iter().map(|((cidr, _), claim)| store.block(*cidr, claim)).collect();
+        // By block, then by node name, as the affinities were kept before names had ids.
+        blocks.sort_by(|a, b| (a.cidr, &a.node).cmp(&(b.cidr, &b.node)));
         blocks.extend(
             store
                 .allocations
-                .values()
-                .filter(|block| {
-                    !store.affinities.get(&block.cidr).is_some_and(|by| by.iter().any(|b| b.node == block.node))
-                })
-                .cloned(),
+                .iter()
+                .filter(|(cidr, claim)| !store.affinities.contains_key(&(**cidr, claim.node)))
+                .map(|(cidr, claim)| store.block(*cidr, claim)),
         );
         Model {
             pools: store.pools.values().cloned().collect(),
@@ -404,6 +473,7 @@ impl Planner {
         let mut derived = Derived {
             plan,
             valid_pools: Vec::new(),
+            pool_names: Vec::new(),
             pool_problems: Vec::new(),
             block_problems: BTreeMap::new(),
             workload_routes: BTreeMap::new(),
@@ -439,7 +509,7 @@ impl Planner {
     /// Another node changed: its blocks, and the peer entries of its old and new addresses.
     fn node_changed(&mut self, name: &str, addrs: [Option<Ipv4Addr>; 2], changes: &mut Changes) {
         let Ok(derived) = &mut self.derived else { return };
-        if let Some(blocks) = self.store.blocks_by_node.get(name) {
+        if let Some(blocks) = self.store.blocks_of(name) {
             for cidr in blocks {
                 replan_prefix(&self.store, &self.node, derived, *cidr, changes);
             }
@@ -482,6 +552,7 @@ impl Planner {
 fn set_valid_pools(store: &Store, derived: &mut Derived) {
     let mut problems = Vec::new();
     derived.valid_pools = plan::valid_pools(store.pools.values(), &mut problems).into_iter().cloned().collect();
+    derived.pool_names = derived.valid_pools.iter().map(|pool| plan::fresh(&pool.name)).collect();
     derived.pool_problems = problems;
 }
 
@@ -491,8 +562,19 @@ fn replan_prefix(store: &Store, this_node: &str, derived: &mut Derived, prefix: 
     let pools: Vec<&IpPool> = derived.valid_pools.iter().collect();
     let local_addr = derived.plan.node.addr;
     let owners = store.owners(&prefix);
-    let block = (!owners.is_empty())
-        .then(|| plan::block_route(prefix, &owners, &pools, |name| store.nodes.get(name), this_node, &local_addr));
+    let pool_names = &derived.pool_names;
+    // Every route shares the names the store and the pools keep.
+    let share = |name: &str| {
+        pool_names
+            .iter()
+            .find(|pool| &***pool == name)
+            .cloned()
+            .or_else(|| store.names.shared(name))
+            .unwrap_or_else(|| plan::fresh(name))
+    };
+    let block = (!owners.is_empty()).then(|| {
+        plan::block_route(prefix, &owners, &pools, |name| store.nodes.get(name), this_node, &local_addr, &share)
+    });
     let block = match block {
         Some(Ok(route)) => {
             derived.block_problems.remove(&prefix);
@@ -508,7 +590,7 @@ fn replan_prefix(store: &Store, this_node: &str, derived: &mut Derived, prefix: 
         }
     };
     let route = derived.workload_routes.get(&prefix).cloned().or(block).or_else(|| {
-        pools.iter().find(|pool| pool.cidr.trunc() == prefix).map(|pool| plan::route_in(Some(pool), RouteTarget::Pool))
+        pools.iter().find(|pool| pool.cidr.trunc() == prefix).map(|pool| plan::route_in(Some(pool), RouteTarget::Pool, &share))
     });
     let routes = &mut derived.plan.routes;
     if routes.get(&prefix) == route.as_ref() {

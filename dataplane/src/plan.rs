@@ -5,6 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::Arc,
     net::Ipv4Addr,
 };
 
@@ -40,8 +41,8 @@ pub enum RouteTarget {
     LocalBlock,
     /// A block affine to another node.
     RemoteBlock {
-        /// The owning node's name.
-        node: String,
+        /// The owning node's name (shared: 100k routes name 10k nodes).
+        node: Arc<str>,
         /// The owning node's address: next hop or tunnel destination.
         node_addr: Ipv4Addr,
         /// How to get there.
@@ -56,8 +57,8 @@ pub enum RouteTarget {
 pub struct PlannedRoute {
     /// What the prefix is.
     pub target: RouteTarget,
-    /// The pool containing the prefix, if any.
-    pub pool: Option<String>,
+    /// The pool containing the prefix, if any (its name shared by every route in it).
+    pub pool: Option<Arc<str>>,
     /// The pool has `natOutgoing: true`.
     pub nat_outgoing: bool,
 }
@@ -156,7 +157,7 @@ pub fn compute(model: &Model, node: &str) -> Result<(Plan, Vec<Problem>), PlanEr
 
     let pools = valid_pools(&model.pools, &mut problems);
     for pool in &pools {
-        plan.routes.insert(pool.cidr.trunc(), route_in(Some(pool), RouteTarget::Pool));
+        plan.routes.insert(pool.cidr.trunc(), route_in(Some(pool), RouteTarget::Pool, &fresh));
     }
 
     // First node wins for a repeated name, as in Model::node.
@@ -301,9 +302,18 @@ pub(crate) fn pool_of<'p>(pools: &[&'p IpPool], prefix: &Ipv4Net) -> Option<&'p 
     pools.iter().copied().find(|pool| pool.cidr.contains(prefix))
 }
 
-/// A route to `target` carrying the attributes of `pool`.
-pub(crate) fn route_in(pool: Option<&IpPool>, target: RouteTarget) -> PlannedRoute {
-    PlannedRoute { target, pool: pool.map(|p| p.name.clone()), nat_outgoing: pool.is_some_and(|p| p.nat_outgoing) }
+/// Gives a planned route its copy of a node's or a pool's name: the whole-model plan makes one
+/// per route ([`fresh`]); the incremental planner hands out one per name.
+pub(crate) type Share<'a> = &'a dyn Fn(&str) -> Arc<str>;
+
+/// A copy of `name` of its own.
+pub(crate) fn fresh(name: &str) -> Arc<str> {
+    Arc::from(name)
+}
+
+/// A route to `target` carrying the attributes of `pool`, its name from `share`.
+pub(crate) fn route_in(pool: Option<&IpPool>, target: RouteTarget, share: Share) -> PlannedRoute {
+    PlannedRoute { target, pool: pool.map(|p| share(&p.name)), nat_outgoing: pool.is_some_and(|p| p.nat_outgoing) }
 }
 
 /// Routes for the blocks with a confirmed, live affinity: local ones are blackholed (LocalBlock),
@@ -344,7 +354,7 @@ fn plan_blocks(
                 &many
             }
         };
-        match block_route(cidr, owners, pools, |name| nodes.get(name).copied(), this_node, local_addr) {
+        match block_route(cidr, owners, pools, |name| nodes.get(name).copied(), this_node, local_addr, &fresh) {
             Ok(route) => {
                 plan.routes.insert(cidr, route);
             }
@@ -364,6 +374,7 @@ pub(crate) fn block_route<'n>(
     node: impl Fn(&str) -> Option<&'n Node>,
     this_node: &str,
     local_addr: &Ipv4Net,
+    share: Share,
 ) -> Result<PlannedRoute, Problem> {
     // Only problems name the block: formatting it for each of 100k blocks costs.
     let block_name = || cidr.to_string();
@@ -394,7 +405,7 @@ pub(crate) fn block_route<'n>(
         ));
     };
     if owner == this_node {
-        return Ok(route_in(Some(pool), RouteTarget::LocalBlock));
+        return Ok(route_in(Some(pool), RouteTarget::LocalBlock, share));
     }
     let Some(peer) = node(owner) else {
         return Err(Problem::new(
@@ -418,8 +429,8 @@ pub(crate) fn block_route<'n>(
         ));
     };
     let encap = encap_between(pool, local_addr, peer)?;
-    let target = RouteTarget::RemoteBlock { node: owner.to_owned(), node_addr: peer_addr.addr(), encap };
-    Ok(route_in(Some(pool), target))
+    let target = RouteTarget::RemoteBlock { node: share(owner), node_addr: peer_addr.addr(), encap };
+    Ok(route_in(Some(pool), target, share))
 }
 
 /// The workloads on this node: a /32 route to each one's interface, and its entry by interface.
@@ -478,7 +489,7 @@ pub(crate) fn plan_workloads<'w>(
             continue;
         }
         let target = RouteTarget::LocalWorkload { interface: workload.interface.clone(), mac: workload.mac };
-        routes.insert(host, route_in(pool_of(pools, &host), target));
+        routes.insert(host, route_in(pool_of(pools, &host), target, &fresh));
         planned.insert(workload.interface.clone(), PlannedWorkload { name, addr, mac: workload.mac });
     }
 }

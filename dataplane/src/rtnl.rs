@@ -117,19 +117,24 @@ pub async fn each_main_table_route(handle: &Handle, mut take: impl FnMut(RouteMe
     let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
     let mut dump = handle.route().get(query).execute();
     while let Some(message) = dump.try_next().await.context("listing routes")? {
-        let table = message
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                RouteAttribute::Table(table) => Some(*table),
-                _ => None,
-            })
-            .unwrap_or(u32::from(message.header.table));
-        if table == u32::from(RouteHeader::RT_TABLE_MAIN) {
+        if in_main_table(&message) {
             take(message);
         }
     }
     Ok(())
+}
+
+/// Whether a route of a dump is in the main table (the attribute, else the header's field).
+pub fn in_main_table(message: &RouteMessage) -> bool {
+    let table = message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(message.header.table));
+    table == u32::from(RouteHeader::RT_TABLE_MAIN)
 }
 
 /// A device's settings as the agent compares them (this backend's devices, and the fast path's

@@ -3,26 +3,41 @@
 //!
 //! Generated nodes exist only in the datastore (no namespace, no interfaces): the agent of a lab
 //! node routes their blocks through their VTEPs and never delivers to their workloads, so only
-//! the lab's own pods need real interfaces. The generated pool is 100.64.0.0/10 in /28 blocks
-//! (room for 262,144), ten blocks per node; node `n` has the address `10.101.0.0 + n + 1` and
-//! the first address of its first block as VTEP; workload `i` takes the third address of block
-//! `i`.
+//! the lab's own pods need real interfaces. The generated pool is 100.0.0.0/8 in /28 blocks
+//! (room for 1,048,576), ten blocks per node up to [`MAX_NODES`] nodes, which then take the
+//! further blocks in turn; node `n` has the address `10.101.0.0 + n + 1` and the first address
+//! of its first block as VTEP; workload `i` takes the third address of block `i`.
 
 use std::{fmt::Write as _, net::Ipv4Addr};
 
 use dataplane::model::{AffinityState, Block, EncapMode, IpPool, MacAddr, Model, Node, Workload};
 use ipnet::Ipv4Net;
 
-/// Blocks each generated node owns.
+/// Blocks each generated node owns, up to [`MAX_NODES`] nodes.
 pub const BLOCKS_PER_NODE: usize = 10;
+/// The most generated nodes: beyond `MAX_NODES * BLOCKS_PER_NODE` blocks the nodes own more
+/// blocks each. Kubernetes supports 5,000 nodes, and the fast path's peers map holds 65,536.
+pub const MAX_NODES: usize = 10_000;
 /// The generated pool (every generated block is inside it).
-pub const POOL_CIDR: &str = "100.64.0.0/10";
+pub const POOL_CIDR: &str = "100.0.0.0/8";
+/// The generated pool's first address.
+const POOL_START: u32 = 0x6400_0000;
 
-/// `example` (Calico YAML) plus a pool, `blocks.div_ceil(BLOCKS_PER_NODE)` nodes owning `blocks`
-/// /28 blocks, and `workloads` workload endpoints on those nodes (at most one per block).
+/// How many nodes own `blocks` generated blocks.
+pub fn nodes_for(blocks: usize) -> usize {
+    blocks.div_ceil(BLOCKS_PER_NODE).min(MAX_NODES)
+}
+
+/// The generated node that owns block `index`: ten blocks per node, the nodes in turn.
+pub fn node_of(index: usize) -> usize {
+    (index / BLOCKS_PER_NODE) % MAX_NODES
+}
+
+/// `example` (Calico YAML) plus a pool, [`nodes_for`] `blocks` nodes owning `blocks` /28
+/// blocks, and `workloads` workload endpoints on those nodes (at most one per block).
 pub fn cluster(example: &str, blocks: usize, workloads: usize) -> String {
     let workloads = workloads.min(blocks);
-    let nodes = blocks.div_ceil(BLOCKS_PER_NODE);
+    let nodes = nodes_for(blocks);
     let mut out = String::with_capacity(example.len() + blocks * 200 + nodes * 300 + workloads * 330);
     out.push_str(example);
     let _ = write!(
@@ -47,7 +62,7 @@ pub fn cluster(example: &str, blocks: usize, workloads: usize) -> String {
             "---\napiVersion: crd.projectcalico.org/v1\nkind: BlockAffinity\nmetadata: {{name: scale-{}}}\n\
              spec: {{cidr: {cidr}, node: scale-{}, state: confirmed, deleted: \"false\"}}\n",
             cidr.replace(['.', '/'], "-"),
-            index / BLOCKS_PER_NODE,
+            node_of(index),
         );
     }
     for index in 0..workloads {
@@ -59,7 +74,7 @@ pub fn cluster(example: &str, blocks: usize, workloads: usize) -> String {
              mac: \"0a:58:{}\", node: scale-{node}, orchestrator: k8s, pod: pod-{index}}}\n",
             dotted(addr),
             hex_bytes(addr, 4),
-            node = index / BLOCKS_PER_NODE,
+            node = node_of(index),
         );
     }
     out
@@ -79,14 +94,14 @@ pub fn model(base: &Model, blocks: usize, workloads: usize) -> Model {
         nat_outgoing: false,
         disabled: false,
     });
-    model.nodes.extend((0..blocks.div_ceil(BLOCKS_PER_NODE)).map(|n| node(n, vtep_mac(n, 0))));
-    model.blocks.extend((0..blocks).map(|index| block(index, index / BLOCKS_PER_NODE)));
+    model.nodes.extend((0..nodes_for(blocks)).map(|n| node(n, vtep_mac(n, 0))));
+    model.blocks.extend((0..blocks).map(|index| block(index, node_of(index))));
     model.workloads.extend((0..workloads).map(|index| {
         let addr = block_addr(index) + 2;
         Workload {
             namespace: "scale".into(),
-            name: format!("scale-{}-k8s-pod--{index}-eth0", index / BLOCKS_PER_NODE),
-            node: node_name(index / BLOCKS_PER_NODE),
+            name: format!("scale-{}-k8s-pod--{index}-eth0", node_of(index)),
+            node: node_name(node_of(index)),
             addrs: vec![Ipv4Net::from(Ipv4Addr::from(addr))],
             interface: format!("cali{index:011x}"),
             mac: Some(MacAddr([0x0a, 0x58, (addr >> 24) as u8, (addr >> 16) as u8, (addr >> 8) as u8, addr as u8])),
@@ -130,7 +145,7 @@ pub fn block_cidr(index: usize) -> Ipv4Net {
 
 /// The `index`th /28 block of the generated pool.
 fn block_addr(index: usize) -> u32 {
-    0x6440_0000 + (index as u32) * 16
+    POOL_START + (index as u32) * 16
 }
 
 fn dotted(addr: u32) -> String {
@@ -168,5 +183,18 @@ mod tests {
         let (base, _) = dataplane::datastore::file::parse(SMALL).expect("parses");
         let (from_yaml, _) = dataplane::datastore::file::parse(&cluster(SMALL, 25, 12)).expect("parses");
         assert_eq!(model(&base, 25, 12).sorted(), from_yaml.sorted());
+    }
+
+    #[test]
+    fn a_million_blocks_fit_the_pool_on_at_most_max_nodes() {
+        let pool: Ipv4Net = POOL_CIDR.parse().expect("the pool parses");
+        let last = 1_000_000 + 2_000;
+        assert!(pool.contains(&block_cidr(last)), "room for the bench's extra blocks beyond 1M");
+        assert_eq!(nodes_for(1_000_000), MAX_NODES);
+        assert_eq!(nodes_for(25), 3);
+        // Every node's first block is its own, where its VTEP lives.
+        assert_eq!(node_of(MAX_NODES * BLOCKS_PER_NODE - 1), MAX_NODES - 1);
+        assert_eq!(node_of(MAX_NODES * BLOCKS_PER_NODE), 0);
+        assert!((0..nodes_for(1_000_000)).all(|n| node_of(n * BLOCKS_PER_NODE) == n));
     }
 }

@@ -18,6 +18,7 @@ use std::{
     net::Ipv4Addr,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
@@ -32,7 +33,8 @@ use aya::{
 };
 use dataplane_common::{
     monitor::{MONITOR_LEASE_MAP, MONITOR_LEASE_MAP_V1, MONITOR_LEASE_SECTION},
-    FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Pools, Route, Workload, WorkloadSlot,
+    route_kind, FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Pools, Route, Workload,
+    WorkloadSlot,
     CONNTRACK_MAP, NODE_MAP, PEERS_MAP, PINNED_MAPS, POOLS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK,
     PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK, ROUTES_MAP, WORKLOADS_MAP, WORKLOAD_SLOTS_MAP,
 };
@@ -145,6 +147,24 @@ pub struct ApplyReport {
     pub missing: Vec<entries::MissingInterface>,
     /// When the maps held the plan (before attachments and host routes).
     pub maps_done: Option<std::time::Instant>,
+    /// Where the apply's time went, step by step.
+    pub steps: ApplySteps,
+}
+
+/// Where one apply's time went, step by step: the reconcile line prints each, so that a slow
+/// event names the step that held it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ApplySteps {
+    /// The uplink's index and MTU, and the pods' MACs learned from their veths.
+    pub learn: Duration,
+    /// The plan (or the keys a change touched) translated into map entries.
+    pub desired: Duration,
+    /// The map writes, with the read of every map first when what was written is not known.
+    pub write: Duration,
+    /// The VXLAN anchor, TC and XDP attachments, stale links and the upgrade's last step.
+    pub attach: Duration,
+    /// The host routes: the peers' next hops, then the route messages.
+    pub host_routes: Duration,
 }
 
 /// What this process last wrote to (or read from) the maps: the next apply writes only what
@@ -232,6 +252,14 @@ fn read_apart(
         .context("a runtime for the resync's read of the route table")?;
     let table = runtime.block_on(async { table.read(&crate::rtnl::connect()?).await })?;
     Ok(KernelRead { maps, table, copy_ms: 0, maps_ms, table_ms: started.elapsed().as_millis() as u64 })
+}
+
+/// The time since `*since`, which moves on to now: one step of a sequence timed in turn.
+fn lap(since: &mut Instant) -> Duration {
+    let now = Instant::now();
+    let took = now.duration_since(*since);
+    *since = now;
+    took
 }
 
 /// The occupied slots of the workload slots map pinned under `pin_path`.
@@ -562,6 +590,7 @@ impl BpfBackend {
         timeouts: FlowTimeouts,
     ) -> anyhow::Result<ApplyReport> {
         let mut report = ApplyReport::default();
+        let mut step = Instant::now();
         let uplink_ifindex = sys::ifindex(uplink)
             .with_context(|| format!("uplink interface {uplink:?} does not exist in this network namespace"))?;
         let uplink_mtu = sys::mtu(uplink)?;
@@ -576,6 +605,7 @@ impl BpfBackend {
         });
         // The datastore may have no pod MACs (Kubernetes): learn those from the pods' veths.
         let learned = self.peer_macs.learn(&entries::without_mac(plan, sys::ifindex)).await;
+        report.steps.learn = lap(&mut step);
         let (mut desired, missing) = entries::from_plan_within(
             plan,
             entries::Uplink { ifindex: uplink_ifindex, mtu: uplink_mtu, nat_ports },
@@ -588,10 +618,12 @@ impl BpfBackend {
             warn!(workload = %gap.workload, interface = %gap.interface, "workload interface not found; will retry");
         }
         report.missing = missing;
+        report.steps.desired = lap(&mut step);
 
         // Maps first: a program attached to a new interface must find its workload entry.
         self.write_maps(&desired, within.as_ref(), &mut report)?;
-        report.maps_done = Some(std::time::Instant::now());
+        report.steps.write = lap(&mut step);
+        report.maps_done = Some(step);
 
         // Receiving VXLAN: the anchor's socket makes GRO merge it before from_uplink decapsulates.
         let anchor_wanted = vxlan_anchor::wanted(plan);
@@ -659,6 +691,7 @@ impl BpfBackend {
             None if !anchor_wanted && self.anchor.remove().await? => report.removed += 1,
             None => {}
         }
+        report.steps.attach = lap(&mut step);
 
         // The host's own traffic to blocks: kernel routes that lead it to the uplink.
         let planned: Box<dyn Iterator<Item = (&Ipv4Net, &PlannedRoute)>> = match &within {
@@ -683,6 +716,7 @@ impl BpfBackend {
         let (written, removed) = self.host_routes.apply(&routes, within.as_ref().map(|w| &w.routes)).await?;
         report.written += written;
         report.removed += removed;
+        report.steps.host_routes = lap(&mut step);
         Ok(report)
     }
 
@@ -788,6 +822,17 @@ impl BpfBackend {
                 |map, key| already_gone(map.remove(key)).context("removing from the peers map"),
             )?;
         }
+        // The pools map derives from the pool routes: derived again only when a change touched
+        // one, not from every route at each event (100k routes walked per event otherwise).
+        let pools_touched = programmed.pools.is_none()
+            || route_keys.as_ref().is_none_or(|keys| {
+                keys.iter().any(|key| {
+                    [programmed.routes.get(key), desired.routes.get(key)]
+                        .into_iter()
+                        .flatten()
+                        .any(|route| route.kind == route_kind::POOL)
+                })
+            });
         {
             let mut map: LpmTrie<&mut MapData, Ipv4Bytes, Route> = map_mut(&mut self.ebpf, ROUTES_MAP)?;
             sync(
@@ -805,8 +850,8 @@ impl BpfBackend {
             )?;
         }
         // After the routes, from all of them (a change writes only the routes it touched).
-        let pools = entries::pools(&programmed.routes);
-        if programmed.pools != Some(pools) {
+        let pools = pools_touched.then(|| entries::pools(&programmed.routes));
+        if let Some(pools) = pools.filter(|pools| programmed.pools != Some(*pools)) {
             let mut map: Array<&mut MapData, Pools> = map_mut(&mut self.ebpf, POOLS_MAP)?;
             map.set(0, pools, 0).context("writing the pools map")?;
             programmed.pools = Some(pools);

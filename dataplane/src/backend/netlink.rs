@@ -150,7 +150,7 @@ pub fn intent(plan: &Plan, model: &Model) -> Intent {
                 Encap::None => RouteIntent::Direct { peer: *node_addr },
                 Encap::Ipip => {
                     wants_ipip = true;
-                    let pool = route.pool.clone().unwrap_or_default();
+                    let pool = route.pool.as_deref().unwrap_or_default().to_owned();
                     RouteIntent::Ipip { peer: *node_addr, pool }
                 }
                 Encap::Vxlan { vtep_mac } => {

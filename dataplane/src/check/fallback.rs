@@ -73,7 +73,7 @@ pub fn check_fallback(plan: &Plan, intent: &Intent, observed: &ObservedFallback,
         .routes
         .iter()
         .filter_map(|(prefix, route)| match (&route.target, intent.routes.get(prefix)) {
-            (RouteTarget::RemoteBlock { node, .. }, Some(RouteIntent::Vxlan { vtep })) => Some((*vtep, node.as_str())),
+            (RouteTarget::RemoteBlock { node, .. }, Some(RouteIntent::Vxlan { vtep })) => Some((*vtep, &**node)),
             _ => None,
         })
         .collect();

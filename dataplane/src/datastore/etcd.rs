@@ -137,6 +137,12 @@ impl Outlet {
         }
     }
 
+    /// Whether a whole read is given away as one [`Delta::Replace`], so that the read keeps the
+    /// IPAM keys only as blocks.
+    fn gives_blocks(&self) -> bool {
+        matches!(self, Outlet::Deltas(_))
+    }
+
     async fn closed(&self) {
         match self {
             Outlet::Snapshots(snapshots) => snapshots.closed().await,
@@ -219,7 +225,7 @@ async fn session(
     let client = timed(Client::connect(&endpoints, Some(options.clone()))).await.context("connecting to etcd")?;
     loop {
         let started = Instant::now();
-        let (mut cache, revision) = read_all(&client, prefix).await?;
+        let (mut cache, revision) = read_all(&client, prefix, snapshots.gives_blocks()).await?;
         link.read(cache.len(), started.elapsed());
         debug!(revision, "read at this revision; watching from the next");
         // Sent even when equal to what the agent has: after a reconnect or a compaction the
@@ -240,10 +246,10 @@ async fn session(
 ///
 /// Converting a page costs about what etcd takes to serve the next one, so a blocking thread
 /// converts each page while the next is read.
-async fn read_all(client: &Client, prefix: &str) -> anyhow::Result<(Cache, i64)> {
+async fn read_all(client: &Client, prefix: &str, giving_blocks: bool) -> anyhow::Result<(Cache, i64)> {
     let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
     let (pages_out, mut pages_in) = mpsc::channel::<Vec<KeyValue>>(PAGES_AHEAD);
-    let mut cache = Cache::new(prefix);
+    let mut cache = if giving_blocks { Cache::giving_blocks(prefix) } else { Cache::new(prefix) };
     let converter = tokio::task::spawn_blocking(move || {
         let mut busy = Duration::ZERO;
         while let Some(page) = pages_in.blocking_recv() {

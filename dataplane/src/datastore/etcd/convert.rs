@@ -343,6 +343,21 @@ pub struct Cache {
     /// keys) are then no longer kept, and a change of one is sent as a delta of what the key
     /// names, without comparing with its old value.
     blocks_given: bool,
+    /// The blocks of a whole read that will be given away ([`Cache::giving_blocks`]), kept as
+    /// blocks rather than as keys: a cached key costs its name and an entry besides its block,
+    /// which at 100k blocks doubled the read's peak memory for keys dropped right after it.
+    read_blocks: Option<ReadBlocks>,
+}
+
+/// The IPAM keys of a whole read, as what they name.
+#[derive(Clone, Debug, Default)]
+struct ReadBlocks {
+    affinities: Vec<Block>,
+    allocations: Vec<Block>,
+    /// The keys' problems, with the key (problems are reported in key order).
+    problems: Vec<(String, Problem)>,
+    /// IPAM keys read.
+    keys: usize,
 }
 
 /// What a resource is known by in the model, so that a key whose value changes its meaning
@@ -394,7 +409,19 @@ fn deltas_between(old: Option<&Item>, new: Option<&Item>, out: &mut Vec<Delta>) 
 impl Cache {
     /// An empty cache for keys under `prefix` (normalized, see [`keys::normalize_prefix`]).
     pub fn new(prefix: &str) -> Self {
-        Cache { prefix: prefix.to_owned(), entries: BTreeMap::new(), deltas: None, blocks_given: false }
+        Cache {
+            prefix: prefix.to_owned(),
+            entries: BTreeMap::new(),
+            deltas: None,
+            blocks_given: false,
+            read_blocks: None,
+        }
+    }
+
+    /// An empty cache for a whole read that [`Cache::take_replace`] will give away: the IPAM
+    /// keys are kept only as the blocks they name, never as keys.
+    pub fn giving_blocks(prefix: &str) -> Self {
+        Cache { read_blocks: Some(ReadBlocks::default()), ..Cache::new(prefix) }
     }
 
     /// From now on, every change is also kept as a [`Delta`] until [`Cache::take_deltas`].
@@ -413,12 +440,13 @@ impl Cache {
     /// sent as the upsert or removal of what its key names (an unchanged value re-plans one
     /// prefix, which writes nothing), and [`Cache::snapshot`] no longer holds the blocks.
     pub fn take_replace(&mut self) -> (Delta, Vec<Problem>) {
-        let mut model = Model::default();
-        let mut allocations = Vec::new();
-        let mut problems = Vec::new();
+        let read = self.read_blocks.take().unwrap_or_default();
+        let mut model = Model { blocks: read.affinities, ..Model::default() };
+        let mut allocations = read.allocations;
+        let mut problems: Vec<(String, Problem)> = read.problems;
         let prefix = &self.prefix;
         self.entries.retain(|key, entry| {
-            problems.extend(entry.problems.iter().cloned());
+            problems.extend(entry.problems.iter().map(|problem| (key.clone(), problem.clone())));
             match std::mem::replace(&mut entry.item, Item::Nothing) {
                 Item::Affinity(block) => model.blocks.push(block),
                 Item::Allocation(block) => allocations.push(block),
@@ -440,7 +468,9 @@ impl Cache {
             false
         });
         self.blocks_given = true;
-        (Delta::Replace { model, allocations }, problems)
+        // Stable: a key's own problems keep their order.
+        problems.sort_by(|a, b| a.0.cmp(&b.0));
+        (Delta::Replace { model, allocations }, problems.into_iter().map(|(_, problem)| problem).collect())
     }
 
     /// Every cached key's resource in key order: the model without the allocation blocks, the
@@ -465,7 +495,7 @@ impl Cache {
 
     /// How many keys the dataplane reads from.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.read_blocks.as_ref().map_or(0, |read| read.keys)
     }
 
     /// A key was written. Returns whether it changed what one of the dataplane's keys means
@@ -480,6 +510,18 @@ impl Cache {
         let Some(entry) = convert(&parsed, key, value) else {
             return false;
         };
+        if let (Some(read), Parsed::Known(Key::Affinity { .. } | Key::Allocation { .. })) =
+            (&mut self.read_blocks, &parsed)
+        {
+            read.keys += 1;
+            read.problems.extend(entry.problems.into_iter().map(|problem| (key.to_owned(), problem)));
+            match entry.item {
+                Item::Affinity(block) => read.affinities.push(block),
+                Item::Allocation(block) => read.allocations.push(block),
+                _ => {}
+            }
+            return true;
+        }
         if let Some(named) = self.given_block(&parsed) {
             for problem in &entry.problems {
                 tracing::warn!("etcd: skipped: {problem}");
@@ -804,6 +846,29 @@ mod tests {
         assert_eq!(cache.snapshot(), cache_of_cluster_snapshot());
         assert!(!cache.put(b"/calico/felix/v2/status", b"{}"));
         assert!(!cache.put(b"\xff\xfe", b"{}"));
+    }
+
+    /// A read that keeps the IPAM keys only as blocks gives away the same replace, with the same
+    /// problems in key order, as one that caches every key.
+    #[test]
+    fn a_read_giving_its_blocks_replaces_as_a_cache_of_every_key() {
+        let mut pairs = cluster();
+        pairs.push((format!("{HOST}node-2/ipv4/block/10.244.9.0-26"), r#"{"state":7}"#));
+        pairs.push((format!("{ASSIGNMENT}10.244.8.0-26"), r#"{"cidr":"10.244.8.0/26","affinity":"host:node-2"}"#));
+        // In key order, as etcd serves a read.
+        pairs.sort();
+        let mut keyed = cache(&pairs);
+        let mut giving = Cache::giving_blocks(PREFIX);
+        for (key, value) in &pairs {
+            giving.put(key.as_bytes(), value.as_bytes());
+        }
+        assert_eq!(giving.len(), keyed.len());
+        let (keyed_replace, keyed_problems) = keyed.take_replace();
+        let (giving_replace, giving_problems) = giving.take_replace();
+        assert!(!keyed_problems.is_empty(), "the broken affinity is reported");
+        assert_eq!(giving_problems, keyed_problems);
+        assert_eq!(giving_replace, keyed_replace);
+        assert_eq!(giving.len(), keyed.len(), "neither keeps an IPAM key");
     }
 
     /// The deltas of a cache, applied to a planner after its whole read (which took the blocks

@@ -4,8 +4,8 @@
 //!
 //! For each N, a fresh two-node lab (examples/two-nodes.yaml, so that nothing is pinned yet), an
 //! etcd server (Debian's etcd-server) in the fabric namespace, and the example cluster plus N
-//! generated blocks ([`dataplane_lab::scale::model`]: a second pool, 100.64.0.0/10 in /28 blocks,
-//! ten blocks per generated node) written into it in Calico's etcdv3 layout (`datastore export`'s
+//! generated blocks ([`dataplane_lab::scale::model`]: a second pool, 100.0.0.0/8 in /28 blocks,
+//! ten blocks per generated node up to 10,000 nodes) written into it in Calico's etcdv3 layout (`datastore export`'s
 //! keys). One agent on node-1 reads it with `--datastore etcdv3`.
 //!
 //! - **Program from empty**: from starting the agent to its `fast path programmed` line with
@@ -702,7 +702,7 @@ fn measure(lab: &Lab, base: &Model, agent: &Path, blocks: usize, logs: &Path) ->
     // The base model's pool and nodes decide the expected entries; the scale pool too.
     let small = scale::model(base, 0, 0);
     let model = scale::model(base, blocks, 0);
-    let nodes = blocks.div_ceil(scale::BLOCKS_PER_NODE);
+    let nodes = scale::nodes_for(blocks);
     let keys = keys_of(&model)?;
     let started = Instant::now();
     let config = EtcdConfig { endpoints: vec![endpoint.clone()], prefix: PREFIX.into(), ..EtcdConfig::default() };
@@ -765,7 +765,7 @@ fn measure(lab: &Lab, base: &Model, agent: &Path, blocks: usize, logs: &Path) ->
         maps_ready_seconds.map(|s| format!(", every route in the maps after {s:.2} s")).unwrap_or_default()
     );
     let mut cluster = Cluster {
-        owners: (0..blocks).map(|index| (index, index / scale::BLOCKS_PER_NODE)).collect(),
+        owners: (0..blocks).map(|index| (index, scale::node_of(index))).collect(),
         model,
         next_block: blocks,
         nodes,
