@@ -274,7 +274,7 @@ const NAT_FLOW: Layout = NAT_FLOW_V0;
 
 /// Every map the programs use, as it is pinned: the one table the agent loads, adopts, migrates
 /// and cleans up from.
-pub const PINNED_MAPS: [PinnedMap; 16] = [
+pub const PINNED_MAPS: [PinnedMap; 17] = [
     PinnedMap {
         name: ROUTES_MAP,
         kind: MapKind::LpmTrie,
@@ -315,6 +315,19 @@ pub const PINNED_MAPS: [PinnedMap; 16] = [
             layout!(Pools { count: u32, prefixes: [PoolPrefix; POOLS_MAX] }),
             layout!(PoolPrefix { network: Ipv4Bytes, mask: Ipv4Bytes }),
         ],
+    },
+    PinnedMap {
+        name: crate::TUNNEL_TEMPLATES_MAP,
+        kind: MapKind::Array,
+        max_entries: 1,
+        key: &[layout!(u32)],
+        value: &[layout!(crate::TunnelTemplates {
+            written: u32,
+            vxlan_sum: u16,
+            ipip_sum: u16,
+            vxlan: [u64; crate::templates::VXLAN_TEMPLATE_WORDS],
+            ipip: [u64; crate::templates::IPIP_TEMPLATE_WORDS],
+        })],
     },
     PinnedMap {
         name: PEERS_MAP,

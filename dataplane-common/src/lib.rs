@@ -11,8 +11,10 @@ pub mod maps;
 pub mod monitor;
 pub mod net;
 pub mod stats;
+pub mod templates;
 
 pub use layout::{pinned_map, PinnedMap, PINNED_MAPS};
 pub use maps::*;
 pub use monitor::{MonitorEvent, MonitorLease, Program};
 pub use stats::{Stat, STAT_COUNT};
+pub use templates::{TunnelTemplates, TUNNEL_TEMPLATES_MAP};

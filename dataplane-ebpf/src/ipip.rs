@@ -6,38 +6,37 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    net::{DEFAULT_TTL, ETH_HLEN, IPIP_ENCAP_LEN, IPPROTO_IPIP, IPV4_HLEN},
-    NodeConfig, Route, Stat,
+    net::{ETH_HLEN, IPIP_ENCAP_LEN, IPV4_HLEN},
+    templates::{template_flags, TEMPLATE_FRAME_OFFSET},
+    NodeConfig, Route, Stat, TunnelTemplates,
 };
 
 use crate::{
-    csum,
-    packet::{write, Ipv4Hdr},
+    maps::TUNNEL_TEMPLATES,
+    packet::{write_words, Ipv4Hdr},
 };
 
 /// Offset of the inner IPv4 header of an IP-in-IP packet.
 pub const INNER_IP_OFFSET: usize = ETH_HLEN + IPV4_HLEN;
 
-/// Puts an outer IPv4 header from this node to `route.node_addr` in front of the packet.
+/// Puts an outer IPv4 header from this node to `route.node_addr` in front of the packet: this
+/// node's template with the packet's fields in it.
 #[inline(always)]
 pub fn encap(ctx: &TcContext, node: &NodeConfig, route: &Route, inner: &Ipv4Hdr) -> Result<(), Stat> {
     let inner_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
     ctx.adjust_room(IPIP_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64)
         .map_err(|_| Stat::DropAdjustRoomFailed)?;
-    let mut outer = Ipv4Hdr {
-        version_ihl: 0x45,
-        tos: inner.tos,
-        tot_len: ((inner_len + IPIP_ENCAP_LEN) as u16).to_be_bytes(),
-        id: [0; 2],
-        frag_off: [0; 2],
-        ttl: DEFAULT_TTL,
-        protocol: IPPROTO_IPIP,
-        check: [0; 2],
-        src: node.addr,
-        dst: route.node_addr,
+    let built;
+    let templates = match TUNNEL_TEMPLATES.get(0) {
+        Some(templates) if templates.written & template_flags::IPIP != 0 => templates,
+        // Before the agent wrote them: the same template, built here from the node map.
+        _ => {
+            built = TunnelTemplates::for_node(node);
+            &built
+        }
     };
-    outer.check = csum::ipv4_header(&outer);
-    write(ctx, ETH_HLEN, &outer)
+    let header = templates.ipip(inner.tos, inner_len as u16, route.node_addr);
+    write_words(ctx, TEMPLATE_FRAME_OFFSET, header.head, &header.words, Some(header.tail))
 }
 
 /// Removes the outer IPv4 header.

@@ -2,6 +2,9 @@
 //! lives in its own module.
 #![no_std]
 #![no_main]
+// Word stores into packet data at any alignment (`packet::write_words`) need inline BPF assembly.
+#![expect(unstable_features, reason = "inline BPF assembly is unstable")]
+#![feature(asm_experimental_arch)]
 
 mod anchor;
 mod arp;

@@ -9,8 +9,9 @@ use aya_ebpf::{
 use dataplane_common::{
     monitor::{MONITOR_COUNT_SLOTS, MONITOR_EVENTS_BYTES},
     FlowKey, FragmentKey, FragmentNat, Ipv4Bytes, Ipv6Bytes, MonitorEvent, NatFlow, NodeConfig, NodeConfig6, Peer,
-    Pools, Route, Route6, Workload, Workload6, WorkloadSlot, CONNTRACK_MAX_ENTRIES, FRAGMENTS_MAX_ENTRIES,
-    PEERS_MAX_ENTRIES, ROUTES6_MAX_ENTRIES, ROUTES_MAX_ENTRIES, STAT_COUNT, WORKLOADS_MAX_ENTRIES, WORKLOAD_SLOTS,
+    Pools, Route, Route6, TunnelTemplates, Workload, Workload6, WorkloadSlot, CONNTRACK_MAX_ENTRIES,
+    FRAGMENTS_MAX_ENTRIES, PEERS_MAX_ENTRIES, ROUTES6_MAX_ENTRIES, ROUTES_MAX_ENTRIES, STAT_COUNT,
+    WORKLOADS_MAX_ENTRIES, WORKLOAD_SLOTS,
 };
 
 /// Destination prefix -> [`Route`] (`dataplane_common::ROUTES_MAP`).
@@ -39,6 +40,10 @@ pub static POOLS: Array<Pools, 1> = Array::new();
 /// Slot 0: this node's [`NodeConfig`] (`dataplane_common::NODE_MAP`).
 #[btf_map(name = "node_v1")]
 pub static NODE: Array<NodeConfig, 1> = Array::new();
+
+/// Slot 0: this node's prebuilt tunnel headers (`dataplane_common::TUNNEL_TEMPLATES_MAP`).
+#[btf_map(name = "tunnel_templates_v1")]
+pub static TUNNEL_TEMPLATES: Array<TunnelTemplates, 1> = Array::new();
 
 /// Per-CPU counters, one slot per `dataplane_common::Stat` (`dataplane_common::STATS_MAP`).
 #[btf_map(name = "stats_v1")]

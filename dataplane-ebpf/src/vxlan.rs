@@ -13,15 +13,16 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     net::{
-        flow_hash, vxlan_src_port, DEFAULT_TTL, ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAG_OFFSET_MASK,
-        IPV4_HLEN, IPV4_MF, UDP_HLEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_VNI,
+        flow_hash, vxlan_src_port, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAG_OFFSET_MASK, IPV4_HLEN, IPV4_MF,
+        UDP_HLEN, VXLAN_ENCAP_LEN,
     },
-    NodeConfig, Route, Stat,
+    templates::{template_flags, TEMPLATE_FRAME_OFFSET},
+    NodeConfig, Route, Stat, TunnelTemplates,
 };
 
 use crate::{
-    csum,
-    packet::{read, write, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr},
+    maps::TUNNEL_TEMPLATES,
+    packet::{read, write_words, Ipv4Hdr},
     route::IP_OFFSET,
 };
 
@@ -34,17 +35,6 @@ pub const INNER_ETH_OFFSET: usize = VXLAN_OFFSET + dataplane_common::net::VXLAN_
 /// Offset of the inner IPv4 header.
 pub const INNER_IP_OFFSET: usize = INNER_ETH_OFFSET + ETH_HLEN;
 
-/// Everything VXLAN puts between the outer Ethernet header and the inner IPv4 header.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct VxlanEncap {
-    ip: Ipv4Hdr,
-    udp: UdpHdr,
-    vxlan: VxlanHdr,
-    inner_eth: EthHdr,
-}
-const _: () = assert!(core::mem::size_of::<VxlanEncap>() == VXLAN_ENCAP_LEN);
-
 /// The VNI as the three bytes of the VXLAN header.
 #[inline(always)]
 pub fn vni_bytes(vni: u32) -> [u8; 3] {
@@ -53,8 +43,9 @@ pub fn vni_bytes(vni: u32) -> [u8; 3] {
 }
 
 /// Wraps the IPv4 packet (whose header is `inner`) in VXLAN towards `route.node_addr`, with the
-/// owning node's VTEP MAC as inner destination. The outer Ethernet addresses are left to the
-/// redirect that follows.
+/// owning node's VTEP MAC as inner destination: this node's template with the packet's fields in
+/// it (`dataplane_common::templates`). The outer Ethernet addresses are left to the redirect that
+/// follows.
 #[inline(always)]
 pub fn encap(ctx: &TcContext, node: &NodeConfig, route: &Route, inner: &Ipv4Hdr) -> Result<(), Stat> {
     let inner_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
@@ -68,33 +59,17 @@ pub fn encap(ctx: &TcContext, node: &NodeConfig, route: &Route, inner: &Ipv4Hdr)
         | ((ETH_HLEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT);
     ctx.adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(|_| Stat::DropAdjustRoomFailed)?;
 
-    // Outer IPv4 total length: everything VXLAN adds plus the inner IPv4 packet.
-    let outer_len = inner_len + VXLAN_ENCAP_LEN;
-    let mut outer = VxlanEncap {
-        ip: Ipv4Hdr {
-            version_ihl: 0x45,
-            tos: inner.tos,
-            tot_len: (outer_len as u16).to_be_bytes(),
-            id: [0; 2],
-            frag_off: [0; 2],
-            ttl: DEFAULT_TTL,
-            protocol: IPPROTO_UDP,
-            check: [0; 2],
-            src: node.addr,
-            dst: route.node_addr,
-        },
-        udp: UdpHdr {
-            src_port: src_port.to_be_bytes(),
-            dst_port: node.vxlan_port.to_be_bytes(),
-            len: ((outer_len - IPV4_HLEN) as u16).to_be_bytes(),
-            // No UDP checksum, as Linux sends VXLAN over IPv4 by default.
-            check: [0; 2],
-        },
-        vxlan: VxlanHdr { flags: VXLAN_FLAG_VNI, reserved1: [0; 3], vni: vni_bytes(node.vni), reserved2: 0 },
-        inner_eth: EthHdr { dst: route.mac, src: node.vtep_mac, ether_type: ETH_P_IP.to_be_bytes() },
+    let built;
+    let templates = match TUNNEL_TEMPLATES.get(0) {
+        Some(templates) if templates.written & template_flags::VXLAN != 0 => templates,
+        // Before the agent wrote them: the same template, built here from the node map.
+        _ => {
+            built = TunnelTemplates::for_node(node);
+            &built
+        }
     };
-    outer.ip.check = csum::ipv4_header(&outer.ip);
-    write(ctx, ETH_HLEN, &outer)
+    let header = templates.vxlan(inner.tos, inner_len as u16, route.node_addr, route.mac, src_port);
+    write_words(ctx, TEMPLATE_FRAME_OFFSET, header.head, &header.words, None)
 }
 
 /// The hash of the packet's flow: the one the stack gave the skb when it has one (a local TCP

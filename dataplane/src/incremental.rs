@@ -152,7 +152,8 @@ impl Store {
 
     /// Whether some affinity or the allocation block of `cidr` names `node`.
     fn names(&self, cidr: &Ipv4Net, node: NameId) -> bool {
-        self.affinities.contains_key(&(*cidr, node)) || self.allocations.get(cidr).is_some_and(|claim| claim.node == node)
+        self.affinities.contains_key(&(*cidr, node))
+            || self.allocations.get(cidr).is_some_and(|claim| claim.node == node)
     }
 
     fn index_block(&mut self, cidr: Ipv4Net, node: NameId) {
@@ -590,7 +591,10 @@ fn replan_prefix(store: &Store, this_node: &str, derived: &mut Derived, prefix: 
         }
     };
     let route = derived.workload_routes.get(&prefix).cloned().or(block).or_else(|| {
-        pools.iter().find(|pool| pool.cidr.trunc() == prefix).map(|pool| plan::route_in(Some(pool), RouteTarget::Pool, &share))
+        pools
+            .iter()
+            .find(|pool| pool.cidr.trunc() == prefix)
+            .map(|pool| plan::route_in(Some(pool), RouteTarget::Pool, &share))
     });
     let routes = &mut derived.plan.routes;
     if routes.get(&prefix) == route.as_ref() {

@@ -375,6 +375,7 @@ mod tests {
         ("workloads_v1", 0x8323_41bd_fba5_d43e),
         ("workload_slots_v1", 0x5e42_b6fe_e8f9_6f95),
         ("pools_v1", 0x75f1_16fe_21ca_c3eb),
+        ("tunnel_templates_v1", 0x9f9b_93f2_4150_03ab),
         // The upgrade test's older agent: the layout of v1 under an older name (see
         // dataplane_common::previous).
         ("peers_v0", 0x615f_d9ca_bbbb_4cf6),

@@ -20,7 +20,7 @@ use dataplane_common::{
     FRAGMENTS_MAP, NODE_MAP, PEERS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD,
     PROG_XDP_UPLINK, ROUTES_MAP, STATS_MAP, WORKLOADS_MAP,
 };
-use dataplane_common::{Pools, WorkloadSlot, POOLS_MAP, WORKLOAD_SLOTS_MAP};
+use dataplane_common::{Pools, TunnelTemplates, WorkloadSlot, POOLS_MAP, TUNNEL_TEMPLATES_MAP, WORKLOAD_SLOTS_MAP};
 
 pub use dataplane_common::net::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS};
 
@@ -147,6 +147,7 @@ impl Node {
         xdp.load().expect("the verifier accepts the XDP program");
         let mut node: Array<_, NodeConfig> = Array::try_from(ebpf.map_mut(NODE_MAP).unwrap()).unwrap();
         node.set(0, desired.node, 0).unwrap();
+        write_templates(&mut ebpf, &desired.node);
         let mut routes: LpmTrie<_, Ipv4Bytes, Route> = LpmTrie::try_from(ebpf.map_mut(ROUTES_MAP).unwrap()).unwrap();
         for ((len, addr), route) in &desired.routes {
             routes.insert(&Key::new(*len, *addr), *route, 0).unwrap();
@@ -258,6 +259,24 @@ fn write_pools(ebpf: &mut Ebpf, routes: &std::collections::BTreeMap<entries::Rou
     let Some(map) = ebpf.map_mut(POOLS_MAP) else { return };
     let mut pools: Array<_, Pools> = Array::try_from(map).unwrap();
     pools.set(0, entries::pools(routes), 0).unwrap();
+}
+
+/// Writes the tunnel templates from the node's configuration as the agent does; skipped, like
+/// [`write_slots`], for an object without the map.
+fn write_templates(ebpf: &mut Ebpf, node: &NodeConfig) {
+    let Some(map) = ebpf.map_mut(TUNNEL_TEMPLATES_MAP) else { return };
+    let mut templates: Array<_, TunnelTemplates> = Array::try_from(map).unwrap();
+    templates.set(0, TunnelTemplates::for_node(node), 0).unwrap();
+}
+
+impl Node {
+    /// Empties the tunnel templates map, as before the agent's first write: the programs then
+    /// build the same headers from the node map.
+    pub fn clear_templates(&mut self) {
+        let mut templates: Array<_, TunnelTemplates> =
+            Array::try_from(self.ebpf.map_mut(TUNNEL_TEMPLATES_MAP).unwrap()).unwrap();
+        templates.set(0, TunnelTemplates::default(), 0).unwrap();
+    }
 }
 
 /// Now on the clock the kernel programs stamp flows with (`bpf_ktime_get_ns`).

@@ -456,6 +456,47 @@ fn ip_options_and_tunnel_fragments_are_never_rewritten() {
     assert_eq!(node.stat(Stat::PassUntrackedFragment), 1);
 }
 
+/// The outer headers from the agent's templates are, byte for byte, the ones the programs build
+/// from the node map before the templates are written (an agent that has not yet written them),
+/// for VXLAN and IP-in-IP, at any TOS and length, on both encapsulating programs.
+#[test]
+fn encapsulation_from_the_templates_equals_the_one_built_from_the_node_map() {
+    if skip_unless_root() {
+        return;
+    }
+    for (mode, cluster) in [("VXLAN", CLUSTER.to_owned()), ("IP-in-IP", ipip_cluster())] {
+        let templated = Node::with_cluster("node-1", &cluster);
+        let mut built = Node::with_cluster("node-1", &cluster);
+        built.clear_templates();
+        for (tos, payload_len) in [(0u8, 0usize), (0xb8, 100), (0x03, 1300)] {
+            let mut from_pod = Packet::eth(POD_A_MAC, GATEWAY_MAC)
+                .ipv4(POD_A, REMOTE_POD, IPPROTO_UDP)
+                .udp(40000, 5201)
+                .payload(&vec![0x5a; payload_len])
+                .finish();
+            from_pod[ETH_HLEN + 1] = tos;
+            set_ipv4_checksum(&mut from_pod, ETH_HLEN);
+            let mut from_host = Packet::eth(UPLINK_MAC, [0x02, 0, 0, 0, 0, 0x12])
+                .ipv4(NODE, REMOTE_POD, IPPROTO_UDP)
+                .udp(33000, 5201)
+                .payload(&vec![0xa5; payload_len])
+                .finish();
+            from_host[ETH_HLEN + 1] = tos;
+            set_ipv4_checksum(&mut from_host, ETH_HLEN);
+            for (program, packet) in [(PROG_FROM_WORKLOAD, &from_pod), (dataplane_common::PROG_TO_UPLINK, &from_host)] {
+                let (verdict, out) = templated.run(program, packet);
+                assert_eq!(built.run(program, packet), (verdict, out.clone()), "{mode} {program} tos {tos:#x}");
+                assert!(out.len() > packet.len(), "{mode} {program}: encapsulated");
+                assert_eq!(out[ETH_HLEN + 1], tos, "{mode} {program}: the outer TOS is the inner one");
+                assert_eq!(ipv4_checksum(&out[ETH_HLEN..ETH_HLEN + 20]), 0, "{mode} {program}: outer checksum");
+            }
+        }
+        let encapsulated = if mode == "VXLAN" { Stat::EncapVxlan } else { Stat::EncapIpip };
+        assert_eq!(templated.stat(encapsulated), 6, "{mode}");
+        assert_eq!(built.stat(encapsulated), 6, "{mode}");
+    }
+}
+
 #[test]
 fn host_traffic_to_a_remote_block_is_encapsulated_on_the_uplink_egress() {
     if skip_unless_root() {

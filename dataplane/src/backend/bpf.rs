@@ -33,10 +33,10 @@ use aya::{
 };
 use dataplane_common::{
     monitor::{MONITOR_LEASE_MAP, MONITOR_LEASE_MAP_V1, MONITOR_LEASE_SECTION},
-    route_kind, FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Pools, Route, Workload,
-    WorkloadSlot,
-    CONNTRACK_MAP, NODE_MAP, PEERS_MAP, PINNED_MAPS, POOLS_MAP, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK,
-    PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK, ROUTES_MAP, WORKLOADS_MAP, WORKLOAD_SLOTS_MAP,
+    route_kind, FlowKey, FlowTimeouts, Ipv4Bytes, MonitorLease, NatFlow, NodeConfig, Peer, Pools, Route,
+    TunnelTemplates, Workload, WorkloadSlot, CONNTRACK_MAP, NODE_MAP, PEERS_MAP, PINNED_MAPS, POOLS_MAP,
+    PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, PROG_TO_UPLINK, PROG_TO_WORKLOAD, PROG_VXLAN_ANCHOR, PROG_XDP_UPLINK,
+    ROUTES_MAP, TUNNEL_TEMPLATES_MAP, WORKLOADS_MAP, WORKLOAD_SLOTS_MAP,
 };
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
@@ -178,6 +178,8 @@ struct Programmed {
     slots: BTreeMap<u32, WorkloadSlot>,
     /// The pools map's value.
     pools: Option<Pools>,
+    /// The tunnel templates map's value.
+    templates: Option<TunnelTemplates>,
     peers: BTreeMap<Ipv4Bytes, Peer>,
 }
 
@@ -206,6 +208,8 @@ struct MapDrift {
     slots: Vec<(u32, Option<WorkloadSlot>)>,
     /// The pools map's value, when it differs.
     pools: Option<Option<Pools>>,
+    /// The tunnel templates map's value, when it differs.
+    templates: Option<Option<TunnelTemplates>>,
     routes: Vec<(RouteKey, Option<Route>)>,
     peers: Vec<(Ipv4Bytes, Option<Peer>)>,
 }
@@ -220,6 +224,7 @@ fn read_pinned(pin_path: &Path) -> anyhow::Result<Programmed> {
         workloads: maps.read_workloads()?,
         slots: read_pinned_slots(pin_path)?,
         pools: read_pinned_pools(pin_path).ok(),
+        templates: read_pinned_templates(pin_path).ok(),
         peers: maps.read_peers()?,
     })
 }
@@ -241,6 +246,7 @@ fn read_apart(
         workloads: drift(&known.workloads, kernel.workloads),
         slots: drift(&known.slots, kernel.slots),
         pools: (known.pools != kernel.pools).then_some(kernel.pools),
+        templates: (known.templates != kernel.templates).then_some(kernel.templates),
         routes: drift(&known.routes, kernel.routes),
         peers: drift(&known.peers, kernel.peers),
     });
@@ -277,6 +283,15 @@ fn read_pinned_pools(pin_path: &Path) -> anyhow::Result<Pools> {
     let map: Array<MapData, Pools> =
         Array::try_from(aya::maps::Map::Array(map)).context("the pools map has an unexpected layout")?;
     map.get(&0, 0).context("reading the pools map")
+}
+
+/// The value of the tunnel templates map pinned under `pin_path`.
+fn read_pinned_templates(pin_path: &Path) -> anyhow::Result<TunnelTemplates> {
+    let path = pin_path.join(TUNNEL_TEMPLATES_MAP);
+    let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let map: Array<MapData, TunnelTemplates> =
+        Array::try_from(aya::maps::Map::Array(map)).context("the tunnel templates map has an unexpected layout")?;
+    map.get(&0, 0).context("reading the tunnel templates map")
 }
 
 /// The occupied slots of a workload slots map.
@@ -542,13 +557,17 @@ impl BpfBackend {
         // Unknown (a failed write, before or since the read started): the next apply reads the
         // maps anyway.
         if let (Some(programmed), Some(maps)) = (self.programmed.as_mut(), read.maps) {
-            let MapDrift { node, workloads, slots, pools, routes, peers } = maps;
+            let MapDrift { node, workloads, slots, pools, templates, routes, peers } = maps;
             if let Some(node) = node {
                 programmed.node = node;
                 drifted = true;
             }
             if let Some(pools) = pools {
                 programmed.pools = pools;
+                drifted = true;
+            }
+            if let Some(templates) = templates {
+                programmed.templates = templates;
                 drifted = true;
             }
             drifted |= !take_drift(&mut programmed.workloads, workloads).is_empty();
@@ -741,6 +760,8 @@ impl BpfBackend {
         let slots = read_slots(&map_mut::<Array<&mut MapData, WorkloadSlot>>(&mut self.ebpf, WORKLOAD_SLOTS_MAP)?)?;
         let pools: Array<&mut MapData, Pools> = map_mut(&mut self.ebpf, POOLS_MAP)?;
         let pools = pools.get(&0, 0).ok();
+        let templates: Array<&mut MapData, TunnelTemplates> = map_mut(&mut self.ebpf, TUNNEL_TEMPLATES_MAP)?;
+        let templates = templates.get(&0, 0).ok();
         let peers: HashMap<&mut MapData, Ipv4Bytes, Peer> = map_mut(&mut self.ebpf, PEERS_MAP)?;
         let peers = peers.iter().collect::<Result<_, _>>().context("reading the peers map")?;
         let routes: LpmTrie<&mut MapData, Ipv4Bytes, Route> = map_mut(&mut self.ebpf, ROUTES_MAP)?;
@@ -749,7 +770,7 @@ impl BpfBackend {
             .map(|entry| entry.map(|(key, value)| ((key.prefix_len(), key.data()), value)))
             .collect::<Result<_, _>>()
             .context("reading the routes map")?;
-        Ok(Programmed { node, routes, workloads, slots, pools, peers })
+        Ok(Programmed { node, routes, workloads, slots, pools, templates, peers })
     }
 
     /// Writes the entries that differ from what this process last wrote (the kernel's maps are
@@ -774,6 +795,14 @@ impl BpfBackend {
             let mut node: Array<&mut MapData, NodeConfig> = map_mut(&mut self.ebpf, NODE_MAP)?;
             node.set(0, desired.node, 0).context("writing the node map")?;
             programmed.node = Some(desired.node);
+            report.written += 1;
+        }
+        // The outer headers the programs copy, from the node's own settings.
+        let templates = TunnelTemplates::for_node(&desired.node);
+        if programmed.templates != Some(templates) {
+            let mut map: Array<&mut MapData, TunnelTemplates> = map_mut(&mut self.ebpf, TUNNEL_TEMPLATES_MAP)?;
+            map.set(0, templates, 0).context("writing the tunnel templates map")?;
+            programmed.templates = Some(templates);
             report.written += 1;
         }
         {
