@@ -52,6 +52,14 @@ use proptest::{
     test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner},
 };
 
+#[path = "packet_fuzz/ipv6.rs"]
+mod ipv6;
+#[path = "packet_fuzz/probe.rs"]
+mod probe;
+
+use ipv6::check_ipv6;
+use probe::probe_of;
+
 /// Cases run by default: a few tens of thousands of packets (cases plus the replies they provoke).
 const DEFAULT_CASES: u32 = 20_000;
 /// The default seed, so that every run of the suite tries the same packets.
@@ -803,97 +811,6 @@ fn check(run: &Run) -> Result<(), String> {
     Ok(())
 }
 
-/// The rules for an IPv6 frame: no spoofed source leaves a pod, what goes to the kernel goes
-/// unchanged, a delivery rewrites only the Ethernet header and the hop limit and only towards a
-/// pod of this node, an advertisement answers only a solicitation for the gateway and is valid,
-/// and every drop has its reason in the packet.
-fn check_ipv6(run: &Run) -> Result<(), String> {
-    use fixture6::*;
-    let Run { program, input, verdict, output, stat, .. } = *run;
-    let addr = |bytes: &[u8], at: usize| -> [u8; 16] { bytes[at..at + 16].try_into().unwrap() };
-    let (src, dst) = (addr(input, ETH_HLEN + 8), addr(input, ETH_HLEN + 24));
-    let hop_limit = input[ETH_HLEN + 7];
-    let well_formed = input[ETH_HLEN] >> 4 == 6 && usize::from(be16(input, ETH_HLEN + 4)) <= input.len() - IPV6_PAYLOAD;
-    if verdict == TC_ACT_OK && output != input {
-        return Err(format!("IPv6 handed to the kernel was rewritten ({})", stat.name()));
-    }
-    if program != PROG_FROM_WORKLOAD {
-        return if stat.is_drop() || verdict != TC_ACT_OK {
-            Err(format!("{program} took IPv6 ({}), which only from_workload routes", stat.name()))
-        } else {
-            Ok(())
-        };
-    }
-    match stat {
-        Stat::DeliveredLocal => {
-            let pod_mac = match dst {
-                POD_A => POD_A_MAC,
-                POD_B => POD_B_MAC,
-                _ => return Err(format!("delivered to {dst:02x?}, no pod of this node")),
-            };
-            if src != POD_A || !well_formed || hop_limit <= 1 {
-                return Err(format!(
-                    "delivered a packet from {src:02x?}, hop limit {hop_limit}, well-formed {well_formed}"
-                ));
-            }
-            let expected_eth = [&pod_mac[..], &GATEWAY_MAC[..], &ETH_P_IPV6.to_be_bytes()[..]].concat();
-            if output.len() != input.len()
-                || output[..ETH_HLEN] != expected_eth[..]
-                || output[ETH_HLEN..ETH_HLEN + 7] != input[ETH_HLEN..ETH_HLEN + 7]
-                || output[ETH_HLEN + 7] != hop_limit - 1
-                || output[ETH_HLEN + 8..] != input[ETH_HLEN + 8..]
-            {
-                return Err("a delivery changed more than the Ethernet header and the hop limit".to_owned());
-            }
-            let in_ok = ipv6_transport(input, ETH_HLEN).is_some() && l4_checksum_v6_ok(input, ETH_HLEN);
-            if in_ok && !l4_checksum_v6_ok(output, ETH_HLEN) {
-                return Err("the transport checksum was right and is wrong after the delivery".to_owned());
-            }
-        }
-        Stat::NdpReplied => {
-            let solicited = input[ETH_HLEN + 6] == IPPROTO_ICMPV6
-                && input.get(IPV6_PAYLOAD) == Some(&ND_NEIGHBOR_SOLICIT)
-                && input.len() >= IPV6_PAYLOAD + 24
-                && addr(input, IPV6_PAYLOAD + 8) == GATEWAY_ADDR_V6
-                && hop_limit == ND_HOP_LIMIT
-                && src != [0; 16];
-            if !solicited || !well_formed {
-                return Err("answered what is no valid solicitation for the gateway".to_owned());
-            }
-            let advertises = output.len() == IPV6_PAYLOAD + 32
-                && output[0..6] == input[6..12]
-                && output[ETH_HLEN + 7] == ND_HOP_LIMIT
-                && addr(output, ETH_HLEN + 8) == GATEWAY_ADDR_V6
-                && addr(output, ETH_HLEN + 24) == src
-                && output[IPV6_PAYLOAD] == ND_NEIGHBOR_ADVERT
-                && addr(output, IPV6_PAYLOAD + 8) == GATEWAY_ADDR_V6
-                && output[IPV6_PAYLOAD + 26..IPV6_PAYLOAD + 32] == GATEWAY_MAC
-                && l4_checksum_v6_ok(output, ETH_HLEN);
-            if !advertises {
-                return Err("the advertisement is not the gateway's, or its checksum is wrong".to_owned());
-            }
-        }
-        Stat::DropMalformed if well_formed => return Err("a well-formed IPv6 packet dropped as malformed".to_owned()),
-        Stat::DropSpoofedSource if src == POD_A => return Err("pod A's own source dropped as spoofed".to_owned()),
-        Stat::DropTtlExceeded if hop_limit > 1 => return Err(format!("hop limit {hop_limit} dropped as exceeded")),
-        Stat::DropBlackhole if dst[..15] != LOCAL_BLOCK[..15] || dst[15] >= 64 || dst == POD_A || dst == POD_B => {
-            return Err(format!("{dst:02x?} blackholed, not a free address of the local block"));
-        }
-        Stat::DropMalformed
-        | Stat::DropSpoofedSource
-        | Stat::DropTtlExceeded
-        | Stat::DropBlackhole
-        | Stat::DropAdjustRoomFailed => {}
-        stat if stat.is_drop() => return Err(format!("IPv6 dropped as {}, which no IPv6 rule gives", stat.name())),
-        _ => {}
-    }
-    // Whatever the fast path forwards carries pod A's own source.
-    if verdict == TC_ACT_REDIRECT && stat != Stat::NdpReplied && src != POD_A {
-        return Err(format!("from_workload forwarded IPv6 from {src:02x?}, not pod A ({})", stat.name()));
-    }
-    Ok(())
-}
-
 /// XDP drops only what `from_uplink` drops, for the same reason; and what only the tunnel
 /// decision refuses (a non-peer, a wrong VNI, a tunnel fragment), it always drops.
 fn check_xdp(xdp_drop: Option<Stat>, tc_verdict: u32, tc_stat: Stat) -> Result<(), String> {
@@ -953,134 +870,6 @@ fn check_conntrack(entries: &[(FlowKey, NatFlow)]) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// The packets `dataplane trace` can describe.
-
-/// The IPv4 identification the packet builder and `dataplane trace` give every packet: trace
-/// finds a later fragment's datagram by it.
-const BUILDER_IP_ID: u16 = 0x1234;
-
-/// The packet as `dataplane trace` describes one, and where it enters: a well-formed IPv4 packet
-/// without options (in a well-formed VXLAN or IP-in-IP packet when it arrives on the uplink)
-/// with TCP, UDP or the ICMP echo its origin sends, whole (DF), a first fragment or a later one.
-/// None for everything else (malformed or mutated past what a probe says), which only the rules
-/// in [`check`] judge.
-fn probe_of(program: &str, frame: &[u8]) -> Option<(Probe, Entry)> {
-    if ether_type(frame)? != ETH_P_IP {
-        return None;
-    }
-    let outer = ETH_HLEN;
-    let fragment = whole_ipv4(frame, outer)?;
-    let (origin, entry) = match program {
-        PROG_FROM_WORKLOAD => (Origin::Workload, Entry::Workload { ifindex: TESTED_IFINDEX }),
-        PROG_TO_WORKLOAD => (Origin::IntoPod, Entry::IntoPod { ifindex: TESTED_IFINDEX }),
-        PROG_TO_UPLINK => (Origin::Host, Entry::Host),
-        _ => (Origin::Uplink, Entry::Uplink { tunnel: None, outer_src: None }),
-    };
-    let protocol = frame[outer + 9];
-    let outer_src = Ipv4Addr::from(addr_at(frame, outer + 12));
-    let after_outer = outer + 20;
-    // Trace's tunnel packets are addressed to this node; one to another address is not decapsulated.
-    let to_node = addr_at(frame, outer + 16) == NODE;
-    let tunnel = if origin != Origin::Uplink {
-        None
-    } else if (protocol == IPPROTO_IPIP || protocol == IPPROTO_UDP) && !to_node {
-        return None;
-    } else if protocol == IPPROTO_IPIP {
-        Some((Tunnel::Ipip, after_outer))
-    } else if protocol == IPPROTO_UDP
-        && frame.len() >= after_outer + UDP_HLEN
-        && be16(frame, after_outer + 2) == CALICO_VXLAN_PORT
-    {
-        let vxlan = after_outer + UDP_HLEN;
-        let vni = CALICO_VXLAN_VNI.to_be_bytes();
-        let header = [0x08, 0, 0, 0, vni[1], vni[2], vni[3], 0];
-        let udp_len_ok = usize::from(be16(frame, after_outer + 4)) == frame.len() - after_outer;
-        let inner_eth = vxlan + VXLAN_HLEN;
-        let shaped = frame.len() >= inner_eth + ETH_HLEN
-            && frame[vxlan..inner_eth] == header
-            && be16(frame, inner_eth + 12) == ETH_P_IP;
-        if !(udp_len_ok && shaped) {
-            return None;
-        }
-        Some((Tunnel::Vxlan, inner_eth + ETH_HLEN))
-    } else {
-        None
-    };
-    let (ip, probe_fragment) = match tunnel {
-        // The tunnel's outer packet may be the fragment; the packet inside is whole.
-        Some((_, inner)) => (inner, (whole_ipv4(frame, inner)? == Fragment::None).then_some(fragment)?),
-        None => (outer, fragment),
-    };
-    let protocol = frame[ip + 9];
-    let l4 = ip + 20;
-    let later = probe_fragment == Fragment::Later && tunnel.is_none();
-    let (proto, sport, dport) = match protocol {
-        _ if later => (proto_of(protocol)?, 0, 0),
-        // Trace's TCP probe is a SYN: what opens a flow.
-        IPPROTO_TCP if frame.len() >= l4 + 20 && frame[l4 + TCP_FLAGS_OFFSET] == TCP_SYN => {
-            (Proto::Tcp, be16(frame, l4), be16(frame, l4 + 2))
-        }
-        IPPROTO_UDP if frame.len() >= l4 + UDP_HLEN => (Proto::Udp, be16(frame, l4), be16(frame, l4 + 2)),
-        IPPROTO_ICMP if frame.len() >= l4 + 8 && frame[l4 + 1] == 0 => {
-            let id = be16(frame, l4 + 4);
-            match (frame[l4], origin) {
-                (ICMP_ECHO_REPLY, Origin::Uplink) if id != 0 => (Proto::Icmp, 0, id),
-                (ICMP_ECHO_REQUEST, Origin::Workload | Origin::Host | Origin::IntoPod) if id != 0 => {
-                    (Proto::Icmp, id, 0)
-                }
-                _ => return None,
-            }
-        }
-        _ => return None,
-    };
-    let probe = Probe {
-        src: Ipv4Addr::from(addr_at(frame, ip + 12)),
-        dst: Ipv4Addr::from(addr_at(frame, ip + 16)),
-        proto,
-        sport,
-        dport,
-        ttl: frame[ip + 8],
-        size: be16(frame, ip + 2),
-        fragment: probe_fragment,
-        options: false,
-    };
-    let entry = match (entry, tunnel) {
-        (Entry::Uplink { .. }, Some((tunnel, _))) => Entry::Uplink { tunnel: Some(tunnel), outer_src: Some(outer_src) },
-        (entry, _) => entry,
-    };
-    Some((probe, entry))
-}
-
-/// The transport protocol a probe names, for a later fragment (which carries no ports).
-fn proto_of(protocol: u8) -> Option<Proto> {
-    match protocol {
-        IPPROTO_TCP => Some(Proto::Tcp),
-        IPPROTO_UDP => Some(Proto::Udp),
-        IPPROTO_ICMP => Some(Proto::Icmp),
-        _ => None,
-    }
-}
-
-/// The IPv4 header at `ip`, if it is one trace builds: version 4, no options, a right checksum,
-/// a total length that is the rest of the frame, the builder's identification, and flags that say
-/// whole (DF), first fragment (MF) or later fragment (an offset, no DF).
-fn whole_ipv4(frame: &[u8], ip: usize) -> Option<Fragment> {
-    if frame.len() < ip + 20 || frame[ip] != 0x45 || !ipv4_header_ok(frame, ip) {
-        return None;
-    }
-    if usize::from(be16(frame, ip + 2)) != frame.len() - ip || be16(frame, ip + 4) != BUILDER_IP_ID {
-        return None;
-    }
-    let flags = be16(frame, ip + 6);
-    match (flags & IPV4_DF != 0, flags & IPV4_MF != 0, flags & IPV4_FRAG_OFFSET_MASK) {
-        (true, false, 0) => Some(Fragment::None),
-        (false, true, 0) => Some(Fragment::First),
-        (false, _, offset) if offset > 0 => Some(Fragment::Later),
-        _ => None,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

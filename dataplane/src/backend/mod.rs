@@ -7,6 +7,7 @@ pub mod clsact;
 pub mod diff;
 pub mod entries;
 pub mod host_routes;
+pub mod kernel_log;
 pub mod netlink;
 pub mod nftables;
 pub mod veth;
