@@ -242,23 +242,20 @@ impl TunnelTemplates {
     }
 }
 
+/// Lays out a header as the programs store it: the 2-byte head, then the 8-byte words, in frame
+/// order from the start of `bytes`.
+fn lay_out(head: u16, words: &[u64], bytes: &mut [u8]) {
+    bytes[..2].copy_from_slice(&head.to_ne_bytes());
+    for (word, chunk) in words.iter().zip(bytes[2..].chunks_exact_mut(8)) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+}
+
 impl VxlanHeader {
     /// The header's 50 bytes in frame order (frame offsets 14..64).
     pub fn to_bytes(&self) -> [u8; crate::net::VXLAN_ENCAP_LEN] {
         let mut bytes = [0u8; crate::net::VXLAN_ENCAP_LEN];
-        let head = self.head.to_ne_bytes();
-        bytes[0] = head[0];
-        bytes[1] = head[1];
-        let mut i = 0;
-        while i < VXLAN_TEMPLATE_WORDS {
-            let word = self.words[i].to_ne_bytes();
-            let mut j = 0;
-            while j < 8 {
-                bytes[2 + 8 * i + j] = word[j];
-                j += 1;
-            }
-            i += 1;
-        }
+        lay_out(self.head, &self.words, &mut bytes);
         bytes
     }
 }
@@ -267,22 +264,8 @@ impl IpipHeader {
     /// The header's 20 bytes in frame order (frame offsets 14..34).
     pub fn to_bytes(&self) -> [u8; IPV4_HLEN] {
         let mut bytes = [0u8; IPV4_HLEN];
-        let head = self.head.to_ne_bytes();
-        bytes[0] = head[0];
-        bytes[1] = head[1];
-        let mut i = 0;
-        while i < IPIP_TEMPLATE_WORDS {
-            let word = self.words[i].to_ne_bytes();
-            let mut j = 0;
-            while j < 8 {
-                bytes[2 + 8 * i + j] = word[j];
-                j += 1;
-            }
-            i += 1;
-        }
-        let tail = self.tail.to_ne_bytes();
-        bytes[IPV4_HLEN - 2] = tail[0];
-        bytes[IPV4_HLEN - 1] = tail[1];
+        lay_out(self.head, &self.words, &mut bytes);
+        bytes[IPV4_HLEN - 2..].copy_from_slice(&self.tail.to_ne_bytes());
         bytes
     }
 }

@@ -28,7 +28,10 @@ use aya::{
     maps::{HashMap, Map, MapData, MapError},
     Ebpf,
 };
-use dataplane_common::{layout::split_version, PINNED_MAPS};
+use dataplane_common::{
+    layout::{split_version, PinnedMap},
+    PINNED_MAPS,
+};
 use tracing::{info, warn};
 
 /// Directory under the pin path that exists while an upgrade is under way (from the first
@@ -235,13 +238,13 @@ pub fn list_pins(pin_path: &Path) -> anyhow::Result<PinListing> {
 }
 
 /// Pins of this agent's map families whose version is not this agent's: `(pin, this agent's
-/// name of the same map)`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// entry for the same map)`.
+#[derive(Clone, Debug, Default)]
 pub struct VersionSkew {
     /// Pins of a newer agent, which this one cannot read.
-    pub newer: Vec<(String, &'static str)>,
+    pub newer: Vec<(String, &'static PinnedMap)>,
     /// Pins of an older agent, which this one migrates.
-    pub older: Vec<(String, &'static str)>,
+    pub older: Vec<(String, &'static PinnedMap)>,
 }
 
 /// Sorts the pins whose version differs from this agent's layouts ([`PINNED_MAPS`]); names of
@@ -252,9 +255,9 @@ pub fn version_skew(names: &[String]) -> VersionSkew {
         let Some((family, version)) = split_version(name) else { continue };
         let Some(current) = PINNED_MAPS.iter().find(|map| map.family() == family) else { continue };
         if version > current.version() {
-            skew.newer.push((name.clone(), current.name));
+            skew.newer.push((name.clone(), current));
         } else if version < current.version() {
-            skew.older.push((name.clone(), current.name));
+            skew.older.push((name.clone(), current));
         }
     }
     skew
@@ -269,13 +272,12 @@ pub fn survey(pin_path: &Path) -> anyhow::Result<Upgrade> {
         return Err(Refusal {
             pin_path: pin_path.display().to_string(),
             newer: skew.newer.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", "),
-            ours: skew.newer.iter().map(|(_, ours)| *ours).collect::<Vec<_>>().join(", "),
+            ours: skew.newer.iter().map(|(_, ours)| ours.name).collect::<Vec<_>>().join(", "),
         }
         .into());
     }
     for (name, current) in skew.older {
-        let family = split_version(current).map_or(current, |(family, _)| family);
-        let carry = carry(family);
+        let (current, carry) = (current.name, carry(current.family()));
         if carry == Carry::Convert && !CONVERSIONS.iter().any(|c| c.from == name && c.to == current) {
             anyhow::bail!(
                 "{} holds {name}, which this agent cannot convert to {current}: no migration is known; \

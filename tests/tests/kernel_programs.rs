@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used, reason = "fixtures of a test: a failed unwrap is a failed test")]
 
 use dataplane_common::{
-    net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, ETH_HLEN, GATEWAY_ADDR, GATEWAY_MAC, IPPROTO_UDP, VXLAN_ENCAP_LEN},
+    net::{
+        CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, ETH_HLEN, GATEWAY_ADDR, GATEWAY_MAC, IPPROTO_UDP, IPV4_MF, VXLAN_ENCAP_LEN,
+    },
     workload_slot, Stat, Workload, WorkloadSlot, PROG_FROM_UPLINK, PROG_FROM_WORKLOAD, WORKLOAD_SLOTS,
 };
 use dataplane_tests::{
@@ -43,7 +45,8 @@ fn ipip_to_node(outer_src: [u8; 4]) -> Vec<u8> {
 
 /// `packet` with More Fragments set on its outer IPv4 header: the first fragment of a datagram.
 fn first_fragment(mut packet: Vec<u8>) -> Vec<u8> {
-    packet[ETH_HLEN + 6] |= 0x20;
+    let flags = be16(&packet, ETH_HLEN + 6) | IPV4_MF;
+    packet[ETH_HLEN + 6..ETH_HLEN + 8].copy_from_slice(&flags.to_be_bytes());
     set_ipv4_checksum(&mut packet, ETH_HLEN);
     packet
 }

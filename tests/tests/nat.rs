@@ -898,7 +898,7 @@ fn send_first_fragments(pod: &LabPod, dst: Ipv4Addr, count: usize) -> anyhow::Re
             let mut packet = template.clone();
             // Identification (never 0, which the kernel would replace), then MF with offset 0.
             packet[4..6].copy_from_slice(&((id % 0xffff) as u16 + 1).to_be_bytes());
-            packet[6..8].copy_from_slice(&0x2000u16.to_be_bytes());
+            packet[6..8].copy_from_slice(&dataplane_common::net::IPV4_MF.to_be_bytes());
             set_ipv4_checksum(&mut packet, 0);
             packet
         })

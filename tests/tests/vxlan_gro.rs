@@ -126,7 +126,7 @@ fn vxlan_fragments(
     payload: &[u8],
     id: u16,
 ) -> Vec<Vec<u8>> {
-    use dataplane_common::net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, ETH_HLEN, IPPROTO_UDP};
+    use dataplane_common::net::{CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, ETH_HLEN, IPPROTO_UDP, IPV4_MF};
     use dataplane_tests::packet::{set_ipv4_checksum, Packet};
     // node-1's and node-2's VTEP MACs in examples/two-nodes.yaml.
     let (node1_vtep, node2_vtep) = ([0x66, 0xd0, 0, 0, 0, 1], [0x66, 0xd0, 0, 0, 0, 2]);
@@ -150,7 +150,7 @@ fn vxlan_fragments(
         let total = packet.len() as u16;
         packet[2..4].copy_from_slice(&total.to_be_bytes());
         packet[4..6].copy_from_slice(&id.to_be_bytes());
-        let flags_offset = (u16::from(more) << 13) | (offset / 8) as u16;
+        let flags_offset = if more { IPV4_MF } else { 0 } | (offset / 8) as u16;
         packet[6..8].copy_from_slice(&flags_offset.to_be_bytes());
         set_ipv4_checksum(&mut packet, 0);
         fragments.push(packet);

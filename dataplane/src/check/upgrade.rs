@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use dataplane_common::layout::PinnedMap;
+
 use super::Finding;
 use crate::migrate::{self, PinListing};
 
@@ -10,7 +12,8 @@ use crate::migrate::{self, PinListing};
 pub fn check_upgrade(pin_path: &Path, listing: &PinListing) -> Vec<Finding> {
     let skew = migrate::version_skew(&listing.names);
     let mut findings = Vec::new();
-    let pins = |list: &[(String, &str)]| list.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", ");
+    let pins =
+        |list: &[(String, &PinnedMap)]| list.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", ");
     if listing.marker {
         let old = if skew.older.is_empty() {
             "no old pins remain".to_owned()
@@ -19,7 +22,7 @@ pub fn check_upgrade(pin_path: &Path, listing: &PinListing) -> Vec<Finding> {
         };
         findings.push(Finding::new(
             "upgrade",
-            format!("{}", pin_path.join(migrate::MARKER).display()),
+            pin_path.join(migrate::MARKER).display().to_string(),
             format!(
                 "an upgrade of the pinned maps began and did not finish ({old}); the older programs still carry \
                  the node with their own maps until a new agent swaps them"
@@ -34,7 +37,7 @@ pub fn check_upgrade(pin_path: &Path, listing: &PinListing) -> Vec<Finding> {
             format!(
                 "the node's maps have an older layout than this version of dataplane ({}): an older agent runs \
                  here, and this check read the maps it could",
-                skew.older.iter().map(|(_, ours)| *ours).collect::<Vec<_>>().join(", ")
+                skew.older.iter().map(|(_, ours)| ours.name).collect::<Vec<_>>().join(", ")
             ),
             "roll out the new agent (its start migrates the maps), or run the `dataplane check` of the agent \
              that runs on the node",
